@@ -1,1 +1,820 @@
-//! placeholder
+//! The election state machine: failure detection, quorum, leases and the choice of the primary.
+//!
+//! Deterministic: [`Election::handle`] takes an [`Event`] and the current time and returns
+//! [`Action`]s; [`Election::next_deadline`] says when to call it again with [`Event::Tick`].
+//!
+//! # Protocol
+//! Every voter sends a [`Message::Heartbeat`] to every other voter each interval. The primary's
+//! heartbeat is also a lease request: each follower answers it at once with an [`Message::Ack`]
+//! and promises not to vote for anybody else for one *lease* (`interval × miss_count`) counted
+//! from the moment it received that heartbeat. The primary serves only while a majority of voters
+//! (itself included) holds such a promise, counted from the moment it *sent* the acknowledged
+//! heartbeat, minus a small margin: so its lease always ends before the promises that back it.
+//!
+//! A healthy member whose own promise has run out, that hears a majority of voters and that is
+//! the lowest-id healthy member with quorum it hears, stands as candidate in a new epoch. A voter
+//! grants at most one vote per epoch, and a voter still bound by a promise keeps the request and
+//! grants it the moment its promise runs out (so a takeover waits for no extra round trip). The
+//! candidate serves once a majority granted its request; since any two majorities share a voter
+//! and no voter votes while it backs a lease, two primaries never serve at the same time.
+//!
+//! Epochs are unique per candidate (`term << 16 | candidate id`), so no two nodes are ever
+//! primary in the same epoch even when a voter forgets its vote by restarting; a restarted voter
+//! also stays silent for one lease (grants no vote) so that promises of its previous life hold.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fmt;
+use std::time::Duration;
+
+use crate::protocol::{Message, NodeId, Role};
+
+/// Static parameters of one voter's election.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ElectionConfig {
+    pub me: NodeId,
+    /// Members that may serve (every voter but the witness).
+    pub members: Vec<NodeId>,
+    pub witness: Option<NodeId>,
+    pub heartbeat_interval: Duration,
+    /// A voter silent for this many intervals is dead; the lease lasts as long.
+    pub miss_count: u32,
+    /// A healthier lower-id member takes the address back from a serving higher-id one.
+    pub preempt: bool,
+    /// A two-member group without witness: each member alone is a quorum (split-brain risk).
+    pub two_node: bool,
+}
+
+impl ElectionConfig {
+    pub fn voters(&self) -> Vec<NodeId> {
+        let mut voters: Vec<NodeId> = self.members.iter().copied().chain(self.witness).collect();
+        voters.sort_unstable();
+        voters.dedup();
+        voters
+    }
+
+    pub fn quorum(&self) -> usize {
+        let voters = self.voters().len();
+        if self.two_node && self.witness.is_none() && voters == 2 {
+            1
+        } else {
+            voters / 2 + 1
+        }
+    }
+
+    pub fn lease(&self) -> Duration {
+        self.heartbeat_interval * self.miss_count
+    }
+
+    pub fn is_witness(&self) -> bool {
+        self.witness == Some(self.me)
+    }
+
+    /// Time a lease holder gives up before the promises backing it run out, to cover the time
+    /// between deciding to drop the address and it being gone.
+    fn lease_margin(&self) -> Duration {
+        (self.heartbeat_interval / 10).max(Duration::from_millis(1))
+    }
+}
+
+/// Input to the state machine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// Time passed; nothing else happened.
+    Tick,
+    /// An authenticated message from a voter (the shell has checked MAC, sender and replay).
+    Received {
+        from: NodeId,
+        epoch: u64,
+        message: Message,
+    },
+    /// The local service health verdict changed.
+    HealthChanged(bool),
+    /// Planned stop (SIGTERM): release the address now and tell the peers.
+    Shutdown,
+}
+
+/// Where a message goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Destination {
+    AllVoters,
+    Voter(NodeId),
+}
+
+/// Why the role changed, for logs and notify hooks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reason {
+    Started,
+    /// Won an election with these voters.
+    ElectionWon { votes: Vec<NodeId> },
+    /// The lease could not be renewed by a majority.
+    QuorumLost,
+    /// A frame from a newer primary arrived.
+    NewerEpochSeen { from: NodeId, epoch: u64 },
+    /// Health checks failed.
+    Unhealthy,
+    /// A lower-id member is ready and preemption is on.
+    Preempted { by: NodeId },
+    Shutdown,
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reason::Started => write!(f, "started"),
+            Reason::ElectionWon { votes } => write!(f, "election won with votes of {votes:?}"),
+            Reason::QuorumLost => write!(f, "quorum lost: the lease was not renewed by a majority"),
+            Reason::NewerEpochSeen { from, epoch } => {
+                write!(f, "node {from} knows the newer epoch {epoch}")
+            }
+            Reason::Unhealthy => write!(f, "health checks failing"),
+            Reason::Preempted { by } => write!(f, "preempted by lower-id node {by}"),
+            Reason::Shutdown => write!(f, "shutdown"),
+        }
+    }
+}
+
+/// Output of the state machine, for the shell to carry out in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    Send {
+        to: Destination,
+        epoch: u64,
+        message: Message,
+    },
+    /// Add the service addresses and announce them (gratuitous ARP).
+    TakeAddress { epoch: u64 },
+    /// Remove the service addresses at once.
+    ReleaseAddress,
+    /// A peer came back while we serve: announce the addresses again (a healed partition may
+    /// have left stale ARP entries behind).
+    RefreshAnnouncement,
+    /// Role changed (run notify hooks, log).
+    RoleChanged {
+        role: Role,
+        epoch: u64,
+        reason: Reason,
+    },
+}
+
+/// How a received message was judged, so the shell can count what it ignored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Disposition {
+    Accepted,
+    /// The message claims authority in an epoch older than ours.
+    OldEpoch,
+    /// The sender is not a voter of this group.
+    UnknownSender,
+}
+
+/// What one voter knows of another.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PeerView {
+    pub last_heard: Option<Duration>,
+    pub role: Option<Role>,
+    pub healthy: bool,
+    pub has_quorum: bool,
+    pub following: Option<NodeId>,
+    pub epoch: u64,
+}
+
+#[derive(Clone, Debug)]
+struct Leader {
+    id: NodeId,
+    /// The epoch the promise was given for: the leader's epoch, or the epoch a vote was for.
+    epoch: u64,
+    /// No vote for anybody else, and no lease for anybody older, before this instant.
+    promise_until: Duration,
+}
+
+#[derive(Clone, Debug)]
+struct Candidacy {
+    epoch: u64,
+    started: Duration,
+    granted: BTreeSet<NodeId>,
+    denied: BTreeSet<NodeId>,
+}
+
+#[derive(Clone, Debug)]
+struct Lease {
+    until: Duration,
+    /// Send time of our recent heartbeats, to date the acks.
+    sent: VecDeque<(u64, Duration)>,
+    /// Highest heartbeat seq each follower acknowledged.
+    acked: BTreeMap<NodeId, u64>,
+}
+
+const SENT_HISTORY: usize = 256;
+const EPOCH_ID_BITS: u32 = 16;
+
+/// Epochs are `term << 16 | candidate id`: unique per candidate.
+pub fn epoch_term(epoch: u64) -> u64 {
+    epoch >> EPOCH_ID_BITS
+}
+
+/// The node elected in `epoch` (0 for epoch 0, which has no primary).
+pub fn epoch_owner(epoch: u64) -> NodeId {
+    (epoch & ((1 << EPOCH_ID_BITS) - 1)) as NodeId
+}
+
+/// One voter's election state.
+#[derive(Clone, Debug)]
+pub struct Election {
+    cfg: ElectionConfig,
+    started_at: Duration,
+    epoch: u64,
+    role: Role,
+    healthy: bool,
+    shut_down: bool,
+    peers: BTreeMap<NodeId, PeerView>,
+    leader: Option<Leader>,
+    /// Highest epoch we voted in, and for whom.
+    voted: Option<(u64, NodeId)>,
+    /// A vote request we will grant when our promise runs out: (candidate, epoch, received).
+    pending_vote: Option<(NodeId, u64, Duration)>,
+    highest_epoch_seen: u64,
+    candidacy: Option<Candidacy>,
+    lease: Option<Lease>,
+    /// A restarted voter grants no vote before this, so promises of its previous life hold.
+    quiet_until: Duration,
+    /// Earliest instant to stand as candidate (after a start, a lost election or a step-down).
+    stand_not_before: Duration,
+    seq: u64,
+    next_heartbeat: Duration,
+}
+
+impl Election {
+    /// A voter that starts (or restarts) at `now`. Members start as backups, healthy until the
+    /// shell says otherwise (the shell should report the first health verdict before it matters:
+    /// nobody stands before one lease has passed).
+    pub fn new(cfg: ElectionConfig, now: Duration) -> Self {
+        let peers = cfg
+            .voters()
+            .into_iter()
+            .filter(|&id| id != cfg.me)
+            .map(|id| (id, PeerView::default()))
+            .collect();
+        let role = if cfg.is_witness() {
+            Role::Witness
+        } else {
+            Role::Backup
+        };
+        let lease = cfg.lease();
+        Election {
+            started_at: now,
+            epoch: 0,
+            role,
+            healthy: true,
+            shut_down: false,
+            peers,
+            leader: None,
+            voted: None,
+            pending_vote: None,
+            highest_epoch_seen: 0,
+            candidacy: None,
+            lease: None,
+            quiet_until: now + lease,
+            stand_not_before: now + lease,
+            seq: 0,
+            next_heartbeat: now,
+            cfg,
+        }
+    }
+
+    pub fn config(&self) -> &ElectionConfig {
+        &self.cfg
+    }
+    pub fn role(&self) -> Role {
+        self.role
+    }
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+    pub fn healthy(&self) -> bool {
+        self.healthy
+    }
+    pub fn is_primary(&self) -> bool {
+        self.role == Role::Primary
+    }
+    pub fn peers(&self) -> &BTreeMap<NodeId, PeerView> {
+        &self.peers
+    }
+
+    /// The primary we know of: ourselves, the leader we follow, or none.
+    pub fn primary(&self) -> Option<NodeId> {
+        if self.is_primary() {
+            Some(self.cfg.me)
+        } else {
+            self.leader
+                .as_ref()
+                .filter(|l| epoch_owner(self.epoch) == l.id)
+                .map(|l| l.id)
+        }
+    }
+
+    pub fn peer_alive(&self, id: NodeId, now: Duration) -> bool {
+        self.peers
+            .get(&id)
+            .and_then(|p| p.last_heard)
+            .is_some_and(|t| now < t + self.cfg.lease())
+    }
+
+    pub fn has_quorum(&self, now: Duration) -> bool {
+        let alive = self
+            .peers
+            .keys()
+            .filter(|&&id| self.peer_alive(id, now))
+            .count();
+        1 + alive >= self.cfg.quorum()
+    }
+
+    /// The next instant after `now` at which `handle(Event::Tick, _)` must run. Timers already
+    /// due at `now` were handled by the last call, so only later ones count.
+    pub fn next_deadline(&self, now: Duration) -> Duration {
+        let lease = self.cfg.lease();
+        let mut deadline = self.next_heartbeat;
+        let mut consider = |t: Duration| {
+            if t > now && t < deadline {
+                deadline = t;
+            }
+        };
+        if let Some(l) = &self.lease {
+            consider(l.until);
+        }
+        if let Some(l) = &self.leader {
+            consider(l.promise_until);
+        }
+        if let Some(c) = &self.candidacy {
+            consider(c.started + lease);
+        }
+        if let Some((_, _, received)) = self.pending_vote {
+            consider(received + lease);
+        }
+        for p in self.peers.values() {
+            if let Some(t) = p.last_heard {
+                consider(t + lease);
+            }
+        }
+        consider(self.quiet_until);
+        consider(self.stand_not_before);
+        deadline
+    }
+
+    /// Feeds one event; returns what to do and how a received message was judged.
+    pub fn handle(&mut self, event: Event, now: Duration) -> (Vec<Action>, Disposition) {
+        let mut out = Vec::new();
+        let mut disposition = Disposition::Accepted;
+        match event {
+            Event::Tick => {}
+            Event::HealthChanged(healthy) => self.healthy = healthy,
+            Event::Shutdown => {
+                if !self.shut_down {
+                    self.shut_down = true;
+                    if self.is_primary() {
+                        self.step_down(Reason::Shutdown, true, now, &mut out);
+                    }
+                    self.candidacy = None;
+                }
+            }
+            Event::Received {
+                from,
+                epoch,
+                message,
+            } => disposition = self.receive(from, epoch, message, now, &mut out),
+        }
+        self.step(now, &mut out);
+        (out, disposition)
+    }
+
+    fn receive(
+        &mut self,
+        from: NodeId,
+        epoch: u64,
+        message: Message,
+        now: Duration,
+        out: &mut Vec<Action>,
+    ) -> Disposition {
+        if from == self.cfg.me || !self.peers.contains_key(&from) {
+            return Disposition::UnknownSender;
+        }
+        let was_alive = self.peer_alive(from, now);
+        self.highest_epoch_seen = self.highest_epoch_seen.max(epoch);
+        if epoch > self.epoch && self.is_primary() {
+            self.step_down(Reason::NewerEpochSeen { from, epoch }, false, now, out);
+        }
+        let claims_authority = matches!(
+            message,
+            Message::Heartbeat {
+                role: Role::Primary,
+                ..
+            } | Message::Ack { .. }
+                | Message::Release
+        );
+        if claims_authority && epoch < self.epoch {
+            self.touch(from, now);
+            return Disposition::OldEpoch;
+        }
+        {
+            let peer = self.peers.get_mut(&from).expect("checked above");
+            peer.last_heard = Some(now);
+            peer.epoch = epoch;
+        }
+        if !was_alive && self.is_primary() {
+            out.push(Action::RefreshAnnouncement);
+        }
+        match message {
+            Message::Heartbeat {
+                role,
+                healthy,
+                has_quorum,
+                seq,
+                following,
+            } => {
+                let peer = self.peers.get_mut(&from).expect("checked above");
+                peer.role = Some(role);
+                peer.healthy = healthy;
+                peer.has_quorum = has_quorum;
+                peer.following = following;
+                if role == Role::Primary {
+                    self.primary_heartbeat(from, epoch, seq, now, out);
+                } else if epoch > self.epoch && !self.is_primary() {
+                    // A peer knows a newer epoch than we do: learn it, so we refuse the old
+                    // primary's frames from now on. A live promise stays: it may back a lease.
+                    self.epoch = epoch;
+                }
+            }
+            Message::Ack { primary, seq } => {
+                if primary == self.cfg.me && epoch == self.epoch && self.is_primary() {
+                    if let Some(lease) = &mut self.lease {
+                        let entry = lease.acked.entry(from).or_insert(0);
+                        *entry = (*entry).max(seq);
+                    }
+                    self.renew_lease(now);
+                }
+            }
+            Message::VoteRequest { proposed_epoch } => {
+                self.highest_epoch_seen = self.highest_epoch_seen.max(proposed_epoch);
+                self.vote_request(from, proposed_epoch, now, out)
+            }
+            Message::Vote {
+                candidate,
+                proposed_epoch,
+                granted,
+            } => {
+                if let Some(c) = &mut self.candidacy {
+                    if candidate == self.cfg.me && proposed_epoch == c.epoch {
+                        if granted {
+                            c.granted.insert(from);
+                        } else {
+                            c.denied.insert(from);
+                        }
+                    }
+                }
+            }
+            Message::Release => {
+                if self.leader.as_ref().is_some_and(|l| l.id == from) {
+                    self.leader = None;
+                }
+            }
+        }
+        Disposition::Accepted
+    }
+
+    fn touch(&mut self, from: NodeId, now: Duration) {
+        if let Some(p) = self.peers.get_mut(&from) {
+            p.last_heard = Some(now);
+        }
+    }
+
+    fn primary_heartbeat(
+        &mut self,
+        from: NodeId,
+        epoch: u64,
+        seq: u64,
+        now: Duration,
+        out: &mut Vec<Action>,
+    ) {
+        if self.is_primary() {
+            // Epochs are unique, so this primary is older than us: it steps down when it
+            // hears our heartbeat (we stepped down above had it been newer).
+            return;
+        }
+        // A live promise to somebody else (a vote for a newer epoch) forbids backing an
+        // older primary's lease: the candidate may win with our vote.
+        if let Some(l) = &self.leader {
+            if l.id != from && now < l.promise_until && epoch <= l.epoch {
+                return;
+            }
+        }
+        self.epoch = epoch;
+        self.leader = Some(Leader {
+            id: from,
+            epoch,
+            promise_until: now + self.cfg.lease(),
+        });
+        self.pending_vote = None;
+        if self.candidacy.is_some() {
+            self.candidacy = None;
+            if self.role == Role::Candidate {
+                self.role = Role::Backup;
+            }
+        }
+        out.push(Action::Send {
+            to: Destination::Voter(from),
+            epoch: self.epoch,
+            message: Message::Ack { primary: from, seq },
+        });
+    }
+
+    fn vote_request(
+        &mut self,
+        from: NodeId,
+        proposed: u64,
+        now: Duration,
+        out: &mut Vec<Action>,
+    ) {
+        let deny = |me: &Self, out: &mut Vec<Action>| {
+            out.push(Action::Send {
+                to: Destination::Voter(from),
+                epoch: me.epoch,
+                message: Message::Vote {
+                    candidate: from,
+                    proposed_epoch: proposed,
+                    granted: false,
+                },
+            })
+        };
+        if !self.cfg.members.contains(&from) || proposed <= self.epoch || self.is_primary() {
+            return deny(self, out);
+        }
+        if let Some((voted_epoch, voted_for)) = self.voted {
+            if voted_epoch == proposed && voted_for == from {
+                return self.grant(from, proposed, now, out);
+            }
+            if voted_epoch >= proposed {
+                return deny(self, out);
+            }
+        }
+        if self.candidacy.is_some() {
+            // Competing candidates: the lower id goes on, the other yields.
+            if from > self.cfg.me {
+                return deny(self, out);
+            }
+            self.candidacy = None;
+            self.role = Role::Backup;
+        }
+        if self.bound(now) && self.leader.as_ref().is_none_or(|l| l.id != from) {
+            let newer = self
+                .pending_vote
+                .is_none_or(|(_, pending_epoch, _)| proposed >= pending_epoch);
+            if newer {
+                self.pending_vote = Some((from, proposed, now));
+            }
+            return;
+        }
+        self.grant(from, proposed, now, out);
+    }
+
+    /// Whether a promise (or the quiet time after a start) forbids voting now.
+    fn bound(&self, now: Duration) -> bool {
+        now < self.quiet_until || self.leader.as_ref().is_some_and(|l| now < l.promise_until)
+    }
+
+    fn grant(&mut self, candidate: NodeId, proposed: u64, now: Duration, out: &mut Vec<Action>) {
+        self.voted = Some((proposed, candidate));
+        self.pending_vote = None;
+        self.leader = Some(Leader {
+            id: candidate,
+            epoch: proposed,
+            promise_until: now + self.cfg.lease(),
+        });
+        out.push(Action::Send {
+            to: Destination::Voter(candidate),
+            epoch: self.epoch,
+            message: Message::Vote {
+                candidate,
+                proposed_epoch: proposed,
+                granted: true,
+            },
+        });
+    }
+
+    fn step(&mut self, now: Duration, out: &mut Vec<Action>) {
+        let lease = self.cfg.lease();
+        // Promises run out.
+        if self.leader.as_ref().is_some_and(|l| now >= l.promise_until) {
+            self.leader = None;
+        }
+        // A kept vote request is granted once nothing binds us, if still fresh.
+        if let Some((candidate, proposed, received)) = self.pending_vote {
+            if now >= received + lease || proposed <= self.epoch {
+                self.pending_vote = None;
+            } else if !self.bound(now) {
+                self.grant(candidate, proposed, now, out);
+            }
+        }
+        if self.is_primary() {
+            self.renew_lease(now);
+            let expired = self.lease.as_ref().is_some_and(|l| now >= l.until);
+            if expired {
+                self.step_down(Reason::QuorumLost, false, now, out);
+            } else if !self.healthy {
+                self.step_down(Reason::Unhealthy, true, now, out);
+            } else if let Some(by) = self.preempting_member(now) {
+                self.step_down(Reason::Preempted { by }, true, now, out);
+            }
+        }
+        if let Some(c) = &self.candidacy {
+            if c.granted.len() >= self.cfg.quorum() {
+                self.win(now, out);
+            } else if now >= c.started + lease
+                || c.denied.len() > self.cfg.voters().len() - self.cfg.quorum()
+                || !self.healthy
+                || self.shut_down
+            {
+                let rank = self.cfg.members.iter().filter(|&&m| m < self.cfg.me).count() as u32;
+                self.candidacy = None;
+                self.role = Role::Backup;
+                self.stand_not_before = now + self.cfg.heartbeat_interval * (1 + rank);
+            }
+        }
+        if self.should_stand(now) {
+            self.stand(now, out);
+        }
+        if now >= self.next_heartbeat {
+            self.send_heartbeat(now, out);
+        }
+    }
+
+    fn should_stand(&self, now: Duration) -> bool {
+        if self.role != Role::Backup
+            || self.shut_down
+            || !self.healthy
+            || now < self.stand_not_before
+            || self.bound(now)
+            || self.pending_vote.is_some()
+            || !self.has_quorum(now)
+        {
+            return false;
+        }
+        // Defer to a lower-id member that can serve, and to any live primary we hear.
+        !self.peers.iter().any(|(&id, p)| {
+            self.peer_alive(id, now)
+                && ((p.role == Some(Role::Primary) && p.epoch >= self.epoch)
+                    || (id < self.cfg.me
+                        && self.cfg.members.contains(&id)
+                        && p.healthy
+                        && p.has_quorum))
+        })
+    }
+
+    fn stand(&mut self, now: Duration, out: &mut Vec<Action>) {
+        let known = self
+            .epoch
+            .max(self.highest_epoch_seen)
+            .max(self.voted.map_or(0, |(e, _)| e));
+        let proposed = ((epoch_term(known) + 1) << EPOCH_ID_BITS) | u64::from(self.cfg.me);
+        self.voted = Some((proposed, self.cfg.me));
+        self.role = Role::Candidate;
+        self.candidacy = Some(Candidacy {
+            epoch: proposed,
+            started: now,
+            granted: BTreeSet::from([self.cfg.me]),
+            denied: BTreeSet::new(),
+        });
+        out.push(Action::Send {
+            to: Destination::AllVoters,
+            epoch: self.epoch,
+            message: Message::VoteRequest {
+                proposed_epoch: proposed,
+            },
+        });
+        if self.cfg.quorum() <= 1 {
+            self.win(now, out);
+        }
+    }
+
+    fn win(&mut self, now: Duration, out: &mut Vec<Action>) {
+        let Some(c) = self.candidacy.take() else {
+            return;
+        };
+        self.epoch = c.epoch;
+        self.highest_epoch_seen = self.highest_epoch_seen.max(c.epoch);
+        self.role = Role::Primary;
+        self.leader = None;
+        self.pending_vote = None;
+        self.lease = Some(Lease {
+            until: c.started + self.cfg.lease() - self.cfg.lease_margin(),
+            sent: VecDeque::new(),
+            acked: BTreeMap::new(),
+        });
+        out.push(Action::TakeAddress { epoch: self.epoch });
+        out.push(Action::RoleChanged {
+            role: Role::Primary,
+            epoch: self.epoch,
+            reason: Reason::ElectionWon {
+                votes: c.granted.into_iter().collect(),
+            },
+        });
+        // Announce ourselves at once so followers bind their promises to us.
+        self.next_heartbeat = now;
+    }
+
+    fn renew_lease(&mut self, now: Duration) {
+        let quorum = self.cfg.quorum();
+        let lease_len = self.cfg.lease();
+        let margin = self.cfg.lease_margin();
+        let Some(lease) = &mut self.lease else {
+            return;
+        };
+        if quorum <= 1 {
+            lease.until = lease.until.max(now + lease_len - margin);
+            return;
+        }
+        let mut backed: Vec<Duration> = lease
+            .acked
+            .values()
+            .filter_map(|seq| {
+                lease
+                    .sent
+                    .iter()
+                    .find(|(s, _)| s == seq)
+                    .map(|&(_, sent)| sent)
+            })
+            .collect();
+        backed.sort_unstable_by(|a, b| b.cmp(a));
+        if let Some(&sent) = backed.get(quorum - 2) {
+            lease.until = lease.until.max(sent + lease_len - margin);
+        }
+    }
+
+    /// A healthy lower-id member with quorum that follows us, when preemption is on.
+    fn preempting_member(&self, now: Duration) -> Option<NodeId> {
+        if !self.cfg.preempt {
+            return None;
+        }
+        self.peers
+            .iter()
+            .filter(|(&id, p)| {
+                id < self.cfg.me
+                    && self.cfg.members.contains(&id)
+                    && self.peer_alive(id, now)
+                    && p.healthy
+                    && p.has_quorum
+                    && p.role == Some(Role::Backup)
+                    && p.following == Some(self.cfg.me)
+            })
+            .map(|(&id, _)| id)
+            .next()
+    }
+
+    fn step_down(&mut self, reason: Reason, tell_peers: bool, now: Duration, out: &mut Vec<Action>) {
+        self.role = Role::Backup;
+        self.lease = None;
+        out.push(Action::ReleaseAddress);
+        if tell_peers {
+            out.push(Action::Send {
+                to: Destination::AllVoters,
+                epoch: self.epoch,
+                message: Message::Release,
+            });
+        }
+        if let Reason::NewerEpochSeen { epoch, .. } = reason {
+            self.epoch = epoch;
+        }
+        // Give the others one lease to elect somebody before we may stand again.
+        self.stand_not_before = self.stand_not_before.max(now + self.cfg.lease());
+        out.push(Action::RoleChanged {
+            role: Role::Backup,
+            epoch: self.epoch,
+            reason,
+        });
+    }
+
+    fn send_heartbeat(&mut self, now: Duration, out: &mut Vec<Action>) {
+        self.seq += 1;
+        let has_quorum = self.has_quorum(now);
+        if let Some(lease) = &mut self.lease {
+            lease.sent.push_back((self.seq, now));
+            if lease.sent.len() > SENT_HISTORY {
+                lease.sent.pop_front();
+            }
+        }
+        out.push(Action::Send {
+            to: Destination::AllVoters,
+            epoch: self.epoch,
+            message: Message::Heartbeat {
+                role: self.role,
+                healthy: self.healthy,
+                has_quorum,
+                seq: self.seq,
+                following: self.leader.as_ref().map(|l| l.id),
+            },
+        });
+        self.next_heartbeat = now + self.cfg.heartbeat_interval;
+    }
+
+    /// Time since start, for status.
+    pub fn started_at(&self) -> Duration {
+        self.started_at
+    }
+}

@@ -1,0 +1,391 @@
+//! A deterministic simulation of a whole group: random message drops and delays, partitions,
+//! crashes, restarts and health flaps, all driven by a seed. After every step it checks that at
+//! most one node holds the address and that no two nodes were ever primary in the same epoch;
+//! after the faults stop it checks that exactly one primary serves.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::time::Duration;
+
+use steadfast_core::election::{Action, Destination, Election, ElectionConfig, Event};
+use steadfast_core::{Message, NodeId, Role};
+
+/// splitmix64: small, seedable, good enough to drive a simulation.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}
+
+struct Node {
+    election: Option<Election>,
+    healthy: bool,
+    holds_address: bool,
+}
+
+struct Delivery {
+    to: NodeId,
+    from: NodeId,
+    epoch: u64,
+    message: Message,
+}
+
+struct Sim {
+    rng: Rng,
+    now: Duration,
+    configs: BTreeMap<NodeId, ElectionConfig>,
+    nodes: BTreeMap<NodeId, Node>,
+    queue: BinaryHeap<Reverse<(Duration, u64)>>,
+    in_flight: BTreeMap<u64, Delivery>,
+    next_msg: u64,
+    /// Directed links that drop everything.
+    cut: BTreeSet<(NodeId, NodeId)>,
+    drop_percent: u64,
+    max_delay_us: u64,
+    primary_of_epoch: BTreeMap<u64, NodeId>,
+    takeovers: usize,
+    seed: u64,
+}
+
+impl Sim {
+    fn new(seed: u64, members: &[NodeId], witness: Option<NodeId>, preempt: bool) -> Sim {
+        let mut configs = BTreeMap::new();
+        let mut nodes = BTreeMap::new();
+        for &me in members.iter().chain(witness.iter()) {
+            let cfg = ElectionConfig {
+                me,
+                members: members.to_vec(),
+                witness,
+                heartbeat_interval: Duration::from_millis(10),
+                miss_count: 3,
+                preempt,
+                two_node: false,
+            };
+            nodes.insert(
+                me,
+                Node {
+                    election: Some(Election::new(cfg.clone(), Duration::ZERO)),
+                    healthy: true,
+                    holds_address: false,
+                },
+            );
+            configs.insert(me, cfg);
+        }
+        Sim {
+            rng: Rng(seed),
+            now: Duration::ZERO,
+            configs,
+            nodes,
+            queue: BinaryHeap::new(),
+            in_flight: BTreeMap::new(),
+            next_msg: 0,
+            cut: BTreeSet::new(),
+            drop_percent: 0,
+            max_delay_us: 300,
+            primary_of_epoch: BTreeMap::new(),
+            takeovers: 0,
+            seed,
+        }
+    }
+
+    fn ids(&self) -> Vec<NodeId> {
+        self.nodes.keys().copied().collect()
+    }
+
+    fn apply(&mut self, id: NodeId, actions: Vec<Action>) {
+        for action in actions {
+            match action {
+                Action::Send { to, epoch, message } => {
+                    let targets: Vec<NodeId> = match to {
+                        Destination::AllVoters => {
+                            self.ids().into_iter().filter(|&t| t != id).collect()
+                        }
+                        Destination::Voter(t) => vec![t],
+                    };
+                    for t in targets {
+                        if self.cut.contains(&(id, t)) || self.rng.chance(self.drop_percent) {
+                            continue;
+                        }
+                        let delay = Duration::from_micros(self.rng.below(self.max_delay_us) + 1);
+                        self.next_msg += 1;
+                        self.in_flight.insert(
+                            self.next_msg,
+                            Delivery {
+                                to: t,
+                                from: id,
+                                epoch,
+                                message: message.clone(),
+                            },
+                        );
+                        self.queue.push(Reverse((self.now + delay, self.next_msg)));
+                    }
+                }
+                Action::TakeAddress { .. } => {
+                    self.nodes.get_mut(&id).unwrap().holds_address = true;
+                    self.takeovers += 1;
+                }
+                Action::ReleaseAddress => self.nodes.get_mut(&id).unwrap().holds_address = false,
+                Action::RefreshAnnouncement => {}
+                Action::RoleChanged { role, epoch, .. } => {
+                    if role == Role::Primary {
+                        if let Some(&other) = self.primary_of_epoch.get(&epoch) {
+                            assert_eq!(
+                                other, id,
+                                "seed {}: nodes {other} and {id} both primary in epoch {epoch}",
+                                self.seed
+                            );
+                        }
+                        self.primary_of_epoch.insert(epoch, id);
+                    }
+                }
+            }
+        }
+        self.check_one_holder();
+    }
+
+    fn check_one_holder(&self) {
+        let holders: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.holds_address)
+            .map(|(&id, _)| id)
+            .collect();
+        assert!(
+            holders.len() <= 1,
+            "seed {}: {:?} hold the address at once at {:?}",
+            self.seed,
+            holders,
+            self.now
+        );
+    }
+
+    fn event(&mut self, id: NodeId, event: Event) {
+        let now = self.now;
+        let Some(e) = self.nodes.get_mut(&id).unwrap().election.as_mut() else {
+            return;
+        };
+        let (actions, _) = e.handle(event, now);
+        self.apply(id, actions);
+    }
+
+    /// Runs until `until`, delivering messages and ticks in time order.
+    fn run_until(&mut self, until: Duration) {
+        loop {
+            let next_msg = self.queue.peek().map(|Reverse((t, _))| *t);
+            let next_tick = self
+                .nodes
+                .values()
+                .filter_map(|n| n.election.as_ref().map(|e| e.next_deadline(self.now)))
+                .min();
+            let next = [next_msg, next_tick].into_iter().flatten().min();
+            let Some(next) = next.filter(|&t| t <= until) else {
+                self.now = until;
+                return;
+            };
+            self.now = self.now.max(next);
+            if next_msg == Some(next) {
+                let Reverse((_, msg)) = self.queue.pop().unwrap();
+                let d = self.in_flight.remove(&msg).unwrap();
+                self.event(
+                    d.to,
+                    Event::Received {
+                        from: d.from,
+                        epoch: d.epoch,
+                        message: d.message,
+                    },
+                );
+            } else {
+                for id in self.ids() {
+                    let due = self.nodes[&id]
+                        .election
+                        .as_ref()
+                        .is_some_and(|e| e.next_deadline(self.now) <= self.now);
+                    if due {
+                        self.event(id, Event::Tick);
+                    }
+                }
+            }
+        }
+    }
+
+    fn crash(&mut self, id: NodeId) {
+        let n = self.nodes.get_mut(&id).unwrap();
+        n.election = None;
+        n.holds_address = false;
+    }
+
+    fn restart(&mut self, id: NodeId) {
+        let cfg = self.configs[&id].clone();
+        let healthy = self.nodes[&id].healthy;
+        let mut e = Election::new(cfg, self.now);
+        let (actions, _) = e.handle(Event::HealthChanged(healthy), self.now);
+        let n = self.nodes.get_mut(&id).unwrap();
+        n.election = Some(e);
+        self.apply(id, actions);
+    }
+
+    fn random_fault(&mut self) {
+        let ids = self.ids();
+        let pick = |rng: &mut Rng| ids[rng.below(ids.len() as u64) as usize];
+        match self.rng.below(7) {
+            0 => {
+                let id = pick(&mut self.rng);
+                if self.nodes[&id].election.is_some() {
+                    self.crash(id)
+                } else {
+                    self.restart(id)
+                }
+            }
+            1 => {
+                let (a, b) = (pick(&mut self.rng), pick(&mut self.rng));
+                if a != b {
+                    // Symmetric or one-way cut.
+                    self.cut.insert((a, b));
+                    if self.rng.chance(70) {
+                        self.cut.insert((b, a));
+                    }
+                }
+            }
+            2 => self.cut.clear(),
+            3 => {
+                let id = pick(&mut self.rng);
+                let healthy = !self.nodes[&id].healthy;
+                self.nodes.get_mut(&id).unwrap().healthy = healthy;
+                self.event(id, Event::HealthChanged(healthy));
+            }
+            4 => self.drop_percent = [0, 5, 30, 90][self.rng.below(4) as usize],
+            5 => self.max_delay_us = [50, 300, 5_000, 40_000][self.rng.below(4) as usize],
+            _ => {
+                let id = pick(&mut self.rng);
+                self.event(id, Event::Shutdown);
+                self.crash(id);
+            }
+        }
+    }
+
+    fn heal_everything(&mut self) {
+        self.cut.clear();
+        self.drop_percent = 0;
+        self.max_delay_us = 300;
+        for id in self.ids() {
+            if !self.nodes[&id].healthy {
+                self.nodes.get_mut(&id).unwrap().healthy = true;
+                self.event(id, Event::HealthChanged(true));
+            }
+            if self.nodes[&id].election.is_none() {
+                self.restart(id);
+            }
+        }
+    }
+
+    fn primaries(&self) -> Vec<NodeId> {
+        self.nodes
+            .iter()
+            .filter(|(_, n)| n.election.as_ref().is_some_and(|e| e.role() == Role::Primary))
+            .map(|(&id, _)| id)
+            .collect()
+    }
+}
+
+fn chaos(seed: u64, members: &[NodeId], witness: Option<NodeId>, preempt: bool) {
+    let mut sim = Sim::new(seed, members, witness, preempt);
+    for _ in 0..60 {
+        let gap = Duration::from_millis(sim.rng.below(120) + 1);
+        let until = sim.now + gap;
+        sim.run_until(until);
+        sim.random_fault();
+    }
+    sim.heal_everything();
+    let until = sim.now + Duration::from_millis(500);
+    sim.run_until(until);
+    let primaries = sim.primaries();
+    assert_eq!(
+        primaries.len(),
+        1,
+        "seed {seed}: after healing, primaries are {primaries:?}"
+    );
+    let holders: Vec<_> = sim
+        .nodes
+        .iter()
+        .filter(|(_, n)| n.holds_address)
+        .map(|(id, _)| *id)
+        .collect();
+    assert_eq!(holders, primaries, "seed {seed}: address holder is not the primary");
+}
+
+#[test]
+fn two_members_and_witness_under_chaos() {
+    for seed in 0..300 {
+        chaos(seed, &[1, 2], Some(100), false);
+    }
+}
+
+#[test]
+fn three_members_under_chaos() {
+    for seed in 1000..1300 {
+        chaos(seed, &[1, 2, 3], None, false);
+    }
+}
+
+#[test]
+fn five_voters_with_preemption_under_chaos() {
+    for seed in 2000..2150 {
+        chaos(seed, &[1, 2, 3, 4], Some(9), true);
+    }
+}
+
+#[test]
+fn crash_of_primary_moves_the_address_within_a_lease_and_a_bit() {
+    let mut sim = Sim::new(7, &[1, 2, 3], None, false);
+    sim.run_until(Duration::from_millis(200));
+    assert_eq!(sim.primaries(), vec![1], "lowest id serves after start");
+    let crash_at = sim.now;
+    sim.crash(1);
+    let mut took_over = None;
+    while sim.now < crash_at + Duration::from_millis(200) {
+        let until = sim.now + Duration::from_micros(100);
+        sim.run_until(until);
+        if sim.primaries() == vec![2] && took_over.is_none() {
+            took_over = Some(sim.now - crash_at);
+        }
+    }
+    let gap = took_over.expect("node 2 took over");
+    // Lease is 3 × 10 ms: the takeover happens within one lease plus delivery delays.
+    assert!(gap <= Duration::from_millis(32), "takeover took {gap:?}");
+    assert_eq!(sim.primaries(), vec![2]);
+}
+
+#[test]
+fn healed_node_does_not_take_back_without_preemption() {
+    let mut sim = Sim::new(8, &[1, 2, 3], None, false);
+    sim.run_until(Duration::from_millis(200));
+    sim.crash(1);
+    sim.run_until(Duration::from_millis(400));
+    assert_eq!(sim.primaries(), vec![2]);
+    sim.restart(1);
+    sim.run_until(Duration::from_millis(1000));
+    assert_eq!(sim.primaries(), vec![2], "no preemption by default");
+}
+
+#[test]
+fn healed_node_takes_back_with_preemption() {
+    let mut sim = Sim::new(9, &[1, 2, 3], None, true);
+    sim.run_until(Duration::from_millis(200));
+    sim.crash(1);
+    sim.run_until(Duration::from_millis(400));
+    assert_eq!(sim.primaries(), vec![2]);
+    sim.restart(1);
+    sim.run_until(Duration::from_millis(1000));
+    assert_eq!(sim.primaries(), vec![1], "preemption gives the address back");
+}
