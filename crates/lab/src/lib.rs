@@ -1,1 +1,4 @@
 //! placeholder
+pub mod backend;
+pub mod generator;
+pub mod load;

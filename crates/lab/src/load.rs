@@ -1,0 +1,1134 @@
+//! The verifying load client used by the lab, the demo and the integration tests.
+//!
+//! It runs in the client namespace: the caller enters the namespace on a thread and builds the
+//! tokio runtime there, then calls [`run_load`] with the service address.
+//!
+//! Two kinds of load run side by side:
+//! - **probes**, the failover measurement: every `period` a *new* connection is opened (without
+//!   waiting for the previous probe) for one `GET` with `Connection: close`; the reply body is
+//!   verified against [`crate::generator`]; each probe has its own `timeout`.
+//! - **keep-alive connections**: `connections` persistent connections, each sending sequential
+//!   verified requests (`/bytes` of various sizes and seeds, `/uuid`); a failed request closes the
+//!   connection, is recorded, and the worker reconnects.
+//!
+//! Every request records its start (since the load began), latency and outcome, and the
+//! [`LoadReport`] derives outages, the longest client-visible gap and the serving timeline.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Serialize, Serializer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::backend::{verify_uuid_body, ChunkedDecoder};
+use crate::generator::BodyVerifier;
+
+/// Longest reply head the client accepts.
+const MAX_REPLY_HEAD_BYTES: usize = 64 * 1024;
+/// Most header fields in a reply.
+const MAX_REPLY_HEADERS: usize = 64;
+/// A `/uuid` reply is about 100 bytes; anything much longer is wrong.
+const MAX_UUID_BODY_BYTES: usize = 4096;
+const READ_PIECE: usize = 64 * 1024;
+
+/// What to run and for how long.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub target: SocketAddr,
+    /// Upper bound of the run; [`run_load`]'s `stop` can end it earlier. In-flight requests are
+    /// then given their own timeout to finish.
+    pub duration: Duration,
+    /// `None`: no probes.
+    pub probes: Option<ProbeOptions>,
+    /// `None`: no keep-alive connections.
+    pub keep_alive: Option<KeepAliveOptions>,
+}
+
+impl LoadOptions {
+    /// Probes with the default options, no keep-alive connections.
+    pub fn probes_only(target: SocketAddr, duration: Duration) -> Self {
+        Self {
+            target,
+            duration,
+            probes: Some(ProbeOptions::default()),
+            keep_alive: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ProbeOptions {
+    /// A new probe starts every period (default 10 ms).
+    pub period: Duration,
+    /// From connect to the last body byte (default 500 ms).
+    pub timeout: Duration,
+    pub request: ProbeRequest,
+}
+
+impl Default for ProbeOptions {
+    fn default() -> Self {
+        Self {
+            period: Duration::from_millis(10),
+            timeout: Duration::from_millis(500),
+            request: ProbeRequest::GeneratedBytes { len: 1024 },
+        }
+    }
+}
+
+/// What a probe asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProbeRequest {
+    /// `GET /bytes/{len}?seed={probe index}` from the builtin backend.
+    GeneratedBytes { len: u64 },
+    /// `GET {path}` of a file whose content is the generator's output for `len` and `seed`
+    /// (the nginx and apache2 docroots; see [`crate::generator::write_expected_file`]).
+    StaticFile { path: String, len: u64, seed: u64 },
+}
+
+#[derive(Debug, Clone)]
+pub struct KeepAliveOptions {
+    /// Persistent connections (default 2).
+    pub connections: usize,
+    /// From sending a request (connecting first when needed) to the last body byte (default 1 s).
+    pub request_timeout: Duration,
+    /// Request `i` of connection `c` cycles through `GET /bytes/{size}?seed={c << 32 | i}` for
+    /// each size, then `GET /uuid` when `include_uuid` (default sizes 1 KiB, 10 KiB, 50 KiB,
+    /// 1 MiB).
+    pub sizes: Vec<u64>,
+    pub include_uuid: bool,
+    /// Pause between two requests of one connection (default none: as fast as replies come).
+    pub pause: Duration,
+    /// Pause before reconnecting after a failure (default 10 ms).
+    pub reconnect_delay: Duration,
+}
+
+impl Default for KeepAliveOptions {
+    fn default() -> Self {
+        Self {
+            connections: 2,
+            request_timeout: Duration::from_secs(1),
+            sizes: vec![1024, 10 * 1024, 50 * 1024, 1024 * 1024],
+            include_uuid: true,
+            pause: Duration::ZERO,
+            reconnect_delay: Duration::from_millis(10),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LoadError {
+    #[error("load options: {0}")]
+    InvalidOptions(String),
+}
+
+/// Kind of a failed request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The target refused the connection (nothing listening).
+    ConnectRefused,
+    /// No answer to the SYN within the timeout.
+    ConnectTimeout,
+    /// EHOSTUNREACH / ENETUNREACH (no neighbour answers for the address).
+    Unreachable,
+    /// The connection was reset (RST) or the pipe broke.
+    Reset,
+    /// Connected, but the reply did not complete within the timeout.
+    Timeout,
+    /// The server closed the connection before the reply was complete.
+    Closed,
+    /// A reply status other than 200.
+    BadStatus,
+    /// A reply that is not valid HTTP/1.1 or cannot be framed.
+    MalformedReply,
+    /// The body differs from what the generator (or the `/uuid` checksum) says.
+    BadBody,
+    /// Any other socket error.
+    Io,
+}
+
+/// A failed request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Failure {
+    pub kind: ErrorKind,
+    /// What and where, for humans.
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Outcome {
+    /// Verified reply; `server` is its `Steadfast-Node` header, when present.
+    Ok {
+        server: Option<String>,
+    },
+    Err(Failure),
+}
+
+impl Outcome {
+    pub fn is_ok(&self) -> bool {
+        matches!(self, Self::Ok { .. })
+    }
+}
+
+fn serialize_micros<S: Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_u64(u64::try_from(duration.as_micros()).unwrap_or(u64::MAX))
+}
+
+/// One probe: one new connection, one request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Probe {
+    /// Probes are numbered in launch order from 0; the number is also the seed.
+    pub index: u64,
+    /// When the probe started, since the load began.
+    #[serde(rename = "start_us", serialize_with = "serialize_micros")]
+    pub start: Duration,
+    #[serde(rename = "latency_us", serialize_with = "serialize_micros")]
+    pub latency: Duration,
+    pub outcome: Outcome,
+}
+
+/// The request a keep-alive connection sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(tag = "path", rename_all = "snake_case")]
+pub enum RequestKind {
+    Bytes { len: u64, seed: u64 },
+    Uuid,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RequestRecord {
+    #[serde(rename = "start_us", serialize_with = "serialize_micros")]
+    pub start: Duration,
+    #[serde(rename = "latency_us", serialize_with = "serialize_micros")]
+    pub latency: Duration,
+    pub kind: RequestKind,
+    /// True when this request had to open the connection first.
+    pub connected: bool,
+    pub outcome: Outcome,
+}
+
+/// What one keep-alive connection slot did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ConnectionReport {
+    pub index: usize,
+    /// Connection attempts, successful or not (1 + reconnection attempts).
+    pub connects: u64,
+    pub requests: Vec<RequestRecord>,
+}
+
+impl ConnectionReport {
+    pub fn failures(&self) -> usize {
+        self.requests.iter().filter(|r| !r.outcome.is_ok()).count()
+    }
+}
+
+/// A maximal run of failed probes.
+///
+/// Definition: `from` is the start of the last successful probe before the run and `to` the start
+/// of the first successful probe after it; `duration = to - from - period`. Probes start one
+/// period apart, so two consecutive successes give 0 (no outage) and a single failed probe gives
+/// one period. A run with no success before it takes `from` as one period before its first probe
+/// (clamped to the load's start); a run with no success after it takes `to` as one period after
+/// its last probe and has `resolved = false` (the service had not come back when the load ended).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Outage {
+    #[serde(rename = "from_us", serialize_with = "serialize_micros")]
+    pub from: Duration,
+    #[serde(rename = "to_us", serialize_with = "serialize_micros")]
+    pub to: Duration,
+    #[serde(rename = "duration_us", serialize_with = "serialize_micros")]
+    pub duration: Duration,
+    pub failed_probes: usize,
+    pub resolved: bool,
+}
+
+/// A run of consecutive successful probes served by the same node (failed probes in between do
+/// not break a run).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ServedSpan {
+    pub server: Option<String>,
+    /// Start of the first probe of the run.
+    #[serde(rename = "from_us", serialize_with = "serialize_micros")]
+    pub from: Duration,
+    /// Start of the last probe of the run.
+    #[serde(rename = "to_us", serialize_with = "serialize_micros")]
+    pub to: Duration,
+    pub probes: usize,
+}
+
+/// Everything a load run recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LoadReport {
+    pub target: SocketAddr,
+    #[serde(rename = "period_us", serialize_with = "serialize_micros")]
+    pub period: Duration,
+    #[serde(rename = "elapsed_us", serialize_with = "serialize_micros")]
+    pub elapsed: Duration,
+    /// Sorted by start.
+    pub probes: Vec<Probe>,
+    pub connections: Vec<ConnectionReport>,
+}
+
+/// The derived figures of a [`LoadReport`], for JSON output and human reports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LoadSummary {
+    pub probes: usize,
+    pub probe_failures: usize,
+    pub requests: usize,
+    pub request_failures: usize,
+    pub reconnects: u64,
+    pub outages: Vec<Outage>,
+    #[serde(rename = "longest_gap_us", serialize_with = "serialize_micros")]
+    pub longest_gap: Duration,
+    pub served_by: Vec<ServedSpan>,
+    pub probe_errors: BTreeMap<ErrorKind, usize>,
+    pub request_errors: BTreeMap<ErrorKind, usize>,
+}
+
+impl LoadReport {
+    /// Maximal runs of failed probes (see [`Outage`] for how they are measured).
+    pub fn outages(&self) -> Vec<Outage> {
+        let mut outages = Vec::new();
+        let mut last_ok: Option<Duration> = None;
+        // (start of the first failed probe, start of the last one, count)
+        let mut run: Option<(Duration, Duration, usize)> = None;
+        for probe in &self.probes {
+            if probe.outcome.is_ok() {
+                if let Some((first_failed, _, failed_probes)) = run.take() {
+                    let from = last_ok.unwrap_or(first_failed.saturating_sub(self.period));
+                    outages.push(Outage {
+                        from,
+                        to: probe.start,
+                        duration: probe.start.saturating_sub(from).saturating_sub(self.period),
+                        failed_probes,
+                        resolved: true,
+                    });
+                }
+                last_ok = Some(probe.start);
+            } else {
+                run = Some(match run {
+                    None => (probe.start, probe.start, 1),
+                    Some((first, _, count)) => (first, probe.start, count + 1),
+                });
+            }
+        }
+        if let Some((first_failed, last_failed, failed_probes)) = run {
+            let from = last_ok.unwrap_or(first_failed.saturating_sub(self.period));
+            let to = last_failed + self.period;
+            outages.push(Outage {
+                from,
+                to,
+                duration: to.saturating_sub(from).saturating_sub(self.period),
+                failed_probes,
+                resolved: false,
+            });
+        }
+        outages
+    }
+
+    /// The longest outage, zero when every probe succeeded.
+    pub fn longest_gap(&self) -> Duration {
+        self.outages()
+            .iter()
+            .map(|outage| outage.duration)
+            .max()
+            .unwrap_or(Duration::ZERO)
+    }
+
+    pub fn probe_failures(&self) -> usize {
+        self.probes.iter().filter(|p| !p.outcome.is_ok()).count()
+    }
+
+    pub fn request_failures(&self) -> usize {
+        self.connections
+            .iter()
+            .map(ConnectionReport::failures)
+            .sum()
+    }
+
+    /// Failed probes plus failed keep-alive requests.
+    pub fn failures(&self) -> usize {
+        self.probe_failures() + self.request_failures()
+    }
+
+    pub fn requests(&self) -> usize {
+        self.connections.iter().map(|c| c.requests.len()).sum()
+    }
+
+    /// Which node served the probes when.
+    pub fn served_by(&self) -> Vec<ServedSpan> {
+        let mut spans: Vec<ServedSpan> = Vec::new();
+        for probe in &self.probes {
+            let Outcome::Ok { server } = &probe.outcome else {
+                continue;
+            };
+            match spans.last_mut() {
+                Some(span) if span.server == *server => {
+                    span.to = probe.start;
+                    span.probes += 1;
+                }
+                _ => spans.push(ServedSpan {
+                    server: server.clone(),
+                    from: probe.start,
+                    to: probe.start,
+                    probes: 1,
+                }),
+            }
+        }
+        spans
+    }
+
+    pub fn probe_error_counts(&self) -> BTreeMap<ErrorKind, usize> {
+        count_kinds(self.probes.iter().map(|p| &p.outcome))
+    }
+
+    pub fn request_error_counts(&self) -> BTreeMap<ErrorKind, usize> {
+        count_kinds(
+            self.connections
+                .iter()
+                .flat_map(|c| c.requests.iter().map(|r| &r.outcome)),
+        )
+    }
+
+    /// Probe and request errors together.
+    pub fn error_counts(&self) -> BTreeMap<ErrorKind, usize> {
+        let mut counts = self.probe_error_counts();
+        for (kind, count) in self.request_error_counts() {
+            *counts.entry(kind).or_default() += count;
+        }
+        counts
+    }
+
+    pub fn summary(&self) -> LoadSummary {
+        LoadSummary {
+            probes: self.probes.len(),
+            probe_failures: self.probe_failures(),
+            requests: self.requests(),
+            request_failures: self.request_failures(),
+            reconnects: self
+                .connections
+                .iter()
+                .map(|c| c.connects.saturating_sub(1))
+                .sum(),
+            outages: self.outages(),
+            longest_gap: self.longest_gap(),
+            served_by: self.served_by(),
+            probe_errors: self.probe_error_counts(),
+            request_errors: self.request_error_counts(),
+        }
+    }
+}
+
+fn count_kinds<'a>(outcomes: impl Iterator<Item = &'a Outcome>) -> BTreeMap<ErrorKind, usize> {
+    let mut counts = BTreeMap::new();
+    for outcome in outcomes {
+        if let Outcome::Err(failure) = outcome {
+            *counts.entry(failure.kind).or_default() += 1;
+        }
+    }
+    counts
+}
+
+/// Live counters, readable while the load runs (the demo's progress line).
+#[derive(Debug, Default)]
+pub struct LoadProgress {
+    probes_ok: AtomicU64,
+    probes_failed: AtomicU64,
+    requests_ok: AtomicU64,
+    requests_failed: AtomicU64,
+    last_server: Mutex<Option<String>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProgressSnapshot {
+    pub probes_ok: u64,
+    pub probes_failed: u64,
+    pub requests_ok: u64,
+    pub requests_failed: u64,
+    /// `Steadfast-Node` of the latest successful probe or request.
+    pub last_server: Option<String>,
+}
+
+impl LoadProgress {
+    pub fn snapshot(&self) -> ProgressSnapshot {
+        ProgressSnapshot {
+            probes_ok: self.probes_ok.load(Ordering::Relaxed),
+            probes_failed: self.probes_failed.load(Ordering::Relaxed),
+            requests_ok: self.requests_ok.load(Ordering::Relaxed),
+            requests_failed: self.requests_failed.load(Ordering::Relaxed),
+            last_server: self
+                .last_server
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .clone(),
+        }
+    }
+
+    fn record(&self, outcome: &Outcome, ok: &AtomicU64, failed: &AtomicU64) {
+        match outcome {
+            Outcome::Ok { server } => {
+                ok.fetch_add(1, Ordering::Relaxed);
+                if server.is_some() {
+                    *self
+                        .last_server
+                        .lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner()) = server.clone();
+                }
+            }
+            Outcome::Err(_) => {
+                failed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Runs the load until `options.duration` has passed or `stop` completes, whichever is first,
+/// then waits for in-flight requests (each bounded by its timeout) and returns what was recorded.
+/// Pass `std::future::pending()` as `stop` to run for the full duration.
+pub async fn run_load(
+    options: LoadOptions,
+    stop: impl std::future::Future<Output = ()>,
+    progress: Arc<LoadProgress>,
+) -> Result<LoadReport, LoadError> {
+    validate(&options)?;
+    let started = Instant::now();
+    let (stop_sender, stop_receiver) = watch::channel(false);
+
+    let prober = options.probes.clone().map(|probe_options| {
+        tokio::spawn(run_probes(
+            options.target,
+            probe_options,
+            started,
+            stop_receiver.clone(),
+            Arc::clone(&progress),
+        ))
+    });
+    let mut workers = JoinSet::new();
+    if let Some(keep_alive) = &options.keep_alive {
+        let keep_alive = Arc::new(keep_alive.clone());
+        for index in 0..keep_alive.connections {
+            workers.spawn(run_connection(
+                options.target,
+                index,
+                Arc::clone(&keep_alive),
+                started,
+                stop_receiver.clone(),
+                Arc::clone(&progress),
+            ));
+        }
+    }
+
+    tokio::select! {
+        () = tokio::time::sleep(options.duration) => {}
+        () = stop => {}
+    }
+    // Receivers are held by the spawned tasks, so this only fails if they all ended already.
+    let _ = stop_sender.send(true);
+
+    let mut probes = match prober {
+        Some(handle) => handle.await.unwrap_or_else(|error| {
+            panic!("the probe scheduler task failed: {error}");
+        }),
+        None => Vec::new(),
+    };
+    probes.sort_by_key(|probe| (probe.start, probe.index));
+    let mut connections = Vec::new();
+    while let Some(joined) = workers.join_next().await {
+        connections
+            .push(joined.unwrap_or_else(|error| panic!("a keep-alive worker failed: {error}")));
+    }
+    connections.sort_by_key(|connection| connection.index);
+    Ok(LoadReport {
+        target: options.target,
+        period: options
+            .probes
+            .as_ref()
+            .map_or(Duration::ZERO, |probes| probes.period),
+        elapsed: started.elapsed(),
+        probes,
+        connections,
+    })
+}
+
+fn validate(options: &LoadOptions) -> Result<(), LoadError> {
+    if let Some(probes) = &options.probes {
+        if probes.period.is_zero() {
+            return Err(LoadError::InvalidOptions(
+                "probe period must be positive".into(),
+            ));
+        }
+        if probes.timeout.is_zero() {
+            return Err(LoadError::InvalidOptions(
+                "probe timeout must be positive".into(),
+            ));
+        }
+    }
+    if let Some(keep_alive) = &options.keep_alive {
+        if keep_alive.request_timeout.is_zero() {
+            return Err(LoadError::InvalidOptions(
+                "keep-alive request timeout must be positive".into(),
+            ));
+        }
+        if keep_alive.sizes.is_empty() && !keep_alive.include_uuid {
+            return Err(LoadError::InvalidOptions(
+                "keep-alive load needs at least one /bytes size or /uuid".into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+async fn run_probes(
+    target: SocketAddr,
+    options: ProbeOptions,
+    started: Instant,
+    mut stop: watch::Receiver<bool>,
+    progress: Arc<LoadProgress>,
+) -> Vec<Probe> {
+    let mut in_flight = JoinSet::new();
+    let mut probes = Vec::new();
+    let mut ticks = tokio::time::interval(options.period);
+    // After a stall (an overloaded runtime) do not fire a burst of probes at once: that would
+    // measure the burst, not the service.
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let request = Arc::new(options.request.clone());
+    let mut index = 0u64;
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.wait_for(|stopped| *stopped) => break,
+            _ = ticks.tick() => {
+                let request = Arc::clone(&request);
+                let progress = Arc::clone(&progress);
+                let timeout = options.timeout;
+                let probe_index = index;
+                // The start is the scheduled launch, before the task waits for a worker thread.
+                let start = started.elapsed();
+                let begun = Instant::now();
+                in_flight.spawn(async move {
+                    let outcome = probe_once(target, &request, probe_index, timeout).await;
+                    progress.record(&outcome, &progress.probes_ok, &progress.probes_failed);
+                    Probe { index: probe_index, start, latency: begun.elapsed(), outcome }
+                });
+                index += 1;
+            }
+            Some(joined) = in_flight.join_next(), if !in_flight.is_empty() => {
+                probes.push(joined.expect("probe tasks do not panic"));
+            }
+        }
+    }
+    while let Some(joined) = in_flight.join_next().await {
+        probes.push(joined.expect("probe tasks do not panic"));
+    }
+    probes
+}
+
+async fn probe_once(
+    target: SocketAddr,
+    request: &ProbeRequest,
+    index: u64,
+    timeout: Duration,
+) -> Outcome {
+    let deadline = Instant::now() + timeout;
+    let (path, check) = match request {
+        ProbeRequest::GeneratedBytes { len } => (
+            format!("/bytes/{len}?seed={index}"),
+            BodyCheck::Generated {
+                len: *len,
+                seed: index,
+            },
+        ),
+        ProbeRequest::StaticFile { path, len, seed } => (
+            path.clone(),
+            BodyCheck::Generated {
+                len: *len,
+                seed: *seed,
+            },
+        ),
+    };
+    let result = async {
+        let mut stream = connect(target, deadline).await?;
+        let mut buf = Vec::new();
+        exchange(&mut stream, &mut buf, target, &path, true, check, deadline).await
+    }
+    .await;
+    match result {
+        Ok(reply) => Outcome::Ok {
+            server: reply.server,
+        },
+        Err(failure) => Outcome::Err(failure),
+    }
+}
+
+async fn run_connection(
+    target: SocketAddr,
+    index: usize,
+    options: Arc<KeepAliveOptions>,
+    started: Instant,
+    mut stop: watch::Receiver<bool>,
+    progress: Arc<LoadProgress>,
+) -> ConnectionReport {
+    let mut report = ConnectionReport {
+        index,
+        connects: 0,
+        requests: Vec::new(),
+    };
+    let kinds = options.sizes.len() + usize::from(options.include_uuid);
+    let mut stream: Option<TcpStream> = None;
+    let mut buf = Vec::new();
+    let mut sequence = 0u64;
+    while !*stop.borrow() {
+        let kind = match options.sizes.get((sequence % kinds as u64) as usize) {
+            Some(&len) => RequestKind::Bytes {
+                len,
+                seed: ((index as u64) << 32) | (sequence & 0xffff_ffff),
+            },
+            None => RequestKind::Uuid,
+        };
+        let (path, check) = match kind {
+            RequestKind::Bytes { len, seed } => (
+                format!("/bytes/{len}?seed={seed}"),
+                BodyCheck::Generated { len, seed },
+            ),
+            RequestKind::Uuid => ("/uuid".to_string(), BodyCheck::Uuid),
+        };
+        sequence += 1;
+        let start = started.elapsed();
+        let begun = Instant::now();
+        let deadline = begun + options.request_timeout;
+        let connected = stream.is_none();
+        let result = async {
+            if stream.is_none() {
+                buf.clear();
+                report.connects += 1;
+                stream = Some(connect(target, deadline).await?);
+            }
+            let connection = stream.as_mut().expect("connected just above");
+            exchange(connection, &mut buf, target, &path, false, check, deadline).await
+        }
+        .await;
+        let outcome = match result {
+            Ok(reply) => {
+                if reply.server_closes {
+                    stream = None;
+                }
+                Outcome::Ok {
+                    server: reply.server,
+                }
+            }
+            Err(failure) => {
+                stream = None;
+                Outcome::Err(failure)
+            }
+        };
+        progress.record(&outcome, &progress.requests_ok, &progress.requests_failed);
+        let failed = !outcome.is_ok();
+        report.requests.push(RequestRecord {
+            start,
+            latency: begun.elapsed(),
+            kind,
+            connected,
+            outcome,
+        });
+        let pause = if failed {
+            options.reconnect_delay
+        } else {
+            options.pause
+        };
+        if !pause.is_zero() {
+            tokio::select! {
+                _ = stop.wait_for(|stopped| *stopped) => {}
+                () = tokio::time::sleep(pause) => {}
+            }
+        }
+    }
+    report
+}
+
+fn failure(kind: ErrorKind, detail: impl Into<String>) -> Failure {
+    Failure {
+        kind,
+        detail: detail.into(),
+    }
+}
+
+fn io_failure(error: &std::io::Error, target: SocketAddr, phase: &str) -> Failure {
+    use std::io::ErrorKind as Io;
+    let kind = match error.kind() {
+        Io::ConnectionRefused => ErrorKind::ConnectRefused,
+        Io::ConnectionReset | Io::ConnectionAborted | Io::BrokenPipe => ErrorKind::Reset,
+        Io::UnexpectedEof => ErrorKind::Closed,
+        _ if matches!(
+            error.raw_os_error(),
+            Some(libc::EHOSTUNREACH | libc::ENETUNREACH)
+        ) =>
+        {
+            ErrorKind::Unreachable
+        }
+        _ => ErrorKind::Io,
+    };
+    failure(kind, format!("{phase} {target}: {error}"))
+}
+
+async fn connect(target: SocketAddr, deadline: Instant) -> Result<TcpStream, Failure> {
+    match tokio::time::timeout_at(deadline, TcpStream::connect(target)).await {
+        Err(_) => Err(failure(
+            ErrorKind::ConnectTimeout,
+            format!("connecting to {target}: no answer within the timeout"),
+        )),
+        Ok(Err(error)) => Err(io_failure(&error, target, "connecting to")),
+        Ok(Ok(stream)) => {
+            // A request is one small write; Nagle would delay it behind nothing useful.
+            let _ = stream.set_nodelay(true);
+            Ok(stream)
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum BodyCheck {
+    Generated { len: u64, seed: u64 },
+    Uuid,
+}
+
+struct Reply {
+    server: Option<String>,
+    /// The server announced `Connection: close` (or framed the body by closing).
+    server_closes: bool,
+}
+
+enum Framing {
+    Length(u64),
+    Chunked,
+    UntilClose,
+}
+
+/// Where body bytes go: checked piece by piece or collected for a whole-body check.
+enum BodySink {
+    Generated(BodyVerifier),
+    Uuid(Vec<u8>),
+}
+
+impl BodySink {
+    fn new(check: BodyCheck) -> Self {
+        match check {
+            BodyCheck::Generated { len, seed } => Self::Generated(BodyVerifier::new(len, seed)),
+            BodyCheck::Uuid => Self::Uuid(Vec::new()),
+        }
+    }
+
+    fn accept(&mut self, piece: &[u8], path: &str) -> Result<(), Failure> {
+        match self {
+            Self::Generated(verifier) => verifier
+                .update(piece)
+                .map_err(|error| failure(ErrorKind::BadBody, format!("GET {path}: {error}"))),
+            Self::Uuid(collected) => {
+                collected.extend_from_slice(piece);
+                if collected.len() > MAX_UUID_BODY_BYTES {
+                    return Err(failure(
+                        ErrorKind::BadBody,
+                        format!("GET {path}: body longer than {MAX_UUID_BODY_BYTES} bytes"),
+                    ));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn finish(&self, path: &str) -> Result<(), Failure> {
+        match self {
+            Self::Generated(verifier) => verifier
+                .finish()
+                .map_err(|error| failure(ErrorKind::BadBody, format!("GET {path}: {error}"))),
+            Self::Uuid(collected) if verify_uuid_body(collected) => Ok(()),
+            Self::Uuid(collected) => Err(failure(
+                ErrorKind::BadBody,
+                format!(
+                    "GET {path}: checksum or format wrong in {:?}",
+                    String::from_utf8_lossy(collected)
+                ),
+            )),
+        }
+    }
+}
+
+/// Reads more bytes into `buf`; `Ok(false)` at end of stream.
+async fn read_more(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    deadline: Instant,
+    target: SocketAddr,
+    path: &str,
+) -> Result<bool, Failure> {
+    let start = buf.len();
+    buf.resize(start + READ_PIECE, 0);
+    let read = tokio::time::timeout_at(deadline, stream.read(&mut buf[start..])).await;
+    let count = match read {
+        Err(_) => {
+            buf.truncate(start);
+            return Err(failure(
+                ErrorKind::Timeout,
+                format!("GET {path} from {target}: reply incomplete at the timeout"),
+            ));
+        }
+        Ok(Err(error)) => {
+            buf.truncate(start);
+            return Err(io_failure(&error, target, &format!("GET {path} from")));
+        }
+        Ok(Ok(count)) => count,
+    };
+    buf.truncate(start + count);
+    Ok(count > 0)
+}
+
+/// Sends one GET and reads and verifies its reply. Bytes after the reply stay in `buf`.
+async fn exchange(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    target: SocketAddr,
+    path: &str,
+    close: bool,
+    check: BodyCheck,
+    deadline: Instant,
+) -> Result<Reply, Failure> {
+    let connection = if close { "close" } else { "keep-alive" };
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: {target}\r\nConnection: {connection}\r\n\r\n");
+    match tokio::time::timeout_at(deadline, stream.write_all(request.as_bytes())).await {
+        Err(_) => {
+            return Err(failure(
+                ErrorKind::Timeout,
+                format!("GET {path} to {target}: request not sent within the timeout"),
+            ))
+        }
+        Ok(Err(error)) => return Err(io_failure(&error, target, &format!("GET {path} to"))),
+        Ok(Ok(())) => {}
+    }
+
+    // The head.
+    let (status, server, framing, server_closes, head_len) = loop {
+        let mut fields = [httparse::EMPTY_HEADER; MAX_REPLY_HEADERS];
+        let mut reply = httparse::Response::new(&mut fields);
+        match reply.parse(buf) {
+            Ok(httparse::Status::Complete(head_len)) => {
+                let mut server = None;
+                let mut length = None;
+                let mut chunked = false;
+                let mut server_closes = false;
+                for field in reply.headers.iter() {
+                    let value = field.value.trim_ascii();
+                    if field.name.eq_ignore_ascii_case("steadfast-node") {
+                        server = Some(String::from_utf8_lossy(value).into_owned());
+                    } else if field.name.eq_ignore_ascii_case("content-length") {
+                        let parsed = std::str::from_utf8(value)
+                            .ok()
+                            .and_then(|text| text.parse::<u64>().ok());
+                        length = Some(parsed.ok_or_else(|| {
+                            failure(
+                                ErrorKind::MalformedReply,
+                                format!("GET {path} from {target}: bad Content-Length"),
+                            )
+                        })?);
+                    } else if field.name.eq_ignore_ascii_case("transfer-encoding") {
+                        chunked = value.eq_ignore_ascii_case(b"chunked");
+                    } else if field.name.eq_ignore_ascii_case("connection") {
+                        server_closes |= value
+                            .split(|&b| b == b',')
+                            .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"));
+                    }
+                }
+                let framing = match (chunked, length) {
+                    (true, _) => Framing::Chunked,
+                    (false, Some(length)) => Framing::Length(length),
+                    (false, None) => {
+                        server_closes = true;
+                        Framing::UntilClose
+                    }
+                };
+                break (
+                    reply.code.unwrap_or(0),
+                    server,
+                    framing,
+                    server_closes,
+                    head_len,
+                );
+            }
+            Ok(httparse::Status::Partial) => {
+                if buf.len() > MAX_REPLY_HEAD_BYTES {
+                    return Err(failure(
+                        ErrorKind::MalformedReply,
+                        format!("GET {path} from {target}: reply head over {MAX_REPLY_HEAD_BYTES} bytes"),
+                    ));
+                }
+            }
+            Err(error) => {
+                return Err(failure(
+                    ErrorKind::MalformedReply,
+                    format!("GET {path} from {target}: {error}"),
+                ))
+            }
+        }
+        if !read_more(stream, buf, deadline, target, path).await? {
+            return Err(failure(
+                ErrorKind::Closed,
+                format!(
+                    "GET {path} from {target}: connection closed before the reply head ({} bytes received)",
+                    buf.len()
+                ),
+            ));
+        }
+    };
+    buf.drain(..head_len);
+    if status != 200 {
+        return Err(failure(
+            ErrorKind::BadStatus,
+            format!("GET {path} from {target}: status {status}"),
+        ));
+    }
+
+    // The body.
+    let mut sink = BodySink::new(check);
+    let closed_early = |received: u64| {
+        failure(
+            ErrorKind::Closed,
+            format!("GET {path} from {target}: connection closed after {received} body bytes"),
+        )
+    };
+    match framing {
+        Framing::Length(length) => {
+            let mut remaining = length;
+            loop {
+                let take = remaining.min(buf.len() as u64) as usize;
+                sink.accept(&buf[..take], path)?;
+                buf.drain(..take);
+                remaining -= take as u64;
+                if remaining == 0 {
+                    break;
+                }
+                if !read_more(stream, buf, deadline, target, path).await? {
+                    return Err(closed_early(length - remaining));
+                }
+            }
+        }
+        Framing::Chunked => {
+            let mut decoder = ChunkedDecoder::new();
+            let mut decoded = Vec::new();
+            let mut received = 0u64;
+            loop {
+                let (consumed, done) = decoder.feed(buf, &mut decoded).map_err(|error| {
+                    failure(
+                        ErrorKind::MalformedReply,
+                        format!("GET {path} from {target}: {error}"),
+                    )
+                })?;
+                buf.drain(..consumed);
+                received += decoded.len() as u64;
+                sink.accept(&decoded, path)?;
+                decoded.clear();
+                if done {
+                    break;
+                }
+                if !read_more(stream, buf, deadline, target, path).await? {
+                    return Err(closed_early(received));
+                }
+            }
+        }
+        Framing::UntilClose => loop {
+            sink.accept(buf, path)?;
+            buf.clear();
+            if !read_more(stream, buf, deadline, target, path).await? {
+                break;
+            }
+        },
+    }
+    sink.finish(path)?;
+    Ok(Reply {
+        server,
+        server_closes,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn probe(index: u64, ok: bool, server: &str) -> Probe {
+        Probe {
+            index,
+            start: Duration::from_millis(10 * index),
+            latency: Duration::from_millis(1),
+            outcome: if ok {
+                Outcome::Ok {
+                    server: Some(server.to_string()),
+                }
+            } else {
+                Outcome::Err(failure(ErrorKind::ConnectRefused, "test"))
+            },
+        }
+    }
+
+    fn report(probes: Vec<Probe>) -> LoadReport {
+        LoadReport {
+            target: "127.0.0.1:1".parse().unwrap(),
+            period: Duration::from_millis(10),
+            elapsed: Duration::from_secs(1),
+            probes,
+            connections: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn no_failure_means_no_outage() {
+        let report = report((0..5).map(|i| probe(i, true, "n1")).collect());
+        assert!(report.outages().is_empty());
+        assert_eq!(report.longest_gap(), Duration::ZERO);
+    }
+
+    #[test]
+    fn outage_spans_the_surrounding_successes_minus_a_period() {
+        let pattern = [true, true, false, false, false, true, false, true];
+        let servers = ["n1", "n1", "", "", "", "n2", "", "n2"];
+        let report = report(
+            (0..pattern.len())
+                .map(|i| probe(i as u64, pattern[i], servers[i]))
+                .collect(),
+        );
+        let outages = report.outages();
+        assert_eq!(outages.len(), 2);
+        assert_eq!(outages[0].from, Duration::from_millis(10));
+        assert_eq!(outages[0].to, Duration::from_millis(50));
+        assert_eq!(outages[0].duration, Duration::from_millis(30));
+        assert_eq!(outages[0].failed_probes, 3);
+        assert_eq!(outages[1].duration, Duration::from_millis(10));
+        assert_eq!(report.longest_gap(), Duration::from_millis(30));
+        let spans = report.served_by();
+        assert_eq!(spans.len(), 2);
+        assert_eq!(spans[0].server.as_deref(), Some("n1"));
+        assert_eq!(spans[1].server.as_deref(), Some("n2"));
+        assert_eq!(spans[1].probes, 2);
+        assert_eq!(report.probe_error_counts()[&ErrorKind::ConnectRefused], 4);
+    }
+
+    #[test]
+    fn trailing_failures_are_an_unresolved_outage() {
+        let report = report(vec![
+            probe(0, true, "n1"),
+            probe(1, false, ""),
+            probe(2, false, ""),
+        ]);
+        let outages = report.outages();
+        assert_eq!(outages.len(), 1);
+        assert!(!outages[0].resolved);
+        assert_eq!(outages[0].duration, Duration::from_millis(20));
+        let json = serde_json::to_string(&report.summary()).unwrap();
+        assert!(json.contains("\"connect_refused\":2"), "{json}");
+    }
+}
