@@ -7,6 +7,8 @@
 pub mod config;
 pub mod election;
 pub mod frame;
+pub mod http;
+pub mod image;
 pub mod protocol;
 
 pub use protocol::{Message, NodeId, Role};
