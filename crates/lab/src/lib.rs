@@ -1,4 +1,27 @@
-//! placeholder
+//! Steadfast's lab: groups of hosts in network namespaces, built, crashed, healed and torn down
+//! on demand (the engine behind `steadfast lab …` and the integration tests), plus the builtin
+//! HTTP backend and a verifying load.
+
 pub mod backend;
+pub mod configs;
+pub mod error;
+pub mod faults;
 pub mod generator;
+pub mod lab;
 pub mod load;
+pub mod options;
+pub mod probe;
+pub mod state;
+pub mod system;
+pub mod topology;
+pub mod webservers;
+
+pub use error::LabError;
+pub use faults::{crash, heal, partition, unpartition, CrashReport, HealReport};
+pub use lab::{
+    down, down_all, info, status, up, vip_holders, DaemonView, DownReport, HostStatus, LabInfo,
+    LabStatus,
+};
+pub use options::{BackendKind, CrashKind, Mode, ParseChoiceError, UpOptions};
+pub use probe::{http_get_in_namespace, HttpReply};
+pub use system::{pids_in_namespace, run_in_namespace};

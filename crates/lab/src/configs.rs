@@ -1,0 +1,151 @@
+//! The files the daemons read: the group key and one configuration per voter, in the agreed
+//! schema (notes/config-schema.md). The health check of each member is an HTTP GET of
+//! `/health` on its backend.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use crate::error::LabError;
+use crate::options::Mode;
+use crate::topology::{Host, LabName, HOST_INTERFACE, PREFIX_LEN, SERVICE_PORT, VIP};
+
+/// The service's name in every lab.
+pub const SERVICE_NAME: &str = "web";
+
+/// Writes 32 random bytes as 64 hex digits, readable by root only.
+pub(crate) fn write_key(path: &Path) -> Result<(), LabError> {
+    let mut key = [0u8; 32];
+    getrandom::getrandom(&mut key).map_err(|e| {
+        LabError::io(
+            "drawing random bytes for the group key",
+            path,
+            std::io::Error::other(e.to_string()),
+        )
+    })?;
+    let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| LabError::io("creating the group key", path, e))?;
+    file.write_all(hex.as_bytes())
+        .map_err(|e| LabError::io("writing the group key", path, e))
+}
+
+/// What every voter's configuration has in common.
+pub(crate) struct GroupPlan<'a> {
+    pub lab: &'a LabName,
+    pub members: &'a [Host],
+    pub witness: bool,
+    pub mode: Mode,
+    pub heartbeat_ms: Option<u32>,
+}
+
+/// The configuration of one voter (a member or the witness). Paths are relative to the state
+/// directory, where the file lives, so the lab can be inspected and rerun by hand.
+pub(crate) fn voter_config(plan: &GroupPlan<'_>, voter: Host) -> String {
+    let node_id = voter.node_id().expect("only voters get a configuration");
+    let mut text = String::new();
+    let _ = writeln!(
+        text,
+        "# Written by `steadfast lab up` for lab {}: host {voter}.",
+        plan.lab
+    );
+    let _ = writeln!(text, "node_id = {node_id}\n");
+    let _ = writeln!(text, "[group]");
+    let _ = writeln!(text, "name = \"{}\"", plan.lab);
+    let _ = writeln!(text, "auth_key_file = \"key\"");
+    if let Some(ms) = plan.heartbeat_ms {
+        let _ = writeln!(text, "heartbeat_interval_ms = {ms}");
+    }
+    // Two members without a witness would be refused by validation; a lab built that way asks
+    // for it, so it gets the explicit split-brain opt-in (the daemon warns at start).
+    if plan.members.len() == 2 && !plan.witness {
+        let _ = writeln!(text, "two_node = true");
+    }
+    for member in plan.members {
+        let _ = writeln!(text, "\n[[group.member]]");
+        let _ = writeln!(text, "id = {}", member.node_id().unwrap_or_default());
+        let _ = writeln!(text, "address = \"{}/{PREFIX_LEN}\"", member.address());
+    }
+    if plan.witness {
+        let _ = writeln!(text, "\n[group.witness]");
+        let _ = writeln!(text, "id = {}", Host::Witness.node_id().unwrap_or_default());
+        let _ = writeln!(
+            text,
+            "address = \"{}/{PREFIX_LEN}\"",
+            Host::Witness.address()
+        );
+    }
+    if voter.is_member() {
+        let backend = format!("127.0.0.1:{SERVICE_PORT}");
+        let _ = writeln!(text, "\n[[service]]");
+        let _ = writeln!(text, "name = \"{SERVICE_NAME}\"");
+        let _ = writeln!(text, "vip = \"{VIP}\"");
+        let _ = writeln!(text, "interface = \"{HOST_INTERFACE}\"");
+        let _ = writeln!(text, "ports = [{SERVICE_PORT}]");
+        let _ = writeln!(text, "mode = \"{}\"", plan.mode);
+        let _ = writeln!(text, "backend = \"{backend}\"");
+        let _ = writeln!(text, "\n[[health_check]]");
+        let _ = writeln!(text, "kind = \"http\"");
+        let _ = writeln!(text, "target = \"{backend}\"");
+        let _ = writeln!(text, "path = \"/health\"");
+        let _ = writeln!(text, "expect_status = 200");
+    }
+    let _ = writeln!(text, "\n[control]");
+    let _ = writeln!(text, "socket = \"{}.sock\"", voter.short_name());
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan<'a>(lab: &'a LabName, members: &'a [Host], witness: bool) -> GroupPlan<'a> {
+        GroupPlan {
+            lab,
+            members,
+            witness,
+            mode: Mode::Unreplicated,
+            heartbeat_ms: Some(10),
+        }
+    }
+
+    #[test]
+    fn member_config_is_valid_toml_with_the_plan() {
+        let lab = LabName::parse("t").unwrap();
+        let members = [Host::Node(1), Host::Node(2)];
+        let text = voter_config(&plan(&lab, &members, true), Host::Node(2));
+        let doc: toml::Table = toml::from_str(&text).unwrap();
+        assert_eq!(doc["node_id"].as_integer(), Some(2));
+        assert_eq!(doc["group"]["heartbeat_interval_ms"].as_integer(), Some(10));
+        assert_eq!(doc["group"]["member"].as_array().unwrap().len(), 2);
+        assert_eq!(doc["group"]["witness"]["id"].as_integer(), Some(100));
+        assert_eq!(
+            doc["group"]["witness"]["address"].as_str(),
+            Some("10.77.0.9/24")
+        );
+        assert!(doc["group"].get("two_node").is_none());
+        assert_eq!(doc["service"][0]["vip"].as_str(), Some("10.77.0.100"));
+        assert_eq!(doc["service"][0]["backend"].as_str(), Some("127.0.0.1:80"));
+        assert_eq!(doc["health_check"][0]["path"].as_str(), Some("/health"));
+        assert_eq!(doc["control"]["socket"].as_str(), Some("n2.sock"));
+    }
+
+    #[test]
+    fn witness_config_has_no_service_and_two_nodes_alone_opt_in() {
+        let lab = LabName::parse("t").unwrap();
+        let members = [Host::Node(1), Host::Node(2)];
+        let witness: toml::Table =
+            toml::from_str(&voter_config(&plan(&lab, &members, true), Host::Witness)).unwrap();
+        assert_eq!(witness["node_id"].as_integer(), Some(100));
+        assert!(witness.get("service").is_none());
+        assert!(witness.get("health_check").is_none());
+        let alone: toml::Table =
+            toml::from_str(&voter_config(&plan(&lab, &members, false), Host::Node(1))).unwrap();
+        assert_eq!(alone["group"]["two_node"].as_bool(), Some(true));
+    }
+}

@@ -1,0 +1,377 @@
+//! Crashing, healing and partitioning a lab's hosts.
+
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+use nix::sys::signal::Signal;
+use serde::Serialize;
+
+use crate::error::LabError;
+use crate::lab::{
+    start_backend, start_daemon, vip_holders_of, wait_backend_ready, wait_daemon_ready, wall_ns,
+};
+use crate::options::CrashKind;
+use crate::state::{CrashRecord, LabPaths, LabState};
+use crate::system::{
+    ip, kill_all_in, monotonic_now, namespace_id, process_is_in, run, signal_all, signal_group,
+    wait_gone,
+};
+use crate::topology::{interface_addresses, set_link, Host, LabName, HOST_INTERFACE, VIP};
+use crate::webservers;
+
+/// How long killed processes may take to disappear.
+const KILL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The facts of a crash, printed as `KEY=VALUE` lines.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CrashReport {
+    pub lab: String,
+    /// `n1`, `w`.
+    pub host: String,
+    pub namespace: String,
+    pub how: CrashKind,
+    /// CLOCK_MONOTONIC just before the first action of the crash.
+    pub at_monotonic: Duration,
+    pub at_wall: SystemTime,
+}
+
+impl fmt::Display for CrashReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "LAB={}", self.lab)?;
+        writeln!(f, "NODE={}", self.namespace)?;
+        writeln!(f, "HOW={}", self.how)?;
+        writeln!(f, "CRASH_MONOTONIC_NS={}", self.at_monotonic.as_nanos())?;
+        writeln!(f, "CRASH_WALL_UNIX_NS={}", wall_ns(self.at_wall))
+    }
+}
+
+/// Resolves `n1` … `nN`, `w`, `client` or a namespace name `NAME-n1` to a host of this lab.
+fn resolve_named(lab: &LabName, state: &LabState, node: &str) -> Result<Host, LabError> {
+    let short = node
+        .strip_prefix(lab.as_str())
+        .and_then(|rest| rest.strip_prefix('-'))
+        .unwrap_or(node);
+    Host::parse_short(short)
+        .filter(|h| state.host(*h).is_some())
+        .ok_or_else(|| LabError::UnknownHost {
+            lab: lab.to_string(),
+            host: node.to_string(),
+            known: state
+                .hosts_in_order()
+                .iter()
+                .map(|h| h.host.short_name())
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+}
+
+/// Like [`resolve_named`], and `primary` names the member that holds the VIP now.
+fn resolve(lab: &LabName, state: &LabState, node: &str) -> Result<Host, LabError> {
+    if node != "primary" {
+        return resolve_named(lab, state, node);
+    }
+    let holders = vip_holders_of(lab, &state.members())?;
+    match holders.as_slice() {
+        [holder] => Ok(*holder),
+        [] => Err(LabError::NoPrimary {
+            lab: lab.to_string(),
+            vip: VIP.to_string(),
+        }),
+        several => Err(LabError::SeveralPrimaries {
+            lab: lab.to_string(),
+            vip: VIP.to_string(),
+            holders: several
+                .iter()
+                .map(|h| h.short_name())
+                .collect::<Vec<_>>()
+                .join(", "),
+        }),
+    }
+}
+
+/// Crashes a member or the witness the way `how` says, records it in state.json and returns the
+/// moment it happened. `node` is `n1` …, `w`, a namespace name, or `primary`.
+pub fn crash(name: &str, node: &str, how: CrashKind) -> Result<CrashReport, LabError> {
+    let lab = LabName::parse(name)?;
+    let mut state = LabState::load(&lab)?;
+    let host = resolve(&lab, &state, node)?;
+    let entry = state.host(host).cloned().expect("resolved hosts exist");
+    let not_applicable = |reason: String| LabError::CrashNotApplicable {
+        lab: lab.to_string(),
+        host: host.short_name(),
+        how,
+        reason,
+    };
+    if host == Host::Client {
+        return Err(not_applicable("the client is not a node".into()));
+    }
+    if let Some(previous) = entry.crash {
+        return Err(LabError::AlreadyCrashed {
+            lab: lab.to_string(),
+            host: host.short_name(),
+            how: previous.how,
+        });
+    }
+    let ns = entry.namespace.clone();
+    let id = namespace_id(&ns)
+        .ok_or_else(|| not_applicable(format!("its namespace {ns} does not exist")))?;
+    let running = |pid: Option<i32>, what: &str| -> Result<i32, LabError> {
+        match pid {
+            None if what == "daemon" && !state.options.start_daemons => {
+                Err(not_applicable("the lab was started without daemons".into()))
+            }
+            None => Err(not_applicable(format!("it has no {what}"))),
+            Some(pid) if !process_is_in(pid, id) => Err(not_applicable(format!(
+                "its {what} (pid {pid}) is not running"
+            ))),
+            Some(pid) => Ok(pid),
+        }
+    };
+    // Check before the clock is read, so the crash time is the time of the first action.
+    let target = match how {
+        CrashKind::Process | CrashKind::Freeze => Some(running(entry.daemon_pid, "daemon")?),
+        CrashKind::Backend => Some(running(entry.backend_pid, "backend")?),
+        CrashKind::Host | CrashKind::Link => None,
+    };
+    let at_monotonic = monotonic_now();
+    let at_wall = SystemTime::now();
+    match (how, target) {
+        (CrashKind::Host, _) => {
+            // Freeze everything first: from here the host sends nothing, as a dead machine;
+            // cutting the cable before the kill keeps the kernel's resets of the killed
+            // processes' connections from reaching anyone, as with a real power loss.
+            signal_all(id, Signal::SIGSTOP);
+            set_link(&lab, host, false)?;
+            kill_all_in(&ns, KILL_TIMEOUT)?;
+        }
+        (CrashKind::Link, _) => set_link(&lab, host, false)?,
+        (CrashKind::Process, Some(pid)) => {
+            signal_group(pid, &ns, "daemon", Signal::SIGKILL)?;
+            wait_gone(pid, id, KILL_TIMEOUT);
+        }
+        (CrashKind::Freeze, Some(pid)) => {
+            signal_group(pid, &ns, "daemon", Signal::SIGSTOP)?;
+        }
+        (CrashKind::Backend, Some(pid)) => {
+            signal_group(pid, &ns, "backend", Signal::SIGKILL)?;
+            wait_gone(pid, id, KILL_TIMEOUT);
+        }
+        (_, None) => unreachable!("a target was found above for {how}"),
+    }
+    let record = CrashRecord {
+        how,
+        at_monotonic_ns: u64::try_from(at_monotonic.as_nanos()).unwrap_or(u64::MAX),
+        at_wall_unix_ns: wall_ns(at_wall),
+    };
+    if let Some(h) = state.host_mut(host) {
+        h.crash = Some(record);
+    }
+    state.save(&lab)?;
+    Ok(CrashReport {
+        lab: lab.to_string(),
+        host: host.short_name(),
+        namespace: ns,
+        how,
+        at_monotonic,
+        at_wall,
+    })
+}
+
+/// What `heal` did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum HealReport {
+    NotCrashed {
+        lab: String,
+        host: String,
+        namespace: String,
+    },
+    Healed {
+        lab: String,
+        host: String,
+        namespace: String,
+        how: CrashKind,
+        /// `backend`, `daemon`.
+        restarted: Vec<String>,
+    },
+}
+
+impl fmt::Display for HealReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HealReport::NotCrashed {
+                lab,
+                host,
+                namespace,
+            } => writeln!(
+                f,
+                "lab {lab}: {host} ({namespace}) is not crashed; nothing to do"
+            ),
+            HealReport::Healed {
+                lab,
+                host,
+                namespace,
+                how,
+                restarted,
+            } => {
+                let restarted = if restarted.is_empty() {
+                    "nothing".to_string()
+                } else {
+                    restarted.join(" and ")
+                };
+                writeln!(
+                    f,
+                    "lab {lab}: healed {host} ({namespace}) after --how {how}; restarted {restarted}"
+                )
+            }
+        }
+    }
+}
+
+/// Undoes a crash: kills what is left of the host's daemon (a frozen one is killed, not
+/// resumed), takes the VIP off the host so its kernel cannot answer for it, puts the cable back,
+/// restarts the backend if it is down and the daemon, which rejoins as a backup. Returns once
+/// both answer. Healing a host that is not crashed does nothing.
+pub fn heal(name: &str, node: &str) -> Result<HealReport, LabError> {
+    let lab = LabName::parse(name)?;
+    let mut state = LabState::load(&lab)?;
+    let host = resolve_named(&lab, &state, node)?;
+    let entry = state.host(host).cloned().expect("resolved hosts exist");
+    let ns = entry.namespace.clone();
+    let Some(crash) = entry.crash else {
+        return Ok(HealReport::NotCrashed {
+            lab: lab.to_string(),
+            host: host.short_name(),
+            namespace: ns,
+        });
+    };
+    let id = namespace_id(&ns).ok_or_else(|| LabError::InvalidRequest {
+        lab: lab.to_string(),
+        reason: format!("cannot heal {host}: its namespace {ns} does not exist"),
+    })?;
+    let paths = LabPaths::new(&lab);
+    if let Some(pid) = entry.daemon_pid {
+        if signal_group(pid, &ns, "daemon", Signal::SIGKILL)? {
+            wait_gone(pid, id, KILL_TIMEOUT);
+        }
+    }
+    if host.is_member() {
+        for (address, prefix) in interface_addresses(&ns)? {
+            if address == VIP {
+                let with_prefix = format!("{address}/{prefix}");
+                ip(&[
+                    "-n",
+                    &ns,
+                    "addr",
+                    "del",
+                    &with_prefix,
+                    "dev",
+                    HOST_INTERFACE,
+                ])?;
+            }
+        }
+    }
+    set_link(&lab, host, true)?;
+
+    let mut restarted = Vec::new();
+    let backend_alive = entry.backend_pid.is_some_and(|pid| process_is_in(pid, id));
+    if host.is_member() && !backend_alive {
+        let server = webservers::require_installed(state.options.backend)?;
+        let pid = start_backend(&lab, &state, &paths, host, server.as_deref())?;
+        if let Some(h) = state.host_mut(host) {
+            h.backend_pid = Some(pid);
+        }
+        state.save(&lab)?;
+        wait_backend_ready(&lab, &paths, host)?;
+        restarted.push("backend".to_string());
+    }
+    if state.options.start_daemons {
+        let pid = start_daemon(&lab, &state, &paths, host)?;
+        if let Some(h) = state.host_mut(host) {
+            h.daemon_pid = Some(pid);
+        }
+        state.save(&lab)?;
+        wait_daemon_ready(&lab, &paths, host)?;
+        restarted.push("daemon".to_string());
+    }
+    if let Some(h) = state.host_mut(host) {
+        h.crash = None;
+    }
+    state.save(&lab)?;
+    Ok(HealReport::Healed {
+        lab: lab.to_string(),
+        host: host.short_name(),
+        namespace: ns,
+        how: crash.how,
+        restarted,
+    })
+}
+
+/// Makes the bridge drop every frame between hosts `a` and `b` (each may be a member, the
+/// witness or the client), both ways; the rest of the lab still reaches both.
+pub fn partition(name: &str, a: &str, b: &str) -> Result<(), LabError> {
+    change_partitions(name, a, b, true)
+}
+
+/// Removes the partition between `a` and `b` (nothing happens if there is none).
+pub fn unpartition(name: &str, a: &str, b: &str) -> Result<(), LabError> {
+    change_partitions(name, a, b, false)
+}
+
+fn change_partitions(name: &str, a: &str, b: &str, cut: bool) -> Result<(), LabError> {
+    let lab = LabName::parse(name)?;
+    let mut state = LabState::load(&lab)?;
+    let a = resolve_named(&lab, &state, a)?;
+    let b = resolve_named(&lab, &state, b)?;
+    if a == b {
+        return Err(LabError::InvalidRequest {
+            lab: lab.to_string(),
+            reason: format!("cannot partition {a} from itself"),
+        });
+    }
+    let pair = if a < b { (a, b) } else { (b, a) };
+    let pair = (pair.0.short_name(), pair.1.short_name());
+    let present = state.partitions.contains(&pair);
+    match (cut, present) {
+        (true, false) => state.partitions.push(pair),
+        (false, true) => state.partitions.retain(|p| *p != pair),
+        _ => return Ok(()),
+    }
+    apply_partitions(&lab, &state.partitions)?;
+    state.save(&lab)
+}
+
+/// Replaces the bridge filter of the switch namespace with one dropping the given pairs, in one
+/// nft transaction.
+fn apply_partitions(lab: &LabName, pairs: &[(String, String)]) -> Result<(), LabError> {
+    let mut rules = String::from(
+        "# Written by steadfast lab: the partitions of this lab.\n\
+         table bridge steadfast_lab\ndelete table bridge steadfast_lab\n",
+    );
+    if !pairs.is_empty() {
+        rules.push_str("table bridge steadfast_lab {\n  chain forward {\n");
+        rules.push_str("    type filter hook forward priority 0; policy accept;\n");
+        for (a, b) in pairs {
+            rules.push_str(&format!("    iifname \"{a}\" oifname \"{b}\" drop\n"));
+            rules.push_str(&format!("    iifname \"{b}\" oifname \"{a}\" drop\n"));
+        }
+        rules.push_str("  }\n}\n");
+    }
+    let path = LabPaths::new(lab).partition_rules();
+    std::fs::write(&path, rules).map_err(|e| LabError::io("writing", &path, e))?;
+    crate::system::require_program("nft", "nftables")?;
+    let path_text = path.to_string_lossy();
+    run(
+        "ip",
+        "iproute2",
+        &[
+            "netns",
+            "exec",
+            &lab.switch_namespace(),
+            "nft",
+            "-f",
+            &path_text,
+        ],
+    )
+    .map(|_| ())
+}

@@ -1,0 +1,734 @@
+//! Building a lab, reading its status, and tearing it down.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use crate::configs::{voter_config, write_key, GroupPlan};
+use crate::error::LabError;
+use crate::options::{BackendKind, Mode, UpOptions};
+use crate::probe::http_get_in_namespace;
+use crate::state::STATE_ROOT;
+use crate::state::{state_dir, CrashRecord, HostState, LabPaths, LabState, RecordedOptions};
+use crate::system::{
+    ip, kill_all_in, list_namespaces, log_tail, namespace_exists, namespace_id, process_is_in,
+    spawn_in_namespace,
+};
+use crate::topology::{
+    self, existing_namespaces, hosts_of, interface_addresses, Host, LabName, MAX_NODES,
+    SERVICE_PORT, VIP,
+};
+use crate::webservers;
+
+/// How long a node's backend may take to answer `/health` after it is started.
+pub const BACKEND_READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a restarted daemon may take to answer on its control socket.
+pub const DAEMON_READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time allowed for a status exchange over a control socket.
+pub const CONTROL_TIMEOUT: Duration = Duration::from_secs(1);
+/// Pause between two readiness probes.
+const POLL_INTERVAL: Duration = Duration::from_millis(50);
+/// Each probe's own bound.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+/// Lines of each log quoted in a readiness error.
+const LOG_LINES: usize = 20;
+
+/// What `steadfast lab up` prints: the contract's `KEY=VALUE` lines.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LabInfo {
+    pub lab: String,
+    pub client_ns: String,
+    pub vip: Ipv4Addr,
+    pub port: u16,
+    /// The member namespaces, `NAME-n1` …
+    pub nodes: Vec<String>,
+    /// The member namespace that holds the VIP; `None` when no node (or more than one) does.
+    pub primary: Option<String>,
+    pub witness_ns: Option<String>,
+    pub state_dir: PathBuf,
+}
+
+impl fmt::Display for LabInfo {
+    /// Exactly the contract's keys; scripts parse these lines.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "LAB={}", self.lab)?;
+        writeln!(f, "CLIENT_NS={}", self.client_ns)?;
+        writeln!(f, "VIP={}", self.vip)?;
+        writeln!(f, "PORT={}", self.port)?;
+        writeln!(f, "NODES={}", self.nodes.join(","))?;
+        writeln!(f, "PRIMARY={}", self.primary.as_deref().unwrap_or(""))
+    }
+}
+
+/// Builds a lab, starts its backends and daemons, and returns once the VIP answers
+/// `GET /health` from the client namespace (or, without daemons, once every backend answers).
+/// On any failure everything built so far is torn down, and the error quotes the logs.
+pub fn up(opts: &UpOptions) -> Result<LabInfo, LabError> {
+    let lab = LabName::parse(&opts.name)?;
+    if !(1..=MAX_NODES).contains(&opts.nodes) {
+        return Err(LabError::InvalidNodeCount {
+            count: opts.nodes,
+            max: MAX_NODES,
+        });
+    }
+    if opts.mode != Mode::Unreplicated {
+        return Err(LabError::ModeNotImplemented { mode: opts.mode });
+    }
+    crate::system::require_program("ip", "iproute2")?;
+    let server = webservers::require_installed(opts.backend)?;
+    let needs_exe = opts.start_daemons || opts.backend == BackendKind::Builtin;
+    if needs_exe && !opts.steadfast_exe.is_file() {
+        return Err(LabError::MissingExecutable {
+            path: opts.steadfast_exe.clone(),
+        });
+    }
+    let paths = LabPaths::new(&lab);
+    if paths.dir.exists() {
+        return Err(LabError::AlreadyExists {
+            name: lab.to_string(),
+            what: format!("its state directory {} exists", paths.dir.display()),
+        });
+    }
+    if let Some(ns) = existing_namespaces(&lab).first() {
+        return Err(LabError::AlreadyExists {
+            name: lab.to_string(),
+            what: format!("namespace {ns} exists"),
+        });
+    }
+    std::fs::create_dir_all(&paths.dir)
+        .map_err(|e| LabError::io("creating the lab's state directory", &paths.dir, e))?;
+    let mut teardown = TeardownOnFailure {
+        lab: lab.clone(),
+        armed: true,
+    };
+    let info = build(&lab, opts, &paths, server.as_deref())?;
+    teardown.armed = false;
+    Ok(info)
+}
+
+/// Tears a half-built lab down when `up` fails or panics.
+struct TeardownOnFailure {
+    lab: LabName,
+    armed: bool,
+}
+
+impl Drop for TeardownOnFailure {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = down(self.lab.as_str());
+        }
+    }
+}
+
+fn build(
+    lab: &LabName,
+    opts: &UpOptions,
+    paths: &LabPaths,
+    server: Option<&Path>,
+) -> Result<LabInfo, LabError> {
+    let hosts = hosts_of(opts.nodes, opts.witness);
+    let mut state = LabState {
+        name: lab.to_string(),
+        created_unix_ms: (wall_ns(SystemTime::now()) / 1_000_000),
+        options: RecordedOptions {
+            nodes: opts.nodes,
+            witness: opts.witness,
+            mode: opts.mode,
+            backend: opts.backend,
+            heartbeat_ms: opts.heartbeat_ms,
+            steadfast_exe: opts.steadfast_exe.clone(),
+            start_daemons: opts.start_daemons,
+        },
+        hosts: hosts
+            .iter()
+            .map(|&host| {
+                let state = HostState {
+                    host,
+                    namespace: host.namespace(lab),
+                    address: host.address().to_string(),
+                    daemon_pid: None,
+                    backend_pid: None,
+                    crash: None,
+                };
+                (host.short_name(), state)
+            })
+            .collect::<BTreeMap<_, _>>(),
+        partitions: Vec::new(),
+    };
+    state.save(lab)?;
+
+    write_key(&paths.key_file())?;
+    let data_tier = paths.data_tier();
+    std::fs::File::create(&data_tier)
+        .map_err(|e| LabError::io("creating the data tier", &data_tier, e))?;
+    let members: Vec<Host> = hosts.iter().copied().filter(|h| h.is_member()).collect();
+    let plan = GroupPlan {
+        lab,
+        members: &members,
+        witness: opts.witness,
+        mode: opts.mode,
+        heartbeat_ms: opts.heartbeat_ms,
+    };
+    for &voter in hosts.iter().filter(|h| h.node_id().is_some()) {
+        let path = paths.config(voter);
+        std::fs::write(&path, voter_config(&plan, voter))
+            .map_err(|e| LabError::io("writing the node configuration", &path, e))?;
+    }
+    if opts.backend != BackendKind::Builtin {
+        webservers::write_docroot(paths)?;
+    }
+
+    topology::create(lab, &hosts)?;
+
+    for &node in &members {
+        let pid = start_backend(lab, &state, paths, node, server)?;
+        if let Some(h) = state.host_mut(node) {
+            h.backend_pid = Some(pid);
+        }
+        state.save(lab)?;
+    }
+    for &node in &members {
+        wait_backend_ready(lab, paths, node)?;
+    }
+
+    let mut primary = None;
+    if opts.start_daemons {
+        // The witness first, so the members find their quorum as soon as they start.
+        let voters = opts
+            .witness
+            .then_some(Host::Witness)
+            .into_iter()
+            .chain(members.iter().copied());
+        for voter in voters {
+            let pid = start_daemon(lab, &state, paths, voter)?;
+            if let Some(h) = state.host_mut(voter) {
+                h.daemon_pid = Some(pid);
+            }
+            state.save(lab)?;
+        }
+        primary = Some(wait_vip_ready(lab, &state, paths, opts.ready_timeout)?);
+    } else if let [holder] = vip_holders_of(lab, &members)?.as_slice() {
+        primary = Some(*holder);
+    }
+    Ok(LabInfo {
+        lab: lab.to_string(),
+        client_ns: Host::Client.namespace(lab),
+        vip: VIP,
+        port: SERVICE_PORT,
+        nodes: members.iter().map(|m| m.namespace(lab)).collect(),
+        primary: primary.map(|p| p.namespace(lab)),
+        witness_ns: opts.witness.then(|| Host::Witness.namespace(lab)),
+        state_dir: paths.dir.clone(),
+    })
+}
+
+/// The `KEY=VALUE` facts of an existing lab, with the current VIP holder as `PRIMARY`.
+pub fn info(name: &str) -> Result<LabInfo, LabError> {
+    let lab = LabName::parse(name)?;
+    let state = LabState::load(&lab)?;
+    let members = state.members();
+    let holders = vip_holders_of(&lab, &members)?;
+    Ok(LabInfo {
+        lab: lab.to_string(),
+        client_ns: Host::Client.namespace(&lab),
+        vip: VIP,
+        port: SERVICE_PORT,
+        nodes: members.iter().map(|m| m.namespace(&lab)).collect(),
+        primary: match holders.as_slice() {
+            [holder] => Some(holder.namespace(&lab)),
+            _ => None,
+        },
+        witness_ns: state.options.witness.then(|| Host::Witness.namespace(&lab)),
+        state_dir: state_dir(&lab),
+    })
+}
+
+pub(crate) fn wall_ns(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Starts a member's backend; returns its pid.
+pub(crate) fn start_backend(
+    lab: &LabName,
+    state: &LabState,
+    paths: &LabPaths,
+    node: Host,
+    server: Option<&Path>,
+) -> Result<i32, LabError> {
+    let argv = webservers::backend_command(
+        state.options.backend,
+        paths,
+        node,
+        &state.options.steadfast_exe,
+        server,
+    )?;
+    spawn_in_namespace(&node.namespace(lab), &argv, &paths.backend_log(node))
+}
+
+/// Waits until a member's backend answers `GET /health` with 200 inside its namespace.
+pub(crate) fn wait_backend_ready(
+    lab: &LabName,
+    paths: &LabPaths,
+    node: Host,
+) -> Result<(), LabError> {
+    let ns = node.namespace(lab);
+    let target = SocketAddr::from(([127, 0, 0, 1], SERVICE_PORT));
+    let started = Instant::now();
+    let mut last = String::new();
+    while started.elapsed() < BACKEND_READY_TIMEOUT {
+        match http_get_in_namespace(&ns, target, "/health", PROBE_TIMEOUT) {
+            Ok(reply) if reply.status == 200 => return Ok(()),
+            Ok(reply) => last = format!("status {}", reply.status),
+            Err(e) => last = e.to_string(),
+        }
+        std::thread::sleep(POLL_INTERVAL);
+    }
+    Err(LabError::NotReady {
+        lab: lab.to_string(),
+        what: format!("the backend of {node} (http://{target}/health in {ns})"),
+        waited: started.elapsed(),
+        details: format!(
+            "\nlast probe: {last}\n{}",
+            quote_log(&paths.backend_log(node))
+        ),
+    })
+}
+
+/// Starts a voter's daemon (`run` for members, `witness` for the witness); returns its pid.
+pub(crate) fn start_daemon(
+    lab: &LabName,
+    state: &LabState,
+    paths: &LabPaths,
+    voter: Host,
+) -> Result<i32, LabError> {
+    let verb = if voter.is_member() { "run" } else { "witness" };
+    let argv = vec![
+        state.options.steadfast_exe.clone().into_os_string(),
+        verb.into(),
+        "--config".into(),
+        paths.config(voter).into_os_string(),
+    ];
+    spawn_in_namespace(&voter.namespace(lab), &argv, &paths.daemon_log(voter))
+}
+
+/// Waits until a restarted daemon answers on its control socket.
+pub(crate) fn wait_daemon_ready(
+    lab: &LabName,
+    paths: &LabPaths,
+    voter: Host,
+) -> Result<(), LabError> {
+    let socket = paths.control_socket(voter);
+    let started = Instant::now();
+    let mut last = String::new();
+    while started.elapsed() < DAEMON_READY_TIMEOUT {
+        match query_control_socket(&socket) {
+            Ok(_) => return Ok(()),
+            Err(e) => last = e,
+        }
+        std::thread::sleep(POLL_INTERVAL);
+    }
+    Err(LabError::NotReady {
+        lab: lab.to_string(),
+        what: format!(
+            "the daemon of {voter} (control socket {})",
+            socket.display()
+        ),
+        waited: started.elapsed(),
+        details: format!(
+            "\nlast try: {last}\n{}",
+            quote_log(&paths.daemon_log(voter))
+        ),
+    })
+}
+
+fn wait_vip_ready(
+    lab: &LabName,
+    state: &LabState,
+    paths: &LabPaths,
+    timeout: Duration,
+) -> Result<Host, LabError> {
+    let client = Host::Client.namespace(lab);
+    let target = SocketAddr::V4(SocketAddrV4::new(VIP, SERVICE_PORT));
+    let members = state.members();
+    let started = Instant::now();
+    loop {
+        if let Some(dead) = dead_daemon(lab, state) {
+            return Err(LabError::NotReady {
+                lab: lab.to_string(),
+                what: format!("the VIP {target} from {client}"),
+                waited: started.elapsed(),
+                details: format!(
+                    ": the daemon of {dead} exited\n{}",
+                    quote_log(&paths.daemon_log(dead))
+                ),
+            });
+        }
+        let holders = vip_holders_of(lab, &members)?;
+        let last = if let [holder] = holders.as_slice() {
+            match http_get_in_namespace(&client, target, "/health", PROBE_TIMEOUT) {
+                Ok(reply) if reply.status == 200 => return Ok(*holder),
+                Ok(reply) => format!("{holder} holds the VIP; status {}", reply.status),
+                Err(e) => format!("{holder} holds the VIP; {e}"),
+            }
+        } else {
+            format!("VIP holders: {}", names(&holders))
+        };
+        if started.elapsed() >= timeout {
+            let mut details = format!("\nlast probe: {last}");
+            for voter in state.hosts_in_order().iter().map(|h| h.host) {
+                if voter.node_id().is_some() {
+                    details.push('\n');
+                    details.push_str(&quote_log(&paths.daemon_log(voter)));
+                }
+            }
+            return Err(LabError::NotReady {
+                lab: lab.to_string(),
+                what: format!("the VIP {target} from {client}"),
+                waited: started.elapsed(),
+                details,
+            });
+        }
+        std::thread::sleep(POLL_INTERVAL);
+    }
+}
+
+/// The first voter whose recorded daemon is no longer running.
+fn dead_daemon(lab: &LabName, state: &LabState) -> Option<Host> {
+    state.hosts_in_order().into_iter().find_map(|h| {
+        let pid = h.daemon_pid?;
+        let id = namespace_id(&h.host.namespace(lab))?;
+        (!process_is_in(pid, id)).then_some(h.host)
+    })
+}
+
+fn quote_log(path: &Path) -> String {
+    format!(
+        "--- {} (last {LOG_LINES} lines) ---\n{}",
+        path.display(),
+        log_tail(path, LOG_LINES)
+    )
+}
+
+fn names(hosts: &[Host]) -> String {
+    if hosts.is_empty() {
+        return "none".into();
+    }
+    hosts
+        .iter()
+        .map(|h| h.short_name())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The members whose `eth0` carries the VIP.
+pub(crate) fn vip_holders_of(lab: &LabName, members: &[Host]) -> Result<Vec<Host>, LabError> {
+    let mut holders = Vec::new();
+    for &member in members {
+        let ns = member.namespace(lab);
+        if !namespace_exists(&ns) {
+            continue;
+        }
+        if interface_addresses(&ns)?.iter().any(|(a, _)| *a == VIP) {
+            holders.push(member);
+        }
+    }
+    Ok(holders)
+}
+
+/// The namespaces of the members that hold the VIP now (more than one is a split brain).
+pub fn vip_holders(name: &str) -> Result<Vec<String>, LabError> {
+    let lab = LabName::parse(name)?;
+    let state = LabState::load(&lab)?;
+    Ok(vip_holders_of(&lab, &state.members())?
+        .into_iter()
+        .map(|h| h.namespace(&lab))
+        .collect())
+}
+
+/// Asks a daemon for its status over its control socket: the JSON document it returns, or why
+/// it could not be had.
+pub fn query_control_socket(socket: &Path) -> Result<serde_json::Value, String> {
+    let mut stream = UnixStream::connect(socket)
+        .map_err(|e| format!("connecting to {}: {e}", socket.display()))?;
+    stream
+        .set_read_timeout(Some(CONTROL_TIMEOUT))
+        .and_then(|()| stream.set_write_timeout(Some(CONTROL_TIMEOUT)))
+        .map_err(|e| format!("setting timeouts on {}: {e}", socket.display()))?;
+    stream
+        .write_all(b"status\n")
+        .map_err(|e| format!("writing to {}: {e}", socket.display()))?;
+    let mut text = String::new();
+    stream
+        .take(1024 * 1024)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("reading from {}: {e}", socket.display()))?;
+    serde_json::from_str(&text).map_err(|e| {
+        format!(
+            "the reply on {} is not JSON ({e}): {text:?}",
+            socket.display()
+        )
+    })
+}
+
+/// A voter's daemon as `status` sees it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum DaemonView {
+    /// The lab was built without daemons.
+    NotStarted,
+    /// The daemon's own status document (notes/daemon-interface.md), passed through.
+    Answered {
+        status: serde_json::Value,
+    },
+    Unreachable {
+        error: String,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct HostStatus {
+    /// `n1`, `w`, `client`.
+    pub host: String,
+    pub namespace: String,
+    pub address: String,
+    pub namespace_exists: bool,
+    /// Whether the host's cable (the bridge end of its veth pair) is up.
+    pub link_up: Option<bool>,
+    pub crash: Option<CrashRecord>,
+    /// Members only.
+    pub backend_running: Option<bool>,
+    pub holds_vip: bool,
+    /// Voters only.
+    pub daemon: Option<DaemonView>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct LabStatus {
+    pub lab: String,
+    pub vip: Ipv4Addr,
+    pub port: u16,
+    /// Namespaces of the members that hold the VIP.
+    pub vip_holders: Vec<String>,
+    pub partitions: Vec<(String, String)>,
+    pub hosts: Vec<HostStatus>,
+}
+
+/// Every host of the lab: namespace, cable, crash, backend, VIP, and its daemon's own status.
+pub fn status(name: &str) -> Result<LabStatus, LabError> {
+    let lab = LabName::parse(name)?;
+    let state = LabState::load(&lab)?;
+    let paths = LabPaths::new(&lab);
+    let links: BTreeMap<String, bool> = if namespace_exists(&lab.switch_namespace()) {
+        topology::link_states(&lab)?.into_iter().collect()
+    } else {
+        BTreeMap::new()
+    };
+    let holders = vip_holders_of(&lab, &state.members())?;
+    let mut hosts = Vec::new();
+    for h in state.hosts_in_order() {
+        let host = h.host;
+        let ns_id = namespace_id(&h.namespace);
+        let alive = |pid: Option<i32>| match (pid, ns_id) {
+            (Some(pid), Some(id)) => process_is_in(pid, id),
+            _ => false,
+        };
+        let daemon = host.node_id().map(|_| {
+            if !state.options.start_daemons {
+                DaemonView::NotStarted
+            } else {
+                match query_control_socket(&paths.control_socket(host)) {
+                    Ok(status) => DaemonView::Answered { status },
+                    Err(error) => DaemonView::Unreachable { error },
+                }
+            }
+        });
+        hosts.push(HostStatus {
+            host: host.short_name(),
+            namespace: h.namespace.clone(),
+            address: h.address.clone(),
+            namespace_exists: ns_id.is_some(),
+            link_up: links.get(&host.short_name()).copied(),
+            crash: h.crash,
+            backend_running: host.is_member().then(|| alive(h.backend_pid)),
+            holds_vip: holders.contains(&host),
+            daemon,
+        });
+    }
+    Ok(LabStatus {
+        lab: lab.to_string(),
+        vip: VIP,
+        port: SERVICE_PORT,
+        vip_holders: holders.iter().map(|h| h.namespace(&lab)).collect(),
+        partitions: state.partitions.clone(),
+        hosts,
+    })
+}
+
+impl fmt::Display for LabStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let holders = if self.vip_holders.is_empty() {
+            "nobody".to_string()
+        } else {
+            self.vip_holders.join(", ")
+        };
+        writeln!(
+            f,
+            "lab {}: VIP {}:{} held by {holders}",
+            self.lab, self.vip, self.port
+        )?;
+        for (a, b) in &self.partitions {
+            writeln!(f, "partition: {a} <-/-> {b}")?;
+        }
+        writeln!(
+            f,
+            "{:<7} {:<28} {:<11} {:<5} {:<8} {:<8} {:<4} DAEMON",
+            "HOST", "NAMESPACE", "ADDRESS", "LINK", "CRASH", "BACKEND", "VIP"
+        )?;
+        for h in &self.hosts {
+            let link = match (h.namespace_exists, h.link_up) {
+                (false, _) => "gone",
+                (true, Some(true)) => "up",
+                (true, Some(false)) => "down",
+                (true, None) => "?",
+            };
+            let crash = h.crash.map(|c| c.how.to_string()).unwrap_or("-".into());
+            let backend = match h.backend_running {
+                Some(true) => "running",
+                Some(false) => "dead",
+                None => "-",
+            };
+            let vip = if h.holds_vip { "yes" } else { "-" };
+            let daemon = match &h.daemon {
+                None => "-".to_string(),
+                Some(DaemonView::NotStarted) => "not started".to_string(),
+                Some(DaemonView::Unreachable { error }) => format!("unreachable: {error}"),
+                Some(DaemonView::Answered { status }) => summarize_daemon(status),
+            };
+            writeln!(
+                f,
+                "{:<7} {:<28} {:<11} {:<5} {:<8} {:<8} {:<4} {daemon}",
+                h.host, h.namespace, h.address, link, crash, backend, vip
+            )?;
+        }
+        Ok(())
+    }
+}
+
+fn summarize_daemon(status: &serde_json::Value) -> String {
+    let field = |key: &str| {
+        status
+            .get(key)
+            .map(|v| match v {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            })
+            .unwrap_or_else(|| "?".into())
+    };
+    format!(
+        "{} epoch {} healthy {} quorum {} primary {}",
+        field("role"),
+        field("epoch"),
+        field("healthy"),
+        field("has_quorum"),
+        field("primary")
+    )
+}
+
+/// What `down` removed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DownReport {
+    pub lab: String,
+    pub namespaces_removed: Vec<String>,
+    pub processes_killed: usize,
+    pub state_dir_removed: bool,
+}
+
+impl fmt::Display for DownReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.namespaces_removed.is_empty() && !self.state_dir_removed {
+            return writeln!(f, "lab {}: nothing to remove", self.lab);
+        }
+        writeln!(
+            f,
+            "lab {}: killed {} processes, removed {} namespaces{}",
+            self.lab,
+            self.processes_killed,
+            self.namespaces_removed.len(),
+            if self.state_dir_removed {
+                " and the state directory"
+            } else {
+                ""
+            }
+        )
+    }
+}
+
+/// Kills every process of the lab's namespaces, deletes the namespaces (and with them the
+/// bridge, the links and the partition rules) and the state directory. A lab that does not
+/// exist is not an error: `down` can always be run again.
+pub fn down(name: &str) -> Result<DownReport, LabError> {
+    let lab = LabName::parse(name)?;
+    let namespaces = existing_namespaces(&lab);
+    let mut processes_killed = 0;
+    // Kill first: a namespace with a process left in it lives on after `ip netns del`.
+    for ns in &namespaces {
+        processes_killed += kill_all_in(ns, Duration::from_secs(5))?;
+    }
+    for ns in &namespaces {
+        if let Err(e) = ip(&["netns", "del", ns]) {
+            // Another `down` may have removed it meanwhile.
+            if namespace_exists(ns) {
+                return Err(e);
+            }
+        }
+    }
+    let dir = state_dir(&lab);
+    let state_dir_removed = match std::fs::remove_dir_all(&dir) {
+        Ok(()) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(e) => return Err(LabError::io("removing the state directory", &dir, e)),
+    };
+    Ok(DownReport {
+        lab: lab.to_string(),
+        namespaces_removed: namespaces,
+        processes_killed,
+        state_dir_removed,
+    })
+}
+
+/// Tears down every lab: those with a state directory under /run/steadfast-lab, and those
+/// whose namespaces (`-sw`, `-client`, `-nI`, `-w`) match a state directory. Namespaces with
+/// no state directory are left alone: they may not be the lab's.
+pub fn down_all() -> Result<Vec<DownReport>, LabError> {
+    let mut labs: Vec<String> = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(STATE_ROOT) {
+        for entry in entries.filter_map(|e| e.ok()) {
+            if entry.path().is_dir() {
+                if let Ok(name) = entry.file_name().into_string() {
+                    labs.push(name);
+                }
+            }
+        }
+    }
+    for ns in list_namespaces() {
+        if let Some(owner) = LabName::owner_of_namespace(&ns) {
+            if Path::new(STATE_ROOT).join(&owner).is_dir() {
+                labs.push(owner);
+            }
+        }
+    }
+    labs.sort();
+    labs.dedup();
+    labs.into_iter()
+        .filter(|name| LabName::parse(name).is_ok())
+        .map(|name| down(&name))
+        .collect()
+}

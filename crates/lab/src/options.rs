@@ -1,0 +1,129 @@
+//! What a caller chooses: the replication mode, the backend, the crash kind, and `up`'s options.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The contract's `--mode`. Only `unreplicated` runs today; the others parse so that `up` can
+/// refuse them with a clear message instead of a usage error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Unreplicated,
+    Simplex,
+    Duplex,
+}
+
+/// The contract's `--backend`: the server each node runs behind the VIP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// `steadfast backend`, the HTTP server inside the binary.
+    Builtin,
+    Nginx,
+    Apache2,
+}
+
+/// The contract's `--how`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CrashKind {
+    /// Kill every process of the node and cut its link at once.
+    Host,
+    /// Kill -9 the daemon only; the node's kernel stays alive.
+    Process,
+    /// SIGSTOP the daemon.
+    Freeze,
+    /// Cut the node's link only.
+    Link,
+    /// Kill the backend only.
+    Backend,
+}
+
+/// A word of the command line that names none of an enum's values.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {what} {given:?}: expected one of {expected}")]
+pub struct ParseChoiceError {
+    pub what: &'static str,
+    pub given: String,
+    pub expected: &'static str,
+}
+
+macro_rules! word_enum {
+    ($ty:ident, $what:literal, $( $variant:ident => $word:literal ),+ ) => {
+        impl $ty {
+            pub fn as_str(self) -> &'static str {
+                match self { $( $ty::$variant => $word ),+ }
+            }
+        }
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+        impl FromStr for $ty {
+            type Err = ParseChoiceError;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                match s {
+                    $( $word => Ok($ty::$variant), )+
+                    _ => Err(ParseChoiceError {
+                        what: $what,
+                        given: s.to_string(),
+                        expected: concat!($( $word, " " ),+),
+                    }),
+                }
+            }
+        }
+    };
+}
+
+word_enum!(Mode, "mode", Unreplicated => "unreplicated", Simplex => "simplex", Duplex => "duplex");
+word_enum!(BackendKind, "backend", Builtin => "builtin", Nginx => "nginx", Apache2 => "apache2");
+word_enum!(CrashKind, "crash kind", Host => "host", Process => "process", Freeze => "freeze",
+    Link => "link", Backend => "backend");
+
+/// How long `up` waits, by default, for the VIP to answer from the client namespace.
+pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The options of `steadfast lab up`.
+#[derive(Clone, Debug)]
+pub struct UpOptions {
+    /// The lab's name: `[a-z0-9-]`, 1 to 20 characters, starting with a letter or digit.
+    pub name: String,
+    /// Number of member nodes, 1 to 9.
+    pub nodes: u8,
+    /// Add the witness voter `NAME-w`.
+    pub witness: bool,
+    pub mode: Mode,
+    pub backend: BackendKind,
+    /// `group.heartbeat_interval_ms` in the node configs; `None` keeps the daemon's default.
+    pub heartbeat_ms: Option<u32>,
+    /// The `steadfast` executable that runs the daemons and the builtin backend (the command
+    /// line passes `std::env::current_exe()`).
+    pub steadfast_exe: PathBuf,
+    /// Start the daemons. Without them nothing takes the VIP: `up` returns once the backends
+    /// answer, with no primary (tests of the lab itself place the VIP by hand).
+    pub start_daemons: bool,
+    /// How long `up` waits for the VIP to answer from the client namespace.
+    pub ready_timeout: Duration,
+}
+
+impl UpOptions {
+    /// Unreplicated mode, builtin backend, no witness, default heartbeat, daemons started.
+    pub fn new(name: impl Into<String>, nodes: u8, steadfast_exe: impl Into<PathBuf>) -> Self {
+        UpOptions {
+            name: name.into(),
+            nodes,
+            witness: false,
+            mode: Mode::Unreplicated,
+            backend: BackendKind::Builtin,
+            heartbeat_ms: None,
+            steadfast_exe: steadfast_exe.into(),
+            start_daemons: true,
+            ready_timeout: DEFAULT_READY_TIMEOUT,
+        }
+    }
+}
