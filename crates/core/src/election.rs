@@ -103,17 +103,25 @@ pub enum Destination {
 /// Why the role changed, for logs and notify hooks.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Reason {
+    /// The daemon started (the shell reports it; the machine itself starts silently).
     Started,
     /// Won an election with these voters.
-    ElectionWon { votes: Vec<NodeId> },
+    ElectionWon {
+        votes: Vec<NodeId>,
+    },
     /// The lease could not be renewed by a majority.
     QuorumLost,
     /// A frame from a newer primary arrived.
-    NewerEpochSeen { from: NodeId, epoch: u64 },
+    NewerEpochSeen {
+        from: NodeId,
+        epoch: u64,
+    },
     /// Health checks failed.
     Unhealthy,
     /// A lower-id member is ready and preemption is on.
-    Preempted { by: NodeId },
+    Preempted {
+        by: NodeId,
+    },
     Shutdown,
 }
 
@@ -170,6 +178,8 @@ pub enum Disposition {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PeerView {
     pub last_heard: Option<Duration>,
+    /// When the peer last came back to life (first frame after silence).
+    pub alive_since: Option<Duration>,
     pub role: Option<Role>,
     pub healthy: bool,
     pub has_quorum: bool,
@@ -365,14 +375,19 @@ impl Election {
         let mut disposition = Disposition::Accepted;
         match event {
             Event::Tick => {}
-            Event::HealthChanged(healthy) => self.healthy = healthy,
+            Event::HealthChanged(healthy) => self.healthy = healthy && !self.shut_down,
             Event::Shutdown => {
                 if !self.shut_down {
                     self.shut_down = true;
+                    // Peers must not defer to a node on its way out.
+                    self.healthy = false;
                     if self.is_primary() {
                         self.step_down(Reason::Shutdown, true, now, &mut out);
                     }
                     self.candidacy = None;
+                    if self.role == Role::Candidate {
+                        self.role = Role::Backup;
+                    }
                 }
             }
             Event::Received {
@@ -409,17 +424,20 @@ impl Election {
             } | Message::Ack { .. }
                 | Message::Release
         );
+        if !was_alive && self.is_primary() {
+            out.push(Action::RefreshAnnouncement);
+        }
         if claims_authority && epoch < self.epoch {
             self.touch(from, now);
             return Disposition::OldEpoch;
         }
         {
             let peer = self.peers.get_mut(&from).expect("checked above");
+            if !was_alive {
+                peer.alive_since = Some(now);
+            }
             peer.last_heard = Some(now);
             peer.epoch = epoch;
-        }
-        if !was_alive && self.is_primary() {
-            out.push(Action::RefreshAnnouncement);
         }
         match message {
             Message::Heartbeat {
@@ -474,13 +492,22 @@ impl Election {
                 if self.leader.as_ref().is_some_and(|l| l.id == from) {
                     self.leader = None;
                 }
+                // Until its next heartbeat, the sender is neither primary nor a candidate to
+                // defer to: the backups may stand at once (planned switchover).
+                let peer = self.peers.get_mut(&from).expect("checked above");
+                peer.role = Some(Role::Backup);
+                peer.healthy = false;
             }
         }
         Disposition::Accepted
     }
 
     fn touch(&mut self, from: NodeId, now: Duration) {
+        let was_alive = self.peer_alive(from, now);
         if let Some(p) = self.peers.get_mut(&from) {
+            if !was_alive {
+                p.alive_since = Some(now);
+            }
             p.last_heard = Some(now);
         }
     }
@@ -525,13 +552,7 @@ impl Election {
         });
     }
 
-    fn vote_request(
-        &mut self,
-        from: NodeId,
-        proposed: u64,
-        now: Duration,
-        out: &mut Vec<Action>,
-    ) {
+    fn vote_request(&mut self, from: NodeId, proposed: u64, now: Duration, out: &mut Vec<Action>) {
         let deny = |me: &Self, out: &mut Vec<Action>| {
             out.push(Action::Send {
                 to: Destination::Voter(from),
@@ -631,7 +652,12 @@ impl Election {
                 || !self.healthy
                 || self.shut_down
             {
-                let rank = self.cfg.members.iter().filter(|&&m| m < self.cfg.me).count() as u32;
+                let rank = self
+                    .cfg
+                    .members
+                    .iter()
+                    .filter(|&&m| m < self.cfg.me)
+                    .count() as u32;
                 self.candidacy = None;
                 self.role = Role::Backup;
                 self.stand_not_before = now + self.cfg.heartbeat_interval * (1 + rank);
@@ -762,12 +788,21 @@ impl Election {
                     && p.has_quorum
                     && p.role == Some(Role::Backup)
                     && p.following == Some(self.cfg.me)
+                    // A node that just (re)started cannot stand before its quiet period ends:
+                    // give it up only once it has been heard for a whole lease.
+                    && p.alive_since.is_some_and(|t| now >= t + self.cfg.lease())
             })
             .map(|(&id, _)| id)
             .next()
     }
 
-    fn step_down(&mut self, reason: Reason, tell_peers: bool, now: Duration, out: &mut Vec<Action>) {
+    fn step_down(
+        &mut self,
+        reason: Reason,
+        tell_peers: bool,
+        now: Duration,
+        out: &mut Vec<Action>,
+    ) {
         self.role = Role::Backup;
         self.lease = None;
         out.push(Action::ReleaseAddress);

@@ -292,7 +292,11 @@ impl Sim {
     fn primaries(&self) -> Vec<NodeId> {
         self.nodes
             .iter()
-            .filter(|(_, n)| n.election.as_ref().is_some_and(|e| e.role() == Role::Primary))
+            .filter(|(_, n)| {
+                n.election
+                    .as_ref()
+                    .is_some_and(|e| e.role() == Role::Primary)
+            })
             .map(|(&id, _)| id)
             .collect()
     }
@@ -321,7 +325,10 @@ fn chaos(seed: u64, members: &[NodeId], witness: Option<NodeId>, preempt: bool) 
         .filter(|(_, n)| n.holds_address)
         .map(|(id, _)| *id)
         .collect();
-    assert_eq!(holders, primaries, "seed {seed}: address holder is not the primary");
+    assert_eq!(
+        holders, primaries,
+        "seed {seed}: address holder is not the primary"
+    );
 }
 
 #[test]
@@ -387,5 +394,9 @@ fn healed_node_takes_back_with_preemption() {
     assert_eq!(sim.primaries(), vec![2]);
     sim.restart(1);
     sim.run_until(Duration::from_millis(1000));
-    assert_eq!(sim.primaries(), vec![1], "preemption gives the address back");
+    assert_eq!(
+        sim.primaries(),
+        vec![1],
+        "preemption gives the address back"
+    );
 }
