@@ -1,0 +1,172 @@
+//! Node-protocol frames: round trips, authentication, replay, and decoding of arbitrary bytes.
+
+use proptest::prelude::*;
+use steadfast_core::frame::{decode, encode, AuthKey, FrameError, ReplayGuard, MAX_FRAME_LEN};
+use steadfast_core::protocol::Envelope;
+use steadfast_core::{Message, Role};
+
+fn key() -> AuthKey {
+    AuthKey::from_file_contents(b"0123456789abcdef0123456789abcdef\n").unwrap()
+}
+
+fn role() -> impl Strategy<Value = Role> {
+    prop_oneof![
+        Just(Role::Backup),
+        Just(Role::Candidate),
+        Just(Role::Primary),
+        Just(Role::Witness)
+    ]
+}
+
+fn message() -> impl Strategy<Value = Message> {
+    prop_oneof![
+        (
+            role(),
+            any::<bool>(),
+            any::<bool>(),
+            any::<u64>(),
+            any::<Option<u16>>()
+        )
+            .prop_map(
+                |(role, healthy, has_quorum, seq, following)| Message::Heartbeat {
+                    role,
+                    healthy,
+                    has_quorum,
+                    seq,
+                    following,
+                }
+            ),
+        (any::<u16>(), any::<u64>()).prop_map(|(primary, seq)| Message::Ack { primary, seq }),
+        any::<u64>().prop_map(|proposed_epoch| Message::VoteRequest { proposed_epoch }),
+        (any::<u16>(), any::<u64>(), any::<bool>()).prop_map(
+            |(candidate, proposed_epoch, granted)| Message::Vote {
+                candidate,
+                proposed_epoch,
+                granted,
+            }
+        ),
+        Just(Message::Release),
+    ]
+}
+
+fn envelope() -> impl Strategy<Value = Envelope> {
+    (any::<u16>(), any::<u64>(), any::<u64>(), message()).prop_map(
+        |(sender, epoch, counter, message)| Envelope {
+            sender,
+            epoch,
+            counter,
+            message,
+        },
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn every_envelope_round_trips(env in envelope()) {
+        let bytes = encode(&env, &key());
+        prop_assert!(bytes.len() <= MAX_FRAME_LEN);
+        prop_assert_eq!(decode(&bytes, &key()).unwrap(), env);
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..120)) {
+        let _ = decode(&bytes, &key());
+    }
+
+    #[test]
+    fn mutated_frames_are_refused(env in envelope(), at in any::<prop::sample::Index>(), flip in 1u8..=255) {
+        let mut bytes = encode(&env, &key());
+        let i = at.index(bytes.len());
+        bytes[i] ^= flip;
+        prop_assert!(decode(&bytes, &key()).is_err());
+    }
+
+    #[test]
+    fn truncated_and_extended_frames_are_refused(env in envelope(), cut in 1usize..40, extra in proptest::collection::vec(any::<u8>(), 1..8)) {
+        let bytes = encode(&env, &key());
+        let cut = cut.min(bytes.len());
+        prop_assert!(decode(&bytes[..bytes.len() - cut], &key()).is_err());
+        let mut longer = bytes.clone();
+        longer.extend_from_slice(&extra);
+        prop_assert!(decode(&longer, &key()).is_err());
+    }
+
+    #[test]
+    fn another_key_is_refused(env in envelope()) {
+        let other = AuthKey::from_file_contents(b"fedcba9876543210fedcba9876543210").unwrap();
+        prop_assert_eq!(decode(&encode(&env, &other), &key()), Err(FrameError::BadMac));
+    }
+}
+
+#[test]
+fn forged_sender_is_refused_by_the_mac() {
+    let env = Envelope {
+        sender: 2,
+        epoch: 7,
+        counter: 99,
+        message: Message::Release,
+    };
+    let mut bytes = encode(&env, &key());
+    bytes[7] = 1; // claim to be node 1
+    assert_eq!(decode(&bytes, &key()), Err(FrameError::BadMac));
+}
+
+#[test]
+fn replays_are_refused_per_sender() {
+    let mut guard = ReplayGuard::default();
+    assert!(guard.check_and_record(1, 10).is_ok());
+    assert!(guard.check_and_record(2, 5).is_ok());
+    assert!(matches!(
+        guard.check_and_record(1, 10),
+        Err(FrameError::Replayed {
+            sender: 1,
+            counter: 10,
+            highest: 10
+        })
+    ));
+    assert!(guard.check_and_record(1, 9).is_err());
+    assert!(guard.check_and_record(1, 11).is_ok());
+}
+
+#[test]
+fn short_keys_are_refused_with_their_length() {
+    let err = AuthKey::from_file_contents(b"short\n").err().unwrap();
+    assert_eq!(err, FrameError::KeyTooShort { len: 5 });
+    assert!(err.to_string().contains("at least 16"));
+}
+
+#[test]
+fn each_header_error_is_named() {
+    let env = Envelope {
+        sender: 1,
+        epoch: 1,
+        counter: 1,
+        message: Message::VoteRequest { proposed_epoch: 3 },
+    };
+    let good = encode(&env, &key());
+    assert!(matches!(
+        decode(&good[..10], &key()),
+        Err(FrameError::TooShort { .. })
+    ));
+    let mut bad = good.clone();
+    bad[0] = b'X';
+    assert_eq!(decode(&bad, &key()), Err(FrameError::BadMagic));
+    let mut bad = good.clone();
+    bad[4] = 9;
+    assert_eq!(decode(&bad, &key()), Err(FrameError::UnsupportedVersion(9)));
+    let mut bad = good.clone();
+    bad[25] = 7;
+    assert!(matches!(
+        decode(&bad, &key()),
+        Err(FrameError::LengthMismatch {
+            declared: 7,
+            actual: 8
+        })
+    ));
+    assert!(matches!(
+        decode(&vec![0u8; 200], &key()),
+        Err(FrameError::TooLong { len: 200 })
+    ));
+}
