@@ -94,6 +94,11 @@ pub(crate) fn voter_config(plan: &GroupPlan<'_>, voter: Host) -> String {
         let _ = writeln!(text, "target = \"{backend}\"");
         let _ = writeln!(text, "path = \"/health\"");
         let _ = writeln!(text, "expect_status = 200");
+        // Fast checks, so a dead backend is noticed within about 100 ms.
+        let _ = writeln!(text, "interval_ms = 50");
+        let _ = writeln!(text, "timeout_ms = 200");
+        let _ = writeln!(text, "rise = 2");
+        let _ = writeln!(text, "fall = 2");
     }
     let _ = writeln!(text, "\n[control]");
     let _ = writeln!(text, "socket = \"{}.sock\"", voter.short_name());

@@ -1,1 +1,145 @@
-fn main() {}
+//! `steadfast`: the node daemon, the witness, and the command line around them.
+
+mod control;
+mod daemon;
+mod health;
+mod hooks;
+mod settings;
+mod status;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "steadfast",
+    version,
+    about = "Keeps TCP services answering through the crash of the host that serves them"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the node daemon (a member of the group).
+    Run {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Run the witness voter of a two-node group.
+    Witness {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Validate a configuration file.
+    CheckConfig { file: PathBuf },
+    /// Show a running daemon's status.
+    Status {
+        /// The daemon's control socket.
+        #[arg(long, conflicts_with = "config")]
+        socket: Option<PathBuf>,
+        /// Read the control socket's path from this configuration.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The builtin HTTP backend the lab and the demo use.
+    Backend {
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        #[arg(long)]
+        node_name: String,
+        #[arg(long)]
+        data_tier: PathBuf,
+    },
+    /// Build, crash and heal groups of hosts in network namespaces.
+    Lab {
+        #[command(subcommand)]
+        command: lab_cli::LabCommand,
+    },
+    /// A three-node lab, a verifying load, a crash of the primary, a heal, and a report.
+    Demo(lab_cli::DemoArgs),
+}
+
+mod lab_cli;
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("STEADFAST_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match dispatch(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("steadfast: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Run { config } => daemon::run(&config, false).map(|()| ExitCode::SUCCESS),
+        Command::Witness { config } => daemon::run(&config, true).map(|()| ExitCode::SUCCESS),
+        Command::CheckConfig { file } => match settings::Settings::load(&file) {
+            Ok(s) => {
+                s.refuse_unimplemented_modes(&file)?;
+                println!("{}: ok", file.display());
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                eprintln!("{e:#}");
+                Ok(ExitCode::FAILURE)
+            }
+        },
+        Command::Status {
+            socket,
+            config,
+            json,
+        } => {
+            let socket = match (socket, config) {
+                (Some(s), _) => s,
+                (None, Some(c)) => settings::Settings::load(&c)?.control_socket,
+                (None, None) => PathBuf::from(steadfast_core::config::DEFAULT_CONTROL_SOCKET),
+            };
+            let status = control::query_status(&socket)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", status.render());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Backend {
+            listen,
+            node_name,
+            data_tier,
+        } => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .context("building the backend's runtime")?;
+            runtime
+                .block_on(steadfast_lab::backend::serve(steadfast_lab::backend::BackendConfig {
+                    listen,
+                    node_name,
+                    data_tier,
+                }))
+                .context("builtin backend")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Lab { command } => lab_cli::run(command),
+        Command::Demo(args) => lab_cli::demo(args),
+    }
+}

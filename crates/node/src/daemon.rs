@@ -1,0 +1,492 @@
+//! The node daemon: the I/O shell around the election state machine.
+//!
+//! One loop owns the election. It waits for a heartbeat frame, the election's next deadline, a
+//! health verdict, a control request or a signal, feeds the election, and carries out the
+//! actions in order (addresses through netlink, announcements through a packet socket).
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use steadfast_core::election::{Action, Destination, Disposition, Election, Event};
+use steadfast_core::frame::{self, FrameError, ReplayGuard};
+use steadfast_core::protocol::Envelope;
+use steadfast_core::Role;
+use tokio::net::UdpSocket;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+
+use crate::control::{self, ControlRequest};
+use crate::health;
+use crate::hooks::{self, HookCounters, RoleChange};
+use crate::settings::{ServiceSettings, Settings};
+use crate::status::{Counters, NodeStatus, PeerStatus, ServiceStatus};
+
+/// One interface the service addresses live on.
+struct AddressSite {
+    ifindex: u32,
+    garp: steadfast_os::garp::GarpSender,
+}
+
+struct Daemon {
+    settings: Settings,
+    config_path: PathBuf,
+    election: Election,
+    origin: Instant,
+    socket: UdpSocket,
+    replay: ReplayGuard,
+    counter: u64,
+    counters: Counters,
+    hook_counters: Arc<HookCounters>,
+    netlink: steadfast_os::addr::Netlink,
+    sites: BTreeMap<String, AddressSite>,
+    vip_held: bool,
+    check_verdicts: Vec<(bool, String)>,
+}
+
+/// Runs a member (`witness == false`) or the witness until SIGTERM/SIGINT.
+pub fn run(config_path: &Path, witness: bool) -> anyhow::Result<()> {
+    let settings = Settings::load(config_path)?;
+    if witness != settings.is_witness() {
+        anyhow::bail!(
+            "{}: node_id {} is {} the witness: use `steadfast {}`",
+            config_path.display(),
+            settings.node_id,
+            if settings.is_witness() { "" } else { "not" },
+            if settings.is_witness() { "witness" } else { "run" }
+        );
+    }
+    settings.refuse_unimplemented_modes(config_path)?;
+    if let Err(e) = steadfast_os::sched::set_realtime_priority(settings.realtime_priority) {
+        tracing::warn!("cannot raise the scheduling priority (heartbeats may lag under load): {e}");
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("building the runtime")?;
+    runtime.block_on(async move {
+        let mut daemon = Daemon::start(settings, config_path.to_path_buf()).await?;
+        daemon.run().await
+    })
+}
+
+fn now_wall_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(1)
+}
+
+impl Daemon {
+    async fn start(settings: Settings, config_path: PathBuf) -> anyhow::Result<Daemon> {
+        if settings.election.two_node && settings.election.witness.is_none() {
+            tracing::warn!(
+                "two_node = true without a witness: if the nodes lose sight of each other both \
+                 serve the address (split brain). Add a witness to avoid it."
+            );
+        }
+        let netlink = steadfast_os::addr::Netlink::new()
+            .await
+            .context("opening the netlink socket")?;
+        let mut sites = BTreeMap::new();
+        for svc in &settings.services {
+            if sites.contains_key(&svc.interface) {
+                continue;
+            }
+            let link = netlink
+                .link_by_name(&svc.interface)
+                .await
+                .with_context(|| format!("service {}: interface {}", svc.name, svc.interface))?;
+            let garp = steadfast_os::garp::GarpSender::open(link.index, link.mac)
+                .with_context(|| format!("opening a packet socket on {}", svc.interface))?;
+            sites.insert(
+                svc.interface.clone(),
+                AddressSite {
+                    ifindex: link.index,
+                    garp,
+                },
+            );
+        }
+        let bind = SocketAddr::V4(SocketAddrV4::new(settings.local_address, settings.port));
+        let socket = UdpSocket::bind(bind)
+            .await
+            .with_context(|| format!("binding the heartbeat socket {bind}"))?;
+        let origin = Instant::now();
+        let election = Election::new(settings.election.clone(), Duration::ZERO);
+        let checks = settings.checks.len();
+        let mut daemon = Daemon {
+            settings,
+            config_path,
+            election,
+            origin,
+            socket,
+            replay: ReplayGuard::default(),
+            counter: now_wall_micros(),
+            counters: Counters::default(),
+            hook_counters: Arc::new(HookCounters::default()),
+            netlink,
+            sites,
+            vip_held: true,
+            check_verdicts: vec![(false, "not checked yet".to_string()); checks],
+        };
+        // A previous life may have left the addresses behind: start clean, as a backup.
+        daemon.release_addresses().await;
+        Ok(daemon)
+    }
+
+    fn now(&self) -> Duration {
+        self.origin.elapsed()
+    }
+
+    async fn run(&mut self) -> anyhow::Result<()> {
+        let (health_tx, mut health_rx) = mpsc::channel(64);
+        let mut health_tasks = health::spawn_checks(&self.settings.checks, health_tx.clone());
+        let (control_tx, mut control_rx) = mpsc::channel(16);
+        control::serve(&self.settings.control_socket, control_tx)?;
+        let mut sigterm = signal(SignalKind::terminate())?;
+        let mut sigint = signal(SignalKind::interrupt())?;
+        let mut sighup = signal(SignalKind::hangup())?;
+        let mut buf = vec![0u8; frame::MAX_FRAME_LEN + 64];
+        tracing::info!(
+            "node {} started: {} voters, quorum {}, heartbeat {:?} × {}",
+            self.settings.node_id,
+            self.settings.election.voters().len(),
+            self.settings.election.quorum(),
+            self.settings.election.heartbeat_interval,
+            self.settings.election.miss_count
+        );
+        self.initial_health().await;
+        self.feed(Event::Tick).await;
+        loop {
+            let deadline = self.origin + self.election.next_deadline(self.now());
+            tokio::select! {
+                biased;
+                _ = sigterm.recv() => break,
+                _ = sigint.recv() => break,
+                received = self.socket.recv_from(&mut buf) => {
+                    match received {
+                        Ok((len, from)) => {
+                            let bytes = buf[..len].to_vec();
+                            self.on_frame(&bytes, from).await;
+                        }
+                        Err(e) => tracing::warn!("heartbeat socket receive: {e}"),
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline.into()) => { self.feed(Event::Tick).await; }
+                Some((index, healthy, why)) = health_rx.recv() => {
+                    self.check_verdicts[index] = (healthy, why);
+                    self.feed_health().await;
+                }
+                Some(ControlRequest::Status(reply)) = control_rx.recv() => {
+                    let _ = reply.send(self.status());
+                }
+                _ = sighup.recv() => {
+                    match self.reload() {
+                        Ok(changed_checks) => {
+                            if changed_checks {
+                                for task in health_tasks.drain(..) {
+                                    task.abort();
+                                }
+                                self.check_verdicts =
+                                    vec![(false, "not checked yet".to_string()); self.settings.checks.len()];
+                                health_tasks = health::spawn_checks(&self.settings.checks, health_tx.clone());
+                                self.initial_health().await;
+                            }
+                        }
+                        Err(e) => tracing::error!("reload refused, keeping the running configuration: {e:#}"),
+                    }
+                }
+            }
+        }
+        tracing::info!("stopping: releasing the address and telling the peers");
+        self.feed(Event::Shutdown).await;
+        self.release_addresses().await;
+        let _ = std::fs::remove_file(&self.settings.control_socket);
+        Ok(())
+    }
+
+    /// With no checks the node is healthy; with checks it proves health first (rise count).
+    async fn initial_health(&mut self) {
+        self.feed_health().await;
+    }
+
+    async fn feed_health(&mut self) {
+        let healthy = self.check_verdicts.iter().all(|(ok, _)| *ok);
+        if healthy != self.election.healthy() {
+            tracing::info!(
+                "health: {}",
+                if healthy { "passing" } else { "failing" }
+            );
+        }
+        self.feed(Event::HealthChanged(healthy)).await;
+    }
+
+    async fn on_frame(&mut self, bytes: &[u8], from: SocketAddr) {
+        let envelope = match frame::decode(bytes, &self.settings.key) {
+            Ok(e) => e,
+            Err(FrameError::BadMac) => {
+                self.counters.dropped_bad_mac += 1;
+                return;
+            }
+            Err(e) => {
+                self.counters.dropped_malformed += 1;
+                tracing::debug!("dropped a malformed frame from {from}: {e}");
+                return;
+            }
+        };
+        // The MAC proves the key; the source address must also be the sender's own (any
+        // port: a voter behind NAT or a restarted socket may use another one).
+        let known = self.settings.voters.get(&envelope.sender).copied();
+        if envelope.sender == self.settings.node_id
+            || known.is_none_or(|addr| std::net::IpAddr::V4(addr) != from.ip())
+        {
+            self.counters.dropped_unknown_node += 1;
+            return;
+        }
+        if self
+            .replay
+            .check_and_record(envelope.sender, envelope.counter)
+            .is_err()
+        {
+            self.counters.dropped_replay += 1;
+            return;
+        }
+        self.counters.frames_received += 1;
+        let disposition = self
+            .feed(Event::Received {
+                from: envelope.sender,
+                epoch: envelope.epoch,
+                message: envelope.message,
+            })
+            .await;
+        match disposition {
+            Disposition::Accepted => {}
+            Disposition::OldEpoch => self.counters.dropped_old_epoch += 1,
+            Disposition::UnknownSender => self.counters.dropped_unknown_node += 1,
+        }
+    }
+
+    async fn feed(&mut self, event: Event) -> Disposition {
+        let now = self.now();
+        let (actions, disposition) = self.election.handle(event, now);
+        for action in actions {
+            self.carry_out(action).await;
+        }
+        disposition
+    }
+
+    async fn carry_out(&mut self, action: Action) {
+        match action {
+            Action::Send { to, epoch, message } => {
+                if matches!(message, steadfast_core::Message::VoteRequest { .. }) {
+                    self.counters.elections_started += 1;
+                }
+                self.counter += 1;
+                let bytes = frame::encode(
+                    &Envelope {
+                        sender: self.settings.node_id,
+                        epoch,
+                        counter: self.counter,
+                        message,
+                    },
+                    &self.settings.key,
+                );
+                let targets: Vec<Ipv4Addr> = match to {
+                    Destination::AllVoters => self
+                        .settings
+                        .voters
+                        .iter()
+                        .filter(|(&id, _)| id != self.settings.node_id)
+                        .map(|(_, &a)| a)
+                        .collect(),
+                    Destination::Voter(id) => self.settings.voters.get(&id).copied().into_iter().collect(),
+                };
+                for addr in targets {
+                    // try_send: a full socket buffer must never stall the election loop.
+                    match self
+                        .socket
+                        .try_send_to(&bytes, SocketAddr::V4(SocketAddrV4::new(addr, self.settings.port)))
+                    {
+                        Ok(_) => self.counters.frames_sent += 1,
+                        Err(_) => self.counters.send_errors += 1,
+                    }
+                }
+            }
+            Action::TakeAddress { epoch } => {
+                self.counters.elections_won += 1;
+                self.take_addresses(epoch).await;
+            }
+            Action::ReleaseAddress => self.release_addresses().await,
+            Action::RefreshAnnouncement => {
+                if self.settings.refresh_on_heal && self.vip_held {
+                    tracing::info!("a peer is back: announcing the address again");
+                    self.announce();
+                }
+            }
+            Action::RoleChanged {
+                role,
+                epoch,
+                reason,
+            } => {
+                self.counters.role_changes += 1;
+                tracing::info!(
+                    "role {} in epoch {} ({}): {}",
+                    role.as_str(),
+                    epoch,
+                    crate::status::epoch_label(epoch),
+                    reason
+                );
+                if let Some(hook) = &self.settings.hook {
+                    hooks::spawn(
+                        hook,
+                        RoleChange {
+                            node_id: self.settings.node_id,
+                            group: &self.settings.group_name,
+                            role: role.as_str(),
+                            epoch,
+                            reason: reason.to_string(),
+                        },
+                        self.hook_counters.clone(),
+                    );
+                }
+            }
+        }
+    }
+
+    async fn take_addresses(&mut self, epoch: u64) {
+        for svc in self.settings.services.clone() {
+            let site = &self.sites[&svc.interface];
+            if let Err(e) = self
+                .netlink
+                .add_address(site.ifindex, svc.vip, svc.prefix_len)
+                .await
+            {
+                self.counters.address_errors += 1;
+                tracing::error!("epoch {epoch}: cannot add {} to {}: {e}", svc.vip, svc.interface);
+            }
+        }
+        self.vip_held = true;
+        self.announce();
+    }
+
+    async fn release_addresses(&mut self) {
+        for svc in self.settings.services.clone() {
+            let site = &self.sites[&svc.interface];
+            if let Err(e) = self
+                .netlink
+                .remove_address(site.ifindex, svc.vip, svc.prefix_len)
+                .await
+            {
+                self.counters.address_errors += 1;
+                tracing::error!("cannot remove {} from {}: {e}", svc.vip, svc.interface);
+            }
+        }
+        self.vip_held = false;
+    }
+
+    /// Gratuitous ARP burst: the first at once, the rest spaced in a task so the loop goes on.
+    fn announce(&mut self) {
+        let count = self.settings.garp_count;
+        let spacing = self.settings.garp_spacing;
+        for svc in &self.settings.services {
+            let site = &self.sites[&svc.interface];
+            if count == 0 {
+                continue;
+            }
+            match site.garp.send(svc.vip) {
+                Ok(()) => self.counters.garp_sent += 1,
+                Err(e) => tracing::warn!("gratuitous ARP for {} on {}: {e}", svc.vip, svc.interface),
+            }
+            if count > 1 {
+                let sender = site.garp.clone();
+                let vip = svc.vip;
+                tokio::spawn(async move {
+                    for _ in 1..count {
+                        tokio::time::sleep(spacing).await;
+                        let _ = sender.send(vip);
+                    }
+                });
+                self.counters.garp_sent += u64::from(count - 1);
+            }
+        }
+    }
+
+    /// Applies what can change without a restart; returns whether the health checks changed.
+    fn reload(&mut self) -> anyhow::Result<bool> {
+        let fresh = Settings::load(&self.config_path)?;
+        let restart_needed = fresh.restart_needed_for(&self.settings);
+        if !restart_needed.is_empty() {
+            tracing::warn!(
+                "reload: {} changed; these take effect only after a restart",
+                restart_needed.join(", ")
+            );
+        }
+        let checks_changed = fresh.checks != self.settings.checks;
+        self.settings.hook = fresh.hook;
+        self.settings.garp_count = fresh.garp_count;
+        self.settings.garp_spacing = fresh.garp_spacing;
+        self.settings.refresh_on_heal = fresh.refresh_on_heal;
+        self.settings.checks = fresh.checks;
+        tracing::info!("reloaded {}", self.config_path.display());
+        Ok(checks_changed)
+    }
+
+    fn status(&self) -> NodeStatus {
+        let now = self.now();
+        let mut counters = self.counters.clone();
+        counters.hooks_run = self.hook_counters.run.load(std::sync::atomic::Ordering::Relaxed);
+        counters.hooks_failed = self
+            .hook_counters
+            .failed
+            .load(std::sync::atomic::Ordering::Relaxed);
+        NodeStatus {
+            node_id: self.settings.node_id,
+            group: self.settings.group_name.clone(),
+            role: self.election.role().as_str().to_string(),
+            epoch: self.election.epoch(),
+            healthy: self.election.healthy(),
+            health_detail: self
+                .check_verdicts
+                .iter()
+                .zip(&self.settings.checks)
+                .map(|((ok, why), check)| {
+                    format!("{:?}: {}", check.probe, if *ok { "passing" } else { why })
+                })
+                .collect(),
+            has_quorum: self.election.has_quorum(now),
+            primary: self.election.primary(),
+            vip_held: self.vip_held,
+            uptime_ms: now.as_millis() as u64,
+            heartbeat_interval_ms: self.settings.election.heartbeat_interval.as_millis() as u64,
+            miss_count: self.settings.election.miss_count,
+            services: self
+                .settings
+                .services
+                .iter()
+                .map(|s: &ServiceSettings| ServiceStatus {
+                    name: s.name.clone(),
+                    vip: s.vip.to_string(),
+                    ports: s.ports.clone(),
+                    mode: s.mode.clone(),
+                })
+                .collect(),
+            peers: self
+                .election
+                .peers()
+                .iter()
+                .map(|(&id, p)| PeerStatus {
+                    id,
+                    role: p.role.map(|r: Role| r.as_str().to_string()),
+                    healthy: p.healthy,
+                    has_quorum: p.has_quorum,
+                    alive: self.election.peer_alive(id, now),
+                    last_heard_ms: p.last_heard.map(|t| now.saturating_sub(t).as_millis() as u64),
+                })
+                .collect(),
+            counters,
+        }
+    }
+}

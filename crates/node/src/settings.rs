@@ -1,0 +1,198 @@
+//! The daemon's view of its configuration: the parsed file (steadfast_core::config) turned into
+//! what the loop needs (resolved key, election parameters, addresses, checks).
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use steadfast_core::config::{self, Config, HealthCheckKind, Mode};
+use steadfast_core::election::ElectionConfig;
+use steadfast_core::frame::AuthKey;
+use steadfast_core::NodeId;
+
+use crate::health::{Check, Probe};
+use crate::hooks::Hook;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceSettings {
+    pub name: String,
+    pub vip: Ipv4Addr,
+    pub prefix_len: u8,
+    pub interface: String,
+    pub ports: Vec<u16>,
+    pub mode: String,
+    pub implemented: bool,
+}
+
+pub struct Settings {
+    pub node_id: NodeId,
+    pub group_name: String,
+    pub port: u16,
+    pub key: AuthKey,
+    pub election: ElectionConfig,
+    pub voters: BTreeMap<NodeId, Ipv4Addr>,
+    pub local_address: Ipv4Addr,
+    pub services: Vec<ServiceSettings>,
+    pub checks: Vec<Check>,
+    pub hook: Option<Hook>,
+    pub garp_count: u32,
+    pub garp_spacing: Duration,
+    pub refresh_on_heal: bool,
+    pub control_socket: PathBuf,
+    pub realtime_priority: i32,
+}
+
+impl Settings {
+    /// Reads, parses and validates `path`, and reads the key file it names.
+    pub fn load(path: &Path) -> anyhow::Result<Settings> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the configuration {}", path.display()))?;
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let exists = |p: &Path| p.exists();
+        let cfg = config::parse(&text, &path.display().to_string(), &exists, dir)
+            .map_err(|errors| anyhow::anyhow!("{errors}"))?;
+        Self::from_config(cfg, path)
+    }
+
+    fn from_config(cfg: Config, path: &Path) -> anyhow::Result<Settings> {
+        let key_path = cfg.group.auth_key_file.clone();
+        let key_bytes = std::fs::read(&key_path).with_context(|| {
+            format!(
+                "{}: group.auth_key_file: reading {}",
+                path.display(),
+                key_path.display()
+            )
+        })?;
+        let key = AuthKey::from_file_contents(&key_bytes).map_err(|e| {
+            anyhow::anyhow!(
+                "{}: group.auth_key_file: {}: {e}",
+                path.display(),
+                key_path.display()
+            )
+        })?;
+        let voters: BTreeMap<NodeId, Ipv4Addr> = cfg.peer_addresses().into_iter().collect();
+        let local_address = *voters
+            .get(&cfg.node_id)
+            .context("node_id is not a voter (the parser should have refused this)")?;
+        let local_prefix = cfg
+            .group
+            .members
+            .iter()
+            .chain(cfg.group.witness.iter())
+            .find(|m| m.id == cfg.node_id)
+            .map(|m| m.prefix_len())
+            .unwrap_or(32);
+        let election = ElectionConfig {
+            me: cfg.node_id,
+            members: cfg.group.members.iter().map(|m| m.id).collect(),
+            witness: cfg.group.witness.as_ref().map(|w| w.id),
+            heartbeat_interval: cfg.group.heartbeat_interval,
+            miss_count: cfg.group.miss_count,
+            preempt: cfg.group.preempt,
+            two_node: cfg.group.two_node,
+        };
+        let services = cfg
+            .services
+            .iter()
+            .map(|s| ServiceSettings {
+                name: s.name.clone(),
+                vip: s.vip,
+                prefix_len: local_prefix,
+                interface: s.interface.clone(),
+                ports: s.ports.clone(),
+                mode: s.mode.as_str().to_string(),
+                implemented: matches!(s.mode, Mode::Unreplicated),
+            })
+            .collect();
+        let checks = cfg
+            .health_checks
+            .iter()
+            .map(|c| Check {
+                probe: match &c.kind {
+                    HealthCheckKind::Http {
+                        target,
+                        path,
+                        expect_status,
+                    } => Probe::Http {
+                        target: *target,
+                        path: path.clone(),
+                        expect_status: *expect_status,
+                    },
+                    HealthCheckKind::Tcp { target } => Probe::Tcp { target: *target },
+                    HealthCheckKind::Exec { command } => Probe::Exec {
+                        command: command.clone(),
+                    },
+                },
+                interval: c.interval,
+                timeout: c.timeout,
+                rise: c.rise,
+                fall: c.fall,
+            })
+            .collect();
+        Ok(Settings {
+            node_id: cfg.node_id,
+            group_name: cfg.group.name.clone(),
+            port: cfg.group.port,
+            key,
+            voters,
+            local_address,
+            services,
+            checks,
+            hook: cfg.notify.as_ref().map(|n| Hook {
+                command: n.command.clone(),
+                timeout: n.timeout,
+            }),
+            garp_count: cfg.arp.gratuitous_count,
+            garp_spacing: cfg.arp.gratuitous_spacing,
+            refresh_on_heal: cfg.arp.refresh_on_heal,
+            control_socket: cfg.control.socket.clone(),
+            realtime_priority: 10,
+            election,
+        })
+    }
+
+    pub fn is_witness(&self) -> bool {
+        self.election.is_witness()
+    }
+
+    /// Modes the parser knows but this build does not run yet are refused with a clear message.
+    pub fn refuse_unimplemented_modes(&self, path: &Path) -> anyhow::Result<()> {
+        for s in &self.services {
+            if !s.implemented {
+                bail!(
+                    "{}: service {}: mode {} is not implemented yet (only unreplicated is)",
+                    path.display(),
+                    s.name,
+                    s.mode
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Settings a reload cannot change in a running daemon.
+    pub fn restart_needed_for(&self, running: &Settings) -> Vec<&'static str> {
+        let mut changed = Vec::new();
+        if self.node_id != running.node_id {
+            changed.push("node_id");
+        }
+        if self.voters != running.voters || self.election != running.election {
+            changed.push("group");
+        }
+        if self.port != running.port {
+            changed.push("group.port");
+        }
+        if self.services != running.services {
+            changed.push("service");
+        }
+        if self.control_socket != running.control_socket {
+            changed.push("control.socket");
+        }
+        changed
+    }
+}

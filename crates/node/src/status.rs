@@ -1,0 +1,119 @@
+//! The status document a daemon serves on its control socket (JSON), and its human rendering.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ServiceStatus {
+    pub name: String,
+    pub vip: String,
+    pub ports: Vec<u16>,
+    pub mode: String,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PeerStatus {
+    pub id: u16,
+    pub role: Option<String>,
+    pub healthy: bool,
+    pub has_quorum: bool,
+    pub alive: bool,
+    pub last_heard_ms: Option<u64>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Counters {
+    pub frames_sent: u64,
+    pub send_errors: u64,
+    pub frames_received: u64,
+    pub dropped_malformed: u64,
+    pub dropped_bad_mac: u64,
+    pub dropped_unknown_node: u64,
+    pub dropped_replay: u64,
+    pub dropped_old_epoch: u64,
+    pub role_changes: u64,
+    pub elections_started: u64,
+    pub elections_won: u64,
+    pub garp_sent: u64,
+    pub hooks_run: u64,
+    pub hooks_failed: u64,
+    pub address_errors: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NodeStatus {
+    pub node_id: u16,
+    pub group: String,
+    pub role: String,
+    pub epoch: u64,
+    pub healthy: bool,
+    pub health_detail: Vec<String>,
+    pub has_quorum: bool,
+    pub primary: Option<u16>,
+    pub vip_held: bool,
+    pub uptime_ms: u64,
+    pub heartbeat_interval_ms: u64,
+    pub miss_count: u32,
+    pub services: Vec<ServiceStatus>,
+    pub peers: Vec<PeerStatus>,
+    pub counters: Counters,
+}
+
+impl NodeStatus {
+    /// A few lines for a person.
+    pub fn render(&self) -> String {
+        let mut s = format!(
+            "node {} of group {}: {} in epoch {} ({}), {}, primary {}, address {}\n",
+            self.node_id,
+            self.group,
+            self.role,
+            self.epoch,
+            epoch_label(self.epoch),
+            if self.healthy { "healthy" } else { "UNHEALTHY" },
+            self.primary.map_or("unknown".to_string(), |p| p.to_string()),
+            if self.vip_held { "held here" } else { "not here" },
+        );
+        if !self.has_quorum {
+            s.push_str("  WITHOUT QUORUM: will not serve\n");
+        }
+        for d in &self.health_detail {
+            s.push_str(&format!("  health: {d}\n"));
+        }
+        for svc in &self.services {
+            s.push_str(&format!(
+                "  service {}: {} ports {:?} mode {}\n",
+                svc.name, svc.vip, svc.ports, svc.mode
+            ));
+        }
+        for p in &self.peers {
+            s.push_str(&format!(
+                "  peer {}: {} {} {}, last heard {}\n",
+                p.id,
+                p.role.as_deref().unwrap_or("never heard"),
+                if p.alive { "alive" } else { "DEAD" },
+                if p.healthy { "healthy" } else { "unhealthy" },
+                p.last_heard_ms
+                    .map_or("never".to_string(), |ms| format!("{ms} ms ago")),
+            ));
+        }
+        let c = &self.counters;
+        s.push_str(&format!(
+            "  frames sent {} received {}; dropped: malformed {} bad-mac {} unknown-node {} replay {} old-epoch {}\n",
+            c.frames_sent, c.frames_received, c.dropped_malformed, c.dropped_bad_mac,
+            c.dropped_unknown_node, c.dropped_replay, c.dropped_old_epoch
+        ));
+        s.push_str(&format!(
+            "  role changes {}, elections started {} won {}, gratuitous ARPs {}, hooks run {} failed {}\n",
+            c.role_changes, c.elections_started, c.elections_won, c.garp_sent, c.hooks_run, c.hooks_failed
+        ));
+        s
+    }
+}
+
+/// `term.node` form of an epoch, easier to read than the raw number.
+pub fn epoch_label(epoch: u64) -> String {
+    format!(
+        "term {} of node {}",
+        steadfast_core::election::epoch_term(epoch),
+        steadfast_core::election::epoch_owner(epoch)
+    )
+}

@@ -1,0 +1,182 @@
+//! Shared helpers of the namespace integration tests: a lab that is always torn down, a
+//! background probe load from the client namespace, and small waits.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use steadfast_lab::load::{self, LoadOptions, LoadProgress, LoadReport, ProbeOptions, ProbeRequest};
+use steadfast_lab::{BackendKind, LabInfo, UpOptions};
+
+pub fn exe() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_steadfast"))
+}
+
+/// A unique lab name per test (pid + counter), ≤ 20 characters.
+pub fn lab_name(tag: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let mut name = format!("t{}{}{}", std::process::id() % 100_000, tag, n);
+    name.truncate(20);
+    name
+}
+
+/// A lab torn down on drop, also when the test panics.
+pub struct Lab {
+    pub info: LabInfo,
+    pub backend: BackendKind,
+}
+
+impl Lab {
+    pub fn up(tag: &str, nodes: u8, witness: bool, backend: BackendKind, heartbeat_ms: Option<u32>) -> Lab {
+        let mut opts = UpOptions::new(lab_name(tag), nodes, exe());
+        opts.witness = witness;
+        opts.backend = backend;
+        opts.heartbeat_ms = heartbeat_ms;
+        opts.ready_timeout = Duration::from_secs(30);
+        let name = opts.name.clone();
+        match steadfast_lab::up(&opts) {
+            Ok(info) => Lab { info, backend },
+            Err(e) => {
+                let _ = steadfast_lab::down(&name);
+                panic!("lab up {name}: {e}");
+            }
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.info.lab
+    }
+
+    pub fn target(&self) -> SocketAddr {
+        SocketAddr::new(self.info.vip.into(), self.info.port)
+    }
+
+    /// Hosts (`n1` …) whose namespace holds the VIP.
+    pub fn holders(&self) -> Vec<String> {
+        let prefix = format!("{}-", self.name());
+        steadfast_lab::vip_holders(self.name())
+            .expect("vip holders")
+            .into_iter()
+            .map(|ns| ns.strip_prefix(&prefix).unwrap_or(&ns).to_string())
+            .collect()
+    }
+
+    /// Holders other than `except` (a crashed host whose kernel may still carry the address).
+    pub fn holders_except(&self, except: &str) -> Vec<String> {
+        self.holders().into_iter().filter(|h| h != except).collect()
+    }
+
+    /// Waits until exactly `host` holds the VIP.
+    pub fn wait_holder(&self, host: &str, within: Duration) -> bool {
+        wait_until(within, || self.holders() == vec![host.to_string()])
+    }
+
+    /// The daemon's status document of `host` (`n1`, `w`), straight from its control socket.
+    pub fn daemon_status(&self, host: &str) -> serde_json::Value {
+        let socket = self.info.state_dir.join(format!("{host}.sock"));
+        steadfast_lab::lab::query_control_socket(&socket)
+            .unwrap_or_else(|e| panic!("status of {host}: {e}"))
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if let Err(e) = steadfast_lab::down(&self.info.lab) {
+            eprintln!("lab down {}: {e}", self.info.lab);
+        }
+    }
+}
+
+pub fn wait_until(within: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if done() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A probe load (a new connection every `period`) running in the client namespace until
+/// [`BackgroundLoad::stop`].
+pub struct BackgroundLoad {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<LoadReport>>,
+    pub progress: Arc<LoadProgress>,
+    pub started: Instant,
+}
+
+impl BackgroundLoad {
+    pub fn start(lab: &Lab, period: Duration, timeout: Duration, limit: Duration) -> BackgroundLoad {
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let progress = Arc::new(LoadProgress::default());
+        let namespace = lab.info.client_ns.clone();
+        let options = LoadOptions {
+            probes: Some(ProbeOptions {
+                period,
+                timeout,
+                // nginx and apache2 serve fixed files; the builtin backend any seed.
+                request: match lab.backend {
+                    BackendKind::Builtin => ProbeOptions::default().request,
+                    _ => ProbeRequest::StaticFile {
+                        path: steadfast_lab::webservers::bytes_path(1024),
+                        len: 1024,
+                        seed: 0,
+                    },
+                },
+            }),
+            ..LoadOptions::probes_only(lab.target(), limit)
+        };
+        let thread_progress = progress.clone();
+        let started = Instant::now();
+        let thread = std::thread::spawn(move || {
+            steadfast_lab::run_in_namespace(&namespace, move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("runtime");
+                runtime.block_on(load::run_load(
+                    options,
+                    async move {
+                        let _ = stop_rx.await;
+                    },
+                    thread_progress,
+                ))
+            })
+            .expect("enter the client namespace")
+            .expect("load options")
+        });
+        BackgroundLoad {
+            stop: Some(stop_tx),
+            thread: Some(thread),
+            progress,
+            started,
+        }
+    }
+
+    pub fn stop(mut self) -> LoadReport {
+        let _ = self.stop.take().map(|s| s.send(()));
+        self.thread.take().unwrap().join().expect("load thread")
+    }
+}
+
+impl Drop for BackgroundLoad {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+pub fn median(values: &mut [Duration]) -> Duration {
+    values.sort();
+    values[values.len() / 2]
+}
