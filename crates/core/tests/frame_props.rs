@@ -166,7 +166,7 @@ fn each_header_error_is_named() {
         })
     ));
     assert!(matches!(
-        decode(&vec![0u8; 200], &key()),
+        decode(&[0u8; 200], &key()),
         Err(FrameError::TooLong { len: 200 })
     ));
 }

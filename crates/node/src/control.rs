@@ -57,7 +57,9 @@ async fn answer(stream: UnixStream, tx: mpsc::Sender<ControlRequest>) -> anyhow:
         }
         other => {
             write
-                .write_all(format!("{{\"error\":\"unknown request {other:?}; try status\"}}\n").as_bytes())
+                .write_all(
+                    format!("{{\"error\":\"unknown request {other:?}; try status\"}}\n").as_bytes(),
+                )
                 .await?;
         }
     }
@@ -79,6 +81,10 @@ pub fn query_status(path: &PathBuf) -> anyhow::Result<NodeStatus> {
     if text.trim().is_empty() {
         bail!("the daemon at {} answered nothing", path.display());
     }
-    serde_json::from_str(&text)
-        .with_context(|| format!("the daemon at {} answered malformed status: {text}", path.display()))
+    serde_json::from_str(&text).with_context(|| {
+        format!(
+            "the daemon at {} answered malformed status: {text}",
+            path.display()
+        )
+    })
 }

@@ -56,7 +56,11 @@ pub fn run(config_path: &Path, witness: bool) -> anyhow::Result<()> {
             config_path.display(),
             settings.node_id,
             if settings.is_witness() { "" } else { "not" },
-            if settings.is_witness() { "witness" } else { "run" }
+            if settings.is_witness() {
+                "witness"
+            } else {
+                "run"
+            }
         );
     }
     settings.refuse_unimplemented_modes(config_path)?;
@@ -216,10 +220,7 @@ impl Daemon {
     async fn feed_health(&mut self) {
         let healthy = self.check_verdicts.iter().all(|(ok, _)| *ok);
         if healthy != self.election.healthy() {
-            tracing::info!(
-                "health: {}",
-                if healthy { "passing" } else { "failing" }
-            );
+            tracing::info!("health: {}", if healthy { "passing" } else { "failing" });
         }
         self.feed(Event::HealthChanged(healthy)).await;
     }
@@ -302,14 +303,16 @@ impl Daemon {
                         .filter(|(&id, _)| id != self.settings.node_id)
                         .map(|(_, &a)| a)
                         .collect(),
-                    Destination::Voter(id) => self.settings.voters.get(&id).copied().into_iter().collect(),
+                    Destination::Voter(id) => {
+                        self.settings.voters.get(&id).copied().into_iter().collect()
+                    }
                 };
                 for addr in targets {
                     // try_send: a full socket buffer must never stall the election loop.
-                    match self
-                        .socket
-                        .try_send_to(&bytes, SocketAddr::V4(SocketAddrV4::new(addr, self.settings.port)))
-                    {
+                    match self.socket.try_send_to(
+                        &bytes,
+                        SocketAddr::V4(SocketAddrV4::new(addr, self.settings.port)),
+                    ) {
                         Ok(_) => self.counters.frames_sent += 1,
                         Err(_) => self.counters.send_errors += 1,
                     }
@@ -365,7 +368,11 @@ impl Daemon {
                 .await
             {
                 self.counters.address_errors += 1;
-                tracing::error!("epoch {epoch}: cannot add {} to {}: {e}", svc.vip, svc.interface);
+                tracing::error!(
+                    "epoch {epoch}: cannot add {} to {}: {e}",
+                    svc.vip,
+                    svc.interface
+                );
             }
         }
         self.vip_held = true;
@@ -398,7 +405,9 @@ impl Daemon {
             }
             match site.garp.send(svc.vip) {
                 Ok(()) => self.counters.garp_sent += 1,
-                Err(e) => tracing::warn!("gratuitous ARP for {} on {}: {e}", svc.vip, svc.interface),
+                Err(e) => {
+                    tracing::warn!("gratuitous ARP for {} on {}: {e}", svc.vip, svc.interface)
+                }
             }
             if count > 1 {
                 let sender = site.garp.clone();
@@ -437,7 +446,10 @@ impl Daemon {
     fn status(&self) -> NodeStatus {
         let now = self.now();
         let mut counters = self.counters.clone();
-        counters.hooks_run = self.hook_counters.run.load(std::sync::atomic::Ordering::Relaxed);
+        counters.hooks_run = self
+            .hook_counters
+            .run
+            .load(std::sync::atomic::Ordering::Relaxed);
         counters.hooks_failed = self
             .hook_counters
             .failed
@@ -483,7 +495,9 @@ impl Daemon {
                     healthy: p.healthy,
                     has_quorum: p.has_quorum,
                     alive: self.election.peer_alive(id, now),
-                    last_heard_ms: p.last_heard.map(|t| now.saturating_sub(t).as_millis() as u64),
+                    last_heard_ms: p
+                        .last_heard
+                        .map(|t| now.saturating_sub(t).as_millis() as u64),
                 })
                 .collect(),
             counters,

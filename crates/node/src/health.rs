@@ -147,7 +147,10 @@ impl RiseFall {
 }
 
 /// Starts one task per check, sending verdict changes to `tx`. The tasks end when `tx` closes.
-pub fn spawn_checks(checks: &[Check], tx: mpsc::Sender<Verdict>) -> Vec<tokio::task::JoinHandle<()>> {
+pub fn spawn_checks(
+    checks: &[Check],
+    tx: mpsc::Sender<Verdict>,
+) -> Vec<tokio::task::JoinHandle<()>> {
     checks
         .iter()
         .cloned()

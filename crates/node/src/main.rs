@@ -131,11 +131,13 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 .build()
                 .context("building the backend's runtime")?;
             runtime
-                .block_on(steadfast_lab::backend::serve(steadfast_lab::backend::BackendConfig {
-                    listen,
-                    node_name,
-                    data_tier,
-                }))
+                .block_on(steadfast_lab::backend::serve(
+                    steadfast_lab::backend::BackendConfig {
+                        listen,
+                        node_name,
+                        data_tier,
+                    },
+                ))
                 .context("builtin backend")?;
             Ok(ExitCode::SUCCESS)
         }

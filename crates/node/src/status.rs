@@ -69,8 +69,13 @@ impl NodeStatus {
             self.epoch,
             epoch_label(self.epoch),
             if self.healthy { "healthy" } else { "UNHEALTHY" },
-            self.primary.map_or("unknown".to_string(), |p| p.to_string()),
-            if self.vip_held { "held here" } else { "not here" },
+            self.primary
+                .map_or("unknown".to_string(), |p| p.to_string()),
+            if self.vip_held {
+                "held here"
+            } else {
+                "not here"
+            },
         );
         if !self.has_quorum {
             s.push_str("  WITHOUT QUORUM: will not serve\n");

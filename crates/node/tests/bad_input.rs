@@ -30,7 +30,9 @@ fn send_from(namespace: &str, frames: Vec<Vec<u8>>) {
 }
 
 fn counter(status: &serde_json::Value, name: &str) -> u64 {
-    status["counters"][name].as_u64().unwrap_or_else(|| panic!("counter {name} in {status}"))
+    status["counters"][name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("counter {name} in {status}"))
 }
 
 #[test]
@@ -85,7 +87,10 @@ fn garbage_forged_and_replayed_frames_are_dropped_and_counted() {
     assert!(counter(&after, "dropped_replay") >= counter(&before, "dropped_replay") + 50);
     assert_eq!(after["role"], "primary", "n1 must not change role: {after}");
     assert_eq!(after["epoch"], before["epoch"]);
-    assert_eq!(counter(&after, "role_changes"), counter(&before, "role_changes"));
+    assert_eq!(
+        counter(&after, "role_changes"),
+        counter(&before, "role_changes")
+    );
     assert_eq!(lab.holders(), vec!["n1"]);
     let n2 = lab.daemon_status("n2");
     assert_eq!(n2["role"], "backup");
@@ -108,7 +113,13 @@ fn broken_config_is_refused_naming_the_field() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     std::fs::remove_dir_all(&dir).ok();
     assert!(!out.status.success(), "a broken config must be refused");
-    assert!(stderr.contains("service[0].vip"), "names the VIP field: {stderr}");
-    assert!(stderr.contains("group.auth_key_file"), "names the key file: {stderr}");
+    assert!(
+        stderr.contains("service[0].vip"),
+        "names the VIP field: {stderr}"
+    );
+    assert!(
+        stderr.contains("group.auth_key_file"),
+        "names the key file: {stderr}"
+    );
     assert!(stderr.contains("n1.toml:"), "names the file: {stderr}");
 }

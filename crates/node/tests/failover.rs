@@ -16,7 +16,13 @@ const MARGIN: Duration = Duration::from_millis(100);
 const PROBE_PERIOD: Duration = Duration::from_millis(10);
 
 fn crash_and_heal(kind: CrashKind, backend: BackendKind) {
-    let lab = Lab::up(&format!("f{}", &kind.as_str()[..2]), 3, false, backend, None);
+    let lab = Lab::up(
+        &format!("f{}", &kind.as_str()[..2]),
+        3,
+        false,
+        backend,
+        None,
+    );
     assert_eq!(
         lab.info.primary.as_deref(),
         Some(format!("{}-n1", lab.name()).as_str())
@@ -33,7 +39,8 @@ fn crash_and_heal(kind: CrashKind, backend: BackendKind) {
     // A crashed host's kernel (host, process, freeze) may still carry the address: nobody
     // reaches it any more (host) or the clients follow the new owner's gratuitous ARP.
     assert!(
-        common::wait_until(Duration::from_secs(3), || lab.holders_except("n1") == vec!["n2"]),
+        common::wait_until(Duration::from_secs(3), || lab.holders_except("n1")
+            == vec!["n2"]),
         "{kind}: n2 (the lowest-id healthy node) should serve; holders {:?}",
         lab.holders()
     );
@@ -47,10 +54,17 @@ fn crash_and_heal(kind: CrashKind, backend: BackendKind) {
         "{kind}: the healed node must not take the address back (no preemption)"
     );
     let status = lab.daemon_status("n1");
-    assert_eq!(status["role"], "backup", "{kind}: healed n1 rejoins as backup: {status}");
+    assert_eq!(
+        status["role"], "backup",
+        "{kind}: healed n1 rejoins as backup: {status}"
+    );
     let report = load.stop();
     let last_server = report.served_by().last().and_then(|s| s.server.clone());
-    assert_eq!(last_server.as_deref(), Some("n2"), "{kind}: the client ends up served by n2");
+    assert_eq!(
+        last_server.as_deref(),
+        Some("n2"),
+        "{kind}: the client ends up served by n2"
+    );
     let after = report.probe_failures();
     let outages = report.outages();
     let longest = report.longest_gap();
@@ -58,8 +72,10 @@ fn crash_and_heal(kind: CrashKind, backend: BackendKind) {
         "{kind} crash ({backend}): longest gap for new connections {longest:?}, outages {:?}",
         outages.iter().map(|o| o.duration).collect::<Vec<_>>()
     );
-    assert!(!outages.is_empty() || kind == CrashKind::Freeze || kind == CrashKind::Process,
-        "{kind}: a crash of the serving host must show (briefly) in the probes");
+    assert!(
+        !outages.is_empty() || kind == CrashKind::Freeze || kind == CrashKind::Process,
+        "{kind}: a crash of the serving host must show (briefly) in the probes"
+    );
     let detection = match kind {
         // The health check (50 ms × fall 2 in the lab) sees the backend die; the node then
         // releases the address and the backup takes it at once.
@@ -125,7 +141,11 @@ fn twenty_host_crashes_at_10ms_heartbeat() {
     for round in 0..20 {
         std::thread::sleep(Duration::from_millis(300 + (round * 37) % 100));
         let holder = lab.holders();
-        assert_eq!(holder.len(), 1, "round {round}: one holder expected, got {holder:?}");
+        assert_eq!(
+            holder.len(),
+            1,
+            "round {round}: one holder expected, got {holder:?}"
+        );
         let crash = steadfast_lab::crash(lab.name(), "primary", CrashKind::Host).expect("crash");
         let crashed = crash.host.clone();
         let moved = common::wait_until(Duration::from_secs(3), || {
@@ -141,7 +161,11 @@ fn twenty_host_crashes_at_10ms_heartbeat() {
         gaps.push(outage.duration);
         to_first_good.push(outage.to - outage.from);
     }
-    assert!(gaps.len() >= 15, "expected an outage per crash, got {}", gaps.len());
+    assert!(
+        gaps.len() >= 15,
+        "expected an outage per crash, got {}",
+        gaps.len()
+    );
     let max = *gaps.iter().max().unwrap();
     let med = median(&mut gaps);
     eprintln!(

@@ -17,16 +17,33 @@ fn sixty_seconds_of_saturating_load_cause_no_role_change() {
         "wrk is missing: install the Debian package wrk (.ci/run does)"
     );
     let lab = Lab::up("nff", 3, false, BackendKind::Builtin, None);
-    let before: Vec<serde_json::Value> =
-        ["n1", "n2", "n3"].iter().map(|h| lab.daemon_status(h)).collect();
+    let before: Vec<serde_json::Value> = ["n1", "n2", "n3"]
+        .iter()
+        .map(|h| lab.daemon_status(h))
+        .collect();
     let url = format!("http://{}:{}/bytes/1024", lab.info.vip, lab.info.port);
     let out = Command::new("ip")
-        .args(["netns", "exec", &lab.info.client_ns, "wrk", "-t2", "-c64", "-d60s", "--timeout", "2s", &url])
+        .args([
+            "netns",
+            "exec",
+            &lab.info.client_ns,
+            "wrk",
+            "-t2",
+            "-c64",
+            "-d60s",
+            "--timeout",
+            "2s",
+            &url,
+        ])
         .output()
         .expect("run wrk");
     let text = String::from_utf8_lossy(&out.stdout);
     eprintln!("wrk through the VIP:\n{text}");
-    assert!(out.status.success(), "wrk failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "wrk failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(text.contains("Requests/sec"), "wrk printed no rate: {text}");
     std::thread::sleep(Duration::from_millis(200));
     for (host, earlier) in ["n1", "n2", "n3"].iter().zip(&before) {
@@ -35,7 +52,10 @@ fn sixty_seconds_of_saturating_load_cause_no_role_change() {
             now["counters"]["role_changes"], earlier["counters"]["role_changes"],
             "{host} changed role under load: before {earlier}, after {now}"
         );
-        assert_eq!(now["epoch"], earlier["epoch"], "{host}: epoch moved under load");
+        assert_eq!(
+            now["epoch"], earlier["epoch"],
+            "{host}: epoch moved under load"
+        );
     }
     assert_eq!(lab.holders(), vec!["n1"]);
 }

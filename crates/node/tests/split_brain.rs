@@ -17,7 +17,13 @@ const INTERVAL: Duration = Duration::from_millis(50);
 /// The MAC the client's neighbour table holds for the VIP, if any.
 fn client_neighbour(lab: &Lab) -> Option<String> {
     let out = Command::new("ip")
-        .args(["-n", &lab.info.client_ns, "neigh", "show", &lab.info.vip.to_string()])
+        .args([
+            "-n",
+            &lab.info.client_ns,
+            "neigh",
+            "show",
+            &lab.info.vip.to_string(),
+        ])
         .output()
         .expect("ip neigh");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -51,7 +57,11 @@ fn longest_double_ownership(lab: &Lab, span: Duration) -> (Duration, Vec<String>
 }
 
 fn partitioned(n1_sees_witness: bool, n2_sees_witness: bool) {
-    let tag = format!("sb{}{}", u8::from(n1_sees_witness), u8::from(n2_sees_witness));
+    let tag = format!(
+        "sb{}{}",
+        u8::from(n1_sees_witness),
+        u8::from(n2_sees_witness)
+    );
     let lab = Lab::up(&tag, 2, true, BackendKind::Builtin, None);
     assert!(lab.wait_holder("n1", Duration::from_secs(5)));
     steadfast_lab::partition(lab.name(), "n1", "n2").expect("partition");
@@ -71,7 +81,11 @@ fn partitioned(n1_sees_witness: bool, n2_sees_witness: bool) {
     );
     let holders = lab.holders();
     match (n1_sees_witness, n2_sees_witness) {
-        (true, _) => assert_eq!(holders, vec!["n1"], "n1 keeps its lease through the witness"),
+        (true, _) => assert_eq!(
+            holders,
+            vec!["n1"],
+            "n1 keeps its lease through the witness"
+        ),
         (false, true) => assert_eq!(holders, vec!["n2"], "n2 takes over with the witness"),
         (false, false) => assert!(holders.is_empty(), "nobody has a quorum: nobody serves"),
     }
@@ -96,7 +110,11 @@ fn partitioned(n1_sees_witness: bool, n2_sees_witness: bool) {
             "/health",
             Duration::from_millis(500),
         );
-        assert_eq!(client_neighbour(&lab), mac, "client's ARP entry must name the holder {holder}");
+        assert_eq!(
+            client_neighbour(&lab),
+            mac,
+            "client's ARP entry must name the holder {holder}"
+        );
     }
     // Heal: exactly one owner again, and the group agrees.
     steadfast_lab::unpartition(lab.name(), "n1", "n2").expect("unpartition");
@@ -107,7 +125,10 @@ fn partitioned(n1_sees_witness: bool, n2_sees_witness: bool) {
         steadfast_lab::unpartition(lab.name(), "n2", "w").expect("unpartition");
     }
     let (longest, seen) = longest_double_ownership(&lab, Duration::from_secs(1));
-    assert!(longest <= INTERVAL, "after heal: two owners for {longest:?} ({seen:?})");
+    assert!(
+        longest <= INTERVAL,
+        "after heal: two owners for {longest:?} ({seen:?})"
+    );
     assert!(
         common::wait_until(Duration::from_secs(3), || lab.holders().len() == 1),
         "after heal exactly one node serves: {:?}",

@@ -74,14 +74,10 @@ pub fn parse_arp(frame: &[u8]) -> Option<ArpPacket> {
 
 impl GarpSender {
     pub fn open(ifindex: u32, mac: [u8; 6]) -> Result<GarpSender, OsError> {
+        // Protocol 0: the socket only sends. Subscribing to ETH_P_ARP would queue every ARP
+        // frame of the segment into a receive buffer nobody reads.
         // SAFETY: plain socket(2); the result is checked and owned right away.
-        let raw = unsafe {
-            libc::socket(
-                libc::AF_PACKET,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                i32::from(ETH_P_ARP.to_be()),
-            )
-        };
+        let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
         if raw < 0 {
             return Err(OsError::last_os(format!(
                 "opening a packet socket on interface index {ifindex}"
@@ -89,9 +85,9 @@ impl GarpSender {
         }
         // SAFETY: raw is a fresh, valid descriptor that nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        // SAFETY: sockaddr_ll is plain data; all-zero is a valid value.
         let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         addr.sll_family = libc::AF_PACKET as u16;
-        addr.sll_protocol = ETH_P_ARP.to_be();
         addr.sll_ifindex = ifindex as i32;
         // SAFETY: addr is a properly initialised sockaddr_ll of the size passed.
         let rc = unsafe {
@@ -116,6 +112,7 @@ impl GarpSender {
     /// Sends one gratuitous ARP for `vip`; never blocks.
     pub fn send(&self, vip: Ipv4Addr) -> Result<(), OsError> {
         let frame = gratuitous_frame(self.mac, vip);
+        // SAFETY: sockaddr_ll is plain data; all-zero is a valid value.
         let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         addr.sll_family = libc::AF_PACKET as u16;
         addr.sll_protocol = ETH_P_ARP.to_be();
@@ -140,5 +137,50 @@ impl GarpSender {
             )));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAC: [u8; 6] = [0x02, 0x11, 0x22, 0x33, 0x44, 0x55];
+
+    #[test]
+    fn gratuitous_frame_parses_back_as_a_request_for_the_address() {
+        let vip = Ipv4Addr::new(10, 1, 2, 3);
+        let frame = gratuitous_frame(MAC, vip);
+        assert_eq!(frame[0..6], [0xff; 6], "Ethernet broadcast");
+        assert_eq!(frame[6..12], MAC, "Ethernet source");
+        assert_eq!(
+            parse_arp(&frame),
+            Some(ArpPacket {
+                opcode: 1,
+                sender_mac: MAC,
+                sender_ip: vip,
+                target_mac: [0; 6],
+                target_ip: vip,
+            })
+        );
+    }
+
+    #[test]
+    fn parse_arp_rejects_short_and_foreign_frames() {
+        let frame = gratuitous_frame(MAC, Ipv4Addr::new(10, 0, 0, 1));
+        assert_eq!(parse_arp(&frame[..41]), None);
+        let mut ipv4 = frame;
+        ipv4[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+        assert_eq!(parse_arp(&ipv4), None);
+        let mut ipv6_arp = frame;
+        ipv6_arp[16..18].copy_from_slice(&0x86ddu16.to_be_bytes());
+        assert_eq!(parse_arp(&ipv6_arp), None);
+    }
+
+    #[test]
+    fn parse_arp_accepts_padded_frames() {
+        // Frames below 60 bytes are padded on the wire; a receiver sees the padding.
+        let mut padded = [0u8; 60];
+        padded[..42].copy_from_slice(&gratuitous_frame(MAC, Ipv4Addr::new(10, 0, 0, 9)));
+        assert_eq!(parse_arp(&padded).map(|a| a.opcode), Some(1));
     }
 }

@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use steadfast_lab::load::{self, LoadOptions, LoadProgress, LoadReport, ProbeOptions, ProbeRequest};
+use steadfast_lab::load::{
+    self, LoadOptions, LoadProgress, LoadReport, ProbeOptions, ProbeRequest,
+};
 use steadfast_lab::{BackendKind, LabInfo, UpOptions};
 
 pub fn exe() -> PathBuf {
@@ -32,7 +34,13 @@ pub struct Lab {
 }
 
 impl Lab {
-    pub fn up(tag: &str, nodes: u8, witness: bool, backend: BackendKind, heartbeat_ms: Option<u32>) -> Lab {
+    pub fn up(
+        tag: &str,
+        nodes: u8,
+        witness: bool,
+        backend: BackendKind,
+        heartbeat_ms: Option<u32>,
+    ) -> Lab {
         let mut opts = UpOptions::new(lab_name(tag), nodes, exe());
         opts.witness = witness;
         opts.backend = backend;
@@ -115,7 +123,12 @@ pub struct BackgroundLoad {
 }
 
 impl BackgroundLoad {
-    pub fn start(lab: &Lab, period: Duration, timeout: Duration, limit: Duration) -> BackgroundLoad {
+    pub fn start(
+        lab: &Lab,
+        period: Duration,
+        timeout: Duration,
+        limit: Duration,
+    ) -> BackgroundLoad {
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let progress = Arc::new(LoadProgress::default());
         let namespace = lab.info.client_ns.clone();
