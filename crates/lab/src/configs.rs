@@ -100,6 +100,15 @@ pub(crate) fn voter_config(plan: &GroupPlan<'_>, voter: Host) -> String {
         let _ = writeln!(text, "rise = 2");
         let _ = writeln!(text, "fall = 2");
     }
+    // Every role change is appended to hooks.log in the state directory, as a notify hook
+    // (the demo and the tests read it; users see what keepalived's notify scripts give them).
+    let _ = writeln!(text, "\n[notify]");
+    let _ = writeln!(
+        text,
+        "command = [\"/bin/sh\", \"-c\", \"echo \\\"$STEADFAST_NODE_ID $STEADFAST_ROLE $STEADFAST_EPOCH $STEADFAST_REASON\\\" >> {}/{}/hooks.log\"]",
+        crate::state::STATE_ROOT,
+        plan.lab
+    );
     let _ = writeln!(text, "\n[control]");
     let _ = writeln!(text, "socket = \"{}.sock\"", voter.short_name());
     text

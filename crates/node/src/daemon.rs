@@ -45,6 +45,8 @@ struct Daemon {
     sites: BTreeMap<String, AddressSite>,
     vip_held: bool,
     check_verdicts: Vec<(bool, String)>,
+    /// Hooks still running; at exit they get their timeout to finish.
+    running_hooks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 /// Runs a member (`witness == false`) or the witness until SIGTERM/SIGINT.
@@ -135,6 +137,7 @@ impl Daemon {
             sites,
             vip_held: true,
             check_verdicts: vec![(false, "not checked yet".to_string()); checks],
+            running_hooks: Vec::new(),
         };
         // A previous life may have left the addresses behind: start clean, as a backup.
         daemon.release_addresses().await;
@@ -161,6 +164,12 @@ impl Daemon {
             self.settings.election.quorum(),
             self.settings.election.heartbeat_interval,
             self.settings.election.miss_count
+        );
+        // keepalived users expect a notify at start too: the node enters backup (or witness).
+        self.run_hook(
+            self.election.role(),
+            0,
+            steadfast_core::election::Reason::Started.to_string(),
         );
         self.initial_health().await;
         self.feed(Event::Tick).await;
@@ -209,6 +218,10 @@ impl Daemon {
         self.feed(Event::Shutdown).await;
         self.release_addresses().await;
         let _ = std::fs::remove_file(&self.settings.control_socket);
+        // The address is gone and the peers know: now let the shutdown hook finish.
+        for hook in self.running_hooks.drain(..) {
+            let _ = hook.await;
+        }
         Ok(())
     }
 
@@ -342,20 +355,26 @@ impl Daemon {
                     crate::status::epoch_label(epoch),
                     reason
                 );
-                if let Some(hook) = &self.settings.hook {
-                    hooks::spawn(
-                        hook,
-                        RoleChange {
-                            node_id: self.settings.node_id,
-                            group: &self.settings.group_name,
-                            role: role.as_str(),
-                            epoch,
-                            reason: reason.to_string(),
-                        },
-                        self.hook_counters.clone(),
-                    );
-                }
+                self.run_hook(role, epoch, reason.to_string());
             }
+        }
+    }
+
+    fn run_hook(&mut self, role: Role, epoch: u64, reason: String) {
+        self.running_hooks.retain(|h| !h.is_finished());
+        if let Some(hook) = &self.settings.hook {
+            let handle = hooks::spawn(
+                hook,
+                RoleChange {
+                    node_id: self.settings.node_id,
+                    group: &self.settings.group_name,
+                    role: role.as_str(),
+                    epoch,
+                    reason,
+                },
+                self.hook_counters.clone(),
+            );
+            self.running_hooks.extend(handle);
         }
     }
 

@@ -30,11 +30,14 @@ pub struct RoleChange<'a> {
     pub reason: String,
 }
 
-/// Starts the hook and returns at once.
-pub fn spawn(hook: &Hook, change: RoleChange<'_>, counters: Arc<HookCounters>) {
-    let Some((program, args)) = hook.command.split_first() else {
-        return;
-    };
+/// Starts the hook and returns at once; the handle ends when the hook has ended (or was
+/// killed after its timeout).
+pub fn spawn(
+    hook: &Hook,
+    change: RoleChange<'_>,
+    counters: Arc<HookCounters>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let (program, args) = hook.command.split_first()?;
     counters.run.fetch_add(1, Ordering::Relaxed);
     let mut cmd = Command::new(program);
     cmd.args(args)
@@ -51,26 +54,25 @@ pub fn spawn(hook: &Hook, change: RoleChange<'_>, counters: Arc<HookCounters>) {
         Err(e) => {
             counters.failed.fetch_add(1, Ordering::Relaxed);
             tracing::warn!("notify hook {program}: cannot start: {e}");
+            None
         }
-        Ok(mut child) => {
-            tokio::spawn(async move {
-                match tokio::time::timeout(timeout, child.wait()).await {
-                    Ok(Ok(status)) if status.success() => {}
-                    Ok(Ok(status)) => {
-                        counters.failed.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!("notify hook {program} exited with {status}");
-                    }
-                    Ok(Err(e)) => {
-                        counters.failed.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!("notify hook {program}: wait failed: {e}");
-                    }
-                    Err(_) => {
-                        counters.failed.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!("notify hook {program} ran over {timeout:?}: killed");
-                        let _ = child.kill().await;
-                    }
+        Ok(mut child) => Some(tokio::spawn(async move {
+            match tokio::time::timeout(timeout, child.wait()).await {
+                Ok(Ok(status)) if status.success() => {}
+                Ok(Ok(status)) => {
+                    counters.failed.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!("notify hook {program} exited with {status}");
                 }
-            });
-        }
+                Ok(Err(e)) => {
+                    counters.failed.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!("notify hook {program}: wait failed: {e}");
+                }
+                Err(_) => {
+                    counters.failed.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!("notify hook {program} ran over {timeout:?}: killed");
+                    let _ = child.kill().await;
+                }
+            }
+        })),
     }
 }

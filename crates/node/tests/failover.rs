@@ -180,3 +180,106 @@ fn twenty_host_crashes_at_10ms_heartbeat() {
         "median gap {med:?} is worse than keepalived's 29 ms (with 10 ms margin)"
     );
 }
+
+fn daemon_pid(lab: &Lab, host: &str) -> i32 {
+    let state: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(lab.info.state_dir.join("state.json")).expect("state.json"),
+    )
+    .expect("state.json is JSON");
+    state["hosts"][host]["daemon_pid"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("no daemon pid for {host}: {state}")) as i32
+}
+
+/// SIGTERM is a planned switchover: the primary releases the address and tells the peers, so
+/// the backup takes over at once instead of waiting for the lease to run out. The notify hook
+/// sees every role change.
+#[test]
+fn sigterm_hands_the_address_over_at_once() {
+    let lab = Lab::up("sw", 3, false, BackendKind::Builtin, None);
+    let load = BackgroundLoad::start(
+        &lab,
+        PROBE_PERIOD,
+        Duration::from_millis(300),
+        Duration::from_secs(20),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let pid = daemon_pid(&lab, "n1");
+    let sent = std::time::Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM the daemon of n1");
+    assert!(
+        lab.wait_holder("n2", Duration::from_secs(2)),
+        "n2 should take over; holders {:?}",
+        lab.holders()
+    );
+    let handover = sent.elapsed();
+    std::thread::sleep(Duration::from_millis(500));
+    let report = load.stop();
+    eprintln!(
+        "planned switchover: n2 held the address {handover:?} after SIGTERM; longest gap {:?}",
+        report.longest_gap()
+    );
+    assert!(
+        handover < DEFAULT_DETECTION,
+        "a planned switchover must not wait for failure detection ({handover:?})"
+    );
+    let hooks = std::fs::read_to_string(lab.info.state_dir.join("hooks.log")).expect("hooks.log");
+    assert!(
+        hooks.contains("1 primary"),
+        "n1's hook ran when it became primary:\n{hooks}"
+    );
+    assert!(
+        hooks.contains("1 backup") && hooks.contains("shutdown"),
+        "n1's hook ran on shutdown:\n{hooks}"
+    );
+    assert!(
+        hooks.contains("2 primary"),
+        "n2's hook ran when it took over:\n{hooks}"
+    );
+}
+
+#[test]
+fn twenty_host_crashes_at_default_heartbeat() {
+    let lab = Lab::up("fd20", 3, false, BackendKind::Builtin, None);
+    let load = BackgroundLoad::start(
+        &lab,
+        PROBE_PERIOD,
+        Duration::from_millis(300),
+        Duration::from_secs(120),
+    );
+    for round in 0..20 {
+        std::thread::sleep(Duration::from_millis(400 + (round * 37) % 100));
+        let crash = steadfast_lab::crash(lab.name(), "primary", CrashKind::Host).expect("crash");
+        let crashed = crash.host.clone();
+        assert!(
+            common::wait_until(Duration::from_secs(3), || lab
+                .holders_except(&crashed)
+                .len()
+                == 1),
+            "round {round}: nobody took over from {crashed}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        steadfast_lab::heal(lab.name(), &crashed).expect("heal");
+    }
+    std::thread::sleep(Duration::from_millis(400));
+    let report = load.stop();
+    let mut gaps: Vec<Duration> = report.outages().iter().map(|o| o.duration).collect();
+    assert!(
+        gaps.len() >= 15,
+        "expected an outage per crash, got {}",
+        gaps.len()
+    );
+    let max = *gaps.iter().max().unwrap();
+    let med = median(&mut gaps);
+    eprintln!(
+        "20 host crashes at the default heartbeat (50 ms x 3): new-connection gap median {med:?}, max {max:?}"
+    );
+    assert!(
+        max <= DEFAULT_DETECTION + Duration::from_millis(50) + MARGIN,
+        "max gap {max:?} exceeds detection + 50 ms (+ margin)"
+    );
+}

@@ -38,6 +38,7 @@ impl Netlink {
         Ok(Netlink { handle })
     }
 
+    /// Looks an interface up by name in this socket's namespace.
     pub async fn link_by_name(&self, name: &str) -> Result<Link, OsError> {
         let mut links = self
             .handle
@@ -127,11 +128,13 @@ impl Netlink {
         }
     }
 
+    /// Whether `ip` is assigned to the interface, whatever its prefix length.
     pub async fn has_address(&self, ifindex: u32, ip: Ipv4Addr) -> Result<bool, OsError> {
         Ok(self.find(ifindex, ip).await?.is_some())
     }
 
-    /// Removes `ip` from the interface; absent is fine.
+    /// Removes `ip` from the interface; absent is fine. The address is found by value, so a
+    /// copy added by hand with another prefix length is removed too: the address is ours.
     pub async fn remove_address(
         &self,
         ifindex: u32,
