@@ -1,19 +1,132 @@
 //! `steadfast lab …` and `steadfast demo`: the command line over the steadfast-lab crate.
+//! The `lab` words and flags are a contract: scripts outside the project drive them as written.
 
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Args, Subcommand};
+use steadfast_lab::{BackendKind, CrashKind, HealReport, Mode, UpOptions};
 
 #[derive(Subcommand)]
-pub enum LabCommand {}
-
-#[derive(Args)]
-pub struct DemoArgs {}
-
-pub fn run(command: LabCommand) -> anyhow::Result<ExitCode> {
-    match command {}
+pub enum LabCommand {
+    /// Build a lab, start its daemons and backends, and wait until the VIP answers.
+    Up {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        nodes: u8,
+        /// Add a witness voter (NAME-w).
+        #[arg(long)]
+        witness: bool,
+        /// unreplicated | simplex | duplex
+        #[arg(long)]
+        mode: Mode,
+        /// builtin | nginx | apache2
+        #[arg(long)]
+        backend: BackendKind,
+        #[arg(long)]
+        heartbeat_ms: Option<u32>,
+    },
+    /// Show every host of a lab: namespace, link, crash, backend, daemon status, VIP holder.
+    Status {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Crash a node (`n1` … or its namespace name, or `primary`).
+    Crash {
+        name: String,
+        node: String,
+        /// host | process | freeze | link | backend
+        #[arg(long)]
+        how: CrashKind,
+    },
+    /// Undo a crash: the node restarts and rejoins as a backup.
+    Heal { name: String, node: String },
+    /// Remove a lab (or every lab with --all): processes, namespaces, state.
+    Down {
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        name: Option<String>,
+        #[arg(long)]
+        all: bool,
+    },
+    /// Drop every frame between two hosts of a lab (split-brain experiments).
+    Partition { name: String, a: String, b: String },
+    /// Lift a partition.
+    Unpartition { name: String, a: String, b: String },
 }
 
-pub fn demo(_args: DemoArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("the demo is not wired yet")
+#[derive(Args)]
+pub struct DemoArgs {
+    /// Member nodes in the demo lab.
+    #[arg(long, default_value_t = 3)]
+    pub nodes: u8,
+    /// Heartbeat interval; the daemon's default when absent.
+    #[arg(long)]
+    pub heartbeat_ms: Option<u32>,
+    /// Leave the lab running at the end (remove it with `steadfast lab down NAME`).
+    #[arg(long)]
+    pub keep: bool,
+}
+
+pub fn run(command: LabCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        LabCommand::Up {
+            name,
+            nodes,
+            witness,
+            mode,
+            backend,
+            heartbeat_ms,
+        } => {
+            let exe = std::env::current_exe().context("finding the steadfast executable")?;
+            let mut opts = UpOptions::new(name, nodes, exe);
+            opts.witness = witness;
+            opts.mode = mode;
+            opts.backend = backend;
+            opts.heartbeat_ms = heartbeat_ms;
+            let info = steadfast_lab::up(&opts)?;
+            print!("{info}");
+        }
+        LabCommand::Status { name, json } => {
+            let status = steadfast_lab::status(&name)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{status}");
+            }
+        }
+        LabCommand::Crash { name, node, how } => {
+            let report = steadfast_lab::crash(&name, &node, how)?;
+            print!("{report}");
+        }
+        LabCommand::Heal { name, node } => match steadfast_lab::heal(&name, &node)? {
+            report @ HealReport::NotCrashed { .. } => eprintln!("{report}"),
+            report => print!("{report}"),
+        },
+        LabCommand::Down { name, all } => {
+            let reports = if all {
+                steadfast_lab::down_all()?
+            } else {
+                vec![steadfast_lab::down(name.as_deref().unwrap_or_default())?]
+            };
+            for report in reports {
+                println!("{report}");
+            }
+        }
+        LabCommand::Partition { name, a, b } => {
+            steadfast_lab::partition(&name, &a, &b)?;
+            println!("partitioned {a} and {b} in lab {name}");
+        }
+        LabCommand::Unpartition { name, a, b } => {
+            steadfast_lab::unpartition(&name, &a, &b)?;
+            println!("lifted the partition between {a} and {b} in lab {name}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
+    let _ = args;
+    anyhow::bail!("the demo is being written (issue 2, part 6)")
 }
