@@ -2,6 +2,7 @@
 
 mod control;
 mod daemon;
+mod demo;
 mod health;
 mod hooks;
 mod settings;
