@@ -1,0 +1,84 @@
+//! The command line against a running lab: `status` (human and JSON), `check-config` on the
+//! files the lab wrote, and SIGHUP reloading a changed configuration. Needs root.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::Lab;
+use steadfast_lab::BackendKind;
+
+fn steadfast(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(common::exe())
+        .args(args)
+        .output()
+        .expect("run steadfast");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+#[test]
+fn status_check_config_and_reload() {
+    let lab = Lab::up("cli", 2, true, BackendKind::Builtin, None);
+    let dir = lab.info.state_dir.clone();
+    let n1 = dir.join("n1.toml");
+    let n1 = n1.to_str().unwrap();
+
+    let (ok, out, err) = steadfast(&["check-config", n1]);
+    assert!(ok, "the lab's own config must validate: {err}");
+    assert!(out.contains(": ok"), "{out}");
+
+    let (ok, out, err) = steadfast(&["status", "--config", n1, "--json"]);
+    assert!(ok, "status --json: {err}");
+    let status: serde_json::Value = serde_json::from_str(&out).expect("status is JSON");
+    assert_eq!(status["role"], "primary");
+    assert_eq!(status["node_id"], 1);
+    assert_eq!(status["vip_held"], true);
+    assert_eq!(status["peers"].as_array().map(Vec::len), Some(2));
+
+    let socket = dir.join("n2.sock");
+    let (ok, out, err) = steadfast(&["status", "--socket", socket.to_str().unwrap()]);
+    assert!(ok, "status: {err}");
+    assert!(out.contains("node 2") && out.contains("backup"), "{out}");
+
+    // A reload with a new hook: the next role change runs it.
+    let text = std::fs::read_to_string(&dir.join("n2.toml")).unwrap();
+    let marker = dir.join("reloaded-hook.log");
+    let changed = text.replace(
+        "[notify]\ncommand = ",
+        &format!(
+            "[notify]\ncommand = [\"/bin/sh\", \"-c\", \"echo $STEADFAST_ROLE >> {}\"]\n# was: ",
+            marker.display()
+        ),
+    );
+    assert_ne!(
+        changed, text,
+        "the lab config has a [notify] section to change"
+    );
+    std::fs::write(dir.join("n2.toml"), changed).unwrap();
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("state.json")).unwrap()).unwrap();
+    let n2_pid = state["hosts"]["n2"]["daemon_pid"].as_i64().unwrap() as i32;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(n2_pid),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        lab.daemon_status("n2")["role"],
+        "backup",
+        "SIGHUP must not change the role"
+    );
+    steadfast_lab::crash(lab.name(), "n1", steadfast_lab::CrashKind::Host).unwrap();
+    assert!(
+        common::wait_until(Duration::from_secs(3), || {
+            std::fs::read_to_string(&marker).is_ok_and(|t| t.contains("primary"))
+        }),
+        "the reloaded hook ran when n2 took over"
+    );
+}
