@@ -1,10 +1,11 @@
 //! Thin kernel edges of Steadfast, each small: netlink addresses, gratuitous ARP through a
-//! packet socket, network-namespace entry, and realtime scheduling.
+//! packet socket, network namespaces, realtime scheduling and sysctl writes.
 
 pub mod addr;
 pub mod garp;
 pub mod netns;
 pub mod sched;
+pub mod sysctl;
 
 /// What went wrong at a kernel edge, naming the object involved.
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +24,21 @@ pub enum OsError {
         #[source]
         source: std::io::Error,
     },
+    /// A helper program (only `ip netns add/del`, lab setup) exited unsuccessfully.
+    #[error("`{command}` failed: {detail}")]
+    Command { command: String, detail: String },
+    /// A name that would escape its directory or that the kernel would refuse.
+    #[error("invalid {kind} {name:?}: {why}")]
+    InvalidName {
+        kind: &'static str,
+        name: String,
+        why: &'static str,
+    },
+    /// The kernel accepted every request yet the state did not follow.
+    #[error("{what}")]
+    Unexpected { what: String },
+    #[error("{what}: no tokio runtime on this thread (build one before calling)")]
+    NoRuntime { what: String },
 }
 
 impl OsError {
@@ -32,7 +48,21 @@ impl OsError {
             source,
         }
     }
+
     pub(crate) fn last_os(what: impl Into<String>) -> OsError {
         OsError::io(what, std::io::Error::last_os_error())
+    }
+
+    /// The errno behind the error, when the kernel gave one (EPERM tells "not root", ENODEV
+    /// "interface gone", and so on).
+    pub fn raw_os_error(&self) -> Option<i32> {
+        match self {
+            OsError::Io { source, .. } => source.raw_os_error(),
+            OsError::Netlink {
+                source: rtnetlink::Error::NetlinkError(message),
+                ..
+            } => message.code.map(|c| -c.get()),
+            _ => None,
+        }
     }
 }

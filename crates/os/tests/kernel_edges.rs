@@ -2,17 +2,23 @@
 //! Needs root (CI runs as root).
 
 use std::net::Ipv4Addr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use steadfast_os::addr::Netlink;
-use steadfast_os::garp::{parse_arp, ArpPacket, GarpSender};
-use steadfast_os::{netns, sched, OsError};
+use steadfast_os::garp::{ArpCapture, ArpPacket, GarpSender, ARP_REQUEST};
+use steadfast_os::netns::{self, NetnsGuard};
+use steadfast_os::{sched, sysctl, OsError};
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A name no other test, run or process on the machine uses.
+fn unique(tag: &str) -> String {
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    format!("sfos-{}-{n}-{tag}", std::process::id())
+}
 
 fn ip(args: &[&str]) -> String {
     let out = Command::new("ip")
@@ -28,10 +34,11 @@ fn ip(args: &[&str]) -> String {
 }
 
 /// Namespaces `a` and `b`, veth `veth_a` in `a` joined to `veth_b` in `b`, both up.
-/// Dropping it deletes both namespaces (and with them the veth pair), also on panic.
+/// The guards delete both namespaces (and with them the veth pair) on drop, also on panic
+/// and also when a later setup step fails.
 struct Pair {
-    a: String,
-    b: String,
+    a: NetnsGuard,
+    b: NetnsGuard,
     veth_a: String,
     veth_b: String,
 }
@@ -40,41 +47,36 @@ impl Pair {
     fn new() -> Pair {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let pid = std::process::id();
-        let pair = Pair {
-            a: format!("sfos-{pid}-{n}-a"),
-            b: format!("sfos-{pid}-{n}-b"),
-            // Interface names are at most 15 bytes: "sfa" + pid (≤ 7 digits) + counter.
-            veth_a: format!("sfa{pid}x{n}"),
-            veth_b: format!("sfb{pid}x{n}"),
-        };
-        assert!(pair.veth_a.len() <= 15 && pair.veth_b.len() <= 15);
-        // The guard exists before the first namespace, so a failing step still cleans up.
-        ip(&["netns", "add", &pair.a]);
-        ip(&["netns", "add", &pair.b]);
+        let a = NetnsGuard::create(&format!("sfos-{pid}-{n}-a")).expect("namespace a");
+        let b = NetnsGuard::create(&format!("sfos-{pid}-{n}-b")).expect("namespace b");
+        // Interface names are at most 15 bytes: "sfa" + pid (≤ 7 digits) + "x" + counter.
+        let veth_a = format!("sfa{pid}x{n}");
+        let veth_b = format!("sfb{pid}x{n}");
+        assert!(
+            veth_a.len() <= 15 && veth_b.len() <= 15,
+            "{veth_a} {veth_b}"
+        );
         ip(&[
             "link",
             "add",
-            &pair.veth_a,
+            &veth_a,
             "netns",
-            &pair.a,
+            a.name(),
             "type",
             "veth",
             "peer",
             "name",
-            &pair.veth_b,
+            &veth_b,
             "netns",
-            &pair.b,
+            b.name(),
         ]);
-        ip(&["-n", &pair.a, "link", "set", &pair.veth_a, "up"]);
-        ip(&["-n", &pair.b, "link", "set", &pair.veth_b, "up"]);
-        pair
-    }
-}
-
-impl Drop for Pair {
-    fn drop(&mut self) {
-        for ns in [&self.a, &self.b] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        ip(&["-n", a.name(), "link", "set", &veth_a, "up"]);
+        ip(&["-n", b.name(), "link", "set", &veth_b, "up"]);
+        Pair {
+            a,
+            b,
+            veth_a,
+            veth_b,
         }
     }
 }
@@ -87,9 +89,7 @@ where
     F: FnOnce() -> Fut + Send + 'static,
     Fut: std::future::Future<Output = T>,
 {
-    let ns = ns.to_string();
-    std::thread::spawn(move || {
-        netns::enter(&ns).expect("entering the namespace");
+    netns::spawn_in(ns, move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -98,6 +98,7 @@ where
     })
     .join()
     .expect("namespace thread panicked")
+    .expect("entering the namespace")
 }
 
 fn addresses_of(ns: &str, dev: &str) -> String {
@@ -108,18 +109,31 @@ fn addresses_of(ns: &str, dev: &str) -> String {
 fn addresses_are_added_and_removed_idempotently() {
     let pair = Pair::new();
     let vip = Ipv4Addr::new(10, 203, 0, 7);
-    let (ns, dev) = (pair.a.clone(), pair.veth_a.clone());
-    in_namespace(&pair.a, move || async move {
+    let (ns, dev) = (pair.a.name().to_string(), pair.veth_a.clone());
+    in_namespace(pair.a.name(), move || async move {
         let netlink = Netlink::new().await.expect("netlink");
         let link = netlink.link_by_name(&dev).await.expect("link_by_name");
         assert!(link.up, "{dev} was set up");
         assert_ne!(link.mac, [0; 6], "a veth has a MAC address");
-        assert!(link.index > 0);
+        let shown = ip(&["-n", &ns, "link", "show", "dev", &dev]);
+        let mac_text = link
+            .mac
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":");
+        assert!(shown.contains(&mac_text), "{mac_text} in {shown}");
+        assert!(shown.starts_with(&format!("{}: ", link.index)), "{shown}");
 
         assert!(!netlink.has_address(link.index, vip).await.unwrap());
+        assert_eq!(netlink.addresses(link.index).await.unwrap(), vec![]);
         netlink.add_address(link.index, vip, 24).await.expect("add");
         assert!(netlink.has_address(link.index, vip).await.unwrap());
-        assert!(addresses_of(&ns, &dev).contains("10.203.0.7/24"));
+        assert_eq!(
+            netlink.addresses(link.index).await.unwrap(),
+            vec![(vip, 24)]
+        );
+        assert!(addresses_of(&ns, &dev).contains("inet 10.203.0.7/24"));
 
         netlink
             .add_address(link.index, vip, 24)
@@ -144,6 +158,28 @@ fn addresses_are_added_and_removed_idempotently() {
         assert!(!netlink.has_address(link.index, vip).await.unwrap());
         netlink.remove_address(link.index, vip, 24).await.unwrap();
         assert!(netlink.has_address(link.index, other).await.unwrap());
+        assert!(addresses_of(&ns, &dev).contains("inet 10.203.0.8/24"));
+    });
+}
+
+#[test]
+fn removal_takes_every_copy_whatever_its_prefix() {
+    let pair = Pair::new();
+    let vip = Ipv4Addr::new(10, 207, 0, 5);
+    let (ns, dev) = (pair.a.name().to_string(), pair.veth_a.clone());
+    in_namespace(pair.a.name(), move || async move {
+        let netlink = Netlink::new().await.unwrap();
+        let index = netlink.link_by_name(&dev).await.unwrap().index;
+        // A copy added by hand, as an operator might, beside the daemon's own.
+        ip(&["-n", &ns, "addr", "add", "10.207.0.5/16", "dev", &dev]);
+        netlink.add_address(index, vip, 32).await.unwrap();
+        let mut listed = netlink.addresses(index).await.unwrap();
+        listed.sort();
+        assert_eq!(listed, vec![(vip, 16), (vip, 32)]);
+
+        netlink.remove_address(index, vip, 32).await.unwrap();
+        assert_eq!(netlink.addresses(index).await.unwrap(), vec![]);
+        assert!(!addresses_of(&ns, &dev).contains("10.207.0.5"));
     });
 }
 
@@ -151,34 +187,66 @@ fn addresses_are_added_and_removed_idempotently() {
 fn add_remove_round_trip_time() {
     // Reported, not asserted: the daemon moves addresses on failover and wants this small.
     let pair = Pair::new();
-    let dev = pair.veth_a.clone();
-    let (add, remove, rounds) = in_namespace(&pair.a, move || async move {
+    let (ns, dev) = (pair.a.name().to_string(), pair.veth_a.clone());
+    let (add, remove, rounds) = in_namespace(pair.a.name(), move || async move {
         let netlink = Netlink::new().await.unwrap();
         let index = netlink.link_by_name(&dev).await.unwrap().index;
         let vip = Ipv4Addr::new(10, 204, 0, 1);
-        let rounds = 50u32;
-        let (mut add, mut remove) = (Duration::ZERO, Duration::ZERO);
+        let rounds = 200u32;
+        let (mut add, mut remove) = (Vec::new(), Vec::new());
         for _ in 0..rounds {
             let start = Instant::now();
             netlink.add_address(index, vip, 32).await.unwrap();
-            add += start.elapsed();
+            add.push(start.elapsed());
             let start = Instant::now();
             netlink.remove_address(index, vip, 32).await.unwrap();
-            remove += start.elapsed();
+            remove.push(start.elapsed());
         }
         (add, remove, rounds)
     });
+    let (mut subprocess_add, mut subprocess_del) = (Vec::new(), Vec::new());
+    for _ in 0..20 {
+        let start = Instant::now();
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            "10.204.0.1/32",
+            "dev",
+            &pair.veth_a,
+        ]);
+        subprocess_add.push(start.elapsed());
+        let start = Instant::now();
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "del",
+            "10.204.0.1/32",
+            "dev",
+            &pair.veth_a,
+        ]);
+        subprocess_del.push(start.elapsed());
+    }
+    let median = |mut v: Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
     eprintln!(
-        "netlink add_address: {:?} mean, remove_address: {:?} mean over {rounds} rounds",
-        add / rounds,
-        remove / rounds
+        "netlink add_address median {:?}, remove_address median {:?} over {rounds} rounds; \
+         `ip addr add` subprocess median {:?}, `ip addr del` {:?} over 20",
+        median(add),
+        median(remove),
+        median(subprocess_add),
+        median(subprocess_del),
     );
 }
 
 #[test]
 fn missing_interfaces_are_named_in_errors() {
     let pair = Pair::new();
-    in_namespace(&pair.a, || async {
+    in_namespace(pair.a.name(), || async {
         let netlink = Netlink::new().await.unwrap();
         let missing = 987_654u32;
         let err = netlink
@@ -186,9 +254,20 @@ fn missing_interfaces_are_named_in_errors() {
             .await
             .expect_err("no such interface");
         let text = err.to_string();
-        assert!(text.contains("987654"), "{text}");
+        assert!(text.contains("interface index 987654"), "{text}");
         assert!(text.contains("10.205.0.1/24"), "{text}");
+        assert_eq!(err.raw_os_error(), Some(libc::ENODEV), "{text}");
         eprintln!("missing ifindex error: {text}");
+
+        // Giving an address up on an interface that is gone: it is not held, so done.
+        netlink
+            .remove_address(missing, Ipv4Addr::new(10, 205, 0, 1), 24)
+            .await
+            .expect("nothing to remove");
+        assert!(!netlink
+            .has_address(missing, Ipv4Addr::new(10, 205, 0, 1))
+            .await
+            .unwrap());
 
         let err = netlink
             .link_by_name("sf-nonesuch")
@@ -200,8 +279,194 @@ fn missing_interfaces_are_named_in_errors() {
 }
 
 #[test]
+fn netlink_outside_a_tokio_runtime_is_an_error_not_a_panic() {
+    let err = futures::executor::block_on(Netlink::new()).expect_err("no runtime");
+    assert!(matches!(err, OsError::NoRuntime { .. }), "{err}");
+    assert!(err.to_string().contains("netlink"), "{err}");
+}
+
+#[test]
+fn gratuitous_arp_reaches_the_other_namespace_and_updates_its_neighbour_entry() {
+    let pair = Pair::new();
+    let vip = Ipv4Addr::new(10, 206, 0, 42);
+    let (ns_b, veth_b) = (pair.b.name().to_string(), pair.veth_b.clone());
+    // B knows the address at a stale, wrong MAC: the announcement must correct it.
+    ip(&["-n", &ns_b, "addr", "add", "10.206.0.2/24", "dev", &veth_b]);
+    ip(&[
+        "-n",
+        &ns_b,
+        "neigh",
+        "add",
+        "10.206.0.42",
+        "lladdr",
+        "02:00:00:00:00:99",
+        "dev",
+        &veth_b,
+        "nud",
+        "stale",
+    ]);
+
+    let (ready_tx, ready_rx) = mpsc::channel::<()>();
+    let receiver = netns::spawn_in(&ns_b, move || -> Vec<ArpPacket> {
+        let name = std::ffi::CString::new(veth_b).unwrap();
+        // SAFETY: name is a valid C string; if_nametoindex looks it up in this thread's namespace.
+        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        assert!(ifindex > 0, "veth in b");
+        let capture = ArpCapture::open(ifindex).expect("capture");
+        ready_tx.send(()).unwrap();
+        let mut seen = Vec::new();
+        // Bounded: at most 20 frames or 2 s.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while seen.len() < 20 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match capture.recv(left).expect("recv") {
+                Some(arp) if arp.sender_ip == vip => {
+                    seen.push(arp);
+                    break;
+                }
+                Some(arp) => seen.push(arp),
+                None => break,
+            }
+        }
+        seen
+    });
+
+    ready_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("receiver ready");
+    let dev = pair.veth_a.clone();
+    let mac = in_namespace(pair.a.name(), move || async move {
+        let link = Netlink::new()
+            .await
+            .unwrap()
+            .link_by_name(&dev)
+            .await
+            .unwrap();
+        let sender = GarpSender::open(link.index, link.mac).expect("open");
+        assert_eq!((sender.ifindex(), sender.mac()), (link.index, link.mac));
+        // The daemon sends from clones on other tasks; a clone shares the socket.
+        sender.clone().send(vip).expect("send");
+        link.mac
+    });
+
+    let seen = receiver.join().unwrap().expect("entering b");
+    let arp = seen
+        .iter()
+        .find(|a| a.sender_ip == vip)
+        .unwrap_or_else(|| panic!("gratuitous ARP captured in b within 2 s; saw {seen:?}"));
+    assert_eq!(
+        *arp,
+        ArpPacket {
+            eth_destination: [0xff; 6],
+            eth_source: mac,
+            opcode: ARP_REQUEST,
+            sender_mac: mac,
+            sender_ip: vip,
+            target_mac: [0; 6],
+            target_ip: vip,
+        }
+    );
+    assert!(arp.is_gratuitous());
+
+    // The kernel of B took it as an announcement too (frames are processed in order, but
+    // give the softirq a moment; bounded).
+    let mac_text = mac
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":");
+    let mut neigh = String::new();
+    for _ in 0..50 {
+        neigh = ip(&["-n", &ns_b, "neigh", "show", "10.206.0.42"]);
+        if neigh.contains(&mac_text) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(neigh.contains(&mac_text), "B's entry now {neigh:?}");
+}
+
+#[test]
+fn capture_gives_up_after_its_timeout() {
+    let pair = Pair::new();
+    let dev = pair.veth_b.clone();
+    let outcome = netns::spawn_in(pair.b.name(), move || {
+        let name = std::ffi::CString::new(dev).unwrap();
+        // SAFETY: valid C string.
+        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        ArpCapture::open(ifindex)
+            .expect("capture")
+            .recv(Duration::from_millis(50))
+    })
+    .join()
+    .unwrap()
+    .unwrap();
+    assert_eq!(outcome.expect("no error"), None);
+}
+
+#[test]
+fn packet_sockets_on_a_missing_interface_name_it() {
+    let err = GarpSender::open(987_655, [2, 0, 0, 0, 0, 1]).expect_err("no such index");
+    assert!(err.to_string().contains("interface index 987655"), "{err}");
+    let err = ArpCapture::open(987_656).expect_err("no such index");
+    assert!(err.to_string().contains("interface index 987656"), "{err}");
+}
+
+#[test]
+fn namespaces_are_created_listed_and_deleted_by_their_guard() {
+    let name = unique("g");
+    assert!(!netns::exists(&name));
+    {
+        let guard = NetnsGuard::create(&name).expect("create");
+        assert_eq!(guard.name(), name);
+        assert!(netns::exists(&name));
+        assert!(netns::list().unwrap().contains(&name));
+        assert!(ip(&["netns", "list"]).contains(&name));
+
+        let err = netns::create(&name).expect_err("already exists");
+        assert!(err.to_string().contains(&name), "{err}");
+        assert!(
+            matches!(err, OsError::Command { .. }),
+            "a second create must not succeed and adopt it: {err}"
+        );
+    }
+    assert!(!netns::exists(&name), "the guard deleted it");
+    assert!(!netns::list().unwrap().contains(&name));
+    netns::delete(&name).expect("deleting an absent namespace is fine");
+}
+
+#[test]
+fn a_guard_deletes_its_namespace_when_a_test_panics() {
+    let name = unique("p");
+    let inside = name.clone();
+    let result = std::thread::spawn(move || {
+        let _guard = NetnsGuard::create(&inside).unwrap();
+        assert!(netns::exists(&inside));
+        panic!("deliberate panic while holding the guard");
+    })
+    .join();
+    assert!(result.is_err());
+    assert!(!netns::exists(&name));
+}
+
+#[test]
+fn bad_namespace_names_are_refused_before_any_system_call() {
+    for bad in ["", ".", "..", "a/b", "../../etc"] {
+        assert!(!netns::exists(bad));
+        for err in [
+            netns::create(bad).unwrap_err(),
+            netns::delete(bad).unwrap_err(),
+            netns::enter(bad).unwrap_err(),
+        ] {
+            assert!(matches!(err, OsError::InvalidName { .. }), "{bad:?}: {err}");
+            assert!(err.to_string().contains(&format!("{bad:?}")), "{err}");
+        }
+    }
+}
+
+#[test]
 fn entering_a_missing_namespace_names_it() {
-    let err = std::thread::spawn(|| netns::enter("sf-no-such-namespace-xyz"))
+    let err = netns::spawn_in("sf-no-such-namespace-xyz", || ())
         .join()
         .unwrap()
         .expect_err("missing namespace");
@@ -211,128 +476,57 @@ fn entering_a_missing_namespace_names_it() {
     );
 }
 
-/// A packet socket in the calling thread's namespace receiving ARP frames on `ifindex`,
-/// giving up on a read after 2 s.
-fn arp_listener(ifindex: u32) -> OwnedFd {
-    let protocol = 0x0806u16.to_be();
-    // SAFETY: socket(2), checked; the descriptor is owned immediately.
-    let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(protocol)) };
+#[test]
+fn sysctl_writes_land_in_the_entered_namespace_only() {
+    let ns = NetnsGuard::create(&unique("s")).unwrap();
+    let key = "net/ipv4/conf/all/arp_ignore";
+    let host_before = sysctl::read(key).expect("host value");
+    let wanted = if host_before == "1" { "2" } else { "1" };
+    let inside = netns::spawn_in(ns.name(), move || {
+        sysctl::write(key, wanted).expect("write in the namespace");
+        sysctl::read(key).expect("read in the namespace")
+    })
+    .join()
+    .unwrap()
+    .unwrap();
+    assert_eq!(inside, wanted);
+    let seen_by_ip = ip(&[
+        "netns",
+        "exec",
+        ns.name(),
+        "cat",
+        "/proc/sys/net/ipv4/conf/all/arp_ignore",
+    ]);
+    assert_eq!(seen_by_ip.trim(), wanted);
+    assert_eq!(sysctl::read(key).unwrap(), host_before, "host untouched");
+
+    let err = sysctl::write("net/ipv4/conf/sf-nonesuch0/arp_ignore", "1").unwrap_err();
     assert!(
-        raw >= 0,
-        "packet socket: {}",
-        std::io::Error::last_os_error()
+        err.to_string()
+            .contains("net/ipv4/conf/sf-nonesuch0/arp_ignore"),
+        "{err}"
     );
-    // SAFETY: raw is fresh and owned by nobody else.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    // SAFETY: zeroed sockaddr_ll is valid; the size passed matches.
-    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    addr.sll_family = libc::AF_PACKET as u16;
-    addr.sll_protocol = protocol;
-    addr.sll_ifindex = ifindex as i32;
-    let rc = unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            &addr as *const libc::sockaddr_ll as *const libc::sockaddr,
-            std::mem::size_of::<libc::sockaddr_ll>() as u32,
-        )
-    };
-    assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
-    let timeout = libc::timeval {
-        tv_sec: 2,
-        tv_usec: 0,
-    };
-    // SAFETY: timeval is valid for the size passed.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            &timeout as *const libc::timeval as *const libc::c_void,
-            std::mem::size_of::<libc::timeval>() as u32,
-        )
-    };
-    assert_eq!(rc, 0, "SO_RCVTIMEO: {}", std::io::Error::last_os_error());
-    fd
+    assert!(matches!(
+        sysctl::write("../etc/hostname", "x"),
+        Err(OsError::InvalidName { .. })
+    ));
 }
 
 #[test]
-fn gratuitous_arp_reaches_the_other_namespace() {
-    let pair = Pair::new();
-    let vip = Ipv4Addr::new(10, 206, 0, 42);
-    let (ready_tx, ready_rx) = mpsc::channel::<()>();
-
-    let ns_b = pair.b.clone();
-    let veth_b = pair.veth_b.clone();
-    let receiver = std::thread::spawn(move || -> Option<ArpPacket> {
-        netns::enter(&ns_b).expect("entering b");
-        let name = std::ffi::CString::new(veth_b).unwrap();
-        // SAFETY: name is a valid C string; if_nametoindex looks it up in this thread's namespace.
-        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-        assert!(ifindex > 0, "veth in b");
-        let fd = arp_listener(ifindex);
-        ready_tx.send(()).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        // Bounded: other ARP frames (none expected) are skipped, at most 100 of them.
-        for _ in 0..100 {
-            if Instant::now() > deadline {
-                break;
-            }
-            let mut buf = [0u8; 1600];
-            // SAFETY: buf is valid for its length.
-            let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-            if n < 0 {
-                break; // the 2 s receive timeout
-            }
-            if let Some(arp) = parse_arp(&buf[..n as usize]) {
-                if arp.sender_ip == vip {
-                    return Some(arp);
-                }
-            }
-        }
-        None
-    });
-
-    ready_rx
-        .recv_timeout(Duration::from_secs(5))
-        .expect("receiver ready");
-    let dev = pair.veth_a.clone();
-    let mac = in_namespace(&pair.a, move || async move {
-        let link = Netlink::new()
-            .await
-            .unwrap()
-            .link_by_name(&dev)
-            .await
-            .unwrap();
-        let sender = GarpSender::open(link.index, link.mac).expect("open");
-        // The daemon sends from clones on other tasks; a clone shares the socket.
-        sender.clone().send(vip).expect("send");
-        link.mac
-    });
-
-    let arp = receiver
-        .join()
-        .unwrap()
-        .expect("gratuitous ARP captured in b within 2 s");
-    assert_eq!(
-        arp,
-        ArpPacket {
-            opcode: 1,
-            sender_mac: mac,
-            sender_ip: vip,
-            target_mac: [0; 6],
-            target_ip: vip,
-        }
-    );
-}
-
-#[test]
-fn realtime_priority_is_not_inherited_by_children() {
+fn realtime_priority_is_per_thread_and_not_inherited() {
     std::thread::spawn(|| {
         sched::set_realtime_priority(10).expect("SCHED_FIFO (needs root)");
         // SAFETY: plain query of the calling thread's policy.
         let policy = unsafe { libc::sched_getscheduler(0) };
         assert_eq!(policy, libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK);
-        // Field 41 of /proc/PID/stat is the child's scheduling policy (0 = SCHED_OTHER).
+
+        // A thread started from the realtime thread runs at the normal policy.
+        let child_thread_policy = std::thread::spawn(|| unsafe { libc::sched_getscheduler(0) })
+            .join()
+            .unwrap();
+        assert_eq!(child_thread_policy, libc::SCHED_OTHER);
+
+        // So does a process. Field 41 of /proc/PID/stat is its policy (0 = SCHED_OTHER).
         let out = Command::new("cat").arg("/proc/self/stat").output().unwrap();
         let stat = String::from_utf8_lossy(&out.stdout).into_owned();
         let after_comm = &stat[stat.rfind(')').unwrap() + 2..];
@@ -342,9 +536,14 @@ fn realtime_priority_is_not_inherited_by_children() {
     .join()
     .unwrap();
 
+    // The test's own thread was never touched.
+    // SAFETY: plain query of the calling thread's policy.
+    assert_eq!(unsafe { libc::sched_getscheduler(0) }, libc::SCHED_OTHER);
+
     let err = std::thread::spawn(|| sched::set_realtime_priority(1000))
         .join()
         .unwrap()
         .expect_err("priority out of range");
     assert!(err.to_string().contains("1000"), "{err}");
+    assert_eq!(err.raw_os_error(), Some(libc::EINVAL));
 }
