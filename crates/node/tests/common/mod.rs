@@ -31,7 +31,12 @@ pub fn lab_name(tag: &str) -> String {
 pub struct Lab {
     pub info: LabInfo,
     pub backend: BackendKind,
+    /// Labs of one test binary run one at a time: the timing figures they assert (with a
+    /// margin) must not depend on how many other labs share the two cores.
+    _one_at_a_time: std::sync::MutexGuard<'static, ()>,
 }
+
+static ONE_LAB_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 impl Lab {
     pub fn up(
@@ -47,8 +52,16 @@ impl Lab {
         opts.heartbeat_ms = heartbeat_ms;
         opts.ready_timeout = Duration::from_secs(30);
         let name = opts.name.clone();
+        // A test that panicked while holding the lock poisons it; the lab it held is gone.
+        let guard = ONE_LAB_AT_A_TIME
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         match steadfast_lab::up(&opts) {
-            Ok(info) => Lab { info, backend },
+            Ok(info) => Lab {
+                info,
+                backend,
+                _one_at_a_time: guard,
+            },
             Err(e) => {
                 let _ = steadfast_lab::down(&name);
                 panic!("lab up {name}: {e}");
