@@ -42,24 +42,49 @@ const FLAG_HEALTHY: u8 = 1;
 const FLAG_QUORUM: u8 = 2;
 const FLAG_FOLLOWING: u8 = 4;
 
-/// The group's shared secret. Deliberately not `Debug`: it must never reach a log.
+/// The group's shared secret.
+///
+/// `Debug` is written by hand and shows only the length: the key must never reach a log, and
+/// settings structs holding it should still be printable.
 #[derive(Clone)]
 pub struct AuthKey(Vec<u8>);
 
+impl std::fmt::Debug for AuthKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AuthKey(<{} secret bytes>)", self.0.len())
+    }
+}
+
 impl AuthKey {
-    /// The key as stored in the key file: its bytes, less one trailing newline.
+    /// A key made of exactly these bytes; refused when shorter than [`MIN_KEY_LEN`].
+    pub fn new(bytes: &[u8]) -> Result<AuthKey, FrameError> {
+        if bytes.len() < MIN_KEY_LEN {
+            return Err(FrameError::KeyTooShort { len: bytes.len() });
+        }
+        Ok(AuthKey(bytes.to_vec()))
+    }
+
+    /// The key as stored in the key file: its bytes, less one trailing newline (`\n` or
+    /// `\r\n`), because editors and `echo` add one and the peers' files must give the same key.
     pub fn from_file_contents(contents: &[u8]) -> Result<AuthKey, FrameError> {
         let mut key = contents;
         if let Some(rest) = key.strip_suffix(b"\n") {
             key = rest;
+            if let Some(rest) = key.strip_suffix(b"\r") {
+                key = rest;
+            }
         }
-        if let Some(rest) = key.strip_suffix(b"\r") {
-            key = rest;
-        }
-        if key.len() < MIN_KEY_LEN {
-            return Err(FrameError::KeyTooShort { len: key.len() });
-        }
-        Ok(AuthKey(key.to_vec()))
+        AuthKey::new(key)
+    }
+
+    /// How many bytes the key has (never the bytes themselves).
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Always false: an `AuthKey` holds at least [`MIN_KEY_LEN`] bytes.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 
     fn mac(&self) -> HmacSha256 {
@@ -69,7 +94,10 @@ impl AuthKey {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FrameError {
-    #[error("the auth key has {len} bytes; at least {MIN_KEY_LEN} are required")]
+    #[error(
+        "the auth key has {len} bytes (after removing a trailing newline); at least \
+         {MIN_KEY_LEN} are required"
+    )]
     KeyTooShort { len: usize },
     #[error("frame of {len} bytes is shorter than the {min} of an empty frame")]
     TooShort { len: usize, min: usize },
@@ -186,7 +214,7 @@ fn encode_body(message: &Message, out: &mut Vec<u8>) {
     }
 }
 
-/// Encodes and signs one frame.
+/// Encodes and signs one frame; the result is at most [`MAX_FRAME_LEN`] bytes.
 pub fn encode(envelope: &Envelope, key: &AuthKey) -> Vec<u8> {
     let mut out = Vec::with_capacity(MAX_FRAME_LEN);
     out.extend_from_slice(MAGIC);
@@ -294,7 +322,10 @@ fn decode_body(kind: u8, body: &[u8]) -> Result<Message, FrameError> {
     })
 }
 
-/// Checks the MAC, then parses. Never panics, whatever the bytes.
+/// Checks the frame's shape and MAC, then parses the fields. Never panics, whatever the bytes.
+///
+/// Only the magic, the version and the length field are read before the MAC is verified (they
+/// decide where the MAC is); every other field is interpreted only once the MAC is good.
 pub fn decode(bytes: &[u8], key: &AuthKey) -> Result<Envelope, FrameError> {
     let min = HEADER_LEN + MAC_LEN;
     if bytes.len() < min {
@@ -337,14 +368,21 @@ pub fn decode(bytes: &[u8], key: &AuthKey) -> Result<Envelope, FrameError> {
 
 /// Refuses frames whose counter is not above the highest accepted from the same sender.
 ///
-/// Call it only after [`decode`] succeeded (the MAC is valid), or a forger could advance the
-/// counter and lock a real peer out.
+/// Call [`ReplayGuard::check_and_record`] only after [`decode`] succeeded (the MAC is valid) and
+/// the sender is known to be a voter: recording a forged counter would let a forger lock a real
+/// peer out, and unknown senders would grow the map.
+///
+/// Senders seed their counter from the wall clock in microseconds at start, so a restarted peer
+/// continues above the values this guard remembers from its previous life (a peer whose clock
+/// stepped back is refused until its counter passes the old value again). Counter 0 is never
+/// accepted.
 #[derive(Debug, Default, Clone)]
 pub struct ReplayGuard {
     highest: HashMap<NodeId, u64>,
 }
 
 impl ReplayGuard {
+    /// Accepts `counter` and remembers it if it is above every counter accepted from `sender`.
     pub fn check_and_record(&mut self, sender: NodeId, counter: u64) -> Result<(), FrameError> {
         let highest = self.highest.entry(sender).or_insert(0);
         if counter <= *highest {

@@ -4,7 +4,12 @@
 use std::path::Path;
 use std::time::Duration;
 
-use steadfast_core::config::{parse, to_toml, ConfigErrors, HealthCheckKind, Mode};
+use std::net::Ipv4Addr;
+
+use steadfast_core::config::{
+    parse, to_toml, ConfigErrors, HealthCheckKind, Mode, DEFAULT_CONTROL_SOCKET,
+    DEFAULT_HEARTBEAT_INTERVAL_MS, DEFAULT_MISS_COUNT, DEFAULT_PORT,
+};
 
 const VALID: &str = r#"node_id = 1
 
@@ -64,6 +69,12 @@ fn where_(e: &ConfigErrors) -> Vec<(usize, String)> {
         .iter()
         .map(|e| (e.line, e.field.clone()))
         .collect()
+}
+
+/// The line where `needle`, which may span several lines, starts.
+fn line_of_block(text: &str, needle: &str) -> usize {
+    let at = text.find(needle).expect("needle");
+    text[..at].matches('\n').count() + 1
 }
 
 fn line_of(text: &str, needle: &str) -> usize {
@@ -207,12 +218,85 @@ fn each_rule_names_field_and_line() {
             "address = \"10.77.0.11\"",
             "group.member[0].address",
         ),
+        (
+            "address = \"10.77.0.11/24\"",
+            "address = \"10.77.0.11/33\"",
+            "/33",
+            "group.member[0].address",
+        ),
+        (
+            "id = 9",
+            "id = 2 # witness duplicate",
+            "# witness duplicate",
+            "group.witness.id",
+        ),
+        (
+            "vip = \"10.77.0.100\"",
+            "vip = \"10.77.0\"",
+            "vip = \"10.77.0\"",
+            "service[0].vip",
+        ),
+        (
+            "miss_count = 3",
+            "miss_count = 3\nport = 0",
+            "port = 0",
+            "group.port",
+        ),
+        ("rise = 1", "fall = 0", "fall = 0", "health_check[1].fall"),
+        (
+            "rise = 1",
+            "interval_ms = 0",
+            "interval_ms = 0",
+            "health_check[1].interval_ms",
+        ),
+        (
+            "rise = 1",
+            "timeout_ms = 0",
+            "timeout_ms = 0",
+            "health_check[1].timeout_ms",
+        ),
+        (
+            "command = [\"/bin/true\"]",
+            "command = [\"\"]",
+            "command = [\"\"]",
+            "health_check[1].command",
+        ),
+        (
+            "path = \"/health\"",
+            "path = \"/health\"\ncommand = [\"/bin/true\"]",
+            "command = [\"/bin/true\"]\n\n[[health_check]]",
+            "health_check[0].command",
+        ),
+        (
+            "rise = 1",
+            "target = \"127.0.0.1:1\"",
+            "target = \"127.0.0.1:1\"",
+            "health_check[1].target",
+        ),
+        (
+            "target = \"127.0.0.1:8080\"\npath",
+            "target = \"nowhere\"\npath",
+            "target = \"nowhere\"",
+            "health_check[0].target",
+        ),
+        (
+            "target = \"127.0.0.1:8080\"\npath",
+            "path",
+            "[[health_check]]",
+            "health_check[0].target",
+        ),
+        (
+            "command = [\"/usr/local/bin/hook\", \"web\"]",
+            "command = []",
+            "command = []",
+            "notify.command",
+        ),
     ];
     for (from, to, at, field) in cases {
         let text = VALID.replacen(from, to, 1);
         assert_ne!(text, VALID, "case {field} did not change the file");
         let e = errors(&text);
-        let line = line_of(&text, at);
+        let line = line_of_block(&text, at);
         assert!(
             where_(&e).contains(&(line, field.to_string())),
             "{field}: expected an error at line {line}, got:\n{e}"
@@ -271,4 +355,286 @@ fn a_witness_file_needs_no_service() {
 fn syntax_errors_carry_a_position() {
     let e = errors("node_id = 1\n[group\n");
     assert_eq!(e.errors()[0].line, 2, "{e}");
+}
+
+#[test]
+fn the_schema_example_error_reads_exactly() {
+    let text = VALID.replace("vip = \"10.77.0.100\"", "vip = \"10.9.0.1\"");
+    let e = errors(&text);
+    let line = line_of(&text, "vip = ");
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "n1.toml:{line}:7: service[0].vip: 10.9.0.1 is outside 10.77.0.0/24, the subnet of \
+             node 1's address 10.77.0.11/24"
+        )
+    );
+}
+
+#[test]
+fn defaults_fill_every_optional_key() {
+    let text = r#"node_id = 3
+[group]
+auth_key_file = "/k"
+[[group.member]]
+id = 3
+address = "192.168.1.3/16"
+[[service]]
+name = "s"
+vip = "192.168.200.1"
+ports = [80]
+mode = "duplex"
+backend = "127.0.0.1:80"
+[[health_check]]
+kind = "http"
+target = "127.0.0.1:80"
+[[health_check]]
+kind = "tcp"
+target = "[::1]:22"
+[notify]
+command = ["/bin/hook"]
+"#;
+    let cfg = parse(text, "d.toml", &exists, Path::new("/etc")).unwrap();
+    assert_eq!(cfg.group.name, "steadfast");
+    assert_eq!(cfg.group.auth_key_file, Path::new("/k"));
+    assert_eq!(cfg.group.port, DEFAULT_PORT);
+    assert_eq!(
+        cfg.group.heartbeat_interval,
+        Duration::from_millis(DEFAULT_HEARTBEAT_INTERVAL_MS)
+    );
+    assert_eq!(cfg.group.miss_count, DEFAULT_MISS_COUNT);
+    assert_eq!(DEFAULT_MISS_COUNT, 3);
+    assert!(!cfg.group.preempt && !cfg.group.two_node);
+    assert_eq!(cfg.services[0].interface, "eth0");
+    assert_eq!(cfg.services[0].mode, Mode::Duplex);
+    assert_eq!(
+        cfg.health_checks[0].kind,
+        HealthCheckKind::Http {
+            target: "127.0.0.1:80".parse().unwrap(),
+            path: "/".into(),
+            expect_status: 200
+        }
+    );
+    assert_eq!(
+        cfg.health_checks[1].kind,
+        HealthCheckKind::Tcp {
+            target: "[::1]:22".parse().unwrap()
+        }
+    );
+    for c in &cfg.health_checks {
+        assert_eq!(c.interval, Duration::from_millis(200));
+        assert_eq!(c.timeout, Duration::from_millis(500));
+        assert_eq!((c.rise, c.fall), (2, 2));
+    }
+    assert_eq!(cfg.arp.gratuitous_count, 5);
+    assert_eq!(cfg.arp.gratuitous_spacing, Duration::from_millis(20));
+    assert!(cfg.arp.refresh_on_heal);
+    assert_eq!(
+        cfg.notify.as_ref().unwrap().timeout,
+        Duration::from_millis(5000)
+    );
+    assert_eq!(cfg.control.socket, Path::new(DEFAULT_CONTROL_SOCKET));
+    assert_eq!(cfg.quorum(), 1);
+    assert_eq!(cfg.voters(), vec![3]);
+}
+
+#[test]
+fn every_mode_is_accepted_by_the_parser() {
+    for (name, mode) in [
+        ("unreplicated", Mode::Unreplicated),
+        ("simplex", Mode::Simplex),
+        ("duplex", Mode::Duplex),
+        ("active", Mode::Active),
+    ] {
+        let text = VALID.replace("\"unreplicated\"", &format!("\"{name}\""));
+        let cfg = parse(&text, "n1.toml", &exists, Path::new("/")).unwrap();
+        assert_eq!(cfg.services[0].mode, mode);
+        assert_eq!(mode.as_str(), name);
+    }
+}
+
+#[test]
+fn unknown_keys_are_named_with_their_table_and_line() {
+    let cases = [
+        ("node_id = 1", "node_id = 1\nnode = 1", "node = 1", "node"),
+        (
+            "id = 2\n",
+            "id = 2\nweight = 3\n",
+            "weight = 3",
+            "group.member[1].weight",
+        ),
+        (
+            "address = \"10.77.0.19/24\"",
+            "address = \"10.77.0.19/24\"\nvote = true",
+            "vote = true",
+            "group.witness.vote",
+        ),
+        (
+            "mode = \"unreplicated\"",
+            "mode = \"unreplicated\"\nvips = []",
+            "vips = []",
+            "service[0].vips",
+        ),
+        (
+            "rise = 1",
+            "rise = 1\nretries = 3",
+            "retries = 3",
+            "health_check[1].retries",
+        ),
+        ("[notify]", "[notify]\nenv = []", "env = []", "notify.env"),
+        (
+            "socket = \"n1.sock\"",
+            "socket = \"n1.sock\"\nmode = 1",
+            "mode = 1",
+            "control.mode",
+        ),
+        (
+            "[notify]",
+            "[arp]\ncount = 5\n\n[notify]",
+            "count = 5",
+            "arp.count",
+        ),
+        ("[notify]", "[logging]\n\n[notify]", "[logging]", "logging"),
+    ];
+    for (from, to, at, field) in cases {
+        let text = VALID.replacen(from, to, 1);
+        assert_ne!(text, VALID, "case {field} did not change the file");
+        let e = errors(&text);
+        assert_eq!(
+            where_(&e),
+            vec![(line_of(&text, at), field.to_string())],
+            "{e}"
+        );
+        assert!(e.to_string().contains("unknown field"), "{e}");
+    }
+}
+
+#[test]
+fn missing_required_keys_are_named() {
+    let cases = [
+        ("node_id = 1\n", "", 1, "node_id"),
+        (
+            "auth_key_file = \"key\"\n",
+            "",
+            line_of(VALID, "[group]"),
+            "group.auth_key_file",
+        ),
+        (
+            "backend = \"127.0.0.1:8080\"\n",
+            "",
+            line_of(VALID, "[[service]]"),
+            "service[0].backend",
+        ),
+        (
+            "address = \"10.77.0.12/24\"\n",
+            "",
+            line_of_block(VALID, "[[group.member]]\nid = 2"),
+            "group.member[1].address",
+        ),
+        (
+            "kind = \"exec\"\n",
+            "",
+            line_of_block(VALID, "[[health_check]]\nkind = \"exec\""),
+            "health_check[1].kind",
+        ),
+    ];
+    for (from, to, line, field) in cases {
+        let text = VALID.replacen(from, to, 1);
+        assert_ne!(text, VALID, "case {field} did not change the file");
+        let e = errors(&text);
+        assert_eq!(where_(&e), vec![(line, field.to_string())], "{e}");
+        assert!(e.to_string().contains("missing field"), "{e}");
+    }
+}
+
+#[test]
+fn a_group_without_members_is_refused() {
+    let start = VALID.find("[[group.member]]").unwrap();
+    let end = VALID.find("[group.witness]").unwrap();
+    let text =
+        format!("{}{}", &VALID[..start], &VALID[end..]).replace("node_id = 1", "node_id = 9");
+    let e = errors(&text);
+    assert!(
+        where_(&e).contains(&(line_of(&text, "[group]"), "group.member".into())),
+        "{e}"
+    );
+}
+
+#[test]
+fn errors_come_sorted_by_position_one_per_line() {
+    let text = VALID
+        .replace("mode = \"unreplicated\"", "mode = \"fast\"")
+        .replace("node_id = 1", "node_id = 4")
+        .replace("rise = 1", "rise = 0\nfall = 0");
+    let e = errors(&text);
+    let lines: Vec<usize> = e.errors().iter().map(|e| e.line).collect();
+    let mut sorted = lines.clone();
+    sorted.sort_unstable();
+    assert_eq!(lines, sorted);
+    assert_eq!(e.errors().len(), 4, "{e}");
+    for (shown, error) in e.to_string().lines().zip(e.errors()) {
+        assert_eq!(
+            shown,
+            format!(
+                "n1.toml:{}:{}: {}: {}",
+                error.line, error.column, error.field, error.message
+            )
+        );
+    }
+}
+
+#[test]
+fn a_witness_file_skips_the_vip_subnet_check() {
+    let text = VALID
+        .replace("node_id = 1", "node_id = 9")
+        .replace("vip = \"10.77.0.100\"", "vip = \"192.0.2.1\"");
+    let cfg = parse(&text, "w.toml", &exists, Path::new("/")).unwrap();
+    assert!(cfg.is_witness());
+    assert!(cfg.local_member().is_none());
+}
+
+#[test]
+fn helpers_give_voters_quorum_and_addresses() {
+    let cfg = parse(VALID, "n1.toml", &exists, Path::new("/etc/sf")).unwrap();
+    assert_eq!(
+        cfg.peer_addresses(),
+        vec![
+            (1, Ipv4Addr::new(10, 77, 0, 11)),
+            (2, Ipv4Addr::new(10, 77, 0, 12)),
+            (9, Ipv4Addr::new(10, 77, 0, 19)),
+        ]
+    );
+    assert_eq!(cfg.local_member().unwrap().id, 1);
+    assert_eq!(cfg.local_member().unwrap().subnet(), "10.77.0.0/24");
+
+    // Voters come sorted whatever the file's order; quorum is a strict majority.
+    let shuffled = VALID
+        .replace("id = 9", "id = 0")
+        .replace("id = 1\n", "id = 7\n")
+        .replace("node_id = 1", "node_id = 7");
+    let cfg = parse(&shuffled, "n7.toml", &exists, Path::new("/")).unwrap();
+    assert_eq!(cfg.voters(), vec![0, 2, 7]);
+    assert_eq!(cfg.quorum(), 2);
+
+    let four = VALID.replace(
+        "[group.witness]",
+        "[[group.member]]\nid = 3\naddress = \"10.77.0.13/24\"\n\n[group.witness]",
+    );
+    let cfg = parse(&four, "n1.toml", &exists, Path::new("/")).unwrap();
+    assert_eq!(cfg.voters(), vec![1, 2, 3, 9]);
+    assert_eq!(cfg.quorum(), 3);
+
+    // two_node changes nothing when a witness exists.
+    let with_witness = VALID.replace("miss_count = 3", "miss_count = 3\ntwo_node = true");
+    let cfg = parse(&with_witness, "n1.toml", &exists, Path::new("/")).unwrap();
+    assert_eq!(cfg.quorum(), 2);
+}
+
+#[test]
+fn non_ascii_text_gives_character_columns() {
+    let text = VALID.replace("name = \"web\"\nauth", "name = \"wéb\" ; x = 1\nauth");
+    let e = errors(&text);
+    let line = line_of(&text, "wéb");
+    assert_eq!(e.errors()[0].line, line, "{e}");
+    assert_eq!(e.errors()[0].column, 14, "{e}");
 }

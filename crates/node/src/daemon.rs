@@ -45,6 +45,9 @@ struct Daemon {
     sites: BTreeMap<String, AddressSite>,
     vip_held: bool,
     check_verdicts: Vec<(bool, String)>,
+    /// The dead-man switch: while it is armed the addresses work; when this process dies the
+    /// node's kernel stops answering for them (I5).
+    _fence: Option<steadfast_os::fence::Fence>,
     /// Hooks still running; at exit they get their timeout to finish.
     running_hooks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -116,6 +119,15 @@ impl Daemon {
                 },
             );
         }
+        let fence = if settings.services.is_empty() {
+            None
+        } else {
+            let vips: Vec<Ipv4Addr> = settings.services.iter().map(|s| s.vip).collect();
+            Some(
+                steadfast_os::fence::Fence::arm(&vips)
+                    .context("arming the dead-man switch (nftables owner table)")?,
+            )
+        };
         let bind = SocketAddr::V4(SocketAddrV4::new(settings.local_address, settings.port));
         let socket = UdpSocket::bind(bind)
             .await
@@ -138,6 +150,7 @@ impl Daemon {
             vip_held: true,
             check_verdicts: vec![(false, "not checked yet".to_string()); checks],
             running_hooks: Vec::new(),
+            _fence: fence,
         };
         // A previous life may have left the addresses behind: start clean, as a backup.
         daemon.release_addresses().await;

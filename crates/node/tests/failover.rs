@@ -283,3 +283,61 @@ fn twenty_host_crashes_at_default_heartbeat() {
         "max gap {max:?} exceeds detection + 50 ms (+ margin)"
     );
 }
+
+/// I5, daemon death is node death: after `kill -9` of the daemon its kernel must stop
+/// answering for the address (the nftables owner table vanished with the process), even though
+/// the address is still configured there and the backend still runs.
+#[test]
+fn a_dead_daemon_leaves_its_kernel_mute_for_the_address() {
+    let lab = Lab::up("fen", 2, true, BackendKind::Builtin, None);
+    let n1 = format!("{}-n1", lab.name());
+    let live = |ns: &str| {
+        std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                ns,
+                "nft",
+                "list",
+                "table",
+                "inet",
+                "steadfast_live",
+            ])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    assert!(live(&n1), "a running daemon holds its owner table");
+    steadfast_lab::crash(lab.name(), "n1", CrashKind::Process).expect("crash");
+    assert!(
+        common::wait_until(Duration::from_secs(2), || !live(&n1)),
+        "the owner table must vanish with the daemon"
+    );
+    assert!(
+        lab.wait_holder("n2", Duration::from_secs(3)) || lab.holders_except("n1") == vec!["n2"]
+    );
+    assert!(
+        lab.holders().contains(&"n1".to_string()),
+        "the dead daemon left the address configured (the case the fence is for)"
+    );
+    // Only n1 could answer now: cut the client off from n2 and forget the VIP's MAC.
+    steadfast_lab::partition(lab.name(), "client", "n2").expect("partition");
+    let _ = std::process::Command::new("ip")
+        .args(["-n", &lab.info.client_ns, "neigh", "flush", "all"])
+        .status();
+    let reply = steadfast_lab::http_get_in_namespace(
+        &lab.info.client_ns,
+        lab.target(),
+        "/health",
+        Duration::from_millis(700),
+    );
+    assert!(
+        reply.is_err(),
+        "n1's kernel answered for the VIP after its daemon died: {reply:?}"
+    );
+    steadfast_lab::unpartition(lab.name(), "client", "n2").expect("unpartition");
+    steadfast_lab::heal(lab.name(), "n1").expect("heal");
+    assert!(
+        common::wait_until(Duration::from_secs(3), || live(&n1)),
+        "the restarted daemon re-arms the switch"
+    );
+}

@@ -2,6 +2,7 @@
 //! packet socket, network namespaces, realtime scheduling and sysctl writes.
 
 pub mod addr;
+pub mod fence;
 pub mod garp;
 pub mod netns;
 pub mod sched;
