@@ -1,0 +1,263 @@
+//! The backup's table of connection images, keyed by 4-tuple.
+
+use std::collections::HashMap;
+
+use super::connection::{
+    ConnectionImage, ConsumeError, ImageLimits, NegotiatedOptions, RefuseReason, SegmentReport,
+};
+use super::segment::{ClientSegment, FourTuple};
+
+/// Bounds of the whole table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TableLimits {
+    /// SYNs beyond this many tracked connections are refused (not forwarded): a connection the
+    /// backup cannot protect is better not opened than opened unprotected.
+    pub max_connections: usize,
+    pub image: ImageLimits,
+}
+
+impl Default for TableLimits {
+    fn default() -> Self {
+        TableLimits {
+            max_connections: 262_144,
+            image: ImageLimits::default(),
+        }
+    }
+}
+
+/// How a connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Closure {
+    /// Both sides sent FIN and the client acknowledged the server's.
+    Finished,
+    /// The client sent an acceptable RST.
+    Reset,
+}
+
+/// What the table did with a segment's connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Tracking {
+    /// The segment was a SYN that opened a new image.
+    Opened,
+    /// The segment went to an existing image, which stays.
+    Tracked,
+    /// The segment closed its connection; the image was removed.
+    Closed(Closure),
+    /// No image for this 4-tuple and not a SYN: a connection opened before this backup started
+    /// logging, or already closed. Forwarding it is safe but the connection is not protected.
+    Untracked,
+}
+
+/// The outcome of a segment the table accepted; its frame is to be forwarded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ingested {
+    pub tracking: Tracking,
+    pub report: SegmentReport,
+}
+
+/// Cumulative counters of the table (status output).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TableCounters {
+    /// Every segment given to [`ConnectionTable::ingest`].
+    pub segments: u64,
+    pub untracked_segments: u64,
+    /// Segments with data of which none was new (retransmits).
+    pub duplicate_segments: u64,
+    pub duplicate_bytes: u64,
+    /// Bytes that differed from bytes already held at the same position (the first kept).
+    pub conflicting_bytes: u64,
+    /// Segments refused for a limit: not to be forwarded.
+    pub refused_segments: u64,
+    pub opened: u64,
+    pub finished: u64,
+    pub reset: u64,
+    /// Images replaced by a new SYN on the same 4-tuple (port reuse after close, or a client
+    /// restarting a handshake that never completed).
+    pub replaced: u64,
+    /// SYNs with a new ISN on an established connection: the server answers them with a
+    /// challenge ACK (RFC 5961 4), the image stays.
+    pub ignored_syns: u64,
+}
+
+/// All connection images of a backup.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectionTable {
+    images: HashMap<FourTuple, ConnectionImage>,
+    limits: TableLimits,
+    counters: TableCounters,
+}
+
+/// Errors of the table's per-connection operations.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TableError {
+    #[error("no connection image for {tuple}")]
+    UnknownConnection { tuple: FourTuple },
+    #[error(transparent)]
+    Consume(#[from] ConsumeError),
+}
+
+impl ConnectionTable {
+    pub fn new(limits: TableLimits) -> ConnectionTable {
+        ConnectionTable {
+            images: HashMap::new(),
+            limits,
+            counters: TableCounters::default(),
+        }
+    }
+
+    /// Routes one client segment, in log order, to its image. `payload` is
+    /// `&frame[segment.payload.clone()]`. `Ok`: forward the frame. `Err`: the backup could not
+    /// hold it; the frame must not reach the primary (I1), the client will resend it.
+    pub fn ingest(
+        &mut self,
+        segment: &ClientSegment,
+        payload: &[u8],
+    ) -> Result<Ingested, RefuseReason> {
+        self.counters.segments += 1;
+        let tuple = segment.tuple;
+        let flags = segment.flags;
+        let opening_syn = flags.syn && !flags.ack && !flags.rst;
+        let mut tracking = Tracking::Tracked;
+        if opening_syn {
+            match self.images.get(&tuple) {
+                None => tracking = Tracking::Opened,
+                Some(image) if image.client_isn() == segment.seq => {}
+                Some(image) if image.server_isn().is_none() || image.client_fin_at().is_some() => {
+                    self.images.remove(&tuple);
+                    self.counters.replaced += 1;
+                    tracking = Tracking::Opened;
+                }
+                Some(_) => self.counters.ignored_syns += 1,
+            }
+            if tracking == Tracking::Opened {
+                if self.images.len() >= self.limits.max_connections {
+                    self.counters.refused_segments += 1;
+                    return Err(RefuseReason::TableFull {
+                        tuple,
+                        limit: self.limits.max_connections,
+                    });
+                }
+                self.images
+                    .insert(tuple, ConnectionImage::new(segment, self.limits.image));
+            }
+        }
+
+        let Some(image) = self.images.get_mut(&tuple) else {
+            self.counters.untracked_segments += 1;
+            return Ok(Ingested {
+                tracking: Tracking::Untracked,
+                report: SegmentReport::default(),
+            });
+        };
+        let report = match image.ingest(segment, payload) {
+            Ok(report) => report,
+            Err(reason) => {
+                self.counters.refused_segments += 1;
+                if tracking == Tracking::Opened {
+                    self.images.remove(&tuple);
+                }
+                return Err(reason);
+            }
+        };
+        if tracking == Tracking::Opened {
+            self.counters.opened += 1;
+        }
+        self.counters.duplicate_bytes += report.duplicate_bytes;
+        self.counters.conflicting_bytes += report.conflicting_bytes;
+        if report.is_duplicate() {
+            self.counters.duplicate_segments += 1;
+        }
+        if let Some(closure) = self.close_if_done(&tuple) {
+            tracking = Tracking::Closed(closure);
+        }
+        Ok(Ingested { tracking, report })
+    }
+
+    fn close_if_done(&mut self, tuple: &FourTuple) -> Option<Closure> {
+        let image = self.images.get(tuple)?;
+        let closure = if image.is_reset() {
+            self.counters.reset += 1;
+            Closure::Reset
+        } else if image.is_finished() {
+            self.counters.finished += 1;
+            Closure::Finished
+        } else {
+            return None;
+        };
+        self.images.remove(tuple);
+        Some(closure)
+    }
+
+    /// Releases the first `n` unconsumed request bytes of a connection.
+    pub fn consume(&mut self, tuple: &FourTuple, n: u64) -> Result<(), TableError> {
+        self.image_mut(tuple)?.consume(n)?;
+        Ok(())
+    }
+
+    /// Releases the request bytes of a connection before `position`.
+    pub fn consume_up_to(&mut self, tuple: &FourTuple, position: u64) -> Result<(), TableError> {
+        self.image_mut(tuple)?.consume_up_to(position)?;
+        Ok(())
+    }
+
+    /// Records the primary's TCP_INFO for a connection.
+    pub fn set_negotiated(
+        &mut self,
+        tuple: &FourTuple,
+        negotiated: NegotiatedOptions,
+    ) -> Result<(), TableError> {
+        self.image_mut(tuple)?.set_negotiated(negotiated);
+        Ok(())
+    }
+
+    /// Records that the server closed after `reply_len` reply bytes; returns `Some` when this
+    /// finished the connection and its image was removed.
+    pub fn note_server_fin(
+        &mut self,
+        tuple: &FourTuple,
+        reply_len: u64,
+    ) -> Result<Option<Closure>, TableError> {
+        self.image_mut(tuple)?.note_server_fin(reply_len);
+        Ok(self.close_if_done(tuple))
+    }
+
+    fn image_mut(&mut self, tuple: &FourTuple) -> Result<&mut ConnectionImage, TableError> {
+        self.images
+            .get_mut(tuple)
+            .ok_or(TableError::UnknownConnection { tuple: *tuple })
+    }
+
+    pub fn get(&self, tuple: &FourTuple) -> Option<&ConnectionImage> {
+        self.images.get(tuple)
+    }
+
+    /// Forgets a connection (the primary reported it gone, or it was handed over).
+    pub fn remove(&mut self, tuple: &FourTuple) -> Option<ConnectionImage> {
+        self.images.remove(tuple)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &ConnectionImage> {
+        self.images.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.images.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.images.is_empty()
+    }
+
+    pub fn limits(&self) -> TableLimits {
+        self.limits
+    }
+
+    pub fn counters(&self) -> TableCounters {
+        self.counters
+    }
+
+    /// Request bytes held by all images.
+    pub fn bytes_held(&self) -> usize {
+        self.images.values().map(ConnectionImage::bytes_held).sum()
+    }
+}

@@ -1,0 +1,523 @@
+//! The connection image and table, case by case: handshake, wraparound, ACK/window/TSecr
+//! bookkeeping, FIN and RST, limits, consumption, restore parameters.
+
+mod image_support;
+
+use image_support::*;
+use steadfast_core::image::{
+    parse_client_frame, ClientSegment, Closure, ConnectionImage, ConnectionTable, ConsumeError,
+    ImageLimits, NegotiatedOptions, RefuseReason, RestoreError, TableError, TableLimits, TcpFlags,
+    Timestamps, Tracking, WindowScales, DEFAULT_MSS,
+};
+
+fn opened(isn: u32) -> ConnectionImage {
+    let mut image = ConnectionImage::new(&syn(isn), ImageLimits::default());
+    image.ingest(&syn(isn), &[]).unwrap();
+    image
+}
+
+fn data(isn: u32, position: u32, ack: u32, payload_len: usize) -> ClientSegment {
+    segment(
+        isn.wrapping_add(1).wrapping_add(position),
+        ack,
+        ACK,
+        payload_len,
+    )
+}
+
+fn established(isn: u32, server_isn: u32) -> ConnectionImage {
+    let mut image = opened(isn);
+    image
+        .ingest(&data(isn, 0, server_isn.wrapping_add(1), 0), &[])
+        .unwrap();
+    image
+}
+
+const NEGOTIATED: NegotiatedOptions = NegotiatedOptions {
+    window_scales: Some(WindowScales { snd: 7, rcv: 9 }),
+    sack: true,
+    timestamps: true,
+};
+
+#[test]
+fn handshake_gives_isns_options_and_restore_params() {
+    let mut image = opened(1000);
+    assert_eq!(image.client_isn(), 1000);
+    assert_eq!(image.syn_options().mss, Some(1460));
+    assert_eq!(image.server_isn(), None);
+    assert!(matches!(
+        image.restore_params(),
+        Err(RestoreError::HandshakeIncomplete { .. })
+    ));
+
+    let mut ack = data(1000, 0, 70001, 0);
+    ack.options.timestamps = Some(Timestamps {
+        value: 78,
+        echo_reply: 5555,
+    });
+    ack.window = 502;
+    image.ingest(&ack, &[]).unwrap();
+    assert_eq!(image.server_isn(), Some(70000));
+    assert_eq!(image.client_acked_reply_bytes(), 0);
+    let error = image.restore_params().unwrap_err();
+    assert!(matches!(error, RestoreError::NegotiationUnknown { .. }));
+    assert!(error
+        .to_string()
+        .contains("10.9.0.2:40000 -> 10.9.0.100:80"));
+
+    image.set_negotiated(NEGOTIATED);
+    image.ingest(&data(1000, 0, 70001, 5), b"GET /").unwrap();
+    let params = image.restore_params().unwrap();
+    assert_eq!(params.local, SERVICE);
+    assert_eq!(params.remote, CLIENT);
+    assert_eq!(params.snd_una, 70001);
+    assert_eq!(params.rcv_nxt, 1006);
+    assert_eq!(params.mss, 1460);
+    assert_eq!(params.window_scales, Some(WindowScales { snd: 7, rcv: 9 }));
+    assert!(params.sack_ok && params.timestamps_ok);
+    assert_eq!(params.last_tsecr, Some(5555));
+    assert_eq!(params.client_window, 1000 << 7);
+    assert!(!params.client_fin_received);
+}
+
+#[test]
+fn a_client_without_mss_option_gets_the_default() {
+    let mut opening = syn(5);
+    opening.options.mss = None;
+    let mut image = ConnectionImage::new(&opening, ImageLimits::default());
+    image.ingest(&opening, &[]).unwrap();
+    image.ingest(&data(5, 0, 1, 0), &[]).unwrap();
+    image.set_negotiated(NegotiatedOptions::default());
+    assert_eq!(image.restore_params().unwrap().mss, DEFAULT_MSS);
+}
+
+#[test]
+fn negotiated_options_from_tcp_info_bits() {
+    assert_eq!(
+        NegotiatedOptions::from_tcp_info(1 | 2 | 4, 7, 9),
+        NEGOTIATED
+    );
+    assert_eq!(
+        NegotiatedOptions::from_tcp_info(2, 7, 9),
+        NegotiatedOptions {
+            window_scales: None,
+            sack: true,
+            timestamps: false
+        }
+    );
+}
+
+#[test]
+fn sequence_numbers_wrap_in_both_directions() {
+    let isn = u32::MAX - 2;
+    let server_isn = u32::MAX - 1;
+    let mut image = established(isn, server_isn);
+    assert_eq!(image.server_isn(), Some(server_isn));
+    // "world" crosses the client's wrap (positions 5..10 are sequence numbers 3..8).
+    image
+        .ingest(&data(isn, 5, server_isn.wrapping_add(1), 5), b"world")
+        .unwrap();
+    assert_eq!(image.received_bytes(), 0);
+    assert_eq!(image.out_of_order_bytes(), 5);
+    image
+        .ingest(&data(isn, 0, server_isn.wrapping_add(1), 5), b"hello")
+        .unwrap();
+    assert_eq!(image.unconsumed_to_vec(), b"helloworld");
+    assert_eq!(image.rcv_nxt(), 8);
+
+    // The client's ACK wraps past zero: server ISN + 1 is u32::MAX, so ack 9 acks 10 bytes.
+    image.ingest(&data(isn, 10, 9, 0), &[]).unwrap();
+    assert_eq!(image.client_acked_reply_bytes(), 10);
+    // An older ACK from before the wrap, delivered late, changes nothing.
+    image.ingest(&data(isn, 10, u32::MAX, 0), &[]).unwrap();
+    assert_eq!(image.client_acked_reply_bytes(), 10);
+    assert_eq!(image.snd_una(), Some(9));
+}
+
+#[test]
+fn tsecr_keeps_the_serial_maximum_across_the_wrap() {
+    let mut image = established(1, 1);
+    let mut with_tsecr = |echo_reply: u32| {
+        let mut segment = data(1, 0, 2, 0);
+        segment.options.timestamps = Some(Timestamps {
+            value: 1,
+            echo_reply,
+        });
+        image.ingest(&segment, &[]).unwrap();
+        image.last_tsecr()
+    };
+    assert_eq!(with_tsecr(0xffff_fff0), Some(0xffff_fff0));
+    assert_eq!(with_tsecr(0x10), Some(0x10));
+    assert_eq!(with_tsecr(0xffff_ff00), Some(0x10), "older echo is ignored");
+}
+
+#[test]
+fn window_scaling_follows_the_negotiation() {
+    let mut image = opened(1);
+    assert_eq!(
+        image.client_window(),
+        Some(64240),
+        "SYN windows are never scaled"
+    );
+    image.ingest(&data(1, 0, 2, 0), &[]).unwrap();
+    assert_eq!(image.client_window_raw(), 1000);
+    assert_eq!(
+        image.client_window(),
+        None,
+        "client offered scaling; scale unknown"
+    );
+    image.set_negotiated(NegotiatedOptions {
+        window_scales: None,
+        ..NEGOTIATED
+    });
+    assert_eq!(image.client_window(), Some(1000));
+    image.set_negotiated(NegotiatedOptions {
+        window_scales: Some(WindowScales { snd: 20, rcv: 0 }),
+        ..NEGOTIATED
+    });
+    assert_eq!(
+        image.client_window(),
+        Some(1000 << 14),
+        "shift capped at 14"
+    );
+
+    let mut unscaled = syn(1);
+    unscaled.options.window_scale = None;
+    let mut image = ConnectionImage::new(&unscaled, ImageLimits::default());
+    image.ingest(&unscaled, &[]).unwrap();
+    image.ingest(&data(1, 0, 2, 0), &[]).unwrap();
+    assert_eq!(image.client_window(), Some(1000));
+}
+
+#[test]
+fn a_reordered_old_segment_does_not_overwrite_a_newer_window() {
+    let mut image = established(1, 1);
+    let mut newer = data(1, 10, 50, 0);
+    newer.window = 7;
+    let mut older = data(1, 5, 40, 0);
+    older.window = 9;
+    image.ingest(&data(1, 0, 2, 10), &[0; 10]).unwrap();
+    image.ingest(&newer, &[]).unwrap();
+    image.ingest(&older, &[]).unwrap();
+    assert_eq!(image.client_window_raw(), 7);
+    // Same seq, higher ack: a pure window update is taken.
+    let mut update = data(1, 10, 60, 0);
+    update.window = 3;
+    image.ingest(&update, &[]).unwrap();
+    assert_eq!(image.client_window_raw(), 3);
+}
+
+#[test]
+fn fin_ends_the_stream_and_later_bytes_are_ignored() {
+    let mut image = established(100, 100);
+    let fin = segment(101 + 3, 101, FIN_ACK, 3);
+    image.ingest(&fin, b"def").unwrap();
+    assert_eq!(image.client_fin_at(), Some(6));
+    assert!(!image.client_fin_received(), "bytes 0..3 still missing");
+    image.ingest(&data(100, 0, 101, 3), b"abc").unwrap();
+    assert!(image.client_fin_received());
+    let report = image.ingest(&data(100, 4, 101, 4), b"efgh").unwrap();
+    assert_eq!(report.duplicate_bytes, 2);
+    assert_eq!(report.ignored_bytes, 2, "bytes after the FIN");
+    assert_eq!(image.unconsumed_to_vec(), b"abcdef");
+    // A FIN elsewhere is a conflict; the first stays.
+    image
+        .ingest(&segment(101 + 8, 101, FIN_ACK, 0), &[])
+        .unwrap();
+    assert_eq!(image.client_fin_at(), Some(6));
+    assert_eq!(image.counters().conflicting_fins, 1);
+
+    image.set_negotiated(NEGOTIATED);
+    let params = image.restore_params().unwrap();
+    assert!(params.client_fin_received);
+    assert_eq!(params.rcv_nxt, 107, "the FIN is not counted in rcv_nxt");
+}
+
+#[test]
+fn only_an_rst_at_the_next_expected_sequence_resets() {
+    let mut image = established(100, 100);
+    image.ingest(&data(100, 0, 101, 4), b"abcd").unwrap();
+    image.ingest(&segment(101 + 20, 0, RST, 0), &[]).unwrap();
+    assert!(!image.is_reset());
+    assert_eq!(image.counters().ignored_rsts, 1);
+    image.ingest(&segment(101 + 4, 0, RST, 0), &[]).unwrap();
+    assert!(image.is_reset());
+    assert_eq!(image.bytes_held(), 0, "a reset connection keeps nothing");
+    assert!(matches!(
+        image.restore_params(),
+        Err(RestoreError::Reset { .. })
+    ));
+}
+
+#[test]
+fn segments_the_server_would_discard_are_ignored() {
+    let mut image = established(100, 100);
+    let no_ack = segment(101, 0, TcpFlags::default(), 3);
+    let report = image.ingest(&no_ack, b"xyz").unwrap();
+    assert_eq!(report.ignored_bytes, 3);
+    assert_eq!(image.received_bytes(), 0);
+    // A data byte at the SYN's own sequence number lies before the stream.
+    let report = image.ingest(&data(100, u32::MAX, 101, 2), b"!a").unwrap();
+    assert_eq!((report.ignored_bytes, report.new_bytes), (1, 1));
+    assert_eq!(image.unconsumed_to_vec(), b"a");
+    assert_eq!(image.counters().ignored_segments, 1);
+}
+
+#[test]
+fn data_on_the_syn_is_the_start_of_the_stream() {
+    let mut image = ConnectionImage::new(&syn(9), ImageLimits::default());
+    image.ingest(&syn(9), b"fast open").unwrap();
+    assert_eq!(image.unconsumed_to_vec(), b"fast open");
+    let report = image.ingest(&syn(9), b"fast open").unwrap();
+    assert!(report.is_duplicate());
+}
+
+#[test]
+fn consume_releases_bytes_and_refuses_too_much() {
+    let mut image = established(0, 0);
+    image.ingest(&data(0, 0, 1, 6), b"abcdef").unwrap();
+    image.consume(2).unwrap();
+    assert_eq!(image.unconsumed_to_vec(), b"cdef");
+    assert_eq!(image.consumed_bytes(), 2);
+    let error = image.consume(5).unwrap_err();
+    assert_eq!(
+        error,
+        ConsumeError::BeyondReceived {
+            tuple: tuple(),
+            requested: 5,
+            available: 4
+        }
+    );
+    image.consume_up_to(4).unwrap();
+    image.consume_up_to(3).unwrap();
+    assert_eq!(image.unconsumed_to_vec(), b"ef");
+    // A retransmit of consumed bytes is a duplicate that cannot be compared any more.
+    let report = image.ingest(&data(0, 0, 1, 3), b"XYZ").unwrap();
+    assert_eq!((report.duplicate_bytes, report.conflicting_bytes), (3, 0));
+}
+
+#[test]
+fn overlapping_retransmits_keep_the_first_bytes_and_count_conflicts() {
+    let mut image = established(0, 0);
+    image.ingest(&data(0, 4, 1, 4), b"EFGH").unwrap();
+    image.ingest(&data(0, 0, 1, 3), b"abc").unwrap();
+    // Covers the held 0..3, the gap 3..4, the held 4..8 (two differ) and new 8..10.
+    let report = image.ingest(&data(0, 0, 1, 10), b"abXdEfGhij").unwrap();
+    assert_eq!(report.new_bytes, 3);
+    assert_eq!(report.conflicting_bytes, 1 + 2);
+    assert_eq!(report.duplicate_bytes, 2 + 2);
+    assert_eq!(image.unconsumed_to_vec(), b"abcdEFGHij");
+}
+
+fn limited(limits: ImageLimits) -> ConnectionImage {
+    let mut image = ConnectionImage::new(&syn(0), limits);
+    image.ingest(&syn(0), &[]).unwrap();
+    image.ingest(&data(0, 0, 1, 0), &[]).unwrap();
+    image
+}
+
+#[test]
+fn out_of_order_bytes_beyond_the_limit_are_refused_without_change() {
+    let mut image = limited(ImageLimits {
+        max_out_of_order_bytes: 8,
+        ..ImageLimits::default()
+    });
+    image.ingest(&data(0, 10, 1, 6), b"klmnop").unwrap();
+    let error = image.ingest(&data(0, 20, 1, 3), b"uvw").unwrap_err();
+    assert!(matches!(
+        error,
+        RefuseReason::OutOfOrderBytesLimit {
+            held: 6,
+            adding: 3,
+            limit: 8,
+            ..
+        }
+    ));
+    assert_eq!(image.out_of_order_bytes(), 6);
+    assert_eq!(image.counters().refused_segments, 1);
+    // Filling the gap is in order and not bound by the out-of-order limit.
+    image.ingest(&data(0, 0, 1, 10), b"abcdefghij").unwrap();
+    assert_eq!(image.unconsumed_to_vec(), b"abcdefghijklmnop");
+    assert_eq!(image.out_of_order_bytes(), 0);
+}
+
+#[test]
+fn out_of_order_pieces_beyond_the_limit_are_refused() {
+    let mut image = limited(ImageLimits {
+        max_out_of_order_pieces: 2,
+        ..ImageLimits::default()
+    });
+    image.ingest(&data(0, 2, 1, 1), b"c").unwrap();
+    image.ingest(&data(0, 4, 1, 1), b"e").unwrap();
+    // Touching an existing run joins it: no new piece.
+    image.ingest(&data(0, 5, 1, 1), b"f").unwrap();
+    assert!(matches!(
+        image.ingest(&data(0, 8, 1, 1), b"i"),
+        Err(RefuseReason::OutOfOrderPiecesLimit { .. })
+    ));
+    image.ingest(&data(0, 0, 1, 2), b"ab").unwrap();
+    image.ingest(&data(0, 3, 1, 1), b"d").unwrap();
+    assert_eq!(image.unconsumed_to_vec(), b"abcdef");
+}
+
+#[test]
+fn unconsumed_bytes_beyond_the_limit_are_refused_until_consumed() {
+    let mut image = limited(ImageLimits {
+        max_unconsumed_bytes: 4,
+        ..ImageLimits::default()
+    });
+    image.ingest(&data(0, 0, 1, 3), b"abc").unwrap();
+    let error = image.ingest(&data(0, 3, 1, 3), b"def").unwrap_err();
+    assert!(error.to_string().contains("unconsumed"), "{error}");
+    image.consume(3).unwrap();
+    image.ingest(&data(0, 3, 1, 3), b"def").unwrap();
+    assert_eq!(image.unconsumed_to_vec(), b"def");
+}
+
+#[test]
+fn table_opens_tracks_and_closes_after_both_fins() {
+    let mut table = ConnectionTable::new(TableLimits::default());
+    let ingested = table.ingest(&syn(500), &[]).unwrap();
+    assert_eq!(ingested.tracking, Tracking::Opened);
+    assert_eq!(
+        table.ingest(&syn(500), &[]).unwrap().tracking,
+        Tracking::Tracked,
+        "a retransmitted SYN"
+    );
+    table.ingest(&data(500, 0, 9001, 4), b"GET ").unwrap();
+    table
+        .set_negotiated(&tuple(), NEGOTIATED)
+        .expect("known connection");
+    table.consume(&tuple(), 4).unwrap();
+    table
+        .ingest(&segment(501 + 4, 9001 + 100, FIN_ACK, 0), &[])
+        .unwrap();
+    assert_eq!(table.len(), 1, "server FIN not acknowledged yet");
+    // The server closes after 100 reply bytes; its FIN is acknowledged by ack 9001 + 101.
+    assert_eq!(table.note_server_fin(&tuple(), 100), Ok(None));
+    let last_ack = table
+        .ingest(&segment(501 + 5, 9001 + 101, ACK, 0), &[])
+        .unwrap();
+    assert_eq!(last_ack.tracking, Tracking::Closed(Closure::Finished));
+    assert!(table.is_empty());
+    let counters = table.counters();
+    assert_eq!((counters.opened, counters.finished), (1, 1));
+    assert_eq!(
+        table.consume(&tuple(), 1),
+        Err(TableError::UnknownConnection { tuple: tuple() })
+    );
+}
+
+#[test]
+fn table_closes_on_server_fin_notice_when_the_ack_came_first() {
+    let mut table = ConnectionTable::new(TableLimits::default());
+    table.ingest(&syn(1), &[]).unwrap();
+    table.ingest(&segment(2, 2, ACK, 0), &[]).unwrap();
+    // 10 reply bytes and the server's FIN acknowledged, with the client's own FIN.
+    table.ingest(&segment(2, 2 + 11, FIN_ACK, 0), &[]).unwrap();
+    assert_eq!(
+        table.note_server_fin(&tuple(), 10),
+        Ok(Some(Closure::Finished))
+    );
+    assert!(table.is_empty());
+}
+
+#[test]
+fn table_removes_on_reset_and_forwards_untracked_segments() {
+    let mut table = ConnectionTable::new(TableLimits::default());
+    let untracked = table.ingest(&data(7, 0, 1, 2), b"hi").unwrap();
+    assert_eq!(untracked.tracking, Tracking::Untracked);
+    table.ingest(&syn(7), &[]).unwrap();
+    table.ingest(&data(7, 0, 1, 2), b"hi").unwrap();
+    let reset = table.ingest(&segment(8 + 2, 0, RST, 0), &[]).unwrap();
+    assert_eq!(reset.tracking, Tracking::Closed(Closure::Reset));
+    assert!(table.is_empty());
+    let counters = table.counters();
+    assert_eq!(
+        (
+            counters.untracked_segments,
+            counters.reset,
+            counters.segments
+        ),
+        (1, 1, 4)
+    );
+}
+
+#[test]
+fn table_handles_new_syns_on_a_known_tuple() {
+    let mut table = ConnectionTable::new(TableLimits::default());
+    table.ingest(&syn(100), &[]).unwrap();
+    table.ingest(&data(100, 0, 1, 0), &[]).unwrap();
+    // Established: a SYN with another ISN is answered by a challenge ACK; the image stays.
+    table.ingest(&syn(9999), &[]).unwrap();
+    assert_eq!(table.get(&tuple()).unwrap().client_isn(), 100);
+    assert_eq!(table.counters().ignored_syns, 1);
+    // Once the client has closed, a new SYN on the same ports is a new connection.
+    table.ingest(&segment(101, 1, FIN_ACK, 0), &[]).unwrap();
+    let reopened = table.ingest(&syn(20000), &[]).unwrap();
+    assert_eq!(reopened.tracking, Tracking::Opened);
+    assert_eq!(table.get(&tuple()).unwrap().client_isn(), 20000);
+    assert_eq!(table.counters().replaced, 1);
+}
+
+#[test]
+fn table_refuses_syns_beyond_its_connection_limit() {
+    let mut table = ConnectionTable::new(TableLimits {
+        max_connections: 1,
+        ..TableLimits::default()
+    });
+    table.ingest(&syn(1), &[]).unwrap();
+    let mut other = syn(1);
+    other.tuple.client.set_port(40001);
+    let error = table.ingest(&other, &[]).unwrap_err();
+    assert_eq!(
+        error,
+        RefuseReason::TableFull {
+            tuple: other.tuple,
+            limit: 1
+        }
+    );
+    assert_eq!(table.counters().refused_segments, 1);
+    assert_eq!(table.len(), 1);
+}
+
+#[test]
+fn table_refusal_of_a_segment_is_reported_for_the_logger() {
+    let mut table = ConnectionTable::new(TableLimits {
+        image: ImageLimits {
+            max_out_of_order_bytes: 2,
+            ..ImageLimits::default()
+        },
+        ..TableLimits::default()
+    });
+    table.ingest(&syn(1), &[]).unwrap();
+    table.ingest(&data(1, 0, 1, 0), &[]).unwrap();
+    assert!(table.ingest(&data(1, 5, 1, 3), b"xyz").is_err());
+    assert_eq!(table.counters().refused_segments, 1);
+    assert_eq!(table.bytes_held(), 0);
+}
+
+#[test]
+fn a_parsed_frame_feeds_the_table() {
+    let frame = FrameSpec {
+        seq: 42,
+        ack: 0,
+        flags: TcpFlags {
+            syn: true,
+            ..TcpFlags::default()
+        },
+        options: syn_options(1400, 8, true, 99),
+        ..FrameSpec::default()
+    }
+    .build();
+    let parsed = parse_client_frame(&frame).unwrap();
+    let mut table = ConnectionTable::new(TableLimits::default());
+    let payload = parsed.payload_in(&frame).unwrap();
+    assert_eq!(
+        table.ingest(&parsed, payload).unwrap().tracking,
+        Tracking::Opened
+    );
+    let image = table.get(&tuple()).unwrap();
+    assert_eq!(image.syn_options().mss, Some(1400));
+    assert_eq!(image.syn_options().window_scale, Some(8));
+}
