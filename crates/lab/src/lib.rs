@@ -4,6 +4,7 @@
 
 pub mod backend;
 pub mod configs;
+pub mod demo;
 pub mod error;
 pub mod faults;
 pub mod generator;

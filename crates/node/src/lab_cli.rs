@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
+use steadfast_lab::demo::{interrupt_on_ctrl_c, run_demo, DemoOptions};
 use steadfast_lab::{BackendKind, CrashKind, HealReport, Mode, UpOptions};
 
 #[derive(Subcommand)]
@@ -44,6 +45,7 @@ pub enum LabCommand {
     /// Undo a crash: the node restarts and rejoins as a backup.
     Heal { name: String, node: String },
     /// Remove a lab (or every lab with --all): processes, namespaces, state.
+    #[command(override_usage = "steadfast lab down NAME\n       steadfast lab down --all")]
     Down {
         #[arg(required_unless_present = "all", conflicts_with = "all")]
         name: Option<String>,
@@ -127,5 +129,20 @@ pub fn run(command: LabCommand) -> anyhow::Result<ExitCode> {
 }
 
 pub fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
-    crate::demo::run(args)
+    let exe = std::env::current_exe().context("finding the steadfast executable")?;
+    let mut opts = DemoOptions::new(exe);
+    opts.nodes = args.nodes;
+    opts.heartbeat_ms = args.heartbeat_ms;
+    opts.keep = args.keep;
+    opts.interrupt = interrupt_on_ctrl_c(&opts.name)?;
+    let report = run_demo(opts, &mut std::io::stdout().lock())?;
+    if report.interrupted {
+        // 128 + SIGINT, as a shell reports a command ended by Ctrl-C.
+        return Ok(ExitCode::from(130));
+    }
+    if !report.recovered() {
+        eprintln!("steadfast demo: the service did not answer new connections at the end");
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
 }

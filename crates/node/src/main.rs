@@ -2,7 +2,6 @@
 
 mod control;
 mod daemon;
-mod demo;
 mod health;
 mod hooks;
 mod settings;

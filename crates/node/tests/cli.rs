@@ -46,7 +46,7 @@ fn status_check_config_and_reload() {
     assert!(out.contains("node 2") && out.contains("backup"), "{out}");
 
     // A reload with a new hook: the next role change runs it.
-    let text = std::fs::read_to_string(&dir.join("n2.toml")).unwrap();
+    let text = std::fs::read_to_string(dir.join("n2.toml")).unwrap();
     let marker = dir.join("reloaded-hook.log");
     let changed = text.replace(
         "[notify]\ncommand = ",
