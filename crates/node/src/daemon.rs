@@ -497,7 +497,7 @@ impl Daemon {
                 .iter()
                 .zip(&self.settings.checks)
                 .map(|((ok, why), check)| {
-                    format!("{:?}: {}", check.probe, if *ok { "passing" } else { why })
+                    format!("{:?}: {}", check.kind, if *ok { "passing" } else { why })
                 })
                 .collect(),
             has_quorum: self.election.has_quorum(now),

@@ -2,36 +2,15 @@
 //! counts, as keepalived and HAProxy users expect. Each check runs in its own task; the node is
 //! healthy when every check is.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Probe {
-    Http {
-        target: SocketAddr,
-        path: String,
-        expect_status: u16,
-    },
-    Tcp {
-        target: SocketAddr,
-    },
-    Exec {
-        command: Vec<String>,
-    },
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Check {
-    pub probe: Probe,
-    pub interval: Duration,
-    pub timeout: Duration,
-    pub rise: u32,
-    pub fall: u32,
-}
+/// What a check probes (the configuration's own type: one definition of a check).
+pub use steadfast_core::config::HealthCheck as Check;
+pub use steadfast_core::config::HealthCheckKind as Probe;
 
 /// One check's verdict changed: (index of the check, healthy, why).
 pub type Verdict = (usize, bool, String);
@@ -163,7 +142,7 @@ pub fn spawn_checks(
                 ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     ticker.tick().await;
-                    let result = probe_once(&check.probe, check.timeout).await;
+                    let result = probe_once(&check.kind, check.timeout).await;
                     let why = match &result {
                         Ok(()) => "passing".to_string(),
                         Err(e) => e.clone(),

@@ -7,12 +7,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use steadfast_core::config::{self, Config, HealthCheckKind, Mode};
+use steadfast_core::config::{self, Config, Mode};
 use steadfast_core::election::ElectionConfig;
 use steadfast_core::frame::AuthKey;
 use steadfast_core::NodeId;
 
-use crate::health::{Check, Probe};
+use crate::health::Check;
 use crate::hooks::Hook;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -109,31 +109,7 @@ impl Settings {
                 implemented: matches!(s.mode, Mode::Unreplicated),
             })
             .collect();
-        let checks = cfg
-            .health_checks
-            .iter()
-            .map(|c| Check {
-                probe: match &c.kind {
-                    HealthCheckKind::Http {
-                        target,
-                        path,
-                        expect_status,
-                    } => Probe::Http {
-                        target: *target,
-                        path: path.clone(),
-                        expect_status: *expect_status,
-                    },
-                    HealthCheckKind::Tcp { target } => Probe::Tcp { target: *target },
-                    HealthCheckKind::Exec { command } => Probe::Exec {
-                        command: command.clone(),
-                    },
-                },
-                interval: c.interval,
-                timeout: c.timeout,
-                rise: c.rise,
-                fall: c.fall,
-            })
-            .collect();
+        let checks = cfg.health_checks.clone();
         Ok(Settings {
             node_id: cfg.node_id,
             group_name: cfg.group.name.clone(),

@@ -126,61 +126,6 @@ fn host_crash_with_nginx() {
     crash_and_heal(CrashKind::Host, BackendKind::Nginx);
 }
 
-/// The figure keepalived is compared with: median gap over 20 host crashes at a 10 ms heartbeat.
-#[test]
-fn twenty_host_crashes_at_10ms_heartbeat() {
-    let lab = Lab::up("f20", 3, false, BackendKind::Builtin, Some(10));
-    let mut gaps = Vec::new();
-    let mut to_first_good = Vec::new();
-    let load = BackgroundLoad::start(
-        &lab,
-        PROBE_PERIOD,
-        Duration::from_millis(200),
-        Duration::from_secs(120),
-    );
-    for round in 0..20 {
-        std::thread::sleep(Duration::from_millis(300 + (round * 37) % 100));
-        let holder = lab.holders();
-        assert_eq!(
-            holder.len(),
-            1,
-            "round {round}: one holder expected, got {holder:?}"
-        );
-        let crash = steadfast_lab::crash(lab.name(), "primary", CrashKind::Host).expect("crash");
-        let crashed = crash.host.clone();
-        let moved = common::wait_until(Duration::from_secs(3), || {
-            lab.holders_except(&crashed).len() == 1
-        });
-        assert!(moved, "round {round}: nobody took over from {crashed}");
-        std::thread::sleep(Duration::from_millis(300));
-        steadfast_lab::heal(lab.name(), &crashed).expect("heal");
-    }
-    std::thread::sleep(Duration::from_millis(300));
-    let report = load.stop();
-    for outage in report.outages() {
-        gaps.push(outage.duration);
-        to_first_good.push(outage.to - outage.from);
-    }
-    assert!(
-        gaps.len() >= 15,
-        "expected an outage per crash, got {}",
-        gaps.len()
-    );
-    let max = *gaps.iter().max().unwrap();
-    let med = median(&mut gaps);
-    eprintln!(
-        "20 host crashes at 10 ms heartbeat: new-connection gap median {med:?}, max {max:?}, \
-         {} outages, {} failed probes",
-        report.outages().len(),
-        report.probe_failures()
-    );
-    // keepalived's fastest stable setting measured 29 ms median client outage here.
-    assert!(
-        med <= Duration::from_millis(29) + Duration::from_millis(10),
-        "median gap {med:?} is worse than keepalived's 29 ms (with 10 ms margin)"
-    );
-}
-
 fn daemon_pid(lab: &Lab, host: &str) -> i32 {
     let state: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(lab.info.state_dir.join("state.json")).expect("state.json"),
@@ -242,17 +187,18 @@ fn sigterm_hands_the_address_over_at_once() {
     );
 }
 
-#[test]
-fn twenty_host_crashes_at_default_heartbeat() {
-    let lab = Lab::up("fd20", 3, false, BackendKind::Builtin, None);
+/// Crashes the serving host `crashes` times under the probe load (healing in between) and
+/// returns the new-connection gaps, one per outage.
+fn crash_series(tag: &str, heartbeat_ms: Option<u32>, crashes: u32) -> Vec<Duration> {
+    let lab = Lab::up(tag, 3, false, BackendKind::Builtin, heartbeat_ms);
     let load = BackgroundLoad::start(
         &lab,
         PROBE_PERIOD,
-        Duration::from_millis(300),
+        Duration::from_millis(200),
         Duration::from_secs(120),
     );
-    for round in 0..20 {
-        std::thread::sleep(Duration::from_millis(400 + (round * 37) % 100));
+    for round in 0..crashes {
+        std::thread::sleep(Duration::from_millis(400 + u64::from(round * 37) % 100));
         let crash = steadfast_lab::crash(lab.name(), "primary", CrashKind::Host).expect("crash");
         let crashed = crash.host.clone();
         assert!(
@@ -267,12 +213,33 @@ fn twenty_host_crashes_at_default_heartbeat() {
     }
     std::thread::sleep(Duration::from_millis(400));
     let report = load.stop();
-    let mut gaps: Vec<Duration> = report.outages().iter().map(|o| o.duration).collect();
+    let gaps: Vec<Duration> = report.outages().iter().map(|o| o.duration).collect();
     assert!(
-        gaps.len() >= 15,
-        "expected an outage per crash, got {}",
+        gaps.len() as u32 >= crashes * 3 / 4,
+        "expected an outage per crash, got {} for {crashes} crashes",
         gaps.len()
     );
+    gaps
+}
+
+/// The figure keepalived is compared with: median gap over 20 host crashes at a 10 ms heartbeat.
+#[test]
+fn twenty_host_crashes_at_10ms_heartbeat() {
+    let mut gaps = crash_series("f20", Some(10), 20);
+    let max = *gaps.iter().max().unwrap();
+    let med = median(&mut gaps);
+    eprintln!("20 host crashes at 10 ms heartbeat: new-connection gap median {med:?}, max {max:?}");
+    // keepalived's fastest stable setting measured 29 ms median client outage on this kind of
+    // lab; the margin absorbs scheduling noise on two shared cores (the figure is printed).
+    assert!(
+        med <= Duration::from_millis(29) + Duration::from_millis(10),
+        "median gap {med:?} is worse than keepalived's 29 ms (with 10 ms margin)"
+    );
+}
+
+#[test]
+fn twenty_host_crashes_at_default_heartbeat() {
+    let mut gaps = crash_series("fd20", None, 20);
     let max = *gaps.iter().max().unwrap();
     let med = median(&mut gaps);
     eprintln!(
