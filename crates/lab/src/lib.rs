@@ -3,6 +3,7 @@
 //! HTTP backend and a verifying load.
 
 pub mod backend;
+pub mod bench;
 pub mod configs;
 pub mod demo;
 pub mod error;

@@ -1,9 +1,11 @@
 //! `steadfast`: the node daemon, the witness, and the command line around them.
 
+mod bench_cli;
 mod control;
 mod daemon;
 mod health;
 mod hooks;
+mod lab_cli;
 mod settings;
 mod status;
 
@@ -65,9 +67,13 @@ enum Command {
     },
     /// A three-node lab, a verifying load, a crash of the primary, a heal, and a report.
     Demo(lab_cli::DemoArgs),
+    /// Measure failover and overhead in namespace labs, beside the reference systems.
+    Bench {
+        #[command(subcommand)]
+        command: bench_cli::BenchCommand,
+    },
 }
 
-mod lab_cli;
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -143,5 +149,6 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Lab { command } => lab_cli::run(command),
         Command::Demo(args) => lab_cli::demo(args),
+        Command::Bench { command } => bench_cli::run(command),
     }
 }

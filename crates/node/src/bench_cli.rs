@@ -1,0 +1,83 @@
+//! `steadfast bench …`: the command line over the lab crate's benchmarks.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use steadfast_lab::bench::failover::{
+    self, FailoverOptions, KeepalivedChoice, DEFAULT_CRASHES, DEFAULT_FAST_HEARTBEAT_MS,
+    QUICK_CRASHES,
+};
+use steadfast_lab::CrashKind;
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// Crash the serving node N times under a probe load (a new connection every 10 ms) and
+    /// report the client-visible gaps, beside keepalived's when it is installed.
+    Failover(FailoverArgs),
+}
+
+#[derive(Args)]
+pub struct FailoverArgs {
+    /// Crashes per row (default 20, or 3 with --quick).
+    #[arg(long)]
+    pub crashes: Option<usize>,
+    /// host | process | freeze | link | backend
+    #[arg(long, default_value = "host")]
+    pub how: CrashKind,
+    /// The fast Steadfast row's heartbeat (the other row uses the daemon's default).
+    #[arg(long, default_value_t = DEFAULT_FAST_HEARTBEAT_MS)]
+    pub heartbeat_ms: u32,
+    /// Fail if keepalived is not installed (otherwise its rows are skipped with a note).
+    #[arg(long)]
+    pub keepalived: bool,
+    /// Only the fast rows, 3 crashes each: under a minute.
+    #[arg(long)]
+    pub quick: bool,
+    /// Print the summary as JSON on stdout instead of the markdown table.
+    #[arg(long)]
+    pub json: bool,
+    /// Where failover.json (every sample) and failover-cdf.svg go.
+    #[arg(long, default_value = "bench-results")]
+    pub out: PathBuf,
+}
+
+pub fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        BenchCommand::Failover(args) => failover_command(args),
+    }
+}
+
+fn failover_command(args: FailoverArgs) -> anyhow::Result<ExitCode> {
+    let options = FailoverOptions {
+        crashes: args.crashes.unwrap_or(if args.quick {
+            QUICK_CRASHES
+        } else {
+            DEFAULT_CRASHES
+        }),
+        how: args.how,
+        heartbeat_ms: args.heartbeat_ms,
+        keepalived: if args.keepalived {
+            KeepalivedChoice::Required
+        } else {
+            KeepalivedChoice::IfInstalled
+        },
+        quick: args.quick,
+        steadfast_exe: std::env::current_exe()
+            .context("finding the steadfast executable for the lab")?,
+    };
+    let report = failover::run(&options, &mut |line| eprintln!("bench failover: {line}"))?;
+    let written = report
+        .write(&args.out)
+        .with_context(|| format!("writing the results into {}", args.out.display()))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report.summary_json())?);
+    } else {
+        print!("{}", report.markdown());
+    }
+    for path in written {
+        eprintln!("bench failover: wrote {}", path.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}

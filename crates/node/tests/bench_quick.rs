@@ -1,0 +1,126 @@
+//! `steadfast bench failover --quick` through the binary: the summary, the raw samples and the
+//! plot are well formed. No timing thresholds: the figures depend on the machine.
+//! Needs root (network namespaces).
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// A fresh output directory, removed when the test ends (also on panic).
+struct OutDir(PathBuf);
+
+impl Drop for OutDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn number_or_null(value: &serde_json::Value, key: &str, row: &serde_json::Value) {
+    assert!(
+        value[key].is_number() || value[key].is_null(),
+        "{key} must be a number or null in {row}"
+    );
+}
+
+#[test]
+fn quick_failover_bench_writes_a_summary_samples_and_a_plot() {
+    let out =
+        OutDir(std::env::temp_dir().join(format!("steadfast-bench-quick-{}", std::process::id())));
+    let output = Command::new(env!("CARGO_BIN_EXE_steadfast"))
+        .args(["bench", "failover", "--quick", "--json", "--out"])
+        .arg(&out.0)
+        .output()
+        .expect("run steadfast bench failover");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "bench failed: {stderr}");
+    let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "--json prints JSON ({e}):\n{}\n{stderr}",
+            String::from_utf8_lossy(&output.stdout)
+        )
+    });
+    assert_eq!(summary["bench"], "failover");
+    assert_eq!(summary["how"], "host");
+    assert_eq!(summary["quick"], true);
+    let rows = summary["rows"].as_array().expect("rows");
+    let keepalived_installed = [
+        "/usr/sbin/keepalived",
+        "/sbin/keepalived",
+        "/usr/bin/keepalived",
+    ]
+    .iter()
+    .any(|p| std::path::Path::new(p).is_file());
+    assert_eq!(
+        rows.len(),
+        if keepalived_installed { 2 } else { 1 },
+        "quick: Steadfast at 10 ms, and keepalived fastest when installed: {summary}"
+    );
+    assert_eq!(rows[0]["system"], "steadfast");
+    assert_eq!(rows[0]["setting"], "heartbeat 10 ms");
+    if keepalived_installed {
+        assert_eq!(rows[1]["system"], "keepalived");
+    } else {
+        assert!(
+            summary["notes"].to_string().contains("keepalived"),
+            "the skip is noted: {summary}"
+        );
+    }
+    for row in rows {
+        assert_eq!(row["crashes"], 3, "{row}");
+        for key in [
+            "median_gap_ms",
+            "p90_gap_ms",
+            "max_gap_ms",
+            "median_first_good_reply_ms",
+        ] {
+            number_or_null(row, key, row);
+        }
+        assert!(row["median_gap_ms"].is_number(), "{row}");
+        assert!(
+            row["median_gap_ms"].as_f64() <= row["p90_gap_ms"].as_f64()
+                && row["p90_gap_ms"].as_f64() <= row["max_gap_ms"].as_f64(),
+            "median ≤ p90 ≤ max: {row}"
+        );
+        assert!(
+            row["client_errors"].is_u64() && row["probes"].as_u64() > Some(0),
+            "{row}"
+        );
+    }
+
+    let raw: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.0.join("failover.json")).expect("failover.json"),
+    )
+    .expect("failover.json is JSON");
+    let raw_rows = raw["rows"].as_array().expect("raw rows");
+    assert_eq!(raw_rows.len(), rows.len());
+    for row in raw_rows {
+        let samples = row["samples"].as_array().expect("samples");
+        assert_eq!(samples.len(), 3, "{row}");
+        for sample in samples {
+            assert!(
+                sample["gap_ms"].as_f64().is_some_and(|g| g >= 0.0),
+                "{sample}"
+            );
+            assert!(
+                sample["crashed"]
+                    .as_str()
+                    .is_some_and(|h| h.starts_with('n')),
+                "{sample}"
+            );
+            number_or_null(sample, "first_good_reply_ms", sample);
+            // Every crash ends with another node serving: the campaign waits for it.
+            let took_over = sample["took_over"].as_str().expect("took_over");
+            assert_ne!(took_over, sample["crashed"].as_str().unwrap(), "{sample}");
+        }
+    }
+
+    let svg = std::fs::read_to_string(out.0.join("failover-cdf.svg")).expect("failover-cdf.svg");
+    assert!(
+        svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"),
+        "{svg}"
+    );
+    assert_eq!(
+        svg.matches("<polyline").count(),
+        rows.len(),
+        "one CDF per row"
+    );
+}
