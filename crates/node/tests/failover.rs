@@ -122,8 +122,16 @@ fn backend_crash_moves_the_address() {
 }
 
 #[test]
-fn host_crash_with_nginx() {
-    crash_and_heal(CrashKind::Host, BackendKind::Nginx);
+fn every_crash_kind_with_nginx() {
+    for kind in [
+        CrashKind::Host,
+        CrashKind::Process,
+        CrashKind::Freeze,
+        CrashKind::Link,
+        CrashKind::Backend,
+    ] {
+        crash_and_heal(kind, BackendKind::Nginx);
+    }
 }
 
 fn daemon_pid(lab: &Lab, host: &str) -> i32 {
