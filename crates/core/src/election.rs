@@ -431,14 +431,8 @@ impl Election {
             self.touch(from, now);
             return Disposition::OldEpoch;
         }
-        {
-            let peer = self.peers.get_mut(&from).expect("checked above");
-            if !was_alive {
-                peer.alive_since = Some(now);
-            }
-            peer.last_heard = Some(now);
-            peer.epoch = epoch;
-        }
+        self.touch(from, now);
+        self.peers.get_mut(&from).expect("checked above").epoch = epoch;
         match message {
             Message::Heartbeat {
                 role,

@@ -184,7 +184,7 @@ impl Daemon {
             0,
             steadfast_core::election::Reason::Started.to_string(),
         );
-        self.initial_health().await;
+        self.feed_health().await;
         self.feed(Event::Tick).await;
         loop {
             let deadline = self.origin + self.election.next_deadline(self.now());
@@ -219,7 +219,7 @@ impl Daemon {
                                 self.check_verdicts =
                                     vec![(false, "not checked yet".to_string()); self.settings.checks.len()];
                                 health_tasks = health::spawn_checks(&self.settings.checks, health_tx.clone());
-                                self.initial_health().await;
+                                self.feed_health().await;
                             }
                         }
                         Err(e) => tracing::error!("reload refused, keeping the running configuration: {e:#}"),
@@ -239,10 +239,6 @@ impl Daemon {
     }
 
     /// With no checks the node is healthy; with checks it proves health first (rise count).
-    async fn initial_health(&mut self) {
-        self.feed_health().await;
-    }
-
     async fn feed_health(&mut self) {
         let healthy = self.check_verdicts.iter().all(|(ok, _)| *ok);
         if healthy != self.election.healthy() {
@@ -392,38 +388,35 @@ impl Daemon {
     }
 
     async fn take_addresses(&mut self, epoch: u64) {
-        for svc in self.settings.services.clone() {
-            let site = &self.sites[&svc.interface];
-            if let Err(e) = self
-                .netlink
-                .add_address(site.ifindex, svc.vip, svc.prefix_len)
-                .await
-            {
-                self.counters.address_errors += 1;
-                tracing::error!(
-                    "epoch {epoch}: cannot add {} to {}: {e}",
-                    svc.vip,
-                    svc.interface
-                );
-            }
-        }
-        self.vip_held = true;
+        self.set_addresses(true, &format!("epoch {epoch}")).await;
         self.announce();
     }
 
     async fn release_addresses(&mut self) {
-        for svc in self.settings.services.clone() {
-            let site = &self.sites[&svc.interface];
-            if let Err(e) = self
-                .netlink
-                .remove_address(site.ifindex, svc.vip, svc.prefix_len)
-                .await
-            {
+        self.set_addresses(false, "release").await;
+    }
+
+    /// Adds (`present`) or removes every service address; a failure is counted and logged,
+    /// never fatal (the other addresses still move).
+    async fn set_addresses(&mut self, present: bool, why: &str) {
+        for svc in &self.settings.services {
+            let ifindex = self.sites[&svc.interface].ifindex;
+            let result = if present {
+                self.netlink
+                    .add_address(ifindex, svc.vip, svc.prefix_len)
+                    .await
+            } else {
+                self.netlink
+                    .remove_address(ifindex, svc.vip, svc.prefix_len)
+                    .await
+            };
+            if let Err(e) = result {
                 self.counters.address_errors += 1;
-                tracing::error!("cannot remove {} from {}: {e}", svc.vip, svc.interface);
+                let verb = if present { "add" } else { "remove" };
+                tracing::error!("{why}: cannot {verb} {} on {}: {e}", svc.vip, svc.interface);
             }
         }
-        self.vip_held = false;
+        self.vip_held = present;
     }
 
     /// Gratuitous ARP burst: the first at once, the rest spaced in a task so the loop goes on.
