@@ -159,7 +159,47 @@ pub struct Service {
     pub ports: Vec<u16>,
     pub mode: Mode,
     pub backend: SocketAddr,
+    /// What the ports speak. Simplex and duplex frame HTTP/1.1 requests and replies, so they
+    /// carry only `http`.
+    pub protocol: Protocol,
+    /// Replies up to this many bytes are logged whole before their first byte is sent; longer
+    /// ones are logged and sent in pieces (simplex, duplex; invariant I2).
+    pub stream_replies_above: u64,
 }
+
+/// Default of `service.stream_replies_above`: whole-reply logging for anything a web service
+/// usually answers, pieces above.
+pub const DEFAULT_STREAM_REPLIES_ABOVE: u64 = 8 * 1024 * 1024;
+
+/// The application protocol of a service's ports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Http,
+    Tcp,
+}
+
+/// Well-known ports of protocols that are not HTTP: a duplex service on one of them without an
+/// explicit `protocol = "http"` is almost certainly a mistake (duplex frames HTTP/1.1).
+const NON_HTTP_PORTS: &[(u16, &str)] = &[
+    (21, "FTP"),
+    (22, "SSH"),
+    (25, "SMTP"),
+    (53, "DNS"),
+    (110, "POP3"),
+    (143, "IMAP"),
+    (389, "LDAP"),
+    (443, "HTTPS (TLS: the proxy cannot frame encrypted HTTP)"),
+    (993, "IMAPS"),
+    (1433, "SQL Server"),
+    (3306, "MySQL"),
+    (5432, "PostgreSQL"),
+    (5672, "AMQP"),
+    (6379, "Redis"),
+    (9042, "Cassandra"),
+    (11211, "memcached"),
+    (27017, "MongoDB"),
+];
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
@@ -371,6 +411,8 @@ struct RawService {
     ports: Spanned<Vec<u16>>,
     mode: Spanned<String>,
     backend: Spanned<String>,
+    protocol: Option<Spanned<String>>,
+    stream_replies_above: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -828,6 +870,67 @@ fn build(
                 );
                 SocketAddr::from(([127, 0, 0, 1], 0))
             });
+        let protocol = match s
+            .protocol
+            .as_ref()
+            .map(|p| (p.get_ref().as_str(), p.span()))
+        {
+            None | Some(("http", _)) => Protocol::Http,
+            Some(("tcp", _)) => Protocol::Tcp,
+            Some((other, span)) => {
+                report.add(
+                    span,
+                    field("protocol"),
+                    format!("unknown protocol {other:?}: expected http or tcp"),
+                );
+                Protocol::Http
+            }
+        };
+        if matches!(mode, Mode::Simplex | Mode::Duplex) {
+            let span = s
+                .protocol
+                .as_ref()
+                .map_or_else(|| s.mode.span(), |p| p.span());
+            if protocol == Protocol::Tcp {
+                report.add(
+                    span,
+                    field("protocol"),
+                    format!(
+                        "mode {} carries HTTP/1.1 only (it frames requests and replies); a raw \
+                         TCP service needs mode active (not implemented yet) or unreplicated",
+                        mode.as_str()
+                    ),
+                );
+            } else if s.protocol.is_none() {
+                for port in s.ports.get_ref() {
+                    if let Some((_, name)) = NON_HTTP_PORTS.iter().find(|(p, _)| p == port) {
+                        report.add(
+                            s.ports.span(),
+                            field("ports"),
+                            format!(
+                                "port {port} is the {name} port, not HTTP: mode {} frames \
+                                 HTTP/1.1 only; if this port really serves plain HTTP, say \
+                                 protocol = \"http\"",
+                                mode.as_str()
+                            ),
+                        );
+                    }
+                }
+            }
+            if backend.ip() == std::net::IpAddr::V4(vip)
+                && s.ports.get_ref().contains(&backend.port())
+            {
+                report.add(
+                    s.backend.span(),
+                    field("backend"),
+                    format!(
+                        "{backend} is the service address itself: in mode {} the proxy listens \
+                         there, so the backend needs another address (e.g. 127.0.0.1:8080)",
+                        mode.as_str()
+                    ),
+                );
+            }
+        }
         services.push(Service {
             name: s.name.clone(),
             vip,
@@ -838,6 +941,10 @@ fn build(
             ports: s.ports.get_ref().clone(),
             mode,
             backend,
+            protocol,
+            stream_replies_above: s
+                .stream_replies_above
+                .unwrap_or(DEFAULT_STREAM_REPLIES_ABOVE),
         });
     }
     if services.is_empty() && !is_witness && seen.contains(&node_id) {

@@ -87,6 +87,11 @@ impl AuthKey {
         self.0.is_empty()
     }
 
+    /// The secret bytes, for the other authenticated channels of this crate.
+    pub(crate) fn secret(&self) -> &[u8] {
+        &self.0
+    }
+
     fn mac(&self) -> HmacSha256 {
         HmacSha256::new_from_slice(&self.0).expect("HMAC takes keys of any length")
     }

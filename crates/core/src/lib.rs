@@ -10,5 +10,7 @@ pub mod frame;
 pub mod http;
 pub mod image;
 pub mod protocol;
+pub mod replica;
+pub mod replication;
 
 pub use protocol::{Message, NodeId, Role};

@@ -446,11 +446,67 @@ fn every_mode_is_accepted_by_the_parser() {
         ("duplex", Mode::Duplex),
         ("active", Mode::Active),
     ] {
-        let text = VALID.replace("\"unreplicated\"", &format!("\"{name}\""));
+        let text = VALID
+            .replace("\"unreplicated\"", &format!("\"{name}\""))
+            .replace("ports = [80, 443]", "ports = [80]");
         let cfg = parse(&text, "n1.toml", &exists, Path::new("/")).unwrap();
         assert_eq!(cfg.services[0].mode, mode);
         assert_eq!(mode.as_str(), name);
     }
+}
+
+/// Simplex and duplex frame HTTP/1.1: a raw TCP protocol, a well-known non-HTTP port, or the
+/// backend on the proxy's own address are refused, each naming the field and the reason.
+#[test]
+fn proxied_modes_refuse_what_they_cannot_frame() {
+    let duplex = VALID.replace("\"unreplicated\"", "\"duplex\"");
+    let errors = parse(&duplex, "n1.toml", &exists, Path::new("/")).unwrap_err();
+    let text = errors.to_string();
+    assert!(
+        text.contains("n1.toml:24:9: service[0].ports: port 443 is the HTTPS"),
+        "{text}"
+    );
+    let redis = duplex.replace("ports = [80, 443]", "ports = [6379]");
+    let text = parse(&redis, "n1.toml", &exists, Path::new("/"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        text.contains("port 6379 is the Redis port, not HTTP"),
+        "{text}"
+    );
+    // An explicit protocol = "http" says the operator knows better.
+    let explicit = redis.replace(
+        "mode = \"duplex\"",
+        "mode = \"duplex\"\nprotocol = \"http\"",
+    );
+    assert!(parse(&explicit, "n1.toml", &exists, Path::new("/")).is_ok());
+    let tcp = redis.replace("mode = \"duplex\"", "mode = \"duplex\"\nprotocol = \"tcp\"");
+    let text = parse(&tcp, "n1.toml", &exists, Path::new("/"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        text.contains("service[0].protocol: mode duplex carries HTTP/1.1 only"),
+        "{text}"
+    );
+    let bad = redis.replace(
+        "mode = \"duplex\"",
+        "mode = \"duplex\"\nprotocol = \"smtp\"",
+    );
+    let text = parse(&bad, "n1.toml", &exists, Path::new("/"))
+        .unwrap_err()
+        .to_string();
+    assert!(text.contains("unknown protocol \"smtp\""), "{text}");
+    let self_backend = duplex.replace("ports = [80, 443]", "ports = [80]").replace(
+        "backend = \"127.0.0.1:8080\"",
+        "backend = \"10.77.0.100:80\"",
+    );
+    let text = parse(&self_backend, "n1.toml", &exists, Path::new("/"))
+        .unwrap_err()
+        .to_string();
+    assert!(text.contains("is the service address itself"), "{text}");
+    // Unreplicated carries anything.
+    let plain = VALID.replace("ports = [80, 443]", "ports = [6379]");
+    assert!(parse(&plain, "n1.toml", &exists, Path::new("/")).is_ok());
 }
 
 #[test]

@@ -8,7 +8,7 @@ use std::time::Duration;
 use proptest::prelude::*;
 use steadfast_core::config::{
     parse, to_toml, Arp, Config, Control, Group, HealthCheck, HealthCheckKind, Member, Mode,
-    Notify, Service,
+    Notify, Protocol, Service,
 };
 
 fn exists(_: &Path) -> bool {
@@ -137,15 +137,30 @@ fn config() -> impl Strategy<Value = Config> {
                 proptest::collection::vec(1u16.., 1..4),
                 mode(),
                 socket_addr(),
+                any::<bool>(),
+                0u64..=1 << 40,
             )
-                .prop_map(|(name, vip, interface, ports, mode, backend)| Service {
-                    name,
-                    vip,
-                    interface,
-                    ports,
-                    mode,
-                    backend,
-                });
+                .prop_map(
+                    |(name, vip, interface, ports, mode, backend, raw_tcp, stream_above)| {
+                        Service {
+                            name,
+                            vip,
+                            interface,
+                            ports,
+                            mode,
+                            backend,
+                            // Simplex and duplex frame HTTP: only the other modes carry raw TCP.
+                            protocol: if raw_tcp
+                                && matches!(mode, Mode::Unreplicated | Mode::Active)
+                            {
+                                Protocol::Tcp
+                            } else {
+                                Protocol::Http
+                            },
+                            stream_replies_above: stream_above,
+                        }
+                    },
+                );
             let min_services = if witness_id == Some(node_id) { 0 } else { 1 };
             let group = (
                 text(),

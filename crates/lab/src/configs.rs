@@ -81,7 +81,7 @@ pub(crate) fn voter_config(plan: &GroupPlan<'_>, voter: Host) -> String {
         );
     }
     if voter.is_member() {
-        let backend = format!("127.0.0.1:{SERVICE_PORT}");
+        let backend = crate::topology::backend_target(plan.mode).to_string();
         let _ = writeln!(text, "\n[[service]]");
         let _ = writeln!(text, "name = \"{SERVICE_NAME}\"");
         let _ = writeln!(text, "vip = \"{VIP}\"");

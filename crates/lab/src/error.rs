@@ -14,8 +14,8 @@ pub enum LabError {
     #[error("invalid node count {count}: a lab has 1 to {max} nodes")]
     InvalidNodeCount { count: u8, max: u8 },
 
-    #[error("mode {mode} is not implemented yet (the lab runs: unreplicated)")]
-    ModeNotImplemented { mode: Mode },
+    #[error("mode {mode} needs at least {min} nodes (a primary and a backup), not {nodes}")]
+    ModeNeedsNodes { mode: Mode, min: u8, nodes: u8 },
 
     #[error("{program} is not installed (looked in PATH, /usr/sbin, /sbin): install the Debian package {package}")]
     MissingProgram { program: String, package: String },

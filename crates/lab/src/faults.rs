@@ -282,7 +282,7 @@ pub fn heal(name: &str, node: &str) -> Result<HealReport, LabError> {
             h.backend_pid = Some(pid);
         }
         state.save(&lab)?;
-        wait_backend_ready(&lab, &paths, host)?;
+        wait_backend_ready(&lab, &paths, host, state.options.mode)?;
         restarted.push("backend".to_string());
     }
     if state.options.start_daemons {

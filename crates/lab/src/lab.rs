@@ -77,10 +77,14 @@ pub fn up(opts: &UpOptions) -> Result<LabInfo, LabError> {
             max: MAX_NODES,
         });
     }
-    if opts.mode != Mode::Unreplicated {
-        return Err(LabError::ModeNotImplemented { mode: opts.mode });
-    }
     crate::system::require_program("ip", "iproute2")?;
+    if opts.mode == Mode::Duplex && opts.nodes < 2 {
+        return Err(LabError::ModeNeedsNodes {
+            mode: opts.mode,
+            min: 2,
+            nodes: opts.nodes,
+        });
+    }
     let server = webservers::require_installed(opts.backend)?;
     let needs_exe = opts.start_daemons || opts.backend == BackendKind::Builtin;
     if needs_exe && !opts.steadfast_exe.is_file() {
@@ -194,7 +198,7 @@ fn build(
         state.save(lab)?;
     }
     for &node in &members {
-        wait_backend_ready(lab, paths, node)?;
+        wait_backend_ready(lab, paths, node, opts.mode)?;
     }
 
     let mut primary = None;
@@ -269,6 +273,7 @@ pub(crate) fn start_backend(
         node,
         &state.options.steadfast_exe,
         server,
+        crate::topology::backend_listen(state.options.mode),
     )?;
     spawn_in_namespace(&node.namespace(lab), &argv, &paths.backend_log(node))
 }
@@ -278,9 +283,10 @@ pub(crate) fn wait_backend_ready(
     lab: &LabName,
     paths: &LabPaths,
     node: Host,
+    mode: Mode,
 ) -> Result<(), LabError> {
     let ns = node.namespace(lab);
-    let target = SocketAddr::from(([127, 0, 0, 1], SERVICE_PORT));
+    let target = SocketAddr::V4(crate::topology::backend_target(mode));
     let started = Instant::now();
     let mut last = String::new();
     while started.elapsed() < BACKEND_READY_TIMEOUT {
@@ -436,7 +442,13 @@ pub(crate) fn vip_holders_of(lab: &LabName, members: &[Host]) -> Result<Vec<Host
         if !namespace_exists(&ns) {
             continue;
         }
-        if interface_addresses(&ns)?.iter().any(|(a, _)| *a == VIP) {
+        // A duplex primary with a live backup holds the VIP on lo (the backup answers ARP).
+        let on_link = interface_addresses(&ns)?.iter().any(|(a, _)| *a == VIP);
+        if on_link
+            || crate::topology::addresses_on(&ns, "lo")?
+                .iter()
+                .any(|(a, _)| *a == VIP)
+        {
             holders.push(member);
         }
     }

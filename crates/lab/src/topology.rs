@@ -25,6 +25,28 @@ pub const WITNESS_ADDRESS: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 9);
 pub const WITNESS_NODE_ID: u32 = 100;
 pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 100);
 pub const SERVICE_PORT: u16 = 80;
+
+/// Where the backend listens when the node's proxy owns VIP:80 (simplex and duplex).
+pub const PROXIED_BACKEND_PORT: u16 = 8080;
+
+/// The backend's listening address in a lab of `mode`: the service port itself when the VIP's
+/// traffic reaches the backend directly, a loopback port behind the proxy otherwise.
+pub fn backend_listen(mode: crate::options::Mode) -> std::net::SocketAddrV4 {
+    use std::net::{Ipv4Addr, SocketAddrV4};
+    match mode {
+        crate::options::Mode::Unreplicated => {
+            SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, SERVICE_PORT)
+        }
+        crate::options::Mode::Simplex | crate::options::Mode::Duplex => {
+            SocketAddrV4::new(Ipv4Addr::LOCALHOST, PROXIED_BACKEND_PORT)
+        }
+    }
+}
+
+/// Where the node's health check and the lab's readiness probe reach the backend.
+pub fn backend_target(mode: crate::options::Mode) -> std::net::SocketAddrV4 {
+    std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, backend_listen(mode).port())
+}
 /// The bridge inside `NAME-sw`.
 pub const BRIDGE: &str = "br0";
 /// The interface of every host namespace, which also gets the VIP.
@@ -275,19 +297,15 @@ pub(crate) fn link_states(lab: &LabName) -> Result<Vec<(String, bool)>, LabError
 
 /// The IPv4 addresses (with prefix length) on `eth0` of a host namespace.
 pub fn interface_addresses(namespace: &str) -> Result<Vec<(Ipv4Addr, u8)>, LabError> {
-    let out = ip(&[
-        "-n",
-        namespace,
-        "-j",
-        "-4",
-        "addr",
-        "show",
-        "dev",
-        HOST_INTERFACE,
-    ])?;
+    addresses_on(namespace, HOST_INTERFACE)
+}
+
+/// The IPv4 addresses of `device` in `namespace` (a duplex primary keeps the VIP on `lo`).
+pub fn addresses_on(namespace: &str, device: &str) -> Result<Vec<(Ipv4Addr, u8)>, LabError> {
+    let out = ip(&["-n", namespace, "-j", "-4", "addr", "show", "dev", device])?;
     let parsed: Vec<serde_json::Value> =
         serde_json::from_str(&out).map_err(|e| LabError::Command {
-            command: format!("ip -n {namespace} -j -4 addr show dev {HOST_INTERFACE}"),
+            command: format!("ip -n {namespace} -j -4 addr show dev {device}"),
             status: "unparsable output".into(),
             stderr: e.to_string(),
         })?;

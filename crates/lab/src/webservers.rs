@@ -14,7 +14,7 @@ use crate::error::LabError;
 use crate::options::BackendKind;
 use crate::state::LabPaths;
 use crate::system::require_program;
-use crate::topology::{Host, SERVICE_PORT};
+use crate::topology::Host;
 
 /// The seed of the docroot files.
 pub const DOCROOT_SEED: u64 = 0;
@@ -72,6 +72,7 @@ pub(crate) fn backend_command(
     node: Host,
     steadfast_exe: &Path,
     server: Option<&Path>,
+    listen: std::net::SocketAddrV4,
 ) -> Result<Vec<OsString>, LabError> {
     let name = node.short_name();
     match (kind, server) {
@@ -79,7 +80,7 @@ pub(crate) fn backend_command(
             steadfast_exe.into(),
             "backend".into(),
             "--listen".into(),
-            format!("0.0.0.0:{SERVICE_PORT}").into(),
+            listen.to_string().into(),
             "--node-name".into(),
             name.into(),
             "--data-tier".into(),
@@ -91,7 +92,7 @@ pub(crate) fn backend_command(
             let error_log = paths.backend_log(node);
             write(
                 &conf,
-                &nginx_config(&dir, &paths.docroot(), &error_log, &name),
+                &nginx_config(&dir, &paths.docroot(), &error_log, &name, listen),
             )?;
             // `-e` sends the errors of start-up (before the config is read) to our log too.
             Ok(vec![
@@ -111,7 +112,13 @@ pub(crate) fn backend_command(
             let conf = dir.join("apache2.conf");
             write(
                 &conf,
-                &apache2_config(&dir, &paths.docroot(), &paths.backend_log(node), &name),
+                &apache2_config(
+                    &dir,
+                    &paths.docroot(),
+                    &paths.backend_log(node),
+                    &name,
+                    listen,
+                ),
             )?;
             Ok(vec![
                 apache2.into(),
@@ -138,7 +145,19 @@ fn write(path: &Path, text: &str) -> Result<(), LabError> {
     std::fs::write(path, text).map_err(|e| LabError::io("writing", path, e))
 }
 
-fn nginx_config(dir: &Path, docroot: &Path, error_log: &Path, node: &str) -> String {
+fn nginx_config(
+    dir: &Path,
+    docroot: &Path,
+    error_log: &Path,
+    node: &str,
+    listen: std::net::SocketAddrV4,
+) -> String {
+    // nginx writes "listen 80" for every address; an explicit address otherwise.
+    let listen = if listen.ip().is_unspecified() {
+        listen.port().to_string()
+    } else {
+        listen.to_string()
+    };
     let dir = dir.display();
     format!(
         r#"# Written by `steadfast lab up` for node {node}.
@@ -166,7 +185,7 @@ http {{
     scgi_temp_path {dir}/scgi;
 
     server {{
-        listen {SERVICE_PORT} default_server;
+        listen {listen} default_server;
         server_name _;
         root {docroot};
         add_header Steadfast-Node {node} always;
@@ -178,13 +197,24 @@ http {{
     )
 }
 
-fn apache2_config(dir: &Path, docroot: &Path, error_log: &Path, node: &str) -> String {
+fn apache2_config(
+    dir: &Path,
+    docroot: &Path,
+    error_log: &Path,
+    node: &str,
+    listen: std::net::SocketAddrV4,
+) -> String {
+    let listen = if listen.ip().is_unspecified() {
+        listen.port().to_string()
+    } else {
+        listen.to_string()
+    };
     let dir = dir.display();
     format!(
         r#"# Written by `steadfast lab up` for node {node}; run as `apache2 -f THIS -DFOREGROUND`.
 ServerRoot "{dir}"
 ServerName {node}
-Listen {SERVICE_PORT}
+Listen {listen}
 PidFile "{dir}/apache2.pid"
 DefaultRuntimeDir "{dir}"
 Mutex file:{dir} default

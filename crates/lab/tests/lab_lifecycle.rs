@@ -74,18 +74,15 @@ fn namespace_exists(ns: &str) -> bool {
 #[test]
 fn refusals_happen_before_anything_is_built() {
     let name = unique_name("r");
-    let mut opts = options(&name, 2, BackendKind::Builtin);
+    let mut opts = options(&name, 1, BackendKind::Builtin);
     opts.mode = Mode::Duplex;
     let e = up(&opts).unwrap_err();
     assert!(
-        e.to_string().contains("mode duplex is not implemented yet"),
+        e.to_string().contains("mode duplex needs at least 2 nodes"),
         "{e}"
     );
-    opts.mode = "simplex".parse().unwrap();
-    assert!(matches!(
-        up(&opts),
-        Err(LabError::ModeNotImplemented { .. })
-    ));
+    assert!(matches!(up(&opts), Err(LabError::ModeNeedsNodes { .. })));
+    assert!(!namespace_exists(&format!("{name}-sw")));
     assert!("active".parse::<Mode>().is_err());
 
     for bad in ["Upper", "has_underscore", "a23456789012345678901", ""] {

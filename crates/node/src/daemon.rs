@@ -50,6 +50,9 @@ struct Daemon {
     _fence: Option<steadfast_os::fence::Fence>,
     /// Hooks still running; at exit they get their timeout to finish.
     running_hooks: Vec<tokio::task::JoinHandle<()>>,
+    /// The simplex/duplex data plane, told the node's role after every election step.
+    plane: Option<crate::plane::PlaneHandle>,
+    plane_mode: String,
 }
 
 /// Runs a member (`witness == false`) or the witness until SIGTERM/SIGINT.
@@ -135,6 +138,18 @@ impl Daemon {
         let origin = Instant::now();
         let election = Election::new(settings.election.clone(), Duration::ZERO);
         let checks = settings.checks.len();
+        let plane_mode = settings
+            .services
+            .iter()
+            .find(|s| s.proxied)
+            .map(|s| s.mode.clone())
+            .unwrap_or_default();
+        let plane = match settings.plane_settings() {
+            Some(plane_settings) => {
+                Some(crate::plane::start(plane_settings).context("starting the data plane")?)
+            }
+            None => None,
+        };
         let mut daemon = Daemon {
             settings,
             config_path,
@@ -151,6 +166,8 @@ impl Daemon {
             check_verdicts: vec![(false, "not checked yet".to_string()); checks],
             running_hooks: Vec::new(),
             _fence: fence,
+            plane,
+            plane_mode,
         };
         // A previous life may have left the addresses behind: start clean, as a backup.
         daemon.release_addresses().await;
@@ -298,7 +315,53 @@ impl Daemon {
         for action in actions {
             self.carry_out(action).await;
         }
+        self.update_plane_role();
         disposition
+    }
+
+    /// Tells the data plane what the election made of this node (only when it changed).
+    fn update_plane_role(&self) {
+        let Some(plane) = &self.plane else {
+            return;
+        };
+        let now = self.now();
+        let me = self.settings.node_id;
+        let epoch = self.election.epoch();
+        let peer = |id| {
+            self.settings
+                .voters
+                .get(&id)
+                .map(|&address| crate::plane::Peer { id, address })
+        };
+        let role = if self.vip_held {
+            let backup = self
+                .election
+                .peers()
+                .iter()
+                .filter(|(&id, p)| {
+                    id != me
+                        && self.settings.election.members.contains(&id)
+                        && p.healthy
+                        && self.election.peer_alive(id, now)
+                })
+                .map(|(&id, _)| id)
+                .min()
+                .and_then(peer);
+            crate::plane::PlaneRole::Primary { epoch, backup }
+        } else if self.settings.election.members.contains(&me) {
+            let primary = self.election.primary().filter(|&p| p != me).and_then(peer);
+            crate::plane::PlaneRole::Backup { epoch, primary }
+        } else {
+            crate::plane::PlaneRole::Idle
+        };
+        plane.role.send_if_modified(|current| {
+            if *current == role {
+                false
+            } else {
+                *current = role;
+                true
+            }
+        });
     }
 
     async fn carry_out(&mut self, action: Action) {
@@ -399,7 +462,9 @@ impl Daemon {
     /// Adds (`present`) or removes every service address; a failure is counted and logged,
     /// never fatal (the other addresses still move).
     async fn set_addresses(&mut self, present: bool, why: &str) {
-        for svc in &self.settings.services {
+        // Duplex services place their address themselves (on lo while a backup receives
+        // first): the data plane follows the role it is told.
+        for svc in self.settings.services.iter().filter(|s| !s.duplex) {
             let ifindex = self.sites[&svc.interface].ifindex;
             let result = if present {
                 self.netlink
@@ -423,7 +488,7 @@ impl Daemon {
     fn announce(&mut self) {
         let count = self.settings.garp_count;
         let spacing = self.settings.garp_spacing;
-        for svc in &self.settings.services {
+        for svc in self.settings.services.iter().filter(|s| !s.duplex) {
             let site = &self.sites[&svc.interface];
             if count == 0 {
                 continue;
@@ -526,6 +591,62 @@ impl Daemon {
                 })
                 .collect(),
             counters,
+            data_plane: self
+                .plane
+                .as_ref()
+                .map(|p| plane_status(&self.plane_mode, &p.shared)),
         }
     }
+}
+
+fn plane_status(mode: &str, shared: &crate::plane::PlaneShared) -> crate::status::DataPlaneStatus {
+    use std::sync::atomic::Ordering::Relaxed;
+    let c = &shared.counters;
+    let mut status = crate::status::DataPlaneStatus {
+        mode: mode.to_string(),
+        frames_logged: c.frames_logged.load(Relaxed),
+        frames_forwarded: c.frames_forwarded.load(Relaxed),
+        frames_dropped: c.frames_dropped.load(Relaxed),
+        frames_refused: c.frames_refused.load(Relaxed),
+        drop_reasons: shared
+            .drop_reasons
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_default(),
+        arp_replies: c.arp_replies.load(Relaxed),
+        log_bytes: c.log_bytes.load(Relaxed),
+        protected_connections: shared.protected_connections.load(Relaxed),
+        replies_logged: c.replies_logged.load(Relaxed),
+        unprotected_ms: c.unprotected_ms.load(Relaxed),
+        unprotected_now: shared.unprotected_now.load(Relaxed) != 0,
+        backups_joined: c.backups_joined.load(Relaxed),
+        backup_losses: c.backup_losses.load(Relaxed),
+        takeovers: c.takeovers.load(Relaxed),
+        connections_restored: c.connections_restored.load(Relaxed),
+        connections_lost: c.connections_lost.load(Relaxed),
+        lost_reasons: shared
+            .lost_reasons
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_default(),
+        last_takeover_us: c.last_takeover_us.load(Relaxed),
+        last_restore_per_second: c.last_restore_per_second.load(Relaxed),
+        replication_frames_refused: c.replication_frames_refused.load(Relaxed),
+        replication_old_epoch: c.replication_old_epoch.load(Relaxed),
+        handshakes_refused: c.handshakes_refused.load(Relaxed),
+        forged_frames: c.forged_frames.load(Relaxed),
+        ..Default::default()
+    };
+    if let Some(proxy) = shared.proxy.lock().ok().and_then(|p| p.clone()) {
+        let p = &proxy.counters;
+        status.connections = p.connections.load(Relaxed);
+        status.connections_unprotected = p.connections_unprotected.load(Relaxed);
+        status.requests = p.requests.load(Relaxed);
+        status.replies = p.replies.load(Relaxed);
+        status.reply_bytes = p.reply_bytes.load(Relaxed);
+        status.replies_unprotected = p.replies_unprotected.load(Relaxed);
+        status.bad_requests = p.bad_requests.load(Relaxed);
+        status.backend_errors = p.backend_errors.load(Relaxed);
+    }
+    status
 }

@@ -6,6 +6,7 @@ mod daemon;
 mod health;
 mod hooks;
 mod lab_cli;
+mod plane;
 mod settings;
 mod status;
 

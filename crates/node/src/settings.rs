@@ -24,6 +24,11 @@ pub struct ServiceSettings {
     pub ports: Vec<u16>,
     pub mode: String,
     pub implemented: bool,
+    /// The proxy's modes: simplex or duplex.
+    pub proxied: bool,
+    pub duplex: bool,
+    pub backend: std::net::SocketAddr,
+    pub stream_replies_above: u64,
 }
 
 pub struct Settings {
@@ -106,7 +111,11 @@ impl Settings {
                 interface: s.interface.clone(),
                 ports: s.ports.clone(),
                 mode: s.mode.as_str().to_string(),
-                implemented: matches!(s.mode, Mode::Unreplicated),
+                implemented: matches!(s.mode, Mode::Unreplicated | Mode::Simplex | Mode::Duplex),
+                proxied: matches!(s.mode, Mode::Simplex | Mode::Duplex),
+                duplex: s.mode == Mode::Duplex,
+                backend: s.backend,
+                stream_replies_above: s.stream_replies_above,
             })
             .collect();
         let checks = cfg.health_checks.clone();
@@ -141,14 +150,54 @@ impl Settings {
         for s in &self.services {
             if !s.implemented {
                 bail!(
-                    "{}: service {}: mode {} is not implemented yet (only unreplicated is)",
+                    "{}: service {}: mode {} is not implemented yet (unreplicated, simplex and duplex are)",
                     path.display(),
                     s.name,
                     s.mode
                 );
             }
         }
+        let proxied: Vec<&ServiceSettings> = self.services.iter().filter(|s| s.proxied).collect();
+        if proxied.len() > 1 {
+            bail!(
+                "{}: services {} and {} are both simplex/duplex; this version runs one such \
+                 service per node",
+                path.display(),
+                proxied[0].name,
+                proxied[1].name
+            );
+        }
         Ok(())
+    }
+
+    /// The data plane's view of the (single) simplex or duplex service.
+    pub fn plane_settings(&self) -> Option<crate::plane::PlaneSettings> {
+        let service = self.services.iter().find(|s| s.proxied)?;
+        let members = self
+            .election
+            .members
+            .iter()
+            .filter_map(|id| self.voters.get(id).map(|addr| (*id, *addr)))
+            .collect();
+        Some(crate::plane::PlaneSettings {
+            node_id: self.node_id,
+            key: self.key.clone(),
+            local_address: self.local_address,
+            replication_port: self.port + crate::plane::REPLICATION_PORT_OFFSET,
+            members,
+            service: crate::plane::PlaneService {
+                name: service.name.clone(),
+                vip: service.vip,
+                prefix_len: service.prefix_len,
+                ports: service.ports.clone(),
+                interface: service.interface.clone(),
+                duplex: service.duplex,
+                backend: service.backend,
+                stream_above: service.stream_replies_above,
+                garp_count: self.garp_count,
+                garp_spacing: self.garp_spacing,
+            },
+        })
     }
 
     /// Settings a reload cannot change in a running daemon.

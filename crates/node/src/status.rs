@@ -56,6 +56,52 @@ pub struct NodeStatus {
     pub services: Vec<ServiceStatus>,
     pub peers: Vec<PeerStatus>,
     pub counters: Counters,
+    /// The simplex/duplex data plane, when the node runs one.
+    #[serde(default)]
+    pub data_plane: Option<DataPlaneStatus>,
+}
+
+/// Counters of the data plane (cumulative unless marked as a gauge).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DataPlaneStatus {
+    pub mode: String,
+    /// Backup: client frames logged, forwarded to the primary, dropped as malformed (by
+    /// reason) and refused by the connection image.
+    pub frames_logged: u64,
+    pub frames_forwarded: u64,
+    pub frames_dropped: u64,
+    pub frames_refused: u64,
+    pub drop_reasons: std::collections::BTreeMap<String, u64>,
+    pub arp_replies: u64,
+    /// Bytes logged: client payload and reply bytes.
+    pub log_bytes: u64,
+    /// Gauge: connections protected now (primary: by a backup; backup: images held).
+    pub protected_connections: u64,
+    pub replies_logged: u64,
+    /// Time the primary served with no backup, and whether it does now.
+    pub unprotected_ms: u64,
+    pub unprotected_now: bool,
+    pub backups_joined: u64,
+    pub backup_losses: u64,
+    pub takeovers: u64,
+    pub connections_restored: u64,
+    pub connections_lost: u64,
+    pub lost_reasons: std::collections::BTreeMap<String, u64>,
+    pub last_takeover_us: u64,
+    pub last_restore_per_second: u64,
+    pub replication_frames_refused: u64,
+    pub replication_old_epoch: u64,
+    pub handshakes_refused: u64,
+    pub forged_frames: u64,
+    /// The proxy.
+    pub connections: u64,
+    pub connections_unprotected: u64,
+    pub requests: u64,
+    pub replies: u64,
+    pub reply_bytes: u64,
+    pub replies_unprotected: u64,
+    pub bad_requests: u64,
+    pub backend_errors: u64,
 }
 
 impl NodeStatus {
@@ -98,6 +144,24 @@ impl NodeStatus {
                 if p.healthy { "healthy" } else { "unhealthy" },
                 p.last_heard_ms
                     .map_or("never".to_string(), |ms| format!("{ms} ms ago")),
+            ));
+        }
+        if let Some(d) = &self.data_plane {
+            s.push_str(&format!(
+                "  {} data plane: {} requests, {} replies ({} bytes), {} connections ({} unprotected), {} protected now{}\n",
+                d.mode, d.requests, d.replies, d.reply_bytes, d.connections, d.connections_unprotected,
+                d.protected_connections,
+                if d.unprotected_now { ", SERVING WITHOUT A BACKUP" } else { "" }
+            ));
+            s.push_str(&format!(
+                "  logger: {} frames logged, {} forwarded, {} dropped {:?}, {} refused, {} ARP replies; {} log bytes, {} replies logged\n",
+                d.frames_logged, d.frames_forwarded, d.frames_dropped, d.drop_reasons, d.frames_refused,
+                d.arp_replies, d.log_bytes, d.replies_logged
+            ));
+            s.push_str(&format!(
+                "  takeovers {}: {} connections restored, {} lost {:?}; last took {} µs ({} conn/s); unprotected {} ms; backups joined {} lost {}\n",
+                d.takeovers, d.connections_restored, d.connections_lost, d.lost_reasons,
+                d.last_takeover_us, d.last_restore_per_second, d.unprotected_ms, d.backups_joined, d.backup_losses
             ));
         }
         let c = &self.counters;

@@ -1,11 +1,16 @@
 //! Thin kernel edges of Steadfast, each small: netlink addresses, gratuitous ARP through a
-//! packet socket, network namespaces, realtime scheduling and sysctl writes.
+//! packet socket, network namespaces, realtime scheduling and sysctl writes; for duplex the
+//! ingress logger's packet ring, the ingress guard, TCP_REPAIR and socket destruction.
 
 pub mod addr;
 pub mod fence;
 pub mod garp;
+pub mod ingress_guard;
 pub mod netns;
+pub mod packet_port;
+pub mod repair;
 pub mod sched;
+pub mod sock_destroy;
 pub mod sysctl;
 
 /// What went wrong at a kernel edge, naming the object involved.

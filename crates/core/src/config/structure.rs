@@ -85,6 +85,8 @@ const SERVICE: &[Key] = &[
     ),
     required("mode", Shape::String),
     required("backend", Shape::String),
+    key("protocol", Shape::String),
+    key("stream_replies_above", Shape::Integer { max: 1 << 40 }),
 ];
 
 const HEALTH_CHECK: &[Key] = &[

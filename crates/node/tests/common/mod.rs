@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use steadfast_lab::load::{
     self, LoadOptions, LoadProgress, LoadReport, ProbeOptions, ProbeRequest,
 };
-use steadfast_lab::{BackendKind, LabInfo, UpOptions};
+use steadfast_lab::{BackendKind, LabInfo, Mode, UpOptions};
 
 pub fn exe() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_steadfast"))
@@ -46,7 +46,26 @@ impl Lab {
         backend: BackendKind,
         heartbeat_ms: Option<u32>,
     ) -> Lab {
+        Lab::up_in_mode(
+            tag,
+            nodes,
+            witness,
+            backend,
+            heartbeat_ms,
+            Mode::Unreplicated,
+        )
+    }
+
+    pub fn up_in_mode(
+        tag: &str,
+        nodes: u8,
+        witness: bool,
+        backend: BackendKind,
+        heartbeat_ms: Option<u32>,
+        mode: Mode,
+    ) -> Lab {
         let mut opts = UpOptions::new(lab_name(tag), nodes, exe());
+        opts.mode = mode;
         opts.witness = witness;
         opts.backend = backend;
         opts.heartbeat_ms = heartbeat_ms;
@@ -142,9 +161,6 @@ impl BackgroundLoad {
         timeout: Duration,
         limit: Duration,
     ) -> BackgroundLoad {
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let progress = Arc::new(LoadProgress::default());
-        let namespace = lab.info.client_ns.clone();
         let options = LoadOptions {
             probes: Some(ProbeOptions {
                 period,
@@ -161,6 +177,14 @@ impl BackgroundLoad {
             }),
             ..LoadOptions::probes_only(lab.target(), limit)
         };
+        BackgroundLoad::start_with(lab, options)
+    }
+
+    /// Runs `options` (probes, keep-alive connections, or both) in the client namespace.
+    pub fn start_with(lab: &Lab, options: LoadOptions) -> BackgroundLoad {
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let progress = Arc::new(LoadProgress::default());
+        let namespace = lab.info.client_ns.clone();
         let thread_progress = progress.clone();
         let started = Instant::now();
         let thread = std::thread::spawn(move || {

@@ -1,0 +1,429 @@
+//! The backup's reply log, and the plan that resumes a connection at takeover.
+//!
+//! The ingress log ([`crate::image`]) holds what the client sent; this log holds what the
+//! primary answered, as the primary streams it over the replication channel before it sends a
+//! byte to the client (invariant I2). Together they say, per connection, which requests have a
+//! complete logged reply (never executed again, I3), which reply bytes the client still lacks,
+//! and which request bytes no reply covers yet: that is the [`ResumePlan`].
+
+use std::collections::{HashMap, VecDeque};
+
+use crate::image::{ConnectionImage, FourTuple, RestoreError, RestoreParams};
+use crate::replication::ConnectionOptions;
+
+/// The id of a connection in `Steadfast-Request-Id`: the same on the primary (from the saved
+/// SYN) and on the backup (from the logged SYN), so a replayed request carries the id it had.
+pub fn connection_id(tuple: &FourTuple, client_isn: u32) -> u64 {
+    let ip = u32::from(*tuple.client.ip());
+    let mixed = ip.rotate_left(16) ^ u32::from(tuple.client.port());
+    (u64::from(client_isn) << 32) | u64::from(mixed)
+}
+
+/// The logged state of one protected connection.
+#[derive(Debug, Clone)]
+pub struct ReplicaConnection {
+    pub client_isn: u32,
+    pub options: ConnectionOptions,
+    /// Logged reply bytes still needed, in order, each with its server stream offset.
+    pieces: VecDeque<(u64, Vec<u8>)>,
+    /// Server stream offset just after the last logged byte.
+    reply_end: u64,
+    /// Index of the first request whose reply is not completely logged.
+    next_request: u64,
+    /// Client stream offset just after the last request whose reply is complete.
+    request_offset: u64,
+    /// A reply is logged in part (streamed above the size limit).
+    partial: bool,
+}
+
+impl ReplicaConnection {
+    pub fn reply_end(&self) -> u64 {
+        self.reply_end
+    }
+
+    pub fn next_request(&self) -> u64 {
+        self.next_request
+    }
+
+    pub fn request_offset(&self) -> u64 {
+        self.request_offset
+    }
+
+    /// Bytes of reply held in memory.
+    pub fn bytes_held(&self) -> usize {
+        self.pieces.iter().map(|(_, p)| p.len()).sum()
+    }
+}
+
+/// A reply piece the log cannot take: the primary and backup disagree about the stream.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReplicaError {
+    #[error("reply for {tuple}: the connection was never opened on this backup")]
+    UnknownConnection { tuple: FourTuple },
+    #[error("reply for {tuple}: piece starts at reply offset {got}, the log ends at {expected}")]
+    OffsetGap {
+        tuple: FourTuple,
+        expected: u64,
+        got: u64,
+    },
+    #[error("reply for {tuple}: piece for request {got}, the log expects request {expected}")]
+    IndexGap {
+        tuple: FourTuple,
+        expected: u64,
+        got: u64,
+    },
+    #[error("reply for {tuple}: request end {end} is before the previous one at {previous}")]
+    RequestEndBackwards {
+        tuple: FourTuple,
+        previous: u64,
+        end: u64,
+    },
+}
+
+/// Why a connection cannot be resumed at takeover (counted per reason in the status).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LostReason {
+    #[error("{0}")]
+    Restore(#[from] RestoreError),
+    #[error("connection {tuple}: the primary never reported it (accepted just before the crash)")]
+    NotOpenedByPrimary { tuple: FourTuple },
+    #[error("connection {tuple}: the client half-closed it")]
+    ClientFinished { tuple: FourTuple },
+    #[error(
+        "connection {tuple}: a reply was streamed in part (above the whole-reply limit) and \
+         cannot be finished"
+    )]
+    PartialReply { tuple: FourTuple },
+    #[error(
+        "connection {tuple}: the client acknowledged {acked} reply bytes but only {logged} are \
+         logged"
+    )]
+    AckBeyondLog {
+        tuple: FourTuple,
+        acked: u64,
+        logged: u64,
+    },
+    #[error("connection {tuple}: reply bytes from {from} are no longer held (trimmed at {held})")]
+    Trimmed {
+        tuple: FourTuple,
+        from: u64,
+        held: u64,
+    },
+    #[error(
+        "connection {tuple}: request bytes from {from} are no longer held ({consumed} consumed)"
+    )]
+    RequestTrimmed {
+        tuple: FourTuple,
+        from: u64,
+        consumed: u64,
+    },
+}
+
+impl LostReason {
+    /// A short label, usable as a counter name.
+    pub fn label(&self) -> &'static str {
+        match self {
+            LostReason::Restore(RestoreError::HandshakeIncomplete { .. }) => "handshake-incomplete",
+            LostReason::Restore(RestoreError::NegotiationUnknown { .. }) => "options-unknown",
+            LostReason::Restore(RestoreError::Reset { .. }) => "reset",
+            LostReason::NotOpenedByPrimary { .. } => "not-opened",
+            LostReason::ClientFinished { .. } => "client-finished",
+            LostReason::PartialReply { .. } => "partial-reply",
+            LostReason::AckBeyondLog { .. } => "ack-beyond-log",
+            LostReason::Trimmed { .. } | LostReason::RequestTrimmed { .. } => "trimmed",
+        }
+    }
+}
+
+/// Everything a new primary needs to carry one connection on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResumePlan {
+    pub restore: RestoreParams,
+    pub options: ConnectionOptions,
+    pub connection_id: u64,
+    /// Server stream offset of the first byte the client has not acknowledged.
+    pub reply_acked: u64,
+    /// Logged reply bytes from `reply_acked` on: sent first, with ordinary sends, after the
+    /// socket leaves repair mode.
+    pub unacked_reply: Vec<u8>,
+    /// Server stream offset of the next reply byte (the end of the log).
+    pub reply_offset: u64,
+    /// The first request without a completely logged reply.
+    pub next_request_index: u64,
+    /// Client stream offset where that request starts.
+    pub request_offset: u64,
+    /// The client bytes from `request_offset` on that the backup holds: requests the new
+    /// primary's backend must execute (with their original ids).
+    pub pending_request_bytes: Vec<u8>,
+}
+
+/// Counters of the reply log (status output).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReplicaCounters {
+    pub opened: u64,
+    pub closed: u64,
+    pub replies_logged: u64,
+    pub pieces_logged: u64,
+    pub reply_bytes_logged: u64,
+    pub refused_pieces: u64,
+}
+
+/// The backup's reply log for every protected connection.
+#[derive(Debug, Default)]
+pub struct ReplicaLog {
+    connections: HashMap<FourTuple, ReplicaConnection>,
+    counters: ReplicaCounters,
+}
+
+/// What the caller must tell the ingress log after a piece is taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Logged {
+    /// A reply became complete: request bytes before this client stream offset are answered
+    /// and can be released from the connection image.
+    pub consumed_up_to: Option<u64>,
+}
+
+impl ReplicaLog {
+    pub fn new() -> ReplicaLog {
+        ReplicaLog::default()
+    }
+
+    /// The primary accepted `tuple` and protects it from now on. A connection with the same
+    /// 4-tuple logged before is a previous incarnation and is replaced.
+    pub fn opened(&mut self, tuple: FourTuple, client_isn: u32, options: ConnectionOptions) {
+        self.counters.opened += 1;
+        self.connections.insert(
+            tuple,
+            ReplicaConnection {
+                client_isn,
+                options,
+                pieces: VecDeque::new(),
+                reply_end: 0,
+                next_request: 0,
+                request_offset: 0,
+                partial: false,
+            },
+        );
+    }
+
+    /// Logs one reply piece.
+    pub fn log_reply(
+        &mut self,
+        tuple: &FourTuple,
+        request_index: u64,
+        reply_offset: u64,
+        request_end: Option<u64>,
+        bytes: Vec<u8>,
+    ) -> Result<Logged, ReplicaError> {
+        let result = self.try_log(tuple, request_index, reply_offset, request_end, bytes);
+        if result.is_err() {
+            self.counters.refused_pieces += 1;
+        }
+        result
+    }
+
+    fn try_log(
+        &mut self,
+        tuple: &FourTuple,
+        request_index: u64,
+        reply_offset: u64,
+        request_end: Option<u64>,
+        bytes: Vec<u8>,
+    ) -> Result<Logged, ReplicaError> {
+        let conn = self
+            .connections
+            .get_mut(tuple)
+            .ok_or(ReplicaError::UnknownConnection { tuple: *tuple })?;
+        if reply_offset != conn.reply_end {
+            return Err(ReplicaError::OffsetGap {
+                tuple: *tuple,
+                expected: conn.reply_end,
+                got: reply_offset,
+            });
+        }
+        if request_index != conn.next_request {
+            return Err(ReplicaError::IndexGap {
+                tuple: *tuple,
+                expected: conn.next_request,
+                got: request_index,
+            });
+        }
+        if let Some(end) = request_end {
+            if end < conn.request_offset {
+                return Err(ReplicaError::RequestEndBackwards {
+                    tuple: *tuple,
+                    previous: conn.request_offset,
+                    end,
+                });
+            }
+        }
+        self.counters.pieces_logged += 1;
+        self.counters.reply_bytes_logged += bytes.len() as u64;
+        conn.reply_end += bytes.len() as u64;
+        if !bytes.is_empty() {
+            conn.pieces.push_back((reply_offset, bytes));
+        }
+        match request_end {
+            Some(end) => {
+                self.counters.replies_logged += 1;
+                conn.next_request += 1;
+                conn.request_offset = end;
+                conn.partial = false;
+                Ok(Logged {
+                    consumed_up_to: Some(end),
+                })
+            }
+            None => {
+                conn.partial = true;
+                Ok(Logged {
+                    consumed_up_to: None,
+                })
+            }
+        }
+    }
+
+    /// Logs an interim (1xx) reply head to the request being answered: it neither completes the
+    /// reply nor makes it partial.
+    pub fn log_interim(
+        &mut self,
+        tuple: &FourTuple,
+        request_index: u64,
+        reply_offset: u64,
+        bytes: Vec<u8>,
+    ) -> Result<(), ReplicaError> {
+        let partial = match self.connections.get(tuple) {
+            Some(conn) => conn.partial,
+            None => false,
+        };
+        self.log_reply(tuple, request_index, reply_offset, None, bytes)?;
+        if let Some(conn) = self.connections.get_mut(tuple) {
+            conn.partial = partial;
+        }
+        Ok(())
+    }
+
+    /// Releases reply bytes the client has acknowledged (`acked` = reply bytes it holds).
+    pub fn trim(&mut self, tuple: &FourTuple, acked: u64) {
+        let Some(conn) = self.connections.get_mut(tuple) else {
+            return;
+        };
+        while let Some((offset, piece)) = conn.pieces.front_mut() {
+            let end = *offset + piece.len() as u64;
+            if end <= acked {
+                conn.pieces.pop_front();
+            } else {
+                break;
+            }
+        }
+    }
+
+    /// The primary closed the connection.
+    pub fn closed(&mut self, tuple: &FourTuple) {
+        if self.connections.remove(tuple).is_some() {
+            self.counters.closed += 1;
+        }
+    }
+
+    pub fn get(&self, tuple: &FourTuple) -> Option<&ReplicaConnection> {
+        self.connections.get(tuple)
+    }
+
+    pub fn len(&self) -> usize {
+        self.connections.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.connections.is_empty()
+    }
+
+    pub fn counters(&self) -> ReplicaCounters {
+        self.counters
+    }
+
+    /// Reply bytes held in memory, all connections.
+    pub fn bytes_held(&self) -> usize {
+        self.connections.values().map(|c| c.bytes_held()).sum()
+    }
+
+    /// How to resume the connection of `image` (the backup's ingress image of it).
+    pub fn plan(&self, image: &ConnectionImage) -> Result<ResumePlan, LostReason> {
+        let tuple = image.tuple();
+        let conn = self
+            .connections
+            .get(&tuple)
+            .filter(|c| c.client_isn == image.client_isn())
+            .ok_or(LostReason::NotOpenedByPrimary { tuple })?;
+        let restore = image.restore_params()?;
+        if restore.client_fin_received {
+            return Err(LostReason::ClientFinished { tuple });
+        }
+        if conn.partial {
+            return Err(LostReason::PartialReply { tuple });
+        }
+        let acked = image.client_acked_reply_bytes();
+        if acked > conn.reply_end {
+            return Err(LostReason::AckBeyondLog {
+                tuple,
+                acked,
+                logged: conn.reply_end,
+            });
+        }
+        let mut unacked_reply = Vec::with_capacity((conn.reply_end - acked) as usize);
+        let mut next = acked;
+        for (offset, piece) in &conn.pieces {
+            let end = offset + piece.len() as u64;
+            if end <= next {
+                continue;
+            }
+            if *offset > next {
+                return Err(LostReason::Trimmed {
+                    tuple,
+                    from: next,
+                    held: *offset,
+                });
+            }
+            unacked_reply.extend_from_slice(&piece[(next - offset) as usize..]);
+            next = end;
+        }
+        if next != conn.reply_end {
+            return Err(LostReason::Trimmed {
+                tuple,
+                from: next,
+                held: conn.reply_end,
+            });
+        }
+        let consumed = image.consumed_bytes();
+        if consumed > conn.request_offset {
+            return Err(LostReason::RequestTrimmed {
+                tuple,
+                from: conn.request_offset,
+                consumed,
+            });
+        }
+        let (a, b) = image.unconsumed();
+        let skip = (conn.request_offset - consumed) as usize;
+        let mut pending_request_bytes = Vec::with_capacity(a.len() + b.len());
+        pending_request_bytes.extend_from_slice(a);
+        pending_request_bytes.extend_from_slice(b);
+        if skip > pending_request_bytes.len() {
+            // The primary answered bytes this backup never logged: impossible under I1.
+            return Err(LostReason::RequestTrimmed {
+                tuple,
+                from: conn.request_offset,
+                consumed: consumed + pending_request_bytes.len() as u64,
+            });
+        }
+        pending_request_bytes.drain(..skip);
+        Ok(ResumePlan {
+            restore,
+            options: conn.options,
+            connection_id: connection_id(&tuple, conn.client_isn),
+            reply_acked: acked,
+            unacked_reply,
+            reply_offset: conn.reply_end,
+            next_request_index: conn.next_request,
+            request_offset: conn.request_offset,
+            pending_request_bytes,
+        })
+    }
+}

@@ -1,0 +1,464 @@
+//! The replication channel between the primary and its backup (duplex mode): frames, their
+//! encoding, and an incremental reader for the TCP stream that carries them.
+//!
+//! Heartbeats travel over UDP and are signed one by one (`frame`); this channel is a TCP stream
+//! that carries whole replies, so signing every frame would cost a hash over every reply byte.
+//! Instead both ends prove the group key once when the stream opens (`Hello` + `Proof`, a
+//! challenge-response over both nonces), and every later frame carries the sender's epoch: a
+//! frame from an older epoch is refused by the receiver (the fencing token of DESIGN.md).
+//!
+//! Layout of every frame: `len: u32` (bytes after this field), `kind: u8`, `epoch: u64`, body.
+//! All integers are big-endian.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use crate::frame::AuthKey;
+use crate::image::FourTuple;
+use crate::NodeId;
+
+/// Longest frame accepted: a reply piece of up to [`MAX_PIECE_BYTES`] plus its header.
+pub const MAX_FRAME_BYTES: usize = MAX_PIECE_BYTES + 128;
+/// Longest reply piece one frame carries; longer replies travel as several pieces.
+pub const MAX_PIECE_BYTES: usize = 4 * 1024 * 1024;
+/// Bytes of the random challenge each end sends in its `Hello`.
+pub const NONCE_LEN: usize = 16;
+const PROOF_LEN: usize = 32;
+const PROOF_LABEL: &[u8] = b"steadfast replication v1";
+const HEADER_LEN: usize = 4 + 1 + 8;
+
+/// The TCP options the primary's kernel negotiated with the client, from its `TCP_INFO`; the
+/// backup cannot see them (the primary's SYN-ACK does not pass through it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionOptions {
+    /// (ours, the client's) window scale shifts, when window scaling is on.
+    pub window_scales: Option<(u8, u8)>,
+    pub sack: bool,
+    pub timestamps: bool,
+    /// The MSS the primary sends with.
+    pub mss: u16,
+}
+
+/// One frame of the replication channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplicationFrame {
+    /// First frame from each end.
+    Hello {
+        node: NodeId,
+        nonce: [u8; NONCE_LEN],
+    },
+    /// Second frame from each end: proves the key over both nonces.
+    Proof { mac: [u8; PROOF_LEN] },
+    /// Backup → primary: the ingress logger runs on this MAC; set the guard to it.
+    BackupReady { mac: [u8; 6] },
+    /// Primary → backup: the guard is set and the address is off the primary's link; announce
+    /// the address (gratuitous ARP) now.
+    Announce,
+    /// Primary → backup: a connection was accepted and is protected from now on.
+    Opened {
+        tuple: FourTuple,
+        client_isn: u32,
+        options: ConnectionOptions,
+    },
+    /// Primary → backup: reply bytes `[reply_offset, reply_offset + bytes.len())` of the
+    /// connection's server stream. `request_end` is set on the last piece of the reply to
+    /// request `request_index`: the client stream offset just after that request.
+    Reply {
+        seq: u64,
+        tuple: FourTuple,
+        request_index: u64,
+        reply_offset: u64,
+        request_end: Option<u64>,
+        bytes: Vec<u8>,
+    },
+    /// Primary → backup: the connection ended; forget it.
+    Closed { tuple: FourTuple },
+    /// Primary → backup: an interim (1xx) reply head to request `request_index`, sent to the
+    /// client before the final reply. Unlike a partial reply it does not stop a resume: a client
+    /// must accept repeated 1xx replies (RFC 9110 §15.2), so the replayed request may send it
+    /// again.
+    Interim {
+        seq: u64,
+        tuple: FourTuple,
+        request_index: u64,
+        reply_offset: u64,
+        bytes: Vec<u8>,
+    },
+    /// Backup → primary: every `Reply` up to `seq` is held.
+    Ack { seq: u64 },
+}
+
+impl ReplicationFrame {
+    fn kind(&self) -> u8 {
+        match self {
+            ReplicationFrame::Hello { .. } => 1,
+            ReplicationFrame::Proof { .. } => 2,
+            ReplicationFrame::BackupReady { .. } => 3,
+            ReplicationFrame::Announce => 4,
+            ReplicationFrame::Opened { .. } => 5,
+            ReplicationFrame::Reply { .. } => 6,
+            ReplicationFrame::Closed { .. } => 7,
+            ReplicationFrame::Ack { .. } => 8,
+            ReplicationFrame::Interim { .. } => 9,
+        }
+    }
+
+    /// A short name for logs and counters.
+    pub fn label(&self) -> &'static str {
+        match self {
+            ReplicationFrame::Hello { .. } => "hello",
+            ReplicationFrame::Proof { .. } => "proof",
+            ReplicationFrame::BackupReady { .. } => "backup-ready",
+            ReplicationFrame::Announce => "announce",
+            ReplicationFrame::Opened { .. } => "opened",
+            ReplicationFrame::Reply { .. } => "reply",
+            ReplicationFrame::Closed { .. } => "closed",
+            ReplicationFrame::Ack { .. } => "ack",
+            ReplicationFrame::Interim { .. } => "interim",
+        }
+    }
+}
+
+/// A frame that cannot be read; the stream carrying it must be closed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReplicationError {
+    #[error("frame at stream offset {offset} declares {len} bytes, more than the {max} allowed")]
+    TooLong { offset: u64, len: usize, max: usize },
+    #[error("frame at stream offset {offset} declares {len} bytes, fewer than a header")]
+    TooShort { offset: u64, len: usize },
+    #[error("frame at stream offset {offset}: unknown kind {kind}")]
+    UnknownKind { offset: u64, kind: u8 },
+    #[error("{kind} frame at stream offset {offset}: {what}")]
+    Malformed {
+        offset: u64,
+        kind: &'static str,
+        what: &'static str,
+    },
+}
+
+/// Appends the encoding of `frame`, sent in `epoch`, to `out`.
+pub fn encode(frame: &ReplicationFrame, epoch: u64, out: &mut Vec<u8>) {
+    let start = out.len();
+    out.extend_from_slice(&[0; 4]);
+    out.push(frame.kind());
+    out.extend_from_slice(&epoch.to_be_bytes());
+    match frame {
+        ReplicationFrame::Hello { node, nonce } => {
+            out.extend_from_slice(&node.to_be_bytes());
+            out.extend_from_slice(nonce);
+        }
+        ReplicationFrame::Proof { mac } => out.extend_from_slice(mac),
+        ReplicationFrame::BackupReady { mac } => out.extend_from_slice(mac),
+        ReplicationFrame::Announce => {}
+        ReplicationFrame::Opened {
+            tuple,
+            client_isn,
+            options,
+        } => {
+            put_tuple(out, tuple);
+            out.extend_from_slice(&client_isn.to_be_bytes());
+            let (ours, theirs) = options.window_scales.unwrap_or((0, 0));
+            let flags = u8::from(options.window_scales.is_some())
+                | u8::from(options.sack) << 1
+                | u8::from(options.timestamps) << 2;
+            out.extend_from_slice(&[flags, ours, theirs]);
+            out.extend_from_slice(&options.mss.to_be_bytes());
+        }
+        ReplicationFrame::Reply {
+            seq,
+            tuple,
+            request_index,
+            reply_offset,
+            request_end,
+            bytes,
+        } => {
+            out.extend_from_slice(&seq.to_be_bytes());
+            put_tuple(out, tuple);
+            out.extend_from_slice(&request_index.to_be_bytes());
+            out.extend_from_slice(&reply_offset.to_be_bytes());
+            out.push(u8::from(request_end.is_some()));
+            out.extend_from_slice(&request_end.unwrap_or(0).to_be_bytes());
+            out.extend_from_slice(bytes);
+        }
+        ReplicationFrame::Closed { tuple } => put_tuple(out, tuple),
+        ReplicationFrame::Ack { seq } => out.extend_from_slice(&seq.to_be_bytes()),
+        ReplicationFrame::Interim {
+            seq,
+            tuple,
+            request_index,
+            reply_offset,
+            bytes,
+        } => {
+            out.extend_from_slice(&seq.to_be_bytes());
+            put_tuple(out, tuple);
+            out.extend_from_slice(&request_index.to_be_bytes());
+            out.extend_from_slice(&reply_offset.to_be_bytes());
+            out.extend_from_slice(bytes);
+        }
+    }
+    let len = (out.len() - start - 4) as u32;
+    out[start..start + 4].copy_from_slice(&len.to_be_bytes());
+}
+
+fn put_tuple(out: &mut Vec<u8>, tuple: &FourTuple) {
+    for addr in [tuple.client, tuple.server] {
+        out.extend_from_slice(&addr.ip().octets());
+        out.extend_from_slice(&addr.port().to_be_bytes());
+    }
+}
+
+/// Cuts a replication stream into frames, fed incrementally in pieces of any size.
+#[derive(Debug, Default)]
+pub struct FrameReader {
+    buffer: Vec<u8>,
+    /// Stream offset of `buffer[0]`.
+    offset: u64,
+    failed: Option<ReplicationError>,
+}
+
+impl FrameReader {
+    pub fn new() -> FrameReader {
+        FrameReader::default()
+    }
+
+    /// Appends received bytes.
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buffer.extend_from_slice(bytes);
+    }
+
+    /// The next complete frame and the epoch it was sent in; `Ok(None)` until one is whole.
+    /// After an error every call returns it again: the stream has no boundary after it.
+    pub fn next_frame(&mut self) -> Result<Option<(u64, ReplicationFrame)>, ReplicationError> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
+        let result = self.try_next();
+        if let Err(e) = &result {
+            self.failed = Some(e.clone());
+        }
+        result
+    }
+
+    fn try_next(&mut self) -> Result<Option<(u64, ReplicationFrame)>, ReplicationError> {
+        if self.buffer.len() < 4 {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes(self.buffer[..4].try_into().expect("4 bytes")) as usize;
+        let offset = self.offset;
+        if len > MAX_FRAME_BYTES {
+            return Err(ReplicationError::TooLong {
+                offset,
+                len,
+                max: MAX_FRAME_BYTES,
+            });
+        }
+        if len < HEADER_LEN - 4 {
+            return Err(ReplicationError::TooShort { offset, len });
+        }
+        if self.buffer.len() < 4 + len {
+            return Ok(None);
+        }
+        let frame = decode_body(&self.buffer[4..4 + len], offset)?;
+        self.buffer.drain(..4 + len);
+        self.offset += 4 + len as u64;
+        Ok(Some(frame))
+    }
+}
+
+/// Reads fields front to back, failing with the frame's kind and offset.
+struct Fields<'a> {
+    rest: &'a [u8],
+    kind: &'static str,
+    offset: u64,
+}
+
+impl<'a> Fields<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], ReplicationError> {
+        if self.rest.len() < n {
+            return Err(self.malformed("body shorter than its fields"));
+        }
+        let (head, tail) = self.rest.split_at(n);
+        self.rest = tail;
+        Ok(head)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], ReplicationError> {
+        Ok(self.take(N)?.try_into().expect("take returned N bytes"))
+    }
+
+    fn u16(&mut self) -> Result<u16, ReplicationError> {
+        Ok(u16::from_be_bytes(self.array()?))
+    }
+
+    fn u32(&mut self) -> Result<u32, ReplicationError> {
+        Ok(u32::from_be_bytes(self.array()?))
+    }
+
+    fn u64(&mut self) -> Result<u64, ReplicationError> {
+        Ok(u64::from_be_bytes(self.array()?))
+    }
+
+    fn address(&mut self) -> Result<SocketAddrV4, ReplicationError> {
+        let ip = Ipv4Addr::from(self.array::<4>()?);
+        Ok(SocketAddrV4::new(ip, self.u16()?))
+    }
+
+    fn tuple(&mut self) -> Result<FourTuple, ReplicationError> {
+        Ok(FourTuple {
+            client: self.address()?,
+            server: self.address()?,
+        })
+    }
+
+    fn end(self) -> Result<(), ReplicationError> {
+        if self.rest.is_empty() {
+            Ok(())
+        } else {
+            Err(self.malformed("bytes after the last field"))
+        }
+    }
+
+    fn malformed(&self, what: &'static str) -> ReplicationError {
+        ReplicationError::Malformed {
+            offset: self.offset,
+            kind: self.kind,
+            what,
+        }
+    }
+}
+
+fn decode_body(body: &[u8], offset: u64) -> Result<(u64, ReplicationFrame), ReplicationError> {
+    let kind = body[0];
+    let epoch = u64::from_be_bytes(body[1..9].try_into().expect("8 bytes"));
+    let label = match kind {
+        1 => "hello",
+        2 => "proof",
+        3 => "backup-ready",
+        4 => "announce",
+        5 => "opened",
+        6 => "reply",
+        7 => "closed",
+        8 => "ack",
+        9 => "interim",
+        _ => return Err(ReplicationError::UnknownKind { offset, kind }),
+    };
+    let mut f = Fields {
+        rest: &body[9..],
+        kind: label,
+        offset,
+    };
+    let frame = match kind {
+        1 => ReplicationFrame::Hello {
+            node: f.u16()?,
+            nonce: f.array()?,
+        },
+        2 => ReplicationFrame::Proof { mac: f.array()? },
+        3 => ReplicationFrame::BackupReady { mac: f.array()? },
+        4 => ReplicationFrame::Announce,
+        5 => {
+            let tuple = f.tuple()?;
+            let client_isn = f.u32()?;
+            let [flags, ours, theirs] = f.array()?;
+            if flags & !0b111 != 0 {
+                return Err(f.malformed("unknown option flags"));
+            }
+            if ours > 14 || theirs > 14 {
+                return Err(f.malformed("window scale above 14"));
+            }
+            let mss = f.u16()?;
+            ReplicationFrame::Opened {
+                tuple,
+                client_isn,
+                options: ConnectionOptions {
+                    window_scales: (flags & 1 != 0).then_some((ours, theirs)),
+                    sack: flags & 2 != 0,
+                    timestamps: flags & 4 != 0,
+                    mss,
+                },
+            }
+        }
+        6 => {
+            let seq = f.u64()?;
+            let tuple = f.tuple()?;
+            let request_index = f.u64()?;
+            let reply_offset = f.u64()?;
+            let [has_end] = f.array()?;
+            let end = f.u64()?;
+            let request_end = match has_end {
+                0 if end == 0 => None,
+                1 => Some(end),
+                _ => return Err(f.malformed("invalid request-end flag")),
+            };
+            let bytes = f.rest.to_vec();
+            if bytes.len() > MAX_PIECE_BYTES {
+                return Err(f.malformed("reply piece longer than the maximum"));
+            }
+            f.rest = &[];
+            ReplicationFrame::Reply {
+                seq,
+                tuple,
+                request_index,
+                reply_offset,
+                request_end,
+                bytes,
+            }
+        }
+        7 => ReplicationFrame::Closed { tuple: f.tuple()? },
+        8 => ReplicationFrame::Ack { seq: f.u64()? },
+        _ => {
+            let seq = f.u64()?;
+            let tuple = f.tuple()?;
+            let request_index = f.u64()?;
+            let reply_offset = f.u64()?;
+            let bytes = f.rest.to_vec();
+            if bytes.len() > MAX_PIECE_BYTES {
+                return Err(f.malformed("reply piece longer than the maximum"));
+            }
+            f.rest = &[];
+            ReplicationFrame::Interim {
+                seq,
+                tuple,
+                request_index,
+                reply_offset,
+                bytes,
+            }
+        }
+    };
+    f.end()?;
+    Ok((epoch, frame))
+}
+
+/// The proof an end sends: HMAC over a label, its own node id and nonce, then the peer's.
+/// Binding both nonces stops a replay of an earlier handshake; binding the sender's id stops a
+/// reflection of the peer's own proof back at it.
+pub fn handshake_proof(
+    key: &AuthKey,
+    sender: NodeId,
+    own_nonce: &[u8; NONCE_LEN],
+    peer_nonce: &[u8; NONCE_LEN],
+) -> [u8; PROOF_LEN] {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key.secret()).expect("HMAC takes any key");
+    mac.update(PROOF_LABEL);
+    mac.update(&sender.to_be_bytes());
+    mac.update(own_nonce);
+    mac.update(peer_nonce);
+    mac.finalize().into_bytes().into()
+}
+
+/// Checks a peer's proof in constant time.
+pub fn verify_proof(
+    key: &AuthKey,
+    peer: NodeId,
+    peer_nonce: &[u8; NONCE_LEN],
+    own_nonce: &[u8; NONCE_LEN],
+    proof: &[u8; PROOF_LEN],
+) -> bool {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key.secret()).expect("HMAC takes any key");
+    mac.update(PROOF_LABEL);
+    mac.update(&peer.to_be_bytes());
+    mac.update(peer_nonce);
+    mac.update(own_nonce);
+    mac.verify_slice(proof).is_ok()
+}

@@ -1,0 +1,757 @@
+//! Duplex: the backup's side. It receives every client frame first (ingress logger on a packet
+//! socket), logs it in the connection image, and only then forwards it to the primary (I1); it
+//! logs the primary's replies and acknowledges them (I2). At takeover the frozen logs become the
+//! resume plans.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use steadfast_core::image::{
+    parse_client_frame, tcp_checksum_fixup, ConnectionTable, FourTuple, NegotiatedOptions,
+    TableLimits, Tracking, WindowScales, ETHERNET_HEADER_LEN,
+};
+use steadfast_core::replica::ReplicaLog;
+use steadfast_core::replication::{
+    self, handshake_proof, verify_proof, FrameReader, ReplicationFrame, NONCE_LEN,
+};
+use steadfast_core::NodeId;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::{Peer, PlaneSettings, PlaneShared};
+
+/// Largest IP packet forwarded as one frame (the lab's and most LANs' MTU).
+const FORWARD_MTU: usize = 1500;
+/// How long the logger sleeps in poll(): bounds how late a freeze is noticed.
+const LOGGER_POLL_MS: i32 = 2;
+
+/// What the backup holds for the connections it protects.
+#[derive(Default)]
+pub struct BackupState {
+    pub table: Option<ConnectionTable>,
+    pub replica: ReplicaLog,
+    /// When the last frame of each connection was logged: the primary's timestamp clock has
+    /// run on since the client's last TSecr, and the rebuilt clock must not be behind it.
+    pub last_seen: HashMap<FourTuple, Instant>,
+    pub primary_mac: Option<[u8; 6]>,
+}
+
+impl BackupState {
+    fn fresh(primary_mac: Option<[u8; 6]>) -> BackupState {
+        BackupState {
+            table: Some(ConnectionTable::new(TableLimits::default())),
+            replica: ReplicaLog::new(),
+            last_seen: HashMap::new(),
+            primary_mac,
+        }
+    }
+}
+
+/// The logs as they were when forwarding stopped, for the takeover.
+pub struct Frozen {
+    pub state: BackupState,
+    pub at: Instant,
+}
+
+struct Logger {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<()>,
+}
+
+pub struct BackupPlane {
+    settings: PlaneSettings,
+    shared: Arc<PlaneShared>,
+    mac: [u8; 6],
+    state: Arc<Mutex<BackupState>>,
+    epoch: Arc<AtomicU64>,
+    logger: Arc<Mutex<Option<Logger>>>,
+    /// The primary this node protects, by the election's view; a connecting primary with
+    /// another id is still accepted if its epoch is not older (the election may lag).
+    primary: Arc<Mutex<Option<Peer>>>,
+    protecting: Arc<AtomicBool>,
+}
+
+impl BackupPlane {
+    pub async fn start(
+        settings: &PlaneSettings,
+        shared: Arc<PlaneShared>,
+        mac: [u8; 6],
+        _ifindex: u32,
+    ) -> anyhow::Result<BackupPlane> {
+        let bind = SocketAddr::V4(SocketAddrV4::new(
+            settings.local_address,
+            settings.replication_port,
+        ));
+        let listener = TcpListener::bind(bind)
+            .await
+            .with_context(|| format!("binding the replication listener {bind}"))?;
+        let plane = BackupPlane {
+            settings: settings.clone(),
+            shared,
+            mac,
+            state: Arc::new(Mutex::new(BackupState::default())),
+            epoch: Arc::new(AtomicU64::new(0)),
+            logger: Arc::new(Mutex::new(None)),
+            primary: Arc::new(Mutex::new(None)),
+            protecting: Arc::new(AtomicBool::new(false)),
+        };
+        tokio::spawn(plane.clone_parts().accept_loop(listener));
+        Ok(plane)
+    }
+
+    fn clone_parts(&self) -> BackupParts {
+        BackupParts {
+            settings: self.settings.clone(),
+            shared: self.shared.clone(),
+            mac: self.mac,
+            state: self.state.clone(),
+            epoch: self.epoch.clone(),
+            logger: self.logger.clone(),
+            protecting: self.protecting.clone(),
+        }
+    }
+
+    pub fn set_epoch(&self, epoch: u64) {
+        self.epoch.fetch_max(epoch, Ordering::Relaxed);
+    }
+
+    /// This node is a backup now; the primary connects to it.
+    pub fn protect(&mut self, epoch: u64, primary: Option<Peer>) {
+        self.set_epoch(epoch);
+        *self.primary.lock().expect("primary lock") = primary;
+        self.protecting.store(true, Ordering::Relaxed);
+    }
+
+    pub fn stop_logging(&mut self) {
+        self.protecting.store(false, Ordering::Relaxed);
+        stop_logger(&self.logger);
+    }
+
+    /// Stops the logger (no frame is forwarded after this returns) and hands over the logs.
+    pub fn freeze(&mut self) -> Frozen {
+        self.protecting.store(false, Ordering::Relaxed);
+        // The logger checks its stop flag under the state lock before it logs or forwards a
+        // batch: once the state is taken here it neither changes it nor forwards anything, so
+        // there is no need to wait for the thread to wind down (it ends at its next poll).
+        if let Some(logger) = self.logger.lock().expect("logger lock").take() {
+            logger.stop.store(true, Ordering::Relaxed);
+        }
+        let state = std::mem::take(&mut *self.state.lock().expect("backup state lock"));
+        self.shared
+            .protected_connections
+            .store(0, Ordering::Relaxed);
+        Frozen {
+            state,
+            at: Instant::now(),
+        }
+    }
+}
+
+fn stop_logger(logger: &Mutex<Option<Logger>>) {
+    let running = logger.lock().expect("logger lock").take();
+    if let Some(logger) = running {
+        logger.stop.store(true, Ordering::Relaxed);
+        let _ = logger.thread.join();
+    }
+}
+
+/// The parts of the backup plane its tasks share.
+#[derive(Clone)]
+struct BackupParts {
+    settings: PlaneSettings,
+    shared: Arc<PlaneShared>,
+    mac: [u8; 6],
+    state: Arc<Mutex<BackupState>>,
+    epoch: Arc<AtomicU64>,
+    logger: Arc<Mutex<Option<Logger>>>,
+    protecting: Arc<AtomicBool>,
+}
+
+impl BackupParts {
+    async fn accept_loop(self, listener: TcpListener) {
+        loop {
+            let (stream, from) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::warn!("replication listener: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let parts = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = parts.serve_primary(stream, from).await {
+                    tracing::warn!("replication stream from {from}: {e:#}");
+                }
+            });
+        }
+    }
+
+    async fn serve_primary(self, mut stream: TcpStream, from: SocketAddr) -> anyhow::Result<()> {
+        let known = self
+            .settings
+            .members
+            .iter()
+            .find(|(&id, &addr)| {
+                id != self.settings.node_id && SocketAddr::from((addr, 0)).ip() == from.ip()
+            })
+            .map(|(&id, _)| id);
+        let Some(peer_id) = known else {
+            self.shared
+                .counters
+                .handshakes_refused
+                .fetch_add(1, Ordering::Relaxed);
+            anyhow::bail!("{from} is not a member of the group");
+        };
+        if !self.protecting.load(Ordering::Relaxed) {
+            anyhow::bail!("node {peer_id} wants a backup, but this node is not one now");
+        }
+        stream.set_nodelay(true)?;
+        let mut reader = FrameReader::new();
+        let epoch = self.epoch.load(Ordering::Relaxed);
+        let peer_epoch = handshake(
+            &mut stream,
+            &mut reader,
+            &self.settings,
+            peer_id,
+            epoch,
+            &self.shared,
+        )
+        .await?;
+        if peer_epoch < epoch {
+            self.shared
+                .counters
+                .replication_old_epoch
+                .fetch_add(1, Ordering::Relaxed);
+            anyhow::bail!("node {peer_id} speaks for epoch {peer_epoch}, older than {epoch}");
+        }
+        self.epoch.fetch_max(peer_epoch, Ordering::Relaxed);
+        let peer_ip = match from {
+            SocketAddr::V4(a) => *a.ip(),
+            SocketAddr::V6(_) => anyhow::bail!("IPv6 peers are not supported"),
+        };
+        let primary_mac = neighbour_mac(peer_ip)
+            .with_context(|| format!("finding the MAC of primary {peer_id} ({peer_ip})"))?;
+        // Protection starts afresh with this primary: connections it opened before are not
+        // protected (it says so in its own status).
+        *self.state.lock().expect("backup state lock") = BackupState::fresh(Some(primary_mac));
+        self.ensure_logger()?;
+        let mut out = Vec::new();
+        replication::encode(
+            &ReplicationFrame::BackupReady { mac: self.mac },
+            peer_epoch,
+            &mut out,
+        );
+        stream.write_all(&out).await?;
+        tracing::info!("protecting primary {peer_id} (epoch {peer_epoch})");
+        self.take_frames(stream, reader, peer_epoch).await
+    }
+
+    fn ensure_logger(&self) -> anyhow::Result<()> {
+        let mut slot = self.logger.lock().expect("logger lock");
+        if slot.as_ref().is_some_and(|l| !l.thread.is_finished()) {
+            return Ok(());
+        }
+        let service = &self.settings.service;
+        let filter = steadfast_os::packet_port::IngressFilter {
+            vip: service.vip,
+            ports: service.ports.clone(),
+        };
+        let port = steadfast_os::packet_port::PacketPort::open(&service.interface, &filter)
+            .with_context(|| format!("opening the ingress logger on {}", service.interface))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let ctx = LoggerContext {
+            port,
+            vip: service.vip,
+            mac: self.mac,
+            state: self.state.clone(),
+            shared: self.shared.clone(),
+            stop: stop.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("steadfast-logger".into())
+            .spawn(move || ctx.run())
+            .context("starting the logger thread")?;
+        *slot = Some(Logger { stop, thread });
+        Ok(())
+    }
+
+    /// Logs the primary's frames and acknowledges the replies.
+    async fn take_frames(
+        &self,
+        stream: TcpStream,
+        mut reader: FrameReader,
+        epoch: u64,
+    ) -> anyhow::Result<()> {
+        let (mut read_half, mut write_half) = stream.into_split();
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut out = Vec::new();
+        loop {
+            let mut highest_seq = None;
+            while let Some((frame_epoch, frame)) = reader.next_frame()? {
+                if frame_epoch < epoch {
+                    self.shared
+                        .counters
+                        .replication_old_epoch
+                        .fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                if let Some(seq) = self.take_frame(frame) {
+                    highest_seq = Some(seq);
+                }
+            }
+            if let Some(seq) = highest_seq {
+                out.clear();
+                replication::encode(&ReplicationFrame::Ack { seq }, epoch, &mut out);
+                write_half.write_all(&out).await?;
+            }
+            let n = read_half.read(&mut buf).await?;
+            if n == 0 {
+                anyhow::bail!("the primary closed the replication stream");
+            }
+            reader.push(&buf[..n]);
+        }
+    }
+
+    /// Applies one frame; returns the sequence number to acknowledge, if any.
+    fn take_frame(&self, frame: ReplicationFrame) -> Option<u64> {
+        let mut guard = self.state.lock().expect("backup state lock");
+        let state = &mut *guard;
+        let counters = &self.shared.counters;
+        match frame {
+            ReplicationFrame::Opened {
+                tuple,
+                client_isn,
+                options,
+            } => {
+                state.replica.opened(tuple, client_isn, options);
+                if let Some(table) = state.table.as_mut() {
+                    let negotiated = NegotiatedOptions {
+                        window_scales: options
+                            .window_scales
+                            .map(|(snd, rcv)| WindowScales { snd, rcv }),
+                        sack: options.sack,
+                        timestamps: options.timestamps,
+                    };
+                    if let Err(e) = table.set_negotiated(&tuple, negotiated) {
+                        tracing::debug!("opened {tuple}: {e}");
+                    }
+                }
+                self.shared
+                    .protected_connections
+                    .store(state.replica.len() as u64, Ordering::Relaxed);
+                None
+            }
+            ReplicationFrame::Reply {
+                seq,
+                tuple,
+                request_index,
+                reply_offset,
+                request_end,
+                bytes,
+            } => {
+                let len = bytes.len() as u64;
+                match state.replica.log_reply(
+                    &tuple,
+                    request_index,
+                    reply_offset,
+                    request_end,
+                    bytes,
+                ) {
+                    Ok(logged) => {
+                        counters.log_bytes.fetch_add(len, Ordering::Relaxed);
+                        if request_end.is_some() {
+                            counters.replies_logged.fetch_add(1, Ordering::Relaxed);
+                        }
+                        if let (Some(end), Some(table)) =
+                            (logged.consumed_up_to, state.table.as_mut())
+                        {
+                            if let Err(e) = table.consume_up_to(&tuple, end) {
+                                tracing::debug!("{tuple}: {e}");
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        counters
+                            .replication_frames_refused
+                            .fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!("refused a reply piece: {e}");
+                    }
+                }
+                // Acknowledged even when refused: the primary must not stall on a piece this
+                // backup will never hold; the connection is then lost at a takeover instead.
+                Some(seq)
+            }
+            ReplicationFrame::Interim {
+                seq,
+                tuple,
+                request_index,
+                reply_offset,
+                bytes,
+            } => {
+                counters
+                    .log_bytes
+                    .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                if let Err(e) =
+                    state
+                        .replica
+                        .log_interim(&tuple, request_index, reply_offset, bytes)
+                {
+                    counters
+                        .replication_frames_refused
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!("refused an interim reply: {e}");
+                }
+                Some(seq)
+            }
+            ReplicationFrame::Closed { tuple } => {
+                state.replica.closed(&tuple);
+                if let Some(table) = state.table.as_mut() {
+                    table.remove(&tuple);
+                }
+                state.last_seen.remove(&tuple);
+                self.shared
+                    .protected_connections
+                    .store(state.replica.len() as u64, Ordering::Relaxed);
+                None
+            }
+            ReplicationFrame::Announce => {
+                drop(guard);
+                self.announce_as_backup();
+                None
+            }
+            other => {
+                counters
+                    .replication_frames_refused
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!("unexpected {} frame from the primary", other.label());
+                None
+            }
+        }
+    }
+
+    fn announce_as_backup(&self) {
+        let service = &self.settings.service;
+        match steadfast_os::garp::GarpSender::open(
+            interface_index(&service.interface).unwrap_or(0),
+            self.mac,
+        ) {
+            Ok(sender) => announce(
+                &sender,
+                service.vip,
+                service.garp_count,
+                service.garp_spacing,
+            ),
+            Err(e) => tracing::error!("gratuitous ARP as backup: {e}"),
+        }
+    }
+}
+
+fn interface_index(name: &str) -> Option<u32> {
+    nix::net::if_::if_nametoindex(name).ok()
+}
+
+/// A gratuitous ARP burst: the first at once, the rest spaced in a task.
+pub fn announce(
+    sender: &steadfast_os::garp::GarpSender,
+    vip: Ipv4Addr,
+    count: u32,
+    spacing: Duration,
+) {
+    if count == 0 {
+        return;
+    }
+    if let Err(e) = sender.send(vip) {
+        tracing::warn!("gratuitous ARP for {vip}: {e}");
+    }
+    let sender = sender.clone();
+    tokio::spawn(async move {
+        for _ in 1..count {
+            tokio::time::sleep(spacing).await;
+            let _ = sender.send(vip);
+        }
+    });
+}
+
+/// The MAC of a neighbour, from the kernel's ARP table (the replication stream to it has just
+/// made the entry).
+fn neighbour_mac(ip: Ipv4Addr) -> anyhow::Result<[u8; 6]> {
+    let table = std::fs::read_to_string("/proc/net/arp").context("reading /proc/net/arp")?;
+    for line in table.lines().skip(1) {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.len() >= 4 && fields[0] == ip.to_string() {
+            let mut mac = [0u8; 6];
+            let parts: Vec<&str> = fields[3].split(':').collect();
+            if parts.len() != 6 {
+                continue;
+            }
+            for (slot, part) in mac.iter_mut().zip(parts) {
+                *slot = u8::from_str_radix(part, 16)
+                    .with_context(|| format!("/proc/net/arp: bad MAC {:?}", fields[3]))?;
+            }
+            if mac != [0; 6] {
+                return Ok(mac);
+            }
+        }
+    }
+    anyhow::bail!("no complete ARP entry for {ip} in /proc/net/arp")
+}
+
+/// Both ends: `Hello` with a fresh nonce, then a `Proof` over both nonces. Returns the epoch the
+/// peer spoke in.
+pub async fn handshake(
+    stream: &mut TcpStream,
+    reader: &mut FrameReader,
+    settings: &PlaneSettings,
+    expected_peer: NodeId,
+    epoch: u64,
+    shared: &PlaneShared,
+) -> anyhow::Result<u64> {
+    let mut nonce = [0u8; NONCE_LEN];
+    getrandom::getrandom(&mut nonce).map_err(|e| anyhow::anyhow!("drawing a nonce: {e}"))?;
+    let mut out = Vec::new();
+    replication::encode(
+        &ReplicationFrame::Hello {
+            node: settings.node_id,
+            nonce,
+        },
+        epoch,
+        &mut out,
+    );
+    stream.write_all(&out).await?;
+    let (peer_epoch, hello) = read_frame(stream, reader).await?;
+    let ReplicationFrame::Hello {
+        node,
+        nonce: peer_nonce,
+    } = hello
+    else {
+        shared
+            .counters
+            .handshakes_refused
+            .fetch_add(1, Ordering::Relaxed);
+        anyhow::bail!("expected a hello, got {}", hello.label());
+    };
+    if node != expected_peer {
+        shared
+            .counters
+            .handshakes_refused
+            .fetch_add(1, Ordering::Relaxed);
+        anyhow::bail!("node {expected_peer}'s address says it is node {node}");
+    }
+    out.clear();
+    replication::encode(
+        &ReplicationFrame::Proof {
+            mac: handshake_proof(&settings.key, settings.node_id, &nonce, &peer_nonce),
+        },
+        epoch,
+        &mut out,
+    );
+    stream.write_all(&out).await?;
+    let (_, proof) = read_frame(stream, reader).await?;
+    let ReplicationFrame::Proof { mac } = proof else {
+        shared
+            .counters
+            .handshakes_refused
+            .fetch_add(1, Ordering::Relaxed);
+        anyhow::bail!("expected a proof, got {}", proof.label());
+    };
+    if !verify_proof(&settings.key, node, &peer_nonce, &nonce, &mac) {
+        shared
+            .counters
+            .handshakes_refused
+            .fetch_add(1, Ordering::Relaxed);
+        shared
+            .counters
+            .forged_frames
+            .fetch_add(1, Ordering::Relaxed);
+        anyhow::bail!("node {node} failed to prove the group key");
+    }
+    Ok(peer_epoch)
+}
+
+/// The next whole frame from the stream.
+pub async fn read_frame(
+    stream: &mut TcpStream,
+    reader: &mut FrameReader,
+) -> anyhow::Result<(u64, ReplicationFrame)> {
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(frame) = reader.next_frame()? {
+            return Ok(frame);
+        }
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            anyhow::bail!("the peer closed the replication stream");
+        }
+        reader.push(&buf[..n]);
+    }
+}
+
+/// The logger thread: a blocking loop on the packet socket, at normal priority.
+struct LoggerContext {
+    port: steadfast_os::packet_port::PacketPort,
+    vip: Ipv4Addr,
+    mac: [u8; 6],
+    state: Arc<Mutex<BackupState>>,
+    shared: Arc<PlaneShared>,
+    stop: Arc<AtomicBool>,
+}
+
+impl LoggerContext {
+    fn run(mut self) {
+        let mut outgoing: Vec<Vec<u8>> = Vec::new();
+        while !self.stop.load(Ordering::Relaxed) {
+            let mut pollfd = libc::pollfd {
+                fd: self.port.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd for the duration of the call.
+            unsafe { libc::poll(&mut pollfd, 1, LOGGER_POLL_MS) };
+            self.drain_once(&mut outgoing);
+            // Forward only what the log holds: sending happens after the batch is logged.
+            for frame in outgoing.drain(..) {
+                if self.stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                match self.port.send(&frame) {
+                    Ok(()) => {
+                        self.shared
+                            .counters
+                            .frames_forwarded
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        PlaneShared::count_reason(&self.shared.drop_reasons, "send-failed");
+                        tracing::debug!("forwarding a client frame: {e}");
+                    }
+                }
+            }
+        }
+    }
+
+    fn drain_once(&mut self, outgoing: &mut Vec<Vec<u8>>) {
+        let mut guard = self.state.lock().expect("backup state lock");
+        if self.stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let state = &mut *guard;
+        let vip = self.vip;
+        let mac = self.mac;
+        let shared = &self.shared;
+        let now = Instant::now();
+        self.port.drain(|frame| {
+            let counters = &shared.counters;
+            if frame.truncated {
+                counters.frames_dropped.fetch_add(1, Ordering::Relaxed);
+                PlaneShared::count_reason(&shared.drop_reasons, "truncated");
+                return;
+            }
+            if let Some(reply) = steadfast_os::packet_port::arp_reply_for(frame.data, vip, mac) {
+                counters.arp_replies.fetch_add(1, Ordering::Relaxed);
+                outgoing.push(reply);
+                return;
+            }
+            if frame.data.len() >= 14 && frame.data[12..14] == [0x08, 0x06] {
+                return;
+            }
+            let segment = match parse_client_frame(frame.data) {
+                Ok(segment) => segment,
+                Err(drop) => {
+                    counters.frames_dropped.fetch_add(1, Ordering::Relaxed);
+                    PlaneShared::count_reason(&shared.drop_reasons, &variant_label(&drop));
+                    return;
+                }
+            };
+            let Some(table) = state.table.as_mut() else {
+                return;
+            };
+            let payload = segment.payload_in(frame.data).unwrap_or(&[]);
+            match table.ingest(&segment, payload) {
+                Ok(ingested) => {
+                    counters.frames_logged.fetch_add(1, Ordering::Relaxed);
+                    counters
+                        .log_bytes
+                        .fetch_add(payload.len() as u64, Ordering::Relaxed);
+                    let tuple = segment.tuple;
+                    match ingested.tracking {
+                        Tracking::Closed(_) => {
+                            state.replica.closed(&tuple);
+                            state.last_seen.remove(&tuple);
+                        }
+                        Tracking::Untracked => {}
+                        Tracking::Opened | Tracking::Tracked => {
+                            state.last_seen.insert(tuple, now);
+                            if let Some(image) = table.get(&tuple) {
+                                state.replica.trim(&tuple, image.client_acked_reply_bytes());
+                            }
+                        }
+                    }
+                    if let Some(primary) = state.primary_mac {
+                        forward(frame.data, primary, mac, outgoing, shared);
+                    }
+                }
+                Err(refused) => {
+                    counters.frames_refused.fetch_add(1, Ordering::Relaxed);
+                    PlaneShared::count_reason(&shared.drop_reasons, &variant_label(&refused));
+                }
+            }
+        });
+    }
+}
+
+/// Readdresses a logged frame to the primary (source MAC = this backup, so the switch keeps
+/// learning the right ports), fixes a partial checksum left by offload, and cuts a GRO-merged
+/// frame back to MTU-sized ones.
+fn forward(
+    data: &[u8],
+    primary: [u8; 6],
+    ours: [u8; 6],
+    outgoing: &mut Vec<Vec<u8>>,
+    shared: &PlaneShared,
+) {
+    let mut frame = data.to_vec();
+    frame[0..6].copy_from_slice(&primary);
+    frame[6..12].copy_from_slice(&ours);
+    if frame.len() > ETHERNET_HEADER_LEN + FORWARD_MTU {
+        match steadfast_os::packet_port::segment_oversized_tcp(&frame, FORWARD_MTU) {
+            Ok(pieces) => outgoing.extend(pieces),
+            Err(e) => {
+                shared
+                    .counters
+                    .frames_dropped
+                    .fetch_add(1, Ordering::Relaxed);
+                PlaneShared::count_reason(&shared.drop_reasons, "oversized");
+                tracing::debug!("cannot segment an oversized frame: {e}");
+            }
+        }
+        return;
+    }
+    if let Err(e) = tcp_checksum_fixup(&mut frame) {
+        shared
+            .counters
+            .frames_dropped
+            .fetch_add(1, Ordering::Relaxed);
+        PlaneShared::count_reason(&shared.drop_reasons, "checksum");
+        tracing::debug!("checksum fixup: {e}");
+        return;
+    }
+    outgoing.push(frame);
+}
+
+/// The variant name of an error enum (its Debug form up to the first field), as a counter
+/// label.
+fn variant_label(error: &impl std::fmt::Debug) -> String {
+    let debug = format!("{error:?}");
+    debug
+        .split([' ', '{', '('])
+        .next()
+        .unwrap_or("unknown")
+        .to_string()
+}

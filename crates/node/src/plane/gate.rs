@@ -1,0 +1,126 @@
+//! Where the proxy hands reply bytes before the client may have them (invariant I2).
+//!
+//! Duplex sends them to the backup and waits for its acknowledgement; simplex logs them in a
+//! local reply log (the same work without the network, to measure its cost).
+
+use std::sync::Mutex;
+
+use steadfast_core::image::FourTuple;
+use steadfast_core::replica::ReplicaLog;
+use steadfast_core::replication::ConnectionOptions;
+use tokio::sync::watch;
+
+/// Which part of a reply a piece is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PieceKind {
+    /// A 1xx head before the final reply.
+    Interim,
+    /// Part of a reply streamed above the whole-reply limit; more follows.
+    Partial,
+    /// The last piece of the reply; the request ended at this client stream offset.
+    Final { request_end: u64 },
+}
+
+/// Reply bytes `[reply_offset, reply_offset + bytes.len())` of one connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Piece<'a> {
+    pub tuple: FourTuple,
+    pub request_index: u64,
+    pub reply_offset: u64,
+    pub kind: PieceKind,
+    pub bytes: &'a [u8],
+}
+
+/// The backup's progress as the primary sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AckState {
+    /// Every piece up to this sequence number is held by the backup.
+    pub acked: u64,
+    /// The backup is gone (or was never there): nothing more will be acknowledged and nobody
+    /// waits any longer; replies go out unprotected.
+    pub released: bool,
+}
+
+/// Waits for the acknowledgement of one piece.
+pub struct AckWaiter {
+    pub seq: u64,
+    pub acks: watch::Receiver<AckState>,
+}
+
+impl AckWaiter {
+    /// True when the backup holds the piece, false when the backup was lost first.
+    pub async fn wait(mut self) -> bool {
+        let seq = self.seq;
+        match self
+            .acks
+            .wait_for(|state| state.acked >= seq || state.released)
+            .await
+        {
+            Ok(state) => state.acked >= seq,
+            Err(_) => false,
+        }
+    }
+}
+
+/// A place replies are logged before they are sent.
+pub trait ReplyGate: Send + Sync {
+    /// A connection was accepted and is protected from now on. Returns false when it is not
+    /// (no backup): its pieces are then not logged at all.
+    fn opened(&self, tuple: FourTuple, client_isn: u32, options: ConnectionOptions) -> bool;
+    /// Logs a piece of a protected connection; a waiter when the client must wait for an
+    /// acknowledgement.
+    fn log(&self, piece: Piece<'_>) -> Option<AckWaiter>;
+    /// The connection ended.
+    fn closed(&self, tuple: FourTuple);
+}
+
+/// Simplex: the reply log lives in this process and nothing is sent anywhere.
+#[derive(Default)]
+pub struct LocalGate {
+    log: Mutex<ReplicaLog>,
+}
+
+impl ReplyGate for LocalGate {
+    fn opened(&self, tuple: FourTuple, client_isn: u32, options: ConnectionOptions) -> bool {
+        self.log
+            .lock()
+            .expect("reply log lock")
+            .opened(tuple, client_isn, options);
+        true
+    }
+
+    fn log(&self, piece: Piece<'_>) -> Option<AckWaiter> {
+        let mut log = self.log.lock().expect("reply log lock");
+        let result = match piece.kind {
+            PieceKind::Interim => log.log_interim(
+                &piece.tuple,
+                piece.request_index,
+                piece.reply_offset,
+                piece.bytes.to_vec(),
+            ),
+            PieceKind::Partial | PieceKind::Final { .. } => log
+                .log_reply(
+                    &piece.tuple,
+                    piece.request_index,
+                    piece.reply_offset,
+                    match piece.kind {
+                        PieceKind::Final { request_end } => Some(request_end),
+                        _ => None,
+                    },
+                    piece.bytes.to_vec(),
+                )
+                .map(|_| ()),
+        };
+        if let Err(e) = result {
+            tracing::warn!("local reply log: {e}");
+        }
+        // Nobody acknowledges on this node: the bytes are released once the client has them,
+        // which in simplex is as soon as they are written.
+        log.trim(&piece.tuple, piece.reply_offset + piece.bytes.len() as u64);
+        None
+    }
+
+    fn closed(&self, tuple: FourTuple) {
+        self.log.lock().expect("reply log lock").closed(&tuple);
+    }
+}

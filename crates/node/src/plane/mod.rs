@@ -1,0 +1,309 @@
+//! The data plane of simplex and duplex services: the proxy on VIP:port, the reply gate, and in
+//! duplex the replication channel, the backup's ingress logger and the takeover.
+//!
+//! It runs on its own threads at normal priority (the election loop keeps its real-time
+//! priority, `SCHED_RESET_ON_FORK` stops these threads inheriting it): a saturated proxy must
+//! never delay a heartbeat. The daemon tells it the node's role through a watch channel; it
+//! reports counters through shared atomics.
+
+pub mod backup;
+pub mod gate;
+pub mod primary;
+pub mod proxy;
+pub mod takeover;
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use steadfast_core::frame::AuthKey;
+use steadfast_core::http::FramingLimits;
+use steadfast_core::image::FourTuple;
+use steadfast_core::replica::connection_id;
+use steadfast_core::replication::ConnectionOptions;
+use steadfast_core::NodeId;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use self::gate::{LocalGate, ReplyGate};
+use self::proxy::{BackendPool, ProxyContext, SessionStart};
+
+/// The replication channel listens on the heartbeat port + 1.
+pub const REPLICATION_PORT_OFFSET: u16 = 1;
+
+/// A simplex or duplex service, as the plane needs it.
+#[derive(Debug, Clone)]
+pub struct PlaneService {
+    pub name: String,
+    pub vip: Ipv4Addr,
+    /// Prefix length of the VIP on the interface (the member address's).
+    pub prefix_len: u8,
+    pub ports: Vec<u16>,
+    pub interface: String,
+    pub duplex: bool,
+    pub backend: SocketAddr,
+    pub stream_above: u64,
+    pub garp_count: u32,
+    pub garp_spacing: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct PlaneSettings {
+    pub node_id: NodeId,
+    pub key: AuthKey,
+    pub local_address: Ipv4Addr,
+    pub replication_port: u16,
+    /// Every member's address (not the witness: it has no data plane).
+    pub members: BTreeMap<NodeId, Ipv4Addr>,
+    pub service: PlaneService,
+}
+
+/// A member of the group as the plane sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer {
+    pub id: NodeId,
+    pub address: Ipv4Addr,
+}
+
+/// What the election made of this node, as far as the data plane cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlaneRole {
+    /// Not serving and not protecting anybody (starting, no quorum, unhealthy).
+    Idle,
+    /// The node owns the service; `backup` is the member that should protect it.
+    Primary { epoch: u64, backup: Option<Peer> },
+    /// Another node serves; this one protects it.
+    Backup { epoch: u64, primary: Option<Peer> },
+}
+
+/// Counters the control socket reports (all cumulative unless said otherwise).
+#[derive(Debug, Default)]
+pub struct PlaneCounters {
+    pub frames_logged: AtomicU64,
+    pub frames_forwarded: AtomicU64,
+    pub frames_dropped: AtomicU64,
+    pub frames_refused: AtomicU64,
+    pub arp_replies: AtomicU64,
+    pub log_bytes: AtomicU64,
+    pub replies_logged: AtomicU64,
+    pub replication_frames_refused: AtomicU64,
+    pub replication_old_epoch: AtomicU64,
+    pub handshakes_refused: AtomicU64,
+    pub takeovers: AtomicU64,
+    pub connections_restored: AtomicU64,
+    pub connections_lost: AtomicU64,
+    /// Restore rate of the last takeover, connections per second.
+    pub last_restore_per_second: AtomicU64,
+    pub last_takeover_us: AtomicU64,
+    pub unprotected_ms: AtomicU64,
+    pub backup_losses: AtomicU64,
+    pub backups_joined: AtomicU64,
+    pub forged_frames: AtomicU64,
+}
+
+/// Shared by the plane's tasks and read by the daemon for `status`.
+#[derive(Default)]
+pub struct PlaneShared {
+    pub counters: PlaneCounters,
+    /// Why connections were lost at takeovers, by reason label.
+    pub lost_reasons: Mutex<BTreeMap<String, u64>>,
+    /// Drop reasons of the ingress logger, by label.
+    pub drop_reasons: Mutex<BTreeMap<String, u64>>,
+    /// Gauge: connections the backup holds an image of, or the primary protects.
+    pub protected_connections: AtomicU64,
+    /// Gauge: 1 while the primary serves without a backup.
+    pub unprotected_now: AtomicU64,
+    pub proxy: Mutex<Option<Arc<ProxyContext>>>,
+}
+
+impl PlaneShared {
+    pub fn count_reason(map: &Mutex<BTreeMap<String, u64>>, label: &str) {
+        *map.lock()
+            .expect("reason map lock")
+            .entry(label.to_string())
+            .or_default() += 1;
+    }
+}
+
+/// The running plane; dropping it does not stop it (the process exit does).
+pub struct PlaneHandle {
+    pub role: watch::Sender<PlaneRole>,
+    pub shared: Arc<PlaneShared>,
+}
+
+/// Starts the plane's runtime on its own threads.
+pub fn start(settings: PlaneSettings) -> anyhow::Result<PlaneHandle> {
+    let (role_tx, role_rx) = watch::channel(PlaneRole::Idle);
+    let shared = Arc::new(PlaneShared::default());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("steadfast-plane")
+        .enable_all()
+        .build()
+        .context("building the data plane runtime")?;
+    destroy_lingering_sockets(&settings.service);
+    let listeners = bind_listeners(&runtime, &settings.service)?;
+    let plane_shared = shared.clone();
+    // The daemon must not run a service whose data plane could not start: the set-up result
+    // comes back before `start` returns.
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<anyhow::Result<()>>();
+    std::thread::Builder::new()
+        .name("steadfast-plane".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                if let Err(e) = run(settings, listeners, role_rx, plane_shared, ready_tx).await {
+                    tracing::error!("data plane stopped: {e:#}");
+                    // Serving without the plane would break I1/I2 silently: stop the node.
+                    std::process::exit(1);
+                }
+            })
+        })
+        .context("starting the data plane thread")?;
+    ready_rx
+        .recv()
+        .context("the data plane thread ended during set-up")??;
+    Ok(PlaneHandle {
+        role: role_tx,
+        shared,
+    })
+}
+
+/// Listeners on VIP:port exist from the start (IP_FREEBIND): when the address arrives they
+/// accept at once, and a takeover needs no extra step for new connections.
+fn bind_listeners(
+    runtime: &tokio::runtime::Runtime,
+    service: &PlaneService,
+) -> anyhow::Result<Vec<TcpListener>> {
+    let _guard = runtime.enter();
+    service
+        .ports
+        .iter()
+        .map(|&port| {
+            let addr = SocketAddrV4::new(service.vip, port);
+            let std_listener = steadfast_os::repair::listener_on_foreign_address(addr, 4096)
+                .with_context(|| format!("service {}: listening on {addr}", service.name))?;
+            std_listener.set_nonblocking(true)?;
+            TcpListener::from_std(std_listener)
+                .with_context(|| format!("service {}: registering {addr}", service.name))
+        })
+        .collect()
+}
+
+/// A previous life of this node may have left sockets on the service address (TIME_WAIT ones
+/// answer a rebuilt connection's client with an ACK, not an RST): remove them first.
+fn destroy_lingering_sockets(service: &PlaneService) {
+    for &port in &service.ports {
+        let m = steadfast_os::sock_destroy::SocketMatch {
+            local: Some(SocketAddrV4::new(service.vip, port)),
+            remote: None,
+        };
+        match steadfast_os::sock_destroy::destroy_tcp_sockets(&m) {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!("destroyed {n} lingering sockets of a previous life on port {port}")
+            }
+            Err(e) => tracing::warn!("cannot destroy lingering sockets on port {port}: {e}"),
+        }
+    }
+}
+
+async fn run(
+    settings: PlaneSettings,
+    listeners: Vec<TcpListener>,
+    role_rx: watch::Receiver<PlaneRole>,
+    shared: Arc<PlaneShared>,
+    ready: std::sync::mpsc::Sender<anyhow::Result<()>>,
+) -> anyhow::Result<()> {
+    let service = settings.service.clone();
+    let limits = FramingLimits::default();
+    if !service.duplex {
+        let gate: Arc<dyn ReplyGate> = Arc::new(LocalGate::default());
+        let ctx = Arc::new(ProxyContext {
+            limits,
+            stream_above: service.stream_above as usize,
+            gate,
+            pool: BackendPool::new(service.backend),
+            counters: Default::default(),
+        });
+        *shared.proxy.lock().expect("proxy slot") = Some(ctx.clone());
+        for listener in listeners {
+            tokio::spawn(accept_loop(listener, ctx.clone(), shared.clone()));
+        }
+        let _ = ready.send(Ok(()));
+        std::future::pending::<()>().await;
+        return Ok(());
+    }
+    let duplex = match primary::Duplex::new(settings, shared.clone(), limits).await {
+        Ok(duplex) => duplex,
+        Err(e) => {
+            let _ = ready.send(Err(e.context("starting the duplex plane")));
+            std::future::pending::<()>().await;
+            return Ok(());
+        }
+    };
+    let _ = ready.send(Ok(()));
+    for listener in listeners {
+        tokio::spawn(accept_loop(listener, duplex.proxy.clone(), shared.clone()));
+    }
+    duplex.run(role_rx).await
+}
+
+/// Accepts client connections and runs a session for each.
+async fn accept_loop(listener: TcpListener, ctx: Arc<ProxyContext>, shared: Arc<PlaneShared>) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::warn!("accept: {e}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let (SocketAddr::V4(client), Ok(SocketAddr::V4(server))) = (peer, stream.local_addr())
+        else {
+            continue;
+        };
+        let tuple = FourTuple { client, server };
+        let (isn, options) = match accepted_connection_facts(&stream) {
+            Ok(facts) => facts,
+            Err(e) => {
+                tracing::warn!("connection {tuple}: {e}");
+                continue;
+            }
+        };
+        let protected = ctx.gate.opened(tuple, isn, options);
+        if protected {
+            shared.protected_connections.fetch_add(1, Ordering::Relaxed);
+        }
+        let start = SessionStart::fresh(tuple, connection_id(&tuple, isn), protected);
+        let ctx = ctx.clone();
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            proxy::serve(ctx, stream, start).await;
+            if protected {
+                shared.protected_connections.fetch_sub(1, Ordering::Relaxed);
+            }
+        });
+    }
+}
+
+/// The client's ISN (from the saved SYN: the request ids depend on it) and the options the
+/// kernel negotiated (the backup needs them to rebuild the socket).
+fn accepted_connection_facts(
+    stream: &tokio::net::TcpStream,
+) -> anyhow::Result<(u32, ConnectionOptions)> {
+    let syn = steadfast_os::repair::saved_syn(stream).context("reading the saved SYN")?;
+    let info = steadfast_os::repair::tcp_info_options(stream).context("reading TCP_INFO")?;
+    Ok((
+        syn.client_isn,
+        ConnectionOptions {
+            window_scales: info.window_scales,
+            sack: info.sack,
+            timestamps: info.timestamps,
+            mss: info.snd_mss,
+        },
+    ))
+}

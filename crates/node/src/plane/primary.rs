@@ -1,0 +1,617 @@
+//! Duplex: the role machine of the data plane, and the primary's side of the replication
+//! channel (the gate that waits for the backup's acknowledgements).
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use steadfast_core::http::FramingLimits;
+use steadfast_core::image::FourTuple;
+use steadfast_core::replication::{self, ConnectionOptions, FrameReader, ReplicationFrame};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+
+use super::backup::{self, BackupPlane};
+use super::gate::{AckState, AckWaiter, Piece, PieceKind, ReplyGate};
+use super::proxy::{BackendPool, ProxyContext};
+use super::{Peer, PlaneRole, PlaneSettings, PlaneShared};
+
+/// How long the primary waits for a backup to connect, prove the key and say ready.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(2);
+const LOOPBACK_IFINDEX: u32 = 1;
+
+/// The live link to the backup, as the gate uses it.
+struct Link {
+    frames: mpsc::UnboundedSender<Vec<u8>>,
+    acks: watch::Receiver<AckState>,
+    epoch: u64,
+    next_seq: u64,
+}
+
+/// The gate of a duplex primary: with a backup, pieces go to it and the client waits for the
+/// acknowledgement; without one, connections are not protected.
+#[derive(Default)]
+pub struct ReplicatedGate {
+    link: Mutex<Option<Link>>,
+}
+
+impl ReplicatedGate {
+    fn attach(&self, link: Link) {
+        *self.link.lock().expect("gate lock") = Some(link);
+    }
+
+    fn detach(&self) {
+        *self.link.lock().expect("gate lock") = None;
+    }
+
+    fn send(&self, frame: &ReplicationFrame) -> Option<watch::Receiver<AckState>> {
+        let mut guard = self.link.lock().expect("gate lock");
+        let link = guard.as_mut()?;
+        let mut bytes = Vec::new();
+        replication::encode(frame, link.epoch, &mut bytes);
+        link.frames.send(bytes).ok()?;
+        Some(link.acks.clone())
+    }
+
+    fn next_seq(&self) -> Option<u64> {
+        let mut guard = self.link.lock().expect("gate lock");
+        let link = guard.as_mut()?;
+        link.next_seq += 1;
+        Some(link.next_seq)
+    }
+}
+
+impl ReplyGate for ReplicatedGate {
+    fn opened(&self, tuple: FourTuple, client_isn: u32, options: ConnectionOptions) -> bool {
+        self.send(&ReplicationFrame::Opened {
+            tuple,
+            client_isn,
+            options,
+        })
+        .is_some()
+    }
+
+    fn log(&self, piece: Piece<'_>) -> Option<AckWaiter> {
+        let seq = self.next_seq()?;
+        let frame = match piece.kind {
+            PieceKind::Interim => ReplicationFrame::Interim {
+                seq,
+                tuple: piece.tuple,
+                request_index: piece.request_index,
+                reply_offset: piece.reply_offset,
+                bytes: piece.bytes.to_vec(),
+            },
+            PieceKind::Partial | PieceKind::Final { .. } => ReplicationFrame::Reply {
+                seq,
+                tuple: piece.tuple,
+                request_index: piece.request_index,
+                reply_offset: piece.reply_offset,
+                request_end: match piece.kind {
+                    PieceKind::Final { request_end } => Some(request_end),
+                    _ => None,
+                },
+                bytes: piece.bytes.to_vec(),
+            },
+        };
+        let acks = self.send(&frame)?;
+        Some(AckWaiter { seq, acks })
+    }
+
+    fn closed(&self, tuple: FourTuple) {
+        let _ = self.send(&ReplicationFrame::Closed { tuple });
+    }
+}
+
+/// What the link task tells the role machine.
+enum LinkEvent {
+    Ready {
+        generation: u64,
+        backup_mac: [u8; 6],
+        link: Link,
+        ack_tx: watch::Sender<AckState>,
+    },
+    Lost {
+        generation: u64,
+        why: String,
+    },
+}
+
+/// The duplex plane of one node, whatever its role.
+pub struct Duplex {
+    settings: PlaneSettings,
+    shared: Arc<PlaneShared>,
+    pub proxy: Arc<ProxyContext>,
+    gate: Arc<ReplicatedGate>,
+    netlink: steadfast_os::addr::Netlink,
+    ifindex: u32,
+    garp: steadfast_os::garp::GarpSender,
+    guard: steadfast_os::ingress_guard::IngressGuard,
+    backup: BackupPlane,
+    /// Where the VIP is configured now.
+    vip_on_link: bool,
+    vip_on_lo: bool,
+    link_generation: u64,
+    link_acks: Option<watch::Sender<AckState>>,
+    protected_by: Option<Peer>,
+    unprotected_since: Option<Instant>,
+}
+
+impl Duplex {
+    pub async fn new(
+        settings: PlaneSettings,
+        shared: Arc<PlaneShared>,
+        limits: FramingLimits,
+    ) -> anyhow::Result<Duplex> {
+        let service = &settings.service;
+        let netlink = steadfast_os::addr::Netlink::new()
+            .await
+            .context("opening a netlink socket for the data plane")?;
+        let link = netlink
+            .link_by_name(&service.interface)
+            .await
+            .with_context(|| {
+                format!("service {}: interface {}", service.name, service.interface)
+            })?;
+        let garp = steadfast_os::garp::GarpSender::open(link.index, link.mac)
+            .with_context(|| format!("opening a packet socket on {}", service.interface))?;
+        // The primary must never answer ARP for the VIP while a backup receives first (I1):
+        // with the VIP on lo, arp_ignore=1 keeps the kernel quiet for it on the link, and
+        // arp_announce=2 keeps the VIP out of the kernel's own ARP requests.
+        for (key, value) in [
+            (
+                format!("net/ipv4/conf/{}/arp_ignore", service.interface),
+                "1",
+            ),
+            (
+                format!("net/ipv4/conf/{}/arp_announce", service.interface),
+                "2",
+            ),
+            ("net/ipv4/conf/all/arp_ignore".to_string(), "1"),
+            ("net/ipv4/conf/all/arp_announce".to_string(), "2"),
+        ] {
+            steadfast_os::sysctl::write(&key, value)?;
+        }
+        let mut guard = steadfast_os::ingress_guard::IngressGuard::install(
+            &service.interface,
+            service.vip,
+            &service.ports,
+        )
+        .context("installing the ingress guard (nftables)")?;
+        guard.open().context("opening the ingress guard")?;
+        let gate = Arc::new(ReplicatedGate::default());
+        let proxy = Arc::new(ProxyContext {
+            limits,
+            stream_above: service.stream_above as usize,
+            gate: gate.clone(),
+            pool: BackendPool::new(service.backend),
+            counters: Default::default(),
+        });
+        *shared.proxy.lock().expect("proxy slot") = Some(proxy.clone());
+        let backup = BackupPlane::start(&settings, shared.clone(), link.mac, link.index)
+            .await
+            .context("starting the backup side (replication listener)")?;
+        Ok(Duplex {
+            settings,
+            shared,
+            proxy,
+            gate,
+            netlink,
+            ifindex: link.index,
+            garp,
+            guard,
+            backup,
+            vip_on_link: false,
+            vip_on_lo: false,
+            link_generation: 0,
+            link_acks: None,
+            protected_by: None,
+            unprotected_since: None,
+        })
+    }
+
+    fn vip(&self) -> Ipv4Addr {
+        self.settings.service.vip
+    }
+
+    pub async fn run(mut self, mut role_rx: watch::Receiver<PlaneRole>) -> anyhow::Result<()> {
+        let (link_tx, mut link_rx) = mpsc::unbounded_channel::<LinkEvent>();
+        let mut current = PlaneRole::Idle;
+        // Leftovers of a previous life: this node starts owning nothing.
+        self.place_vip(false, false).await;
+        loop {
+            let role = *role_rx.borrow_and_update();
+            if role != current {
+                self.transition(current, role, &link_tx).await;
+                current = role;
+            }
+            tokio::select! {
+                changed = role_rx.changed() => {
+                    if changed.is_err() {
+                        return Ok(());
+                    }
+                }
+                Some(event) = link_rx.recv() => self.on_link_event(event, current).await,
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                    self.account_unprotected();
+                    // A backup that is alive but not linked (refused, timed out): try again.
+                    if let PlaneRole::Primary { epoch, backup: Some(peer) } = current {
+                        if self.protected_by.is_none() && self.link_acks.is_none() {
+                            self.connect_backup(peer, epoch, &link_tx);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn transition(
+        &mut self,
+        from: PlaneRole,
+        to: PlaneRole,
+        link_tx: &mpsc::UnboundedSender<LinkEvent>,
+    ) {
+        tracing::info!("data plane: {from:?} -> {to:?}");
+        match to {
+            PlaneRole::Primary { epoch, backup } => {
+                let was_primary = matches!(from, PlaneRole::Primary { .. });
+                if let PlaneRole::Backup { .. } = from {
+                    self.take_over().await;
+                }
+                self.backup.set_epoch(epoch);
+                let keep_link = was_primary && backup.is_some() && backup == self.protected_by;
+                if !keep_link {
+                    self.drop_link("the backup changed").await;
+                    self.serve_unprotected().await;
+                    if let Some(peer) = backup {
+                        self.connect_backup(peer, epoch, link_tx);
+                    }
+                }
+            }
+            PlaneRole::Backup { epoch, primary } => {
+                if matches!(from, PlaneRole::Primary { .. }) {
+                    self.drop_link("no longer primary").await;
+                    self.place_vip(false, false).await;
+                }
+                self.backup.protect(epoch, primary);
+            }
+            PlaneRole::Idle => {
+                self.drop_link("idle").await;
+                self.place_vip(false, false).await;
+                self.backup.stop_logging();
+            }
+        }
+    }
+
+    /// The backup becomes the primary: rebuild every protected connection (DESIGN.md
+    /// "Takeover"), then serve.
+    async fn take_over(&mut self) {
+        let started = Instant::now();
+        // The order of DESIGN.md "Takeover": stop forwarding (freeze), rebuild the sockets in
+        // repair mode, make the VIP local, leave repair, resume the sessions. Client frames
+        // meanwhile are dropped by the kernel (VIP not local yet) and resent by the clients;
+        // the clients' ARP entries already name this node, so none is lost at the switch.
+        let frozen = self.backup.freeze();
+        if frozen.state.table.is_none() {
+            // This node never protected anybody: nothing to carry over.
+            return;
+        }
+        let frozen_at = started.elapsed();
+        let rebuilt = super::takeover::rebuild_all(frozen, &self.shared);
+        let rebuilt_at = started.elapsed();
+        self.place_vip(true, false).await;
+        let vip_at = started.elapsed();
+        let mut report = super::takeover::resume_all(rebuilt, self.proxy.clone(), &self.shared);
+        report.rebuild_time = started.elapsed() - frozen_at;
+        self.announce();
+        let elapsed = started.elapsed();
+        tracing::info!(
+            "takeover phases: logger stopped {frozen_at:?}, sockets rebuilt {rebuilt_at:?}, \
+             VIP local {vip_at:?}, sessions resumed {elapsed:?}"
+        );
+        let c = &self.shared.counters;
+        c.takeovers.fetch_add(1, Ordering::Relaxed);
+        c.connections_restored
+            .fetch_add(report.restored, Ordering::Relaxed);
+        c.connections_lost.fetch_add(report.lost, Ordering::Relaxed);
+        c.last_takeover_us
+            .store(elapsed.as_micros() as u64, Ordering::Relaxed);
+        if report.restored > 0 {
+            let rate = report.restored as f64 / report.rebuild_time.as_secs_f64().max(1e-6);
+            c.last_restore_per_second
+                .store(rate as u64, Ordering::Relaxed);
+        }
+        tracing::info!(
+            "takeover: {} connections restored, {} lost, in {:?} (rebuild {:?})",
+            report.restored,
+            report.lost,
+            elapsed,
+            report.rebuild_time
+        );
+    }
+
+    /// No backup: the primary answers ARP for the VIP itself and lets every client frame in.
+    async fn serve_unprotected(&mut self) {
+        if let Err(e) = self.guard.open() {
+            tracing::error!("opening the ingress guard: {e}");
+        }
+        let announce = !self.vip_on_link;
+        self.place_vip(true, false).await;
+        if announce || self.protected_by.is_some() {
+            self.announce();
+        }
+        self.protected_by = None;
+        if self.unprotected_since.is_none() {
+            self.unprotected_since = Some(Instant::now());
+        }
+        self.shared.unprotected_now.store(1, Ordering::Relaxed);
+    }
+
+    fn account_unprotected(&mut self) {
+        if let Some(since) = self.unprotected_since {
+            let now = Instant::now();
+            self.shared.counters.unprotected_ms.fetch_add(
+                now.duration_since(since).as_millis() as u64,
+                Ordering::Relaxed,
+            );
+            self.unprotected_since = Some(now);
+        }
+    }
+
+    fn connect_backup(
+        &mut self,
+        peer: Peer,
+        epoch: u64,
+        link_tx: &mpsc::UnboundedSender<LinkEvent>,
+    ) {
+        self.link_generation += 1;
+        let generation = self.link_generation;
+        let settings = self.settings.clone();
+        let shared = self.shared.clone();
+        let tx = link_tx.clone();
+        // Marks "a link attempt is under way" until Ready or Lost.
+        let (placeholder, _) = watch::channel(AckState::default());
+        self.link_acks = Some(placeholder);
+        tokio::spawn(async move {
+            if let Err(e) = run_link(settings, shared, peer, epoch, generation, tx.clone()).await {
+                let _ = tx.send(LinkEvent::Lost {
+                    generation,
+                    why: format!("{e:#}"),
+                });
+            }
+        });
+    }
+
+    async fn on_link_event(&mut self, event: LinkEvent, current: PlaneRole) {
+        match event {
+            LinkEvent::Ready {
+                generation,
+                backup_mac,
+                link,
+                ack_tx,
+            } => {
+                let PlaneRole::Primary {
+                    backup: Some(peer), ..
+                } = current
+                else {
+                    return;
+                };
+                if generation != self.link_generation {
+                    return;
+                }
+                // The order of DESIGN.md: the backup's logger runs; now the guard admits only
+                // frames it forwarded, the VIP leaves the link (the primary stops answering
+                // ARP for it), and only then does the backup announce itself.
+                if let Err(e) = self.guard.allow_only_from(backup_mac) {
+                    tracing::error!("cannot set the ingress guard to the backup's MAC: {e}");
+                    return;
+                }
+                self.place_vip(false, true).await;
+                self.gate.attach(link);
+                let _ = self.gate_send_announce();
+                self.link_acks = Some(ack_tx);
+                self.protected_by = Some(peer);
+                self.account_unprotected();
+                self.unprotected_since = None;
+                self.shared.unprotected_now.store(0, Ordering::Relaxed);
+                self.shared
+                    .counters
+                    .backups_joined
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::info!(
+                    "backup {} joined: new connections are protected from now on",
+                    peer.id
+                );
+            }
+            LinkEvent::Lost { generation, why } => {
+                if generation != self.link_generation {
+                    return;
+                }
+                tracing::warn!("replication link lost: {why}");
+                let was_protected = self.protected_by.is_some();
+                self.drop_link(&why).await;
+                if was_protected {
+                    self.shared
+                        .counters
+                        .backup_losses
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                if matches!(current, PlaneRole::Primary { .. }) {
+                    self.serve_unprotected().await;
+                }
+            }
+        }
+    }
+
+    fn gate_send_announce(&self) -> Option<()> {
+        self.gate.send(&ReplicationFrame::Announce).map(|_| ())
+    }
+
+    /// Stops waiting for the backup: every waiting reply goes out, nothing more is logged.
+    async fn drop_link(&mut self, why: &str) {
+        self.gate.detach();
+        if let Some(acks) = self.link_acks.take() {
+            acks.send_modify(|state| state.released = true);
+        }
+        self.link_generation += 1;
+        if self.protected_by.take().is_some() {
+            tracing::info!("serving without a backup: {why}");
+        }
+    }
+
+    /// Puts the VIP on the link, on lo, or nowhere; a failure is logged and retried at the
+    /// next change.
+    async fn place_vip(&mut self, on_link: bool, on_lo: bool) {
+        let vip = self.vip();
+        // Add before remove: the VIP stays local throughout, or established sockets would
+        // have no local address for a moment.
+        if on_lo && !self.vip_on_lo {
+            match self.netlink.add_address(LOOPBACK_IFINDEX, vip, 32).await {
+                Ok(()) => self.vip_on_lo = true,
+                Err(e) => tracing::error!("adding {vip} to lo: {e}"),
+            }
+        }
+        if on_link && !self.vip_on_link {
+            match self
+                .netlink
+                .add_address(self.ifindex, vip, self.prefix_len())
+                .await
+            {
+                Ok(()) => self.vip_on_link = true,
+                Err(e) => {
+                    tracing::error!("adding {vip} to {}: {e}", self.settings.service.interface)
+                }
+            }
+        }
+        if !on_link {
+            let _ = self
+                .netlink
+                .remove_address(self.ifindex, vip, self.prefix_len())
+                .await;
+            self.vip_on_link = false;
+        }
+        if !on_lo {
+            let _ = self.netlink.remove_address(LOOPBACK_IFINDEX, vip, 32).await;
+            self.vip_on_lo = false;
+        }
+    }
+
+    fn prefix_len(&self) -> u8 {
+        self.settings.service.prefix_len
+    }
+
+    fn announce(&self) {
+        let service = &self.settings.service;
+        backup::announce(
+            &self.garp,
+            service.vip,
+            service.garp_count,
+            service.garp_spacing,
+        );
+    }
+}
+
+/// Connects to the backup, proves the key, waits for its logger, then carries frames out and
+/// acknowledgements in until the stream ends.
+async fn run_link(
+    settings: PlaneSettings,
+    shared: Arc<PlaneShared>,
+    peer: Peer,
+    epoch: u64,
+    generation: u64,
+    events: mpsc::UnboundedSender<LinkEvent>,
+) -> anyhow::Result<()> {
+    let target = SocketAddr::V4(SocketAddrV4::new(peer.address, settings.replication_port));
+    let (mut stream, mut reader) = tokio::time::timeout(JOIN_TIMEOUT, async {
+        // From the member address, never the VIP: the backup admits members by address.
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::V4(SocketAddrV4::new(settings.local_address, 0)))?;
+        let mut stream: TcpStream = socket
+            .connect(target)
+            .await
+            .with_context(|| format!("connecting to backup {} at {target}", peer.id))?;
+        stream.set_nodelay(true)?;
+        let mut reader = FrameReader::new();
+        backup::handshake(&mut stream, &mut reader, &settings, peer.id, epoch, &shared).await?;
+        Ok::<_, anyhow::Error>((stream, reader))
+    })
+    .await
+    .with_context(|| format!("backup {} did not complete the handshake in time", peer.id))??;
+    let mac = tokio::time::timeout(JOIN_TIMEOUT, async {
+        loop {
+            match backup::read_frame(&mut stream, &mut reader).await? {
+                (_, ReplicationFrame::BackupReady { mac }) => return Ok::<_, anyhow::Error>(mac),
+                (_, other) => tracing::debug!("before ready, ignored {}", other.label()),
+            }
+        }
+    })
+    .await
+    .with_context(|| format!("backup {} did not start its logger in time", peer.id))??;
+    let (frames_tx, mut frames_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    let (ack_tx, ack_rx) = watch::channel(AckState::default());
+    let link = Link {
+        frames: frames_tx,
+        acks: ack_rx,
+        epoch,
+        next_seq: 0,
+    };
+    let _ = events.send(LinkEvent::Ready {
+        generation,
+        backup_mac: mac,
+        link,
+        ack_tx: ack_tx.clone(),
+    });
+    let (mut read_half, mut write_half) = stream.into_split();
+    let writer = async move {
+        let mut batch = Vec::new();
+        while let Some(frame) = frames_rx.recv().await {
+            batch.clear();
+            batch.extend_from_slice(&frame);
+            // Everything queued meanwhile goes in the same write.
+            while batch.len() < 1 << 20 {
+                match frames_rx.try_recv() {
+                    Ok(more) => batch.extend_from_slice(&more),
+                    Err(_) => break,
+                }
+            }
+            write_half.write_all(&batch).await?;
+        }
+        Ok::<_, std::io::Error>(())
+    };
+    let acks = async move {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = read_half.read(&mut buf).await?;
+            if n == 0 {
+                anyhow::bail!("the backup closed the replication stream");
+            }
+            reader.push(&buf[..n]);
+            while let Some((frame_epoch, frame)) = reader.next_frame()? {
+                if frame_epoch < epoch {
+                    shared
+                        .counters
+                        .replication_old_epoch
+                        .fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                if let ReplicationFrame::Ack { seq } = frame {
+                    ack_tx.send_if_modified(|state| {
+                        if seq > state.acked {
+                            state.acked = seq;
+                            true
+                        } else {
+                            false
+                        }
+                    });
+                }
+            }
+        }
+    };
+    tokio::select! {
+        result = writer => result.context("writing to the backup")?,
+        result = acks => result?,
+    }
+    anyhow::bail!("the replication stream to backup {} ended", peer.id)
+}

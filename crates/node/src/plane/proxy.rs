@@ -1,0 +1,605 @@
+//! The HTTP/1.1 proxy on VIP:port (simplex and duplex): one session per client connection.
+//!
+//! A session frames the client stream into requests (core::http), forwards each to a pooled
+//! backend connection with its stable `Steadfast-Request-Id`, frames the backend's reply, hands
+//! the reply to the [`ReplyGate`] and writes it to the client only once the gate says the
+//! backup holds it (I2). Requests go to the backend one at a time per client connection, so a
+//! backend that closes after a reply never loses a pipelined request sent behind it; pipelined
+//! requests simply wait, framed, in the session.
+
+use std::collections::VecDeque;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use steadfast_core::http::{
+    FramingLimits, ReplyEvent, RequestEvent, RequestFramer, RequestId, ResponseFramer,
+};
+use steadfast_core::image::FourTuple;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::gate::{Piece, PieceKind, ReplyGate};
+
+/// Client bytes a session holds (framed, not yet forwarded) before it stops reading.
+const MAX_HELD_REQUEST_BYTES: usize = 4 * 1024 * 1024;
+/// A pooled backend connection idle longer than this is not reused (backends close idle
+/// keep-alive connections, and a request sent on a closing one would be lost).
+const POOL_IDLE_LIMIT: Duration = Duration::from_secs(2);
+const POOL_MAX_IDLE: usize = 256;
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Counters of the proxy (status output).
+#[derive(Debug, Default)]
+pub struct ProxyCounters {
+    pub connections: AtomicU64,
+    pub connections_unprotected: AtomicU64,
+    pub requests: AtomicU64,
+    pub replies: AtomicU64,
+    pub reply_bytes: AtomicU64,
+    pub bad_requests: AtomicU64,
+    pub backend_errors: AtomicU64,
+    pub replies_unprotected: AtomicU64,
+    pub early_replies: AtomicU64,
+    pub tunnels_refused: AtomicU64,
+}
+
+/// Idle keep-alive connections to the backend.
+pub struct BackendPool {
+    address: SocketAddr,
+    idle: Mutex<Vec<(TcpStream, Instant)>>,
+}
+
+impl BackendPool {
+    pub fn new(address: SocketAddr) -> BackendPool {
+        BackendPool {
+            address,
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    async fn get(&self) -> io::Result<TcpStream> {
+        loop {
+            let candidate = self.idle.lock().expect("pool lock").pop();
+            let Some((stream, since)) = candidate else {
+                break;
+            };
+            if since.elapsed() > POOL_IDLE_LIMIT {
+                continue;
+            }
+            // A closed (EOF) or chattering connection is not idle: drop it.
+            let mut probe = [0u8; 1];
+            match stream.try_read(&mut probe) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(stream),
+                _ => continue,
+            }
+        }
+        let stream = TcpStream::connect(self.address).await?;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    }
+
+    fn put(&self, stream: TcpStream) {
+        let mut idle = self.idle.lock().expect("pool lock");
+        if idle.len() < POOL_MAX_IDLE {
+            idle.push((stream, Instant::now()));
+        }
+    }
+}
+
+/// What every session of a service shares.
+pub struct ProxyContext {
+    pub limits: FramingLimits,
+    /// Replies longer than this are logged and sent in pieces instead of whole.
+    pub stream_above: usize,
+    pub gate: Arc<dyn ReplyGate>,
+    pub pool: BackendPool,
+    pub counters: ProxyCounters,
+}
+
+/// Where a session starts: offset 0 for a fresh connection, or the resume point of a
+/// connection carried over by a takeover.
+#[derive(Debug, Clone)]
+pub struct SessionStart {
+    pub tuple: FourTuple,
+    pub connection_id: u64,
+    /// The gate logs this connection's replies.
+    pub protected: bool,
+    pub request_offset: u64,
+    pub request_index: u64,
+    /// Client bytes from `request_offset` on, already received.
+    pub pending_request: Vec<u8>,
+    pub reply_offset: u64,
+    /// Logged reply bytes the client has not acknowledged: written first.
+    pub unacked_reply: Vec<u8>,
+}
+
+impl SessionStart {
+    pub fn fresh(tuple: FourTuple, connection_id: u64, protected: bool) -> SessionStart {
+        SessionStart {
+            tuple,
+            connection_id,
+            protected,
+            request_offset: 0,
+            request_index: 0,
+            pending_request: Vec::new(),
+            reply_offset: 0,
+            unacked_reply: Vec::new(),
+        }
+    }
+}
+
+/// Why a session ended early (logged at debug level; counters say how often).
+#[derive(Debug, thiserror::Error)]
+enum SessionEnd {
+    #[error("client {0}: {1}")]
+    Client(FourTuple, io::Error),
+    #[error("backend for {0}: {1}")]
+    Backend(FourTuple, io::Error),
+    #[error("{0}: {1}")]
+    Protocol(FourTuple, String),
+}
+
+/// The request whose reply is awaited.
+struct InFlight {
+    index: u64,
+    keep_alive: bool,
+    /// Client stream offset after the request, once its end was framed.
+    request_end: Option<u64>,
+}
+
+/// The backend connection of a session and the framer of its reply stream.
+struct Backend {
+    stream: TcpStream,
+    framer: ResponseFramer,
+    /// Backend bytes read and not yet handed to the client, from backend offset `base`.
+    buffer: Vec<u8>,
+    base: u64,
+}
+
+/// Runs one client connection to its end.
+pub async fn serve(ctx: Arc<ProxyContext>, client: TcpStream, start: SessionStart) {
+    let tuple = start.tuple;
+    let protected = start.protected;
+    ctx.counters.connections.fetch_add(1, Ordering::Relaxed);
+    if !protected {
+        ctx.counters
+            .connections_unprotected
+            .fetch_add(1, Ordering::Relaxed);
+    }
+    let _ = client.set_nodelay(true);
+    let mut session = Session {
+        ctx: ctx.clone(),
+        client,
+        tuple,
+        connection_id: start.connection_id,
+        protected,
+        framer: RequestFramer::starting_at(ctx.limits, start.request_offset, start.request_index),
+        pending: VecDeque::new(),
+        held: Vec::new(),
+        held_base: start.request_offset,
+        in_flight: None,
+        backend: None,
+        reply_offset: start.reply_offset,
+        client_done: false,
+        close_after_reply: false,
+    };
+    let result = session
+        .run(start.pending_request, start.unacked_reply)
+        .await;
+    if let Err(e) = &result {
+        tracing::debug!("session ended: {e}");
+    }
+    if protected {
+        ctx.gate.closed(tuple);
+    }
+    // A backend connection left between replies can serve another client.
+    if let Some(backend) = session.backend.take() {
+        if result.is_ok() && session.in_flight.is_none() && backend.framer.at_reply_boundary() {
+            ctx.pool.put(backend.stream);
+        }
+    }
+}
+
+struct Session {
+    ctx: Arc<ProxyContext>,
+    client: TcpStream,
+    tuple: FourTuple,
+    connection_id: u64,
+    protected: bool,
+    framer: RequestFramer,
+    pending: VecDeque<RequestEvent>,
+    /// Client bytes not yet forwarded, from client stream offset `held_base`.
+    held: Vec<u8>,
+    held_base: u64,
+    in_flight: Option<InFlight>,
+    backend: Option<Backend>,
+    /// Client-facing reply stream offset of the next reply byte.
+    reply_offset: u64,
+    client_done: bool,
+    /// The last request asked to close (or the stream cannot carry another request).
+    close_after_reply: bool,
+}
+
+impl Session {
+    async fn run(
+        &mut self,
+        pending_request: Vec<u8>,
+        unacked_reply: Vec<u8>,
+    ) -> Result<(), SessionEnd> {
+        if !unacked_reply.is_empty() {
+            self.client
+                .write_all(&unacked_reply)
+                .await
+                .map_err(|e| SessionEnd::Client(self.tuple, e))?;
+        }
+        if !pending_request.is_empty() {
+            self.take_client_bytes(&pending_request).await?;
+        }
+        let mut client_buf = vec![0u8; READ_CHUNK];
+        let mut backend_buf = vec![0u8; READ_CHUNK];
+        loop {
+            self.forward_requests().await?;
+            if self.in_flight.is_none()
+                && self.pending.is_empty()
+                && (self.client_done || self.close_after_reply)
+            {
+                let _ = self.client.shutdown().await;
+                return Ok(());
+            }
+            let read_client = !self.client_done
+                && !self.close_after_reply
+                && self.held.len() < MAX_HELD_REQUEST_BYTES;
+            let read_backend = self.in_flight.is_some() && self.backend.is_some();
+            if !read_client && !read_backend {
+                // Waiting on nothing: the request cannot progress (a refused tunnel, say).
+                return Err(SessionEnd::Protocol(
+                    self.tuple,
+                    "nothing left to wait for".into(),
+                ));
+            }
+            tokio::select! {
+                read = self.client.read(&mut client_buf), if read_client => {
+                    let n = read.map_err(|e| SessionEnd::Client(self.tuple, e))?;
+                    if n == 0 {
+                        self.client_done = true;
+                        let mut events = Vec::new();
+                        if let Err(e) = self.framer.finish(&mut events) {
+                            // A request cut short by the client's close: nobody waits for it.
+                            tracing::debug!("{}: {e}", self.tuple);
+                        }
+                        self.pending.extend(events);
+                    } else {
+                        self.take_client_bytes(&client_buf[..n]).await?;
+                    }
+                }
+                read = read_backend_stream(self.backend.as_mut(), &mut backend_buf), if read_backend => {
+                    let n = read.map_err(|e| SessionEnd::Backend(self.tuple, e))?;
+                    self.take_backend_bytes(&backend_buf[..n]).await?;
+                }
+            }
+        }
+    }
+
+    /// Frames client bytes; a framing error answers 400 when no part of the bad request has
+    /// reached the backend, and ends the session.
+    async fn take_client_bytes(&mut self, bytes: &[u8]) -> Result<(), SessionEnd> {
+        self.held.extend_from_slice(bytes);
+        let mut events = Vec::new();
+        let result = self.framer.feed(bytes, &mut events);
+        self.pending.extend(events);
+        if let Err(error) = result {
+            self.ctx
+                .counters
+                .bad_requests
+                .fetch_add(1, Ordering::Relaxed);
+            // Earlier complete requests still get their replies first.
+            self.forward_requests().await?;
+            while self.in_flight.is_some() {
+                self.finish_in_flight().await?;
+                self.forward_requests().await?;
+            }
+            let index = error.index;
+            let end = self.held_base + self.held.len() as u64;
+            let body = format!("{error}\n");
+            let reply = format!(
+                "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            self.send_reply_piece(
+                index,
+                PieceKind::Final { request_end: end },
+                reply.as_bytes(),
+            )
+            .await?;
+            let _ = self.client.shutdown().await;
+            return Err(SessionEnd::Protocol(self.tuple, error.to_string()));
+        }
+        Ok(())
+    }
+
+    /// Waits for the in-flight reply while the client is not read (used on the error path).
+    async fn finish_in_flight(&mut self) -> Result<(), SessionEnd> {
+        let mut buf = vec![0u8; READ_CHUNK];
+        while self.in_flight.is_some() {
+            let n = read_backend_stream(self.backend.as_mut(), &mut buf)
+                .await
+                .map_err(|e| SessionEnd::Backend(self.tuple, e))?;
+            self.take_backend_bytes(&buf[..n]).await?;
+        }
+        Ok(())
+    }
+
+    /// Forwards framed client bytes to the backend, one request at a time.
+    async fn forward_requests(&mut self) -> Result<(), SessionEnd> {
+        let mut forwarded_to = None;
+        while let Some(event) = self.pending.front() {
+            match event {
+                RequestEvent::Head(head) => {
+                    if self.in_flight.is_some() || self.close_after_reply {
+                        break;
+                    }
+                    let head = head.clone();
+                    if self.backend.is_none() {
+                        match self.ctx.pool.get().await {
+                            Ok(stream) => {
+                                self.backend = Some(Backend {
+                                    stream,
+                                    framer: ResponseFramer::new(self.ctx.limits),
+                                    buffer: Vec::new(),
+                                    base: 0,
+                                })
+                            }
+                            Err(e) => {
+                                self.ctx
+                                    .counters
+                                    .backend_errors
+                                    .fetch_add(1, Ordering::Relaxed);
+                                return self
+                                    .answer_bad_gateway(head.index, head.range.end, &e)
+                                    .await;
+                            }
+                        }
+                    }
+                    let backend = self.backend.as_mut().expect("connected above");
+                    let id = RequestId::new(self.connection_id, head.index);
+                    backend.framer.expect_reply_to(&head);
+                    let bytes = head.encode_for_backend(&id);
+                    if let Err(e) = backend.stream.write_all(&bytes).await {
+                        self.ctx
+                            .counters
+                            .backend_errors
+                            .fetch_add(1, Ordering::Relaxed);
+                        self.backend = None;
+                        return self
+                            .answer_bad_gateway(head.index, head.range.end, &e)
+                            .await;
+                    }
+                    self.ctx.counters.requests.fetch_add(1, Ordering::Relaxed);
+                    self.in_flight = Some(InFlight {
+                        index: head.index,
+                        keep_alive: head.keep_alive,
+                        request_end: None,
+                    });
+                    forwarded_to = Some(head.range.end);
+                }
+                RequestEvent::Body { range, .. } | RequestEvent::Framing { range, .. } => {
+                    let range = range.clone();
+                    let from = (range.start - self.held_base) as usize;
+                    let to = (range.end - self.held_base) as usize;
+                    if let Some(backend) = self.backend.as_mut() {
+                        if let Err(e) = backend.stream.write_all(&self.held[from..to]).await {
+                            // The reply (maybe an early error) may still be readable.
+                            tracing::debug!("{}: backend write: {e}", self.tuple);
+                        }
+                    }
+                    forwarded_to = Some(range.end);
+                }
+                RequestEvent::End { range, .. } => {
+                    if let Some(flight) = self.in_flight.as_mut() {
+                        flight.request_end = Some(range.end);
+                    }
+                }
+                RequestEvent::Discarded { range } => forwarded_to = Some(range.end),
+                RequestEvent::Tunnel { .. } => {
+                    self.ctx
+                        .counters
+                        .tunnels_refused
+                        .fetch_add(1, Ordering::Relaxed);
+                    return Err(SessionEnd::Protocol(
+                        self.tuple,
+                        "tunnels (CONNECT, Upgrade) are not carried in duplex".into(),
+                    ));
+                }
+            }
+            self.pending.pop_front();
+        }
+        if let Some(end) = forwarded_to {
+            let done = (end - self.held_base) as usize;
+            self.held.drain(..done);
+            self.held_base = end;
+        }
+        Ok(())
+    }
+
+    async fn answer_bad_gateway(
+        &mut self,
+        index: u64,
+        request_end: u64,
+        error: &io::Error,
+    ) -> Result<(), SessionEnd> {
+        let body = format!("the backend cannot be reached: {error}\n");
+        let reply = format!(
+            "HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        self.send_reply_piece(index, PieceKind::Final { request_end }, reply.as_bytes())
+            .await?;
+        let _ = self.client.shutdown().await;
+        Err(SessionEnd::Protocol(self.tuple, body))
+    }
+
+    /// Frames backend bytes (`bytes` empty: the backend closed) and hands complete replies on.
+    async fn take_backend_bytes(&mut self, bytes: &[u8]) -> Result<(), SessionEnd> {
+        let backend = self.backend.as_mut().expect("reading a backend");
+        let mut events = Vec::new();
+        let closed = bytes.is_empty();
+        backend.buffer.extend_from_slice(bytes);
+        let result = if closed {
+            backend.framer.finish(&mut events)
+        } else {
+            backend.framer.feed(bytes, &mut events)
+        };
+        for event in events {
+            match event {
+                ReplyEvent::Interim(head) => {
+                    let piece = self.cut_backend(head.range.end);
+                    let index = self.in_flight.as_ref().map_or(head.index, |f| f.index);
+                    self.send_reply_piece(index, PieceKind::Interim, &piece)
+                        .await?;
+                }
+                ReplyEvent::End {
+                    range,
+                    closes_connection,
+                    ..
+                } => {
+                    let piece = self.cut_backend(range.end);
+                    let flight = self.in_flight.take().ok_or_else(|| {
+                        SessionEnd::Protocol(self.tuple, "a reply with no request".into())
+                    })?;
+                    let request_end = match flight.request_end {
+                        Some(end) => end,
+                        None => {
+                            // The backend answered before the request's end (an early 413,
+                            // say): the rest of the request has no boundary we can trust.
+                            self.ctx
+                                .counters
+                                .early_replies
+                                .fetch_add(1, Ordering::Relaxed);
+                            self.close_after_reply = true;
+                            self.held_base + self.held.len() as u64
+                        }
+                    };
+                    self.send_reply_piece(flight.index, PieceKind::Final { request_end }, &piece)
+                        .await?;
+                    self.ctx.counters.replies.fetch_add(1, Ordering::Relaxed);
+                    if !flight.keep_alive {
+                        self.close_after_reply = true;
+                    }
+                    if closes_connection {
+                        self.backend = None;
+                        break;
+                    }
+                }
+                ReplyEvent::Discarded { range } => {
+                    let _ = self.cut_backend(range.end);
+                }
+                ReplyEvent::Tunnel { .. } => {
+                    self.ctx
+                        .counters
+                        .tunnels_refused
+                        .fetch_add(1, Ordering::Relaxed);
+                    return Err(SessionEnd::Protocol(
+                        self.tuple,
+                        "the backend switched protocols; tunnels are not carried".into(),
+                    ));
+                }
+                ReplyEvent::Head(_) | ReplyEvent::Body { .. } | ReplyEvent::Framing { .. } => {}
+            }
+        }
+        if let Err(error) = result {
+            self.ctx
+                .counters
+                .backend_errors
+                .fetch_add(1, Ordering::Relaxed);
+            return Err(SessionEnd::Protocol(self.tuple, error.to_string()));
+        }
+        if closed {
+            self.backend = None;
+            if let Some(flight) = self.in_flight.take() {
+                self.ctx
+                    .counters
+                    .backend_errors
+                    .fetch_add(1, Ordering::Relaxed);
+                let error = io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the backend closed the connection before its reply ended",
+                );
+                return self
+                    .answer_bad_gateway(
+                        flight.index,
+                        flight
+                            .request_end
+                            .unwrap_or(self.held_base + self.held.len() as u64),
+                        &error,
+                    )
+                    .await;
+            }
+            return Ok(());
+        }
+        // A long reply goes out in pieces rather than held whole.
+        if let (Some(backend), Some(flight)) = (self.backend.as_ref(), self.in_flight.as_ref()) {
+            if backend.buffer.len() >= self.ctx.stream_above {
+                let index = flight.index;
+                let end = backend.base + backend.buffer.len() as u64;
+                let piece = self.cut_backend(end);
+                self.send_reply_piece(index, PieceKind::Partial, &piece)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes backend bytes up to backend stream offset `end` out of the buffer.
+    fn cut_backend(&mut self, end: u64) -> Vec<u8> {
+        let backend = self.backend.as_mut().expect("reading a backend");
+        let n = ((end - backend.base) as usize).min(backend.buffer.len());
+        let piece: Vec<u8> = backend.buffer.drain(..n).collect();
+        backend.base += n as u64;
+        piece
+    }
+
+    /// Logs a reply piece, waits until the backup holds it, then writes it to the client.
+    async fn send_reply_piece(
+        &mut self,
+        request_index: u64,
+        kind: PieceKind,
+        bytes: &[u8],
+    ) -> Result<(), SessionEnd> {
+        if self.protected {
+            let waiter = self.ctx.gate.log(Piece {
+                tuple: self.tuple,
+                request_index,
+                reply_offset: self.reply_offset,
+                kind,
+                bytes,
+            });
+            if let Some(waiter) = waiter {
+                if !waiter.wait().await {
+                    self.ctx
+                        .counters
+                        .replies_unprotected
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        self.reply_offset += bytes.len() as u64;
+        self.ctx
+            .counters
+            .reply_bytes
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        self.client
+            .write_all(bytes)
+            .await
+            .map_err(|e| SessionEnd::Client(self.tuple, e))
+    }
+}
+
+async fn read_backend_stream(backend: Option<&mut Backend>, buf: &mut [u8]) -> io::Result<usize> {
+    match backend {
+        Some(backend) => backend.stream.read(buf).await,
+        None => std::future::pending().await,
+    }
+}

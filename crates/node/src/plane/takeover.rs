@@ -1,0 +1,197 @@
+//! Duplex takeover: every protected connection's socket rebuilt with TCP_REPAIR from the
+//! backup's logs, then its proxy session resumed where the logs end.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use steadfast_core::replica::ResumePlan;
+use steadfast_os::repair::{self, RepairTarget};
+
+use super::backup::Frozen;
+use super::proxy::{self, ProxyContext, SessionStart};
+use super::PlaneShared;
+
+/// The new primary's timestamp clock starts this far past the old one's last known value, so
+/// it is never behind what the client saw (PAWS drops segments with older timestamps).
+const TIMESTAMP_MARGIN_MS: u32 = 5;
+/// Sockets are rebuilt on this many threads at once.
+const REBUILD_THREADS: usize = 2;
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct TakeoverReport {
+    pub restored: u64,
+    pub lost: u64,
+    pub rebuild_time: Duration,
+}
+
+/// Sockets rebuilt in repair mode, waiting for the VIP to become local.
+pub struct Rebuilt {
+    sockets: Vec<(ResumePlan, repair::RepairedSocket)>,
+    pub report: TakeoverReport,
+}
+
+/// Rebuilds every connection of the frozen logs, in repair mode (they send nothing yet). The
+/// VIP must not be local yet: an address added before a socket exists makes the kernel reset
+/// that socket's client.
+pub fn rebuild_all(frozen: Frozen, shared: &Arc<PlaneShared>) -> Rebuilt {
+    let mut report = TakeoverReport::default();
+    let mut sockets = Vec::new();
+    let Frozen { state, at } = frozen;
+    let Some(table) = state.table else {
+        return Rebuilt { sockets, report };
+    };
+    let mut work = Vec::new();
+    for image in table.iter() {
+        match state.replica.plan(image) {
+            Ok(plan) => {
+                let idle = state
+                    .last_seen
+                    .get(&image.tuple())
+                    .map_or(Duration::ZERO, |seen| at.saturating_duration_since(*seen));
+                let target = repair_target(&plan, idle);
+                work.push((plan, target));
+            }
+            Err(reason) => {
+                report.lost += 1;
+                PlaneShared::count_reason(&shared.lost_reasons, reason.label());
+                tracing::info!("takeover: {reason}");
+            }
+        }
+    }
+    let started = Instant::now();
+    // Sockets of an earlier life on the service address (TIME_WAIT ones would answer a rebuilt
+    // connection's client in its place): one dump for all connections, not one per socket.
+    let mut ports: Vec<_> = work.iter().map(|(plan, _)| plan.restore.local).collect();
+    ports.sort();
+    ports.dedup();
+    for local in ports {
+        let m = steadfast_os::sock_destroy::SocketMatch {
+            local: Some(local),
+            remote: None,
+        };
+        if let Err(e) = steadfast_os::sock_destroy::destroy_tcp_sockets(&m) {
+            tracing::debug!("destroying old sockets on {local}: {e}");
+        }
+    }
+    // Rebuilding is a few syscalls per socket: spread over threads, on this thread's time
+    // (the takeover is the only thing that matters now).
+    let per_thread = work.len().div_ceil(REBUILD_THREADS).max(1);
+    let mut batches = Vec::new();
+    while !work.is_empty() {
+        let rest = work.split_off(work.len().min(per_thread));
+        batches.push(std::mem::replace(&mut work, rest));
+    }
+    let results: Vec<Vec<_>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = batches
+            .into_iter()
+            .map(|batch| {
+                scope.spawn(move || {
+                    batch
+                        .into_iter()
+                        .map(|(plan, target)| {
+                            let rebuilt = repair::rebuild(&target).map_err(|e| e.to_string());
+                            (plan, rebuilt)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles.into_iter().filter_map(|h| h.join().ok()).collect()
+    });
+    for (plan, rebuilt) in results.into_iter().flatten() {
+        match rebuilt {
+            Ok(socket) => sockets.push((plan, socket)),
+            Err(why) => {
+                report.lost += 1;
+                PlaneShared::count_reason(&shared.lost_reasons, "rebuild-failed");
+                tracing::warn!("takeover: {why}");
+            }
+        }
+    }
+    report.rebuild_time = started.elapsed();
+    Rebuilt { sockets, report }
+}
+
+/// Once the VIP is local: every rebuilt socket leaves repair mode (the kernel sends a window
+/// probe) and its proxy session resumes.
+pub fn resume_all(
+    rebuilt: Rebuilt,
+    ctx: Arc<ProxyContext>,
+    shared: &PlaneShared,
+) -> TakeoverReport {
+    let mut report = rebuilt.report;
+    for (plan, socket) in rebuilt.sockets {
+        let live = socket
+            .leave_repair()
+            .map_err(|e| e.to_string())
+            .and_then(|stream| {
+                stream
+                    .set_nonblocking(true)
+                    .map(|()| stream)
+                    .map_err(|e| format!("non-blocking: {e}"))
+            });
+        match live {
+            Ok(stream) => {
+                report.restored += 1;
+                resume(ctx.clone(), stream, plan);
+            }
+            Err(why) => {
+                report.lost += 1;
+                PlaneShared::count_reason(&shared.lost_reasons, "leave-repair-failed");
+                tracing::warn!("takeover: {why}");
+            }
+        }
+    }
+    report
+}
+
+fn repair_target(plan: &ResumePlan, idle: Duration) -> RepairTarget {
+    let restore = &plan.restore;
+    let timestamp = (restore.timestamps_ok || plan.options.timestamps).then(|| {
+        let elapsed = u32::try_from(idle.as_millis()).unwrap_or(u32::MAX / 4);
+        restore
+            .last_tsecr
+            .unwrap_or(0)
+            .wrapping_add(elapsed)
+            .wrapping_add(TIMESTAMP_MARGIN_MS)
+    });
+    RepairTarget {
+        local: restore.local,
+        remote: restore.remote,
+        snd_una: restore.snd_una,
+        rcv_nxt: restore.rcv_nxt,
+        mss: if plan.options.mss > 0 {
+            plan.options.mss
+        } else {
+            restore.mss
+        },
+        window_scales: restore.window_scales.map(|w| (w.snd, w.rcv)),
+        sack: restore.sack_ok,
+        timestamp,
+        client_window: restore.client_window,
+    }
+}
+
+fn resume(ctx: Arc<ProxyContext>, stream: std::net::TcpStream, plan: ResumePlan) {
+    let tuple = steadfast_core::image::FourTuple {
+        client: plan.restore.remote,
+        server: plan.restore.local,
+    };
+    let start = SessionStart {
+        tuple,
+        connection_id: plan.connection_id,
+        // No backup yet: a backup that joins later protects new connections only.
+        protected: false,
+        request_offset: plan.request_offset,
+        request_index: plan.next_request_index,
+        pending_request: plan.pending_request_bytes,
+        reply_offset: plan.reply_offset,
+        unacked_reply: plan.unacked_reply,
+    };
+    tokio::spawn(async move {
+        match tokio::net::TcpStream::from_std(stream) {
+            Ok(stream) => proxy::serve(ctx, stream, start).await,
+            Err(e) => tracing::warn!("takeover: registering {tuple}: {e}"),
+        }
+    });
+}

@@ -1,0 +1,184 @@
+//! The duplex primary's ingress guard (DESIGN invariant I1): while a backup receives first,
+//! frames to the VIP's service ports that did not come through the backup (source MAC) are
+//! dropped before the primary's TCP sees them, so a stray or forged ARP entry in a client can
+//! never bypass the log. Also a "drop everything to the service ports" state for a takeover.
+//!
+//! nftables through the `nft` program, as for the fence: a start-up and role-change cost, never
+//! on the per-packet path (that is the kernel's).
+
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::process::{Command, Stdio};
+
+const TABLE: &str = "steadfast_guard";
+const COUNTER: &str = "guard_dropped";
+
+#[derive(Debug, thiserror::Error)]
+pub enum GuardError {
+    #[error("nft ({what}): {detail}")]
+    Nft { what: String, detail: String },
+}
+
+/// What the guard lets through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuardState {
+    /// Everything: the primary serves the VIP itself.
+    Open,
+    /// Only frames whose source MAC is the backup's.
+    OnlyFrom([u8; 6]),
+    /// Nothing to the service ports.
+    DropAll,
+}
+
+/// The guard's nftables table; removed on drop.
+pub struct IngressGuard {
+    interface: String,
+    vip: Ipv4Addr,
+    ports: Vec<u16>,
+    state: GuardState,
+}
+
+fn nft(script: &str, what: &str) -> Result<String, GuardError> {
+    let fail = |detail: String| GuardError::Nft {
+        what: what.to_string(),
+        detail,
+    };
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| fail(format!("cannot run nft (Debian package nftables): {e}")))?;
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(script.as_bytes())
+        .map_err(|e| fail(e.to_string()))?;
+    let out = child.wait_with_output().map_err(|e| fail(e.to_string()))?;
+    if !out.status.success() {
+        return Err(fail(
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn mac_text(mac: [u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+impl IngressGuard {
+    /// Creates the guard's table (replacing one left by a previous life), open.
+    pub fn install(
+        interface: &str,
+        vip: Ipv4Addr,
+        ports: &[u16],
+    ) -> Result<IngressGuard, GuardError> {
+        if interface.is_empty()
+            || interface.len() > 15
+            || !interface
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.@".contains(&b))
+        {
+            return Err(GuardError::Nft {
+                what: "install".into(),
+                detail: format!("{interface:?} is not an interface name"),
+            });
+        }
+        // Priority -300: before conntrack (-200), so a dropped frame leaves no trace in TCP.
+        let script = format!(
+            "add table ip {TABLE}\ndelete table ip {TABLE}\n\
+             table ip {TABLE} {{\n  counter {COUNTER} {{ }}\n  chain prerouting {{\n    \
+             type filter hook prerouting priority -300; policy accept;\n  }}\n}}\n"
+        );
+        nft(&script, "installing the ingress guard")?;
+        Ok(IngressGuard {
+            interface: interface.to_string(),
+            vip,
+            ports: ports.to_vec(),
+            state: GuardState::Open,
+        })
+    }
+
+    pub fn state(&self) -> GuardState {
+        self.state
+    }
+
+    fn apply(&mut self, state: GuardState) -> Result<(), GuardError> {
+        let ports = self
+            .ports
+            .iter()
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let matching = format!(
+            "iifname \"{}\" ip daddr {} tcp dport {{ {ports} }}",
+            self.interface, self.vip
+        );
+        let rule = match state {
+            GuardState::Open => String::new(),
+            GuardState::OnlyFrom(mac) => format!(
+                "add rule ip {TABLE} prerouting {matching} ether saddr != {} counter name {COUNTER} drop\n",
+                mac_text(mac)
+            ),
+            GuardState::DropAll => {
+                format!("add rule ip {TABLE} prerouting {matching} counter name {COUNTER} drop\n")
+            }
+        };
+        // One transaction: the chain is never empty between the old rule and the new.
+        let script = format!("flush chain ip {TABLE} prerouting\n{rule}");
+        nft(&script, &format!("setting the ingress guard to {state:?}"))?;
+        self.state = state;
+        Ok(())
+    }
+
+    /// Admit only frames forwarded by the backup with this MAC.
+    pub fn allow_only_from(&mut self, backup_mac: [u8; 6]) -> Result<(), GuardError> {
+        self.apply(GuardState::OnlyFrom(backup_mac))
+    }
+
+    /// Admit everything (no backup receives first).
+    pub fn open(&mut self) -> Result<(), GuardError> {
+        self.apply(GuardState::Open)
+    }
+
+    /// Drop every frame to the service ports (a takeover's gate).
+    pub fn drop_all(&mut self) -> Result<(), GuardError> {
+        self.apply(GuardState::DropAll)
+    }
+
+    /// Frames the guard has dropped since it was installed.
+    pub fn dropped(&self) -> Result<u64, GuardError> {
+        let text = nft(
+            &format!("list counter ip {TABLE} {COUNTER}\n"),
+            "reading the guard's counter",
+        )?;
+        let packets = text
+            .split_whitespace()
+            .skip_while(|w| *w != "packets")
+            .nth(1)
+            .and_then(|n| n.parse().ok());
+        packets.ok_or_else(|| GuardError::Nft {
+            what: "reading the guard's counter".into(),
+            detail: format!("no packet count in {text:?}"),
+        })
+    }
+
+    /// Removes the table.
+    pub fn remove(self) -> Result<(), GuardError> {
+        let result = nft(&format!("delete table ip {TABLE}\n"), "removing the guard");
+        std::mem::forget(self);
+        result.map(|_| ())
+    }
+}
+
+impl Drop for IngressGuard {
+    fn drop(&mut self) {
+        let _ = nft(&format!("delete table ip {TABLE}\n"), "removing the guard");
+    }
+}
