@@ -87,6 +87,11 @@ pub enum LostReason {
     Restore(#[from] RestoreError),
     #[error("connection {tuple}: the primary never reported it (accepted just before the crash)")]
     NotOpenedByPrimary { tuple: FourTuple },
+    #[error(
+        "connection {tuple}: timestamps are on but no client segment since adoption showed the \
+         primary's clock (a rebuilt clock could be behind it: PAWS)"
+    )]
+    TimestampUnknown { tuple: FourTuple },
     #[error("connection {tuple}: the client half-closed it")]
     ClientFinished { tuple: FourTuple },
     #[error(
@@ -128,6 +133,7 @@ impl LostReason {
             LostReason::Restore(RestoreError::Reset { .. }) => "reset",
             LostReason::NotOpenedByPrimary { .. } => "not-opened",
             LostReason::ClientFinished { .. } => "client-finished",
+            LostReason::TimestampUnknown { .. } => "timestamp-unknown",
             LostReason::PartialReply { .. } => "partial-reply",
             LostReason::AckBeyondLog { .. } => "ack-beyond-log",
             LostReason::Trimmed { .. } | LostReason::RequestTrimmed { .. } => "trimmed",
@@ -140,6 +146,7 @@ impl LostReason {
 pub struct ResumePlan {
     pub restore: RestoreParams,
     pub options: ConnectionOptions,
+    pub client_isn: u32,
     pub connection_id: u64,
     /// Server stream offset of the first byte the client has not acknowledged.
     pub reply_acked: u64,
@@ -201,6 +208,33 @@ impl ReplicaLog {
                 reply_end: 0,
                 next_request: 0,
                 request_offset: 0,
+                partial: false,
+            },
+        );
+    }
+
+    /// The primary protects from now on a connection it had already served for a while: the
+    /// log starts at reply offset `reply_end` and request `next_request`, whose bytes start at
+    /// client offset `request_offset`.
+    pub fn adopt(
+        &mut self,
+        tuple: FourTuple,
+        client_isn: u32,
+        options: ConnectionOptions,
+        next_request: u64,
+        request_offset: u64,
+        reply_end: u64,
+    ) {
+        self.counters.opened += 1;
+        self.connections.insert(
+            tuple,
+            ReplicaConnection {
+                client_isn,
+                options,
+                pieces: VecDeque::new(),
+                reply_end,
+                next_request,
+                request_offset,
                 partial: false,
             },
         );
@@ -357,6 +391,9 @@ impl ReplicaLog {
         if restore.client_fin_received {
             return Err(LostReason::ClientFinished { tuple });
         }
+        if restore.timestamps_ok && restore.last_tsecr.is_none() {
+            return Err(LostReason::TimestampUnknown { tuple });
+        }
         if conn.partial {
             return Err(LostReason::PartialReply { tuple });
         }
@@ -417,6 +454,7 @@ impl ReplicaLog {
         Ok(ResumePlan {
             restore,
             options: conn.options,
+            client_isn: conn.client_isn,
             connection_id: connection_id(&tuple, conn.client_isn),
             reply_acked: acked,
             unacked_reply,

@@ -75,6 +75,20 @@ pub enum ReplicationFrame {
     },
     /// Primary → backup: the connection ended; forget it.
     Closed { tuple: FourTuple },
+    /// Primary → backup: protect a connection accepted before this backup joined. The
+    /// sequence numbers were read from the primary's socket; `pending` are the client bytes
+    /// from `request_offset` on that the primary holds but has not answered.
+    Adopt {
+        tuple: FourTuple,
+        client_isn: u32,
+        server_isn: u32,
+        options: ConnectionOptions,
+        client_mss: u16,
+        next_request: u64,
+        request_offset: u64,
+        reply_offset: u64,
+        pending: Vec<u8>,
+    },
     /// Primary → backup: an interim (1xx) reply head to request `request_index`, sent to the
     /// client before the final reply. Unlike a partial reply it does not stop a resume: a client
     /// must accept repeated 1xx replies (RFC 9110 §15.2), so the replayed request may send it
@@ -102,6 +116,7 @@ impl ReplicationFrame {
             ReplicationFrame::Closed { .. } => 7,
             ReplicationFrame::Ack { .. } => 8,
             ReplicationFrame::Interim { .. } => 9,
+            ReplicationFrame::Adopt { .. } => 10,
         }
     }
 
@@ -117,6 +132,7 @@ impl ReplicationFrame {
             ReplicationFrame::Closed { .. } => "closed",
             ReplicationFrame::Ack { .. } => "ack",
             ReplicationFrame::Interim { .. } => "interim",
+            ReplicationFrame::Adopt { .. } => "adopt",
         }
     }
 }
@@ -159,12 +175,28 @@ pub fn encode(frame: &ReplicationFrame, epoch: u64, out: &mut Vec<u8>) {
         } => {
             put_tuple(out, tuple);
             out.extend_from_slice(&client_isn.to_be_bytes());
-            let (ours, theirs) = options.window_scales.unwrap_or((0, 0));
-            let flags = u8::from(options.window_scales.is_some())
-                | u8::from(options.sack) << 1
-                | u8::from(options.timestamps) << 2;
-            out.extend_from_slice(&[flags, ours, theirs]);
-            out.extend_from_slice(&options.mss.to_be_bytes());
+            put_options(out, options);
+        }
+        ReplicationFrame::Adopt {
+            tuple,
+            client_isn,
+            server_isn,
+            options,
+            client_mss,
+            next_request,
+            request_offset,
+            reply_offset,
+            pending,
+        } => {
+            put_tuple(out, tuple);
+            out.extend_from_slice(&client_isn.to_be_bytes());
+            put_options(out, options);
+            out.extend_from_slice(&server_isn.to_be_bytes());
+            out.extend_from_slice(&client_mss.to_be_bytes());
+            out.extend_from_slice(&next_request.to_be_bytes());
+            out.extend_from_slice(&request_offset.to_be_bytes());
+            out.extend_from_slice(&reply_offset.to_be_bytes());
+            out.extend_from_slice(pending);
         }
         ReplicationFrame::Reply {
             seq,
@@ -200,6 +232,15 @@ pub fn encode(frame: &ReplicationFrame, epoch: u64, out: &mut Vec<u8>) {
     }
     let len = (out.len() - start - 4) as u32;
     out[start..start + 4].copy_from_slice(&len.to_be_bytes());
+}
+
+fn put_options(out: &mut Vec<u8>, options: &ConnectionOptions) {
+    let (ours, theirs) = options.window_scales.unwrap_or((0, 0));
+    let flags = u8::from(options.window_scales.is_some())
+        | u8::from(options.sack) << 1
+        | u8::from(options.timestamps) << 2;
+    out.extend_from_slice(&[flags, ours, theirs]);
+    out.extend_from_slice(&options.mss.to_be_bytes());
 }
 
 fn put_tuple(out: &mut Vec<u8>, tuple: &FourTuple) {
@@ -312,6 +353,23 @@ impl<'a> Fields<'a> {
         })
     }
 
+    fn options(&mut self) -> Result<ConnectionOptions, ReplicationError> {
+        let [flags, ours, theirs] = self.array()?;
+        if flags & !0b111 != 0 {
+            return Err(self.malformed("unknown option flags"));
+        }
+        if ours > 14 || theirs > 14 {
+            return Err(self.malformed("window scale above 14"));
+        }
+        let mss = self.u16()?;
+        Ok(ConnectionOptions {
+            window_scales: (flags & 1 != 0).then_some((ours, theirs)),
+            sack: flags & 2 != 0,
+            timestamps: flags & 4 != 0,
+            mss,
+        })
+    }
+
     fn end(self) -> Result<(), ReplicationError> {
         if self.rest.is_empty() {
             Ok(())
@@ -342,6 +400,7 @@ fn decode_body(body: &[u8], offset: u64) -> Result<(u64, ReplicationFrame), Repl
         7 => "closed",
         8 => "ack",
         9 => "interim",
+        10 => "adopt",
         _ => return Err(ReplicationError::UnknownKind { offset, kind }),
     };
     let mut f = Fields {
@@ -357,26 +416,35 @@ fn decode_body(body: &[u8], offset: u64) -> Result<(u64, ReplicationFrame), Repl
         2 => ReplicationFrame::Proof { mac: f.array()? },
         3 => ReplicationFrame::BackupReady { mac: f.array()? },
         4 => ReplicationFrame::Announce,
-        5 => {
+        5 => ReplicationFrame::Opened {
+            tuple: f.tuple()?,
+            client_isn: f.u32()?,
+            options: f.options()?,
+        },
+        10 => {
             let tuple = f.tuple()?;
             let client_isn = f.u32()?;
-            let [flags, ours, theirs] = f.array()?;
-            if flags & !0b111 != 0 {
-                return Err(f.malformed("unknown option flags"));
+            let options = f.options()?;
+            let server_isn = f.u32()?;
+            let client_mss = f.u16()?;
+            let next_request = f.u64()?;
+            let request_offset = f.u64()?;
+            let reply_offset = f.u64()?;
+            let pending = f.rest.to_vec();
+            if pending.len() > MAX_PIECE_BYTES {
+                return Err(f.malformed("pending request bytes longer than the maximum"));
             }
-            if ours > 14 || theirs > 14 {
-                return Err(f.malformed("window scale above 14"));
-            }
-            let mss = f.u16()?;
-            ReplicationFrame::Opened {
+            f.rest = &[];
+            ReplicationFrame::Adopt {
                 tuple,
                 client_isn,
-                options: ConnectionOptions {
-                    window_scales: (flags & 1 != 0).then_some((ours, theirs)),
-                    sack: flags & 2 != 0,
-                    timestamps: flags & 4 != 0,
-                    mss,
-                },
+                server_isn,
+                options,
+                client_mss,
+                next_request,
+                request_offset,
+                reply_offset,
+                pending,
             }
         }
         6 => {

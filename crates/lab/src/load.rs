@@ -103,6 +103,9 @@ pub struct KeepAliveOptions {
     /// 1 MiB).
     pub sizes: Vec<u64>,
     pub include_uuid: bool,
+    /// Use this seed for every `/bytes` request instead of a fresh one per request: static
+    /// servers (nginx, apache2) only hold the docroot's seed-0 files (default none).
+    pub fixed_seed: Option<u64>,
     /// Pause between two requests of one connection (default none: as fast as replies come).
     pub pause: Duration,
     /// Pause before reconnecting after a failure (default 10 ms).
@@ -116,6 +119,7 @@ impl Default for KeepAliveOptions {
             request_timeout: Duration::from_secs(1),
             sizes: vec![1024, 10 * 1024, 50 * 1024, 1024 * 1024],
             include_uuid: true,
+            fixed_seed: None,
             pause: Duration::ZERO,
             reconnect_delay: Duration::from_millis(10),
         }
@@ -689,7 +693,9 @@ async fn run_connection(
         let kind = match options.sizes.get((sequence % kinds as u64) as usize) {
             Some(&len) => RequestKind::Bytes {
                 len,
-                seed: ((index as u64) << 32) | (sequence & 0xffff_ffff),
+                seed: options
+                    .fixed_seed
+                    .unwrap_or(((index as u64) << 32) | (sequence & 0xffff_ffff)),
             },
             None => RequestKind::Uuid,
         };
@@ -724,7 +730,11 @@ async fn run_connection(
                     server: reply.server,
                 }
             }
-            Err(failure) => {
+            Err(mut failure) => {
+                // Which connection (the client's port) failed: the servers' logs name it so.
+                if let Some(local) = stream.as_ref().and_then(|s| s.local_addr().ok()) {
+                    failure.detail.push_str(&format!(" (client side {local})"));
+                }
                 stream = None;
                 Outcome::Err(failure)
             }
@@ -867,6 +877,7 @@ async fn read_more(
     deadline: Instant,
     target: SocketAddr,
     path: &str,
+    received: &mut u64,
 ) -> Result<bool, Failure> {
     let start = buf.len();
     buf.resize(start + READ_PIECE, 0);
@@ -876,7 +887,10 @@ async fn read_more(
             buf.truncate(start);
             return Err(failure(
                 ErrorKind::Timeout,
-                format!("GET {path} from {target}: reply incomplete at the timeout"),
+                format!(
+                    "GET {path} from {target}: reply incomplete at the timeout \
+                     ({received} bytes of it received)"
+                ),
             ));
         }
         Ok(Err(error)) => {
@@ -886,6 +900,7 @@ async fn read_more(
         Ok(Ok(count)) => count,
     };
     buf.truncate(start + count);
+    *received += count as u64;
     Ok(count > 0)
 }
 
@@ -913,6 +928,9 @@ async fn exchange(
         Ok(Ok(())) => {}
     }
 
+    // What this reply delivered so far (bytes of the previous reply already in `buf` count
+    // too), for the timeout message.
+    let mut received_total = buf.len() as u64;
     // The head.
     let (status, server, framing, server_closes, head_len) = loop {
         let mut fields = [httparse::EMPTY_HEADER; MAX_REPLY_HEADERS];
@@ -976,7 +994,7 @@ async fn exchange(
                 ))
             }
         }
-        if !read_more(stream, buf, deadline, target, path).await? {
+        if !read_more(stream, buf, deadline, target, path, &mut received_total).await? {
             return Err(failure(
                 ErrorKind::Closed,
                 format!(
@@ -1013,7 +1031,7 @@ async fn exchange(
                 if remaining == 0 {
                     break;
                 }
-                if !read_more(stream, buf, deadline, target, path).await? {
+                if !read_more(stream, buf, deadline, target, path, &mut received_total).await? {
                     return Err(closed_early(length - remaining));
                 }
             }
@@ -1036,7 +1054,7 @@ async fn exchange(
                 if done {
                     break;
                 }
-                if !read_more(stream, buf, deadline, target, path).await? {
+                if !read_more(stream, buf, deadline, target, path, &mut received_total).await? {
                     return Err(closed_early(received));
                 }
             }
@@ -1044,7 +1062,7 @@ async fn exchange(
         Framing::UntilClose => loop {
             sink.accept(buf, path)?;
             buf.clear();
-            if !read_more(stream, buf, deadline, target, path).await? {
+            if !read_more(stream, buf, deadline, target, path, &mut received_total).await? {
                 break;
             }
         },

@@ -122,6 +122,9 @@ impl Daemon {
                 },
             );
         }
+        if let Some(plane_settings) = settings.plane_settings() {
+            crate::plane::destroy_lingering_sockets(&plane_settings.service);
+        }
         let fence = if settings.services.is_empty() {
             None
         } else {
@@ -635,6 +638,7 @@ fn plane_status(mode: &str, shared: &crate::plane::PlaneShared) -> crate::status
         replication_old_epoch: c.replication_old_epoch.load(Relaxed),
         handshakes_refused: c.handshakes_refused.load(Relaxed),
         forged_frames: c.forged_frames.load(Relaxed),
+        adopted: c.adopted.load(Relaxed),
         ..Default::default()
     };
     if let Some(proxy) = shared.proxy.lock().ok().and_then(|p| p.clone()) {
@@ -647,6 +651,8 @@ fn plane_status(mode: &str, shared: &crate::plane::PlaneShared) -> crate::status
         status.replies_unprotected = p.replies_unprotected.load(Relaxed);
         status.bad_requests = p.bad_requests.load(Relaxed);
         status.backend_errors = p.backend_errors.load(Relaxed);
+        status.adopted += p.adopted.load(Relaxed);
+        status.adoptions_skipped = p.adoptions_skipped.load(Relaxed);
     }
     status
 }

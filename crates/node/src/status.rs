@@ -83,6 +83,10 @@ pub struct DataPlaneStatus {
     pub unprotected_now: bool,
     pub backups_joined: u64,
     pub backup_losses: u64,
+    /// Established connections handed to (primary) or taken by (backup) a backup that joined
+    /// after they opened.
+    pub adopted: u64,
+    pub adoptions_skipped: u64,
     pub takeovers: u64,
     pub connections_restored: u64,
     pub connections_lost: u64,

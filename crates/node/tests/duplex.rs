@@ -7,7 +7,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{BackgroundLoad, Lab};
-use steadfast_lab::load::{KeepAliveOptions, LoadOptions, LoadReport};
+use steadfast_lab::load::{KeepAliveOptions, LoadOptions, LoadReport, Outcome};
+use steadfast_lab::webservers::{DOCROOT_SEED, DOCROOT_SIZES};
 use steadfast_lab::{BackendKind, CrashKind, Mode};
 
 fn keep_alive_load(lab: &Lab, connections: usize, limit: Duration) -> LoadOptions {
@@ -20,9 +21,10 @@ fn keep_alive_load(lab: &Lab, connections: usize, limit: Duration) -> LoadOption
             request_timeout: Duration::from_secs(5),
             sizes: match lab.backend {
                 BackendKind::Builtin => vec![1024, 10 * 1024, 100 * 1024, 1024 * 1024],
-                _ => vec![1024],
+                _ => DOCROOT_SIZES.to_vec(),
             },
             include_uuid: lab.backend == BackendKind::Builtin,
+            fixed_seed: (lab.backend != BackendKind::Builtin).then_some(DOCROOT_SEED),
             pause: Duration::from_millis(2),
             reconnect_delay: Duration::from_millis(10),
         }),
@@ -31,6 +33,23 @@ fn keep_alive_load(lab: &Lab, connections: usize, limit: Duration) -> LoadOption
 
 fn assert_clean(report: &LoadReport, what: &str) {
     let summary = report.summary();
+    let failures: Vec<String> = report
+        .connections
+        .iter()
+        .flat_map(|c| {
+            c.requests.iter().filter_map(move |r| match &r.outcome {
+                Outcome::Err(failure) => Some(format!(
+                    "connection {} at {:?} after {:?}: {}",
+                    c.index, r.start, r.latency, failure.detail
+                )),
+                Outcome::Ok { .. } => None,
+            })
+        })
+        .take(10)
+        .collect();
+    for failure in &failures {
+        eprintln!("{what}: {failure}");
+    }
     assert!(
         report.requests() > 0,
         "{what}: the load made no request: {summary:?}"
@@ -64,34 +83,27 @@ fn simplex_serves_keep_alive_connections_without_errors() {
 #[test]
 fn duplex_keeps_established_connections_through_a_primary_host_crash() {
     let lab = Lab::up_in_mode("dx", 2, true, BackendKind::Builtin, Some(10), Mode::Duplex);
-    assert!(
-        common::wait_until(Duration::from_secs(5), || {
-            lab.daemon_status("n1")["data_plane"]["backups_joined"]
-                .as_u64()
-                .unwrap_or(0)
-                >= 1
-        }),
-        "n2 never joined as backup: {}",
-        lab.daemon_status("n1")
-    );
+    let primary = primary_of(&lab);
+    let backup = if primary == "n1" { "n2" } else { "n1" };
+    wait_backup_joined(&lab, &primary, 0);
     let load = BackgroundLoad::start_with(&lab, keep_alive_load(&lab, 50, Duration::from_secs(30)));
     std::thread::sleep(Duration::from_millis(1500));
     let crashed_at = Instant::now();
-    steadfast_lab::crash(lab.name(), "primary", CrashKind::Host).expect("crash");
+    steadfast_lab::crash(lab.name(), &primary, CrashKind::Host).expect("crash");
     assert!(
-        common::wait_until(Duration::from_secs(3), || lab.holders_except("n1")
-            == vec!["n2"]),
-        "n2 should take over; holders {:?}",
+        common::wait_until(Duration::from_secs(3), || lab.holders_except(&primary)
+            == vec![backup]),
+        "{backup} should take over; holders {:?}",
         lab.holders()
     );
     eprintln!(
-        "n2 holds the address {:?} after the crash",
+        "{backup} holds the address {:?} after the crash",
         crashed_at.elapsed()
     );
     std::thread::sleep(Duration::from_millis(1500));
     let report = load.stop();
-    let status = lab.daemon_status("n2");
-    eprintln!("n2 after takeover: {}", status["data_plane"]);
+    let status = lab.daemon_status(backup);
+    eprintln!("{backup} after takeover: {}", status["data_plane"]);
     assert_clean(&report, "duplex host crash");
     let plane = &status["data_plane"];
     assert_eq!(plane["takeovers"], 1, "{plane}");
@@ -155,6 +167,126 @@ fn malformed_requests_get_400_and_do_not_disturb_other_connections() {
     );
     let report = load.stop();
     assert_clean(&report, "load beside malformed requests");
-    let plane = &lab.daemon_status("n1")["data_plane"];
+    let plane = &lab.daemon_status(&primary_of(&lab))["data_plane"];
     assert!(plane["bad_requests"].as_u64().unwrap_or(0) >= 3, "{plane}");
+}
+
+/// The longest time any keep-alive request of the run took (its client-visible stall).
+fn longest_request(report: &LoadReport) -> Duration {
+    report
+        .connections
+        .iter()
+        .flat_map(|c| c.requests.iter().map(|r| r.latency))
+        .max()
+        .unwrap_or_default()
+}
+
+/// Waits until `primary` reports a backup protecting it.
+fn wait_backup_joined(lab: &Lab, primary: &str, joined_before: u64) {
+    assert!(
+        common::wait_until(Duration::from_secs(10), || {
+            lab.daemon_status(primary)["data_plane"]["backups_joined"]
+                .as_u64()
+                .unwrap_or(0)
+                > joined_before
+        }),
+        "no backup joined {primary}: {}",
+        lab.daemon_status(primary)
+    );
+}
+
+fn primary_of(lab: &Lab) -> String {
+    let holders = lab.holders();
+    assert_eq!(holders.len(), 1, "one holder expected: {holders:?}");
+    holders[0].clone()
+}
+
+/// Host, process and freeze crashes of whichever node is primary, healing between them: every
+/// established connection carries on, every request gets exactly its reply.
+fn crash_cycle(backend: BackendKind, kinds: &[CrashKind]) {
+    let lab = Lab::up_in_mode("dc", 2, true, backend, Some(10), Mode::Duplex);
+    let mut primary = primary_of(&lab);
+    wait_backup_joined(&lab, &primary, 0);
+    let load =
+        BackgroundLoad::start_with(&lab, keep_alive_load(&lab, 100, Duration::from_secs(120)));
+    std::thread::sleep(Duration::from_millis(1000));
+    for (round, &kind) in kinds.iter().enumerate() {
+        let other = if primary == "n1" { "n2" } else { "n1" };
+        let joined = lab.daemon_status(other)["data_plane"]["backups_joined"]
+            .as_u64()
+            .unwrap_or(0);
+        let backup_plane = lab.daemon_status(other)["data_plane"].clone();
+        eprintln!(
+            "round {round}: before the crash {primary} protects {} connections, {other} holds {} \
+             (frames refused {}, dropped {} {})",
+            lab.daemon_status(&primary)["data_plane"]["protected_connections"],
+            backup_plane["protected_connections"],
+            backup_plane["frames_refused"],
+            backup_plane["frames_dropped"],
+            backup_plane["drop_reasons"],
+        );
+        let crash = steadfast_lab::crash(lab.name(), &primary, kind).expect("crash");
+        eprintln!(
+            "round {round}: crashed at {:?} into the load",
+            load.started.elapsed()
+        );
+        assert_eq!(crash.host, primary);
+        assert!(
+            common::wait_until(Duration::from_secs(3), || lab.holders_except(&primary)
+                == vec![other.to_string()]),
+            "round {round} ({kind}): {other} should take over; holders {:?}",
+            lab.holders()
+        );
+        std::thread::sleep(Duration::from_millis(700));
+        let takeover = lab.daemon_status(other)["data_plane"].clone();
+        eprintln!(
+            "round {round}: {kind} crash of {primary}: {other} restored {} lost {} {} in {} µs",
+            takeover["connections_restored"],
+            takeover["connections_lost"],
+            takeover["lost_reasons"],
+            takeover["last_takeover_us"]
+        );
+        steadfast_lab::heal(lab.name(), &primary).expect("heal");
+        eprintln!(
+            "round {round}: healed at {:?} into the load",
+            load.started.elapsed()
+        );
+        wait_backup_joined(&lab, other, joined);
+        std::thread::sleep(Duration::from_millis(700));
+        let healed = lab.daemon_status(other)["data_plane"].clone();
+        eprintln!(
+            "round {round}: {primary} healed; {other} adopted {} skipped {} protected {}",
+            healed["adopted"], healed["adoptions_skipped"], healed["protected_connections"]
+        );
+        primary = other.to_string();
+    }
+    let report = load.stop();
+    eprintln!(
+        "{backend}: {} requests, longest request {:?}, errors {:?}",
+        report.requests(),
+        longest_request(&report),
+        report.error_counts()
+    );
+    assert_clean(&report, &format!("{backend} crash cycle"));
+}
+
+#[test]
+fn duplex_survives_host_process_and_freeze_crashes_builtin() {
+    crash_cycle(
+        BackendKind::Builtin,
+        &[
+            CrashKind::Host,
+            CrashKind::Process,
+            CrashKind::Freeze,
+            CrashKind::Host,
+        ],
+    );
+}
+
+#[test]
+fn duplex_survives_host_process_and_freeze_crashes_nginx() {
+    crash_cycle(
+        BackendKind::Nginx,
+        &[CrashKind::Host, CrashKind::Process, CrashKind::Freeze],
+    );
 }

@@ -228,6 +228,7 @@ pub fn rebuild(target: &RepairTarget) -> Result<RepairedSocket, RepairError> {
     {
         return Err(fail("TCP_REPAIR_OPTIONS"));
     }
+    set_send_window(raw, target).map_err(|()| fail("TCP_REPAIR_WINDOW"))?;
     if let Some(ts) = target.timestamp {
         // Bit 0 selects microsecond timestamps since 6.7: the clock here counts milliseconds.
         let ts = ts & !1;
@@ -239,6 +240,49 @@ pub fn rebuild(target: &RepairTarget) -> Result<RepairedSocket, RepairError> {
         fd,
         target: *target,
     })
+}
+
+/// `struct tcp_repair_window` (include/uapi/linux/tcp.h).
+#[repr(C)]
+#[derive(Default)]
+struct TcpRepairWindow {
+    snd_wl1: u32,
+    snd_wnd: u32,
+    max_window: u32,
+    rcv_wnd: u32,
+    rcv_wup: u32,
+}
+const TCP_REPAIR_WINDOW: libc::c_int = 29;
+
+/// Gives the rebuilt socket the client's window. Without it the socket starts with a zero
+/// send window and sends nothing until the client answers its window probe; a client that
+/// drops that probe (PAWS, or a lost frame) leaves the connection silent until the kernel's
+/// zero-window probe timer, a second or more later. The receive side keeps what the kernel
+/// chose.
+fn set_send_window(fd: RawFd, target: &RepairTarget) -> Result<(), ()> {
+    let mut window = TcpRepairWindow::default();
+    let mut len = size_of::<TcpRepairWindow>() as libc::socklen_t;
+    // SAFETY: `window` has `len` writable bytes.
+    if unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            TCP_REPAIR_WINDOW,
+            &mut window as *mut TcpRepairWindow as *mut libc::c_void,
+            &mut len,
+        )
+    } != 0
+    {
+        return Err(());
+    }
+    window.snd_wl1 = target.rcv_nxt;
+    window.snd_wnd = target.client_window;
+    window.max_window = window.max_window.max(target.client_window);
+    if setsockopt(fd, libc::IPPROTO_TCP, TCP_REPAIR_WINDOW, &window) {
+        Ok(())
+    } else {
+        Err(())
+    }
 }
 
 impl RepairedSocket {
@@ -255,6 +299,69 @@ impl RepairedSocket {
         }
         Ok(TcpStream::from(self.fd))
     }
+}
+
+/// Leaves repair mode without the window probe (include/uapi/linux/tcp.h).
+const TCP_REPAIR_OFF_NO_WP: libc::c_int = -1;
+
+/// The exact sequence numbers of a live connection: (rcv_nxt, write_seq) — the next client
+/// byte expected and the sequence number of the next byte this socket will queue. Briefly puts
+/// the socket in repair mode (it sends nothing meanwhile) and leaves it without a probe.
+pub fn live_sequences(stream: &impl AsRawFd) -> Result<(u32, u32), RepairError> {
+    let fd = stream.as_raw_fd();
+    let one: libc::c_int = 1;
+    if !setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_REPAIR, &one) {
+        return Err(RepairError::on_fd("TCP_REPAIR=1 (live)", fd));
+    }
+    let read = |queue: libc::c_int, step: &'static str| -> Result<u32, RepairError> {
+        if !setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_REPAIR_QUEUE, &queue) {
+            return Err(RepairError::on_fd("TCP_REPAIR_QUEUE", fd));
+        }
+        let mut seq: u32 = 0;
+        let mut len = size_of::<u32>() as libc::socklen_t;
+        // SAFETY: `seq` has `len` writable bytes.
+        if unsafe {
+            libc::getsockopt(
+                fd,
+                libc::IPPROTO_TCP,
+                libc::TCP_QUEUE_SEQ,
+                &mut seq as *mut u32 as *mut libc::c_void,
+                &mut len,
+            )
+        } != 0
+        {
+            return Err(RepairError::on_fd(step, fd));
+        }
+        Ok(seq)
+    };
+    let result = read(TCP_RECV_QUEUE, "TCP_QUEUE_SEQ (receive)")
+        .and_then(|rcv| read(TCP_SEND_QUEUE, "TCP_QUEUE_SEQ (send)").map(|snd| (rcv, snd)));
+    if !setsockopt(
+        fd,
+        libc::IPPROTO_TCP,
+        libc::TCP_REPAIR,
+        &TCP_REPAIR_OFF_NO_WP,
+    ) {
+        return Err(RepairError::on_fd("TCP_REPAIR off (live)", fd));
+    }
+    result
+}
+
+/// Bytes in the socket's receive queue not read yet (FIONREAD) and in its send queue not
+/// acknowledged yet (SIOCOUTQ).
+pub fn queued_bytes(stream: &impl AsRawFd) -> Result<(usize, usize), RepairError> {
+    let fd = stream.as_raw_fd();
+    let mut unread: libc::c_int = 0;
+    let mut unacked: libc::c_int = 0;
+    // SAFETY: both ioctls write one int.
+    if unsafe { libc::ioctl(fd, libc::FIONREAD, &mut unread) } != 0 {
+        return Err(RepairError::on_fd("FIONREAD", fd));
+    }
+    // SAFETY: as above (SIOCOUTQ = TIOCOUTQ).
+    if unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut unacked) } != 0 {
+        return Err(RepairError::on_fd("SIOCOUTQ", fd));
+    }
+    Ok((unread.max(0) as usize, unacked.max(0) as usize))
 }
 
 /// Asks the kernel to keep each connection's SYN for [`saved_syn`] (on a listening socket).

@@ -290,6 +290,48 @@ impl ConnectionImage {
         }
     }
 
+    /// An image of a connection that was already established when this backup started to
+    /// protect it: the primary read the exact sequence numbers from its socket (TCP_REPAIR) and
+    /// handed over the client bytes it had received but not yet answered. `received` counts the
+    /// client bytes before `pending` (already answered), `server_isn` and `acked_reply` place
+    /// the reply stream; the window and TSecr come with the client's next segment.
+    #[allow(clippy::too_many_arguments)]
+    pub fn adopted(
+        tuple: FourTuple,
+        client_isn: u32,
+        syn_options: TcpOptions,
+        server_isn: u32,
+        answered: u64,
+        pending: &[u8],
+        negotiated: NegotiatedOptions,
+        limits: ImageLimits,
+    ) -> ConnectionImage {
+        ConnectionImage {
+            tuple,
+            client_isn,
+            syn_options,
+            limits,
+            negotiated: Some(negotiated),
+            consumed: answered,
+            unconsumed: pending.iter().copied().collect(),
+            out_of_order: BTreeMap::new(),
+            out_of_order_bytes: 0,
+            client_fin_at: None,
+            reset: false,
+            server_isn: Some(server_isn),
+            acked_reply: 0,
+            window: WindowState {
+                raw: 0,
+                from_syn: false,
+                wl1: -1,
+                wl2: i64::MIN,
+            },
+            last_tsecr: None,
+            server_fin_at: None,
+            counters: ImageCounters::default(),
+        }
+    }
+
     pub fn tuple(&self) -> FourTuple {
         self.tuple
     }

@@ -232,6 +232,11 @@ impl ConnectionTable {
     }
 
     /// Forgets a connection (the primary reported it gone, or it was handed over).
+    /// Takes an image made elsewhere (an adopted connection), replacing any of the same tuple.
+    pub fn insert(&mut self, image: ConnectionImage) {
+        self.images.insert(image.tuple(), image);
+    }
+
     pub fn remove(&mut self, tuple: &FourTuple) -> Option<ConnectionImage> {
         self.images.remove(tuple)
     }

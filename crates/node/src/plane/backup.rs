@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use steadfast_core::image::{
-    parse_client_frame, tcp_checksum_fixup, ConnectionTable, FourTuple, NegotiatedOptions,
-    TableLimits, Tracking, WindowScales, ETHERNET_HEADER_LEN,
+    parse_client_frame, tcp_checksum_fixup, AckProbe, ConnectionImage, ConnectionTable, FourTuple,
+    NegotiatedOptions, TableLimits, TcpOptions, Tracking, WindowScales, ETHERNET_HEADER_LEN,
 };
 use steadfast_core::replica::ReplicaLog;
 use steadfast_core::replication::{
@@ -61,8 +61,16 @@ pub struct Frozen {
 
 struct Logger {
     stop: Arc<AtomicBool>,
+    /// Cleared when the primary is gone: the logger keeps logging (the takeover's
+    /// acknowledgement probes are answered through it) but forwards nothing more.
+    forward: Arc<AtomicBool>,
     thread: JoinHandle<()>,
 }
+
+/// How long the takeover waits for the clients' answers to its acknowledgement probes. A LAN
+/// answers in well under a millisecond; a client that does not answer in time is rebuilt from
+/// what the log holds.
+const PROBE_WAIT: Duration = Duration::from_millis(5);
 
 pub struct BackupPlane {
     settings: PlaneSettings,
@@ -131,6 +139,78 @@ impl BackupPlane {
     pub fn stop_logging(&mut self) {
         self.protecting.store(false, Ordering::Relaxed);
         stop_logger(&self.logger);
+    }
+
+    /// The first step of a takeover: stops forwarding (logging goes on) and asks every client
+    /// whose image may lag what it acknowledged (see [`AckProbe`]); returns once each answered
+    /// or [`PROBE_WAIT`] passed. Returns (probes sent, answers logged).
+    pub fn refresh_acknowledgements(&self) -> (usize, usize) {
+        {
+            let logger = self.logger.lock().expect("logger lock");
+            match logger.as_ref() {
+                Some(logger) if !logger.thread.is_finished() => {
+                    logger.forward.store(false, Ordering::Relaxed);
+                }
+                _ => return (0, 0),
+            }
+        }
+        let sender = match steadfast_os::raw_ip::RawIpSender::open() {
+            Ok(sender) => sender,
+            Err(e) => {
+                tracing::warn!("takeover: no acknowledgement probes: {e}");
+                return (0, 0);
+            }
+        };
+        let now = Instant::now();
+        let probes: Vec<(FourTuple, AckProbe)> = {
+            let state = self.state.lock().expect("backup state lock");
+            let Some(table) = state.table.as_ref() else {
+                return (0, 0);
+            };
+            table
+                .iter()
+                .filter_map(|image| {
+                    let tuple = image.tuple();
+                    let conn = state.replica.get(&tuple)?;
+                    // Only the client of a reply still in flight can be ahead of the log.
+                    if conn.reply_end() <= image.client_acked_reply_bytes() {
+                        return None;
+                    }
+                    let idle = state
+                        .last_seen
+                        .get(&tuple)
+                        .map_or(Duration::ZERO, |seen| now.saturating_duration_since(*seen));
+                    let tsval = conn
+                        .options
+                        .timestamps
+                        .then(|| super::takeover::rebuilt_tsval(image.last_tsecr(), idle));
+                    AckProbe::for_image(image, tsval).map(|probe| (tuple, probe))
+                })
+                .collect()
+        };
+        if probes.is_empty() {
+            return (0, 0);
+        }
+        let sent_at = Instant::now();
+        for (tuple, probe) in &probes {
+            if let Err(e) = sender.send(&probe.encode(), *tuple.client.ip()) {
+                tracing::debug!("takeover: probing {tuple}: {e}");
+            }
+        }
+        let deadline = sent_at + PROBE_WAIT;
+        loop {
+            let answered = {
+                let state = self.state.lock().expect("backup state lock");
+                probes
+                    .iter()
+                    .filter(|(tuple, _)| state.last_seen.get(tuple).is_some_and(|t| *t > sent_at))
+                    .count()
+            };
+            if answered == probes.len() || Instant::now() >= deadline {
+                return (probes.len(), answered);
+            }
+            std::thread::sleep(Duration::from_micros(300));
+        }
     }
 
     /// Stops the logger (no frame is forwarded after this returns) and hands over the logs.
@@ -266,7 +346,9 @@ impl BackupParts {
         let port = steadfast_os::packet_port::PacketPort::open(&service.interface, &filter)
             .with_context(|| format!("opening the ingress logger on {}", service.interface))?;
         let stop = Arc::new(AtomicBool::new(false));
+        let forward = Arc::new(AtomicBool::new(true));
         let ctx = LoggerContext {
+            forward: forward.clone(),
             port,
             vip: service.vip,
             mac: self.mac,
@@ -278,7 +360,11 @@ impl BackupParts {
             .name("steadfast-logger".into())
             .spawn(move || ctx.run())
             .context("starting the logger thread")?;
-        *slot = Some(Logger { stop, thread });
+        *slot = Some(Logger {
+            stop,
+            forward,
+            thread,
+        });
         Ok(())
     }
 
@@ -416,6 +502,57 @@ impl BackupParts {
                     table.remove(&tuple);
                 }
                 state.last_seen.remove(&tuple);
+                self.shared
+                    .protected_connections
+                    .store(state.replica.len() as u64, Ordering::Relaxed);
+                None
+            }
+            ReplicationFrame::Adopt {
+                tuple,
+                client_isn,
+                server_isn,
+                options,
+                client_mss,
+                next_request,
+                request_offset,
+                reply_offset,
+                pending,
+            } => {
+                state.replica.adopt(
+                    tuple,
+                    client_isn,
+                    options,
+                    next_request,
+                    request_offset,
+                    reply_offset,
+                );
+                if let Some(table) = state.table.as_mut() {
+                    let syn_options = TcpOptions {
+                        mss: Some(client_mss),
+                        window_scale: options.window_scales.map(|(snd, _)| snd),
+                        sack_permitted: options.sack,
+                        timestamps: None,
+                    };
+                    let negotiated = NegotiatedOptions {
+                        window_scales: options
+                            .window_scales
+                            .map(|(snd, rcv)| WindowScales { snd, rcv }),
+                        sack: options.sack,
+                        timestamps: options.timestamps,
+                    };
+                    table.insert(ConnectionImage::adopted(
+                        tuple,
+                        client_isn,
+                        syn_options,
+                        server_isn,
+                        request_offset,
+                        &pending,
+                        negotiated,
+                        table.limits().image,
+                    ));
+                }
+                state.last_seen.insert(tuple, Instant::now());
+                counters.adopted.fetch_add(1, Ordering::Relaxed);
                 self.shared
                     .protected_connections
                     .store(state.replica.len() as u64, Ordering::Relaxed);
@@ -601,6 +738,7 @@ struct LoggerContext {
     state: Arc<Mutex<BackupState>>,
     shared: Arc<PlaneShared>,
     stop: Arc<AtomicBool>,
+    forward: Arc<AtomicBool>,
 }
 
 impl LoggerContext {
@@ -646,6 +784,7 @@ impl LoggerContext {
         let mac = self.mac;
         let shared = &self.shared;
         let now = Instant::now();
+        let forwarding = self.forward.load(Ordering::Relaxed);
         self.port.drain(|frame| {
             let counters = &shared.counters;
             if frame.truncated {
@@ -693,7 +832,7 @@ impl LoggerContext {
                             }
                         }
                     }
-                    if let Some(primary) = state.primary_mac {
+                    if let Some(primary) = state.primary_mac.filter(|_| forwarding) {
                         forward(frame.data, primary, mac, outgoing, shared);
                     }
                 }

@@ -62,8 +62,30 @@ impl AckWaiter {
     }
 }
 
+/// What the backup needs to start protecting a connection it never saw open.
+#[derive(Debug, Clone)]
+pub struct Adoption {
+    pub tuple: FourTuple,
+    pub client_isn: u32,
+    pub server_isn: u32,
+    pub options: ConnectionOptions,
+    pub client_mss: u16,
+    pub next_request: u64,
+    pub request_offset: u64,
+    pub reply_offset: u64,
+    pub pending: Vec<u8>,
+}
+
 /// A place replies are logged before they are sent.
 pub trait ReplyGate: Send + Sync {
+    /// Which backup protects connections now: a number that changes whenever a backup joins,
+    /// 0 when there is none. A connection protected under an older number is not protected.
+    fn generation(&self) -> u64;
+    /// Hands an established, unprotected connection to the backup; true when it is protected
+    /// from now on.
+    fn adopt(&self, _adoption: Adoption) -> bool {
+        false
+    }
     /// A connection was accepted and is protected from now on. Returns false when it is not
     /// (no backup): its pieces are then not logged at all.
     fn opened(&self, tuple: FourTuple, client_isn: u32, options: ConnectionOptions) -> bool;
@@ -81,6 +103,10 @@ pub struct LocalGate {
 }
 
 impl ReplyGate for LocalGate {
+    fn generation(&self) -> u64 {
+        1
+    }
+
     fn opened(&self, tuple: FourTuple, client_isn: u32, options: ConnectionOptions) -> bool {
         self.log
             .lock()

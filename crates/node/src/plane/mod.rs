@@ -22,7 +22,6 @@ use anyhow::Context;
 use steadfast_core::frame::AuthKey;
 use steadfast_core::http::FramingLimits;
 use steadfast_core::image::FourTuple;
-use steadfast_core::replica::connection_id;
 use steadfast_core::replication::ConnectionOptions;
 use steadfast_core::NodeId;
 use tokio::net::TcpListener;
@@ -102,6 +101,8 @@ pub struct PlaneCounters {
     pub backup_losses: AtomicU64,
     pub backups_joined: AtomicU64,
     pub forged_frames: AtomicU64,
+    /// Backup: connections adopted from the primary after they had opened.
+    pub adopted: AtomicU64,
 }
 
 /// Shared by the plane's tasks and read by the daemon for `status`.
@@ -144,7 +145,6 @@ pub fn start(settings: PlaneSettings) -> anyhow::Result<PlaneHandle> {
         .enable_all()
         .build()
         .context("building the data plane runtime")?;
-    destroy_lingering_sockets(&settings.service);
     let listeners = bind_listeners(&runtime, &settings.service)?;
     let plane_shared = shared.clone();
     // The daemon must not run a service whose data plane could not start: the set-up result
@@ -193,8 +193,11 @@ fn bind_listeners(
 }
 
 /// A previous life of this node may have left sockets on the service address (TIME_WAIT ones
-/// answer a rebuilt connection's client with an ACK, not an RST): remove them first.
-fn destroy_lingering_sockets(service: &PlaneService) {
+/// answer a rebuilt connection's client with an ACK, not an RST; orphans retransmit their FIN):
+/// remove them first. Call it before the dead-man switch is armed: destroying a socket sends an
+/// RST, which the previous life's fence still drops then, but would reach a client whose
+/// connection another node now carries once this node's packets are live again.
+pub(crate) fn destroy_lingering_sockets(service: &PlaneService) {
     for &port in &service.ports {
         let m = steadfast_os::sock_destroy::SocketMatch {
             local: Some(SocketAddrV4::new(service.vip, port)),
@@ -267,18 +270,28 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<ProxyContext>, shared: Arc<
             continue;
         };
         let tuple = FourTuple { client, server };
-        let (isn, options) = match accepted_connection_facts(&stream) {
+        let (isn, client_mss, options) = match accepted_connection_facts(&stream) {
             Ok(facts) => facts,
             Err(e) => {
                 tracing::warn!("connection {tuple}: {e}");
                 continue;
             }
         };
-        let protected = ctx.gate.opened(tuple, isn, options);
+        let generation = ctx.gate.generation();
+        let protected = generation != 0 && ctx.gate.opened(tuple, isn, options);
         if protected {
             shared.protected_connections.fetch_add(1, Ordering::Relaxed);
         }
-        let start = SessionStart::fresh(tuple, connection_id(&tuple, isn), protected);
+        tracing::debug!(
+            "{tuple}: accepted (protected by link generation {generation}: {protected})"
+        );
+        let start = SessionStart::fresh(
+            tuple,
+            isn,
+            options,
+            client_mss,
+            if protected { generation } else { 0 },
+        );
         let ctx = ctx.clone();
         let shared = shared.clone();
         tokio::spawn(async move {
@@ -294,11 +307,12 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<ProxyContext>, shared: Arc<
 /// kernel negotiated (the backup needs them to rebuild the socket).
 fn accepted_connection_facts(
     stream: &tokio::net::TcpStream,
-) -> anyhow::Result<(u32, ConnectionOptions)> {
+) -> anyhow::Result<(u32, u16, ConnectionOptions)> {
     let syn = steadfast_os::repair::saved_syn(stream).context("reading the saved SYN")?;
     let info = steadfast_os::repair::tcp_info_options(stream).context("reading TCP_INFO")?;
     Ok((
         syn.client_isn,
+        syn.mss.unwrap_or(steadfast_core::image::DEFAULT_MSS),
         ConnectionOptions {
             window_scales: info.window_scales,
             sack: info.sack,

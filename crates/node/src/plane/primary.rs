@@ -25,6 +25,7 @@ const LOOPBACK_IFINDEX: u32 = 1;
 
 /// The live link to the backup, as the gate uses it.
 struct Link {
+    generation: u64,
     frames: mpsc::UnboundedSender<Vec<u8>>,
     acks: watch::Receiver<AckState>,
     epoch: u64,
@@ -65,6 +66,29 @@ impl ReplicatedGate {
 }
 
 impl ReplyGate for ReplicatedGate {
+    fn generation(&self) -> u64 {
+        self.link
+            .lock()
+            .expect("gate lock")
+            .as_ref()
+            .map_or(0, |link| link.generation)
+    }
+
+    fn adopt(&self, a: super::gate::Adoption) -> bool {
+        self.send(&ReplicationFrame::Adopt {
+            tuple: a.tuple,
+            client_isn: a.client_isn,
+            server_isn: a.server_isn,
+            options: a.options,
+            client_mss: a.client_mss,
+            next_request: a.next_request,
+            request_offset: a.request_offset,
+            reply_offset: a.reply_offset,
+            pending: a.pending,
+        })
+        .is_some()
+    }
+
     fn opened(&self, tuple: FourTuple, client_isn: u32, options: ConnectionOptions) -> bool {
         self.send(&ReplicationFrame::Opened {
             tuple,
@@ -293,6 +317,8 @@ impl Duplex {
         // repair mode, make the VIP local, leave repair, resume the sessions. Client frames
         // meanwhile are dropped by the kernel (VIP not local yet) and resent by the clients;
         // the clients' ARP entries already name this node, so none is lost at the switch.
+        let (probed, answered) = self.backup.refresh_acknowledgements();
+        let probed_at = started.elapsed();
         let frozen = self.backup.freeze();
         if frozen.state.table.is_none() {
             // This node never protected anybody: nothing to carry over.
@@ -308,8 +334,9 @@ impl Duplex {
         self.announce();
         let elapsed = started.elapsed();
         tracing::info!(
-            "takeover phases: logger stopped {frozen_at:?}, sockets rebuilt {rebuilt_at:?}, \
-             VIP local {vip_at:?}, sessions resumed {elapsed:?}"
+            "takeover phases: {probed} clients probed, {answered} answered {probed_at:?}, logger \
+             stopped {frozen_at:?}, sockets rebuilt {rebuilt_at:?}, VIP local {vip_at:?}, \
+             sessions resumed {elapsed:?}"
         );
         let c = &self.shared.counters;
         c.takeovers.fetch_add(1, Ordering::Relaxed);
@@ -552,6 +579,7 @@ async fn run_link(
     let (frames_tx, mut frames_rx) = mpsc::unbounded_channel::<Vec<u8>>();
     let (ack_tx, ack_rx) = watch::channel(AckState::default());
     let link = Link {
+        generation,
         frames: frames_tx,
         acks: ack_rx,
         epoch,

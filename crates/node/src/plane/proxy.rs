@@ -18,10 +18,11 @@ use steadfast_core::http::{
     FramingLimits, ReplyEvent, RequestEvent, RequestFramer, RequestId, ResponseFramer,
 };
 use steadfast_core::image::FourTuple;
+use steadfast_core::replication::ConnectionOptions;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::gate::{Piece, PieceKind, ReplyGate};
+use super::gate::{Adoption, Piece, PieceKind, ReplyGate};
 
 /// Client bytes a session holds (framed, not yet forwarded) before it stops reading.
 const MAX_HELD_REQUEST_BYTES: usize = 4 * 1024 * 1024;
@@ -30,6 +31,8 @@ const MAX_HELD_REQUEST_BYTES: usize = 4 * 1024 * 1024;
 const POOL_IDLE_LIMIT: Duration = Duration::from_secs(2);
 const POOL_MAX_IDLE: usize = 256;
 const READ_CHUNK: usize = 64 * 1024;
+/// An unprotected connection is offered to a newly joined backup at up to this many requests.
+const MAX_ADOPTION_TRIES: u32 = 8;
 
 /// Counters of the proxy (status output).
 #[derive(Debug, Default)]
@@ -44,6 +47,9 @@ pub struct ProxyCounters {
     pub replies_unprotected: AtomicU64,
     pub early_replies: AtomicU64,
     pub tunnels_refused: AtomicU64,
+    /// Unprotected connections handed to a backup that joined after they opened.
+    pub adopted: AtomicU64,
+    pub adoptions_skipped: AtomicU64,
 }
 
 /// Idle keep-alive connections to the backend.
@@ -105,8 +111,12 @@ pub struct ProxyContext {
 pub struct SessionStart {
     pub tuple: FourTuple,
     pub connection_id: u64,
-    /// The gate logs this connection's replies.
-    pub protected: bool,
+    /// What a backup that joins later needs to adopt the connection.
+    pub client_isn: u32,
+    pub options: ConnectionOptions,
+    pub client_mss: u16,
+    /// The gate's generation when the connection was accepted (0: not protected).
+    pub protected_by: u64,
     pub request_offset: u64,
     pub request_index: u64,
     /// Client bytes from `request_offset` on, already received.
@@ -117,11 +127,20 @@ pub struct SessionStart {
 }
 
 impl SessionStart {
-    pub fn fresh(tuple: FourTuple, connection_id: u64, protected: bool) -> SessionStart {
+    pub fn fresh(
+        tuple: FourTuple,
+        client_isn: u32,
+        options: ConnectionOptions,
+        client_mss: u16,
+        protected_by: u64,
+    ) -> SessionStart {
         SessionStart {
             tuple,
-            connection_id,
-            protected,
+            connection_id: steadfast_core::replica::connection_id(&tuple, client_isn),
+            client_isn,
+            options,
+            client_mss,
+            protected_by,
             request_offset: 0,
             request_index: 0,
             pending_request: Vec::new(),
@@ -162,9 +181,8 @@ struct Backend {
 /// Runs one client connection to its end.
 pub async fn serve(ctx: Arc<ProxyContext>, client: TcpStream, start: SessionStart) {
     let tuple = start.tuple;
-    let protected = start.protected;
     ctx.counters.connections.fetch_add(1, Ordering::Relaxed);
-    if !protected {
+    if start.protected_by == 0 {
         ctx.counters
             .connections_unprotected
             .fetch_add(1, Ordering::Relaxed);
@@ -175,7 +193,12 @@ pub async fn serve(ctx: Arc<ProxyContext>, client: TcpStream, start: SessionStar
         client,
         tuple,
         connection_id: start.connection_id,
-        protected,
+        client_isn: start.client_isn,
+        options: start.options,
+        client_mss: start.client_mss,
+        adoption_tries: 0,
+        adoption_generation: 0,
+        protected_by: start.protected_by,
         framer: RequestFramer::starting_at(ctx.limits, start.request_offset, start.request_index),
         pending: VecDeque::new(),
         held: Vec::new(),
@@ -185,14 +208,17 @@ pub async fn serve(ctx: Arc<ProxyContext>, client: TcpStream, start: SessionStar
         reply_offset: start.reply_offset,
         client_done: false,
         close_after_reply: false,
+        trace_first_reply: start.reply_offset > 0 || start.request_offset > 0,
     };
     let result = session
         .run(start.pending_request, start.unacked_reply)
         .await;
     if let Err(e) = &result {
         tracing::debug!("session ended: {e}");
+    } else {
+        tracing::debug!("{tuple}: session ended");
     }
-    if protected {
+    if session.protected_by != 0 && session.protected_by == ctx.gate.generation() {
         ctx.gate.closed(tuple);
     }
     // A backend connection left between replies can serve another client.
@@ -208,7 +234,13 @@ struct Session {
     client: TcpStream,
     tuple: FourTuple,
     connection_id: u64,
-    protected: bool,
+    client_isn: u32,
+    options: ConnectionOptions,
+    client_mss: u16,
+    adoption_tries: u32,
+    adoption_generation: u64,
+    /// The gate generation that protects this connection (0: none).
+    protected_by: u64,
     framer: RequestFramer,
     pending: VecDeque<RequestEvent>,
     /// Client bytes not yet forwarded, from client stream offset `held_base`.
@@ -221,6 +253,8 @@ struct Session {
     client_done: bool,
     /// The last request asked to close (or the stream cannot carry another request).
     close_after_reply: bool,
+    /// A resumed session logs (debug) when its first reply goes out.
+    trace_first_reply: bool,
 }
 
 impl Session {
@@ -229,6 +263,18 @@ impl Session {
         pending_request: Vec<u8>,
         unacked_reply: Vec<u8>,
     ) -> Result<(), SessionEnd> {
+        if !unacked_reply.is_empty() || !pending_request.is_empty() {
+            tracing::debug!(
+                "{}: resuming at request {} (client offset {}, reply offset {}): {} reply bytes \
+                 to resend, {} request bytes to execute",
+                self.tuple,
+                self.framer.current_index(),
+                self.held_base,
+                self.reply_offset,
+                unacked_reply.len(),
+                pending_request.len()
+            );
+        }
         if !unacked_reply.is_empty() {
             self.client
                 .write_all(&unacked_reply)
@@ -286,6 +332,20 @@ impl Session {
     /// Frames client bytes; a framing error answers 400 when no part of the bad request has
     /// reached the backend, and ends the session.
     async fn take_client_bytes(&mut self, bytes: &[u8]) -> Result<(), SessionEnd> {
+        let generation = self.ctx.gate.generation();
+        if generation != 0
+            && generation != self.protected_by
+            && self.in_flight.is_none()
+            && self.pending.is_empty()
+        {
+            if self.adoption_generation != generation {
+                self.adoption_generation = generation;
+                self.adoption_tries = 0;
+            }
+            if self.adoption_tries < MAX_ADOPTION_TRIES {
+                self.try_adoption(bytes, generation);
+            }
+        }
         self.held.extend_from_slice(bytes);
         let mut events = Vec::new();
         let result = self.framer.feed(bytes, &mut events);
@@ -297,9 +357,19 @@ impl Session {
                 .fetch_add(1, Ordering::Relaxed);
             // Earlier complete requests still get their replies first.
             self.forward_requests().await?;
-            while self.in_flight.is_some() {
+            while self
+                .in_flight
+                .as_ref()
+                .is_some_and(|flight| flight.index < error.index)
+            {
                 self.finish_in_flight().await?;
                 self.forward_requests().await?;
+            }
+            if self.in_flight.take().is_some() {
+                // The bad request's head already reached the backend: abandon that backend
+                // connection (it sees the request cut short) rather than wait for a reply to a
+                // body that will never be complete.
+                self.backend = None;
             }
             let index = error.index;
             let end = self.held_base + self.held.len() as u64;
@@ -318,6 +388,65 @@ impl Session {
             return Err(SessionEnd::Protocol(self.tuple, error.to_string()));
         }
         Ok(())
+    }
+
+    /// Between requests, hands this unprotected connection to the backup that joined after it
+    /// opened: the exact sequence numbers come from the socket itself, the unanswered client
+    /// bytes (`held` and the `fresh` ones just read) travel with them. Skipped (and tried again
+    /// at the next request) while bytes wait in the kernel's queues, because the backup could
+    /// not account for them.
+    fn try_adoption(&mut self, fresh: &[u8], generation: u64) {
+        self.adoption_tries += 1;
+        let counters = &self.ctx.counters;
+        match steadfast_os::repair::queued_bytes(&self.client) {
+            Ok((0, 0)) => {}
+            Ok(_) => {
+                counters.adoptions_skipped.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            Err(e) => {
+                tracing::debug!("adoption of {}: {e}", self.tuple);
+                return;
+            }
+        }
+        let (rcv_nxt, write_seq) = match steadfast_os::repair::live_sequences(&self.client) {
+            Ok(seqs) => seqs,
+            Err(e) => {
+                tracing::debug!("adoption of {}: {e}", self.tuple);
+                return;
+            }
+        };
+        let received = self.held_base + self.held.len() as u64 + fresh.len() as u64;
+        let expected = self
+            .client_isn
+            .wrapping_add(1)
+            .wrapping_add(received as u32);
+        if rcv_nxt != expected {
+            // Bytes arrived between the checks: try again at the next request.
+            counters.adoptions_skipped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let server_isn = write_seq
+            .wrapping_sub(1)
+            .wrapping_sub(self.reply_offset as u32);
+        let mut pending = self.held.clone();
+        pending.extend_from_slice(fresh);
+        let adoption = Adoption {
+            tuple: self.tuple,
+            client_isn: self.client_isn,
+            server_isn,
+            options: self.options,
+            client_mss: self.client_mss,
+            next_request: self.framer.current_index(),
+            request_offset: self.held_base,
+            reply_offset: self.reply_offset,
+            pending,
+        };
+        if self.ctx.gate.adopt(adoption) {
+            tracing::debug!("{}: adopted by link generation {generation}", self.tuple);
+            self.protected_by = generation;
+            counters.adopted.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Waits for the in-flight reply while the client is not read (used on the error path).
@@ -568,7 +697,7 @@ impl Session {
         kind: PieceKind,
         bytes: &[u8],
     ) -> Result<(), SessionEnd> {
-        if self.protected {
+        if self.protected_by != 0 && self.protected_by == self.ctx.gate.generation() {
             let waiter = self.ctx.gate.log(Piece {
                 tuple: self.tuple,
                 request_index,
@@ -586,6 +715,15 @@ impl Session {
             }
         }
         self.reply_offset += bytes.len() as u64;
+        if self.trace_first_reply && matches!(kind, PieceKind::Final { .. }) {
+            self.trace_first_reply = false;
+            tracing::debug!(
+                "{}: first reply after resuming (request {request_index}) goes out, reply \
+                 offset {}",
+                self.tuple,
+                self.reply_offset
+            );
+        }
         self.ctx
             .counters
             .reply_bytes

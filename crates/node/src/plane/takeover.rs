@@ -12,8 +12,12 @@ use super::proxy::{self, ProxyContext, SessionStart};
 use super::PlaneShared;
 
 /// The new primary's timestamp clock starts this far past the old one's last known value, so
-/// it is never behind what the client saw (PAWS drops segments with older timestamps).
-const TIMESTAMP_MARGIN_MS: u32 = 5;
+/// it is never behind what the client saw: PAWS drops segments with older timestamps, and the
+/// client's TSecr lags the old primary's clock by up to a delayed ACK (or more, when the old
+/// primary's kernel lives on after its daemon froze and still acknowledges). Being ahead costs
+/// nothing, and it makes the client drop any late segment of a frozen old primary (only its
+/// RSTs pass PAWS, and the dead-man switch stops those).
+const TIMESTAMP_MARGIN_MS: u32 = 10_000;
 /// Sockets are rebuilt on this many threads at once.
 const REBUILD_THREADS: usize = 2;
 
@@ -145,16 +149,20 @@ pub fn resume_all(
     report
 }
 
+/// The timestamp clock of a rebuilt connection: the old primary's last value the client
+/// echoed, plus the time since, plus the margin.
+pub fn rebuilt_tsval(last_tsecr: Option<u32>, idle: Duration) -> u32 {
+    let elapsed = u32::try_from(idle.as_millis()).unwrap_or(u32::MAX / 4);
+    last_tsecr
+        .unwrap_or(0)
+        .wrapping_add(elapsed)
+        .wrapping_add(TIMESTAMP_MARGIN_MS)
+}
+
 fn repair_target(plan: &ResumePlan, idle: Duration) -> RepairTarget {
     let restore = &plan.restore;
-    let timestamp = (restore.timestamps_ok || plan.options.timestamps).then(|| {
-        let elapsed = u32::try_from(idle.as_millis()).unwrap_or(u32::MAX / 4);
-        restore
-            .last_tsecr
-            .unwrap_or(0)
-            .wrapping_add(elapsed)
-            .wrapping_add(TIMESTAMP_MARGIN_MS)
-    });
+    let timestamp = (restore.timestamps_ok || plan.options.timestamps)
+        .then(|| rebuilt_tsval(restore.last_tsecr, idle));
     RepairTarget {
         local: restore.local,
         remote: restore.remote,
@@ -180,8 +188,11 @@ fn resume(ctx: Arc<ProxyContext>, stream: std::net::TcpStream, plan: ResumePlan)
     let start = SessionStart {
         tuple,
         connection_id: plan.connection_id,
-        // No backup yet: a backup that joins later protects new connections only.
-        protected: false,
+        client_isn: plan.client_isn,
+        options: plan.options,
+        client_mss: plan.restore.mss,
+        // No backup yet: one that joins later adopts the connection at its next request.
+        protected_by: 0,
         request_offset: plan.request_offset,
         request_index: plan.next_request_index,
         pending_request: plan.pending_request_bytes,

@@ -116,6 +116,36 @@ impl Lab {
         wait_until(within, || self.holders() == vec![host.to_string()])
     }
 
+    /// Copies the lab's logs out of its state directory (which `down` removes) so a failed
+    /// test can be diagnosed: to `/tmp/steadfast-test-logs/<lab>/`.
+    fn keep_logs(&self) {
+        let keep = std::path::Path::new("/tmp/steadfast-test-logs").join(self.name());
+        let Ok(entries) = std::fs::read_dir(&self.info.state_dir) else {
+            return;
+        };
+        let _ = std::fs::create_dir_all(&keep);
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "log") {
+                let _ = std::fs::copy(&path, keep.join(entry.file_name()));
+            }
+        }
+        // The kernels' view too: TCP counters (PAWS drops, retransmits) and live sockets.
+        let namespaces = std::iter::once(&self.info.client_ns).chain(self.info.nodes.iter());
+        for ns in namespaces {
+            for (what, args) in [("nstat", vec!["nstat", "-az"]), ("ss", vec!["ss", "-tnie"])] {
+                if let Ok(out) = std::process::Command::new("ip")
+                    .args(["netns", "exec", ns])
+                    .args(&args)
+                    .output()
+                {
+                    let _ = std::fs::write(keep.join(format!("{ns}.{what}.txt")), out.stdout);
+                }
+            }
+        }
+        eprintln!("lab {} logs kept in {}", self.name(), keep.display());
+    }
+
     /// The daemon's status document of `host` (`n1`, `w`), straight from its control socket.
     pub fn daemon_status(&self, host: &str) -> serde_json::Value {
         let socket = self.info.state_dir.join(format!("{host}.sock"));
@@ -126,6 +156,9 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.keep_logs();
+        }
         if let Err(e) = steadfast_lab::down(&self.info.lab) {
             eprintln!("lab down {}: {e}", self.info.lab);
         }

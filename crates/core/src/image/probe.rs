@@ -1,0 +1,121 @@
+//! The acknowledgement probe a new primary sends each client before it rebuilds the client's
+//! connection.
+//!
+//! The image knows the reply bytes the client acknowledged in the frames the logger saw. The
+//! client may have acknowledged more just before the takeover (a delayed ACK, an ACK still in
+//! flight, a window update after a full buffer): such ACKs never reach a log. A socket rebuilt
+//! from the older value then ignores every client ACK for bytes it has not sent itself yet
+//! ("ACK of unsent data", RFC 9293 3.10.7.4) and, once its first flight is out, waits forever.
+//! The probe asks the client: it is a pure ACK whose sequence number lies just before the
+//! client's window, which a TCP must answer with an ACK carrying its current receive point
+//! (RFC 9293 3.10.7.4, "If a segment is not acceptable, an acknowledgment should be sent").
+//! The logger logs that answer like any client frame, and the rebuild uses it.
+
+use std::net::Ipv4Addr;
+
+use etherparse::{PacketBuilder, TcpOptionElement};
+
+use super::ConnectionImage;
+
+/// One acknowledgement probe, server to client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AckProbe {
+    pub from: (Ipv4Addr, u16),
+    pub to: (Ipv4Addr, u16),
+    /// One before the first reply byte the image says is unacknowledged: outside the client's
+    /// window, so the client answers it and otherwise ignores it.
+    pub seq: u32,
+    /// The next client byte the image holds (no client byte is acknowledged beyond the log).
+    pub ack: u32,
+    /// (TSval, TSecr) when the connection uses timestamps. TSval must not be behind what the
+    /// client last saw, or PAWS drops the probe without an answer.
+    pub timestamps: Option<(u32, u32)>,
+}
+
+impl AckProbe {
+    /// The probe for `image`, or `None` while its handshake is incomplete. `tsval` is the
+    /// timestamp clock the rebuilt socket will continue.
+    pub fn for_image(image: &ConnectionImage, tsval: Option<u32>) -> Option<AckProbe> {
+        let snd_una = image.snd_una()?;
+        let tuple = image.tuple();
+        Some(AckProbe {
+            from: (*tuple.server.ip(), tuple.server.port()),
+            to: (*tuple.client.ip(), tuple.client.port()),
+            seq: snd_una.wrapping_sub(1),
+            ack: image.rcv_nxt(),
+            timestamps: tsval.map(|tsval| (tsval, 0)),
+        })
+    }
+
+    /// The IPv4 packet (header and TCP segment, checksums filled in).
+    pub fn encode(&self) -> Vec<u8> {
+        // A small advertised window: the probe must not invite the client to send much before
+        // the rebuilt socket exists (it drops what arrives meanwhile; the client resends).
+        const PROBE_WINDOW: u16 = 1024;
+        let builder = PacketBuilder::ipv4(self.from.0.octets(), self.to.0.octets(), 64)
+            .tcp(self.from.1, self.to.1, self.seq, PROBE_WINDOW)
+            .ack(self.ack);
+        let builder = match self.timestamps {
+            Some((tsval, tsecr)) => builder
+                .options(&[
+                    TcpOptionElement::Noop,
+                    TcpOptionElement::Noop,
+                    TcpOptionElement::Timestamp(tsval, tsecr),
+                ])
+                .expect("12 bytes of options fit a TCP header"),
+            None => builder,
+        };
+        let mut packet = Vec::with_capacity(builder.size(0));
+        builder
+            .write(&mut packet, &[])
+            .expect("writing to a Vec cannot fail");
+        packet
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use etherparse::{NetSlice, SlicedPacket, TransportSlice};
+
+    fn probe(timestamps: Option<(u32, u32)>) -> AckProbe {
+        AckProbe {
+            from: (Ipv4Addr::new(10, 0, 0, 100), 80),
+            to: (Ipv4Addr::new(10, 0, 0, 2), 40000),
+            seq: 0xffff_ffff,
+            ack: 12345,
+            timestamps,
+        }
+    }
+
+    #[test]
+    fn encodes_a_valid_pure_ack_with_timestamps() {
+        let packet = probe(Some((7, 0))).encode();
+        let sliced = SlicedPacket::from_ip(&packet).expect("a valid IPv4 packet");
+        let Some(NetSlice::Ipv4(ip)) = sliced.net else {
+            panic!("not IPv4");
+        };
+        assert_eq!(ip.header().source_addr(), Ipv4Addr::new(10, 0, 0, 100));
+        assert_eq!(ip.header().destination_addr(), Ipv4Addr::new(10, 0, 0, 2));
+        let Some(TransportSlice::Tcp(tcp)) = sliced.transport else {
+            panic!("not TCP");
+        };
+        assert!(tcp.ack() && !tcp.syn() && !tcp.fin() && !tcp.rst());
+        assert_eq!(tcp.sequence_number(), 0xffff_ffff);
+        assert_eq!(tcp.acknowledgment_number(), 12345);
+        assert!(tcp.payload().is_empty());
+        let options: Vec<_> = tcp.options_iterator().collect::<Result<_, _>>().unwrap();
+        assert!(options.contains(&TcpOptionElement::Timestamp(7, 0)));
+        let checksum = tcp
+            .to_header()
+            .calc_checksum_ipv4(&ip.header().to_header(), &[])
+            .unwrap();
+        assert_eq!(checksum, tcp.checksum(), "the TCP checksum is filled in");
+    }
+
+    #[test]
+    fn encodes_without_options_when_timestamps_are_off() {
+        let packet = probe(None).encode();
+        assert_eq!(packet.len(), 40, "20 bytes of IPv4, 20 of TCP");
+    }
+}
