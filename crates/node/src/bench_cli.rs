@@ -9,13 +9,47 @@ use steadfast_lab::bench::failover::{
     self, FailoverOptions, KeepalivedChoice, DEFAULT_CRASHES, DEFAULT_FAST_HEARTBEAT_MS,
     QUICK_CRASHES,
 };
-use steadfast_lab::CrashKind;
+use steadfast_lab::bench::stall::{self, StallOptions, StallTarget};
+use steadfast_lab::{BackendKind, CrashKind};
 
 #[derive(Subcommand)]
 pub enum BenchCommand {
     /// Crash the serving node N times under a probe load (a new connection every 10 ms) and
     /// report the client-visible gaps, beside keepalived's when it is installed.
     Failover(FailoverArgs),
+    /// Duplex: crash the primary (or the backup) N times under keep-alive load and report the
+    /// longest stall established connections saw, and every client error.
+    Stall(StallArgs),
+}
+
+#[derive(Args)]
+pub struct StallArgs {
+    /// Crashes (default 20, or 3 with --quick).
+    #[arg(long)]
+    pub crashes: Option<usize>,
+    /// primary | backup
+    #[arg(long, default_value = "primary")]
+    pub role: StallTarget,
+    /// host | process | freeze
+    #[arg(long, default_value = "host")]
+    pub how: CrashKind,
+    #[arg(long, default_value_t = stall::DEFAULT_HEARTBEAT_MS)]
+    pub heartbeat_ms: u32,
+    /// Keep-alive connections of the load.
+    #[arg(long, default_value_t = stall::DEFAULT_CONNECTIONS)]
+    pub connections: usize,
+    /// builtin | nginx | apache2
+    #[arg(long, default_value = "builtin")]
+    pub backend: BackendKind,
+    /// 3 crashes.
+    #[arg(long)]
+    pub quick: bool,
+    /// Print the summary as JSON on stdout instead of the markdown table.
+    #[arg(long)]
+    pub json: bool,
+    /// Where stall-<role>.json (every sample) goes.
+    #[arg(long, default_value = "bench-results")]
+    pub out: PathBuf,
 }
 
 #[derive(Args)]
@@ -46,7 +80,43 @@ pub struct FailoverArgs {
 pub fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
     match command {
         BenchCommand::Failover(args) => failover_command(args),
+        BenchCommand::Stall(args) => stall_command(args),
     }
+}
+
+fn stall_command(args: StallArgs) -> anyhow::Result<ExitCode> {
+    let options = StallOptions {
+        crashes: args.crashes.unwrap_or(if args.quick {
+            stall::QUICK_CRASHES
+        } else {
+            stall::DEFAULT_CRASHES
+        }),
+        target: args.role,
+        how: args.how,
+        heartbeat_ms: args.heartbeat_ms,
+        connections: args.connections,
+        backend: args.backend,
+        steadfast_exe: std::env::current_exe()
+            .context("finding the steadfast executable for the lab")?,
+    };
+    let report = stall::run(&options, &mut |line| eprintln!("bench stall: {line}"))?;
+    let written = report
+        .write(&args.out)
+        .with_context(|| format!("writing the results into {}", args.out.display()))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report.summary_json())?);
+    } else {
+        print!("{}", report.markdown());
+    }
+    for path in written {
+        eprintln!("bench stall: wrote {}", path.display());
+    }
+    // Client errors are what duplex promises never to cause: the run fails with them.
+    Ok(if report.failures == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn failover_command(args: FailoverArgs) -> anyhow::Result<ExitCode> {

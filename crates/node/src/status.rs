@@ -86,6 +86,8 @@ pub struct DataPlaneStatus {
     /// Established connections handed to (primary) or taken by (backup) a backup that joined
     /// after they opened.
     pub adopted: u64,
+    /// Client frames held during takeovers' rebuilds and handed to the rebuilt sockets.
+    pub frames_held_at_takeover: u64,
     pub adoptions_skipped: u64,
     pub takeovers: u64,
     pub connections_restored: u64,
@@ -163,9 +165,10 @@ impl NodeStatus {
                 d.arp_replies, d.log_bytes, d.replies_logged
             ));
             s.push_str(&format!(
-                "  takeovers {}: {} connections restored, {} lost {:?}; last took {} µs ({} conn/s); unprotected {} ms; backups joined {} lost {}\n",
+                "  takeovers {}: {} connections restored, {} lost {:?}, {} client frames held; last took {} µs ({} conn/s); unprotected {} ms; backups joined {} lost {}; adopted {}\n",
                 d.takeovers, d.connections_restored, d.connections_lost, d.lost_reasons,
-                d.last_takeover_us, d.last_restore_per_second, d.unprotected_ms, d.backups_joined, d.backup_losses
+                d.frames_held_at_takeover, d.last_takeover_us, d.last_restore_per_second,
+                d.unprotected_ms, d.backups_joined, d.backup_losses, d.adopted
             ));
         }
         let c = &self.counters;

@@ -6,6 +6,7 @@
 pub mod failover;
 pub mod keepalived;
 pub mod plot;
+pub mod stall;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -137,13 +138,18 @@ pub(crate) struct ProbeLoad {
 
 impl ProbeLoad {
     pub fn start(lab: &BenchLab, probes: ProbeOptions, limit: Duration) -> ProbeLoad {
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let progress = Arc::new(LoadProgress::default());
-        let namespace = lab.info.client_ns.clone();
         let options = LoadOptions {
             probes: Some(probes),
             ..LoadOptions::probes_only(lab.target(), limit)
         };
+        ProbeLoad::start_with(lab, options)
+    }
+
+    /// Any load (probes, keep-alive connections or both) in the lab's client namespace.
+    pub fn start_with(lab: &BenchLab, options: LoadOptions) -> ProbeLoad {
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let progress = Arc::new(LoadProgress::default());
+        let namespace = lab.info.client_ns.clone();
         let thread_progress = progress.clone();
         let thread = std::thread::spawn(move || {
             let ns = namespace.clone();

@@ -64,6 +64,12 @@ struct Logger {
     /// Cleared when the primary is gone: the logger keeps logging (the takeover's
     /// acknowledgement probes are answered through it) but forwards nothing more.
     forward: Arc<AtomicBool>,
+    /// Set at the freeze: client frames are held (the VIP is not local yet, the kernel drops
+    /// its own copy) instead of logged.
+    capture: Arc<AtomicBool>,
+    /// Set once the rebuilt sockets are live: the held frames are handed to the local stack
+    /// and the logger ends.
+    release: Arc<AtomicBool>,
     thread: JoinHandle<()>,
 }
 
@@ -213,14 +219,16 @@ impl BackupPlane {
         }
     }
 
-    /// Stops the logger (no frame is forwarded after this returns) and hands over the logs.
+    /// Hands over the logs (no frame is logged or forwarded after this returns). The logger
+    /// goes on holding the client frames that arrive until [`Self::release_held_frames`]:
+    /// between the freeze and the moment the rebuilt sockets are live the kernel drops them,
+    /// and a client resends a lone lost segment only after 200 ms or more.
     pub fn freeze(&mut self) -> Frozen {
         self.protecting.store(false, Ordering::Relaxed);
-        // The logger checks its stop flag under the state lock before it logs or forwards a
-        // batch: once the state is taken here it neither changes it nor forwards anything, so
-        // there is no need to wait for the thread to wind down (it ends at its next poll).
-        if let Some(logger) = self.logger.lock().expect("logger lock").take() {
-            logger.stop.store(true, Ordering::Relaxed);
+        // The logger checks its capture flag under the state lock before it logs or forwards
+        // a batch: once the state is taken here it neither changes it nor forwards anything.
+        if let Some(logger) = self.logger.lock().expect("logger lock").as_ref() {
+            logger.capture.store(true, Ordering::Relaxed);
         }
         let state = std::mem::take(&mut *self.state.lock().expect("backup state lock"));
         self.shared
@@ -229,6 +237,16 @@ impl BackupPlane {
         Frozen {
             state,
             at: Instant::now(),
+        }
+    }
+}
+
+impl BackupPlane {
+    /// The takeover's last step, once the rebuilt sockets are live: the frames held since the
+    /// freeze go to the local stack, and the logger ends (without waiting for it).
+    pub fn release_held_frames(&mut self) {
+        if let Some(logger) = self.logger.lock().expect("logger lock").take() {
+            logger.release.store(true, Ordering::Relaxed);
         }
     }
 }
@@ -347,8 +365,13 @@ impl BackupParts {
             .with_context(|| format!("opening the ingress logger on {}", service.interface))?;
         let stop = Arc::new(AtomicBool::new(false));
         let forward = Arc::new(AtomicBool::new(true));
+        let capture = Arc::new(AtomicBool::new(false));
+        let release = Arc::new(AtomicBool::new(false));
         let ctx = LoggerContext {
             forward: forward.clone(),
+            capture: capture.clone(),
+            release: release.clone(),
+            held: Vec::new(),
             port,
             vip: service.vip,
             mac: self.mac,
@@ -363,6 +386,8 @@ impl BackupParts {
         *slot = Some(Logger {
             stop,
             forward,
+            capture,
+            release,
             thread,
         });
         Ok(())
@@ -739,12 +764,21 @@ struct LoggerContext {
     shared: Arc<PlaneShared>,
     stop: Arc<AtomicBool>,
     forward: Arc<AtomicBool>,
+    capture: Arc<AtomicBool>,
+    release: Arc<AtomicBool>,
+    /// IP packets held since the freeze.
+    held: Vec<Vec<u8>>,
 }
 
 impl LoggerContext {
     fn run(mut self) {
         let mut outgoing: Vec<Vec<u8>> = Vec::new();
         while !self.stop.load(Ordering::Relaxed) {
+            if self.release.load(Ordering::Relaxed) {
+                self.capture_batch(&mut outgoing);
+                self.reinject();
+                return;
+            }
             let mut pollfd = libc::pollfd {
                 fd: self.port.as_raw_fd(),
                 events: libc::POLLIN,
@@ -774,9 +808,71 @@ impl LoggerContext {
         }
     }
 
+    /// After the freeze: holds the client's TCP frames (as IP packets) and answers ARP.
+    fn capture_batch(&mut self, outgoing: &mut Vec<Vec<u8>>) {
+        let (vip, mac) = (self.vip, self.mac);
+        let held = &mut self.held;
+        let shared = &self.shared;
+        self.port.drain(|frame| {
+            if frame.truncated {
+                return;
+            }
+            if let Some(reply) = steadfast_os::packet_port::arp_reply_for(frame.data, vip, mac) {
+                shared.counters.arp_replies.fetch_add(1, Ordering::Relaxed);
+                outgoing.push(reply);
+                return;
+            }
+            if frame.data.len() <= ETHERNET_HEADER_LEN || frame.data[12..14] != [0x08, 0x00] {
+                return;
+            }
+            let mut copy = frame.data.to_vec();
+            // Offloaded frames may carry a partial checksum the local stack would refuse.
+            if tcp_checksum_fixup(&mut copy).is_ok() {
+                held.push(copy.split_off(ETHERNET_HEADER_LEN));
+            }
+        });
+    }
+
+    /// Hands the held frames to the local stack, where the rebuilt sockets now take them.
+    fn reinject(&mut self) {
+        if self.held.is_empty() {
+            return;
+        }
+        let sender = match steadfast_os::raw_ip::RawIpSender::open() {
+            Ok(sender) => sender,
+            Err(e) => {
+                tracing::warn!("takeover: {} held client frames lost: {e}", self.held.len());
+                return;
+            }
+        };
+        let mut sent = 0u64;
+        for packet in self.held.drain(..) {
+            match sender.send(&packet, self.vip) {
+                Ok(()) => sent += 1,
+                Err(e) => tracing::debug!("takeover: reinjecting a held frame: {e}"),
+            }
+        }
+        self.shared
+            .counters
+            .frames_held_at_takeover
+            .fetch_add(sent, Ordering::Relaxed);
+        tracing::info!(
+            "takeover: {sent} client frames held during the rebuild handed to the sockets"
+        );
+    }
+
     fn drain_once(&mut self, outgoing: &mut Vec<Vec<u8>>) {
+        if self.capture.load(Ordering::Relaxed) {
+            self.capture_batch(outgoing);
+            return;
+        }
         let mut guard = self.state.lock().expect("backup state lock");
         if self.stop.load(Ordering::Relaxed) {
+            return;
+        }
+        if self.capture.load(Ordering::Relaxed) {
+            drop(guard);
+            self.capture_batch(outgoing);
             return;
         }
         let state = &mut *guard;

@@ -103,6 +103,9 @@ pub struct PlaneCounters {
     pub forged_frames: AtomicU64,
     /// Backup: connections adopted from the primary after they had opened.
     pub adopted: AtomicU64,
+    /// Client frames that arrived during a takeover's rebuild, held and then handed to the
+    /// rebuilt sockets (instead of lost and resent by the clients 200 ms or more later).
+    pub frames_held_at_takeover: AtomicU64,
 }
 
 /// Shared by the plane's tasks and read by the daemon for `status`.

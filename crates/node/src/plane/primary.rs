@@ -322,6 +322,7 @@ impl Duplex {
         let frozen = self.backup.freeze();
         if frozen.state.table.is_none() {
             // This node never protected anybody: nothing to carry over.
+            self.backup.release_held_frames();
             return;
         }
         let frozen_at = started.elapsed();
@@ -330,6 +331,7 @@ impl Duplex {
         self.place_vip(true, false).await;
         let vip_at = started.elapsed();
         let mut report = super::takeover::resume_all(rebuilt, self.proxy.clone(), &self.shared);
+        self.backup.release_held_frames();
         report.rebuild_time = started.elapsed() - frozen_at;
         self.announce();
         let elapsed = started.elapsed();

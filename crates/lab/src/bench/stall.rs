@@ -1,0 +1,368 @@
+//! `steadfast bench stall`: in duplex mode, how long established keep-alive connections stall
+//! when the primary (or the backup) crashes, and whether any request fails.
+//!
+//! A 2-node lab with a witness and the builtin backend; a verifying keep-alive load (small
+//! GETs, a short pause between them) on every connection; N crashes of the chosen role at random
+//! moments, healing in between. For each crash the stall is the longest latency of any request
+//! that was in flight at some moment of the crash window (from the crash until `WINDOW` after
+//! it): requests sent while the primary was already dead count too.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::{percentile, unique_lab_name, wait_until, BenchError, BenchLab, Jitter, ProbeLoad};
+use crate::faults::{crash, heal};
+use crate::load::{KeepAliveOptions, LoadOptions, Outcome};
+use crate::options::{BackendKind, CrashKind, Mode, UpOptions};
+
+pub const DEFAULT_CRASHES: usize = 20;
+pub const QUICK_CRASHES: usize = 3;
+pub const DEFAULT_HEARTBEAT_MS: u32 = 10;
+pub const DEFAULT_CONNECTIONS: usize = 20;
+/// Requests overlapping this span after a crash are that crash's: it covers detection and
+/// takeover many times over, and ends before the heal (which starts later) can matter.
+const WINDOW: Duration = Duration::from_millis(400);
+/// Pause between a settled group and the next crash.
+const PAUSE_MIN: Duration = Duration::from_millis(300);
+const PAUSE_MAX: Duration = Duration::from_millis(700);
+/// A role change or a backup's join must happen within this.
+const SETTLE: Duration = Duration::from_secs(10);
+/// A request of the load gives up after this (then it counts as a failure).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Which member crashes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StallTarget {
+    Primary,
+    Backup,
+}
+
+impl std::str::FromStr for StallTarget {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "primary" => Ok(StallTarget::Primary),
+            "backup" => Ok(StallTarget::Backup),
+            other => Err(format!("unknown role {other:?}: primary | backup")),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct StallOptions {
+    pub crashes: usize,
+    pub target: StallTarget,
+    pub how: CrashKind,
+    pub heartbeat_ms: u32,
+    pub connections: usize,
+    pub backend: BackendKind,
+    pub steadfast_exe: PathBuf,
+}
+
+/// One crash as the client saw it.
+#[derive(Debug, Clone, Serialize)]
+pub struct StallSample {
+    pub index: usize,
+    pub crashed: String,
+    /// Into the load, when the crash happened.
+    pub at_ms: f64,
+    /// The longest latency of a request in flight during the crash window.
+    pub stall_ms: f64,
+    pub requests_in_window: usize,
+    pub failed_in_window: usize,
+    /// From the node that took over (primary crashes): connections restored and lost, and
+    /// the takeover's own duration.
+    pub restored: u64,
+    pub lost: u64,
+    pub takeover_us: u64,
+    pub restore_per_second: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StallReport {
+    pub bench: &'static str,
+    pub target: StallTarget,
+    pub how: CrashKind,
+    pub heartbeat_ms: u32,
+    pub connections: usize,
+    pub requests: usize,
+    pub failures: usize,
+    pub failure_details: Vec<String>,
+    pub samples: Vec<StallSample>,
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Reads the data-plane status of a lab host through its control socket.
+fn plane_status(lab: &BenchLab, host: &str) -> Result<serde_json::Value, BenchError> {
+    let socket = lab.info.state_dir.join(format!("{host}.sock"));
+    let status =
+        crate::lab::query_control_socket(&socket).map_err(|reason| BenchError::Campaign {
+            lab: lab.name().to_string(),
+            row: "duplex stall".into(),
+            reason: format!("status of {host}: {reason}"),
+        })?;
+    Ok(status["data_plane"].clone())
+}
+
+fn counter(plane: &serde_json::Value, name: &str) -> u64 {
+    plane[name].as_u64().unwrap_or(0)
+}
+
+pub fn run(
+    options: &StallOptions,
+    progress: &mut dyn FnMut(&str),
+) -> Result<StallReport, BenchError> {
+    if options.crashes == 0 || options.connections == 0 {
+        return Err(BenchError::Options(
+            "stall needs at least one crash and one connection".into(),
+        ));
+    }
+    let mut up = UpOptions::new(unique_lab_name("st"), 2, &options.steadfast_exe);
+    up.mode = Mode::Duplex;
+    up.witness = true;
+    up.backend = options.backend;
+    up.heartbeat_ms = Some(options.heartbeat_ms);
+    up.ready_timeout = Duration::from_secs(30);
+    let lab = BenchLab::up(&up)?;
+    let campaign_error = |reason: String| BenchError::Campaign {
+        lab: lab.name().to_string(),
+        row: format!("duplex stall, {:?} crashes", options.target),
+        reason,
+    };
+    let holder = |lab: &BenchLab| -> Result<Option<String>, BenchError> {
+        Ok(match lab.holders()?.as_slice() {
+            [only] => Some(only.clone()),
+            _ => None,
+        })
+    };
+    // Protected from the start: the load opens its connections once a backup has joined.
+    let mut primary = String::new();
+    let joined = wait_until(SETTLE, || {
+        let Some(h) = holder(&lab)? else {
+            return Ok(false);
+        };
+        primary = h;
+        Ok(counter(&plane_status(&lab, &primary)?, "backups_joined") > 0)
+    })?;
+    if !joined {
+        return Err(campaign_error(format!(
+            "no backup joined within {SETTLE:?}"
+        )));
+    }
+    let sizes = match options.backend {
+        BackendKind::Builtin => vec![1024, 10 * 1024],
+        _ => vec![1024],
+    };
+    let per_crash = PAUSE_MAX + SETTLE * 3;
+    let load = ProbeLoad::start_with(
+        &lab,
+        LoadOptions {
+            target: lab.target(),
+            duration: per_crash * options.crashes as u32 + Duration::from_secs(30),
+            probes: None,
+            keep_alive: Some(KeepAliveOptions {
+                connections: options.connections,
+                request_timeout: REQUEST_TIMEOUT,
+                sizes,
+                include_uuid: options.backend == BackendKind::Builtin,
+                fixed_seed: (options.backend != BackendKind::Builtin)
+                    .then_some(crate::webservers::DOCROOT_SEED),
+                pause: Duration::from_millis(5),
+                reconnect_delay: Duration::from_millis(10),
+            }),
+        },
+    );
+    let mut jitter = Jitter::new();
+    let mut events: Vec<(String, Duration, serde_json::Value)> = Vec::new();
+    let started = Instant::now();
+    for index in 0..options.crashes {
+        std::thread::sleep(jitter.between(PAUSE_MIN, PAUSE_MAX));
+        let backup = if primary == "n1" { "n2" } else { "n1" }.to_string();
+        let victim = match options.target {
+            StallTarget::Primary => primary.clone(),
+            StallTarget::Backup => backup.clone(),
+        };
+        let survivor = if victim == primary { &backup } else { &primary }.clone();
+        let joined_before = counter(&plane_status(&lab, &survivor)?, "backups_joined");
+        let report = crash(lab.name(), &victim, options.how)?;
+        if options.target == StallTarget::Primary
+            // The crashed host's kernel may still carry the address (on lo): look past it.
+            && !wait_until(SETTLE, || {
+                Ok(lab.holders()?.into_iter().filter(|h| *h != victim).collect::<Vec<_>>()
+                    == [survivor.clone()])
+            })?
+        {
+            return Err(campaign_error(format!(
+                "crash {index}: {survivor} did not take the address over within {SETTLE:?}"
+            )));
+        }
+        std::thread::sleep(WINDOW + Duration::from_millis(100));
+        let after = plane_status(&lab, &survivor)?;
+        events.push((victim.clone(), report.at_monotonic, after));
+        heal(lab.name(), &victim)?;
+        if !wait_until(SETTLE, || {
+            Ok(counter(&plane_status(&lab, &survivor)?, "backups_joined") > joined_before)
+        })? {
+            return Err(campaign_error(format!(
+                "crash {index}: {victim} did not rejoin {survivor} as its backup within {SETTLE:?}"
+            )));
+        }
+        primary = survivor;
+        progress(&format!(
+            "crash {} of {}: {victim} ({:?} into the run)",
+            index + 1,
+            options.crashes,
+            started.elapsed()
+        ));
+    }
+    let finished = load.stop()?;
+    let report = finished.report;
+    let mut samples = Vec::new();
+    for (index, (crashed, at, plane)) in events.into_iter().enumerate() {
+        let at = at.saturating_sub(finished.origin_monotonic);
+        let window_end = at + WINDOW;
+        let mut stall = Duration::ZERO;
+        let mut in_window = 0;
+        let mut failed = 0;
+        for request in report.connections.iter().flat_map(|c| &c.requests) {
+            let end = request.start + request.latency;
+            if request.start <= window_end && end >= at {
+                in_window += 1;
+                stall = stall.max(request.latency);
+                if !request.outcome.is_ok() {
+                    failed += 1;
+                }
+            }
+        }
+        samples.push(StallSample {
+            index,
+            crashed,
+            at_ms: ms(at),
+            stall_ms: ms(stall),
+            requests_in_window: in_window,
+            failed_in_window: failed,
+            restored: counter(&plane, "connections_restored"),
+            lost: counter(&plane, "connections_lost"),
+            takeover_us: counter(&plane, "last_takeover_us"),
+            restore_per_second: counter(&plane, "last_restore_per_second"),
+        });
+    }
+    let failure_details = report
+        .connections
+        .iter()
+        .flat_map(|c| {
+            c.requests.iter().filter_map(move |r| match &r.outcome {
+                Outcome::Err(f) => Some(format!(
+                    "connection {} at {:.1} ms: {}",
+                    c.index,
+                    ms(r.start),
+                    f.detail
+                )),
+                Outcome::Ok { .. } => None,
+            })
+        })
+        .take(20)
+        .collect();
+    Ok(StallReport {
+        bench: "stall",
+        target: options.target,
+        how: options.how,
+        heartbeat_ms: options.heartbeat_ms,
+        connections: options.connections,
+        requests: report.requests(),
+        failures: report.failures(),
+        failure_details,
+        samples,
+    })
+}
+
+impl StallReport {
+    fn stalls(&self) -> Vec<f64> {
+        self.samples.iter().map(|s| s.stall_ms).collect()
+    }
+
+    pub fn median_stall_ms(&self) -> Option<f64> {
+        percentile(&self.stalls(), 50.0)
+    }
+
+    pub fn max_stall_ms(&self) -> Option<f64> {
+        percentile(&self.stalls(), 100.0)
+    }
+
+    pub fn summary_json(&self) -> serde_json::Value {
+        let stalls = self.stalls();
+        let takeovers: Vec<f64> = self
+            .samples
+            .iter()
+            .map(|s| s.takeover_us as f64 / 1000.0)
+            .collect();
+        serde_json::json!({
+            "bench": self.bench,
+            "target": self.target,
+            "how": self.how,
+            "heartbeat_ms": self.heartbeat_ms,
+            "connections": self.connections,
+            "crashes": self.samples.len(),
+            "requests": self.requests,
+            "client_errors": self.failures,
+            "stall_ms": {
+                "median": percentile(&stalls, 50.0),
+                "p90": percentile(&stalls, 90.0),
+                "max": percentile(&stalls, 100.0),
+            },
+            "takeover_ms_median": percentile(&takeovers, 50.0),
+            "connections_lost": self.samples.iter().map(|s| s.lost).max(),
+        })
+    }
+
+    pub fn markdown(&self) -> String {
+        let stalls = self.stalls();
+        let fmt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
+        let mut out = String::new();
+        out.push_str(&format!(
+            "duplex, {} connections, heartbeat {} ms, {} {} crashes of the {:?}\n\n",
+            self.connections,
+            self.heartbeat_ms,
+            self.samples.len(),
+            self.how,
+            self.target
+        ));
+        out.push_str("| crashes | requests | client errors | median stall ms | p90 stall ms | max stall ms |\n");
+        out.push_str("|---:|---:|---:|---:|---:|---:|\n");
+        out.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} |\n",
+            self.samples.len(),
+            self.requests,
+            self.failures,
+            fmt(percentile(&stalls, 50.0)),
+            fmt(percentile(&stalls, 90.0)),
+            fmt(percentile(&stalls, 100.0)),
+        ));
+        for detail in &self.failure_details {
+            out.push_str(&format!("\nclient error: {detail}"));
+        }
+        out.push('\n');
+        out
+    }
+
+    /// Writes `stall-<target>.json` (every sample) into `dir`.
+    pub fn write(&self, dir: &Path) -> Result<Vec<PathBuf>, BenchError> {
+        std::fs::create_dir_all(dir).map_err(|e| BenchError::io("creating", dir, e))?;
+        let path = dir.join(format!(
+            "stall-{}.json",
+            match self.target {
+                StallTarget::Primary => "primary",
+                StallTarget::Backup => "backup",
+            }
+        ));
+        let text = serde_json::to_string_pretty(self).expect("a report serializes");
+        std::fs::write(&path, text).map_err(|e| BenchError::io("writing", &path, e))?;
+        Ok(vec![path])
+    }
+}
