@@ -640,6 +640,7 @@ fn plane_status(mode: &str, shared: &crate::plane::PlaneShared) -> crate::status
         forged_frames: c.forged_frames.load(Relaxed),
         adopted: c.adopted.load(Relaxed),
         frames_held_at_takeover: c.frames_held_at_takeover.load(Relaxed),
+        guard_dropped: c.guard_dropped.load(Relaxed),
         ..Default::default()
     };
     if let Some(proxy) = shared.proxy.lock().ok().and_then(|p| p.clone()) {

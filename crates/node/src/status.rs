@@ -88,6 +88,8 @@ pub struct DataPlaneStatus {
     pub adopted: u64,
     /// Client frames held during takeovers' rebuilds and handed to the rebuilt sockets.
     pub frames_held_at_takeover: u64,
+    /// Primary: client frames refused for not coming through the backup (I1).
+    pub guard_dropped: u64,
     pub adoptions_skipped: u64,
     pub takeovers: u64,
     pub connections_restored: u64,
@@ -160,9 +162,9 @@ impl NodeStatus {
                 if d.unprotected_now { ", SERVING WITHOUT A BACKUP" } else { "" }
             ));
             s.push_str(&format!(
-                "  logger: {} frames logged, {} forwarded, {} dropped {:?}, {} refused, {} ARP replies; {} log bytes, {} replies logged\n",
+                "  logger: {} frames logged, {} forwarded, {} dropped {:?}, {} refused, {} ARP replies; {} log bytes, {} replies logged; guard refused {} frames that bypassed the backup\n",
                 d.frames_logged, d.frames_forwarded, d.frames_dropped, d.drop_reasons, d.frames_refused,
-                d.arp_replies, d.log_bytes, d.replies_logged
+                d.arp_replies, d.log_bytes, d.replies_logged, d.guard_dropped
             ));
             s.push_str(&format!(
                 "  takeovers {}: {} connections restored, {} lost {:?}, {} client frames held; last took {} µs ({} conn/s); unprotected {} ms; backups joined {} lost {}; adopted {}\n",

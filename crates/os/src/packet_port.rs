@@ -23,6 +23,7 @@ const TP_STATUS_KERNEL: u32 = 0;
 const TP_STATUS_USER: u32 = 1;
 const TP_STATUS_COPY: u32 = 2;
 const PACKET_HOST: u8 = 0;
+const PACKET_BROADCAST: u8 = 1;
 /// A ring slot holds a GRO-merged frame of up to 64 KiB plus headers whole.
 const FRAME_SIZE: usize = 128 * 1024;
 const FRAME_COUNT: usize = 256;
@@ -306,7 +307,8 @@ impl PacketPort {
                 if truncated {
                     self.counters.truncated += 1;
                 }
-                if pkttype == PACKET_HOST {
+                // Broadcasts too: a client's ARP request for the VIP is one.
+                if pkttype == PACKET_HOST || pkttype == PACKET_BROADCAST {
                     // SAFETY: [mac_offset, mac_offset + snaplen) lies inside the slot, which
                     // stays ours until tp_status is written below.
                     let data = unsafe { std::slice::from_raw_parts(slot.add(mac_offset), snaplen) };

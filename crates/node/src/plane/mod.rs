@@ -106,6 +106,9 @@ pub struct PlaneCounters {
     /// Client frames that arrived during a takeover's rebuild, held and then handed to the
     /// rebuilt sockets (instead of lost and resent by the clients 200 ms or more later).
     pub frames_held_at_takeover: AtomicU64,
+    /// Primary: client frames the ingress guard refused because they did not come through the
+    /// backup (I1), as nftables counted them at the last reading.
+    pub guard_dropped: AtomicU64,
 }
 
 /// Shared by the plane's tasks and read by the daemon for `status`.

@@ -161,6 +161,7 @@ pub struct Duplex {
     link_acks: Option<watch::Sender<AckState>>,
     protected_by: Option<Peer>,
     unprotected_since: Option<Instant>,
+    guard_read_at: Option<Instant>,
 }
 
 impl Duplex {
@@ -233,6 +234,7 @@ impl Duplex {
             link_acks: None,
             protected_by: None,
             unprotected_since: None,
+            guard_read_at: None,
         })
     }
 
@@ -260,6 +262,7 @@ impl Duplex {
                 Some(event) = link_rx.recv() => self.on_link_event(event, current).await,
                 _ = tokio::time::sleep(Duration::from_millis(200)) => {
                     self.account_unprotected();
+                    self.read_guard_counter();
                     // A backup that is alive but not linked (refused, timed out): try again.
                     if let PlaneRole::Primary { epoch, backup: Some(peer) } = current {
                         if self.protected_by.is_none() && self.link_acks.is_none() {
@@ -268,6 +271,29 @@ impl Duplex {
                     }
                 }
             }
+        }
+    }
+
+    /// Refreshes the status' count of client frames the ingress guard refused (I1: frames to
+    /// the VIP that did not come through the backup). Reading it runs `nft`, so at most once a
+    /// second, and only while the guard filters.
+    fn read_guard_counter(&mut self) {
+        use steadfast_os::ingress_guard::GuardState;
+        if !matches!(self.guard.state(), GuardState::OnlyFrom(_))
+            || self
+                .guard_read_at
+                .is_some_and(|at| at.elapsed() < Duration::from_secs(1))
+        {
+            return;
+        }
+        self.guard_read_at = Some(Instant::now());
+        match tokio::task::block_in_place(|| self.guard.dropped()) {
+            Ok(dropped) => self
+                .shared
+                .counters
+                .guard_dropped
+                .store(dropped, Ordering::Relaxed),
+            Err(e) => tracing::debug!("{e}"),
         }
     }
 
@@ -287,6 +313,13 @@ impl Duplex {
                 self.backup.set_epoch(epoch);
                 let keep_link = was_primary && backup.is_some() && backup == self.protected_by;
                 if !keep_link {
+                    if was_primary && self.protected_by.is_some() {
+                        // The election saw the backup go before the replication stream did.
+                        self.shared
+                            .counters
+                            .backup_losses
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
                     self.drop_link("the backup changed").await;
                     self.serve_unprotected().await;
                     if let Some(peer) = backup {

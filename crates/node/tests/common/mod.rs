@@ -38,6 +38,14 @@ pub struct Lab {
 
 static ONE_LAB_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// For a test that builds its lab another way (a benchmark run): no other lab of this test
+/// binary runs while the guard lives.
+pub fn exclusive() -> std::sync::MutexGuard<'static, ()> {
+    ONE_LAB_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 impl Lab {
     pub fn up(
         tag: &str,
@@ -72,9 +80,7 @@ impl Lab {
         opts.ready_timeout = Duration::from_secs(30);
         let name = opts.name.clone();
         // A test that panicked while holding the lock poisons it; the lab it held is gone.
-        let guard = ONE_LAB_AT_A_TIME
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let guard = exclusive();
         match steadfast_lab::up(&opts) {
             Ok(info) => Lab {
                 info,
