@@ -521,3 +521,63 @@ fn a_parsed_frame_feeds_the_table() {
     assert_eq!(image.syn_options().mss, Some(1400));
     assert_eq!(image.syn_options().window_scale, Some(8));
 }
+
+/// The adoption race: a connection opened before the backup joined passes through it
+/// untracked; the primary describes it with the bytes *it* has received, while later segments
+/// are already past the backup. The table replays those into the adopted image, so the image
+/// holds the whole stream; without the replay it would hold a gap forever.
+#[test]
+fn adoption_replays_the_untracked_segments_that_passed_before_it() {
+    let (isn, server_isn) = (5000u32, 9000u32);
+    let stream = b"GET /a HTTP/1.1\r\n\r\nPOST /commit HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc";
+    let split = 19;
+    let first = data(isn, 0, server_isn + 1, split);
+    let second = data(isn, split as u32, server_isn + 1, stream.len() - split);
+    let mut table = ConnectionTable::new(TableLimits::default());
+    for (segment, payload) in [(&first, &stream[..split]), (&second, &stream[split..])] {
+        let ingested = table.ingest(segment, payload).unwrap();
+        assert_eq!(ingested.tracking, Tracking::Untracked);
+    }
+    assert!(table.recent_untracked_bytes() >= stream.len());
+    // The primary had read only the first segment when it handed the connection over.
+    let image = ConnectionImage::adopted(
+        tuple(),
+        isn,
+        syn(isn).options,
+        server_isn,
+        0,
+        &stream[..split],
+        NEGOTIATED,
+        ImageLimits::default(),
+    );
+    assert_eq!(table.adopt(image), 2);
+    let adopted = table.get(&tuple()).unwrap();
+    assert_eq!(adopted.unconsumed_to_vec(), stream.to_vec());
+    assert_eq!(adopted.out_of_order_bytes(), 0);
+    assert_eq!(
+        table.recent_untracked_bytes(),
+        0,
+        "replayed segments are released"
+    );
+}
+
+#[test]
+fn untracked_segments_kept_for_adoption_are_bounded_and_dropped_at_close() {
+    let isn = 7000u32;
+    let mut table = ConnectionTable::new(TableLimits::default());
+    let piece = vec![b'x'; 1400];
+    for i in 0..400u32 {
+        let segment = data(isn, i * 1400, 1, piece.len());
+        table.ingest(&segment, &piece).unwrap();
+    }
+    let held = table.recent_untracked_bytes();
+    assert!(held > 0 && held <= 256 * 1024, "held {held}");
+    let mut fin = data(isn, 400 * 1400, 1, 0);
+    fin.flags = FIN_ACK;
+    table.ingest(&fin, &[]).unwrap();
+    assert_eq!(
+        table.recent_untracked_bytes(),
+        0,
+        "a closing connection is not adopted"
+    );
+}

@@ -117,6 +117,27 @@ pub(crate) fn process_is_in(pid: i32, namespace: NamespaceId) -> bool {
     process_namespace(pid) == Some(namespace)
 }
 
+/// Whether any thread of `pid` has not finished exiting. A killed multi-threaded process can
+/// lose its namespace link (its leader exited) while other threads still hold its sockets: a
+/// restarted daemon binding the same ports must wait for those too.
+fn has_live_threads(pid: i32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().any(|task| {
+        std::fs::read_to_string(task.path().join("stat"))
+            .ok()
+            .and_then(|stat| {
+                let after = stat.rfind(')')?;
+                stat[after + 1..]
+                    .split_whitespace()
+                    .next()
+                    .map(str::to_string)
+            })
+            .is_some_and(|state| state != "Z" && state != "X")
+    })
+}
+
 /// Every process whose network namespace is `namespace` (what `ip netns pids` prints), never
 /// this process itself.
 pub fn pids_in_namespace(namespace: &str) -> Vec<i32> {
@@ -210,7 +231,7 @@ pub(crate) fn kill_all_in(namespace: &str, limit: Duration) -> Result<usize, Lab
 /// Waits (at most `limit`) until `pid` is no longer a live process of the namespace.
 pub(crate) fn wait_gone(pid: i32, id: NamespaceId, limit: Duration) -> bool {
     let deadline = Instant::now() + limit;
-    while process_is_in(pid, id) {
+    while process_is_in(pid, id) || has_live_threads(pid) {
         if Instant::now() >= deadline {
             return false;
         }

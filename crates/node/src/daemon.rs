@@ -641,6 +641,7 @@ fn plane_status(mode: &str, shared: &crate::plane::PlaneShared) -> crate::status
         adopted: c.adopted.load(Relaxed),
         frames_held_at_takeover: c.frames_held_at_takeover.load(Relaxed),
         guard_dropped: c.guard_dropped.load(Relaxed),
+        guard_bounced: c.guard_bounced.load(Relaxed),
         ..Default::default()
     };
     if let Some(proxy) = shared.proxy.lock().ok().and_then(|p| p.clone()) {

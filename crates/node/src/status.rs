@@ -90,6 +90,9 @@ pub struct DataPlaneStatus {
     pub frames_held_at_takeover: u64,
     /// Primary: client frames refused for not coming through the backup (I1).
     pub guard_dropped: u64,
+    /// Primary: client frames that came straight to it and were bounced to the backup to be
+    /// logged first (I1), instead of dropped.
+    pub guard_bounced: u64,
     pub adoptions_skipped: u64,
     pub takeovers: u64,
     pub connections_restored: u64,
@@ -162,9 +165,9 @@ impl NodeStatus {
                 if d.unprotected_now { ", SERVING WITHOUT A BACKUP" } else { "" }
             ));
             s.push_str(&format!(
-                "  logger: {} frames logged, {} forwarded, {} dropped {:?}, {} refused, {} ARP replies; {} log bytes, {} replies logged; guard refused {} frames that bypassed the backup\n",
+                "  logger: {} frames logged, {} forwarded, {} dropped {:?}, {} refused, {} ARP replies; {} log bytes, {} replies logged; guard bounced {} frames that bypassed the backup to it, dropped {}\n",
                 d.frames_logged, d.frames_forwarded, d.frames_dropped, d.drop_reasons, d.frames_refused,
-                d.arp_replies, d.log_bytes, d.replies_logged, d.guard_dropped
+                d.arp_replies, d.log_bytes, d.replies_logged, d.guard_bounced, d.guard_dropped
             ));
             s.push_str(&format!(
                 "  takeovers {}: {} connections restored, {} lost {:?}, {} client frames held; last took {} µs ({} conn/s); unprotected {} ms; backups joined {} lost {}; adopted {}\n",

@@ -1,7 +1,12 @@
 //! The duplex primary's ingress guard (DESIGN invariant I1): while a backup receives first,
-//! frames to the VIP's service ports that did not come through the backup (source MAC) are
-//! dropped before the primary's TCP sees them, so a stray or forged ARP entry in a client can
-//! never bypass the log. Also a "drop everything to the service ports" state for a takeover.
+//! frames to the VIP's service ports that did not come through the backup (source MAC) never
+//! reach the primary's TCP unlogged, so a stray or forged ARP entry in a client can never bypass
+//! the log. Such frames are bounced to the backup at the interface's ingress (netdev family,
+//! both MACs rewritten so the switch learns nothing false): the backup logs and forwards them
+//! like any other. Clients whose ARP entry still names the primary (the moments after a backup
+//! joins, before its gratuitous ARP lands) lose nothing and wait for no retransmission. What
+//! the bounce cannot take (it is removed, or the frame is not IPv4) the `ip` prerouting chain
+//! drops. Also a "drop everything to the service ports" state for a takeover.
 //!
 //! nftables through the `nft` program, as for the fence: a start-up and role-change cost, never
 //! on the per-packet path (that is the kernel's).
@@ -12,6 +17,8 @@ use std::process::{Command, Stdio};
 
 const TABLE: &str = "steadfast_guard";
 const COUNTER: &str = "guard_dropped";
+const BOUNCE_TABLE: &str = "steadfast_bounce";
+const BOUNCE_COUNTER: &str = "guard_bounced";
 
 #[derive(Debug, thiserror::Error)]
 pub enum GuardError {
@@ -33,6 +40,7 @@ pub enum GuardState {
 /// The guard's nftables table; removed on drop.
 pub struct IngressGuard {
     interface: String,
+    own_mac: [u8; 6],
     vip: Ipv4Addr,
     ports: Vec<u16>,
     state: GuardState,
@@ -76,6 +84,7 @@ impl IngressGuard {
     /// Creates the guard's table (replacing one left by a previous life), open.
     pub fn install(
         interface: &str,
+        own_mac: [u8; 6],
         vip: Ipv4Addr,
         ports: &[u16],
     ) -> Result<IngressGuard, GuardError> {
@@ -94,11 +103,15 @@ impl IngressGuard {
         let script = format!(
             "add table ip {TABLE}\ndelete table ip {TABLE}\n\
              table ip {TABLE} {{\n  counter {COUNTER} {{ }}\n  chain prerouting {{\n    \
-             type filter hook prerouting priority -300; policy accept;\n  }}\n}}\n"
+             type filter hook prerouting priority -300; policy accept;\n  }}\n}}\n\
+             add table netdev {BOUNCE_TABLE}\ndelete table netdev {BOUNCE_TABLE}\n\
+             table netdev {BOUNCE_TABLE} {{\n  counter {BOUNCE_COUNTER} {{ }}\n  chain ingress {{\n    \
+             type filter hook ingress device \"{interface}\" priority -500; policy accept;\n  }}\n}}\n"
         );
         nft(&script, "installing the ingress guard")?;
         Ok(IngressGuard {
             interface: interface.to_string(),
+            own_mac,
             vip,
             ports: ports.to_vec(),
             state: GuardState::Open,
@@ -123,15 +136,23 @@ impl IngressGuard {
         let rule = match state {
             GuardState::Open => String::new(),
             GuardState::OnlyFrom(mac) => format!(
-                "add rule ip {TABLE} prerouting {matching} ether saddr != {} counter name {COUNTER} drop\n",
-                mac_text(mac)
+                "add rule netdev {BOUNCE_TABLE} ingress ether saddr != {backup} ether type ip \
+                 ip daddr {vip} tcp dport {{ {ports} }} counter name {BOUNCE_COUNTER} \
+                 ether saddr set {own} ether daddr set {backup} fwd to \"{interface}\"\n\
+                 add rule ip {TABLE} prerouting {matching} ether saddr != {backup} counter name {COUNTER} drop\n",
+                backup = mac_text(mac),
+                own = mac_text(self.own_mac),
+                vip = self.vip,
+                interface = self.interface,
             ),
             GuardState::DropAll => {
                 format!("add rule ip {TABLE} prerouting {matching} counter name {COUNTER} drop\n")
             }
         };
         // One transaction: the chain is never empty between the old rule and the new.
-        let script = format!("flush chain ip {TABLE} prerouting\n{rule}");
+        let script = format!(
+            "flush chain ip {TABLE} prerouting\nflush chain netdev {BOUNCE_TABLE} ingress\n{rule}"
+        );
         nft(&script, &format!("setting the ingress guard to {state:?}"))?;
         self.state = state;
         Ok(())
@@ -154,24 +175,17 @@ impl IngressGuard {
 
     /// Frames the guard has dropped since it was installed.
     pub fn dropped(&self) -> Result<u64, GuardError> {
-        let text = nft(
-            &format!("list counter ip {TABLE} {COUNTER}\n"),
-            "reading the guard's counter",
-        )?;
-        let packets = text
-            .split_whitespace()
-            .skip_while(|w| *w != "packets")
-            .nth(1)
-            .and_then(|n| n.parse().ok());
-        packets.ok_or_else(|| GuardError::Nft {
-            what: "reading the guard's counter".into(),
-            detail: format!("no packet count in {text:?}"),
-        })
+        read_counter("ip", TABLE, COUNTER)
     }
 
-    /// Removes the table.
+    /// Frames that came straight to this node and were bounced to the backup to be logged.
+    pub fn bounced(&self) -> Result<u64, GuardError> {
+        read_counter("netdev", BOUNCE_TABLE, BOUNCE_COUNTER)
+    }
+
+    /// Removes the tables.
     pub fn remove(self) -> Result<(), GuardError> {
-        let result = nft(&format!("delete table ip {TABLE}\n"), "removing the guard");
+        let result = nft(&remove_script(), "removing the guard");
         std::mem::forget(self);
         result.map(|_| ())
     }
@@ -179,6 +193,24 @@ impl IngressGuard {
 
 impl Drop for IngressGuard {
     fn drop(&mut self) {
-        let _ = nft(&format!("delete table ip {TABLE}\n"), "removing the guard");
+        let _ = nft(&remove_script(), "removing the guard");
     }
+}
+
+fn remove_script() -> String {
+    format!("delete table ip {TABLE}\ndelete table netdev {BOUNCE_TABLE}\n")
+}
+
+fn read_counter(family: &str, table: &str, counter: &str) -> Result<u64, GuardError> {
+    let what = format!("reading the counter {family} {table} {counter}");
+    let text = nft(&format!("list counter {family} {table} {counter}\n"), &what)?;
+    let packets = text
+        .split_whitespace()
+        .skip_while(|w| *w != "packets")
+        .nth(1)
+        .and_then(|n| n.parse().ok());
+    packets.ok_or_else(|| GuardError::Nft {
+        what,
+        detail: format!("no packet count in {text:?}"),
+    })
 }

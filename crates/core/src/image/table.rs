@@ -1,6 +1,6 @@
 //! The backup's table of connection images, keyed by 4-tuple.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use super::connection::{
     ConnectionImage, ConsumeError, ImageLimits, NegotiatedOptions, RefuseReason, SegmentReport,
@@ -79,12 +79,26 @@ pub struct TableCounters {
     pub ignored_syns: u64,
 }
 
+/// Per connection, the most recent untracked segments kept for a later adoption.
+const RECENT_UNTRACKED_PER_CONNECTION: usize = 256 * 1024;
+/// All connections together; beyond it the oldest connection's segments go first.
+const RECENT_UNTRACKED_TOTAL: usize = 16 * 1024 * 1024;
+
 /// All connection images of a backup.
 #[derive(Debug, Clone, Default)]
 pub struct ConnectionTable {
     images: HashMap<FourTuple, ConnectionImage>,
     limits: TableLimits,
     counters: TableCounters,
+    /// Segments of connections the table does not track (opened before this backup joined),
+    /// most recent last. The primary hands such a connection over ([`ConnectionTable::adopt`])
+    /// with the bytes *it* has received; segments that passed through here after those — while
+    /// the hand-over was on its way — would otherwise be missing from the image forever (the
+    /// client will not resend what the primary acknowledged), so the adoption replays them.
+    recent_untracked: HashMap<FourTuple, VecDeque<(ClientSegment, Vec<u8>)>>,
+    /// Tuples of `recent_untracked` in the order they first got a segment (oldest first).
+    recent_order: VecDeque<FourTuple>,
+    recent_bytes: usize,
 }
 
 /// Errors of the table's per-connection operations.
@@ -101,7 +115,7 @@ impl ConnectionTable {
         ConnectionTable {
             images: HashMap::new(),
             limits,
-            counters: TableCounters::default(),
+            ..ConnectionTable::default()
         }
     }
 
@@ -144,6 +158,7 @@ impl ConnectionTable {
 
         let Some(image) = self.images.get_mut(&tuple) else {
             self.counters.untracked_segments += 1;
+            self.remember_untracked(segment, payload);
             return Ok(Ingested {
                 tracking: Tracking::Untracked,
                 report: SegmentReport::default(),
@@ -171,6 +186,48 @@ impl ConnectionTable {
             tracking = Tracking::Closed(closure);
         }
         Ok(Ingested { tracking, report })
+    }
+
+    fn remember_untracked(&mut self, segment: &ClientSegment, payload: &[u8]) {
+        let tuple = segment.tuple;
+        if segment.flags.rst || segment.flags.fin {
+            // The connection is ending: nobody will adopt it.
+            self.forget_untracked(&tuple);
+            return;
+        }
+        let cost = payload.len() + 64;
+        let recent = self.recent_untracked.entry(tuple).or_insert_with(|| {
+            self.recent_order.push_back(tuple);
+            VecDeque::new()
+        });
+        recent.push_back((segment.clone(), payload.to_vec()));
+        self.recent_bytes += cost;
+        let mut held: usize = recent.iter().map(|(_, p)| p.len() + 64).sum();
+        while held > RECENT_UNTRACKED_PER_CONNECTION {
+            let Some((_, dropped)) = recent.pop_front() else {
+                break;
+            };
+            held -= dropped.len() + 64;
+            self.recent_bytes -= dropped.len() + 64;
+        }
+        while self.recent_bytes > RECENT_UNTRACKED_TOTAL {
+            let Some(oldest) = self.recent_order.front().copied() else {
+                break;
+            };
+            self.forget_untracked(&oldest);
+        }
+    }
+
+    fn forget_untracked(&mut self, tuple: &FourTuple) {
+        if let Some(recent) = self.recent_untracked.remove(tuple) {
+            self.recent_bytes -= recent.iter().map(|(_, p)| p.len() + 64).sum::<usize>();
+            self.recent_order.retain(|t| t != tuple);
+        }
+    }
+
+    /// Untracked segments held for adoption, all connections (status and tests).
+    pub fn recent_untracked_bytes(&self) -> usize {
+        self.recent_bytes
     }
 
     fn close_if_done(&mut self, tuple: &FourTuple) -> Option<Closure> {
@@ -231,13 +288,32 @@ impl ConnectionTable {
         self.images.get(tuple)
     }
 
-    /// Forgets a connection (the primary reported it gone, or it was handed over).
-    /// Takes an image made elsewhere (an adopted connection), replacing any of the same tuple.
-    pub fn insert(&mut self, image: ConnectionImage) {
-        self.images.insert(image.tuple(), image);
+    /// Takes an image made elsewhere (an adopted connection), replacing any of the same tuple,
+    /// and gives it the untracked segments of that connection that passed through here
+    /// recently: those the primary had not yet received when it described the connection
+    /// complete the image, the others are duplicates it ignores. Returns how many segments it
+    /// was given.
+    pub fn adopt(&mut self, mut image: ConnectionImage) -> usize {
+        let tuple = image.tuple();
+        let mut replayed = 0;
+        if let Some(recent) = self.recent_untracked.remove(&tuple) {
+            self.recent_bytes -= recent.iter().map(|(_, p)| p.len() + 64).sum::<usize>();
+            self.recent_order.retain(|t| *t != tuple);
+            for (segment, payload) in recent {
+                // A segment the image cannot hold was forwarded long ago; the image is what
+                // the primary described, and a takeover reports what is missing.
+                if image.ingest(&segment, &payload).is_ok() {
+                    replayed += 1;
+                }
+            }
+        }
+        self.images.insert(tuple, image);
+        replayed
     }
 
+    /// Forgets a connection (the primary reported it gone, or it was handed over).
     pub fn remove(&mut self, tuple: &FourTuple) -> Option<ConnectionImage> {
+        self.forget_untracked(tuple);
         self.images.remove(tuple)
     }
 

@@ -565,7 +565,7 @@ impl BackupParts {
                         sack: options.sack,
                         timestamps: options.timestamps,
                     };
-                    table.insert(ConnectionImage::adopted(
+                    let replayed = table.adopt(ConnectionImage::adopted(
                         tuple,
                         client_isn,
                         syn_options,
@@ -575,6 +575,9 @@ impl BackupParts {
                         negotiated,
                         table.limits().image,
                     ));
+                    tracing::debug!(
+                        "{tuple}: adopted; {replayed} segments that passed before the hand-over replayed"
+                    );
                 }
                 state.last_seen.insert(tuple, Instant::now());
                 counters.adopted.fetch_add(1, Ordering::Relaxed);

@@ -109,6 +109,8 @@ pub struct PlaneCounters {
     /// Primary: client frames the ingress guard refused because they did not come through the
     /// backup (I1), as nftables counted them at the last reading.
     pub guard_dropped: AtomicU64,
+    /// Primary: client frames that came straight to it, bounced to the backup to be logged.
+    pub guard_bounced: AtomicU64,
 }
 
 /// Shared by the plane's tasks and read by the daemon for `status`.

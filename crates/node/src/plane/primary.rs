@@ -201,6 +201,7 @@ impl Duplex {
         }
         let mut guard = steadfast_os::ingress_guard::IngressGuard::install(
             &service.interface,
+            link.mac,
             service.vip,
             &service.ports,
         )
@@ -274,8 +275,8 @@ impl Duplex {
         }
     }
 
-    /// Refreshes the status' count of client frames the ingress guard refused (I1: frames to
-    /// the VIP that did not come through the backup). Reading it runs `nft`, so at most once a
+    /// Refreshes the status' counts of client frames that did not come through the backup
+    /// (I1): bounced to it to be logged, or dropped. Reading it runs `nft`, so at most once a
     /// second, and only while the guard filters.
     fn read_guard_counter(&mut self) {
         use steadfast_os::ingress_guard::GuardState;
@@ -287,12 +288,15 @@ impl Duplex {
             return;
         }
         self.guard_read_at = Some(Instant::now());
-        match tokio::task::block_in_place(|| self.guard.dropped()) {
-            Ok(dropped) => self
-                .shared
-                .counters
-                .guard_dropped
-                .store(dropped, Ordering::Relaxed),
+        let counters = &self.shared.counters;
+        let read = || -> Result<_, steadfast_os::ingress_guard::GuardError> {
+            Ok((self.guard.dropped()?, self.guard.bounced()?))
+        };
+        match tokio::task::block_in_place(read) {
+            Ok((dropped, bounced)) => {
+                counters.guard_dropped.store(dropped, Ordering::Relaxed);
+                counters.guard_bounced.store(bounced, Ordering::Relaxed);
+            }
             Err(e) => tracing::debug!("{e}"),
         }
     }
