@@ -1157,6 +1157,7 @@ mod tests {
             kind: RequestKind::Uuid,
             connected,
             outcome,
+            commit_id: None,
         };
         let connections = (0..2)
             .map(|index| ConnectionReport {

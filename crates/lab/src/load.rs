@@ -8,8 +8,11 @@
 //!   waiting for the previous probe) for one `GET` with `Connection: close`; the reply body is
 //!   verified against [`crate::generator`]; each probe has its own `timeout`.
 //! - **keep-alive connections**: `connections` persistent connections, each sending sequential
-//!   verified requests (`/bytes` of various sizes and seeds, `/uuid`); a failed request closes the
-//!   connection, is recorded, and the worker reconnects.
+//!   verified requests (`/bytes` of various sizes and seeds, `/uuid`, `POST /commit` with
+//!   generated bodies, a slow upload sent in pieces, two pipelined `GET`s); a failed request
+//!   closes the connection, is recorded, and the worker reconnects. Commit replies are checked
+//!   against the body sent, and their request ids are kept for the exactly-once check of the
+//!   data tier ([`LoadReport::committed_ids`]).
 //!
 //! Every request records its start (since the load began), latency and outcome, and the
 //! [`LoadReport`] derives outages, the longest client-visible gap and the serving timeline.
@@ -106,6 +109,13 @@ pub struct KeepAliveOptions {
     /// Use this seed for every `/bytes` request instead of a fresh one per request: static
     /// servers (nginx, apache2) only hold the docroot's seed-0 files (default none).
     pub fixed_seed: Option<u64>,
+    /// Body sizes of `POST /commit` requests added to the cycle (default none; builtin backend
+    /// only).
+    pub commit_sizes: Vec<u64>,
+    /// Add a commit whose body is sent slowly to the cycle (default none).
+    pub slow_upload: Option<SlowUpload>,
+    /// Add two pipelined `GET`s of the first size to the cycle (default false).
+    pub pipelined: bool,
     /// Pause between two requests of one connection (default none: as fast as replies come).
     pub pause: Duration,
     /// Pause before reconnecting after a failure (default 10 ms).
@@ -120,10 +130,22 @@ impl Default for KeepAliveOptions {
             sizes: vec![1024, 10 * 1024, 50 * 1024, 1024 * 1024],
             include_uuid: true,
             fixed_seed: None,
+            commit_sizes: Vec::new(),
+            slow_upload: None,
+            pipelined: false,
             pause: Duration::ZERO,
             reconnect_delay: Duration::from_millis(10),
         }
     }
+}
+
+/// A commit body of `len` bytes sent in `pieces` writes, `gap` apart: a request that is half
+/// received while the service fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlowUpload {
+    pub len: u64,
+    pub pieces: u32,
+    pub gap: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -203,8 +225,25 @@ pub struct Probe {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(tag = "path", rename_all = "snake_case")]
 pub enum RequestKind {
-    Bytes { len: u64, seed: u64 },
+    Bytes {
+        len: u64,
+        seed: u64,
+    },
     Uuid,
+    /// `POST /commit` with the generator's `len` bytes for `seed` as the body; `slow` when the
+    /// body went out in pieces with pauses between them.
+    Commit {
+        len: u64,
+        seed: u64,
+        slow: bool,
+    },
+    /// Two `GET /bytes/{len}` written at once (seeds `seed` and `second_seed`), both replies
+    /// read.
+    Pipelined {
+        len: u64,
+        seed: u64,
+        second_seed: u64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -217,6 +256,9 @@ pub struct RequestRecord {
     /// True when this request had to open the connection first.
     pub connected: bool,
     pub outcome: Outcome,
+    /// For a commit that succeeded: the request id the data tier recorded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub commit_id: Option<String>,
 }
 
 /// What one keep-alive connection slot did.
@@ -361,6 +403,14 @@ impl LoadReport {
     /// Failed probes plus failed keep-alive requests.
     pub fn failures(&self) -> usize {
         self.probe_failures() + self.request_failures()
+    }
+
+    /// The request ids of every commit whose reply the client received and verified.
+    pub fn committed_ids(&self) -> Vec<String> {
+        self.connections
+            .iter()
+            .flat_map(|c| c.requests.iter().filter_map(|r| r.commit_id.clone()))
+            .collect()
     }
 
     pub fn requests(&self) -> usize {
@@ -581,9 +631,23 @@ fn validate(options: &LoadOptions) -> Result<(), LoadError> {
                 "keep-alive request timeout must be positive".into(),
             ));
         }
-        if keep_alive.sizes.is_empty() && !keep_alive.include_uuid {
+        if keep_alive.sizes.is_empty()
+            && !keep_alive.include_uuid
+            && keep_alive.commit_sizes.is_empty()
+            && keep_alive.slow_upload.is_none()
+        {
             return Err(LoadError::InvalidOptions(
-                "keep-alive load needs at least one /bytes size or /uuid".into(),
+                "keep-alive load needs at least one /bytes size, /uuid or a commit".into(),
+            ));
+        }
+        if keep_alive.pipelined && keep_alive.sizes.is_empty() {
+            return Err(LoadError::InvalidOptions(
+                "pipelined requests need a /bytes size".into(),
+            ));
+        }
+        if keep_alive.slow_upload.is_some_and(|slow| slow.pieces == 0) {
+            return Err(LoadError::InvalidOptions(
+                "a slow upload needs at least one piece".into(),
             ));
         }
     }
@@ -661,7 +725,10 @@ async fn probe_once(
     let result = async {
         let mut stream = connect(target, deadline).await?;
         let mut buf = Vec::new();
-        exchange(&mut stream, &mut buf, target, &path, true, check, deadline).await
+        let what = format!("GET {path}");
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n");
+        send(&mut stream, request.as_bytes(), target, &what, deadline).await?;
+        read_reply(&mut stream, &mut buf, target, &what, check, deadline).await
     }
     .await;
     match result {
@@ -685,31 +752,46 @@ async fn run_connection(
         connects: 0,
         requests: Vec::new(),
     };
-    let kinds = options.sizes.len() + usize::from(options.include_uuid);
+    let cycle = request_cycle(&options);
     let mut stream: Option<TcpStream> = None;
     let mut buf = Vec::new();
     let mut sequence = 0u64;
     while !*stop.borrow() {
-        let kind = match options.sizes.get((sequence % kinds as u64) as usize) {
-            Some(&len) => RequestKind::Bytes {
+        let seed = options
+            .fixed_seed
+            .unwrap_or(((index as u64) << 32) | (sequence & 0xffff_ffff));
+        let kind = match cycle[(sequence % cycle.len() as u64) as usize] {
+            Step::Bytes(len) => RequestKind::Bytes { len, seed },
+            Step::Uuid => RequestKind::Uuid,
+            Step::Commit(len) => RequestKind::Commit {
                 len,
-                seed: options
-                    .fixed_seed
-                    .unwrap_or(((index as u64) << 32) | (sequence & 0xffff_ffff)),
+                seed,
+                slow: false,
             },
-            None => RequestKind::Uuid,
-        };
-        let (path, check) = match kind {
-            RequestKind::Bytes { len, seed } => (
-                format!("/bytes/{len}?seed={seed}"),
-                BodyCheck::Generated { len, seed },
-            ),
-            RequestKind::Uuid => ("/uuid".to_string(), BodyCheck::Uuid),
+            Step::SlowCommit(len) => RequestKind::Commit {
+                len,
+                seed,
+                slow: true,
+            },
+            Step::Pipelined(len) => RequestKind::Pipelined {
+                len,
+                seed,
+                // Static servers hold one seed only.
+                second_seed: if options.fixed_seed.is_some() {
+                    seed
+                } else {
+                    seed.wrapping_add(1)
+                },
+            },
         };
         sequence += 1;
         let start = started.elapsed();
         let begun = Instant::now();
-        let deadline = begun + options.request_timeout;
+        let slow_time = match (kind, options.slow_upload) {
+            (RequestKind::Commit { slow: true, .. }, Some(slow)) => slow.gap * slow.pieces,
+            _ => Duration::ZERO,
+        };
+        let deadline = begun + options.request_timeout + slow_time;
         let connected = stream.is_none();
         let result = async {
             if stream.is_none() {
@@ -718,14 +800,24 @@ async fn run_connection(
                 stream = Some(connect(target, deadline).await?);
             }
             let connection = stream.as_mut().expect("connected just above");
-            exchange(connection, &mut buf, target, &path, false, check, deadline).await
+            perform(
+                connection,
+                &mut buf,
+                target,
+                kind,
+                options.slow_upload,
+                deadline,
+            )
+            .await
         }
         .await;
+        let mut commit_id = None;
         let outcome = match result {
             Ok(reply) => {
                 if reply.server_closes {
                     stream = None;
                 }
+                commit_id = reply.commit_id;
                 Outcome::Ok {
                     server: reply.server,
                 }
@@ -747,6 +839,7 @@ async fn run_connection(
             kind,
             connected,
             outcome,
+            commit_id,
         });
         let pause = if failed {
             options.reconnect_delay
@@ -761,6 +854,164 @@ async fn run_connection(
         }
     }
     report
+}
+
+/// One entry of a keep-alive connection's request cycle.
+#[derive(Debug, Clone, Copy)]
+enum Step {
+    Bytes(u64),
+    Uuid,
+    Commit(u64),
+    SlowCommit(u64),
+    Pipelined(u64),
+}
+
+fn request_cycle(options: &KeepAliveOptions) -> Vec<Step> {
+    let mut cycle: Vec<Step> = options.sizes.iter().map(|len| Step::Bytes(*len)).collect();
+    if options.include_uuid {
+        cycle.push(Step::Uuid);
+    }
+    cycle.extend(options.commit_sizes.iter().map(|len| Step::Commit(*len)));
+    if let Some(slow) = options.slow_upload {
+        cycle.push(Step::SlowCommit(slow.len));
+    }
+    if let (true, Some(len)) = (options.pipelined, options.sizes.first()) {
+        cycle.push(Step::Pipelined(*len));
+    }
+    cycle
+}
+
+/// Sends one request of `kind` (two when pipelined) and reads and verifies the reply.
+async fn perform(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    target: SocketAddr,
+    kind: RequestKind,
+    slow: Option<SlowUpload>,
+    deadline: Instant,
+) -> Result<Reply, Failure> {
+    let get = |path: &str| {
+        format!("GET {path} HTTP/1.1\r\nHost: {target}\r\nConnection: keep-alive\r\n\r\n")
+    };
+    match kind {
+        RequestKind::Bytes { len, seed } => {
+            let path = format!("/bytes/{len}?seed={seed}");
+            let what = format!("GET {path}");
+            send(stream, get(&path).as_bytes(), target, &what, deadline).await?;
+            read_reply(
+                stream,
+                buf,
+                target,
+                &what,
+                BodyCheck::Generated { len, seed },
+                deadline,
+            )
+            .await
+        }
+        RequestKind::Uuid => {
+            send(
+                stream,
+                get("/uuid").as_bytes(),
+                target,
+                "GET /uuid",
+                deadline,
+            )
+            .await?;
+            read_reply(stream, buf, target, "GET /uuid", BodyCheck::Uuid, deadline).await
+        }
+        RequestKind::Pipelined {
+            len,
+            seed,
+            second_seed,
+        } => {
+            let paths = [seed, second_seed].map(|s| format!("/bytes/{len}?seed={s}"));
+            let both = format!("{}{}", get(&paths[0]), get(&paths[1]));
+            let what = format!("pipelined GET {} and {}", paths[0], paths[1]);
+            send(stream, both.as_bytes(), target, &what, deadline).await?;
+            let first = read_reply(
+                stream,
+                buf,
+                target,
+                &format!("GET {} (first of two pipelined)", paths[0]),
+                BodyCheck::Generated { len, seed },
+                deadline,
+            )
+            .await?;
+            if first.server_closes {
+                return Ok(first);
+            }
+            read_reply(
+                stream,
+                buf,
+                target,
+                &format!("GET {} (second of two pipelined)", paths[1]),
+                BodyCheck::Generated {
+                    len,
+                    seed: second_seed,
+                },
+                deadline,
+            )
+            .await
+        }
+        RequestKind::Commit {
+            len,
+            seed,
+            slow: is_slow,
+        } => {
+            use sha2::Digest as _;
+            let body = crate::generator::expected_bytes(len, seed);
+            let digest: [u8; 32] = sha2::Sha256::digest(&body).into();
+            let head = format!(
+                "POST /commit HTTP/1.1\r\nHost: {target}\r\nConnection: keep-alive\r\n\
+                 Content-Type: application/octet-stream\r\nContent-Length: {len}\r\n\r\n"
+            );
+            let what = format!(
+                "POST /commit ({len} bytes{})",
+                if is_slow { ", slowly" } else { "" }
+            );
+            match slow.filter(|_| is_slow) {
+                Some(slow) => {
+                    send(stream, head.as_bytes(), target, &what, deadline).await?;
+                    let piece = body.len().div_ceil(slow.pieces as usize).max(1);
+                    for chunk in body.chunks(piece) {
+                        tokio::time::sleep(slow.gap).await;
+                        send(stream, chunk, target, &what, deadline).await?;
+                    }
+                }
+                None => {
+                    let mut request = head.into_bytes();
+                    request.extend_from_slice(&body);
+                    send(stream, &request, target, &what, deadline).await?;
+                }
+            }
+            read_reply(
+                stream,
+                buf,
+                target,
+                &what,
+                BodyCheck::Commit { digest },
+                deadline,
+            )
+            .await
+        }
+    }
+}
+
+async fn send(
+    stream: &mut TcpStream,
+    bytes: &[u8],
+    target: SocketAddr,
+    what: &str,
+    deadline: Instant,
+) -> Result<(), Failure> {
+    match tokio::time::timeout_at(deadline, stream.write_all(bytes)).await {
+        Err(_) => Err(failure(
+            ErrorKind::Timeout,
+            format!("{what} to {target}: request not sent within the timeout"),
+        )),
+        Ok(Err(error)) => Err(io_failure(&error, target, &format!("{what} to"))),
+        Ok(Ok(())) => Ok(()),
+    }
 }
 
 fn failure(kind: ErrorKind, detail: impl Into<String>) -> Failure {
@@ -805,14 +1056,22 @@ async fn connect(target: SocketAddr, deadline: Instant) -> Result<TcpStream, Fai
 
 #[derive(Debug, Clone, Copy)]
 enum BodyCheck {
-    Generated { len: u64, seed: u64 },
+    Generated {
+        len: u64,
+        seed: u64,
+    },
     Uuid,
+    /// A commit line whose body digest must be this one.
+    Commit {
+        digest: [u8; 32],
+    },
 }
 
 struct Reply {
     server: Option<String>,
     /// The server announced `Connection: close` (or framed the body by closing).
     server_closes: bool,
+    commit_id: Option<String>,
 }
 
 enum Framing {
@@ -825,6 +1084,7 @@ enum Framing {
 enum BodySink {
     Generated(BodyVerifier),
     Uuid(Vec<u8>),
+    Commit(Vec<u8>, [u8; 32]),
 }
 
 impl BodySink {
@@ -832,6 +1092,7 @@ impl BodySink {
         match check {
             BodyCheck::Generated { len, seed } => Self::Generated(BodyVerifier::new(len, seed)),
             BodyCheck::Uuid => Self::Uuid(Vec::new()),
+            BodyCheck::Commit { digest } => Self::Commit(Vec::new(), digest),
         }
     }
 
@@ -839,13 +1100,13 @@ impl BodySink {
         match self {
             Self::Generated(verifier) => verifier
                 .update(piece)
-                .map_err(|error| failure(ErrorKind::BadBody, format!("GET {path}: {error}"))),
-            Self::Uuid(collected) => {
+                .map_err(|error| failure(ErrorKind::BadBody, format!("{path}: {error}"))),
+            Self::Uuid(collected) | Self::Commit(collected, _) => {
                 collected.extend_from_slice(piece);
                 if collected.len() > MAX_UUID_BODY_BYTES {
                     return Err(failure(
                         ErrorKind::BadBody,
-                        format!("GET {path}: body longer than {MAX_UUID_BODY_BYTES} bytes"),
+                        format!("{path}: body longer than {MAX_UUID_BODY_BYTES} bytes"),
                     ));
                 }
                 Ok(())
@@ -853,19 +1114,39 @@ impl BodySink {
         }
     }
 
-    fn finish(&self, path: &str) -> Result<(), Failure> {
+    /// Checks what the body held; a commit's request id comes back.
+    fn finish(&self, path: &str) -> Result<Option<String>, Failure> {
         match self {
             Self::Generated(verifier) => verifier
                 .finish()
-                .map_err(|error| failure(ErrorKind::BadBody, format!("GET {path}: {error}"))),
-            Self::Uuid(collected) if verify_uuid_body(collected) => Ok(()),
+                .map(|()| None)
+                .map_err(|error| failure(ErrorKind::BadBody, format!("{path}: {error}"))),
+            Self::Uuid(collected) if verify_uuid_body(collected) => Ok(None),
             Self::Uuid(collected) => Err(failure(
                 ErrorKind::BadBody,
                 format!(
-                    "GET {path}: checksum or format wrong in {:?}",
+                    "{path}: checksum or format wrong in {:?}",
                     String::from_utf8_lossy(collected)
                 ),
             )),
+            Self::Commit(collected, digest) => {
+                let text = String::from_utf8_lossy(collected);
+                let expected: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+                match crate::backend::CommitRecord::parse_line(&text) {
+                    Some(record) if record.body_sha256 == expected => Ok(Some(record.request_id)),
+                    Some(record) => Err(failure(
+                        ErrorKind::BadBody,
+                        format!(
+                            "{path}: the data tier recorded body {} for id {}, the client sent {expected}",
+                            record.body_sha256, record.request_id
+                        ),
+                    )),
+                    None => Err(failure(
+                        ErrorKind::BadBody,
+                        format!("{path}: not a commit line: {text:?}"),
+                    )),
+                }
+            }
         }
     }
 }
@@ -888,14 +1169,14 @@ async fn read_more(
             return Err(failure(
                 ErrorKind::Timeout,
                 format!(
-                    "GET {path} from {target}: reply incomplete at the timeout \
+                    "{path} from {target}: reply incomplete at the timeout \
                      ({received} bytes of it received)"
                 ),
             ));
         }
         Ok(Err(error)) => {
             buf.truncate(start);
-            return Err(io_failure(&error, target, &format!("GET {path} from")));
+            return Err(io_failure(&error, target, &format!("{path} from")));
         }
         Ok(Ok(count)) => count,
     };
@@ -904,30 +1185,17 @@ async fn read_more(
     Ok(count > 0)
 }
 
-/// Sends one GET and reads and verifies its reply. Bytes after the reply stay in `buf`.
-async fn exchange(
+/// Reads and verifies one reply (`what` names its request in errors). Bytes after the reply
+/// stay in `buf`.
+async fn read_reply(
     stream: &mut TcpStream,
     buf: &mut Vec<u8>,
     target: SocketAddr,
-    path: &str,
-    close: bool,
+    what: &str,
     check: BodyCheck,
     deadline: Instant,
 ) -> Result<Reply, Failure> {
-    let connection = if close { "close" } else { "keep-alive" };
-    let request =
-        format!("GET {path} HTTP/1.1\r\nHost: {target}\r\nConnection: {connection}\r\n\r\n");
-    match tokio::time::timeout_at(deadline, stream.write_all(request.as_bytes())).await {
-        Err(_) => {
-            return Err(failure(
-                ErrorKind::Timeout,
-                format!("GET {path} to {target}: request not sent within the timeout"),
-            ))
-        }
-        Ok(Err(error)) => return Err(io_failure(&error, target, &format!("GET {path} to"))),
-        Ok(Ok(())) => {}
-    }
-
+    let path = what;
     // What this reply delivered so far (bytes of the previous reply already in `buf` count
     // too), for the timeout message.
     let mut received_total = buf.len() as u64;
@@ -952,7 +1220,7 @@ async fn exchange(
                         length = Some(parsed.ok_or_else(|| {
                             failure(
                                 ErrorKind::MalformedReply,
-                                format!("GET {path} from {target}: bad Content-Length"),
+                                format!("{path} from {target}: bad Content-Length"),
                             )
                         })?);
                     } else if field.name.eq_ignore_ascii_case("transfer-encoding") {
@@ -983,14 +1251,16 @@ async fn exchange(
                 if buf.len() > MAX_REPLY_HEAD_BYTES {
                     return Err(failure(
                         ErrorKind::MalformedReply,
-                        format!("GET {path} from {target}: reply head over {MAX_REPLY_HEAD_BYTES} bytes"),
+                        format!(
+                            "{path} from {target}: reply head over {MAX_REPLY_HEAD_BYTES} bytes"
+                        ),
                     ));
                 }
             }
             Err(error) => {
                 return Err(failure(
                     ErrorKind::MalformedReply,
-                    format!("GET {path} from {target}: {error}"),
+                    format!("{path} from {target}: {error}"),
                 ))
             }
         }
@@ -998,7 +1268,7 @@ async fn exchange(
             return Err(failure(
                 ErrorKind::Closed,
                 format!(
-                    "GET {path} from {target}: connection closed before the reply head ({} bytes received)",
+                    "{path} from {target}: connection closed before the reply head ({} bytes received)",
                     buf.len()
                 ),
             ));
@@ -1008,7 +1278,7 @@ async fn exchange(
     if status != 200 {
         return Err(failure(
             ErrorKind::BadStatus,
-            format!("GET {path} from {target}: status {status}"),
+            format!("{path} from {target}: status {status}"),
         ));
     }
 
@@ -1017,7 +1287,7 @@ async fn exchange(
     let closed_early = |received: u64| {
         failure(
             ErrorKind::Closed,
-            format!("GET {path} from {target}: connection closed after {received} body bytes"),
+            format!("{path} from {target}: connection closed after {received} body bytes"),
         )
     };
     match framing {
@@ -1044,7 +1314,7 @@ async fn exchange(
                 let (consumed, done) = decoder.feed(buf, &mut decoded).map_err(|error| {
                     failure(
                         ErrorKind::MalformedReply,
-                        format!("GET {path} from {target}: {error}"),
+                        format!("{path} from {target}: {error}"),
                     )
                 })?;
                 buf.drain(..consumed);
@@ -1067,10 +1337,11 @@ async fn exchange(
             }
         },
     }
-    sink.finish(path)?;
+    let commit_id = sink.finish(path)?;
     Ok(Reply {
         server,
         server_closes,
+        commit_id,
     })
 }
 

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::{percentile, unique_lab_name, wait_until, BenchError, BenchLab, Jitter, ProbeLoad};
+use super::{
+    percentile, plane_status, unique_lab_name, wait_until, BenchError, BenchLab, Jitter, ProbeLoad,
+};
 use crate::faults::{crash, heal};
 use crate::load::{KeepAliveOptions, LoadOptions, Outcome};
 use crate::options::{BackendKind, CrashKind, Mode, UpOptions};
@@ -91,23 +93,13 @@ pub struct StallReport {
     pub requests: usize,
     pub failures: usize,
     pub failure_details: Vec<String>,
+    /// Commits the client saw acknowledged, and the data tier's verdict on them.
+    pub exactly_once: crate::data_tier::ExactlyOnce,
     pub samples: Vec<StallSample>,
 }
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
-}
-
-/// Reads the data-plane status of a lab host through its control socket.
-fn plane_status(lab: &BenchLab, host: &str) -> Result<serde_json::Value, BenchError> {
-    let socket = lab.info.state_dir.join(format!("{host}.sock"));
-    let status =
-        crate::lab::query_control_socket(&socket).map_err(|reason| BenchError::Campaign {
-            lab: lab.name().to_string(),
-            row: "duplex stall".into(),
-            reason: format!("status of {host}: {reason}"),
-        })?;
-    Ok(status["data_plane"].clone())
 }
 
 fn counter(plane: &serde_json::Value, name: &str) -> u64 {
@@ -148,7 +140,10 @@ pub fn run(
             return Ok(false);
         };
         primary = h;
-        Ok(counter(&plane_status(&lab, &primary)?, "backups_joined") > 0)
+        Ok(counter(
+            &plane_status(&lab, &primary, "duplex stall")?,
+            "backups_joined",
+        ) > 0)
     })?;
     if !joined {
         return Err(campaign_error(format!(
@@ -173,8 +168,16 @@ pub fn run(
                 include_uuid: options.backend == BackendKind::Builtin,
                 fixed_seed: (options.backend != BackendKind::Builtin)
                     .then_some(crate::webservers::DOCROOT_SEED),
+                // Commits (builtin only: static servers refuse POST) make the exactly-once
+                // check of the data tier possible.
+                commit_sizes: if options.backend == BackendKind::Builtin {
+                    vec![2048]
+                } else {
+                    Vec::new()
+                },
                 pause: Duration::from_millis(5),
                 reconnect_delay: Duration::from_millis(10),
+                ..Default::default()
             }),
         },
     );
@@ -189,7 +192,10 @@ pub fn run(
             StallTarget::Backup => backup.clone(),
         };
         let survivor = if victim == primary { &backup } else { &primary }.clone();
-        let joined_before = counter(&plane_status(&lab, &survivor)?, "backups_joined");
+        let joined_before = counter(
+            &plane_status(&lab, &survivor, "duplex stall")?,
+            "backups_joined",
+        );
         let report = crash(lab.name(), &victim, options.how)?;
         if options.target == StallTarget::Primary
             // The crashed host's kernel may still carry the address (on lo): look past it.
@@ -203,11 +209,14 @@ pub fn run(
             )));
         }
         std::thread::sleep(WINDOW + Duration::from_millis(100));
-        let after = plane_status(&lab, &survivor)?;
+        let after = plane_status(&lab, &survivor, "duplex stall")?;
         events.push((victim.clone(), report.at_monotonic, after));
         heal(lab.name(), &victim)?;
         if !wait_until(SETTLE, || {
-            Ok(counter(&plane_status(&lab, &survivor)?, "backups_joined") > joined_before)
+            Ok(counter(
+                &plane_status(&lab, &survivor, "duplex stall")?,
+                "backups_joined",
+            ) > joined_before)
         })? {
             return Err(campaign_error(format!(
                 "crash {index}: {victim} did not rejoin {survivor} as its backup within {SETTLE:?}"
@@ -223,6 +232,11 @@ pub fn run(
     }
     let finished = load.stop()?;
     let report = finished.report;
+    let exactly_once = crate::data_tier::check_exactly_once(
+        &lab.info.state_dir.join("commits.log"),
+        &report.committed_ids(),
+    )
+    .map_err(|e| campaign_error(format!("reading the data tier: {e}")))?;
     let mut samples = Vec::new();
     for (index, (crashed, at, plane)) in events.into_iter().enumerate() {
         let at = at.saturating_sub(finished.origin_monotonic);
@@ -278,6 +292,7 @@ pub fn run(
         requests: report.requests(),
         failures: report.failures(),
         failure_details,
+        exactly_once,
         samples,
     })
 }
@@ -311,6 +326,9 @@ impl StallReport {
             "crashes": self.samples.len(),
             "requests": self.requests,
             "client_errors": self.failures,
+            "commits_acknowledged": self.exactly_once.acknowledged,
+            "commits_missing": self.exactly_once.missing.len(),
+            "commits_duplicated": self.exactly_once.duplicated.len(),
             "stall_ms": {
                 "median": percentile(&stalls, 50.0),
                 "p90": percentile(&stalls, 90.0),
@@ -343,6 +361,12 @@ impl StallReport {
             fmt(percentile(&stalls, 50.0)),
             fmt(percentile(&stalls, 90.0)),
             fmt(percentile(&stalls, 100.0)),
+        ));
+        out.push_str(&format!(
+            "\ncommits acknowledged {}, missing from the data tier {}, recorded more than once {}\n",
+            self.exactly_once.acknowledged,
+            self.exactly_once.missing.len(),
+            self.exactly_once.duplicated.len()
         ));
         for detail in &self.failure_details {
             out.push_str(&format!("\nclient error: {detail}"));
