@@ -9,6 +9,7 @@ use steadfast_lab::bench::failover::{
     self, FailoverOptions, KeepalivedChoice, DEFAULT_CRASHES, DEFAULT_FAST_HEARTBEAT_MS,
     QUICK_CRASHES,
 };
+use steadfast_lab::bench::overhead::{self, OverheadOptions};
 use steadfast_lab::bench::stall::{self, StallOptions, StallTarget};
 use steadfast_lab::{BackendKind, CrashKind};
 
@@ -20,6 +21,38 @@ pub enum BenchCommand {
     /// Duplex: crash the primary (or the backup) N times under keep-alive load and report the
     /// longest stall established connections saw, and every client error.
     Stall(StallArgs),
+    /// What protection costs when nothing fails: unreplicated, simplex and duplex side by side,
+    /// latency (1 connection), throughput and CPU per request, ratios from the same run.
+    Overhead(OverheadArgs),
+}
+
+#[derive(Args)]
+pub struct OverheadArgs {
+    /// Rounds; the modes are interleaved in each (default 3, or 1 with --quick).
+    #[arg(long)]
+    pub rounds: Option<usize>,
+    /// Backends, comma-separated (default builtin,nginx, or builtin with --quick).
+    #[arg(long, value_delimiter = ',')]
+    pub backend: Vec<BackendKind>,
+    /// Reply sizes in bytes, comma-separated, among 1024, 10240, 51200, 1048576 (default all,
+    /// or 1024,51200 with --quick).
+    #[arg(long, value_delimiter = ',')]
+    pub sizes: Vec<u64>,
+    /// Seconds of each wrk run (default 2 for latency and 3 for throughput, 1 with --quick).
+    #[arg(long)]
+    pub seconds: Option<u64>,
+    /// Connections of the throughput runs.
+    #[arg(long, default_value_t = overhead::DEFAULT_CONNECTIONS)]
+    pub connections: u32,
+    /// One round, builtin backend, 1 KB and 50 KB, 1 s runs: under a minute.
+    #[arg(long)]
+    pub quick: bool,
+    /// Print the summary as JSON on stdout instead of the markdown table.
+    #[arg(long)]
+    pub json: bool,
+    /// Where overhead.json (every sample) and overhead-BACKEND.svg go.
+    #[arg(long, default_value = "bench-results")]
+    pub out: PathBuf,
 }
 
 #[derive(Args)]
@@ -81,7 +114,53 @@ pub fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
     match command {
         BenchCommand::Failover(args) => failover_command(args),
         BenchCommand::Stall(args) => stall_command(args),
+        BenchCommand::Overhead(args) => overhead_command(args),
     }
+}
+
+fn overhead_command(args: OverheadArgs) -> anyhow::Result<ExitCode> {
+    let exe = std::env::current_exe().context("finding the steadfast executable for the lab")?;
+    let mut options = if args.quick {
+        OverheadOptions::quick(exe)
+    } else {
+        OverheadOptions::full(exe)
+    };
+    if let Some(rounds) = args.rounds {
+        options.rounds = rounds;
+    }
+    if !args.backend.is_empty() {
+        options.backends = args.backend;
+    }
+    if !args.sizes.is_empty() {
+        options.sizes = args.sizes;
+    }
+    if let Some(seconds) = args.seconds {
+        options.latency_duration = std::time::Duration::from_secs(seconds);
+        options.throughput_duration = std::time::Duration::from_secs(seconds);
+    }
+    options.throughput_connections = args.connections;
+    let report = overhead::run(&options, &mut |line| eprintln!("bench overhead: {line}"))?;
+    let written = report
+        .write(&args.out)
+        .with_context(|| format!("writing the results into {}", args.out.display()))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report.summary_json())?);
+    } else {
+        print!("{}", report.markdown());
+    }
+    for path in written {
+        eprintln!("bench overhead: wrote {}", path.display());
+    }
+    // A protected mode that loses replies on the normal path is a failure, whatever its speed.
+    Ok(if report.errors() == 0 {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!(
+            "bench overhead: wrk saw {} socket errors or non-2xx replies",
+            report.errors()
+        );
+        ExitCode::FAILURE
+    })
 }
 
 fn stall_command(args: StallArgs) -> anyhow::Result<ExitCode> {

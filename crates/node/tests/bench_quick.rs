@@ -124,3 +124,84 @@ fn quick_failover_bench_writes_a_summary_samples_and_a_plot() {
         "one CDF per row"
     );
 }
+
+/// `steadfast bench overhead --quick`: one row per mode and size, the unreplicated row is the
+/// baseline (ratio 1), the other rows' ratios are computed from the same run, CPU per request
+/// is reported for each node's daemon and backend, and the plot and raw samples are written.
+#[test]
+fn quick_overhead_bench_computes_ratios_in_one_run() {
+    let out = OutDir(
+        std::env::temp_dir().join(format!("steadfast-bench-overhead-{}", std::process::id())),
+    );
+    let output = Command::new(env!("CARGO_BIN_EXE_steadfast"))
+        .args(["bench", "overhead", "--quick", "--json", "--out"])
+        .arg(&out.0)
+        .output()
+        .expect("run steadfast bench overhead");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "bench failed: {stderr}");
+    let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "--json prints JSON ({e}):\n{}\n{stderr}",
+            String::from_utf8_lossy(&output.stdout)
+        )
+    });
+    assert_eq!(summary["bench"], "overhead");
+    assert_eq!(summary["quick"], true);
+    let rows = summary["rows"].as_array().expect("rows");
+    let modes = ["unreplicated", "simplex", "duplex"];
+    assert_eq!(rows.len(), 2 * modes.len(), "2 sizes × 3 modes: {summary}");
+    for (i, row) in rows.iter().enumerate() {
+        assert_eq!(row["backend"], "builtin", "{row}");
+        assert_eq!(row["mode"], modes[i % 3], "{row}");
+        assert_eq!(
+            row["reply_bytes"],
+            [1024, 51200][i / 3],
+            "sizes in order: {row}"
+        );
+        for key in ["rps", "mb_s", "p50_us", "p99_us", "rps_ratio", "p50_ratio"] {
+            assert!(
+                row[key].as_f64().is_some_and(|v| v > 0.0 && v.is_finite()),
+                "{key} must be a positive number: {row}"
+            );
+        }
+        if row["mode"] == "unreplicated" {
+            assert_eq!(row["rps_ratio"], 1.0, "the baseline: {row}");
+            assert_eq!(row["p50_ratio"], 1.0, "the baseline: {row}");
+        }
+        for node in ["primary", "backup"] {
+            for process in ["daemon", "backend"] {
+                for time in ["user", "system"] {
+                    assert!(
+                        row["cpu_us_per_req"][node][process][time]
+                            .as_f64()
+                            .is_some_and(|v| v >= 0.0),
+                        "cpu {node} {process} {time}: {row}"
+                    );
+                }
+            }
+        }
+        assert_eq!(row["errors"], 0, "{row}");
+    }
+    // The serving backend did measurable work in every mode.
+    for row in rows {
+        let backend = &row["cpu_us_per_req"]["primary"]["backend"];
+        assert!(
+            backend["user"].as_f64().unwrap() + backend["system"].as_f64().unwrap() > 0.0,
+            "{row}"
+        );
+    }
+    let raw: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.0.join("overhead.json")).expect("overhead.json"),
+    )
+    .expect("overhead.json is JSON");
+    assert_eq!(raw["samples"].as_array().map(Vec::len), Some(rows.len()));
+    let svg =
+        std::fs::read_to_string(out.0.join("overhead-builtin.svg")).expect("overhead-builtin.svg");
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    assert_eq!(
+        svg.matches("<title>").count(),
+        rows.len(),
+        "one bar per row"
+    );
+}

@@ -3,10 +3,13 @@
 //! Every benchmark builds its own labs (unique names, always torn down) and drives them with the
 //! verifying load of [`crate::load`], so the figures are what a client in the lab saw.
 
+pub mod cpu;
 pub mod failover;
 pub mod keepalived;
+pub mod overhead;
 pub mod plot;
 pub mod stall;
+pub mod wrk;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -115,6 +118,23 @@ impl BenchLab {
 
 impl Drop for BenchLab {
     fn drop(&mut self) {
+        // For diagnosis: STEADFAST_BENCH_KEEP_LOGS=DIR keeps each lab's daemon and backend logs
+        // in DIR/<lab>/ (the state directory goes with the lab).
+        if let Some(dir) = std::env::var_os("STEADFAST_BENCH_KEEP_LOGS") {
+            let keep = PathBuf::from(dir).join(self.name());
+            if std::fs::create_dir_all(&keep).is_ok() {
+                for entry in std::fs::read_dir(&self.info.state_dir)
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                {
+                    if entry.file_name().to_string_lossy().ends_with(".log") {
+                        let _ = std::fs::copy(entry.path(), keep.join(entry.file_name()));
+                    }
+                }
+                eprintln!("bench: lab {} logs kept in {}", self.name(), keep.display());
+            }
+        }
         if let Err(e) = crate::lab::down(&self.info.lab) {
             eprintln!("bench: tearing down lab {}: {e}", self.info.lab);
         }
@@ -209,6 +229,23 @@ impl Drop for ProbeLoad {
             let _ = thread.join();
         }
     }
+}
+
+/// Reads the data-plane status of a lab host through its control socket; `row` names the
+/// benchmark in the error.
+pub(crate) fn plane_status(
+    lab: &BenchLab,
+    host: &str,
+    row: &str,
+) -> Result<serde_json::Value, BenchError> {
+    let socket = lab.info.state_dir.join(format!("{host}.sock"));
+    let status =
+        crate::lab::query_control_socket(&socket).map_err(|reason| BenchError::Campaign {
+            lab: lab.name().to_string(),
+            row: row.into(),
+            reason: format!("status of {host}: {reason}"),
+        })?;
+    Ok(status["data_plane"].clone())
 }
 
 /// Polls `done` every 5 ms until it holds or `within` has passed.

@@ -1,4 +1,4 @@
-//! Hand-drawn SVG plots: a plain CDF needs no plotting library.
+//! Hand-drawn SVG plots: a plain CDF or a bar chart needs no plotting library.
 
 use std::fmt::Write as _;
 
@@ -135,6 +135,112 @@ pub fn cdf_svg(title: &str, x_label: &str, series: &[(String, Vec<f64>)]) -> Str
     svg
 }
 
+/// Grouped vertical bars on a linear axis from zero: one group per (label, bars), one colour
+/// per bar label (the same label keeps its colour in every group), a dashed line at 1.0 when
+/// the values are ratios around it. Non-finite values draw no bar.
+pub fn bars_svg(title: &str, y_label: &str, groups: &[(String, Vec<(String, f64)>)]) -> String {
+    let plot_w = WIDTH - LEFT - RIGHT;
+    let plot_h = HEIGHT - TOP - BOTTOM;
+    let mut legend: Vec<String> = Vec::new();
+    for (_, bars) in groups {
+        for (label, _) in bars {
+            if !legend.contains(label) {
+                legend.push(label.clone());
+            }
+        }
+    }
+    let top = groups
+        .iter()
+        .flat_map(|(_, bars)| bars.iter().map(|(_, v)| *v))
+        .filter(|v| v.is_finite())
+        .fold(1.0f64, f64::max)
+        * 1.1;
+    let y = |v: f64| TOP + (1.0 - (v / top).clamp(0.0, 1.0)) * plot_h;
+    let mut svg = String::new();
+    let _ = writeln!(
+        svg,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    let _ = writeln!(
+        svg,
+        r#"<text x="{}" y="22" font-size="14" text-anchor="middle">{}</text>"#,
+        LEFT + plot_w / 2.0,
+        escape(title)
+    );
+    for tick in 0..=5 {
+        let value = top * f64::from(tick) / 5.0;
+        let ty = y(value);
+        let _ = writeln!(
+            svg,
+            r##"<line x1="{LEFT}" y1="{ty:.1}" x2="{:.1}" y2="{ty:.1}" stroke="#ddd"/><text x="{:.1}" y="{:.1}" text-anchor="end">{value:.2}</text>"##,
+            LEFT + plot_w,
+            LEFT - 6.0,
+            ty + 4.0
+        );
+    }
+    let one = y(1.0);
+    let _ = writeln!(
+        svg,
+        r##"<line x1="{LEFT}" y1="{one:.1}" x2="{:.1}" y2="{one:.1}" stroke="#333" stroke-dasharray="4 3"/>"##,
+        LEFT + plot_w
+    );
+    let group_w = plot_w / groups.len().max(1) as f64;
+    let bar_w = group_w * 0.8 / legend.len().max(1) as f64;
+    for (g, (group, bars)) in groups.iter().enumerate() {
+        let gx = LEFT + group_w * g as f64;
+        for (label, value) in bars {
+            let slot = legend.iter().position(|l| l == label).unwrap_or(0);
+            if !value.is_finite() {
+                continue;
+            }
+            let bx = gx + group_w * 0.1 + bar_w * slot as f64;
+            let by = y(*value);
+            let _ = writeln!(
+                svg,
+                r#"<rect x="{bx:.1}" y="{by:.1}" width="{:.1}" height="{:.1}" fill="{}"><title>{} {}: {value:.3}</title></rect>"#,
+                bar_w * 0.9,
+                TOP + plot_h - by,
+                COLORS[slot % COLORS.len()],
+                escape(group),
+                escape(label)
+            );
+        }
+        let _ = writeln!(
+            svg,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
+            gx + group_w / 2.0,
+            TOP + plot_h + 16.0,
+            escape(group)
+        );
+    }
+    let _ = writeln!(
+        svg,
+        r##"<rect x="{LEFT}" y="{TOP}" width="{plot_w}" height="{plot_h}" fill="none" stroke="#333"/>"##
+    );
+    let _ = writeln!(
+        svg,
+        r#"<text transform="translate(16 {:.1}) rotate(-90)" text-anchor="middle">{}</text>"#,
+        TOP + plot_h / 2.0,
+        escape(y_label)
+    );
+    for (i, label) in legend.iter().enumerate() {
+        let ly = TOP + 10.0 + 20.0 * i as f64;
+        let lx = LEFT + plot_w + 14.0;
+        let _ = writeln!(
+            svg,
+            r#"<rect x="{lx:.1}" y="{:.1}" width="14" height="10" fill="{}"/><text x="{:.1}" y="{:.1}">{}</text>"#,
+            ly - 5.0,
+            COLORS[i % COLORS.len()],
+            lx + 20.0,
+            ly + 4.0,
+            escape(label)
+        );
+    }
+    svg.push_str("</svg>\n");
+    svg
+}
+
 fn format_tick(value: f64) -> String {
     if value >= 1.0 {
         format!("{value:.0}")
@@ -146,6 +252,30 @@ fn format_tick(value: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_bar_per_finite_value_with_stable_colours() {
+        let svg = bars_svg(
+            "ratios",
+            "x",
+            &[
+                ("1 KB".into(), vec![("a".into(), 1.0), ("b".into(), 0.5)]),
+                (
+                    "50 KB".into(),
+                    vec![("b".into(), f64::NAN), ("a".into(), 2.0)],
+                ),
+            ],
+        );
+        assert!(svg.trim_end().ends_with("</svg>"));
+        assert_eq!(svg.matches("<title>").count(), 3);
+        // "a" is the first legend entry in both groups.
+        assert_eq!(
+            svg.matches(&format!("fill=\"{}\"><title>", COLORS[0]))
+                .count(),
+            2
+        );
+        assert!(bars_svg("empty", "x", &[]).contains("</svg>"));
+    }
 
     #[test]
     fn axis_spans_whole_decades() {
