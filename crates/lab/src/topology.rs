@@ -222,6 +222,21 @@ pub(crate) fn create(lab: &LabName, hosts: &[Host]) -> Result<(), LabError> {
         "0",
     ])?;
     ip(&["-n", &sw, "link", "set", BRIDGE, "up"])?;
+    // A switch forwards frames as they are. With br_netfilter loaded the kernel would check
+    // (and drop) malformed IPv4 on the bridge, which no real switch does: the hosts' own
+    // handling of bad frames must be what the lab sees.
+    crate::system::run_in_namespace(&sw, || {
+        for key in [
+            "bridge-nf-call-iptables",
+            "bridge-nf-call-ip6tables",
+            "bridge-nf-call-arptables",
+        ] {
+            let path = std::path::Path::new("/proc/sys/net/bridge").join(key);
+            if path.exists() {
+                let _ = std::fs::write(&path, "0");
+            }
+        }
+    })?;
     for &host in hosts {
         let ns = host.namespace(lab);
         let port = host.short_name();

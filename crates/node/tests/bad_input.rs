@@ -12,7 +12,7 @@ use common::Lab;
 use steadfast_core::frame::{encode, AuthKey};
 use steadfast_core::protocol::Envelope;
 use steadfast_core::{Message, Role};
-use steadfast_lab::BackendKind;
+use steadfast_lab::{BackendKind, Mode};
 
 const N1: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 11);
 const HEARTBEAT_PORT: u16 = 7410;
@@ -122,4 +122,326 @@ fn broken_config_is_refused_naming_the_field() {
         "names the key file: {stderr}"
     );
     assert!(stderr.contains("n1.toml:"), "names the file: {stderr}");
+}
+
+/// An Ethernet + IPv4 + TCP frame from the client to the VIP's port 80, correct in every
+/// field; the cases below break one field each.
+fn client_frame(dst: [u8; 6], src: [u8; 6], tcp_options: &[u8]) -> Vec<u8> {
+    let vip = steadfast_lab::topology::VIP.octets();
+    let client = Ipv4Addr::new(10, 77, 0, 2).octets();
+    let tcp_len = 20 + tcp_options.len();
+    let total = 20 + tcp_len;
+    let mut f = Vec::new();
+    f.extend_from_slice(&dst);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&[0x08, 0x00]);
+    f.extend_from_slice(&[
+        0x45,
+        0,
+        (total >> 8) as u8,
+        total as u8,
+        0,
+        1,
+        0x40,
+        0,
+        64,
+        6,
+        0,
+        0,
+    ]);
+    f.extend_from_slice(&client);
+    f.extend_from_slice(&vip);
+    f.extend_from_slice(&[0xc3, 0x50, 0, 80, 0, 0, 0, 1, 0, 0, 0, 0]);
+    f.push(((tcp_len / 4) as u8) << 4);
+    f.extend_from_slice(&[0x02, 0xff, 0xff, 0, 0, 0, 0]);
+    f.extend_from_slice(tcp_options);
+    set_ip_checksum(&mut f);
+    f
+}
+
+fn set_ip_checksum(frame: &mut [u8]) {
+    frame[24] = 0;
+    frame[25] = 0;
+    let ihl = usize::from(frame[14] & 0x0f) * 4;
+    let mut sum: u32 = 0;
+    for pair in frame[14..14 + ihl.min(frame.len() - 14)].chunks(2) {
+        sum += u32::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]));
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    let checksum = !(sum as u16);
+    frame[24..26].copy_from_slice(&checksum.to_be_bytes());
+}
+
+fn parse_mac(text: &str) -> [u8; 6] {
+    let bytes: Vec<u8> = text
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16).expect("hex MAC"))
+        .collect();
+    bytes.try_into().expect("six bytes")
+}
+
+/// Sends raw Ethernet frames out of a namespace's service interface (AF_PACKET).
+fn send_raw_frames(namespace: &str, frames: Vec<Vec<u8>>) {
+    steadfast_lab::run_in_namespace(namespace, move || {
+        let ifindex = nix::net::if_::if_nametoindex(steadfast_lab::topology::HOST_INTERFACE)
+            .expect("interface index");
+        // SAFETY: a plain socket(2); closed below.
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+        assert!(
+            fd >= 0,
+            "socket(AF_PACKET): {}",
+            std::io::Error::last_os_error()
+        );
+        for frame in frames {
+            // SAFETY: sockaddr_ll is plain data; zeroed is a valid start.
+            let mut to: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            to.sll_family = libc::AF_PACKET as u16;
+            to.sll_ifindex = ifindex as i32;
+            to.sll_halen = 6;
+            to.sll_addr[..6].copy_from_slice(&frame[..6]);
+            // SAFETY: the buffer and address are live for the call.
+            let sent = unsafe {
+                libc::sendto(
+                    fd,
+                    frame.as_ptr().cast(),
+                    frame.len(),
+                    0,
+                    (&to as *const libc::sockaddr_ll).cast(),
+                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                )
+            };
+            assert_eq!(
+                sent,
+                frame.len() as isize,
+                "sendto: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        // SAFETY: fd is ours.
+        unsafe { libc::close(fd) };
+    })
+    .expect("enter namespace");
+}
+
+fn plane_counter(status: &serde_json::Value, name: &str) -> u64 {
+    status["data_plane"][name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("data plane counter {name} in {status}"))
+}
+
+/// Duplex bad input. At the backup's logger: frames whose IPv4 or TCP headers lie (lengths,
+/// offsets, checksum, options) are dropped and counted by reason, and none is forwarded. On
+/// the replication channel: a stranger, garbage, a silent peer, a forged proof and an older
+/// epoch are refused and counted, and the real primary's protection goes on untouched.
+#[test]
+fn duplex_refuses_malformed_client_frames_and_bad_replication_peers() {
+    let lab = Lab::up_in_mode("bd", 2, true, BackendKind::Builtin, None, Mode::Duplex);
+    let primary = lab.holders().pop().expect("a primary");
+    let backup = if primary == "n1" { "n2" } else { "n1" };
+    assert!(
+        wait_for(Duration::from_secs(10), || plane_counter(
+            &lab.daemon_status(&primary),
+            "backups_joined"
+        ) > 0),
+        "a backup joins"
+    );
+    let backup_ns = format!("{}-{backup}", lab.name());
+    let primary_ns = format!("{}-{primary}", lab.name());
+    let backup_mac = parse_mac(&common::mac_of(&backup_ns));
+    let client_mac = parse_mac(&common::mac_of(&lab.info.client_ns));
+
+    // The logger.
+    let good = client_frame(backup_mac, client_mac, &[]);
+    let mut cases: Vec<Vec<u8>> = Vec::new();
+    let mut long_total = good.clone();
+    long_total[17] = 200; // total length beyond the frame
+    set_ip_checksum(&mut long_total);
+    cases.push(long_total);
+    let mut bad_checksum = good.clone();
+    bad_checksum[25] ^= 0xff;
+    cases.push(bad_checksum);
+    let mut small_offset = good.clone();
+    small_offset[46] = 4 << 4; // TCP data offset below 5 words
+    cases.push(small_offset);
+    let mut big_offset = good.clone();
+    big_offset[46] = 15 << 4; // TCP header beyond the segment
+    cases.push(big_offset);
+    // An MSS option claiming 10 bytes inside a 4-byte option area.
+    cases.push(client_frame(backup_mac, client_mac, &[2, 10, 5, 0xb4]));
+    // An option running past the header.
+    cases.push(client_frame(backup_mac, client_mac, &[1, 1, 1, 8]));
+    let before = lab.daemon_status(backup);
+    send_raw_frames(&lab.info.client_ns, cases.clone());
+    std::thread::sleep(Duration::from_millis(300));
+    let after = lab.daemon_status(backup);
+    assert!(
+        plane_counter(&after, "frames_dropped")
+            >= plane_counter(&before, "frames_dropped") + cases.len() as u64,
+        "every malformed frame is dropped and counted: {}",
+        after["data_plane"]
+    );
+    assert_eq!(
+        plane_counter(&after, "frames_forwarded"),
+        plane_counter(&before, "frames_forwarded"),
+        "none is forwarded: {}",
+        after["data_plane"]
+    );
+    let reasons = after["data_plane"]["drop_reasons"]
+        .as_object()
+        .expect("drop reasons");
+    assert!(
+        reasons.len() >= 4,
+        "drops are counted by reason: {reasons:?}"
+    );
+
+    // The replication channel.
+    let backup_ip = std::net::IpAddr::from(Ipv4Addr::new(
+        10,
+        77,
+        0,
+        10 + backup[1..].parse::<u8>().unwrap(),
+    ));
+    let replication = SocketAddr::new(backup_ip, HEARTBEAT_PORT + 1);
+    let refused_before = plane_counter(&lab.daemon_status(backup), "handshakes_refused");
+    let forged_before = plane_counter(&lab.daemon_status(backup), "forged_frames");
+    let old_before = plane_counter(&lab.daemon_status(backup), "replication_old_epoch");
+    // A stranger (the client) and garbage from the primary's own address.
+    speak_replication(&lab.info.client_ns, replication, Speech::Garbage);
+    speak_replication(&primary_ns, replication, Speech::Garbage);
+    // A peer that connects and says nothing: refused at the handshake timeout.
+    speak_replication(&primary_ns, replication, Speech::Silence);
+    let key_bytes = std::fs::read(lab.info.state_dir.join("key")).expect("lab key");
+    let key = AuthKey::from_file_contents(&key_bytes).expect("key");
+    let wrong_key = AuthKey::from_file_contents(b"not the group key, but long enough").unwrap();
+    let primary_id: u16 = primary[1..].parse().unwrap();
+    let epoch = lab.daemon_status(backup)["epoch"].as_u64().unwrap();
+    speak_replication(
+        &primary_ns,
+        replication,
+        Speech::Handshake {
+            key: wrong_key,
+            node: primary_id,
+            epoch,
+        },
+    );
+    speak_replication(
+        &primary_ns,
+        replication,
+        Speech::Handshake {
+            key,
+            node: primary_id,
+            epoch: 1,
+        },
+    );
+    let status = lab.daemon_status(backup);
+    assert!(
+        plane_counter(&status, "handshakes_refused") >= refused_before + 4,
+        "stranger, garbage, silence and forgery are refused: {}",
+        status["data_plane"]
+    );
+    assert_eq!(
+        plane_counter(&status, "forged_frames"),
+        forged_before + 1,
+        "{}",
+        status["data_plane"]
+    );
+    assert_eq!(
+        plane_counter(&status, "replication_old_epoch"),
+        old_before + 1,
+        "{}",
+        status["data_plane"]
+    );
+    let primary_status = lab.daemon_status(&primary);
+    assert_eq!(plane_counter(&primary_status, "backups_joined"), 1);
+    assert_eq!(plane_counter(&primary_status, "backup_losses"), 0);
+    // The group still serves, protected.
+    let reply = steadfast_lab::http_get_in_namespace(
+        &lab.info.client_ns,
+        SocketAddr::new(lab.info.vip.into(), lab.info.port),
+        "/uuid",
+        Duration::from_secs(2),
+    )
+    .expect("the VIP answers");
+    assert_eq!(reply.status, 200);
+}
+
+enum Speech {
+    Garbage,
+    Silence,
+    Handshake { key: AuthKey, node: u16, epoch: u64 },
+}
+
+/// Opens a replication stream to `to` from `namespace` and says `speech`; returns once the
+/// backup has hung up (or 5 s passed).
+fn speak_replication(namespace: &str, to: SocketAddr, speech: Speech) {
+    use std::io::{Read, Write};
+    use steadfast_core::replication::{
+        encode as encode_frame, handshake_proof, FrameReader, ReplicationFrame, NONCE_LEN,
+    };
+    steadfast_lab::run_in_namespace(namespace, move || {
+        let mut stream =
+            std::net::TcpStream::connect_timeout(&to, Duration::from_secs(2)).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut buf = [0u8; 4096];
+        match speech {
+            Speech::Garbage => {
+                let garbage: Vec<u8> = (0..200u32).map(|i| (i * 37 + 11) as u8).collect();
+                let _ = stream.write_all(&garbage);
+            }
+            Speech::Silence => {}
+            Speech::Handshake { key, node, epoch } => {
+                let nonce = [7u8; NONCE_LEN];
+                let mut out = Vec::new();
+                encode_frame(&ReplicationFrame::Hello { node, nonce }, epoch, &mut out);
+                stream.write_all(&out).expect("hello");
+                let mut reader = FrameReader::new();
+                let peer_nonce = loop {
+                    if let Some((_, frame)) = reader.next_frame().expect("the backup's frames") {
+                        match frame {
+                            ReplicationFrame::Hello { nonce, .. } => break nonce,
+                            other => panic!("expected a hello, got {}", other.label()),
+                        }
+                    }
+                    let n = stream.read(&mut buf).expect("read the hello");
+                    assert!(n > 0, "the backup hung up before its hello");
+                    reader.push(&buf[..n]);
+                };
+                out.clear();
+                encode_frame(
+                    &ReplicationFrame::Proof {
+                        mac: handshake_proof(&key, node, &nonce, &peer_nonce),
+                    },
+                    epoch,
+                    &mut out,
+                );
+                stream.write_all(&out).expect("proof");
+            }
+        }
+        // The backup hangs up on every one of these.
+        loop {
+            match stream.read(&mut buf) {
+                Ok(0) => break,
+                Ok(_) => continue,
+                // Closing with our bytes unread makes its kernel send a reset: a hang-up too.
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+                Err(e) => panic!("the backup did not hang up: {e}"),
+            }
+        }
+    })
+    .expect("enter namespace");
+}
+
+fn wait_for(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    done()
 }

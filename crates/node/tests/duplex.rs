@@ -383,19 +383,6 @@ fn duplex_survives_host_process_and_freeze_crashes_nginx() {
     );
 }
 
-/// The MAC of a lab host's service interface.
-fn mac_of(namespace: &str) -> String {
-    let out = std::process::Command::new("ip")
-        .args(["netns", "exec", namespace, "cat"])
-        .arg(format!(
-            "/sys/class/net/{}/address",
-            steadfast_lab::topology::HOST_INTERFACE
-        ))
-        .output()
-        .expect("ip netns exec");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 fn ip_in(namespace: &str, args: &[&str]) {
     let status = std::process::Command::new("ip")
         .args(["netns", "exec", namespace, "ip"])
@@ -416,7 +403,7 @@ fn frames_sent_straight_to_the_primary_never_reach_it_unlogged() {
     let primary = primary_of(&lab);
     wait_backup_joined(&lab, &primary, 0);
     let primary_ns = format!("{}-{primary}", lab.name());
-    let mac = mac_of(&primary_ns);
+    let mac = common::mac_of(&primary_ns);
     let vip = lab.info.vip.to_string();
     let dev = steadfast_lab::topology::HOST_INTERFACE;
     ip_in(

@@ -73,6 +73,9 @@ struct Logger {
     thread: JoinHandle<()>,
 }
 
+/// How long a connecting primary has to prove the group key.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// How long the takeover waits for the clients' answers to its acknowledgement probes. A LAN
 /// answers in well under a millisecond; a client that does not answer in time is rebuilt from
 /// what the log holds.
@@ -313,15 +316,31 @@ impl BackupParts {
         stream.set_nodelay(true)?;
         let mut reader = FrameReader::new();
         let epoch = self.epoch.load(Ordering::Relaxed);
-        let peer_epoch = handshake(
-            &mut stream,
-            &mut reader,
-            &self.settings,
-            peer_id,
-            epoch,
-            &self.shared,
+        // A peer that connects and then says nothing (or half a frame) must not hold a task.
+        let peer_epoch = match tokio::time::timeout(
+            HANDSHAKE_TIMEOUT,
+            handshake(
+                &mut stream,
+                &mut reader,
+                &self.settings,
+                peer_id,
+                epoch,
+                &self.shared,
+            ),
         )
-        .await?;
+        .await
+        {
+            Ok(result) => result?,
+            Err(_) => {
+                self.shared
+                    .counters
+                    .handshakes_refused
+                    .fetch_add(1, Ordering::Relaxed);
+                anyhow::bail!(
+                    "node {peer_id} did not finish the handshake within {HANDSHAKE_TIMEOUT:?}"
+                );
+            }
+        };
         if peer_epoch < epoch {
             self.shared
                 .counters
@@ -690,7 +709,7 @@ pub async fn handshake(
         &mut out,
     );
     stream.write_all(&out).await?;
-    let (peer_epoch, hello) = read_frame(stream, reader).await?;
+    let (peer_epoch, hello) = read_handshake_frame(stream, reader, shared).await?;
     let ReplicationFrame::Hello {
         node,
         nonce: peer_nonce,
@@ -718,7 +737,7 @@ pub async fn handshake(
         &mut out,
     );
     stream.write_all(&out).await?;
-    let (_, proof) = read_frame(stream, reader).await?;
+    let (_, proof) = read_handshake_frame(stream, reader, shared).await?;
     let ReplicationFrame::Proof { mac } = proof else {
         shared
             .counters
@@ -738,6 +757,22 @@ pub async fn handshake(
         anyhow::bail!("node {node} failed to prove the group key");
     }
     Ok(peer_epoch)
+}
+
+/// A handshake frame; a stream that breaks off or does not decode is a refused handshake.
+async fn read_handshake_frame(
+    stream: &mut TcpStream,
+    reader: &mut FrameReader,
+    shared: &PlaneShared,
+) -> anyhow::Result<(u64, ReplicationFrame)> {
+    let frame = read_frame(stream, reader).await;
+    if frame.is_err() {
+        shared
+            .counters
+            .handshakes_refused
+            .fetch_add(1, Ordering::Relaxed);
+    }
+    frame
 }
 
 /// The next whole frame from the stream.

@@ -269,3 +269,16 @@ pub fn median(values: &mut [Duration]) -> Duration {
     values.sort();
     values[values.len() / 2]
 }
+
+/// The MAC of a lab host's service interface, as `aa:bb:cc:dd:ee:ff`.
+pub fn mac_of(namespace: &str) -> String {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", namespace, "cat"])
+        .arg(format!(
+            "/sys/class/net/{}/address",
+            steadfast_lab::topology::HOST_INTERFACE
+        ))
+        .output()
+        .expect("ip netns exec");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
