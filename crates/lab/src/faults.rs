@@ -250,7 +250,11 @@ pub fn heal(name: &str, node: &str) -> Result<HealReport, LabError> {
         reason: format!("cannot heal {host}: its namespace {ns} does not exist"),
     })?;
     let paths = LabPaths::new(&lab);
-    if let Some(pid) = entry.daemon_pid {
+    // After a backend crash the daemon lived on (it saw its health check fail): healing brings
+    // the backend back and leaves the daemon be, as an operator restarting a web server would.
+    let daemon_alive = entry.daemon_pid.is_some_and(|pid| process_is_in(pid, id));
+    let keep_daemon = crash.how == CrashKind::Backend && daemon_alive;
+    if let Some(pid) = entry.daemon_pid.filter(|_| !keep_daemon) {
         if signal_group(pid, &ns, "daemon", Signal::SIGKILL)? {
             wait_gone(pid, id, KILL_TIMEOUT);
         }
@@ -285,7 +289,7 @@ pub fn heal(name: &str, node: &str) -> Result<HealReport, LabError> {
         wait_backend_ready(&lab, &paths, host, state.options.mode)?;
         restarted.push("backend".to_string());
     }
-    if state.options.start_daemons {
+    if state.options.start_daemons && !keep_daemon {
         let pid = start_daemon(&lab, &state, &paths, host)?;
         if let Some(h) = state.host_mut(host) {
             h.daemon_pid = Some(pid);

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
+use steadfast_lab::bench::availability::{self, AvailabilityOptions};
 use steadfast_lab::bench::failover::{
     self, FailoverOptions, KeepalivedChoice, DEFAULT_CRASHES, DEFAULT_FAST_HEARTBEAT_MS,
     QUICK_CRASHES,
@@ -24,6 +25,34 @@ pub enum BenchCommand {
     /// What protection costs when nothing fails: unreplicated, simplex and duplex side by side,
     /// latency (1 connection), throughput and CPU per request, ratios from the same run.
     Overhead(OverheadArgs),
+    /// SAPOTI's fault campaign (six hosts cycling fault-free/faulty, its Table 1), time-scaled,
+    /// a client sampling every 50 ms: availability, service moves, recovery latency.
+    Availability(AvailabilityArgs),
+}
+
+#[derive(Args)]
+pub struct AvailabilityArgs {
+    /// Real seconds per minute of the paper's schedule.
+    #[arg(long, default_value_t = availability::DEFAULT_SECONDS_PER_MINUTE)]
+    pub seconds_per_minute: f64,
+    /// Length of the campaign in seconds (default 180, or 30 with --quick).
+    #[arg(long)]
+    pub seconds: Option<u64>,
+    /// backend (the paper's fault: the service dies, the host lives) | host
+    #[arg(long, default_value = "backend")]
+    pub how: CrashKind,
+    /// The daemons' heartbeat (default: the daemon's).
+    #[arg(long)]
+    pub heartbeat_ms: Option<u32>,
+    /// 30 s.
+    #[arg(long)]
+    pub quick: bool,
+    /// Print the summary as JSON on stdout instead of the markdown table.
+    #[arg(long)]
+    pub json: bool,
+    /// Where availability.json and availability-cdf.svg go.
+    #[arg(long, default_value = "bench-results")]
+    pub out: PathBuf,
 }
 
 #[derive(Args)]
@@ -115,7 +144,42 @@ pub fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::Failover(args) => failover_command(args),
         BenchCommand::Stall(args) => stall_command(args),
         BenchCommand::Overhead(args) => overhead_command(args),
+        BenchCommand::Availability(args) => availability_command(args),
     }
+}
+
+fn availability_command(args: AvailabilityArgs) -> anyhow::Result<ExitCode> {
+    let options = AvailabilityOptions {
+        seconds_per_minute: args.seconds_per_minute,
+        duration: args.seconds.map_or(
+            if args.quick {
+                availability::QUICK_DURATION
+            } else {
+                availability::DEFAULT_DURATION
+            },
+            std::time::Duration::from_secs,
+        ),
+        how: args.how,
+        heartbeat_ms: args.heartbeat_ms,
+        quick: args.quick,
+        steadfast_exe: std::env::current_exe()
+            .context("finding the steadfast executable for the lab")?,
+    };
+    let report = availability::run(&options, &mut |line| {
+        eprintln!("bench availability: {line}")
+    })?;
+    let written = report
+        .write(&args.out)
+        .with_context(|| format!("writing the results into {}", args.out.display()))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report.summary_json())?);
+    } else {
+        print!("{}", report.markdown());
+    }
+    for path in written {
+        eprintln!("bench availability: wrote {}", path.display());
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn overhead_command(args: OverheadArgs) -> anyhow::Result<ExitCode> {

@@ -205,3 +205,58 @@ fn quick_overhead_bench_computes_ratios_in_one_run() {
         "one bar per row"
     );
 }
+
+/// `steadfast bench availability --quick`: the paper's schedule for 30 s; the summary names the
+/// fault events, availability and recovery figures beside the paper's, and the raw events and
+/// the plot are written.
+#[test]
+fn quick_availability_bench_replays_the_papers_schedule() {
+    let out = OutDir(std::env::temp_dir().join(format!(
+        "steadfast-bench-availability-{}",
+        std::process::id()
+    )));
+    let output = Command::new(env!("CARGO_BIN_EXE_steadfast"))
+        .args(["bench", "availability", "--quick", "--json", "--out"])
+        .arg(&out.0)
+        .output()
+        .expect("run steadfast bench availability");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "bench failed: {stderr}");
+    let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "--json prints JSON ({e}):\n{}\n{stderr}",
+            String::from_utf8_lossy(&output.stdout)
+        )
+    });
+    assert_eq!(summary["bench"], "availability");
+    assert_eq!(summary["how"], "backend");
+    // 30 s of Table 1 at 1 s per minute: 14 changes (see the schedule's unit tests).
+    assert_eq!(summary["fault_events"], 14, "{summary}");
+    let probes = summary["probes"].as_u64().expect("probes");
+    assert!(probes > 400, "a probe every 50 ms for 30 s: {summary}");
+    for key in [
+        "availability_pct",
+        "availability_while_a_host_lived_pct",
+        "no_live_host_pct",
+    ] {
+        assert!(
+            summary[key]
+                .as_f64()
+                .is_some_and(|v| (0.0..=100.0).contains(&v)),
+            "{key} is a percentage: {summary}"
+        );
+    }
+    assert!(
+        summary["service_moves"].as_u64().is_some_and(|m| m > 0),
+        "{summary}"
+    );
+    assert_eq!(summary["paper"]["availability_pct"], 97.35);
+    number_or_null(&summary["recovery_ms"], "mean", &summary);
+    let raw: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.0.join("availability.json")).expect("availability.json"),
+    )
+    .expect("availability.json is JSON");
+    assert_eq!(raw["report"]["events"].as_array().map(Vec::len), Some(14));
+    let svg = std::fs::read_to_string(out.0.join("availability-cdf.svg")).expect("svg");
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+}

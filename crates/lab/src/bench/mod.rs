@@ -3,6 +3,7 @@
 //! Every benchmark builds its own labs (unique names, always torn down) and drives them with the
 //! verifying load of [`crate::load`], so the figures are what a client in the lab saw.
 
+pub mod availability;
 pub mod cpu;
 pub mod failover;
 pub mod keepalived;
