@@ -8,7 +8,9 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use crate::image::{ConnectionImage, FourTuple, RestoreError, RestoreParams};
+use crate::image::{
+    ConnectionImage, FourTuple, NegotiatedOptions, RestoreError, RestoreParams, WindowScales,
+};
 use crate::replication::ConnectionOptions;
 
 /// The id of a connection in `Steadfast-Request-Id`: the same on the primary (from the saved
@@ -377,6 +379,83 @@ impl ReplicaLog {
     /// Reply bytes held in memory, all connections.
     pub fn bytes_held(&self) -> usize {
         self.connections.values().map(|c| c.bytes_held()).sum()
+    }
+
+    /// How to resume a connection the primary's kernel accepted but the primary never reported
+    /// (it sat in the accept queue at the crash, or its report died with the primary).
+    ///
+    /// Nothing of it was answered: the primary reports a connection before any reply of it
+    /// (one ordered channel), its reply bytes reach the client only after this log holds them,
+    /// and the backup lets client frames through only once the primary protects every
+    /// connection it accepts — so every request the client sent is pending, from the first.
+    /// The options the primary's kernel negotiated are not known; `template` is what it
+    /// negotiated with another client of this service, adjusted to what this client's SYN
+    /// offered. A client that acknowledged reply bytes contradicts all that: lost.
+    pub fn plan_unreported(
+        image: &ConnectionImage,
+        template: &ConnectionOptions,
+    ) -> Result<ResumePlan, LostReason> {
+        let tuple = image.tuple();
+        let syn = image.syn_options();
+        let timestamps = template.timestamps && syn.timestamps.is_some();
+        let options = ConnectionOptions {
+            window_scales: match (template.window_scales, syn.window_scale) {
+                (Some((_, ours)), Some(theirs)) => Some((theirs, ours)),
+                _ => None,
+            },
+            sack: template.sack && syn.sack_permitted,
+            timestamps,
+            mss: template
+                .mss
+                .min(
+                    syn.mss
+                        .unwrap_or(536)
+                        .saturating_sub(if timestamps { 12 } else { 0 }),
+                ),
+        };
+        let mut image = image.clone();
+        image.set_negotiated(NegotiatedOptions {
+            window_scales: options
+                .window_scales
+                .map(|(snd, rcv)| WindowScales { snd, rcv }),
+            sack: options.sack,
+            timestamps: options.timestamps,
+        });
+        let restore = image.restore_params()?;
+        if restore.client_fin_received {
+            return Err(LostReason::ClientFinished { tuple });
+        }
+        if restore.timestamps_ok && restore.last_tsecr.is_none() {
+            return Err(LostReason::TimestampUnknown { tuple });
+        }
+        let acked = image.client_acked_reply_bytes();
+        if acked > 0 {
+            return Err(LostReason::AckBeyondLog {
+                tuple,
+                acked,
+                logged: 0,
+            });
+        }
+        let consumed = image.consumed_bytes();
+        if consumed > 0 {
+            return Err(LostReason::RequestTrimmed {
+                tuple,
+                from: 0,
+                consumed,
+            });
+        }
+        Ok(ResumePlan {
+            restore,
+            options,
+            client_isn: image.client_isn(),
+            connection_id: connection_id(&tuple, image.client_isn()),
+            reply_acked: 0,
+            unacked_reply: Vec::new(),
+            reply_offset: 0,
+            next_request_index: 0,
+            request_offset: 0,
+            pending_request_bytes: image.unconsumed_to_vec(),
+        })
     }
 
     /// How to resume the connection of `image` (the backup's ingress image of it).

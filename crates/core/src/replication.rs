@@ -33,7 +33,8 @@ const HEADER_LEN: usize = 4 + 1 + 8;
 /// backup cannot see them (the primary's SYN-ACK does not pass through it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnectionOptions {
-    /// (ours, the client's) window scale shifts, when window scaling is on.
+    /// (the client's, ours) window scale shifts as `TCP_INFO` names them (snd, rcv), when
+    /// window scaling is on.
     pub window_scales: Option<(u8, u8)>,
     pub sack: bool,
     pub timestamps: bool,

@@ -581,3 +581,82 @@ fn untracked_segments_kept_for_adoption_are_bounded_and_dropped_at_close() {
         "a closing connection is not adopted"
     );
 }
+
+/// A connection the primary's kernel accepted but never reported (it was in the accept queue at
+/// the crash): resumed from the image alone with a template of the primary's options adjusted
+/// to this client's SYN, every request pending from the first; refused if the client shows it
+/// received reply bytes the log never held.
+#[test]
+fn an_unreported_connection_resumes_from_the_image_and_a_template() {
+    use steadfast_core::replica::{LostReason, ReplicaLog};
+    use steadfast_core::replication::ConnectionOptions;
+    let (isn, server_isn) = (1000u32, 70000u32);
+    let request = b"GET /a HTTP/1.1\r\n\r\n";
+    let with_ts = |mut segment: ClientSegment| {
+        segment.options.timestamps = Some(Timestamps {
+            value: 90,
+            echo_reply: 5555,
+        });
+        segment
+    };
+    let mut image = established(isn, server_isn);
+    image
+        .ingest(
+            &with_ts(data(isn, 0, server_isn + 1, request.len())),
+            request,
+        )
+        .unwrap();
+    // Learnt from another connection: (client's shift, ours), SACK, timestamps, MSS.
+    let template = ConnectionOptions {
+        window_scales: Some((5, 9)),
+        sack: true,
+        timestamps: true,
+        mss: 1448,
+    };
+    let plan = ReplicaLog::plan_unreported(&image, &template).unwrap();
+    assert_eq!(
+        plan.options.window_scales,
+        Some((7, 9)),
+        "this client's shift, ours"
+    );
+    assert!(plan.options.sack && plan.options.timestamps);
+    assert_eq!(plan.options.mss, 1448);
+    assert_eq!(plan.pending_request_bytes, request.to_vec());
+    assert_eq!(
+        (
+            plan.reply_acked,
+            plan.reply_offset,
+            plan.request_offset,
+            plan.next_request_index
+        ),
+        (0, 0, 0, 0)
+    );
+    assert!(plan.unacked_reply.is_empty());
+    assert_eq!(plan.restore.snd_una, server_isn + 1);
+    assert_eq!(plan.restore.rcv_nxt, isn + 1 + request.len() as u32);
+    assert_eq!(plan.restore.last_tsecr, Some(5555));
+    // A template without window scaling, or a client SYN without it: none.
+    let plain = ConnectionOptions {
+        window_scales: None,
+        ..template
+    };
+    assert_eq!(
+        ReplicaLog::plan_unreported(&image, &plain)
+            .unwrap()
+            .options
+            .window_scales,
+        None
+    );
+
+    // The client acknowledges 5 reply bytes nobody logged: it cannot be resumed.
+    image
+        .ingest(
+            &with_ts(data(isn, request.len() as u32, server_isn + 6, 0)),
+            &[],
+        )
+        .unwrap();
+    assert!(matches!(
+        ReplicaLog::plan_unreported(&image, &template),
+        Err(LostReason::AckBeyondLog { acked: 5, .. })
+    ));
+}

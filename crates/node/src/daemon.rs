@@ -626,6 +626,7 @@ fn plane_status(mode: &str, shared: &crate::plane::PlaneShared) -> crate::status
         backup_losses: c.backup_losses.load(Relaxed),
         takeovers: c.takeovers.load(Relaxed),
         connections_restored: c.connections_restored.load(Relaxed),
+        connections_restored_unreported: c.connections_restored_unreported.load(Relaxed),
         connections_lost: c.connections_lost.load(Relaxed),
         lost_reasons: shared
             .lost_reasons

@@ -96,6 +96,10 @@ pub struct DataPlaneStatus {
     pub adoptions_skipped: u64,
     pub takeovers: u64,
     pub connections_restored: u64,
+    /// Of those, connections the old primary had accepted but not reported (in its accept
+    /// queue at the crash), resumed from the log alone.
+    #[serde(default)]
+    pub connections_restored_unreported: u64,
     pub connections_lost: u64,
     pub lost_reasons: std::collections::BTreeMap<String, u64>,
     pub last_takeover_us: u64,

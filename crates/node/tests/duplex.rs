@@ -626,3 +626,38 @@ fn duplex_finishes_one_megabyte_replies_in_flight_at_the_crash() {
     );
     assert_clean(&report, "1 MB replies across crashes");
 }
+
+/// Connections the primary's kernel accepted while its daemon was frozen sit in its accept
+/// queue, never reported to the backup; their requests are in the backup's log. The takeover
+/// resumes them from the log alone (every request pending from the first), so they too get
+/// exactly their replies.
+#[test]
+fn connections_in_the_frozen_primarys_accept_queue_are_restored() {
+    let lab = Lab::up_in_mode("aq", 2, true, BackendKind::Builtin, Some(10), Mode::Duplex);
+    let primary = primary_of(&lab);
+    let backup = if primary == "n1" { "n2" } else { "n1" };
+    wait_backup_joined(&lab, &primary, 0);
+    // Opened with the first request: the freeze comes before any of them is accepted.
+    steadfast_lab::crash(lab.name(), &primary, CrashKind::Freeze).expect("freeze");
+    let load = BackgroundLoad::start_with(&lab, keep_alive_load(&lab, 40, Duration::from_secs(20)));
+    assert!(
+        common::wait_until(Duration::from_secs(3), || lab.holders_except(&primary)
+            == vec![backup.to_string()]),
+        "{backup} takes over"
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    let plane = lab.daemon_status(backup)["data_plane"].clone();
+    let report = load.stop();
+    eprintln!(
+        "accept queue: {} restored ({} unreported), {} lost {}; {} requests, longest {:?}",
+        plane["connections_restored"],
+        plane["connections_restored_unreported"],
+        plane["connections_lost"],
+        plane["lost_reasons"],
+        report.requests(),
+        longest_request(&report)
+    );
+    assert_clean(&report, "connections opened at the freeze");
+    assert_exactly_once(&lab, &report, "connections opened at the freeze");
+    assert_eq!(plane["connections_lost"], 0, "{plane}");
+}

@@ -181,6 +181,17 @@ pub fn run(
             }),
         },
     );
+    // Crashes measure established connections: wait until (about) every connection has had a
+    // reply, so none is still in the primary's accept queue at the first crash.
+    let warmed = wait_until(SETTLE, || {
+        Ok(load.progress.snapshot().requests_ok >= options.connections as u64 * 2)
+    })?;
+    if !warmed {
+        return Err(campaign_error(format!(
+            "the load did not get {} replies within {SETTLE:?}",
+            options.connections * 2
+        )));
+    }
     let mut jitter = Jitter::new();
     let mut events: Vec<(String, Duration, serde_json::Value)> = Vec::new();
     let started = Instant::now();

@@ -18,7 +18,8 @@ use steadfast_core::image::{
 };
 use steadfast_core::replica::ReplicaLog;
 use steadfast_core::replication::{
-    self, handshake_proof, verify_proof, FrameReader, ReplicationFrame, NONCE_LEN,
+    self, handshake_proof, verify_proof, ConnectionOptions, FrameReader, ReplicationFrame,
+    NONCE_LEN,
 };
 use steadfast_core::NodeId;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -40,6 +41,13 @@ pub struct BackupState {
     /// run on since the client's last TSecr, and the rebuilt clock must not be behind it.
     pub last_seen: HashMap<FourTuple, Instant>,
     pub primary_mac: Option<[u8; 6]>,
+    /// Set when the primary says it protects every connection it accepts (its `Announce`):
+    /// before that the logger takes no client frame and answers no ARP, so that every image
+    /// it builds from a SYN is of a connection the primary reports before replying.
+    pub announced: bool,
+    /// The options the primary's kernel negotiated for the latest connection it reported: the
+    /// template for a connection it accepted but never reported.
+    pub template: Option<ConnectionOptions>,
 }
 
 impl BackupState {
@@ -49,6 +57,8 @@ impl BackupState {
             replica: ReplicaLog::new(),
             last_seen: HashMap::new(),
             primary_mac,
+            announced: false,
+            template: None,
         }
     }
 }
@@ -357,7 +367,9 @@ impl BackupParts {
             .with_context(|| format!("finding the MAC of primary {peer_id} ({peer_ip})"))?;
         // Protection starts afresh with this primary: connections it opened before are not
         // protected (it says so in its own status).
-        *self.state.lock().expect("backup state lock") = BackupState::fresh(Some(primary_mac));
+        let mut fresh = BackupState::fresh(Some(primary_mac));
+        fresh.template = local_template(&self.settings.service.interface);
+        *self.state.lock().expect("backup state lock") = fresh;
         self.ensure_logger()?;
         let mut out = Vec::new();
         replication::encode(
@@ -461,6 +473,7 @@ impl BackupParts {
                 options,
             } => {
                 state.replica.opened(tuple, client_isn, options);
+                state.template = Some(options);
                 if let Some(table) = state.table.as_mut() {
                     let negotiated = NegotiatedOptions {
                         window_scales: options
@@ -562,6 +575,7 @@ impl BackupParts {
                 reply_offset,
                 pending,
             } => {
+                state.template = Some(options);
                 state.replica.adopt(
                     tuple,
                     client_isn,
@@ -606,6 +620,7 @@ impl BackupParts {
                 None
             }
             ReplicationFrame::Announce => {
+                state.announced = true;
                 drop(guard);
                 self.announce_as_backup();
                 None
@@ -757,6 +772,28 @@ pub async fn handshake(
         anyhow::bail!("node {node} failed to prove the group key");
     }
     Ok(peer_epoch)
+}
+
+/// What this node's kernel negotiates with a client that offers everything (window scaling,
+/// SACK, timestamps), from `TCP_INFO` of a loopback connection, with the MSS of the service
+/// interface's MTU. The members of a group run the same kernel settings, so until the primary
+/// has reported a real connection this stands for what its kernel negotiated.
+fn local_template(interface: &str) -> Option<ConnectionOptions> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").ok()?;
+    let _client = std::net::TcpStream::connect(listener.local_addr().ok()?).ok()?;
+    let (server, _) = listener.accept().ok()?;
+    let info = steadfast_os::repair::tcp_info_options(&server).ok()?;
+    let mtu: u16 = std::fs::read_to_string(format!("/sys/class/net/{interface}/mtu"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(ConnectionOptions {
+        window_scales: info.window_scales,
+        sack: info.sack,
+        timestamps: info.timestamps,
+        mss: mtu.saturating_sub(40),
+    })
 }
 
 /// A handshake frame; a stream that breaks off or does not decode is a refused handshake.
@@ -919,6 +956,7 @@ impl LoggerContext {
         let shared = &self.shared;
         let now = Instant::now();
         let forwarding = self.forward.load(Ordering::Relaxed);
+        let announced = state.announced;
         self.port.drain(|frame| {
             let counters = &shared.counters;
             if frame.truncated {
@@ -926,12 +964,21 @@ impl LoggerContext {
                 PlaneShared::count_reason(&shared.drop_reasons, "truncated");
                 return;
             }
-            if let Some(reply) = steadfast_os::packet_port::arp_reply_for(frame.data, vip, mac) {
-                counters.arp_replies.fetch_add(1, Ordering::Relaxed);
-                outgoing.push(reply);
+            if frame.data.len() >= 14 && frame.data[12..14] == [0x08, 0x06] {
+                if announced {
+                    if let Some(reply) =
+                        steadfast_os::packet_port::arp_reply_for(frame.data, vip, mac)
+                    {
+                        counters.arp_replies.fetch_add(1, Ordering::Relaxed);
+                        outgoing.push(reply);
+                    }
+                }
                 return;
             }
-            if frame.data.len() >= 14 && frame.data[12..14] == [0x08, 0x06] {
+            if !announced {
+                // A client whose ARP entry is left from an earlier protection: it resends.
+                counters.frames_dropped.fetch_add(1, Ordering::Relaxed);
+                PlaneShared::count_reason(&shared.drop_reasons, "before-announce");
                 return;
             }
             let segment = match parse_client_frame(frame.data) {

@@ -93,6 +93,7 @@ pub struct PlaneCounters {
     pub handshakes_refused: AtomicU64,
     pub takeovers: AtomicU64,
     pub connections_restored: AtomicU64,
+    pub connections_restored_unreported: AtomicU64,
     pub connections_lost: AtomicU64,
     /// Restore rate of the last takeover, connections per second.
     pub last_restore_per_second: AtomicU64,

@@ -381,6 +381,8 @@ impl Duplex {
         c.takeovers.fetch_add(1, Ordering::Relaxed);
         c.connections_restored
             .fetch_add(report.restored, Ordering::Relaxed);
+        c.connections_restored_unreported
+            .fetch_add(report.unreported, Ordering::Relaxed);
         c.connections_lost.fetch_add(report.lost, Ordering::Relaxed);
         c.last_takeover_us
             .store(elapsed.as_micros() as u64, Ordering::Relaxed);
@@ -390,8 +392,9 @@ impl Duplex {
                 .store(rate as u64, Ordering::Relaxed);
         }
         tracing::info!(
-            "takeover: {} connections restored, {} lost, in {:?} (rebuild {:?})",
+            "takeover: {} connections restored ({} never reported by the primary), {} lost, in {:?} (rebuild {:?})",
             report.restored,
+            report.unreported,
             report.lost,
             elapsed,
             report.rebuild_time
@@ -467,16 +470,22 @@ impl Duplex {
                 if generation != self.link_generation {
                     return;
                 }
-                // The order of DESIGN.md: the backup's logger runs; now the guard admits only
-                // frames it forwarded, the VIP leaves the link (the primary stops answering
-                // ARP for it), and only then does the backup announce itself.
+                // The order is what a takeover relies on. The gate attaches first: every
+                // connection accepted from now on is reported to the backup before any reply
+                // of it, and its replies are logged before they leave. Only then is the backup
+                // told to log, forward, answer ARP and announce itself; the guard then sends it
+                // whatever still comes here, and the VIP leaves the link (the primary stops
+                // answering ARP for it). So a connection the backup has logged from its SYN is
+                // one the primary protects from its first byte (see
+                // `ReplicaLog::plan_unreported`).
+                self.gate.attach(link);
+                let _ = self.gate_send_announce();
                 if let Err(e) = self.guard.allow_only_from(backup_mac) {
                     tracing::error!("cannot set the ingress guard to the backup's MAC: {e}");
+                    self.drop_link("the ingress guard could not be set").await;
                     return;
                 }
                 self.place_vip(false, true).await;
-                self.gate.attach(link);
-                let _ = self.gate_send_announce();
                 self.link_acks = Some(ack_tx);
                 self.protected_by = Some(peer);
                 self.account_unprotected();

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use steadfast_core::replica::ResumePlan;
+use steadfast_core::replica::{LostReason, ReplicaLog, ResumePlan};
 use steadfast_os::repair::{self, RepairTarget};
 
 use super::backup::Frozen;
@@ -25,6 +25,9 @@ const REBUILD_THREADS: usize = 2;
 pub struct TakeoverReport {
     pub restored: u64,
     pub lost: u64,
+    /// Of the restored: connections the primary had accepted but not reported (its accept
+    /// queue at the crash), resumed from the log alone.
+    pub unreported: u64,
     pub rebuild_time: Duration,
 }
 
@@ -46,7 +49,17 @@ pub fn rebuild_all(frozen: Frozen, shared: &Arc<PlaneShared>) -> Rebuilt {
     };
     let mut work = Vec::new();
     for image in table.iter() {
-        match state.replica.plan(image) {
+        let planned = match (state.replica.plan(image), &state.template) {
+            (Err(LostReason::NotOpenedByPrimary { .. }), Some(template)) => {
+                let unreported = ReplicaLog::plan_unreported(image, template);
+                if unreported.is_ok() {
+                    report.unreported += 1;
+                }
+                unreported
+            }
+            (planned, _) => planned,
+        };
+        match planned {
             Ok(plan) => {
                 let idle = state
                     .last_seen

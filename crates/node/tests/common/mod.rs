@@ -282,3 +282,8 @@ pub fn mac_of(namespace: &str) -> String {
         .expect("ip netns exec");
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
+
+/// Whether a network namespace of this name exists (`ip netns` lists it).
+pub fn namespace_exists(name: &str) -> bool {
+    std::path::Path::new("/run/netns").join(name).exists()
+}

@@ -1,0 +1,127 @@
+//! The lab's command-line contract, driven through the binary exactly as scripts outside the
+//! project drive it, in the replicated modes: `lab up --mode duplex|simplex` prints its
+//! `KEY=VALUE` lines and returns once the VIP answers; `status --json`, `crash primary --how
+//! host`, `heal` and `down` work. Needs root.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::Duration;
+
+fn steadfast(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(common::exe())
+        .args(args)
+        .output()
+        .expect("run steadfast");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+/// `lab down NAME` when the test ends, also on panic.
+struct Down(String);
+
+impl Drop for Down {
+    fn drop(&mut self) {
+        let _ = steadfast(&["lab", "down", &self.0]);
+    }
+}
+
+fn holders(name: &str) -> Vec<String> {
+    let (ok, out, err) = steadfast(&["lab", "status", name, "--json"]);
+    assert!(ok, "lab status: {err}");
+    let status: serde_json::Value = serde_json::from_str(&out).expect("status --json is JSON");
+    status["vip_holders"]
+        .as_array()
+        .expect("vip_holders")
+        .iter()
+        .map(|h| h.as_str().unwrap().to_string())
+        .collect()
+}
+
+fn contract(mode: &str) {
+    let name = format!("k{}{}", &mode[..1], std::process::id() % 100_000);
+    let _down = Down(name.clone());
+    let (ok, out, err) = steadfast(&[
+        "lab",
+        "up",
+        "--name",
+        &name,
+        "--nodes",
+        "2",
+        "--witness",
+        "--mode",
+        mode,
+        "--backend",
+        "builtin",
+        "--heartbeat-ms",
+        "20",
+    ]);
+    assert!(ok, "lab up --mode {mode}: {err}");
+    let keys: BTreeMap<&str, &str> = out.lines().filter_map(|l| l.split_once('=')).collect();
+    assert_eq!(keys.get("LAB"), Some(&name.as_str()), "{out}");
+    assert_eq!(
+        keys.get("CLIENT_NS"),
+        Some(&format!("{name}-client").as_str())
+    );
+    assert_eq!(keys.get("PORT"), Some(&"80"));
+    assert_eq!(
+        keys.get("NODES"),
+        Some(&format!("{name}-n1,{name}-n2").as_str())
+    );
+    let primary = keys["PRIMARY"].to_string();
+    assert!(primary.starts_with(&format!("{name}-n")), "{out}");
+    let vip: std::net::Ipv4Addr = keys["VIP"].parse().expect("VIP is an address");
+    let target = SocketAddr::new(vip.into(), 80);
+    let client = keys["CLIENT_NS"].to_string();
+    let get =
+        || steadfast_lab::http_get_in_namespace(&client, target, "/uuid", Duration::from_secs(2));
+    assert_eq!(get().expect("the VIP answers").status, 200);
+    assert_eq!(holders(&name), vec![primary.clone()]);
+
+    let (ok, _, err) = steadfast(&["lab", "crash", &name, "primary", "--how", "host"]);
+    assert!(ok, "lab crash: {err}");
+    let other = if primary.ends_with("n1") {
+        format!("{name}-n2")
+    } else {
+        format!("{name}-n1")
+    };
+    assert!(
+        common::wait_until(Duration::from_secs(5), || holders(&name)
+            .into_iter()
+            .filter(|h| *h != primary)
+            .eq([other.clone()])),
+        "{other} takes the address in {mode}"
+    );
+    assert!(
+        common::wait_until(Duration::from_secs(5), || get()
+            .is_ok_and(|r| r.status == 200)),
+        "the VIP answers from {other}"
+    );
+    let (ok, _, err) = steadfast(&["lab", "heal", &name, &primary]);
+    assert!(ok, "lab heal (by namespace name): {err}");
+    let (ok, out, err) = steadfast(&["lab", "status", &name]);
+    assert!(ok && out.contains(&other), "lab status: {out}{err}");
+    let (ok, _, err) = steadfast(&["lab", "down", &name]);
+    assert!(ok, "lab down: {err}");
+    let (ok, _, _) = steadfast(&["lab", "status", &name]);
+    assert!(!ok, "the lab is gone");
+    assert!(
+        !common::namespace_exists(&client),
+        "lab down removed {client}"
+    );
+}
+
+#[test]
+fn lab_contract_in_duplex_mode() {
+    contract("duplex");
+}
+
+#[test]
+fn lab_contract_in_simplex_mode() {
+    contract("simplex");
+}
