@@ -11,7 +11,7 @@ use steadfast_lab::bench::failover::{
     QUICK_CRASHES,
 };
 use steadfast_lab::bench::overhead::{self, OverheadOptions};
-use steadfast_lab::bench::stall::{self, StallOptions, StallTarget};
+use steadfast_lab::bench::stall::{self, StallOptions, StallTarget, StallWorkload};
 use steadfast_lab::{BackendKind, CrashKind};
 
 #[derive(Subcommand)]
@@ -103,6 +103,9 @@ pub struct StallArgs {
     /// builtin | nginx | apache2
     #[arg(long, default_value = "builtin")]
     pub backend: BackendKind,
+    /// small | mid-reply (1 MB replies in flight) | mid-request (slow uploads in flight)
+    #[arg(long, default_value = "small")]
+    pub workload: StallWorkload,
     /// 3 crashes.
     #[arg(long)]
     pub quick: bool,
@@ -239,6 +242,7 @@ fn stall_command(args: StallArgs) -> anyhow::Result<ExitCode> {
         heartbeat_ms: args.heartbeat_ms,
         connections: args.connections,
         backend: args.backend,
+        workload: args.workload,
         steadfast_exe: std::env::current_exe()
             .context("finding the steadfast executable for the lab")?,
     };

@@ -16,7 +16,7 @@ use super::{
     percentile, plane_status, unique_lab_name, wait_until, BenchError, BenchLab, Jitter, ProbeLoad,
 };
 use crate::faults::{crash, heal};
-use crate::load::{KeepAliveOptions, LoadOptions, Outcome};
+use crate::load::{KeepAliveOptions, LoadOptions, Outcome, RequestKind, SlowUpload};
 use crate::options::{BackendKind, CrashKind, Mode, UpOptions};
 
 pub const DEFAULT_CRASHES: usize = 20;
@@ -53,6 +53,40 @@ impl std::str::FromStr for StallTarget {
     }
 }
 
+/// What the connections ask while the crashes happen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StallWorkload {
+    /// 1 KB and 10 KB GETs, `/uuid`, 2 KB commits (GETs of 1 KB on static servers).
+    Small,
+    /// 1 MB replies: most crashes find replies in flight (mid-reply).
+    MidReply,
+    /// Small requests and 64 KB commits whose bodies go out in 8 pieces 20 ms apart: most
+    /// crashes find an upload half received (mid-request). Builtin backend only.
+    MidRequest,
+}
+
+impl std::str::FromStr for StallWorkload {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "small" => Ok(StallWorkload::Small),
+            "mid-reply" => Ok(StallWorkload::MidReply),
+            "mid-request" => Ok(StallWorkload::MidRequest),
+            other => Err(format!(
+                "unknown workload {other:?}: small | mid-reply | mid-request"
+            )),
+        }
+    }
+}
+
+/// The slow upload of the mid-request workload.
+const SLOW_UPLOAD: SlowUpload = SlowUpload {
+    len: 64 * 1024,
+    pieces: 8,
+    gap: Duration::from_millis(20),
+};
+
 #[derive(Debug, Clone)]
 pub struct StallOptions {
     pub crashes: usize,
@@ -61,6 +95,7 @@ pub struct StallOptions {
     pub heartbeat_ms: u32,
     pub connections: usize,
     pub backend: BackendKind,
+    pub workload: StallWorkload,
     pub steadfast_exe: PathBuf,
 }
 
@@ -90,9 +125,13 @@ pub struct StallReport {
     pub how: CrashKind,
     pub heartbeat_ms: u32,
     pub connections: usize,
+    pub workload: StallWorkload,
     pub requests: usize,
     pub failures: usize,
     pub failure_details: Vec<String>,
+    /// What requests outside every crash window waited (p50, p99), to read the stalls against.
+    pub baseline_p50_ms: Option<f64>,
+    pub baseline_p99_ms: Option<f64>,
     /// Commits the client saw acknowledged, and the data tier's verdict on them.
     pub exactly_once: crate::data_tier::ExactlyOnce,
     pub samples: Vec<StallSample>,
@@ -104,6 +143,17 @@ fn ms(d: Duration) -> f64 {
 
 fn counter(plane: &serde_json::Value, name: &str) -> u64 {
     plane[name].as_u64().unwrap_or(0)
+}
+
+/// What a request waited for the service: its latency less the pauses a slow upload makes on
+/// purpose.
+fn waited(request: &crate::load::RequestRecord) -> Duration {
+    match request.kind {
+        RequestKind::Commit { slow: true, .. } => request
+            .latency
+            .saturating_sub(SLOW_UPLOAD.gap * SLOW_UPLOAD.pieces),
+        _ => request.latency,
+    }
 }
 
 pub fn run(
@@ -150,9 +200,16 @@ pub fn run(
             "no backup joined within {SETTLE:?}"
         )));
     }
-    let sizes = match options.backend {
-        BackendKind::Builtin => vec![1024, 10 * 1024],
-        _ => vec![1024],
+    if options.workload == StallWorkload::MidRequest && options.backend != BackendKind::Builtin {
+        return Err(BenchError::Options(
+            "the mid-request workload uploads commits: builtin backend only".into(),
+        ));
+    }
+    let builtin = options.backend == BackendKind::Builtin;
+    let sizes = match (options.workload, builtin) {
+        (StallWorkload::MidReply, _) => vec![1024 * 1024],
+        (_, true) => vec![1024, 10 * 1024],
+        (_, false) => vec![1024],
     };
     let per_crash = PAUSE_MAX + SETTLE * 3;
     let load = ProbeLoad::start_with(
@@ -165,16 +222,13 @@ pub fn run(
                 connections: options.connections,
                 request_timeout: REQUEST_TIMEOUT,
                 sizes,
-                include_uuid: options.backend == BackendKind::Builtin,
+                include_uuid: builtin && options.workload != StallWorkload::MidReply,
                 fixed_seed: (options.backend != BackendKind::Builtin)
                     .then_some(crate::webservers::DOCROOT_SEED),
                 // Commits (builtin only: static servers refuse POST) make the exactly-once
                 // check of the data tier possible.
-                commit_sizes: if options.backend == BackendKind::Builtin {
-                    vec![2048]
-                } else {
-                    Vec::new()
-                },
+                commit_sizes: if builtin { vec![2048] } else { Vec::new() },
+                slow_upload: (options.workload == StallWorkload::MidRequest).then_some(SLOW_UPLOAD),
                 pause: Duration::from_millis(5),
                 reconnect_delay: Duration::from_millis(10),
                 ..Default::default()
@@ -249,6 +303,13 @@ pub fn run(
     )
     .map_err(|e| campaign_error(format!("reading the data tier: {e}")))?;
     let mut samples = Vec::new();
+    let windows: Vec<(Duration, Duration)> = events
+        .iter()
+        .map(|(_, at, _)| {
+            let at = at.saturating_sub(finished.origin_monotonic);
+            (at, at + WINDOW)
+        })
+        .collect();
     for (index, (crashed, at, plane)) in events.into_iter().enumerate() {
         let at = at.saturating_sub(finished.origin_monotonic);
         let window_end = at + WINDOW;
@@ -259,7 +320,7 @@ pub fn run(
             let end = request.start + request.latency;
             if request.start <= window_end && end >= at {
                 in_window += 1;
-                stall = stall.max(request.latency);
+                stall = stall.max(waited(request));
                 if !request.outcome.is_ok() {
                     failed += 1;
                 }
@@ -278,6 +339,17 @@ pub fn run(
             restore_per_second: counter(&plane, "last_restore_per_second"),
         });
     }
+    let outside: Vec<f64> = report
+        .connections
+        .iter()
+        .flat_map(|c| &c.requests)
+        .filter(|r| r.outcome.is_ok())
+        .filter(|r| {
+            let end = r.start + r.latency;
+            !windows.iter().any(|(a, b)| r.start <= *b && end >= *a)
+        })
+        .map(|r| ms(waited(r)))
+        .collect();
     let failure_details = report
         .connections
         .iter()
@@ -301,8 +373,11 @@ pub fn run(
         heartbeat_ms: options.heartbeat_ms,
         connections: options.connections,
         requests: report.requests(),
+        workload: options.workload,
         failures: report.failures(),
         failure_details,
+        baseline_p50_ms: percentile(&outside, 50.0),
+        baseline_p99_ms: percentile(&outside, 99.0),
         exactly_once,
         samples,
     })
@@ -336,6 +411,8 @@ impl StallReport {
             "connections": self.connections,
             "crashes": self.samples.len(),
             "requests": self.requests,
+            "workload": self.workload,
+            "baseline_ms": { "p50": self.baseline_p50_ms, "p99": self.baseline_p99_ms },
             "client_errors": self.failures,
             "commits_acknowledged": self.exactly_once.acknowledged,
             "commits_missing": self.exactly_once.missing.len(),
@@ -355,12 +432,16 @@ impl StallReport {
         let fmt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
         let mut out = String::new();
         out.push_str(&format!(
-            "duplex, {} connections, heartbeat {} ms, {} {} crashes of the {:?}\n\n",
+            "duplex, {} connections, {:?} workload, heartbeat {} ms, {} {} crashes of the {:?}; \
+             requests away from the crashes waited p50 {} ms, p99 {} ms\n\n",
             self.connections,
+            self.workload,
             self.heartbeat_ms,
             self.samples.len(),
             self.how,
-            self.target
+            self.target,
+            fmt(self.baseline_p50_ms),
+            fmt(self.baseline_p99_ms),
         ));
         out.push_str("| crashes | requests | client errors | median stall ms | p90 stall ms | max stall ms |\n");
         out.push_str("|---:|---:|---:|---:|---:|---:|\n");
