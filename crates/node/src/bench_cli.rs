@@ -171,17 +171,14 @@ fn availability_command(args: AvailabilityArgs) -> anyhow::Result<ExitCode> {
     let report = availability::run(&options, &mut |line| {
         eprintln!("bench availability: {line}")
     })?;
-    let written = report
-        .write(&args.out)
-        .with_context(|| format!("writing the results into {}", args.out.display()))?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report.summary_json())?);
-    } else {
-        print!("{}", report.markdown());
-    }
-    for path in written {
-        eprintln!("bench availability: wrote {}", path.display());
-    }
+    publish(
+        "availability",
+        &args.out,
+        args.json,
+        |dir| report.write(dir),
+        || report.summary_json(),
+        || report.markdown(),
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -207,17 +204,14 @@ fn overhead_command(args: OverheadArgs) -> anyhow::Result<ExitCode> {
     }
     options.throughput_connections = args.connections;
     let report = overhead::run(&options, &mut |line| eprintln!("bench overhead: {line}"))?;
-    let written = report
-        .write(&args.out)
-        .with_context(|| format!("writing the results into {}", args.out.display()))?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report.summary_json())?);
-    } else {
-        print!("{}", report.markdown());
-    }
-    for path in written {
-        eprintln!("bench overhead: wrote {}", path.display());
-    }
+    publish(
+        "overhead",
+        &args.out,
+        args.json,
+        |dir| report.write(dir),
+        || report.summary_json(),
+        || report.markdown(),
+    )?;
     // A protected mode that loses replies on the normal path is a failure, whatever its speed.
     Ok(if report.errors() == 0 {
         ExitCode::SUCCESS
@@ -247,17 +241,14 @@ fn stall_command(args: StallArgs) -> anyhow::Result<ExitCode> {
             .context("finding the steadfast executable for the lab")?,
     };
     let report = stall::run(&options, &mut |line| eprintln!("bench stall: {line}"))?;
-    let written = report
-        .write(&args.out)
-        .with_context(|| format!("writing the results into {}", args.out.display()))?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report.summary_json())?);
-    } else {
-        print!("{}", report.markdown());
-    }
-    for path in written {
-        eprintln!("bench stall: wrote {}", path.display());
-    }
+    publish(
+        "stall",
+        &args.out,
+        args.json,
+        |dir| report.write(dir),
+        || report.summary_json(),
+        || report.markdown(),
+    )?;
     // Client errors are what duplex promises never to cause: the run fails with them.
     Ok(if report.failures == 0 {
         ExitCode::SUCCESS
@@ -285,16 +276,36 @@ fn failover_command(args: FailoverArgs) -> anyhow::Result<ExitCode> {
             .context("finding the steadfast executable for the lab")?,
     };
     let report = failover::run(&options, &mut |line| eprintln!("bench failover: {line}"))?;
-    let written = report
-        .write(&args.out)
-        .with_context(|| format!("writing the results into {}", args.out.display()))?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report.summary_json())?);
+    publish(
+        "failover",
+        &args.out,
+        args.json,
+        |dir| report.write(dir),
+        || report.summary_json(),
+        || report.markdown(),
+    )?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes a report's raw results into `out`, prints its summary (JSON or the markdown table)
+/// on stdout and the written paths on stderr.
+fn publish(
+    bench: &str,
+    out: &std::path::Path,
+    json: bool,
+    write: impl FnOnce(&std::path::Path) -> Result<Vec<PathBuf>, steadfast_lab::bench::BenchError>,
+    summary: impl FnOnce() -> serde_json::Value,
+    markdown: impl FnOnce() -> String,
+) -> anyhow::Result<()> {
+    let written =
+        write(out).with_context(|| format!("writing the results into {}", out.display()))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&summary())?);
     } else {
-        print!("{}", report.markdown());
+        print!("{}", markdown());
     }
     for path in written {
-        eprintln!("bench failover: wrote {}", path.display());
+        eprintln!("bench {bench}: wrote {}", path.display());
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }

@@ -21,23 +21,31 @@ fn number_or_null(value: &serde_json::Value, key: &str, row: &serde_json::Value)
     );
 }
 
-#[test]
-fn quick_failover_bench_writes_a_summary_samples_and_a_plot() {
-    let out =
-        OutDir(std::env::temp_dir().join(format!("steadfast-bench-quick-{}", std::process::id())));
+/// Runs `steadfast bench BENCH --quick --json` into a fresh directory; returns it and the
+/// summary printed on stdout.
+fn run_quick(bench: &str) -> (OutDir, serde_json::Value) {
+    let out = OutDir(
+        std::env::temp_dir().join(format!("steadfast-bench-{bench}-{}", std::process::id())),
+    );
     let output = Command::new(env!("CARGO_BIN_EXE_steadfast"))
-        .args(["bench", "failover", "--quick", "--json", "--out"])
+        .args(["bench", bench, "--quick", "--json", "--out"])
         .arg(&out.0)
         .output()
-        .expect("run steadfast bench failover");
+        .unwrap_or_else(|e| panic!("run steadfast bench {bench}: {e}"));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "bench failed: {stderr}");
-    let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+    assert!(output.status.success(), "bench {bench} failed: {stderr}");
+    let summary = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
         panic!(
             "--json prints JSON ({e}):\n{}\n{stderr}",
             String::from_utf8_lossy(&output.stdout)
         )
     });
+    (out, summary)
+}
+
+#[test]
+fn quick_failover_bench_writes_a_summary_samples_and_a_plot() {
+    let (out, summary) = run_quick("failover");
     assert_eq!(summary["bench"], "failover");
     assert_eq!(summary["how"], "host");
     assert_eq!(summary["quick"], true);
@@ -130,22 +138,7 @@ fn quick_failover_bench_writes_a_summary_samples_and_a_plot() {
 /// is reported for each node's daemon and backend, and the plot and raw samples are written.
 #[test]
 fn quick_overhead_bench_computes_ratios_in_one_run() {
-    let out = OutDir(
-        std::env::temp_dir().join(format!("steadfast-bench-overhead-{}", std::process::id())),
-    );
-    let output = Command::new(env!("CARGO_BIN_EXE_steadfast"))
-        .args(["bench", "overhead", "--quick", "--json", "--out"])
-        .arg(&out.0)
-        .output()
-        .expect("run steadfast bench overhead");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "bench failed: {stderr}");
-    let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
-        panic!(
-            "--json prints JSON ({e}):\n{}\n{stderr}",
-            String::from_utf8_lossy(&output.stdout)
-        )
-    });
+    let (out, summary) = run_quick("overhead");
     assert_eq!(summary["bench"], "overhead");
     assert_eq!(summary["quick"], true);
     let rows = summary["rows"].as_array().expect("rows");
@@ -211,23 +204,7 @@ fn quick_overhead_bench_computes_ratios_in_one_run() {
 /// the plot are written.
 #[test]
 fn quick_availability_bench_replays_the_papers_schedule() {
-    let out = OutDir(std::env::temp_dir().join(format!(
-        "steadfast-bench-availability-{}",
-        std::process::id()
-    )));
-    let output = Command::new(env!("CARGO_BIN_EXE_steadfast"))
-        .args(["bench", "availability", "--quick", "--json", "--out"])
-        .arg(&out.0)
-        .output()
-        .expect("run steadfast bench availability");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "bench failed: {stderr}");
-    let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
-        panic!(
-            "--json prints JSON ({e}):\n{}\n{stderr}",
-            String::from_utf8_lossy(&output.stdout)
-        )
-    });
+    let (out, summary) = run_quick("availability");
     assert_eq!(summary["bench"], "availability");
     assert_eq!(summary["how"], "backend");
     // 30 s of Table 1 at 1 s per minute: 14 changes (see the schedule's unit tests).
