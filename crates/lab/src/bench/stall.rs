@@ -110,6 +110,9 @@ pub struct StallSample {
     pub stall_ms: f64,
     pub requests_in_window: usize,
     pub failed_in_window: usize,
+    /// Requests of the workload's kind under test (a 1 MB reply, a slow upload) that were in
+    /// flight at the very moment of the crash.
+    pub large_in_flight_at_crash: usize,
     /// From the node that took over (primary crashes): connections restored and lost, and
     /// the takeover's own duration.
     pub restored: u64,
@@ -316,8 +319,17 @@ pub fn run(
         let mut stall = Duration::ZERO;
         let mut in_window = 0;
         let mut failed = 0;
+        let mut large_in_flight = 0;
         for request in report.connections.iter().flat_map(|c| &c.requests) {
             let end = request.start + request.latency;
+            let large = match request.kind {
+                RequestKind::Bytes { len, .. } => len >= 1024 * 1024,
+                RequestKind::Commit { slow, .. } => slow,
+                _ => false,
+            };
+            if large && request.start <= at && end >= at {
+                large_in_flight += 1;
+            }
             if request.start <= window_end && end >= at {
                 in_window += 1;
                 stall = stall.max(waited(request));
@@ -333,6 +345,7 @@ pub fn run(
             stall_ms: ms(stall),
             requests_in_window: in_window,
             failed_in_window: failed,
+            large_in_flight_at_crash: large_in_flight,
             restored: counter(&plane, "connections_restored"),
             lost: counter(&plane, "connections_lost"),
             takeover_us: counter(&plane, "last_takeover_us"),
@@ -413,6 +426,11 @@ impl StallReport {
             "requests": self.requests,
             "workload": self.workload,
             "baseline_ms": { "p50": self.baseline_p50_ms, "p99": self.baseline_p99_ms },
+            "crashes_with_large_in_flight": self
+                .samples
+                .iter()
+                .filter(|s| s.large_in_flight_at_crash > 0)
+                .count(),
             "client_errors": self.failures,
             "commits_acknowledged": self.exactly_once.acknowledged,
             "commits_missing": self.exactly_once.missing.len(),
@@ -460,6 +478,25 @@ impl StallReport {
             self.exactly_once.missing.len(),
             self.exactly_once.duplicated.len()
         ));
+        if self.workload != StallWorkload::Small {
+            let caught: Vec<f64> = self
+                .samples
+                .iter()
+                .filter(|s| s.large_in_flight_at_crash > 0)
+                .map(|s| s.stall_ms)
+                .collect();
+            out.push_str(&format!(
+                "crashes that caught a {} in flight: {} of {}; their stall median {} ms, max {} ms\n",
+                match self.workload {
+                    StallWorkload::MidReply => "1 MB reply",
+                    _ => "slow upload",
+                },
+                caught.len(),
+                self.samples.len(),
+                fmt(percentile(&caught, 50.0)),
+                fmt(percentile(&caught, 100.0)),
+            ));
+        }
         for detail in &self.failure_details {
             out.push_str(&format!("\nclient error: {detail}"));
         }
