@@ -114,10 +114,8 @@ fn simplex_serves_keep_alive_connections_without_errors() {
 /// primary reports the connections it restored.
 #[test]
 fn duplex_keeps_established_connections_through_a_primary_host_crash() {
-    let lab = Lab::up_in_mode("dx", 2, true, BackendKind::Builtin, Some(10), Mode::Duplex);
-    let primary = primary_of(&lab);
-    let backup = if primary == "n1" { "n2" } else { "n1" };
-    wait_backup_joined(&lab, &primary, 0);
+    let (lab, primary, backup) = protected_lab("dx");
+    let backup = backup.as_str();
     let load = BackgroundLoad::start_with(&lab, keep_alive_load(&lab, 50, Duration::from_secs(30)));
     std::thread::sleep(Duration::from_millis(1500));
     let crashed_at = Instant::now();
@@ -211,6 +209,16 @@ fn longest_request(report: &LoadReport) -> Duration {
         .flat_map(|c| c.requests.iter().map(|r| r.latency))
         .max()
         .unwrap_or_default()
+}
+
+/// A duplex lab (2 nodes, a witness, builtin backend, 10 ms heartbeats) whose backup has
+/// joined: the lab, its primary and its backup.
+fn protected_lab(tag: &str) -> (Lab, String, String) {
+    let lab = Lab::up_in_mode(tag, 2, true, BackendKind::Builtin, Some(10), Mode::Duplex);
+    let primary = primary_of(&lab);
+    let backup = if primary == "n1" { "n2" } else { "n1" }.to_string();
+    wait_backup_joined(&lab, &primary, 0);
+    (lab, primary, backup)
 }
 
 /// Waits until `primary` reports a backup protecting it.
@@ -469,10 +477,8 @@ fn frames_sent_straight_to_the_primary_never_reach_it_unlogged() {
 /// back are resent by the clients: no error.
 #[test]
 fn duplex_keeps_every_connection_through_a_backup_crash() {
-    let lab = Lab::up_in_mode("bc", 2, true, BackendKind::Builtin, Some(10), Mode::Duplex);
-    let primary = primary_of(&lab);
-    let backup = if primary == "n1" { "n2" } else { "n1" };
-    wait_backup_joined(&lab, &primary, 0);
+    let (lab, primary, backup) = protected_lab("bc");
+    let backup = backup.as_str();
     let load = BackgroundLoad::start_with(&lab, keep_alive_load(&lab, 50, Duration::from_secs(30)));
     std::thread::sleep(Duration::from_millis(1000));
     steadfast_lab::crash(lab.name(), backup, CrashKind::Host).expect("crash");
@@ -537,9 +543,7 @@ fn twenty_primary_crashes_lose_no_request() {
 /// any kind and no non-2xx reply.
 #[test]
 fn wrk_sees_no_error_through_five_primary_crashes() {
-    let lab = Lab::up_in_mode("wk", 2, true, BackendKind::Builtin, Some(10), Mode::Duplex);
-    let mut primary = primary_of(&lab);
-    wait_backup_joined(&lab, &primary, 0);
+    let (lab, mut primary, _) = protected_lab("wk");
     let url = format!(
         "http://{}:{}/bytes/1024?seed=1",
         lab.info.vip, lab.info.port
@@ -597,9 +601,7 @@ fn wrk_sees_no_error_through_five_primary_crashes() {
 /// the log, byte-exact.
 #[test]
 fn duplex_finishes_one_megabyte_replies_in_flight_at_the_crash() {
-    let lab = Lab::up_in_mode("mr", 2, true, BackendKind::Builtin, Some(10), Mode::Duplex);
-    let mut primary = primary_of(&lab);
-    wait_backup_joined(&lab, &primary, 0);
+    let (lab, mut primary, _) = protected_lab("mr");
     let mut options = keep_alive_load(&lab, 20, Duration::from_secs(30));
     if let Some(keep_alive) = options.keep_alive.as_mut() {
         keep_alive.sizes = vec![1024 * 1024];
@@ -639,10 +641,8 @@ fn duplex_finishes_one_megabyte_replies_in_flight_at_the_crash() {
 /// exactly their replies.
 #[test]
 fn connections_in_the_frozen_primarys_accept_queue_are_restored() {
-    let lab = Lab::up_in_mode("aq", 2, true, BackendKind::Builtin, Some(10), Mode::Duplex);
-    let primary = primary_of(&lab);
-    let backup = if primary == "n1" { "n2" } else { "n1" };
-    wait_backup_joined(&lab, &primary, 0);
+    let (lab, primary, backup) = protected_lab("aq");
+    let backup = backup.as_str();
     // Opened with the first request: the freeze comes before any of them is accepted.
     steadfast_lab::crash(lab.name(), &primary, CrashKind::Freeze).expect("freeze");
     let load = BackgroundLoad::start_with(&lab, keep_alive_load(&lab, 40, Duration::from_secs(20)));
