@@ -51,9 +51,11 @@ impl KeepalivedSetting {
     }
 
     /// A bound on a takeover or a preemption: three intervals plus skew (under one interval),
-    /// plus room for a busy machine.
+    /// plus room for a busy machine. keepalived's slow takeovers are what the bench measures
+    /// (one took over 3 s at the fastest setting on a loaded CI run): the bound only ends a
+    /// campaign that would never finish.
     pub fn settle_bound(self) -> Duration {
-        self.advert_interval() * 4 + Duration::from_secs(3)
+        self.advert_interval() * 4 + Duration::from_secs(10)
     }
 }
 
