@@ -8,9 +8,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use crate::image::{
-    ConnectionImage, FourTuple, NegotiatedOptions, RestoreError, RestoreParams, WindowScales,
-};
+use crate::image::{ConnectionImage, FourTuple, RestoreError, RestoreParams};
 use crate::replication::ConnectionOptions;
 
 /// The id of a connection in `Steadfast-Request-Id`: the same on the primary (from the saved
@@ -414,13 +412,7 @@ impl ReplicaLog {
                 ),
         };
         let mut image = image.clone();
-        image.set_negotiated(NegotiatedOptions {
-            window_scales: options
-                .window_scales
-                .map(|(snd, rcv)| WindowScales { snd, rcv }),
-            sack: options.sack,
-            timestamps: options.timestamps,
-        });
+        image.set_negotiated(options.negotiated());
         let restore = image.restore_params()?;
         if restore.client_fin_received {
             return Err(LostReason::ClientFinished { tuple });

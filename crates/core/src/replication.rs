@@ -16,7 +16,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use crate::frame::AuthKey;
-use crate::image::FourTuple;
+use crate::image::{FourTuple, NegotiatedOptions, WindowScales};
 use crate::NodeId;
 
 /// Longest frame accepted: a reply piece of up to [`MAX_PIECE_BYTES`] plus its header.
@@ -40,6 +40,19 @@ pub struct ConnectionOptions {
     pub timestamps: bool,
     /// The MSS the primary sends with.
     pub mss: u16,
+}
+
+impl ConnectionOptions {
+    /// The same agreement in the connection image's terms.
+    pub fn negotiated(&self) -> NegotiatedOptions {
+        NegotiatedOptions {
+            window_scales: self
+                .window_scales
+                .map(|(snd, rcv)| WindowScales { snd, rcv }),
+            sack: self.sack,
+            timestamps: self.timestamps,
+        }
+    }
 }
 
 /// One frame of the replication channel.

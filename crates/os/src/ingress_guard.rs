@@ -26,6 +26,15 @@ pub enum GuardError {
     Nft { what: String, detail: String },
 }
 
+/// The guard's counters: client frames that did not come through the backup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct GuardCounts {
+    /// Sent on to the backup to be logged first.
+    pub bounced: u64,
+    /// Dropped (not IPv4, or no backup to send them to).
+    pub dropped: u64,
+}
+
 /// What the guard lets through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GuardState {
@@ -173,14 +182,35 @@ impl IngressGuard {
         self.apply(GuardState::DropAll)
     }
 
-    /// Frames the guard has dropped since it was installed.
-    pub fn dropped(&self) -> Result<u64, GuardError> {
-        read_counter("ip", TABLE, COUNTER)
-    }
-
-    /// Frames that came straight to this node and were bounced to the backup to be logged.
-    pub fn bounced(&self) -> Result<u64, GuardError> {
-        read_counter("netdev", BOUNCE_TABLE, BOUNCE_COUNTER)
+    /// Frames the guard has bounced to the backup (they came straight here) and dropped, since
+    /// it was installed: both counters in one `nft` run.
+    pub fn counts(&self) -> Result<GuardCounts, GuardError> {
+        let what = "reading the guard's counters";
+        let text = nft(
+            &format!(
+                "list counter ip {TABLE} {COUNTER}\nlist counter netdev {BOUNCE_TABLE} {BOUNCE_COUNTER}\n"
+            ),
+            what,
+        )?;
+        let packets = |counter: &str| {
+            text.split(&format!("counter {counter} "))
+                .nth(1)
+                .and_then(|after| {
+                    after
+                        .split_whitespace()
+                        .skip_while(|w| *w != "packets")
+                        .nth(1)
+                        .and_then(|n| n.parse().ok())
+                })
+                .ok_or_else(|| GuardError::Nft {
+                    what: what.into(),
+                    detail: format!("no packet count of {counter} in {text:?}"),
+                })
+        };
+        Ok(GuardCounts {
+            bounced: packets(BOUNCE_COUNTER)?,
+            dropped: packets(COUNTER)?,
+        })
     }
 
     /// Removes the tables.
@@ -199,18 +229,4 @@ impl Drop for IngressGuard {
 
 fn remove_script() -> String {
     format!("delete table ip {TABLE}\ndelete table netdev {BOUNCE_TABLE}\n")
-}
-
-fn read_counter(family: &str, table: &str, counter: &str) -> Result<u64, GuardError> {
-    let what = format!("reading the counter {family} {table} {counter}");
-    let text = nft(&format!("list counter {family} {table} {counter}\n"), &what)?;
-    let packets = text
-        .split_whitespace()
-        .skip_while(|w| *w != "packets")
-        .nth(1)
-        .and_then(|n| n.parse().ok());
-    packets.ok_or_else(|| GuardError::Nft {
-        what,
-        detail: format!("no packet count in {text:?}"),
-    })
 }

@@ -84,6 +84,18 @@ const RECENT_UNTRACKED_PER_CONNECTION: usize = 256 * 1024;
 /// All connections together; beyond it the oldest connection's segments go first.
 const RECENT_UNTRACKED_TOTAL: usize = 16 * 1024 * 1024;
 
+/// What a kept untracked segment counts against the bounds: its payload and its header.
+fn segment_cost(payload: &[u8]) -> usize {
+    payload.len() + 64
+}
+
+fn held_bytes(recent: &VecDeque<(ClientSegment, Vec<u8>)>) -> usize {
+    recent
+        .iter()
+        .map(|(_, payload)| segment_cost(payload))
+        .sum()
+}
+
 /// All connection images of a backup.
 #[derive(Debug, Clone, Default)]
 pub struct ConnectionTable {
@@ -195,20 +207,20 @@ impl ConnectionTable {
             self.forget_untracked(&tuple);
             return;
         }
-        let cost = payload.len() + 64;
+        let cost = segment_cost(payload);
         let recent = self.recent_untracked.entry(tuple).or_insert_with(|| {
             self.recent_order.push_back(tuple);
             VecDeque::new()
         });
         recent.push_back((segment.clone(), payload.to_vec()));
         self.recent_bytes += cost;
-        let mut held: usize = recent.iter().map(|(_, p)| p.len() + 64).sum();
+        let mut held = held_bytes(recent);
         while held > RECENT_UNTRACKED_PER_CONNECTION {
             let Some((_, dropped)) = recent.pop_front() else {
                 break;
             };
-            held -= dropped.len() + 64;
-            self.recent_bytes -= dropped.len() + 64;
+            held -= segment_cost(&dropped);
+            self.recent_bytes -= segment_cost(&dropped);
         }
         while self.recent_bytes > RECENT_UNTRACKED_TOTAL {
             let Some(oldest) = self.recent_order.front().copied() else {
@@ -220,7 +232,7 @@ impl ConnectionTable {
 
     fn forget_untracked(&mut self, tuple: &FourTuple) {
         if let Some(recent) = self.recent_untracked.remove(tuple) {
-            self.recent_bytes -= recent.iter().map(|(_, p)| p.len() + 64).sum::<usize>();
+            self.recent_bytes -= held_bytes(&recent);
             self.recent_order.retain(|t| t != tuple);
         }
     }
@@ -297,7 +309,7 @@ impl ConnectionTable {
         let tuple = image.tuple();
         let mut replayed = 0;
         if let Some(recent) = self.recent_untracked.remove(&tuple) {
-            self.recent_bytes -= recent.iter().map(|(_, p)| p.len() + 64).sum::<usize>();
+            self.recent_bytes -= held_bytes(&recent);
             self.recent_order.retain(|t| *t != tuple);
             for (segment, payload) in recent {
                 // A segment the image cannot hold was forwarded long ago; the image is what

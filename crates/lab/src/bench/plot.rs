@@ -29,6 +29,24 @@ fn decades(values: impl Iterator<Item = f64>) -> (i32, i32) {
     (low, high)
 }
 
+/// The document's opening: size, white background, the title centred over the plot area.
+fn open_svg(title: &str) -> String {
+    let plot_w = WIDTH - LEFT - RIGHT;
+    let mut svg = String::new();
+    let _ = writeln!(
+        svg,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    let _ = writeln!(
+        svg,
+        r#"<text x="{}" y="22" font-size="14" text-anchor="middle">{}</text>"#,
+        LEFT + plot_w / 2.0,
+        escape(title)
+    );
+    svg
+}
+
 fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
@@ -52,18 +70,7 @@ pub fn cdf_svg(title: &str, x_label: &str, series: &[(String, Vec<f64>)]) -> Str
         LEFT + position.clamp(0.0, 1.0) * plot_w
     };
     let y = |p: f64| TOP + (1.0 - p) * plot_h;
-    let mut svg = String::new();
-    let _ = writeln!(
-        svg,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#);
-    let _ = writeln!(
-        svg,
-        r#"<text x="{}" y="22" font-size="14" text-anchor="middle">{}</text>"#,
-        LEFT + plot_w / 2.0,
-        escape(title)
-    );
+    let mut svg = open_svg(title);
     for decade in low..=high {
         let value = 10f64.powi(decade);
         let tx = x(value);
@@ -156,18 +163,7 @@ pub fn bars_svg(title: &str, y_label: &str, groups: &[(String, Vec<(String, f64)
         .fold(1.0f64, f64::max)
         * 1.1;
     let y = |v: f64| TOP + (1.0 - (v / top).clamp(0.0, 1.0)) * plot_h;
-    let mut svg = String::new();
-    let _ = writeln!(
-        svg,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#);
-    let _ = writeln!(
-        svg,
-        r#"<text x="{}" y="22" font-size="14" text-anchor="middle">{}</text>"#,
-        LEFT + plot_w / 2.0,
-        escape(title)
-    );
+    let mut svg = open_svg(title);
     for tick in 0..=5 {
         let value = top * f64::from(tick) / 5.0;
         let ty = y(value);

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use steadfast_core::image::{
     parse_client_frame, tcp_checksum_fixup, AckProbe, ConnectionImage, ConnectionTable, FourTuple,
-    NegotiatedOptions, TableLimits, TcpOptions, Tracking, WindowScales, ETHERNET_HEADER_LEN,
+    TableLimits, TcpOptions, Tracking, ETHERNET_HEADER_LEN,
 };
 use steadfast_core::replica::ReplicaLog;
 use steadfast_core::replication::{
@@ -475,13 +475,7 @@ impl BackupParts {
                 state.replica.opened(tuple, client_isn, options);
                 state.template = Some(options);
                 if let Some(table) = state.table.as_mut() {
-                    let negotiated = NegotiatedOptions {
-                        window_scales: options
-                            .window_scales
-                            .map(|(snd, rcv)| WindowScales { snd, rcv }),
-                        sack: options.sack,
-                        timestamps: options.timestamps,
-                    };
+                    let negotiated = options.negotiated();
                     if let Err(e) = table.set_negotiated(&tuple, negotiated) {
                         tracing::debug!("opened {tuple}: {e}");
                     }
@@ -591,13 +585,7 @@ impl BackupParts {
                         sack_permitted: options.sack,
                         timestamps: None,
                     };
-                    let negotiated = NegotiatedOptions {
-                        window_scales: options
-                            .window_scales
-                            .map(|(snd, rcv)| WindowScales { snd, rcv }),
-                        sack: options.sack,
-                        timestamps: options.timestamps,
-                    };
+                    let negotiated = options.negotiated();
                     let replayed = table.adopt(ConnectionImage::adopted(
                         tuple,
                         client_isn,

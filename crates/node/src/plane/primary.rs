@@ -289,13 +289,14 @@ impl Duplex {
         }
         self.guard_read_at = Some(Instant::now());
         let counters = &self.shared.counters;
-        let read = || -> Result<_, steadfast_os::ingress_guard::GuardError> {
-            Ok((self.guard.dropped()?, self.guard.bounced()?))
-        };
-        match tokio::task::block_in_place(read) {
-            Ok((dropped, bounced)) => {
-                counters.guard_dropped.store(dropped, Ordering::Relaxed);
-                counters.guard_bounced.store(bounced, Ordering::Relaxed);
+        match tokio::task::block_in_place(|| self.guard.counts()) {
+            Ok(counts) => {
+                counters
+                    .guard_dropped
+                    .store(counts.dropped, Ordering::Relaxed);
+                counters
+                    .guard_bounced
+                    .store(counts.bounced, Ordering::Relaxed);
             }
             Err(e) => tracing::debug!("{e}"),
         }
