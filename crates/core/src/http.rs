@@ -27,13 +27,17 @@ mod fields;
 mod head_buffer;
 mod request;
 mod response;
+mod resume;
 
 pub use fields::{ContentRange, EntityTag, Header};
 pub use request::{
     InvalidRequestId, RequestBodyFraming, RequestEvent, RequestFramer, RequestHead, RequestId,
     REQUEST_ID_HEADER,
 };
-pub use response::{ReplyBodyFraming, ReplyEvent, ReplyHead, ResponseFramer};
+pub use response::{BodyCut, ReplyBodyFraming, ReplyEvent, ReplyHead, ResponseFramer};
+pub use resume::{
+    ContinuationError, CutFraming, CutPoint, NotResumable, ReplyContinuation, StreamedReply,
+};
 
 use std::fmt;
 

@@ -8,6 +8,9 @@
 
 use std::collections::{HashMap, VecDeque};
 
+use crate::http::{
+    CutPoint, FramingLimits, NotResumable, RequestEvent, RequestFramer, StreamedReply,
+};
 use crate::image::{ConnectionImage, FourTuple, RestoreError, RestoreParams};
 use crate::replication::ConnectionOptions;
 
@@ -20,7 +23,7 @@ pub fn connection_id(tuple: &FourTuple, client_isn: u32) -> u64 {
 }
 
 /// The logged state of one protected connection.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ReplicaConnection {
     pub client_isn: u32,
     pub options: ConnectionOptions,
@@ -32,8 +35,9 @@ pub struct ReplicaConnection {
     next_request: u64,
     /// Client stream offset just after the last request whose reply is complete.
     request_offset: u64,
-    /// A reply is logged in part (streamed above the size limit).
-    partial: bool,
+    /// The reply being logged in parts (streamed above the whole-reply limit), followed so a
+    /// takeover knows where to resume it.
+    streamed: Option<StreamedReply>,
 }
 
 impl ReplicaConnection {
@@ -95,10 +99,10 @@ pub enum LostReason {
     #[error("connection {tuple}: the client half-closed it")]
     ClientFinished { tuple: FourTuple },
     #[error(
-        "connection {tuple}: a reply was streamed in part (above the whole-reply limit) and \
-         cannot be finished"
+        "connection {tuple}: a reply streamed in parts (above the whole-reply limit) was cut and \
+         cannot be finished: {why}"
     )]
-    PartialReply { tuple: FourTuple },
+    PartialReply { tuple: FourTuple, why: NotResumable },
     #[error(
         "connection {tuple}: the client acknowledged {acked} reply bytes but only {logged} are \
          logged"
@@ -162,6 +166,9 @@ pub struct ResumePlan {
     /// The client bytes from `request_offset` on that the backup holds: requests the new
     /// primary's backend must execute (with their original ids).
     pub pending_request_bytes: Vec<u8>,
+    /// The first pending request's reply was cut after `reply_offset`: the new primary asks
+    /// the backend for the rest by range instead of executing the request again.
+    pub cut_reply: Option<CutPoint>,
 }
 
 /// Counters of the reply log (status output).
@@ -208,7 +215,7 @@ impl ReplicaLog {
                 reply_end: 0,
                 next_request: 0,
                 request_offset: 0,
-                partial: false,
+                streamed: None,
             },
         );
     }
@@ -235,7 +242,7 @@ impl ReplicaLog {
                 reply_end,
                 next_request,
                 request_offset,
-                partial: false,
+                streamed: None,
             },
         );
     }
@@ -249,7 +256,14 @@ impl ReplicaLog {
         request_end: Option<u64>,
         bytes: Vec<u8>,
     ) -> Result<Logged, ReplicaError> {
-        let result = self.try_log(tuple, request_index, reply_offset, request_end, bytes);
+        let result = self.try_log(
+            tuple,
+            request_index,
+            reply_offset,
+            request_end,
+            bytes,
+            false,
+        );
         if result.is_err() {
             self.counters.refused_pieces += 1;
         }
@@ -263,6 +277,7 @@ impl ReplicaLog {
         reply_offset: u64,
         request_end: Option<u64>,
         bytes: Vec<u8>,
+        interim: bool,
     ) -> Result<Logged, ReplicaError> {
         let conn = self
             .connections
@@ -294,6 +309,11 @@ impl ReplicaLog {
         self.counters.pieces_logged += 1;
         self.counters.reply_bytes_logged += bytes.len() as u64;
         conn.reply_end += bytes.len() as u64;
+        if request_end.is_none() && !interim {
+            conn.streamed
+                .get_or_insert_with(|| StreamedReply::new(FramingLimits::default()))
+                .feed(&bytes);
+        }
         if !bytes.is_empty() {
             conn.pieces.push_back((reply_offset, bytes));
         }
@@ -302,17 +322,14 @@ impl ReplicaLog {
                 self.counters.replies_logged += 1;
                 conn.next_request += 1;
                 conn.request_offset = end;
-                conn.partial = false;
+                conn.streamed = None;
                 Ok(Logged {
                     consumed_up_to: Some(end),
                 })
             }
-            None => {
-                conn.partial = true;
-                Ok(Logged {
-                    consumed_up_to: None,
-                })
-            }
+            None => Ok(Logged {
+                consumed_up_to: None,
+            }),
         }
     }
 
@@ -325,15 +342,11 @@ impl ReplicaLog {
         reply_offset: u64,
         bytes: Vec<u8>,
     ) -> Result<(), ReplicaError> {
-        let partial = match self.connections.get(tuple) {
-            Some(conn) => conn.partial,
-            None => false,
-        };
-        self.log_reply(tuple, request_index, reply_offset, None, bytes)?;
-        if let Some(conn) = self.connections.get_mut(tuple) {
-            conn.partial = partial;
+        let result = self.try_log(tuple, request_index, reply_offset, None, bytes, true);
+        if result.is_err() {
+            self.counters.refused_pieces += 1;
         }
-        Ok(())
+        result.map(|_| ())
     }
 
     /// Releases reply bytes the client has acknowledged (`acked` = reply bytes it holds).
@@ -447,6 +460,7 @@ impl ReplicaLog {
             next_request_index: 0,
             request_offset: 0,
             pending_request_bytes: image.unconsumed_to_vec(),
+            cut_reply: None,
         })
     }
 
@@ -464,9 +478,6 @@ impl ReplicaLog {
         }
         if restore.timestamps_ok && restore.last_tsecr.is_none() {
             return Err(LostReason::TimestampUnknown { tuple });
-        }
-        if conn.partial {
-            return Err(LostReason::PartialReply { tuple });
         }
         let acked = image.client_acked_reply_bytes();
         if acked > conn.reply_end {
@@ -522,6 +533,13 @@ impl ReplicaLog {
             });
         }
         pending_request_bytes.drain(..skip);
+        let cut_reply = match &conn.streamed {
+            Some(streamed) => Some(
+                resumable_cut(streamed, conn, &pending_request_bytes)
+                    .map_err(|why| LostReason::PartialReply { tuple, why })?,
+            ),
+            None => None,
+        };
         Ok(ResumePlan {
             restore,
             options: conn.options,
@@ -533,6 +551,37 @@ impl ReplicaLog {
             next_request_index: conn.next_request,
             request_offset: conn.request_offset,
             pending_request_bytes,
+            cut_reply,
         })
     }
+}
+
+/// Where a reply cut by the takeover resumes, if both it and the request it answers (the first
+/// of `pending_request_bytes`) allow a range request.
+fn resumable_cut(
+    streamed: &StreamedReply,
+    conn: &ReplicaConnection,
+    pending_request_bytes: &[u8],
+) -> Result<CutPoint, NotResumable> {
+    let cut = streamed.cut_point()?;
+    let mut framer = RequestFramer::starting_at(
+        FramingLimits::default(),
+        conn.request_offset,
+        conn.next_request,
+    );
+    let mut events = Vec::new();
+    // An error after the first head concerns a later request, answered normally.
+    let _ = framer.feed(pending_request_bytes, &mut events);
+    let head = events
+        .iter()
+        .find_map(|event| match event {
+            RequestEvent::Head(head) => Some(head),
+            _ => None,
+        })
+        .filter(|head| head.index == conn.next_request && head.range.start == conn.request_offset)
+        .ok_or(NotResumable::RequestMissing)?;
+    if let Some(why) = head.resume_refusal() {
+        return Err(NotResumable::Request(why));
+    }
+    Ok(cut)
 }

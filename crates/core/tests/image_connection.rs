@@ -660,3 +660,70 @@ fn an_unreported_connection_resumes_from_the_image_and_a_template() {
         Err(LostReason::AckBeyondLog { acked: 5, .. })
     ));
 }
+
+/// A reply logged in parts and cut by the crash: the plan resumes it by range when the reply
+/// and the request allow it (a GET), and counts the connection lost otherwise; once the final
+/// piece is logged, nothing is cut.
+#[test]
+fn a_reply_cut_in_parts_is_planned_for_a_range_resume() {
+    use steadfast_core::http::{CutFraming, NotResumable};
+    use steadfast_core::replica::{LostReason, ReplicaLog};
+    use steadfast_core::replication::ConnectionOptions;
+    let (isn, server_isn) = (5000u32, 90000u32);
+    let get: &[u8] = b"GET /big HTTP/1.1\r\nHost: a\r\n\r\n";
+    let post: &[u8] = b"POST /big HTTP/1.1\r\nContent-Length: 0\r\n\r\n";
+    for (request, resumable) in [(get, true), (post, false)] {
+        let mut image = established(isn, server_isn);
+        image
+            .ingest(&data(isn, 0, server_isn + 1, request.len()), request)
+            .unwrap();
+        image.set_negotiated(NegotiatedOptions {
+            timestamps: false,
+            ..NEGOTIATED
+        });
+        let tuple = image.tuple();
+        let mut log = ReplicaLog::new();
+        let options = ConnectionOptions {
+            window_scales: Some((7, 9)),
+            sack: true,
+            timestamps: false,
+            mss: 1460,
+        };
+        log.opened(tuple, isn, options);
+        let mut first = b"HTTP/1.1 200 OK\r\nETag: \"e1\"\r\nAccept-Ranges: bytes\r\nContent-Length: 1000\r\n\r\n".to_vec();
+        first.extend([1u8; 300]);
+        let first_len = first.len() as u64;
+        log.log_reply(&tuple, 0, 0, None, first).unwrap();
+        log.log_reply(&tuple, 0, first_len, None, vec![2u8; 200])
+            .unwrap();
+        let planned = log.plan(&image);
+        if resumable {
+            let plan = planned.unwrap();
+            let cut = plan.cut_reply.expect("a cut reply");
+            assert_eq!(cut.payload_sent, 500);
+            assert_eq!(cut.framing, CutFraming::Length { remaining: 500 });
+            assert_eq!(plan.pending_request_bytes, request.to_vec());
+            assert_eq!(plan.reply_offset, first_len + 200);
+            assert_eq!(plan.unacked_reply.len() as u64, first_len + 200);
+        } else {
+            assert!(matches!(
+                planned,
+                Err(LostReason::PartialReply {
+                    why: NotResumable::Request(_),
+                    ..
+                })
+            ));
+        }
+        log.log_reply(
+            &tuple,
+            0,
+            first_len + 200,
+            Some(request.len() as u64),
+            vec![3u8; 500],
+        )
+        .unwrap();
+        let plan = log.plan(&image).unwrap();
+        assert_eq!(plan.cut_reply, None);
+        assert!(plan.pending_request_bytes.is_empty());
+    }
+}

@@ -78,6 +78,22 @@ impl ChunkedDecoder {
         self.state == ChunkState::Done
     }
 
+    /// Where the decoder stands, if another encoder could take over from here: inside chunk
+    /// data (`Some((remaining, true))`, remaining 0 when only the CRLF after the data is owed)
+    /// or at the start of a size line (`Some((0, false))`). `None` inside any other framing.
+    pub(super) fn data_boundary(&self) -> Option<(u64, bool)> {
+        match self.state {
+            ChunkState::Data { remaining } => Some((remaining, true)),
+            ChunkState::DataCr => Some((0, true)),
+            ChunkState::Size {
+                digits: 0,
+                phase: SizePhase::Digits,
+                ..
+            } if self.size_line_len == 0 => Some((0, false)),
+            _ => None,
+        }
+    }
+
     /// Decodes `input`, which starts at stream offset `base`, and reports its data and framing
     /// runs in order through `emit`. Stops after the end of the body; returns how many bytes of
     /// `input` belong to the body. An error carries the offset of the offending byte; the

@@ -236,6 +236,16 @@ impl ContentRange {
         })
     }
 
+    /// The complete length in the `Content-Range` of a 416 reply: `bytes */complete`.
+    pub fn parse_unsatisfied(value: &[u8]) -> Option<u64> {
+        let value = trim_ows(value);
+        let unit_end = value.iter().position(|&b| b == b' ')?;
+        if !value[..unit_end].eq_ignore_ascii_case(b"bytes") {
+            return None;
+        }
+        parse_decimal(value[unit_end + 1..].strip_prefix(b"*/")?)
+    }
+
     /// Number of bytes the range covers.
     pub fn len(&self) -> u64 {
         self.last - self.first + 1

@@ -76,11 +76,7 @@ impl RequestHead {
         resume_from: u64,
         etag: &EntityTag,
     ) -> Option<Vec<u8>> {
-        if self.method != "GET"
-            || !etag.is_strong()
-            || self.header("range").is_some()
-            || self.header("if-range").is_some()
-        {
+        if self.resume_refusal().is_some() || !etag.is_strong() {
             return None;
         }
         let range = format!("bytes={resume_from}-");
@@ -90,6 +86,17 @@ impl RequestHead {
             &["range", "if-range"],
             &[("Range", range.as_bytes()), ("If-Range", &validator)],
         ))
+    }
+
+    /// Why a reply to this request could not be resumed by range, if it could not.
+    pub fn resume_refusal(&self) -> Option<&'static str> {
+        if self.method != "GET" {
+            Some("only a GET is repeated with a range")
+        } else if self.header("range").is_some() || self.header("if-range").is_some() {
+            Some("the request already carries Range or If-Range")
+        } else {
+            None
+        }
     }
 
     fn encode_with(&self, id: &RequestId, drop: &[&str], add: &[(&str, &[u8])]) -> Vec<u8> {

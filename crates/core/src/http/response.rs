@@ -26,6 +26,19 @@ pub enum ReplyBodyFraming {
     Tunnel,
 }
 
+/// Where the framer stands inside a reply body: what another sender must still send to finish
+/// the reply in the same framing (see [`ResponseFramer::body_cut`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyCut {
+    /// A Content-Length body with `remaining` bytes still to come.
+    Length { remaining: u64 },
+    /// A chunked body: `remaining` data bytes of the current chunk still to come, then its CRLF
+    /// when `crlf_owed`; `remaining` 0 and `crlf_owed` false between two chunks.
+    Chunk { remaining: u64, crlf_owed: bool },
+    /// Anywhere else: inside a head or chunk framing, a body read until close, between replies.
+    Elsewhere,
+}
+
 /// A reply head, interim (1xx) or final.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplyHead {
@@ -345,6 +358,23 @@ impl ResponseFramer {
     /// Offset where the reply being framed (or the next one) starts.
     pub fn current_reply_start(&self) -> u64 {
         self.reply_start
+    }
+
+    /// Where the bytes fed so far leave the current reply's body.
+    pub fn body_cut(&self) -> BodyCut {
+        match &self.state {
+            ReplyState::Body { remaining } => BodyCut::Length {
+                remaining: *remaining,
+            },
+            ReplyState::Chunked(decoder) => match decoder.data_boundary() {
+                Some((remaining, crlf_owed)) => BodyCut::Chunk {
+                    remaining,
+                    crlf_owed,
+                },
+                None => BodyCut::Elsewhere,
+            },
+            _ => BodyCut::Elsewhere,
+        }
     }
 
     /// Whether no byte of an unfinished reply is pending.
