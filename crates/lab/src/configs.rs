@@ -42,6 +42,7 @@ pub(crate) struct GroupPlan<'a> {
     pub witness: bool,
     pub mode: Mode,
     pub heartbeat_ms: Option<u32>,
+    pub stream_replies_above: Option<u64>,
 }
 
 /// The configuration of one voter (a member or the witness). Paths are relative to the state
@@ -89,6 +90,9 @@ pub(crate) fn voter_config(plan: &GroupPlan<'_>, voter: Host) -> String {
         let _ = writeln!(text, "ports = [{SERVICE_PORT}]");
         let _ = writeln!(text, "mode = \"{}\"", plan.mode);
         let _ = writeln!(text, "backend = \"{backend}\"");
+        if let Some(bytes) = plan.stream_replies_above {
+            let _ = writeln!(text, "stream_replies_above = {bytes}");
+        }
         let _ = writeln!(text, "\n[[health_check]]");
         let _ = writeln!(text, "kind = \"http\"");
         let _ = writeln!(text, "target = \"{backend}\"");
@@ -125,6 +129,7 @@ mod tests {
             witness,
             mode: Mode::Unreplicated,
             heartbeat_ms: Some(10),
+            stream_replies_above: None,
         }
     }
 

@@ -178,6 +178,7 @@ fn build(
         witness: opts.witness,
         mode: opts.mode,
         heartbeat_ms: opts.heartbeat_ms,
+        stream_replies_above: opts.stream_replies_above,
     };
     for &voter in hosts.iter().filter(|h| h.node_id().is_some()) {
         let path = paths.config(voter);

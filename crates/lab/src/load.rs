@@ -116,6 +116,9 @@ pub struct KeepAliveOptions {
     pub slow_upload: Option<SlowUpload>,
     /// Add two pipelined `GET`s of the first size to the cycle (default false).
     pub pipelined: bool,
+    /// Every other `/bytes` request asks the builtin backend for a chunked body (default
+    /// false).
+    pub chunked_bytes: bool,
     /// Pause between two requests of one connection (default none: as fast as replies come).
     pub pause: Duration,
     /// Pause before reconnecting after a failure (default 10 ms).
@@ -133,6 +136,7 @@ impl Default for KeepAliveOptions {
             commit_sizes: Vec::new(),
             slow_upload: None,
             pipelined: false,
+            chunked_bytes: false,
             pause: Duration::ZERO,
             reconnect_delay: Duration::from_millis(10),
         }
@@ -225,9 +229,11 @@ pub struct Probe {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(tag = "path", rename_all = "snake_case")]
 pub enum RequestKind {
+    /// `GET /bytes/{len}?seed={seed}`, with `&chunked=1` when `chunked`.
     Bytes {
         len: u64,
         seed: u64,
+        chunked: bool,
     },
     Uuid,
     /// `POST /commit` with the generator's `len` bytes for `seed` as the body; `slow` when the
@@ -761,7 +767,11 @@ async fn run_connection(
             .fixed_seed
             .unwrap_or(((index as u64) << 32) | (sequence & 0xffff_ffff));
         let kind = match cycle[(sequence % cycle.len() as u64) as usize] {
-            Step::Bytes(len) => RequestKind::Bytes { len, seed },
+            Step::Bytes(len) => RequestKind::Bytes {
+                len,
+                seed,
+                chunked: options.chunked_bytes && sequence % 2 == 1,
+            },
             Step::Uuid => RequestKind::Uuid,
             Step::Commit(len) => RequestKind::Commit {
                 len,
@@ -894,8 +904,12 @@ async fn perform(
         format!("GET {path} HTTP/1.1\r\nHost: {target}\r\nConnection: keep-alive\r\n\r\n")
     };
     match kind {
-        RequestKind::Bytes { len, seed } => {
-            let path = format!("/bytes/{len}?seed={seed}");
+        RequestKind::Bytes { len, seed, chunked } => {
+            let path = if chunked {
+                format!("/bytes/{len}?seed={seed}&chunked=1")
+            } else {
+                format!("/bytes/{len}?seed={seed}")
+            };
             let what = format!("GET {path}");
             send(stream, get(&path).as_bytes(), target, &what, deadline).await?;
             read_reply(

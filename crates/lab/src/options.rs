@@ -101,6 +101,9 @@ pub struct UpOptions {
     pub backend: BackendKind,
     /// `group.heartbeat_interval_ms` in the node configs; `None` keeps the daemon's default.
     pub heartbeat_ms: Option<u32>,
+    /// `service.stream_replies_above` in the node configs (duplex and simplex: longer replies
+    /// are logged and sent in pieces); `None` keeps the daemon's default.
+    pub stream_replies_above: Option<u64>,
     /// The `steadfast` executable that runs the daemons and the builtin backend (the command
     /// line passes `std::env::current_exe()`).
     pub steadfast_exe: PathBuf,
@@ -121,6 +124,7 @@ impl UpOptions {
             mode: Mode::Unreplicated,
             backend: BackendKind::Builtin,
             heartbeat_ms: None,
+            stream_replies_above: None,
             steadfast_exe: steadfast_exe.into(),
             start_daemons: true,
             ready_timeout: DEFAULT_READY_TIMEOUT,

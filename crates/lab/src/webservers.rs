@@ -20,6 +20,8 @@ use crate::topology::Host;
 pub const DOCROOT_SEED: u64 = 0;
 /// The sizes of the docroot files: 1 KB, 10 KB, 50 KB, 1 MB.
 pub const DOCROOT_SIZES: [u64; 4] = [1024, 10 * 1024, 50 * 1024, 1024 * 1024];
+/// A larger docroot file (32 MiB, same seed), for replies streamed in parts.
+pub const DOCROOT_LARGE: u64 = 32 * 1024 * 1024;
 /// Where apache2's loadable modules live on Debian.
 pub const APACHE2_MODULES: &str = "/usr/lib/apache2/modules";
 
@@ -56,7 +58,7 @@ pub(crate) fn write_docroot(paths: &LabPaths) -> Result<(), LabError> {
     std::fs::create_dir_all(&bytes).map_err(|e| LabError::io("creating the docroot", &bytes, e))?;
     let health = root.join("health");
     std::fs::write(&health, "ok\n").map_err(|e| LabError::io("writing", &health, e))?;
-    for size in DOCROOT_SIZES {
+    for size in DOCROOT_SIZES.into_iter().chain([DOCROOT_LARGE]) {
         let file = bytes.join(size.to_string());
         crate::generator::write_expected_file(&file, size, DOCROOT_SEED)
             .map_err(|e| LabError::io("writing the docroot file", &file, e))?;

@@ -539,3 +539,59 @@ async fn http10_keeps_the_connection_only_when_asked() {
     assert_eq!(replies[0].header("Connection"), Some("keep-alive"));
     assert_eq!(replies[1].header("Connection"), Some("close"));
 }
+
+/// `/bytes` carries a strong validator and serves byte ranges, the way a static file server
+/// does, so the proxy's resume of a reply cut by a failover (I2) can be tested against it.
+#[tokio::test]
+async fn bytes_serve_ranges_guarded_by_a_strong_etag() {
+    let backend = start("n1").await;
+    let (len, seed) = (10_000u64, 3u64);
+    let whole = expected_bytes(len, seed);
+    let get = |range: &str| {
+        format!("GET /bytes/{len}?seed={seed} HTTP/1.1\r\n{range}Connection: close\r\n\r\n")
+    };
+    let full = one(backend.addr, &get("")).await;
+    let etag = full.header("ETag").expect("an ETag").to_string();
+    assert!(etag.starts_with('"'), "strong: {etag}");
+    assert_eq!(full.header("Accept-Ranges"), Some("bytes"));
+
+    for (range, first, last) in [
+        ("bytes=100-", 100u64, len - 1),
+        ("bytes=100-199", 100, 199),
+        ("bytes=-10", len - 10, len - 1),
+        ("bytes=9990-20000", 9990, len - 1),
+    ] {
+        let reply = one(backend.addr, &get(&format!("Range: {range}\r\n"))).await;
+        assert_eq!(reply.status, 206, "{range}");
+        let content_range = format!("bytes {first}-{last}/{len}");
+        assert_eq!(reply.header("Content-Range"), Some(content_range.as_str()));
+        assert_eq!(reply.header("ETag"), Some(etag.as_str()));
+        assert!(
+            reply.body == whole[first as usize..=last as usize],
+            "{range}"
+        );
+    }
+    // If-Range with the current validator keeps the range; with another one, all of it.
+    let guarded = one(
+        backend.addr,
+        &get(&format!("Range: bytes=5000-\r\nIf-Range: {etag}\r\n")),
+    )
+    .await;
+    assert_eq!(guarded.status, 206);
+    let changed = one(
+        backend.addr,
+        &get("Range: bytes=5000-\r\nIf-Range: \"other\"\r\n"),
+    )
+    .await;
+    assert_eq!(changed.status, 200);
+    assert!(changed.body == whole);
+    let beyond = one(backend.addr, &get("Range: bytes=10000-\r\n")).await;
+    assert_eq!(beyond.status, 416);
+    assert_eq!(beyond.header("Content-Range"), Some("bytes */10000"));
+    // Several ranges or another unit: ignored, the whole representation.
+    for ignored in ["bytes=0-1,5-6", "items=0-1", "bytes=9-2"] {
+        let reply = one(backend.addr, &get(&format!("Range: {ignored}\r\n"))).await;
+        assert_eq!(reply.status, 200, "{ignored}");
+        assert!(reply.body == whole);
+    }
+}

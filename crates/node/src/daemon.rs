@@ -657,6 +657,9 @@ fn plane_status(mode: &str, shared: &crate::plane::PlaneShared) -> crate::status
         status.backend_errors = p.backend_errors.load(Relaxed);
         status.adopted += p.adopted.load(Relaxed);
         status.adoptions_skipped = p.adoptions_skipped.load(Relaxed);
+        status.replies_resumed = p.replies_resumed.load(Relaxed);
+        status.resumes_failed = p.resumes_failed.load(Relaxed);
+        status.replies_aborted = p.replies_aborted.load(Relaxed);
     }
     status
 }

@@ -117,6 +117,16 @@ pub struct DataPlaneStatus {
     pub replies_unprotected: u64,
     pub bad_requests: u64,
     pub backend_errors: u64,
+    /// Replies cut by a takeover in the middle and finished by a range request (I2).
+    #[serde(default)]
+    pub replies_resumed: u64,
+    /// Of the cut replies taken over, those the backend would not finish (changed ETag, a
+    /// refused range): the client connection was reset rather than sent a spliced body.
+    #[serde(default)]
+    pub resumes_failed: u64,
+    /// Replies already partly sent when the backend failed: the client connection was reset.
+    #[serde(default)]
+    pub replies_aborted: u64,
 }
 
 impl NodeStatus {
@@ -178,6 +188,10 @@ impl NodeStatus {
                 d.takeovers, d.connections_restored, d.connections_lost, d.lost_reasons,
                 d.frames_held_at_takeover, d.last_takeover_us, d.last_restore_per_second,
                 d.unprotected_ms, d.backups_joined, d.backup_losses, d.adopted
+            ));
+            s.push_str(&format!(
+                "  cut replies finished by range {}, not finishable {}; replies aborted after a backend failure {}\n",
+                d.replies_resumed, d.resumes_failed, d.replies_aborted
             ));
         }
         let c = &self.counters;

@@ -81,6 +81,13 @@ pub trait ReplyGate: Send + Sync {
     /// Which backup protects connections now: a number that changes whenever a backup joins,
     /// 0 when there is none. A connection protected under an older number is not protected.
     fn generation(&self) -> u64;
+    /// The generation under which established connections may be handed to the backup (0:
+    /// not now). It lags [`generation`](Self::generation) until every client frame goes
+    /// through the backup: a connection adopted earlier could receive bytes the backup never
+    /// logs, and a takeover would find its log with a hole.
+    fn adoption_generation(&self) -> u64 {
+        self.generation()
+    }
     /// Hands an established, unprotected connection to the backup; true when it is protected
     /// from now on.
     fn adopt(&self, _adoption: Adoption) -> bool {

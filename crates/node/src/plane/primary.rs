@@ -26,6 +26,8 @@ const LOOPBACK_IFINDEX: u32 = 1;
 /// The live link to the backup, as the gate uses it.
 struct Link {
     generation: u64,
+    /// The ingress guard sends the backup every client frame that still comes here.
+    guarded: bool,
     frames: mpsc::UnboundedSender<Vec<u8>>,
     acks: watch::Receiver<AckState>,
     epoch: u64,
@@ -42,6 +44,13 @@ pub struct ReplicatedGate {
 impl ReplicatedGate {
     fn attach(&self, link: Link) {
         *self.link.lock().expect("gate lock") = Some(link);
+    }
+
+    /// The guard filters now: established connections can be adopted.
+    fn mark_guarded(&self) {
+        if let Some(link) = self.link.lock().expect("gate lock").as_mut() {
+            link.guarded = true;
+        }
     }
 
     fn detach(&self) {
@@ -71,6 +80,15 @@ impl ReplyGate for ReplicatedGate {
             .lock()
             .expect("gate lock")
             .as_ref()
+            .map_or(0, |link| link.generation)
+    }
+
+    fn adoption_generation(&self) -> u64 {
+        self.link
+            .lock()
+            .expect("gate lock")
+            .as_ref()
+            .filter(|link| link.guarded)
             .map_or(0, |link| link.generation)
     }
 
@@ -486,6 +504,7 @@ impl Duplex {
                     self.drop_link("the ingress guard could not be set").await;
                     return;
                 }
+                self.gate.mark_guarded();
                 self.place_vip(false, true).await;
                 self.link_acks = Some(ack_tx);
                 self.protected_by = Some(peer);
@@ -629,6 +648,7 @@ async fn run_link(
     let (ack_tx, ack_rx) = watch::channel(AckState::default());
     let link = Link {
         generation,
+        guarded: false,
         frames: frames_tx,
         acks: ack_rx,
         epoch,

@@ -15,7 +15,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use steadfast_core::http::{
-    FramingLimits, ReplyEvent, RequestEvent, RequestFramer, RequestId, ResponseFramer,
+    CutPoint, FramingLimits, ReplyContinuation, ReplyEvent, RequestEvent, RequestFramer, RequestId,
+    ResponseFramer,
 };
 use steadfast_core::image::FourTuple;
 use steadfast_core::replication::ConnectionOptions;
@@ -50,6 +51,12 @@ pub struct ProxyCounters {
     /// Unprotected connections handed to a backup that joined after they opened.
     pub adopted: AtomicU64,
     pub adoptions_skipped: AtomicU64,
+    /// Replies cut by a takeover and finished by a range request.
+    pub replies_resumed: AtomicU64,
+    /// Cut replies the backend would not finish: the client connection was reset.
+    pub resumes_failed: AtomicU64,
+    /// Replies partly sent when the backend failed: the client connection was reset.
+    pub replies_aborted: AtomicU64,
 }
 
 /// Idle keep-alive connections to the backend.
@@ -124,6 +131,9 @@ pub struct SessionStart {
     pub reply_offset: u64,
     /// Logged reply bytes the client has not acknowledged: written first.
     pub unacked_reply: Vec<u8>,
+    /// The reply to request `request_index` was cut after `reply_offset` (streamed in parts
+    /// when the old primary died): it is finished by a range request instead of executed.
+    pub cut_reply: Option<CutPoint>,
 }
 
 impl SessionStart {
@@ -146,6 +156,7 @@ impl SessionStart {
             pending_request: Vec::new(),
             reply_offset: 0,
             unacked_reply: Vec::new(),
+            cut_reply: None,
         }
     }
 }
@@ -167,6 +178,12 @@ struct InFlight {
     keep_alive: bool,
     /// Client stream offset after the request, once its end was framed.
     request_end: Option<u64>,
+    /// Part of the reply has reached the client: an error now cannot be answered with a
+    /// reply of its own (it would land inside this one's body).
+    reply_started: bool,
+    /// The reply finishes one a takeover cut: the backend's answer to the range request is
+    /// turned into the rest of the client's reply.
+    continuation: Option<ReplyContinuation>,
 }
 
 /// The backend connection of a session and the framer of its reply stream.
@@ -176,6 +193,9 @@ struct Backend {
     /// Backend bytes read and not yet handed to the client, from backend offset `base`.
     buffer: Vec<u8>,
     base: u64,
+    /// End of the current reply's head or of its last payload bytes: a reply streamed in
+    /// parts is cut only there, so a takeover can always say how the client's reply goes on.
+    cuttable: u64,
 }
 
 /// Runs one client connection to its end.
@@ -209,6 +229,7 @@ pub async fn serve(ctx: Arc<ProxyContext>, client: TcpStream, start: SessionStar
         client_done: false,
         close_after_reply: false,
         trace_first_reply: start.reply_offset > 0 || start.request_offset > 0,
+        cut_reply: start.cut_reply,
     };
     let result = session
         .run(start.pending_request, start.unacked_reply)
@@ -255,6 +276,8 @@ struct Session {
     close_after_reply: bool,
     /// A resumed session logs (debug) when its first reply goes out.
     trace_first_reply: bool,
+    /// The first request's reply was cut by the takeover (see [`SessionStart::cut_reply`]).
+    cut_reply: Option<CutPoint>,
 }
 
 impl Session {
@@ -332,7 +355,7 @@ impl Session {
     /// Frames client bytes; a framing error answers 400 when no part of the bad request has
     /// reached the backend, and ends the session.
     async fn take_client_bytes(&mut self, bytes: &[u8]) -> Result<(), SessionEnd> {
-        let generation = self.ctx.gate.generation();
+        let generation = self.ctx.gate.adoption_generation();
         if generation != 0
             && generation != self.protected_by
             && self.in_flight.is_none()
@@ -479,6 +502,7 @@ impl Session {
                                     framer: ResponseFramer::new(self.ctx.limits),
                                     buffer: Vec::new(),
                                     base: 0,
+                                    cuttable: 0,
                                 })
                             }
                             Err(e) => {
@@ -486,22 +510,41 @@ impl Session {
                                     .counters
                                     .backend_errors
                                     .fetch_add(1, Ordering::Relaxed);
+                                if self.cut_reply.is_some() {
+                                    return self.abort_resume(&format!("backend connect: {e}"));
+                                }
                                 return self
                                     .answer_bad_gateway(head.index, head.range.end, &e)
                                     .await;
                             }
                         }
                     }
-                    let backend = self.backend.as_mut().expect("connected above");
                     let id = RequestId::new(self.connection_id, head.index);
+                    let (bytes, continuation) = match self.cut_reply.take() {
+                        None => (head.encode_for_backend(&id), None),
+                        Some(cut) => {
+                            match head.encode_resume_request(&id, cut.payload_sent, &cut.validator)
+                            {
+                                Some(bytes) => (bytes, Some(ReplyContinuation::new(cut))),
+                                None => {
+                                    // The backup's plan checked the request: not reached.
+                                    return self.abort_resume("the request cannot carry a range");
+                                }
+                            }
+                        }
+                    };
+                    let resuming = continuation.is_some();
+                    let backend = self.backend.as_mut().expect("connected above");
                     backend.framer.expect_reply_to(&head);
-                    let bytes = head.encode_for_backend(&id);
                     if let Err(e) = backend.stream.write_all(&bytes).await {
                         self.ctx
                             .counters
                             .backend_errors
                             .fetch_add(1, Ordering::Relaxed);
                         self.backend = None;
+                        if resuming {
+                            return self.abort_resume(&format!("backend write: {e}"));
+                        }
                         return self
                             .answer_bad_gateway(head.index, head.range.end, &e)
                             .await;
@@ -511,6 +554,8 @@ impl Session {
                         index: head.index,
                         keep_alive: head.keep_alive,
                         request_end: None,
+                        reply_started: resuming,
+                        continuation,
                     });
                     forwarded_to = Some(head.range.end);
                 }
@@ -581,8 +626,25 @@ impl Session {
         } else {
             backend.framer.feed(bytes, &mut events)
         };
+        if self
+            .in_flight
+            .as_ref()
+            .is_some_and(|flight| flight.continuation.is_some())
+        {
+            return self.continue_cut_reply(events, result, closed).await;
+        }
         for event in events {
             match event {
+                ReplyEvent::Head(head) => {
+                    if let Some(backend) = self.backend.as_mut() {
+                        backend.cuttable = head.range.end;
+                    }
+                }
+                ReplyEvent::Body { range, .. } => {
+                    if let Some(backend) = self.backend.as_mut() {
+                        backend.cuttable = range.end;
+                    }
+                }
                 ReplyEvent::Interim(head) => {
                     let piece = self.cut_backend(head.range.end);
                     let index = self.in_flight.as_ref().map_or(head.index, |f| f.index);
@@ -635,7 +697,7 @@ impl Session {
                         "the backend switched protocols; tunnels are not carried".into(),
                     ));
                 }
-                ReplyEvent::Head(_) | ReplyEvent::Body { .. } | ReplyEvent::Framing { .. } => {}
+                ReplyEvent::Framing { .. } => {}
             }
         }
         if let Err(error) = result {
@@ -643,6 +705,9 @@ impl Session {
                 .counters
                 .backend_errors
                 .fetch_add(1, Ordering::Relaxed);
+            if self.in_flight.as_ref().is_some_and(|f| f.reply_started) {
+                return self.abort_reply(&error.to_string());
+            }
             return Err(SessionEnd::Protocol(self.tuple, error.to_string()));
         }
         if closed {
@@ -652,6 +717,9 @@ impl Session {
                     .counters
                     .backend_errors
                     .fetch_add(1, Ordering::Relaxed);
+                if flight.reply_started {
+                    return self.abort_reply("the backend closed the connection inside a reply");
+                }
                 let error = io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     "the backend closed the connection before its reply ended",
@@ -668,17 +736,144 @@ impl Session {
             }
             return Ok(());
         }
-        // A long reply goes out in pieces rather than held whole.
-        if let (Some(backend), Some(flight)) = (self.backend.as_ref(), self.in_flight.as_ref()) {
-            if backend.buffer.len() >= self.ctx.stream_above {
+        // A long reply goes out in pieces rather than held whole, each cut where its body
+        // (not its chunk framing) stands, so a takeover can finish it by range.
+        if let (Some(backend), Some(flight)) = (self.backend.as_ref(), self.in_flight.as_mut()) {
+            if backend.buffer.len() >= self.ctx.stream_above && backend.cuttable > backend.base {
+                flight.reply_started = true;
                 let index = flight.index;
-                let end = backend.base + backend.buffer.len() as u64;
+                let end = backend.cuttable;
                 let piece = self.cut_backend(end);
                 self.send_reply_piece(index, PieceKind::Partial, &piece)
                     .await?;
             }
         }
         Ok(())
+    }
+
+    /// Frames the backend's answer to the range request that finishes a reply the takeover
+    /// cut: only its payload reaches the client, in the client's framing, after the cut.
+    async fn continue_cut_reply(
+        &mut self,
+        events: Vec<ReplyEvent>,
+        framed: Result<(), steadfast_core::http::FramingError>,
+        closed: bool,
+    ) -> Result<(), SessionEnd> {
+        let Some(mut continuation) = self
+            .in_flight
+            .as_mut()
+            .and_then(|flight| flight.continuation.take())
+        else {
+            return Ok(());
+        };
+        let mut out = Vec::new();
+        let mut ended = None;
+        for event in events {
+            let step = match event {
+                ReplyEvent::Interim(head) | ReplyEvent::Head(head) => {
+                    let _ = self.cut_backend(head.range.end);
+                    continuation.head(&head)
+                }
+                ReplyEvent::Body { range, .. } => {
+                    let payload = self.cut_backend(range.end);
+                    continuation.payload(&payload, &mut out)
+                }
+                ReplyEvent::Framing { range, .. } | ReplyEvent::Discarded { range } => {
+                    let _ = self.cut_backend(range.end);
+                    Ok(())
+                }
+                ReplyEvent::End {
+                    range,
+                    closes_connection,
+                    ..
+                } => {
+                    let _ = self.cut_backend(range.end);
+                    ended = Some(closes_connection);
+                    continuation.end(&mut out)
+                }
+                ReplyEvent::Tunnel { .. } => {
+                    return self.abort_resume("the backend switched protocols");
+                }
+            };
+            if let Err(error) = step {
+                return self.abort_resume(&error.to_string());
+            }
+            if ended.is_some() {
+                break;
+            }
+        }
+        if let Err(error) = framed {
+            return self.abort_resume(&error.to_string());
+        }
+        let Some(closes_connection) = ended else {
+            if closed {
+                return self.abort_resume("the backend closed before the rest was sent");
+            }
+            let Some(flight) = self.in_flight.as_mut() else {
+                return Ok(());
+            };
+            flight.continuation = Some(continuation);
+            let index = flight.index;
+            if !out.is_empty() {
+                self.send_reply_piece(index, PieceKind::Partial, &out)
+                    .await?;
+            }
+            return Ok(());
+        };
+        let Some(flight) = self.in_flight.take() else {
+            return Ok(());
+        };
+        let request_end = flight
+            .request_end
+            .unwrap_or(self.held_base + self.held.len() as u64);
+        self.send_reply_piece(flight.index, PieceKind::Final { request_end }, &out)
+            .await?;
+        let counters = &self.ctx.counters;
+        counters.replies.fetch_add(1, Ordering::Relaxed);
+        counters.replies_resumed.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            "{}: the reply cut by the takeover was finished by a range request",
+            self.tuple
+        );
+        if !flight.keep_alive {
+            self.close_after_reply = true;
+        }
+        if closes_connection || closed {
+            self.backend = None;
+        }
+        Ok(())
+    }
+
+    /// A reply cut by the takeover cannot be finished: the client's connection is reset, so
+    /// it sees an error instead of a body spliced from two different representations.
+    fn abort_resume(&mut self, why: &str) -> Result<(), SessionEnd> {
+        self.ctx
+            .counters
+            .resumes_failed
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            "{}: the reply cut by the takeover cannot be finished: {why}",
+            self.tuple
+        );
+        self.reset_client(why)
+    }
+
+    /// The backend failed inside a reply whose first part the client has: reset the client's
+    /// connection (a reply of our own would land inside that body).
+    fn abort_reply(&mut self, why: &str) -> Result<(), SessionEnd> {
+        self.ctx
+            .counters
+            .replies_aborted
+            .fetch_add(1, Ordering::Relaxed);
+        self.reset_client(why)
+    }
+
+    fn reset_client(&mut self, why: &str) -> Result<(), SessionEnd> {
+        // Closing with a zero linger sends RST, not FIN.
+        if let Err(e) = self.client.set_zero_linger() {
+            tracing::debug!("{}: linger: {e}", self.tuple);
+        }
+        Err(SessionEnd::Protocol(self.tuple, why.to_string()))
     }
 
     /// Takes backend bytes up to backend stream offset `end` out of the buffer.

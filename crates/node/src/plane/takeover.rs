@@ -211,6 +211,7 @@ fn resume(ctx: Arc<ProxyContext>, stream: std::net::TcpStream, plan: ResumePlan)
         pending_request: plan.pending_request_bytes,
         reply_offset: plan.reply_offset,
         unacked_reply: plan.unacked_reply,
+        cut_reply: plan.cut_reply,
     };
     tokio::spawn(async move {
         match tokio::net::TcpStream::from_std(stream) {

@@ -72,12 +72,24 @@ impl Lab {
         heartbeat_ms: Option<u32>,
         mode: Mode,
     ) -> Lab {
+        Lab::up_with(tag, nodes, backend, |opts| {
+            opts.mode = mode;
+            opts.witness = witness;
+            opts.heartbeat_ms = heartbeat_ms;
+        })
+    }
+
+    /// A lab of `nodes` members with `backend`, the rest of its options set by `configure`.
+    pub fn up_with(
+        tag: &str,
+        nodes: u8,
+        backend: BackendKind,
+        configure: impl FnOnce(&mut UpOptions),
+    ) -> Lab {
         let mut opts = UpOptions::new(lab_name(tag), nodes, exe());
-        opts.mode = mode;
-        opts.witness = witness;
         opts.backend = backend;
-        opts.heartbeat_ms = heartbeat_ms;
         opts.ready_timeout = Duration::from_secs(30);
+        configure(&mut opts);
         let name = opts.name.clone();
         // A test that panicked while holding the lock poisons it; the lab it held is gone.
         let guard = exclusive();
