@@ -4,6 +4,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::net::Ipv4Addr;
+
+use steadfast_core::image::AckProbe;
 use steadfast_core::replica::{LostReason, ReplicaLog, ResumePlan};
 use steadfast_os::repair::{self, RepairTarget};
 
@@ -34,6 +37,8 @@ pub struct TakeoverReport {
 /// Sockets rebuilt in repair mode, waiting for the VIP to become local.
 pub struct Rebuilt {
     sockets: Vec<(ResumePlan, repair::RepairedSocket)>,
+    /// An ACK for each lost connection's client (see [`resume_all`]).
+    lost_probes: Vec<(Ipv4Addr, Vec<u8>)>,
     pub report: TakeoverReport,
 }
 
@@ -43,9 +48,14 @@ pub struct Rebuilt {
 pub fn rebuild_all(frozen: Frozen, shared: &Arc<PlaneShared>) -> Rebuilt {
     let mut report = TakeoverReport::default();
     let mut sockets = Vec::new();
+    let mut lost_probes = Vec::new();
     let Frozen { state, at } = frozen;
     let Some(table) = state.table else {
-        return Rebuilt { sockets, report };
+        return Rebuilt {
+            sockets,
+            lost_probes,
+            report,
+        };
     };
     let mut work = Vec::new();
     for image in table.iter() {
@@ -59,12 +69,12 @@ pub fn rebuild_all(frozen: Frozen, shared: &Arc<PlaneShared>) -> Rebuilt {
             }
             (planned, _) => planned,
         };
+        let idle = state
+            .last_seen
+            .get(&image.tuple())
+            .map_or(Duration::ZERO, |seen| at.saturating_duration_since(*seen));
         match planned {
             Ok(plan) => {
-                let idle = state
-                    .last_seen
-                    .get(&image.tuple())
-                    .map_or(Duration::ZERO, |seen| at.saturating_duration_since(*seen));
                 let target = repair_target(&plan, idle);
                 work.push((plan, target));
             }
@@ -72,6 +82,12 @@ pub fn rebuild_all(frozen: Frozen, shared: &Arc<PlaneShared>) -> Rebuilt {
                 report.lost += 1;
                 PlaneShared::count_reason(&shared.lost_reasons, reason.label());
                 tracing::info!("takeover: {reason}");
+                let tsval = image
+                    .last_tsecr()
+                    .map(|tsecr| rebuilt_tsval(Some(tsecr), idle));
+                if let Some(probe) = AckProbe::for_image(image, tsval) {
+                    lost_probes.push((*image.tuple().client.ip(), probe.encode()));
+                }
             }
         }
     }
@@ -126,7 +142,11 @@ pub fn rebuild_all(frozen: Frozen, shared: &Arc<PlaneShared>) -> Rebuilt {
         }
     }
     report.rebuild_time = started.elapsed();
-    Rebuilt { sockets, report }
+    Rebuilt {
+        sockets,
+        lost_probes,
+        report,
+    }
 }
 
 /// Once the VIP is local: every rebuilt socket leaves repair mode (the kernel sends a window
@@ -159,7 +179,34 @@ pub fn resume_all(
             }
         }
     }
+    reset_lost(&rebuilt.lost_probes);
     report
+}
+
+/// A lost connection's client may be waiting in silence (for the rest of a reply, say) and
+/// would hang until its own timeout. An ACK outside its window makes it answer; its answer
+/// meets no socket here and the kernel resets the connection: the client fails at once, as a
+/// production client expects from a lost connection, instead of minutes later.
+fn reset_lost(probes: &[(Ipv4Addr, Vec<u8>)]) {
+    if probes.is_empty() {
+        return;
+    }
+    let sender = match steadfast_os::raw_ip::RawIpSender::open() {
+        Ok(sender) => sender,
+        Err(e) => {
+            tracing::warn!("takeover: cannot tell the lost connections' clients: {e}");
+            return;
+        }
+    };
+    for (client, packet) in probes {
+        if let Err(e) = sender.send(packet, *client) {
+            tracing::debug!("takeover: probe to {client}: {e}");
+        }
+    }
+    tracing::info!(
+        "takeover: {} lost connections' clients probed (the kernel resets their answers)",
+        probes.len()
+    );
 }
 
 /// The timestamp clock of a rebuilt connection: the old primary's last value the client
