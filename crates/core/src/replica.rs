@@ -426,13 +426,7 @@ impl ReplicaLog {
         };
         let mut image = image.clone();
         image.set_negotiated(options.negotiated());
-        let restore = image.restore_params()?;
-        if restore.client_fin_received {
-            return Err(LostReason::ClientFinished { tuple });
-        }
-        if restore.timestamps_ok && restore.last_tsecr.is_none() {
-            return Err(LostReason::TimestampUnknown { tuple });
-        }
+        let restore = resumable_restore(&image)?;
         let acked = image.client_acked_reply_bytes();
         if acked > 0 {
             return Err(LostReason::AckBeyondLog {
@@ -472,13 +466,7 @@ impl ReplicaLog {
             .get(&tuple)
             .filter(|c| c.client_isn == image.client_isn())
             .ok_or(LostReason::NotOpenedByPrimary { tuple })?;
-        let restore = image.restore_params()?;
-        if restore.client_fin_received {
-            return Err(LostReason::ClientFinished { tuple });
-        }
-        if restore.timestamps_ok && restore.last_tsecr.is_none() {
-            return Err(LostReason::TimestampUnknown { tuple });
-        }
+        let restore = resumable_restore(image)?;
         let acked = image.client_acked_reply_bytes();
         if acked > conn.reply_end {
             return Err(LostReason::AckBeyondLog {
@@ -554,6 +542,20 @@ impl ReplicaLog {
             cut_reply,
         })
     }
+}
+
+/// The socket parameters of `image`, if a rebuilt socket could carry the connection on: the
+/// client has not half-closed it, and with timestamps the primary's clock is known (PAWS).
+fn resumable_restore(image: &ConnectionImage) -> Result<RestoreParams, LostReason> {
+    let tuple = image.tuple();
+    let restore = image.restore_params()?;
+    if restore.client_fin_received {
+        return Err(LostReason::ClientFinished { tuple });
+    }
+    if restore.timestamps_ok && restore.last_tsecr.is_none() {
+        return Err(LostReason::TimestampUnknown { tuple });
+    }
+    Ok(restore)
 }
 
 /// Where a reply cut by the takeover resumes, if both it and the request it answers (the first

@@ -217,7 +217,7 @@ fn longest_request(report: &LoadReport) -> Duration {
 fn protected_lab(tag: &str) -> (Lab, String, String) {
     let lab = Lab::up_in_mode(tag, 2, true, BackendKind::Builtin, Some(10), Mode::Duplex);
     let primary = primary_of(&lab);
-    let backup = if primary == "n1" { "n2" } else { "n1" }.to_string();
+    let backup = other_member(&primary);
     wait_backup_joined(&lab, &primary, 0);
     (lab, primary, backup)
 }
@@ -242,6 +242,48 @@ fn primary_of(lab: &Lab) -> String {
     holders[0].clone()
 }
 
+/// The member of a two-node lab that is not `host`.
+fn other_member(host: &str) -> String {
+    if host == "n1" { "n2" } else { "n1" }.to_string()
+}
+
+/// One crash of a crash loop: the crashed primary, the node that took over, and how many
+/// backups had joined that node before (so a heal can wait for the next one).
+struct Failover {
+    crashed: String,
+    primary: String,
+    joined_before: u64,
+}
+
+/// Crashes `primary` as `kind` says and waits until the other member alone holds the VIP.
+fn fail_over(lab: &Lab, primary: &str, kind: CrashKind, round: usize) -> Failover {
+    let other = other_member(primary);
+    let joined_before = lab.daemon_status(&other)["data_plane"]["backups_joined"]
+        .as_u64()
+        .unwrap_or(0);
+    let crash = steadfast_lab::crash(lab.name(), primary, kind).expect("crash");
+    assert_eq!(crash.host, primary);
+    assert!(
+        common::wait_until(Duration::from_secs(3), || lab.holders_except(primary)
+            == vec![other.clone()]),
+        "round {round} ({kind}): {other} should take over; holders {:?}",
+        lab.holders()
+    );
+    Failover {
+        crashed: primary.to_string(),
+        primary: other,
+        joined_before,
+    }
+}
+
+impl Failover {
+    /// Heals the crashed node and waits until it protects the new primary as its backup.
+    fn heal(&self, lab: &Lab) {
+        steadfast_lab::heal(lab.name(), &self.crashed).expect("heal");
+        wait_backup_joined(lab, &self.primary, self.joined_before);
+    }
+}
+
 /// Host, process and freeze crashes of whichever node is primary, healing between them: every
 /// established connection carries on, every request gets exactly its reply.
 fn crash_cycle(backend: BackendKind, kinds: &[CrashKind]) {
@@ -258,11 +300,8 @@ fn crash_cycle(backend: BackendKind, kinds: &[CrashKind]) {
     let curl = CurlSession::start(&lab, 300, 30);
     std::thread::sleep(Duration::from_millis(1000));
     for (round, &kind) in kinds.iter().enumerate() {
-        let other = if primary == "n1" { "n2" } else { "n1" };
-        let joined = lab.daemon_status(other)["data_plane"]["backups_joined"]
-            .as_u64()
-            .unwrap_or(0);
-        let backup_plane = lab.daemon_status(other)["data_plane"].clone();
+        let other = other_member(&primary);
+        let backup_plane = lab.daemon_status(&other)["data_plane"].clone();
         eprintln!(
             "round {round}: before the crash {primary} protects {} connections, {other} holds {} \
              (frames refused {}, dropped {} {})",
@@ -272,20 +311,13 @@ fn crash_cycle(backend: BackendKind, kinds: &[CrashKind]) {
             backup_plane["frames_dropped"],
             backup_plane["drop_reasons"],
         );
-        let crash = steadfast_lab::crash(lab.name(), &primary, kind).expect("crash");
+        let failover = fail_over(&lab, &primary, kind, round);
         eprintln!(
             "round {round}: crashed at {:?} into the load",
             load.started.elapsed()
         );
-        assert_eq!(crash.host, primary);
-        assert!(
-            common::wait_until(Duration::from_secs(3), || lab.holders_except(&primary)
-                == vec![other.to_string()]),
-            "round {round} ({kind}): {other} should take over; holders {:?}",
-            lab.holders()
-        );
         std::thread::sleep(Duration::from_millis(700));
-        let takeover = lab.daemon_status(other)["data_plane"].clone();
+        let takeover = lab.daemon_status(&other)["data_plane"].clone();
         eprintln!(
             "round {round}: {kind} crash of {primary}: {other} restored {} lost {} {} in {} µs",
             takeover["connections_restored"],
@@ -293,19 +325,18 @@ fn crash_cycle(backend: BackendKind, kinds: &[CrashKind]) {
             takeover["lost_reasons"],
             takeover["last_takeover_us"]
         );
-        steadfast_lab::heal(lab.name(), &primary).expect("heal");
+        failover.heal(&lab);
         eprintln!(
             "round {round}: healed at {:?} into the load",
             load.started.elapsed()
         );
-        wait_backup_joined(&lab, other, joined);
         std::thread::sleep(Duration::from_millis(700));
-        let healed = lab.daemon_status(other)["data_plane"].clone();
+        let healed = lab.daemon_status(&other)["data_plane"].clone();
         eprintln!(
             "round {round}: {primary} healed; {other} adopted {} skipped {} protected {}",
             healed["adopted"], healed["adoptions_skipped"], healed["protected_connections"]
         );
-        primary = other.to_string();
+        primary = failover.primary;
     }
     let report = load.stop();
     eprintln!(
@@ -458,10 +489,10 @@ fn frames_sent_straight_to_the_primary_never_reach_it_unlogged() {
     // The client must be able to follow the address once the primary is gone.
     ip_in(&lab.info.client_ns, &["neigh", "del", &vip, "dev", dev]);
     std::thread::sleep(Duration::from_millis(300));
-    let backup = if primary == "n1" { "n2" } else { "n1" };
+    let backup = other_member(&primary);
     steadfast_lab::crash(lab.name(), &primary, CrashKind::Host).expect("crash");
     std::thread::sleep(Duration::from_millis(1500));
-    let after = lab.daemon_status(backup)["data_plane"].clone();
+    let after = lab.daemon_status(&backup)["data_plane"].clone();
     let report = load.stop();
     assert_clean(
         &report,
@@ -566,21 +597,11 @@ fn wrk_sees_no_error_through_five_primary_crashes() {
         .expect("wrk (Debian package wrk) runs");
     std::thread::sleep(Duration::from_millis(1000));
     for round in 0..5 {
-        let other = if primary == "n1" { "n2" } else { "n1" }.to_string();
-        let joined = lab.daemon_status(&other)["data_plane"]["backups_joined"]
-            .as_u64()
-            .unwrap_or(0);
-        steadfast_lab::crash(lab.name(), &primary, CrashKind::Host).expect("crash");
-        assert!(
-            common::wait_until(Duration::from_secs(3), || lab.holders_except(&primary)
-                == vec![other.clone()]),
-            "round {round}: {other} should take over"
-        );
+        let failover = fail_over(&lab, &primary, CrashKind::Host, round);
         std::thread::sleep(Duration::from_millis(300));
-        steadfast_lab::heal(lab.name(), &primary).expect("heal");
-        wait_backup_joined(&lab, &other, joined);
+        failover.heal(&lab);
         std::thread::sleep(Duration::from_millis(700));
-        primary = other;
+        primary = failover.primary;
     }
     let out = wrk.wait_with_output().expect("wrk finishes");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -611,20 +632,10 @@ fn duplex_finishes_one_megabyte_replies_in_flight_at_the_crash() {
     let load = BackgroundLoad::start_with(&lab, options);
     for round in 0..3 {
         std::thread::sleep(Duration::from_millis(700));
-        let other = if primary == "n1" { "n2" } else { "n1" }.to_string();
-        let joined = lab.daemon_status(&other)["data_plane"]["backups_joined"]
-            .as_u64()
-            .unwrap_or(0);
-        steadfast_lab::crash(lab.name(), &primary, CrashKind::Host).expect("crash");
-        assert!(
-            common::wait_until(Duration::from_secs(3), || lab.holders_except(&primary)
-                == vec![other.clone()]),
-            "round {round}: {other} should take over"
-        );
+        let failover = fail_over(&lab, &primary, CrashKind::Host, round);
         std::thread::sleep(Duration::from_millis(300));
-        steadfast_lab::heal(lab.name(), &primary).expect("heal");
-        wait_backup_joined(&lab, &other, joined);
-        primary = other;
+        failover.heal(&lab);
+        primary = failover.primary;
     }
     std::thread::sleep(Duration::from_millis(500));
     let report = load.stop();
@@ -731,10 +742,7 @@ fn cut_replies_are_finished_by_range(backend: BackendKind) {
     let mut resumed_per_round = Vec::new();
     std::thread::sleep(Duration::from_millis(500));
     for round in 0..3 {
-        let other = if primary == "n1" { "n2" } else { "n1" }.to_string();
-        let joined = lab.daemon_status(&other)["data_plane"]["backups_joined"]
-            .as_u64()
-            .unwrap_or(0);
+        let other = other_member(&primary);
         let resumed_before = lab.daemon_status(&other)["data_plane"]["replies_resumed"]
             .as_u64()
             .unwrap_or(0);
@@ -748,12 +756,7 @@ fn cut_replies_are_finished_by_range(backend: BackendKind) {
             downloads = Some((resumable, unresumable));
         }
         std::thread::sleep(Duration::from_millis(1000));
-        steadfast_lab::crash(lab.name(), &primary, CrashKind::Host).expect("crash");
-        assert!(
-            common::wait_until(Duration::from_secs(3), || lab.holders_except(&primary)
-                == vec![other.clone()]),
-            "round {round}: {other} should take over"
-        );
+        let failover = fail_over(&lab, &primary, CrashKind::Host, round);
         std::thread::sleep(Duration::from_millis(500));
         let plane = lab.daemon_status(&other)["data_plane"].clone();
         resumed_per_round.push(
@@ -770,9 +773,8 @@ fn cut_replies_are_finished_by_range(backend: BackendKind) {
             plane["replies_resumed"],
             plane["resumes_failed"]
         );
-        steadfast_lab::heal(lab.name(), &primary).expect("heal");
-        wait_backup_joined(&lab, &other, joined);
-        primary = other;
+        failover.heal(&lab);
+        primary = failover.primary;
     }
     let report = load.stop();
     let (resumable, unresumable) = downloads.expect("downloads started");

@@ -210,12 +210,7 @@ impl ContentRange {
     /// Parses `bytes first-last/complete` or `bytes first-last/*`; `None` for anything else
     /// (other units, unsatisfied ranges, inconsistent numbers).
     pub fn parse(value: &[u8]) -> Option<ContentRange> {
-        let value = trim_ows(value);
-        let unit_end = value.iter().position(|&b| b == b' ')?;
-        if !value[..unit_end].eq_ignore_ascii_case(b"bytes") {
-            return None;
-        }
-        let rest = &value[unit_end + 1..];
+        let rest = strip_bytes_unit(value)?;
         let slash = rest.iter().position(|&b| b == b'/')?;
         let (range, complete) = (&rest[..slash], &rest[slash + 1..]);
         let dash = range.iter().position(|&b| b == b'-')?;
@@ -238,12 +233,7 @@ impl ContentRange {
 
     /// The complete length in the `Content-Range` of a 416 reply: `bytes */complete`.
     pub fn parse_unsatisfied(value: &[u8]) -> Option<u64> {
-        let value = trim_ows(value);
-        let unit_end = value.iter().position(|&b| b == b' ')?;
-        if !value[..unit_end].eq_ignore_ascii_case(b"bytes") {
-            return None;
-        }
-        parse_decimal(value[unit_end + 1..].strip_prefix(b"*/")?)
+        parse_decimal(strip_bytes_unit(value)?.strip_prefix(b"*/")?)
     }
 
     /// Number of bytes the range covers.
@@ -255,6 +245,15 @@ impl ContentRange {
     pub fn is_empty(&self) -> bool {
         false
     }
+}
+
+/// What follows `bytes ` in a Content-Range value (any case of the unit).
+fn strip_bytes_unit(value: &[u8]) -> Option<&[u8]> {
+    let value = trim_ows(value);
+    let unit_end = value.iter().position(|&b| b == b' ')?;
+    value[..unit_end]
+        .eq_ignore_ascii_case(b"bytes")
+        .then(|| &value[unit_end + 1..])
 }
 
 /// Converts the parsed header fields of `httparse` to owned ones.

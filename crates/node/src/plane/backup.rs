@@ -173,13 +173,6 @@ impl BackupPlane {
                 _ => return (0, 0),
             }
         }
-        let sender = match steadfast_os::raw_ip::RawIpSender::open() {
-            Ok(sender) => sender,
-            Err(e) => {
-                tracing::warn!("takeover: no acknowledgement probes: {e}");
-                return (0, 0);
-            }
-        };
         let now = Instant::now();
         let probes: Vec<(FourTuple, AckProbe)> = {
             let state = self.state.lock().expect("backup state lock");
@@ -211,10 +204,8 @@ impl BackupPlane {
             return (0, 0);
         }
         let sent_at = Instant::now();
-        for (tuple, probe) in &probes {
-            if let Err(e) = sender.send(&probe.encode(), *tuple.client.ip()) {
-                tracing::debug!("takeover: probing {tuple}: {e}");
-            }
+        if !super::takeover::send_probes(&probes, "clients for their acknowledgements") {
+            return (0, 0);
         }
         let deadline = sent_at + PROBE_WAIT;
         loop {

@@ -4,9 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use std::net::Ipv4Addr;
-
-use steadfast_core::image::AckProbe;
+use steadfast_core::image::{AckProbe, FourTuple};
 use steadfast_core::replica::{LostReason, ReplicaLog, ResumePlan};
 use steadfast_os::repair::{self, RepairTarget};
 
@@ -38,7 +36,7 @@ pub struct TakeoverReport {
 pub struct Rebuilt {
     sockets: Vec<(ResumePlan, repair::RepairedSocket)>,
     /// An ACK for each lost connection's client (see [`resume_all`]).
-    lost_probes: Vec<(Ipv4Addr, Vec<u8>)>,
+    lost_probes: Vec<(FourTuple, AckProbe)>,
     pub report: TakeoverReport,
 }
 
@@ -86,7 +84,7 @@ pub fn rebuild_all(frozen: Frozen, shared: &Arc<PlaneShared>) -> Rebuilt {
                     .last_tsecr()
                     .map(|tsecr| rebuilt_tsval(Some(tsecr), idle));
                 if let Some(probe) = AckProbe::for_image(image, tsval) {
-                    lost_probes.push((*image.tuple().client.ip(), probe.encode()));
+                    lost_probes.push((image.tuple(), probe));
                 }
             }
         }
@@ -187,26 +185,31 @@ pub fn resume_all(
 /// would hang until its own timeout. An ACK outside its window makes it answer; its answer
 /// meets no socket here and the kernel resets the connection: the client fails at once, as a
 /// production client expects from a lost connection, instead of minutes later.
-fn reset_lost(probes: &[(Ipv4Addr, Vec<u8>)]) {
-    if probes.is_empty() {
-        return;
+fn reset_lost(probes: &[(FourTuple, AckProbe)]) {
+    if !probes.is_empty() && send_probes(probes, "the lost connections' clients") {
+        tracing::info!(
+            "takeover: {} lost connections' clients probed (the kernel resets their answers)",
+            probes.len()
+        );
     }
+}
+
+/// Sends each probe to its connection's client; false when no raw socket could be opened
+/// (`whom` names the clients in the warning).
+pub fn send_probes(probes: &[(FourTuple, AckProbe)], whom: &str) -> bool {
     let sender = match steadfast_os::raw_ip::RawIpSender::open() {
         Ok(sender) => sender,
         Err(e) => {
-            tracing::warn!("takeover: cannot tell the lost connections' clients: {e}");
-            return;
+            tracing::warn!("takeover: cannot probe {whom}: {e}");
+            return false;
         }
     };
-    for (client, packet) in probes {
-        if let Err(e) = sender.send(packet, *client) {
-            tracing::debug!("takeover: probe to {client}: {e}");
+    for (tuple, probe) in probes {
+        if let Err(e) = sender.send(&probe.encode(), *tuple.client.ip()) {
+            tracing::debug!("takeover: probing {tuple}: {e}");
         }
     }
-    tracing::info!(
-        "takeover: {} lost connections' clients probed (the kernel resets their answers)",
-        probes.len()
-    );
+    true
 }
 
 /// The timestamp clock of a rebuilt connection: the old primary's last value the client
