@@ -6,10 +6,16 @@
 //! flight, a window update after a full buffer): such ACKs never reach a log. A socket rebuilt
 //! from the older value then ignores every client ACK for bytes it has not sent itself yet
 //! ("ACK of unsent data", RFC 9293 3.10.7.4) and, once its first flight is out, waits forever.
-//! The probe asks the client: it is a pure ACK whose sequence number lies just before the
-//! client's window, which a TCP must answer with an ACK carrying its current receive point
-//! (RFC 9293 3.10.7.4, "If a segment is not acceptable, an acknowledgment should be sent").
-//! The logger logs that answer like any client frame, and the rebuild uses it.
+//! The probe asks the client: it is a segment wholly before the client's window, which a TCP
+//! must answer with an ACK carrying its current receive point (RFC 9293 3.10.7.4, "If a segment
+//! is not acceptable, an acknowledgment should be sent"). The logger logs that answer like any
+//! client frame, and the rebuild uses it.
+//!
+//! The probe carries one byte the client received long ago, not zero: Linux answers an
+//! out-of-window *pure* ACK at most once per 500 ms per socket (`tcp_invalid_ratelimit`, counted
+//! as `TCPACKSkippedSeq`), and a takeover may probe a client twice within milliseconds (here,
+//! then again to reset a connection it cannot carry on); a segment with data is always answered.
+//! Being wholly old, the byte is never delivered.
 
 use std::net::Ipv4Addr;
 
@@ -22,8 +28,9 @@ use super::ConnectionImage;
 pub struct AckProbe {
     pub from: (Ipv4Addr, u16),
     pub to: (Ipv4Addr, u16),
-    /// One before the first reply byte the image says is unacknowledged: outside the client's
-    /// window, so the client answers it and otherwise ignores it.
+    /// The probe's one byte ends one before the first reply byte the image says is
+    /// unacknowledged: wholly before the client's window (which starts at or after that byte),
+    /// so the client answers it and otherwise ignores it.
     pub seq: u32,
     /// The next client byte the image holds (no client byte is acknowledged beyond the log).
     pub ack: u32,
@@ -41,7 +48,7 @@ impl AckProbe {
         Some(AckProbe {
             from: (*tuple.server.ip(), tuple.server.port()),
             to: (*tuple.client.ip(), tuple.client.port()),
-            seq: snd_una.wrapping_sub(1),
+            seq: snd_una.wrapping_sub(2),
             ack: image.rcv_nxt(),
             timestamps: tsval.map(|tsval| (tsval, 0)),
         })
@@ -52,6 +59,7 @@ impl AckProbe {
         // A small advertised window: the probe must not invite the client to send much before
         // the rebuilt socket exists (it drops what arrives meanwhile; the client resends).
         const PROBE_WINDOW: u16 = 1024;
+        const PROBE_PAYLOAD: [u8; 1] = [0];
         let builder = PacketBuilder::ipv4(self.from.0.octets(), self.to.0.octets(), 64)
             .tcp(self.from.1, self.to.1, self.seq, PROBE_WINDOW)
             .ack(self.ack);
@@ -65,9 +73,9 @@ impl AckProbe {
                 .expect("12 bytes of options fit a TCP header"),
             None => builder,
         };
-        let mut packet = Vec::with_capacity(builder.size(0));
+        let mut packet = Vec::with_capacity(builder.size(PROBE_PAYLOAD.len()));
         builder
-            .write(&mut packet, &[])
+            .write(&mut packet, &PROBE_PAYLOAD)
             .expect("writing to a Vec cannot fail");
         packet
     }
@@ -89,7 +97,7 @@ mod tests {
     }
 
     #[test]
-    fn encodes_a_valid_pure_ack_with_timestamps() {
+    fn encodes_a_one_byte_ack_with_timestamps() {
         let packet = probe(Some((7, 0))).encode();
         let sliced = SlicedPacket::from_ip(&packet).expect("a valid IPv4 packet");
         let Some(NetSlice::Ipv4(ip)) = sliced.net else {
@@ -103,12 +111,12 @@ mod tests {
         assert!(tcp.ack() && !tcp.syn() && !tcp.fin() && !tcp.rst());
         assert_eq!(tcp.sequence_number(), 0xffff_ffff);
         assert_eq!(tcp.acknowledgment_number(), 12345);
-        assert!(tcp.payload().is_empty());
+        assert_eq!(tcp.payload(), &[0], "one old byte, so Linux answers without rate limit");
         let options: Vec<_> = tcp.options_iterator().collect::<Result<_, _>>().unwrap();
         assert!(options.contains(&TcpOptionElement::Timestamp(7, 0)));
         let checksum = tcp
             .to_header()
-            .calc_checksum_ipv4(&ip.header().to_header(), &[])
+            .calc_checksum_ipv4(&ip.header().to_header(), tcp.payload())
             .unwrap();
         assert_eq!(checksum, tcp.checksum(), "the TCP checksum is filled in");
     }
@@ -116,6 +124,6 @@ mod tests {
     #[test]
     fn encodes_without_options_when_timestamps_are_off() {
         let packet = probe(None).encode();
-        assert_eq!(packet.len(), 40, "20 bytes of IPv4, 20 of TCP");
+        assert_eq!(packet.len(), 41, "20 bytes of IPv4, 20 of TCP, one byte");
     }
 }
