@@ -846,3 +846,8 @@ fn cut_replies_are_finished_by_range(backend: BackendKind) {
 fn replies_cut_by_a_crash_are_finished_by_range_builtin() {
     cut_replies_are_finished_by_range(BackendKind::Builtin);
 }
+
+#[test]
+fn replies_cut_by_a_crash_are_finished_by_range_nginx() {
+    cut_replies_are_finished_by_range(BackendKind::Nginx);
+}

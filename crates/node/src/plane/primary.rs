@@ -66,11 +66,22 @@ impl ReplicatedGate {
         Some(link.acks.clone())
     }
 
-    fn next_seq(&self) -> Option<u64> {
+    /// Numbers a frame that the backup acknowledges and queues it, under one lock: the
+    /// backup's acknowledgements are cumulative, so frames must leave in the order of their
+    /// numbers (were a later number queued first, its acknowledgement would release the
+    /// earlier piece to the client before the backup held it, I2).
+    fn send_numbered(
+        &self,
+        frame: impl FnOnce(u64) -> ReplicationFrame,
+    ) -> Option<(u64, watch::Receiver<AckState>)> {
         let mut guard = self.link.lock().expect("gate lock");
         let link = guard.as_mut()?;
-        link.next_seq += 1;
-        Some(link.next_seq)
+        let seq = link.next_seq + 1;
+        let mut bytes = Vec::new();
+        replication::encode(&frame(seq), link.epoch, &mut bytes);
+        link.frames.send(bytes).ok()?;
+        link.next_seq = seq;
+        Some((seq, link.acks.clone()))
     }
 }
 
@@ -117,8 +128,7 @@ impl ReplyGate for ReplicatedGate {
     }
 
     fn log(&self, piece: Piece<'_>) -> Option<AckWaiter> {
-        let seq = self.next_seq()?;
-        let frame = match piece.kind {
+        let (seq, acks) = self.send_numbered(|seq| match piece.kind {
             PieceKind::Interim => ReplicationFrame::Interim {
                 seq,
                 tuple: piece.tuple,
@@ -137,8 +147,7 @@ impl ReplyGate for ReplicatedGate {
                 },
                 bytes: piece.bytes.to_vec(),
             },
-        };
-        let acks = self.send(&frame)?;
+        })?;
         Some(AckWaiter { seq, acks })
     }
 
@@ -711,4 +720,64 @@ async fn run_link(
         result = acks => result?,
     }
     anyhow::bail!("the replication stream to backup {} ended", peer.id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use steadfast_core::replication::FrameReader;
+
+    /// Many sessions log pieces at once: the frames reach the backup in the order of their
+    /// numbers, or a cumulative acknowledgement would release a piece the backup lacks.
+    #[test]
+    fn pieces_logged_at_once_leave_in_the_order_of_their_numbers() {
+        let gate = Arc::new(ReplicatedGate::default());
+        let (frames_tx, mut frames_rx) = mpsc::unbounded_channel();
+        let (_ack_tx, ack_rx) = watch::channel(AckState::default());
+        gate.attach(Link {
+            generation: 1,
+            guarded: true,
+            frames: frames_tx,
+            acks: ack_rx,
+            epoch: 7,
+            next_seq: 0,
+        });
+        let tuple = FourTuple {
+            client: "10.0.0.2:40000".parse().expect("an address"),
+            server: "10.0.0.100:80".parse().expect("an address"),
+        };
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let gate = gate.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..2_000 {
+                        gate.log(Piece {
+                            tuple,
+                            request_index: 0,
+                            reply_offset: 0,
+                            kind: PieceKind::Partial,
+                            bytes: b"piece",
+                        })
+                        .expect("the link takes the piece");
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().expect("a logging thread");
+        }
+        let mut reader = FrameReader::new();
+        while let Ok(bytes) = frames_rx.try_recv() {
+            reader.push(&bytes);
+        }
+        let mut expected = 1;
+        while let Some((_, frame)) = reader.next_frame().expect("well-formed frames") {
+            let ReplicationFrame::Reply { seq, .. } = frame else {
+                panic!("only reply pieces were logged, got {}", frame.label());
+            };
+            assert_eq!(seq, expected, "frames left out of order");
+            expected += 1;
+        }
+        assert_eq!(expected, 8_001, "every piece was queued");
+    }
 }
