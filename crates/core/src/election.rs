@@ -12,7 +12,9 @@
 //! heartbeat, minus a small margin: so its lease always ends before the promises that back it.
 //!
 //! A healthy member whose own promise has run out, that hears a majority of voters and that is
-//! the lowest-id healthy member with quorum it hears, stands as candidate in a new epoch. A voter
+//! the first healthy member with quorum it hears, stands as candidate in a new epoch. First means
+//! holding live connections (a node that carries established connections nobody else could take
+//! over whole, see [`Event::HoldsConnectionsChanged`]) before not, then the lowest id. A voter
 //! grants at most one vote per epoch, and a voter still bound by a promise keeps the request and
 //! grants it the moment its promise runs out (so a takeover waits for no extra round trip). The
 //! candidate serves once a majority granted its request; since any two majorities share a voter
@@ -89,6 +91,9 @@ pub enum Event {
     },
     /// The local service health verdict changed.
     HealthChanged(bool),
+    /// This node now does (or no longer does) carry live client connections that only it can
+    /// carry on (see [`Message::Heartbeat`]'s `holds_connections`).
+    HoldsConnectionsChanged(bool),
     /// Planned stop (SIGTERM): release the address now and tell the peers.
     Shutdown,
 }
@@ -184,6 +189,7 @@ pub struct PeerView {
     pub healthy: bool,
     pub has_quorum: bool,
     pub following: Option<NodeId>,
+    pub holds_connections: bool,
     pub epoch: u64,
 }
 
@@ -234,6 +240,7 @@ pub struct Election {
     epoch: u64,
     role: Role,
     healthy: bool,
+    holds_connections: bool,
     shut_down: bool,
     peers: BTreeMap<NodeId, PeerView>,
     leader: Option<Leader>,
@@ -274,6 +281,7 @@ impl Election {
             epoch: 0,
             role,
             healthy: true,
+            holds_connections: false,
             shut_down: false,
             peers,
             leader: None,
@@ -301,6 +309,9 @@ impl Election {
     }
     pub fn healthy(&self) -> bool {
         self.healthy
+    }
+    pub fn holds_connections(&self) -> bool {
+        self.holds_connections
     }
     pub fn is_primary(&self) -> bool {
         self.role == Role::Primary
@@ -376,6 +387,7 @@ impl Election {
         match event {
             Event::Tick => {}
             Event::HealthChanged(healthy) => self.healthy = healthy && !self.shut_down,
+            Event::HoldsConnectionsChanged(holds) => self.holds_connections = holds,
             Event::Shutdown => {
                 if !self.shut_down {
                     self.shut_down = true;
@@ -440,12 +452,14 @@ impl Election {
                 has_quorum,
                 seq,
                 following,
+                holds_connections,
             } => {
                 let peer = self.peers.get_mut(&from).expect("checked above");
                 peer.role = Some(role);
                 peer.healthy = healthy;
                 peer.has_quorum = has_quorum;
                 peer.following = following;
+                peer.holds_connections = holds_connections;
                 if role == Role::Primary {
                     self.primary_heartbeat(from, epoch, seq, now, out);
                 } else if epoch > self.epoch && !self.is_primary() {
@@ -570,8 +584,10 @@ impl Election {
             }
         }
         if self.candidacy.is_some() {
-            // Competing candidates: the lower id goes on, the other yields.
-            if from > self.cfg.me {
+            // Competing candidates: the one standing first in the order of `ranks_before`
+            // goes on, the other yields.
+            let rival = self.peers.get(&from).expect("members are peers");
+            if !self.ranks_before(from, rival) {
                 return deny(self, out);
             }
             self.candidacy = None;
@@ -676,15 +692,24 @@ impl Election {
         {
             return false;
         }
-        // Defer to a lower-id member that can serve, and to any live primary we hear.
+        // Defer to a member that stands before us and can serve, and to any live primary we
+        // hear.
         !self.peers.iter().any(|(&id, p)| {
             self.peer_alive(id, now)
                 && ((p.role == Some(Role::Primary) && p.epoch >= self.epoch)
-                    || (id < self.cfg.me
+                    || (self.ranks_before(id, p)
                         && self.cfg.members.contains(&id)
                         && p.healthy
                         && p.has_quorum))
         })
+    }
+
+    /// The order in which members stand: one that holds live connections before one that
+    /// does not (electing the latter would drop them: in duplex, a primary that lost its lease
+    /// for a moment under load, or was healed, keeps its sockets; a just-healed backup has
+    /// none), then the lowest id.
+    fn ranks_before(&self, id: NodeId, peer: &PeerView) -> bool {
+        (!peer.holds_connections, id) < (!self.holds_connections, self.cfg.me)
     }
 
     fn stand(&mut self, now: Duration, out: &mut Vec<Action>) {
@@ -767,7 +792,8 @@ impl Election {
         }
     }
 
-    /// A healthy lower-id member with quorum that follows us, when preemption is on.
+    /// A healthy member with quorum that follows us and stands before us (lower id, and
+    /// holding live connections if we do), when preemption is on.
     fn preempting_member(&self, now: Duration) -> Option<NodeId> {
         if !self.cfg.preempt {
             return None;
@@ -775,7 +801,7 @@ impl Election {
         self.peers
             .iter()
             .filter(|(&id, p)| {
-                id < self.cfg.me
+                self.ranks_before(id, p)
                     && self.cfg.members.contains(&id)
                     && self.peer_alive(id, now)
                     && p.healthy
@@ -837,6 +863,7 @@ impl Election {
                 has_quorum,
                 seq: self.seq,
                 following: self.leader.as_ref().map(|l| l.id),
+                holds_connections: self.holds_connections,
             },
         });
         self.next_heartbeat = now + self.cfg.heartbeat_interval;

@@ -41,6 +41,7 @@ pub const MIN_KEY_LEN: usize = 16;
 const FLAG_HEALTHY: u8 = 1;
 const FLAG_QUORUM: u8 = 2;
 const FLAG_FOLLOWING: u8 = 4;
+const FLAG_HOLDS_CONNECTIONS: u8 = 8;
 
 /// The group's shared secret.
 ///
@@ -183,6 +184,7 @@ fn encode_body(message: &Message, out: &mut Vec<u8>) {
             has_quorum,
             seq,
             following,
+            holds_connections,
         } => {
             let mut flags = 0;
             if *healthy {
@@ -193,6 +195,9 @@ fn encode_body(message: &Message, out: &mut Vec<u8>) {
             }
             if following.is_some() {
                 flags |= FLAG_FOLLOWING;
+            }
+            if *holds_connections {
+                flags |= FLAG_HOLDS_CONNECTIONS;
             }
             out.push(role_code(*role));
             out.push(flags);
@@ -282,7 +287,8 @@ fn decode_body(kind: u8, body: &[u8]) -> Result<Message, FrameError> {
             let role = role_from(role_byte)
                 .ok_or_else(|| malformed(format!("unknown role {role_byte}")))?;
             let flags = r.u8();
-            if flags & !(FLAG_HEALTHY | FLAG_QUORUM | FLAG_FOLLOWING) != 0 {
+            if flags & !(FLAG_HEALTHY | FLAG_QUORUM | FLAG_FOLLOWING | FLAG_HOLDS_CONNECTIONS) != 0
+            {
                 return Err(malformed(format!("unknown flags {flags:#04x}")));
             }
             let seq = r.u64();
@@ -300,6 +306,7 @@ fn decode_body(kind: u8, body: &[u8]) -> Result<Message, FrameError> {
                 has_quorum: flags & FLAG_QUORUM != 0,
                 seq,
                 following,
+                holds_connections: flags & FLAG_HOLDS_CONNECTIONS != 0,
             }
         }
         2 => Message::Ack {

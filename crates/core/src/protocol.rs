@@ -46,6 +46,10 @@ pub enum Message {
         seq: u64,
         /// The primary the sender follows and the epoch it was elected in, if any.
         following: Option<NodeId>,
+        /// The sender carries live client connections of the service that no other node
+        /// could take over whole (duplex: it serves them, or served them until it lost its
+        /// lease): the election prefers it to a node that would have to drop them.
+        holds_connections: bool,
     },
     /// A follower holds the primary's lease: it received the primary's heartbeat `seq` of
     /// `epoch` and promises not to vote for anyone else for one lease duration from then.

@@ -9,9 +9,11 @@
 //! Events, in time order:
 //! - `at T start me=2 members=1,2 witness=100 interval=10 miss=3 [preempt=0|1] [two-node=0|1]`
 //!   creates the machine (`witness=-` for none); a later `start` is a restart that forgets all.
-//! - `at T tick`, `at T health up|down`, `at T shutdown`.
+//! - `at T tick`, `at T health up|down`, `at T holds 1|0` (the node carries live connections
+//!   or not), `at T shutdown`.
 //! - `at T recv from=N epoch=E MESSAGE`, a frame from a peer, where MESSAGE is one of
-//!   `heartbeat role=R healthy=0|1 quorum=0|1 seq=S following=N|-`, `ack primary=N seq=S`,
+//!   `heartbeat role=R healthy=0|1 quorum=0|1 seq=S following=N|- [holds=0|1]`,
+//!   `ack primary=N seq=S`,
 //!   `vote-request proposed=E`, `vote candidate=N proposed=E granted=0|1`, `release`.
 //! - `at T pause`: the node is frozen (SIGSTOP) until the next event, so the deadlines in
 //!   between are not served. Without it, an event that comes after a deadline the machine
@@ -269,6 +271,7 @@ fn describe_message(b: ShapeBuilder, message: &Message) -> ShapeBuilder {
             has_quorum,
             seq,
             following,
+            holds_connections,
         } => b
             .field("role", role.as_str())
             .field("healthy", flag(*healthy))
@@ -277,7 +280,8 @@ fn describe_message(b: ShapeBuilder, message: &Message) -> ShapeBuilder {
             .field(
                 "following",
                 following.map_or_else(|| "-".to_string(), |id| id.to_string()),
-            ),
+            )
+            .field("holds", flag(*holds_connections)),
         Message::Ack { primary, seq } => b.field("primary", primary).field("seq", seq),
         Message::VoteRequest { proposed_epoch } => b.field("proposed", show_epoch(*proposed_epoch)),
         Message::Vote {
@@ -490,6 +494,7 @@ fn parse_recv(args: &[&str]) -> Result<Event, String> {
             has_quorum: f.take("quorum", parse_flag)?,
             seq: f.take("seq", parse_u64)?,
             following: f.take("following", parse_optional_id)?,
+            holds_connections: f.take_or("holds", false, parse_flag)?,
         },
         "ack" => Message::Ack {
             primary: f.take("primary", parse_id)?,
@@ -540,10 +545,15 @@ fn parse_event(words: &[&str]) -> Result<(Duration, Input), String> {
             ["down"] => Input::Machine(Event::HealthChanged(false)),
             _ => return Err("`health` takes `up` or `down`".to_string()),
         },
+        "holds" => match args {
+            ["1"] => Input::Machine(Event::HoldsConnectionsChanged(true)),
+            ["0"] => Input::Machine(Event::HoldsConnectionsChanged(false)),
+            _ => return Err("`holds` takes `1` or `0`".to_string()),
+        },
         "recv" => Input::Machine(parse_recv(args)?),
         other => {
             return Err(format!(
-                "`{other}` is not an event (start, tick, recv, health, shutdown, pause)"
+                "`{other}` is not an event (start, tick, recv, health, holds, shutdown, pause)"
             ))
         }
     };
@@ -1069,6 +1079,7 @@ fn frames_from_unknown_senders_and_from_ourselves_change_nothing() {
                 has_quorum: true,
                 seq: 9,
                 following: None,
+                holds_connections: false,
             },
             Message::Release,
             Message::VoteRequest {
@@ -1140,6 +1151,7 @@ fn a_candidate_proposes_the_next_term_with_its_own_id() {
                 has_quorum: true,
                 seq: 1,
                 following: None,
+                holds_connections: false,
             },
         },
         ms(1),

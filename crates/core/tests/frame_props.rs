@@ -27,15 +27,19 @@ fn message() -> impl Strategy<Value = Message> {
             any::<bool>(),
             any::<bool>(),
             any::<u64>(),
-            any::<Option<u16>>()
+            any::<Option<u16>>(),
+            any::<bool>()
         )
             .prop_map(
-                |(role, healthy, has_quorum, seq, following)| Message::Heartbeat {
-                    role,
-                    healthy,
-                    has_quorum,
-                    seq,
-                    following,
+                |(role, healthy, has_quorum, seq, following, holds_connections)| {
+                    Message::Heartbeat {
+                        role,
+                        healthy,
+                        has_quorum,
+                        seq,
+                        following,
+                        holds_connections,
+                    }
                 }
             ),
         (any::<u16>(), any::<u64>()).prop_map(|(primary, seq)| Message::Ack { primary, seq }),

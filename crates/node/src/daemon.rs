@@ -314,6 +314,26 @@ impl Daemon {
 
     async fn feed(&mut self, event: Event) -> Disposition {
         let now = self.now();
+        let holds = self
+            .plane
+            .as_ref()
+            .is_some_and(|plane| plane.carries_unprotected_connections());
+        if holds != self.election.holds_connections() {
+            tracing::info!(
+                "{} open connections that no other node could carry on",
+                if holds {
+                    "holding"
+                } else {
+                    "no longer holding"
+                }
+            );
+            let (actions, _) = self
+                .election
+                .handle(Event::HoldsConnectionsChanged(holds), now);
+            for action in actions {
+                self.carry_out(action).await;
+            }
+        }
         let (actions, disposition) = self.election.handle(event, now);
         for action in actions {
             self.carry_out(action).await;
@@ -562,6 +582,7 @@ impl Daemon {
                 })
                 .collect(),
             has_quorum: self.election.has_quorum(now),
+            holds_connections: self.election.holds_connections(),
             primary: self.election.primary(),
             vip_held: self.vip_held,
             uptime_ms: now.as_millis() as u64,
@@ -587,6 +608,7 @@ impl Daemon {
                     role: p.role.map(|r: Role| r.as_str().to_string()),
                     healthy: p.healthy,
                     has_quorum: p.has_quorum,
+                    holds_connections: p.holds_connections,
                     alive: self.election.peer_alive(id, now),
                     last_heard_ms: p
                         .last_heard
@@ -660,6 +682,7 @@ fn plane_status(mode: &str, shared: &crate::plane::PlaneShared) -> crate::status
         status.replies_resumed = p.replies_resumed.load(Relaxed);
         status.resumes_failed = p.resumes_failed.load(Relaxed);
         status.replies_aborted = p.replies_aborted.load(Relaxed);
+        status.sessions_open = proxy.census.open();
     }
     status
 }

@@ -16,6 +16,9 @@ pub struct PeerStatus {
     pub role: Option<String>,
     pub healthy: bool,
     pub has_quorum: bool,
+    /// It carries open connections no other node could carry on (duplex).
+    #[serde(default)]
+    pub holds_connections: bool,
     pub alive: bool,
     pub last_heard_ms: Option<u64>,
 }
@@ -48,6 +51,10 @@ pub struct NodeStatus {
     pub healthy: bool,
     pub health_detail: Vec<String>,
     pub has_quorum: bool,
+    /// This node carries open connections its backup does not protect: the election ranks it
+    /// first (duplex).
+    #[serde(default)]
+    pub holds_connections: bool,
     pub primary: Option<u16>,
     pub vip_held: bool,
     pub uptime_ms: u64,
@@ -127,6 +134,9 @@ pub struct DataPlaneStatus {
     /// Replies already partly sent when the backend failed: the client connection was reset.
     #[serde(default)]
     pub replies_aborted: u64,
+    /// Gauge: client connections open on this node's proxy.
+    #[serde(default)]
+    pub sessions_open: u64,
 }
 
 impl NodeStatus {
@@ -151,6 +161,11 @@ impl NodeStatus {
         if !self.has_quorum {
             s.push_str("  WITHOUT QUORUM: will not serve\n");
         }
+        if self.holds_connections {
+            s.push_str(
+                "  holds open connections its backup does not protect: elections rank it first\n",
+            );
+        }
         for d in &self.health_detail {
             s.push_str(&format!("  health: {d}\n"));
         }
@@ -162,20 +177,25 @@ impl NodeStatus {
         }
         for p in &self.peers {
             s.push_str(&format!(
-                "  peer {}: {} {} {}, last heard {}\n",
+                "  peer {}: {} {} {}{}, last heard {}\n",
                 p.id,
                 p.role.as_deref().unwrap_or("never heard"),
                 if p.alive { "alive" } else { "DEAD" },
                 if p.healthy { "healthy" } else { "unhealthy" },
+                if p.holds_connections {
+                    ", holds connections"
+                } else {
+                    ""
+                },
                 p.last_heard_ms
                     .map_or("never".to_string(), |ms| format!("{ms} ms ago")),
             ));
         }
         if let Some(d) = &self.data_plane {
             s.push_str(&format!(
-                "  {} data plane: {} requests, {} replies ({} bytes), {} connections ({} unprotected), {} protected now{}\n",
+                "  {} data plane: {} requests, {} replies ({} bytes), {} connections ({} unprotected), {} open, {} protected now{}\n",
                 d.mode, d.requests, d.replies, d.reply_bytes, d.connections, d.connections_unprotected,
-                d.protected_connections,
+                d.sessions_open, d.protected_connections,
                 if d.unprotected_now { ", SERVING WITHOUT A BACKUP" } else { "" }
             ));
             s.push_str(&format!(

@@ -53,6 +53,7 @@ fn garbage_forged_and_replayed_frames_are_dropped_and_counted() {
             has_quorum: true,
             seq: 1,
             following: None,
+            holds_connections: false,
         },
     };
 

@@ -111,7 +111,11 @@ mod tests {
         assert!(tcp.ack() && !tcp.syn() && !tcp.fin() && !tcp.rst());
         assert_eq!(tcp.sequence_number(), 0xffff_ffff);
         assert_eq!(tcp.acknowledgment_number(), 12345);
-        assert_eq!(tcp.payload(), &[0], "one old byte, so Linux answers without rate limit");
+        assert_eq!(
+            tcp.payload(),
+            &[0],
+            "one old byte, so Linux answers without rate limit"
+        );
         let options: Vec<_> = tcp.options_iterator().collect::<Result<_, _>>().unwrap();
         assert!(options.contains(&TcpOptionElement::Timestamp(7, 0)));
         let checksum = tcp

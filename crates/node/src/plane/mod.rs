@@ -7,6 +7,7 @@
 //! reports counters through shared atomics.
 
 pub mod backup;
+pub mod census;
 pub mod gate;
 pub mod primary;
 pub mod proxy;
@@ -142,6 +143,24 @@ impl PlaneShared {
 pub struct PlaneHandle {
     pub role: watch::Sender<PlaneRole>,
     pub shared: Arc<PlaneShared>,
+    duplex: bool,
+}
+
+impl PlaneHandle {
+    /// Whether this duplex node carries open client connections that its backup does not
+    /// protect (none joined yet, or it has not adopted them all): electing another node would
+    /// drop them, so the election ranks this node first. Never in simplex: no backup ever
+    /// protects its connections, so the rank would only block preemption for good.
+    pub fn carries_unprotected_connections(&self) -> bool {
+        self.duplex
+            && self
+                .shared
+                .proxy
+                .lock()
+                .expect("proxy slot")
+                .as_ref()
+                .is_some_and(|proxy| proxy.census.unprotected(proxy.gate.generation()) > 0)
+    }
 }
 
 /// Starts the plane's runtime on its own threads.
@@ -155,6 +174,7 @@ pub fn start(settings: PlaneSettings) -> anyhow::Result<PlaneHandle> {
         .build()
         .context("building the data plane runtime")?;
     let listeners = bind_listeners(&runtime, &settings.service)?;
+    let duplex = settings.service.duplex;
     let plane_shared = shared.clone();
     // The daemon must not run a service whose data plane could not start: the set-up result
     // comes back before `start` returns.
@@ -177,6 +197,7 @@ pub fn start(settings: PlaneSettings) -> anyhow::Result<PlaneHandle> {
     Ok(PlaneHandle {
         role: role_tx,
         shared,
+        duplex,
     })
 }
 
@@ -239,6 +260,7 @@ async fn run(
             gate,
             pool: BackendPool::new(service.backend),
             counters: Default::default(),
+            census: Default::default(),
         });
         *shared.proxy.lock().expect("proxy slot") = Some(ctx.clone());
         for listener in listeners {

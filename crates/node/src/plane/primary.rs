@@ -241,6 +241,7 @@ impl Duplex {
             gate: gate.clone(),
             pool: BackendPool::new(service.backend),
             counters: Default::default(),
+            census: Default::default(),
         });
         *shared.proxy.lock().expect("proxy slot") = Some(proxy.clone());
         let backup = BackupPlane::start(&settings, shared.clone(), link.mac, link.index)

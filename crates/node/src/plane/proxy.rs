@@ -23,6 +23,7 @@ use steadfast_core::replication::ConnectionOptions;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::census::{CensusEntry, SessionCensus};
 use super::gate::{Adoption, Piece, PieceKind, ReplyGate};
 
 /// Client bytes a session holds (framed, not yet forwarded) before it stops reading.
@@ -110,6 +111,8 @@ pub struct ProxyContext {
     pub gate: Arc<dyn ReplyGate>,
     pub pool: BackendPool,
     pub counters: ProxyCounters,
+    /// Open sessions by the backup link that protects them.
+    pub census: Arc<SessionCensus>,
 }
 
 /// Where a session starts: offset 0 for a fresh connection, or the resume point of a
@@ -219,6 +222,7 @@ pub async fn serve(ctx: Arc<ProxyContext>, client: TcpStream, start: SessionStar
         adoption_tries: 0,
         adoption_generation: 0,
         protected_by: start.protected_by,
+        census: ctx.census.enter(start.protected_by),
         framer: RequestFramer::starting_at(ctx.limits, start.request_offset, start.request_index),
         pending: VecDeque::new(),
         held: Vec::new(),
@@ -262,6 +266,7 @@ struct Session {
     adoption_generation: u64,
     /// The gate generation that protects this connection (0: none).
     protected_by: u64,
+    census: CensusEntry,
     framer: RequestFramer,
     pending: VecDeque<RequestEvent>,
     /// Client bytes not yet forwarded, from client stream offset `held_base`.
@@ -468,6 +473,7 @@ impl Session {
         if self.ctx.gate.adopt(adoption) {
             tracing::debug!("{}: adopted by link generation {generation}", self.tuple);
             self.protected_by = generation;
+            self.census.protected_by(generation);
             counters.adopted.fetch_add(1, Ordering::Relaxed);
         }
     }
