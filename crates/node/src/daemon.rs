@@ -314,10 +314,14 @@ impl Daemon {
 
     async fn feed(&mut self, event: Event) -> Disposition {
         let now = self.now();
-        let holds = self
-            .plane
-            .as_ref()
-            .is_some_and(|plane| plane.carries_unprotected_connections());
+        // Sessions left from a primary life while another node serves are not connections
+        // this node could carry on: only a primary, or a node between primaries, holds any.
+        let me = self.settings.node_id;
+        let holds = self.election.primary().is_none_or(|p| p == me)
+            && self
+                .plane
+                .as_ref()
+                .is_some_and(|plane| plane.carries_unprotected_connections());
         if holds != self.election.holds_connections() {
             tracing::info!(
                 "{} open connections that no other node could carry on",
