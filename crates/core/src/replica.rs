@@ -11,7 +11,7 @@ use std::collections::{HashMap, VecDeque};
 use crate::http::{
     CutPoint, FramingLimits, NotResumable, RequestEvent, RequestFramer, StreamedReply,
 };
-use crate::image::{ConnectionImage, FourTuple, RestoreError, RestoreParams};
+use crate::image::{ConnectionImage, FourTuple, RestoreError, RestoreParams, DEFAULT_MSS};
 use crate::replication::ConnectionOptions;
 
 /// The id of a connection in `Steadfast-Request-Id`: the same on the primary (from the saved
@@ -416,13 +416,11 @@ impl ReplicaLog {
             },
             sack: template.sack && syn.sack_permitted,
             timestamps,
-            mss: template
-                .mss
-                .min(
-                    syn.mss
-                        .unwrap_or(536)
-                        .saturating_sub(if timestamps { 12 } else { 0 }),
-                ),
+            mss: template.mss.min(
+                syn.mss
+                    .unwrap_or(DEFAULT_MSS)
+                    .saturating_sub(if timestamps { 12 } else { 0 }),
+            ),
         };
         let mut image = image.clone();
         image.set_negotiated(options.negotiated());

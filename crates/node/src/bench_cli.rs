@@ -165,8 +165,7 @@ fn availability_command(args: AvailabilityArgs) -> anyhow::Result<ExitCode> {
         how: args.how,
         heartbeat_ms: args.heartbeat_ms,
         quick: args.quick,
-        steadfast_exe: std::env::current_exe()
-            .context("finding the steadfast executable for the lab")?,
+        steadfast_exe: steadfast_exe()?,
     };
     let report = availability::run(&options, &mut |line| {
         eprintln!("bench availability: {line}")
@@ -183,7 +182,7 @@ fn availability_command(args: AvailabilityArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn overhead_command(args: OverheadArgs) -> anyhow::Result<ExitCode> {
-    let exe = std::env::current_exe().context("finding the steadfast executable for the lab")?;
+    let exe = steadfast_exe()?;
     let mut options = if args.quick {
         OverheadOptions::quick(exe)
     } else {
@@ -237,8 +236,7 @@ fn stall_command(args: StallArgs) -> anyhow::Result<ExitCode> {
         connections: args.connections,
         backend: args.backend,
         workload: args.workload,
-        steadfast_exe: std::env::current_exe()
-            .context("finding the steadfast executable for the lab")?,
+        steadfast_exe: steadfast_exe()?,
     };
     let report = stall::run(&options, &mut |line| eprintln!("bench stall: {line}"))?;
     publish(
@@ -272,8 +270,7 @@ fn failover_command(args: FailoverArgs) -> anyhow::Result<ExitCode> {
             KeepalivedChoice::IfInstalled
         },
         quick: args.quick,
-        steadfast_exe: std::env::current_exe()
-            .context("finding the steadfast executable for the lab")?,
+        steadfast_exe: steadfast_exe()?,
     };
     let report = failover::run(&options, &mut |line| eprintln!("bench failover: {line}"))?;
     publish(
@@ -285,6 +282,11 @@ fn failover_command(args: FailoverArgs) -> anyhow::Result<ExitCode> {
         || report.markdown(),
     )?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// This executable: the labs the benchmarks build run its daemons.
+fn steadfast_exe() -> anyhow::Result<PathBuf> {
+    std::env::current_exe().context("finding the steadfast executable for the lab")
 }
 
 /// Writes a report's raw results into `out`, prints its summary (JSON or the markdown table)

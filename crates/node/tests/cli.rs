@@ -3,23 +3,10 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
-use common::Lab;
+use common::{steadfast, Lab};
 use steadfast_lab::BackendKind;
-
-fn steadfast(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(common::exe())
-        .args(args)
-        .output()
-        .expect("run steadfast");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).to_string(),
-        String::from_utf8_lossy(&out.stderr).to_string(),
-    )
-}
 
 #[test]
 fn status_check_config_and_reload() {

@@ -7,20 +7,9 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::process::Command;
 use std::time::Duration;
 
-fn steadfast(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(common::exe())
-        .args(args)
-        .output()
-        .expect("run steadfast");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).to_string(),
-        String::from_utf8_lossy(&out.stderr).to_string(),
-    )
-}
+use common::steadfast;
 
 /// `lab down NAME` when the test ends, also on panic.
 struct Down(String);

@@ -58,6 +58,11 @@ pub struct CensusEntry {
 }
 
 impl CensusEntry {
+    /// The generation that protects the session (0: none).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
     /// The session is protected by `generation` from now on (adopted by a backup that joined).
     pub fn protected_by(&mut self, generation: u64) {
         if generation != self.generation {

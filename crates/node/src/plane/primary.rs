@@ -57,13 +57,13 @@ impl ReplicatedGate {
         *self.link.lock().expect("gate lock") = None;
     }
 
-    fn send(&self, frame: &ReplicationFrame) -> Option<watch::Receiver<AckState>> {
-        let mut guard = self.link.lock().expect("gate lock");
-        let link = guard.as_mut()?;
-        let mut bytes = Vec::new();
-        replication::encode(frame, link.epoch, &mut bytes);
-        link.frames.send(bytes).ok()?;
-        Some(link.acks.clone())
+    /// Queues a frame to the backup; false when there is no link.
+    fn send(&self, frame: &ReplicationFrame) -> bool {
+        self.link
+            .lock()
+            .expect("gate lock")
+            .as_mut()
+            .is_some_and(|link| link.queue(frame))
     }
 
     /// Numbers a frame that the backup acknowledges and queues it, under one lock: the
@@ -77,11 +77,20 @@ impl ReplicatedGate {
         let mut guard = self.link.lock().expect("gate lock");
         let link = guard.as_mut()?;
         let seq = link.next_seq + 1;
-        let mut bytes = Vec::new();
-        replication::encode(&frame(seq), link.epoch, &mut bytes);
-        link.frames.send(bytes).ok()?;
+        if !link.queue(&frame(seq)) {
+            return None;
+        }
         link.next_seq = seq;
         Some((seq, link.acks.clone()))
+    }
+}
+
+impl Link {
+    /// Encodes a frame in this link's epoch and queues it; false when the link task is gone.
+    fn queue(&self, frame: &ReplicationFrame) -> bool {
+        let mut bytes = Vec::new();
+        replication::encode(frame, self.epoch, &mut bytes);
+        self.frames.send(bytes).is_ok()
     }
 }
 
@@ -115,7 +124,6 @@ impl ReplyGate for ReplicatedGate {
             reply_offset: a.reply_offset,
             pending: a.pending,
         })
-        .is_some()
     }
 
     fn opened(&self, tuple: FourTuple, client_isn: u32, options: ConnectionOptions) -> bool {
@@ -124,7 +132,6 @@ impl ReplyGate for ReplicatedGate {
             client_isn,
             options,
         })
-        .is_some()
     }
 
     fn log(&self, piece: Piece<'_>) -> Option<AckWaiter> {
@@ -152,7 +159,7 @@ impl ReplyGate for ReplicatedGate {
     }
 
     fn closed(&self, tuple: FourTuple) {
-        let _ = self.send(&ReplicationFrame::Closed { tuple });
+        self.send(&ReplicationFrame::Closed { tuple });
     }
 }
 
@@ -508,7 +515,8 @@ impl Duplex {
                 // one the primary protects from its first byte (see
                 // `ReplicaLog::plan_unreported`).
                 self.gate.attach(link);
-                let _ = self.gate_send_announce();
+                // A link already gone reports itself lost.
+                self.gate.send(&ReplicationFrame::Announce);
                 if let Err(e) = self.guard.allow_only_from(backup_mac) {
                     tracing::error!("cannot set the ingress guard to the backup's MAC: {e}");
                     self.drop_link("the ingress guard could not be set").await;
@@ -548,10 +556,6 @@ impl Duplex {
                 }
             }
         }
-    }
-
-    fn gate_send_announce(&self) -> Option<()> {
-        self.gate.send(&ReplicationFrame::Announce).map(|_| ())
     }
 
     /// Stops waiting for the backup: every waiting reply goes out, nothing more is logged.

@@ -15,8 +15,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use steadfast_core::http::{
-    CutPoint, FramingLimits, ReplyContinuation, ReplyEvent, RequestEvent, RequestFramer, RequestId,
-    ResponseFramer,
+    CutPoint, FramingLimits, ReplyContinuation, ReplyEvent, RequestEvent, RequestFramer,
+    RequestHead, RequestId, ResponseFramer,
 };
 use steadfast_core::image::FourTuple;
 use steadfast_core::replication::ConnectionOptions;
@@ -221,8 +221,7 @@ pub async fn serve(ctx: Arc<ProxyContext>, client: TcpStream, start: SessionStar
         client_mss: start.client_mss,
         adoption_tries: 0,
         adoption_generation: 0,
-        protected_by: start.protected_by,
-        census: ctx.census.enter(start.protected_by),
+        protection: ctx.census.enter(start.protected_by),
         framer: RequestFramer::starting_at(ctx.limits, start.request_offset, start.request_index),
         pending: VecDeque::new(),
         held: Vec::new(),
@@ -243,7 +242,7 @@ pub async fn serve(ctx: Arc<ProxyContext>, client: TcpStream, start: SessionStar
     } else {
         tracing::debug!("{tuple}: session ended");
     }
-    if session.protected_by != 0 && session.protected_by == ctx.gate.generation() {
+    if session.protected_now() {
         ctx.gate.closed(tuple);
     }
     // A backend connection left between replies can serve another client.
@@ -264,9 +263,8 @@ struct Session {
     client_mss: u16,
     adoption_tries: u32,
     adoption_generation: u64,
-    /// The gate generation that protects this connection (0: none).
-    protected_by: u64,
-    census: CensusEntry,
+    /// The gate generation that protects this connection (0: none), counted in the census.
+    protection: CensusEntry,
     framer: RequestFramer,
     pending: VecDeque<RequestEvent>,
     /// Client bytes not yet forwarded, from client stream offset `held_base`.
@@ -362,7 +360,7 @@ impl Session {
     async fn take_client_bytes(&mut self, bytes: &[u8]) -> Result<(), SessionEnd> {
         let generation = self.ctx.gate.adoption_generation();
         if generation != 0
-            && generation != self.protected_by
+            && generation != self.protection.generation()
             && self.in_flight.is_none()
             && self.pending.is_empty()
         {
@@ -472,8 +470,7 @@ impl Session {
         };
         if self.ctx.gate.adopt(adoption) {
             tracing::debug!("{}: adopted by link generation {generation}", self.tuple);
-            self.protected_by = generation;
-            self.census.protected_by(generation);
+            self.protection.protected_by(generation);
             counters.adopted.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -512,16 +509,8 @@ impl Session {
                                 })
                             }
                             Err(e) => {
-                                self.ctx
-                                    .counters
-                                    .backend_errors
-                                    .fetch_add(1, Ordering::Relaxed);
-                                if self.cut_reply.is_some() {
-                                    return self.abort_resume(&format!("backend connect: {e}"));
-                                }
-                                return self
-                                    .answer_bad_gateway(head.index, head.range.end, &e)
-                                    .await;
+                                let resuming = self.cut_reply.is_some();
+                                return self.backend_failed(&head, resuming, "connect", &e).await;
                             }
                         }
                     }
@@ -543,17 +532,7 @@ impl Session {
                     let backend = self.backend.as_mut().expect("connected above");
                     backend.framer.expect_reply_to(&head);
                     if let Err(e) = backend.stream.write_all(&bytes).await {
-                        self.ctx
-                            .counters
-                            .backend_errors
-                            .fetch_add(1, Ordering::Relaxed);
-                        self.backend = None;
-                        if resuming {
-                            return self.abort_resume(&format!("backend write: {e}"));
-                        }
-                        return self
-                            .answer_bad_gateway(head.index, head.range.end, &e)
-                            .await;
+                        return self.backend_failed(&head, resuming, "write", &e).await;
                     }
                     self.ctx.counters.requests.fetch_add(1, Ordering::Relaxed);
                     self.in_flight = Some(InFlight {
@@ -602,6 +581,27 @@ impl Session {
             self.held_base = end;
         }
         Ok(())
+    }
+
+    /// The backend could not take the request `head` (`what`: connect, write): a 502 answers
+    /// it, or, when it was to finish a reply the takeover cut, the client is reset.
+    async fn backend_failed(
+        &mut self,
+        head: &RequestHead,
+        resuming: bool,
+        what: &str,
+        error: &io::Error,
+    ) -> Result<(), SessionEnd> {
+        self.ctx
+            .counters
+            .backend_errors
+            .fetch_add(1, Ordering::Relaxed);
+        self.backend = None;
+        if resuming {
+            return self.abort_resume(&format!("backend {what}: {error}"));
+        }
+        self.answer_bad_gateway(head.index, head.range.end, error)
+            .await
     }
 
     async fn answer_bad_gateway(
@@ -882,6 +882,12 @@ impl Session {
         Err(SessionEnd::Protocol(self.tuple, why.to_string()))
     }
 
+    /// The backup that protects this connection is the current one.
+    fn protected_now(&self) -> bool {
+        let generation = self.protection.generation();
+        generation != 0 && generation == self.ctx.gate.generation()
+    }
+
     /// Takes backend bytes up to backend stream offset `end` out of the buffer.
     fn cut_backend(&mut self, end: u64) -> Vec<u8> {
         let backend = self.backend.as_mut().expect("reading a backend");
@@ -898,7 +904,7 @@ impl Session {
         kind: PieceKind,
         bytes: &[u8],
     ) -> Result<(), SessionEnd> {
-        if self.protected_by != 0 && self.protected_by == self.ctx.gate.generation() {
+        if self.protected_now() {
             let waiter = self.ctx.gate.log(Piece {
                 tuple: self.tuple,
                 request_index,

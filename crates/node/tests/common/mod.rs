@@ -18,6 +18,19 @@ pub fn exe() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_steadfast"))
 }
 
+/// Runs the binary with `args`: (success, stdout, stderr).
+pub fn steadfast(args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(exe())
+        .args(args)
+        .output()
+        .expect("run steadfast");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
 /// A unique lab name per test (pid + counter), ≤ 20 characters.
 pub fn lab_name(tag: &str) -> String {
     static NEXT: AtomicU32 = AtomicU32::new(0);
