@@ -18,6 +18,7 @@ mod connection;
 mod probe;
 mod segment;
 mod table;
+mod unadopted;
 
 pub use connection::{
     ConnectionImage, ConsumeError, ImageCounters, ImageLimits, NegotiatedOptions, RefuseReason,
@@ -31,3 +32,4 @@ pub use segment::{
 pub use table::{
     Closure, ConnectionTable, Ingested, TableCounters, TableError, TableLimits, Tracking,
 };
+pub use unadopted::UnadoptedConnection;

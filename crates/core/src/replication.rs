@@ -19,6 +19,8 @@ use crate::frame::AuthKey;
 use crate::image::{FourTuple, NegotiatedOptions, WindowScales};
 use crate::NodeId;
 
+/// Tuples in one `Unadopted` frame (12 bytes each): a primary with more sends several.
+pub const MAX_UNADOPTED_PER_FRAME: usize = 65_536;
 /// Longest frame accepted: a reply piece of up to [`MAX_PIECE_BYTES`] plus its header.
 pub const MAX_FRAME_BYTES: usize = MAX_PIECE_BYTES + 128;
 /// Longest reply piece one frame carries; longer replies travel as several pieces.
@@ -103,6 +105,10 @@ pub enum ReplicationFrame {
         reply_offset: u64,
         pending: Vec<u8>,
     },
+    /// Primary → backup, before `Announce`: connections accepted before this backup joined.
+    /// Until each is adopted or closed a takeover cannot carry it on; the backup follows their
+    /// clients' sequence numbers so a takeover can reset them rather than leave them waiting.
+    Unadopted { tuples: Vec<FourTuple> },
     /// Primary → backup: an interim (1xx) reply head to request `request_index`, sent to the
     /// client before the final reply. Unlike a partial reply it does not stop a resume: a client
     /// must accept repeated 1xx replies (RFC 9110 §15.2), so the replayed request may send it
@@ -131,6 +137,7 @@ impl ReplicationFrame {
             ReplicationFrame::Ack { .. } => 8,
             ReplicationFrame::Interim { .. } => 9,
             ReplicationFrame::Adopt { .. } => 10,
+            ReplicationFrame::Unadopted { .. } => 11,
         }
     }
 
@@ -147,6 +154,7 @@ impl ReplicationFrame {
             ReplicationFrame::Ack { .. } => "ack",
             ReplicationFrame::Interim { .. } => "interim",
             ReplicationFrame::Adopt { .. } => "adopt",
+            ReplicationFrame::Unadopted { .. } => "unadopted",
         }
     }
 }
@@ -229,6 +237,11 @@ pub fn encode(frame: &ReplicationFrame, epoch: u64, out: &mut Vec<u8>) {
             out.extend_from_slice(bytes);
         }
         ReplicationFrame::Closed { tuple } => put_tuple(out, tuple),
+        ReplicationFrame::Unadopted { tuples } => {
+            for tuple in tuples {
+                put_tuple(out, tuple);
+            }
+        }
         ReplicationFrame::Ack { seq } => out.extend_from_slice(&seq.to_be_bytes()),
         ReplicationFrame::Interim {
             seq,
@@ -415,6 +428,7 @@ fn decode_body(body: &[u8], offset: u64) -> Result<(u64, ReplicationFrame), Repl
         8 => "ack",
         9 => "interim",
         10 => "adopt",
+        11 => "unadopted",
         _ => return Err(ReplicationError::UnknownKind { offset, kind }),
     };
     let mut f = Fields {
@@ -488,6 +502,13 @@ fn decode_body(body: &[u8], offset: u64) -> Result<(u64, ReplicationFrame), Repl
             }
         }
         7 => ReplicationFrame::Closed { tuple: f.tuple()? },
+        11 => {
+            let mut tuples = Vec::new();
+            while !f.rest.is_empty() {
+                tuples.push(f.tuple()?);
+            }
+            ReplicationFrame::Unadopted { tuples }
+        }
         8 => ReplicationFrame::Ack { seq: f.u64()? },
         _ => {
             let seq = f.u64()?;

@@ -582,6 +582,88 @@ fn untracked_segments_kept_for_adoption_are_bounded_and_dropped_at_close() {
     );
 }
 
+/// A connection the primary opened before the backup joined is known by its client's latest
+/// numbers until it ends or is adopted, so a takeover can tell its client it is lost.
+#[test]
+fn unadopted_connections_are_known_until_they_end_or_are_adopted() {
+    let (isn, server_isn) = (3000u32, 8000u32);
+    let mut table = ConnectionTable::new(TableLimits::default());
+    let mut other = data(isn, 0, server_isn + 1, 0);
+    other.tuple.client.set_port(40001);
+    let mut closed = other.clone();
+    closed.tuple.client.set_port(40002);
+    table.expect_adoption(&[tuple(), other.tuple, closed.tuple]);
+    let unseen: Vec<_> = table
+        .unadopted()
+        .filter(|(_, seen)| seen.is_none())
+        .collect();
+    assert_eq!(unseen.len(), 3, "listed, no segment seen yet");
+
+    table
+        .ingest(&data(isn, 0, server_isn + 1, 4), b"GET ")
+        .unwrap();
+    table
+        .ingest(&data(isn, 4, server_isn + 501, 3), b"/a ")
+        .unwrap();
+    let record = *table
+        .unadopted()
+        .find(|(t, _)| *t == tuple())
+        .and_then(|(_, seen)| seen)
+        .expect("numbers from its segments");
+    assert_eq!(
+        (record.tuple, record.acked, record.next_seq),
+        (tuple(), server_isn + 501, isn + 1 + 7)
+    );
+
+    // Adopted: protected from now on, no longer to be reset.
+    let image = ConnectionImage::adopted(
+        tuple(),
+        isn,
+        syn(isn).options,
+        server_isn,
+        0,
+        b"GET /a ",
+        NEGOTIATED,
+        ImageLimits::default(),
+    );
+    table.adopt(image);
+    assert!(!table.is_unadopted(&tuple()));
+
+    // Ended by the client: nobody waits on it.
+    table.ingest(&other, &[]).unwrap();
+    assert!(table.is_unadopted(&other.tuple));
+    other.flags = FIN_ACK;
+    table.ingest(&other, &[]).unwrap();
+    assert!(!table.is_unadopted(&other.tuple));
+
+    // Reported closed by the primary.
+    table.remove(&closed.tuple);
+    assert_eq!(table.unadopted().count(), 0);
+
+    // Segments of connections nobody listed (a late ACK of one that ended) make no record.
+    table.ingest(&closed, &[]).unwrap();
+    table.ingest(&other, &[]).unwrap();
+    assert_eq!(table.unadopted().count(), 0);
+}
+
+#[test]
+fn unadopted_records_are_bounded_by_the_connection_limit() {
+    let mut table = ConnectionTable::new(TableLimits {
+        max_connections: 2,
+        ..TableLimits::default()
+    });
+    let tuples: Vec<_> = (0..5u16)
+        .map(|port| {
+            let mut t = tuple();
+            t.client.set_port(41000 + port);
+            t
+        })
+        .collect();
+    table.expect_adoption(&tuples);
+    assert_eq!(table.unadopted().count(), 2);
+    assert_eq!(table.counters().unadopted_unrecorded, 3);
+}
+
 /// A connection the primary's kernel accepted but never reported (it was in the accept queue at
 /// the crash): resumed from the image alone with a template of the primary's options adjusted
 /// to this client's SYN, every request pending from the first; refused if the client shows it

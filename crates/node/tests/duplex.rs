@@ -692,6 +692,87 @@ fn connections_in_the_frozen_primarys_accept_queue_are_restored() {
     assert_eq!(plane["connections_lost"], 0, "{plane}");
 }
 
+/// Connections opened while the primary served alone, that its healed backup has not adopted
+/// when the primary dies (a connection is adopted between requests; these are in the middle of
+/// one), cannot be carried on: the takeover counts them lost and resets their clients at once,
+/// whether the client was receiving (its ACKs passed through the backup) or waiting in silence
+/// for a slow reply, instead of leaving them to hang until their own timeouts.
+#[test]
+fn connections_not_yet_adopted_are_reset_at_a_crash() {
+    let (lab, primary, backup) = protected_lab("na");
+    steadfast_lab::crash(lab.name(), &backup, CrashKind::Host).expect("crash the backup");
+    assert!(
+        common::wait_until(Duration::from_secs(5), || {
+            lab.daemon_status(&primary)["data_plane"]["backup_losses"]
+                .as_u64()
+                .unwrap_or(0)
+                >= 1
+        }),
+        "{primary} notices its backup is gone"
+    );
+    let dir = std::env::temp_dir().join(format!("{}-unadopted", lab.name()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("a download directory");
+    let receiving = slow_download(&lab, "/bytes/33554432", "1M", &dir.join("receiving"));
+    let waiting = slow_download(&lab, "/slow?ms=40000&bytes=100", "1M", &dir.join("waiting"));
+    std::thread::sleep(Duration::from_millis(700));
+    steadfast_lab::heal(lab.name(), &backup).expect("heal the backup");
+    wait_backup_joined(&lab, &primary, 1);
+    std::thread::sleep(Duration::from_millis(700));
+    let crashed_at = Instant::now();
+    fail_over(&lab, &primary, CrashKind::Host, 0);
+    // The kernel's view, not curl's: curl pacing its download sleeps for seconds between reads
+    // and only then sees the reset its socket already has.
+    let reset = common::wait_until(Duration::from_secs(3), || {
+        client_connections_to_service(&lab) == 0
+    });
+    let after = crashed_at.elapsed();
+    assert!(
+        reset,
+        "the clients' connections are still established {after:?} after the crash"
+    );
+    eprintln!("both clients' connections reset {after:?} after the crash");
+    for (what, curl) in [("receiving", receiving), ("waiting", waiting)] {
+        let out = curl.wait_with_output().expect("curl finishes");
+        eprintln!(
+            "{what} client: {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(56),
+            "the {what} client sees its connection reset (56), not a timeout (28)"
+        );
+    }
+    let plane = lab.daemon_status(&backup)["data_plane"].clone();
+    eprintln!(
+        "takeover: restored {} lost {} {}",
+        plane["connections_restored"], plane["connections_lost"], plane["lost_reasons"]
+    );
+    assert_eq!(plane["lost_reasons"]["not-adopted"], 2, "{plane}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Established connections from the client namespace to the service port.
+fn client_connections_to_service(lab: &Lab) -> usize {
+    let port = lab.target().port();
+    let out = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.info.client_ns,
+            "ss",
+            "-Htn",
+            "state",
+            "established",
+        ])
+        .arg(format!("( dport = :{port} )"))
+        .output()
+        .expect("ss (Debian package iproute2) runs");
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
 /// curl downloading `path` to a file at `rate` bytes per second, in the client namespace: a
 /// reply certain to be in flight when the primary dies.
 fn slow_download(lab: &Lab, path: &str, rate: &str, file: &std::path::Path) -> std::process::Child {

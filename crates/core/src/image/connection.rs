@@ -255,7 +255,7 @@ pub struct ConnectionImage {
     counters: ImageCounters,
 }
 
-fn serial_delta(a: u32, b: u32) -> i64 {
+pub(super) fn serial_delta(a: u32, b: u32) -> i64 {
     // Reinterpreting the wrapped difference as signed is the serial-number comparison.
     i64::from(a.wrapping_sub(b) as i32)
 }

@@ -21,7 +21,7 @@ use std::net::Ipv4Addr;
 
 use etherparse::{PacketBuilder, TcpOptionElement};
 
-use super::ConnectionImage;
+use super::{ConnectionImage, FourTuple, UnadoptedConnection};
 
 /// One acknowledgement probe, server to client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +52,30 @@ impl AckProbe {
             ack: image.rcv_nxt(),
             timestamps: tsval.map(|tsval| (tsval, 0)),
         })
+    }
+
+    /// The probe for a connection the backup does not protect, only ever sent to end it: the
+    /// client's answer meets no socket and is reset. With the client's latest numbers it is a
+    /// byte wholly before the client's window; without them (no segment of the connection
+    /// passed here) the numbers are arbitrary, which serves the same end: a TCP answers any
+    /// segment it cannot accept with an ACK (RFC 9293 3.10.7.4), one that fails PAWS or
+    /// arrives out of order included, and Linux limits none of those answers for a segment
+    /// with data.
+    pub fn for_unadopted(
+        tuple: FourTuple,
+        seen: Option<&UnadoptedConnection>,
+        tsval: Option<u32>,
+    ) -> AckProbe {
+        let (seq, ack) = seen.map_or((0, 0), |record| {
+            (record.acked.wrapping_sub(2), record.next_seq)
+        });
+        AckProbe {
+            from: (*tuple.server.ip(), tuple.server.port()),
+            to: (*tuple.client.ip(), tuple.client.port()),
+            seq,
+            ack,
+            timestamps: tsval.map(|tsval| (tsval, 0)),
+        }
     }
 
     /// The IPv4 packet (header and TCP segment, checksums filled in).
@@ -123,6 +147,33 @@ mod tests {
             .calc_checksum_ipv4(&ip.header().to_header(), tcp.payload())
             .unwrap();
         assert_eq!(checksum, tcp.checksum(), "the TCP checksum is filled in");
+    }
+
+    #[test]
+    fn an_unadopted_connection_is_probed_before_the_window_its_client_showed() {
+        let tuple = FourTuple {
+            client: "10.0.0.2:40000".parse().unwrap(),
+            server: "10.0.0.100:80".parse().unwrap(),
+        };
+        let record = UnadoptedConnection {
+            tuple,
+            acked: 1,
+            next_seq: 5000,
+            last_tsecr: Some(9),
+        };
+        let probe = AckProbe::for_unadopted(tuple, Some(&record), Some(20));
+        assert_eq!(
+            (probe.seq, probe.ack, probe.timestamps),
+            (u32::MAX, 5000, Some((20, 0))),
+            "the byte two before the acknowledged point, wrapping below zero"
+        );
+        assert_eq!(probe.to, (Ipv4Addr::new(10, 0, 0, 2), 40000));
+        let blind = AckProbe::for_unadopted(tuple, None, None);
+        assert_eq!(
+            blind.encode().len(),
+            41,
+            "still one byte, so always answered"
+        );
     }
 
     #[test]

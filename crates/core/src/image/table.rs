@@ -6,6 +6,7 @@ use super::connection::{
     ConnectionImage, ConsumeError, ImageLimits, NegotiatedOptions, RefuseReason, SegmentReport,
 };
 use super::segment::{ClientSegment, FourTuple};
+use super::unadopted::UnadoptedConnection;
 
 /// Bounds of the whole table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,6 +78,10 @@ pub struct TableCounters {
     /// SYNs with a new ISN on an established connection: the server answers them with a
     /// challenge ACK (RFC 5961 4), the image stays.
     pub ignored_syns: u64,
+    /// Connections the primary said it had not handed over that found no room among the
+    /// unadopted records (more than `max_connections` of them): a takeover does not count them
+    /// nor tell their clients they are lost.
+    pub unadopted_unrecorded: u64,
 }
 
 /// Per connection, the most recent untracked segments kept for a later adoption.
@@ -111,6 +116,13 @@ pub struct ConnectionTable {
     /// Tuples of `recent_untracked` in the order they first got a segment (oldest first).
     recent_order: VecDeque<FourTuple>,
     recent_bytes: usize,
+    /// The connections the primary said it opened before this backup joined
+    /// ([`ConnectionTable::expect_adoption`]), each with its client's latest numbers once a
+    /// segment of it passed, until it ends or is adopted (bounded by `max_connections`): a
+    /// takeover counts them lost and resets their clients. Only listed tuples are followed: a
+    /// segment of a connection that already ended here (a late ACK after both FINs, say) must
+    /// not pass for a live one.
+    unadopted: HashMap<FourTuple, Option<UnadoptedConnection>>,
 }
 
 /// Errors of the table's per-connection operations.
@@ -165,6 +177,7 @@ impl ConnectionTable {
                 }
                 self.images
                     .insert(tuple, ConnectionImage::new(segment, self.limits.image));
+                self.unadopted.remove(&tuple);
             }
         }
 
@@ -205,7 +218,13 @@ impl ConnectionTable {
         if segment.flags.rst || segment.flags.fin {
             // The connection is ending: nobody will adopt it.
             self.forget_untracked(&tuple);
+            self.unadopted.remove(&tuple);
             return;
+        }
+        match self.unadopted.get_mut(&tuple) {
+            Some(Some(record)) => record.note(segment, payload.len()),
+            Some(unseen) => *unseen = UnadoptedConnection::from_segment(segment, payload.len()),
+            None => {}
         }
         let cost = segment_cost(payload);
         let recent = self.recent_untracked.entry(tuple).or_insert_with(|| {
@@ -240,6 +259,43 @@ impl ConnectionTable {
     /// Untracked segments held for adoption, all connections (status and tests).
     pub fn recent_untracked_bytes(&self) -> usize {
         self.recent_bytes
+    }
+
+    /// The primary opened these connections before this backup joined and will hand them over
+    /// (or report them closed) later; until then a takeover cannot carry them on.
+    pub fn expect_adoption(&mut self, tuples: &[FourTuple]) {
+        for tuple in tuples {
+            if self.images.contains_key(tuple) || self.unadopted.contains_key(tuple) {
+                continue;
+            }
+            if self.unadopted.len() >= self.limits.max_connections {
+                self.counters.unadopted_unrecorded += 1;
+                continue;
+            }
+            let seen = self.recent_untracked.get(tuple).and_then(|recent| {
+                let mut record: Option<UnadoptedConnection> = None;
+                for (segment, payload) in recent {
+                    match record.as_mut() {
+                        Some(record) => record.note(segment, payload.len()),
+                        None => record = UnadoptedConnection::from_segment(segment, payload.len()),
+                    }
+                }
+                record
+            });
+            self.unadopted.insert(*tuple, seen);
+        }
+    }
+
+    /// The connections expected to be adopted that have not been, nor ended: each with its
+    /// client's latest numbers, `None` when no segment of it has passed here.
+    pub fn unadopted(&self) -> impl Iterator<Item = (FourTuple, Option<&UnadoptedConnection>)> {
+        self.unadopted
+            .iter()
+            .map(|(tuple, record)| (*tuple, record.as_ref()))
+    }
+
+    pub fn is_unadopted(&self, tuple: &FourTuple) -> bool {
+        self.unadopted.contains_key(tuple)
     }
 
     fn close_if_done(&mut self, tuple: &FourTuple) -> Option<Closure> {
@@ -308,6 +364,7 @@ impl ConnectionTable {
     pub fn adopt(&mut self, mut image: ConnectionImage) -> usize {
         let tuple = image.tuple();
         let mut replayed = 0;
+        self.unadopted.remove(&tuple);
         if let Some(recent) = self.recent_untracked.remove(&tuple) {
             self.recent_bytes -= held_bytes(&recent);
             self.recent_order.retain(|t| *t != tuple);
@@ -326,6 +383,7 @@ impl ConnectionTable {
     /// Forgets a connection (the primary reported it gone, or it was handed over).
     pub fn remove(&mut self, tuple: &FourTuple) -> Option<ConnectionImage> {
         self.forget_untracked(tuple);
+        self.unadopted.remove(tuple);
         self.images.remove(tuple)
     }
 

@@ -598,6 +598,16 @@ impl BackupParts {
                     .store(state.replica.len() as u64, Ordering::Relaxed);
                 None
             }
+            ReplicationFrame::Unadopted { tuples } => {
+                if let Some(table) = state.table.as_mut() {
+                    table.expect_adoption(&tuples);
+                }
+                tracing::debug!(
+                    "{} connections opened before this backup joined are to be adopted",
+                    tuples.len()
+                );
+                None
+            }
             ReplicationFrame::Announce => {
                 state.announced = true;
                 drop(guard);
@@ -984,7 +994,14 @@ impl LoggerContext {
                             state.replica.closed(&tuple);
                             state.last_seen.remove(&tuple);
                         }
-                        Tracking::Untracked => {}
+                        Tracking::Untracked => {
+                            // Its idle time times the takeover's reset probe (PAWS).
+                            if table.is_unadopted(&tuple) {
+                                state.last_seen.insert(tuple, now);
+                            } else {
+                                state.last_seen.remove(&tuple);
+                            }
+                        }
                         Tracking::Opened | Tracking::Tracked => {
                             state.last_seen.insert(tuple, now);
                             if let Some(image) = table.get(&tuple) {

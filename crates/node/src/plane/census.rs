@@ -1,52 +1,85 @@
-//! How many client sessions are open, by the backup link generation that protects them, so the
-//! node can tell the election whether it carries connections no other node could take over
-//! whole (a session not protected by the current backup lives only here).
+//! The open client sessions, by the backup link generation that protects them, so the node can
+//! tell the election whether it carries connections no other node could take over whole (a
+//! session not protected by the current backup lives only here), and tell a backup that joins
+//! which connections it will have to adopt.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
-/// Open sessions by protecting generation (0: not protected).
+use steadfast_core::image::FourTuple;
+
+#[derive(Debug, Default)]
+struct Sessions {
+    /// Open sessions by protecting generation (0: not protected).
+    by_generation: BTreeMap<u64, u64>,
+    /// Each open session's connection and generation, by entry number (a 4-tuple may be open
+    /// twice for a moment: a session ending while its client's port is reused).
+    entries: HashMap<u64, (FourTuple, u64)>,
+    next_entry: u64,
+}
+
+impl Sessions {
+    fn count(&mut self, generation: u64, delta: i64) {
+        let count = self.by_generation.entry(generation).or_default();
+        *count = count.saturating_add_signed(delta);
+        if *count == 0 {
+            self.by_generation.remove(&generation);
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct SessionCensus {
-    by_generation: Mutex<BTreeMap<u64, u64>>,
+    sessions: Mutex<Sessions>,
 }
 
 impl SessionCensus {
-    /// Counts a session protected by `generation` until the returned entry is dropped.
-    pub fn enter(self: &Arc<Self>, generation: u64) -> CensusEntry {
-        self.add(generation, 1);
+    /// Counts the session of `tuple`, protected by `generation`, until the returned entry is
+    /// dropped.
+    pub fn enter(self: &Arc<Self>, tuple: FourTuple, generation: u64) -> CensusEntry {
+        let mut sessions = self.sessions.lock().expect("census lock");
+        sessions.count(generation, 1);
+        let number = sessions.next_entry;
+        sessions.next_entry += 1;
+        sessions.entries.insert(number, (tuple, generation));
         CensusEntry {
             census: self.clone(),
+            number,
             generation,
         }
     }
 
     /// Open sessions that the link of `current` (0: no link) does not protect.
     pub fn unprotected(&self, current: u64) -> u64 {
-        self.by_generation
+        self.sessions
             .lock()
             .expect("census lock")
+            .by_generation
             .iter()
             .filter(|(&generation, _)| current == 0 || generation != current)
             .map(|(_, &count)| count)
             .sum()
     }
 
-    pub fn open(&self) -> u64 {
-        self.by_generation
+    /// The connections of the sessions that the link of `current` does not protect.
+    pub fn unprotected_connections(&self, current: u64) -> Vec<FourTuple> {
+        self.sessions
             .lock()
             .expect("census lock")
+            .entries
             .values()
-            .sum()
+            .filter(|(_, generation)| current == 0 || *generation != current)
+            .map(|(tuple, _)| *tuple)
+            .collect()
     }
 
-    fn add(&self, generation: u64, delta: i64) {
-        let mut map = self.by_generation.lock().expect("census lock");
-        let count = map.entry(generation).or_default();
-        *count = count.saturating_add_signed(delta);
-        if *count == 0 {
-            map.remove(&generation);
-        }
+    pub fn open(&self) -> u64 {
+        self.sessions
+            .lock()
+            .expect("census lock")
+            .by_generation
+            .values()
+            .sum()
     }
 }
 
@@ -54,6 +87,7 @@ impl SessionCensus {
 #[derive(Debug)]
 pub struct CensusEntry {
     census: Arc<SessionCensus>,
+    number: u64,
     generation: u64,
 }
 
@@ -66,8 +100,12 @@ impl CensusEntry {
     /// The session is protected by `generation` from now on (adopted by a backup that joined).
     pub fn protected_by(&mut self, generation: u64) {
         if generation != self.generation {
-            self.census.add(self.generation, -1);
-            self.census.add(generation, 1);
+            let mut sessions = self.census.sessions.lock().expect("census lock");
+            sessions.count(self.generation, -1);
+            sessions.count(generation, 1);
+            if let Some(entry) = sessions.entries.get_mut(&self.number) {
+                entry.1 = generation;
+            }
             self.generation = generation;
         }
     }
@@ -75,7 +113,9 @@ impl CensusEntry {
 
 impl Drop for CensusEntry {
     fn drop(&mut self) {
-        self.census.add(self.generation, -1);
+        let mut sessions = self.census.sessions.lock().expect("census lock");
+        sessions.count(self.generation, -1);
+        sessions.entries.remove(&self.number);
     }
 }
 
@@ -83,20 +123,41 @@ impl Drop for CensusEntry {
 mod tests {
     use super::*;
 
+    fn tuple(port: u16) -> FourTuple {
+        FourTuple {
+            client: format!("10.0.0.2:{port}").parse().unwrap(),
+            server: "10.0.0.100:80".parse().unwrap(),
+        }
+    }
+
     #[test]
     fn sessions_count_as_unprotected_unless_the_current_link_protects_them() {
         let census = Arc::new(SessionCensus::default());
-        let mut a = census.enter(0);
-        let b = census.enter(3);
+        let mut a = census.enter(tuple(1), 0);
+        let b = census.enter(tuple(2), 3);
         assert_eq!(census.open(), 2);
         assert_eq!(census.unprotected(3), 1, "a is not protected");
+        assert_eq!(census.unprotected_connections(3), vec![tuple(1)]);
         assert_eq!(census.unprotected(4), 2, "a newer link protects neither");
         assert_eq!(census.unprotected(0), 2, "no link protects nothing");
         a.protected_by(3);
         assert_eq!(census.unprotected(3), 0);
+        assert!(census.unprotected_connections(3).is_empty());
         drop(b);
         drop(a);
         assert_eq!(census.open(), 0);
         assert_eq!(census.unprotected(0), 0);
+        assert!(census.unprotected_connections(0).is_empty());
+    }
+
+    #[test]
+    fn a_tuple_open_twice_is_listed_until_both_sessions_end() {
+        let census = Arc::new(SessionCensus::default());
+        let old = census.enter(tuple(1), 0);
+        let new = census.enter(tuple(1), 0);
+        drop(old);
+        assert_eq!(census.unprotected_connections(0), vec![tuple(1)]);
+        drop(new);
+        assert!(census.unprotected_connections(0).is_empty());
     }
 }

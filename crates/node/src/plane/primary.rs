@@ -515,6 +515,15 @@ impl Duplex {
                 // one the primary protects from its first byte (see
                 // `ReplicaLog::plan_unreported`).
                 self.gate.attach(link);
+                // Sessions opened before now are not protected: the backup is told which, so a
+                // takeover before it has adopted them all resets their clients instead of
+                // leaving them to wait for replies that cannot come.
+                let unadopted = self.proxy.census.unprotected_connections(generation);
+                for tuples in unadopted.chunks(replication::MAX_UNADOPTED_PER_FRAME) {
+                    self.gate.send(&ReplicationFrame::Unadopted {
+                        tuples: tuples.to_vec(),
+                    });
+                }
                 // A link already gone reports itself lost.
                 self.gate.send(&ReplicationFrame::Announce);
                 if let Err(e) = self.guard.allow_only_from(backup_mac) {

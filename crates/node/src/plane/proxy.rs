@@ -221,7 +221,7 @@ pub async fn serve(ctx: Arc<ProxyContext>, client: TcpStream, start: SessionStar
         client_mss: start.client_mss,
         adoption_tries: 0,
         adoption_generation: 0,
-        protection: ctx.census.enter(start.protected_by),
+        protection: ctx.census.enter(start.tuple, start.protected_by),
         framer: RequestFramer::starting_at(ctx.limits, start.request_offset, start.request_index),
         pending: VecDeque::new(),
         held: Vec::new(),
@@ -242,7 +242,9 @@ pub async fn serve(ctx: Arc<ProxyContext>, client: TcpStream, start: SessionStar
     } else {
         tracing::debug!("{tuple}: session ended");
     }
-    if session.protected_now() {
+    // The current backup protects this connection, or expects it to be adopted: either way it
+    // must forget it now.
+    if ctx.gate.generation() != 0 {
         ctx.gate.closed(tuple);
     }
     // A backend connection left between replies can serve another client.

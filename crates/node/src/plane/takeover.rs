@@ -89,6 +89,24 @@ pub fn rebuild_all(frozen: Frozen, shared: &Arc<PlaneShared>) -> Rebuilt {
             }
         }
     }
+    // Connections opened before this node joined as backup that the old primary had not handed
+    // over: their early bytes were never logged, so they cannot go on. Their clients are told
+    // at once, like those of every other lost connection.
+    for (tuple, seen) in table.unadopted() {
+        report.lost += 1;
+        PlaneShared::count_reason(&shared.lost_reasons, "not-adopted");
+        tracing::info!(
+            "takeover: {tuple}: lost, opened before this node protected the primary and not handed over"
+        );
+        let idle = state
+            .last_seen
+            .get(&tuple)
+            .map_or(Duration::ZERO, |seen| at.saturating_duration_since(*seen));
+        let tsval = seen
+            .and_then(|record| record.last_tsecr)
+            .map(|tsecr| rebuilt_tsval(Some(tsecr), idle));
+        lost_probes.push((tuple, AckProbe::for_unadopted(tuple, seen, tsval)));
+    }
     let started = Instant::now();
     // Sockets of an earlier life on the service address (TIME_WAIT ones would answer a rebuilt
     // connection's client in its place): one dump for all connections, not one per socket.
