@@ -291,8 +291,12 @@ impl Failover {
         if !adopted {
             let status = lab.daemon_status(&self.primary);
             eprintln!(
-                "{} still holds connections its backup has not adopted after 5 s ({} open)",
-                self.primary, status["data_plane"]["sessions_open"]
+                "{} still holds connections its backup has not adopted after 5 s ({} open, \
+                 {} adopted, {} adoptions skipped)",
+                self.primary,
+                status["data_plane"]["sessions_open"],
+                status["data_plane"]["adopted"],
+                status["data_plane"]["adoptions_skipped"]
             );
         }
     }
