@@ -687,6 +687,7 @@ fn plane_status(mode: &str, shared: &crate::plane::PlaneShared) -> crate::status
         status.resumes_failed = p.resumes_failed.load(Relaxed);
         status.replies_aborted = p.replies_aborted.load(Relaxed);
         status.sessions_open = proxy.census.open();
+        status.sessions_retired = p.sessions_retired.load(Relaxed);
     }
     status
 }

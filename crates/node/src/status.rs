@@ -137,6 +137,10 @@ pub struct DataPlaneStatus {
     /// Gauge: client connections open on this node's proxy.
     #[serde(default)]
     pub sessions_open: u64,
+    /// Sessions ended without a byte to their clients when another node became primary and
+    /// carried their connections on.
+    #[serde(default)]
+    pub sessions_retired: u64,
 }
 
 impl NodeStatus {
@@ -210,8 +214,8 @@ impl NodeStatus {
                 d.unprotected_ms, d.backups_joined, d.backup_losses, d.adopted
             ));
             s.push_str(&format!(
-                "  cut replies finished by range {}, not finishable {}; replies aborted after a backend failure {}\n",
-                d.replies_resumed, d.resumes_failed, d.replies_aborted
+                "  cut replies finished by range {}, not finishable {}; replies aborted after a backend failure {}; sessions retired at a step-down {}\n",
+                d.replies_resumed, d.resumes_failed, d.replies_aborted, d.sessions_retired
             ));
         }
         let c = &self.counters;

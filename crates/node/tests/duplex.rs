@@ -277,6 +277,17 @@ fn fail_over(lab: &Lab, primary: &str, kind: CrashKind, round: usize) -> Failove
 }
 
 impl Failover {
+    /// The crashed node woke up by itself (see [`thaw`]): waits until it protects the new
+    /// primary and the connections are adopted, as [`Failover::heal`] does after a restart.
+    fn heal_thawed(&self, lab: &Lab) {
+        wait_backup_joined(lab, &self.primary, self.joined_before);
+        common::wait_until(Duration::from_secs(5), || {
+            !lab.daemon_status(&self.primary)["holds_connections"]
+                .as_bool()
+                .unwrap_or(true)
+        });
+    }
+
     /// Heals the crashed node and waits until it protects the new primary as its backup, and
     /// has adopted the connections the takeover carried over (each at its next request), as an
     /// operator would before the next failure: until then a crash of the primary loses them.
@@ -756,6 +767,94 @@ fn connections_not_yet_adopted_are_reset_at_a_crash() {
     );
     assert_eq!(plane["lost_reasons"]["not-adopted"], 2, "{plane}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Resumes every stopped process of `host` (SIGCONT): a frozen machine that wakes up, not a
+/// healed one (a heal restarts the daemon).
+fn thaw(lab: &Lab, host: &str) {
+    let ns = format!("{}-{host}", lab.name());
+    let out = std::process::Command::new("ip")
+        .args(["netns", "pids", &ns])
+        .output()
+        .expect("ip netns pids");
+    for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+        let _ = std::process::Command::new("kill")
+            .args(["-CONT", pid])
+            .status();
+    }
+}
+
+/// A primary frozen long enough to lose its lease, that then wakes up (a VM paused for
+/// migration, a stopped process resumed): the new primary carries its connections, and the old
+/// one, which steps down, must not send anything to their clients — not the replies its
+/// backend finishes meanwhile, nor a reset. With and without TCP timestamps at the clients
+/// (without them PAWS does not drop the old primary's late segments).
+fn thawed_primary_disturbs_nothing(timestamps: bool) {
+    let (lab, primary, backup) = protected_lab(if timestamps { "th" } else { "tn" });
+    if !timestamps {
+        let status = std::process::Command::new("ip")
+            .args(["netns", "exec", &lab.info.client_ns])
+            .args(["sysctl", "-qw", "net.ipv4.tcp_timestamps=0"])
+            .status()
+            .expect("sysctl");
+        assert!(status.success(), "turning TCP timestamps off at the client");
+    }
+    let mut options = keep_alive_load(&lab, 60, Duration::from_secs(30));
+    if let Some(keep_alive) = options.keep_alive.as_mut() {
+        // Every reply a fresh one: a late duplicate from the old primary would show.
+        keep_alive.sizes = vec![1024, 100 * 1024];
+    }
+    let load = BackgroundLoad::start_with(&lab, options);
+    for round in 0..2 {
+        std::thread::sleep(Duration::from_millis(800));
+        let (frozen, serving) = if round == 0 {
+            (primary.as_str(), backup.as_str())
+        } else {
+            (backup.as_str(), primary.as_str())
+        };
+        let failover = fail_over(&lab, frozen, CrashKind::Freeze, round);
+        assert_eq!(failover.primary, serving);
+        std::thread::sleep(Duration::from_millis(300));
+        thaw(&lab, frozen);
+        std::thread::sleep(Duration::from_millis(1500));
+        let status = lab.daemon_status(frozen);
+        eprintln!(
+            "round {round}: {frozen} thawed: role {}, sessions open {}, retired {}",
+            status["role"],
+            status["data_plane"]["sessions_open"],
+            status["data_plane"]["sessions_retired"]
+        );
+        assert_eq!(
+            lab.holders_except(frozen),
+            vec![serving.to_string()],
+            "{serving} keeps serving"
+        );
+        assert!(
+            lab.holders().len() == 1,
+            "the thawed node does not take the VIP back"
+        );
+        // The woken node now protects the primary: crash it for the next round only after it
+        // has adopted what the takeover carried over.
+        failover.heal_thawed(&lab);
+    }
+    let report = load.stop();
+    eprintln!(
+        "thawed primaries (timestamps {timestamps}): {} requests, longest {:?}",
+        report.requests(),
+        longest_request(&report)
+    );
+    assert_clean(&report, "a frozen primary that wakes up");
+    assert_exactly_once(&lab, &report, "a frozen primary that wakes up");
+}
+
+#[test]
+fn a_thawed_primary_disturbs_nothing() {
+    thawed_primary_disturbs_nothing(true);
+}
+
+#[test]
+fn a_thawed_primary_disturbs_nothing_without_timestamps() {
+    thawed_primary_disturbs_nothing(false);
 }
 
 /// Established connections from the client namespace to the service port.

@@ -347,6 +347,18 @@ pub fn live_sequences(stream: &impl AsRawFd) -> Result<(u32, u32), RepairError> 
     result
 }
 
+/// Puts a live connection's socket in repair mode for good, so that closing it sends nothing
+/// — no FIN, no RST, no queued data (the kernel drops it as if the connection had moved
+/// away, which it has: another node carries it on).
+pub fn silence(stream: &impl AsRawFd) -> Result<(), RepairError> {
+    let fd = stream.as_raw_fd();
+    let one: libc::c_int = 1;
+    if !setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_REPAIR, &one) {
+        return Err(RepairError::on_fd("TCP_REPAIR=1 (silencing)", fd));
+    }
+    Ok(())
+}
+
 /// Bytes in the socket's receive queue not read yet (FIONREAD) and in its send queue not
 /// acknowledged yet (SIOCOUTQ).
 pub fn queued_bytes(stream: &impl AsRawFd) -> Result<(usize, usize), RepairError> {

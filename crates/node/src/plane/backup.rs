@@ -48,6 +48,10 @@ pub struct BackupState {
     /// The options the primary's kernel negotiated for the latest connection it reported: the
     /// template for a connection it accepted but never reported.
     pub template: Option<ConnectionOptions>,
+    /// The replication stream these logs belong to (0: none). A stream whose number is not
+    /// this one was superseded (a takeover froze the logs, or the primary connected anew) and
+    /// must not acknowledge anything more: its primary would send replies nobody holds.
+    pub stream: u64,
 }
 
 impl BackupState {
@@ -59,8 +63,19 @@ impl BackupState {
             primary_mac,
             announced: false,
             template: None,
+            stream: 0,
         }
     }
+}
+
+/// Numbers the replication streams (from 1; 0 means none).
+static NEXT_STREAM: AtomicU64 = AtomicU64::new(1);
+
+/// A replication stream whose logs are no longer this backup's.
+#[derive(Debug, thiserror::Error)]
+#[error("the replication stream of primary {primary} was superseded (a takeover froze its logs, or it connected anew): nothing more is acknowledged")]
+struct Superseded {
+    primary: NodeId,
 }
 
 /// The logs as they were when forwarding stopped, for the takeover.
@@ -360,6 +375,8 @@ impl BackupParts {
         // protected (it says so in its own status).
         let mut fresh = BackupState::fresh(Some(primary_mac));
         fresh.template = local_template(&self.settings.service.interface);
+        let stream_number = NEXT_STREAM.fetch_add(1, Ordering::Relaxed);
+        fresh.stream = stream_number;
         *self.state.lock().expect("backup state lock") = fresh;
         self.ensure_logger()?;
         let mut out = Vec::new();
@@ -370,7 +387,8 @@ impl BackupParts {
         );
         stream.write_all(&out).await?;
         tracing::info!("protecting primary {peer_id} (epoch {peer_epoch})");
-        self.take_frames(stream, reader, peer_epoch).await
+        self.take_frames(stream, reader, peer_epoch, peer_id, stream_number)
+            .await
     }
 
     fn ensure_logger(&self) -> anyhow::Result<()> {
@@ -421,6 +439,8 @@ impl BackupParts {
         stream: TcpStream,
         mut reader: FrameReader,
         epoch: u64,
+        primary: NodeId,
+        stream_number: u64,
     ) -> anyhow::Result<()> {
         let (mut read_half, mut write_half) = stream.into_split();
         let mut buf = vec![0u8; 256 * 1024];
@@ -435,7 +455,7 @@ impl BackupParts {
                         .fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
-                if let Some(seq) = self.take_frame(frame) {
+                if let Some(seq) = self.take_frame(frame, primary, stream_number)? {
                     highest_seq = Some(seq);
                 }
             }
@@ -453,11 +473,21 @@ impl BackupParts {
     }
 
     /// Applies one frame; returns the sequence number to acknowledge, if any.
-    fn take_frame(&self, frame: ReplicationFrame) -> Option<u64> {
+    fn take_frame(
+        &self,
+        frame: ReplicationFrame,
+        primary: NodeId,
+        stream_number: u64,
+    ) -> Result<Option<u64>, Superseded> {
         let mut guard = self.state.lock().expect("backup state lock");
         let state = &mut *guard;
+        // Checked under the lock the freeze takes the logs with: a frame is either in the
+        // logs a takeover uses, or refused and never acknowledged.
+        if state.stream != stream_number {
+            return Err(Superseded { primary });
+        }
         let counters = &self.shared.counters;
-        match frame {
+        Ok(match frame {
             ReplicationFrame::Opened {
                 tuple,
                 client_isn,
@@ -621,7 +651,7 @@ impl BackupParts {
                 tracing::warn!("unexpected {} frame from the primary", other.label());
                 None
             }
-        }
+        })
     }
 
     fn announce_as_backup(&self) {

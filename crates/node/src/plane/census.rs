@@ -1,12 +1,13 @@
 //! The open client sessions, by the backup link generation that protects them, so the node can
 //! tell the election whether it carries connections no other node could take over whole (a
-//! session not protected by the current backup lives only here), and tell a backup that joins
-//! which connections it will have to adopt.
+//! session not protected by the current backup lives only here), tell a backup that joins which
+//! connections it will have to adopt, and end them all when another node carries them on.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use steadfast_core::image::FourTuple;
+use tokio::sync::watch;
 
 #[derive(Debug, Default)]
 struct Sessions {
@@ -28,12 +29,40 @@ impl Sessions {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SessionCensus {
     sessions: Mutex<Sessions>,
+    /// Counts [`SessionCensus::retire_all`] calls; sessions watch it.
+    retirements: watch::Sender<u64>,
+}
+
+impl Default for SessionCensus {
+    fn default() -> Self {
+        SessionCensus {
+            sessions: Mutex::default(),
+            retirements: watch::Sender::new(0),
+        }
+    }
 }
 
 impl SessionCensus {
+    /// Tells every open session to end at once, without a byte to its client: another node
+    /// now carries their connections on (this one stepped down), and anything sent from here
+    /// would reach those clients beside the new primary's bytes.
+    pub fn retire_all(&self) {
+        self.retirements.send_modify(|count| *count += 1);
+    }
+
+    /// Resolves when [`SessionCensus::retire_all`] is called after this was made.
+    pub fn retirement(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut notice = self.retirements.subscribe();
+        async move {
+            if notice.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
     /// Counts the session of `tuple`, protected by `generation`, until the returned entry is
     /// dropped.
     pub fn enter(self: &Arc<Self>, tuple: FourTuple, generation: u64) -> CensusEntry {
@@ -148,6 +177,22 @@ mod tests {
         assert_eq!(census.open(), 0);
         assert_eq!(census.unprotected(0), 0);
         assert!(census.unprotected_connections(0).is_empty());
+    }
+
+    #[tokio::test]
+    async fn retirement_reaches_the_sessions_open_before_it() {
+        let census = Arc::new(SessionCensus::default());
+        let notice = census.retirement();
+        census.retire_all();
+        tokio::time::timeout(std::time::Duration::from_secs(1), notice)
+            .await
+            .expect("a retirement after the notice was taken resolves it");
+        let later = census.retirement();
+        let pending = tokio::time::timeout(std::time::Duration::from_millis(20), later).await;
+        assert!(
+            pending.is_err(),
+            "an earlier retirement does not end a later session"
+        );
     }
 
     #[test]

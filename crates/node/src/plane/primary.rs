@@ -163,6 +163,9 @@ impl ReplyGate for ReplicatedGate {
     }
 }
 
+/// How long a step-down waits for its sessions to end before dropping their held replies.
+const RETIRE_WAIT: Duration = Duration::from_secs(1);
+
 /// What the link task tells the role machine.
 enum LinkEvent {
     Ready {
@@ -193,6 +196,10 @@ pub struct Duplex {
     vip_on_lo: bool,
     link_generation: u64,
     link_acks: Option<watch::Sender<AckState>>,
+    /// The acknowledgements of a link this node dropped when it stopped being primary. Its
+    /// sessions' replies still wait on them: released if this node is elected again with
+    /// nobody between (as after a lapse), never if another node took the connections over.
+    stepped_down_acks: Vec<watch::Sender<AckState>>,
     protected_by: Option<Peer>,
     unprotected_since: Option<Instant>,
     guard_read_at: Option<Instant>,
@@ -268,6 +275,7 @@ impl Duplex {
             vip_on_lo: false,
             link_generation: 0,
             link_acks: None,
+            stepped_down_acks: Vec::new(),
             protected_by: None,
             unprotected_since: None,
             guard_read_at: None,
@@ -350,6 +358,11 @@ impl Duplex {
                 if let PlaneRole::Backup { .. } = from {
                     self.take_over().await;
                 }
+                // Elected again with no other primary between (that one would have retired
+                // the sessions): the replies held since the step-down go out, unprotected.
+                for acks in self.stepped_down_acks.drain(..) {
+                    acks.send_modify(|state| state.released = true);
+                }
                 self.backup.set_epoch(epoch);
                 let keep_link = was_primary && backup.is_some() && backup == self.protected_by;
                 if !keep_link {
@@ -369,13 +382,16 @@ impl Duplex {
             }
             PlaneRole::Backup { epoch, primary } => {
                 if matches!(from, PlaneRole::Primary { .. }) {
-                    self.drop_link("no longer primary").await;
+                    self.step_down("no longer primary");
                     self.place_vip(false, false).await;
+                }
+                if primary.is_some() {
+                    self.retire_sessions().await;
                 }
                 self.backup.protect(epoch, primary);
             }
             PlaneRole::Idle => {
-                self.drop_link("idle").await;
+                self.step_down("idle");
                 self.place_vip(false, false).await;
                 self.backup.stop_logging();
             }
@@ -569,14 +585,59 @@ impl Duplex {
 
     /// Stops waiting for the backup: every waiting reply goes out, nothing more is logged.
     async fn drop_link(&mut self, why: &str) {
-        self.gate.detach();
+        self.detach_link();
         if let Some(acks) = self.link_acks.take() {
             acks.send_modify(|state| state.released = true);
         }
-        self.link_generation += 1;
         if self.protected_by.take().is_some() {
             tracing::info!("serving without a backup: {why}");
         }
+    }
+
+    fn detach_link(&mut self) {
+        self.gate.detach();
+        self.link_generation += 1;
+    }
+
+    /// This node is no longer primary: the link goes, but the replies waiting for the backup's
+    /// acknowledgement keep waiting (see `stepped_down_acks`). Releasing them now would send
+    /// replies the backup never logged to clients whose connections it may be taking over.
+    fn step_down(&mut self, why: &str) {
+        self.detach_link();
+        // A guard left admitting only the old backup's frames would bounce every client frame
+        // to that node — which may be the new primary, or an old one whose kernel still holds
+        // the connections and would acknowledge bytes the real primary never sees. Open, it
+        // leaves the frames to this node's logger (the VIP is not local here any more).
+        if let Err(e) = self.guard.open() {
+            tracing::error!("opening the ingress guard at a step-down: {e}");
+        }
+        if let Some(acks) = self.link_acks.take() {
+            self.stepped_down_acks.push(acks);
+        }
+        if self.protected_by.take().is_some() {
+            tracing::info!("stopped protecting replies with a backup: {why}");
+        }
+    }
+
+    /// Another node is primary: it carries this node's connections on (or has reset them), so
+    /// every session here ends without a byte to its client, and only then are the replies
+    /// they held dropped.
+    async fn retire_sessions(&mut self) {
+        let census = self.proxy.census.clone();
+        let open = census.open();
+        if open > 0 {
+            census.retire_all();
+            let deadline = Instant::now() + RETIRE_WAIT;
+            while census.open() > 0 && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            tracing::info!(
+                "another node is primary: {open} sessions ended without a word to their \
+                 clients ({} still ending)",
+                census.open()
+            );
+        }
+        self.stepped_down_acks.clear();
     }
 
     /// Puts the VIP on the link, on lo, or nowhere; a failure is logged and retried at the

@@ -58,6 +58,9 @@ pub struct ProxyCounters {
     pub resumes_failed: AtomicU64,
     /// Replies partly sent when the backend failed: the client connection was reset.
     pub replies_aborted: AtomicU64,
+    /// Sessions ended without a word to their clients when this node stepped down and another
+    /// carried their connections on.
+    pub sessions_retired: AtomicU64,
 }
 
 /// Idle keep-alive connections to the backend.
@@ -234,9 +237,24 @@ pub async fn serve(ctx: Arc<ProxyContext>, client: TcpStream, start: SessionStar
         trace_first_reply: start.reply_offset > 0 || start.request_offset > 0,
         cut_reply: start.cut_reply,
     };
-    let result = session
-        .run(start.pending_request, start.unacked_reply)
-        .await;
+    let retirement = ctx.census.retirement();
+    // Biased: once this node has stepped down, nothing more may reach the client, even if the
+    // session had something ready to send in the same instant.
+    let finished = tokio::select! {
+        biased;
+        () = retirement => None,
+        result = session.run(start.pending_request, start.unacked_reply) => Some(result),
+    };
+    let Some(result) = finished else {
+        if let Err(e) = steadfast_os::repair::silence(&session.client) {
+            tracing::warn!("retiring {tuple}: {e}; its close may reach the client");
+        }
+        ctx.counters
+            .sessions_retired
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::debug!("{tuple}: session retired, another node carries the connection on");
+        return;
+    };
     if let Err(e) = &result {
         tracing::debug!("session ended: {e}");
     } else {
