@@ -25,6 +25,9 @@ use crate::hooks::{self, HookCounters, RoleChange};
 use crate::settings::{ServiceSettings, Settings};
 use crate::status::{Counters, NodeStatus, PeerStatus, ServiceStatus};
 
+/// How long a planned stop waits for the data plane to hand its connections over.
+const HAND_OVER_WAIT: Duration = Duration::from_secs(2);
+
 /// One interface the service addresses live on.
 struct AddressSite {
     ifindex: u32,
@@ -206,12 +209,30 @@ impl Daemon {
         );
         self.feed_health().await;
         self.feed(Event::Tick).await;
+        // A stop first hands the connections over (see `PlaneHandle::hand_over`) while this
+        // loop goes on: were the heartbeats to stop meanwhile, the backup would take over
+        // before the sessions here were quiet.
+        let mut hand_over: Option<
+            std::pin::Pin<Box<dyn std::future::Future<Output = u64> + Send>>,
+        > = None;
         loop {
             let deadline = self.origin + self.election.next_deadline(self.now());
             tokio::select! {
                 biased;
-                _ = sigterm.recv() => break,
-                _ = sigint.recv() => break,
+                _ = sigterm.recv(), if hand_over.is_none() => match &self.plane {
+                    Some(plane) => hand_over = Some(Box::pin(plane.hand_over(HAND_OVER_WAIT))),
+                    None => break,
+                },
+                _ = sigint.recv(), if hand_over.is_none() => match &self.plane {
+                    Some(plane) => hand_over = Some(Box::pin(plane.hand_over(HAND_OVER_WAIT))),
+                    None => break,
+                },
+                handed = async { hand_over.as_mut().expect("guarded by the condition").await }, if hand_over.is_some() => {
+                    if handed > 0 {
+                        tracing::info!("stopping: {handed} connections left for the backup to carry on");
+                    }
+                    break;
+                }
                 received = self.socket.recv_from(&mut buf) => {
                     match received {
                         Ok((len, from)) => {

@@ -857,6 +857,69 @@ fn a_thawed_primary_disturbs_nothing_without_timestamps() {
     thawed_primary_disturbs_nothing(false);
 }
 
+/// The daemon pids of `host` (its namespace's processes named steadfast).
+fn daemon_pids(lab: &Lab, host: &str) -> Vec<String> {
+    let ns = format!("{}-{host}", lab.name());
+    let out = std::process::Command::new("ip")
+        .args(["netns", "pids", &ns])
+        .output()
+        .expect("ip netns pids");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|cmd| cmd.contains("steadfast") && cmd.contains("\0run\0"))
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+/// A planned switchover, as an operator does it for maintenance: stopping the primary's
+/// daemon (SIGTERM, `systemctl stop`). It releases the address and tells its peers, the backup
+/// stands at once and carries every established connection on — none is reset, no request
+/// fails.
+#[test]
+fn stopping_the_primary_daemon_hands_its_connections_over() {
+    let (lab, primary, backup) = protected_lab("st");
+    let load = BackgroundLoad::start_with(&lab, keep_alive_load(&lab, 60, Duration::from_secs(30)));
+    std::thread::sleep(Duration::from_millis(800));
+    let pids = daemon_pids(&lab, &primary);
+    assert_eq!(pids.len(), 1, "one daemon runs on {primary}: {pids:?}");
+    let stopped_at = Instant::now();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pids[0]])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    assert!(
+        common::wait_until(Duration::from_secs(3), || lab.holders_except(&primary)
+            == vec![backup.clone()]),
+        "{backup} takes over from the stopped {primary}"
+    );
+    let took = stopped_at.elapsed();
+    std::thread::sleep(Duration::from_millis(1000));
+    let log = std::fs::read_to_string(lab.info.state_dir.join(format!("{primary}.daemon.log")))
+        .unwrap_or_default();
+    let handed = log.lines().find(|line| line.contains("planned stop"));
+    assert!(handed.is_some(), "{primary} handed its sessions over before stopping");
+    eprintln!("{}", handed.unwrap_or_default());
+    let plane = lab.daemon_status(&backup)["data_plane"].clone();
+    let report = load.stop();
+    eprintln!(
+        "switchover: {backup} held the address {took:?} after the stop; restored {} lost {} {}; \
+         {} requests, longest {:?}",
+        plane["connections_restored"],
+        plane["connections_lost"],
+        plane["lost_reasons"],
+        report.requests(),
+        longest_request(&report)
+    );
+    assert_clean(&report, "a planned switchover");
+    assert_exactly_once(&lab, &report, "a planned switchover");
+    assert_eq!(plane["connections_restored"], 60, "{plane}");
+    assert_eq!(plane["connections_lost"], 0, "{plane}");
+}
+
 /// Established connections from the client namespace to the service port.
 fn client_connections_to_service(lab: &Lab) -> usize {
     let port = lab.target().port();

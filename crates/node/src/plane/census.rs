@@ -3,7 +3,7 @@
 //! session not protected by the current backup lives only here), tell a backup that joins which
 //! connections it will have to adopt, and end them all when another node carries them on.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use steadfast_core::image::FourTuple;
@@ -17,6 +17,8 @@ struct Sessions {
     /// twice for a moment: a session ending while its client's port is reused).
     entries: HashMap<u64, (FourTuple, u64)>,
     next_entry: u64,
+    /// Entries told to end (see [`SessionCensus::retire_where`]).
+    retired: HashSet<u64>,
 }
 
 impl Sessions {
@@ -32,7 +34,7 @@ impl Sessions {
 #[derive(Debug)]
 pub struct SessionCensus {
     sessions: Mutex<Sessions>,
-    /// Counts [`SessionCensus::retire_all`] calls; sessions watch it.
+    /// Counts [`SessionCensus::retire_where`] calls; sessions watch it.
     retirements: watch::Sender<u64>,
 }
 
@@ -49,18 +51,54 @@ impl SessionCensus {
     /// Tells every open session to end at once, without a byte to its client: another node
     /// now carries their connections on (this one stepped down), and anything sent from here
     /// would reach those clients beside the new primary's bytes.
-    pub fn retire_all(&self) {
-        self.retirements.send_modify(|count| *count += 1);
+    pub fn retire_all(&self) -> u64 {
+        self.retire_where(|_| true)
     }
 
-    /// Resolves when [`SessionCensus::retire_all`] is called after this was made.
-    pub fn retirement(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+    /// Tells the open sessions whose protecting generation matches to end the same way;
+    /// returns how many were told.
+    pub fn retire_where(&self, protected_by: impl Fn(u64) -> bool) -> u64 {
+        let told = {
+            let mut sessions = self.sessions.lock().expect("census lock");
+            let chosen: Vec<u64> = sessions
+                .entries
+                .iter()
+                .filter(|(_, (_, generation))| protected_by(*generation))
+                .map(|(&number, _)| number)
+                .collect();
+            sessions.retired.extend(chosen.iter().copied());
+            chosen.len() as u64
+        };
+        self.retirements.send_modify(|count| *count += 1);
+        told
+    }
+
+    /// Resolves once the session of `entry` is told to end.
+    pub fn retirement(
+        self: &Arc<Self>,
+        entry: &CensusEntry,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let census = self.clone();
+        let number = entry.number;
         let mut notice = self.retirements.subscribe();
         async move {
-            if notice.changed().await.is_err() {
-                std::future::pending::<()>().await;
+            loop {
+                if census.is_retired(number) {
+                    return;
+                }
+                if notice.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
             }
         }
+    }
+
+    fn is_retired(&self, number: u64) -> bool {
+        self.sessions
+            .lock()
+            .expect("census lock")
+            .retired
+            .contains(&number)
     }
 
     /// Counts the session of `tuple`, protected by `generation`, until the returned entry is
@@ -100,6 +138,17 @@ impl SessionCensus {
             .filter(|(_, generation)| current == 0 || *generation != current)
             .map(|(tuple, _)| *tuple)
             .collect()
+    }
+
+    /// Open sessions protected by `generation`.
+    pub fn protected_by(&self, generation: u64) -> u64 {
+        self.sessions
+            .lock()
+            .expect("census lock")
+            .by_generation
+            .get(&generation)
+            .copied()
+            .unwrap_or(0)
     }
 
     pub fn open(&self) -> u64 {
@@ -145,6 +194,7 @@ impl Drop for CensusEntry {
         let mut sessions = self.census.sessions.lock().expect("census lock");
         sessions.count(self.generation, -1);
         sessions.entries.remove(&self.number);
+        sessions.retired.remove(&self.number);
     }
 }
 
@@ -180,19 +230,29 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn retirement_reaches_the_sessions_open_before_it() {
+    async fn retirement_reaches_the_sessions_it_names() {
         let census = Arc::new(SessionCensus::default());
-        let notice = census.retirement();
-        census.retire_all();
-        tokio::time::timeout(std::time::Duration::from_secs(1), notice)
+        let protected = census.enter(tuple(1), 3);
+        let unprotected = census.enter(tuple(2), 0);
+        let protected_notice = census.retirement(&protected);
+        let unprotected_notice = census.retirement(&unprotected);
+        assert_eq!(census.retire_where(|generation| generation == 3), 1);
+        tokio::time::timeout(std::time::Duration::from_secs(1), protected_notice)
             .await
-            .expect("a retirement after the notice was taken resolves it");
-        let later = census.retirement();
-        let pending = tokio::time::timeout(std::time::Duration::from_millis(20), later).await;
-        assert!(
-            pending.is_err(),
-            "an earlier retirement does not end a later session"
-        );
+            .expect("the protected session is told to end");
+        let untouched =
+            tokio::time::timeout(std::time::Duration::from_millis(20), unprotected_notice).await;
+        assert!(untouched.is_err(), "the other session goes on");
+        assert_eq!(census.retire_all(), 2);
+        tokio::time::timeout(
+            std::time::Duration::from_secs(1),
+            census.retirement(&unprotected),
+        )
+        .await
+        .expect("retire_all reaches every session");
+        drop(protected);
+        drop(unprotected);
+        assert!(census.sessions.lock().unwrap().retired.is_empty());
     }
 
     #[test]

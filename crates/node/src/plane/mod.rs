@@ -26,7 +26,7 @@ use steadfast_core::image::FourTuple;
 use steadfast_core::replication::ConnectionOptions;
 use steadfast_core::NodeId;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use self::gate::{LocalGate, ReplyGate};
 use self::proxy::{BackendPool, ProxyContext, SessionStart};
@@ -144,13 +144,38 @@ pub struct PlaneHandle {
     pub role: watch::Sender<PlaneRole>,
     pub shared: Arc<PlaneShared>,
     duplex: bool,
+    hand_over: mpsc::Sender<HandOverRequest>,
 }
+
+/// A request to stop serving the protected connections so that the backup can carry them on
+/// (a planned stop); the reply says how many sessions were handed over.
+pub type HandOverRequest = tokio::sync::oneshot::Sender<u64>;
 
 impl PlaneHandle {
     /// Whether this duplex node carries open client connections that its backup does not
     /// protect (none joined yet, or it has not adopted them all): electing another node would
     /// drop them, so the election ranks this node first. Never in simplex: no backup ever
     /// protects its connections, so the rank would only block preemption for good.
+    /// Before a planned stop of a protected primary: its sessions stop sending (their
+    /// sockets in repair mode) and no client frame reaches it any more, so the backup, which
+    /// stands as soon as it hears the stop, rebuilds the connections exactly where their
+    /// clients are. Returns how many sessions were handed over (0 when there is no backup, or
+    /// within `within`).
+    pub fn hand_over(&self, within: Duration) -> impl std::future::Future<Output = u64> + Send {
+        let requests = self.hand_over.clone();
+        async move {
+            let (reply_tx, reply_rx) = tokio::sync::oneshot::channel();
+            if requests.send(reply_tx).await.is_err() {
+                return 0;
+            }
+            tokio::time::timeout(within, reply_rx)
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or(0)
+        }
+    }
+
     pub fn carries_unprotected_connections(&self) -> bool {
         self.duplex
             && self
@@ -166,6 +191,7 @@ impl PlaneHandle {
 /// Starts the plane's runtime on its own threads.
 pub fn start(settings: PlaneSettings) -> anyhow::Result<PlaneHandle> {
     let (role_tx, role_rx) = watch::channel(PlaneRole::Idle);
+    let (hand_over_tx, hand_over_rx) = mpsc::channel(1);
     let shared = Arc::new(PlaneShared::default());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -183,7 +209,15 @@ pub fn start(settings: PlaneSettings) -> anyhow::Result<PlaneHandle> {
         .name("steadfast-plane".into())
         .spawn(move || {
             runtime.block_on(async move {
-                if let Err(e) = run(settings, listeners, role_rx, plane_shared, ready_tx).await {
+                let run = run(
+                    settings,
+                    listeners,
+                    role_rx,
+                    hand_over_rx,
+                    plane_shared,
+                    ready_tx,
+                );
+                if let Err(e) = run.await {
                     tracing::error!("data plane stopped: {e:#}");
                     // Serving without the plane would break I1/I2 silently: stop the node.
                     std::process::exit(1);
@@ -198,6 +232,7 @@ pub fn start(settings: PlaneSettings) -> anyhow::Result<PlaneHandle> {
         role: role_tx,
         shared,
         duplex,
+        hand_over: hand_over_tx,
     })
 }
 
@@ -247,6 +282,7 @@ async fn run(
     settings: PlaneSettings,
     listeners: Vec<TcpListener>,
     role_rx: watch::Receiver<PlaneRole>,
+    mut hand_over_rx: mpsc::Receiver<HandOverRequest>,
     shared: Arc<PlaneShared>,
     ready: std::sync::mpsc::Sender<anyhow::Result<()>>,
 ) -> anyhow::Result<()> {
@@ -267,6 +303,10 @@ async fn run(
             tokio::spawn(accept_loop(listener, ctx.clone(), shared.clone()));
         }
         let _ = ready.send(Ok(()));
+        // No backup ever carries a simplex connection on: nothing to hand over.
+        while let Some(reply) = hand_over_rx.recv().await {
+            let _ = reply.send(0);
+        }
         std::future::pending::<()>().await;
         return Ok(());
     }
@@ -282,7 +322,7 @@ async fn run(
     for listener in listeners {
         tokio::spawn(accept_loop(listener, duplex.proxy.clone(), shared.clone()));
     }
-    duplex.run(role_rx).await
+    duplex.run(role_rx, hand_over_rx).await
 }
 
 /// Accepts client connections and runs a session for each.

@@ -200,6 +200,8 @@ pub struct Duplex {
     /// sessions' replies still wait on them: released if this node is elected again with
     /// nobody between (as after a lapse), never if another node took the connections over.
     stepped_down_acks: Vec<watch::Sender<AckState>>,
+    /// Set by a planned stop ([`Duplex::hand_over`]): the guard stays shut to the end.
+    handing_over: bool,
     protected_by: Option<Peer>,
     unprotected_since: Option<Instant>,
     guard_read_at: Option<Instant>,
@@ -276,6 +278,7 @@ impl Duplex {
             link_generation: 0,
             link_acks: None,
             stepped_down_acks: Vec::new(),
+            handing_over: false,
             protected_by: None,
             unprotected_since: None,
             guard_read_at: None,
@@ -286,7 +289,11 @@ impl Duplex {
         self.settings.service.vip
     }
 
-    pub async fn run(mut self, mut role_rx: watch::Receiver<PlaneRole>) -> anyhow::Result<()> {
+    pub async fn run(
+        mut self,
+        mut role_rx: watch::Receiver<PlaneRole>,
+        mut hand_over_rx: mpsc::Receiver<super::HandOverRequest>,
+    ) -> anyhow::Result<()> {
         let (link_tx, mut link_rx) = mpsc::unbounded_channel::<LinkEvent>();
         let mut current = PlaneRole::Idle;
         // Leftovers of a previous life: this node starts owning nothing.
@@ -304,6 +311,10 @@ impl Duplex {
                     }
                 }
                 Some(event) = link_rx.recv() => self.on_link_event(event, current).await,
+                Some(reply) = hand_over_rx.recv() => {
+                    let handed = self.hand_over(current).await;
+                    let _ = reply.send(handed);
+                }
                 _ = tokio::time::sleep(Duration::from_millis(200)) => {
                     self.account_unprotected();
                     self.read_guard_counter();
@@ -607,9 +618,13 @@ impl Duplex {
         // A guard left admitting only the old backup's frames would bounce every client frame
         // to that node — which may be the new primary, or an old one whose kernel still holds
         // the connections and would acknowledge bytes the real primary never sees. Open, it
-        // leaves the frames to this node's logger (the VIP is not local here any more).
-        if let Err(e) = self.guard.open() {
-            tracing::error!("opening the ingress guard at a step-down: {e}");
+        // leaves the frames to this node's logger (the VIP is not local here any more). After
+        // a hand-over it stays shut: this node's kernel no longer has the connections and
+        // would reset their clients.
+        if !self.handing_over {
+            if let Err(e) = self.guard.open() {
+                tracing::error!("opening the ingress guard at a step-down: {e}");
+            }
         }
         if let Some(acks) = self.link_acks.take() {
             self.stepped_down_acks.push(acks);
@@ -617,6 +632,35 @@ impl Duplex {
         if self.protected_by.take().is_some() {
             tracing::info!("stopped protecting replies with a backup: {why}");
         }
+    }
+
+    /// A planned stop of a protected primary (see [`super::PlaneHandle::hand_over`]): no client
+    /// frame reaches this node's kernel any more (the backup logs them all, and holds them at
+    /// its takeover), and every session the backup protects stops sending and ends silently.
+    /// The unprotected ones are left to end with the process; the backup resets their clients.
+    async fn hand_over(&mut self, current: PlaneRole) -> u64 {
+        if !matches!(current, PlaneRole::Primary { .. }) || self.protected_by.is_none() {
+            return 0;
+        }
+        self.handing_over = true;
+        let started = Instant::now();
+        if let Err(e) = self.guard.drop_all() {
+            tracing::error!("shutting the ingress guard for a hand-over: {e}");
+        }
+        let generation = self.gate.generation();
+        let census = self.proxy.census.clone();
+        let told = census.retire_where(|protected_by| protected_by == generation);
+        let deadline = Instant::now() + RETIRE_WAIT;
+        while census.protected_by(generation) > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        tracing::info!(
+            "planned stop: {told} protected sessions handed to the backup in {:?} ({} still \
+             ending)",
+            started.elapsed(),
+            census.protected_by(generation)
+        );
+        told
     }
 
     /// Another node is primary: it carries this node's connections on (or has reset them), so

@@ -237,7 +237,7 @@ pub async fn serve(ctx: Arc<ProxyContext>, client: TcpStream, start: SessionStar
         trace_first_reply: start.reply_offset > 0 || start.request_offset > 0,
         cut_reply: start.cut_reply,
     };
-    let retirement = ctx.census.retirement();
+    let retirement = ctx.census.retirement(&session.protection);
     // Biased: once this node has stepped down, nothing more may reach the client, even if the
     // session had something ready to send in the same instant.
     let finished = tokio::select! {
