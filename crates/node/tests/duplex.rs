@@ -772,16 +772,24 @@ fn connections_not_yet_adopted_are_reset_at_a_crash() {
 /// Resumes every stopped process of `host` (SIGCONT): a frozen machine that wakes up, not a
 /// healed one (a heal restarts the daemon).
 fn thaw(lab: &Lab, host: &str) {
+    for pid in namespace_pids(lab, host) {
+        let _ = std::process::Command::new("kill")
+            .args(["-CONT", &pid])
+            .status();
+    }
+}
+
+/// Every process in `host`'s namespace.
+fn namespace_pids(lab: &Lab, host: &str) -> Vec<String> {
     let ns = format!("{}-{host}", lab.name());
     let out = std::process::Command::new("ip")
         .args(["netns", "pids", &ns])
         .output()
         .expect("ip netns pids");
-    for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-        let _ = std::process::Command::new("kill")
-            .args(["-CONT", pid])
-            .status();
-    }
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
 }
 
 /// A primary frozen long enough to lose its lease, that then wakes up (a VM paused for
@@ -859,18 +867,12 @@ fn a_thawed_primary_disturbs_nothing_without_timestamps() {
 
 /// The daemon pids of `host` (its namespace's processes named steadfast).
 fn daemon_pids(lab: &Lab, host: &str) -> Vec<String> {
-    let ns = format!("{}-{host}", lab.name());
-    let out = std::process::Command::new("ip")
-        .args(["netns", "pids", &ns])
-        .output()
-        .expect("ip netns pids");
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
+    namespace_pids(lab, host)
+        .into_iter()
         .filter(|pid| {
             std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
                 .is_ok_and(|cmd| cmd.contains("steadfast") && cmd.contains("\0run\0"))
         })
-        .map(str::to_string)
         .collect()
 }
 
@@ -901,7 +903,10 @@ fn stopping_the_primary_daemon_hands_its_connections_over() {
     let log = std::fs::read_to_string(lab.info.state_dir.join(format!("{primary}.daemon.log")))
         .unwrap_or_default();
     let handed = log.lines().find(|line| line.contains("planned stop"));
-    assert!(handed.is_some(), "{primary} handed its sessions over before stopping");
+    assert!(
+        handed.is_some(),
+        "{primary} handed its sessions over before stopping"
+    );
     eprintln!("{}", handed.unwrap_or_default());
     let plane = lab.daemon_status(&backup)["data_plane"].clone();
     let report = load.stop();

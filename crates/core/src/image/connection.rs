@@ -255,6 +255,16 @@ pub struct ConnectionImage {
     counters: ImageCounters,
 }
 
+/// Keeps the newest server timestamp a client echoed (serial order: the clock wraps).
+pub(super) fn note_tsecr(last_tsecr: &mut Option<u32>, segment: &ClientSegment) {
+    if let Some(timestamps) = segment.options.timestamps {
+        let newer = last_tsecr.is_none_or(|last| serial_delta(timestamps.echo_reply, last) > 0);
+        if newer {
+            *last_tsecr = Some(timestamps.echo_reply);
+        }
+    }
+}
+
 pub(super) fn serial_delta(a: u32, b: u32) -> i64 {
     // Reinterpreting the wrapped difference as signed is the serial-number comparison.
     i64::from(a.wrapping_sub(b) as i32)
@@ -644,14 +654,7 @@ impl ConnectionImage {
         }
 
         // RFC 7323: TSecr is meaningful only on segments with ACK set.
-        if let Some(timestamps) = segment.options.timestamps {
-            let newer = self
-                .last_tsecr
-                .is_none_or(|last| serial_delta(timestamps.echo_reply, last) > 0);
-            if newer {
-                self.last_tsecr = Some(timestamps.echo_reply);
-            }
-        }
+        note_tsecr(&mut self.last_tsecr, segment);
     }
 
     /// Merges a segment's payload starting at request position `start`. Checks the limits

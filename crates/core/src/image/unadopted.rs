@@ -7,7 +7,7 @@
 //! connection it cannot rebuild. Finding the client's current sequence numbers for that needs
 //! only the latest of its segments, which is all this keeps.
 
-use super::connection::serial_delta;
+use super::connection::{note_tsecr, serial_delta};
 use super::segment::{ClientSegment, FourTuple};
 
 /// The latest client-side sequence numbers of a connection the backup does not protect.
@@ -50,14 +50,7 @@ impl UnadoptedConnection {
         if serial_delta(end, self.next_seq) > 0 {
             self.next_seq = end;
         }
-        if let Some(ts) = segment.options.timestamps {
-            let newer = self
-                .last_tsecr
-                .is_none_or(|last| serial_delta(ts.echo_reply, last) > 0);
-            if newer {
-                self.last_tsecr = Some(ts.echo_reply);
-            }
-        }
+        note_tsecr(&mut self.last_tsecr, segment);
     }
 }
 
