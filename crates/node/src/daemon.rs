@@ -28,6 +28,17 @@ use crate::status::{Counters, NodeStatus, PeerStatus, ServiceStatus};
 /// How long a planned stop waits for the data plane to hand its connections over.
 const HAND_OVER_WAIT: Duration = Duration::from_secs(2);
 
+/// Resolves at SIGTERM or SIGINT.
+async fn stop_requested(
+    sigterm: &mut tokio::signal::unix::Signal,
+    sigint: &mut tokio::signal::unix::Signal,
+) {
+    tokio::select! {
+        _ = sigterm.recv() => {}
+        _ = sigint.recv() => {}
+    }
+}
+
 /// One interface the service addresses live on.
 struct AddressSite {
     ifindex: u32,
@@ -219,11 +230,7 @@ impl Daemon {
             let deadline = self.origin + self.election.next_deadline(self.now());
             tokio::select! {
                 biased;
-                _ = sigterm.recv(), if hand_over.is_none() => match &self.plane {
-                    Some(plane) => hand_over = Some(Box::pin(plane.hand_over(HAND_OVER_WAIT))),
-                    None => break,
-                },
-                _ = sigint.recv(), if hand_over.is_none() => match &self.plane {
+                () = stop_requested(&mut sigterm, &mut sigint), if hand_over.is_none() => match &self.plane {
                     Some(plane) => hand_over = Some(Box::pin(plane.hand_over(HAND_OVER_WAIT))),
                     None => break,
                 },

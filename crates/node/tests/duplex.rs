@@ -278,21 +278,10 @@ fn fail_over(lab: &Lab, primary: &str, kind: CrashKind, round: usize) -> Failove
 
 impl Failover {
     /// The crashed node woke up by itself (see [`thaw`]): waits until it protects the new
-    /// primary and the connections are adopted, as [`Failover::heal`] does after a restart.
+    /// primary and has adopted the connections the takeover carried over (each at its next
+    /// request), as an operator would before the next failure: until then a crash of the
+    /// primary loses them.
     fn heal_thawed(&self, lab: &Lab) {
-        wait_backup_joined(lab, &self.primary, self.joined_before);
-        common::wait_until(Duration::from_secs(5), || {
-            !lab.daemon_status(&self.primary)["holds_connections"]
-                .as_bool()
-                .unwrap_or(true)
-        });
-    }
-
-    /// Heals the crashed node and waits until it protects the new primary as its backup, and
-    /// has adopted the connections the takeover carried over (each at its next request), as an
-    /// operator would before the next failure: until then a crash of the primary loses them.
-    fn heal(&self, lab: &Lab) {
-        steadfast_lab::heal(lab.name(), &self.crashed).expect("heal");
         wait_backup_joined(lab, &self.primary, self.joined_before);
         let adopted = common::wait_until(Duration::from_secs(5), || {
             !lab.daemon_status(&self.primary)["holds_connections"]
@@ -310,6 +299,12 @@ impl Failover {
                 status["data_plane"]["adoptions_skipped"]
             );
         }
+    }
+
+    /// Heals (restarts) the crashed node, then waits as [`Failover::heal_thawed`] does.
+    fn heal(&self, lab: &Lab) {
+        steadfast_lab::heal(lab.name(), &self.crashed).expect("heal");
+        self.heal_thawed(lab);
     }
 }
 

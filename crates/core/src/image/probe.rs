@@ -44,14 +44,12 @@ impl AckProbe {
     /// timestamp clock the rebuilt socket will continue.
     pub fn for_image(image: &ConnectionImage, tsval: Option<u32>) -> Option<AckProbe> {
         let snd_una = image.snd_una()?;
-        let tuple = image.tuple();
-        Some(AckProbe {
-            from: (*tuple.server.ip(), tuple.server.port()),
-            to: (*tuple.client.ip(), tuple.client.port()),
-            seq: snd_una.wrapping_sub(2),
-            ack: image.rcv_nxt(),
-            timestamps: tsval.map(|tsval| (tsval, 0)),
-        })
+        Some(AckProbe::to_client(
+            image.tuple(),
+            snd_una.wrapping_sub(2),
+            image.rcv_nxt(),
+            tsval,
+        ))
     }
 
     /// The probe for a connection the backup does not protect, only ever sent to end it: the
@@ -69,6 +67,10 @@ impl AckProbe {
         let (seq, ack) = seen.map_or((0, 0), |record| {
             (record.acked.wrapping_sub(2), record.next_seq)
         });
+        AckProbe::to_client(tuple, seq, ack, tsval)
+    }
+
+    fn to_client(tuple: FourTuple, seq: u32, ack: u32, tsval: Option<u32>) -> AckProbe {
         AckProbe {
             from: (*tuple.server.ip(), tuple.server.port()),
             to: (*tuple.client.ip(), tuple.client.port()),

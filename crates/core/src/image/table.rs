@@ -262,7 +262,9 @@ impl ConnectionTable {
     }
 
     /// The primary opened these connections before this backup joined and will hand them over
-    /// (or report them closed) later; until then a takeover cannot carry them on.
+    /// (or report them closed) later; until then a takeover cannot carry them on. The primary
+    /// lists them before it has the backup announce itself, so no segment of theirs has passed
+    /// here yet: each record gets its numbers from the next segment.
     pub fn expect_adoption(&mut self, tuples: &[FourTuple]) {
         for tuple in tuples {
             if self.images.contains_key(tuple) || self.unadopted.contains_key(tuple) {
@@ -272,17 +274,7 @@ impl ConnectionTable {
                 self.counters.unadopted_unrecorded += 1;
                 continue;
             }
-            let seen = self.recent_untracked.get(tuple).and_then(|recent| {
-                let mut record: Option<UnadoptedConnection> = None;
-                for (segment, payload) in recent {
-                    match record.as_mut() {
-                        Some(record) => record.note(segment, payload.len()),
-                        None => record = UnadoptedConnection::from_segment(segment, payload.len()),
-                    }
-                }
-                record
-            });
-            self.unadopted.insert(*tuple, seen);
+            self.unadopted.insert(*tuple, None);
         }
     }
 

@@ -73,10 +73,8 @@ static NEXT_STREAM: AtomicU64 = AtomicU64::new(1);
 
 /// A replication stream whose logs are no longer this backup's.
 #[derive(Debug, thiserror::Error)]
-#[error("the replication stream of primary {primary} was superseded (a takeover froze its logs, or it connected anew): nothing more is acknowledged")]
-struct Superseded {
-    primary: NodeId,
-}
+#[error("the replication stream was superseded (a takeover froze its logs, or the primary connected anew): nothing more is acknowledged")]
+struct Superseded;
 
 /// The logs as they were when forwarding stopped, for the takeover.
 pub struct Frozen {
@@ -455,7 +453,10 @@ impl BackupParts {
                         .fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
-                if let Some(seq) = self.take_frame(frame, primary, stream_number)? {
+                let taken = self
+                    .take_frame(frame, stream_number)
+                    .with_context(|| format!("primary {primary}"))?;
+                if let Some(seq) = taken {
                     highest_seq = Some(seq);
                 }
             }
@@ -476,7 +477,6 @@ impl BackupParts {
     fn take_frame(
         &self,
         frame: ReplicationFrame,
-        primary: NodeId,
         stream_number: u64,
     ) -> Result<Option<u64>, Superseded> {
         let mut guard = self.state.lock().expect("backup state lock");
@@ -484,7 +484,7 @@ impl BackupParts {
         // Checked under the lock the freeze takes the logs with: a frame is either in the
         // logs a takeover uses, or refused and never acknowledged.
         if state.stream != stream_number {
-            return Err(Superseded { primary });
+            return Err(Superseded);
         }
         let counters = &self.shared.counters;
         Ok(match frame {

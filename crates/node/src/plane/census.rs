@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use steadfast_core::image::FourTuple;
 use tokio::sync::watch;
@@ -34,7 +35,7 @@ impl Sessions {
 #[derive(Debug)]
 pub struct SessionCensus {
     sessions: Mutex<Sessions>,
-    /// Counts [`SessionCensus::retire_where`] calls; sessions watch it.
+    /// Counts the retirements ([`SessionCensus::retire_where`]); sessions watch it.
     retirements: watch::Sender<u64>,
 }
 
@@ -48,16 +49,15 @@ impl Default for SessionCensus {
 }
 
 impl SessionCensus {
-    /// Tells every open session to end at once, without a byte to its client: another node
-    /// now carries their connections on (this one stepped down), and anything sent from here
-    /// would reach those clients beside the new primary's bytes.
-    pub fn retire_all(&self) -> u64 {
-        self.retire_where(|_| true)
-    }
-
-    /// Tells the open sessions whose protecting generation matches to end the same way;
-    /// returns how many were told.
-    pub fn retire_where(&self, protected_by: impl Fn(u64) -> bool) -> u64 {
+    /// Tells the open sessions whose protecting generation matches to end at once, without a
+    /// byte to their clients (another node carries their connections on, and anything sent
+    /// from here would reach those clients beside its bytes), and waits until they have ended
+    /// or `within` passed. Returns how many were told and how many are still ending.
+    pub async fn retire_where(
+        &self,
+        protected_by: impl Fn(u64) -> bool,
+        within: Duration,
+    ) -> (u64, u64) {
         let told = {
             let mut sessions = self.sessions.lock().expect("census lock");
             let chosen: Vec<u64> = sessions
@@ -69,8 +69,17 @@ impl SessionCensus {
             sessions.retired.extend(chosen.iter().copied());
             chosen.len() as u64
         };
+        if told == 0 {
+            return (0, 0);
+        }
         self.retirements.send_modify(|count| *count += 1);
-        told
+        // An ending session leaves `retired` when its entry drops.
+        let ending = || self.sessions.lock().expect("census lock").retired.len() as u64;
+        let deadline = tokio::time::Instant::now() + within;
+        while ending() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        (told, ending())
     }
 
     /// Resolves once the session of `entry` is told to end.
@@ -138,17 +147,6 @@ impl SessionCensus {
             .filter(|(_, generation)| current == 0 || *generation != current)
             .map(|(tuple, _)| *tuple)
             .collect()
-    }
-
-    /// Open sessions protected by `generation`.
-    pub fn protected_by(&self, generation: u64) -> u64 {
-        self.sessions
-            .lock()
-            .expect("census lock")
-            .by_generation
-            .get(&generation)
-            .copied()
-            .unwrap_or(0)
     }
 
     pub fn open(&self) -> u64 {
@@ -236,20 +234,28 @@ mod tests {
         let unprotected = census.enter(tuple(2), 0);
         let protected_notice = census.retirement(&protected);
         let unprotected_notice = census.retirement(&unprotected);
-        assert_eq!(census.retire_where(|generation| generation == 3), 1);
+        // Nothing ends these sessions here: no wait, the counts only.
+        let at_once = std::time::Duration::ZERO;
+        assert_eq!(
+            census
+                .retire_where(|generation| generation == 3, at_once)
+                .await
+                .0,
+            1
+        );
         tokio::time::timeout(std::time::Duration::from_secs(1), protected_notice)
             .await
             .expect("the protected session is told to end");
         let untouched =
             tokio::time::timeout(std::time::Duration::from_millis(20), unprotected_notice).await;
         assert!(untouched.is_err(), "the other session goes on");
-        assert_eq!(census.retire_all(), 2);
+        assert_eq!(census.retire_where(|_| true, at_once).await.0, 2);
         tokio::time::timeout(
             std::time::Duration::from_secs(1),
             census.retirement(&unprotected),
         )
         .await
-        .expect("retire_all reaches every session");
+        .expect("retiring every session reaches every session");
         drop(protected);
         drop(unprotected);
         assert!(census.sessions.lock().unwrap().retired.is_empty());

@@ -152,10 +152,6 @@ pub struct PlaneHandle {
 pub type HandOverRequest = tokio::sync::oneshot::Sender<u64>;
 
 impl PlaneHandle {
-    /// Whether this duplex node carries open client connections that its backup does not
-    /// protect (none joined yet, or it has not adopted them all): electing another node would
-    /// drop them, so the election ranks this node first. Never in simplex: no backup ever
-    /// protects its connections, so the rank would only block preemption for good.
     /// Before a planned stop of a protected primary: its sessions stop sending (their
     /// sockets in repair mode) and no client frame reaches it any more, so the backup, which
     /// stands as soon as it hears the stop, rebuilds the connections exactly where their
@@ -176,6 +172,10 @@ impl PlaneHandle {
         }
     }
 
+    /// Whether this duplex node carries open client connections that its backup does not
+    /// protect (none joined yet, or it has not adopted them all): electing another node would
+    /// drop them, so the election ranks this node first. Never in simplex: no backup ever
+    /// protects its connections, so the rank would only block preemption for good.
     pub fn carries_unprotected_connections(&self) -> bool {
         self.duplex
             && self

@@ -648,17 +648,15 @@ impl Duplex {
             tracing::error!("shutting the ingress guard for a hand-over: {e}");
         }
         let generation = self.gate.generation();
-        let census = self.proxy.census.clone();
-        let told = census.retire_where(|protected_by| protected_by == generation);
-        let deadline = Instant::now() + RETIRE_WAIT;
-        while census.protected_by(generation) > 0 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        let (told, ending) = self
+            .proxy
+            .census
+            .retire_where(|protected_by| protected_by == generation, RETIRE_WAIT)
+            .await;
         tracing::info!(
-            "planned stop: {told} protected sessions handed to the backup in {:?} ({} still \
-             ending)",
+            "planned stop: {told} protected sessions handed to the backup in {:?} ({ending} \
+             still ending)",
             started.elapsed(),
-            census.protected_by(generation)
         );
         told
     }
@@ -667,18 +665,11 @@ impl Duplex {
     /// every session here ends without a byte to its client, and only then are the replies
     /// they held dropped.
     async fn retire_sessions(&mut self) {
-        let census = self.proxy.census.clone();
-        let open = census.open();
-        if open > 0 {
-            census.retire_all();
-            let deadline = Instant::now() + RETIRE_WAIT;
-            while census.open() > 0 && Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
+        let (told, ending) = self.proxy.census.retire_where(|_| true, RETIRE_WAIT).await;
+        if told > 0 {
             tracing::info!(
-                "another node is primary: {open} sessions ended without a word to their \
-                 clients ({} still ending)",
-                census.open()
+                "another node is primary: {told} sessions ended without a word to their \
+                 clients ({ending} still ending)"
             );
         }
         self.stepped_down_acks.clear();

@@ -55,6 +55,17 @@ pub fn rebuild_all(frozen: Frozen, shared: &Arc<PlaneShared>) -> Rebuilt {
             report,
         };
     };
+    // How long each client has been silent, and the timestamp clock a segment to it needs
+    // (PAWS drops one behind what the client last saw).
+    let idle_of = |tuple: &FourTuple| {
+        state
+            .last_seen
+            .get(tuple)
+            .map_or(Duration::ZERO, |seen| at.saturating_duration_since(*seen))
+    };
+    let tsval_for = |tuple: &FourTuple, last_tsecr: Option<u32>| {
+        last_tsecr.map(|tsecr| rebuilt_tsval(Some(tsecr), idle_of(tuple)))
+    };
     let mut work = Vec::new();
     for image in table.iter() {
         let planned = match (state.replica.plan(image), &state.template) {
@@ -67,22 +78,16 @@ pub fn rebuild_all(frozen: Frozen, shared: &Arc<PlaneShared>) -> Rebuilt {
             }
             (planned, _) => planned,
         };
-        let idle = state
-            .last_seen
-            .get(&image.tuple())
-            .map_or(Duration::ZERO, |seen| at.saturating_duration_since(*seen));
         match planned {
             Ok(plan) => {
-                let target = repair_target(&plan, idle);
+                let target = repair_target(&plan, idle_of(&image.tuple()));
                 work.push((plan, target));
             }
             Err(reason) => {
                 report.lost += 1;
                 PlaneShared::count_reason(&shared.lost_reasons, reason.label());
                 tracing::info!("takeover: {reason}");
-                let tsval = image
-                    .last_tsecr()
-                    .map(|tsecr| rebuilt_tsval(Some(tsecr), idle));
+                let tsval = tsval_for(&image.tuple(), image.last_tsecr());
                 if let Some(probe) = AckProbe::for_image(image, tsval) {
                     lost_probes.push((image.tuple(), probe));
                 }
@@ -98,13 +103,7 @@ pub fn rebuild_all(frozen: Frozen, shared: &Arc<PlaneShared>) -> Rebuilt {
         tracing::info!(
             "takeover: {tuple}: lost, opened before this node protected the primary and not handed over"
         );
-        let idle = state
-            .last_seen
-            .get(&tuple)
-            .map_or(Duration::ZERO, |seen| at.saturating_duration_since(*seen));
-        let tsval = seen
-            .and_then(|record| record.last_tsecr)
-            .map(|tsecr| rebuilt_tsval(Some(tsecr), idle));
+        let tsval = tsval_for(&tuple, seen.and_then(|record| record.last_tsecr));
         lost_probes.push((tuple, AckProbe::for_unadopted(tuple, seen, tsval)));
     }
     let started = Instant::now();
