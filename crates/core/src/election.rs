@@ -316,6 +316,18 @@ impl Election {
     pub fn is_primary(&self) -> bool {
         self.role == Role::Primary
     }
+
+    /// While primary: the instant (on the clock `handle` is given) before which no other node
+    /// can be primary, whatever happens to this one meanwhile. A shell that may act late (a
+    /// starved thread, a queued command) checks it at the moment it acts instead of trusting
+    /// the role it was told: a value once returned stays true of the past even if this node
+    /// stops running, since the promises behind it outlive it.
+    pub fn lease_until(&self) -> Option<Duration> {
+        self.lease
+            .as_ref()
+            .filter(|_| self.is_primary())
+            .map(|l| l.until)
+    }
     pub fn peers(&self) -> &BTreeMap<NodeId, PeerView> {
         &self.peers
     }

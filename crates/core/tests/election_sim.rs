@@ -159,6 +159,26 @@ impl Sim {
             }
         }
         self.check_one_holder();
+        self.check_one_lease();
+    }
+
+    /// The data plane sends unlogged bytes only while `now` is before the lease end it was last
+    /// told, however late it acts: so no two nodes' last told lease ends may lie ahead at once,
+    /// not even a frozen node's.
+    fn check_one_lease(&self) {
+        let leased: Vec<(NodeId, Duration)> = self
+            .nodes
+            .iter()
+            .filter_map(|(&id, n)| Some((id, n.election.as_ref()?.lease_until()?)))
+            .filter(|&(_, until)| until > self.now)
+            .collect();
+        assert!(
+            leased.len() <= 1,
+            "seed {}: {:?} hold a lease at once at {:?}",
+            self.seed,
+            leased,
+            self.now
+        );
     }
 
     fn check_one_holder(&self) {

@@ -388,6 +388,13 @@ impl Daemon {
                 .get(&id)
                 .map(|&address| crate::plane::Peer { id, address })
         };
+        // The lease first: a session that sees the new role may already need it.
+        let lease_until = self.election.lease_until().map(|until| self.origin + until);
+        plane.lease.send_if_modified(|current| {
+            let changed = *current != lease_until;
+            *current = lease_until;
+            changed
+        });
         let role = if self.vip_held {
             let backup = self
                 .election
@@ -707,6 +714,7 @@ fn plane_status(mode: &str, shared: &crate::plane::PlaneShared) -> crate::status
         status.replies = p.replies.load(Relaxed);
         status.reply_bytes = p.reply_bytes.load(Relaxed);
         status.replies_unprotected = p.replies_unprotected.load(Relaxed);
+        status.replies_fenced = p.replies_fenced.load(Relaxed);
         status.bad_requests = p.bad_requests.load(Relaxed);
         status.backend_errors = p.backend_errors.load(Relaxed);
         status.adopted += p.adopted.load(Relaxed);

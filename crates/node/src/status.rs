@@ -122,6 +122,10 @@ pub struct DataPlaneStatus {
     pub replies: u64,
     pub reply_bytes: u64,
     pub replies_unprotected: u64,
+    /// Reply pieces that waited for this node's lease before going out unlogged (it was told
+    /// late that its backup was gone, or its lease lapsed for a moment).
+    #[serde(default)]
+    pub replies_fenced: u64,
     pub bad_requests: u64,
     pub backend_errors: u64,
     /// Replies cut by a takeover in the middle and finished by a range request (I2).

@@ -131,7 +131,8 @@ impl IngressGuard {
         self.state
     }
 
-    fn apply(&mut self, state: GuardState) -> Result<(), GuardError> {
+    /// Sets the guard to `state` (one nftables transaction).
+    pub fn apply(&mut self, state: GuardState) -> Result<(), GuardError> {
         let ports = self
             .ports
             .iter()

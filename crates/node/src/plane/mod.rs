@@ -9,6 +9,7 @@
 pub mod backup;
 pub mod census;
 pub mod gate;
+pub mod lease;
 pub mod primary;
 pub mod proxy;
 pub mod takeover;
@@ -142,6 +143,8 @@ impl PlaneShared {
 /// The running plane; dropping it does not stop it (the process exit does).
 pub struct PlaneHandle {
     pub role: watch::Sender<PlaneRole>,
+    /// Until when this node holds its lease as primary (see [`lease`]).
+    pub lease: lease::LeaseSender,
     pub shared: Arc<PlaneShared>,
     duplex: bool,
     hand_over: mpsc::Sender<HandOverRequest>,
@@ -191,6 +194,7 @@ impl PlaneHandle {
 /// Starts the plane's runtime on its own threads.
 pub fn start(settings: PlaneSettings) -> anyhow::Result<PlaneHandle> {
     let (role_tx, role_rx) = watch::channel(PlaneRole::Idle);
+    let (lease_tx, lease_rx) = watch::channel(None);
     let (hand_over_tx, hand_over_rx) = mpsc::channel(1);
     let shared = Arc::new(PlaneShared::default());
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -213,6 +217,7 @@ pub fn start(settings: PlaneSettings) -> anyhow::Result<PlaneHandle> {
                     settings,
                     listeners,
                     role_rx,
+                    lease::LeaseFence::new(lease_rx),
                     hand_over_rx,
                     plane_shared,
                     ready_tx,
@@ -230,6 +235,7 @@ pub fn start(settings: PlaneSettings) -> anyhow::Result<PlaneHandle> {
         .context("the data plane thread ended during set-up")??;
     Ok(PlaneHandle {
         role: role_tx,
+        lease: lease_tx,
         shared,
         duplex,
         hand_over: hand_over_tx,
@@ -282,6 +288,7 @@ async fn run(
     settings: PlaneSettings,
     listeners: Vec<TcpListener>,
     role_rx: watch::Receiver<PlaneRole>,
+    lease: lease::LeaseFence,
     mut hand_over_rx: mpsc::Receiver<HandOverRequest>,
     shared: Arc<PlaneShared>,
     ready: std::sync::mpsc::Sender<anyhow::Result<()>>,
@@ -297,6 +304,8 @@ async fn run(
             pool: BackendPool::new(service.backend),
             counters: Default::default(),
             census: Default::default(),
+            // No other node ever carries a simplex connection on.
+            lease: lease::LeaseFence::unfenced(),
         });
         *shared.proxy.lock().expect("proxy slot") = Some(ctx.clone());
         for listener in listeners {
@@ -310,7 +319,7 @@ async fn run(
         std::future::pending::<()>().await;
         return Ok(());
     }
-    let duplex = match primary::Duplex::new(settings, shared.clone(), limits).await {
+    let duplex = match primary::Duplex::new(settings, shared.clone(), limits, lease).await {
         Ok(duplex) => duplex,
         Err(e) => {
             let _ = ready.send(Err(e.context("starting the duplex plane")));

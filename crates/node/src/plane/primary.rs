@@ -10,6 +10,7 @@ use anyhow::Context;
 use steadfast_core::http::FramingLimits;
 use steadfast_core::image::FourTuple;
 use steadfast_core::replication::{self, ConnectionOptions, FrameReader, ReplicationFrame};
+use steadfast_os::ingress_guard::{GuardError, GuardState};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
@@ -212,6 +213,7 @@ impl Duplex {
         settings: PlaneSettings,
         shared: Arc<PlaneShared>,
         limits: FramingLimits,
+        lease: super::lease::LeaseFence,
     ) -> anyhow::Result<Duplex> {
         let service = &settings.service;
         let netlink = steadfast_os::addr::Netlink::new()
@@ -258,6 +260,7 @@ impl Duplex {
             pool: BackendPool::new(service.backend),
             counters: Default::default(),
             census: Default::default(),
+            lease,
         });
         *shared.proxy.lock().expect("proxy slot") = Some(proxy.clone());
         let backup = BackupPlane::start(&settings, shared.clone(), link.mac, link.index)
@@ -333,7 +336,6 @@ impl Duplex {
     /// (I1): bounced to it to be logged, or dropped. Reading it runs `nft`, so at most once a
     /// second, and only while the guard filters.
     fn read_guard_counter(&mut self) {
-        use steadfast_os::ingress_guard::GuardState;
         if !matches!(self.guard.state(), GuardState::OnlyFrom(_))
             || self
                 .guard_read_at
@@ -464,9 +466,15 @@ impl Duplex {
         );
     }
 
+    /// Sets the ingress guard. `nft` takes tens of milliseconds on a loaded host: meanwhile
+    /// the sessions queued on this worker thread move to another one instead of waiting.
+    fn set_guard(&mut self, state: GuardState) -> Result<(), GuardError> {
+        tokio::task::block_in_place(|| self.guard.apply(state))
+    }
+
     /// No backup: the primary answers ARP for the VIP itself and lets every client frame in.
     async fn serve_unprotected(&mut self) {
-        if let Err(e) = self.guard.open() {
+        if let Err(e) = self.set_guard(GuardState::Open) {
             tracing::error!("opening the ingress guard: {e}");
         }
         let announce = !self.vip_on_link;
@@ -553,7 +561,7 @@ impl Duplex {
                 }
                 // A link already gone reports itself lost.
                 self.gate.send(&ReplicationFrame::Announce);
-                if let Err(e) = self.guard.allow_only_from(backup_mac) {
+                if let Err(e) = self.set_guard(GuardState::OnlyFrom(backup_mac)) {
                     tracing::error!("cannot set the ingress guard to the backup's MAC: {e}");
                     self.drop_link("the ingress guard could not be set").await;
                     return;
@@ -622,7 +630,7 @@ impl Duplex {
         // a hand-over it stays shut: this node's kernel no longer has the connections and
         // would reset their clients.
         if !self.handing_over {
-            if let Err(e) = self.guard.open() {
+            if let Err(e) = self.set_guard(GuardState::Open) {
                 tracing::error!("opening the ingress guard at a step-down: {e}");
             }
         }
@@ -644,7 +652,7 @@ impl Duplex {
         }
         self.handing_over = true;
         let started = Instant::now();
-        if let Err(e) = self.guard.drop_all() {
+        if let Err(e) = self.set_guard(GuardState::DropAll) {
             tracing::error!("shutting the ingress guard for a hand-over: {e}");
         }
         let generation = self.gate.generation();

@@ -47,6 +47,8 @@ pub struct ProxyCounters {
     pub bad_requests: AtomicU64,
     pub backend_errors: AtomicU64,
     pub replies_unprotected: AtomicU64,
+    /// Reply pieces that waited for this node's lease before going out unlogged.
+    pub replies_fenced: AtomicU64,
     pub early_replies: AtomicU64,
     pub tunnels_refused: AtomicU64,
     /// Unprotected connections handed to a backup that joined after they opened.
@@ -116,6 +118,8 @@ pub struct ProxyContext {
     pub counters: ProxyCounters,
     /// Open sessions by the backup link that protects them.
     pub census: Arc<SessionCensus>,
+    /// Whether this node may send reply bytes the backup does not hold.
+    pub lease: super::lease::LeaseFence,
 }
 
 /// Where a session starts: offset 0 for a fresh connection, or the resume point of a
@@ -924,6 +928,7 @@ impl Session {
         kind: PieceKind,
         bytes: &[u8],
     ) -> Result<(), SessionEnd> {
+        let mut logged = false;
         if self.protected_now() {
             let waiter = self.ctx.gate.log(Piece {
                 tuple: self.tuple,
@@ -933,13 +938,23 @@ impl Session {
                 bytes,
             });
             if let Some(waiter) = waiter {
-                if !waiter.wait().await {
+                logged = waiter.wait().await;
+                if !logged {
                     self.ctx
                         .counters
                         .replies_unprotected
                         .fetch_add(1, Ordering::Relaxed);
                 }
             }
+        }
+        // Unlogged bytes go out only under this node's lease: told late that the backup is
+        // gone, it may already be the primary that carries this connection on.
+        if !logged && !self.ctx.lease.held_now() {
+            self.ctx
+                .counters
+                .replies_fenced
+                .fetch_add(1, Ordering::Relaxed);
+            self.ctx.lease.held().await;
         }
         self.reply_offset += bytes.len() as u64;
         if self.trace_first_reply && matches!(kind, PieceKind::Final { .. }) {
