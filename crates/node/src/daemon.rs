@@ -255,7 +255,7 @@ impl Daemon {
                     self.feed_health().await;
                 }
                 Some(ControlRequest::Status(reply)) = control_rx.recv() => {
-                    let _ = reply.send(self.status());
+                    self.answer_status(reply);
                 }
                 _ = sighup.recv() => {
                     match self.reload() {
@@ -389,12 +389,9 @@ impl Daemon {
                 .map(|&address| crate::plane::Peer { id, address })
         };
         // The lease first: a session that sees the new role may already need it.
-        let lease_until = self.election.lease_until().map(|until| self.origin + until);
-        plane.lease.send_if_modified(|current| {
-            let changed = *current != lease_until;
-            *current = lease_until;
-            changed
-        });
+        plane
+            .lease
+            .set(self.election.lease_until().map(|until| self.origin + until));
         let role = if self.vip_held {
             let backup = self
                 .election
@@ -655,11 +652,26 @@ impl Daemon {
                 })
                 .collect(),
             counters,
-            data_plane: self
-                .plane
-                .as_ref()
-                .map(|p| plane_status(&self.plane_mode, &p.shared)),
+            // Filled in by `answer_status`, off this thread.
+            data_plane: None,
         }
+    }
+
+    /// Answers a status request. The data plane's part takes locks its session threads hold:
+    /// it is read on a blocking-pool thread, which runs at normal priority, so this realtime
+    /// thread never waits for a preempted session (its heartbeats would lag past the lease).
+    fn answer_status(&self, reply: tokio::sync::oneshot::Sender<NodeStatus>) {
+        let mut status = self.status();
+        let Some(plane) = &self.plane else {
+            let _ = reply.send(status);
+            return;
+        };
+        let shared = plane.shared.clone();
+        let mode = self.plane_mode.clone();
+        tokio::task::spawn_blocking(move || {
+            status.data_plane = Some(plane_status(&mode, &shared));
+            let _ = reply.send(status);
+        });
     }
 }
 
@@ -706,7 +718,7 @@ fn plane_status(mode: &str, shared: &crate::plane::PlaneShared) -> crate::status
         guard_bounced: c.guard_bounced.load(Relaxed),
         ..Default::default()
     };
-    if let Some(proxy) = shared.proxy.lock().ok().and_then(|p| p.clone()) {
+    if let Some(proxy) = shared.proxy.get() {
         let p = &proxy.counters;
         status.connections = p.connections.load(Relaxed);
         status.connections_unprotected = p.connections_unprotected.load(Relaxed);

@@ -367,6 +367,18 @@ fn crash_cycle(backend: BackendKind, kinds: &[CrashKind]) {
         longest_request(&report),
         report.error_counts()
     );
+    let hooks = std::fs::read_to_string(lab.info.state_dir.join("hooks.log")).unwrap_or_default();
+    eprintln!(
+        "{backend}: {} lapses of a primary's lease (quorum lost) beside the crashes",
+        hooks.lines().filter(|l| l.contains("quorum lost")).count()
+    );
+    for member in ["n1", "n2"] {
+        let status = lab.daemon_status(member);
+        eprintln!(
+            "{member} (this life): {} role changes, {} reply pieces waited for the lease",
+            status["counters"]["role_changes"], status["data_plane"]["replies_fenced"]
+        );
+    }
     assert_clean(&report, &format!("{backend} crash cycle"));
     assert_exactly_once(&lab, &report, &format!("{backend} crash cycle"));
     curl.finish();

@@ -4,6 +4,7 @@
 //! connections it will have to adopt, and end them all when another node carries them on.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,6 +21,8 @@ struct Sessions {
     next_entry: u64,
     /// Entries told to end (see [`SessionCensus::retire_where`]).
     retired: HashSet<u64>,
+    /// The generation of the backup link now (0: none), see [`SessionCensus::link_changed`].
+    current: u64,
 }
 
 impl Sessions {
@@ -30,6 +33,15 @@ impl Sessions {
             self.by_generation.remove(&generation);
         }
     }
+
+    /// Open sessions that the link of `current` (0: no link) does not protect.
+    fn unprotected(&self, current: u64) -> u64 {
+        self.by_generation
+            .iter()
+            .filter(|(&generation, _)| current == 0 || generation != current)
+            .map(|(_, &count)| count)
+            .sum()
+    }
 }
 
 #[derive(Debug)]
@@ -37,6 +49,11 @@ pub struct SessionCensus {
     sessions: Mutex<Sessions>,
     /// Counts the retirements ([`SessionCensus::retire_where`]); sessions watch it.
     retirements: watch::Sender<u64>,
+    /// Whether some open session is not protected by the current link, kept up to date under
+    /// the lock for a reader that must never wait for it: the daemon's realtime election
+    /// thread, which a session thread preempted while holding the lock would stall past its
+    /// lease (priority inversion).
+    carries_unprotected: AtomicBool,
 }
 
 impl Default for SessionCensus {
@@ -44,11 +61,31 @@ impl Default for SessionCensus {
         SessionCensus {
             sessions: Mutex::default(),
             retirements: watch::Sender::new(0),
+            carries_unprotected: AtomicBool::new(false),
         }
     }
 }
 
 impl SessionCensus {
+    /// Runs `change` on the sessions under the lock, then refreshes [`Self::carries_unprotected`].
+    fn update<T>(&self, change: impl FnOnce(&mut Sessions) -> T) -> T {
+        let mut sessions = self.sessions.lock().expect("census lock");
+        let result = change(&mut sessions);
+        let carries = sessions.unprotected(sessions.current) > 0;
+        self.carries_unprotected.store(carries, Ordering::Relaxed);
+        result
+    }
+
+    /// The backup link now protecting new sessions changed (0: none).
+    pub fn link_changed(&self, current: u64) {
+        self.update(|sessions| sessions.current = current);
+    }
+
+    /// Some open session is not protected by the current link; never waits.
+    pub fn carries_unprotected(&self) -> bool {
+        self.carries_unprotected.load(Ordering::Relaxed)
+    }
+
     /// Tells the open sessions whose protecting generation matches to end at once, without a
     /// byte to their clients (another node carries their connections on, and anything sent
     /// from here would reach those clients beside its bytes), and waits until they have ended
@@ -113,28 +150,18 @@ impl SessionCensus {
     /// Counts the session of `tuple`, protected by `generation`, until the returned entry is
     /// dropped.
     pub fn enter(self: &Arc<Self>, tuple: FourTuple, generation: u64) -> CensusEntry {
-        let mut sessions = self.sessions.lock().expect("census lock");
-        sessions.count(generation, 1);
-        let number = sessions.next_entry;
-        sessions.next_entry += 1;
-        sessions.entries.insert(number, (tuple, generation));
+        let number = self.update(|sessions| {
+            sessions.count(generation, 1);
+            let number = sessions.next_entry;
+            sessions.next_entry += 1;
+            sessions.entries.insert(number, (tuple, generation));
+            number
+        });
         CensusEntry {
             census: self.clone(),
             number,
             generation,
         }
-    }
-
-    /// Open sessions that the link of `current` (0: no link) does not protect.
-    pub fn unprotected(&self, current: u64) -> u64 {
-        self.sessions
-            .lock()
-            .expect("census lock")
-            .by_generation
-            .iter()
-            .filter(|(&generation, _)| current == 0 || generation != current)
-            .map(|(_, &count)| count)
-            .sum()
     }
 
     /// The connections of the sessions that the link of `current` does not protect.
@@ -176,12 +203,14 @@ impl CensusEntry {
     /// The session is protected by `generation` from now on (adopted by a backup that joined).
     pub fn protected_by(&mut self, generation: u64) {
         if generation != self.generation {
-            let mut sessions = self.census.sessions.lock().expect("census lock");
-            sessions.count(self.generation, -1);
-            sessions.count(generation, 1);
-            if let Some(entry) = sessions.entries.get_mut(&self.number) {
-                entry.1 = generation;
-            }
+            let (number, old) = (self.number, self.generation);
+            self.census.update(|sessions| {
+                sessions.count(old, -1);
+                sessions.count(generation, 1);
+                if let Some(entry) = sessions.entries.get_mut(&number) {
+                    entry.1 = generation;
+                }
+            });
             self.generation = generation;
         }
     }
@@ -189,16 +218,22 @@ impl CensusEntry {
 
 impl Drop for CensusEntry {
     fn drop(&mut self) {
-        let mut sessions = self.census.sessions.lock().expect("census lock");
-        sessions.count(self.generation, -1);
-        sessions.entries.remove(&self.number);
-        sessions.retired.remove(&self.number);
+        let (number, generation) = (self.number, self.generation);
+        self.census.update(|sessions| {
+            sessions.count(generation, -1);
+            sessions.entries.remove(&number);
+            sessions.retired.remove(&number);
+        });
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn unprotected(census: &SessionCensus, current: u64) -> u64 {
+        census.sessions.lock().unwrap().unprotected(current)
+    }
 
     fn tuple(port: u16) -> FourTuple {
         FourTuple {
@@ -213,18 +248,44 @@ mod tests {
         let mut a = census.enter(tuple(1), 0);
         let b = census.enter(tuple(2), 3);
         assert_eq!(census.open(), 2);
-        assert_eq!(census.unprotected(3), 1, "a is not protected");
+        assert_eq!(unprotected(&census, 3), 1, "a is not protected");
         assert_eq!(census.unprotected_connections(3), vec![tuple(1)]);
-        assert_eq!(census.unprotected(4), 2, "a newer link protects neither");
-        assert_eq!(census.unprotected(0), 2, "no link protects nothing");
+        assert_eq!(unprotected(&census, 4), 2, "a newer link protects neither");
+        assert_eq!(unprotected(&census, 0), 2, "no link protects nothing");
         a.protected_by(3);
-        assert_eq!(census.unprotected(3), 0);
+        assert_eq!(unprotected(&census, 3), 0);
         assert!(census.unprotected_connections(3).is_empty());
         drop(b);
         drop(a);
         assert_eq!(census.open(), 0);
-        assert_eq!(census.unprotected(0), 0);
+        assert_eq!(unprotected(&census, 0), 0);
         assert!(census.unprotected_connections(0).is_empty());
+    }
+
+    #[test]
+    fn the_lock_free_flag_follows_sessions_and_link_changes() {
+        let census = Arc::new(SessionCensus::default());
+        assert!(!census.carries_unprotected(), "no session");
+        census.link_changed(3);
+        let mut a = census.enter(tuple(1), 0);
+        assert!(census.carries_unprotected(), "a opened before the link");
+        a.protected_by(3);
+        assert!(!census.carries_unprotected(), "adopted by the current link");
+        census.link_changed(0);
+        assert!(census.carries_unprotected(), "the link is gone");
+        census.link_changed(4);
+        assert!(
+            census.carries_unprotected(),
+            "a newer link never adopted it"
+        );
+        let b = census.enter(tuple(2), 4);
+        a.protected_by(4);
+        assert!(!census.carries_unprotected());
+        drop(a);
+        census.link_changed(0);
+        assert!(census.carries_unprotected(), "b is left without a link");
+        drop(b);
+        assert!(!census.carries_unprotected(), "nothing open");
     }
 
     #[tokio::test]

@@ -128,7 +128,8 @@ pub struct PlaneShared {
     pub protected_connections: AtomicU64,
     /// Gauge: 1 while the primary serves without a backup.
     pub unprotected_now: AtomicU64,
-    pub proxy: Mutex<Option<Arc<ProxyContext>>>,
+    /// Set once at start; read without a lock (the daemon's realtime thread reads it).
+    pub proxy: std::sync::OnceLock<Arc<ProxyContext>>,
 }
 
 impl PlaneShared {
@@ -184,17 +185,15 @@ impl PlaneHandle {
             && self
                 .shared
                 .proxy
-                .lock()
-                .expect("proxy slot")
-                .as_ref()
-                .is_some_and(|proxy| proxy.census.unprotected(proxy.gate.generation()) > 0)
+                .get()
+                .is_some_and(|proxy| proxy.census.carries_unprotected())
     }
 }
 
 /// Starts the plane's runtime on its own threads.
 pub fn start(settings: PlaneSettings) -> anyhow::Result<PlaneHandle> {
     let (role_tx, role_rx) = watch::channel(PlaneRole::Idle);
-    let (lease_tx, lease_rx) = watch::channel(None);
+    let (lease_tx, lease_fence) = lease::lease();
     let (hand_over_tx, hand_over_rx) = mpsc::channel(1);
     let shared = Arc::new(PlaneShared::default());
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -217,7 +216,7 @@ pub fn start(settings: PlaneSettings) -> anyhow::Result<PlaneHandle> {
                     settings,
                     listeners,
                     role_rx,
-                    lease::LeaseFence::new(lease_rx),
+                    lease_fence,
                     hand_over_rx,
                     plane_shared,
                     ready_tx,
@@ -307,7 +306,7 @@ async fn run(
             // No other node ever carries a simplex connection on.
             lease: lease::LeaseFence::unfenced(),
         });
-        *shared.proxy.lock().expect("proxy slot") = Some(ctx.clone());
+        let _ = shared.proxy.set(ctx.clone());
         for listener in listeners {
             tokio::spawn(accept_loop(listener, ctx.clone(), shared.clone()));
         }

@@ -262,7 +262,7 @@ impl Duplex {
             census: Default::default(),
             lease,
         });
-        *shared.proxy.lock().expect("proxy slot") = Some(proxy.clone());
+        let _ = shared.proxy.set(proxy.clone());
         let backup = BackupPlane::start(&settings, shared.clone(), link.mac, link.index)
             .await
             .context("starting the backup side (replication listener)")?;
@@ -550,6 +550,7 @@ impl Duplex {
                 // one the primary protects from its first byte (see
                 // `ReplicaLog::plan_unreported`).
                 self.gate.attach(link);
+                self.proxy.census.link_changed(generation);
                 // Sessions opened before now are not protected: the backup is told which, so a
                 // takeover before it has adopted them all resets their clients instead of
                 // leaving them to wait for replies that cannot come.
@@ -615,6 +616,7 @@ impl Duplex {
 
     fn detach_link(&mut self) {
         self.gate.detach();
+        self.proxy.census.link_changed(0);
         self.link_generation += 1;
     }
 
