@@ -700,6 +700,7 @@ fn plane_status(mode: &str, shared: &crate::plane::PlaneShared) -> crate::status
         takeovers: c.takeovers.load(Relaxed),
         connections_restored: c.connections_restored.load(Relaxed),
         connections_restored_unreported: c.connections_restored_unreported.load(Relaxed),
+        probes_unanswered: c.probes_unanswered.load(Relaxed),
         connections_lost: c.connections_lost.load(Relaxed),
         lost_reasons: shared
             .lost_reasons

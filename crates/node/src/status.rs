@@ -107,6 +107,10 @@ pub struct DataPlaneStatus {
     /// queue at the crash), resumed from the log alone.
     #[serde(default)]
     pub connections_restored_unreported: u64,
+    /// Clients that did not answer a takeover's acknowledgement probe within its wait: their
+    /// connections were rebuilt from the backup's image of them, which may lag.
+    #[serde(default)]
+    pub probes_unanswered: u64,
     pub connections_lost: u64,
     pub lost_reasons: std::collections::BTreeMap<String, u64>,
     pub last_takeover_us: u64,

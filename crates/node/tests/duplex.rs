@@ -341,11 +341,13 @@ fn crash_cycle(backend: BackendKind, kinds: &[CrashKind]) {
         std::thread::sleep(Duration::from_millis(700));
         let takeover = lab.daemon_status(&other)["data_plane"].clone();
         eprintln!(
-            "round {round}: {kind} crash of {primary}: {other} restored {} lost {} {} in {} µs",
+            "round {round}: {kind} crash of {primary}: {other} restored {} lost {} {} in {} µs \
+             ({} clients did not answer its probes in time)",
             takeover["connections_restored"],
             takeover["connections_lost"],
             takeover["lost_reasons"],
-            takeover["last_takeover_us"]
+            takeover["last_takeover_us"],
+            takeover["probes_unanswered"]
         );
         failover.heal(&lab);
         eprintln!(

@@ -47,13 +47,15 @@ pub struct LeaseSender {
 
 impl LeaseSender {
     pub fn set(&self, until: Option<Instant>) {
-        let now = Instant::now();
-        let was_held = self.clock.held_at(now);
         let until = until.map_or(0, |at| self.clock.nanos(at));
-        self.clock.until_ns.store(until, Ordering::Release);
-        // A session that found the lease ended saw it so before now, so `was_held` is false
-        // here too and it is woken.
-        if !was_held && self.clock.held_at(now) {
+        let before = self.clock.until_ns.swap(until, Ordering::AcqRel);
+        // Read after the swap: a session that found the old lease ended checked before the
+        // swap, hence before `now`, so the old lease had ended by `now` too and it is woken.
+        // (Reading the time first would miss a lease that ended between that reading and
+        // the swap, and leave the session waiting while the lease is renewed without end.)
+        let now = self.clock.nanos(Instant::now());
+        let ended_before = before == 0 || before <= now;
+        if ended_before && until > now {
             self.clock.renewed.notify_waiters();
         }
     }

@@ -96,6 +96,8 @@ pub struct PlaneCounters {
     pub takeovers: AtomicU64,
     pub connections_restored: AtomicU64,
     pub connections_restored_unreported: AtomicU64,
+    /// Clients that did not answer a takeover's acknowledgement probe in time.
+    pub probes_unanswered: AtomicU64,
     pub connections_lost: AtomicU64,
     /// Restore rate of the last takeover, connections per second.
     pub last_restore_per_second: AtomicU64,

@@ -444,6 +444,15 @@ impl Duplex {
         );
         let c = &self.shared.counters;
         c.takeovers.fetch_add(1, Ordering::Relaxed);
+        if answered < probed {
+            c.probes_unanswered
+                .fetch_add((probed - answered) as u64, Ordering::Relaxed);
+            tracing::warn!(
+                "takeover: {} of {probed} clients did not answer the acknowledgement probe in \
+                 time; their connections were rebuilt from the log's image of them",
+                probed - answered
+            );
+        }
         c.connections_restored
             .fetch_add(report.restored, Ordering::Relaxed);
         c.connections_restored_unreported
