@@ -416,11 +416,10 @@ impl ReplicaLog {
             },
             sack: template.sack && syn.sack_permitted,
             timestamps,
-            mss: template.mss.min(
-                syn.mss
-                    .unwrap_or(DEFAULT_MSS)
-                    .saturating_sub(if timestamps { 12 } else { 0 }),
-            ),
+            mss: template.mss.min(ConnectionOptions::sending_mss(
+                syn.mss.unwrap_or(DEFAULT_MSS),
+                timestamps,
+            )),
         };
         let mut image = image.clone();
         image.set_negotiated(options.negotiated());

@@ -44,7 +44,30 @@ pub struct ConnectionOptions {
     pub mss: u16,
 }
 
+/// Bytes the timestamp option takes in every segment (RFC 7323, padded), which the sending
+/// size leaves out of the client's MSS.
+const TIMESTAMP_OPTION_BYTES: u16 = 12;
+
 impl ConnectionOptions {
+    /// The size a sender uses with the client's MSS and these options.
+    pub fn sending_mss(client_mss: u16, timestamps: bool) -> u16 {
+        client_mss.saturating_sub(if timestamps {
+            TIMESTAMP_OPTION_BYTES
+        } else {
+            0
+        })
+    }
+
+    /// The client's MSS behind `mss`, the sending size (the kernel takes the former and
+    /// deducts the options itself).
+    pub fn client_mss(&self) -> u16 {
+        self.mss.saturating_add(if self.timestamps {
+            TIMESTAMP_OPTION_BYTES
+        } else {
+            0
+        })
+    }
+
     /// The same agreement in the connection image's terms.
     pub fn negotiated(&self) -> NegotiatedOptions {
         NegotiatedOptions {

@@ -444,13 +444,13 @@ impl Duplex {
         );
         let c = &self.shared.counters;
         c.takeovers.fetch_add(1, Ordering::Relaxed);
-        if answered < probed {
+        let unanswered = probed - answered;
+        if unanswered > 0 {
             c.probes_unanswered
-                .fetch_add((probed - answered) as u64, Ordering::Relaxed);
+                .fetch_add(unanswered as u64, Ordering::Relaxed);
             tracing::warn!(
-                "takeover: {} of {probed} clients did not answer the acknowledgement probe in \
-                 time; their connections were rebuilt from the log's image of them",
-                probed - answered
+                "takeover: {unanswered} of {probed} clients did not answer the acknowledgement \
+                 probe in time; their connections were rebuilt from the log's image of them"
             );
         }
         c.connections_restored

@@ -248,12 +248,8 @@ fn repair_target(plan: &ResumePlan, idle: Duration) -> RepairTarget {
         remote: restore.remote,
         snd_una: restore.snd_una,
         rcv_nxt: restore.rcv_nxt,
-        // The kernel takes the client's MSS (a clamp) and deducts the options itself; the
-        // negotiated size the old primary sent with already has the timestamps deducted.
         mss: if plan.options.mss > 0 {
-            plan.options
-                .mss
-                .saturating_add(if plan.options.timestamps { 12 } else { 0 })
+            plan.options.client_mss()
         } else {
             restore.mss
         },
