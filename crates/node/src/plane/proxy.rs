@@ -19,7 +19,7 @@ use steadfast_core::http::{
     RequestHead, RequestId, ResponseFramer,
 };
 use steadfast_core::image::FourTuple;
-use steadfast_core::replication::ConnectionOptions;
+use steadfast_core::replication::{ConnectionOptions, MAX_PIECE_BYTES};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -921,6 +921,34 @@ impl Session {
         piece
     }
 
+    /// Logs `bytes` in frames the backup accepts (at most [`MAX_PIECE_BYTES`] each, all but
+    /// the last as parts of a reply that goes on), then waits until the backup holds every
+    /// one: a reply logged whole is still written only once all of it is logged. `None` when
+    /// the gate has no backup to log to.
+    async fn log_in_frames(
+        &self,
+        request_index: u64,
+        kind: PieceKind,
+        bytes: &[u8],
+    ) -> Option<bool> {
+        let mut waiters = Vec::new();
+        for (range, kind) in frame_pieces(bytes.len(), kind) {
+            waiters.push(self.ctx.gate.log(Piece {
+                tuple: self.tuple,
+                request_index,
+                reply_offset: self.reply_offset + range.start as u64,
+                kind,
+                bytes: &bytes[range],
+            })?);
+        }
+        for waiter in waiters {
+            if !waiter.wait().await {
+                return Some(false);
+            }
+        }
+        Some(true)
+    }
+
     /// Logs a reply piece, waits until the backup holds it, then writes it to the client.
     async fn send_reply_piece(
         &mut self,
@@ -930,15 +958,8 @@ impl Session {
     ) -> Result<(), SessionEnd> {
         let mut logged = false;
         if self.protected_now() {
-            let waiter = self.ctx.gate.log(Piece {
-                tuple: self.tuple,
-                request_index,
-                reply_offset: self.reply_offset,
-                kind,
-                bytes,
-            });
-            if let Some(waiter) = waiter {
-                logged = waiter.wait().await;
+            if let Some(held) = self.log_in_frames(request_index, kind, bytes).await {
+                logged = held;
                 if !logged {
                     self.ctx
                         .counters
@@ -977,9 +998,61 @@ impl Session {
     }
 }
 
+/// How a reply piece of `len` bytes travels to the backup: frames of at most
+/// [`MAX_PIECE_BYTES`], the last of the piece's own kind and the others parts of a reply that
+/// goes on. An empty piece is one empty frame (a reply may end with no byte).
+fn frame_pieces(
+    len: usize,
+    kind: PieceKind,
+) -> impl Iterator<Item = (std::ops::Range<usize>, PieceKind)> {
+    let frames = len.div_ceil(MAX_PIECE_BYTES).max(1);
+    (0..frames).map(move |i| {
+        let start = i * MAX_PIECE_BYTES;
+        let end = (start + MAX_PIECE_BYTES).min(len);
+        let kind = if i + 1 == frames {
+            kind
+        } else {
+            PieceKind::Partial
+        };
+        (start..end, kind)
+    })
+}
+
 async fn read_backend_stream(backend: Option<&mut Backend>, buf: &mut [u8]) -> io::Result<usize> {
     match backend {
         Some(backend) => backend.stream.read(buf).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FINAL: PieceKind = PieceKind::Final { request_end: 99 };
+
+    #[test]
+    fn a_piece_within_the_frame_limit_is_one_frame_of_its_own_kind() {
+        let frames: Vec<_> = frame_pieces(MAX_PIECE_BYTES, FINAL).collect();
+        assert_eq!(frames, vec![(0..MAX_PIECE_BYTES, FINAL)]);
+        let frames: Vec<_> = frame_pieces(0, FINAL).collect();
+        assert_eq!(frames, vec![(0..0, FINAL)], "a reply may end with no byte");
+    }
+
+    #[test]
+    fn a_longer_piece_goes_as_parts_and_ends_with_its_own_kind() {
+        let len = 2 * MAX_PIECE_BYTES + 1;
+        let frames: Vec<_> = frame_pieces(len, FINAL).collect();
+        assert_eq!(
+            frames,
+            vec![
+                (0..MAX_PIECE_BYTES, PieceKind::Partial),
+                (MAX_PIECE_BYTES..2 * MAX_PIECE_BYTES, PieceKind::Partial),
+                (2 * MAX_PIECE_BYTES..len, FINAL),
+            ]
+        );
+        let frames: Vec<_> = frame_pieces(MAX_PIECE_BYTES + 1, PieceKind::Partial).collect();
+        assert!(frames.iter().all(|(_, kind)| *kind == PieceKind::Partial));
+        assert_eq!(frames.last().map(|(r, _)| r.end), Some(MAX_PIECE_BYTES + 1));
     }
 }
