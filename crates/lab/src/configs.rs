@@ -43,6 +43,7 @@ pub(crate) struct GroupPlan<'a> {
     pub mode: Mode,
     pub heartbeat_ms: Option<u32>,
     pub stream_replies_above: Option<u64>,
+    pub gratuitous_arp: Option<(u32, u32)>,
 }
 
 /// The configuration of one voter (a member or the witness). Paths are relative to the state
@@ -104,6 +105,11 @@ pub(crate) fn voter_config(plan: &GroupPlan<'_>, voter: Host) -> String {
         let _ = writeln!(text, "rise = 2");
         let _ = writeln!(text, "fall = 2");
     }
+    if let Some((count, spacing_ms)) = plan.gratuitous_arp {
+        let _ = writeln!(text, "\n[arp]");
+        let _ = writeln!(text, "gratuitous_count = {count}");
+        let _ = writeln!(text, "gratuitous_spacing_ms = {spacing_ms}");
+    }
     // Every role change is appended to hooks.log in the state directory, as a notify hook
     // (the demo and the tests read it; users see what keepalived's notify scripts give them).
     let _ = writeln!(text, "\n[notify]");
@@ -130,6 +136,7 @@ mod tests {
             mode: Mode::Unreplicated,
             heartbeat_ms: Some(10),
             stream_replies_above: None,
+            gratuitous_arp: None,
         }
     }
 

@@ -179,6 +179,7 @@ fn build(
         mode: opts.mode,
         heartbeat_ms: opts.heartbeat_ms,
         stream_replies_above: opts.stream_replies_above,
+        gratuitous_arp: opts.gratuitous_arp,
     };
     for &voter in hosts.iter().filter(|h| h.node_id().is_some()) {
         let path = paths.config(voter);

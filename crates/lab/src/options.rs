@@ -104,6 +104,9 @@ pub struct UpOptions {
     /// `service.stream_replies_above` in the node configs (duplex and simplex: longer replies
     /// are logged and sent in pieces); `None` keeps the daemon's default.
     pub stream_replies_above: Option<u64>,
+    /// `arp.gratuitous_count` and `arp.gratuitous_spacing_ms` in the node configs; `None`
+    /// keeps the daemon's defaults.
+    pub gratuitous_arp: Option<(u32, u32)>,
     /// The `steadfast` executable that runs the daemons and the builtin backend (the command
     /// line passes `std::env::current_exe()`).
     pub steadfast_exe: PathBuf,
@@ -125,6 +128,7 @@ impl UpOptions {
             backend: BackendKind::Builtin,
             heartbeat_ms: None,
             stream_replies_above: None,
+            gratuitous_arp: None,
             steadfast_exe: steadfast_exe.into(),
             start_daemons: true,
             ready_timeout: DEFAULT_READY_TIMEOUT,

@@ -42,7 +42,7 @@ async fn stop_requested(
 /// One interface the service addresses live on.
 struct AddressSite {
     ifindex: u32,
-    garp: steadfast_os::garp::GarpSender,
+    garp: crate::announce::Announcer,
 }
 
 struct Daemon {
@@ -132,7 +132,7 @@ impl Daemon {
                 svc.interface.clone(),
                 AddressSite {
                     ifindex: link.index,
-                    garp,
+                    garp: crate::announce::Announcer::new(garp),
                 },
             );
         }
@@ -515,6 +515,10 @@ impl Daemon {
     }
 
     async fn release_addresses(&mut self) {
+        // The rest of a burst would claim the address again while the new master announces it.
+        for site in self.sites.values_mut() {
+            site.garp.cancel();
+        }
         self.set_addresses(false, "release").await;
     }
 
@@ -548,27 +552,19 @@ impl Daemon {
         let count = self.settings.garp_count;
         let spacing = self.settings.garp_spacing;
         for svc in self.settings.services.iter().filter(|s| !s.duplex) {
-            let site = &self.sites[&svc.interface];
-            if count == 0 {
-                continue;
-            }
-            match site.garp.send(svc.vip) {
-                Ok(()) => self.counters.garp_sent += 1,
+            let site = self
+                .sites
+                .get_mut(&svc.interface)
+                .expect("every service has its site");
+            let (first, scheduled) = site.garp.announce(svc.vip, count, spacing);
+            match first {
+                Ok(()) if count > 0 => self.counters.garp_sent += 1,
+                Ok(()) => {}
                 Err(e) => {
                     tracing::warn!("gratuitous ARP for {} on {}: {e}", svc.vip, svc.interface)
                 }
             }
-            if count > 1 {
-                let sender = site.garp.clone();
-                let vip = svc.vip;
-                tokio::spawn(async move {
-                    for _ in 1..count {
-                        tokio::time::sleep(spacing).await;
-                        let _ = sender.send(vip);
-                    }
-                });
-                self.counters.garp_sent += u64::from(count - 1);
-            }
+            self.counters.garp_sent += u64::from(scheduled);
         }
     }
 
@@ -700,6 +696,7 @@ fn plane_status(mode: &str, shared: &crate::plane::PlaneShared) -> crate::status
         takeovers: c.takeovers.load(Relaxed),
         connections_restored: c.connections_restored.load(Relaxed),
         connections_restored_unreported: c.connections_restored_unreported.load(Relaxed),
+        probes_sent: c.probes_sent.load(Relaxed),
         probes_unanswered: c.probes_unanswered.load(Relaxed),
         connections_lost: c.connections_lost.load(Relaxed),
         lost_reasons: shared

@@ -1,5 +1,6 @@
 //! `steadfast`: the node daemon, the witness, and the command line around them.
 
+mod announce;
 mod bench_cli;
 mod control;
 mod daemon;

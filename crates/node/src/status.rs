@@ -107,6 +107,9 @@ pub struct DataPlaneStatus {
     /// queue at the crash), resumed from the log alone.
     #[serde(default)]
     pub connections_restored_unreported: u64,
+    /// Clients a takeover asked how far they read (each with a reply in flight).
+    #[serde(default)]
+    pub probes_sent: u64,
     /// Clients that did not answer a takeover's acknowledgement probe within its wait: their
     /// connections were rebuilt from the backup's image of them, which may lag.
     #[serde(default)]

@@ -485,22 +485,7 @@ fn frames_sent_straight_to_the_primary_never_reach_it_unlogged() {
     wait_backup_joined(&lab, &primary, 0);
     let primary_ns = format!("{}-{primary}", lab.name());
     let mac = common::mac_of(&primary_ns);
-    let vip = lab.info.vip.to_string();
-    let dev = steadfast_lab::topology::HOST_INTERFACE;
-    ip_in(
-        &lab.info.client_ns,
-        &[
-            "neigh",
-            "replace",
-            &vip,
-            "lladdr",
-            &mac,
-            "dev",
-            dev,
-            "nud",
-            "permanent",
-        ],
-    );
+    client_neighbour_names(&lab, &mac, "permanent");
     let connections = 10;
     let load = BackgroundLoad::start_with(
         &lab,
@@ -522,13 +507,45 @@ fn frames_sent_straight_to_the_primary_never_reach_it_unlogged() {
         plane["guard_dropped"], 0,
         "nothing needed dropping: {plane}"
     );
-    // The client must be able to follow the address once the primary is gone.
-    ip_in(&lab.info.client_ns, &["neigh", "del", &vip, "dev", dev]);
-    std::thread::sleep(Duration::from_millis(300));
+    // The entry still names the primary when it dies, as after a gratuitous ARP of the
+    // primary's heard last (but not static): the takeover must claim the address before it
+    // asks the clients how far they read, or their answers go to the dead MAC.
+    // A download read slowly has a reply in flight at the crash, its client is probed. A
+    // small receive buffer keeps the client's kernel from taking the whole reply at once.
+    let set_rmem = std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.info.client_ns, "sysctl", "-qw"])
+        .arg("net.ipv4.tcp_rmem=4096 131072 1048576")
+        .status()
+        .expect("sysctl runs");
+    assert!(
+        set_rmem.success(),
+        "net.ipv4.tcp_rmem in the client namespace"
+    );
+    let dir = std::env::temp_dir().join(format!("{}-download", lab.name()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("a download directory");
+    let body = 16 * 1024 * 1024;
+    let download = slow_download(
+        &lab,
+        &format!("/bytes/{body}?seed=7"),
+        "4M",
+        &dir.join("download"),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    client_neighbour_names(&lab, &mac, "stale");
     let backup = other_member(&primary);
     steadfast_lab::crash(lab.name(), &primary, CrashKind::Host).expect("crash");
     std::thread::sleep(Duration::from_millis(1500));
     let after = lab.daemon_status(&backup)["data_plane"].clone();
+    let downloaded = download.wait_with_output().expect("curl ends");
+    assert!(
+        downloaded.status.success(),
+        "the download in flight at the crash finished: {}",
+        String::from_utf8_lossy(&downloaded.stderr)
+    );
+    let got = std::fs::metadata(dir.join("download")).map_or(0, |m| m.len());
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(got, body as u64, "every byte of the download arrived");
     let report = load.stop();
     assert_clean(
         &report,
@@ -538,6 +555,156 @@ fn frames_sent_straight_to_the_primary_never_reach_it_unlogged() {
         after["connections_restored"].as_u64().unwrap_or(0) >= connections as u64,
         "every connection opened through the forged entry was in the backup's log: {after}"
     );
+    assert!(
+        after["probes_sent"].as_u64().unwrap_or(0) > 0,
+        "the download's client was probed: {after}"
+    );
+    assert_eq!(
+        after["probes_unanswered"], 0,
+        "every client answered the takeover's probes: {after}"
+    );
+}
+
+/// Points the client's ARP entry for the VIP at `mac`, in state `nud`.
+fn client_neighbour_names(lab: &Lab, mac: &str, nud: &str) {
+    let vip = lab.info.vip.to_string();
+    let dev = steadfast_lab::topology::HOST_INTERFACE;
+    ip_in(
+        &lab.info.client_ns,
+        &[
+            "neigh", "replace", &vip, "lladdr", mac, "dev", dev, "nud", nud,
+        ],
+    );
+}
+
+/// The MAC the client's ARP entry for the VIP names, if it has one.
+fn client_neighbour(lab: &Lab) -> Option<String> {
+    let out = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.info.client_ns,
+            "ip",
+            "-j",
+            "neigh",
+            "show",
+        ])
+        .arg(lab.info.vip.to_string())
+        .output()
+        .expect("ip neigh show");
+    let entries: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    entries.as_array()?.first()?["lladdr"]
+        .as_str()
+        .map(str::to_string)
+}
+
+/// Replies above one replication frame (4 MiB): one logged whole (6 MiB, under the default
+/// 8 MiB whole-reply limit) and one streamed in pieces of 8 MiB and more. Both travel to the
+/// backup as several frames; a single frame that large made the backup drop the replication
+/// stream, and the primary served unprotected from then on.
+#[test]
+fn replies_longer_than_a_replication_frame_keep_the_backup() {
+    let (lab, primary, backup) = protected_lab("lr");
+    let whole = 6 * 1024 * 1024;
+    let streamed = 20 * 1024 * 1024;
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.info.client_ns, "curl"])
+        .args(["--silent", "--show-error", "--fail", "--max-time", "30"])
+        .args(["--output", "/dev/null", "--output", "/dev/null"])
+        .args(["--write-out", "%{size_download}\n"])
+        .arg(format!("http://{}/bytes/{whole}?seed=1", lab.target()))
+        .arg(format!("http://{}/bytes/{streamed}?seed=2", lab.target()))
+        .output()
+        .expect("curl runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        vec![whole.to_string(), streamed.to_string()]
+    );
+    let at_primary = lab.daemon_status(&primary)["data_plane"].clone();
+    assert_eq!(at_primary["backup_losses"], 0, "{at_primary}");
+    assert_eq!(at_primary["replies_unprotected"], 0, "{at_primary}");
+    let at_backup = lab.daemon_status(&backup)["data_plane"].clone();
+    assert!(
+        at_backup["log_bytes"].as_u64().unwrap_or(0) >= (whole + streamed) as u64,
+        "the backup logged both replies: {at_backup}"
+    );
+}
+
+/// A primary served alone for a moment (it always does, until its backup joins) and began
+/// announcing the VIP; once the backup joins and announces it, the primary must fall silent.
+/// Otherwise the last gratuitous ARP heard decides where the clients send: CI saw a client
+/// drawn to the primary that way, whose frames then went to a dead MAC at the crash. Long
+/// bursts here (40 × 100 ms) make the overlap certain if the primary's is not called off.
+#[test]
+fn the_primary_falls_silent_once_its_backup_announces_the_address() {
+    let lab = Lab::up_with("ga", 2, BackendKind::Builtin, |opts| {
+        opts.mode = Mode::Duplex;
+        opts.witness = true;
+        opts.gratuitous_arp = Some((40, 100));
+    });
+    let primary = primary_of(&lab);
+    wait_backup_joined(&lab, &primary, 0);
+    let backup = other_member(&primary);
+    let backup_mac = common::mac_of(&format!("{}-{backup}", lab.name()));
+    // Lab up asked for the VIP, so the client has an entry a gratuitous ARP updates.
+    let started = std::time::Instant::now();
+    let mut seen = Vec::new();
+    while started.elapsed() < Duration::from_millis(2000) {
+        seen.push(client_neighbour(&lab));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The backup's first announcement may reach the client a moment after the join.
+    let settled = &seen[seen.len() / 4..];
+    let elsewhere = settled
+        .iter()
+        .filter(|mac| mac.as_deref() != Some(backup_mac.as_str()))
+        .count();
+    assert_eq!(
+        elsewhere, 0,
+        "while the backup ({backup_mac}) announces the VIP, the client's entry names nothing \
+         else: {:?}",
+        settled
+    );
+}
+
+/// A client drawn to the primary's MAC (a gratuitous ARP of an earlier role heard after the
+/// backup's, a forged one) works, its frames bounced to the backup, but would be cut off by a
+/// primary crash: the primary has the backup announce the address again, and the client's
+/// entry names the backup within seconds.
+#[test]
+fn a_client_drawn_to_the_primary_is_drawn_back_to_the_backup() {
+    let (lab, primary, backup) = protected_lab("db");
+    let primary_mac = common::mac_of(&format!("{}-{primary}", lab.name()));
+    let backup_mac = common::mac_of(&format!("{}-{backup}", lab.name()));
+    let load = BackgroundLoad::start_with(&lab, keep_alive_load(&lab, 4, Duration::from_secs(20)));
+    assert!(
+        common::wait_until(Duration::from_secs(3), || {
+            client_neighbour(&lab).as_deref() == Some(backup_mac.as_str())
+        }),
+        "the client first finds the VIP at the backup ({backup_mac}): {:?}",
+        client_neighbour(&lab)
+    );
+    // The backup's own burst (5 × 20 ms) is over: only a new announcement can move the entry.
+    std::thread::sleep(Duration::from_millis(1000));
+    client_neighbour_names(&lab, &primary_mac, "reachable");
+    assert!(
+        common::wait_until(Duration::from_secs(5), || {
+            client_neighbour(&lab).as_deref() == Some(backup_mac.as_str())
+        }),
+        "the client's entry for the VIP names the backup ({backup_mac}) again, not {:?}; \
+         primary: {}",
+        client_neighbour(&lab),
+        lab.daemon_status(&primary)["data_plane"]
+    );
+    let report = load.stop();
+    assert_clean(&report, "a client drawn to the primary and back");
 }
 
 /// A backup crash under keep-alive load: the primary stops waiting for it, serves unprotected

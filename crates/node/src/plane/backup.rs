@@ -120,6 +120,8 @@ pub struct BackupPlane {
     /// another id is still accepted if its epoch is not older (the election may lag).
     primary: Arc<Mutex<Option<Peer>>>,
     protecting: Arc<AtomicBool>,
+    /// The backup's announcement of the VIP, called off when it stops protecting.
+    announcer: Arc<Mutex<Option<crate::announce::Announcer>>>,
 }
 
 impl BackupPlane {
@@ -145,6 +147,7 @@ impl BackupPlane {
             logger: Arc::new(Mutex::new(None)),
             primary: Arc::new(Mutex::new(None)),
             protecting: Arc::new(AtomicBool::new(false)),
+            announcer: Arc::new(Mutex::new(None)),
         };
         tokio::spawn(plane.clone_parts().accept_loop(listener));
         Ok(plane)
@@ -159,6 +162,7 @@ impl BackupPlane {
             epoch: self.epoch.clone(),
             logger: self.logger.clone(),
             protecting: self.protecting.clone(),
+            announcer: self.announcer.clone(),
         }
     }
 
@@ -166,8 +170,18 @@ impl BackupPlane {
         self.epoch.fetch_max(epoch, Ordering::Relaxed);
     }
 
+    /// Calls off what is left of this node's announcement as backup.
+    pub fn stop_announcing(&self) {
+        if let Some(announcer) = self.announcer.lock().expect("announcer lock").as_mut() {
+            announcer.cancel();
+        }
+    }
+
     /// This node is a backup now; the primary connects to it.
     pub fn protect(&mut self, epoch: u64, primary: Option<Peer>) {
+        if *self.primary.lock().expect("primary lock") != primary {
+            self.stop_announcing();
+        }
         self.set_epoch(epoch);
         *self.primary.lock().expect("primary lock") = primary;
         self.protecting.store(true, Ordering::Relaxed);
@@ -175,6 +189,7 @@ impl BackupPlane {
 
     pub fn stop_logging(&mut self) {
         self.protecting.store(false, Ordering::Relaxed);
+        self.stop_announcing();
         stop_logger(&self.logger);
     }
 
@@ -291,6 +306,7 @@ struct BackupParts {
     epoch: Arc<AtomicU64>,
     logger: Arc<Mutex<Option<Logger>>>,
     protecting: Arc<AtomicBool>,
+    announcer: Arc<Mutex<Option<crate::announce::Announcer>>>,
 }
 
 impl BackupParts {
@@ -661,45 +677,31 @@ impl BackupParts {
 
     fn announce_as_backup(&self) {
         let service = &self.settings.service;
-        match steadfast_os::garp::GarpSender::open(
-            interface_index(&service.interface).unwrap_or(0),
-            self.mac,
-        ) {
-            Ok(sender) => announce(
-                &sender,
-                service.vip,
-                service.garp_count,
-                service.garp_spacing,
-            ),
-            Err(e) => tracing::error!("gratuitous ARP as backup: {e}"),
+        let mut announcer = self.announcer.lock().expect("announcer lock");
+        if announcer.is_none() {
+            match steadfast_os::garp::GarpSender::open(
+                interface_index(&service.interface).unwrap_or(0),
+                self.mac,
+            ) {
+                Ok(sender) => *announcer = Some(crate::announce::Announcer::new(sender)),
+                Err(e) => {
+                    tracing::error!("gratuitous ARP as backup on {}: {e}", service.interface);
+                    return;
+                }
+            }
+        }
+        if let Some(announcer) = announcer.as_mut() {
+            let (first, _) =
+                announcer.announce(service.vip, service.garp_count, service.garp_spacing);
+            if let Err(e) = first {
+                tracing::warn!("gratuitous ARP for {} as backup: {e}", service.vip);
+            }
         }
     }
 }
 
 fn interface_index(name: &str) -> Option<u32> {
     nix::net::if_::if_nametoindex(name).ok()
-}
-
-/// A gratuitous ARP burst: the first at once, the rest spaced in a task.
-pub fn announce(
-    sender: &steadfast_os::garp::GarpSender,
-    vip: Ipv4Addr,
-    count: u32,
-    spacing: Duration,
-) {
-    if count == 0 {
-        return;
-    }
-    if let Err(e) = sender.send(vip) {
-        tracing::warn!("gratuitous ARP for {vip}: {e}");
-    }
-    let sender = sender.clone();
-    tokio::spawn(async move {
-        for _ in 1..count {
-            tokio::time::sleep(spacing).await;
-            let _ = sender.send(vip);
-        }
-    });
 }
 
 /// The MAC of a neighbour, from the kernel's ARP table (the replication stream to it has just

@@ -96,6 +96,8 @@ pub struct PlaneCounters {
     pub takeovers: AtomicU64,
     pub connections_restored: AtomicU64,
     pub connections_restored_unreported: AtomicU64,
+    /// Clients a takeover asked how far they read.
+    pub probes_sent: AtomicU64,
     /// Clients that did not answer a takeover's acknowledgement probe in time.
     pub probes_unanswered: AtomicU64,
     pub connections_lost: AtomicU64,

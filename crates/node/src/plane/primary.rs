@@ -189,7 +189,7 @@ pub struct Duplex {
     gate: Arc<ReplicatedGate>,
     netlink: steadfast_os::addr::Netlink,
     ifindex: u32,
-    garp: steadfast_os::garp::GarpSender,
+    garp: crate::announce::Announcer,
     guard: steadfast_os::ingress_guard::IngressGuard,
     backup: BackupPlane,
     /// Where the VIP is configured now.
@@ -273,7 +273,7 @@ impl Duplex {
             gate,
             netlink,
             ifindex: link.index,
-            garp,
+            garp: crate::announce::Announcer::new(garp),
             guard,
             backup,
             vip_on_link: false,
@@ -350,9 +350,25 @@ impl Duplex {
                 counters
                     .guard_dropped
                     .store(counts.dropped, Ordering::Relaxed);
-                counters
+                let before = counters
                     .guard_bounced
-                    .store(counts.bounced, Ordering::Relaxed);
+                    .swap(counts.bounced, Ordering::Relaxed);
+                // A client that sends here straight (its ARP entry names this node, a burst
+                // of an earlier role was heard last, or a static entry) is logged all the
+                // same, but if this node crashed its frames would go to a dead MAC. The
+                // backup announces the VIP again.
+                if counts.bounced > before && self.protected_by.is_some() {
+                    let fresh = counts.bounced - before;
+                    if before == 0 {
+                        tracing::info!(
+                            "{fresh} client frames came straight to this node: the backup \
+                             announces the address again (each second while they come)"
+                        );
+                    } else {
+                        tracing::debug!("{fresh} more client frames came straight to this node");
+                    }
+                    self.gate.send(&ReplicationFrame::Announce);
+                }
             }
             Err(e) => tracing::debug!("{e}"),
         }
@@ -419,6 +435,14 @@ impl Duplex {
         // repair mode, make the VIP local, leave repair, resume the sessions. Client frames
         // meanwhile are dropped by the kernel (VIP not local yet) and resent by the clients;
         // the clients' ARP entries already name this node, so none is lost at the switch.
+        // Clients point at this node's MAC already, unless one was drawn to the old primary's
+        // (its frames were bounced to be logged, see `read_guard_counter`): since that MAC is
+        // dead, it would neither answer the probes nor be heard until the VIP is local. This
+        // node answers for the VIP since it protected the primary, so claiming it now moves
+        // nothing else.
+        if let Err(e) = self.garp.announce_once(self.vip()) {
+            tracing::warn!("takeover: gratuitous ARP for {}: {e}", self.vip());
+        }
         let (probed, answered) = self.backup.refresh_acknowledgements();
         let probed_at = started.elapsed();
         let frozen = self.backup.freeze();
@@ -444,6 +468,7 @@ impl Duplex {
         );
         let c = &self.shared.counters;
         c.takeovers.fetch_add(1, Ordering::Relaxed);
+        c.probes_sent.fetch_add(probed as u64, Ordering::Relaxed);
         let unanswered = probed - answered;
         if unanswered > 0 {
             c.probes_unanswered
@@ -569,6 +594,9 @@ impl Duplex {
                         tuples: tuples.to_vec(),
                     });
                 }
+                // This node's own burst (it served unprotected until now) ends before the
+                // backup's begins: the clients must hear the backup last.
+                self.garp.cancel();
                 // A link already gone reports itself lost.
                 self.gate.send(&ReplicationFrame::Announce);
                 if let Err(e) = self.set_guard(GuardState::OnlyFrom(backup_mac)) {
@@ -719,6 +747,8 @@ impl Duplex {
             }
         }
         if !on_link {
+            // What is left of a burst would draw the clients back to this node's MAC.
+            self.garp.cancel();
             let _ = self
                 .netlink
                 .remove_address(self.ifindex, vip, self.prefix_len())
@@ -735,14 +765,14 @@ impl Duplex {
         self.settings.service.prefix_len
     }
 
-    fn announce(&self) {
+    fn announce(&mut self) {
         let service = &self.settings.service;
-        backup::announce(
-            &self.garp,
-            service.vip,
-            service.garp_count,
-            service.garp_spacing,
-        );
+        let (first, _) = self
+            .garp
+            .announce(service.vip, service.garp_count, service.garp_spacing);
+        if let Err(e) = first {
+            tracing::warn!("gratuitous ARP for {}: {e}", service.vip);
+        }
     }
 }
 
