@@ -521,9 +521,7 @@ fn frames_sent_straight_to_the_primary_never_reach_it_unlogged() {
         set_rmem.success(),
         "net.ipv4.tcp_rmem in the client namespace"
     );
-    let dir = std::env::temp_dir().join(format!("{}-download", lab.name()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("a download directory");
+    let dir = download_dir(&lab, "download");
     let body = 16 * 1024 * 1024;
     let download = slow_download(
         &lab,
@@ -901,9 +899,7 @@ fn connections_not_yet_adopted_are_reset_at_a_crash() {
         }),
         "{primary} notices its backup is gone"
     );
-    let dir = std::env::temp_dir().join(format!("{}-unadopted", lab.name()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("a download directory");
+    let dir = download_dir(&lab, "unadopted");
     let receiving = slow_download(&lab, "/bytes/33554432", "1M", &dir.join("receiving"));
     let waiting = slow_download(&lab, "/slow?ms=40000&bytes=100", "1M", &dir.join("waiting"));
     std::thread::sleep(Duration::from_millis(700));
@@ -1122,6 +1118,14 @@ fn client_connections_to_service(lab: &Lab) -> usize {
 
 /// curl downloading `path` to a file at `rate` bytes per second, in the client namespace: a
 /// reply certain to be in flight when the primary dies.
+/// An empty directory for the lab's downloads, named after the lab and `what`.
+fn download_dir(lab: &Lab, what: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("{}-{what}", lab.name()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("a download directory");
+    dir
+}
+
 fn slow_download(lab: &Lab, path: &str, rate: &str, file: &std::path::Path) -> std::process::Child {
     std::process::Command::new("ip")
         .args(["netns", "exec", &lab.info.client_ns, "curl"])
@@ -1172,9 +1176,7 @@ fn cut_replies_are_finished_by_range(backend: BackendKind) {
             }),
         },
     );
-    let dir = std::env::temp_dir().join(format!("{}-downloads", lab.name()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("a download directory");
+    let dir = download_dir(&lab, "downloads");
     let resumable_file = dir.join("resumable");
     let resumable_path = format!("/bytes/{download_len}?seed={DOCROOT_SEED}");
     let unresumable_file = dir.join("unresumable");
