@@ -61,7 +61,9 @@ struct Daemon {
     check_verdicts: Vec<(bool, String)>,
     /// The dead-man switch: while it is armed the addresses work; when this process dies the
     /// node's kernel stops answering for them (I5).
-    _fence: Option<steadfast_os::fence::Fence>,
+    fence: Option<steadfast_os::fence::Fence>,
+    /// The election lease last given to the fence's kernel lease (see [`Self::renew_kernel_lease`]).
+    kernel_lease: Option<Duration>,
     /// Hooks still running; at exit they get their timeout to finish.
     running_hooks: Vec<tokio::task::JoinHandle<()>>,
     /// The simplex/duplex data plane, told the node's role after every election step.
@@ -182,7 +184,8 @@ impl Daemon {
             vip_held: true,
             check_verdicts: vec![(false, "not checked yet".to_string()); checks],
             running_hooks: Vec::new(),
-            _fence: fence,
+            fence,
+            kernel_lease: None,
             plane,
             plane_mode,
         };
@@ -362,16 +365,46 @@ impl Daemon {
             let (actions, _) = self
                 .election
                 .handle(Event::HoldsConnectionsChanged(holds), now);
+            self.renew_kernel_lease();
             for action in actions {
                 self.carry_out(action).await;
             }
         }
         let (actions, disposition) = self.election.handle(event, now);
+        self.renew_kernel_lease();
         for action in actions {
             self.carry_out(action).await;
         }
         self.update_plane_role();
         disposition
+    }
+
+    /// Gives the kernel the election's lease, before anything acts on the step that renewed,
+    /// granted or ended it: while this node's daemon runs, the fence lets the service
+    /// addresses through exactly while it is primary (less one kernel clock tick); when the
+    /// daemon stops without dying, its kernel falls silent before another node can be elected.
+    fn renew_kernel_lease(&mut self) {
+        let until = self.election.lease_until();
+        if until == self.kernel_lease {
+            return;
+        }
+        self.kernel_lease = until;
+        let Some(fence) = self.fence.as_mut() else {
+            return;
+        };
+        let remaining = until.map(|until| until.saturating_sub(self.origin.elapsed()));
+        let started = Instant::now();
+        let result = fence.hold_lease(remaining);
+        let took = started.elapsed();
+        if took > Duration::from_millis(2) {
+            tracing::warn!("giving the kernel the lease took {took:?}");
+        }
+        if let Err(e) = result {
+            self.counters.kernel_lease_errors += 1;
+            tracing::error!(
+                "giving the kernel the lease ({remaining:?} left; without it the fence drops the service addresses): {e}"
+            );
+        }
     }
 
     /// Tells the data plane what the election made of this node (only when it changed).

@@ -40,6 +40,9 @@ pub struct Counters {
     pub hooks_run: u64,
     pub hooks_failed: u64,
     pub address_errors: u64,
+    /// Renewals of the fence's kernel lease the kernel refused (the addresses go dark).
+    #[serde(default)]
+    pub kernel_lease_errors: u64,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -236,8 +239,9 @@ impl NodeStatus {
             c.dropped_unknown_node, c.dropped_replay, c.dropped_old_epoch
         ));
         s.push_str(&format!(
-            "  role changes {}, elections started {} won {}, gratuitous ARPs {}, hooks run {} failed {}\n",
-            c.role_changes, c.elections_started, c.elections_won, c.garp_sent, c.hooks_run, c.hooks_failed
+            "  role changes {}, elections started {} won {}, gratuitous ARPs {}, hooks run {} failed {}, address errors {}, kernel lease errors {}\n",
+            c.role_changes, c.elections_started, c.elections_won, c.garp_sent, c.hooks_run, c.hooks_failed,
+            c.address_errors, c.kernel_lease_errors
         ));
         s
     }

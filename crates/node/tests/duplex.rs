@@ -512,15 +512,7 @@ fn frames_sent_straight_to_the_primary_never_reach_it_unlogged() {
     // asks the clients how far they read, or their answers go to the dead MAC.
     // A download read slowly has a reply in flight at the crash, its client is probed. A
     // small receive buffer keeps the client's kernel from taking the whole reply at once.
-    let set_rmem = std::process::Command::new("ip")
-        .args(["netns", "exec", &lab.info.client_ns, "sysctl", "-qw"])
-        .arg("net.ipv4.tcp_rmem=4096 131072 1048576")
-        .status()
-        .expect("sysctl runs");
-    assert!(
-        set_rmem.success(),
-        "net.ipv4.tcp_rmem in the client namespace"
-    );
+    limit_client_receive_buffer(&lab, "4096 131072 1048576");
     let dir = download_dir(&lab, "download");
     let body = 16 * 1024 * 1024;
     let download = slow_download(
@@ -564,6 +556,20 @@ fn frames_sent_straight_to_the_primary_never_reach_it_unlogged() {
 }
 
 /// Points the client's ARP entry for the VIP at `mac`, in state `nud`.
+/// Sets the client namespace's `net.ipv4.tcp_rmem` (min default max): a client that reads
+/// slowly then leaves the reply queued at the server instead of taking it all at once.
+fn limit_client_receive_buffer(lab: &Lab, rmem: &str) {
+    let set_rmem = std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.info.client_ns, "sysctl", "-qw"])
+        .arg(format!("net.ipv4.tcp_rmem={rmem}"))
+        .status()
+        .expect("sysctl runs");
+    assert!(
+        set_rmem.success(),
+        "net.ipv4.tcp_rmem in the client namespace"
+    );
+}
+
 fn client_neighbour_names(lab: &Lab, mac: &str, nud: &str) {
     let vip = lab.info.vip.to_string();
     let dev = steadfast_lab::topology::HOST_INTERFACE;
@@ -1027,6 +1033,112 @@ fn thawed_primary_disturbs_nothing(timestamps: bool) {
     assert_exactly_once(&lab, &report, "a frozen primary that wakes up");
 }
 
+/// Runs `nft` with `args` in `host`'s namespace; its standard output.
+fn nft_in(lab: &Lab, host: &str, args: &[&str]) -> String {
+    let ns = format!("{}-{host}", lab.name());
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &ns, "nft"])
+        .args(args)
+        .output()
+        .expect("nft (Debian package nftables) runs");
+    assert!(
+        out.status.success(),
+        "nft {args:?} in {ns}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Packets from the VIP that `host`'s kernel let out (counted after the fence, by a table the
+/// test adds with [`count_vip_output`]).
+fn vip_packets_sent(lab: &Lab, host: &str) -> u64 {
+    let listing = nft_in(lab, host, &["list", "counter", "inet", "sftest", "vip_out"]);
+    listing
+        .split_whitespace()
+        .skip_while(|word| *word != "packets")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no packet count in {listing}"))
+}
+
+fn count_vip_output(lab: &Lab, host: &str) {
+    let vip = lab.info.vip.to_string();
+    nft_in(lab, host, &["add", "table", "inet", "sftest"]);
+    nft_in(lab, host, &["add", "counter", "inet", "sftest", "vip_out"]);
+    nft_in(
+        lab,
+        host,
+        &[
+            "add",
+            "chain",
+            "inet",
+            "sftest",
+            "out",
+            "{ type filter hook output priority 100; policy accept; }",
+        ],
+    );
+    nft_in(
+        lab,
+        host,
+        &[
+            "add", "rule", "inet", "sftest", "out", "ip", "saddr", &vip, "counter", "name",
+            "vip_out",
+        ],
+    );
+}
+
+/// A primary whose daemon stops without dying (SIGSTOP: a hung process) keeps a live kernel
+/// with queued replies, retransmission and loss-probe timers. Once its lease ends that kernel
+/// must send nothing more from the VIP: the node that takes over rebuilds each connection from
+/// what the client had acknowledged when it was probed, and a segment the old kernel sends
+/// after that moves the client past the rebuilt socket (whose acknowledgements the kernel then
+/// drops as acknowledging unsent data: the connection stalls for good). The slow downloads
+/// keep data queued in the frozen kernel and must finish whole.
+#[test]
+fn a_frozen_primarys_kernel_falls_silent_when_its_lease_ends() {
+    let (lab, primary, _) = protected_lab("fk");
+    count_vip_output(&lab, &primary);
+    limit_client_receive_buffer(&lab, "4096 65536 262144");
+    let dir = download_dir(&lab, "fk");
+    let size = 2 * 1024 * 1024;
+    let downloads: Vec<_> = (0..4)
+        .map(|i| {
+            let file = dir.join(format!("d{i}"));
+            (
+                slow_download(&lab, &format!("/bytes/{size}"), "400K", &file),
+                file,
+            )
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    let failover = fail_over(&lab, &primary, CrashKind::Freeze, 0);
+    let at_takeover = vip_packets_sent(&lab, &primary);
+    std::thread::sleep(Duration::from_millis(1500));
+    let later = vip_packets_sent(&lab, &primary);
+    eprintln!(
+        "frozen primary: {at_takeover} packets from the VIP at the takeover, {later} 1.5 s later"
+    );
+    assert_eq!(
+        later - at_takeover,
+        0,
+        "the frozen primary's kernel sent {} packets from the VIP after the takeover",
+        later - at_takeover
+    );
+    for (child, file) in downloads {
+        let out = child.wait_with_output().expect("curl");
+        assert!(
+            out.status.success(),
+            "download {}: {}",
+            file.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let got = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
+        assert_eq!(got, size as u64, "{} is whole", file.display());
+    }
+    thaw(&lab, &failover.crashed);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn a_thawed_primary_disturbs_nothing() {
     thawed_primary_disturbs_nothing(true);
@@ -1116,8 +1228,6 @@ fn client_connections_to_service(lab: &Lab) -> usize {
     String::from_utf8_lossy(&out.stdout).lines().count()
 }
 
-/// curl downloading `path` to a file at `rate` bytes per second, in the client namespace: a
-/// reply certain to be in flight when the primary dies.
 /// An empty directory for the lab's downloads, named after the lab and `what`.
 fn download_dir(lab: &Lab, what: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("{}-{what}", lab.name()));
@@ -1126,6 +1236,8 @@ fn download_dir(lab: &Lab, what: &str) -> std::path::PathBuf {
     dir
 }
 
+/// curl downloading `path` to a file at `rate` bytes per second, in the client namespace: a
+/// reply certain to be in flight when the primary dies.
 fn slow_download(lab: &Lab, path: &str, rate: &str, file: &std::path::Path) -> std::process::Child {
     std::process::Command::new("ip")
         .args(["netns", "exec", &lab.info.client_ns, "curl"])

@@ -547,3 +547,86 @@ fn realtime_priority_is_per_thread_and_not_inherited() {
     assert!(err.to_string().contains("1000"), "{err}");
     assert_eq!(err.raw_os_error(), Some(libc::EINVAL));
 }
+
+/// Whether a TCP connection from namespace `from` to `to` opens within 300 ms.
+fn connects(from: &str, to: std::net::SocketAddr) -> bool {
+    netns::spawn_in(from, move || {
+        std::net::TcpStream::connect_timeout(&to, Duration::from_millis(300)).is_ok()
+    })
+    .join()
+    .expect("connecting thread")
+    .expect("entering the namespace")
+}
+
+#[test]
+fn the_fence_lets_an_address_through_only_while_its_kernel_lease_lasts() {
+    let pair = Pair::new();
+    let vip = Ipv4Addr::new(10, 213, 0, 100);
+    ip(&[
+        "-n",
+        pair.a.name(),
+        "addr",
+        "add",
+        "10.213.0.100/24",
+        "dev",
+        &pair.veth_a,
+    ]);
+    ip(&[
+        "-n",
+        pair.b.name(),
+        "addr",
+        "add",
+        "10.213.0.2/24",
+        "dev",
+        &pair.veth_b,
+    ]);
+    let to = std::net::SocketAddr::from((vip, 8080));
+    let b = pair.b.name().to_string();
+    // Everything on namespace a happens on one thread inside it: the fence's nft child and its
+    // netlink socket, and the listener, all belong to a.
+    let timings = netns::spawn_in(pair.a.name(), move || {
+        let _listener = std::net::TcpListener::bind(to).expect("listening on the address");
+        assert!(connects(&b, to), "before the fence is armed");
+        let mut fence = steadfast_os::fence::Fence::arm(&[vip]).expect("arming (needs nft)");
+        assert!(
+            !connects(&b, to),
+            "armed, no lease: the address must be dark"
+        );
+
+        fence
+            .hold_lease(Some(Duration::from_millis(900)))
+            .expect("granting");
+        let granted = Instant::now();
+        assert!(connects(&b, to), "within the lease");
+        std::thread::sleep(Duration::from_millis(1000).saturating_sub(granted.elapsed()));
+        assert!(!connects(&b, to), "the lease ran out without renewal");
+
+        fence
+            .hold_lease(Some(Duration::from_secs(30)))
+            .expect("granting again");
+        assert!(connects(&b, to), "lease granted again");
+        fence.hold_lease(None).expect("ending");
+        assert!(!connects(&b, to), "the lease was ended");
+        // Under a millisecond left is no lease at all.
+        fence
+            .hold_lease(Some(Duration::from_micros(500)))
+            .expect("too short");
+        assert!(!connects(&b, to), "a lease under a millisecond");
+
+        // What a renewal costs (the election's realtime thread pays it every heartbeat).
+        let started = Instant::now();
+        for _ in 0..200 {
+            fence
+                .hold_lease(Some(Duration::from_millis(30)))
+                .expect("renewing");
+        }
+        let per_renewal = started.elapsed() / 200;
+        fence.hold_lease(None).expect("ending");
+        drop(fence);
+        per_renewal
+    })
+    .join()
+    .expect("namespace thread")
+    .expect("entering the namespace");
+    eprintln!("kernel lease renewal: {timings:?} each");
+}
