@@ -250,11 +250,12 @@ impl Fence {
         Ok(fence)
     }
 
-    /// Sets the kernel lease: the addresses pass the fence for `remaining` from now, then stop
-    /// by themselves unless renewed; `None` (or under a millisecond) ends it now. Returns once
-    /// the kernel applied it. The kernel counts the timeout in whole clock ticks from the start
-    /// of the transaction, rounding down: the element never outlives `remaining` (it may end up
-    /// to two ticks sooner).
+    /// Sets the kernel lease: the addresses pass the fence for at most `remaining` from now,
+    /// then stop by themselves unless renewed; `None` (or under a millisecond) ends it now.
+    /// Returns once the kernel applied it (the datagram's send runs the fence's rule). The
+    /// timeout is the longest of [`lease_steps`] within `remaining`, and the kernel counts it
+    /// in whole clock ticks from the last tick, rounding down: the element never outlives
+    /// `remaining` (it may end up to two ticks sooner).
     pub fn hold_lease(&mut self, remaining: Option<Duration>) -> Result<(), OsError> {
         let step = remaining.and_then(|r| lease_step_for(&lease_steps(), r));
         if step.is_none() && !self.leased {
