@@ -237,17 +237,15 @@ impl Fence {
         apply(&fence)?;
         let lease_socket = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
             .map_err(|e| OsError::io("binding the kernel lease's UDP socket", e))?;
-        let mut fence = Fence {
+        // The table was just made: its lease set is empty. (No datagram is sent yet: a node
+        // whose link is down at start has no route to the addresses, and must still start.)
+        Ok(Fence {
             child,
             _stdin: stdin,
             vips: vips.to_vec(),
             lease_socket,
-            leased: true,
-        };
-        // Ending the lease proves the datagrams reach the fence (a service address without a
-        // route fails here, not at the first election won).
-        fence.hold_lease(None)?;
-        Ok(fence)
+            leased: false,
+        })
     }
 
     /// Sets the kernel lease: the addresses pass the fence for at most `remaining` from now,
