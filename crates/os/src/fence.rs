@@ -54,6 +54,8 @@ pub struct Fence {
     vips: Vec<Ipv4Addr>,
     /// Sends the datagrams that set the kernel lease.
     lease_socket: std::net::UdpSocket,
+    /// [`lease_steps`], computed once: the renewal runs on the election's thread.
+    lease_steps: Vec<u32>,
     /// Whether the lease was last set (false: ended, or never set).
     leased: bool,
 }
@@ -244,6 +246,7 @@ impl Fence {
             _stdin: stdin,
             vips: vips.to_vec(),
             lease_socket,
+            lease_steps: lease_steps(),
             leased: false,
         })
     }
@@ -255,7 +258,7 @@ impl Fence {
     /// in whole clock ticks from the last tick, rounding down: the element never outlives
     /// `remaining` (it may end up to two ticks sooner).
     pub fn hold_lease(&mut self, remaining: Option<Duration>) -> Result<(), OsError> {
-        let step = remaining.and_then(|r| lease_step_for(&lease_steps(), r));
+        let step = remaining.and_then(|r| lease_step_for(&self.lease_steps, r));
         if step.is_none() && !self.leased {
             return Ok(());
         }
