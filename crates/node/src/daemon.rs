@@ -381,7 +381,7 @@ impl Daemon {
 
     /// Gives the kernel the election's lease, before anything acts on the step that renewed,
     /// granted or ended it: while this node's daemon runs, the fence lets the service
-    /// addresses through exactly while it is primary (less one kernel clock tick); when the
+    /// addresses through only while it holds the lease (never past it); when the
     /// daemon stops without dying, its kernel falls silent before another node can be elected.
     fn renew_kernel_lease(&mut self) {
         let until = self.election.lease_until();

@@ -464,13 +464,23 @@ fn duplex_survives_host_process_and_freeze_crashes_nginx() {
     );
 }
 
-fn ip_in(namespace: &str, args: &[&str]) {
-    let status = std::process::Command::new("ip")
-        .args(["netns", "exec", namespace, "ip"])
+/// Runs `program` with `args` in `namespace`, which must succeed; its standard output.
+fn run_in(namespace: &str, program: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", namespace, program])
         .args(args)
-        .status()
-        .expect("ip netns exec");
-    assert!(status.success(), "ip {args:?} in {namespace}");
+        .output()
+        .unwrap_or_else(|e| panic!("ip netns exec {namespace} {program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?} in {namespace}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn ip_in(namespace: &str, args: &[&str]) {
+    run_in(namespace, "ip", args);
 }
 
 /// I1 under attack: a client that is told (forged ARP) that the VIP lives at the primary's
@@ -559,14 +569,10 @@ fn frames_sent_straight_to_the_primary_never_reach_it_unlogged() {
 /// Sets the client namespace's `net.ipv4.tcp_rmem` (min default max): a client that reads
 /// slowly then leaves the reply queued at the server instead of taking it all at once.
 fn limit_client_receive_buffer(lab: &Lab, rmem: &str) {
-    let set_rmem = std::process::Command::new("ip")
-        .args(["netns", "exec", &lab.info.client_ns, "sysctl", "-qw"])
-        .arg(format!("net.ipv4.tcp_rmem={rmem}"))
-        .status()
-        .expect("sysctl runs");
-    assert!(
-        set_rmem.success(),
-        "net.ipv4.tcp_rmem in the client namespace"
+    run_in(
+        &lab.info.client_ns,
+        "sysctl",
+        &["-qw", &format!("net.ipv4.tcp_rmem={rmem}")],
     );
 }
 
@@ -1033,20 +1039,9 @@ fn thawed_primary_disturbs_nothing(timestamps: bool) {
     assert_exactly_once(&lab, &report, "a frozen primary that wakes up");
 }
 
-/// Runs `nft` with `args` in `host`'s namespace; its standard output.
+/// Runs `nft` (Debian package nftables) with `args` in `host`'s namespace; its standard output.
 fn nft_in(lab: &Lab, host: &str, args: &[&str]) -> String {
-    let ns = format!("{}-{host}", lab.name());
-    let out = std::process::Command::new("ip")
-        .args(["netns", "exec", &ns, "nft"])
-        .args(args)
-        .output()
-        .expect("nft (Debian package nftables) runs");
-    assert!(
-        out.status.success(),
-        "nft {args:?} in {ns}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    run_in(&format!("{}-{host}", lab.name()), "nft", args)
 }
 
 /// Packets from the VIP that `host`'s kernel let out (counted after the fence, by a table the

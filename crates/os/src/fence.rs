@@ -78,13 +78,18 @@ fn lease_step_for(steps: &[u32], remaining: Duration) -> Option<usize> {
     steps.iter().rposition(|&step| step <= millis)
 }
 
-fn matches(family: &str, direction: &str, ip: Ipv4Addr) -> String {
+/// The field that holds the service address in a packet of `family` going `direction`.
+fn address_field(family: &str, direction: &str) -> &'static str {
     match (family, direction) {
-        ("arp", "input") => format!("arp daddr ip {ip}"),
-        ("arp", _) => format!("arp saddr ip {ip}"),
-        (_, "input") => format!("ip daddr {ip}"),
-        _ => format!("ip saddr {ip}"),
+        ("arp", "input") => "arp daddr ip",
+        ("arp", _) => "arp saddr ip",
+        (_, "input") => "ip daddr",
+        _ => "ip saddr",
     }
+}
+
+fn matches(family: &str, direction: &str, ip: Ipv4Addr) -> String {
+    format!("{} {ip}", address_field(family, direction))
 }
 
 /// One table on one line (`nft -i` reads a command per line; `;` separates statements): the
@@ -148,10 +153,8 @@ fn fence_table(family: &str, vips: &[Ipv4Addr]) -> String {
                 "{address} meta mark != {LIVE_MARK:#x} counter drop; "
             ));
             if leased {
-                let key = address
-                    .strip_suffix(&format!(" {ip}"))
-                    .expect("the match ends with the address");
-                t.push_str(&format!("{address} {key} != @{LEASE_SET} counter drop; "));
+                let field = address_field(family, direction);
+                t.push_str(&format!("{address} {field} != @{LEASE_SET} counter drop; "));
             }
         }
         t.push_str("}; ");
