@@ -29,6 +29,11 @@ pub const DEFAULT_HEARTBEAT_INTERVAL_MS: u64 = 50;
 /// A peer silent for 3 × 50 ms = 150 ms is dead. Measured: no role change during 60 s of wrk
 /// saturating both cores through the VIP (crates/node/tests/no_false_failover.rs).
 pub const DEFAULT_MISS_COUNT: u32 = 3;
+/// Upper bounds of the heartbeat settings: an hour between heartbeats, a thousand misses. Far
+/// beyond any sensible setting, and they keep every lease (and the holder grace built from
+/// it) within what a `Duration` computation can hold.
+pub const MAX_HEARTBEAT_INTERVAL_MS: u64 = 3_600_000;
+pub const MAX_MISS_COUNT: u32 = 1000;
 pub const DEFAULT_PORT: u16 = 7410;
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/steadfast/steadfast.sock";
 const DEFAULT_GROUP_NAME: &str = "steadfast";
@@ -62,6 +67,10 @@ pub struct Group {
     #[serde(rename = "heartbeat_interval_ms", serialize_with = "millis_number")]
     pub heartbeat_interval: Duration,
     pub miss_count: u32,
+    /// How long a member holding open connections no other node could carry on may be silent
+    /// before a member without them stands against it (see `ElectionConfig::holder_grace`).
+    #[serde(rename = "holder_grace_ms", serialize_with = "millis_number")]
+    pub holder_grace: Duration,
     pub preempt: bool,
     pub two_node: bool,
     #[serde(rename = "member")]
@@ -388,6 +397,7 @@ struct RawGroup {
     port: Option<Spanned<u16>>,
     heartbeat_interval_ms: Option<Spanned<u64>>,
     miss_count: Option<Spanned<u32>>,
+    holder_grace_ms: Option<Spanned<u64>>,
     preempt: Option<bool>,
     two_node: Option<bool>,
     #[serde(default)]
@@ -777,20 +787,53 @@ fn build(
     if let Some(s) = g
         .heartbeat_interval_ms
         .as_ref()
-        .filter(|s| *s.get_ref() == 0)
+        .filter(|s| !(1..=MAX_HEARTBEAT_INTERVAL_MS).contains(s.get_ref()))
     {
         report.add(
             s.span(),
             "group.heartbeat_interval_ms",
-            "must be at least 1",
+            format!("must be from 1 to {MAX_HEARTBEAT_INTERVAL_MS}"),
         );
     }
     let miss_count = g
         .miss_count
         .as_ref()
         .map_or(DEFAULT_MISS_COUNT, |s| *s.get_ref());
-    if let Some(s) = g.miss_count.as_ref().filter(|s| *s.get_ref() < 2) {
-        report.add(s.span(), "group.miss_count", "must be at least 2");
+    if let Some(s) = g
+        .miss_count
+        .as_ref()
+        .filter(|s| !(2..=MAX_MISS_COUNT).contains(s.get_ref()))
+    {
+        report.add(
+            s.span(),
+            "group.miss_count",
+            format!("must be from 2 to {MAX_MISS_COUNT}"),
+        );
+    }
+    let lease_ms = heartbeat_ms.saturating_mul(u64::from(miss_count));
+    let holder_grace_ms = g.holder_grace_ms.as_ref().map_or_else(
+        || {
+            // Clamped: out-of-range settings are reported above and must not overflow here.
+            crate::election::ElectionConfig::default_holder_grace(
+                Duration::from_millis(heartbeat_ms.min(MAX_HEARTBEAT_INTERVAL_MS)),
+                miss_count.min(MAX_MISS_COUNT),
+            )
+            .as_millis() as u64
+        },
+        |s| *s.get_ref(),
+    );
+    if let Some(s) = g
+        .holder_grace_ms
+        .as_ref()
+        .filter(|s| *s.get_ref() < lease_ms)
+    {
+        report.add(
+            s.span(),
+            "group.holder_grace_ms",
+            format!(
+                "must be at least one lease, heartbeat_interval_ms × miss_count = {lease_ms} ms"
+            ),
+        );
     }
     let port = g.port.as_ref().map_or(DEFAULT_PORT, |s| *s.get_ref());
     if let Some(s) = g.port.as_ref().filter(|s| *s.get_ref() == 0) {
@@ -1097,6 +1140,7 @@ fn build(
             port,
             heartbeat_interval: Duration::from_millis(heartbeat_ms),
             miss_count,
+            holder_grace: Duration::from_millis(holder_grace_ms),
             preempt: g.preempt.unwrap_or(false),
             two_node,
             members,

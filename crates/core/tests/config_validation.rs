@@ -187,6 +187,24 @@ fn each_rule_names_field_and_line() {
             "miss_count = 1",
             "group.miss_count",
         ),
+        (
+            "miss_count = 3",
+            "miss_count = 1001",
+            "miss_count = 1001",
+            "group.miss_count",
+        ),
+        (
+            "heartbeat_interval_ms = 20",
+            "heartbeat_interval_ms = 9223372036854775807",
+            "heartbeat_interval_ms = 9223372036854775807",
+            "group.heartbeat_interval_ms",
+        ),
+        (
+            "miss_count = 3",
+            "miss_count = 3\nholder_grace_ms = 59",
+            "holder_grace_ms = 59",
+            "group.holder_grace_ms",
+        ),
         ("rise = 1", "rise = 0", "rise = 0", "health_check[1].rise"),
         (
             "command = [\"/bin/true\"]",
@@ -404,6 +422,8 @@ command = ["/bin/hook"]
     );
     assert_eq!(cfg.group.miss_count, DEFAULT_MISS_COUNT);
     assert_eq!(DEFAULT_MISS_COUNT, 3);
+    // Ten leases of 3 × 50 ms.
+    assert_eq!(cfg.group.holder_grace, Duration::from_millis(1500));
     assert!(!cfg.group.preempt && !cfg.group.two_node);
     assert_eq!(cfg.services[0].interface, "eth0");
     assert_eq!(cfg.services[0].mode, Mode::Duplex);

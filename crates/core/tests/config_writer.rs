@@ -8,7 +8,7 @@ use std::time::Duration;
 use proptest::prelude::*;
 use steadfast_core::config::{
     parse, to_toml, Arp, Config, Control, Group, HealthCheck, HealthCheckKind, Member, Mode,
-    Notify, Protocol, Service,
+    Notify, Protocol, Service, MAX_HEARTBEAT_INTERVAL_MS, MAX_MISS_COUNT,
 };
 
 fn exists(_: &Path) -> bool {
@@ -166,18 +166,29 @@ fn config() -> impl Strategy<Value = Config> {
                 text(),
                 absolute_path(),
                 1u16..,
-                millis(),
-                2u32..,
+                (1u64..=MAX_HEARTBEAT_INTERVAL_MS).prop_map(Duration::from_millis),
+                2u32..=MAX_MISS_COUNT,
+                0u64..=i32::MAX as u64,
                 any::<bool>(),
             )
                 .prop_map(
-                    move |(name, auth_key_file, port, heartbeat_interval, miss_count, preempt)| {
+                    move |(
+                        name,
+                        auth_key_file,
+                        port,
+                        heartbeat_interval,
+                        miss_count,
+                        grace_beyond_lease,
+                        preempt,
+                    )| {
                         Group {
                             name,
                             auth_key_file,
                             port,
                             heartbeat_interval,
                             miss_count,
+                            holder_grace: heartbeat_interval * miss_count
+                                + Duration::from_millis(grace_beyond_lease),
                             preempt,
                             two_node,
                             members: members.clone(),
@@ -236,6 +247,7 @@ fn a_witness_file_round_trips_without_services() {
             port: 7410,
             heartbeat_interval: Duration::from_millis(10),
             miss_count: 4,
+            holder_grace: Duration::from_millis(400),
             preempt: true,
             two_node: false,
             members: vec![

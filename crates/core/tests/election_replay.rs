@@ -7,10 +7,12 @@
 //! (`1:2` is term 1 won by node 2, that is 65538) or as a plain number.
 //!
 //! Events, in time order:
-//! - `at T start me=2 members=1,2 witness=100 interval=10 miss=3 [preempt=0|1] [two-node=0|1]`
-//!   creates the machine (`witness=-` for none); a later `start` is a restart that forgets all.
+//! - `at T start me=2 members=1,2 witness=100 interval=10 miss=3 [preempt=0|1] [two-node=0|1]
+//!   [holder-grace=MS]` creates the machine (`witness=-` for none; the holder grace defaults to
+//!   `ElectionConfig::default_holder_grace`); a later `start` is a restart that forgets all.
 //! - `at T tick`, `at T health up|down`, `at T holds 1|0` (the node carries live connections
-//!   or not), `at T shutdown`.
+//!   or not), `at T shutdown`, `at T peer-dead id=N evidence=host|daemon` (the shell found a
+//!   silent peer dead).
 //! - `at T recv from=N epoch=E MESSAGE`, a frame from a peer, where MESSAGE is one of
 //!   `heartbeat role=R healthy=0|1 quorum=0|1 seq=S following=N|- [holds=0|1]`,
 //!   `ack primary=N seq=S`,
@@ -39,8 +41,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use steadfast_core::election::{
-    epoch_owner, epoch_term, Action, Destination, Disposition, Election, ElectionConfig, Event,
-    Reason,
+    epoch_owner, epoch_term, Action, DeathEvidence, Destination, Disposition, Election,
+    ElectionConfig, Event, Reason,
 };
 use steadfast_core::{Message, NodeId, Role};
 
@@ -460,18 +462,25 @@ impl Fields {
 
 fn parse_start(args: &[&str]) -> Result<ElectionConfig, String> {
     let mut f = Fields::of(args)?;
+    let heartbeat_interval = f.take("interval", parse_ms)?;
+    let miss_count = f.take("miss", |v| {
+        parse_u64(v)?
+            .try_into()
+            .map_err(|_| format!("`{v}` is too large"))
+    })?;
     let cfg = ElectionConfig {
         me: f.take("me", parse_id)?,
         members: f.take("members", parse_ids)?,
         witness: f.take("witness", parse_optional_id)?,
-        heartbeat_interval: f.take("interval", parse_ms)?,
-        miss_count: f.take("miss", |v| {
-            parse_u64(v)?
-                .try_into()
-                .map_err(|_| format!("`{v}` is too large"))
-        })?,
+        heartbeat_interval,
+        miss_count,
         preempt: f.take_or("preempt", false, parse_flag)?,
         two_node: f.take_or("two-node", false, parse_flag)?,
+        holder_grace: f.take_or(
+            "holder-grace",
+            ElectionConfig::default_holder_grace(heartbeat_interval, miss_count),
+            parse_ms,
+        )?,
     };
     f.finish()?;
     Ok(cfg)
@@ -551,9 +560,20 @@ fn parse_event(words: &[&str]) -> Result<(Duration, Input), String> {
             _ => return Err("`holds` takes `1` or `0`".to_string()),
         },
         "recv" => Input::Machine(parse_recv(args)?),
+        "peer-dead" => {
+            let mut f = Fields::of(args)?;
+            let id = f.take("id", parse_id)?;
+            let evidence = f.take("evidence", |v| match v {
+                "host" => Ok(DeathEvidence::HostUnreachable),
+                "daemon" => Ok(DeathEvidence::DaemonGone),
+                _ => Err(format!("`{v}` is not a death evidence (host, daemon)")),
+            })?;
+            f.finish()?;
+            Input::Machine(Event::PeerDead { id, evidence })
+        }
         other => {
             return Err(format!(
-                "`{other}` is not an event (start, tick, recv, health, holds, shutdown, pause)"
+                "`{other}` is not an event (start, tick, recv, health, holds, peer-dead, shutdown, pause)"
             ))
         }
     };
@@ -1047,6 +1067,7 @@ fn two_node_config(me: NodeId) -> ElectionConfig {
         miss_count: 3,
         preempt: false,
         two_node: true,
+        holder_grace: ElectionConfig::default_holder_grace(Duration::from_millis(10), 3),
     }
 }
 

@@ -8,7 +8,9 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::time::Duration;
 
-use steadfast_core::election::{Action, Destination, Election, ElectionConfig, Event};
+use steadfast_core::election::{
+    Action, DeathEvidence, Destination, Election, ElectionConfig, Event,
+};
 use steadfast_core::{Message, NodeId, Role};
 
 /// splitmix64: small, seedable, good enough to drive a simulation.
@@ -76,6 +78,7 @@ impl Sim {
                 miss_count: 3,
                 preempt,
                 two_node: false,
+                holder_grace: ElectionConfig::default_holder_grace(Duration::from_millis(10), 3),
             };
             nodes.insert(
                 me,
@@ -144,7 +147,14 @@ impl Sim {
                 }
                 Action::ReleaseAddress => self.nodes.get_mut(&id).unwrap().holds_address = false,
                 Action::RefreshAnnouncement => {}
-                Action::RoleChanged { role, epoch, .. } => {
+                Action::RoleChanged {
+                    role,
+                    epoch,
+                    ref reason,
+                } => {
+                    if std::env::var_os("SIM_TRACE").is_some() {
+                        eprintln!("{:?} node {id}: {role:?} in {epoch:#x}: {reason}", self.now);
+                    }
                     if role == Role::Primary {
                         if let Some(&other) = self.primary_of_epoch.get(&epoch) {
                             assert_eq!(
@@ -507,4 +517,165 @@ fn without_connections_to_keep_the_lowest_id_serves_after_a_lapse() {
     // The rule above is what keeps node 2: without it, node 1 wins.
     let seen = lapse_of_a_primary(false);
     assert!(seen.contains(&1), "primaries seen: {seen:?}");
+}
+
+/// Node 1 serves and holds connections its healed backup (node 2) has not adopted yet. From
+/// `pause_at` its daemon is frozen for `pause` (SIGSTOP, a busy hypervisor: it neither sends nor
+/// receives); node 2 adopts everything `adopted_after` the heal (`None`: not before the end).
+/// Returns the primaries seen from the heal on.
+fn paused_holder_after_a_heal(
+    pause_at: Duration,
+    pause: Duration,
+    adopted_after: Option<Duration>,
+) -> BTreeSet<NodeId> {
+    let mut sim = Sim::new(21, &[1, 2], Some(100), false);
+    sim.run_until(Duration::from_millis(200));
+    assert_eq!(sim.primaries(), vec![1]);
+    sim.crash(2);
+    sim.run_until(Duration::from_millis(300));
+    sim.event(1, Event::HoldsConnectionsChanged(true));
+    let heal = Duration::from_millis(400);
+    sim.run_until(heal);
+    sim.restart(2);
+    let mut seen = BTreeSet::new();
+    let mut adopted = false;
+    let mut paused = false;
+    let end = heal + Duration::from_millis(1500);
+    while sim.now < end {
+        let since_heal = sim.now - heal;
+        if !paused && since_heal >= pause_at {
+            paused = true;
+            sim.nodes.get_mut(&1).unwrap().paused_until = Some(sim.now + pause);
+        }
+        let awake = sim.nodes[&1].paused_until.is_none_or(|p| p <= sim.now);
+        if !adopted && awake && adopted_after.is_some_and(|a| since_heal >= a) {
+            adopted = true;
+            sim.event(1, Event::HoldsConnectionsChanged(false));
+        }
+        let next = sim.now + Duration::from_micros(500);
+        sim.run_until(next);
+        seen.extend(sim.primaries());
+    }
+    assert_eq!(sim.primaries().len(), 1, "one primary in the end");
+    seen
+}
+
+#[test]
+fn a_paused_holder_keeps_its_connections_at_every_moment_of_the_join() {
+    // The issue's reproduction: 0 to 300 ms after the heal, a pause of 40 or 100 ms (and one
+    // well beyond a lease but within the grace).
+    for pause_ms in [40, 100, 300] {
+        for pause_at_ms in (0..=300).step_by(5) {
+            let seen = paused_holder_after_a_heal(
+                Duration::from_millis(pause_at_ms),
+                Duration::from_millis(pause_ms),
+                None,
+            );
+            assert_eq!(
+                seen,
+                BTreeSet::from([1]),
+                "pause of {pause_ms} ms at {pause_at_ms} ms after the heal: node 2 holds none \
+                 of node 1's connections and must not serve"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_paused_node_whose_connections_were_adopted_is_replaced_as_usual() {
+    // Once the backup protects everything the rule above no longer holds node 2 back: it
+    // takes over after the normal detection.
+    let seen = paused_holder_after_a_heal(
+        Duration::from_millis(200),
+        Duration::from_millis(100),
+        Some(Duration::from_millis(100)),
+    );
+    assert!(seen.contains(&2), "primaries seen: {seen:?}");
+}
+
+#[test]
+fn a_holder_silent_beyond_the_grace_is_replaced() {
+    let grace = ElectionConfig::default_holder_grace(Duration::from_millis(10), 3);
+    let seen = paused_holder_after_a_heal(
+        Duration::from_millis(100),
+        grace + Duration::from_millis(100),
+        None,
+    );
+    assert!(seen.contains(&2), "primaries seen: {seen:?}");
+}
+
+/// Node 1 serves holding connections nobody protects and its host dies. `evidence_after`: when
+/// node 2's shell finds it dead (its probes go unanswered). Returns how long after the crash
+/// node 2 serves.
+fn takeover_after_a_holders_crash(evidence_after: Option<Duration>) -> Duration {
+    let mut sim = Sim::new(22, &[1, 2], Some(100), false);
+    sim.run_until(Duration::from_millis(200));
+    assert_eq!(sim.primaries(), vec![1]);
+    sim.event(1, Event::HoldsConnectionsChanged(true));
+    sim.run_until(Duration::from_millis(300));
+    let crash_at = sim.now;
+    sim.crash(1);
+    let mut told = false;
+    while sim.now < crash_at + Duration::from_secs(2) {
+        if !told && evidence_after.is_some_and(|e| sim.now >= crash_at + e) {
+            told = true;
+            // Every voter's shell probes the holder it waits for (the witness's too).
+            for voter in [2, 100] {
+                let asked = sim.nodes[&voter]
+                    .election
+                    .as_ref()
+                    .unwrap()
+                    .peers_to_probe(sim.now);
+                assert_eq!(asked, vec![1], "node {voter} asks for node 1 to be probed");
+                sim.event(
+                    voter,
+                    Event::PeerDead {
+                        id: 1,
+                        evidence: DeathEvidence::HostUnreachable,
+                    },
+                );
+            }
+        }
+        let next = sim.now + Duration::from_micros(500);
+        sim.run_until(next);
+        if sim.primaries() == vec![2] {
+            return sim.now - crash_at;
+        }
+    }
+    panic!("node 2 never took over");
+}
+
+#[test]
+fn a_holder_known_dead_is_replaced_at_once() {
+    let took = takeover_after_a_holders_crash(Some(Duration::from_millis(50)));
+    assert!(
+        took <= Duration::from_millis(55),
+        "took {took:?} with the evidence at 50 ms"
+    );
+}
+
+#[test]
+fn a_dead_holder_nobody_can_vouch_for_is_replaced_after_the_grace() {
+    let grace = ElectionConfig::default_holder_grace(Duration::from_millis(10), 3);
+    let took = takeover_after_a_holders_crash(None);
+    assert!(
+        took >= grace && took <= grace + Duration::from_millis(10),
+        "took {took:?} with a grace of {grace:?}"
+    );
+}
+
+#[test]
+fn a_dead_node_that_held_nothing_is_replaced_after_one_lease() {
+    // The wait is only for holders: a crash of a primary whose backup protects everything is
+    // detected as before (see crash_of_primary_moves_the_address_within_a_lease_and_a_bit).
+    let mut sim = Sim::new(23, &[1, 2], Some(100), false);
+    sim.run_until(Duration::from_millis(200));
+    let crash_at = sim.now;
+    sim.crash(1);
+    while sim.primaries() != vec![2] {
+        let next = sim.now + Duration::from_micros(500);
+        sim.run_until(next);
+        assert!(sim.now < crash_at + Duration::from_millis(100));
+    }
+    assert!(sim.now - crash_at <= Duration::from_millis(35));
 }

@@ -382,7 +382,11 @@ fn wait_vip_ready(
         let holders = vip_holders_of(lab, &members)?;
         let last = if let [holder] = holders.as_slice() {
             match http_get_in_namespace(&client, target, "/health", PROBE_TIMEOUT) {
-                Ok(reply) if reply.status == 200 => return Ok(*holder),
+                Ok(reply) if reply.status == 200 => match unprotected_primary(paths, *holder, state)
+                {
+                    None => return Ok(*holder),
+                    Some(why) => format!("{holder} holds the VIP and answers; {why}"),
+                },
                 Ok(reply) => format!("{holder} holds the VIP; status {}", reply.status),
                 Err(e) => format!("{holder} holds the VIP; {e}"),
             }
@@ -405,6 +409,36 @@ fn wait_vip_ready(
             });
         }
         std::thread::sleep(POLL_INTERVAL);
+    }
+}
+
+/// In duplex, why the VIP holder is not yet a primary that a backup protects (None: it is,
+/// or the lab is not duplex). A duplex lab is ready only then: a test or a demo that starts
+/// its load earlier would see its connections opened unprotected, and a primary chosen in the
+/// first moments can still change (a node elected while its peer started may stall and lose
+/// its first lease).
+fn unprotected_primary(paths: &LabPaths, holder: Host, state: &LabState) -> Option<String> {
+    if state.options.mode != Mode::Duplex {
+        return None;
+    }
+    let status = match query_control_socket(&paths.control_socket(holder)) {
+        Ok(status) => status,
+        Err(e) => return Some(format!("its status: {e}")),
+    };
+    let role = status["role"].as_str().unwrap_or("unknown");
+    let joined = status["data_plane"]["backups_joined"].as_u64().unwrap_or(0);
+    let protected_now = status["data_plane"]["unprotected_now"].as_bool() == Some(false);
+    if role == "primary" && joined > 0 && protected_now {
+        None
+    } else {
+        Some(format!(
+            "its daemon is {role}, {joined} backups joined, {}",
+            if protected_now {
+                "protected"
+            } else {
+                "serving without a backup"
+            }
+        ))
     }
 }
 

@@ -11,10 +11,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use steadfast_core::election::{Action, Destination, Disposition, Election, Event};
+use steadfast_core::election::{
+    Action, DeathEvidence, Destination, Disposition, Election, Event, Reason,
+};
 use steadfast_core::frame::{self, FrameError, ReplayGuard};
 use steadfast_core::protocol::Envelope;
-use steadfast_core::Role;
+use steadfast_core::{Message, NodeId, Role};
+use steadfast_os::peer_probe::{PeerProber, ProbeAnswer};
 use tokio::net::UdpSocket;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
@@ -69,6 +72,29 @@ struct Daemon {
     /// The simplex/duplex data plane, told the node's role after every election step.
     plane: Option<crate::plane::PlaneHandle>,
     plane_mode: String,
+    /// Probes the hosts of silent peers the election waits for (None: no raw socket here).
+    prober: Option<tokio::io::unix::AsyncFd<steadfast_os::peer_probe::PeerProber>>,
+    /// The silent peers being probed now (see `Election::peers_to_probe`).
+    probes: BTreeMap<NodeId, PeerProbe>,
+    /// Per peer: frames that came more than two intervals after the one before, the longest
+    /// gap, and what a probe found.
+    peer_notes: BTreeMap<NodeId, PeerNotes>,
+}
+
+/// One silent peer under probe.
+struct PeerProbe {
+    address: Ipv4Addr,
+    /// When probing began, and the last answer of its host since.
+    since: Instant,
+    answered: Option<Instant>,
+    next_send: Instant,
+}
+
+#[derive(Default)]
+struct PeerNotes {
+    late_heartbeats: u64,
+    longest_gap: Duration,
+    dead: Option<DeathEvidence>,
 }
 
 /// Runs a member (`witness == false`) or the witness until SIGTERM/SIGINT.
@@ -169,6 +195,25 @@ impl Daemon {
             }
             None => None,
         };
+        let prober = match PeerProber::open().and_then(|p| {
+            // SAFETY: the prober owns its socket and returns that same descriptor for as long
+            // as it lives; the AsyncFd owns the prober.
+            unsafe {
+                tokio::io::unix::AsyncFd::register_with_interest(p, tokio::io::Interest::READABLE)
+            }
+            .map_err(|e| steadfast_os::OsError::Unexpected {
+                what: format!("registering the peer prober's socket: {e}"),
+            })
+        }) {
+            Ok(prober) => Some(prober),
+            Err(e) => {
+                tracing::warn!(
+                    "cannot probe the hosts of silent peers ({e}): a member holding open \
+                     connections that falls silent is waited for the whole holder grace"
+                );
+                None
+            }
+        };
         let mut daemon = Daemon {
             settings,
             config_path,
@@ -188,6 +233,9 @@ impl Daemon {
             kernel_lease: None,
             plane,
             plane_mode,
+            prober,
+            probes: BTreeMap::new(),
+            peer_notes: BTreeMap::new(),
         };
         // A previous life may have left the addresses behind: start clean, as a backup.
         daemon.release_addresses().await;
@@ -253,6 +301,18 @@ impl Daemon {
                     }
                 }
                 _ = tokio::time::sleep_until(deadline.into()) => { self.feed(Event::Tick).await; }
+                ready = async { self.prober.as_ref().expect("guarded by the condition").readable().await }, if self.prober.is_some() => {
+                    match ready {
+                        Ok(mut guard) => {
+                            guard.clear_ready();
+                            self.read_probe_answers().await;
+                        }
+                        Err(e) => tracing::warn!("peer prober: {e}"),
+                    }
+                }
+                _ = tokio::time::sleep_until(self.next_probe_at().into()), if !self.probes.is_empty() => {
+                    self.probe_silent_peers().await;
+                }
                 Some((index, healthy, why)) = health_rx.recv() => {
                     self.check_verdicts[index] = (healthy, why);
                     self.feed_health().await;
@@ -299,6 +359,10 @@ impl Daemon {
     }
 
     async fn on_frame(&mut self, bytes: &[u8], from: SocketAddr) {
+        if bytes.is_empty() {
+            // A peer's probe of this daemon's heartbeat port (see `probe_silent_peers`).
+            return;
+        }
         let envelope = match frame::decode(bytes, &self.settings.key) {
             Ok(e) => e,
             Err(FrameError::BadMac) => {
@@ -329,6 +393,9 @@ impl Daemon {
             return;
         }
         self.counters.frames_received += 1;
+        if matches!(envelope.message, Message::Heartbeat { .. }) {
+            self.note_gap(envelope.sender);
+        }
         let disposition = self
             .feed(Event::Received {
                 from: envelope.sender,
@@ -376,7 +443,154 @@ impl Daemon {
             self.carry_out(action).await;
         }
         self.update_plane_role();
+        self.update_probes();
         disposition
+    }
+
+    /// Logs a heartbeat that comes more than two intervals after the sender's previous frame:
+    /// the silences that elections must ride out (a paused daemon, a starved receive path).
+    fn note_gap(&mut self, from: NodeId) {
+        let now = self.now();
+        let Some(last) = self.election.peers().get(&from).and_then(|p| p.last_heard) else {
+            return;
+        };
+        let gap = now.saturating_sub(last);
+        let interval = self.settings.election.heartbeat_interval;
+        if gap <= interval * 2 {
+            return;
+        }
+        let notes = self.peer_notes.entry(from).or_default();
+        notes.late_heartbeats += 1;
+        notes.longest_gap = notes.longest_gap.max(gap);
+        tracing::info!(
+            "late heartbeat: node {from} was silent for {:.1} ms ({:.1} intervals)",
+            gap.as_secs_f64() * 1e3,
+            gap.as_secs_f64() / interval.as_secs_f64()
+        );
+    }
+
+    /// Starts probing the silent peers the election now waits for, and stops probing the
+    /// others (heard again, found dead, or waited for long enough).
+    fn update_probes(&mut self) {
+        if self.prober.is_none() {
+            return;
+        }
+        let wanted = self.election.peers_to_probe(self.now());
+        self.probes.retain(|id, _| wanted.contains(id));
+        for id in wanted {
+            if self.probes.contains_key(&id) {
+                continue;
+            }
+            let Some(&address) = self.settings.voters.get(&id) else {
+                continue;
+            };
+            tracing::info!(
+                "node {id} holds open connections no other node could carry on and went \
+                 silent: waiting up to {:?} for it before standing, probing its host",
+                self.settings.election.holder_grace
+            );
+            let now = Instant::now();
+            self.probes.insert(
+                id,
+                PeerProbe {
+                    address,
+                    since: now,
+                    answered: None,
+                    next_send: now,
+                },
+            );
+        }
+    }
+
+    /// How long a probed host may stay without answering before it counts as dead: long
+    /// enough to ride out a backlogged receive path (its heartbeats go just as silent then),
+    /// short against the holder grace it cuts short.
+    fn probe_window(&self) -> Duration {
+        let election = &self.settings.election;
+        (election.holder_grace / 4).max(election.lease())
+    }
+
+    fn next_probe_at(&self) -> Instant {
+        self.probes
+            .values()
+            .map(|p| p.next_send)
+            .min()
+            .unwrap_or_else(Instant::now)
+    }
+
+    /// Sends the probes that are due (an echo request to the host, an empty datagram to its
+    /// heartbeat port) and tells the election of a host silent for a whole window.
+    async fn probe_silent_peers(&mut self) {
+        let now = Instant::now();
+        let interval = self.settings.election.heartbeat_interval;
+        let window = self.probe_window();
+        let mut dead = Vec::new();
+        for (&id, probe) in self.probes.iter_mut() {
+            if probe.next_send > now {
+                continue;
+            }
+            probe.next_send = now + interval;
+            if let Some(prober) = self.prober.as_mut() {
+                if let Err(e) = prober.get_mut().send_echo(probe.address) {
+                    tracing::debug!("probing node {id}: {e}");
+                }
+            }
+            let port = SocketAddr::V4(SocketAddrV4::new(probe.address, self.settings.port));
+            let _ = self.socket.try_send_to(&[], port);
+            let quiet_since = probe.answered.unwrap_or(probe.since).max(probe.since);
+            if now.duration_since(quiet_since) >= window {
+                dead.push((id, DeathEvidence::HostUnreachable, now.duration_since(quiet_since)));
+            }
+        }
+        for (id, evidence, silent) in dead {
+            tracing::warn!(
+                "node {id} found dead: {evidence} (no echo reply for {:.0} ms)",
+                silent.as_secs_f64() * 1e3
+            );
+            self.peer_found_dead(id, evidence).await;
+        }
+    }
+
+    async fn read_probe_answers(&mut self) {
+        let answers = match self.prober.as_ref().map(|p| p.get_ref().answers()) {
+            Some(Ok(answers)) => answers,
+            Some(Err(e)) => {
+                tracing::warn!("peer prober: {e}");
+                return;
+            }
+            None => return,
+        };
+        let now = Instant::now();
+        let mut dead = Vec::new();
+        for answer in answers {
+            match answer {
+                ProbeAnswer::HostAnswered { from } => {
+                    for probe in self.probes.values_mut().filter(|p| p.address == from) {
+                        probe.answered = Some(now);
+                    }
+                }
+                ProbeAnswer::PortClosed { host, port } if port == self.settings.port => {
+                    dead.extend(
+                        self.probes
+                            .iter()
+                            .filter(|(_, p)| p.address == host)
+                            .map(|(&id, _)| id),
+                    );
+                }
+                ProbeAnswer::PortClosed { .. } => {}
+            }
+        }
+        for id in dead {
+            tracing::warn!("node {id} found dead: {}", DeathEvidence::DaemonGone);
+            self.peer_found_dead(id, DeathEvidence::DaemonGone).await;
+        }
+    }
+
+    async fn peer_found_dead(&mut self, id: NodeId, evidence: DeathEvidence) {
+        self.probes.remove(&id);
+        self.counters.peers_found_dead += 1;
+        self.peer_notes.entry(id).or_default().dead = Some(evidence);
+        self.feed(Event::PeerDead { id, evidence }).await;
     }
 
     /// Gives the kernel the election's lease, before anything acts on the step that renewed,
@@ -512,6 +726,9 @@ impl Daemon {
                 reason,
             } => {
                 self.counters.role_changes += 1;
+                if role != Role::Primary && self.election.holds_connections() {
+                    self.note_step_down_holding(&reason);
+                }
                 tracing::info!(
                     "role {} in epoch {} ({}): {}",
                     role.as_str(),
@@ -522,6 +739,20 @@ impl Daemon {
                 self.run_hook(role, epoch, reason.to_string());
             }
         }
+    }
+
+    /// A step-down while this node holds open connections nobody else could carry on: they
+    /// survive only if it is elected again before another node is.
+    fn note_step_down_holding(&mut self, reason: &Reason) {
+        *self
+            .counters
+            .step_downs_holding
+            .entry(reason.kind().to_string())
+            .or_default() += 1;
+        tracing::warn!(
+            "stepping down while holding open connections no other node could carry on ({reason}): \
+             they are lost if another node is elected before this one is again"
+        );
     }
 
     fn run_hook(&mut self, role: Role, epoch: u64, reason: String) {
@@ -648,6 +879,8 @@ impl Daemon {
                 .collect(),
             has_quorum: self.election.has_quorum(now),
             holds_connections: self.election.holds_connections(),
+            waiting_for_holder: self.election.silent_holder(now),
+            holder_grace_ms: self.settings.election.holder_grace.as_millis() as u64,
             primary: self.election.primary(),
             vip_held: self.vip_held,
             uptime_ms: now.as_millis() as u64,
@@ -678,6 +911,12 @@ impl Daemon {
                     last_heard_ms: p
                         .last_heard
                         .map(|t| now.saturating_sub(t).as_millis() as u64),
+                    dead: p.dead.map(|why| why.to_string()),
+                    late_heartbeats: self.peer_notes.get(&id).map_or(0, |n| n.late_heartbeats),
+                    longest_gap_ms: self
+                        .peer_notes
+                        .get(&id)
+                        .map_or(0, |n| n.longest_gap.as_millis() as u64),
                 })
                 .collect(),
             counters,
@@ -747,6 +986,7 @@ fn plane_status(mode: &str, shared: &crate::plane::PlaneShared) -> crate::status
         frames_held_at_takeover: c.frames_held_at_takeover.load(Relaxed),
         guard_dropped: c.guard_dropped.load(Relaxed),
         guard_bounced: c.guard_bounced.load(Relaxed),
+        sessions_dropped_at_step_down: c.sessions_dropped_at_step_down.load(Relaxed),
         ..Default::default()
     };
     if let Some(proxy) = shared.proxy.get() {

@@ -100,6 +100,7 @@ impl Settings {
             miss_count: cfg.group.miss_count,
             preempt: cfg.group.preempt,
             two_node: cfg.group.two_node,
+            holder_grace: cfg.group.holder_grace,
         };
         let services = cfg
             .services

@@ -21,6 +21,16 @@ pub struct PeerStatus {
     pub holds_connections: bool,
     pub alive: bool,
     pub last_heard_ms: Option<u64>,
+    /// Why this node knows the silent peer is dead (its host does not answer, its daemon is
+    /// gone), when it probed it.
+    #[serde(default)]
+    pub dead: Option<String>,
+    /// Its frames that came more than two heartbeat intervals after the one before, and the
+    /// longest such gap.
+    #[serde(default)]
+    pub late_heartbeats: u64,
+    #[serde(default)]
+    pub longest_gap_ms: u64,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -43,6 +53,14 @@ pub struct Counters {
     /// Renewals of the fence's kernel lease the kernel refused (the addresses go dark).
     #[serde(default)]
     pub kernel_lease_errors: u64,
+    /// Step-downs while this node held open connections no other node could carry on, by
+    /// reason: each put those connections at risk (they are lost unless it is elected again
+    /// with nobody between; the data plane counts the ones lost).
+    #[serde(default)]
+    pub step_downs_holding: std::collections::BTreeMap<String, u64>,
+    /// Silent peers found dead by a probe of their host (see `peers[].dead`).
+    #[serde(default)]
+    pub peers_found_dead: u64,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -58,6 +76,12 @@ pub struct NodeStatus {
     /// first (duplex).
     #[serde(default)]
     pub holds_connections: bool,
+    /// A peer holding open connections that went silent, which this node waits for (up to
+    /// `holder_grace_ms`) instead of standing against it.
+    #[serde(default)]
+    pub waiting_for_holder: Option<u16>,
+    #[serde(default)]
+    pub holder_grace_ms: u64,
     pub primary: Option<u16>,
     pub vip_held: bool,
     pub uptime_ms: u64,
@@ -155,6 +179,9 @@ pub struct DataPlaneStatus {
     /// carried their connections on.
     #[serde(default)]
     pub sessions_retired: u64,
+    /// Of those, the ones the new primary could not carry on (not protected by it): lost.
+    #[serde(default)]
+    pub sessions_dropped_at_step_down: u64,
 }
 
 impl NodeStatus {
@@ -184,6 +211,13 @@ impl NodeStatus {
                 "  holds open connections its backup does not protect: elections rank it first\n",
             );
         }
+        if let Some(holder) = self.waiting_for_holder {
+            s.push_str(&format!(
+                "  waiting for node {holder}, silent and holding connections no other node could \
+                 carry on (up to {} ms, unless found dead)\n",
+                self.holder_grace_ms
+            ));
+        }
         for d in &self.health_detail {
             s.push_str(&format!("  health: {d}\n"));
         }
@@ -195,7 +229,7 @@ impl NodeStatus {
         }
         for p in &self.peers {
             s.push_str(&format!(
-                "  peer {}: {} {} {}{}, last heard {}\n",
+                "  peer {}: {} {} {}{}, last heard {}{}; {} late heartbeats (longest gap {} ms)\n",
                 p.id,
                 p.role.as_deref().unwrap_or("never heard"),
                 if p.alive { "alive" } else { "DEAD" },
@@ -207,6 +241,11 @@ impl NodeStatus {
                 },
                 p.last_heard_ms
                     .map_or("never".to_string(), |ms| format!("{ms} ms ago")),
+                p.dead
+                    .as_ref()
+                    .map_or(String::new(), |why| format!(" (found dead: {why})")),
+                p.late_heartbeats,
+                p.longest_gap_ms,
             ));
         }
         if let Some(d) = &self.data_plane {
@@ -228,8 +267,9 @@ impl NodeStatus {
                 d.unprotected_ms, d.backups_joined, d.backup_losses, d.adopted
             ));
             s.push_str(&format!(
-                "  cut replies finished by range {}, not finishable {}; replies aborted after a backend failure {}; sessions retired at a step-down {}\n",
-                d.replies_resumed, d.resumes_failed, d.replies_aborted, d.sessions_retired
+                "  cut replies finished by range {}, not finishable {}; replies aborted after a backend failure {}; sessions retired at a step-down {} (of which lost, the new primary could not carry them on: {})\n",
+                d.replies_resumed, d.resumes_failed, d.replies_aborted, d.sessions_retired,
+                d.sessions_dropped_at_step_down
             ));
         }
         let c = &self.counters;
@@ -243,6 +283,12 @@ impl NodeStatus {
             c.role_changes, c.elections_started, c.elections_won, c.garp_sent, c.hooks_run, c.hooks_failed,
             c.address_errors, c.kernel_lease_errors
         ));
+        if !c.step_downs_holding.is_empty() || c.peers_found_dead > 0 {
+            s.push_str(&format!(
+                "  step-downs while holding connections {:?}; silent peers found dead {}\n",
+                c.step_downs_holding, c.peers_found_dead
+            ));
+        }
         s
     }
 }

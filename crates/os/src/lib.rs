@@ -8,6 +8,7 @@ pub mod garp;
 pub mod ingress_guard;
 pub mod netns;
 pub mod packet_port;
+pub mod peer_probe;
 pub mod raw_ip;
 pub mod repair;
 pub mod sched;

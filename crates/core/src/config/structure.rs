@@ -67,6 +67,7 @@ const GROUP: &[Key] = &[
     key("port", U16),
     key("heartbeat_interval_ms", MILLIS),
     key("miss_count", U32),
+    key("holder_grace_ms", MILLIS),
     key("preempt", Shape::Boolean),
     key("two_node", Shape::Boolean),
     key("member", Shape::Tables(MEMBER)),

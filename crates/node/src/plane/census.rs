@@ -176,6 +176,17 @@ impl SessionCensus {
             .collect()
     }
 
+    /// How many open sessions have a protecting generation that matches.
+    pub fn count_where(&self, protected_by: impl Fn(u64) -> bool) -> u64 {
+        self.sessions
+            .lock()
+            .expect("census lock")
+            .entries
+            .values()
+            .filter(|(_, generation)| protected_by(*generation))
+            .count() as u64
+    }
+
     pub fn open(&self) -> u64 {
         self.sessions
             .lock()

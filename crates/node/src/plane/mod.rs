@@ -101,6 +101,9 @@ pub struct PlaneCounters {
     /// Clients that did not answer a takeover's acknowledgement probe in time.
     pub probes_unanswered: AtomicU64,
     pub connections_lost: AtomicU64,
+    /// Open connections this node held when another node became primary that the new primary
+    /// could not carry on (its backup link did not protect them): lost at a step-down.
+    pub sessions_dropped_at_step_down: AtomicU64,
     /// Restore rate of the last takeover, connections per second.
     pub last_restore_per_second: AtomicU64,
     pub last_takeover_us: AtomicU64,

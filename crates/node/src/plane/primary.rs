@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use steadfast_core::http::FramingLimits;
 use steadfast_core::image::FourTuple;
+use steadfast_core::NodeId;
 use steadfast_core::replication::{self, ConnectionOptions, FrameReader, ReplicationFrame};
 use steadfast_os::ingress_guard::{GuardError, GuardState};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -204,6 +205,10 @@ pub struct Duplex {
     /// Set by a planned stop ([`Duplex::hand_over`]): the guard stays shut to the end.
     handing_over: bool,
     protected_by: Option<Peer>,
+    /// The backup that protected this node's sessions when it last stopped being primary, and
+    /// the link generation it protected them under: the sessions that node can carry on if it
+    /// is the next primary.
+    protected_at_step_down: Option<(NodeId, u64)>,
     unprotected_since: Option<Instant>,
     guard_read_at: Option<Instant>,
 }
@@ -283,6 +288,7 @@ impl Duplex {
             stepped_down_acks: Vec::new(),
             handing_over: false,
             protected_by: None,
+            protected_at_step_down: None,
             unprotected_since: None,
             guard_read_at: None,
         })
@@ -414,8 +420,8 @@ impl Duplex {
                     self.step_down("no longer primary");
                     self.place_vip(false, false).await;
                 }
-                if primary.is_some() {
-                    self.retire_sessions().await;
+                if let Some(primary) = primary {
+                    self.retire_sessions(primary).await;
                 }
                 self.backup.protect(epoch, primary);
             }
@@ -661,6 +667,9 @@ impl Duplex {
     /// acknowledgement keep waiting (see `stepped_down_acks`). Releasing them now would send
     /// replies the backup never logged to clients whose connections it may be taking over.
     fn step_down(&mut self, why: &str) {
+        if let Some(peer) = &self.protected_by {
+            self.protected_at_step_down = Some((peer.id, self.link_generation));
+        }
         self.detach_link();
         // A guard left admitting only the old backup's frames would bounce every client frame
         // to that node — which may be the new primary, or an old one whose kernel still holds
@@ -711,12 +720,35 @@ impl Duplex {
     /// Another node is primary: it carries this node's connections on (or has reset them), so
     /// every session here ends without a byte to its client, and only then are the replies
     /// they held dropped.
-    async fn retire_sessions(&mut self) {
+    async fn retire_sessions(&mut self, primary: Peer) {
+        // The new primary carries on the sessions its backup link protected here; the others
+        // are gone (it resets those it was told of as unadopted, the rest it never knew).
+        let carried_generation = self
+            .protected_at_step_down
+            .take()
+            .filter(|&(backup, _)| backup == primary.id)
+            .map(|(_, generation)| generation);
+        let dropped = self
+            .proxy
+            .census
+            .count_where(|generation| Some(generation) != carried_generation);
         let (told, ending) = self.proxy.census.retire_where(|_| true, RETIRE_WAIT).await;
         if told > 0 {
             tracing::info!(
-                "another node is primary: {told} sessions ended without a word to their \
-                 clients ({ending} still ending)"
+                "node {} is primary: {told} sessions ended without a word to their clients \
+                 ({ending} still ending)",
+                primary.id
+            );
+        }
+        if dropped > 0 {
+            self.shared
+                .counters
+                .sessions_dropped_at_step_down
+                .fetch_add(dropped, Ordering::Relaxed);
+            tracing::warn!(
+                "node {} is primary but could not carry on {dropped} of this node's open \
+                 connections (its backup link did not protect them): they are lost",
+                primary.id
             );
         }
         self.stepped_down_acks.clear();
