@@ -15,8 +15,8 @@
 //! the first healthy member with quorum it hears, stands as candidate in a new epoch. First means
 //! holding live connections (a node that carries established connections nobody else could take
 //! over whole, see [`Event::HoldsConnectionsChanged`]) before not, then the lowest id. A member
-//! that holds none does not stand against a *silent* holder either until the holder has been
-//! silent for [`ElectionConfig::holder_grace`] (a pause, a starved thread or a backlogged
+//! that holds none does not stand against a holder that fell silent (or lost its majority)
+//! either, until [`ElectionConfig::holder_grace`] has passed (a pause, a starved thread or a backlogged
 //! receive path are far more common than a dead host, and electing the other node would drop
 //! every connection the holder carries), unless the holder is known dead ([`Event::PeerDead`]:
 //! its host does not answer, its daemon is gone) or gave the address up ([`Message::Release`]).
@@ -251,6 +251,8 @@ pub struct PeerView {
     pub epoch: u64,
     /// Found dead by the shell since it was last heard ([`Event::PeerDead`]).
     pub dead: Option<DeathEvidence>,
+    /// When it last said it could serve: a heartbeat saying healthy and hearing a majority.
+    pub last_able: Option<Duration>,
 }
 
 #[derive(Clone, Debug)]
@@ -411,12 +413,15 @@ impl Election {
             .is_some_and(|t| now < t + self.cfg.lease())
     }
 
-    /// A member this node waits for instead of standing: it holds open connections that no
-    /// other node could carry on, it fell silent less than [`ElectionConfig::holder_grace`]
-    /// ago, and nothing says it is dead (it did not release the address, the shell found no
-    /// [`DeathEvidence`]). A node that holds connections itself does not wait: one of the two
-    /// sets is lost whoever serves, and the order of [`Self::ranks_before`] decides.
-    pub fn silent_holder(&self, now: Duration) -> Option<NodeId> {
+    /// A member this node waits for instead of standing, and instead of voting for a member
+    /// that holds nothing: it holds open connections that no other node could carry on, it was
+    /// last heard able to serve (healthy, hearing a majority) less than
+    /// [`ElectionConfig::holder_grace`] ago, and nothing says it is dead (it did not release
+    /// the address, the shell found no [`DeathEvidence`]). It may be silent (paused), or heard
+    /// again without a majority yet (it just woke up and has not heard the others). A node
+    /// that holds connections itself does not wait: one of the two sets is lost whoever
+    /// serves, and the order of [`Self::ranks_before`] decides.
+    pub fn holder_to_wait_for(&self, now: Duration) -> Option<NodeId> {
         if self.holds_connections {
             return None;
         }
@@ -427,19 +432,20 @@ impl Election {
                     && p.holds_connections
                     && p.healthy
                     && p.dead.is_none()
-                    && !self.peer_alive(id, now)
-                    && p
-                        .last_heard
-                        .is_some_and(|t| now < t + self.cfg.holder_grace)
+                    && p.last_able.is_some_and(|t| now < t + self.cfg.holder_grace)
             })
             .map(|(&id, _)| id)
             .next()
     }
 
     /// The silent peers the shell should probe for [`DeathEvidence`] now: those this node
-    /// waits for ([`Self::silent_holder`]), whose death would let it stand at once.
+    /// waits for ([`Self::holder_to_wait_for`]) and no longer hears, whose death would let it
+    /// stand at once.
     pub fn peers_to_probe(&self, now: Duration) -> Vec<NodeId> {
-        self.silent_holder(now).into_iter().collect()
+        self.holder_to_wait_for(now)
+            .filter(|&id| !self.peer_alive(id, now))
+            .into_iter()
+            .collect()
     }
 
     pub fn has_quorum(&self, now: Duration) -> bool {
@@ -476,8 +482,8 @@ impl Election {
         for p in self.peers.values() {
             if let Some(t) = p.last_heard {
                 consider(t + lease);
-                if p.holds_connections {
-                    consider(t + self.cfg.holder_grace);
+                if let Some(able) = p.last_able.filter(|_| p.holds_connections) {
+                    consider(able + self.cfg.holder_grace);
                 }
             }
         }
@@ -573,6 +579,9 @@ impl Election {
                 peer.has_quorum = has_quorum;
                 peer.following = following;
                 peer.holds_connections = holds_connections;
+                if healthy && has_quorum {
+                    peer.last_able = Some(now);
+                }
                 if role == Role::Primary {
                     self.primary_heartbeat(from, epoch, seq, now, out);
                 } else if epoch > self.epoch && !self.is_primary() {
@@ -723,28 +732,20 @@ impl Election {
     /// Whether this voter keeps `candidate`'s vote request waiting for a holder of open
     /// connections: electing a candidate that holds none would drop them. The holder is this
     /// node itself while it can serve (it stands at once), or a member silent for less than the
-    /// holder grace ([`Self::silent_holder`]). The candidate may itself not know of the holder
+    /// holder grace ([`Self::holder_to_wait_for`]). The candidate may itself not know of the holder
     /// (it restarted and never heard it), so this is checked here as well as before standing.
     fn holds_back_vote_for(&self, candidate: NodeId, now: Duration) -> bool {
-        let candidate_holds = self.peers.get(&candidate).is_some_and(|p| p.holds_connections);
+        let candidate_holds = self
+            .peers
+            .get(&candidate)
+            .is_some_and(|p| p.holds_connections);
         if candidate_holds {
             return false;
         }
         let i_hold = self.holds_connections && self.healthy && !self.shut_down;
-        // A live holder that hears a majority stands itself (it ranks first); one that lapsed
-        // a moment ago is about to.
-        let live_holder = self.peers.iter().any(|(&id, p)| {
-            id != candidate
-                && self.cfg.members.contains(&id)
-                && p.holds_connections
-                && p.healthy
-                && p.has_quorum
-                && self.peer_alive(id, now)
-        });
         i_hold
-            || live_holder
             || self
-                .silent_holder(now)
+                .holder_to_wait_for(now)
                 .is_some_and(|holder| holder != candidate)
     }
 
@@ -835,7 +836,7 @@ impl Election {
         {
             return false;
         }
-        if self.silent_holder(now).is_some() {
+        if self.holder_to_wait_for(now).is_some() {
             return false;
         }
         // Defer to a member that stands before us and can serve, and to any live primary we
@@ -984,7 +985,7 @@ impl Election {
         }
         // Give the others one lease to elect somebody before we may stand again; but a holder
         // whose lease merely lapsed stands at once: the others wait for it (see
-        // `silent_holder`), and every lease of the time it lost is one more moment its
+        // `holder_to_wait_for`), and every lease of the time it lost is one more moment its
         // clients' packets are dropped.
         let lapsed_holder = reason == Reason::QuorumLost && self.holds_connections;
         if !lapsed_holder {

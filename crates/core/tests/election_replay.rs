@@ -913,6 +913,8 @@ replays! {
     two_node_split_brain_heals => "two_node_split_brain_heals.txt",
     shutdown_while_candidate => "shutdown_while_candidate.txt",
     preemption_gives_the_address_back => "preemption.txt",
+    // Duplex: a holder of open connections is waited for.
+    a_paused_holder_that_wakes_without_quorum_is_waited_for => "paused_holder_wakes_without_quorum.txt",
 }
 
 #[test]

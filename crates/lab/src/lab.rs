@@ -382,11 +382,12 @@ fn wait_vip_ready(
         let holders = vip_holders_of(lab, &members)?;
         let last = if let [holder] = holders.as_slice() {
             match http_get_in_namespace(&client, target, "/health", PROBE_TIMEOUT) {
-                Ok(reply) if reply.status == 200 => match unprotected_primary(paths, *holder, state)
-                {
-                    None => return Ok(*holder),
-                    Some(why) => format!("{holder} holds the VIP and answers; {why}"),
-                },
+                Ok(reply) if reply.status == 200 => {
+                    match unprotected_primary(paths, *holder, state) {
+                        None => return Ok(*holder),
+                        Some(why) => format!("{holder} holds the VIP and answers; {why}"),
+                    }
+                }
                 Ok(reply) => format!("{holder} holds the VIP; status {}", reply.status),
                 Err(e) => format!("{holder} holds the VIP; {e}"),
             }

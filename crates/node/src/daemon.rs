@@ -539,7 +539,11 @@ impl Daemon {
             let _ = self.socket.try_send_to(&[], port);
             let quiet_since = probe.answered.unwrap_or(probe.since).max(probe.since);
             if now.duration_since(quiet_since) >= window {
-                dead.push((id, DeathEvidence::HostUnreachable, now.duration_since(quiet_since)));
+                dead.push((
+                    id,
+                    DeathEvidence::HostUnreachable,
+                    now.duration_since(quiet_since),
+                ));
             }
         }
         for (id, evidence, silent) in dead {
@@ -879,7 +883,7 @@ impl Daemon {
                 .collect(),
             has_quorum: self.election.has_quorum(now),
             holds_connections: self.election.holds_connections(),
-            waiting_for_holder: self.election.silent_holder(now),
+            waiting_for_holder: self.election.holder_to_wait_for(now),
             holder_grace_ms: self.settings.election.holder_grace.as_millis() as u64,
             primary: self.election.primary(),
             vip_held: self.vip_held,

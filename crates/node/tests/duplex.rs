@@ -1400,3 +1400,132 @@ fn replies_cut_by_a_crash_are_finished_by_range_builtin() {
 fn replies_cut_by_a_crash_are_finished_by_range_nginx() {
     cut_replies_are_finished_by_range(BackendKind::Nginx);
 }
+
+/// Sends `signal` (`-STOP`, `-CONT`) to `host`'s daemon.
+fn signal_daemon(lab: &Lab, host: &str, signal: &str) {
+    let pids = daemon_pids(lab, host);
+    assert_eq!(pids.len(), 1, "one daemon runs on {host}: {pids:?}");
+    let status = std::process::Command::new("kill")
+        .arg(signal)
+        .arg(&pids[0])
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill {signal} {} on {host}", pids[0]);
+}
+
+/// The reproduction: the backup's host crashes and is healed; while the healed node
+/// joins (before it has adopted the primary's connections), the primary's daemon is paused for
+/// 40 or 100 ms, 0 to 300 ms after the heal. The healed node holds none of the connections:
+/// it must wait for the primary rather than stand and win (which dropped 11-20 of 20
+/// connections every time), and no client may see an error.
+#[test]
+fn a_primary_paused_while_its_healed_backup_joins_keeps_its_connections() {
+    let (lab, primary, backup) = protected_lab("pj");
+    let mut options = keep_alive_load(&lab, 20, Duration::from_secs(120));
+    if let Some(keep_alive) = options.keep_alive.as_mut() {
+        // Idle about 0.8 s between requests: adoption (at each connection's next request)
+        // takes that long after a join, so the pauses fall while connections are unadopted.
+        keep_alive.pause = Duration::from_millis(800);
+        keep_alive.sizes = vec![1024, 10 * 1024];
+        keep_alive.slow_upload = None;
+    }
+    let load = BackgroundLoad::start_with(&lab, options);
+    std::thread::sleep(Duration::from_millis(1000));
+    for pause_ms in [40u64, 100] {
+        for delay_ms in [0u64, 100, 200, 300] {
+            let what = format!("pause {pause_ms} ms, {delay_ms} ms after the heal");
+            let joined_before = lab.daemon_status(&primary)["data_plane"]["backups_joined"]
+                .as_u64()
+                .unwrap_or(0);
+            steadfast_lab::crash(lab.name(), &backup, CrashKind::Host).expect("crash");
+            assert!(
+                common::wait_until(Duration::from_secs(3), || lab.daemon_status(&primary)
+                    ["holds_connections"]
+                    .as_bool()
+                    == Some(true)),
+                "{what}: {primary} should serve its connections unprotected once {backup} is gone"
+            );
+            steadfast_lab::heal(lab.name(), &backup).expect("heal");
+            std::thread::sleep(Duration::from_millis(delay_ms));
+            signal_daemon(&lab, &primary, "-STOP");
+            std::thread::sleep(Duration::from_millis(pause_ms));
+            signal_daemon(&lab, &primary, "-CONT");
+            wait_backup_joined(&lab, &primary, joined_before);
+            assert!(
+                common::wait_until(Duration::from_secs(5), || {
+                    lab.daemon_status(&primary)["holds_connections"].as_bool() == Some(false)
+                }),
+                "{what}: {backup} never adopted {primary}'s connections: {}",
+                lab.daemon_status(&primary)
+            );
+            assert_eq!(lab.holders(), vec![primary.clone()], "{what}: holders");
+            eprintln!("{what}: {primary} kept serving");
+        }
+    }
+    let report = load.stop();
+    assert_clean(&report, "a primary paused while its backup joins");
+    let status = lab.daemon_status(&primary);
+    assert_eq!(status["role"], "primary", "{status}");
+    assert_eq!(
+        status["data_plane"]["sessions_dropped_at_step_down"], 0,
+        "{status}"
+    );
+}
+
+/// The other side of the wait: a primary whose host really crashes while it holds connections
+/// nobody protects (its healed backup has just joined and adopted none yet) is replaced once
+/// the backup's probes find its host dead — well before the holder grace — and the clients of
+/// the connections nobody could carry on are reset, not left hanging.
+#[test]
+fn a_crashed_holder_is_replaced_once_its_host_is_found_dead() {
+    let (lab, primary, backup) = protected_lab("cd");
+    let mut options = keep_alive_load(&lab, 20, Duration::from_secs(60));
+    if let Some(keep_alive) = options.keep_alive.as_mut() {
+        // Long idle times: the connections stay unadopted for the whole test.
+        keep_alive.pause = Duration::from_secs(20);
+        keep_alive.sizes = vec![1024];
+        keep_alive.slow_upload = None;
+        keep_alive.commit_sizes = Vec::new();
+    }
+    let load = BackgroundLoad::start_with(&lab, options);
+    std::thread::sleep(Duration::from_millis(500));
+    steadfast_lab::crash(lab.name(), &backup, CrashKind::Host).expect("crash the backup");
+    assert!(
+        common::wait_until(Duration::from_secs(3), || lab.daemon_status(&primary)
+            ["holds_connections"]
+            .as_bool()
+            == Some(true)),
+        "{primary} should hold its connections unprotected once {backup} is gone"
+    );
+    steadfast_lab::heal(lab.name(), &backup).expect("heal the backup");
+    wait_backup_joined(&lab, &primary, 1);
+    let status = lab.daemon_status(&backup);
+    let grace = Duration::from_millis(status["holder_grace_ms"].as_u64().expect("holder grace"));
+    let crash = steadfast_lab::crash(lab.name(), &primary, CrashKind::Host).expect("crash");
+    let crashed_at = Instant::now();
+    assert!(
+        common::wait_until(Duration::from_secs(5), || lab.holders_except(&primary)
+            == vec![backup.clone()]),
+        "{backup} never took over"
+    );
+    let took = crashed_at.elapsed();
+    eprintln!(
+        "{backup} took over {took:?} after {primary}'s host crashed (holder grace {grace:?})"
+    );
+    let status = lab.daemon_status(&backup);
+    assert!(
+        status["counters"]["peers_found_dead"].as_u64().unwrap_or(0) >= 1,
+        "{backup} should have found {primary} dead: {status}"
+    );
+    assert!(
+        took < grace,
+        "{backup} took over only after {took:?}, the grace is {grace:?}: {status}"
+    );
+    let _ = crash;
+    let plane = &status["data_plane"];
+    assert!(
+        plane["lost_reasons"]["not-adopted"].as_u64().unwrap_or(0) > 0,
+        "the unadopted connections are reset and counted: {plane}"
+    );
+    drop(load);
+}
