@@ -291,11 +291,13 @@ fn static_server_serves_docroot(backend: BackendKind) {
 }
 
 #[test]
+#[ignore = "needs nginx: apt-get install nginx-light (.ci/run installs it)"]
 fn nginx_serves_the_docroot_and_restarts() {
     static_server_serves_docroot(BackendKind::Nginx);
 }
 
 #[test]
+#[ignore = "needs apache2: apt-get install apache2 (.ci/run installs it)"]
 fn apache2_serves_the_docroot_and_restarts() {
     static_server_serves_docroot(BackendKind::Apache2);
 }

@@ -129,8 +129,11 @@ pub struct FailoverArgs {
     #[arg(long, default_value_t = DEFAULT_FAST_HEARTBEAT_MS)]
     pub heartbeat_ms: u32,
     /// Fail if keepalived is not installed (otherwise its rows are skipped with a note).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "no_keepalived")]
     pub keepalived: bool,
+    /// Steadfast's rows only, even when keepalived is installed.
+    #[arg(long)]
+    pub no_keepalived: bool,
     /// Only the fast rows, 3 crashes each: under a minute.
     #[arg(long)]
     pub quick: bool,
@@ -266,6 +269,8 @@ fn failover_command(args: FailoverArgs) -> anyhow::Result<ExitCode> {
         heartbeat_ms: args.heartbeat_ms,
         keepalived: if args.keepalived {
             KeepalivedChoice::Required
+        } else if args.no_keepalived {
+            KeepalivedChoice::Never
         } else {
             KeepalivedChoice::IfInstalled
         },

@@ -457,6 +457,7 @@ fn duplex_survives_host_process_and_freeze_crashes_builtin() {
 }
 
 #[test]
+#[ignore = "needs nginx: apt-get install nginx-light (.ci/run installs it)"]
 fn duplex_survives_host_process_and_freeze_crashes_nginx() {
     crash_cycle(
         BackendKind::Nginx,
@@ -787,6 +788,7 @@ fn twenty_primary_crashes_lose_no_request() {
 /// `wrk` (the Debian package) against the VIP through 5 primary crashes: no socket error of
 /// any kind and no non-2xx reply.
 #[test]
+#[ignore = "needs wrk: apt-get install wrk (.ci/run installs it)"]
 fn wrk_sees_no_error_through_five_primary_crashes() {
     let (lab, mut primary, _) = protected_lab("wk");
     let url = format!(
@@ -1397,6 +1399,7 @@ fn replies_cut_by_a_crash_are_finished_by_range_builtin() {
 }
 
 #[test]
+#[ignore = "needs nginx: apt-get install nginx-light (.ci/run installs it)"]
 fn replies_cut_by_a_crash_are_finished_by_range_nginx() {
     cut_replies_are_finished_by_range(BackendKind::Nginx);
 }

@@ -122,6 +122,7 @@ fn backend_crash_moves_the_address() {
 }
 
 #[test]
+#[ignore = "needs nginx: apt-get install nginx-light (.ci/run installs it)"]
 fn every_crash_kind_with_nginx() {
     for kind in [
         CrashKind::Host,

@@ -10,6 +10,7 @@ use common::Lab;
 use steadfast_lab::BackendKind;
 
 #[test]
+#[ignore = "needs wrk: apt-get install wrk (.ci/run installs it)"]
 fn sixty_seconds_of_saturating_load_cause_no_role_change() {
     let wrk = Command::new("wrk").arg("--version").output();
     assert!(

@@ -39,6 +39,8 @@ pub enum KeepalivedChoice {
     IfInstalled,
     /// `--keepalived`: its absence is an error.
     Required,
+    /// `--no-keepalived`: Steadfast's rows only, whatever is installed.
+    Never,
 }
 
 #[derive(Clone, Debug)]
@@ -172,6 +174,7 @@ pub fn plan(options: &FailoverOptions) -> Result<(Vec<System>, Vec<String>), Ben
     let installed = keepalived::installed().is_some();
     let crash_applies = matches!(options.how, CrashKind::Host | CrashKind::Link);
     match (options.keepalived, installed, crash_applies) {
+        (KeepalivedChoice::Never, _, _) => {}
         (KeepalivedChoice::Required, false, _) => return Err(BenchError::KeepalivedMissing),
         (KeepalivedChoice::Required, true, false) => {
             return Err(BenchError::Options(format!(
@@ -187,7 +190,7 @@ pub fn plan(options: &FailoverOptions) -> Result<(Vec<System>, Vec<String>), Ben
             "keepalived rows are skipped for --how {}: only host and link crashes apply to it",
             options.how
         )),
-        (_, true, true) => {
+        (KeepalivedChoice::IfInstalled | KeepalivedChoice::Required, true, true) => {
             if !options.quick {
                 rows.push(System::Keepalived {
                     setting: KeepalivedSetting::Defaults,
