@@ -95,6 +95,8 @@ struct PeerNotes {
     late_heartbeats: u64,
     longest_gap: Duration,
     dead: Option<DeathEvidence>,
+    /// The number of its last heartbeat: it starts again from 1 when the peer restarts.
+    last_seq: Option<u64>,
 }
 
 /// Runs a member (`witness == false`) or the witness until SIGTERM/SIGINT.
@@ -393,8 +395,8 @@ impl Daemon {
             return;
         }
         self.counters.frames_received += 1;
-        if matches!(envelope.message, Message::Heartbeat { .. }) {
-            self.note_gap(envelope.sender);
+        if let Message::Heartbeat { seq, .. } = envelope.message {
+            self.note_gap(envelope.sender, seq);
         }
         let disposition = self
             .feed(Event::Received {
@@ -447,11 +449,17 @@ impl Daemon {
         disposition
     }
 
-    /// Logs a heartbeat that comes more than two intervals after the sender's previous frame:
-    /// the silences that elections must ride out (a paused daemon, a starved receive path).
-    fn note_gap(&mut self, from: NodeId) {
+    /// Logs a heartbeat that comes more than two intervals after the sender's previous frame
+    /// of the same life (its heartbeat numbers go on): the silences that elections must ride
+    /// out (a paused daemon, a starved receive path). A peer that restarted numbers its
+    /// heartbeats from 1 again: it was dead, not late.
+    fn note_gap(&mut self, from: NodeId, seq: u64) {
         let now = self.now();
-        let Some(last) = self.election.peers().get(&from).and_then(|p| p.last_heard) else {
+        let last = self.election.peers().get(&from).and_then(|p| p.last_heard);
+        let notes = self.peer_notes.entry(from).or_default();
+        let same_life = notes.last_seq.is_some_and(|last_seq| seq > last_seq);
+        notes.last_seq = Some(seq);
+        let Some(last) = last.filter(|_| same_life) else {
             return;
         };
         let gap = now.saturating_sub(last);
@@ -459,7 +467,6 @@ impl Daemon {
         if gap <= interval * 2 {
             return;
         }
-        let notes = self.peer_notes.entry(from).or_default();
         notes.late_heartbeats += 1;
         notes.longest_gap = notes.longest_gap.max(gap);
         tracing::info!(

@@ -913,10 +913,26 @@ fn connections_not_yet_adopted_are_reset_at_a_crash() {
         }),
         "{primary} notices its backup is gone"
     );
+    // The primary's gratuitous ARP must have landed: a SYN sent to the dead backup's MAC is
+    // retried a second later, when the healed backup logs it from its start (a protected
+    // connection, not the unadopted one this test is about).
+    let primary_mac = common::mac_of(&format!("{}-{primary}", lab.name()));
+    assert!(
+        common::wait_until(Duration::from_secs(3), || client_neighbour(&lab)
+            .is_none_or(|mac| mac == primary_mac)),
+        "the client's ARP entry for the VIP should name {primary} ({primary_mac}): {:?}",
+        client_neighbour(&lab)
+    );
     let dir = download_dir(&lab, "unadopted");
     let receiving = slow_download(&lab, "/bytes/33554432", "1M", &dir.join("receiving"));
     let waiting = slow_download(&lab, "/slow?ms=40000&bytes=100", "1M", &dir.join("waiting"));
-    std::thread::sleep(Duration::from_millis(700));
+    assert!(
+        common::wait_until(Duration::from_secs(3), || client_connections_to_service(
+            &lab
+        ) == 2),
+        "both downloads connect before the heal: {} connections",
+        client_connections_to_service(&lab)
+    );
     steadfast_lab::heal(lab.name(), &backup).expect("heal the backup");
     wait_backup_joined(&lab, &primary, 1);
     std::thread::sleep(Duration::from_millis(700));

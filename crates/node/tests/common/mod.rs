@@ -187,7 +187,9 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        if std::thread::panicking() {
+        // STEADFAST_KEEP_LOGS keeps them from passing tests too (to measure what the daemons
+        // log across a whole suite, such as their late heartbeats).
+        if std::thread::panicking() || std::env::var_os("STEADFAST_KEEP_LOGS").is_some() {
             self.keep_logs();
         }
         if let Err(e) = steadfast_lab::down(&self.info.lab) {
