@@ -78,14 +78,21 @@ fn garbage_forged_and_replayed_frames_are_dropped_and_counted() {
         .collect();
     send_from(&format!("{}-w", lab.name()), replayed);
 
-    std::thread::sleep(Duration::from_millis(300));
-    let after = lab.daemon_status("n1");
-    assert!(counter(&after, "dropped_malformed") >= counter(&before, "dropped_malformed") + 90);
-    assert!(counter(&after, "dropped_bad_mac") >= counter(&before, "dropped_bad_mac") + 50);
+    // Every frame sent is counted once the daemon has read it.
+    let all_counted = |after: &serde_json::Value| {
+        counter(after, "dropped_malformed") >= counter(&before, "dropped_malformed") + 90
+            && counter(after, "dropped_bad_mac") >= counter(&before, "dropped_bad_mac") + 50
+            && counter(after, "dropped_unknown_node")
+                >= counter(&before, "dropped_unknown_node") + 50
+            && counter(after, "dropped_replay") >= counter(&before, "dropped_replay") + 50
+    };
     assert!(
-        counter(&after, "dropped_unknown_node") >= counter(&before, "dropped_unknown_node") + 50
+        wait_for(Duration::from_secs(5), || all_counted(&lab.daemon_status("n1"))),
+        "every bad frame is dropped and counted: before {}, after {}",
+        before["counters"],
+        lab.daemon_status("n1")["counters"]
     );
-    assert!(counter(&after, "dropped_replay") >= counter(&before, "dropped_replay") + 50);
+    let after = lab.daemon_status("n1");
     assert_eq!(after["role"], "primary", "n1 must not change role: {after}");
     assert_eq!(after["epoch"], before["epoch"]);
     assert_eq!(
@@ -275,14 +282,16 @@ fn duplex_refuses_malformed_client_frames_and_bad_replication_peers() {
     cases.push(client_frame(backup_mac, client_mac, &[1, 1, 1, 8]));
     let before = lab.daemon_status(backup);
     send_raw_frames(&lab.info.client_ns, cases.clone());
-    std::thread::sleep(Duration::from_millis(300));
-    let after = lab.daemon_status(backup);
+    let dropped_before = plane_counter(&before, "frames_dropped");
     assert!(
-        plane_counter(&after, "frames_dropped")
-            >= plane_counter(&before, "frames_dropped") + cases.len() as u64,
+        wait_for(Duration::from_secs(5), || plane_counter(
+            &lab.daemon_status(backup),
+            "frames_dropped"
+        ) >= dropped_before + cases.len() as u64),
         "every malformed frame is dropped and counted: {}",
-        after["data_plane"]
+        lab.daemon_status(backup)["data_plane"]
     );
+    let after = lab.daemon_status(backup);
     assert_eq!(
         plane_counter(&after, "frames_forwarded"),
         plane_counter(&before, "frames_forwarded"),

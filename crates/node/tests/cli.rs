@@ -55,7 +55,15 @@ fn status_check_config_and_reload() {
         nix::sys::signal::Signal::SIGHUP,
     )
     .unwrap();
-    std::thread::sleep(Duration::from_millis(200));
+    // The crash below must come after the reload, or the old hook runs.
+    let log = dir.join("n2.daemon.log");
+    assert!(
+        common::wait_until(Duration::from_secs(5), || {
+            std::fs::read_to_string(&log).is_ok_and(|t| t.contains("reloaded"))
+        }),
+        "n2 logged its reload: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
     assert_eq!(
         lab.daemon_status("n2")["role"],
         "backup",

@@ -307,6 +307,11 @@ pub fn mac_of(namespace: &str) -> String {
         ))
         .output()
         .expect("ip netns exec");
+    assert!(
+        out.status.success(),
+        "reading the MAC of {namespace}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
