@@ -111,6 +111,10 @@ pub enum Event {
     },
     /// The local service health verdict changed.
     HealthChanged(bool),
+    /// The node just started and its health checks have not given a first verdict: it cannot
+    /// serve yet, and tells its peers it is starting (see [`Message::Heartbeat`]'s
+    /// `starting`) so that those ranking after it wait for it a while.
+    HealthPending,
     /// This node now does (or no longer does) carry live client connections that only it can
     /// carry on (see [`Message::Heartbeat`]'s `holds_connections`).
     HoldsConnectionsChanged(bool),
@@ -248,6 +252,8 @@ pub struct PeerView {
     pub has_quorum: bool,
     pub following: Option<NodeId>,
     pub holds_connections: bool,
+    /// It just started and has no health verdict yet.
+    pub starting: bool,
     pub epoch: u64,
     /// Found dead by the shell since it was last heard ([`Event::PeerDead`]).
     pub dead: Option<DeathEvidence>,
@@ -302,6 +308,8 @@ pub struct Election {
     epoch: u64,
     role: Role,
     healthy: bool,
+    /// No health verdict yet since the start ([`Event::HealthPending`]).
+    health_pending: bool,
     holds_connections: bool,
     shut_down: bool,
     peers: BTreeMap<NodeId, PeerView>,
@@ -343,6 +351,7 @@ impl Election {
             epoch: 0,
             role,
             healthy: true,
+            health_pending: false,
             holds_connections: false,
             shut_down: false,
             peers,
@@ -485,6 +494,9 @@ impl Election {
                 if let Some(able) = p.last_able.filter(|_| p.holds_connections) {
                     consider(able + self.cfg.holder_grace);
                 }
+                if let Some(since) = p.alive_since.filter(|_| p.starting) {
+                    consider(since + self.cfg.holder_grace);
+                }
             }
         }
         consider(self.quiet_until);
@@ -498,7 +510,14 @@ impl Election {
         let mut disposition = Disposition::Accepted;
         match event {
             Event::Tick => {}
-            Event::HealthChanged(healthy) => self.healthy = healthy && !self.shut_down,
+            Event::HealthChanged(healthy) => {
+                self.healthy = healthy && !self.shut_down;
+                self.health_pending = false;
+            }
+            Event::HealthPending => {
+                self.healthy = false;
+                self.health_pending = !self.shut_down;
+            }
             Event::HoldsConnectionsChanged(holds) => self.holds_connections = holds,
             Event::PeerDead { id, evidence } => {
                 if !self.peer_alive(id, now) {
@@ -572,6 +591,7 @@ impl Election {
                 seq,
                 following,
                 holds_connections,
+                starting,
             } => {
                 let peer = self.peers.get_mut(&from).expect("checked above");
                 peer.role = Some(role);
@@ -579,6 +599,7 @@ impl Election {
                 peer.has_quorum = has_quorum;
                 peer.following = following;
                 peer.holds_connections = holds_connections;
+                peer.starting = starting;
                 if healthy && has_quorum {
                     peer.last_able = Some(now);
                 }
@@ -839,14 +860,18 @@ impl Election {
         if self.holder_to_wait_for(now).is_some() {
             return false;
         }
-        // Defer to a member that stands before us and can serve, and to any live primary we
-        // hear.
+        // Defer to a member that stands before us and can serve (or will soon: it has just
+        // started and waits for its first health verdict, for up to the holder grace since it
+        // came alive), and to any live primary we hear.
         !self.peers.iter().any(|(&id, p)| {
+            let starting = p.starting
+                && p.alive_since
+                    .is_some_and(|t| now < t + self.cfg.holder_grace);
             self.peer_alive(id, now)
                 && ((p.role == Some(Role::Primary) && p.epoch >= self.epoch)
                     || (self.ranks_before(id, p)
                         && self.cfg.members.contains(&id)
-                        && p.healthy
+                        && (p.healthy || starting)
                         && p.has_quorum))
         })
     }
@@ -1017,6 +1042,7 @@ impl Election {
                 seq: self.seq,
                 following: self.leader.as_ref().map(|l| l.id),
                 holds_connections: self.holds_connections,
+                starting: self.health_pending,
             },
         });
         self.next_heartbeat = now + self.cfg.heartbeat_interval;

@@ -12,7 +12,8 @@
 //! 26  body                  n   exact length per kind, below
 //! 26+n HMAC-SHA256          32  over bytes 0 .. 26+n
 //! ```
-//! Bodies: heartbeat = role u8, flags u8 (bit 0 healthy, 1 has quorum, 2 following present),
+//! Bodies: heartbeat = role u8, flags u8 (bit 0 healthy, 1 has quorum, 2 following present,
+//! 3 holds connections, 4 starting),
 //! seq u64, following u16 (0 when absent); ack = primary u16, seq u64; vote-request = proposed
 //! epoch u64; vote = candidate u16, proposed epoch u64, granted u8 (0 or 1); release = empty.
 //!
@@ -42,6 +43,7 @@ const FLAG_HEALTHY: u8 = 1;
 const FLAG_QUORUM: u8 = 2;
 const FLAG_FOLLOWING: u8 = 4;
 const FLAG_HOLDS_CONNECTIONS: u8 = 8;
+const FLAG_STARTING: u8 = 16;
 
 /// The group's shared secret.
 ///
@@ -185,6 +187,7 @@ fn encode_body(message: &Message, out: &mut Vec<u8>) {
             seq,
             following,
             holds_connections,
+            starting,
         } => {
             let mut flags = 0;
             if *healthy {
@@ -198,6 +201,9 @@ fn encode_body(message: &Message, out: &mut Vec<u8>) {
             }
             if *holds_connections {
                 flags |= FLAG_HOLDS_CONNECTIONS;
+            }
+            if *starting {
+                flags |= FLAG_STARTING;
             }
             out.push(role_code(*role));
             out.push(flags);
@@ -287,7 +293,13 @@ fn decode_body(kind: u8, body: &[u8]) -> Result<Message, FrameError> {
             let role = role_from(role_byte)
                 .ok_or_else(|| malformed(format!("unknown role {role_byte}")))?;
             let flags = r.u8();
-            if flags & !(FLAG_HEALTHY | FLAG_QUORUM | FLAG_FOLLOWING | FLAG_HOLDS_CONNECTIONS) != 0
+            if flags
+                & !(FLAG_HEALTHY
+                    | FLAG_QUORUM
+                    | FLAG_FOLLOWING
+                    | FLAG_HOLDS_CONNECTIONS
+                    | FLAG_STARTING)
+                != 0
             {
                 return Err(malformed(format!("unknown flags {flags:#04x}")));
             }
@@ -307,6 +319,7 @@ fn decode_body(kind: u8, body: &[u8]) -> Result<Message, FrameError> {
                 seq,
                 following,
                 holds_connections: flags & FLAG_HOLDS_CONNECTIONS != 0,
+                starting: flags & FLAG_STARTING != 0,
             }
         }
         2 => Message::Ack {

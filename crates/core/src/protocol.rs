@@ -50,6 +50,10 @@ pub enum Message {
         /// could take over whole (duplex: it serves them, or served them until it lost its
         /// lease): the election prefers it to a node that would have to drop them.
         holds_connections: bool,
+        /// The sender just started and its health checks have not given a first verdict yet:
+        /// members that rank after it wait for it (a while) instead of standing, so a group
+        /// started at once elects the lowest id whichever node's checks pass first.
+        starting: bool,
     },
     /// A follower holds the primary's lease: it received the primary's heartbeat `seq` of
     /// `epoch` and promises not to vote for anyone else for one lease duration from then.

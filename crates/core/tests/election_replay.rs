@@ -10,11 +10,11 @@
 //! - `at T start me=2 members=1,2 witness=100 interval=10 miss=3 [preempt=0|1] [two-node=0|1]
 //!   [holder-grace=MS]` creates the machine (`witness=-` for none; the holder grace defaults to
 //!   `ElectionConfig::default_holder_grace`); a later `start` is a restart that forgets all.
-//! - `at T tick`, `at T health up|down`, `at T holds 1|0` (the node carries live connections
+//! - `at T tick`, `at T health up|down|pending`, `at T holds 1|0` (the node carries live connections
 //!   or not), `at T shutdown`, `at T peer-dead id=N evidence=host|daemon` (the shell found a
 //!   silent peer dead).
 //! - `at T recv from=N epoch=E MESSAGE`, a frame from a peer, where MESSAGE is one of
-//!   `heartbeat role=R healthy=0|1 quorum=0|1 seq=S following=N|- [holds=0|1]`,
+//!   `heartbeat role=R healthy=0|1 quorum=0|1 seq=S following=N|- [holds=0|1] [starting=0|1]`,
 //!   `ack primary=N seq=S`,
 //!   `vote-request proposed=E`, `vote candidate=N proposed=E granted=0|1`, `release`.
 //! - `at T pause`: the node is frozen (SIGSTOP) until the next event, so the deadlines in
@@ -274,6 +274,7 @@ fn describe_message(b: ShapeBuilder, message: &Message) -> ShapeBuilder {
             seq,
             following,
             holds_connections,
+            starting,
         } => b
             .field("role", role.as_str())
             .field("healthy", flag(*healthy))
@@ -283,7 +284,8 @@ fn describe_message(b: ShapeBuilder, message: &Message) -> ShapeBuilder {
                 "following",
                 following.map_or_else(|| "-".to_string(), |id| id.to_string()),
             )
-            .field("holds", flag(*holds_connections)),
+            .field("holds", flag(*holds_connections))
+            .field("starting", flag(*starting)),
         Message::Ack { primary, seq } => b.field("primary", primary).field("seq", seq),
         Message::VoteRequest { proposed_epoch } => b.field("proposed", show_epoch(*proposed_epoch)),
         Message::Vote {
@@ -504,6 +506,7 @@ fn parse_recv(args: &[&str]) -> Result<Event, String> {
             seq: f.take("seq", parse_u64)?,
             following: f.take("following", parse_optional_id)?,
             holds_connections: f.take_or("holds", false, parse_flag)?,
+            starting: f.take_or("starting", false, parse_flag)?,
         },
         "ack" => Message::Ack {
             primary: f.take("primary", parse_id)?,
@@ -552,7 +555,8 @@ fn parse_event(words: &[&str]) -> Result<(Duration, Input), String> {
         "health" => match args {
             ["up"] => Input::Machine(Event::HealthChanged(true)),
             ["down"] => Input::Machine(Event::HealthChanged(false)),
-            _ => return Err("`health` takes `up` or `down`".to_string()),
+            ["pending"] => Input::Machine(Event::HealthPending),
+            _ => return Err("`health` takes `up`, `down` or `pending`".to_string()),
         },
         "holds" => match args {
             ["1"] => Input::Machine(Event::HoldsConnectionsChanged(true)),
@@ -1103,6 +1107,7 @@ fn frames_from_unknown_senders_and_from_ourselves_change_nothing() {
                 seq: 9,
                 following: None,
                 holds_connections: false,
+                starting: false,
             },
             Message::Release,
             Message::VoteRequest {
@@ -1175,6 +1180,7 @@ fn a_candidate_proposes_the_next_term_with_its_own_id() {
                 seq: 1,
                 following: None,
                 holds_connections: false,
+                starting: false,
             },
         },
         ms(1),

@@ -698,3 +698,45 @@ fn a_dead_node_that_held_nothing_is_replaced_after_one_lease() {
     }
     assert!(sim.now - crash_at <= Duration::from_millis(35));
 }
+
+/// A group started at once: node 1's health checks give their first verdict later than node
+/// 2's (a slower backend start, a check interval not yet elapsed). Node 2 waits for it rather
+/// than serving first, so the lowest id serves, as the rule says, without preemption.
+#[test]
+fn a_group_started_at_once_elects_the_lowest_id_whichever_checks_pass_first() {
+    for verdict_after_ms in [0u64, 20, 45, 100, 300] {
+        let mut sim = Sim::new(24, &[1, 2, 3], None, false);
+        for id in [1, 2, 3] {
+            sim.event(id, Event::HealthPending);
+        }
+        sim.run_until(Duration::from_millis(5));
+        for id in [2, 3] {
+            sim.event(id, Event::HealthChanged(true));
+        }
+        let mut seen = BTreeSet::new();
+        let verdict_at = Duration::from_millis(5 + verdict_after_ms);
+        let mut told = false;
+        while sim.now < Duration::from_millis(800) {
+            if !told && sim.now >= verdict_at {
+                told = true;
+                sim.event(1, Event::HealthChanged(true));
+            }
+            let next = sim.now + Duration::from_micros(500);
+            sim.run_until(next);
+            seen.extend(sim.primaries());
+        }
+        assert_eq!(
+            seen,
+            BTreeSet::from([1]),
+            "node 1's first verdict {verdict_after_ms} ms after the others'"
+        );
+    }
+}
+
+#[test]
+fn a_node_whose_checks_never_pass_is_waited_for_only_a_while() {
+    let mut sim = Sim::new(25, &[1, 2, 3], None, false);
+    sim.event(1, Event::HealthPending);
+    sim.run_until(Duration::from_secs(2));
+    assert_eq!(sim.primaries(), vec![2]);
+}

@@ -28,10 +28,11 @@ fn message() -> impl Strategy<Value = Message> {
             any::<bool>(),
             any::<u64>(),
             any::<Option<u16>>(),
+            any::<bool>(),
             any::<bool>()
         )
             .prop_map(
-                |(role, healthy, has_quorum, seq, following, holds_connections)| {
+                |(role, healthy, has_quorum, seq, following, holds_connections, starting)| {
                     Message::Heartbeat {
                         role,
                         healthy,
@@ -39,6 +40,7 @@ fn message() -> impl Strategy<Value = Message> {
                         seq,
                         following,
                         holds_connections,
+                        starting,
                     }
                 }
             ),

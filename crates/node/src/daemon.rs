@@ -61,7 +61,11 @@ struct Daemon {
     netlink: steadfast_os::addr::Netlink,
     sites: BTreeMap<String, AddressSite>,
     vip_held: bool,
-    check_verdicts: Vec<(bool, String)>,
+    /// Each health check's last verdict (None: none yet) and why.
+    check_verdicts: Vec<(Option<bool>, String)>,
+    /// Whether the election has had a health verdict since the start (before it, the node
+    /// tells its peers it is starting).
+    health_known: bool,
     /// The dead-man switch: while it is armed the addresses work; when this process dies the
     /// node's kernel stops answering for them (I5).
     fence: Option<steadfast_os::fence::Fence>,
@@ -229,7 +233,8 @@ impl Daemon {
             netlink,
             sites,
             vip_held: true,
-            check_verdicts: vec![(false, "not checked yet".to_string()); checks],
+            check_verdicts: vec![(None, "not checked yet".to_string()); checks],
+            health_known: false,
             running_hooks: Vec::new(),
             fence,
             kernel_lease: None,
@@ -316,7 +321,7 @@ impl Daemon {
                     self.probe_silent_peers().await;
                 }
                 Some((index, healthy, why)) = health_rx.recv() => {
-                    self.check_verdicts[index] = (healthy, why);
+                    self.check_verdicts[index] = (Some(healthy), why);
                     self.feed_health().await;
                 }
                 Some(ControlRequest::Status(reply)) = control_rx.recv() => {
@@ -330,7 +335,7 @@ impl Daemon {
                                     task.abort();
                                 }
                                 self.check_verdicts =
-                                    vec![(false, "not checked yet".to_string()); self.settings.checks.len()];
+                                    vec![(None, "not checked yet".to_string()); self.settings.checks.len()];
                                 health_tasks = health::spawn_checks(&self.settings.checks, health_tx.clone());
                                 self.feed_health().await;
                             }
@@ -352,12 +357,29 @@ impl Daemon {
     }
 
     /// With no checks the node is healthy; with checks it proves health first (rise count).
+    /// Until every check has given a verdict (none failing), a node that just started is
+    /// pending (its peers wait for it a while); after a reload that changed the checks, the
+    /// verdict it had holds until the new checks give theirs.
     async fn feed_health(&mut self) {
-        let healthy = self.check_verdicts.iter().all(|(ok, _)| *ok);
-        if healthy != self.election.healthy() {
-            tracing::info!("health: {}", if healthy { "passing" } else { "failing" });
+        let failing = self.check_verdicts.iter().any(|(ok, _)| *ok == Some(false));
+        let unknown = self.check_verdicts.iter().any(|(ok, _)| ok.is_none());
+        let event = if failing {
+            Event::HealthChanged(false)
+        } else if unknown {
+            if self.health_known {
+                return;
+            }
+            Event::HealthPending
+        } else {
+            Event::HealthChanged(true)
+        };
+        if let Event::HealthChanged(healthy) = event {
+            if healthy != self.election.healthy() || !self.health_known {
+                tracing::info!("health: {}", if healthy { "passing" } else { "failing" });
+            }
+            self.health_known = true;
         }
-        self.feed(Event::HealthChanged(healthy)).await;
+        self.feed(event).await;
     }
 
     async fn on_frame(&mut self, bytes: &[u8], from: SocketAddr) {
@@ -885,7 +907,11 @@ impl Daemon {
                 .iter()
                 .zip(&self.settings.checks)
                 .map(|((ok, why), check)| {
-                    format!("{:?}: {}", check.kind, if *ok { "passing" } else { why })
+                    format!(
+                        "{:?}: {}",
+                        check.kind,
+                        if *ok == Some(true) { "passing" } else { why }
+                    )
                 })
                 .collect(),
             has_quorum: self.election.has_quorum(now),

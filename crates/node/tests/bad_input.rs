@@ -54,6 +54,7 @@ fn garbage_forged_and_replayed_frames_are_dropped_and_counted() {
             seq: 1,
             following: None,
             holds_connections: false,
+            starting: false,
         },
     };
 
@@ -87,7 +88,9 @@ fn garbage_forged_and_replayed_frames_are_dropped_and_counted() {
             && counter(after, "dropped_replay") >= counter(&before, "dropped_replay") + 50
     };
     assert!(
-        wait_for(Duration::from_secs(5), || all_counted(&lab.daemon_status("n1"))),
+        wait_for(Duration::from_secs(5), || all_counted(
+            &lab.daemon_status("n1")
+        )),
         "every bad frame is dropped and counted: before {}, after {}",
         before["counters"],
         lab.daemon_status("n1")["counters"]
@@ -287,7 +290,8 @@ fn duplex_refuses_malformed_client_frames_and_bad_replication_peers() {
         wait_for(Duration::from_secs(5), || plane_counter(
             &lab.daemon_status(backup),
             "frames_dropped"
-        ) >= dropped_before + cases.len() as u64),
+        ) >= dropped_before
+            + cases.len() as u64),
         "every malformed frame is dropped and counted: {}",
         lab.daemon_status(backup)["data_plane"]
     );

@@ -33,7 +33,7 @@ fn crash_and_heal(kind: CrashKind, backend: BackendKind) {
         Duration::from_millis(300),
         Duration::from_secs(30),
     );
-    std::thread::sleep(Duration::from_millis(800));
+    load.wait_for_successes(0, 40, Duration::from_secs(5), "before the crash");
     let crash = steadfast_lab::crash(lab.name(), "primary", kind).expect("crash");
     assert_eq!(crash.host, "n1");
     // A crashed host's kernel (host, process, freeze) may still carry the address: nobody
@@ -44,9 +44,17 @@ fn crash_and_heal(kind: CrashKind, backend: BackendKind) {
         "{kind}: n2 (the lowest-id healthy node) should serve; holders {:?}",
         lab.holders()
     );
-    std::thread::sleep(Duration::from_millis(800));
+    // Served again, for longer than a probe's timeout (300 ms at one probe per 10 ms): every
+    // probe the crash caught has failed and been counted before the heal.
+    load.wait_for_successes(
+        load.successes(),
+        60,
+        Duration::from_secs(5),
+        "after the takeover",
+    );
     let before_heal = load.progress.snapshot();
     steadfast_lab::heal(lab.name(), "n1").expect("heal");
+    // A window in which nothing may happen: the healed node must not take the address back.
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(
         lab.holders(),
@@ -157,7 +165,7 @@ fn sigterm_hands_the_address_over_at_once() {
         Duration::from_millis(300),
         Duration::from_secs(20),
     );
-    std::thread::sleep(Duration::from_millis(500));
+    load.wait_for_successes(0, 20, Duration::from_secs(5), "before the SIGTERM");
     let pid = daemon_pid(&lab, "n1");
     let sent = std::time::Instant::now();
     nix::sys::signal::kill(
@@ -171,7 +179,12 @@ fn sigterm_hands_the_address_over_at_once() {
         lab.holders()
     );
     let handover = sent.elapsed();
-    std::thread::sleep(Duration::from_millis(500));
+    load.wait_for_successes(
+        load.successes(),
+        20,
+        Duration::from_secs(5),
+        "after the switchover",
+    );
     let report = load.stop();
     eprintln!(
         "planned switchover: n2 held the address {handover:?} after SIGTERM; longest gap {:?}",
@@ -207,7 +220,14 @@ fn crash_series(tag: &str, heartbeat_ms: Option<u32>, crashes: u32) -> Vec<Durat
         Duration::from_secs(120),
     );
     for round in 0..crashes {
-        std::thread::sleep(Duration::from_millis(400 + u64::from(round * 37) % 100));
+        // Served for a while (and a varying while, so the crashes fall at different moments
+        // of the heartbeat cycle) before each crash.
+        load.wait_for_successes(
+            load.successes(),
+            30 + u64::from(round * 37) % 10,
+            Duration::from_secs(5),
+            &format!("round {round}: before the crash"),
+        );
         let crash = steadfast_lab::crash(lab.name(), "primary", CrashKind::Host).expect("crash");
         let crashed = crash.host.clone();
         assert!(
@@ -217,10 +237,15 @@ fn crash_series(tag: &str, heartbeat_ms: Option<u32>, crashes: u32) -> Vec<Durat
                 == 1),
             "round {round}: nobody took over from {crashed}"
         );
-        std::thread::sleep(Duration::from_millis(300));
+        load.wait_for_successes(
+            load.successes(),
+            20,
+            Duration::from_secs(5),
+            &format!("round {round}: after the takeover"),
+        );
         steadfast_lab::heal(lab.name(), &crashed).expect("heal");
     }
-    std::thread::sleep(Duration::from_millis(400));
+    load.wait_for_successes(load.successes(), 20, Duration::from_secs(5), "at the end");
     let report = load.stop();
     let gaps: Vec<Duration> = report.outages().iter().map(|o| o.duration).collect();
     assert!(

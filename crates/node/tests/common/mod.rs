@@ -278,6 +278,26 @@ impl BackgroundLoad {
         }
     }
 
+    /// Successful probes and requests so far.
+    pub fn successes(&self) -> u64 {
+        let now = self.progress.snapshot();
+        now.probes_ok + now.requests_ok
+    }
+
+    /// Waits until the load has had `count` more successful probes or requests than `since`
+    /// (a value of [`Self::successes`]), within `within`; panics naming `what` otherwise. A
+    /// test that needs the load running (before a crash) or served again (after one) waits
+    /// for that, not for a fixed time.
+    pub fn wait_for_successes(&self, since: u64, count: u64, within: Duration, what: &str) {
+        let done = wait_until(within, || self.successes() >= since + count);
+        assert!(
+            done,
+            "{what}: the load had {} successes of the {count} awaited within {within:?} ({:?})",
+            self.successes() - since,
+            self.progress.snapshot()
+        );
+    }
+
     pub fn stop(mut self) -> LoadReport {
         let _ = self.stop.take().map(|s| s.send(()));
         self.thread.take().unwrap().join().expect("load thread")
