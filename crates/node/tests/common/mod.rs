@@ -177,6 +177,41 @@ impl Lab {
         eprintln!("lab {} logs kept in {}", self.name(), keep.display());
     }
 
+    /// For a failure message: each voter's role, epoch and what it holds, and the last lines
+    /// of its daemon's log (the events that led here).
+    pub fn situation(&self) -> String {
+        let mut text = String::new();
+        let voters = self
+            .info
+            .nodes
+            .iter()
+            .map(|ns| ns.strip_prefix(&format!("{}-", self.name())).unwrap_or(ns).to_string())
+            .chain(self.info.witness_ns.as_ref().map(|_| "w".to_string()));
+        for host in voters {
+            let socket = self.info.state_dir.join(format!("{host}.sock"));
+            let summary = match steadfast_lab::lab::query_control_socket(&socket) {
+                Ok(s) => format!(
+                    "{} in epoch {}, primary {}, holds connections {}, {} open sessions",
+                    s["role"],
+                    s["epoch"],
+                    s["primary"],
+                    s["holds_connections"],
+                    s["data_plane"]["sessions_open"]
+                ),
+                Err(e) => format!("no status ({e})"),
+            };
+            text.push_str(&format!("\n--- {host}: {summary}\n"));
+            let log = std::fs::read_to_string(self.info.state_dir.join(format!("{host}.daemon.log")))
+                .unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            for line in &lines[lines.len().saturating_sub(12)..] {
+                text.push_str(&without_colours(line));
+                text.push('\n');
+            }
+        }
+        text
+    }
+
     /// The daemon's status document of `host` (`n1`, `w`), straight from its control socket.
     pub fn daemon_status(&self, host: &str) -> serde_json::Value {
         let socket = self.info.state_dir.join(format!("{host}.sock"));
@@ -196,6 +231,24 @@ impl Drop for Lab {
             eprintln!("lab down {}: {e}", self.info.lab);
         }
     }
+}
+
+/// `line` without its ANSI colour sequences (`ESC [ … m`).
+fn without_colours(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 pub fn wait_until(within: Duration, mut done: impl FnMut() -> bool) -> bool {
