@@ -861,3 +861,112 @@ fn a_refused_transaction_names_the_change_and_applies_nothing() {
         "the table of the refused transaction must not exist"
     );
 }
+
+fn mac_of(ns: &str, dev: &str) -> [u8; 6] {
+    let text = ip(&["-n", ns, "link", "show", "dev", dev]);
+    let word = text
+        .split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no MAC in {text}"));
+    let bytes: Vec<u8> = word
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16).expect("hex"))
+        .collect();
+    bytes.try_into().expect("6 bytes")
+}
+
+#[test]
+fn the_ingress_guard_drops_bounces_and_counts_frames_in_the_kernel() {
+    use steadfast_os::ingress_guard::{GuardState, IngressGuard};
+    let pair = Pair::new();
+    ip(&[
+        "-n",
+        pair.a.name(),
+        "addr",
+        "add",
+        "10.214.0.100/24",
+        "dev",
+        &pair.veth_a,
+    ]);
+    ip(&[
+        "-n",
+        pair.b.name(),
+        "addr",
+        "add",
+        "10.214.0.2/24",
+        "dev",
+        &pair.veth_b,
+    ]);
+    let vip = Ipv4Addr::new(10, 214, 0, 100);
+    let to = std::net::SocketAddr::from((vip, 8080));
+    let own_mac = mac_of(pair.a.name(), &pair.veth_a);
+    let client_mac = mac_of(pair.b.name(), &pair.veth_b);
+    let not_the_client = [0x02, 0, 0, 0, 0x5f, 0x99];
+    let veth_a = pair.veth_a.clone();
+    let (mut guard, _listener) = netns::spawn_in(pair.a.name(), move || {
+        let listener = std::net::TcpListener::bind(to).expect("listening on the address");
+        let guard =
+            IngressGuard::install(&veth_a, own_mac, vip, &[8080, 8443]).expect("installing");
+        (guard, listener)
+    })
+    .join()
+    .expect("namespace thread")
+    .expect("entering the namespace");
+    let b = pair.b.name().to_string();
+    assert!(connects(&b, to), "an open guard lets the client in");
+    assert_eq!(guard.counts().expect("counting"), Default::default());
+
+    guard.apply(GuardState::DropAll).expect("dropping all");
+    assert!(
+        !connects(&b, to),
+        "everything to the service ports is dropped"
+    );
+    let counts = guard.counts().expect("counting");
+    assert!(counts.dropped >= 1 && counts.bounced == 0, "{counts:?}");
+
+    // Frames not from the "backup" go back out to it, rewritten: the client never gets an
+    // answer and the bounce counter counts them.
+    guard
+        .apply(GuardState::OnlyFrom(not_the_client))
+        .expect("only from another MAC");
+    assert!(
+        !connects(&b, to),
+        "a client that is not the backup is bounced"
+    );
+    let bounced = guard.counts().expect("counting");
+    assert!(bounced.bounced >= 1, "{bounced:?}");
+    assert_eq!(
+        bounced.dropped, counts.dropped,
+        "IPv4 frames are bounced, not dropped"
+    );
+    let text = rendered(&ruleset_in(pair.a.name()));
+    assert!(
+        text.contains(&format!(
+            "ip daddr 10.214.0.100 tcp dport {{ 8080, 8443 }} counter name \"guard_bounced\" ether saddr set {} ether daddr set 02:00:00:00:5f:99 fwd to {}",
+            mac_text(own_mac),
+            // NoNames: the interface by its index.
+            ip(&["-n", pair.a.name(), "-o", "link", "show", "dev", &pair.veth_a]).split(':').next().unwrap()
+        )),
+        "{text}"
+    );
+
+    guard
+        .apply(GuardState::OnlyFrom(client_mac))
+        .expect("only from the client");
+    assert!(connects(&b, to), "frames from the backup's MAC pass");
+    guard.open().expect("opening");
+    assert!(connects(&b, to), "open again");
+    // The counters live on across state changes (named counters, not the rules').
+    assert_eq!(guard.counts().expect("counting"), bounced);
+
+    guard.remove().expect("removing");
+    assert!(ruleset_in(pair.a.name()).tables.is_empty());
+}
+
+fn mac_text(mac: [u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
