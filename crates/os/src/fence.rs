@@ -19,8 +19,8 @@
 //!
 //! The renewal runs on the election's realtime thread at every heartbeat, so it is not an
 //! nf_tables transaction (those serialize on a per-namespace mutex that a transaction of the
-//! ingress guard may hold, and wait for RCU grace periods: measured 3-26 ms under load, longer
-//! than a 10 ms heartbeat). It is one UDP datagram to each service address with a mark: a rule
+//! ingress guard may hold; through the nft program one took 3-26 ms under load, longer than a
+//! 10 ms heartbeat; tests/nft_bench.rs measures both ways). It is one UDP datagram to each service address with a mark: a rule
 //! of the fence updates the set from the packet path (lock-free) and drops the datagram. Rule
 //! timeouts are constants, so the mark picks one of a ladder of timeouts ([`lease_steps`]).
 //!

@@ -257,6 +257,9 @@ fn encode_element(element: &SetElement) -> ListAttribute<SetElementAttribute> {
     if let Some(timeout) = element.timeout_ms {
         attributes.push(SetElementAttribute::Timeout(timeout));
     }
+    if let Some(expires) = element.expires_ms {
+        attributes.push(SetElementAttribute::Expiration(expires));
+    }
     ListAttribute::Element(attributes)
 }
 

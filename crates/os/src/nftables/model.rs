@@ -317,7 +317,8 @@ pub struct SetElement {
     pub key: Vec<u8>,
     /// What a map maps the key to.
     pub data: Option<Data>,
-    /// The element's timeout and what is left of it, milliseconds.
+    /// The element's timeout and what is left of it, milliseconds (written: an existing
+    /// element's timeout and expiry are updated, on kernels that do so, 6.10 on).
     pub timeout_ms: Option<u64>,
     pub expires_ms: Option<u64>,
 }
