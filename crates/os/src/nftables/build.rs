@@ -17,15 +17,12 @@ const ETH_P_IP: u16 = 0x0800;
 const IPPROTO_TCP: u8 = 6;
 const IFNAMSIZ: usize = 16;
 
-/// An IPv4 address field of a packet.
+/// An address field of a packet: IPv4, ARP's IPv4 or Ethernet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AddressField {
     Source,
     Destination,
 }
-
-/// An Ethernet address field of a frame.
-pub type EtherField = AddressField;
 
 /// Builds one rule. Matches come first, then statements, then the verdict, as in nft.
 #[derive(Clone, Debug)]
@@ -205,7 +202,7 @@ impl RuleBuilder {
         self
     }
 
-    fn ether_offset(field: EtherField) -> u32 {
+    fn ether_offset(field: AddressField) -> u32 {
         match field {
             AddressField::Destination => 0,
             AddressField::Source => 6,
@@ -213,7 +210,7 @@ impl RuleBuilder {
     }
 
     /// `ether saddr|daddr [!=] MAC`
-    pub fn ether_address(mut self, field: EtherField, op: CmpOp, mac: [u8; 6]) -> Self {
+    pub fn ether_address(mut self, field: AddressField, op: CmpOp, mac: [u8; 6]) -> Self {
         self.need_ether();
         self.load_payload(PayloadBase::Link, Self::ether_offset(field), 6);
         self.compare(op, mac.to_vec());
@@ -265,7 +262,7 @@ impl RuleBuilder {
     }
 
     /// `ether saddr|daddr set MAC`
-    pub fn set_ether_address(mut self, field: EtherField, mac: [u8; 6]) -> Self {
+    pub fn set_ether_address(mut self, field: AddressField, mac: [u8; 6]) -> Self {
         self.load_value(mac.to_vec());
         self.push(Expr::PayloadSet {
             base: PayloadBase::Link,

@@ -7,17 +7,17 @@
 //! and typed, is only what that crate lacks:
 //! - the transport and batch framing ([`NftSocket`]): NFNL_MSG_BATCH_BEGIN / END around a
 //!   transaction, an acknowledgement asked for and read for every change, the extended ack;
-//! - the counter, objref, dynset and fwd expressions' attributes ([`expr`]);
+//! - the counter, objref, dynset and fwd expressions' attributes (`expr.rs`);
 //! - named objects (counters): creating one, reading its count ([`NftSocket::counter`]);
 //! - a model of what Steadfast writes and reads ([`model`]), nft's phrases as expressions
 //!   ([`RuleBuilder`]), and nft's syntax for what the kernel holds ([`render`]).
 //!
 //! Attribute numbers are the kernel's uapi `linux/netfilter/nf_tables.h`.
 
-pub mod batch;
-pub mod build;
+mod batch;
+mod build;
 mod decode;
-pub mod expr;
+mod expr;
 pub mod model;
 pub mod render;
 mod socket;

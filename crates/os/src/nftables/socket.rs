@@ -220,10 +220,12 @@ impl NftSocket {
     }
 
     fn send(&self, buffer: &[u8], what: &str) -> Result<(), NftError> {
-        let sent = self
-            .socket
-            .send(buffer, 0)
-            .map_err(|e| io(format!("sending {what}"), e))?;
+        let sent = loop {
+            match self.socket.send(buffer, 0) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                other => break other.map_err(|e| io(format!("sending {what}"), e))?,
+            }
+        };
         if sent != buffer.len() {
             return Err(NftError::Unexpected {
                 what: format!("sending {what}: {sent} of {} bytes went", buffer.len()),
@@ -234,19 +236,26 @@ impl NftSocket {
 
     /// The answers of one datagram, with their sequence numbers.
     fn receive(&self, what: &str) -> Result<Vec<(u32, Answer)>, NftError> {
-        let (datagram, _) = self.socket.recv_from_full().map_err(|e| {
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-            ) {
-                NftError::NoAnswer {
-                    what: what.to_string(),
-                    waited: ANSWER_TIMEOUT,
+        // A signal interrupts a receive with a timeout even under SA_RESTART (signal(7)):
+        // the daemon's signals (SIGCHLD of its hooks, SIGTERM) must not fail a transaction.
+        let datagram = loop {
+            match self.socket.recv_from_full() {
+                Ok((datagram, _)) => break datagram,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Err(NftError::NoAnswer {
+                        what: what.to_string(),
+                        waited: ANSWER_TIMEOUT,
+                    })
                 }
-            } else {
-                io(format!("reading the kernel's answer to {what}"), e)
+                Err(e) => return Err(io(format!("reading the kernel's answer to {what}"), e)),
             }
-        })?;
+        };
         let mut answers = Vec::new();
         let mut offset = 0;
         while offset < datagram.len() {
