@@ -21,6 +21,8 @@ pub(crate) const NFTA_OBJ_NAME: u16 = 2;
 pub(crate) const NFTA_OBJ_TYPE: u16 = 3;
 pub(crate) const NFTA_OBJ_DATA: u16 = 4;
 pub(crate) const NFTA_OBJ_HANDLE: u16 = 6;
+/// enum nft_devices_attributes: a device of a netdev chain's NFTA_HOOK_DEVS.
+pub(crate) const NFTA_DEVICE_NAME: u16 = 1;
 
 const NLM_F_CREATE: u16 = netlink_packet_core::NLM_F_CREATE;
 const NLM_F_APPEND: u16 = netlink_packet_core::NLM_F_APPEND;
@@ -128,8 +130,15 @@ impl Op {
                         WireHook::Number(HookNumber::Other(base.hook)),
                         WireHook::Priority(base.priority as u32),
                     ];
-                    if let Some(device) = &base.device {
-                        hook.push(WireHook::NetDeviceName(device.clone()));
+                    match &base.devices[..] {
+                        [] => {}
+                        [device] => hook.push(WireHook::NetDeviceName(device.clone())),
+                        devices => hook.push(WireHook::NetDevices(
+                            devices
+                                .iter()
+                                .map(|d| DefaultNla::new(NFTA_DEVICE_NAME, nul_terminated(d)))
+                                .collect(),
+                        )),
                     }
                     attributes.push(ChainAttribute::Hook(hook));
                     attributes.push(ChainAttribute::Policy(match base.policy {

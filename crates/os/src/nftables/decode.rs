@@ -9,7 +9,9 @@ use netlink_packet_netfilter::nftables::{
     SetElementAttribute, SetElementList, TableAttribute,
 };
 
-use super::batch::{NFTA_OBJ_DATA, NFTA_OBJ_HANDLE, NFTA_OBJ_NAME, NFTA_OBJ_TABLE, NFTA_OBJ_TYPE};
+use super::batch::{
+    NFTA_DEVICE_NAME, NFTA_OBJ_DATA, NFTA_OBJ_HANDLE, NFTA_OBJ_NAME, NFTA_OBJ_TABLE, NFTA_OBJ_TYPE,
+};
 use super::expr;
 use super::model::{
     BaseChain, Chain, Counter, Family, OtherObject, Policy, Rule, Set, SetElement, Table,
@@ -49,6 +51,7 @@ pub(crate) fn chain(family: Family, attributes: &[ChainAttribute]) -> Result<Cha
     let (mut table, mut name, mut handle) = (None, None, None);
     let (mut hook, mut priority, mut device, mut policy, mut kind) =
         (None, None, None, Policy::Accept, None);
+    let mut devices = Vec::new();
     for attribute in attributes {
         match attribute {
             ChainAttribute::Table(t) => table = Some(t.clone()),
@@ -60,6 +63,15 @@ pub(crate) fn chain(family: Family, attributes: &[ChainAttribute]) -> Result<Cha
                         WireHook::Number(number) => hook = Some(u32::from(*number)),
                         WireHook::Priority(p) => priority = Some(*p as i32),
                         WireHook::NetDeviceName(d) => device = Some(d.clone()),
+                        // The kernel lists every device here, and a lone one as the device too.
+                        WireHook::NetDevices(names) => {
+                            for name in names {
+                                let (kind, value) = expr::raw_attribute(name);
+                                if kind == NFTA_DEVICE_NAME {
+                                    devices.push(text(&value).unwrap_or_default());
+                                }
+                            }
+                        }
                         _ => {}
                     }
                 }
@@ -77,7 +89,11 @@ pub(crate) fn chain(family: Family, attributes: &[ChainAttribute]) -> Result<Cha
             kind,
             hook,
             priority: priority.unwrap_or(0),
-            device,
+            devices: if devices.is_empty() {
+                device.into_iter().collect()
+            } else {
+                devices
+            },
             policy,
         }),
         _ => None,

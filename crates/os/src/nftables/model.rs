@@ -211,8 +211,8 @@ pub struct BaseChain {
     /// no name for is still shown.
     pub hook: u32,
     pub priority: i32,
-    /// The device of a netdev chain.
-    pub device: Option<String>,
+    /// The devices of a netdev chain.
+    pub devices: Vec<String>,
     pub policy: Policy,
 }
 
@@ -251,7 +251,7 @@ impl Chain {
                 kind: "filter".to_string(),
                 hook: hook.number(family)?,
                 priority,
-                device: device.map(str::to_string),
+                devices: device.map(str::to_string).into_iter().collect(),
                 policy: Policy::Accept,
             }),
             ..Chain::regular(family, table, name)

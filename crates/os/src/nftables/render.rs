@@ -273,10 +273,18 @@ fn chain_block(contents: &ChainContents, sets: &[Set], names: &dyn Names) -> Str
     if let Some(base) = &chain.base {
         let hook = Hook::from_number(chain.family, base.hook);
         let hook_name = hook.map_or_else(|| format!("{}", base.hook), |h| h.name().to_string());
-        let device = base
-            .device
-            .as_ref()
-            .map_or(String::new(), |d| format!(" device \"{d}\""));
+        let device = match &base.devices[..] {
+            [] => String::new(),
+            [device] => format!(" device \"{device}\""),
+            devices => format!(
+                " devices = {{ {} }}",
+                devices
+                    .iter()
+                    .map(|d| format!("\"{d}\""))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
         let policy = match base.policy {
             Policy::Accept => "accept",
             Policy::Drop => "drop",
@@ -834,7 +842,7 @@ pub fn rule(rule: &Rule, sets: &[Set], names: &dyn Names) -> String {
 #[cfg(test)]
 mod tests {
     use netlink_packet_core::Parseable;
-    use netlink_packet_netfilter::nftables::RuleMessage;
+    use netlink_packet_netfilter::nftables::{ChainMessage, RuleMessage};
 
     use super::*;
     use crate::nftables::build::{AddressField, PortMatch, RuleBuilder};
@@ -1060,7 +1068,7 @@ mod tests {
             kind: "filter".into(),
             hook,
             priority,
-            device: device.map(str::to_string),
+            devices: device.map(str::to_string).into_iter().collect(),
             policy: Policy::Accept,
         };
         let counter = |family, table: &str, name: &str, packets| Counter {
@@ -1227,6 +1235,35 @@ table inet f {
         assert_eq!(duration(60_000), "1m");
         assert_eq!(duration(4), "4ms");
         assert_eq!(duration(90_061_001), "1d1h1m1s1ms");
+    }
+
+    #[test]
+    fn a_netdev_chain_on_several_devices_lists_them_all() {
+        let hook = [
+            be32(1, 0),
+            be32(2, -500i32 as u32),
+            nla(4, true, &[string(1, "a"), string(1, "b")].concat()),
+        ]
+        .concat();
+        let message = [
+            string(1, "t"),
+            string(3, "c"),
+            nla(4, true, &hook),
+            be32(5, 1),
+            string(7, "filter"),
+        ]
+        .concat();
+        let parsed = ChainMessage::parse(&message[..]).expect("a valid chain message");
+        let chain =
+            crate::nftables::decode::chain(Family::Netdev, &parsed.attributes).expect("decodes");
+        let contents = ChainContents {
+            chain,
+            rules: vec![],
+        };
+        assert_eq!(
+            chain_block(&contents, &[], &NoNames),
+            "\tchain c {\n\t\ttype filter hook ingress devices = { \"a\", \"b\" } priority -500; policy accept;\n\t}\n"
+        );
     }
 
     #[test]
