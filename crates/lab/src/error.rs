@@ -100,6 +100,14 @@ pub enum LabError {
         source: std::io::Error,
     },
 
+    #[error("lab {lab}: nftables in namespace {namespace}: {source}")]
+    Nftables {
+        lab: String,
+        namespace: String,
+        #[source]
+        source: steadfast_os::nftables::NftError,
+    },
+
     #[error("HTTP GET http://{target}{path} from namespace {namespace}: {source}")]
     Http {
         namespace: String,

@@ -13,7 +13,7 @@ use crate::lab::{
 use crate::options::CrashKind;
 use crate::state::{CrashRecord, LabPaths, LabState};
 use crate::system::{
-    ip, kill_all_in, monotonic_now, namespace_id, process_is_in, run, signal_all, signal_group,
+    ip, kill_all_in, monotonic_now, namespace_id, process_is_in, signal_all, signal_group,
     wait_gone,
 };
 use crate::topology::{interface_addresses, set_link, Host, LabName, HOST_INTERFACE, VIP};
@@ -348,37 +348,60 @@ fn change_partitions(name: &str, a: &str, b: &str, cut: bool) -> Result<(), LabE
     state.save(&lab)
 }
 
+/// The bridge table in the switch namespace that cuts the partitioned pairs.
+const PARTITION_TABLE: &str = "steadfast_lab";
+
 /// Replaces the bridge filter of the switch namespace with one dropping the given pairs, in one
-/// nft transaction.
+/// nftables transaction, and records the kernel's view of it in the lab's directory.
 fn apply_partitions(lab: &LabName, pairs: &[(String, String)]) -> Result<(), LabError> {
-    let mut rules = String::from(
-        "# Written by steadfast lab: the partitions of this lab.\n\
-         table bridge steadfast_lab\ndelete table bridge steadfast_lab\n",
-    );
+    use steadfast_os::nftables::{
+        render, Batch, Chain, Family, Hook, NftSocket, RuleBuilder, SystemNames, Table, Verdict,
+    };
+    let mut batch = Batch::new();
+    batch.remove_table(Family::Bridge, PARTITION_TABLE);
     if !pairs.is_empty() {
-        rules.push_str("table bridge steadfast_lab {\n  chain forward {\n");
-        rules.push_str("    type filter hook forward priority 0; policy accept;\n");
+        batch
+            .add_table(Table::new(Family::Bridge, PARTITION_TABLE))
+            .add_chain(
+                Chain::filter(
+                    Family::Bridge,
+                    PARTITION_TABLE,
+                    "forward",
+                    Hook::Forward,
+                    0,
+                    None,
+                )
+                .expect("bridge has a forward hook"),
+            );
         for (a, b) in pairs {
-            rules.push_str(&format!("    iifname \"{a}\" oifname \"{b}\" drop\n"));
-            rules.push_str(&format!("    iifname \"{b}\" oifname \"{a}\" drop\n"));
+            for (from, to) in [(a, b), (b, a)] {
+                batch.add_rule(
+                    RuleBuilder::new(Family::Bridge)
+                        .iifname(from)
+                        .oifname(to)
+                        .verdict(Verdict::Drop)
+                        .build(PARTITION_TABLE, "forward"),
+                );
+            }
         }
-        rules.push_str("  }\n}\n");
     }
+    let namespace = lab.switch_namespace();
+    let listing = crate::system::run_in_namespace(&namespace, move || {
+        let mut socket = NftSocket::open()?;
+        socket.apply(&batch, "setting the lab's partitions")?;
+        let ruleset = socket
+            .read_ruleset(&|family, name| family == Family::Bridge && name == PARTITION_TABLE)?;
+        Ok(render::ruleset(&ruleset, &SystemNames))
+    })?
+    .map_err(|source| LabError::Nftables {
+        lab: lab.to_string(),
+        namespace: namespace.clone(),
+        source,
+    })?;
     let path = LabPaths::new(lab).partition_rules();
-    std::fs::write(&path, rules).map_err(|e| LabError::io("writing", &path, e))?;
-    crate::system::require_program("nft", "nftables")?;
-    let path_text = path.to_string_lossy();
-    run(
-        "ip",
-        "iproute2",
-        &[
-            "netns",
-            "exec",
-            &lab.switch_namespace(),
-            "nft",
-            "-f",
-            &path_text,
-        ],
+    std::fs::write(
+        &path,
+        format!("# Written by steadfast lab: the partitions of this lab, as the kernel holds them.\n{listing}"),
     )
-    .map(|_| ())
+    .map_err(|e| LabError::io("writing", &path, e))
 }

@@ -1,8 +1,8 @@
 //! The lab's dealings with the kernel and other programs: `ip`, network namespaces, processes.
 //!
-//! This is test setup, not a hot path, so configuration goes through `ip` and `nft`; what must
-//! be quick or exact (finding and signalling the processes of a namespace, running code inside
-//! one) is done directly.
+//! This is test setup, not a hot path, so configuration goes through `ip`; what must be quick
+//! or exact (finding and signalling the processes of a namespace, running code inside one,
+//! nftables over netlink) is done directly.
 
 use std::ffi::OsString;
 use std::fs::{File, OpenOptions};

@@ -52,6 +52,11 @@ enum Command {
         config: Option<PathBuf>,
         #[arg(long)]
         json: bool,
+        /// Print Steadfast's nftables tables (the dead-man switch, the ingress guard, the lab's
+        /// partitions) as the kernel of this network namespace holds them, in `nft list
+        /// ruleset` syntax. Reads the kernel directly: no daemon needed, but CAP_NET_ADMIN.
+        #[arg(long, conflicts_with_all = ["json", "socket", "config"])]
+        ruleset: bool,
     },
     /// The builtin HTTP backend the lab and the demo use.
     Backend {
@@ -110,10 +115,15 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::FAILURE)
             }
         },
+        Command::Status { ruleset: true, .. } => {
+            print!("{}", status::ruleset_text()?);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Status {
             socket,
             config,
             json,
+            ruleset: false,
         } => {
             let socket = match (socket, config) {
                 (Some(s), _) => s,

@@ -1,6 +1,18 @@
 //! The status document a daemon serves on its control socket (JSON), and its human rendering.
 
+use anyhow::Context;
 use serde::{Deserialize, Serialize};
+
+/// `steadfast status --ruleset`: Steadfast's nftables tables in the network namespace this
+/// process runs in, read from the kernel over netlink and written in nft's syntax.
+pub fn ruleset_text() -> anyhow::Result<String> {
+    let text = steadfast_os::nftables::steadfast_ruleset_text()
+        .context("reading Steadfast's nftables tables from the kernel (needs CAP_NET_ADMIN)")?;
+    if text.is_empty() {
+        return Ok("# no steadfast_* nftables table in this network namespace\n".to_string());
+    }
+    Ok(text)
+}
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ServiceStatus {

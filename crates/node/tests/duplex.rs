@@ -10,6 +10,9 @@ use common::{BackgroundLoad, Lab};
 use steadfast_lab::load::{KeepAliveOptions, LoadOptions, LoadReport, Outcome, SlowUpload};
 use steadfast_lab::webservers::{DOCROOT_LARGE, DOCROOT_SEED, DOCROOT_SIZES};
 use steadfast_lab::{BackendKind, CrashKind, Mode};
+use steadfast_os::nftables::{
+    AddressField, Batch, Chain, CmpOp, Family, Hook, NftSocket, RuleBuilder, Table,
+};
 
 fn keep_alive_load(lab: &Lab, connections: usize, limit: Duration) -> LoadOptions {
     LoadOptions {
@@ -1057,47 +1060,55 @@ fn thawed_primary_disturbs_nothing(timestamps: bool) {
     assert_exactly_once(&lab, &report, "a frozen primary that wakes up");
 }
 
-/// Runs `nft` (Debian package nftables) with `args` in `host`'s namespace; its standard output.
-fn nft_in(lab: &Lab, host: &str, args: &[&str]) -> String {
-    run_in(&format!("{}-{host}", lab.name()), "nft", args)
+/// Runs `work` on a thread inside `host`'s namespace (its netlink sockets live there).
+fn in_host<T: Send>(lab: &Lab, host: &str, work: impl FnOnce() -> T + Send) -> T {
+    let namespace = format!("{}-{host}", lab.name());
+    steadfast_lab::run_in_namespace(&namespace, work)
+        .unwrap_or_else(|e| panic!("entering {namespace}: {e}"))
 }
+
+/// The test's own table in a host: a named counter of the packets from the VIP that the
+/// host's kernel lets out, counted after the fence.
+const VIP_OUTPUT_TABLE: &str = "sftest";
+const VIP_OUTPUT_COUNTER: &str = "vip_out";
 
 /// Packets from the VIP that `host`'s kernel let out (counted after the fence, by a table the
 /// test adds with [`count_vip_output`]).
 fn vip_packets_sent(lab: &Lab, host: &str) -> u64 {
-    let listing = nft_in(lab, host, &["list", "counter", "inet", "sftest", "vip_out"]);
-    listing
-        .split_whitespace()
-        .skip_while(|word| *word != "packets")
-        .nth(1)
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no packet count in {listing}"))
+    in_host(lab, host, || {
+        NftSocket::open()?.counter(Family::Inet, VIP_OUTPUT_TABLE, VIP_OUTPUT_COUNTER)
+    })
+    .unwrap_or_else(|e| panic!("reading {host}'s VIP output counter: {e}"))
+    .packets
 }
 
 fn count_vip_output(lab: &Lab, host: &str) {
-    let vip = lab.info.vip.to_string();
-    nft_in(lab, host, &["add", "table", "inet", "sftest"]);
-    nft_in(lab, host, &["add", "counter", "inet", "sftest", "vip_out"]);
-    nft_in(
-        lab,
-        host,
-        &[
-            "add",
-            "chain",
-            "inet",
-            "sftest",
-            "out",
-            "{ type filter hook output priority 100; policy accept; }",
-        ],
-    );
-    nft_in(
-        lab,
-        host,
-        &[
-            "add", "rule", "inet", "sftest", "out", "ip", "saddr", &vip, "counter", "name",
-            "vip_out",
-        ],
-    );
+    let vip = lab.info.vip;
+    let mut batch = Batch::new();
+    batch
+        .add_table(Table::new(Family::Inet, VIP_OUTPUT_TABLE))
+        .add_counter(Family::Inet, VIP_OUTPUT_TABLE, VIP_OUTPUT_COUNTER)
+        .add_chain(
+            Chain::filter(
+                Family::Inet,
+                VIP_OUTPUT_TABLE,
+                "out",
+                Hook::Output,
+                100,
+                None,
+            )
+            .expect("inet has an output hook"),
+        )
+        .add_rule(
+            RuleBuilder::new(Family::Inet)
+                .ip_address(AddressField::Source, CmpOp::Equal, vip)
+                .named_counter(VIP_OUTPUT_COUNTER)
+                .build(VIP_OUTPUT_TABLE, "out"),
+        );
+    in_host(lab, host, move || {
+        NftSocket::open()?.apply(&batch, "the test's VIP output counter")
+    })
+    .unwrap_or_else(|e| panic!("adding {host}'s VIP output counter: {e}"));
 }
 
 /// A primary whose daemon stops without dying (SIGSTOP: a hung process) keeps a live kernel

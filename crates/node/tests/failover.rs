@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use common::{median, BackgroundLoad, Lab};
 use steadfast_lab::{BackendKind, CrashKind};
+use steadfast_os::nftables::{Family, NftSocket};
 
 /// Default heartbeat (50 ms) × miss count: what a backup waits before it may take over.
 const DEFAULT_DETECTION: Duration = Duration::from_millis(150);
@@ -292,20 +293,14 @@ fn twenty_host_crashes_at_default_heartbeat() {
 fn a_dead_daemon_leaves_its_kernel_mute_for_the_address() {
     let lab = Lab::up("fen", 2, true, BackendKind::Builtin, None);
     let n1 = format!("{}-n1", lab.name());
+    // Whether the owner table is in the namespace, read from its kernel.
     let live = |ns: &str| {
-        std::process::Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                ns,
-                "nft",
-                "list",
-                "table",
-                "inet",
-                "steadfast_live",
-            ])
-            .output()
-            .is_ok_and(|o| o.status.success())
+        steadfast_lab::run_in_namespace(ns, || {
+            NftSocket::open()?.table(Family::Inet, steadfast_os::fence::LIVE_TABLE)
+        })
+        .unwrap_or_else(|e| panic!("entering {ns}: {e}"))
+        .unwrap_or_else(|e| panic!("reading the owner table in {ns}: {e}"))
+        .is_some()
     };
     assert!(live(&n1), "a running daemon holds its owner table");
     steadfast_lab::crash(lab.name(), "n1", CrashKind::Process).expect("crash");

@@ -2,10 +2,10 @@
 //!
 //! A persistent table drops every IPv4 packet and ARP frame to or from the service addresses
 //! unless it carries [`LIVE_MARK`]. The mark is set, earlier in the same hooks, by a second
-//! table created with the `owner` flag through an `nft -i` child whose standard input the daemon
-//! holds: when the daemon dies for any reason its end of the pipe closes, `nft` exits, and the
-//! kernel deletes the owner table with it. From then on the node's kernel neither answers ARP
-//! for the address nor sends a byte (data, FIN or RST) from it, whatever address state the dead
+//! table created with the `owner` flag on a netlink socket the [`Fence`] keeps open: when the
+//! daemon dies for any reason the kernel closes the socket and deletes the owner table with it
+//! (no child process, nothing to poll). From then on the node's kernel neither answers ARP for
+//! the address nor sends a byte (data, FIN or RST) from it, whatever address state the dead
 //! daemon left behind.
 //!
 //! The fence also holds the node's *kernel lease*: a set of the service addresses whose
@@ -18,27 +18,32 @@
 //! another node now serves. (ARP is not leased: a duplex primary never answers it.)
 //!
 //! The renewal runs on the election's realtime thread at every heartbeat, so it is not an
-//! nf_tables transaction (those serialize on a per-namespace mutex that an `nft` process of the
-//! ingress guard may hold, and wait for RCU grace periods: measured 3-26 ms under load, longer
-//! than a 10 ms heartbeat). It is one UDP datagram to each service address with a mark: a rule
+//! nf_tables transaction (those serialize on a per-namespace mutex that a transaction of the
+//! ingress guard may hold; through the nft program one took 3-26 ms under load, longer than a
+//! 10 ms heartbeat; tests/nft_bench.rs measures both ways). It is one UDP datagram to each service address with a mark: a rule
 //! of the fence updates the set from the packet path (lock-free) and drops the datagram. Rule
 //! timeouts are constants, so the mark picks one of a ladder of timeouts ([`lease_steps`]).
 //!
-//! No crate speaks nf_tables' netlink protocol well enough to create owner tables, so the `nft`
-//! program (Debian package `nftables`) is used for the tables; it is a start-up cost.
+//! The tables are written over netlink ([`crate::nftables`]), both in one transaction: the
+//! owner table and the fence appear together, so the addresses never pass an armed fence
+//! unmarked nor go dark while it is armed.
 
-use std::io::Write;
 use std::net::Ipv4Addr;
-use std::os::unix::process::CommandExt;
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use crate::nftables::model::{key_type, SET_EVAL, SET_TIMEOUT};
+use crate::nftables::{
+    AddressField, Batch, Chain, CmpOp, DynsetOp, Family, Hook, NftSocket, RuleBuilder, Set, SetRef,
+    Table, Verdict,
+};
 use crate::OsError;
 
 /// Packets of the service addresses carry this mark while the daemon lives.
 pub const LIVE_MARK: u32 = 0x5f1d;
-const FENCE_TABLE: &str = "steadfast_fence";
-const LIVE_TABLE: &str = "steadfast_live";
+/// The persistent fence's table (inet and arp).
+pub const FENCE_TABLE: &str = "steadfast_fence";
+/// The owner table that marks the addresses' packets while the daemon lives (inet and arp).
+pub const LIVE_TABLE: &str = "steadfast_live";
 const LEASE_SET: &str = "lease";
 /// Marks of the datagrams that set the kernel lease: the base ends it, base + i + 1 sets it to
 /// the i-th of [`lease_steps`].
@@ -49,8 +54,8 @@ const LEASE_PORT: u16 = 9;
 /// The armed switch. Dropping it (or the process dying) lets the fence drop the addresses'
 /// traffic.
 pub struct Fence {
-    child: Child,
-    _stdin: ChildStdin,
+    /// Owns the live tables: the kernel deletes them when this socket closes.
+    owner: NftSocket,
     vips: Vec<Ipv4Addr>,
     /// Sends the datagrams that set the kernel lease.
     lease_socket: std::net::UdpSocket,
@@ -78,175 +83,157 @@ fn lease_step_for(steps: &[u32], remaining: Duration) -> Option<usize> {
     steps.iter().rposition(|&step| step <= millis)
 }
 
-/// The field that holds the service address in a packet of `family` going `direction`.
-fn address_field(family: &str, direction: &str) -> &'static str {
-    match (family, direction) {
-        ("arp", "input") => "arp daddr ip",
-        ("arp", _) => "arp saddr ip",
-        (_, "input") => "ip daddr",
-        _ => "ip saddr",
+/// The chains the fence and the owner table hook, and the field that holds the service
+/// address in a packet going that way.
+const DIRECTIONS: [(&str, Hook, AddressField); 2] = [
+    ("input", Hook::Input, AddressField::Destination),
+    ("output", Hook::Output, AddressField::Source),
+];
+
+/// `ip daddr VIP`, or `arp daddr ip VIP` in the arp family (and the source for output).
+fn address_match(family: Family, field: AddressField, vip: Ipv4Addr) -> RuleBuilder {
+    let rule = RuleBuilder::new(family);
+    if family == Family::Arp {
+        rule.arp_ip_address(field, CmpOp::Equal, vip)
+    } else {
+        rule.ip_address(field, CmpOp::Equal, vip)
     }
 }
 
-fn matches(family: &str, direction: &str, ip: Ipv4Addr) -> String {
-    format!("{} {ip}", address_field(family, direction))
+fn filter_chain(family: Family, table: &str, name: &str, hook: Hook, priority: i32) -> Chain {
+    Chain::filter(family, table, name, hook, priority, None)
+        .expect("inet and arp both have input and output hooks")
 }
 
-/// One table on one line (`nft -i` reads a command per line; `;` separates statements): the
-/// input and output chains, `verdict` after each address match.
-fn table(
-    family: &str,
-    name: &str,
-    flags: &str,
-    priority: i32,
-    vips: &[Ipv4Addr],
-    verdict: &str,
-) -> String {
-    let mut t = format!("table {family} {name} {{ {flags} ");
-    for direction in ["input", "output"] {
-        t.push_str(&format!(
-            "chain {direction} {{ type filter hook {direction} priority {priority}; policy accept; "
-        ));
-        for ip in vips {
-            t.push_str(&format!("{} {verdict}; ", matches(family, direction, *ip)));
+/// The owner table of one family: `meta mark set LIVE_MARK` on the addresses' packets, at
+/// priority -10, ahead of the fence.
+fn live_table(batch: &mut Batch, family: Family, vips: &[Ipv4Addr]) {
+    batch.add_table(Table::owned(family, LIVE_TABLE));
+    for (chain, hook, field) in DIRECTIONS {
+        batch.add_chain(filter_chain(family, LIVE_TABLE, chain, hook, -10));
+        for vip in vips {
+            batch.add_rule(
+                address_match(family, field, *vip)
+                    .set_mark(LIVE_MARK)
+                    .build(LIVE_TABLE, chain),
+            );
         }
-        t.push_str("}; ");
     }
-    t.push_str("}\n");
-    t
 }
 
 /// The persistent fence of one family: a packet of a service address passes only with the
 /// owner table's mark (the daemon lives) and, for IPv4, while the address is in the lease set
 /// (the daemon keeps renewing its lease). Its `lease_keeper` chain, ahead of the owner table's,
 /// turns the marked datagrams of [`Fence::hold_lease`] into set updates.
-fn fence_table(family: &str, vips: &[Ipv4Addr]) -> String {
-    let leased = family == "inet";
-    let mut t = format!("table {family} {FENCE_TABLE} {{ ");
-    if leased {
-        t.push_str(&format!(
-            "set {LEASE_SET} {{ type ipv4_addr; flags dynamic,timeout; }}; "
-        ));
-        let mut verdicts = vec![format!("{LEASE_MARK_BASE:#x} : jump lease_end")];
-        t.push_str(&format!(
-            "chain lease_end {{ delete @{LEASE_SET} {{ ip daddr }} drop; }}; "
-        ));
+fn fence_table(batch: &mut Batch, family: Family, vips: &[Ipv4Addr]) {
+    batch.add_table(Table::new(family, FENCE_TABLE));
+    let lease = (family == Family::Inet).then(|| {
+        let lease = batch.add_set(Set {
+            family,
+            table: FENCE_TABLE.to_string(),
+            name: LEASE_SET.to_string(),
+            flags: SET_TIMEOUT | SET_EVAL,
+            key_type: key_type::IPV4_ADDR,
+            key_len: 4,
+            data_type: None,
+            data_len: None,
+            size: None,
+            timeout_ms: None,
+            id: None,
+            handle: None,
+            elements: Vec::new(),
+        });
+        let to_lease = |op, timeout_ms, chain: &str| {
+            RuleBuilder::new(family)
+                .ip_address_to_set(op, lease.clone(), AddressField::Destination, timeout_ms)
+                .verdict(Verdict::Drop)
+                .build(FENCE_TABLE, chain)
+        };
+        batch.add_chain(Chain::regular(family, FENCE_TABLE, "lease_end"));
+        batch.add_rule(to_lease(DynsetOp::Delete, None, "lease_end"));
+        let mut verdicts = vec![(LEASE_MARK_BASE, Verdict::Jump("lease_end".to_string()))];
         for (i, step) in lease_steps().iter().enumerate() {
-            let mark = LEASE_MARK_BASE + 1 + i as u32;
-            verdicts.push(format!("{mark:#x} : jump lease_{step}"));
-            t.push_str(&format!(
-                "chain lease_{step} {{ update @{LEASE_SET} {{ ip daddr timeout {step}ms }} drop; }}; "
-            ));
+            let chain = format!("lease_{step}");
+            verdicts.push((LEASE_MARK_BASE + 1 + i as u32, Verdict::Jump(chain.clone())));
+            batch.add_chain(Chain::regular(family, FENCE_TABLE, &chain));
+            batch.add_rule(to_lease(DynsetOp::Update, Some(u64::from(*step)), &chain));
         }
-        t.push_str(&format!(
-            "chain lease_keeper {{ type filter hook output priority -20; policy accept; meta mark vmap {{ {} }}; }}; ",
-            verdicts.join(", ")
+        batch.add_chain(filter_chain(
+            family,
+            FENCE_TABLE,
+            "lease_keeper",
+            Hook::Output,
+            -20,
         ));
-    }
-    for direction in ["input", "output"] {
-        t.push_str(&format!(
-            "chain {direction} {{ type filter hook {direction} priority 0; policy accept; "
-        ));
-        for ip in vips {
-            let address = matches(family, direction, *ip);
-            t.push_str(&format!(
-                "{address} meta mark != {LIVE_MARK:#x} counter drop; "
-            ));
-            if leased {
-                let field = address_field(family, direction);
-                t.push_str(&format!("{address} {field} != @{LEASE_SET} counter drop; "));
+        let keeper = batch.add_mark_verdict_map(family, FENCE_TABLE, verdicts);
+        batch.add_rule(
+            RuleBuilder::new(family)
+                .mark_vmap(keeper)
+                .build(FENCE_TABLE, "lease_keeper"),
+        );
+        lease
+    });
+    for (chain, hook, field) in DIRECTIONS {
+        batch.add_chain(filter_chain(family, FENCE_TABLE, chain, hook, 0));
+        for vip in vips {
+            batch.add_rule(
+                address_match(family, field, *vip)
+                    .mark(CmpOp::NotEqual, LIVE_MARK)
+                    .counter()
+                    .verdict(Verdict::Drop)
+                    .build(FENCE_TABLE, chain),
+            );
+            if let Some(lease) = &lease {
+                batch.add_rule(
+                    address_match(family, field, *vip)
+                        .ip_address_in(field, lease.clone(), true)
+                        .counter()
+                        .verdict(Verdict::Drop)
+                        .build(FENCE_TABLE, chain),
+                );
             }
         }
-        t.push_str("}; ");
-    }
-    t.push_str("}\n");
-    t
-}
-
-fn nft_available() -> Result<(), OsError> {
-    match Command::new("nft").arg("--version").output() {
-        Ok(out) if out.status.success() => Ok(()),
-        _ => Err(OsError::Command {
-            command: "nft --version".into(),
-            detail: "the nft program is missing: install the Debian package nftables".into(),
-        }),
     }
 }
 
-fn table_exists(family: &str, name: &str) -> bool {
-    Command::new("nft")
-        .args(["list", "table", family, name])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+/// The transaction that arms the switch: both owner tables, and the fence replacing any fence
+/// of a previous life (its addresses may differ, and a lease it held must not outlive it).
+fn arming_batch(vips: &[Ipv4Addr]) -> Batch {
+    let mut batch = Batch::new();
+    for family in [Family::Inet, Family::Arp] {
+        live_table(&mut batch, family, vips);
+    }
+    for family in [Family::Inet, Family::Arp] {
+        batch.remove_table(family, FENCE_TABLE);
+        fence_table(&mut batch, family, vips);
+    }
+    batch
+}
+
+/// The lease set's reference by name, for a set-element transaction (the benchmark's).
+pub fn lease_set() -> (Family, &'static str, SetRef) {
+    (Family::Inet, FENCE_TABLE, SetRef::named(LEASE_SET))
 }
 
 impl Fence {
-    /// Arms the switch for `vips` in the current network namespace: first the owner table
-    /// (so the addresses keep working), then the persistent fence, replacing an older one.
+    /// Arms the switch for `vips` in the calling thread's network namespace: the owner table
+    /// (created on the socket this value keeps) and the persistent fence, in one transaction.
     pub fn arm(vips: &[Ipv4Addr]) -> Result<Fence, OsError> {
-        nft_available()?;
-        let mut child = unsafe {
-            Command::new("nft")
-                .arg("-i")
-                .stdin(Stdio::piped())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                // If the daemon dies, nft must go too (EOF does it; this is belt and braces).
-                .pre_exec(|| {
-                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                })
-                .spawn()
-        }
-        .map_err(|e| OsError::io("starting nft -i for the owner table", e))?;
-        let mut stdin = child.stdin.take().expect("stdin was piped");
-        let live_verdict = format!("meta mark set {LIVE_MARK:#x}");
-        let mut live = String::new();
-        for family in ["inet", "arp"] {
-            live.push_str(&table(
-                family,
-                LIVE_TABLE,
-                "flags owner;",
-                -10,
-                vips,
-                &live_verdict,
-            ));
-        }
-        stdin
-            .write_all(live.as_bytes())
-            .and_then(|()| stdin.flush())
-            .map_err(|e| OsError::io("writing the owner table to nft -i", e))?;
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while !(table_exists("inet", LIVE_TABLE) && table_exists("arp", LIVE_TABLE)) {
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                return Err(OsError::Unexpected {
-                    what: "nft -i did not create the owner table within 3 s".into(),
-                });
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let mut fence = String::new();
-        for family in ["inet", "arp"] {
-            // Replace any fence of a previous life (its addresses may differ, and a lease it
-            // held must not outlive it).
-            fence.push_str(&format!(
-                "table {family} {FENCE_TABLE}\ndelete table {family} {FENCE_TABLE}\n"
-            ));
-            fence.push_str(&fence_table(family, vips));
-        }
-        apply(&fence)?;
+        let nftables = |what: &str| {
+            let what = what.to_string();
+            move |source| OsError::Nftables { what, source }
+        };
+        let mut owner =
+            NftSocket::open().map_err(nftables("opening the fence's netlink socket"))?;
+        owner
+            .apply(&arming_batch(vips), "arming the fence")
+            .map_err(nftables("arming the dead-man switch"))?;
         let lease_socket = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
             .map_err(|e| OsError::io("binding the kernel lease's UDP socket", e))?;
         // The table was just made: its lease set is empty. (No datagram is sent yet: a node
         // whose link is down at start has no route to the addresses, and must still start.)
         Ok(Fence {
-            child,
-            _stdin: stdin,
+            owner,
             vips: vips.to_vec(),
             lease_socket,
             lease_steps: lease_steps(),
@@ -303,54 +290,27 @@ impl Fence {
         Ok(())
     }
 
-    /// Whether the owner table's keeper still runs.
+    /// Whether both owner tables are still there, owned by this fence's socket.
     pub fn is_armed(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
+        let port = self.owner.port();
+        [Family::Inet, Family::Arp].into_iter().all(|family| {
+            matches!(self.owner.table(family, LIVE_TABLE), Ok(Some(table)) if table.owner == Some(port))
+        })
     }
-}
-
-impl Drop for Fence {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn apply(ruleset: &str) -> Result<(), OsError> {
-    let mut child = Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| OsError::io("starting nft -f -", e))?;
-    child
-        .stdin
-        .take()
-        .expect("stdin was piped")
-        .write_all(ruleset.as_bytes())
-        .map_err(|e| OsError::io("writing the fence ruleset to nft", e))?;
-    let out = child
-        .wait_with_output()
-        .map_err(|e| OsError::io("waiting for nft -f -", e))?;
-    if !out.status.success() {
-        return Err(OsError::Command {
-            command: "nft -f - (the steadfast fence)".into(),
-            detail: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        });
-    }
-    Ok(())
 }
 
 /// Removes the persistent fence (for an operator taking a node out of service for good).
 pub fn disarm() -> Result<(), OsError> {
-    let mut ruleset = String::new();
-    for family in ["inet", "arp"] {
-        ruleset.push_str(&format!(
-            "table {family} {FENCE_TABLE}\ndelete table {family} {FENCE_TABLE}\n"
-        ));
+    let mut batch = Batch::new();
+    for family in [Family::Inet, Family::Arp] {
+        batch.remove_table(family, FENCE_TABLE);
     }
-    apply(&ruleset)
+    NftSocket::open()
+        .and_then(|mut socket| socket.apply(&batch, "disarming the fence"))
+        .map_err(|source| OsError::Nftables {
+            what: "removing the persistent fence".to_string(),
+            source,
+        })
 }
 
 #[cfg(test)]

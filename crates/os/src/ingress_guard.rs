@@ -8,12 +8,16 @@
 //! the bounce cannot take (it is removed, or the frame is not IPv4) the `ip` prerouting chain
 //! drops. Also a "drop everything to the service ports" state for a takeover.
 //!
-//! nftables through the `nft` program, as for the fence: a start-up and role-change cost, never
-//! on the per-packet path (that is the kernel's).
+//! nftables over netlink ([`crate::nftables`]) on a socket the guard keeps: an install or
+//! a role change is one transaction, never on the per-packet path (that is the kernel's).
 
-use std::io::Write;
 use std::net::Ipv4Addr;
-use std::process::{Command, Stdio};
+
+use crate::nftables::model::key_type;
+use crate::nftables::{
+    AddressField, Batch, Chain, CmpOp, Family, Hook, NftError, NftSocket, PortMatch, RuleBuilder,
+    Table, Verdict,
+};
 
 const TABLE: &str = "steadfast_guard";
 const COUNTER: &str = "guard_dropped";
@@ -22,8 +26,22 @@ const BOUNCE_COUNTER: &str = "guard_bounced";
 
 #[derive(Debug, thiserror::Error)]
 pub enum GuardError {
-    #[error("nft ({what}): {detail}")]
-    Nft { what: String, detail: String },
+    #[error("ingress guard: {interface:?} is not an interface name")]
+    InterfaceName { interface: String },
+    #[error("ingress guard: no interface {interface} in this network namespace")]
+    NoSuchInterface { interface: String },
+    #[error("ingress guard on {interface}: {state:?} needs at least one service port")]
+    NoPorts {
+        interface: String,
+        state: GuardState,
+    },
+    #[error("ingress guard on {interface}: {what}: {source}")]
+    Nftables {
+        interface: String,
+        what: String,
+        #[source]
+        source: NftError,
+    },
 }
 
 /// The guard's counters: client frames that did not come through the backup.
@@ -46,51 +64,37 @@ pub enum GuardState {
     DropAll,
 }
 
-/// The guard's nftables table; removed on drop.
+/// The guard's nftables tables; removed on drop.
 pub struct IngressGuard {
+    /// Made in the guard's network namespace: every change goes through it.
+    socket: NftSocket,
     interface: String,
+    /// The interface's index in the guard's namespace, for `fwd to` (resolved at install, as
+    /// the socket is bound then: later calls may come from any thread).
+    interface_index: u32,
     own_mac: [u8; 6],
     vip: Ipv4Addr,
     ports: Vec<u16>,
     state: GuardState,
+    removed: bool,
 }
 
-fn nft(script: &str, what: &str) -> Result<String, GuardError> {
-    let fail = |detail: String| GuardError::Nft {
-        what: what.to_string(),
-        detail,
-    };
-    let mut child = Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| fail(format!("cannot run nft (Debian package nftables): {e}")))?;
-    child
-        .stdin
-        .take()
-        .expect("piped stdin")
-        .write_all(script.as_bytes())
-        .map_err(|e| fail(e.to_string()))?;
-    let out = child.wait_with_output().map_err(|e| fail(e.to_string()))?;
-    if !out.status.success() {
-        return Err(fail(
-            String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        ));
+fn interface_index(interface: &str) -> Result<u32, GuardError> {
+    let name = std::ffi::CString::new(interface).map_err(|_| GuardError::InterfaceName {
+        interface: interface.to_string(),
+    })?;
+    // SAFETY: a NUL-terminated name; the call only reads it.
+    match unsafe { libc::if_nametoindex(name.as_ptr()) } {
+        0 => Err(GuardError::NoSuchInterface {
+            interface: interface.to_string(),
+        }),
+        index => Ok(index),
     }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn mac_text(mac: [u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
 }
 
 impl IngressGuard {
-    /// Creates the guard's table (replacing one left by a previous life), open.
+    /// Creates the guard's tables (replacing ones left by a previous life), open, in the calling
+    /// thread's network namespace, where `interface` must exist.
     pub fn install(
         interface: &str,
         own_mac: [u8; 6],
@@ -103,27 +107,63 @@ impl IngressGuard {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"-_.@".contains(&b))
         {
-            return Err(GuardError::Nft {
-                what: "install".into(),
-                detail: format!("{interface:?} is not an interface name"),
+            return Err(GuardError::InterfaceName {
+                interface: interface.to_string(),
             });
         }
-        // Priority -300: before conntrack (-200), so a dropped frame leaves no trace in TCP.
-        let script = format!(
-            "add table ip {TABLE}\ndelete table ip {TABLE}\n\
-             table ip {TABLE} {{\n  counter {COUNTER} {{ }}\n  chain prerouting {{\n    \
-             type filter hook prerouting priority -300; policy accept;\n  }}\n}}\n\
-             add table netdev {BOUNCE_TABLE}\ndelete table netdev {BOUNCE_TABLE}\n\
-             table netdev {BOUNCE_TABLE} {{\n  counter {BOUNCE_COUNTER} {{ }}\n  chain ingress {{\n    \
-             type filter hook ingress device \"{interface}\" priority -500; policy accept;\n  }}\n}}\n"
-        );
-        nft(&script, "installing the ingress guard")?;
+        let nftables = |what: &str| {
+            let what = what.to_string();
+            move |source| GuardError::Nftables {
+                interface: interface.to_string(),
+                what,
+                source,
+            }
+        };
+        let interface_index = interface_index(interface)?;
+        let mut socket = NftSocket::open().map_err(nftables("opening a netlink socket"))?;
+        let mut batch = Batch::new();
+        batch
+            .remove_table(Family::Ip, TABLE)
+            .add_table(Table::new(Family::Ip, TABLE))
+            .add_counter(Family::Ip, TABLE, COUNTER)
+            // Priority -300: before conntrack (-200), so a dropped frame leaves no trace in TCP.
+            .add_chain(
+                Chain::filter(
+                    Family::Ip,
+                    TABLE,
+                    "prerouting",
+                    Hook::Prerouting,
+                    -300,
+                    None,
+                )
+                .expect("ip has a prerouting hook"),
+            )
+            .remove_table(Family::Netdev, BOUNCE_TABLE)
+            .add_table(Table::new(Family::Netdev, BOUNCE_TABLE))
+            .add_counter(Family::Netdev, BOUNCE_TABLE, BOUNCE_COUNTER)
+            .add_chain(
+                Chain::filter(
+                    Family::Netdev,
+                    BOUNCE_TABLE,
+                    "ingress",
+                    Hook::Ingress,
+                    -500,
+                    Some(interface),
+                )
+                .expect("netdev has an ingress hook"),
+            );
+        socket
+            .apply(&batch, "installing the ingress guard")
+            .map_err(nftables("installing the tables"))?;
         Ok(IngressGuard {
+            socket,
             interface: interface.to_string(),
+            interface_index,
             own_mac,
             vip,
             ports: ports.to_vec(),
             state: GuardState::Open,
+            removed: false,
         })
     }
 
@@ -131,39 +171,91 @@ impl IngressGuard {
         self.state
     }
 
+    fn nftables_error(&self, what: String) -> impl FnOnce(NftError) -> GuardError + '_ {
+        move |source| GuardError::Nftables {
+            interface: self.interface.clone(),
+            what,
+            source,
+        }
+    }
+
+    /// `tcp dport PORT` or `tcp dport { P1, P2, ... }` (an anonymous set of the rule's table).
+    fn service_ports(&self, batch: &mut Batch, family: Family, table: &str) -> PortMatch {
+        match self.ports[..] {
+            [port] => PortMatch::One(port),
+            _ => PortMatch::InSet(
+                batch.add_anonymous_set(
+                    family,
+                    table,
+                    key_type::INET_SERVICE,
+                    self.ports
+                        .iter()
+                        .map(|p| p.to_be_bytes().to_vec())
+                        .collect(),
+                ),
+            ),
+        }
+    }
+
+    /// `iifname IF ip daddr VIP tcp dport PORTS` in the ip table.
+    fn guarded_frames(&self, batch: &mut Batch) -> RuleBuilder {
+        let ports = self.service_ports(batch, Family::Ip, TABLE);
+        RuleBuilder::new(Family::Ip)
+            .iifname(&self.interface)
+            .ip_address(AddressField::Destination, CmpOp::Equal, self.vip)
+            .tcp_destination_port(ports)
+    }
+
     /// Sets the guard to `state` (one nftables transaction).
     pub fn apply(&mut self, state: GuardState) -> Result<(), GuardError> {
-        let ports = self
-            .ports
-            .iter()
-            .map(|p| p.to_string())
-            .collect::<Vec<_>>()
-            .join(", ");
-        let matching = format!(
-            "iifname \"{}\" ip daddr {} tcp dport {{ {ports} }}",
-            self.interface, self.vip
-        );
-        let rule = match state {
-            GuardState::Open => String::new(),
-            GuardState::OnlyFrom(mac) => format!(
-                "add rule netdev {BOUNCE_TABLE} ingress ether saddr != {backup} ether type ip \
-                 ip daddr {vip} tcp dport {{ {ports} }} counter name {BOUNCE_COUNTER} \
-                 ether saddr set {own} ether daddr set {backup} fwd to \"{interface}\"\n\
-                 add rule ip {TABLE} prerouting {matching} ether saddr != {backup} counter name {COUNTER} drop\n",
-                backup = mac_text(mac),
-                own = mac_text(self.own_mac),
-                vip = self.vip,
-                interface = self.interface,
-            ),
-            GuardState::DropAll => {
-                format!("add rule ip {TABLE} prerouting {matching} counter name {COUNTER} drop\n")
-            }
-        };
+        if state != GuardState::Open && self.ports.is_empty() {
+            return Err(GuardError::NoPorts {
+                interface: self.interface.clone(),
+                state,
+            });
+        }
         // One transaction: the chain is never empty between the old rule and the new.
-        let script = format!(
-            "flush chain ip {TABLE} prerouting\nflush chain netdev {BOUNCE_TABLE} ingress\n{rule}"
-        );
-        nft(&script, &format!("setting the ingress guard to {state:?}"))?;
+        let mut batch = Batch::new();
+        batch
+            .flush_chain(Family::Ip, TABLE, "prerouting")
+            .flush_chain(Family::Netdev, BOUNCE_TABLE, "ingress");
+        match state {
+            GuardState::Open => {}
+            GuardState::OnlyFrom(backup) => {
+                let ports = self.service_ports(&mut batch, Family::Netdev, BOUNCE_TABLE);
+                batch.add_rule(
+                    RuleBuilder::new(Family::Netdev)
+                        .ether_address(AddressField::Source, CmpOp::NotEqual, backup)
+                        .ether_type_ipv4()
+                        .ip_address(AddressField::Destination, CmpOp::Equal, self.vip)
+                        .tcp_destination_port(ports)
+                        .named_counter(BOUNCE_COUNTER)
+                        .set_ether_address(AddressField::Source, self.own_mac)
+                        .set_ether_address(AddressField::Destination, backup)
+                        .forward_to(self.interface_index)
+                        .build(BOUNCE_TABLE, "ingress"),
+                );
+                let drop = self
+                    .guarded_frames(&mut batch)
+                    .ether_address(AddressField::Source, CmpOp::NotEqual, backup)
+                    .named_counter(COUNTER)
+                    .verdict(Verdict::Drop)
+                    .build(TABLE, "prerouting");
+                batch.add_rule(drop);
+            }
+            GuardState::DropAll => {
+                let drop = self
+                    .guarded_frames(&mut batch)
+                    .named_counter(COUNTER)
+                    .verdict(Verdict::Drop)
+                    .build(TABLE, "prerouting");
+                batch.add_rule(drop);
+            }
+        }
+        let what = format!("setting the ingress guard to {state:?}");
+        self.socket
+            .apply(&batch, &what)
+            .map_err(self.nftables_error(what))?;
         self.state = state;
         Ok(())
     }
@@ -184,50 +276,46 @@ impl IngressGuard {
     }
 
     /// Frames the guard has bounced to the backup (they came straight here) and dropped, since
-    /// it was installed: both counters in one `nft` run.
-    pub fn counts(&self) -> Result<GuardCounts, GuardError> {
-        let what = "reading the guard's counters";
-        let text = nft(
-            &format!(
-                "list counter ip {TABLE} {COUNTER}\nlist counter netdev {BOUNCE_TABLE} {BOUNCE_COUNTER}\n"
-            ),
-            what,
-        )?;
-        let packets = |counter: &str| {
-            text.split(&format!("counter {counter} "))
-                .nth(1)
-                .and_then(|after| {
-                    after
-                        .split_whitespace()
-                        .skip_while(|w| *w != "packets")
-                        .nth(1)
-                        .and_then(|n| n.parse().ok())
-                })
-                .ok_or_else(|| GuardError::Nft {
-                    what: what.into(),
-                    detail: format!("no packet count of {counter} in {text:?}"),
-                })
-        };
+    /// it was installed: the named counters, read from the kernel.
+    pub fn counts(&mut self) -> Result<GuardCounts, GuardError> {
+        let what = "reading the guard's counters".to_string();
+        let bounced = self
+            .socket
+            .counter(Family::Netdev, BOUNCE_TABLE, BOUNCE_COUNTER)
+            .map_err(self.nftables_error(what.clone()))?;
+        let dropped = self
+            .socket
+            .counter(Family::Ip, TABLE, COUNTER)
+            .map_err(self.nftables_error(what))?;
         Ok(GuardCounts {
-            bounced: packets(BOUNCE_COUNTER)?,
-            dropped: packets(COUNTER)?,
+            bounced: bounced.packets,
+            dropped: dropped.packets,
         })
     }
 
+    fn remove_tables(&mut self) -> Result<(), GuardError> {
+        let mut batch = Batch::new();
+        batch
+            .delete_table(Family::Ip, TABLE)
+            .delete_table(Family::Netdev, BOUNCE_TABLE);
+        let what = "removing the guard".to_string();
+        self.socket
+            .apply(&batch, &what)
+            .map_err(self.nftables_error(what))
+    }
+
     /// Removes the tables.
-    pub fn remove(self) -> Result<(), GuardError> {
-        let result = nft(&remove_script(), "removing the guard");
-        std::mem::forget(self);
-        result.map(|_| ())
+    pub fn remove(mut self) -> Result<(), GuardError> {
+        // Removed or beyond removing: the drop must not try again.
+        self.removed = true;
+        self.remove_tables()
     }
 }
 
 impl Drop for IngressGuard {
     fn drop(&mut self) {
-        let _ = nft(&remove_script(), "removing the guard");
+        if !self.removed {
+            let _ = self.remove_tables();
+        }
     }
-}
-
-fn remove_script() -> String {
-    format!("delete table ip {TABLE}\ndelete table netdev {BOUNCE_TABLE}\n")
 }

@@ -1,12 +1,14 @@
 //! Thin kernel edges of Steadfast, each small: netlink addresses, gratuitous ARP through a
-//! packet socket, network namespaces, realtime scheduling and sysctl writes; for duplex the
-//! ingress logger's packet ring, the ingress guard, TCP_REPAIR and socket destruction.
+//! packet socket, network namespaces, realtime scheduling and sysctl writes, nf_tables over
+//! netlink (the dead-man switch); for duplex the ingress logger's packet ring, the ingress
+//! guard, TCP_REPAIR and socket destruction.
 
 pub mod addr;
 pub mod fence;
 pub mod garp;
 pub mod ingress_guard;
 pub mod netns;
+pub mod nftables;
 pub mod packet_port;
 pub mod peer_probe;
 pub mod raw_ip;
@@ -47,6 +49,12 @@ pub enum OsError {
     Unexpected { what: String },
     #[error("{what}: no tokio runtime on this thread (build one before calling)")]
     NoRuntime { what: String },
+    #[error("{what}: {source}")]
+    Nftables {
+        what: String,
+        #[source]
+        source: crate::nftables::NftError,
+    },
 }
 
 impl OsError {
@@ -70,6 +78,7 @@ impl OsError {
                 source: rtnetlink::Error::NetlinkError(message),
                 ..
             } => message.code.map(|c| -c.get()),
+            OsError::Nftables { source, .. } => source.raw_os_error(),
             _ => None,
         }
     }

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use steadfast_os::addr::Netlink;
 use steadfast_os::garp::{ArpCapture, ArpPacket, GarpSender, ARP_REQUEST};
 use steadfast_os::netns::{self, NetnsGuard};
+use steadfast_os::nftables::{render, Family};
 use steadfast_os::{sched, sysctl, OsError};
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -582,8 +583,8 @@ fn the_fence_lets_an_address_through_only_while_its_kernel_lease_lasts() {
     ]);
     let to = std::net::SocketAddr::from((vip, 8080));
     let b = pair.b.name().to_string();
-    // Everything on namespace a happens on one thread inside it: the fence's nft child and its
-    // netlink socket, and the listener, all belong to a.
+    // Everything on namespace a happens on one thread inside it: the fence's netlink socket
+    // and the listener belong to a.
     let timings = netns::spawn_in(pair.a.name(), move || {
         let _listener = std::net::TcpListener::bind(to).expect("listening on the address");
         assert!(connects(&b, to), "before the fence is armed");
@@ -629,4 +630,343 @@ fn the_fence_lets_an_address_through_only_while_its_kernel_lease_lasts() {
     .expect("namespace thread")
     .expect("entering the namespace");
     eprintln!("kernel lease renewal: {timings:?} each");
+}
+
+/// Steadfast's tables in namespace `ns`, read from the kernel over netlink.
+fn ruleset_in(ns: &str) -> steadfast_os::nftables::Ruleset {
+    netns::spawn_in(ns, || {
+        steadfast_os::nftables::NftSocket::open()?
+            .read_ruleset(&steadfast_os::nftables::is_steadfast_table)
+    })
+    .join()
+    .expect("namespace thread")
+    .expect("entering the namespace")
+    .expect("reading the ruleset")
+}
+
+fn rendered(ruleset: &steadfast_os::nftables::Ruleset) -> String {
+    steadfast_os::nftables::render::ruleset(ruleset, &steadfast_os::nftables::render::NoNames)
+}
+
+/// The rules of a chain, one line each, as nft writes them.
+fn chain_text(
+    ruleset: &steadfast_os::nftables::Ruleset,
+    family: Family,
+    table: &str,
+    chain: &str,
+) -> Vec<String> {
+    let contents = ruleset
+        .table(family, table)
+        .unwrap_or_else(|| panic!("no table {family} {table} in\n{}", rendered(ruleset)));
+    let chain = contents
+        .chain(chain)
+        .unwrap_or_else(|| panic!("no chain {chain} in table {family} {table}"));
+    chain
+        .rules
+        .iter()
+        .map(|r| render::rule(r, &contents.sets, &render::NoNames))
+        .collect()
+}
+
+#[test]
+fn the_armed_fence_reads_back_as_the_ruleset_the_nft_text_made() {
+    let ns = NetnsGuard::create(&unique("fence")).expect("namespace");
+    let vip = Ipv4Addr::new(10, 213, 0, 100);
+    let mut fence = netns::spawn_in(ns.name(), move || {
+        steadfast_os::fence::Fence::arm(&[vip]).expect("arming")
+    })
+    .join()
+    .expect("namespace thread")
+    .expect("entering the namespace");
+    assert!(fence.is_armed(), "the fence's socket owns both live tables");
+
+    let armed = ruleset_in(ns.name());
+    let text = rendered(&armed);
+    for family in [Family::Inet, Family::Arp] {
+        let live = armed
+            .table(family, "steadfast_live")
+            .unwrap_or_else(|| panic!("no {family} owner table in\n{text}"));
+        assert_eq!(live.table.flags, steadfast_os::nftables::model::TABLE_OWNER);
+        assert!(
+            live.table.owner.is_some(),
+            "{family} owner table without an owner"
+        );
+    }
+    let live_inet = "\
+table inet steadfast_live { # owner unknown
+\tflags owner
+
+\tchain input {
+\t\ttype filter hook input priority filter - 10; policy accept;
+\t\tip daddr 10.213.0.100 meta mark set 0x00005f1d
+\t}
+
+\tchain output {
+\t\ttype filter hook output priority filter - 10; policy accept;
+\t\tip saddr 10.213.0.100 meta mark set 0x00005f1d
+\t}
+}
+";
+    let live_inet_seen = text
+        .split("table ")
+        .find(|t| t.starts_with("inet steadfast_live"))
+        .map(|t| {
+            format!(
+                "table {}",
+                t.replace(
+                    &format!(
+                        "# owner: netlink port {}",
+                        armed
+                            .table(Family::Inet, "steadfast_live")
+                            .unwrap()
+                            .table
+                            .owner
+                            .unwrap()
+                    ),
+                    "# owner unknown"
+                )
+            )
+        });
+    assert_eq!(live_inet_seen.as_deref(), Some(live_inet), "{text}");
+    assert_eq!(
+        chain_text(&armed, Family::Arp, "steadfast_live", "output"),
+        ["arp saddr ip 10.213.0.100 meta mark set 0x00005f1d"]
+    );
+    assert_eq!(
+        chain_text(&armed, Family::Inet, "steadfast_fence", "input"),
+        [
+            "ip daddr 10.213.0.100 meta mark != 0x00005f1d counter packets 0 bytes 0 drop",
+            "ip daddr 10.213.0.100 ip daddr != @lease counter packets 0 bytes 0 drop",
+        ]
+    );
+    assert_eq!(
+        chain_text(&armed, Family::Inet, "steadfast_fence", "output"),
+        [
+            "ip saddr 10.213.0.100 meta mark != 0x00005f1d counter packets 0 bytes 0 drop",
+            "ip saddr 10.213.0.100 ip saddr != @lease counter packets 0 bytes 0 drop",
+        ]
+    );
+    assert_eq!(
+        chain_text(&armed, Family::Arp, "steadfast_fence", "input"),
+        ["arp daddr ip 10.213.0.100 meta mark != 0x00005f1d counter packets 0 bytes 0 drop"]
+    );
+    assert!(
+        text.contains(
+            "\tset lease {\n\t\ttype ipv4_addr\n\t\tsize 65535\n\t\tflags dynamic,timeout\n\t}\n"
+        ),
+        "{text}"
+    );
+    assert_eq!(
+        chain_text(&armed, Family::Inet, "steadfast_fence", "lease_end"),
+        ["delete @lease { ip daddr } drop"]
+    );
+    // A chain per lease step, each updating the set with its timeout (as the kernel keeps it:
+    // in clock ticks), and the keeper's map from each step's mark to its chain.
+    let steps = steadfast_os::fence::lease_steps();
+    let fence_inet = armed.table(Family::Inet, "steadfast_fence").unwrap();
+    let mut keeper = vec!["0x5f1e0000 : jump lease_end".to_string()];
+    for (i, step) in steps.iter().enumerate() {
+        let rules = chain_text(
+            &armed,
+            Family::Inet,
+            "steadfast_fence",
+            &format!("lease_{step}"),
+        );
+        assert_eq!(rules.len(), 1);
+        assert!(
+            rules[0].starts_with("update @lease { ip daddr timeout ")
+                && rules[0].ends_with(" } drop"),
+            "{rules:?}"
+        );
+        keeper.push(format!(
+            "0x{:08x} : jump lease_{step}",
+            0x5f1e_0001 + i as u32
+        ));
+    }
+    assert_eq!(
+        fence_inet.chains.len(),
+        steps.len() + 4,
+        "lease_end, the steps, lease_keeper, input, output"
+    );
+    assert_eq!(
+        chain_text(&armed, Family::Inet, "steadfast_fence", "lease_keeper"),
+        [format!("meta mark vmap {{ {} }}", keeper.join(", "))]
+    );
+    assert!(
+        text.contains(
+            "\tchain lease_keeper {\n\t\ttype filter hook output priority -20; policy accept;\n"
+        ),
+        "{text}"
+    );
+
+    // The owner tables go with the fence's socket; the fence stays and keeps the address dark.
+    // (The kernel releases an owner table after its socket, not within the close: wait.)
+    drop(fence);
+    let dropped_at = Instant::now();
+    let mut dropped = ruleset_in(ns.name());
+    while dropped.table(Family::Inet, "steadfast_live").is_some()
+        || dropped.table(Family::Arp, "steadfast_live").is_some()
+    {
+        assert!(
+            dropped_at.elapsed() < Duration::from_secs(2),
+            "the owner tables outlived their socket by 2 s:\n{}",
+            rendered(&dropped)
+        );
+        std::thread::sleep(Duration::from_millis(5));
+        dropped = ruleset_in(ns.name());
+    }
+    eprintln!(
+        "owner tables gone {:?} after the socket closed",
+        dropped_at.elapsed()
+    );
+    for family in [Family::Inet, Family::Arp] {
+        assert!(dropped.table(family, "steadfast_fence").is_some());
+    }
+    netns::spawn_in(ns.name(), steadfast_os::fence::disarm)
+        .join()
+        .expect("namespace thread")
+        .expect("entering the namespace")
+        .expect("disarming");
+    assert!(ruleset_in(ns.name()).tables.is_empty());
+}
+
+#[test]
+fn a_refused_transaction_names_the_change_and_applies_nothing() {
+    use steadfast_os::nftables::{Batch, RuleBuilder, Table, Verdict};
+    let ns = NetnsGuard::create(&unique("refused")).expect("namespace");
+    let error = netns::spawn_in(ns.name(), || {
+        let mut batch = Batch::new();
+        batch.add_table(Table::new(Family::Inet, "steadfast_probe"));
+        batch.add_rule(
+            RuleBuilder::new(Family::Inet)
+                .verdict(Verdict::Accept)
+                .build("steadfast_probe", "no_such_chain"),
+        );
+        steadfast_os::nftables::NftSocket::open()
+            .expect("socket")
+            .apply(&batch, "a probe")
+            .expect_err("the chain does not exist")
+    })
+    .join()
+    .expect("namespace thread")
+    .expect("entering the namespace");
+    let message = error.to_string();
+    assert_eq!(error.raw_os_error(), Some(libc::ENOENT), "{message}");
+    assert!(
+        message.contains("a probe: adding rule 1 to chain inet steadfast_probe no_such_chain"),
+        "{message}"
+    );
+    assert!(
+        ruleset_in(ns.name()).tables.is_empty(),
+        "the table of the refused transaction must not exist"
+    );
+}
+
+fn mac_of(ns: &str, dev: &str) -> [u8; 6] {
+    let text = ip(&["-n", ns, "link", "show", "dev", dev]);
+    let word = text
+        .split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no MAC in {text}"));
+    let bytes: Vec<u8> = word
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16).expect("hex"))
+        .collect();
+    bytes.try_into().expect("6 bytes")
+}
+
+#[test]
+fn the_ingress_guard_drops_bounces_and_counts_frames_in_the_kernel() {
+    use steadfast_os::ingress_guard::{GuardState, IngressGuard};
+    let pair = Pair::new();
+    ip(&[
+        "-n",
+        pair.a.name(),
+        "addr",
+        "add",
+        "10.214.0.100/24",
+        "dev",
+        &pair.veth_a,
+    ]);
+    ip(&[
+        "-n",
+        pair.b.name(),
+        "addr",
+        "add",
+        "10.214.0.2/24",
+        "dev",
+        &pair.veth_b,
+    ]);
+    let vip = Ipv4Addr::new(10, 214, 0, 100);
+    let to = std::net::SocketAddr::from((vip, 8080));
+    let own_mac = mac_of(pair.a.name(), &pair.veth_a);
+    let client_mac = mac_of(pair.b.name(), &pair.veth_b);
+    let not_the_client = [0x02, 0, 0, 0, 0x5f, 0x99];
+    let veth_a = pair.veth_a.clone();
+    let (mut guard, _listener) = netns::spawn_in(pair.a.name(), move || {
+        let listener = std::net::TcpListener::bind(to).expect("listening on the address");
+        let guard =
+            IngressGuard::install(&veth_a, own_mac, vip, &[8080, 8443]).expect("installing");
+        (guard, listener)
+    })
+    .join()
+    .expect("namespace thread")
+    .expect("entering the namespace");
+    let b = pair.b.name().to_string();
+    assert!(connects(&b, to), "an open guard lets the client in");
+    assert_eq!(guard.counts().expect("counting"), Default::default());
+
+    guard.apply(GuardState::DropAll).expect("dropping all");
+    assert!(
+        !connects(&b, to),
+        "everything to the service ports is dropped"
+    );
+    let counts = guard.counts().expect("counting");
+    assert!(counts.dropped >= 1 && counts.bounced == 0, "{counts:?}");
+
+    // Frames not from the "backup" go back out to it, rewritten: the client never gets an
+    // answer and the bounce counter counts them.
+    guard
+        .apply(GuardState::OnlyFrom(not_the_client))
+        .expect("only from another MAC");
+    assert!(
+        !connects(&b, to),
+        "a client that is not the backup is bounced"
+    );
+    let bounced = guard.counts().expect("counting");
+    assert!(bounced.bounced >= 1, "{bounced:?}");
+    assert_eq!(
+        bounced.dropped, counts.dropped,
+        "IPv4 frames are bounced, not dropped"
+    );
+    let text = rendered(&ruleset_in(pair.a.name()));
+    assert!(
+        text.contains(&format!(
+            "ip daddr 10.214.0.100 tcp dport {{ 8080, 8443 }} counter name \"guard_bounced\" ether saddr set {} ether daddr set 02:00:00:00:5f:99 fwd to {}",
+            mac_text(own_mac),
+            // NoNames: the interface by its index.
+            ip(&["-n", pair.a.name(), "-o", "link", "show", "dev", &pair.veth_a]).split(':').next().unwrap()
+        )),
+        "{text}"
+    );
+
+    guard
+        .apply(GuardState::OnlyFrom(client_mac))
+        .expect("only from the client");
+    assert!(connects(&b, to), "frames from the backup's MAC pass");
+    guard.open().expect("opening");
+    assert!(connects(&b, to), "open again");
+    // The counters live on across state changes (named counters, not the rules').
+    assert_eq!(guard.counts().expect("counting"), bounced);
+
+    guard.remove().expect("removing");
+    assert!(ruleset_in(pair.a.name()).tables.is_empty());
+}
+
+fn mac_text(mac: [u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
