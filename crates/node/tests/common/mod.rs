@@ -185,7 +185,11 @@ impl Lab {
             .info
             .nodes
             .iter()
-            .map(|ns| ns.strip_prefix(&format!("{}-", self.name())).unwrap_or(ns).to_string())
+            .map(|ns| {
+                ns.strip_prefix(&format!("{}-", self.name()))
+                    .unwrap_or(ns)
+                    .to_string()
+            })
             .chain(self.info.witness_ns.as_ref().map(|_| "w".to_string()));
         for host in voters {
             let socket = self.info.state_dir.join(format!("{host}.sock"));
@@ -201,8 +205,9 @@ impl Lab {
                 Err(e) => format!("no status ({e})"),
             };
             text.push_str(&format!("\n--- {host}: {summary}\n"));
-            let log = std::fs::read_to_string(self.info.state_dir.join(format!("{host}.daemon.log")))
-                .unwrap_or_default();
+            let log =
+                std::fs::read_to_string(self.info.state_dir.join(format!("{host}.daemon.log")))
+                    .unwrap_or_default();
             let lines: Vec<&str> = log.lines().collect();
             for line in &lines[lines.len().saturating_sub(12)..] {
                 text.push_str(&without_colours(line));

@@ -2,10 +2,11 @@
 //! `nft` program (`nft -f -`, and `nft -i` for the owner table, as the daemon did before), idle
 //! and under load: the fence's arming (owner table + fence), the guard's install, one guard
 //! state change, and one element update of the fence's lease set as a transaction (beside the
-//! packet-path renewal the daemon uses). A measurement, not a check: ignored by default.
+//! packet-path renewal the daemon uses). A measurement, not a check: a bench target, which no
+//! test tier runs.
 //!
 //! Run as root:
-//!   cargo test --release -p steadfast-os --test nft_bench -- --ignored --nocapture
+//!   cargo bench -p steadfast-os --bench nft_bench
 //! SF_NFT_BENCH_ROUNDS sets the rounds per figure (default 30). Without the nft program the
 //! nft half is left out (and said so). Load: a CPU burner on every core and a TCP
 //! request/response loop between two namespaces of the bench, both bounded in time.
@@ -478,9 +479,7 @@ impl Load {
     }
 }
 
-#[test]
-#[ignore = "a measurement: run it by name with --ignored --nocapture (root)"]
-fn nftables_transactions_through_netlink_and_through_nft() {
+fn main() {
     let rounds: usize = std::env::var("SF_NFT_BENCH_ROUNDS")
         .ok()
         .and_then(|r| r.parse().ok())
