@@ -185,63 +185,32 @@ fn removal_takes_every_copy_whatever_its_prefix() {
 }
 
 #[test]
-fn add_remove_round_trip_time() {
-    // Reported, not asserted: the daemon moves addresses on failover and wants this small.
+fn every_add_and_remove_takes_effect_before_it_returns() {
+    // The daemon moves addresses on failover and acts on the state it was told it made: 200
+    // round trips, each checked through the kernel's own listing, not through our cache.
+    // (What they cost against `ip addr` is a measurement: `cargo bench -p steadfast-os --bench
+    // addr_bench`.)
     let pair = Pair::new();
-    let (ns, dev) = (pair.a.name().to_string(), pair.veth_a.clone());
-    let (add, remove, rounds) = in_namespace(pair.a.name(), move || async move {
+    let dev = pair.veth_a.clone();
+    in_namespace(pair.a.name(), move || async move {
         let netlink = Netlink::new().await.unwrap();
         let index = netlink.link_by_name(&dev).await.unwrap().index;
         let vip = Ipv4Addr::new(10, 204, 0, 1);
-        let rounds = 200u32;
-        let (mut add, mut remove) = (Vec::new(), Vec::new());
-        for _ in 0..rounds {
-            let start = Instant::now();
+        for round in 0..200 {
             netlink.add_address(index, vip, 32).await.unwrap();
-            add.push(start.elapsed());
-            let start = Instant::now();
+            assert_eq!(
+                netlink.addresses(index).await.unwrap(),
+                vec![(vip, 32)],
+                "round {round}: after add"
+            );
             netlink.remove_address(index, vip, 32).await.unwrap();
-            remove.push(start.elapsed());
+            assert_eq!(
+                netlink.addresses(index).await.unwrap(),
+                vec![],
+                "round {round}: after remove"
+            );
         }
-        (add, remove, rounds)
     });
-    let (mut subprocess_add, mut subprocess_del) = (Vec::new(), Vec::new());
-    for _ in 0..20 {
-        let start = Instant::now();
-        ip(&[
-            "-n",
-            &ns,
-            "addr",
-            "add",
-            "10.204.0.1/32",
-            "dev",
-            &pair.veth_a,
-        ]);
-        subprocess_add.push(start.elapsed());
-        let start = Instant::now();
-        ip(&[
-            "-n",
-            &ns,
-            "addr",
-            "del",
-            "10.204.0.1/32",
-            "dev",
-            &pair.veth_a,
-        ]);
-        subprocess_del.push(start.elapsed());
-    }
-    let median = |mut v: Vec<Duration>| {
-        v.sort();
-        v[v.len() / 2]
-    };
-    eprintln!(
-        "netlink add_address median {:?}, remove_address median {:?} over {rounds} rounds; \
-         `ip addr add` subprocess median {:?}, `ip addr del` {:?} over 20",
-        median(add),
-        median(remove),
-        median(subprocess_add),
-        median(subprocess_del),
-    );
 }
 
 #[test]
@@ -588,7 +557,7 @@ fn the_fence_lets_an_address_through_only_while_its_kernel_lease_lasts() {
     let timings = netns::spawn_in(pair.a.name(), move || {
         let _listener = std::net::TcpListener::bind(to).expect("listening on the address");
         assert!(connects(&b, to), "before the fence is armed");
-        let mut fence = steadfast_os::fence::Fence::arm(&[vip]).expect("arming (needs nft)");
+        let mut fence = steadfast_os::fence::Fence::arm(&[vip]).expect("arming");
         assert!(
             !connects(&b, to),
             "armed, no lease: the address must be dark"
@@ -630,6 +599,13 @@ fn the_fence_lets_an_address_through_only_while_its_kernel_lease_lasts() {
     .expect("namespace thread")
     .expect("entering the namespace");
     eprintln!("kernel lease renewal: {timings:?} each");
+    // Not a speed target (a few microseconds, see the nft bench) but the design's premise: a
+    // renewal takes no lock, so it never holds up the heartbeats. One that waited for the
+    // nf_tables commit lock, as a transaction does, took 3-26 ms under load.
+    assert!(
+        timings < Duration::from_millis(2),
+        "a kernel lease renewal took {timings:?} on average: it must not wait for a lock"
+    );
 }
 
 /// Steadfast's tables in namespace `ns`, read from the kernel over netlink.
