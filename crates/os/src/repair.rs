@@ -359,6 +359,28 @@ pub fn live_sequences(stream: &impl AsRawFd) -> Result<(u32, u32), RepairError> 
     result
 }
 
+/// The connection's TCP timestamp clock now (`TCP_TIMESTAMP`: the value its next segment would
+/// carry), whether or not the connection uses timestamps.
+pub fn timestamp_now(stream: &impl AsRawFd) -> Result<u32, RepairError> {
+    let fd = stream.as_raw_fd();
+    let mut value: u32 = 0;
+    let mut len = size_of::<u32>() as libc::socklen_t;
+    // SAFETY: `value` has `len` writable bytes.
+    if unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_TIMESTAMP,
+            &mut value as *mut u32 as *mut libc::c_void,
+            &mut len,
+        )
+    } != 0
+    {
+        return Err(RepairError::on_fd("TCP_TIMESTAMP (read)", fd));
+    }
+    Ok(value)
+}
+
 /// Puts a live connection's socket in repair mode for good, so that closing it sends nothing
 /// — no FIN, no RST, no queued data (the kernel drops it as if the connection had moved
 /// away, which it has: another node carries it on).
