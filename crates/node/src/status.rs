@@ -155,8 +155,9 @@ pub struct DataPlaneStatus {
     /// carried their connections on.
     #[serde(default)]
     pub sessions_retired: u64,
-    /// Primary: of `adopted`, connections handed over in the middle of a request (its reply
-    /// not begun: an upload, a slow backend) and in the middle of a reply streamed in parts.
+    /// Primary: of `adopted`, connections handed over in the middle of a request (an upload,
+    /// a reply the backend has not begun) and in the middle of a reply (a streamed reply under
+    /// way, or reply bytes the client had not acknowledged).
     #[serde(default)]
     pub adopted_mid_request: u64,
     #[serde(default)]

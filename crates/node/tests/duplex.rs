@@ -893,13 +893,13 @@ fn connections_in_the_frozen_primarys_accept_queue_are_restored() {
     assert_eq!(plane["connections_lost"], 0, "{plane}");
 }
 
-/// Connections opened while the primary served alone, that its healed backup has not adopted
-/// when the primary dies (a connection is adopted between requests; these are in the middle of
-/// one), cannot be carried on: the takeover counts them lost and resets their clients at once,
-/// whether the client was receiving (its ACKs passed through the backup) or waiting in silence
-/// for a slow reply, instead of leaving them to hang until their own timeouts.
+/// Connections opened while the primary served alone are adopted by its healed backup
+/// wherever they stand — a download in flight, a request whose reply the backend has not begun
+/// — and survive the primary's death. One that cannot be adopted (its client half-closed it:
+/// no takeover can carry that on) cannot go on: the takeover counts it lost (`not-adopted`) and
+/// resets its client at once, instead of leaving it to hang until its own timeout.
 #[test]
-fn connections_not_yet_adopted_are_reset_at_a_crash() {
+fn connections_opened_unprotected_are_adopted_or_reset_at_a_crash() {
     let (lab, primary, backup) = protected_lab("na");
     steadfast_lab::crash(lab.name(), &backup, CrashKind::Host).expect("crash the backup");
     assert!(
@@ -911,46 +911,99 @@ fn connections_not_yet_adopted_are_reset_at_a_crash() {
         }),
         "{primary} notices its backup is gone"
     );
-    let dir = download_dir(&lab, "unadopted");
-    let receiving = slow_download(&lab, "/bytes/33554432", "1M", &dir.join("receiving"));
-    let waiting = slow_download(&lab, "/slow?ms=40000&bytes=100", "1M", &dir.join("waiting"));
+    let len = 32 * 1024 * 1024;
+    let receiving = own_download(
+        &lab,
+        format!("/bytes/{len}?seed={DOCROOT_SEED}"),
+        len,
+        2_000_000,
+    );
+    let waiting = own_request(&lab, "/slow?ms=6000&bytes=100", false);
+    let half_closed = own_request(&lab, "/slow?ms=20000&bytes=100", true);
     std::thread::sleep(Duration::from_millis(700));
     steadfast_lab::heal(lab.name(), &backup).expect("heal the backup");
     wait_backup_joined(&lab, &primary, 1);
     std::thread::sleep(Duration::from_millis(700));
+    let plane = lab.daemon_status(&primary)["data_plane"].clone();
+    eprintln!(
+        "before the crash: adopted {} ({} mid-request, {} mid-reply), {} not; waits {}",
+        plane["adopted"],
+        plane["adopted_mid_request"],
+        plane["adopted_mid_reply"],
+        plane["unadopted_now"],
+        plane["adoption_waits"]
+    );
+    assert_eq!(
+        plane["unadopted_now"], 1,
+        "only the half-closed one: {plane}"
+    );
     let crashed_at = Instant::now();
     fail_over(&lab, &primary, CrashKind::Host, 0);
-    // The kernel's view, not curl's: curl pacing its download sleeps for seconds between reads
-    // and only then sees the reset its socket already has.
-    let reset = common::wait_until(Duration::from_secs(3), || {
-        client_connections_to_service(&lab) == 0
-    });
-    let after = crashed_at.elapsed();
-    assert!(
-        reset,
-        "the clients' connections are still established {after:?} after the crash"
+    let (outcome, at) = half_closed.join().expect("the half-closed client");
+    let after = at.saturating_duration_since(crashed_at);
+    eprintln!("half-closed client: {outcome:?} {after:?} after the crash");
+    assert_eq!(
+        outcome,
+        Err(std::io::ErrorKind::ConnectionReset),
+        "the half-closed client sees its connection reset"
     );
-    eprintln!("both clients' connections reset {after:?} after the crash");
-    for (what, curl) in [("receiving", receiving), ("waiting", waiting)] {
-        let out = curl.wait_with_output().expect("curl finishes");
-        eprintln!(
-            "{what} client: {}: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-        assert_eq!(
-            out.status.code(),
-            Some(56),
-            "the {what} client sees its connection reset (56), not a timeout (28)"
-        );
-    }
+    assert!(
+        after < Duration::from_secs(3),
+        "reset {after:?} after the crash, not at once"
+    );
+    let (outcome, _) = waiting.join().expect("the waiting client");
+    assert_eq!(outcome, Ok(100), "the waiting client gets its whole reply");
+    let got = receiving.finish(len);
+    eprintln!("receiving client: {got:?}");
+    assert!(
+        got.is_ok(),
+        "the receiving client gets every byte right: {got:?}"
+    );
     let plane = lab.daemon_status(&backup)["data_plane"].clone();
     eprintln!(
         "takeover: restored {} lost {} {}",
         plane["connections_restored"], plane["connections_lost"], plane["lost_reasons"]
     );
-    assert_eq!(plane["lost_reasons"]["not-adopted"], 2, "{plane}");
-    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(plane["lost_reasons"]["not-adopted"], 1, "{plane}");
+    assert_eq!(plane["connections_lost"], 1, "{plane}");
+}
+
+/// Sends `GET path` (asking to close after the reply) from the client namespace, half-closing
+/// the connection after the request when `half_close`, and reads the reply: the body's length,
+/// or the error the read ended with, and when it ended.
+fn own_request(
+    lab: &Lab,
+    path: &str,
+    half_close: bool,
+) -> std::thread::JoinHandle<(Result<usize, std::io::ErrorKind>, Instant)> {
+    let (namespace, target, path) = (lab.info.client_ns.clone(), lab.target(), path.to_string());
+    std::thread::spawn(move || {
+        steadfast_lab::run_in_namespace(&namespace, move || {
+            use std::io::{Read, Write};
+            let exchange = || {
+                let mut stream =
+                    std::net::TcpStream::connect_timeout(&target, Duration::from_secs(2))?;
+                stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+                write!(
+                    stream,
+                    "GET {path} HTTP/1.1\r\nHost: vip\r\nConnection: close\r\n\r\n"
+                )?;
+                if half_close {
+                    stream.shutdown(std::net::Shutdown::Write)?;
+                }
+                let mut reply = Vec::new();
+                stream.read_to_end(&mut reply)?;
+                let head_end = reply
+                    .windows(4)
+                    .position(|w| w == b"\r\n\r\n")
+                    .map_or(reply.len(), |at| at + 4);
+                Ok::<_, std::io::Error>(reply.len() - head_end)
+            };
+            let outcome = exchange().map_err(|e| e.kind());
+            (outcome, Instant::now())
+        })
+        .expect("enter the client namespace")
+    })
 }
 
 /// Resumes every stopped process of `host` (SIGCONT): a frozen machine that wakes up, not a
@@ -1202,25 +1255,6 @@ fn stopping_the_primary_daemon_hands_its_connections_over() {
     assert_exactly_once(&lab, &report, "a planned switchover");
     assert_eq!(plane["connections_restored"], 60, "{plane}");
     assert_eq!(plane["connections_lost"], 0, "{plane}");
-}
-
-/// Established connections from the client namespace to the service port.
-fn client_connections_to_service(lab: &Lab) -> usize {
-    let port = lab.target().port();
-    let out = std::process::Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &lab.info.client_ns,
-            "ss",
-            "-Htn",
-            "state",
-            "established",
-        ])
-        .arg(format!("( dport = :{port} )"))
-        .output()
-        .expect("ss (Debian package iproute2) runs");
-    String::from_utf8_lossy(&out.stdout).lines().count()
 }
 
 /// An empty directory for the lab's downloads, named after the lab and `what`.

@@ -59,8 +59,9 @@ pub struct ProxyCounters {
     pub early_replies: AtomicU64,
     pub tunnels_refused: AtomicU64,
     /// Unprotected connections handed to a backup that joined after they opened; of them,
-    /// those in the middle of a request (its reply not begun: an upload, a slow backend) and
-    /// those in the middle of a reply streamed in parts.
+    /// those in the middle of a reply (a streamed reply under way, or reply bytes the client
+    /// had not acknowledged) and the others in the middle of a request (an upload, a reply the
+    /// backend has not begun).
     pub adopted: AtomicU64,
     pub adopted_mid_request: AtomicU64,
     pub adopted_mid_reply: AtomicU64,
@@ -572,7 +573,6 @@ impl Session {
                 }
             }
         };
-        let in_reply = self.client_reply.is_some();
         let in_request = self.in_flight.is_some()
             || self.held_base + self.held.len() as u64 > self.answered_offset;
         let adoption = Adoption {
@@ -594,6 +594,7 @@ impl Session {
             reply_in_progress: self.client_reply.as_ref().map(StreamedReply::cut_point),
         };
         let (pending, unacked) = (adoption.pending.len(), adoption.unacked_reply.len());
+        let in_reply = adoption.reply_in_progress.is_some() || unacked > 0;
         let Some(ack) = self.ctx.gate.adopt(adoption) else {
             return Err(HandoverWait::Inconsistent("the backup link went away"));
         };
@@ -610,7 +611,7 @@ impl Session {
             "{}: adopted by link generation {generation} ({pending} request bytes unanswered, \
              {unacked} reply bytes unacknowledged{})",
             self.tuple,
-            if in_reply {
+            if self.client_reply.is_some() {
                 ", in a streamed reply"
             } else {
                 ""
