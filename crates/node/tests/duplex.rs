@@ -357,8 +357,17 @@ fn crash_cycle(backend: BackendKind, kinds: &[CrashKind]) {
         std::thread::sleep(Duration::from_millis(700));
         let healed = lab.daemon_status(&other)["data_plane"].clone();
         eprintln!(
-            "round {round}: {primary} healed; {other} adopted {} skipped {} protected {}",
-            healed["adopted"], healed["adoptions_skipped"], healed["protected_connections"]
+            "round {round}: {primary} healed; {other} adopted {} ({} mid-request, {} \
+             mid-reply) waited {} {}, protected {}; every connection protected {} ms after the \
+             join ({} joins got there)",
+            healed["adopted"],
+            healed["adopted_mid_request"],
+            healed["adopted_mid_reply"],
+            healed["adoptions_skipped"],
+            healed["adoption_waits"],
+            healed["protected_connections"],
+            healed["join_protected_last_ms"],
+            healed["joins_protected"]
         );
         primary = failover.primary;
     }

@@ -69,9 +69,11 @@ pub enum HandoverWait {
     ClientFinished,
     #[error("the unanswered request is longer than the session keeps")]
     RequestTooLong,
+    /// A session keeps every reply byte until its client acknowledges it, so this means the
+    /// session's numbers and the socket's disagree; waiting (for the acknowledgement) is safe.
     #[error(
         "the client has not acknowledged reply bytes from {acked} on, and the session keeps \
-         only those from {held_from} on (sent while an earlier backup logged them)"
+         only those from {held_from} on"
     )]
     ReplyNotHeld { acked: u64, held_from: u64 },
     #[error("the socket's numbers do not fit the session's: {0}")]
