@@ -260,7 +260,7 @@ impl ReplicaLog {
             unacked_reply,
             reply_in_progress,
         } = adopted;
-        let reply_end = reply_acked + unacked_reply.len() as u64;
+        let reply_end = reply_acked.saturating_add(unacked_reply.len() as u64);
         let mut pieces = VecDeque::new();
         if !unacked_reply.is_empty() {
             pieces.push_back((reply_acked, unacked_reply));

@@ -556,6 +556,9 @@ impl<'a> Fields<'a> {
                 let [framing] = self.array()?;
                 let remaining = self.u64()?;
                 let [crlf_owed] = self.array()?;
+                if payload_sent.checked_add(remaining).is_none() {
+                    return Err(self.malformed("a reply longer than any stream"));
+                }
                 let framing = match (framing, crlf_owed) {
                     (0, 0) => CutFraming::Length { remaining },
                     (1, crlf_owed @ (0 | 1)) => CutFraming::Chunked {
