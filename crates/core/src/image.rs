@@ -15,6 +15,7 @@
 //! frame must not be forwarded.
 
 mod connection;
+mod handover;
 mod probe;
 mod segment;
 mod table;
@@ -24,6 +25,7 @@ pub use connection::{
     ConnectionImage, ConsumeError, ImageCounters, ImageLimits, NegotiatedOptions, RefuseReason,
     RestoreError, RestoreParams, SegmentReport, WindowScales, DEFAULT_MSS,
 };
+pub use handover::{handover, Handover, HandoverStep, HandoverWait, SessionStreams, SocketStreams};
 pub use probe::AckProbe;
 pub use segment::{
     parse_client_frame, tcp_checksum_fixup, tcp_checksum_is_valid, ClientSegment, FourTuple,

@@ -59,6 +59,26 @@ impl ReplicaConnection {
     }
 }
 
+/// A connection the primary hands over after serving it for a while (it opened before this
+/// backup joined): the log starts where the primary stood.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdoptedConnection {
+    pub tuple: FourTuple,
+    pub client_isn: u32,
+    pub options: ConnectionOptions,
+    /// The first request no complete reply answers, and the client offset where it starts.
+    pub next_request: u64,
+    pub request_offset: u64,
+    /// Server stream offset of the first reply byte the client had not acknowledged.
+    pub reply_acked: u64,
+    /// The reply bytes from `reply_acked` on that the primary had sent or is sending: the
+    /// log's first piece. The next logged piece starts right after them.
+    pub unacked_reply: Vec<u8>,
+    /// The reply to `next_request` is under way in parts: where a takeover resumes it once
+    /// the log ends, or why it cannot (see [`StreamedReply::from_cut`]).
+    pub reply_in_progress: Option<Result<CutPoint, NotResumable>>,
+}
+
 /// A reply piece the log cannot take: the primary and backup disagree about the stream.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReplicaError {
@@ -99,6 +119,11 @@ pub enum LostReason {
     #[error("connection {tuple}: the client half-closed it")]
     ClientFinished { tuple: FourTuple },
     #[error(
+        "connection {tuple}: adopted with client bytes missing (they passed this backup before \
+         the hand-over arrived and were no longer held)"
+    )]
+    HandoverGap { tuple: FourTuple },
+    #[error(
         "connection {tuple}: a reply streamed in parts (above the whole-reply limit) was cut and \
          cannot be finished: {why}"
     )]
@@ -137,6 +162,7 @@ impl LostReason {
             LostReason::Restore(RestoreError::Reset { .. }) => "reset",
             LostReason::NotOpenedByPrimary { .. } => "not-opened",
             LostReason::ClientFinished { .. } => "client-finished",
+            LostReason::HandoverGap { .. } => "handover-gap",
             LostReason::TimestampUnknown { .. } => "timestamp-unknown",
             LostReason::PartialReply { .. } => "partial-reply",
             LostReason::AckBeyondLog { .. } => "ack-beyond-log",
@@ -220,29 +246,39 @@ impl ReplicaLog {
         );
     }
 
-    /// The primary protects from now on a connection it had already served for a while: the
-    /// log starts at reply offset `reply_end` and request `next_request`, whose bytes start at
-    /// client offset `request_offset`.
-    pub fn adopt(
-        &mut self,
-        tuple: FourTuple,
-        client_isn: u32,
-        options: ConnectionOptions,
-        next_request: u64,
-        request_offset: u64,
-        reply_end: u64,
-    ) {
+    /// The primary protects from now on a connection it had already served for a while,
+    /// wherever it stood: see [`AdoptedConnection`].
+    pub fn adopt(&mut self, adopted: AdoptedConnection) {
         self.counters.opened += 1;
+        let AdoptedConnection {
+            tuple,
+            client_isn,
+            options,
+            next_request,
+            request_offset,
+            reply_acked,
+            unacked_reply,
+            reply_in_progress,
+        } = adopted;
+        let reply_end = reply_acked.saturating_add(unacked_reply.len() as u64);
+        let mut pieces = VecDeque::new();
+        if !unacked_reply.is_empty() {
+            pieces.push_back((reply_acked, unacked_reply));
+        }
+        let limits = FramingLimits::default();
         self.connections.insert(
             tuple,
             ReplicaConnection {
                 client_isn,
                 options,
-                pieces: VecDeque::new(),
+                pieces,
                 reply_end,
                 next_request,
                 request_offset,
-                streamed: None,
+                streamed: reply_in_progress.map(|progress| match progress {
+                    Ok(cut) => StreamedReply::from_cut(limits, &cut),
+                    Err(why) => StreamedReply::unresumable(limits, why),
+                }),
             },
         );
     }
@@ -546,6 +582,9 @@ impl ReplicaLog {
 fn resumable_restore(image: &ConnectionImage) -> Result<RestoreParams, LostReason> {
     let tuple = image.tuple();
     let restore = image.restore_params()?;
+    if image.handover_gap() {
+        return Err(LostReason::HandoverGap { tuple });
+    }
     if restore.client_fin_received {
         return Err(LostReason::ClientFinished { tuple });
     }

@@ -16,6 +16,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use crate::frame::AuthKey;
+use crate::http::{CutFraming, CutPoint, EntityTag, NotResumable};
 use crate::image::{FourTuple, NegotiatedOptions, WindowScales};
 use crate::NodeId;
 
@@ -80,6 +81,18 @@ impl ConnectionOptions {
     }
 }
 
+/// Which stream of a connection the bytes of an adoption belong to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdoptedStream {
+    /// Client bytes no complete reply answers yet.
+    Request,
+    /// Reply bytes the client has not acknowledged yet.
+    Reply,
+}
+
+/// Longest reason text of an unresumable reply carried in an `Adopt` frame.
+const MAX_REASON_BYTES: usize = 512;
+
 /// One frame of the replication channel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReplicationFrame {
@@ -114,10 +127,16 @@ pub enum ReplicationFrame {
     },
     /// Primary → backup: the connection ended; forget it.
     Closed { tuple: FourTuple },
-    /// Primary → backup: protect a connection accepted before this backup joined. The
-    /// sequence numbers were read from the primary's socket; `pending` are the client bytes
-    /// from `request_offset` on that the primary holds but has not answered.
+    /// Primary → backup: protect a connection accepted before this backup joined, wherever it
+    /// stands (between requests, in the middle of a request or of a reply). The sequence
+    /// numbers were read from the primary's socket. The client bytes from `request_offset` on
+    /// that no complete reply answers (`request_len` of them) and the reply bytes from
+    /// `reply_acked` (the client had acknowledged everything before) to `reply_offset` came
+    /// just before, in [`ReplicationFrame::AdoptBytes`] frames. Acknowledged like a reply piece:
+    /// the primary reads no more of the client until the backup holds the connection, which
+    /// bounds what the backup must keep of the client segments that pass meanwhile.
     Adopt {
+        seq: u64,
         tuple: FourTuple,
         client_isn: u32,
         server_isn: u32,
@@ -125,8 +144,23 @@ pub enum ReplicationFrame {
         client_mss: u16,
         next_request: u64,
         request_offset: u64,
+        request_len: u64,
+        reply_acked: u64,
         reply_offset: u64,
-        pending: Vec<u8>,
+        /// The primary's TCP timestamp clock for the connection at the adoption, when it uses
+        /// timestamps: a rebuilt clock must not be behind what the client has seen (PAWS),
+        /// even if no client segment passes the backup before a takeover.
+        timestamp: Option<u32>,
+        /// The reply to `next_request` was begun in parts (streamed) and goes on: where a
+        /// takeover would resume it from `reply_offset`, or why it could not.
+        reply_in_progress: Option<Result<CutPoint, NotResumable>>,
+    },
+    /// Primary → backup: bytes of a connection about to be adopted (see
+    /// [`ReplicationFrame::Adopt`]), in order within each stream.
+    AdoptBytes {
+        tuple: FourTuple,
+        stream: AdoptedStream,
+        bytes: Vec<u8>,
     },
     /// Primary → backup, before `Announce`: connections accepted before this backup joined.
     /// Until each is adopted or closed a takeover cannot carry it on; the backup follows their
@@ -161,6 +195,7 @@ impl ReplicationFrame {
             ReplicationFrame::Interim { .. } => 9,
             ReplicationFrame::Adopt { .. } => 10,
             ReplicationFrame::Unadopted { .. } => 11,
+            ReplicationFrame::AdoptBytes { .. } => 12,
         }
     }
 
@@ -178,6 +213,7 @@ impl ReplicationFrame {
             ReplicationFrame::Interim { .. } => "interim",
             ReplicationFrame::Adopt { .. } => "adopt",
             ReplicationFrame::Unadopted { .. } => "unadopted",
+            ReplicationFrame::AdoptBytes { .. } => "adopt-bytes",
         }
     }
 }
@@ -223,6 +259,7 @@ pub fn encode(frame: &ReplicationFrame, epoch: u64, out: &mut Vec<u8>) {
             put_options(out, options);
         }
         ReplicationFrame::Adopt {
+            seq,
             tuple,
             client_isn,
             server_isn,
@@ -230,18 +267,42 @@ pub fn encode(frame: &ReplicationFrame, epoch: u64, out: &mut Vec<u8>) {
             client_mss,
             next_request,
             request_offset,
+            request_len,
+            reply_acked,
             reply_offset,
-            pending,
+            timestamp,
+            reply_in_progress,
         } => {
+            out.extend_from_slice(&seq.to_be_bytes());
             put_tuple(out, tuple);
             out.extend_from_slice(&client_isn.to_be_bytes());
             put_options(out, options);
             out.extend_from_slice(&server_isn.to_be_bytes());
             out.extend_from_slice(&client_mss.to_be_bytes());
-            out.extend_from_slice(&next_request.to_be_bytes());
-            out.extend_from_slice(&request_offset.to_be_bytes());
-            out.extend_from_slice(&reply_offset.to_be_bytes());
-            out.extend_from_slice(pending);
+            for n in [
+                next_request,
+                request_offset,
+                request_len,
+                reply_acked,
+                reply_offset,
+            ] {
+                out.extend_from_slice(&n.to_be_bytes());
+            }
+            out.push(u8::from(timestamp.is_some()));
+            out.extend_from_slice(&timestamp.unwrap_or(0).to_be_bytes());
+            put_reply_in_progress(out, reply_in_progress.as_ref());
+        }
+        ReplicationFrame::AdoptBytes {
+            tuple,
+            stream,
+            bytes,
+        } => {
+            put_tuple(out, tuple);
+            out.push(match stream {
+                AdoptedStream::Request => 0,
+                AdoptedStream::Reply => 1,
+            });
+            out.extend_from_slice(bytes);
         }
         ReplicationFrame::Reply {
             seq,
@@ -291,6 +352,65 @@ fn put_options(out: &mut Vec<u8>, options: &ConnectionOptions) {
         | u8::from(options.timestamps) << 2;
     out.extend_from_slice(&[flags, ours, theirs]);
     out.extend_from_slice(&options.mss.to_be_bytes());
+}
+
+/// `0` none; `1` a cut point (payload sent, framing, validator); `2` why the reply cannot be
+/// resumed (a code, with a status or a text for the kinds that carry one).
+fn put_reply_in_progress(out: &mut Vec<u8>, progress: Option<&Result<CutPoint, NotResumable>>) {
+    match progress {
+        None => out.push(0),
+        Some(Ok(cut)) => {
+            out.push(1);
+            out.extend_from_slice(&cut.payload_sent.to_be_bytes());
+            let (kind, remaining, crlf_owed) = match cut.framing {
+                CutFraming::Length { remaining } => (0, remaining, false),
+                CutFraming::Chunked {
+                    remaining,
+                    crlf_owed,
+                } => (1, remaining, crlf_owed),
+            };
+            out.push(kind);
+            out.extend_from_slice(&remaining.to_be_bytes());
+            out.push(u8::from(crlf_owed));
+            out.push(u8::from(cut.validator.weak));
+            put_short_bytes(out, &cut.validator.opaque);
+        }
+        Some(Err(why)) => {
+            out.push(2);
+            match why {
+                NotResumable::HeadIncomplete => out.push(1),
+                NotResumable::Status(status) => {
+                    out.push(2);
+                    out.extend_from_slice(&status.to_be_bytes());
+                }
+                NotResumable::NoValidator => out.push(3),
+                NotResumable::UntilClose => out.push(4),
+                NotResumable::InsideFraming => out.push(5),
+                NotResumable::Ended => out.push(6),
+                other => {
+                    // Framing errors travel as their text; the reasons only the backup's own
+                    // plan finds (the request) never describe a reply handed over.
+                    out.push(0);
+                    let text = match other {
+                        NotResumable::Framing(text) => text.clone(),
+                        other => other.to_string(),
+                    };
+                    let mut end = text.len().min(MAX_REASON_BYTES);
+                    while !text.is_char_boundary(end) {
+                        end -= 1;
+                    }
+                    put_short_bytes(out, &text.as_bytes()[..end]);
+                }
+            }
+        }
+    }
+}
+
+/// A `u16` length, then the bytes (at most `u16::MAX`, cut there).
+fn put_short_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    let bytes = &bytes[..bytes.len().min(usize::from(u16::MAX))];
+    out.extend_from_slice(&(bytes.len() as u16).to_be_bytes());
+    out.extend_from_slice(bytes);
 }
 
 fn put_tuple(out: &mut Vec<u8>, tuple: &FourTuple) {
@@ -420,6 +540,66 @@ impl<'a> Fields<'a> {
         })
     }
 
+    fn short_bytes(&mut self) -> Result<&'a [u8], ReplicationError> {
+        let len = self.u16()?;
+        self.take(usize::from(len))
+    }
+
+    fn reply_in_progress(
+        &mut self,
+    ) -> Result<Option<Result<CutPoint, NotResumable>>, ReplicationError> {
+        let [kind] = self.array()?;
+        Ok(match kind {
+            0 => None,
+            1 => {
+                let payload_sent = self.u64()?;
+                let [framing] = self.array()?;
+                let remaining = self.u64()?;
+                let [crlf_owed] = self.array()?;
+                if payload_sent.checked_add(remaining).is_none() {
+                    return Err(self.malformed("a reply longer than any stream"));
+                }
+                let framing = match (framing, crlf_owed) {
+                    (0, 0) => CutFraming::Length { remaining },
+                    (1, crlf_owed @ (0 | 1)) => CutFraming::Chunked {
+                        remaining,
+                        crlf_owed: crlf_owed == 1,
+                    },
+                    _ => return Err(self.malformed("unknown reply framing")),
+                };
+                let [weak] = self.array()?;
+                if weak > 1 {
+                    return Err(self.malformed("invalid weak flag"));
+                }
+                let opaque = self.short_bytes()?.to_vec();
+                Some(Ok(CutPoint {
+                    validator: EntityTag {
+                        weak: weak == 1,
+                        opaque,
+                    },
+                    payload_sent,
+                    framing,
+                }))
+            }
+            2 => {
+                let [code] = self.array()?;
+                Some(Err(match code {
+                    0 => NotResumable::Framing(
+                        String::from_utf8_lossy(self.short_bytes()?).into_owned(),
+                    ),
+                    1 => NotResumable::HeadIncomplete,
+                    2 => NotResumable::Status(self.u16()?),
+                    3 => NotResumable::NoValidator,
+                    4 => NotResumable::UntilClose,
+                    5 => NotResumable::InsideFraming,
+                    6 => NotResumable::Ended,
+                    _ => return Err(self.malformed("unknown reason a reply is not resumable")),
+                }))
+            }
+            _ => return Err(self.malformed("unknown reply progress")),
+        })
+    }
+
     fn end(self) -> Result<(), ReplicationError> {
         if self.rest.is_empty() {
             Ok(())
@@ -452,6 +632,7 @@ fn decode_body(body: &[u8], offset: u64) -> Result<(u64, ReplicationFrame), Repl
         9 => "interim",
         10 => "adopt",
         11 => "unadopted",
+        12 => "adopt-bytes",
         _ => return Err(ReplicationError::UnknownKind { offset, kind }),
     };
     let mut f = Fields {
@@ -472,30 +653,46 @@ fn decode_body(body: &[u8], offset: u64) -> Result<(u64, ReplicationFrame), Repl
             client_isn: f.u32()?,
             options: f.options()?,
         },
-        10 => {
+        10 => ReplicationFrame::Adopt {
+            seq: f.u64()?,
+            tuple: f.tuple()?,
+            client_isn: f.u32()?,
+            options: f.options()?,
+            server_isn: f.u32()?,
+            client_mss: f.u16()?,
+            next_request: f.u64()?,
+            request_offset: f.u64()?,
+            request_len: f.u64()?,
+            reply_acked: f.u64()?,
+            reply_offset: f.u64()?,
+            timestamp: {
+                let [present] = f.array()?;
+                let value = f.u32()?;
+                match present {
+                    0 if value == 0 => None,
+                    1 => Some(value),
+                    _ => return Err(f.malformed("invalid timestamp flag")),
+                }
+            },
+            reply_in_progress: f.reply_in_progress()?,
+        },
+        12 => {
             let tuple = f.tuple()?;
-            let client_isn = f.u32()?;
-            let options = f.options()?;
-            let server_isn = f.u32()?;
-            let client_mss = f.u16()?;
-            let next_request = f.u64()?;
-            let request_offset = f.u64()?;
-            let reply_offset = f.u64()?;
-            let pending = f.rest.to_vec();
-            if pending.len() > MAX_PIECE_BYTES {
-                return Err(f.malformed("pending request bytes longer than the maximum"));
+            let [stream] = f.array()?;
+            let stream = match stream {
+                0 => AdoptedStream::Request,
+                1 => AdoptedStream::Reply,
+                _ => return Err(f.malformed("unknown stream")),
+            };
+            let bytes = f.rest.to_vec();
+            if bytes.len() > MAX_PIECE_BYTES {
+                return Err(f.malformed("adopted bytes longer than the maximum"));
             }
             f.rest = &[];
-            ReplicationFrame::Adopt {
+            ReplicationFrame::AdoptBytes {
                 tuple,
-                client_isn,
-                server_isn,
-                options,
-                client_mss,
-                next_request,
-                request_offset,
-                reply_offset,
-                pending,
+                stream,
+                bytes,
             }
         }
         6 => {

@@ -178,6 +178,62 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    /// A backup that joins in the middle of a streamed reply never saw its start: it follows
+    /// the rest from the cut point the primary hands over. Wherever the hand-over falls (at a
+    /// point the proxy cuts at) and however the rest arrives, it must say at every later point
+    /// exactly what a log fed from the first byte says: where a takeover resumes, or why not.
+    #[test]
+    fn a_reply_followed_from_a_handed_over_cut_says_what_one_followed_whole_says(
+        payload in prop::collection::vec(any::<u8>(), 1..3000),
+        chunks in chunk_sizes(),
+        handover in any::<prop::sample::Index>(),
+        later in prop::collection::vec(any::<prop::sample::Index>(), 1..8),
+    ) {
+        let wire = original(&payload, chunks.as_deref());
+        let limits = FramingLimits::default();
+        // Hand over at the first point from `handover` on where a cut point exists.
+        let mut whole = StreamedReply::new(limits);
+        let start = handover.index(wire.len());
+        whole.feed(&wire[..start]);
+        let mut at = start;
+        let cut = loop {
+            if let Ok(cut) = whole.cut_point() {
+                break Some(cut);
+            }
+            if at == wire.len() {
+                break None;
+            }
+            whole.feed(&wire[at..at + 1]);
+            at += 1;
+        };
+        let Some(cut) = cut else {
+            return Ok(());
+        };
+        let mut resumed = StreamedReply::from_cut(limits, &cut);
+        prop_assert_eq!(resumed.cut_point(), Ok(cut));
+        let mut ends: Vec<usize> = later.iter().map(|i| at + i.index(wire.len() - at + 1)).collect();
+        ends.push(wire.len());
+        ends.sort_unstable();
+        ends.dedup();
+        for end in ends {
+            whole.feed(&wire[at..end]);
+            resumed.feed(&wire[at..end]);
+            at = end;
+            prop_assert_eq!(resumed.cut_point(), whole.cut_point(), "at {} of {}", end, wire.len());
+        }
+    }
+}
+
+#[test]
+fn a_reply_found_unresumable_at_the_hand_over_stays_so() {
+    let mut reply = StreamedReply::unresumable(FramingLimits::default(), NotResumable::NoValidator);
+    reply.feed(b"more bytes of its body");
+    assert_eq!(reply.cut_point(), Err(NotResumable::NoValidator));
+}
+
 fn cut_of(wire: &[u8]) -> Result<CutPoint, NotResumable> {
     let mut streamed = StreamedReply::new(FramingLimits::default());
     streamed.feed(wire);

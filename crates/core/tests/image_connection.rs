@@ -809,3 +809,181 @@ fn a_reply_cut_in_parts_is_planned_for_a_range_resume() {
         assert!(plan.pending_request_bytes.is_empty());
     }
 }
+
+/// A connection adopted in the middle of a streamed download: the primary hands over the reply
+/// bytes its client had not acknowledged and where the reply stands. The log starts there, the
+/// pieces the primary logs afterwards follow, and a takeover sends the client what it lacks,
+/// then resumes the rest by range — as if the backup had followed the reply from its start.
+#[test]
+fn a_connection_adopted_in_the_middle_of_a_reply_is_resumed_from_the_log() {
+    use steadfast_core::http::{CutFraming, CutPoint, EntityTag};
+    use steadfast_core::replica::{AdoptedConnection, ReplicaLog};
+    use steadfast_core::replication::ConnectionOptions;
+    let (isn, server_isn) = (5000u32, 90000u32);
+    let request: &[u8] = b"GET /big HTTP/1.1\r\nHost: a\r\n\r\n";
+    let head_len = 80u64;
+    // 10 000 reply bytes sent before the hand-over, the client acknowledged 7 000 of them.
+    let (acked, sent) = (7_000u64, 10_000u64);
+    let unacked: Vec<u8> = (acked..sent).map(|i| i as u8).collect();
+    let cut = CutPoint {
+        validator: EntityTag::parse(b"\"e1\"").unwrap(),
+        payload_sent: sent - head_len,
+        framing: CutFraming::Length {
+            remaining: 1_000_000 - (sent - head_len),
+        },
+    };
+    let image = ConnectionImage::adopted(
+        tuple(),
+        isn,
+        syn(isn).options,
+        server_isn,
+        0,
+        request,
+        NegotiatedOptions {
+            timestamps: false,
+            ..NEGOTIATED
+        },
+        ImageLimits::default(),
+    )
+    .with_reply_acked(acked);
+    let mut table = ConnectionTable::new(TableLimits::default());
+    table.adopt(image);
+    let mut log = ReplicaLog::new();
+    log.adopt(AdoptedConnection {
+        tuple: tuple(),
+        client_isn: isn,
+        options: ConnectionOptions {
+            window_scales: Some((7, 9)),
+            sack: true,
+            timestamps: false,
+            mss: 1460,
+        },
+        next_request: 0,
+        request_offset: 0,
+        reply_acked: acked,
+        unacked_reply: unacked.clone(),
+        reply_in_progress: Some(Ok(cut)),
+    });
+    log.log_reply(&tuple(), 0, sent, None, vec![9u8; 5_000])
+        .unwrap();
+    // The client acknowledges 2 000 more before the primary dies.
+    table
+        .ingest(
+            &data(isn, request.len() as u32, server_isn + 1 + 9_000, 0),
+            &[],
+        )
+        .unwrap();
+    let plan = log.plan(table.get(&tuple()).unwrap()).unwrap();
+    assert_eq!(plan.reply_acked, 9_000);
+    let mut expected = unacked[2_000..].to_vec();
+    expected.extend([9u8; 5_000]);
+    assert_eq!(plan.unacked_reply, expected);
+    assert_eq!(plan.reply_offset, sent + 5_000);
+    assert_eq!(plan.pending_request_bytes, request.to_vec());
+    let cut = plan.cut_reply.expect("the reply resumes by range");
+    assert_eq!(cut.payload_sent, sent - head_len + 5_000);
+    assert_eq!(
+        cut.framing,
+        CutFraming::Length {
+            remaining: 1_000_000 - (sent - head_len + 5_000)
+        }
+    );
+    assert_eq!(plan.restore.snd_una, server_isn + 1 + 9_000);
+    // Once the final piece is logged the request is answered and nothing is cut.
+    log.log_reply(
+        &tuple(),
+        0,
+        sent + 5_000,
+        Some(request.len() as u64),
+        vec![8u8; 3],
+    )
+    .unwrap();
+    let plan = log.plan(table.get(&tuple()).unwrap()).unwrap();
+    assert_eq!(plan.cut_reply, None);
+}
+
+/// An upload adopted in its middle: the primary hands over the request bytes it received from
+/// the request's start; those that pass the backup afterwards complete it, and a takeover sends
+/// the whole request to its backend again (with its id), the way it does any unanswered one.
+/// An adoption whose client bytes were partly dropped for room before it arrived is marked,
+/// and a takeover counts the connection lost instead of rebuilding a socket that would wait
+/// for them forever.
+#[test]
+fn an_upload_adopted_in_its_middle_is_replayed_whole_unless_bytes_went_missing() {
+    use steadfast_core::replica::{AdoptedConnection, LostReason, ReplicaLog};
+    use steadfast_core::replication::ConnectionOptions;
+    let (isn, server_isn) = (5000u32, 90000u32);
+    let head = b"POST /commit HTTP/1.1\r\nContent-Length: 12000000\r\n\r\n".to_vec();
+    let mut body = head.clone();
+    body.extend((0..12_000_000u32).map(|i| (i % 251) as u8));
+    let options = ConnectionOptions {
+        window_scales: Some((7, 9)),
+        sack: true,
+        timestamps: false,
+        mss: 1460,
+    };
+    let negotiated = NegotiatedOptions {
+        timestamps: false,
+        ..NEGOTIATED
+    };
+    for segment_len in [1400usize, 8000] {
+        let mut table = ConnectionTable::new(TableLimits::default());
+        table.expect_adoption(&[tuple()]);
+        // The primary read the first 1 000 000 bytes when it handed the connection over; the
+        // next `passed` bytes went through the backup meanwhile (8 000-byte segments: merged
+        // by GRO). 6 MB (a receive window) fit what the table keeps; 9.5 MB (more than any
+        // window) do not.
+        let handed = 1_000_000usize;
+        let passed = if segment_len == 1400 {
+            6_000_000
+        } else {
+            9_500_000
+        };
+        let mut at = handed;
+        while at < handed + passed {
+            let end = (at + segment_len).min(handed + passed);
+            table
+                .ingest(
+                    &data(isn, at as u32, server_isn + 1, end - at),
+                    &body[at..end],
+                )
+                .unwrap();
+            at = end;
+        }
+        let image = ConnectionImage::adopted(
+            tuple(),
+            isn,
+            syn(isn).options,
+            server_isn,
+            0,
+            &body[..handed],
+            negotiated,
+            ImageLimits::default(),
+        );
+        table.adopt(image);
+        let mut log = ReplicaLog::new();
+        log.adopt(AdoptedConnection {
+            tuple: tuple(),
+            client_isn: isn,
+            options,
+            next_request: 0,
+            request_offset: 0,
+            reply_acked: 0,
+            unacked_reply: Vec::new(),
+            reply_in_progress: None,
+        });
+        let image = table.get(&tuple()).unwrap();
+        if segment_len == 1400 {
+            assert!(!image.handover_gap());
+            let plan = log.plan(image).unwrap();
+            assert_eq!(plan.pending_request_bytes, body[..handed + passed].to_vec());
+            assert_eq!(plan.next_request_index, 0);
+        } else {
+            assert!(image.handover_gap(), "9.5 MB passed, more than is kept");
+            assert!(matches!(
+                log.plan(image),
+                Err(LostReason::HandoverGap { .. })
+            ));
+        }
+    }
+}

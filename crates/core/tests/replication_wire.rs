@@ -5,9 +5,11 @@
 use std::net::SocketAddrV4;
 
 use proptest::prelude::*;
+use steadfast_core::http::{CutFraming, CutPoint, EntityTag, NotResumable};
 use steadfast_core::image::FourTuple;
 use steadfast_core::replication::{
-    encode, ConnectionOptions, FrameReader, ReplicationError, ReplicationFrame, MAX_FRAME_BYTES,
+    encode, AdoptedStream, ConnectionOptions, FrameReader, ReplicationError, ReplicationFrame,
+    MAX_FRAME_BYTES,
 };
 
 fn tuple() -> impl Strategy<Value = FourTuple> {
@@ -42,6 +44,45 @@ fn options() -> impl Strategy<Value = ConnectionOptions> {
 
 fn bytes() -> impl Strategy<Value = Vec<u8>> {
     proptest::collection::vec(any::<u8>(), 0..300)
+}
+
+/// Where a reply adopted in its middle stands: a cut point, or why it cannot be resumed (the
+/// reasons a primary finds in a reply it is sending).
+fn reply_in_progress() -> impl Strategy<Value = Option<Result<CutPoint, NotResumable>>> {
+    let cut = (
+        0..u64::MAX / 2,
+        0..u64::MAX / 2,
+        prop_oneof![Just(None), any::<bool>().prop_map(Some)],
+        any::<bool>(),
+        proptest::collection::vec(0x23u8..0x7f, 0..40),
+    )
+        .prop_map(
+            |(payload_sent, remaining, chunked, weak, opaque)| CutPoint {
+                validator: EntityTag { weak, opaque },
+                payload_sent,
+                framing: match chunked {
+                    None => CutFraming::Length { remaining },
+                    Some(crlf_owed) => CutFraming::Chunked {
+                        remaining,
+                        crlf_owed,
+                    },
+                },
+            },
+        );
+    let why = prop_oneof![
+        "[ -~]{0,80}".prop_map(NotResumable::Framing),
+        Just(NotResumable::HeadIncomplete),
+        any::<u16>().prop_map(NotResumable::Status),
+        Just(NotResumable::NoValidator),
+        Just(NotResumable::UntilClose),
+        Just(NotResumable::InsideFraming),
+        Just(NotResumable::Ended),
+    ];
+    prop_oneof![
+        Just(None),
+        cut.prop_map(|cut| Some(Ok(cut))),
+        why.prop_map(|why| Some(Err(why))),
+    ]
 }
 
 fn frame() -> impl Strategy<Value = ReplicationFrame> {
@@ -80,14 +121,30 @@ fn frame() -> impl Strategy<Value = ReplicationFrame> {
             ),
         tuple().prop_map(|tuple| ReplicationFrame::Closed { tuple }),
         (
-            (tuple(), any::<u32>(), any::<u32>(), options(), any::<u16>()),
-            (any::<u64>(), any::<u64>(), any::<u64>(), bytes())
+            (
+                any::<u64>(),
+                tuple(),
+                any::<u32>(),
+                any::<u32>(),
+                options(),
+                any::<u16>()
+            ),
+            (
+                any::<u64>(),
+                any::<u64>(),
+                any::<u64>(),
+                any::<u64>(),
+                any::<u64>()
+            ),
+            (any::<Option<u32>>(), reply_in_progress()),
         )
             .prop_map(
                 |(
-                    (tuple, client_isn, server_isn, options, client_mss),
-                    (next_request, request_offset, reply_offset, pending),
+                    (seq, tuple, client_isn, server_isn, options, client_mss),
+                    (next_request, request_offset, request_len, reply_acked, reply_offset),
+                    (timestamp, reply_in_progress),
                 )| ReplicationFrame::Adopt {
+                    seq,
                     tuple,
                     client_isn,
                     server_isn,
@@ -95,10 +152,24 @@ fn frame() -> impl Strategy<Value = ReplicationFrame> {
                     client_mss,
                     next_request,
                     request_offset,
+                    request_len,
+                    reply_acked,
                     reply_offset,
-                    pending,
+                    timestamp,
+                    reply_in_progress,
                 }
             ),
+        (tuple(), any::<bool>(), bytes()).prop_map(|(tuple, reply, bytes)| {
+            ReplicationFrame::AdoptBytes {
+                tuple,
+                stream: if reply {
+                    AdoptedStream::Reply
+                } else {
+                    AdoptedStream::Request
+                },
+                bytes,
+            }
+        }),
         proptest::collection::vec(tuple(), 0..40)
             .prop_map(|tuples| ReplicationFrame::Unadopted { tuples }),
         (any::<u64>(), tuple(), any::<u64>(), any::<u64>(), bytes()).prop_map(
@@ -167,7 +238,7 @@ proptest! {
             ReplicationFrame::Reply { bytes, .. } | ReplicationFrame::Interim { bytes, .. } => {
                 body_len - bytes.len()
             }
-            ReplicationFrame::Adopt { pending, .. } => body_len - pending.len(),
+            ReplicationFrame::AdoptBytes { bytes, .. } => body_len - bytes.len(),
             _ => body_len,
         };
         let header = 1 + 8;

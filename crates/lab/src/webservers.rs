@@ -62,6 +62,16 @@ pub(crate) fn write_docroot(paths: &LabPaths) -> Result<(), LabError> {
         let file = bytes.join(size.to_string());
         crate::generator::write_expected_file(&file, size, DOCROOT_SEED)
             .map_err(|e| LabError::io("writing the docroot file", &file, e))?;
+        // Served files are rarely seconds old. apache2 gives a file modified less than a
+        // second before the request a weak ETag (it could still change within the second of
+        // its timestamp), and a reply with a weak ETag cannot be resumed by range: a test that
+        // starts right after `lab up` would depend on the clock. An hour back, as any file.
+        let age = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        std::fs::File::options()
+            .write(true)
+            .open(&file)
+            .and_then(|f| f.set_modified(age))
+            .map_err(|e| LabError::io("dating the docroot file", &file, e))?;
     }
     Ok(())
 }

@@ -1045,5 +1045,6 @@ fn plane_status(mode: &str, shared: &crate::plane::PlaneShared) -> crate::status
         status.sessions_open = proxy.census.open();
         status.sessions_retired = p.sessions_retired.load(Relaxed);
     }
+    shared.fill_adoption_status(&mut status);
     status
 }

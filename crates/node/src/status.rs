@@ -194,6 +194,27 @@ pub struct DataPlaneStatus {
     /// Of those, the ones the new primary could not carry on (not protected by it): lost.
     #[serde(default)]
     pub sessions_dropped_at_step_down: u64,
+    /// Primary: of `adopted`, connections handed over in the middle of a request (an upload,
+    /// a reply the backend has not begun) and in the middle of a reply (a streamed reply under
+    /// way, or reply bytes the client had not acknowledged).
+    #[serde(default)]
+    pub adopted_mid_request: u64,
+    #[serde(default)]
+    pub adopted_mid_reply: u64,
+    /// Primary: why hand-overs had to wait (tried again later), by reason.
+    #[serde(default)]
+    pub adoption_waits: std::collections::BTreeMap<String, u64>,
+    /// Gauge, primary with a backup: open connections the backup does not protect yet.
+    #[serde(default)]
+    pub unadopted_now: u64,
+    /// Primary: how long the latest backup took from its join until every open connection was
+    /// protected (adopted or ended), the longest such time, and how many joins got there.
+    #[serde(default)]
+    pub join_protected_last_ms: u64,
+    #[serde(default)]
+    pub join_protected_max_ms: u64,
+    #[serde(default)]
+    pub joins_protected: u64,
 }
 
 impl NodeStatus {
@@ -277,6 +298,11 @@ impl NodeStatus {
                 d.takeovers, d.connections_restored, d.connections_lost, d.lost_reasons,
                 d.frames_held_at_takeover, d.last_takeover_us, d.last_restore_per_second,
                 d.unprotected_ms, d.backups_joined, d.backup_losses, d.adopted
+            ));
+            s.push_str(&format!(
+                "  adoption: {} mid-request, {} mid-reply, {} not yet; waits {:?}; every connection protected {} ms after the last join (longest {} ms, {} joins)\n",
+                d.adopted_mid_request, d.adopted_mid_reply, d.unadopted_now, d.adoption_waits,
+                d.join_protected_last_ms, d.join_protected_max_ms, d.joins_protected
             ));
             s.push_str(&format!(
                 "  cut replies finished by range {}, not finishable {}; replies aborted after a backend failure {}; sessions retired at a step-down {} (of which lost, the new primary could not carry them on: {})\n",

@@ -29,7 +29,7 @@
 //! unmarked nor go dark while it is armed.
 
 use std::net::Ipv4Addr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::nftables::model::{key_type, SET_EVAL, SET_TIMEOUT};
 use crate::nftables::{
@@ -38,6 +38,8 @@ use crate::nftables::{
 };
 use crate::OsError;
 
+/// How long arming waits for a previous life's owner tables to be released.
+const OWNER_RELEASE_WAIT: Duration = Duration::from_secs(2);
 /// Packets of the service addresses carry this mark while the daemon lives.
 pub const LIVE_MARK: u32 = 0x5f1d;
 /// The persistent fence's table (inet and arp).
@@ -225,9 +227,33 @@ impl Fence {
         };
         let mut owner =
             NftSocket::open().map_err(nftables("opening the fence's netlink socket"))?;
-        owner
-            .apply(&arming_batch(vips), "arming the fence")
-            .map_err(nftables("arming the dead-man switch"))?;
+        // A previous life's owner tables outlive its death by tens of milliseconds (the kernel
+        // releases them after the socket, not within its close), and the kernel refuses a
+        // table of the same name owned by another socket with EPERM: a daemon restarted at
+        // once (a heal, systemd's restart) waits for them to go. One that stays owned for
+        // seconds belongs to a live process: another daemon in this namespace.
+        let started = Instant::now();
+        loop {
+            match owner.apply(&arming_batch(vips), "arming the fence") {
+                Ok(()) => break,
+                Err(e)
+                    if e.raw_os_error() == Some(libc::EPERM)
+                        && started.elapsed() < OWNER_RELEASE_WAIT =>
+                {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+                    return Err(OsError::Unexpected {
+                        what: format!(
+                            "arming the dead-man switch: the owner tables {LIVE_TABLE} are still \
+                             owned by another process after {OWNER_RELEASE_WAIT:?}: is another \
+                             steadfast daemon running in this network namespace? ({e})"
+                        ),
+                    })
+                }
+                Err(e) => return Err(nftables("arming the dead-man switch")(e)),
+            }
+        }
         let lease_socket = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
             .map_err(|e| OsError::io("binding the kernel lease's UDP socket", e))?;
         // The table was just made: its lease set is empty. (No datagram is sent yet: a node

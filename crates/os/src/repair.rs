@@ -318,7 +318,10 @@ const TCP_REPAIR_OFF_NO_WP: libc::c_int = -1;
 
 /// The exact sequence numbers of a live connection: (rcv_nxt, write_seq) — the next client
 /// byte expected and the sequence number of the next byte this socket will queue. Briefly puts
-/// the socket in repair mode (it sends nothing meanwhile) and leaves it without a probe.
+/// the socket in repair mode and leaves it without a probe. Meanwhile (a few microseconds) it
+/// sends nothing: a segment an acknowledgement would have let out in that moment is counted as
+/// sent without leaving (the send queue is the repair queue then), and the connection's loss
+/// recovery (RACK, tail loss probe) sends it again milliseconds later.
 pub fn live_sequences(stream: &impl AsRawFd) -> Result<(u32, u32), RepairError> {
     let fd = stream.as_raw_fd();
     let one: libc::c_int = 1;
@@ -357,6 +360,28 @@ pub fn live_sequences(stream: &impl AsRawFd) -> Result<(u32, u32), RepairError> 
         return Err(RepairError::on_fd("TCP_REPAIR off (live)", fd));
     }
     result
+}
+
+/// The connection's TCP timestamp clock now (`TCP_TIMESTAMP`: the value its next segment would
+/// carry), whether or not the connection uses timestamps.
+pub fn timestamp_now(stream: &impl AsRawFd) -> Result<u32, RepairError> {
+    let fd = stream.as_raw_fd();
+    let mut value: u32 = 0;
+    let mut len = size_of::<u32>() as libc::socklen_t;
+    // SAFETY: `value` has `len` writable bytes.
+    if unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_TIMESTAMP,
+            &mut value as *mut u32 as *mut libc::c_void,
+            &mut len,
+        )
+    } != 0
+    {
+        return Err(RepairError::on_fd("TCP_TIMESTAMP (read)", fd));
+    }
+    Ok(value)
 }
 
 /// Puts a live connection's socket in repair mode for good, so that closing it sends nothing

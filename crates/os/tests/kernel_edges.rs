@@ -946,3 +946,28 @@ fn mac_text(mac: [u8; 6]) -> String {
         .collect::<Vec<_>>()
         .join(":")
 }
+
+/// The fence is armed again the moment its last life ends, twenty times over. (A daemon
+/// restarted at once after its process died finds its previous life's owner tables still
+/// being released, and the kernel refuses them with EPERM until they go: arming waits. Only a
+/// process death shows that; the duplex tests' heals restart daemons that way.)
+#[test]
+fn the_fence_can_be_armed_again_the_moment_its_last_life_ends() {
+    let ns = NetnsGuard::create(&format!("sfos-{}-rearm", std::process::id())).expect("namespace");
+    let vip = Ipv4Addr::new(10, 219, 0, 100);
+    netns::spawn_in(ns.name(), move || {
+        // Held for the whole test: it takes the process's first netlink port id, so each
+        // fence's socket gets a port id of its own, as a new process's would (a socket that
+        // reused its predecessor's id would find the tables its own).
+        let _first = steadfast_os::nftables::NftSocket::open().expect("a netlink socket");
+        for round in 0..20 {
+            let fence = steadfast_os::fence::Fence::arm(&[vip])
+                .unwrap_or_else(|e| panic!("round {round}: arming: {e}"));
+            drop(fence);
+        }
+        steadfast_os::fence::disarm().expect("disarming");
+    })
+    .join()
+    .expect("namespace thread")
+    .expect("entering the namespace");
+}

@@ -74,6 +74,22 @@ impl ChunkedDecoder {
         }
     }
 
+    /// A decoder standing where [`ChunkedDecoder::data_boundary`] would report
+    /// `(remaining, crlf_owed)`; `None` for a pair it never reports.
+    pub(super) fn at_data_boundary(remaining: u64, crlf_owed: bool) -> Option<Self> {
+        let state = match (remaining, crlf_owed) {
+            (0, false) => return Some(ChunkedDecoder::new()),
+            (0, true) => ChunkState::DataCr,
+            (remaining, true) => ChunkState::Data { remaining },
+            (_, false) => return None,
+        };
+        Some(ChunkedDecoder {
+            state,
+            size_line_len: 0,
+            trailer_len: 0,
+        })
+    }
+
     pub(super) fn is_done(&self) -> bool {
         self.state == ChunkState::Done
     }

@@ -319,6 +319,25 @@ impl ResponseFramer {
         }
     }
 
+    /// A framer standing inside the body of a reply to a GET whose earlier bytes it never saw
+    /// (another node framed them), where `cut` says: it frames the rest of that reply. `None`
+    /// where no body goes on (`Elsewhere`, a length body with nothing left, or a chunk with data
+    /// left but no CRLF owed, which no framer reports).
+    pub fn inside_body(limits: FramingLimits, cut: BodyCut) -> Option<Self> {
+        let state = match cut {
+            BodyCut::Length { remaining } if remaining > 0 => ReplyState::Body { remaining },
+            BodyCut::Chunk {
+                remaining,
+                crlf_owed,
+            } => ReplyState::Chunked(ChunkedDecoder::at_data_boundary(remaining, crlf_owed)?),
+            BodyCut::Length { .. } | BodyCut::Elsewhere => return None,
+        };
+        let mut framer = ResponseFramer::new(limits);
+        framer.expect_reply("GET");
+        framer.state = state;
+        Some(framer)
+    }
+
     /// Announces the next request sent on this backend connection, by its method (`HEAD`
     /// replies have no body; a 2xx to `CONNECT` opens a tunnel). Call it in sending order,
     /// before feeding the reply's bytes.

@@ -68,7 +68,11 @@ pub enum NotResumable {
 #[derive(Debug)]
 pub struct StreamedReply {
     framer: ResponseFramer,
-    head: Option<ReplyHead>,
+    /// What the final head allows: the strong validator of a resumable reply, or why it is not
+    /// resumable. `None` until the head is whole.
+    verdict: Option<Result<EntityTag, NotResumable>>,
+    /// The body runs until the backend closes.
+    until_close: bool,
     payload: u64,
     failure: Option<NotResumable>,
 }
@@ -81,10 +85,48 @@ impl StreamedReply {
         framer.expect_reply("GET");
         StreamedReply {
             framer,
-            head: None,
+            verdict: None,
+            until_close: false,
             payload: 0,
             failure: None,
         }
+    }
+
+    /// Follows the rest of a reply whose start another node followed, from the cut point it
+    /// computed there ([`StreamedReply::cut_point`]): fed the bytes after the cut, it says at
+    /// every later point what a reply followed from its first byte would say. This is how a
+    /// backup that joins in the middle of a reply (it adopts the connection) knows where a
+    /// takeover can resume it.
+    pub fn from_cut(limits: FramingLimits, cut: &CutPoint) -> StreamedReply {
+        let body_cut = match cut.framing {
+            CutFraming::Length { remaining } => BodyCut::Length { remaining },
+            CutFraming::Chunked {
+                remaining,
+                crlf_owed,
+            } => BodyCut::Chunk {
+                remaining,
+                crlf_owed,
+            },
+        };
+        match ResponseFramer::inside_body(limits, body_cut) {
+            Some(framer) => StreamedReply {
+                framer,
+                verdict: Some(Ok(cut.validator.clone())),
+                until_close: false,
+                payload: cut.payload_sent,
+                failure: None,
+            },
+            // A body with nothing left: the reply ended, yet its last piece is still to come.
+            None => StreamedReply::unresumable(limits, NotResumable::Ended),
+        }
+    }
+
+    /// A reply that can never be resumed, whatever follows (handed over by a node that found
+    /// it so, see [`StreamedReply::from_cut`]).
+    pub fn unresumable(limits: FramingLimits, why: NotResumable) -> StreamedReply {
+        let mut reply = StreamedReply::new(limits);
+        reply.failure = Some(why);
+        reply
     }
 
     /// The next logged piece of the reply.
@@ -96,7 +138,14 @@ impl StreamedReply {
         let result = self.framer.feed(bytes, &mut events);
         for event in events {
             match event {
-                ReplyEvent::Head(head) => self.head = Some(head),
+                ReplyEvent::Head(head) => {
+                    self.until_close = head.body == ReplyBodyFraming::UntilClose;
+                    self.verdict = Some(if head.status != 200 {
+                        Err(NotResumable::Status(head.status))
+                    } else {
+                        head.resume_validator().ok_or(NotResumable::NoValidator)
+                    });
+                }
                 ReplyEvent::Body { range, .. } => self.payload += range.end - range.start,
                 ReplyEvent::End { .. } => self.failure = Some(NotResumable::Ended),
                 ReplyEvent::Interim(_)
@@ -115,11 +164,11 @@ impl StreamedReply {
         if let Some(failure) = &self.failure {
             return Err(failure.clone());
         }
-        let head = self.head.as_ref().ok_or(NotResumable::HeadIncomplete)?;
-        if head.status != 200 {
-            return Err(NotResumable::Status(head.status));
-        }
-        let validator = head.resume_validator().ok_or(NotResumable::NoValidator)?;
+        let validator = self
+            .verdict
+            .as_ref()
+            .ok_or(NotResumable::HeadIncomplete)?
+            .clone()?;
         let framing = match self.framer.body_cut() {
             BodyCut::Length { remaining } => CutFraming::Length { remaining },
             BodyCut::Chunk {
@@ -129,9 +178,7 @@ impl StreamedReply {
                 remaining,
                 crlf_owed,
             },
-            BodyCut::Elsewhere if head.body == ReplyBodyFraming::UntilClose => {
-                return Err(NotResumable::UntilClose)
-            }
+            BodyCut::Elsewhere if self.until_close => return Err(NotResumable::UntilClose),
             BodyCut::Elsewhere => return Err(NotResumable::InsideFraming),
         };
         Ok(CutPoint {

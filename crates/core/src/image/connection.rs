@@ -252,6 +252,10 @@ pub struct ConnectionImage {
     last_tsecr: Option<u32>,
     /// Reply position of the server's FIN, as the primary reported it.
     server_fin_at: Option<u64>,
+    /// Adopted with client bytes missing for good: segments that passed this backup while the
+    /// hand-over was on its way were no longer held when it arrived (see
+    /// [`ConnectionImage::mark_handover_gap`]).
+    handover_gap: bool,
     counters: ImageCounters,
 }
 
@@ -296,6 +300,7 @@ impl ConnectionImage {
             },
             last_tsecr: None,
             server_fin_at: None,
+            handover_gap: false,
             counters: ImageCounters::default(),
         }
     }
@@ -338,8 +343,42 @@ impl ConnectionImage {
             },
             last_tsecr: None,
             server_fin_at: None,
+            handover_gap: false,
             counters: ImageCounters::default(),
         }
+    }
+
+    /// An adopted image whose client had acknowledged `acked` reply bytes when the primary
+    /// handed it over (read from the primary's socket): the reply log of a connection adopted in
+    /// the middle of a reply starts there, not at the stream's start.
+    pub fn with_reply_acked(mut self, acked: u64) -> ConnectionImage {
+        self.acked_reply = self.acked_reply.max(acked);
+        self
+    }
+
+    /// An adopted image that knows the primary's timestamp clock at the hand-over: what the
+    /// client last saw is not ahead of it, so a takeover can rebuild the clock without waiting
+    /// for a client segment (PAWS).
+    pub fn with_primary_clock(mut self, tsval: u32) -> ConnectionImage {
+        let newer = self
+            .last_tsecr
+            .is_none_or(|last| serial_delta(tsval, last) > 0);
+        if newer {
+            self.last_tsecr = Some(tsval);
+        }
+        self
+    }
+
+    /// Client bytes of this adopted connection are missing for good: the primary received and
+    /// acknowledged them, and this backup no longer held them when the hand-over arrived. A
+    /// takeover cannot carry the connection on (its rebuilt socket would wait for bytes the
+    /// client never sends again).
+    pub fn mark_handover_gap(&mut self) {
+        self.handover_gap = true;
+    }
+
+    pub fn handover_gap(&self) -> bool {
+        self.handover_gap
     }
 
     pub fn tuple(&self) -> FourTuple {

@@ -3,7 +3,8 @@
 use std::collections::{HashMap, VecDeque};
 
 use super::connection::{
-    ConnectionImage, ConsumeError, ImageLimits, NegotiatedOptions, RefuseReason, SegmentReport,
+    serial_delta, ConnectionImage, ConsumeError, ImageLimits, NegotiatedOptions, RefuseReason,
+    SegmentReport,
 };
 use super::segment::{ClientSegment, FourTuple};
 use super::unadopted::UnadoptedConnection;
@@ -84,10 +85,16 @@ pub struct TableCounters {
     pub unadopted_unrecorded: u64,
 }
 
-/// Per connection, the most recent untracked segments kept for a later adoption.
+/// Per connection nobody announced for adoption, the most recent untracked segments kept.
 const RECENT_UNTRACKED_PER_CONNECTION: usize = 256 * 1024;
+/// Per connection the primary said it will hand over: what passes here between the moment it
+/// reads the connection's sequence numbers and the moment its hand-over arrives must all be
+/// replayed. The primary reads nothing more of that client until the backup has acknowledged
+/// the hand-over, so the client can send at most one receive window meanwhile (Linux's
+/// tcp_rmem allows up to 6 MiB).
+const RECENT_UNTRACKED_PER_ANNOUNCED: usize = 8 * 1024 * 1024;
 /// All connections together; beyond it the oldest connection's segments go first.
-const RECENT_UNTRACKED_TOTAL: usize = 16 * 1024 * 1024;
+const RECENT_UNTRACKED_TOTAL: usize = 64 * 1024 * 1024;
 
 /// What a kept untracked segment counts against the bounds: its payload and its header.
 fn segment_cost(payload: &[u8]) -> usize {
@@ -123,6 +130,10 @@ pub struct ConnectionTable {
     /// segment of a connection that already ended here (a late ACK after both FINs, say) must
     /// not pass for a live one.
     unadopted: HashMap<FourTuple, Option<UnadoptedConnection>>,
+    /// Per connection announced for adoption, the end (client sequence number) of the furthest
+    /// segment dropped from `recent_untracked` for room: an adoption whose image does not reach
+    /// it has lost bytes for good.
+    evicted_end: HashMap<FourTuple, u32>,
 }
 
 /// Errors of the table's per-connection operations.
@@ -219,6 +230,7 @@ impl ConnectionTable {
             // The connection is ending: nobody will adopt it.
             self.forget_untracked(&tuple);
             self.unadopted.remove(&tuple);
+            self.evicted_end.remove(&tuple);
             return;
         }
         match self.unadopted.get_mut(&tuple) {
@@ -226,6 +238,12 @@ impl ConnectionTable {
             Some(unseen) => *unseen = UnadoptedConnection::from_segment(segment, payload.len()),
             None => {}
         }
+        let announced = self.unadopted.contains_key(&tuple);
+        let limit = if announced {
+            RECENT_UNTRACKED_PER_ANNOUNCED
+        } else {
+            RECENT_UNTRACKED_PER_CONNECTION
+        };
         let cost = segment_cost(payload);
         let recent = self.recent_untracked.entry(tuple).or_insert_with(|| {
             self.recent_order.push_back(tuple);
@@ -234,18 +252,45 @@ impl ConnectionTable {
         recent.push_back((segment.clone(), payload.to_vec()));
         self.recent_bytes += cost;
         let mut held = held_bytes(recent);
-        while held > RECENT_UNTRACKED_PER_CONNECTION {
-            let Some((_, dropped)) = recent.pop_front() else {
+        let mut evicted = Vec::new();
+        while held > limit {
+            let Some(dropped) = recent.pop_front() else {
                 break;
             };
-            held -= segment_cost(&dropped);
-            self.recent_bytes -= segment_cost(&dropped);
+            held -= segment_cost(&dropped.1);
+            self.recent_bytes -= segment_cost(&dropped.1);
+            evicted.push(dropped);
+        }
+        for (segment, payload) in evicted {
+            self.note_evicted(&segment, payload.len());
         }
         while self.recent_bytes > RECENT_UNTRACKED_TOTAL {
             let Some(oldest) = self.recent_order.front().copied() else {
                 break;
             };
+            if let Some(recent) = self.recent_untracked.get(&oldest) {
+                let dropped: Vec<_> = recent
+                    .iter()
+                    .map(|(segment, payload)| (segment.clone(), payload.len()))
+                    .collect();
+                for (segment, len) in dropped {
+                    self.note_evicted(&segment, len);
+                }
+            }
             self.forget_untracked(&oldest);
+        }
+    }
+
+    /// A kept segment of `segment.tuple` was dropped for room: remembered, for a connection
+    /// announced for adoption, so that its adoption can tell whether it now lacks bytes.
+    fn note_evicted(&mut self, segment: &ClientSegment, payload_len: usize) {
+        if payload_len == 0 || !self.unadopted.contains_key(&segment.tuple) {
+            return;
+        }
+        let end = segment.seq.wrapping_add(payload_len as u32);
+        let furthest = self.evicted_end.entry(segment.tuple).or_insert(end);
+        if serial_delta(end, *furthest) > 0 {
+            *furthest = end;
         }
     }
 
@@ -352,11 +397,14 @@ impl ConnectionTable {
     /// and gives it the untracked segments of that connection that passed through here
     /// recently: those the primary had not yet received when it described the connection
     /// complete the image, the others are duplicates it ignores. Returns how many segments it
-    /// was given.
+    /// was given. If bytes that passed here were dropped for room before the hand-over came and
+    /// the image does not reach past them, the image is marked: the client will not send them
+    /// again (the primary acknowledged them), so a takeover must not carry it on.
     pub fn adopt(&mut self, mut image: ConnectionImage) -> usize {
         let tuple = image.tuple();
         let mut replayed = 0;
         self.unadopted.remove(&tuple);
+        let evicted_end = self.evicted_end.remove(&tuple);
         if let Some(recent) = self.recent_untracked.remove(&tuple) {
             self.recent_bytes -= held_bytes(&recent);
             self.recent_order.retain(|t| *t != tuple);
@@ -368,6 +416,9 @@ impl ConnectionTable {
                 }
             }
         }
+        if evicted_end.is_some_and(|end| serial_delta(end, image.rcv_nxt()) > 0) {
+            image.mark_handover_gap();
+        }
         self.images.insert(tuple, image);
         replayed
     }
@@ -376,6 +427,7 @@ impl ConnectionTable {
     pub fn remove(&mut self, tuple: &FourTuple) -> Option<ConnectionImage> {
         self.forget_untracked(tuple);
         self.unadopted.remove(tuple);
+        self.evicted_end.remove(tuple);
         self.images.remove(tuple)
     }
 

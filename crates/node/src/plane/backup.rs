@@ -16,10 +16,10 @@ use steadfast_core::image::{
     parse_client_frame, tcp_checksum_fixup, AckProbe, ConnectionImage, ConnectionTable, FourTuple,
     TableLimits, TcpOptions, Tracking, ETHERNET_HEADER_LEN,
 };
-use steadfast_core::replica::ReplicaLog;
+use steadfast_core::replica::{AdoptedConnection, ReplicaLog};
 use steadfast_core::replication::{
-    self, handshake_proof, verify_proof, ConnectionOptions, FrameReader, ReplicationFrame,
-    NONCE_LEN,
+    self, handshake_proof, verify_proof, AdoptedStream, ConnectionOptions, FrameReader,
+    ReplicationFrame, NONCE_LEN,
 };
 use steadfast_core::NodeId;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -52,7 +52,21 @@ pub struct BackupState {
     /// this one was superseded (a takeover froze the logs, or the primary connected anew) and
     /// must not acknowledge anything more: its primary would send replies nobody holds.
     pub stream: u64,
+    /// The bytes of hand-overs under way, until their `Adopt` frame arrives.
+    pub adopting: HashMap<FourTuple, StagedAdoption>,
+    adopting_bytes: usize,
 }
+
+/// Bytes of a connection the primary is handing over, by stream.
+#[derive(Debug, Default)]
+pub struct StagedAdoption {
+    request: Vec<u8>,
+    reply: Vec<u8>,
+}
+
+/// What the primary may stage for hand-overs at once: it sends at most 64 MiB of unanswered
+/// request and a few reply pieces per connection, connection after connection.
+const MAX_STAGED_ADOPTION_BYTES: usize = 512 * 1024 * 1024;
 
 impl BackupState {
     fn fresh(primary_mac: Option<[u8; 6]>) -> BackupState {
@@ -64,7 +78,16 @@ impl BackupState {
             announced: false,
             template: None,
             stream: 0,
+            adopting: HashMap::new(),
+            adopting_bytes: 0,
         }
+    }
+
+    /// Drops what was staged for a hand-over of `tuple`.
+    fn unstage(&mut self, tuple: &FourTuple) -> Option<StagedAdoption> {
+        let staged = self.adopting.remove(tuple)?;
+        self.adopting_bytes -= staged.request.len() + staged.reply.len();
+        Some(staged)
     }
 }
 
@@ -595,12 +618,36 @@ impl BackupParts {
                     table.remove(&tuple);
                 }
                 state.last_seen.remove(&tuple);
+                state.unstage(&tuple);
                 self.shared
                     .protected_connections
                     .store(state.replica.len() as u64, Ordering::Relaxed);
                 None
             }
+            ReplicationFrame::AdoptBytes {
+                tuple,
+                stream,
+                bytes,
+            } => {
+                if state.adopting_bytes + bytes.len() > MAX_STAGED_ADOPTION_BYTES {
+                    // The hand-over will find its bytes short and be refused: the connection
+                    // stays unadopted (reset at a takeover), nothing else is disturbed.
+                    counters
+                        .replication_frames_refused
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!("{tuple}: hand-over bytes beyond what this backup stages");
+                    return Ok(None);
+                }
+                state.adopting_bytes += bytes.len();
+                let staged = state.adopting.entry(tuple).or_default();
+                match stream {
+                    AdoptedStream::Request => staged.request.extend_from_slice(&bytes),
+                    AdoptedStream::Reply => staged.reply.extend_from_slice(&bytes),
+                }
+                None
+            }
             ReplicationFrame::Adopt {
+                seq,
                 tuple,
                 client_isn,
                 server_isn,
@@ -608,18 +655,42 @@ impl BackupParts {
                 client_mss,
                 next_request,
                 request_offset,
+                request_len,
+                reply_acked,
                 reply_offset,
-                pending,
+                timestamp,
+                reply_in_progress,
             } => {
+                let staged = state.unstage(&tuple).unwrap_or_default();
+                if staged.request.len() as u64 != request_len
+                    || reply_acked.checked_add(staged.reply.len() as u64) != Some(reply_offset)
+                {
+                    counters
+                        .replication_frames_refused
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        "{tuple}: hand-over refused: {} request and {} reply bytes came, it \
+                         names {request_len} and {}",
+                        staged.request.len(),
+                        staged.reply.len(),
+                        reply_offset.saturating_sub(reply_acked)
+                    );
+                    // Acknowledged all the same, like a refused reply piece: the connection is
+                    // lost at a takeover instead of the primary stalling.
+                    return Ok(Some(seq));
+                }
                 state.template = Some(options);
-                state.replica.adopt(
+                let in_reply = reply_in_progress.is_some();
+                state.replica.adopt(AdoptedConnection {
                     tuple,
                     client_isn,
                     options,
                     next_request,
                     request_offset,
-                    reply_offset,
-                );
+                    reply_acked,
+                    unacked_reply: staged.reply,
+                    reply_in_progress,
+                });
                 if let Some(table) = state.table.as_mut() {
                     let syn_options = TcpOptions {
                         mss: Some(client_mss),
@@ -628,18 +699,34 @@ impl BackupParts {
                         timestamps: None,
                     };
                     let negotiated = options.negotiated();
-                    let replayed = table.adopt(ConnectionImage::adopted(
+                    let mut image = ConnectionImage::adopted(
                         tuple,
                         client_isn,
                         syn_options,
                         server_isn,
                         request_offset,
-                        &pending,
+                        &staged.request,
                         negotiated,
                         table.limits().image,
-                    ));
+                    )
+                    .with_reply_acked(reply_acked);
+                    if let Some(tsval) = timestamp.filter(|_| options.timestamps) {
+                        image = image.with_primary_clock(tsval);
+                    }
+                    let replayed = table.adopt(image);
+                    let gap = table.get(&tuple).is_some_and(|image| image.handover_gap());
+                    if gap {
+                        tracing::warn!(
+                            "{tuple}: adopted with client bytes missing (more passed before the \
+                             hand-over than this backup keeps): a takeover will reset it"
+                        );
+                    }
                     tracing::debug!(
-                        "{tuple}: adopted; {replayed} segments that passed before the hand-over replayed"
+                        "{tuple}: adopted ({} request bytes unanswered, reply log from {reply_acked} \
+                         to {reply_offset}{}); {replayed} segments that passed before the \
+                         hand-over replayed",
+                        request_len,
+                        if in_reply { ", a streamed reply under way" } else { "" }
                     );
                 }
                 state.last_seen.insert(tuple, Instant::now());
@@ -647,7 +734,7 @@ impl BackupParts {
                 self.shared
                     .protected_connections
                     .store(state.replica.len() as u64, Ordering::Relaxed);
-                None
+                Some(seq)
             }
             ReplicationFrame::Unadopted { tuples } => {
                 if let Some(table) = state.table.as_mut() {

@@ -54,6 +54,9 @@ pub struct SessionCensus {
     /// thread, which a session thread preempted while holding the lock would stall past its
     /// lease (priority inversion).
     carries_unprotected: AtomicBool,
+    /// The same flag for tasks that wait for it to change (the primary measures how long a
+    /// joined backup takes to protect every connection).
+    unprotected_changes: watch::Sender<bool>,
 }
 
 impl Default for SessionCensus {
@@ -62,6 +65,7 @@ impl Default for SessionCensus {
             sessions: Mutex::default(),
             retirements: watch::Sender::new(0),
             carries_unprotected: AtomicBool::new(false),
+            unprotected_changes: watch::Sender::new(false),
         }
     }
 }
@@ -73,7 +77,23 @@ impl SessionCensus {
         let result = change(&mut sessions);
         let carries = sessions.unprotected(sessions.current) > 0;
         self.carries_unprotected.store(carries, Ordering::Relaxed);
+        self.unprotected_changes.send_if_modified(|was| {
+            let changed = *was != carries;
+            *was = carries;
+            changed
+        });
         result
+    }
+
+    /// Follows [`Self::carries_unprotected`].
+    pub fn watch_unprotected(&self) -> watch::Receiver<bool> {
+        self.unprotected_changes.subscribe()
+    }
+
+    /// Open sessions the current link does not protect (status).
+    pub fn unprotected_count(&self) -> u64 {
+        let sessions = self.sessions.lock().expect("census lock");
+        sessions.unprotected(sessions.current)
     }
 
     /// The backup link now protecting new sessions changed (0: none).

@@ -5,6 +5,7 @@
 
 use std::sync::Mutex;
 
+use steadfast_core::http::{CutPoint, NotResumable};
 use steadfast_core::image::FourTuple;
 use steadfast_core::replica::ReplicaLog;
 use steadfast_core::replication::ConnectionOptions;
@@ -50,6 +51,12 @@ pub struct AckWaiter {
 impl AckWaiter {
     /// True when the backup holds the piece, false when the backup was lost first.
     pub async fn wait(mut self) -> bool {
+        self.held().await
+    }
+
+    /// Like [`AckWaiter::wait`], without giving the waiter up (it can be waited on in a loop
+    /// that does other things meanwhile).
+    pub async fn held(&mut self) -> bool {
         let seq = self.seq;
         match self
             .acks
@@ -62,7 +69,9 @@ impl AckWaiter {
     }
 }
 
-/// What the backup needs to start protecting a connection it never saw open.
+/// What the backup needs to start protecting a connection it never saw open, wherever the
+/// connection stands: between requests, in the middle of a request (an upload) or of a reply
+/// (a download).
 #[derive(Debug, Clone)]
 pub struct Adoption {
     pub tuple: FourTuple,
@@ -70,10 +79,22 @@ pub struct Adoption {
     pub server_isn: u32,
     pub options: ConnectionOptions,
     pub client_mss: u16,
+    /// The first request no complete reply answers, and the client offset where it starts.
     pub next_request: u64,
     pub request_offset: u64,
-    pub reply_offset: u64,
+    /// The client bytes from `request_offset` on, all the primary has received: a takeover
+    /// sends those requests to its backend again, with their ids.
     pub pending: Vec<u8>,
+    /// The first reply byte the client had not acknowledged (read from the socket), and the
+    /// reply bytes from there on that the primary sent or is sending unlogged: the backup's
+    /// log starts with them, and the next logged piece follows.
+    pub reply_acked: u64,
+    pub unacked_reply: Vec<u8>,
+    /// The primary's TCP timestamp clock for the connection, when it uses timestamps.
+    pub timestamp: Option<u32>,
+    /// The reply to `next_request` is being streamed: where a takeover would resume it from
+    /// the log's end, or why it could not.
+    pub reply_in_progress: Option<Result<CutPoint, NotResumable>>,
 }
 
 /// A place replies are logged before they are sent.
@@ -88,10 +109,20 @@ pub trait ReplyGate: Send + Sync {
     fn adoption_generation(&self) -> u64 {
         self.generation()
     }
-    /// Hands an established, unprotected connection to the backup; true when it is protected
-    /// from now on.
-    fn adopt(&self, _adoption: Adoption) -> bool {
+    /// Whether connections can be handed to a backup that joins after they opened: a session
+    /// then keeps the reply bytes it sends unlogged until its client acknowledges them.
+    fn adopts(&self) -> bool {
         false
+    }
+    /// Hands an established, unprotected connection to the backup: `Some` when it is protected
+    /// from now on, with a waiter that resolves once the backup holds it.
+    fn adopt(&self, _adoption: Adoption) -> Option<AckWaiter> {
+        None
+    }
+    /// Changes whenever [`adoption_generation`](Self::adoption_generation) does: sessions
+    /// that a new backup could adopt are woken by it. `None` where nothing is ever adopted.
+    fn adoption_notice(&self) -> Option<watch::Receiver<u64>> {
+        None
     }
     /// A connection was accepted and is protected from now on. Returns false when it is not
     /// (no backup): its pieces are then not logged at all.

@@ -121,6 +121,11 @@ pub struct PlaneCounters {
     pub guard_dropped: AtomicU64,
     /// Primary: client frames that came straight to it, bounced to the backup to be logged.
     pub guard_bounced: AtomicU64,
+    /// Primary: how long the latest backup took from its join until every open connection
+    /// was protected (adopted or ended), the longest such time, and how many joins got there.
+    pub join_protected_last_ms: AtomicU64,
+    pub join_protected_max_ms: AtomicU64,
+    pub joins_protected: AtomicU64,
 }
 
 /// Shared by the plane's tasks and read by the daemon for `status`.
@@ -140,6 +145,28 @@ pub struct PlaneShared {
 }
 
 impl PlaneShared {
+    /// The adoption figures of the status (hand-overs to a backup that joined after the
+    /// connections opened, and how long a join takes to protect them all).
+    pub fn fill_adoption_status(&self, status: &mut crate::status::DataPlaneStatus) {
+        let c = &self.counters;
+        status.join_protected_last_ms = c.join_protected_last_ms.load(Ordering::Relaxed);
+        status.join_protected_max_ms = c.join_protected_max_ms.load(Ordering::Relaxed);
+        status.joins_protected = c.joins_protected.load(Ordering::Relaxed);
+        if let Some(proxy) = self.proxy.get() {
+            let p = &proxy.counters;
+            status.adopted_mid_request = p.adopted_mid_request.load(Ordering::Relaxed);
+            status.adopted_mid_reply = p.adopted_mid_reply.load(Ordering::Relaxed);
+            status.adoption_waits = p
+                .adoption_waits
+                .lock()
+                .map(|m| m.clone())
+                .unwrap_or_default();
+            if proxy.gate.generation() != 0 {
+                status.unadopted_now = proxy.census.unprotected_count();
+            }
+        }
+    }
+
     pub fn count_reason(map: &Mutex<BTreeMap<String, u64>>, label: &str) {
         *map.lock()
             .expect("reason map lock")

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use steadfast_core::http::FramingLimits;
 use steadfast_core::image::FourTuple;
-use steadfast_core::replication::{self, ConnectionOptions, FrameReader, ReplicationFrame};
+use steadfast_core::replication::{
+    self, AdoptedStream, ConnectionOptions, FrameReader, ReplicationFrame,
+};
 use steadfast_core::NodeId;
 use steadfast_os::ingress_guard::{GuardError, GuardState};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -38,9 +40,19 @@ struct Link {
 
 /// The gate of a duplex primary: with a backup, pieces go to it and the client waits for the
 /// acknowledgement; without one, connections are not protected.
-#[derive(Default)]
 pub struct ReplicatedGate {
     link: Mutex<Option<Link>>,
+    /// The adoption generation, for the sessions to watch (see `ReplyGate::adoption_notice`).
+    adoption: watch::Sender<u64>,
+}
+
+impl Default for ReplicatedGate {
+    fn default() -> Self {
+        ReplicatedGate {
+            link: Mutex::new(None),
+            adoption: watch::Sender::new(0),
+        }
+    }
 }
 
 impl ReplicatedGate {
@@ -48,15 +60,23 @@ impl ReplicatedGate {
         *self.link.lock().expect("gate lock") = Some(link);
     }
 
-    /// The guard filters now: established connections can be adopted.
+    /// The guard filters now: established connections can be adopted, and their sessions are
+    /// told so at once.
     fn mark_guarded(&self) {
-        if let Some(link) = self.link.lock().expect("gate lock").as_mut() {
+        let generation = {
+            let mut guard = self.link.lock().expect("gate lock");
+            let Some(link) = guard.as_mut() else {
+                return;
+            };
             link.guarded = true;
-        }
+            link.generation
+        };
+        self.adoption.send_replace(generation);
     }
 
     fn detach(&self) {
         *self.link.lock().expect("gate lock") = None;
+        self.adoption.send_replace(0);
     }
 
     /// Queues a frame to the backup; false when there is no link.
@@ -114,8 +134,52 @@ impl ReplyGate for ReplicatedGate {
             .map_or(0, |link| link.generation)
     }
 
-    fn adopt(&self, a: super::gate::Adoption) -> bool {
-        self.send(&ReplicationFrame::Adopt {
+    fn adopts(&self) -> bool {
+        true
+    }
+
+    fn adoption_notice(&self) -> Option<watch::Receiver<u64>> {
+        Some(self.adoption.subscribe())
+    }
+
+    /// The connection's bytes go first, as frames of at most a reply piece (encoded outside the
+    /// gate lock: an upload handed over may be tens of megabytes), then the numbered hand-over
+    /// that makes the backup take them.
+    fn adopt(&self, a: super::gate::Adoption) -> Option<AckWaiter> {
+        let (epoch, generation) = {
+            let guard = self.link.lock().expect("gate lock");
+            let link = guard.as_ref()?;
+            (link.epoch, link.generation)
+        };
+        let mut encoded = Vec::new();
+        for (stream, bytes) in [
+            (AdoptedStream::Request, &a.pending),
+            (AdoptedStream::Reply, &a.unacked_reply),
+        ] {
+            for chunk in bytes.chunks(replication::MAX_PIECE_BYTES) {
+                let mut out = Vec::with_capacity(chunk.len() + 64);
+                replication::encode(
+                    &ReplicationFrame::AdoptBytes {
+                        tuple: a.tuple,
+                        stream,
+                        bytes: chunk.to_vec(),
+                    },
+                    epoch,
+                    &mut out,
+                );
+                encoded.push(out);
+            }
+        }
+        let mut guard = self.link.lock().expect("gate lock");
+        let link = guard
+            .as_mut()
+            .filter(|link| link.generation == generation)?;
+        for frame in encoded {
+            link.frames.send(frame).ok()?;
+        }
+        let seq = link.next_seq + 1;
+        let queued = link.queue(&ReplicationFrame::Adopt {
+            seq,
             tuple: a.tuple,
             client_isn: a.client_isn,
             server_isn: a.server_isn,
@@ -123,8 +187,19 @@ impl ReplyGate for ReplicatedGate {
             client_mss: a.client_mss,
             next_request: a.next_request,
             request_offset: a.request_offset,
-            reply_offset: a.reply_offset,
-            pending: a.pending,
+            request_len: a.pending.len() as u64,
+            reply_acked: a.reply_acked,
+            reply_offset: a.reply_acked + a.unacked_reply.len() as u64,
+            timestamp: a.timestamp,
+            reply_in_progress: a.reply_in_progress,
+        });
+        if !queued {
+            return None;
+        }
+        link.next_seq = seq;
+        Some(AckWaiter {
+            seq,
+            acks: link.acks.clone(),
         })
     }
 
@@ -211,6 +286,9 @@ pub struct Duplex {
     protected_at_step_down: Option<(NodeId, u64)>,
     unprotected_since: Option<Instant>,
     guard_read_at: Option<Instant>,
+    /// When the current backup joined and how many open sessions it had to adopt, until it
+    /// protects every open connection (the join-to-protected figure).
+    join_started: Option<(Instant, usize)>,
 }
 
 impl Duplex {
@@ -291,6 +369,7 @@ impl Duplex {
             protected_at_step_down: None,
             unprotected_since: None,
             guard_read_at: None,
+            join_started: None,
         })
     }
 
@@ -305,6 +384,7 @@ impl Duplex {
     ) -> anyhow::Result<()> {
         let (link_tx, mut link_rx) = mpsc::unbounded_channel::<LinkEvent>();
         let mut current = PlaneRole::Idle;
+        let mut unprotected = self.proxy.census.watch_unprotected();
         // Leftovers of a previous life: this node starts owning nothing.
         self.place_vip(false, false).await;
         loop {
@@ -320,6 +400,7 @@ impl Duplex {
                     }
                 }
                 Some(event) = link_rx.recv() => self.on_link_event(event, current).await,
+                Ok(()) = unprotected.changed() => self.note_protection(),
                 Some(reply) = hand_over_rx.recv() => {
                     let handed = self.hand_over(current).await;
                     let _ = reply.send(handed);
@@ -590,6 +671,7 @@ impl Duplex {
                 // answering ARP for it). So a connection the backup has logged from its SYN is
                 // one the primary protects from its first byte (see
                 // `ReplicaLog::plan_unreported`).
+                let joined_at = Instant::now();
                 self.gate.attach(link);
                 self.proxy.census.link_changed(generation);
                 // Sessions opened before now are not protected: the backup is told which, so a
@@ -601,6 +683,7 @@ impl Duplex {
                         tuples: tuples.to_vec(),
                     });
                 }
+                self.join_started = Some((joined_at, unadopted.len()));
                 // This node's own burst (it served unprotected until now) ends before the
                 // backup's begins: the clients must hear the backup last.
                 self.garp.cancel();
@@ -623,9 +706,12 @@ impl Duplex {
                     .backups_joined
                     .fetch_add(1, Ordering::Relaxed);
                 tracing::info!(
-                    "backup {} joined: new connections are protected from now on",
-                    peer.id
+                    "backup {} joined: new connections are protected from now on, the {} open \
+                     ones once it adopts them",
+                    peer.id,
+                    self.join_started.map_or(0, |(_, n)| n)
                 );
+                self.note_protection();
             }
             LinkEvent::Lost { generation, why } => {
                 if generation != self.link_generation {
@@ -647,6 +733,27 @@ impl Duplex {
         }
     }
 
+    /// Once the backup that joined last protects every open connection: how long that took
+    /// (from the moment it joined), logged and kept for the status.
+    fn note_protection(&mut self) {
+        if self.protected_by.is_none() || self.proxy.census.carries_unprotected() {
+            return;
+        }
+        let Some((joined_at, to_adopt)) = self.join_started.take() else {
+            return;
+        };
+        let took = joined_at.elapsed();
+        let ms = took.as_millis() as u64;
+        let c = &self.shared.counters;
+        c.join_protected_last_ms.store(ms, Ordering::Relaxed);
+        c.join_protected_max_ms.fetch_max(ms, Ordering::Relaxed);
+        c.joins_protected.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            "every open connection is protected {took:?} after the backup joined ({to_adopt} \
+             opened before it were adopted or ended)"
+        );
+    }
+
     /// Stops waiting for the backup: every waiting reply goes out, nothing more is logged.
     async fn drop_link(&mut self, why: &str) {
         self.detach_link();
@@ -659,6 +766,7 @@ impl Duplex {
     }
 
     fn detach_link(&mut self) {
+        self.join_started = None;
         self.gate.detach();
         self.proxy.census.link_changed(0);
         self.link_generation += 1;

@@ -7,24 +7,26 @@
 //! backend that closes after a reply never loses a pipelined request sent behind it; pipelined
 //! requests simply wait, framed, in the session.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use steadfast_core::http::{
-    CutPoint, FramingLimits, ReplyContinuation, ReplyEvent, RequestEvent, RequestFramer,
-    RequestHead, RequestId, ResponseFramer,
+    CutPoint, FramingError, FramingLimits, ReplyContinuation, ReplyEvent, RequestEvent,
+    RequestFramer, RequestHead, RequestId, ResponseFramer, StreamedReply,
 };
-use steadfast_core::image::FourTuple;
+use steadfast_core::image::{FourTuple, HandoverStep, HandoverWait, SessionStreams, SocketStreams};
 use steadfast_core::replication::{ConnectionOptions, MAX_PIECE_BYTES};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 
 use super::census::{CensusEntry, SessionCensus};
-use super::gate::{Adoption, Piece, PieceKind, ReplyGate};
+use super::gate::{AckWaiter, Adoption, Piece, PieceKind, ReplyGate};
 
 /// Client bytes a session holds (framed, not yet forwarded) before it stops reading.
 const MAX_HELD_REQUEST_BYTES: usize = 4 * 1024 * 1024;
@@ -33,8 +35,13 @@ const MAX_HELD_REQUEST_BYTES: usize = 4 * 1024 * 1024;
 const POOL_IDLE_LIMIT: Duration = Duration::from_secs(2);
 const POOL_MAX_IDLE: usize = 256;
 const READ_CHUNK: usize = 64 * 1024;
-/// An unprotected connection is offered to a newly joined backup at up to this many requests.
-const MAX_ADOPTION_TRIES: u32 = 8;
+/// Client bytes of unanswered requests a session keeps for a backup that may adopt the
+/// connection (an upload in flight): as many as the backup's image of a connection holds.
+const MAX_UNANSWERED_REQUEST_BYTES: usize = 64 * 1024 * 1024;
+/// An adoption that has to wait is tried again after this, then after twice as long, up to
+/// [`ADOPTION_RETRY_MAX`].
+const ADOPTION_RETRY_FIRST: Duration = Duration::from_millis(5);
+const ADOPTION_RETRY_MAX: Duration = Duration::from_millis(200);
 
 /// Counters of the proxy (status output).
 #[derive(Debug, Default)]
@@ -51,9 +58,16 @@ pub struct ProxyCounters {
     pub replies_fenced: AtomicU64,
     pub early_replies: AtomicU64,
     pub tunnels_refused: AtomicU64,
-    /// Unprotected connections handed to a backup that joined after they opened.
+    /// Unprotected connections handed to a backup that joined after they opened; of them,
+    /// those in the middle of a reply (a streamed reply under way, or reply bytes the client
+    /// had not acknowledged) and the others in the middle of a request (an upload, a reply the
+    /// backend has not begun).
     pub adopted: AtomicU64,
+    pub adopted_mid_request: AtomicU64,
+    pub adopted_mid_reply: AtomicU64,
+    /// Adoptions that had to wait (tried again later), and why, by label.
     pub adoptions_skipped: AtomicU64,
+    pub adoption_waits: Mutex<BTreeMap<String, u64>>,
     /// Replies cut by a takeover and finished by a range request.
     pub replies_resumed: AtomicU64,
     /// Cut replies the backend would not finish: the client connection was reset.
@@ -218,6 +232,9 @@ pub async fn serve(ctx: Arc<ProxyContext>, client: TcpStream, start: SessionStar
             .fetch_add(1, Ordering::Relaxed);
     }
     let _ = client.set_nodelay(true);
+    // The logged reply bytes the client lacks go out first; the socket's send sequence starts
+    // where the client acknowledged.
+    let unacked_from = start.reply_offset - start.unacked_reply.len() as u64;
     let mut session = Session {
         ctx: ctx.clone(),
         client,
@@ -226,8 +243,9 @@ pub async fn serve(ctx: Arc<ProxyContext>, client: TcpStream, start: SessionStar
         client_isn: start.client_isn,
         options: start.options,
         client_mss: start.client_mss,
-        adoption_tries: 0,
-        adoption_generation: 0,
+        adoption: AdoptionTrigger::new(ctx.gate.adoption_notice()),
+        adoption_ack: None,
+        retains: ctx.gate.adopts(),
         protection: ctx.census.enter(start.tuple, start.protected_by),
         framer: RequestFramer::starting_at(ctx.limits, start.request_offset, start.request_index),
         pending: VecDeque::new(),
@@ -236,6 +254,18 @@ pub async fn serve(ctx: Arc<ProxyContext>, client: TcpStream, start: SessionStar
         in_flight: None,
         backend: None,
         reply_offset: start.reply_offset,
+        answered_index: start.request_index,
+        answered_offset: start.request_offset,
+        kept_request: Some(Vec::new()),
+        kept_request_base: start.request_offset,
+        retained: VecDeque::new(),
+        retained_from: unacked_from,
+        sent_offset: unacked_from,
+        client_reply: start
+            .cut_reply
+            .as_ref()
+            .map(|cut| StreamedReply::from_cut(ctx.limits, cut)),
+        framing_error: None,
         client_done: false,
         close_after_reply: false,
         trace_first_reply: start.reply_offset > 0 || start.request_offset > 0,
@@ -285,8 +315,14 @@ struct Session {
     client_isn: u32,
     options: ConnectionOptions,
     client_mss: u16,
-    adoption_tries: u32,
-    adoption_generation: u64,
+    /// When to offer the connection to a backup that joined after it opened.
+    adoption: AdoptionTrigger,
+    /// The backup's acknowledgement of the latest hand-over: until it comes no client byte is
+    /// read, so that what passes the backup meanwhile stays within one receive window (the
+    /// backup keeps that much to replay into the adopted image).
+    adoption_ack: Option<AckWaiter>,
+    /// The gate can hand connections over: unlogged reply bytes are kept until acknowledged.
+    retains: bool,
     /// The gate generation that protects this connection (0: none), counted in the census.
     protection: CensusEntry,
     framer: RequestFramer,
@@ -298,6 +334,26 @@ struct Session {
     backend: Option<Backend>,
     /// Client-facing reply stream offset of the next reply byte.
     reply_offset: u64,
+    /// The first request no complete reply answers, and the client offset where it starts.
+    answered_index: u64,
+    answered_offset: u64,
+    /// Client bytes from `kept_request_base` to `held_base`: forwarded, their requests not yet
+    /// answered (a backup adopting the connection needs them: a takeover sends them again).
+    /// `None` once an upload outgrew [`MAX_UNANSWERED_REQUEST_BYTES`].
+    kept_request: Option<Vec<u8>>,
+    kept_request_base: u64,
+    /// Reply bytes sent that the client may not have acknowledged yet, in the pieces they were
+    /// sent in, from `retained_from` on (a backup adopting the connection starts its log with
+    /// those the client lacks). While a piece is being written, they end where it starts.
+    retained: VecDeque<Vec<u8>>,
+    retained_from: u64,
+    /// Reply bytes handed to the kernel: behind `reply_offset` while a piece is being written.
+    sent_offset: u64,
+    /// Follows the reply being streamed in parts, so a backup that adopts the connection in its
+    /// middle knows where a takeover would resume it.
+    client_reply: Option<StreamedReply>,
+    /// A framing error in client bytes read during a hand-over, answered by the main loop.
+    framing_error: Option<FramingError>,
     client_done: bool,
     /// The last request asked to close (or the stream cannot carry another request).
     close_after_reply: bool,
@@ -325,18 +381,16 @@ impl Session {
                 pending_request.len()
             );
         }
+        // Framed before anything is written: the socket counts these bytes as received, and a
+        // backup may adopt the connection while the reply bytes go out.
+        self.frame_client_bytes(&pending_request);
         if !unacked_reply.is_empty() {
-            self.client
-                .write_all(&unacked_reply)
-                .await
-                .map_err(|e| SessionEnd::Client(self.tuple, e))?;
-        }
-        if !pending_request.is_empty() {
-            self.take_client_bytes(&pending_request).await?;
+            self.write_reply_bytes(unacked_reply).await?;
         }
         let mut client_buf = vec![0u8; READ_CHUNK];
         let mut backend_buf = vec![0u8; READ_CHUNK];
         loop {
+            self.answer_framing_error().await?;
             self.forward_requests().await?;
             if self.in_flight.is_none()
                 && self.pending.is_empty()
@@ -347,9 +401,10 @@ impl Session {
             }
             let read_client = !self.client_done
                 && !self.close_after_reply
-                && self.held.len() < MAX_HELD_REQUEST_BYTES;
+                && self.held.len() < MAX_HELD_REQUEST_BYTES
+                && self.adoption_ack.is_none();
             let read_backend = self.in_flight.is_some() && self.backend.is_some();
-            if !read_client && !read_backend {
+            if !read_client && !read_backend && self.adoption_ack.is_none() {
                 // Waiting on nothing: the request cannot progress (a refused tunnel, say).
                 return Err(SessionEnd::Protocol(
                     self.tuple,
@@ -360,13 +415,7 @@ impl Session {
                 read = self.client.read(&mut client_buf), if read_client => {
                     let n = read.map_err(|e| SessionEnd::Client(self.tuple, e))?;
                     if n == 0 {
-                        self.client_done = true;
-                        let mut events = Vec::new();
-                        if let Err(e) = self.framer.finish(&mut events) {
-                            // A request cut short by the client's close: nobody waits for it.
-                            tracing::debug!("{}: {e}", self.tuple);
-                        }
-                        self.pending.extend(events);
+                        self.client_closed();
                     } else {
                         self.take_client_bytes(&client_buf[..n]).await?;
                     }
@@ -375,127 +424,344 @@ impl Session {
                     let n = read.map_err(|e| SessionEnd::Backend(self.tuple, e))?;
                     self.take_backend_bytes(&backend_buf[..n]).await?;
                 }
+                () = self.adoption.due() => self.try_adoption(None),
+                held = wait_for_ack(self.adoption_ack.as_mut()) => {
+                    self.adoption_ack = None;
+                    if !held {
+                        tracing::debug!("{}: the backup was lost before it held the hand-over", self.tuple);
+                    }
+                }
+                () = tokio::time::sleep(RETAINED_TRIM_INTERVAL), if !self.retained.is_empty() => {
+                    self.trim_retained();
+                }
             }
         }
+    }
+
+    /// The client closed its side: a request cut short by it is dropped (nobody waits for it).
+    fn client_closed(&mut self) {
+        self.client_done = true;
+        let mut events = Vec::new();
+        if let Err(e) = self.framer.finish(&mut events) {
+            tracing::debug!("{}: {e}", self.tuple);
+        }
+        self.pending.extend(events);
     }
 
     /// Frames client bytes; a framing error answers 400 when no part of the bad request has
     /// reached the backend, and ends the session.
     async fn take_client_bytes(&mut self, bytes: &[u8]) -> Result<(), SessionEnd> {
-        let generation = self.ctx.gate.adoption_generation();
-        if generation != 0
-            && generation != self.protection.generation()
-            && self.in_flight.is_none()
-            && self.pending.is_empty()
-        {
-            if self.adoption_generation != generation {
-                self.adoption_generation = generation;
-                self.adoption_tries = 0;
-            }
-            if self.adoption_tries < MAX_ADOPTION_TRIES {
-                self.try_adoption(bytes, generation);
-            }
+        self.frame_client_bytes(bytes);
+        self.answer_framing_error().await
+    }
+
+    fn frame_client_bytes(&mut self, bytes: &[u8]) {
+        if self.framing_error.is_some() {
+            // The stream has no boundary after the error: nothing more is framed.
+            return;
         }
         self.held.extend_from_slice(bytes);
         let mut events = Vec::new();
         let result = self.framer.feed(bytes, &mut events);
         self.pending.extend(events);
         if let Err(error) = result {
-            self.ctx
-                .counters
-                .bad_requests
-                .fetch_add(1, Ordering::Relaxed);
-            // Earlier complete requests still get their replies first.
-            self.forward_requests().await?;
-            while self
-                .in_flight
-                .as_ref()
-                .is_some_and(|flight| flight.index < error.index)
-            {
-                self.finish_in_flight().await?;
-                self.forward_requests().await?;
-            }
-            if self.in_flight.take().is_some() {
-                // The bad request's head already reached the backend: abandon that backend
-                // connection (it sees the request cut short) rather than wait for a reply to a
-                // body that will never be complete.
-                self.backend = None;
-            }
-            let index = error.index;
-            let end = self.held_base + self.held.len() as u64;
-            let body = format!("{error}\n");
-            let reply = format!(
-                "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            self.send_reply_piece(
-                index,
-                PieceKind::Final { request_end: end },
-                reply.as_bytes(),
-            )
-            .await?;
-            let _ = self.client.shutdown().await;
-            return Err(SessionEnd::Protocol(self.tuple, error.to_string()));
+            self.framing_error = Some(error);
         }
-        Ok(())
     }
 
-    /// Between requests, hands this unprotected connection to the backup that joined after it
-    /// opened: the exact sequence numbers come from the socket itself, the unanswered client
-    /// bytes (`held` and the `fresh` ones just read) travel with them. Skipped (and tried again
-    /// at the next request) while bytes wait in the kernel's queues, because the backup could
-    /// not account for them.
-    fn try_adoption(&mut self, fresh: &[u8], generation: u64) {
-        self.adoption_tries += 1;
-        let counters = &self.ctx.counters;
-        match steadfast_os::repair::queued_bytes(&self.client) {
-            Ok((0, 0)) => {}
-            Ok(_) => {
-                counters.adoptions_skipped.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
-            Err(e) => {
-                tracing::debug!("adoption of {}: {e}", self.tuple);
-                return;
-            }
-        }
-        let (rcv_nxt, write_seq) = match steadfast_os::repair::live_sequences(&self.client) {
-            Ok(seqs) => seqs,
-            Err(e) => {
-                tracing::debug!("adoption of {}: {e}", self.tuple);
-                return;
-            }
+    async fn answer_framing_error(&mut self) -> Result<(), SessionEnd> {
+        let Some(error) = self.framing_error.take() else {
+            return Ok(());
         };
-        let received = self.held_base + self.held.len() as u64 + fresh.len() as u64;
-        let expected = self
-            .client_isn
-            .wrapping_add(1)
-            .wrapping_add(received as u32);
-        if rcv_nxt != expected {
-            // Bytes arrived between the checks: try again at the next request.
-            counters.adoptions_skipped.fetch_add(1, Ordering::Relaxed);
+        self.ctx
+            .counters
+            .bad_requests
+            .fetch_add(1, Ordering::Relaxed);
+        // Earlier complete requests still get their replies first.
+        self.forward_requests().await?;
+        while self
+            .in_flight
+            .as_ref()
+            .is_some_and(|flight| flight.index < error.index)
+        {
+            self.finish_in_flight().await?;
+            self.forward_requests().await?;
+        }
+        if self.in_flight.take().is_some() {
+            // The bad request's head already reached the backend: abandon that backend
+            // connection (it sees the request cut short) rather than wait for a reply to a
+            // body that will never be complete.
+            self.backend = None;
+        }
+        let index = error.index;
+        let end = self.held_base + self.held.len() as u64;
+        let body = format!("{error}\n");
+        let reply = format!(
+            "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        self.send_reply_piece(
+            index,
+            PieceKind::Final { request_end: end },
+            reply.into_bytes(),
+        )
+        .await?;
+        let _ = self.client.shutdown().await;
+        Err(SessionEnd::Protocol(self.tuple, error.to_string()))
+    }
+
+    /// Hands this unprotected connection to the backup that joined after it opened, wherever
+    /// it stands (see `steadfast_core::image::handover`); `writing` is the reply piece being
+    /// written, which ends at `reply_offset`. A connection that cannot be handed over yet is
+    /// tried again a little later; one that never can (a half-closed client) only when another
+    /// backup joins.
+    fn try_adoption(&mut self, writing: Option<&[u8]>) {
+        let generation = self.ctx.gate.adoption_generation();
+        if generation == 0 || generation == self.protection.generation() {
+            self.adoption.settled();
             return;
         }
-        let server_isn = write_seq
-            .wrapping_sub(1)
-            .wrapping_sub(self.reply_offset as u32);
-        let mut pending = self.held.clone();
-        pending.extend_from_slice(fresh);
+        match self.adopt(generation, writing) {
+            Ok(()) => self.adoption.settled(),
+            Err(wait) => {
+                let counters = &self.ctx.counters;
+                counters.adoptions_skipped.fetch_add(1, Ordering::Relaxed);
+                *counters
+                    .adoption_waits
+                    .lock()
+                    .expect("adoption waits lock")
+                    .entry(wait.label().to_string())
+                    .or_default() += 1;
+                tracing::debug!("{}: adoption waits: {wait}", self.tuple);
+                if wait.may_pass() {
+                    self.adoption.later();
+                } else {
+                    self.adoption.settled();
+                }
+            }
+        }
+    }
+
+    fn adopt(&mut self, generation: u64, writing: Option<&[u8]>) -> Result<(), HandoverWait> {
+        self.trim_retained();
+        let unreadable = |what: &str, e: steadfast_os::repair::RepairError| {
+            tracing::debug!("adoption: {what}: {e}");
+            HandoverWait::Inconsistent("the socket's numbers could not be read")
+        };
+        // Client bytes keep arriving in an upload: read what the kernel holds, then look again.
+        let mut reads_left = 4;
+        let handover = loop {
+            let (_, unacknowledged) = steadfast_os::repair::queued_bytes(&self.client)
+                .map_err(|e| unreadable("queues", e))?;
+            let (rcv_nxt, write_seq) = steadfast_os::repair::live_sequences(&self.client)
+                .map_err(|e| unreadable("sequences", e))?;
+            let socket = SocketStreams {
+                rcv_nxt,
+                write_seq,
+                unacknowledged: unacknowledged as u64,
+            };
+            match steadfast_core::image::handover(&self.streams(writing), &socket)? {
+                HandoverStep::Ready(handover) => break handover,
+                HandoverStep::ReadFirst { .. } if reads_left == 0 => {
+                    return Err(HandoverWait::Inconsistent(
+                        "client bytes kept arriving while the socket was read",
+                    ))
+                }
+                HandoverStep::ReadFirst { bytes } => {
+                    reads_left -= 1;
+                    self.read_unread(bytes as usize)?;
+                }
+            }
+        };
+        let in_request = self.in_flight.is_some()
+            || self.held_base + self.held.len() as u64 > self.answered_offset;
         let adoption = Adoption {
             tuple: self.tuple,
             client_isn: self.client_isn,
-            server_isn,
+            server_isn: handover.server_isn,
             options: self.options,
             client_mss: self.client_mss,
-            next_request: self.framer.current_index(),
-            request_offset: self.held_base,
-            reply_offset: self.reply_offset,
-            pending,
+            next_request: self.answered_index,
+            request_offset: self.answered_offset,
+            pending: self.unanswered_request_bytes(),
+            reply_acked: handover.reply_acked,
+            unacked_reply: self.reply_bytes_from(handover.reply_acked, writing),
+            timestamp: self
+                .options
+                .timestamps
+                .then(|| steadfast_os::repair::timestamp_now(&self.client).ok())
+                .flatten(),
+            reply_in_progress: self.client_reply.as_ref().map(StreamedReply::cut_point),
         };
-        if self.ctx.gate.adopt(adoption) {
-            tracing::debug!("{}: adopted by link generation {generation}", self.tuple);
-            self.protection.protected_by(generation);
-            counters.adopted.fetch_add(1, Ordering::Relaxed);
+        let (pending, unacked) = (adoption.pending.len(), adoption.unacked_reply.len());
+        let in_reply = adoption.reply_in_progress.is_some() || unacked > 0;
+        let Some(ack) = self.ctx.gate.adopt(adoption) else {
+            return Err(HandoverWait::Inconsistent("the backup link went away"));
+        };
+        self.protection.protected_by(generation);
+        self.adoption_ack = Some(ack);
+        let counters = &self.ctx.counters;
+        counters.adopted.fetch_add(1, Ordering::Relaxed);
+        if in_reply {
+            counters.adopted_mid_reply.fetch_add(1, Ordering::Relaxed);
+        } else if in_request {
+            counters.adopted_mid_request.fetch_add(1, Ordering::Relaxed);
+        }
+        tracing::debug!(
+            "{}: adopted by link generation {generation} ({pending} request bytes unanswered, \
+             {unacked} reply bytes unacknowledged{})",
+            self.tuple,
+            if self.client_reply.is_some() {
+                ", in a streamed reply"
+            } else {
+                ""
+            }
+        );
+        Ok(())
+    }
+
+    /// What the session knows of its two streams, for a hand-over.
+    fn streams(&self, writing: Option<&[u8]>) -> SessionStreams {
+        debug_assert_eq!(
+            self.retained_from
+                + self.retained.iter().map(|p| p.len() as u64).sum::<u64>()
+                + writing.map_or(0, |w| w.len() as u64),
+            self.reply_offset,
+            "the kept reply bytes end where the reply stream does"
+        );
+        SessionStreams {
+            client_isn: self.client_isn,
+            received: self.held_base + self.held.len() as u64,
+            answered: self.answered_offset,
+            request_held_from: self.kept_request.as_ref().map(|_| self.kept_request_base),
+            sent: self.sent_offset,
+            reply_end: self.reply_offset,
+            reply_held_from: self.retained_from,
+            client_finished: self.client_done,
+        }
+    }
+
+    /// Reads exactly `n` client bytes the kernel holds, and frames them.
+    fn read_unread(&mut self, n: usize) -> Result<(), HandoverWait> {
+        let mut bytes = vec![0u8; n];
+        let mut got = 0;
+        let outcome = loop {
+            if got == n {
+                break Ok(());
+            }
+            // Straight from the socket: tokio's own try_read answers from its readiness cache,
+            // which may not know yet of bytes the kernel holds.
+            let read = nix::sys::socket::recv(
+                self.client.as_raw_fd(),
+                &mut bytes[got..],
+                nix::sys::socket::MsgFlags::MSG_DONTWAIT,
+            );
+            match read.map_err(io::Error::from) {
+                Ok(0) => break Err(HandoverWait::ClientFinished),
+                Ok(k) => got += k,
+                Err(e) => {
+                    tracing::debug!("adoption: reading {n} queued client bytes: {e}");
+                    break Err(HandoverWait::Inconsistent(
+                        "the client bytes the kernel held could not be read",
+                    ));
+                }
+            }
+        };
+        bytes.truncate(got);
+        self.frame_client_bytes(&bytes);
+        if outcome == Err(HandoverWait::ClientFinished) {
+            self.client_closed();
+        }
+        outcome
+    }
+
+    /// The client bytes from the first unanswered request on (see `kept_request`).
+    fn unanswered_request_bytes(&self) -> Vec<u8> {
+        let kept = self.kept_request.as_deref().unwrap_or_default();
+        let skip = (self.answered_offset - self.kept_request_base) as usize;
+        let mut bytes = Vec::with_capacity(kept.len() + self.held.len() - skip.min(kept.len()));
+        if skip <= kept.len() {
+            bytes.extend_from_slice(&kept[skip..]);
+            bytes.extend_from_slice(&self.held);
+        } else {
+            bytes.extend_from_slice(&self.held[skip - kept.len()..]);
+        }
+        bytes
+    }
+
+    /// The reply bytes from `from` to `reply_offset` (kept ones, then the piece being written).
+    fn reply_bytes_from(&self, from: u64, writing: Option<&[u8]>) -> Vec<u8> {
+        let mut skip = (from - self.retained_from) as usize;
+        let mut bytes = Vec::with_capacity((self.reply_offset - from) as usize);
+        for piece in self.retained.iter().map(Vec::as_slice).chain(writing) {
+            if skip >= piece.len() {
+                skip -= piece.len();
+                continue;
+            }
+            bytes.extend_from_slice(&piece[skip..]);
+            skip = 0;
+        }
+        bytes
+    }
+
+    /// Releases kept reply pieces the client has acknowledged whole.
+    fn trim_retained(&mut self) {
+        if self.retained.is_empty() {
+            return;
+        }
+        let Ok((_, unacknowledged)) = steadfast_os::repair::queued_bytes(&self.client) else {
+            return;
+        };
+        let acked = self.sent_offset.saturating_sub(unacknowledged as u64);
+        while let Some(front) = self.retained.front() {
+            let end = self.retained_from + front.len() as u64;
+            if end > acked {
+                break;
+            }
+            self.retained_from = end;
+            self.retained.pop_front();
+        }
+    }
+
+    /// Keeps the first `n` held bytes, about to be dropped as forwarded, while their request is
+    /// unanswered.
+    fn keep_forwarded(&mut self, n: usize) {
+        let Some(kept) = self.kept_request.as_mut() else {
+            return;
+        };
+        if kept.len() + n > MAX_UNANSWERED_REQUEST_BYTES {
+            tracing::debug!(
+                "{}: the unanswered request outgrew {MAX_UNANSWERED_REQUEST_BYTES} bytes: a \
+                 backup cannot adopt the connection before it is answered",
+                self.tuple
+            );
+            self.kept_request = None;
+            return;
+        }
+        kept.extend_from_slice(&self.held[..n]);
+    }
+
+    /// The reply to request `index` is complete: the client bytes before `request_end` are
+    /// answered and no longer kept.
+    fn note_answered(&mut self, index: u64, request_end: u64) {
+        self.answered_index = index + 1;
+        self.answered_offset = self.answered_offset.max(request_end);
+        match self.kept_request.as_mut() {
+            Some(kept) => {
+                let answered =
+                    ((self.answered_offset - self.kept_request_base) as usize).min(kept.len());
+                kept.drain(..answered);
+                self.kept_request_base += answered as u64;
+                // An upload must not pin its peak buffer for the connection's lifetime.
+                if kept.capacity() > 1 << 20 && kept.capacity() > 4 * kept.len() {
+                    kept.shrink_to(2 * kept.len());
+                }
+            }
+            None if self.answered_offset >= self.held_base => {
+                self.kept_request = Some(Vec::new());
+                self.kept_request_base = self.held_base;
+            }
+            None => {}
         }
     }
 
@@ -601,6 +867,7 @@ impl Session {
         }
         if let Some(end) = forwarded_to {
             let done = (end - self.held_base) as usize;
+            self.keep_forwarded(done);
             self.held.drain(..done);
             self.held_base = end;
         }
@@ -639,7 +906,7 @@ impl Session {
             "HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         );
-        self.send_reply_piece(index, PieceKind::Final { request_end }, reply.as_bytes())
+        self.send_reply_piece(index, PieceKind::Final { request_end }, reply.into_bytes())
             .await?;
         let _ = self.client.shutdown().await;
         Err(SessionEnd::Protocol(self.tuple, body))
@@ -678,7 +945,7 @@ impl Session {
                 ReplyEvent::Interim(head) => {
                     let piece = self.cut_backend(head.range.end);
                     let index = self.in_flight.as_ref().map_or(head.index, |f| f.index);
-                    self.send_reply_piece(index, PieceKind::Interim, &piece)
+                    self.send_reply_piece(index, PieceKind::Interim, piece)
                         .await?;
                 }
                 ReplyEvent::End {
@@ -703,7 +970,7 @@ impl Session {
                             self.held_base + self.held.len() as u64
                         }
                     };
-                    self.send_reply_piece(flight.index, PieceKind::Final { request_end }, &piece)
+                    self.send_reply_piece(flight.index, PieceKind::Final { request_end }, piece)
                         .await?;
                     self.ctx.counters.replies.fetch_add(1, Ordering::Relaxed);
                     if !flight.keep_alive {
@@ -774,7 +1041,7 @@ impl Session {
                 let index = flight.index;
                 let end = backend.cuttable;
                 let piece = self.cut_backend(end);
-                self.send_reply_piece(index, PieceKind::Partial, &piece)
+                self.send_reply_piece(index, PieceKind::Partial, piece)
                     .await?;
             }
         }
@@ -845,7 +1112,7 @@ impl Session {
             flight.continuation = Some(continuation);
             let index = flight.index;
             if !out.is_empty() {
-                self.send_reply_piece(index, PieceKind::Partial, &out)
+                self.send_reply_piece(index, PieceKind::Partial, out)
                     .await?;
             }
             return Ok(());
@@ -856,7 +1123,7 @@ impl Session {
         let request_end = flight
             .request_end
             .unwrap_or(self.held_base + self.held.len() as u64);
-        self.send_reply_piece(flight.index, PieceKind::Final { request_end }, &out)
+        self.send_reply_piece(flight.index, PieceKind::Final { request_end }, out)
             .await?;
         let counters = &self.ctx.counters;
         counters.replies.fetch_add(1, Ordering::Relaxed);
@@ -954,11 +1221,11 @@ impl Session {
         &mut self,
         request_index: u64,
         kind: PieceKind,
-        bytes: &[u8],
+        bytes: Vec<u8>,
     ) -> Result<(), SessionEnd> {
         let mut logged = false;
         if self.protected_now() {
-            if let Some(held) = self.log_in_frames(request_index, kind, bytes).await {
+            if let Some(held) = self.log_in_frames(request_index, kind, &bytes).await {
                 logged = held;
                 if !logged {
                     self.ctx
@@ -977,6 +1244,20 @@ impl Session {
                 .fetch_add(1, Ordering::Relaxed);
             self.ctx.lease.held().await;
         }
+        // Where the reply stands after this piece, for a backup that adopts the connection.
+        match kind {
+            PieceKind::Partial => {
+                let limits = self.ctx.limits;
+                self.client_reply
+                    .get_or_insert_with(|| StreamedReply::new(limits))
+                    .feed(&bytes);
+            }
+            PieceKind::Final { request_end } => {
+                self.client_reply = None;
+                self.note_answered(request_index, request_end);
+            }
+            PieceKind::Interim => {}
+        }
         self.reply_offset += bytes.len() as u64;
         if self.trace_first_reply && matches!(kind, PieceKind::Final { .. }) {
             self.trace_first_reply = false;
@@ -991,10 +1272,115 @@ impl Session {
             .counters
             .reply_bytes
             .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-        self.client
-            .write_all(bytes)
-            .await
-            .map_err(|e| SessionEnd::Client(self.tuple, e))
+        self.write_reply_bytes(bytes).await
+    }
+
+    /// Writes the reply bytes that end at `reply_offset`, and keeps them until the client
+    /// acknowledges them: a backup that joins later and adopts the connection starts its log
+    /// with those the client lacks. Logged ones too (the backup that holds them may be gone by
+    /// then), so a connection can be adopted wherever its reply stands. The bytes the kernel
+    /// holds in its send queue are what this adds, no more.
+    async fn write_reply_bytes(&mut self, bytes: Vec<u8>) -> Result<(), SessionEnd> {
+        self.write_to_client(&bytes).await?;
+        if self.retains {
+            self.retained.push_back(bytes);
+            self.trim_retained();
+        } else {
+            self.retained_from = self.reply_offset;
+        }
+        Ok(())
+    }
+
+    /// Writes `bytes` to the client. A download to a slow client takes seconds per piece: a
+    /// backup that joins meanwhile adopts the connection between two writes, not at the end.
+    async fn write_to_client(&mut self, bytes: &[u8]) -> Result<(), SessionEnd> {
+        let mut written = 0;
+        while written < bytes.len() {
+            tokio::select! {
+                biased;
+                () = self.adoption.due() => self.try_adoption(Some(bytes)),
+                result = self.client.write(&bytes[written..]) => {
+                    let n = result.map_err(|e| SessionEnd::Client(self.tuple, e))?;
+                    if n == 0 {
+                        return Err(SessionEnd::Client(
+                            self.tuple,
+                            io::ErrorKind::WriteZero.into(),
+                        ));
+                    }
+                    written += n;
+                    self.sent_offset += n as u64;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How often a session whose client has not acknowledged the reply bytes it keeps looks again.
+const RETAINED_TRIM_INTERVAL: Duration = Duration::from_millis(50);
+
+/// When a session offers its connection to a backup that joined after it opened: at once when
+/// the gate's adoption generation changes, and again later when a hand-over had to wait.
+struct AdoptionTrigger {
+    notice: Option<watch::Receiver<u64>>,
+    retry_at: Option<tokio::time::Instant>,
+    backoff: Duration,
+}
+
+impl AdoptionTrigger {
+    fn new(notice: Option<watch::Receiver<u64>>) -> AdoptionTrigger {
+        AdoptionTrigger {
+            // A backup may have joined before the session subscribed: it looks once at once.
+            retry_at: notice.is_some().then(tokio::time::Instant::now),
+            notice,
+            backoff: ADOPTION_RETRY_FIRST,
+        }
+    }
+
+    /// Resolves when the session should try a hand-over.
+    async fn due(&mut self) {
+        let retry_at = self.retry_at;
+        let retry = async move {
+            match retry_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        let notice = async {
+            match self.notice.as_mut() {
+                Some(notice) => {
+                    if notice.changed().await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = retry => {}
+            () = notice => {}
+        }
+        self.retry_at = None;
+    }
+
+    /// The hand-over had to wait: try again after a while, longer each time.
+    fn later(&mut self) {
+        self.retry_at = Some(tokio::time::Instant::now() + self.backoff);
+        self.backoff = (self.backoff * 2).min(ADOPTION_RETRY_MAX);
+    }
+
+    /// Nothing to do until the adoption generation changes again.
+    fn settled(&mut self) {
+        self.retry_at = None;
+        self.backoff = ADOPTION_RETRY_FIRST;
+    }
+}
+
+/// Resolves with the backup's answer to a hand-over; never without one.
+async fn wait_for_ack(ack: Option<&mut AckWaiter>) -> bool {
+    match ack {
+        Some(ack) => ack.held().await,
+        None => std::future::pending().await,
     }
 }
 

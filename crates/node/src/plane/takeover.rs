@@ -271,7 +271,7 @@ fn resume(ctx: Arc<ProxyContext>, stream: std::net::TcpStream, plan: ResumePlan)
         client_isn: plan.client_isn,
         options: plan.options,
         client_mss: plan.restore.mss,
-        // No backup yet: one that joins later adopts the connection at its next request.
+        // No backup yet: one that joins later adopts the connection, wherever it stands.
         protected_by: 0,
         request_offset: plan.request_offset,
         request_index: plan.next_request_index,
