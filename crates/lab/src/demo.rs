@@ -1307,6 +1307,8 @@ mod tests {
                 probes_failed: 5,
                 requests_ok: 701,
                 requests_failed: 3,
+                bytes_received: 0,
+                bytes_sent: 0,
                 last_server: Some("n2".into()),
             },
         );
