@@ -396,6 +396,9 @@ pub struct DemoReport {
     pub images_at_crash: Option<u64>,
     pub takeover: Option<Takeover>,
     pub rejoin: Option<Rejoin>,
+    /// Nodes that became primary with no crash of the demo's making (a lease that lapsed on a
+    /// loaded machine), and when, on the load's timeline.
+    pub unplanned_elections: Vec<(Duration, String)>,
     /// Every commit the client saw acknowledged, checked against the lab's data tier.
     pub commits: Option<ExactlyOnce>,
 }
@@ -593,6 +596,14 @@ impl DemoReport {
     }
 
     fn write_summary(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (at, node) in &self.unplanned_elections {
+            writeln!(
+                f,
+                "    {node} became primary at {} without a crash (an election the demo did not \
+                 cause).",
+                seconds(*at)
+            )?;
+        }
         let Some(crash) = &self.crash else {
             return writeln!(f, "    No crash was made (the demo was interrupted first).");
         };
@@ -1209,6 +1220,18 @@ impl DemoSummary {
                 millis(PROBE_TIMEOUT)
             )?;
         }
+        for report in &self.reports {
+            if let Some((at, node)) = report.unplanned_elections.first() {
+                writeln!(
+                    f,
+                    "Note: in {} mode {node} became primary at {} without a crash of the demo's \
+                     making;\n  the daemons' logs are in {}.",
+                    report.mode,
+                    seconds(*at),
+                    Path::new(KEPT_LOGS).join(&report.lab).display()
+                )?;
+            }
+        }
         if !failures.is_empty() {
             writeln!(f, "\nDEMO FAILED:")?;
             for failure in failures {
@@ -1519,7 +1542,7 @@ fn run_part(
     };
     let result = run_with_lab(opts, mode, lab, out);
     if let Ok(report) = &result {
-        if !report.failures().is_empty() {
+        if !report.failures().is_empty() || !report.unplanned_elections.is_empty() {
             keep_logs(lab, out);
         }
     }
@@ -1695,7 +1718,7 @@ fn run_with_lab(
     )?;
     writeln!(out)?;
     let mut progress = ProgressPrinter::new(out, &load)?;
-    let mut watch = Watch::new(&info, mode, &load.transfers);
+    let mut watch = Watch::new(&info, mode, &load.transfers, first_primary.clone());
 
     let mut crash_event = None;
     let mut heal_event = None;
@@ -1755,6 +1778,7 @@ fn run_with_lab(
     let interrupted = opts.interrupted();
     let mut takeover = watch.takeover.take();
     let rejoin = watch.rejoin.take();
+    let unplanned_elections = std::mem::take(&mut watch.unplanned);
     let (load_report, transfer_records) = load.finish(interrupted)?;
     writeln!(out, "{}\n", event_line(stopped_at, "load stopped"))?;
 
@@ -1796,6 +1820,7 @@ fn run_with_lab(
         images_at_crash,
         takeover,
         rejoin,
+        unplanned_elections,
         commits,
     };
     write!(out, "{report}")?;
@@ -1977,11 +2002,13 @@ struct Watch<'a> {
     next_status: Duration,
     takeover: Option<Takeover>,
     rejoin: Option<Rejoin>,
+    /// Nodes seen becoming primary with no crash of the demo's making, and when.
+    unplanned: Vec<(Duration, String)>,
 }
 
 enum Stage {
-    /// Before the crash: the transfers get going.
-    Loading,
+    /// Before the crash: the transfers get going under `primary`.
+    Loading { primary: Option<String> },
     Crashed {
         crashed: String,
         /// The other members, one of which takes over.
@@ -2002,16 +2029,22 @@ enum Stage {
 }
 
 impl<'a> Watch<'a> {
-    fn new(info: &'a LabInfo, mode: Mode, transfers: &'a [Arc<TransferSlot>]) -> Self {
+    fn new(
+        info: &'a LabInfo,
+        mode: Mode,
+        transfers: &'a [Arc<TransferSlot>],
+        primary: Option<String>,
+    ) -> Self {
         Watch {
             info,
             mode,
             transfers,
             told_finished: vec![false; transfers.len()],
-            stage: Stage::Loading,
+            stage: Stage::Loading { primary },
             next_status: Duration::ZERO,
             takeover: None,
             rejoin: None,
+            unplanned: Vec::new(),
         }
     }
 
@@ -2044,7 +2077,7 @@ impl<'a> Watch<'a> {
     /// duplex: and adopted every open connection).
     fn settled(&self) -> bool {
         match &self.stage {
-            Stage::Loading => self
+            Stage::Loading { .. } => self
                 .transfers
                 .iter()
                 .all(|t| t.finished() || t.moved() >= t.transfer.body_bytes() / IN_FLIGHT_SHARE),
@@ -2077,7 +2110,36 @@ impl<'a> Watch<'a> {
         }
         self.next_status = now + STATUS_EVERY;
         match &mut self.stage {
-            Stage::Loading => {}
+            Stage::Loading { primary } => {
+                // A lapse of the primary's lease on a loaded machine elects another node: the
+                // demo says so rather than let the report look like its own crash came early.
+                let Some(old) = primary.clone() else {
+                    return Ok(());
+                };
+                if daemon_status(self.info, &old).is_some_and(|s| s["role"] == "primary") {
+                    return Ok(());
+                }
+                let new = self.info.nodes.iter().find_map(|ns| {
+                    let node = short_name(&self.info.lab, ns);
+                    let status = daemon_status(self.info, &node)?;
+                    (node != old && status["role"] == "primary").then_some(node)
+                });
+                if let Some(new) = new {
+                    writeln!(
+                        out,
+                        "{}",
+                        event_line(
+                            now,
+                            &format!(
+                                "    {new} became primary without a crash, replacing {old} \
+                                 (an election the demo did not cause)"
+                            )
+                        )
+                    )?;
+                    self.unplanned.push((now, new.clone()));
+                    *primary = Some(new);
+                }
+            }
             Stage::Crashed {
                 crashed,
                 others,
@@ -2143,6 +2205,7 @@ impl<'a> Watch<'a> {
                         .is_some_and(|s| s["role"] == "primary")
                 {
                     *moved_to = Some(healed.clone());
+                    self.unplanned.push((now, healed.clone()));
                     writeln!(
                         out,
                         "{}",
@@ -2716,6 +2779,7 @@ mod tests {
             images_at_crash: None,
             takeover: None,
             rejoin: None,
+            unplanned_elections: Vec::new(),
             commits: None,
         }
     }
@@ -3062,6 +3126,32 @@ mod tests {
         let text = failing.to_string();
         assert!(
             text.contains("DEMO FAILED:\n  duplex mode: 1 keep-alive requests failed"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn an_election_the_demo_did_not_cause_is_told_not_hidden() {
+        let mut report = duplex_synthetic();
+        report.unplanned_elections = vec![(Duration::from_millis(150), "n2".into())];
+        // Duplex kept every connection through it: a note, no failure.
+        assert_eq!(report.failures(), Vec::<String>::new());
+        let text = report.to_string();
+        assert!(
+            text.contains("n2 became primary at 0.15 s without a crash"),
+            "{text}"
+        );
+        let summary = DemoSummary {
+            reports: vec![report],
+            took: Duration::from_secs(7),
+            interrupted: false,
+        };
+        let text = summary.to_string();
+        assert!(
+            text.contains(
+                "Note: in duplex mode n2 became primary at 0.15 s without a crash of the demo's \
+                 making;\n  the daemons' logs are in /tmp/steadfast-demo-logs/demo-42-dx."
+            ),
             "{text}"
         );
     }
