@@ -1743,8 +1743,10 @@ fn run_with_lab(
                 .map(|status| counter(&status, "protected_connections"));
         }
         moved_at_crash = load.transfers.iter().map(|t| t.moved()).collect();
+        // Read before the crash: the takeover may be over by the time `crash` returns.
+        let before = watch.statuses_now(members(lab, &info));
         let event = crash_primary(lab, primary, out, &load, &mut progress)?;
-        watch.crashed(&event.host, members(lab, &info));
+        watch.crashed(&event.host, before);
         progress.wait(
             out,
             &load,
@@ -1779,12 +1781,15 @@ fn run_with_lab(
     let mut takeover = watch.takeover.take();
     let rejoin = watch.rejoin.take();
     let unplanned_elections = std::mem::take(&mut watch.unplanned);
+    let takeover_baseline = std::mem::take(&mut watch.takeover_baseline);
     let (load_report, transfer_records) = load.finish(interrupted)?;
     writeln!(out, "{}\n", event_line(stopped_at, "load stopped"))?;
 
     if let Some(takeover) = takeover.as_mut() {
+        // Cut replies are finished after the takeover itself, as their clients read on.
         if let Some(status) = daemon_status(&info, &takeover.node) {
-            takeover.replies_resumed = counter(&status, "replies_resumed");
+            takeover.replies_resumed = counter(&status, "replies_resumed")
+                .saturating_sub(counter(&takeover_baseline, "replies_resumed"));
         }
     }
     let transfers: Vec<TransferRun> = transfer_records
@@ -2001,6 +2006,8 @@ struct Watch<'a> {
     /// Load time at which the daemons' status is read next.
     next_status: Duration,
     takeover: Option<Takeover>,
+    /// The status document of the node that took over, from just before the crash.
+    takeover_baseline: serde_json::Value,
     rejoin: Option<Rejoin>,
     /// Nodes seen becoming primary with no crash of the demo's making, and when.
     unplanned: Vec<(Duration, String)>,
@@ -2011,8 +2018,8 @@ enum Stage {
     Loading { primary: Option<String> },
     Crashed {
         crashed: String,
-        /// The other members, one of which takes over.
-        others: Vec<String>,
+        /// The other members, one of which takes over, with their status before the crash.
+        others: Vec<(String, serde_json::Value)>,
         /// The node seen primary since.
         primary: Option<String>,
     },
@@ -2043,15 +2050,31 @@ impl<'a> Watch<'a> {
             stage: Stage::Loading { primary },
             next_status: Duration::ZERO,
             takeover: None,
+            takeover_baseline: serde_json::Value::Null,
             rejoin: None,
             unplanned: Vec::new(),
         }
     }
 
-    fn crashed(&mut self, crashed: &str, members: Vec<String>) {
+    /// Each member's status document now (null when it does not answer).
+    fn statuses_now(&self, members: Vec<String>) -> Vec<(String, serde_json::Value)> {
+        members
+            .into_iter()
+            .map(|member| {
+                let status = daemon_status(self.info, &member).unwrap_or_default();
+                (member, status)
+            })
+            .collect()
+    }
+
+    /// `before`: every member's status document just before the crash.
+    fn crashed(&mut self, crashed: &str, before: Vec<(String, serde_json::Value)>) {
         self.stage = Stage::Crashed {
             crashed: crashed.to_string(),
-            others: members.into_iter().filter(|m| m != crashed).collect(),
+            others: before
+                .into_iter()
+                .filter(|(member, _)| member != crashed)
+                .collect(),
             primary: None,
         };
     }
@@ -2146,7 +2169,7 @@ impl<'a> Watch<'a> {
                 primary,
             } => {
                 if primary.is_none() {
-                    *primary = others.iter().find_map(|node| {
+                    *primary = others.iter().find_map(|(node, _)| {
                         let status = daemon_status(self.info, node)?;
                         (status["role"] == "primary" && status["vip_held"] == true)
                             .then(|| node.clone())
@@ -2168,7 +2191,13 @@ impl<'a> Watch<'a> {
                 if let (Some(node), Mode::Duplex, None) =
                     (primary.as_deref(), self.mode, &self.takeover)
                 {
-                    if let Some(takeover) = read_takeover(self.info, node, now) {
+                    let before = others
+                        .iter()
+                        .find(|(other, _)| other == node)
+                        .map(|(_, before)| before.clone())
+                        .unwrap_or_default();
+                    if let Some(takeover) = read_takeover(self.info, node, &before, now) {
+                        self.takeover_baseline = before;
                         writeln!(
                             out,
                             "{}",
@@ -2295,32 +2324,62 @@ impl<'a> Watch<'a> {
     }
 }
 
-/// The takeover `node` reports, once it is done (its last counter is written last).
-fn read_takeover(info: &LabInfo, node: &str, now: Duration) -> Option<Takeover> {
-    let status = daemon_status(info, node)?;
-    let took_us = counter(&status, "last_takeover_us");
-    if counter(&status, "takeovers") == 0 || took_us == 0 {
+/// The takeover `node` reports once it is done, against its status `before` the crash: its
+/// counters add up every takeover of its life, and the duration (written last) is the latest's.
+fn read_takeover(
+    info: &LabInfo,
+    node: &str,
+    before: &serde_json::Value,
+    now: Duration,
+) -> Option<Takeover> {
+    takeover_between(node, before, &daemon_status(info, node)?, now)
+}
+
+/// The takeover between two status documents of `node`; `None` while `status` shows none
+/// finished since `before`.
+fn takeover_between(
+    node: &str,
+    before: &serde_json::Value,
+    status: &serde_json::Value,
+    now: Duration,
+) -> Option<Takeover> {
+    let took_us = counter(status, "last_takeover_us");
+    if counter(status, "takeovers") <= counter(before, "takeovers")
+        || took_us == counter(before, "last_takeover_us")
+    {
         return None;
     }
-    let lost_reasons = status["data_plane"]["lost_reasons"]
-        .as_object()
-        .map(|reasons| {
-            reasons
-                .iter()
-                .filter_map(|(reason, n)| Some((reason.clone(), n.as_u64()?)))
-                .collect()
+    let grown = |name: &str| counter(status, name).saturating_sub(counter(before, name));
+    let reasons = |doc: &serde_json::Value| -> BTreeMap<String, u64> {
+        doc["data_plane"]["lost_reasons"]
+            .as_object()
+            .map(|reasons| {
+                reasons
+                    .iter()
+                    .filter_map(|(reason, n)| Some((reason.clone(), n.as_u64()?)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let earlier = reasons(before);
+    let lost_reasons = reasons(status)
+        .into_iter()
+        .map(|(reason, n)| {
+            let new = n.saturating_sub(earlier.get(&reason).copied().unwrap_or(0));
+            (reason, new)
         })
-        .unwrap_or_default();
+        .filter(|(_, n)| *n > 0)
+        .collect();
     Some(Takeover {
         node: node.to_string(),
         seen_at: now,
         took: Duration::from_micros(took_us),
-        restored: counter(&status, "connections_restored"),
-        restored_unreported: counter(&status, "connections_restored_unreported"),
-        lost: counter(&status, "connections_lost"),
+        restored: grown("connections_restored"),
+        restored_unreported: grown("connections_restored_unreported"),
+        lost: grown("connections_lost"),
         lost_reasons,
-        frames_held: counter(&status, "frames_held_at_takeover"),
-        replies_resumed: counter(&status, "replies_resumed"),
+        frames_held: grown("frames_held_at_takeover"),
+        replies_resumed: grown("replies_resumed"),
     })
 }
 
@@ -3153,6 +3212,55 @@ mod tests {
                  making;\n  the daemons' logs are in /tmp/steadfast-demo-logs/demo-42-dx."
             ),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn a_takeover_is_what_the_counters_grew_by_since_the_crash() {
+        let plane = |takeovers: u64, took_us: u64, restored: u64, lost: serde_json::Value| {
+            let total: u64 = lost
+                .as_object()
+                .map_or(0, |m| m.values().filter_map(|v| v.as_u64()).sum());
+            serde_json::json!({ "data_plane": {
+                "takeovers": takeovers,
+                "last_takeover_us": took_us,
+                "connections_restored": restored,
+                "connections_lost": total,
+                "lost_reasons": lost,
+            }})
+        };
+        let now = Duration::from_secs(2);
+        // An earlier takeover of the same node's life.
+        let before = plane(1, 900, 4, serde_json::json!({ "not-adopted": 1 }));
+        let after = plane(
+            2,
+            5700,
+            9,
+            serde_json::json!({ "not-adopted": 1, "handshake-incomplete": 2 }),
+        );
+        let takeover = takeover_between("n2", &before, &after, now).expect("a takeover");
+        assert_eq!(takeover.restored, 5);
+        assert_eq!(takeover.lost, 2);
+        assert_eq!(
+            takeover.lost_reasons,
+            BTreeMap::from([("handshake-incomplete".to_string(), 2)])
+        );
+        assert_eq!(takeover.took, Duration::from_micros(5700));
+        // Counted, but its duration (written last) not yet: the other counters may lag.
+        let midway = plane(2, 900, 6, serde_json::json!({ "not-adopted": 1 }));
+        assert_eq!(takeover_between("n2", &before, &midway, now), None);
+        // A node that never took over, against an unreachable one's null document.
+        let first = plane(1, 4100, 3, serde_json::json!({}));
+        let takeover = takeover_between("n1", &serde_json::Value::Null, &first, now).unwrap();
+        assert_eq!((takeover.restored, takeover.lost), (3, 0));
+        assert_eq!(
+            takeover_between(
+                "n1",
+                &serde_json::Value::Null,
+                &serde_json::Value::Null,
+                now
+            ),
+            None
         );
     }
 
