@@ -538,10 +538,10 @@ impl DemoReport {
                 })
                 .unwrap_or(0);
             failures.push(format!(
-                "duplex mode: {failed} keep-alive requests failed ({} established connections \
-                 broken{}){}",
+                "duplex mode: {failed} keep-alive requests failed {}, {} of them on \
+                 established connections{}",
+                kinds(&self.load.request_error_counts()).trim_start(),
                 self.broken_connections(),
-                kinds(&self.load.request_error_counts()),
                 if after_heal > 0 {
                     format!(", {after_heal} of them after the heal began")
                 } else {
@@ -3072,7 +3072,8 @@ mod tests {
         let failures = broken.failures();
         assert_eq!(failures.len(), 1, "{failures:?}");
         assert!(
-            failures[0].contains("1 keep-alive requests failed (1 established connections broken"),
+            failures[0]
+                .contains("1 keep-alive requests failed (1 reset), 1 of them on established"),
             "{failures:?}"
         );
         assert!(broken.to_string().contains("NOT expected in duplex mode"));
