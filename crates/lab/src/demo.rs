@@ -1483,13 +1483,20 @@ pub fn run_demo(opts: DemoOptions, out: &mut dyn Write) -> Result<DemoSummary, D
         ""
     };
     let modes: Vec<String> = opts.modes.iter().map(Mode::to_string).collect();
+    let (which, each, load) = match modes.as_slice() {
+        [one] => (format!("{one} mode"), "", "The load"),
+        several => (
+            format!("{} mode in turn", several.join(" then ")),
+            "each ",
+            "The same load each time",
+        ),
+    };
     writeln!(
         out,
-        "Steadfast demo: {} in turn, each in a lab of {} nodes{witness} in network\n\
-         namespaces with the builtin HTTP backend and a {heartbeat}. The same load each time:\n\
+        "Steadfast demo: {which}, {each}in a lab of {} nodes{witness} in network\n\
+         namespaces with the builtin HTTP backend and a {heartbeat}. {load}:\n\
          new connections, keep-alive connections, a {} and a {} in flight when\n\
          the primary's host crashes; then the crashed node is healed and rejoins.",
-        modes.join(" then "),
         opts.nodes,
         transfer_title(&DOWNLOAD),
         transfer_title(&UPLOAD),
