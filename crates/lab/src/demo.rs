@@ -74,8 +74,10 @@ const UPLOAD: Transfer = Transfer::Upload {
 };
 /// The transfers begin this long before the crash is due, so it finds each about half done.
 const TRANSFER_LEAD: Duration = Duration::from_secs(1);
-/// What a failure may add to a transfer's planned time before its client gives up.
-const TRANSFER_TIMEOUT: Duration = Duration::from_secs(5);
+/// What a failure may add to a transfer's planned time before its client gives up: sixty
+/// times a duplex takeover's stall. In unreplicated mode a download whose server died
+/// silently (no reset reached the client) ends so.
+const TRANSFER_TIMEOUT: Duration = Duration::from_secs(3);
 /// The crash waits until each transfer has moved at least 1/IN_FLIGHT_SHARE of its bytes …
 const IN_FLIGHT_SHARE: u64 = 4;
 /// … for at most this long past its due time.
@@ -2103,8 +2105,9 @@ impl<'a> Watch<'a> {
     }
 
     /// Whether the current phase may end: the transfers are in flight (before the crash), or
-    /// they ended and a node took over (after it), or the healed node rejoined (after the heal;
-    /// duplex: and adopted every open connection).
+    /// a node took over (after it; duplex: and the transfers it carried on ended, so that the
+    /// heal does not blur their story), or the healed node rejoined (after the heal; duplex:
+    /// and adopted every open connection).
     fn settled(&self) -> bool {
         match &self.stage {
             Stage::Loading { .. } => self
@@ -2112,9 +2115,9 @@ impl<'a> Watch<'a> {
                 .iter()
                 .all(|t| t.finished() || t.moved() >= t.transfer.body_bytes() / IN_FLIGHT_SHARE),
             Stage::Crashed { primary, .. } => {
-                self.transfers.iter().all(|t| t.finished())
-                    && primary.is_some()
-                    && (self.mode != Mode::Duplex || self.takeover.is_some())
+                primary.is_some()
+                    && (self.mode != Mode::Duplex
+                        || (self.takeover.is_some() && self.transfers.iter().all(|t| t.finished())))
             }
             Stage::Healed { .. } => self
                 .rejoin
