@@ -82,6 +82,8 @@ const TRANSFER_TIMEOUT: Duration = Duration::from_secs(3);
 const IN_FLIGHT_SHARE: u64 = 4;
 /// … for at most this long past its due time.
 const IN_FLIGHT_WAIT: Duration = Duration::from_secs(5);
+/// How long the crash waits for a duplex primary's connections to be all adopted.
+const PROTECTION_WAIT: Duration = Duration::from_millis(500);
 /// A duplex backup joins, a healed node rejoins and the transfers end within this.
 const SETTLE: Duration = Duration::from_secs(10);
 /// How often the daemons' status documents are read while the demo waits for an event.
@@ -102,6 +104,8 @@ const LOAD_LIMIT: Duration = Duration::from_secs(600);
 const LOAD_START_TIMEOUT: Duration = Duration::from_secs(10);
 const POLL: Duration = Duration::from_millis(20);
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+/// Prose the demo writes is wrapped to this width.
+const TEXT_WIDTH: usize = 92;
 /// The report lists at most this many outages, then a count of the rest.
 const MAX_LISTED_OUTAGES: usize = 8;
 
@@ -831,9 +835,13 @@ impl DemoReport {
             match (&self.crash, transfer.moved_at_crash) {
                 (Some(crash), Some(moved)) if transfer.in_flight_at(crash.at) => writeln!(
                     f,
-                    "        in flight at the crash: {} of {} had gone",
+                    "        in flight at the crash: {} of {} {}",
                     size(moved.min(transfer.transfer.body_bytes())),
-                    size(transfer.transfer.body_bytes())
+                    size(transfer.transfer.body_bytes()),
+                    match transfer.transfer {
+                        Transfer::Download { .. } => "had arrived",
+                        Transfer::Upload { .. } => "had been sent",
+                    }
                 )?,
                 (Some(_), _) => writeln!(f, "        NOT in flight at the crash")?,
                 (None, _) => {}
@@ -1239,6 +1247,20 @@ impl DemoSummary {
             for failure in failures {
                 writeln!(f, "  {failure}")?;
             }
+            let unplanned = self
+                .reports
+                .iter()
+                .any(|r| !r.failures().is_empty() && !r.unplanned_elections.is_empty());
+            if let (true, Some(ms)) = (unplanned, self.reports[0].heartbeat_ms) {
+                writeln!(
+                    f,
+                    "  An election the demo did not cause came first: the primary's lease ({} \
+                     ms, 3 heartbeats)\n  lapsed. On a busy machine try a longer heartbeat, \
+                     e.g. --heartbeat-ms {}.",
+                    3 * ms,
+                    2 * ms
+                )?;
+            }
         }
         Ok(())
     }
@@ -1299,6 +1321,21 @@ impl fmt::Display for DemoSummary {
         self.write_verdict(f)?;
         writeln!(f, "\nThe demo took {} (wall time).", seconds(self.took))
     }
+}
+
+/// Breaks `text` into lines of at most `width` characters, between words.
+fn wrap(text: &str, width: usize) -> String {
+    let mut lines: Vec<String> = Vec::new();
+    for word in text.split_whitespace() {
+        match lines.last_mut() {
+            Some(line) if line.chars().count() + 1 + word.chars().count() <= width => {
+                line.push(' ');
+                line.push_str(word);
+            }
+            _ => lines.push(word.to_string()),
+        }
+    }
+    lines.join("\n")
 }
 
 /// `16 MiB download`, `1 MiB upload`.
@@ -1493,16 +1530,16 @@ pub fn run_demo(opts: DemoOptions, out: &mut dyn Write) -> Result<DemoSummary, D
             "The same load each time",
         ),
     };
-    writeln!(
-        out,
-        "Steadfast demo: {which}, {each}in a lab of {} nodes{witness} in network\n\
-         namespaces with the builtin HTTP backend and a {heartbeat}. {load}:\n\
-         new connections, keep-alive connections, a {} and a {} in flight when\n\
-         the primary's host crashes; then the crashed node is healed and rejoins.",
+    let intro = format!(
+        "Steadfast demo: {which}, {each}in a lab of {} nodes{witness} in network namespaces \
+         with the builtin HTTP backend and a {heartbeat}. {load}: new connections, keep-alive \
+         connections, and a {} and a {} in flight when the primary's host crashes; then the \
+         crashed node is healed and rejoins.",
         opts.nodes,
         transfer_title(&DOWNLOAD),
         transfer_title(&UPLOAD),
-    )?;
+    );
+    writeln!(out, "{}", wrap(&intro, TEXT_WIDTH))?;
     let mut reports = Vec::new();
     for (index, &mode) in opts.modes.iter().enumerate() {
         if opts.interrupted() {
@@ -1743,18 +1780,19 @@ fn run_with_lab(
     )?;
     if !opts.interrupted() && !load.is_finished() {
         let primary = current_primary(lab)?;
-        if mode == Mode::Duplex {
+        if let (Mode::Duplex, Some(holder)) = (mode, primary.as_deref()) {
+            wait_all_protected(&info, holder, out, &load, &mut progress, &opts.interrupt)?;
             let backup = members(lab, &info)
                 .into_iter()
-                .find(|member| Some(member) != primary.as_ref());
+                .find(|member| member != holder);
             images_at_crash = backup
                 .and_then(|b| daemon_status(&info, &b))
                 .map(|status| counter(&status, "protected_connections"));
         }
-        moved_at_crash = load.transfers.iter().map(|t| t.moved()).collect();
         // Read before the crash: the takeover may be over by the time `crash` returns.
         let before = watch.statuses_now(members(lab, &info));
-        let event = crash_primary(lab, primary, out, &load, &mut progress)?;
+        moved_at_crash = load.transfers.iter().map(|t| t.moved()).collect();
+        let event = crash_primary(lab, primary, &moved_at_crash, out, &load, &mut progress)?;
         watch.crashed(&event.host, before);
         progress.wait(
             out,
@@ -1891,6 +1929,45 @@ fn load_options(info: &LabInfo) -> LoadOptions {
     }
 }
 
+/// Waits (briefly) until the duplex `primary` reports every open connection protected by its
+/// backup: a connection is adopted between two of its requests, so right after an election
+/// the demo did not cause, some are not yet, and a crash then would lose them by design. A
+/// transfer carried over by such an election cannot be adopted before it ends: the crash
+/// goes ahead, and the line printed says what it will cost.
+fn wait_all_protected(
+    info: &LabInfo,
+    primary: &str,
+    out: &mut dyn Write,
+    load: &LoadRun,
+    progress: &mut ProgressPrinter,
+    interrupt: &AtomicBool,
+) -> Result<(), DemoError> {
+    let deadline = Instant::now() + PROTECTION_WAIT;
+    loop {
+        let holds = daemon_status(info, primary).map(|s| s["holds_connections"] == true);
+        if holds != Some(true) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline || interrupt.load(Ordering::Relaxed) {
+            writeln!(
+                out,
+                "{}",
+                event_line(
+                    load.now(),
+                    &format!(
+                        "    {primary} holds connections its backup has not adopted yet \
+                         (carried over by an election, each is adopted between two requests): \
+                         the crash will lose them"
+                    )
+                )
+            )?;
+            return Ok(());
+        }
+        std::thread::sleep(POLL);
+        progress.tick(out, load)?;
+    }
+}
+
 /// The member holding the VIP, `None` when none (or several) do.
 fn current_primary(lab: &str) -> Result<Option<String>, DemoError> {
     Ok(
@@ -1901,9 +1978,12 @@ fn current_primary(lab: &str) -> Result<Option<String>, DemoError> {
     )
 }
 
+/// Crashes `primary` (`None`: whichever member holds the address); `moved` is what each
+/// transfer had moved just before, for the line that says they are in flight.
 fn crash_primary(
     lab: &str,
     primary: Option<String>,
+    moved: &[u64],
     out: &mut dyn Write,
     load: &LoadRun,
     progress: &mut ProgressPrinter,
@@ -1922,9 +2002,10 @@ fn crash_primary(
     let in_flight: Vec<String> = load
         .transfers
         .iter()
-        .filter(|t| !t.finished())
-        .map(|t| {
-            let moved = size(t.moved().min(t.transfer.body_bytes()));
+        .zip(moved)
+        .filter(|(t, _)| !t.finished())
+        .map(|(t, &moved)| {
+            let moved = size(moved.min(t.transfer.body_bytes()));
             match t.transfer {
                 Transfer::Download { .. } => {
                     format!("the {} ({moved} arrived)", transfer_title(&t.transfer))
@@ -3064,7 +3145,7 @@ mod tests {
             "16 MiB download: GET /bytes/16777216?seed=1, read at 8 MiB/s",
             "complete, verified in 0.25 s (planned 2.00 s), begun by n1, finished by n2",
             "committed, verified in 0.25 s (planned 2.00 s), answered by n2",
-            "in flight at the crash: 8 MiB of 16 MiB had gone",
+            "in flight at the crash: 8 MiB of 16 MiB had arrived",
             "its backup held images of 5 open connections",
             "n1 joined n2 as its backup at 0.72 s",
             "adopted the 2 connections open on it",
@@ -3276,6 +3357,32 @@ mod tests {
     }
 
     #[test]
+    fn a_failure_after_an_election_the_demo_did_not_cause_says_what_to_try() {
+        let mut report = duplex_synthetic();
+        report.unplanned_elections = vec![(Duration::from_millis(180), "n2".into())];
+        report.transfers[0].record.as_mut().unwrap().outcome = failed(ErrorKind::Reset);
+        let summary = DemoSummary {
+            reports: vec![report],
+            took: Duration::from_secs(7),
+            interrupted: false,
+        };
+        let text = summary.to_string();
+        assert!(text.contains("DEMO FAILED:"), "{text}");
+        assert!(
+            text.contains(
+                "An election the demo did not cause came first: the primary's lease (30 ms, 3 \
+                 heartbeats)\n  lapsed. On a busy machine try a longer heartbeat, e.g. \
+                 --heartbeat-ms 20."
+            ),
+            "{text}"
+        );
+        // No hint when nothing failed.
+        let mut clean = summary.clone();
+        clean.reports[0].transfers = duplex_synthetic().transfers;
+        assert!(!clean.to_string().contains("try a longer heartbeat"));
+    }
+
+    #[test]
     fn options_refuse_what_the_demo_cannot_show() {
         let mut opts = DemoOptions::new("/nonexistent/steadfast");
         opts.name = "demo-7".into();
@@ -3308,6 +3415,9 @@ mod tests {
         assert_eq!(thousands(7), "7");
         assert_eq!(thousands(2412), "2,412");
         assert_eq!(thousands(1_234_567), "1,234,567");
+        assert_eq!(wrap("a bb ccc dddd", 6), "a bb\nccc\ndddd");
+        assert_eq!(wrap("  one   word ", 80), "one word");
+        assert_eq!(wrap("longerthanwidth x", 4), "longerthanwidth\nx");
         assert_eq!(transfer_title(&DOWNLOAD), "16 MiB download");
         assert_eq!(
             transfer_how(&UPLOAD),
