@@ -14,6 +14,10 @@
 //!   against the body sent, and their request ids are kept for the exactly-once check of the
 //!   data tier ([`LoadReport::committed_ids`]).
 //!
+//! Beside them, [`run_transfer`] runs one long request on a connection of its own — a download
+//! read at a set pace, or a slow upload — so that a failure finds it in flight; [`LoadProgress`]
+//! counts the bytes each way as they go.
+//!
 //! Every request records its start (since the load began), latency and outcome, and the
 //! [`LoadReport`] derives outages, the longest client-visible gap and the serving timeline.
 
@@ -504,6 +508,8 @@ pub struct LoadProgress {
     probes_failed: AtomicU64,
     requests_ok: AtomicU64,
     requests_failed: AtomicU64,
+    bytes_received: AtomicU64,
+    bytes_sent: AtomicU64,
     last_server: Mutex<Option<String>>,
 }
 
@@ -513,6 +519,9 @@ pub struct ProgressSnapshot {
     pub probes_failed: u64,
     pub requests_ok: u64,
     pub requests_failed: u64,
+    /// Bytes read from the service (reply heads and bodies) and written to it (requests).
+    pub bytes_received: u64,
+    pub bytes_sent: u64,
     /// `Steadfast-Node` of the latest successful probe or request.
     pub last_server: Option<String>,
 }
@@ -524,6 +533,8 @@ impl LoadProgress {
             probes_failed: self.probes_failed.load(Ordering::Relaxed),
             requests_ok: self.requests_ok.load(Ordering::Relaxed),
             requests_failed: self.requests_failed.load(Ordering::Relaxed),
+            bytes_received: self.bytes_received.load(Ordering::Relaxed),
+            bytes_sent: self.bytes_sent.load(Ordering::Relaxed),
             last_server: self
                 .last_server
                 .lock()
@@ -618,6 +629,141 @@ pub async fn run_load(
     })
 }
 
+/// One long request on a connection of its own: what a node's failure finds in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transfer {
+    /// `GET /bytes/{len}?seed={seed}` (builtin backend), its reply read at
+    /// `bytes_per_second` at most: a client on a slow link.
+    Download {
+        len: u64,
+        seed: u64,
+        bytes_per_second: u64,
+    },
+    /// `POST /commit` of the generator's `len` bytes for `seed` (builtin backend), the body
+    /// sent as `upload` says.
+    Upload { seed: u64, upload: SlowUpload },
+}
+
+impl Transfer {
+    /// Body bytes it moves.
+    pub fn body_bytes(&self) -> u64 {
+        match self {
+            Transfer::Download { len, .. } => *len,
+            Transfer::Upload { upload, .. } => upload.len,
+        }
+    }
+
+    /// How long it lasts by design (its pace, its pauses), before the service adds anything.
+    pub fn planned(&self) -> Duration {
+        match self {
+            Transfer::Download {
+                len,
+                bytes_per_second,
+                ..
+            } => Duration::from_secs_f64(*len as f64 / (*bytes_per_second).max(1) as f64),
+            Transfer::Upload { upload, .. } => upload.gap * upload.pieces,
+        }
+    }
+
+    fn kind(&self) -> RequestKind {
+        match *self {
+            Transfer::Download { len, seed, .. } => RequestKind::Bytes {
+                len,
+                seed,
+                chunked: false,
+            },
+            Transfer::Upload { seed, upload } => RequestKind::Commit {
+                len: upload.len,
+                seed,
+                slow: true,
+            },
+        }
+    }
+}
+
+/// Runs `transfer` on a new connection to `target`, verifies its reply and records it: its
+/// start is measured from `origin` (the load's own start, for one timeline), its bytes are
+/// counted in `progress` as they go, and `timeout` bounds what the service may add to the
+/// planned time. One request, then the connection is closed.
+pub async fn run_transfer(
+    target: SocketAddr,
+    transfer: Transfer,
+    timeout: Duration,
+    origin: Instant,
+    progress: &LoadProgress,
+) -> Result<RequestRecord, LoadError> {
+    if transfer.body_bytes() == 0 || timeout.is_zero() {
+        return Err(LoadError::InvalidOptions(
+            "a transfer needs a body and a positive timeout".into(),
+        ));
+    }
+    match transfer {
+        Transfer::Download {
+            bytes_per_second: 0,
+            ..
+        } => {
+            return Err(LoadError::InvalidOptions(
+                "a download's pace must be positive".into(),
+            ))
+        }
+        Transfer::Upload { upload, .. } if upload.pieces == 0 => {
+            return Err(LoadError::InvalidOptions(
+                "a slow upload needs at least one piece".into(),
+            ))
+        }
+        _ => {}
+    }
+    let start = origin.elapsed();
+    let begun = Instant::now();
+    let deadline = begun + transfer.planned() + timeout;
+    let kind = transfer.kind();
+    let (slow, pace) = match transfer {
+        Transfer::Download {
+            bytes_per_second, ..
+        } => (
+            None,
+            Some(ReadPace {
+                bytes_per_second,
+                since: begun,
+            }),
+        ),
+        Transfer::Upload { upload, .. } => (Some(upload), None),
+    };
+    let mut local = None;
+    let result = async {
+        let mut stream = connect(target, deadline).await?;
+        local = stream.local_addr().ok();
+        let mut buf = Vec::new();
+        let meter = Meter { progress, pace };
+        perform(&mut stream, &mut buf, target, kind, slow, deadline, meter).await
+    }
+    .await;
+    let mut commit_id = None;
+    let outcome = match result {
+        Ok(reply) => {
+            commit_id = reply.commit_id;
+            Outcome::Ok {
+                server: reply.server,
+            }
+        }
+        Err(mut failure) => {
+            if let Some(local) = local {
+                failure.detail.push_str(&format!(" (client side {local})"));
+            }
+            Outcome::Err(failure)
+        }
+    };
+    progress.record(&outcome, &progress.requests_ok, &progress.requests_failed);
+    Ok(RequestRecord {
+        start,
+        latency: begun.elapsed(),
+        kind,
+        connected: true,
+        outcome,
+        commit_id,
+    })
+}
+
 fn validate(options: &LoadOptions) -> Result<(), LoadError> {
     if let Some(probes) = &options.probes {
         if probes.period.is_zero() {
@@ -688,7 +834,8 @@ async fn run_probes(
                 let start = started.elapsed();
                 let begun = Instant::now();
                 in_flight.spawn(async move {
-                    let outcome = probe_once(target, &request, probe_index, timeout).await;
+                    let outcome =
+                        probe_once(target, &request, probe_index, timeout, &progress).await;
                     progress.record(&outcome, &progress.probes_ok, &progress.probes_failed);
                     Probe { index: probe_index, start, latency: begun.elapsed(), outcome }
                 });
@@ -710,6 +857,7 @@ async fn probe_once(
     request: &ProbeRequest,
     index: u64,
     timeout: Duration,
+    progress: &LoadProgress,
 ) -> Outcome {
     let deadline = Instant::now() + timeout;
     let (path, check) = match request {
@@ -733,8 +881,17 @@ async fn probe_once(
         let mut buf = Vec::new();
         let what = format!("GET {path}");
         let request = format!("GET {path} HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n");
-        send(&mut stream, request.as_bytes(), target, &what, deadline).await?;
-        read_reply(&mut stream, &mut buf, target, &what, check, deadline).await
+        let meter = Meter::unpaced(progress);
+        send(
+            &mut stream,
+            request.as_bytes(),
+            target,
+            &what,
+            deadline,
+            meter,
+        )
+        .await?;
+        read_reply(&mut stream, &mut buf, target, &what, check, deadline, meter).await
     }
     .await;
     match result {
@@ -817,6 +974,7 @@ async fn run_connection(
                 kind,
                 options.slow_upload,
                 deadline,
+                Meter::unpaced(&progress),
             )
             .await
         }
@@ -899,6 +1057,7 @@ async fn perform(
     kind: RequestKind,
     slow: Option<SlowUpload>,
     deadline: Instant,
+    meter: Meter<'_>,
 ) -> Result<Reply, Failure> {
     let get = |path: &str| {
         format!("GET {path} HTTP/1.1\r\nHost: {target}\r\nConnection: keep-alive\r\n\r\n")
@@ -911,7 +1070,15 @@ async fn perform(
                 format!("/bytes/{len}?seed={seed}")
             };
             let what = format!("GET {path}");
-            send(stream, get(&path).as_bytes(), target, &what, deadline).await?;
+            send(
+                stream,
+                get(&path).as_bytes(),
+                target,
+                &what,
+                deadline,
+                meter,
+            )
+            .await?;
             read_reply(
                 stream,
                 buf,
@@ -919,6 +1086,7 @@ async fn perform(
                 &what,
                 BodyCheck::Generated { len, seed },
                 deadline,
+                meter,
             )
             .await
         }
@@ -929,9 +1097,19 @@ async fn perform(
                 target,
                 "GET /uuid",
                 deadline,
+                meter,
             )
             .await?;
-            read_reply(stream, buf, target, "GET /uuid", BodyCheck::Uuid, deadline).await
+            read_reply(
+                stream,
+                buf,
+                target,
+                "GET /uuid",
+                BodyCheck::Uuid,
+                deadline,
+                meter,
+            )
+            .await
         }
         RequestKind::Pipelined {
             len,
@@ -941,7 +1119,7 @@ async fn perform(
             let paths = [seed, second_seed].map(|s| format!("/bytes/{len}?seed={s}"));
             let both = format!("{}{}", get(&paths[0]), get(&paths[1]));
             let what = format!("pipelined GET {} and {}", paths[0], paths[1]);
-            send(stream, both.as_bytes(), target, &what, deadline).await?;
+            send(stream, both.as_bytes(), target, &what, deadline, meter).await?;
             let first = read_reply(
                 stream,
                 buf,
@@ -949,6 +1127,7 @@ async fn perform(
                 &format!("GET {} (first of two pipelined)", paths[0]),
                 BodyCheck::Generated { len, seed },
                 deadline,
+                meter,
             )
             .await?;
             if first.server_closes {
@@ -964,6 +1143,7 @@ async fn perform(
                     seed: second_seed,
                 },
                 deadline,
+                meter,
             )
             .await
         }
@@ -985,17 +1165,17 @@ async fn perform(
             );
             match slow.filter(|_| is_slow) {
                 Some(slow) => {
-                    send(stream, head.as_bytes(), target, &what, deadline).await?;
+                    send(stream, head.as_bytes(), target, &what, deadline, meter).await?;
                     let piece = body.len().div_ceil(slow.pieces as usize).max(1);
                     for chunk in body.chunks(piece) {
                         tokio::time::sleep(slow.gap).await;
-                        send(stream, chunk, target, &what, deadline).await?;
+                        send(stream, chunk, target, &what, deadline, meter).await?;
                     }
                 }
                 None => {
                     let mut request = head.into_bytes();
                     request.extend_from_slice(&body);
-                    send(stream, &request, target, &what, deadline).await?;
+                    send(stream, &request, target, &what, deadline, meter).await?;
                 }
             }
             read_reply(
@@ -1005,9 +1185,41 @@ async fn perform(
                 &what,
                 BodyCheck::Commit { digest },
                 deadline,
+                meter,
             )
             .await
         }
+    }
+}
+
+/// Where a request's bytes are counted, and how fast its reply may be read.
+#[derive(Clone, Copy)]
+struct Meter<'a> {
+    progress: &'a LoadProgress,
+    pace: Option<ReadPace>,
+}
+
+impl<'a> Meter<'a> {
+    fn unpaced(progress: &'a LoadProgress) -> Self {
+        Meter {
+            progress,
+            pace: None,
+        }
+    }
+}
+
+/// A client that reads no more than `bytes_per_second` from `since` on: one on a slow link, whose
+/// download lasts (the kernel's receive window then holds the server back too).
+#[derive(Clone, Copy)]
+struct ReadPace {
+    bytes_per_second: u64,
+    since: Instant,
+}
+
+impl ReadPace {
+    /// When the client may read on, having read `received` bytes.
+    fn due(&self, received: u64) -> Instant {
+        self.since + Duration::from_secs_f64(received as f64 / self.bytes_per_second as f64)
     }
 }
 
@@ -1017,6 +1229,7 @@ async fn send(
     target: SocketAddr,
     what: &str,
     deadline: Instant,
+    meter: Meter<'_>,
 ) -> Result<(), Failure> {
     match tokio::time::timeout_at(deadline, stream.write_all(bytes)).await {
         Err(_) => Err(failure(
@@ -1024,7 +1237,13 @@ async fn send(
             format!("{what} to {target}: request not sent within the timeout"),
         )),
         Ok(Err(error)) => Err(io_failure(&error, target, &format!("{what} to"))),
-        Ok(Ok(())) => Ok(()),
+        Ok(Ok(())) => {
+            meter
+                .progress
+                .bytes_sent
+                .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            Ok(())
+        }
     }
 }
 
@@ -1165,7 +1384,8 @@ impl BodySink {
     }
 }
 
-/// Reads more bytes into `buf`; `Ok(false)` at end of stream.
+/// Reads more bytes into `buf`; `Ok(false)` at end of stream. `received` counts this reply's
+/// bytes so far: a paced reading waits until they are due before it reads on.
 async fn read_more(
     stream: &mut TcpStream,
     buf: &mut Vec<u8>,
@@ -1173,7 +1393,11 @@ async fn read_more(
     target: SocketAddr,
     path: &str,
     received: &mut u64,
+    meter: Meter<'_>,
 ) -> Result<bool, Failure> {
+    if let Some(pace) = meter.pace {
+        tokio::time::sleep_until(pace.due(*received).min(deadline)).await;
+    }
     let start = buf.len();
     buf.resize(start + READ_PIECE, 0);
     let read = tokio::time::timeout_at(deadline, stream.read(&mut buf[start..])).await;
@@ -1196,6 +1420,10 @@ async fn read_more(
     };
     buf.truncate(start + count);
     *received += count as u64;
+    meter
+        .progress
+        .bytes_received
+        .fetch_add(count as u64, Ordering::Relaxed);
     Ok(count > 0)
 }
 
@@ -1208,6 +1436,7 @@ async fn read_reply(
     what: &str,
     check: BodyCheck,
     deadline: Instant,
+    meter: Meter<'_>,
 ) -> Result<Reply, Failure> {
     let path = what;
     // What this reply delivered so far (bytes of the previous reply already in `buf` count
@@ -1278,7 +1507,17 @@ async fn read_reply(
                 ))
             }
         }
-        if !read_more(stream, buf, deadline, target, path, &mut received_total).await? {
+        if !read_more(
+            stream,
+            buf,
+            deadline,
+            target,
+            path,
+            &mut received_total,
+            meter,
+        )
+        .await?
+        {
             return Err(failure(
                 ErrorKind::Closed,
                 format!(
@@ -1315,7 +1554,17 @@ async fn read_reply(
                 if remaining == 0 {
                     break;
                 }
-                if !read_more(stream, buf, deadline, target, path, &mut received_total).await? {
+                if !read_more(
+                    stream,
+                    buf,
+                    deadline,
+                    target,
+                    path,
+                    &mut received_total,
+                    meter,
+                )
+                .await?
+                {
                     return Err(closed_early(length - remaining));
                 }
             }
@@ -1338,7 +1587,17 @@ async fn read_reply(
                 if done {
                     break;
                 }
-                if !read_more(stream, buf, deadline, target, path, &mut received_total).await? {
+                if !read_more(
+                    stream,
+                    buf,
+                    deadline,
+                    target,
+                    path,
+                    &mut received_total,
+                    meter,
+                )
+                .await?
+                {
                     return Err(closed_early(received));
                 }
             }
@@ -1346,7 +1605,17 @@ async fn read_reply(
         Framing::UntilClose => loop {
             sink.accept(buf, path)?;
             buf.clear();
-            if !read_more(stream, buf, deadline, target, path, &mut received_total).await? {
+            if !read_more(
+                stream,
+                buf,
+                deadline,
+                target,
+                path,
+                &mut received_total,
+                meter,
+            )
+            .await?
+            {
                 break;
             }
         },

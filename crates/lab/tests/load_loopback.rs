@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use steadfast_lab::backend::{Backend, BackendConfig};
 use steadfast_lab::load::{
-    run_load, ErrorKind, KeepAliveOptions, LoadOptions, LoadProgress, ProbeOptions, ProbeRequest,
-    ProgressSnapshot,
+    run_load, run_transfer, ErrorKind, KeepAliveOptions, LoadOptions, LoadProgress, ProbeOptions,
+    ProbeRequest, ProgressSnapshot, RequestKind, SlowUpload, Transfer,
 };
 use tokio::task::JoinHandle;
 
@@ -236,4 +236,151 @@ async fn static_file_probes_verify_a_fixed_body() {
         missing.probe_error_counts()[&ErrorKind::BadStatus],
         missing.probes.len()
     );
+}
+
+const MIB: u64 = 1024 * 1024;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paced_download_lasts_its_pace_and_counts_its_bytes() {
+    let data_tier = TempFile::new();
+    let (addr, _backend) = start_backend("127.0.0.1:0".parse().unwrap(), "n1", &data_tier).await;
+    let progress = LoadProgress::default();
+    let transfer = Transfer::Download {
+        len: 2 * MIB,
+        seed: 9,
+        bytes_per_second: 4 * MIB,
+    };
+    assert_eq!(transfer.planned(), Duration::from_millis(500));
+    let origin = tokio::time::Instant::now();
+    let record = run_transfer(addr, transfer, Duration::from_secs(5), origin, &progress)
+        .await
+        .unwrap();
+
+    assert!(record.outcome.is_ok(), "{:?}", record.outcome);
+    assert!(record.connected);
+    assert_eq!(
+        record.kind,
+        RequestKind::Bytes {
+            len: 2 * MIB,
+            seed: 9,
+            chunked: false
+        }
+    );
+    // Loopback alone would take milliseconds: the pace is what makes it last. The last read
+    // piece (64 KiB) is not waited for.
+    assert!(
+        record.latency >= Duration::from_millis(450),
+        "{:?}",
+        record.latency
+    );
+    assert!(
+        record.latency < Duration::from_secs(3),
+        "{:?}",
+        record.latency
+    );
+    let snapshot = progress.snapshot();
+    assert_eq!((snapshot.requests_ok, snapshot.requests_failed), (1, 0));
+    assert_eq!(snapshot.last_server.as_deref(), Some("n1"));
+    // The body and a reply head of a few hundred bytes; the request line went the other way.
+    assert!(
+        (2 * MIB..2 * MIB + 1024).contains(&snapshot.bytes_received),
+        "{snapshot:?}"
+    );
+    assert!((1..1024).contains(&snapshot.bytes_sent), "{snapshot:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_upload_is_committed_once_and_counted_as_it_goes() {
+    let data_tier = TempFile::new();
+    let (addr, _backend) = start_backend("127.0.0.1:0".parse().unwrap(), "n1", &data_tier).await;
+    let progress = Arc::new(LoadProgress::default());
+    let upload = SlowUpload {
+        len: 100_000,
+        pieces: 10,
+        gap: Duration::from_millis(30),
+    };
+    let transfer = Transfer::Upload { seed: 3, upload };
+    let running = {
+        let progress = Arc::clone(&progress);
+        tokio::spawn(async move {
+            let origin = tokio::time::Instant::now();
+            run_transfer(addr, transfer, Duration::from_secs(5), origin, &progress).await
+        })
+    };
+    // Half way through, part of the body is out and no reply has come.
+    wait_for(&progress, |s| s.bytes_sent >= 40_000).await;
+    let midway = progress.snapshot();
+    assert!(midway.bytes_sent < 100_000, "{midway:?}");
+    assert_eq!(midway.requests_ok + midway.requests_failed, 0);
+    let record = running.await.unwrap().unwrap();
+
+    assert!(record.outcome.is_ok(), "{:?}", record.outcome);
+    assert!(
+        record.latency >= Duration::from_millis(300),
+        "{:?}",
+        record.latency
+    );
+    let id = record.commit_id.clone().expect("a commit id");
+    let verdict = steadfast_lab::data_tier::check_exactly_once(&data_tier.0, &[id]).unwrap();
+    assert!(verdict.holds(), "{verdict:?}");
+    assert!(progress.snapshot().bytes_sent > 100_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_cut_by_the_server_fails_with_the_bytes_it_got() {
+    let data_tier = TempFile::new();
+    let (addr, backend) = start_backend("127.0.0.1:0".parse().unwrap(), "n1", &data_tier).await;
+    let progress = Arc::new(LoadProgress::default());
+    let transfer = Transfer::Download {
+        len: 4 * MIB,
+        seed: 1,
+        bytes_per_second: 2 * MIB,
+    };
+    let running = {
+        let progress = Arc::clone(&progress);
+        tokio::spawn(async move {
+            let origin = tokio::time::Instant::now();
+            run_transfer(addr, transfer, Duration::from_secs(2), origin, &progress).await
+        })
+    };
+    wait_for(&progress, |s| s.bytes_received >= 256 * 1024).await;
+    drop(backend);
+    let record = running.await.unwrap().unwrap();
+
+    assert!(!record.outcome.is_ok(), "{:?}", record.outcome);
+    let received = progress.snapshot().bytes_received;
+    assert!(received < 4 * MIB, "{received}");
+    assert_eq!(progress.snapshot().requests_failed, 1);
+}
+
+#[tokio::test]
+async fn transfers_without_a_pace_or_a_body_are_refused() {
+    let target = "127.0.0.1:9".parse().unwrap();
+    let origin = tokio::time::Instant::now();
+    let progress = LoadProgress::default();
+    for transfer in [
+        Transfer::Download {
+            len: MIB,
+            seed: 0,
+            bytes_per_second: 0,
+        },
+        Transfer::Download {
+            len: 0,
+            seed: 0,
+            bytes_per_second: MIB,
+        },
+        Transfer::Upload {
+            seed: 0,
+            upload: SlowUpload {
+                len: 10,
+                pieces: 0,
+                gap: Duration::ZERO,
+            },
+        },
+    ] {
+        let refused =
+            run_transfer(target, transfer, Duration::from_secs(1), origin, &progress).await;
+        assert!(refused.is_err(), "{transfer:?}");
+    }
+    assert_eq!(progress.snapshot().bytes_sent, 0);
 }

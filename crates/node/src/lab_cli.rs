@@ -60,15 +60,32 @@ pub enum LabCommand {
 
 #[derive(Args)]
 pub struct DemoArgs {
-    /// Member nodes in the demo lab.
-    #[arg(long, default_value_t = 3)]
+    /// Show one mode alone: duplex | unreplicated (default: both, duplex first, and a table
+    /// side by side).
+    #[arg(long, value_parser = parse_demo_mode)]
+    pub mode: Option<Mode>,
+    /// Member nodes in each lab (with 2, a witness is added). Duplex runs with 2 only.
+    #[arg(long, default_value_t = 2)]
     pub nodes: u8,
-    /// Heartbeat interval; the daemon's default when absent.
-    #[arg(long)]
-    pub heartbeat_ms: Option<u32>,
-    /// Leave the lab running at the end (remove it with `steadfast lab down NAME`).
+    /// Heartbeat interval of the daemons, in both modes alike.
+    #[arg(long, default_value_t = steadfast_lab::demo::DEFAULT_HEARTBEAT_MS)]
+    pub heartbeat_ms: u32,
+    /// Leave the labs running at the end (remove them with `steadfast lab down NAME`).
     #[arg(long)]
     pub keep: bool,
+}
+
+/// The modes the demo shows: simplex has nothing to show a client.
+fn parse_demo_mode(word: &str) -> Result<Mode, String> {
+    match word.parse::<Mode>() {
+        Ok(mode @ (Mode::Duplex | Mode::Unreplicated)) => Ok(mode),
+        Ok(mode) => Err(format!(
+            "the demo shows duplex or unreplicated mode, not {mode}"
+        )),
+        Err(_) => Err(format!(
+            "unknown mode {word:?}: the demo shows duplex or unreplicated"
+        )),
+    }
 }
 
 pub fn run(command: LabCommand) -> anyhow::Result<ExitCode> {
@@ -131,17 +148,23 @@ pub fn run(command: LabCommand) -> anyhow::Result<ExitCode> {
 pub fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let exe = std::env::current_exe().context("finding the steadfast executable")?;
     let mut opts = DemoOptions::new(exe);
+    if let Some(mode) = args.mode {
+        opts.modes = vec![mode];
+    }
     opts.nodes = args.nodes;
-    opts.heartbeat_ms = args.heartbeat_ms;
+    opts.heartbeat_ms = Some(args.heartbeat_ms);
     opts.keep = args.keep;
-    opts.interrupt = interrupt_on_ctrl_c(&opts.name)?;
-    let report = run_demo(opts, &mut std::io::stdout().lock())?;
-    if report.interrupted {
+    opts.interrupt = interrupt_on_ctrl_c(&opts.lab_names())?;
+    let summary = run_demo(opts, &mut std::io::stdout().lock())?;
+    if summary.interrupted {
         // 128 + SIGINT, as a shell reports a command ended by Ctrl-C.
         return Ok(ExitCode::from(130));
     }
-    if !report.recovered() {
-        eprintln!("steadfast demo: the service did not answer new connections at the end");
+    let failures = summary.failures();
+    if !failures.is_empty() {
+        for failure in failures {
+            eprintln!("steadfast demo: {failure}");
+        }
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)

@@ -72,7 +72,8 @@ enum Command {
         #[command(subcommand)]
         command: lab_cli::LabCommand,
     },
-    /// A three-node lab, a verifying load, a crash of the primary, a heal, and a report.
+    /// Duplex beside unreplicated: the same load, the same crash of the primary's host, a heal,
+    /// and a report side by side.
     Demo(lab_cli::DemoArgs),
     /// Measure failover and overhead in namespace labs, beside the reference systems.
     Bench {
