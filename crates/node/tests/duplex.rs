@@ -1247,9 +1247,21 @@ fn daemon_pids(lab: &Lab, host: &str) -> Vec<String> {
 /// fails.
 #[test]
 fn stopping_the_primary_daemon_hands_its_connections_over() {
-    let (lab, primary, backup) = protected_lab("st");
+    let (lab, _, _) = protected_lab("st");
     let load = BackgroundLoad::start_with(&lab, keep_alive_load(&lab, 60, Duration::from_secs(30)));
-    std::thread::sleep(Duration::from_millis(800));
+    load.wait_for_successes(0, 120, Duration::from_secs(10), "before the stop");
+    // Whoever is primary now (a moment's stall under the load can move the address, and the
+    // backup carries every connection on: not what this test is about), once its backup
+    // protects every connection.
+    let primary = primary_of(&lab);
+    let backup = other_member(&primary);
+    assert!(
+        common::wait_until(Duration::from_secs(5), || lab.daemon_status(&primary)
+            ["holds_connections"]
+            == false),
+        "{backup} protects every connection of {primary}: {}",
+        lab.situation()
+    );
     let pids = daemon_pids(&lab, &primary);
     assert_eq!(pids.len(), 1, "one daemon runs on {primary}: {pids:?}");
     let stopped_at = Instant::now();
@@ -1264,14 +1276,16 @@ fn stopping_the_primary_daemon_hands_its_connections_over() {
         "{backup} takes over from the stopped {primary}"
     );
     let took = stopped_at.elapsed();
-    std::thread::sleep(Duration::from_millis(1000));
-    let log = std::fs::read_to_string(lab.info.state_dir.join(format!("{primary}.daemon.log")))
-        .unwrap_or_default();
-    let handed = log.lines().find(|line| line.contains("planned stop"));
+    let log_path = lab.info.state_dir.join(format!("{primary}.daemon.log"));
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
     assert!(
-        handed.is_some(),
-        "{primary} handed its sessions over before stopping"
+        common::wait_until(Duration::from_secs(3), || log().contains("planned stop")),
+        "{primary} handed its sessions over before stopping: {}",
+        lab.situation()
     );
+    let log = log();
+    let handed = log.lines().find(|line| line.contains("planned stop"));
+    load.wait_for_successes(load.successes(), 120, Duration::from_secs(10), "after the stop");
     eprintln!("{}", handed.unwrap_or_default());
     let plane = lab.daemon_status(&backup)["data_plane"].clone();
     let report = load.stop();
