@@ -327,6 +327,9 @@ pub struct Election {
     stand_not_before: Duration,
     seq: u64,
     next_heartbeat: Duration,
+    /// When the last call said the next one was due ([`Self::next_deadline`]): a call much
+    /// later than that means this node itself was frozen meanwhile.
+    due_by: Option<Duration>,
 }
 
 impl Election {
@@ -365,6 +368,7 @@ impl Election {
             stand_not_before: now + lease,
             seq: 0,
             next_heartbeat: now,
+            due_by: None,
             cfg,
         }
     }
@@ -508,6 +512,7 @@ impl Election {
     pub fn handle(&mut self, event: Event, now: Duration) -> (Vec<Action>, Disposition) {
         let mut out = Vec::new();
         let mut disposition = Disposition::Accepted;
+        self.forgive_own_stall(now);
         match event {
             Event::Tick => {}
             Event::HealthChanged(healthy) => {
@@ -547,7 +552,30 @@ impl Election {
             } => disposition = self.receive(from, epoch, message, now, &mut out),
         }
         self.step(now, &mut out);
+        self.due_by = Some(self.next_deadline(now));
         (out, disposition)
+    }
+
+    /// This node ran far later than it asked to (its daemon was paused, its VM descheduled):
+    /// the time it was frozen is not time its peers were silent. It could not hear them then,
+    /// so their silence is counted from its wake-up, not from before its stall — otherwise a
+    /// node that wakes up would stand against a holder (or a primary) that went on serving, or
+    /// that was frozen with it. Only liveness views move; promises and leases, which keep two
+    /// nodes from serving at once, are not touched.
+    fn forgive_own_stall(&mut self, now: Duration) {
+        let Some(due_by) = self.due_by else {
+            return;
+        };
+        let Some(stall) = now.checked_sub(due_by + self.cfg.heartbeat_interval) else {
+            return;
+        };
+        for peer in self.peers.values_mut() {
+            for seen in [&mut peer.last_heard, &mut peer.last_able] {
+                if let Some(t) = seen.as_mut() {
+                    *t = (*t + stall).min(now);
+                }
+            }
+        }
     }
 
     fn receive(

@@ -1285,7 +1285,12 @@ fn stopping_the_primary_daemon_hands_its_connections_over() {
     );
     let log = log();
     let handed = log.lines().find(|line| line.contains("planned stop"));
-    load.wait_for_successes(load.successes(), 120, Duration::from_secs(10), "after the stop");
+    load.wait_for_successes(
+        load.successes(),
+        120,
+        Duration::from_secs(10),
+        "after the stop",
+    );
     eprintln!("{}", handed.unwrap_or_default());
     let plane = lab.daemon_status(&backup)["data_plane"].clone();
     let report = load.stop();
