@@ -1930,10 +1930,10 @@ fn load_options(info: &LabInfo) -> LoadOptions {
 }
 
 /// Waits (briefly) until the duplex `primary` reports every open connection protected by its
-/// backup: a connection is adopted between two of its requests, so right after an election
-/// the demo did not cause, some are not yet, and a crash then would lose them by design. A
-/// transfer carried over by such an election cannot be adopted before it ends: the crash
-/// goes ahead, and the line printed says what it will cost.
+/// backup: a backup that joins adopts the open connections within tens of milliseconds,
+/// so right after an election the demo did not cause some may not be yet, and a crash then
+/// would lose them by design. If they are still not after the wait, the crash goes ahead,
+/// and the line printed says what it will cost.
 fn wait_all_protected(
     info: &LabInfo,
     primary: &str,
@@ -2374,7 +2374,7 @@ impl<'a> Watch<'a> {
                             now,
                             &format!(
                                 "    {healed} joined {primary} as its backup; it adopts the \
-                                 open connections, each between two requests"
+                                 open connections, wherever each stands"
                             )
                         )
                     )?;

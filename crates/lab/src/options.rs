@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-/// The contract's `--mode`. Only `unreplicated` runs today; the others parse so that `up` can
-/// refuse them with a clear message instead of a usage error.
+/// The contract's `--mode`: `unreplicated`, `simplex` and `duplex` run; `active` parses so
+/// that `up` can refuse it with a clear message instead of a usage error.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
