@@ -6,7 +6,9 @@
 //! daemon dies for any reason the kernel closes the socket and deletes the owner table with it
 //! (no child process, nothing to poll). From then on the node's kernel neither answers ARP for
 //! the address nor sends a byte (data, FIN or RST) from it, whatever address state the dead
-//! daemon left behind.
+//! daemon left behind. That includes the FIN or RST of every connection the dying process
+//! closes: the socket sits at the top of the descriptor table, where a dying process's
+//! descriptors are released first ([`NftSocket::move_to_top_descriptor`]).
 //!
 //! The fence also holds the node's *kernel lease*: a set of the service addresses whose
 //! elements time out by themselves, renewed by the daemon each time the election renews the
@@ -227,6 +229,10 @@ impl Fence {
         };
         let mut owner =
             NftSocket::open().map_err(nftables("opening the fence's netlink socket"))?;
+        // Released first when the process dies, before any connection's FIN or RST.
+        owner
+            .move_to_top_descriptor()
+            .map_err(nftables("placing the fence's netlink socket"))?;
         // A previous life's owner tables outlive its death by tens of milliseconds (the kernel
         // releases them after the socket, not within its close), and the kernel refuses a
         // table of the same name owned by another socket with EPERM: a daemon restarted at

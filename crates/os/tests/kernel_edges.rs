@@ -971,3 +971,128 @@ fn the_fence_can_be_armed_again_the_moment_its_last_life_ends() {
     .expect("namespace thread")
     .expect("entering the namespace");
 }
+
+/// What the child process of the test below does when this variable names its namespace,
+/// address and peer: arm the fence, open connections from the address, say "ready", wait to
+/// be killed.
+const FENCE_CHILD: &str = "STEADFAST_TEST_FENCE_CHILD";
+const DEATH_CONNECTIONS: usize = 40;
+
+/// The child's part: the fence armed and leased for a minute (so only the owner table's
+/// going can darken the address), then connections that hold unread bytes (their close sends
+/// RST) and connections that hold none (their close sends FIN), opened after the fence as a
+/// daemon's are.
+fn fence_child(spec: &str) {
+    use std::io::Write;
+    let mut parts = spec.split(',');
+    let (ns, vip, peer) = (
+        parts.next().expect("namespace").to_string(),
+        parts.next().expect("address").parse::<Ipv4Addr>().expect("address"),
+        parts.next().expect("peer").parse::<std::net::SocketAddr>().expect("peer"),
+    );
+    netns::spawn_in(&ns, move || {
+        let mut fence = steadfast_os::fence::Fence::arm(&[vip]).expect("arming");
+        fence
+            .hold_lease(Some(Duration::from_secs(60)))
+            .expect("leasing");
+        let streams: Vec<std::net::TcpStream> = (0..DEATH_CONNECTIONS)
+            .map(|_| {
+                std::net::TcpStream::connect_timeout(&peer, Duration::from_secs(2))
+                    .expect("connecting")
+            })
+            .collect();
+        for (i, stream) in streams.iter().enumerate().filter(|(i, _)| i % 2 == 0) {
+            stream
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            let mut byte = [0u8; 1];
+            assert_eq!(stream.peek(&mut byte).expect("peeking"), 1, "connection {i}");
+        }
+        // On a line of its own: libtest has written "test <name> ... " without a newline.
+        println!("\nfence child ready");
+        std::io::stdout().flush().unwrap();
+        std::thread::sleep(Duration::from_secs(60));
+        drop((fence, streams));
+    })
+    .join()
+    .expect("namespace thread")
+    .expect("entering the namespace");
+}
+
+/// I5, daemon death is node death, at the moment of death: a process killed with connections
+/// open (some with bytes it never read) closes them as it dies, and its kernel would send FIN
+/// or RST on each; none may leave the node, or the client that gets it is lost to the node
+/// that takes over. The fence's owner table must go before the connections do.
+#[test]
+fn a_process_killed_with_connections_open_sends_nothing_from_the_address() {
+    if let Ok(spec) = std::env::var(FENCE_CHILD) {
+        fence_child(&spec);
+        return;
+    }
+    use std::io::{BufRead, Read, Write};
+    let pair = Pair::new();
+    ip(&["-n", pair.a.name(), "addr", "add", "10.221.0.100/24", "dev", &pair.veth_a]);
+    ip(&["-n", pair.b.name(), "addr", "add", "10.221.0.2/24", "dev", &pair.veth_b]);
+    let peer = std::net::SocketAddr::from(([10, 221, 0, 2], 8080));
+    let listener = netns::spawn_in(pair.b.name(), move || {
+        std::net::TcpListener::bind(peer).expect("listening in b")
+    })
+    .join()
+    .expect("namespace thread")
+    .expect("entering b");
+    let mut child = Command::new(std::env::current_exe().expect("the test binary"))
+        .args([
+            "--exact",
+            "a_process_killed_with_connections_open_sends_nothing_from_the_address",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(FENCE_CHILD, format!("{},10.221.0.100,{peer}", pair.a.name()))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting the child");
+    let mut accepted = Vec::new();
+    listener.set_nonblocking(true).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while accepted.len() < DEATH_CONNECTIONS && Instant::now() < deadline {
+        match listener.accept() {
+            Ok((mut stream, _)) => {
+                stream.set_nonblocking(false).unwrap();
+                if accepted.len() % 2 == 0 {
+                    stream.write_all(&[7u8; 1000]).expect("sending unread bytes");
+                }
+                accepted.push(stream);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(2))
+            }
+            Err(e) => panic!("accepting: {e}"),
+        }
+    }
+    assert_eq!(accepted.len(), DEATH_CONNECTIONS, "the child connected");
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    assert!(
+        lines.any(|line| line.map(|l| l == "fence child ready").unwrap_or(false)),
+        "the child never got ready (its output above)"
+    );
+    child.kill().expect("killing the child");
+    let status = child.wait().expect("reaping the child");
+    assert!(!status.success(), "the child was killed: {status}");
+    // Give whatever the dying kernel sockets sent time to arrive.
+    std::thread::sleep(Duration::from_millis(300));
+    let mut heard = Vec::new();
+    for (i, stream) in accepted.iter_mut().enumerate() {
+        stream.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 64];
+        match stream.read(&mut buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Ok(0) => heard.push(format!("connection {i}: FIN")),
+            Ok(n) => heard.push(format!("connection {i}: {n} bytes")),
+            Err(e) => heard.push(format!("connection {i}: {e}")),
+        }
+    }
+    assert!(
+        heard.is_empty(),
+        "the dead process's kernel spoke for the address: {heard:?}"
+    );
+}

@@ -181,6 +181,57 @@ impl NftSocket {
         })
     }
 
+    /// Moves the socket to the highest descriptor number the process may open (below a cap),
+    /// so that it is the first of the process's descriptors the kernel closes when the
+    /// process dies.
+    ///
+    /// Why: a dying process's descriptors are closed in ascending order, but each close's
+    /// release is queued as task work and the queue runs last in, first out; so the highest
+    /// descriptor is released first. The tables this socket owns are deleted in its release.
+    /// A socket opened at start (a low number) would outlive every connection the process
+    /// opened later, and each of those would send its FIN or RST while the tables still let
+    /// it out. Descriptors are handed out lowest first, so one at the top stays above every
+    /// connection. The cap keeps the descriptor table small (8 bytes a slot) when the limit
+    /// is huge; a process with more descriptors than that open loses the ordering for the
+    /// ones above it.
+    pub fn move_to_top_descriptor(&mut self) -> Result<(), NftError> {
+        const CAP: libc::rlim_t = 1 << 20;
+        let socket_error = |what: &'static str| move |source| NftError::Socket { what, source };
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: a valid rlimit to write into.
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+            return Err(socket_error("reading the open-files limit")(
+                std::io::Error::last_os_error(),
+            ));
+        }
+        let top = limit.rlim_cur.min(CAP) as libc::c_int - 1;
+        // The top slot may be taken (by another moved socket, or by whoever set up the
+        // process): F_DUPFD takes the lowest free slot from the one asked, so ask lower and
+        // lower until one is free.
+        let mut last_error = None;
+        for wanted in (top.saturating_sub(64).max(0)..=top).rev() {
+            // SAFETY: F_DUPFD_CLOEXEC on a descriptor this value owns; the new descriptor is
+            // owned by the socket built from it below.
+            let moved =
+                unsafe { libc::fcntl(self.socket.as_raw_fd(), libc::F_DUPFD_CLOEXEC, wanted) };
+            if moved < 0 {
+                last_error = Some(std::io::Error::last_os_error());
+                continue;
+            }
+            // SAFETY: `moved` is a fresh descriptor of the same open socket, owned by no one
+            // else; the old descriptor closes when the old Socket drops (the socket, its
+            // port and its tables stay: another descriptor still refers to them).
+            self.socket = unsafe { <Socket as std::os::fd::FromRawFd>::from_raw_fd(moved) };
+            return Ok(());
+        }
+        Err(socket_error("moving the socket to the top descriptor")(
+            last_error.unwrap_or_else(|| std::io::Error::from_raw_os_error(libc::EMFILE)),
+        ))
+    }
+
     /// The netlink port the kernel knows this socket by (a table it owns names it).
     pub fn port(&self) -> u32 {
         self.port
