@@ -255,9 +255,10 @@ pub fn heal(name: &str, node: &str) -> Result<HealReport, LabError> {
     let daemon_alive = entry.daemon_pid.is_some_and(|pid| process_is_in(pid, id));
     let keep_daemon = crash.how == CrashKind::Backend && daemon_alive;
     if let Some(pid) = entry.daemon_pid.filter(|_| !keep_daemon) {
-        if signal_group(pid, &ns, "daemon", Signal::SIGKILL)? {
-            wait_gone(pid, id, KILL_TIMEOUT);
-        }
+        // Waited for even when it is no longer in the namespace: its last threads may still
+        // hold the ports the new daemon binds.
+        signal_group(pid, &ns, "daemon", Signal::SIGKILL)?;
+        wait_gone(pid, id, KILL_TIMEOUT);
     }
     if host.is_member() {
         for (address, prefix) in interface_addresses(&ns)? {

@@ -202,21 +202,32 @@ pub(crate) fn kill_all_in(namespace: &str, limit: Duration) -> Result<usize, Lab
         return Ok(0);
     };
     let deadline = Instant::now() + limit;
-    let mut killed = 0;
+    // A process drops out of the namespace's list as soon as its leader thread exits, while
+    // its other threads may still hold its sockets: what was killed is waited for thread by
+    // thread, or a restarted daemon finds its ports taken.
+    let mut killed: Vec<i32> = Vec::new();
+    let still_running = |killed: &[i32]| -> Vec<i32> {
+        let mut left = pids_in(id);
+        left.extend(killed.iter().copied().filter(|&pid| has_live_threads(pid)));
+        left.sort_unstable();
+        left.dedup();
+        left
+    };
     loop {
-        let left = pids_in(id);
-        if left.is_empty() {
-            return Ok(killed);
+        if still_running(&killed).is_empty() {
+            return Ok(killed.len());
         }
-        for pid in left {
-            if signal::kill(Pid::from_raw(pid), Signal::SIGKILL).is_ok() {
-                killed += 1;
+        // Only what is still in the namespace is signalled: a pid already out of it is dying,
+        // and signalling it again would risk a stranger that was given the same pid.
+        for pid in pids_in(id) {
+            if signal::kill(Pid::from_raw(pid), Signal::SIGKILL).is_ok() && !killed.contains(&pid) {
+                killed.push(pid);
             }
         }
         if Instant::now() >= deadline {
-            let left = pids_in(id);
+            let left = still_running(&killed);
             if left.is_empty() {
-                return Ok(killed);
+                return Ok(killed.len());
             }
             return Err(LabError::Command {
                 command: format!("kill -9 of every process in namespace {namespace}"),

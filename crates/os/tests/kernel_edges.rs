@@ -987,8 +987,16 @@ fn fence_child(spec: &str) {
     let mut parts = spec.split(',');
     let (ns, vip, peer) = (
         parts.next().expect("namespace").to_string(),
-        parts.next().expect("address").parse::<Ipv4Addr>().expect("address"),
-        parts.next().expect("peer").parse::<std::net::SocketAddr>().expect("peer"),
+        parts
+            .next()
+            .expect("address")
+            .parse::<Ipv4Addr>()
+            .expect("address"),
+        parts
+            .next()
+            .expect("peer")
+            .parse::<std::net::SocketAddr>()
+            .expect("peer"),
     );
     netns::spawn_in(&ns, move || {
         let mut fence = steadfast_os::fence::Fence::arm(&[vip]).expect("arming");
@@ -1006,7 +1014,11 @@ fn fence_child(spec: &str) {
                 .set_read_timeout(Some(Duration::from_secs(5)))
                 .unwrap();
             let mut byte = [0u8; 1];
-            assert_eq!(stream.peek(&mut byte).expect("peeking"), 1, "connection {i}");
+            assert_eq!(
+                stream.peek(&mut byte).expect("peeking"),
+                1,
+                "connection {i}"
+            );
         }
         // On a line of its own: libtest has written "test <name> ... " without a newline.
         println!("\nfence child ready");
@@ -1031,8 +1043,24 @@ fn a_process_killed_with_connections_open_sends_nothing_from_the_address() {
     }
     use std::io::{BufRead, Read, Write};
     let pair = Pair::new();
-    ip(&["-n", pair.a.name(), "addr", "add", "10.221.0.100/24", "dev", &pair.veth_a]);
-    ip(&["-n", pair.b.name(), "addr", "add", "10.221.0.2/24", "dev", &pair.veth_b]);
+    ip(&[
+        "-n",
+        pair.a.name(),
+        "addr",
+        "add",
+        "10.221.0.100/24",
+        "dev",
+        &pair.veth_a,
+    ]);
+    ip(&[
+        "-n",
+        pair.b.name(),
+        "addr",
+        "add",
+        "10.221.0.2/24",
+        "dev",
+        &pair.veth_b,
+    ]);
     let peer = std::net::SocketAddr::from(([10, 221, 0, 2], 8080));
     let listener = netns::spawn_in(pair.b.name(), move || {
         std::net::TcpListener::bind(peer).expect("listening in b")
@@ -1047,7 +1075,10 @@ fn a_process_killed_with_connections_open_sends_nothing_from_the_address() {
             "--nocapture",
             "--test-threads=1",
         ])
-        .env(FENCE_CHILD, format!("{},10.221.0.100,{peer}", pair.a.name()))
+        .env(
+            FENCE_CHILD,
+            format!("{},10.221.0.100,{peer}", pair.a.name()),
+        )
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("starting the child");
@@ -1059,7 +1090,9 @@ fn a_process_killed_with_connections_open_sends_nothing_from_the_address() {
             Ok((mut stream, _)) => {
                 stream.set_nonblocking(false).unwrap();
                 if accepted.len() % 2 == 0 {
-                    stream.write_all(&[7u8; 1000]).expect("sending unread bytes");
+                    stream
+                        .write_all(&[7u8; 1000])
+                        .expect("sending unread bytes");
                 }
                 accepted.push(stream);
             }
