@@ -13,6 +13,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 /// `TCP_REPAIR_QUEUE` values (include/uapi/linux/tcp.h).
 const TCP_RECV_QUEUE: libc::c_int = 1;
 const TCP_SEND_QUEUE: libc::c_int = 2;
+/// include/uapi/asm-generic/socket.h (libc does not export it for every target).
+const SO_MEMINFO: libc::c_int = 55;
 /// The smallest segment size the kernel accepts for TCP_MAXSEG (include/net/tcp.h).
 const TCP_MIN_MSS: libc::c_int = 88;
 /// TCP option kinds as `TCP_REPAIR_OPTIONS` takes them.
@@ -411,6 +413,37 @@ pub fn queued_bytes(stream: &impl AsRawFd) -> Result<(usize, usize), RepairError
         return Err(RepairError::on_fd("SIOCOUTQ", fd));
     }
     Ok((unread.max(0) as usize, unacked.max(0) as usize))
+}
+
+/// Whether the kernel holds received bytes that are not in the socket's in-order receive queue:
+/// bytes beyond a gap (the out-of-order queue), which no read returns until the gap is filled.
+/// Read the receive queue empty first: the answer counts all receive memory, so unread in-order
+/// bytes (or a segment that arrives between the two looks) also answer true, which only makes a
+/// caller wait.
+///
+/// The kernel has no call that shows the out-of-order queue; what it does show
+/// (`SO_MEMINFO`'s receive allocation) covers both queues, and it uncharges a read segment at
+/// once (`tcp_eat_recv_skb`), so with the in-order queue empty it is the out-of-order one.
+pub fn holds_bytes_beyond_a_gap(stream: &impl AsRawFd) -> Result<bool, RepairError> {
+    let fd = stream.as_raw_fd();
+    // Room for the kernel's SK_MEMINFO_VARS (9 in 6.x) and more; it writes what fits.
+    let mut meminfo = [0u32; 16];
+    let mut len = std::mem::size_of_val(&meminfo) as libc::socklen_t;
+    // SAFETY: `meminfo` has `len` writable bytes; the kernel writes at most that many.
+    if unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            SO_MEMINFO,
+            meminfo.as_mut_ptr() as *mut libc::c_void,
+            &mut len,
+        )
+    } != 0
+    {
+        return Err(RepairError::on_fd("SO_MEMINFO", fd));
+    }
+    let (unread, _) = queued_bytes(stream)?;
+    Ok(unread > 0 || meminfo[libc::SK_MEMINFO_RMEM_ALLOC as usize] > 0)
 }
 
 /// Asks the kernel to keep each connection's SYN for [`saved_syn`] (on a listening socket).

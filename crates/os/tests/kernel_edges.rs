@@ -1129,3 +1129,85 @@ fn a_process_killed_with_connections_open_sends_nothing_from_the_address() {
         "the dead process's kernel spoke for the address: {heard:?}"
     );
 }
+
+/// The hand-over's look for client bytes a read cannot return yet: a segment beyond a gap sits
+/// in the kernel's out-of-order queue and is seen there until the gap is filled and read.
+#[test]
+fn bytes_beyond_a_gap_are_seen_until_the_gap_is_filled_and_read() {
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpListener, TcpStream};
+    use steadfast_os::repair::{holds_bytes_beyond_a_gap, live_sequences};
+    let ns = NetnsGuard::create(&unique("gap")).unwrap();
+    ip(&["-n", ns.name(), "link", "set", "lo", "up"]);
+    netns::spawn_in(ns.name(), || {
+        // Without timestamps a hand-made segment needs no clock to pass PAWS.
+        sysctl::write("net/ipv4/tcp_timestamps", "0").expect("timestamps off");
+        let listener = TcpListener::bind("127.0.0.1:0").expect("listen");
+        let server_at = listener.local_addr().unwrap();
+        let mut client = TcpStream::connect(server_at).expect("connect");
+        let (mut server, client_at) = listener.accept().expect("accept");
+        server
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        client.write_all(b"first").unwrap();
+        let mut first = [0u8; 5];
+        server.read_exact(&mut first).expect("the first bytes");
+        assert!(
+            !holds_bytes_beyond_a_gap(&server).unwrap(),
+            "a socket whose queue was read holds nothing"
+        );
+
+        // Ten bytes the client has not sent yet are the gap; the segment after it is forged.
+        let (client_acks, client_next) = live_sequences(&client).expect("client numbers");
+        let (SocketAddr::V4(from), SocketAddr::V4(to)) = (client_at, server_at) else {
+            unreachable!("IPv4 sockets")
+        };
+        let beyond = b"beyond";
+        let mut packet = Vec::new();
+        etherparse::PacketBuilder::ipv4(from.ip().octets(), to.ip().octets(), 64)
+            .tcp(from.port(), to.port(), client_next.wrapping_add(10), 65535)
+            .ack(client_acks)
+            .psh()
+            .write(&mut packet, beyond)
+            .expect("building the segment");
+        steadfast_os::raw_ip::RawIpSender::open()
+            .expect("raw socket")
+            .send(&packet, *to.ip())
+            .expect("sending the segment");
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while !holds_bytes_beyond_a_gap(&server).unwrap() {
+            assert!(
+                Instant::now() < deadline,
+                "the segment beyond the gap was never seen"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let mut unread: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one int.
+        assert_eq!(
+            unsafe {
+                libc::ioctl(
+                    std::os::fd::AsRawFd::as_raw_fd(&server),
+                    libc::FIONREAD,
+                    &mut unread,
+                )
+            },
+            0
+        );
+        assert_eq!(unread, 0, "nothing beyond a gap is readable");
+
+        client.write_all(b"0123456789").unwrap();
+        let mut joined = [0u8; 16];
+        server
+            .read_exact(&mut joined)
+            .expect("the gap and what was beyond it");
+        assert_eq!(&joined, b"0123456789beyond");
+        assert!(
+            !holds_bytes_beyond_a_gap(&server).unwrap(),
+            "once the gap is filled and read, nothing is held"
+        );
+    })
+    .join()
+    .expect("the test thread")
+    .expect("entering the namespace");
+}

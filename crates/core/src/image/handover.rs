@@ -78,6 +78,12 @@ pub enum HandoverWait {
     ReplyNotHeld { acked: u64, held_from: u64 },
     #[error("the socket's numbers do not fit the session's: {0}")]
     Inconsistent(&'static str),
+    /// The kernel holds client bytes beyond a gap. They may have come straight to this node
+    /// before the backup stood in front of it, and once the client fills the gap they are
+    /// acknowledged without the backup ever holding them: the hand-over waits until the gap is
+    /// filled and they can be read (and handed over).
+    #[error("the kernel holds client bytes beyond a gap in the stream")]
+    BeyondAGap,
 }
 
 impl HandoverWait {
@@ -88,6 +94,7 @@ impl HandoverWait {
             HandoverWait::RequestTooLong => "request-too-long",
             HandoverWait::ReplyNotHeld { .. } => "reply-not-held",
             HandoverWait::Inconsistent(_) => "inconsistent",
+            HandoverWait::BeyondAGap => "beyond-a-gap",
         }
     }
 

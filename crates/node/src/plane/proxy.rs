@@ -573,6 +573,11 @@ impl Session {
                 }
             }
         };
+        if steadfast_os::repair::holds_bytes_beyond_a_gap(&self.client)
+            .map_err(|e| unreadable("receive memory", e))?
+        {
+            return Err(HandoverWait::BeyondAGap);
+        }
         let in_request = self.in_flight.is_some()
             || self.held_base + self.held.len() as u64 > self.answered_offset;
         let adoption = Adoption {
