@@ -554,7 +554,6 @@ impl Duplex {
              sessions resumed {elapsed:?}"
         );
         let c = &self.shared.counters;
-        c.takeovers.fetch_add(1, Ordering::Relaxed);
         c.probes_sent.fetch_add(probed as u64, Ordering::Relaxed);
         let unanswered = probed - answered;
         if unanswered > 0 {
@@ -577,6 +576,8 @@ impl Duplex {
             c.last_restore_per_second
                 .store(rate as u64, Ordering::Relaxed);
         }
+        // Counted last: a status that shows the takeover shows all of its figures.
+        c.takeovers.fetch_add(1, Ordering::Relaxed);
         tracing::info!(
             "takeover: {} connections restored ({} never reported by the primary), {} lost, in {:?} (rebuild {:?})",
             report.restored,

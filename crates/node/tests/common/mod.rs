@@ -217,6 +217,17 @@ impl Lab {
         text
     }
 
+    /// The lines of `host`'s daemon log (every life of it) that contain `needle`, without
+    /// colours.
+    pub fn daemon_log_lines(&self, host: &str, needle: &str) -> Vec<String> {
+        std::fs::read_to_string(self.info.state_dir.join(format!("{host}.daemon.log")))
+            .unwrap_or_default()
+            .lines()
+            .map(without_colours)
+            .filter(|line| line.contains(needle))
+            .collect()
+    }
+
     /// The daemon's status document of `host` (`n1`, `w`), straight from its control socket.
     pub fn daemon_status(&self, host: &str) -> serde_json::Value {
         let socket = self.info.state_dir.join(format!("{host}.sock"));
