@@ -236,15 +236,32 @@ fn protected_lab(tag: &str) -> (Lab, String, String) {
     (lab, primary, backup)
 }
 
+/// Waits (at most `within`) until the data plane counter `counter` of `node` exceeds `before`.
+fn wait_plane_counter_above(
+    lab: &Lab,
+    node: &str,
+    counter: &str,
+    before: u64,
+    within: Duration,
+) -> bool {
+    common::wait_until(within, || {
+        lab.daemon_status(node)["data_plane"][counter]
+            .as_u64()
+            .unwrap_or(0)
+            > before
+    })
+}
+
 /// Waits until `primary` reports a backup protecting it.
 fn wait_backup_joined(lab: &Lab, primary: &str, joined_before: u64) {
     assert!(
-        common::wait_until(Duration::from_secs(10), || {
-            lab.daemon_status(primary)["data_plane"]["backups_joined"]
-                .as_u64()
-                .unwrap_or(0)
-                > joined_before
-        }),
+        wait_plane_counter_above(
+            lab,
+            primary,
+            "backups_joined",
+            joined_before,
+            Duration::from_secs(10)
+        ),
         "no backup joined {primary}: {}",
         lab.daemon_status(primary)
     );
@@ -254,12 +271,7 @@ fn wait_backup_joined(lab: &Lab, primary: &str, joined_before: u64) {
 /// status.
 fn takeover_done(lab: &Lab, node: &str, before: u64) -> serde_json::Value {
     assert!(
-        common::wait_until(Duration::from_secs(5), || {
-            lab.daemon_status(node)["data_plane"]["takeovers"]
-                .as_u64()
-                .unwrap_or(0)
-                > before
-        }),
+        wait_plane_counter_above(lab, node, "takeovers", before, Duration::from_secs(5)),
         "{node} finished no takeover within 5 s: {}",
         lab.situation()
     );

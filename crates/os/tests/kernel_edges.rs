@@ -45,6 +45,12 @@ struct Pair {
 }
 
 impl Pair {
+    /// Gives end a and end b of the veth pair one address each (`10.x.y.z/nn`).
+    fn address(&self, a: &str, b: &str) {
+        ip(&["-n", self.a.name(), "addr", "add", a, "dev", &self.veth_a]);
+        ip(&["-n", self.b.name(), "addr", "add", b, "dev", &self.veth_b]);
+    }
+
     fn new() -> Pair {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let pid = std::process::id();
@@ -532,24 +538,7 @@ fn connects(from: &str, to: std::net::SocketAddr) -> bool {
 fn the_fence_lets_an_address_through_only_while_its_kernel_lease_lasts() {
     let pair = Pair::new();
     let vip = Ipv4Addr::new(10, 213, 0, 100);
-    ip(&[
-        "-n",
-        pair.a.name(),
-        "addr",
-        "add",
-        "10.213.0.100/24",
-        "dev",
-        &pair.veth_a,
-    ]);
-    ip(&[
-        "-n",
-        pair.b.name(),
-        "addr",
-        "add",
-        "10.213.0.2/24",
-        "dev",
-        &pair.veth_b,
-    ]);
+    pair.address("10.213.0.100/24", "10.213.0.2/24");
     let to = std::net::SocketAddr::from((vip, 8080));
     let b = pair.b.name().to_string();
     // Everything on namespace a happens on one thread inside it: the fence's netlink socket
@@ -856,24 +845,7 @@ fn mac_of(ns: &str, dev: &str) -> [u8; 6] {
 fn the_ingress_guard_drops_bounces_and_counts_frames_in_the_kernel() {
     use steadfast_os::ingress_guard::{GuardState, IngressGuard};
     let pair = Pair::new();
-    ip(&[
-        "-n",
-        pair.a.name(),
-        "addr",
-        "add",
-        "10.214.0.100/24",
-        "dev",
-        &pair.veth_a,
-    ]);
-    ip(&[
-        "-n",
-        pair.b.name(),
-        "addr",
-        "add",
-        "10.214.0.2/24",
-        "dev",
-        &pair.veth_b,
-    ]);
+    pair.address("10.214.0.100/24", "10.214.0.2/24");
     let vip = Ipv4Addr::new(10, 214, 0, 100);
     let to = std::net::SocketAddr::from((vip, 8080));
     let own_mac = mac_of(pair.a.name(), &pair.veth_a);
@@ -1043,24 +1015,7 @@ fn a_process_killed_with_connections_open_sends_nothing_from_the_address() {
     }
     use std::io::{BufRead, Read, Write};
     let pair = Pair::new();
-    ip(&[
-        "-n",
-        pair.a.name(),
-        "addr",
-        "add",
-        "10.221.0.100/24",
-        "dev",
-        &pair.veth_a,
-    ]);
-    ip(&[
-        "-n",
-        pair.b.name(),
-        "addr",
-        "add",
-        "10.221.0.2/24",
-        "dev",
-        &pair.veth_b,
-    ]);
+    pair.address("10.221.0.100/24", "10.221.0.2/24");
     let peer = std::net::SocketAddr::from(([10, 221, 0, 2], 8080));
     let listener = netns::spawn_in(pair.b.name(), move || {
         std::net::TcpListener::bind(peer).expect("listening in b")
