@@ -34,7 +34,13 @@ const MAX_HELD_REQUEST_BYTES: usize = 4 * 1024 * 1024;
 /// keep-alive connections, and a request sent on a closing one would be lost).
 const POOL_IDLE_LIMIT: Duration = Duration::from_secs(2);
 const POOL_MAX_IDLE: usize = 256;
+/// How long a connection to a server that may have crashed is waited for.
+const SERVER_PROBE_LIMIT: Duration = Duration::from_millis(500);
 const READ_CHUNK: usize = 64 * 1024;
+/// How long, and for how many bytes, a session that closed its side waits for the client to
+/// close (nginx's `lingering_time` is 30 s, `lingering_timeout` 5 s).
+const LINGER_LIMIT: Duration = Duration::from_secs(5);
+const LINGER_MAX_BYTES: usize = 64 * 1024 * 1024;
 /// Client bytes of unanswered requests a session keeps for a backup that may adopt the
 /// connection (an upload in flight): as many as the backup's image of a connection holds.
 const MAX_UNANSWERED_REQUEST_BYTES: usize = 64 * 1024 * 1024;
@@ -102,16 +108,34 @@ impl BackendPool {
             if since.elapsed() > POOL_IDLE_LIMIT {
                 continue;
             }
-            // A closed (EOF) or chattering connection is not idle: drop it.
+            // A closed (EOF) or chattering connection is not idle: drop it. Asked of the kernel
+            // itself: tokio's try_read answers from a readiness cache that may not know yet.
             let mut probe = [0u8; 1];
-            match stream.try_read(&mut probe) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(stream),
-                _ => continue,
+            let peek = nix::sys::socket::recv(
+                stream.as_raw_fd(),
+                &mut probe,
+                nix::sys::socket::MsgFlags::MSG_PEEK | nix::sys::socket::MsgFlags::MSG_DONTWAIT,
+            );
+            if peek == Err(nix::errno::Errno::EAGAIN) {
+                return Ok(stream);
             }
         }
         let stream = TcpStream::connect(self.address).await?;
         stream.set_nodelay(true)?;
         Ok(stream)
+    }
+
+    /// Whether the server accepts a new connection (within [`SERVER_PROBE_LIMIT`]); the
+    /// connection then waits in the pool for the next request.
+    async fn server_accepts(&self) -> bool {
+        match tokio::time::timeout(SERVER_PROBE_LIMIT, TcpStream::connect(self.address)).await {
+            Ok(Ok(stream)) => {
+                let _ = stream.set_nodelay(true);
+                self.put(stream);
+                true
+            }
+            _ => false,
+        }
     }
 
     fn put(&self, stream: TcpStream) {
@@ -220,6 +244,9 @@ struct Backend {
     /// End of the current reply's head or of its last payload bytes: a reply streamed in
     /// parts is cut only there, so a takeover can always say how the client's reply goes on.
     cuttable: u64,
+    /// The last request written on this connection has not ended yet: the server still reads
+    /// its body, so the connection cannot carry another client's request.
+    request_open: bool,
 }
 
 /// Runs one client connection to its end.
@@ -299,9 +326,15 @@ pub async fn serve(ctx: Arc<ProxyContext>, client: TcpStream, start: SessionStar
     if ctx.gate.generation() != 0 {
         ctx.gate.closed(tuple);
     }
-    // A backend connection left between replies can serve another client.
+    // A backend connection can serve another client only where an exchange on it completed
+    // in both directions: a server still reading a request body would take the next client's
+    // request as part of it.
     if let Some(backend) = session.backend.take() {
-        if result.is_ok() && session.in_flight.is_none() && backend.framer.at_reply_boundary() {
+        if result.is_ok()
+            && session.in_flight.is_none()
+            && !backend.request_open
+            && backend.framer.at_reply_boundary()
+        {
             ctx.pool.put(backend.stream);
         }
     }
@@ -392,19 +425,23 @@ impl Session {
         loop {
             self.answer_framing_error().await?;
             self.forward_requests().await?;
+            // Requests pipelined behind the last one the server answers stay unanswered, as
+            // they would without the proxy.
             if self.in_flight.is_none()
-                && self.pending.is_empty()
-                && (self.client_done || self.close_after_reply)
+                && (self.close_after_reply || (self.client_done && self.pending.is_empty()))
             {
                 let _ = self.client.shutdown().await;
+                if self.client_may_send_more() {
+                    self.drain_client(&mut client_buf).await;
+                }
                 return Ok(());
             }
             let read_client = !self.client_done
                 && !self.close_after_reply
                 && self.held.len() < MAX_HELD_REQUEST_BYTES
                 && self.adoption_ack.is_none();
-            let read_backend = self.in_flight.is_some() && self.backend.is_some();
-            if !read_client && !read_backend && self.adoption_ack.is_none() {
+            let awaiting_reply = self.in_flight.is_some() && self.backend.is_some();
+            if !read_client && !awaiting_reply && self.adoption_ack.is_none() {
                 // Waiting on nothing: the request cannot progress (a refused tunnel, say).
                 return Err(SessionEnd::Protocol(
                     self.tuple,
@@ -420,9 +457,14 @@ impl Session {
                         self.take_client_bytes(&client_buf[..n]).await?;
                     }
                 }
-                read = read_backend_stream(self.backend.as_mut(), &mut backend_buf), if read_backend => {
-                    let n = read.map_err(|e| SessionEnd::Backend(self.tuple, e))?;
-                    self.take_backend_bytes(&backend_buf[..n]).await?;
+                // Between requests too: a server that closes an idle connection is seen at once.
+                read = read_backend_stream(self.backend.as_mut(), &mut backend_buf), if self.backend.is_some() => {
+                    if self.in_flight.is_none() {
+                        self.backend_spoke_while_idle(read).await;
+                    } else {
+                        let n = read.map_err(|e| SessionEnd::Backend(self.tuple, e))?;
+                        self.take_backend_bytes(&backend_buf[..n]).await?;
+                    }
                 }
                 () = self.adoption.due() => self.try_adoption(None),
                 held = wait_for_ack(self.adoption_ack.as_mut()) => {
@@ -436,6 +478,59 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// The server closed its connection between requests (a keep-alive timeout, a reload), or
+    /// sent what no request asked for (a 408 before closing): nothing more goes on that
+    /// connection. A client that has not begun another request loses its connection too, as
+    /// it would have without the proxy; one that has gets a fresh backend connection for it.
+    /// A server that is gone (it crashed: it accepts no new connection) closed nothing by
+    /// choice: the client's connection stays for the node that takes the service over.
+    async fn backend_spoke_while_idle(&mut self, read: io::Result<usize>) {
+        match read {
+            Ok(0) => tracing::debug!("{}: the backend closed the idle connection", self.tuple),
+            Ok(n) => tracing::debug!(
+                "{}: the backend sent {n} bytes no request asked for; leaving the connection",
+                self.tuple
+            ),
+            Err(e) => tracing::debug!("{}: idle backend connection: {e}", self.tuple),
+        }
+        self.backend = None;
+        let unread =
+            steadfast_os::repair::queued_bytes(&self.client).map_or(0, |(unread, _)| unread);
+        if self.held.is_empty() && unread == 0 && self.ctx.pool.server_accepts().await {
+            self.close_after_reply = true;
+        }
+    }
+
+    /// Whether the client, which this side is closing, has sent or is sending bytes nobody
+    /// will read: a request cut short by an early reply, pipelined requests.
+    fn client_may_send_more(&self) -> bool {
+        if self.client_done {
+            return false;
+        }
+        let unread =
+            steadfast_os::repair::queued_bytes(&self.client).map_or(0, |(unread, _)| unread);
+        unread > 0
+            || !self.held.is_empty()
+            || !self.pending.is_empty()
+            || !self.framer.at_request_boundary()
+    }
+
+    /// After this side's close: reads what the client still sends (the rest of a body the
+    /// server did not wait for, requests pipelined behind the last reply) until the client
+    /// closes too, within bounds. Closing a socket with unread bytes resets the connection,
+    /// and the reset can destroy the reply before the client reads it (RFC 9112 §9.6).
+    async fn drain_client(&mut self, buf: &mut [u8]) {
+        let deadline = tokio::time::Instant::now() + LINGER_LIMIT;
+        let mut drained = 0usize;
+        while drained < LINGER_MAX_BYTES {
+            match tokio::time::timeout_at(deadline, self.client.read(buf)).await {
+                Ok(Ok(n)) if n > 0 => drained += n,
+                _ => break,
+            }
+        }
+        self.client_done = true;
     }
 
     /// The client closed its side: a request cut short by it is dropped (nobody waits for it).
@@ -801,6 +896,7 @@ impl Session {
                                     buffer: Vec::new(),
                                     base: 0,
                                     cuttable: 0,
+                                    request_open: false,
                                 })
                             }
                             Err(e) => {
@@ -826,6 +922,7 @@ impl Session {
                     let resuming = continuation.is_some();
                     let backend = self.backend.as_mut().expect("connected above");
                     backend.framer.expect_reply_to(&head);
+                    backend.request_open = true;
                     if let Err(e) = backend.stream.write_all(&bytes).await {
                         return self.backend_failed(&head, resuming, "write", &e).await;
                     }
@@ -854,6 +951,9 @@ impl Session {
                 RequestEvent::End { range, .. } => {
                     if let Some(flight) = self.in_flight.as_mut() {
                         flight.request_end = Some(range.end);
+                    }
+                    if let Some(backend) = self.backend.as_mut() {
+                        backend.request_open = false;
                     }
                 }
                 RequestEvent::Discarded { range } => forwarded_to = Some(range.end),
@@ -962,6 +1062,7 @@ impl Session {
                     let flight = self.in_flight.take().ok_or_else(|| {
                         SessionEnd::Protocol(self.tuple, "a reply with no request".into())
                     })?;
+                    let early = flight.request_end.is_none();
                     let request_end = match flight.request_end {
                         Some(end) => end,
                         None => {
@@ -982,6 +1083,13 @@ impl Session {
                         self.close_after_reply = true;
                     }
                     if closes_connection {
+                        // The server ends the connection after this reply: so does the client's,
+                        // and requests pipelined behind it go unanswered, as without the proxy.
+                        self.close_after_reply = true;
+                    }
+                    if closes_connection || early {
+                        // After an early reply the server still waits for the rest of the
+                        // body: nothing more may be written on this connection.
                         self.backend = None;
                         break;
                     }

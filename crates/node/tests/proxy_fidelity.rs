@@ -1,0 +1,415 @@
+//! The duplex proxy must not be visible: the same exchanges give the same outcome with the
+//! server alone (unreplicated mode) and through the proxy (duplex), and no request of one
+//! client can reach the server on another client's backend connection.
+//!
+//! Run as root (network namespaces). The nginx and apache2 variants are the interop tier.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use common::Lab;
+use steadfast_lab::{BackendKind, Mode};
+
+/// A reply as a client sees it: its status and body length.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Reply {
+    status: u16,
+    body_len: usize,
+}
+
+/// Everything a client got on one connection: the replies, in order, and whether the server
+/// closed the connection after them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Outcome {
+    replies: Vec<Reply>,
+    closed: bool,
+}
+
+/// Splits `raw` into replies framed by Content-Length (every reply these tests ask for has
+/// one); `None` when a reply is cut short.
+fn replies_in(raw: &[u8]) -> Option<Vec<Reply>> {
+    let mut replies = Vec::new();
+    let mut at = 0;
+    while at < raw.len() {
+        let rest = &raw[at..];
+        let head_len = rest.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+        let head = std::str::from_utf8(&rest[..head_len]).ok()?;
+        let status = head.split(' ').nth(1)?.parse().ok()?;
+        let body_len = head
+            .lines()
+            .find_map(|line| {
+                let (name, value) = line.split_once(':')?;
+                name.eq_ignore_ascii_case("content-length")
+                    .then(|| value.trim().parse::<usize>().ok())
+                    .flatten()
+            })
+            .unwrap_or(0);
+        if rest.len() < head_len + body_len {
+            return None;
+        }
+        replies.push(Reply { status, body_len });
+        at += head_len + body_len;
+    }
+    Some(replies)
+}
+
+/// Reads from `stream` until the server closes or nothing comes for `quiet`.
+fn read_until_quiet(stream: &mut TcpStream, quiet: Duration) -> (Vec<u8>, bool) {
+    stream.set_read_timeout(Some(quiet)).expect("read timeout");
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return (raw, true),
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::ConnectionReset) => {
+                return (raw, true)
+            }
+            Err(_) => return (raw, false),
+        }
+    }
+}
+
+/// Reads from `stream` until one whole reply has come (its status), the server closes, or
+/// `within` passes.
+fn read_first_reply(stream: &mut TcpStream, within: Duration) -> (Vec<u8>, Option<u16>) {
+    let deadline = Instant::now() + within;
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        if let Some(first) = replies_in(&raw).and_then(|replies| replies.first().cloned()) {
+            return (raw, Some(first.status));
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return (raw, None);
+        }
+        stream.set_read_timeout(Some(left)).expect("read timeout");
+        match stream.read(&mut buf) {
+            Ok(n) if n > 0 => raw.extend_from_slice(&buf[..n]),
+            _ => return (raw, None),
+        }
+    }
+}
+
+fn connect(target: SocketAddr) -> TcpStream {
+    let stream = TcpStream::connect_timeout(&target, Duration::from_secs(2))
+        .unwrap_or_else(|e| panic!("connecting to {target}: {e}"));
+    stream.set_nodelay(true).expect("nodelay");
+    stream
+}
+
+/// A fetch's reply (or what came instead) and how long it took.
+type Fetched = (Result<Reply, String>, Duration);
+
+/// One GET of `/bytes/1024` on a fresh connection: its reply and how long it took.
+fn fetch_kib(target: SocketAddr) -> Fetched {
+    let started = Instant::now();
+    let mut stream = connect(target);
+    let request = format!(
+        "GET {} HTTP/1.1\r\nHost: vip\r\nConnection: close\r\n\r\n",
+        steadfast_lab::webservers::bytes_path(1024)
+    );
+    stream.write_all(request.as_bytes()).expect("send the GET");
+    let (raw, _) = read_until_quiet(&mut stream, Duration::from_secs(8));
+    let took = started.elapsed();
+    let reply = match replies_in(&raw).as_deref() {
+        Some([reply]) => Ok(reply.clone()),
+        _ => Err(format!(
+            "{} bytes that are not one whole reply: {:?}",
+            raw.len(),
+            String::from_utf8_lossy(&raw[..raw.len().min(200)])
+        )),
+    };
+    (reply, took)
+}
+
+/// What one client that posts a body the server answers early, and then a second client,
+/// get.
+#[derive(Debug, PartialEq, Eq)]
+struct EarlyReplyCase {
+    /// The poster's reply status, and whether it came before the body was sent.
+    poster: Option<u16>,
+    answered_early: bool,
+}
+
+/// A client posts `declared` bytes to a path that does not exist, sending only the head and
+/// `sent` bytes of the body (which look like a request of their own). If the server answers at
+/// once, the client leaves without sending the rest, as a client told "404" may; otherwise it
+/// sends the rest and reads the reply. Then other clients fetch a page on fresh connections:
+/// each must get its own reply at once, never be read by the server as the rest of the first
+/// client's body.
+fn post_answered_early_then_fetch(
+    target: SocketAddr,
+    declared: usize,
+    sent: usize,
+) -> (EarlyReplyCase, Vec<Fetched>) {
+    let smuggled = b"GET /smuggled HTTP/1.1\r\nHost: vip\r\n\r\n";
+    let body: Vec<u8> = smuggled.iter().copied().cycle().take(declared).collect();
+    let mut poster = connect(target);
+    let head = format!(
+        "POST /no-such-path HTTP/1.1\r\nHost: vip\r\nContent-Type: application/octet-stream\r\n\
+         Content-Length: {declared}\r\n\r\n"
+    );
+    poster.write_all(head.as_bytes()).expect("send the head");
+    poster
+        .write_all(&body[..sent])
+        .expect("send part of the body");
+    let (raw, early) = read_first_reply(&mut poster, Duration::from_millis(700));
+    let case = if early.is_some() {
+        drop(poster);
+        EarlyReplyCase {
+            poster: early,
+            answered_early: true,
+        }
+    } else {
+        assert!(
+            raw.is_empty(),
+            "half a reply: {:?}",
+            String::from_utf8_lossy(&raw)
+        );
+        poster.write_all(&body[sent..]).expect("send the rest");
+        EarlyReplyCase {
+            poster: read_first_reply(&mut poster, Duration::from_secs(5)).1,
+            answered_early: false,
+        }
+    };
+    // More fetches than one: every pooled backend connection must be a clean one.
+    let fetches = (0..4).map(|_| fetch_kib(target)).collect();
+    (case, fetches)
+}
+
+fn early_replies_reach_no_other_client(backend: BackendKind) {
+    let smuggled_len = b"GET /smuggled HTTP/1.1\r\nHost: vip\r\n\r\n".len();
+    let fetch_len = format!(
+        "GET {} HTTP/1.1\r\nHost: vip\r\nConnection: close\r\n\r\n",
+        steadfast_lab::webservers::bytes_path(1024)
+    )
+    .len();
+    // (declared, sent): no body byte yet; lengths chosen to end exactly after the next
+    // client's request, or after a request smuggled behind it; a large upload cut short.
+    let shapes = [
+        (fetch_len, 0),
+        (fetch_len + smuggled_len, 0),
+        (smuggled_len, 10),
+        (1 << 20, 64 * 1024),
+    ];
+    let mut outcomes = Vec::new();
+    for mode in [Mode::Unreplicated, Mode::Duplex] {
+        let lab = Lab::up_in_mode("er", 2, true, backend, Some(10), mode);
+        let target = lab.target();
+        for &(declared, sent) in &shapes {
+            let (case, fetches) = steadfast_lab::run_in_namespace(&lab.info.client_ns, || {
+                post_answered_early_then_fetch(target, declared, sent)
+            })
+            .expect("enter the client namespace");
+            for (i, (reply, took)) in fetches.iter().enumerate() {
+                assert_eq!(
+                    reply.as_ref().map(|r| r.status),
+                    Ok(200),
+                    "{mode:?}, {backend:?}: fetch {i} after a POST declaring {declared} bytes \
+                     ({sent} sent, {case:?}) took {took:?}: {reply:?}\n{}",
+                    lab.situation()
+                );
+                assert!(
+                    *took < Duration::from_secs(2),
+                    "{mode:?}, {backend:?}: fetch {i} after a POST declaring {declared} bytes \
+                     took {took:?}: it waited behind another client's body"
+                );
+            }
+            outcomes.push((mode, declared, sent, case));
+        }
+    }
+    // The poster itself sees what it sees without the proxy.
+    let (alone, proxied) = outcomes.split_at(shapes.len());
+    for ((_, declared, sent, without), (_, _, _, with)) in alone.iter().zip(proxied) {
+        assert_eq!(
+            with.poster, without.poster,
+            "{backend:?}: the poster's reply (declaring {declared}, sending {sent}) differs \
+             through the proxy: {with:?} vs the server alone {without:?}"
+        );
+    }
+}
+
+#[test]
+fn early_replies_reach_no_other_client_builtin() {
+    early_replies_reach_no_other_client(BackendKind::Builtin);
+}
+
+#[test]
+#[ignore = "needs nginx: apt-get install nginx-light (.ci/run installs it)"]
+fn early_replies_reach_no_other_client_nginx() {
+    early_replies_reach_no_other_client(BackendKind::Nginx);
+}
+
+#[test]
+#[ignore = "needs apache2: apt-get install apache2 (.ci/run installs it)"]
+fn early_replies_reach_no_other_client_apache2() {
+    early_replies_reach_no_other_client(BackendKind::Apache2);
+}
+
+/// A request the server answers and then closes its connection on, with a second request
+/// pipelined behind it: the client gets the same replies, and the same close, through the
+/// proxy as from the server alone. The request has more header fields than the builtin
+/// backend and apache2 accept (100) and a field longer than nginx's buffers (8 KiB), within
+/// the proxy's own limits.
+fn the_servers_close_reaches_the_client(backend: BackendKind) {
+    let fields: String = (0..110).map(|i| format!("X-Field-{i}: {i}\r\n")).collect();
+    let long_field = format!("X-Long: {}\r\n", "x".repeat(10_000));
+    let request = format!(
+        "GET /bytes/1 HTTP/1.1\r\nHost: vip\r\n{fields}{long_field}\r\nGET {} HTTP/1.1\r\nHost: vip\r\n\r\n",
+        steadfast_lab::webservers::bytes_path(1024)
+    );
+    let mut outcomes = Vec::new();
+    for mode in [Mode::Unreplicated, Mode::Duplex] {
+        let lab = Lab::up_in_mode("sc", 2, true, backend, Some(10), mode);
+        let target = lab.target();
+        let request = request.clone();
+        let outcome = steadfast_lab::run_in_namespace(&lab.info.client_ns, move || {
+            let mut stream = connect(target);
+            stream.write_all(request.as_bytes()).expect("send");
+            let (raw, closed) = read_until_quiet(&mut stream, Duration::from_secs(3));
+            Outcome {
+                replies: replies_in(&raw).unwrap_or_default(),
+                closed,
+            }
+        })
+        .expect("enter the client namespace");
+        outcomes.push(outcome);
+    }
+    assert!(
+        outcomes[0].closed && !outcomes[0].replies.is_empty(),
+        "{backend:?} alone should answer and close: {:?}",
+        outcomes[0]
+    );
+    assert_eq!(
+        outcomes[1], outcomes[0],
+        "{backend:?}: through the proxy (left) vs the server alone (right)"
+    );
+}
+
+#[test]
+fn the_servers_close_reaches_the_client_builtin() {
+    the_servers_close_reaches_the_client(BackendKind::Builtin);
+}
+
+#[test]
+#[ignore = "needs nginx: apt-get install nginx-light (.ci/run installs it)"]
+fn the_servers_close_reaches_the_client_nginx() {
+    the_servers_close_reaches_the_client(BackendKind::Nginx);
+}
+
+#[test]
+#[ignore = "needs apache2: apt-get install apache2 (.ci/run installs it)"]
+fn the_servers_close_reaches_the_client_apache2() {
+    the_servers_close_reaches_the_client(BackendKind::Apache2);
+}
+
+/// nginx's master in `namespace`, found by its process title.
+fn nginx_master_in(namespace: &str) -> i32 {
+    steadfast_lab::pids_in_namespace(namespace)
+        .into_iter()
+        .find(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|title| title.starts_with(b"nginx: master"))
+        })
+        .unwrap_or_else(|| panic!("no nginx master in {namespace}"))
+}
+
+/// nginx closes its idle keep-alive connections when told to reload (its old worker finishes
+/// and leaves). The server alone: the client's idle connection is closed, and a client opens
+/// a new one for its next request. Through the proxy the same must happen, not a 502 on the
+/// next request over a backend connection the server has closed.
+#[test]
+#[ignore = "needs nginx: apt-get install nginx-light (.ci/run installs it)"]
+fn a_server_closing_an_idle_connection_closes_the_clients_nginx() {
+    let get = format!(
+        "GET {} HTTP/1.1\r\nHost: vip\r\n\r\n",
+        steadfast_lab::webservers::bytes_path(1024)
+    );
+    for mode in [Mode::Unreplicated, Mode::Duplex] {
+        let lab = Lab::up_in_mode("ic", 2, true, BackendKind::Nginx, Some(10), mode);
+        let target = lab.target();
+        let mut stream = steadfast_lab::run_in_namespace(&lab.info.client_ns, || connect(target))
+            .expect("enter the client namespace");
+        stream.write_all(get.as_bytes()).expect("send");
+        let (raw, closed) = read_until_quiet(&mut stream, Duration::from_millis(500));
+        assert_eq!(
+            (replies_in(&raw), closed),
+            (
+                Some(vec![Reply {
+                    status: 200,
+                    body_len: 1024
+                }]),
+                false
+            ),
+            "{mode:?}: the first reply, connection kept open"
+        );
+        let holder = lab.holders();
+        assert_eq!(holder.len(), 1, "one primary: {}", lab.situation());
+        let namespace = format!("{}-{}", lab.name(), holder[0]);
+        let master = nginx_master_in(&namespace);
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(master),
+            nix::sys::signal::Signal::SIGHUP,
+        )
+        .expect("signal nginx to reload");
+        let (raw, closed) = read_until_quiet(&mut stream, Duration::from_secs(5));
+        assert!(
+            raw.is_empty() && closed,
+            "{mode:?}: the idle connection is closed when the server closes it, with nothing \
+             sent: {:?}, closed: {closed}",
+            String::from_utf8_lossy(&raw)
+        );
+    }
+}
+
+/// A server that crashes closes every connection too, but not by choice: the primary's proxy
+/// must not pass that close on to its clients (their connections are carried on by the node
+/// that takes the service over when the health check sees the crash).
+#[test]
+fn a_crashed_servers_close_is_not_passed_on_builtin() {
+    let get = format!(
+        "GET {} HTTP/1.1\r\nHost: vip\r\n\r\n",
+        steadfast_lab::webservers::bytes_path(1024)
+    );
+    let one_kib = Some(vec![Reply {
+        status: 200,
+        body_len: 1024,
+    }]);
+    let lab = Lab::up_in_mode("cb", 2, true, BackendKind::Builtin, Some(10), Mode::Duplex);
+    let target = lab.target();
+    let mut stream = steadfast_lab::run_in_namespace(&lab.info.client_ns, || connect(target))
+        .expect("enter the client namespace");
+    stream.write_all(get.as_bytes()).expect("send");
+    let (raw, closed) = read_until_quiet(&mut stream, Duration::from_millis(500));
+    assert_eq!((replies_in(&raw), closed), (one_kib.clone(), false));
+    let holders = lab.holders();
+    assert_eq!(holders.len(), 1, "one primary: {}", lab.situation());
+    steadfast_lab::crash(lab.name(), &holders[0], steadfast_lab::CrashKind::Backend)
+        .expect("crash the primary's backend");
+    assert!(
+        common::wait_until(Duration::from_secs(5), || {
+            let now = lab.holders();
+            now.len() == 1 && now != holders
+        }),
+        "the backup takes the service over: {}",
+        lab.situation()
+    );
+    let (raw, closed) = read_until_quiet(&mut stream, Duration::from_millis(300));
+    assert!(
+        raw.is_empty() && !closed,
+        "the client's idle connection stays open through the crash"
+    );
+    stream.write_all(get.as_bytes()).expect("send again");
+    let (raw, closed) = read_until_quiet(&mut stream, Duration::from_millis(1000));
+    assert_eq!(
+        (replies_in(&raw), closed),
+        (one_kib, false),
+        "the next request on the same connection: {}",
+        lab.situation()
+    );
+}
