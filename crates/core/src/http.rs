@@ -90,8 +90,11 @@ pub struct FramingLimits {
 impl Default for FramingLimits {
     fn default() -> Self {
         FramingLimits {
-            max_head_bytes: 64 * 1024,
-            max_headers: 128,
+            // Far above what servers accept or send by default (nginx: 4 buffers of 8 KiB;
+            // apache2: 100 fields of 8 KiB), so that the server, not the proxy, decides what a
+            // request too large gets: the proxy must not be seen.
+            max_head_bytes: 1024 * 1024,
+            max_headers: 10_000,
             max_chunk_line_bytes: 4096,
             max_trailer_bytes: 16 * 1024,
             max_leading_empty_line_bytes: 64,

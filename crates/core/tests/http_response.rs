@@ -562,3 +562,26 @@ fn a_large_streamed_reply_is_only_ranges() {
         Some(ReplyEvent::End { index: 0, .. })
     ));
 }
+
+#[test]
+fn reply_heads_of_any_size_servers_send_are_framed() {
+    // More fields and bytes than any server's defaults produce (a proxy that dropped such a
+    // reply would be seen): 64 and 65 fields straddle the parser's first room for fields.
+    for fields in [64, 65, 300, 5_000] {
+        let mut reply = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Big: ".to_vec();
+        reply.extend(std::iter::repeat_n(b'a', 100_000));
+        reply.extend_from_slice(b"\r\n");
+        for i in 2..fields {
+            reply.extend_from_slice(format!("Set-Cookie: c{i}=v\r\n").as_bytes());
+        }
+        reply.extend_from_slice(b"\r\nok");
+        let (events, result) = frame(&["GET"], &reply);
+        assert_eq!(result, Ok(()), "{fields} fields");
+        assert_eq!(heads(&events)[0].headers.len(), fields, "{fields} fields");
+        assert_eq!(
+            ends(&events),
+            vec![(0, 0..reply.len() as u64, false)],
+            "{fields} fields"
+        );
+    }
+}

@@ -251,44 +251,50 @@ fn early_replies_reach_no_other_client_apache2() {
     early_replies_reach_no_other_client(BackendKind::Apache2);
 }
 
-/// A request the server answers and then closes its connection on, with a second request
+/// Requests a server answers and then closes its connection on, each with a second request
 /// pipelined behind it: the client gets the same replies, and the same close, through the
-/// proxy as from the server alone. The request has more header fields than the builtin
-/// backend and apache2 accept (100) and a field longer than nginx's buffers (8 KiB), within
-/// the proxy's own limits.
+/// proxy as from the server alone. The first has more header fields than the builtin backend
+/// and apache2 accept (100) and a field longer than nginx's buffers (8 KiB); the second is
+/// larger than the proxy used to accept (128 fields, 64 KiB): the server, not the proxy,
+/// answers both.
 fn the_servers_close_reaches_the_client(backend: BackendKind) {
-    let fields: String = (0..110).map(|i| format!("X-Field-{i}: {i}\r\n")).collect();
-    let long_field = format!("X-Long: {}\r\n", "x".repeat(10_000));
-    let request = format!(
-        "GET /bytes/1 HTTP/1.1\r\nHost: vip\r\n{fields}{long_field}\r\nGET {} HTTP/1.1\r\nHost: vip\r\n\r\n",
-        steadfast_lab::webservers::bytes_path(1024)
-    );
+    let heads = [(110, 10_000), (140, 80_000)].map(|(count, long)| {
+        let fields: String = (0..count).map(|i| format!("X-Field-{i}: {i}\r\n")).collect();
+        let long_field = format!("X-Long: {}\r\n", "x".repeat(long));
+        format!(
+            "GET /bytes/1 HTTP/1.1\r\nHost: vip\r\n{fields}{long_field}\r\nGET {} HTTP/1.1\r\nHost: vip\r\n\r\n",
+            steadfast_lab::webservers::bytes_path(1024)
+        )
+    });
     let mut outcomes = Vec::new();
     for mode in [Mode::Unreplicated, Mode::Duplex] {
         let lab = Lab::up_in_mode("sc", 2, true, backend, Some(10), mode);
         let target = lab.target();
-        let request = request.clone();
-        let outcome = steadfast_lab::run_in_namespace(&lab.info.client_ns, move || {
-            let mut stream = connect(target);
-            stream.write_all(request.as_bytes()).expect("send");
-            let (raw, closed) = read_until_quiet(&mut stream, Duration::from_secs(3));
-            Outcome {
-                replies: replies_in(&raw).unwrap_or_default(),
-                closed,
-            }
-        })
-        .expect("enter the client namespace");
-        outcomes.push(outcome);
+        for request in &heads {
+            let outcome = steadfast_lab::run_in_namespace(&lab.info.client_ns, || {
+                let mut stream = connect(target);
+                stream.write_all(request.as_bytes()).expect("send");
+                let (raw, closed) = read_until_quiet(&mut stream, Duration::from_secs(3));
+                Outcome {
+                    replies: replies_in(&raw).unwrap_or_default(),
+                    closed,
+                }
+            })
+            .expect("enter the client namespace");
+            outcomes.push(outcome);
+        }
     }
-    assert!(
-        outcomes[0].closed && !outcomes[0].replies.is_empty(),
-        "{backend:?} alone should answer and close: {:?}",
-        outcomes[0]
-    );
-    assert_eq!(
-        outcomes[1], outcomes[0],
-        "{backend:?}: through the proxy (left) vs the server alone (right)"
-    );
+    let (alone, proxied) = outcomes.split_at(heads.len());
+    for (i, (without, with)) in alone.iter().zip(proxied).enumerate() {
+        assert!(
+            without.closed && !without.replies.is_empty(),
+            "{backend:?} alone should answer request {i} and close: {without:?}"
+        );
+        assert_eq!(
+            with, without,
+            "{backend:?}, request {i}: through the proxy (left) vs the server alone (right)"
+        );
+    }
 }
 
 #[test]

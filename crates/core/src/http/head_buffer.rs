@@ -172,6 +172,26 @@ impl HeadBuffer {
     }
 }
 
+/// Header fields a head is first parsed with room for, on the stack: most heads have a few.
+const FEW_HEADERS: usize = 64;
+
+/// Runs `attempt` (a parse of one head) with room for [`FEW_HEADERS`] header fields, then
+/// four times as many each time the head has more, up to `max_headers`: room for thousands
+/// on every parse would cost every request.
+pub(super) fn parse_with_room<'b, T>(
+    max_headers: usize,
+    mut attempt: impl FnMut(&mut [httparse::Header<'b>]) -> Result<T, httparse::Error>,
+) -> Result<T, httparse::Error> {
+    let mut few = [httparse::EMPTY_HEADER; FEW_HEADERS];
+    let mut room = FEW_HEADERS.min(max_headers);
+    let mut outcome = attempt(&mut few[..room]);
+    while matches!(outcome, Err(httparse::Error::TooManyHeaders)) && room < max_headers {
+        room = room.saturating_mul(4).min(max_headers);
+        outcome = attempt(&mut vec![httparse::EMPTY_HEADER; room]);
+    }
+    outcome
+}
+
 /// Maps a head parser error to our error kind.
 pub(super) fn parse_error(error: httparse::Error, limits: &FramingLimits) -> FramingErrorKind {
     match error {

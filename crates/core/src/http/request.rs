@@ -280,21 +280,22 @@ fn parse_request(
     buffer: &[u8],
     limits: &FramingLimits,
 ) -> Result<ParseOutcome<ParsedRequest>, FramingErrorKind> {
-    let mut headers = vec![httparse::EMPTY_HEADER; limits.max_headers];
-    let mut request = httparse::Request::new(&mut headers);
-    match request.parse(buffer) {
-        Ok(httparse::Status::Partial) => Ok(ParseOutcome::Partial),
-        Ok(httparse::Status::Complete(len)) => Ok(ParseOutcome::Complete {
-            len,
-            parsed: ParsedRequest {
-                method: request.method.unwrap_or_default().to_owned(),
-                target: request.path.unwrap_or_default().to_owned(),
-                minor_version: request.version.unwrap_or(1),
-                headers: fields::owned_headers(request.headers),
+    head_buffer::parse_with_room(limits.max_headers, |headers| {
+        let mut request = httparse::Request::new(headers);
+        Ok(match request.parse(buffer)? {
+            httparse::Status::Partial => ParseOutcome::Partial,
+            httparse::Status::Complete(len) => ParseOutcome::Complete {
+                len,
+                parsed: ParsedRequest {
+                    method: request.method.unwrap_or_default().to_owned(),
+                    target: request.path.unwrap_or_default().to_owned(),
+                    minor_version: request.version.unwrap_or(1),
+                    headers: fields::owned_headers(request.headers),
+                },
             },
-        }),
-        Err(error) => Err(head_buffer::parse_error(error, limits)),
-    }
+        })
+    })
+    .map_err(|error| head_buffer::parse_error(error, limits))
 }
 
 fn analyse_request(

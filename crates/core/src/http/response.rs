@@ -208,21 +208,22 @@ fn parse_reply(
     buffer: &[u8],
     limits: &FramingLimits,
 ) -> Result<ParseOutcome<ParsedReply>, FramingErrorKind> {
-    let mut headers = vec![httparse::EMPTY_HEADER; limits.max_headers];
-    let mut reply = httparse::Response::new(&mut headers);
-    match reply.parse(buffer) {
-        Ok(httparse::Status::Partial) => Ok(ParseOutcome::Partial),
-        Ok(httparse::Status::Complete(len)) => Ok(ParseOutcome::Complete {
-            len,
-            parsed: ParsedReply {
-                minor_version: reply.version.unwrap_or(1),
-                status: reply.code.unwrap_or(0),
-                reason: reply.reason.unwrap_or_default().to_owned(),
-                headers: fields::owned_headers(reply.headers),
+    head_buffer::parse_with_room(limits.max_headers, |headers| {
+        let mut reply = httparse::Response::new(headers);
+        Ok(match reply.parse(buffer)? {
+            httparse::Status::Partial => ParseOutcome::Partial,
+            httparse::Status::Complete(len) => ParseOutcome::Complete {
+                len,
+                parsed: ParsedReply {
+                    minor_version: reply.version.unwrap_or(1),
+                    status: reply.code.unwrap_or(0),
+                    reason: reply.reason.unwrap_or_default().to_owned(),
+                    headers: fields::owned_headers(reply.headers),
+                },
             },
-        }),
-        Err(error) => Err(head_buffer::parse_error(error, limits)),
-    }
+        })
+    })
+    .map_err(|error| head_buffer::parse_error(error, limits))
 }
 
 fn analyse_reply(
