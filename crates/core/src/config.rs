@@ -968,8 +968,11 @@ fn build(
                     field("backend"),
                     format!(
                         "{backend} is the service address itself: in mode {} the proxy listens \
-                         there, so the backend needs another address (e.g. 127.0.0.1:8080)",
-                        mode.as_str()
+                         there; the backend keeps port {} on a local address (e.g. \
+                         127.0.0.1:{}), so the URLs it writes name the service's port",
+                        mode.as_str(),
+                        backend.port(),
+                        backend.port()
                     ),
                 );
             }

@@ -26,8 +26,10 @@ pub const WITNESS_NODE_ID: u32 = 100;
 pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 100);
 pub const SERVICE_PORT: u16 = 80;
 
-/// Where the backend listens when the node's proxy owns VIP:80 (simplex and duplex).
-pub const PROXIED_BACKEND_PORT: u16 = 8080;
+/// Where the backend listens when the node's proxy owns VIP:80 (simplex and duplex): the
+/// service's own port, on the loopback address. A server on another port would put that port
+/// in the absolute URLs it writes (redirects), which clients of VIP:80 cannot reach.
+pub const PROXIED_BACKEND_PORT: u16 = SERVICE_PORT;
 
 /// The backend's listening address in a lab of `mode`: the service port itself when the VIP's
 /// traffic reaches the backend directly, a loopback port behind the proxy otherwise.

@@ -236,6 +236,8 @@ LogLevel warn
 LoadModule mpm_event_module {APACHE2_MODULES}/mod_mpm_event.so
 LoadModule authz_core_module {APACHE2_MODULES}/mod_authz_core.so
 LoadModule headers_module {APACHE2_MODULES}/mod_headers.so
+# As in Debian's default set: a directory asked without its slash is redirected to it.
+LoadModule dir_module {APACHE2_MODULES}/mod_dir.so
 
 # Apache refuses to serve as root; www-data comes with Debian's base-passwd.
 User www-data

@@ -13,11 +13,30 @@ use std::time::{Duration, Instant};
 use common::Lab;
 use steadfast_lab::{BackendKind, Mode};
 
-/// A reply as a client sees it: its status and body length.
+/// A reply as a client sees it: its status, body length and where it redirects.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Reply {
     status: u16,
     body_len: usize,
+    location: Option<String>,
+}
+
+impl Reply {
+    fn ok(body_len: usize) -> Reply {
+        Reply {
+            status: 200,
+            body_len,
+            location: None,
+        }
+    }
+}
+
+/// The value of the header field `name` in `head`.
+fn field<'h>(head: &'h str, name: &str) -> Option<&'h str> {
+    head.lines().find_map(|line| {
+        let (field, value) = line.split_once(':')?;
+        field.eq_ignore_ascii_case(name).then_some(value.trim())
+    })
 }
 
 /// Everything a client got on one connection: the replies, in order, and whether the server
@@ -38,19 +57,19 @@ fn replies_in(raw: &[u8]) -> Option<Vec<Reply>> {
         let head_len = rest.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
         let head = std::str::from_utf8(&rest[..head_len]).ok()?;
         let status = head.split(' ').nth(1)?.parse().ok()?;
-        let body_len = head
-            .lines()
-            .find_map(|line| {
-                let (name, value) = line.split_once(':')?;
-                name.eq_ignore_ascii_case("content-length")
-                    .then(|| value.trim().parse::<usize>().ok())
-                    .flatten()
-            })
-            .unwrap_or(0);
+        let body_len = match field(head, "content-length") {
+            Some(length) => length.parse().ok()?,
+            None => 0,
+        };
         if rest.len() < head_len + body_len {
             return None;
         }
-        replies.push(Reply { status, body_len });
+        let location = field(head, "location").map(str::to_string);
+        replies.push(Reply {
+            status,
+            body_len,
+            location,
+        });
         at += head_len + body_len;
     }
     Some(replies)
@@ -345,13 +364,7 @@ fn a_server_closing_an_idle_connection_closes_the_clients_nginx() {
         let (raw, closed) = read_until_quiet(&mut stream, Duration::from_millis(500));
         assert_eq!(
             (replies_in(&raw), closed),
-            (
-                Some(vec![Reply {
-                    status: 200,
-                    body_len: 1024
-                }]),
-                false
-            ),
+            (Some(vec![Reply::ok(1024)]), false),
             "{mode:?}: the first reply, connection kept open"
         );
         let holder = lab.holders();
@@ -382,10 +395,7 @@ fn a_crashed_servers_close_is_not_passed_on_builtin() {
         "GET {} HTTP/1.1\r\nHost: vip\r\n\r\n",
         steadfast_lab::webservers::bytes_path(1024)
     );
-    let one_kib = Some(vec![Reply {
-        status: 200,
-        body_len: 1024,
-    }]);
+    let one_kib = Some(vec![Reply::ok(1024)]);
     let lab = Lab::up_in_mode("cb", 2, true, BackendKind::Builtin, Some(10), Mode::Duplex);
     let target = lab.target();
     let mut stream = steadfast_lab::run_in_namespace(&lab.info.client_ns, || connect(target))
@@ -418,4 +428,44 @@ fn a_crashed_servers_close_is_not_passed_on_builtin() {
         "the next request on the same connection: {}",
         lab.situation()
     );
+}
+
+/// A web server redirects `/bytes` to `/bytes/` with an absolute URL of its own making: through
+/// the proxy it must name the address and port the client used, as without the proxy (the
+/// server keeps the service's port on a local address; see the README's duplex setup).
+fn redirects_name_the_service_address(backend: BackendKind) {
+    let mut locations = Vec::new();
+    for mode in [Mode::Unreplicated, Mode::Duplex] {
+        let lab = Lab::up_in_mode("rd", 2, true, backend, Some(10), mode);
+        let target = lab.target();
+        let request = format!("GET /bytes HTTP/1.1\r\nHost: {}\r\n\r\n", target.ip());
+        let replies = steadfast_lab::run_in_namespace(&lab.info.client_ns, || {
+            let mut stream = connect(target);
+            stream.write_all(request.as_bytes()).expect("send");
+            let (raw, _) = read_first_reply(&mut stream, Duration::from_secs(3));
+            replies_in(&raw)
+        })
+        .expect("enter the client namespace");
+        let reply = replies.and_then(|r| r.first().cloned());
+        let location = reply.as_ref().and_then(|r| r.location.clone());
+        assert_eq!(
+            location.as_deref(),
+            Some(format!("http://{}/bytes/", target.ip()).as_str()),
+            "{mode:?}, {backend:?}: the redirect of /bytes: {reply:?}"
+        );
+        locations.push(reply);
+    }
+    assert_eq!(locations[0], locations[1], "{backend:?}: alone vs proxied");
+}
+
+#[test]
+#[ignore = "needs nginx: apt-get install nginx-light (.ci/run installs it)"]
+fn redirects_name_the_service_address_nginx() {
+    redirects_name_the_service_address(BackendKind::Nginx);
+}
+
+#[test]
+#[ignore = "needs apache2: apt-get install apache2 (.ci/run installs it)"]
+fn redirects_name_the_service_address_apache2() {
+    redirects_name_the_service_address(BackendKind::Apache2);
 }
