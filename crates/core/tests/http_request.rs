@@ -447,7 +447,7 @@ fn bad_chunk_sizes_are_refused_at_the_offending_byte() {
         (b"+5\r\n", 0),
         (b" 5\r\n", 0),
         (b"\r\n", 0),
-        (b"5 \r\nhello\r\n", 2),
+        (b"5 x\r\nhello\r\n", 2),
         (b"5\nhello\r\n", 1),
         (b"5\rhello", 2),
         (b"g\r\n", 0),
@@ -468,6 +468,20 @@ fn bad_chunk_sizes_are_refused_at_the_offending_byte() {
             "{:?}: {kind}",
             String::from_utf8_lossy(body)
         );
+    }
+}
+
+#[test]
+fn chunk_size_with_whitespace_before_its_line_end_is_accepted() {
+    // Not in RFC 9112's grammar, but nginx, apache2 and the builtin backend take it: a proxy
+    // that refused it would be seen.
+    for size_line in [&b"5 \r\n"[..], b"5\t\r\n", b"5  \t \r\n"] {
+        let mut stream = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        stream.extend_from_slice(size_line);
+        stream.extend_from_slice(b"hello\r\n0\r\n\r\n");
+        let (events, result) = frame(&stream);
+        assert_eq!(result, Ok(()), "{:?}", String::from_utf8_lossy(size_line));
+        assert_eq!(ends(&events), vec![0..stream.len() as u64]);
     }
 }
 

@@ -211,9 +211,12 @@ impl ChunkedDecoder {
                     (SizePhase::WhitespaceBeforeExtension, b';') => {
                         next_phase(SizePhase::Extension)
                     }
+                    // Whitespace before the line end: servers take it, so must the proxy.
+                    (SizePhase::WhitespaceBeforeExtension, b'\r') => next_phase(SizePhase::Cr),
                     (SizePhase::WhitespaceBeforeExtension, _) => {
                         return Err(invalid_size(
-                            "whitespace after chunk size not followed by an extension",
+                            "whitespace after chunk size not followed by an extension or the \
+                             line end",
                         ));
                     }
                     (SizePhase::Extension, b'\r') => next_phase(SizePhase::Cr),
