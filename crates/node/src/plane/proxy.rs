@@ -37,6 +37,9 @@ const POOL_MAX_IDLE: usize = 256;
 /// How long a connection to a server that may have crashed is waited for.
 const SERVER_PROBE_LIMIT: Duration = Duration::from_millis(500);
 const READ_CHUNK: usize = 64 * 1024;
+/// How long the server has to answer a request the proxy cannot frame (see
+/// `Session::answer_framing_error`).
+const REFUSAL_WAIT: Duration = Duration::from_secs(2);
 /// How long, and for how many bytes, a session that closed its side waits for the client to
 /// close (nginx's `lingering_time` is 30 s, `lingering_timeout` 5 s).
 const LINGER_LIMIT: Duration = Duration::from_secs(5);
@@ -120,6 +123,11 @@ impl BackendPool {
                 return Ok(stream);
             }
         }
+        self.connect().await
+    }
+
+    /// A new connection to the server, never one from the pool.
+    async fn connect(&self) -> io::Result<TcpStream> {
         let stream = TcpStream::connect(self.address).await?;
         stream.set_nodelay(true)?;
         Ok(stream)
@@ -220,6 +228,13 @@ enum SessionEnd {
     Protocol(FourTuple, String),
 }
 
+/// A request the proxy cannot frame, handed to the server to answer.
+struct Refusal {
+    /// When the proxy stops waiting for the server's answer and gives its own.
+    deadline: tokio::time::Instant,
+    error: FramingError,
+}
+
 /// The request whose reply is awaited.
 struct InFlight {
     index: u64,
@@ -247,6 +262,8 @@ struct Backend {
     /// The last request written on this connection has not ended yet: the server still reads
     /// its body, so the connection cannot carry another client's request.
     request_open: bool,
+    /// This side has finished writing (the client finished inside a request).
+    finished: bool,
 }
 
 /// Runs one client connection to its end.
@@ -293,6 +310,7 @@ pub async fn serve(ctx: Arc<ProxyContext>, client: TcpStream, start: SessionStar
             .as_ref()
             .map(|cut| StreamedReply::from_cut(ctx.limits, cut)),
         framing_error: None,
+        refusal: None,
         client_done: false,
         close_after_reply: false,
         trace_first_reply: start.reply_offset > 0 || start.request_offset > 0,
@@ -387,6 +405,8 @@ struct Session {
     client_reply: Option<StreamedReply>,
     /// A framing error in client bytes read during a hand-over, answered by the main loop.
     framing_error: Option<FramingError>,
+    /// A request the proxy cannot frame is with the server (see `answer_framing_error`).
+    refusal: Option<Refusal>,
     client_done: bool,
     /// The last request asked to close (or the stream cannot carry another request).
     close_after_reply: bool,
@@ -425,6 +445,7 @@ impl Session {
         loop {
             self.answer_framing_error().await?;
             self.forward_requests().await?;
+            self.pass_on_client_finish();
             // Requests pipelined behind the last one the server answers stay unanswered, as
             // they would without the proxy.
             if self.in_flight.is_none()
@@ -466,6 +487,10 @@ impl Session {
                         self.take_backend_bytes(&backend_buf[..n]).await?;
                     }
                 }
+                () = refusal_deadline(self.refusal.as_ref()) => {
+                    let error = self.refusal.take().expect("a refusal under way").error;
+                    return self.refuse_ourselves(error).await;
+                }
                 () = self.adoption.due() => self.try_adoption(None),
                 held = wait_for_ack(self.adoption_ack.as_mut()) => {
                     self.adoption_ack = None;
@@ -500,6 +525,26 @@ impl Session {
             steadfast_os::repair::queued_bytes(&self.client).map_or(0, |(unread, _)| unread);
         if self.held.is_empty() && unread == 0 && self.ctx.pool.server_accepts().await {
             self.close_after_reply = true;
+        }
+    }
+
+    /// A client that finished in the middle of a request: the server, which has its head,
+    /// sees the end of the stream too (as it would without the proxy) and answers or closes.
+    fn pass_on_client_finish(&mut self) {
+        if !self.client_done || !self.pending.is_empty() {
+            return;
+        }
+        let Some(backend) = self.backend.as_mut() else {
+            return;
+        };
+        if backend.request_open && !backend.finished {
+            backend.finished = true;
+            if let Err(e) = nix::sys::socket::shutdown(
+                backend.stream.as_raw_fd(),
+                nix::sys::socket::Shutdown::Write,
+            ) {
+                tracing::debug!("{}: passing the client's finish on: {e}", self.tuple);
+            }
         }
     }
 
@@ -551,7 +596,7 @@ impl Session {
     }
 
     fn frame_client_bytes(&mut self, bytes: &[u8]) {
-        if self.framing_error.is_some() {
+        if self.framing_error.is_some() || self.refusal.is_some() {
             // The stream has no boundary after the error: nothing more is framed.
             return;
         }
@@ -564,6 +609,11 @@ impl Session {
         }
     }
 
+    /// A request the proxy cannot frame goes to the server as the client sent it, on a
+    /// backend connection of its own that serves nothing after it: the server answers it as it
+    /// would without the proxy (its own 400, 414, 501 …, or a reply, if it is more lenient),
+    /// and the client's connection ends after that reply. Only when the server does not answer
+    /// within [`REFUSAL_WAIT`] does the proxy answer 400 itself.
     async fn answer_framing_error(&mut self) -> Result<(), SessionEnd> {
         let Some(error) = self.framing_error.take() else {
             return Ok(());
@@ -573,19 +623,101 @@ impl Session {
             .bad_requests
             .fetch_add(1, Ordering::Relaxed);
         // Earlier complete requests still get their replies first.
-        self.forward_requests().await?;
+        self.forward_requests_before(error.index).await?;
         while self
             .in_flight
             .as_ref()
             .is_some_and(|flight| flight.index < error.index)
         {
             self.finish_in_flight().await?;
-            self.forward_requests().await?;
+            self.forward_requests_before(error.index).await?;
         }
-        if self.in_flight.take().is_some() {
-            // The bad request's head already reached the backend: abandon that backend
-            // connection (it sees the request cut short) rather than wait for a reply to a
-            // body that will never be complete.
+        if let Err(e) = self.hand_refusal_to_server(error.index).await {
+            tracing::debug!(
+                "{}: the server cannot be asked about a request the proxy cannot frame: {e}",
+                self.tuple
+            );
+            return self.refuse_ourselves(error).await;
+        }
+        self.close_after_reply = true;
+        self.refusal = Some(Refusal {
+            deadline: tokio::time::Instant::now() + REFUSAL_WAIT,
+            error,
+        });
+        Ok(())
+    }
+
+    /// Sends the client bytes of the unframeable request `index` (all it has sent of it) to
+    /// the server: the rest of it on the connection that already carries its head, else all
+    /// of it, exactly as the client sent it, in one write on a new connection.
+    async fn hand_refusal_to_server(&mut self, index: u64) -> io::Result<()> {
+        let head_sent = self.in_flight.as_ref().is_some_and(|f| f.index == index);
+        // What was framed of it goes as the client's own bytes, below.
+        self.pending.clear();
+        if !head_sent {
+            // Whatever the server makes of these bytes, no other request may follow them on
+            // the same connection.
+            if let Some(idle) = self.backend.take() {
+                if !idle.request_open && idle.framer.at_reply_boundary() {
+                    self.ctx.pool.put(idle.stream);
+                }
+            }
+            let stream = self.ctx.pool.connect().await?;
+            let mut framer = ResponseFramer::new(self.ctx.limits);
+            framer.expect_reply(if self.held.starts_with(b"HEAD ") {
+                "HEAD"
+            } else {
+                "GET"
+            });
+            self.backend = Some(Backend {
+                stream,
+                framer,
+                buffer: Vec::new(),
+                base: 0,
+                cuttable: 0,
+                request_open: true,
+                finished: false,
+            });
+        }
+        let end = self.held_base + self.held.len() as u64;
+        let backend = self.backend.as_mut().ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotConnected,
+                "the backend connection is gone",
+            )
+        })?;
+        backend.stream.write_all(&self.held).await?;
+        let n = self.held.len();
+        self.keep_forwarded(n);
+        self.held.clear();
+        self.held_base = end;
+        match self.in_flight.as_mut() {
+            Some(flight) => {
+                flight.request_end = Some(end);
+                flight.keep_alive = false;
+            }
+            None => {
+                self.in_flight = Some(InFlight {
+                    index,
+                    keep_alive: false,
+                    request_end: Some(end),
+                    reply_started: false,
+                    continuation: None,
+                })
+            }
+        }
+        Ok(())
+    }
+
+    /// The server did not answer a request the proxy cannot frame (or could not be asked):
+    /// the proxy answers 400 itself, naming what is wrong, and closes.
+    async fn refuse_ourselves(&mut self, error: FramingError) -> Result<(), SessionEnd> {
+        self.refusal = None;
+        if let Some(flight) = self.in_flight.take() {
+            if flight.reply_started {
+                return self.abort_reply("the server's reply to a malformed request stopped");
+            }
+            // Its backend connection sees the request cut short; nothing more goes on it.
             self.backend = None;
         }
         let index = error.index;
@@ -879,11 +1011,16 @@ impl Session {
 
     /// Forwards framed client bytes to the backend, one request at a time.
     async fn forward_requests(&mut self) -> Result<(), SessionEnd> {
+        self.forward_requests_before(u64::MAX).await
+    }
+
+    /// Forwards framed client bytes of the requests before request `limit`.
+    async fn forward_requests_before(&mut self, limit: u64) -> Result<(), SessionEnd> {
         let mut forwarded_to = None;
         while let Some(event) = self.pending.front() {
             match event {
                 RequestEvent::Head(head) => {
-                    if self.in_flight.is_some() || self.close_after_reply {
+                    if self.in_flight.is_some() || self.close_after_reply || head.index >= limit {
                         break;
                     }
                     let head = head.clone();
@@ -897,6 +1034,7 @@ impl Session {
                                     base: 0,
                                     cuttable: 0,
                                     request_open: false,
+                                    finished: false,
                                 })
                             }
                             Err(e) => {
@@ -957,15 +1095,17 @@ impl Session {
                     }
                 }
                 RequestEvent::Discarded { range } => forwarded_to = Some(range.end),
-                RequestEvent::Tunnel { .. } => {
+                RequestEvent::Tunnel { range } => {
+                    // Bytes behind a CONNECT: the server's answer to the CONNECT still reaches
+                    // the client (a refusal, as without the proxy), then the connection ends.
+                    // A server that accepts it gets no tunnel: tunnels are not carried.
+                    let range = range.clone();
                     self.ctx
                         .counters
                         .tunnels_refused
                         .fetch_add(1, Ordering::Relaxed);
-                    return Err(SessionEnd::Protocol(
-                        self.tuple,
-                        "tunnels (CONNECT, Upgrade) are not carried in duplex".into(),
-                    ));
+                    self.close_after_reply = true;
+                    forwarded_to = Some(range.end);
                 }
             }
             self.pending.pop_front();
@@ -1122,7 +1262,17 @@ impl Session {
         }
         if closed {
             self.backend = None;
+            if let Some(refusal) = self.refusal.take() {
+                if self.in_flight.as_ref().is_some_and(|f| !f.reply_started) {
+                    return self.refuse_ourselves(refusal.error).await;
+                }
+            }
             if let Some(flight) = self.in_flight.take() {
+                if self.client_done && !flight.reply_started {
+                    // The client finished without waiting for a reply, and the server closed
+                    // without one: the client sees the close, as it would without the proxy.
+                    return Ok(());
+                }
                 self.ctx
                     .counters
                     .backend_errors
@@ -1515,6 +1665,13 @@ fn frame_pieces(
         };
         (start..end, kind)
     })
+}
+
+async fn refusal_deadline(refusal: Option<&Refusal>) {
+    match refusal {
+        Some(refusal) => tokio::time::sleep_until(refusal.deadline).await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn read_backend_stream(backend: Option<&mut Backend>, buf: &mut [u8]) -> io::Result<usize> {
