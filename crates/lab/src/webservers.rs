@@ -22,6 +22,9 @@ pub const DOCROOT_SEED: u64 = 0;
 pub const DOCROOT_SIZES: [u64; 4] = [1024, 10 * 1024, 50 * 1024, 1024 * 1024];
 /// A larger docroot file (32 MiB, same seed), for replies streamed in parts.
 pub const DOCROOT_LARGE: u64 = 32 * 1024 * 1024;
+/// The modification date of the docroot files, in seconds since the epoch: 2026-01-01
+/// 00:00:00 UTC.
+pub const DOCROOT_MODIFIED_SECS: u64 = 1_767_225_600;
 /// Where apache2's loadable modules live on Debian.
 pub const APACHE2_MODULES: &str = "/usr/lib/apache2/modules";
 
@@ -65,12 +68,17 @@ pub(crate) fn write_docroot(paths: &LabPaths) -> Result<(), LabError> {
         // Served files are rarely seconds old. apache2 gives a file modified less than a
         // second before the request a weak ETag (it could still change within the second of
         // its timestamp), and a reply with a weak ETag cannot be resumed by range: a test that
-        // starts right after `lab up` would depend on the clock. An hour back, as any file.
-        let age = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        // starts right after `lab up` would depend on the clock. One fixed date in the past:
+        // every lab, and every node, then serves the same ETag and Last-Modified, as a
+        // deployment that copies its files with their dates does.
         std::fs::File::options()
             .write(true)
             .open(&file)
-            .and_then(|f| f.set_modified(age))
+            .and_then(|f| {
+                f.set_modified(
+                    std::time::UNIX_EPOCH + std::time::Duration::from_secs(DOCROOT_MODIFIED_SECS),
+                )
+            })
             .map_err(|e| LabError::io("dating the docroot file", &file, e))?;
     }
     Ok(())
@@ -243,13 +251,15 @@ LoadModule dir_module {APACHE2_MODULES}/mod_dir.so
 User www-data
 Group www-data
 
-StartServers 1
-ServerLimit 2
-ThreadLimit 32
-ThreadsPerChild 32
-MaxRequestWorkers 64
-MinSpareThreads 32
-MaxSpareThreads 64
+# Room for the conformance suite's 140 exchanges at once (a request that waits for its body
+# holds a worker): every worker from the start, so that no test waits for apache to grow.
+StartServers 4
+ServerLimit 4
+ThreadLimit 64
+ThreadsPerChild 64
+MaxRequestWorkers 256
+MinSpareThreads 64
+MaxSpareThreads 256
 
 KeepAlive On
 MaxKeepAliveRequests 0
