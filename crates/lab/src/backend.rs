@@ -489,7 +489,8 @@ fn parse_head(
             }
         } else if name.eq_ignore_ascii_case("expect") {
             if value.trim_ascii().eq_ignore_ascii_case(b"100-continue") {
-                expect_continue = true;
+                // RFC 9110 §10.1.1: an HTTP/1.0 client's expectation is ignored.
+                expect_continue = minor_version >= 1;
             } else {
                 return Err(RequestError::UnsupportedExpect(
                     String::from_utf8_lossy(value).to_string(),
@@ -1267,6 +1268,19 @@ mod tests {
             parser.parse(&mut buf),
             Ok(ParseStatus::Complete(_))
         ));
+    }
+
+    #[test]
+    fn an_http_1_0_expectation_is_ignored() {
+        let mut parser = RequestParser::new(RequestLimits::default());
+        let mut buf =
+            b"POST /commit HTTP/1.0\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n".to_vec();
+        assert_eq!(
+            parser.parse(&mut buf),
+            Ok(ParseStatus::Incomplete {
+                send_continue: false
+            })
+        );
     }
 
     #[test]

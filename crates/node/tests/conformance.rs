@@ -45,6 +45,9 @@ struct Case {
     /// The methods of the requests sent, in order (HEAD replies have no body).
     methods: Vec<String>,
     steps: Vec<Step>,
+    /// The whole body goes with the head: whether a 100 (Continue) comes first depends on
+    /// when the server reads (RFC 9110 §10.1.1 lets it leave it out), so it is not compared.
+    continue_optional: bool,
 }
 
 /// A reply as the client saw it.
@@ -82,6 +85,7 @@ fn request(method: &str, target: &str, fields: &[&str], body: &[u8]) -> Vec<u8> 
 
 fn one(name: &str, method: &str, bytes: Vec<u8>) -> Case {
     Case {
+        continue_optional: false,
         name: name.to_string(),
         methods: vec![method.to_string()],
         steps: vec![Step::Send(bytes)],
@@ -95,6 +99,7 @@ fn get(name: &str, target: &str, fields: &[&str]) -> Case {
 /// Several requests sent back to back in one write.
 fn pipelined(name: &str, requests: &[(&str, Vec<u8>)]) -> Case {
     Case {
+        continue_optional: false,
         name: name.to_string(),
         methods: requests.iter().map(|(m, _)| m.to_string()).collect(),
         steps: vec![Step::Send(
@@ -333,17 +338,21 @@ fn cases() -> Vec<Case> {
     ));
 
     // Expect (RFC 9110 §10.1.1).
-    cases.push(one(
-        "Expect 100-continue, body at once",
-        "POST",
-        request(
-            "POST",
-            missing,
-            &["Expect: 100-continue", "Content-Length: 5"],
-            b"hello",
-        ),
-    ));
     cases.push(Case {
+        continue_optional: true,
+        ..one(
+            "Expect 100-continue, body at once",
+            "POST",
+            request(
+                "POST",
+                missing,
+                &["Expect: 100-continue", "Content-Length: 5"],
+                b"hello",
+            ),
+        )
+    });
+    cases.push(Case {
+        continue_optional: false,
         name: "Expect 100-continue, body after a pause".into(),
         methods: vec!["PUT".into()],
         steps: vec![
@@ -459,11 +468,13 @@ fn cases() -> Vec<Case> {
         cases.push(get(&format!("persistence {field}"), &p1k, &[field]));
     }
     cases.push(Case {
+        continue_optional: false,
         name: "half-close after a GET".into(),
         methods: vec!["GET".into()],
         steps: vec![Step::Send(request("GET", &p1k, &[], b"")), Step::CloseWrite],
     });
     cases.push(Case {
+        continue_optional: false,
         name: "half-close after two GETs".into(),
         methods: vec!["GET".into(), "GET".into()],
         steps: vec![
@@ -478,6 +489,7 @@ fn cases() -> Vec<Case> {
         ],
     });
     cases.push(Case {
+        continue_optional: false,
         name: "half-close inside a body".into(),
         methods: vec!["POST".into()],
         steps: vec![
@@ -723,15 +735,20 @@ fn replies_seen(raw: &[u8], methods: &[String]) -> (Vec<SeenReply>, usize, bool)
             answered += 1;
         }
         let (fields, body) = match boundary {
-            Some(boundary) => (
-                fields
-                    .into_iter()
-                    .map(|(n, v)| (n, v.replace(&boundary, "BOUNDARY")))
-                    .collect(),
-                String::from_utf8_lossy(&body)
+            Some(boundary) => {
+                let body = String::from_utf8_lossy(&body)
                     .replace(&boundary, "BOUNDARY")
-                    .into_bytes(),
-            ),
+                    .into_bytes();
+                // The boundary's length varies too, and with it the body's.
+                let fields = fields
+                    .into_iter()
+                    .map(|(n, v)| match n.as_str() {
+                        "content-length" => (n, body.len().to_string()),
+                        _ => (n, v.replace(&boundary, "BOUNDARY")),
+                    })
+                    .collect();
+                (fields, body)
+            }
             None => (fields, body),
         };
         let body = if field_is(&fields, "content-type", "message/http") {
@@ -815,6 +832,7 @@ fn split_by_a_crash(case: &Case) -> Case {
         }
     }
     Case {
+        continue_optional: case.continue_optional,
         name: case.name.clone(),
         methods: case.methods.clone(),
         steps,
@@ -892,7 +910,10 @@ fn run_case_around(target: SocketAddr, case: &Case, at_crash: &(dyn Fn() + Sync)
             Err(_) => break,
         }
     }
-    let (replies, rest, _) = replies_seen(&raw, &case.methods);
+    let (mut replies, rest, _) = replies_seen(&raw, &case.methods);
+    if case.continue_optional {
+        replies.retain(|reply| reply.status != 100);
+    }
     Seen {
         replies,
         rest,
@@ -1026,12 +1047,23 @@ const KNOWN_DIFFERENCES: &[(&str, &[BackendKind], Shows, &str)] = &[
     ),
 ];
 
+/// One lab at a time: each runs up to 140 exchanges at once, and on 2 cores several such labs
+/// starve the daemons' heartbeats (a primary that steps down mid-run changes what is compared).
+static ONE_LAB_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_lab_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_LAB_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn the_proxy_is_not_seen(backend: BackendKind) {
+    let _alone = one_lab_at_a_time();
     let cases = cases();
     assert!(cases.len() >= 120, "{} cases", cases.len());
     let mut seen = Vec::new();
     for mode in [Mode::Unreplicated, Mode::Duplex] {
-        let lab = Lab::up_in_mode("cf", 2, true, backend, Some(10), mode);
+        let lab = Lab::up_in_mode("cf", 2, true, backend, None, mode);
         seen.push(run_all(&lab, &cases));
     }
     let mut unexpected = Vec::new();
@@ -1150,8 +1182,9 @@ fn run_all_split(
 /// The primary's host crashes while every case is in flight (half of its first write sent and
 /// held by the backup): each outcome is the one the same split exchange gets without a crash.
 fn a_crash_in_every_exchange_is_not_seen(backend: BackendKind) {
+    let _alone = one_lab_at_a_time();
     let cases = cases();
-    let lab = Lab::up_in_mode("cc", 2, true, backend, Some(10), Mode::Duplex);
+    let lab = Lab::up_in_mode("cc", 2, true, backend, None, Mode::Duplex);
     let holders = lab.holders();
     assert_eq!(holders.len(), 1, "one primary: {}", lab.situation());
     let started = Instant::now();
