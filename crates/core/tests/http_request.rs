@@ -799,3 +799,18 @@ fn large_body_is_never_buffered() {
     ));
     assert!(framer.at_request_boundary());
 }
+
+#[test]
+fn only_methods_rfc_9110_calls_idempotent_may_be_sent_twice() {
+    let idempotent = |method: &str| {
+        let (events, result) = frame(format!("{method} / HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes());
+        assert_eq!(result, Ok(()), "{method}");
+        heads(&events)[0].is_idempotent()
+    };
+    for method in ["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"] {
+        assert!(idempotent(method), "{method} is idempotent");
+    }
+    for method in ["POST", "PATCH", "LOCK", "get"] {
+        assert!(!idempotent(method), "{method} is not idempotent");
+    }
+}

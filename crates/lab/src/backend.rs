@@ -16,6 +16,8 @@
 //!   strong `ETag` (the bytes are a function of N and S) and `Accept-Ranges: bytes`: a single
 //!   `Range: bytes=a-b`, `bytes=a-` or `bytes=-n` gets a 206 (416 when unsatisfiable), unless an
 //!   `If-Range` names another ETag. `&chunked=1` sends the body chunked instead of with a length.
+//!   `&close-ms=M` closes the connection M ms after the reply without reading anything more
+//!   (nor saying so in the reply): a keep-alive timeout that crosses the client's next request.
 //! - `GET /uuid` → `<32 hex digits of a fresh random value> <sha256 hex of those 32 digits>\n`;
 //!   [`verify_uuid_body`] detects a corrupted reply although the value is not reproducible.
 //! - `POST /commit` → appends `<request-id> <node> <sha256 hex of the body>\n` to the data tier
@@ -889,6 +891,17 @@ fn query_number(query: &str, key: &str, default: u64) -> Result<u64, String> {
     }
 }
 
+/// How long after its reply a `/bytes` request's connection is closed (`close-ms`), if it is.
+fn close_after(head: &RequestHead) -> Option<Duration> {
+    if !head.path.starts_with("/bytes/") {
+        return None;
+    }
+    match query_number(&head.query, "close-ms", 0) {
+        Ok(ms) if ms > 0 => Some(Duration::from_millis(ms.min(MAX_SLOW_MS))),
+        _ => None,
+    }
+}
+
 async fn route(request: &Request, shared: &Shared) -> Reply {
     let head = &request.head;
     let readable = head.method == "GET" || head.method == "HEAD";
@@ -1133,6 +1146,11 @@ async fn serve_connection(mut stream: TcpStream, shared: Arc<Shared>) {
                     )
                     .await;
                     if written.is_err() {
+                        return;
+                    }
+                    if let Some(after) = close_after(&request.head) {
+                        // Whatever arrives meanwhile stays unread: the close resets it.
+                        tokio::time::sleep(after).await;
                         return;
                     }
                     if !keep_alive {

@@ -1037,6 +1037,7 @@ fn plane_status(mode: &str, shared: &crate::plane::PlaneShared) -> crate::status
         status.replies_fenced = p.replies_fenced.load(Relaxed);
         status.bad_requests = p.bad_requests.load(Relaxed);
         status.backend_errors = p.backend_errors.load(Relaxed);
+        status.backend_retries = p.backend_retries.load(Relaxed);
         status.adopted += p.adopted.load(Relaxed);
         status.adoptions_skipped = p.adoptions_skipped.load(Relaxed);
         status.replies_resumed = p.replies_resumed.load(Relaxed);

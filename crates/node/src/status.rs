@@ -174,6 +174,10 @@ pub struct DataPlaneStatus {
     pub replies_fenced: u64,
     pub bad_requests: u64,
     pub backend_errors: u64,
+    /// Idempotent requests sent again on a fresh backend connection: the reused one closed
+    /// before any byte of their reply (the server's keep-alive timeout crossing the request).
+    #[serde(default)]
+    pub backend_retries: u64,
     /// Replies cut by a takeover in the middle and finished by a range request (I2).
     #[serde(default)]
     pub replies_resumed: u64,
@@ -308,6 +312,10 @@ impl NodeStatus {
                 "  cut replies finished by range {}, not finishable {}; replies aborted after a backend failure {}; sessions retired at a step-down {} (of which lost, the new primary could not carry them on: {})\n",
                 d.replies_resumed, d.resumes_failed, d.replies_aborted, d.sessions_retired,
                 d.sessions_dropped_at_step_down
+            ));
+            s.push_str(&format!(
+                "  backend: errors {}, requests sent again on a fresh connection {}\n",
+                d.backend_errors, d.backend_retries
             ));
         }
         let c = &self.counters;

@@ -430,6 +430,68 @@ fn a_crashed_servers_close_is_not_passed_on_builtin() {
     );
 }
 
+/// A server's keep-alive timeout can close a connection just as the proxy sends the next
+/// request on it, and the request is lost with the connection. An idempotent request then goes
+/// again on a fresh connection, and the client sees its reply as if nothing happened; a POST
+/// is not sent twice (the client sees the failure, as it would with the server alone).
+#[test]
+fn a_request_crossing_the_servers_close_goes_again_only_if_idempotent_builtin() {
+    let lab = Lab::up_in_mode("rc", 2, true, BackendKind::Builtin, Some(10), Mode::Duplex);
+    let target = lab.target();
+    let holders = lab.holders();
+    assert_eq!(holders.len(), 1, "one primary: {}", lab.situation());
+    let retries = || {
+        lab.daemon_status(&holders[0])["data_plane"]["backend_retries"]
+            .as_u64()
+            .expect("backend_retries in the status")
+    };
+    // The server closes the connection 300 ms after this reply, whatever arrives meanwhile.
+    let closing = "GET /bytes/100?close-ms=300 HTTP/1.1\r\nHost: vip\r\n\r\n";
+    let mut stream = steadfast_lab::run_in_namespace(&lab.info.client_ns, || connect(target))
+        .expect("enter the client namespace");
+    stream.write_all(closing.as_bytes()).expect("send");
+    let (_, status) = read_first_reply(&mut stream, Duration::from_secs(2));
+    assert_eq!(status, Some(200), "{}", lab.situation());
+    // Sent at once: it reaches the server's connection, which will close without reading it.
+    stream
+        .write_all(b"GET /bytes/2048?seed=7 HTTP/1.1\r\nHost: vip\r\n\r\n")
+        .expect("send the crossing request");
+    let (raw, closed) = read_until_quiet(&mut stream, Duration::from_millis(1500));
+    assert_eq!(
+        (replies_in(&raw), closed),
+        (Some(vec![Reply::ok(2048)]), false),
+        "the GET that crossed the close is answered on a fresh connection: {}",
+        lab.situation()
+    );
+    assert_eq!(retries(), 1, "{}", lab.situation());
+    // The client's connection goes on over the fresh backend connection.
+    stream
+        .write_all(b"GET /bytes/10 HTTP/1.1\r\nHost: vip\r\n\r\n")
+        .expect("send the next request");
+    let (raw, closed) = read_until_quiet(&mut stream, Duration::from_millis(500));
+    assert_eq!(
+        (replies_in(&raw), closed),
+        (Some(vec![Reply::ok(10)]), false)
+    );
+
+    let mut stream = steadfast_lab::run_in_namespace(&lab.info.client_ns, || connect(target))
+        .expect("enter the client namespace");
+    stream.write_all(closing.as_bytes()).expect("send");
+    let (_, status) = read_first_reply(&mut stream, Duration::from_secs(2));
+    assert_eq!(status, Some(200), "{}", lab.situation());
+    stream
+        .write_all(b"POST /commit HTTP/1.1\r\nHost: vip\r\nContent-Length: 5\r\n\r\nhello")
+        .expect("send the crossing POST");
+    let (_, status) = read_first_reply(&mut stream, Duration::from_millis(1500));
+    assert_ne!(
+        status,
+        Some(200),
+        "a POST that crossed the close is not sent again: {}",
+        lab.situation()
+    );
+    assert_eq!(retries(), 1, "{}", lab.situation());
+}
+
 /// A web server redirects `/bytes` to `/bytes/` with an absolute URL of its own making: through
 /// the proxy it must name the address and port the client used, as without the proxy (the
 /// server keeps the service's port on a local address; see the README's duplex setup).

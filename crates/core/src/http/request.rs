@@ -88,6 +88,16 @@ impl RequestHead {
         ))
     }
 
+    /// Whether sending the request twice has the effect of sending it once (RFC 9110 §9.2.2):
+    /// such a request may be sent again on a fresh connection when the one it went on closed
+    /// before any byte of its reply.
+    pub fn is_idempotent(&self) -> bool {
+        matches!(
+            self.method.as_str(),
+            "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
+        )
+    }
+
     /// Why a reply to this request could not be resumed by range, if it could not.
     pub fn resume_refusal(&self) -> Option<&'static str> {
         if self.method != "GET" {

@@ -62,6 +62,9 @@ pub struct ProxyCounters {
     pub reply_bytes: AtomicU64,
     pub bad_requests: AtomicU64,
     pub backend_errors: AtomicU64,
+    /// Idempotent requests sent again on a fresh backend connection (see
+    /// `Session::send_again_on_a_fresh_connection`).
+    pub backend_retries: AtomicU64,
     pub replies_unprotected: AtomicU64,
     /// Reply pieces that waited for this node's lease before going out unlogged.
     pub replies_fenced: AtomicU64,
@@ -102,7 +105,9 @@ impl BackendPool {
         }
     }
 
-    async fn get(&self) -> io::Result<TcpStream> {
+    /// A connection for the next request, and whether it already carried an exchange (the
+    /// server may close it at any moment: its keep-alive timeout).
+    async fn get(&self) -> io::Result<(TcpStream, bool)> {
         loop {
             let candidate = self.idle.lock().expect("pool lock").pop();
             let Some((stream, since)) = candidate else {
@@ -120,10 +125,10 @@ impl BackendPool {
                 nix::sys::socket::MsgFlags::MSG_PEEK | nix::sys::socket::MsgFlags::MSG_DONTWAIT,
             );
             if peek == Err(nix::errno::Errno::EAGAIN) {
-                return Ok(stream);
+                return Ok((stream, true));
             }
         }
-        self.connect().await
+        Ok((self.connect().await?, false))
     }
 
     /// A new connection to the server, never one from the pool.
@@ -247,6 +252,9 @@ struct InFlight {
     /// The reply finishes one a takeover cut: the backend's answer to the range request is
     /// turned into the rest of the client's reply.
     continuation: Option<ReplyContinuation>,
+    /// The request, while it may still be sent again on a fresh connection: it is idempotent,
+    /// went on a reused connection, and no byte of its reply has come.
+    retry: Option<RequestHead>,
 }
 
 /// The backend connection of a session and the framer of its reply stream.
@@ -264,6 +272,23 @@ struct Backend {
     request_open: bool,
     /// This side has finished writing (the client finished inside a request).
     finished: bool,
+    /// The connection carried a whole exchange before the current one.
+    reused: bool,
+}
+
+impl Backend {
+    fn new(stream: TcpStream, reused: bool, limits: FramingLimits) -> Backend {
+        Backend {
+            stream,
+            framer: ResponseFramer::new(limits),
+            buffer: Vec::new(),
+            base: 0,
+            cuttable: 0,
+            request_open: false,
+            finished: false,
+            reused,
+        }
+    }
 }
 
 /// Runs one client connection to its end.
@@ -483,8 +508,15 @@ impl Session {
                     if self.in_flight.is_none() {
                         self.backend_spoke_while_idle(read).await;
                     } else {
-                        let n = read.map_err(|e| SessionEnd::Backend(self.tuple, e))?;
-                        self.take_backend_bytes(&backend_buf[..n]).await?;
+                        let sent_again = match &read {
+                            Ok(0) => self.send_again_on_a_fresh_connection("closed").await?,
+                            Err(e) => self.send_again_on_a_fresh_connection(&e.to_string()).await?,
+                            Ok(_) => false,
+                        };
+                        if !sent_again {
+                            let n = read.map_err(|e| SessionEnd::Backend(self.tuple, e))?;
+                            self.take_backend_bytes(&backend_buf[..n]).await?;
+                        }
                     }
                 }
                 () = refusal_deadline(self.refusal.as_ref()) => {
@@ -677,6 +709,7 @@ impl Session {
                 cuttable: 0,
                 request_open: true,
                 finished: false,
+                reused: false,
             });
         }
         let end = self.held_base + self.held.len() as u64;
@@ -695,6 +728,7 @@ impl Session {
             Some(flight) => {
                 flight.request_end = Some(end);
                 flight.keep_alive = false;
+                flight.retry = None;
             }
             None => {
                 self.in_flight = Some(InFlight {
@@ -703,6 +737,7 @@ impl Session {
                     request_end: Some(end),
                     reply_started: false,
                     continuation: None,
+                    retry: None,
                 })
             }
         }
@@ -1026,16 +1061,8 @@ impl Session {
                     let head = head.clone();
                     if self.backend.is_none() {
                         match self.ctx.pool.get().await {
-                            Ok(stream) => {
-                                self.backend = Some(Backend {
-                                    stream,
-                                    framer: ResponseFramer::new(self.ctx.limits),
-                                    buffer: Vec::new(),
-                                    base: 0,
-                                    cuttable: 0,
-                                    request_open: false,
-                                    finished: false,
-                                })
+                            Ok((stream, reused)) => {
+                                self.backend = Some(Backend::new(stream, reused, self.ctx.limits))
                             }
                             Err(e) => {
                                 let resuming = self.cut_reply.is_some();
@@ -1059,10 +1086,23 @@ impl Session {
                     };
                     let resuming = continuation.is_some();
                     let backend = self.backend.as_mut().expect("connected above");
+                    let mut retryable = backend.reused && !resuming && head.is_idempotent();
                     backend.framer.expect_reply_to(&head);
                     backend.request_open = true;
                     if let Err(e) = backend.stream.write_all(&bytes).await {
-                        return self.backend_failed(&head, resuming, "write", &e).await;
+                        if !retryable {
+                            return self.backend_failed(&head, resuming, "write", &e).await;
+                        }
+                        tracing::debug!(
+                            "{}: the reused backend connection failed ({e}); sending request {} \
+                             on a fresh one",
+                            self.tuple,
+                            head.index
+                        );
+                        if let Err(e) = self.write_on_a_fresh_connection(&head, &bytes).await {
+                            return self.backend_failed(&head, resuming, "connect", &e).await;
+                        }
+                        retryable = false;
                     }
                     self.ctx.counters.requests.fetch_add(1, Ordering::Relaxed);
                     self.in_flight = Some(InFlight {
@@ -1071,6 +1111,7 @@ impl Session {
                         request_end: None,
                         reply_started: resuming,
                         continuation,
+                        retry: retryable.then(|| head.clone()),
                     });
                     forwarded_to = Some(head.range.end);
                 }
@@ -1119,6 +1160,74 @@ impl Session {
         Ok(())
     }
 
+    /// Replaces the backend connection with a new one, expecting the reply to `head`, and
+    /// writes `bytes` (the request as forwarded so far) on it.
+    async fn write_on_a_fresh_connection(
+        &mut self,
+        head: &RequestHead,
+        bytes: &[u8],
+    ) -> io::Result<()> {
+        self.backend = None;
+        self.ctx
+            .counters
+            .backend_retries
+            .fetch_add(1, Ordering::Relaxed);
+        let stream = self.ctx.pool.connect().await?;
+        let mut backend = Backend::new(stream, false, self.ctx.limits);
+        backend.framer.expect_reply_to(head);
+        backend.request_open = true;
+        backend.stream.write_all(bytes).await?;
+        self.backend = Some(backend);
+        Ok(())
+    }
+
+    /// The reused backend connection ended (`error`: closed, or reset) before any byte of the
+    /// reply to the request in flight: the server closed it as the request crossed (its
+    /// keep-alive timeout, a reload), so the request may never have been read. An idempotent
+    /// request is sent again, once, on a fresh connection, as nginx and HAProxy do; the answer
+    /// is `false` when the request cannot be sent again (the caller answers as before).
+    async fn send_again_on_a_fresh_connection(&mut self, error: &str) -> Result<bool, SessionEnd> {
+        let Some(flight) = self.in_flight.as_mut() else {
+            return Ok(false);
+        };
+        let Some(head) = flight.retry.take() else {
+            return Ok(false);
+        };
+        // The request as forwarded so far: its head again (with the same request id), then
+        // the client's body bytes already sent, which the session keeps until the request is
+        // answered.
+        let forwarded_end = flight
+            .request_end
+            .unwrap_or(self.held_base)
+            .min(self.held_base);
+        let Some(kept) = self.kept_request.as_ref() else {
+            return Ok(false);
+        };
+        if head.range.start < self.kept_request_base {
+            return Ok(false);
+        }
+        let body = (head.range.end - self.kept_request_base) as usize
+            ..(forwarded_end - self.kept_request_base) as usize;
+        let Some(body) = kept.get(body) else {
+            return Ok(false);
+        };
+        let mut bytes = head.encode_for_backend(&RequestId::new(self.connection_id, head.index));
+        bytes.extend_from_slice(body);
+        tracing::debug!(
+            "{}: the reused backend connection ended before any byte of the reply ({error}); \
+             sending request {} again on a fresh one",
+            self.tuple,
+            head.index
+        );
+        if let Err(e) = self.write_on_a_fresh_connection(&head, &bytes).await {
+            return self
+                .backend_failed(&head, false, "connect", &e)
+                .await
+                .map(|()| true);
+        }
+        Ok(true)
+    }
+
     /// The backend could not take the request `head` (`what`: connect, write): a 502 answers
     /// it, or, when it was to finish a reply the takeover cut, the client is reset.
     async fn backend_failed(
@@ -1159,6 +1268,11 @@ impl Session {
 
     /// Frames backend bytes (`bytes` empty: the backend closed) and hands complete replies on.
     async fn take_backend_bytes(&mut self, bytes: &[u8]) -> Result<(), SessionEnd> {
+        if !bytes.is_empty() {
+            if let Some(flight) = self.in_flight.as_mut() {
+                flight.retry = None;
+            }
+        }
         let backend = self.backend.as_mut().expect("reading a backend");
         let mut events = Vec::new();
         let closed = bytes.is_empty();
@@ -1232,6 +1346,9 @@ impl Session {
                         // body: nothing more may be written on this connection.
                         self.backend = None;
                         break;
+                    }
+                    if let Some(backend) = self.backend.as_mut() {
+                        backend.reused = true;
                     }
                 }
                 ReplyEvent::Discarded { range } => {
