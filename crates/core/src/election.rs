@@ -34,7 +34,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 use std::time::Duration;
 
-use crate::protocol::{Message, NodeId, Role};
+use crate::election_messages::{Message, NodeId, Role};
 
 /// Static parameters of one voter's election.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -6,11 +6,11 @@
 
 pub mod config;
 pub mod election;
-pub mod frame;
+pub mod election_messages;
+pub mod heartbeat_wire;
 pub mod http;
 pub mod image;
-pub mod protocol;
-pub mod replica;
-pub mod replication;
+pub mod replication_wire;
+pub mod reply_log;
 
-pub use protocol::{Message, NodeId, Role};
+pub use election_messages::{Message, NodeId, Role};

@@ -670,8 +670,8 @@ fn unadopted_records_are_bounded_by_the_connection_limit() {
 /// received reply bytes the log never held.
 #[test]
 fn an_unreported_connection_resumes_from_the_image_and_a_template() {
-    use steadfast_core::replica::{LostReason, ReplicaLog};
-    use steadfast_core::replication::ConnectionOptions;
+    use steadfast_core::replication_wire::ConnectionOptions;
+    use steadfast_core::reply_log::{LostReason, ReplicaLog};
     let (isn, server_isn) = (1000u32, 70000u32);
     let request = b"GET /a HTTP/1.1\r\n\r\n";
     let with_ts = |mut segment: ClientSegment| {
@@ -749,8 +749,8 @@ fn an_unreported_connection_resumes_from_the_image_and_a_template() {
 #[test]
 fn a_reply_cut_in_parts_is_planned_for_a_range_resume() {
     use steadfast_core::http::{CutFraming, NotResumable};
-    use steadfast_core::replica::{LostReason, ReplicaLog};
-    use steadfast_core::replication::ConnectionOptions;
+    use steadfast_core::replication_wire::ConnectionOptions;
+    use steadfast_core::reply_log::{LostReason, ReplicaLog};
     let (isn, server_isn) = (5000u32, 90000u32);
     let get: &[u8] = b"GET /big HTTP/1.1\r\nHost: a\r\n\r\n";
     let post: &[u8] = b"POST /big HTTP/1.1\r\nContent-Length: 0\r\n\r\n";
@@ -817,8 +817,8 @@ fn a_reply_cut_in_parts_is_planned_for_a_range_resume() {
 #[test]
 fn a_connection_adopted_in_the_middle_of_a_reply_is_resumed_from_the_log() {
     use steadfast_core::http::{CutFraming, CutPoint, EntityTag};
-    use steadfast_core::replica::{AdoptedConnection, ReplicaLog};
-    use steadfast_core::replication::ConnectionOptions;
+    use steadfast_core::replication_wire::ConnectionOptions;
+    use steadfast_core::reply_log::{AdoptedConnection, ReplicaLog};
     let (isn, server_isn) = (5000u32, 90000u32);
     let request: &[u8] = b"GET /big HTTP/1.1\r\nHost: a\r\n\r\n";
     let head_len = 80u64;
@@ -910,8 +910,8 @@ fn a_connection_adopted_in_the_middle_of_a_reply_is_resumed_from_the_log() {
 /// for them forever.
 #[test]
 fn an_upload_adopted_in_its_middle_is_replayed_whole_unless_bytes_went_missing() {
-    use steadfast_core::replica::{AdoptedConnection, LostReason, ReplicaLog};
-    use steadfast_core::replication::ConnectionOptions;
+    use steadfast_core::replication_wire::ConnectionOptions;
+    use steadfast_core::reply_log::{AdoptedConnection, LostReason, ReplicaLog};
     let (isn, server_isn) = (5000u32, 90000u32);
     let head = b"POST /commit HTTP/1.1\r\nContent-Length: 12000000\r\n\r\n".to_vec();
     let mut body = head.clone();

@@ -7,7 +7,7 @@ use std::net::SocketAddrV4;
 use proptest::prelude::*;
 use steadfast_core::http::{CutFraming, CutPoint, EntityTag, NotResumable};
 use steadfast_core::image::FourTuple;
-use steadfast_core::replication::{
+use steadfast_core::replication_wire::{
     encode, AdoptedStream, ConnectionOptions, FrameReader, ReplicationError, ReplicationFrame,
     MAX_FRAME_BYTES,
 };

@@ -14,8 +14,8 @@ use anyhow::Context;
 use steadfast_core::election::{
     Action, DeathEvidence, Destination, Disposition, Election, Event, Reason,
 };
-use steadfast_core::frame::{self, FrameError, ReplayGuard};
-use steadfast_core::protocol::Envelope;
+use steadfast_core::election_messages::Envelope;
+use steadfast_core::heartbeat_wire::{self, FrameError, ReplayGuard};
 use steadfast_core::{Message, NodeId, Role};
 use steadfast_os::peer_probe::{PeerProber, ProbeAnswer};
 use tokio::net::UdpSocket;
@@ -261,7 +261,7 @@ impl Daemon {
         let mut sigterm = signal(SignalKind::terminate())?;
         let mut sigint = signal(SignalKind::interrupt())?;
         let mut sighup = signal(SignalKind::hangup())?;
-        let mut buf = vec![0u8; frame::MAX_FRAME_LEN + 64];
+        let mut buf = vec![0u8; heartbeat_wire::MAX_FRAME_LEN + 64];
         tracing::info!(
             "node {} started: {} voters, quorum {}, heartbeat {:?} × {}",
             self.settings.node_id,
@@ -387,7 +387,7 @@ impl Daemon {
             // A peer's probe of this daemon's heartbeat port (see `probe_silent_peers`).
             return;
         }
-        let envelope = match frame::decode(bytes, &self.settings.key) {
+        let envelope = match heartbeat_wire::decode(bytes, &self.settings.key) {
             Ok(e) => e,
             Err(FrameError::BadMac) => {
                 self.counters.dropped_bad_mac += 1;
@@ -710,7 +710,7 @@ impl Daemon {
                     self.counters.elections_started += 1;
                 }
                 self.counter += 1;
-                let bytes = frame::encode(
+                let bytes = heartbeat_wire::encode(
                     &Envelope {
                         sender: self.settings.node_id,
                         epoch,

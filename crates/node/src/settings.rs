@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use steadfast_core::config::{self, Config, Mode};
 use steadfast_core::election::ElectionConfig;
-use steadfast_core::frame::AuthKey;
+use steadfast_core::heartbeat_wire::AuthKey;
 use steadfast_core::NodeId;
 
 use crate::health::Check;

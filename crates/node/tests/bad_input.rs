@@ -9,8 +9,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::Lab;
-use steadfast_core::frame::{encode, AuthKey};
-use steadfast_core::protocol::Envelope;
+use steadfast_core::election_messages::Envelope;
+use steadfast_core::heartbeat_wire::{encode, AuthKey};
 use steadfast_core::{Message, Role};
 use steadfast_lab::{BackendKind, Mode};
 
@@ -391,7 +391,7 @@ enum Speech {
 /// backup has hung up (or 5 s passed).
 fn speak_replication(namespace: &str, to: SocketAddr, speech: Speech) {
     use std::io::{Read, Write};
-    use steadfast_core::replication::{
+    use steadfast_core::replication_wire::{
         encode as encode_frame, handshake_proof, FrameReader, ReplicationFrame, NONCE_LEN,
     };
     steadfast_lab::run_in_namespace(namespace, move || {

@@ -16,11 +16,11 @@ use steadfast_core::image::{
     parse_client_frame, tcp_checksum_fixup, AckProbe, ConnectionImage, ConnectionTable, FourTuple,
     TableLimits, TcpOptions, Tracking, ETHERNET_HEADER_LEN,
 };
-use steadfast_core::replica::{AdoptedConnection, ReplicaLog};
-use steadfast_core::replication::{
+use steadfast_core::replication_wire::{
     self, handshake_proof, verify_proof, AdoptedStream, ConnectionOptions, FrameReader,
     ReplicationFrame, NONCE_LEN,
 };
+use steadfast_core::reply_log::{AdoptedConnection, ReplicaLog};
 use steadfast_core::NodeId;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -422,7 +422,7 @@ impl BackupParts {
         *self.state.lock().expect("backup state lock") = fresh;
         self.ensure_logger()?;
         let mut out = Vec::new();
-        replication::encode(
+        replication_wire::encode(
             &ReplicationFrame::BackupReady { mac: self.mac },
             peer_epoch,
             &mut out,
@@ -506,7 +506,7 @@ impl BackupParts {
             }
             if let Some(seq) = highest_seq {
                 out.clear();
-                replication::encode(&ReplicationFrame::Ack { seq }, epoch, &mut out);
+                replication_wire::encode(&ReplicationFrame::Ack { seq }, epoch, &mut out);
                 write_half.write_all(&out).await?;
             }
             let n = read_half.read(&mut buf).await?;
@@ -828,7 +828,7 @@ pub async fn handshake(
     let mut nonce = [0u8; NONCE_LEN];
     getrandom::getrandom(&mut nonce).map_err(|e| anyhow::anyhow!("drawing a nonce: {e}"))?;
     let mut out = Vec::new();
-    replication::encode(
+    replication_wire::encode(
         &ReplicationFrame::Hello {
             node: settings.node_id,
             nonce,
@@ -857,7 +857,7 @@ pub async fn handshake(
         anyhow::bail!("node {expected_peer}'s address says it is node {node}");
     }
     out.clear();
-    replication::encode(
+    replication_wire::encode(
         &ReplicationFrame::Proof {
             mac: handshake_proof(&settings.key, settings.node_id, &nonce, &peer_nonce),
         },

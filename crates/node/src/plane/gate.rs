@@ -7,8 +7,8 @@ use std::sync::Mutex;
 
 use steadfast_core::http::{CutPoint, NotResumable};
 use steadfast_core::image::FourTuple;
-use steadfast_core::replica::ReplicaLog;
-use steadfast_core::replication::ConnectionOptions;
+use steadfast_core::replication_wire::ConnectionOptions;
+use steadfast_core::reply_log::ReplicaLog;
 use tokio::sync::watch;
 
 /// Which part of a reply a piece is.

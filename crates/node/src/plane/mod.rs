@@ -21,10 +21,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
-use steadfast_core::frame::AuthKey;
+use steadfast_core::heartbeat_wire::AuthKey;
 use steadfast_core::http::FramingLimits;
 use steadfast_core::image::FourTuple;
-use steadfast_core::replication::ConnectionOptions;
+use steadfast_core::replication_wire::ConnectionOptions;
 use steadfast_core::NodeId;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use steadfast_core::http::FramingLimits;
 use steadfast_core::image::FourTuple;
-use steadfast_core::replication::{
+use steadfast_core::replication_wire::{
     self, AdoptedStream, ConnectionOptions, FrameReader, ReplicationFrame,
 };
 use steadfast_core::NodeId;
@@ -111,7 +111,7 @@ impl Link {
     /// Encodes a frame in this link's epoch and queues it; false when the link task is gone.
     fn queue(&self, frame: &ReplicationFrame) -> bool {
         let mut bytes = Vec::new();
-        replication::encode(frame, self.epoch, &mut bytes);
+        replication_wire::encode(frame, self.epoch, &mut bytes);
         self.frames.send(bytes).is_ok()
     }
 }
@@ -156,9 +156,9 @@ impl ReplyGate for ReplicatedGate {
             (AdoptedStream::Request, &a.pending),
             (AdoptedStream::Reply, &a.unacked_reply),
         ] {
-            for chunk in bytes.chunks(replication::MAX_PIECE_BYTES) {
+            for chunk in bytes.chunks(replication_wire::MAX_PIECE_BYTES) {
                 let mut out = Vec::with_capacity(chunk.len() + 64);
-                replication::encode(
+                replication_wire::encode(
                     &ReplicationFrame::AdoptBytes {
                         tuple: a.tuple,
                         stream,
@@ -679,7 +679,7 @@ impl Duplex {
                 // takeover before it has adopted them all resets their clients instead of
                 // leaving them to wait for replies that cannot come.
                 let unadopted = self.proxy.census.unprotected_connections(generation);
-                for tuples in unadopted.chunks(replication::MAX_UNADOPTED_PER_FRAME) {
+                for tuples in unadopted.chunks(replication_wire::MAX_UNADOPTED_PER_FRAME) {
                     self.gate.send(&ReplicationFrame::Unadopted {
                         tuples: tuples.to_vec(),
                     });
@@ -1026,7 +1026,7 @@ async fn run_link(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use steadfast_core::replication::FrameReader;
+    use steadfast_core::replication_wire::FrameReader;
 
     /// Many sessions log pieces at once: the frames reach the backup in the order of their
     /// numbers, or a cumulative acknowledgement would release a piece the backup lacks.

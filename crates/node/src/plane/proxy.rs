@@ -20,7 +20,7 @@ use steadfast_core::http::{
     RequestFramer, RequestHead, RequestId, ResponseFramer, StreamedReply,
 };
 use steadfast_core::image::{FourTuple, HandoverStep, HandoverWait, SessionStreams, SocketStreams};
-use steadfast_core::replication::{ConnectionOptions, MAX_PIECE_BYTES};
+use steadfast_core::replication_wire::{ConnectionOptions, MAX_PIECE_BYTES};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -207,7 +207,7 @@ impl SessionStart {
     ) -> SessionStart {
         SessionStart {
             tuple,
-            connection_id: steadfast_core::replica::connection_id(&tuple, client_isn),
+            connection_id: steadfast_core::reply_log::connection_id(&tuple, client_isn),
             client_isn,
             options,
             client_mss,

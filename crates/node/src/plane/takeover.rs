@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use steadfast_core::image::{AckProbe, FourTuple};
-use steadfast_core::replica::{LostReason, ReplicaLog, ResumePlan};
+use steadfast_core::reply_log::{LostReason, ReplicaLog, ResumePlan};
 use steadfast_os::repair::{self, RepairTarget};
 
 use super::backup::Frozen;

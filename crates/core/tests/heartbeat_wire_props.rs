@@ -3,8 +3,10 @@
 use hmac::{Hmac, Mac};
 use proptest::prelude::*;
 use sha2::Sha256;
-use steadfast_core::frame::{decode, encode, AuthKey, FrameError, ReplayGuard, MAX_FRAME_LEN};
-use steadfast_core::protocol::Envelope;
+use steadfast_core::election_messages::Envelope;
+use steadfast_core::heartbeat_wire::{
+    decode, encode, AuthKey, FrameError, ReplayGuard, MAX_FRAME_LEN,
+};
 use steadfast_core::{Message, Role};
 
 fn key() -> AuthKey {

@@ -3,8 +3,10 @@
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
-use steadfast_core::frame::{decode, encode, AuthKey, FrameError, MAX_FRAME_LEN, MIN_KEY_LEN};
-use steadfast_core::protocol::Envelope;
+use steadfast_core::election_messages::Envelope;
+use steadfast_core::heartbeat_wire::{
+    decode, encode, AuthKey, FrameError, MAX_FRAME_LEN, MIN_KEY_LEN,
+};
 use steadfast_core::{Message, Role};
 
 const KEY: &[u8] = b"0123456789abcdef0123456789abcdef";

@@ -1,8 +1,8 @@
 //! The messages voters exchange to detect failures and elect the primary.
 //!
-//! These are the election-level meaning of a frame; `frame` gives their authenticated wire
-//! encoding. Every frame also carries the sender's id, the sender's current epoch (the fencing
-//! token: the epoch of the newest primary the sender knows) and an anti-replay counter.
+//! These are the election-level meaning of a frame; `heartbeat_wire` gives their authenticated
+//! wire encoding. Every frame also carries the sender's id, the sender's current epoch (the
+//! fencing token: the epoch of the newest primary the sender knows) and an anti-replay counter.
 
 /// A voter's id. Lower ids have higher priority.
 pub type NodeId = u16;

@@ -12,7 +12,7 @@ use crate::http::{
     CutPoint, FramingLimits, NotResumable, RequestEvent, RequestFramer, StreamedReply,
 };
 use crate::image::{ConnectionImage, FourTuple, RestoreError, RestoreParams, DEFAULT_MSS};
-use crate::replication::ConnectionOptions;
+use crate::replication_wire::ConnectionOptions;
 
 /// The id of a connection in `Steadfast-Request-Id`: the same on the primary (from the saved
 /// SYN) and on the backup (from the logged SYN), so a replayed request carries the id it had.

@@ -1,7 +1,7 @@
 //! The replication channel between the primary and its backup (duplex mode): frames, their
 //! encoding, and an incremental reader for the TCP stream that carries them.
 //!
-//! Heartbeats travel over UDP and are signed one by one (`frame`); this channel is a TCP stream
+//! Heartbeats travel over UDP and are signed one by one (`heartbeat_wire`); this channel is a TCP stream
 //! that carries whole replies, so signing every frame would cost a hash over every reply byte.
 //! Instead both ends prove the group key once when the stream opens (`Hello` + `Proof`, a
 //! challenge-response over both nonces), and every later frame carries the sender's epoch: a
@@ -15,7 +15,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::frame::AuthKey;
+use crate::heartbeat_wire::AuthKey;
 use crate::http::{CutFraming, CutPoint, EntityTag, NotResumable};
 use crate::image::{FourTuple, NegotiatedOptions, WindowScales};
 use crate::NodeId;

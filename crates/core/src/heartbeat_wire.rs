@@ -25,7 +25,7 @@ use std::collections::HashMap;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::protocol::{Envelope, Message, NodeId, Role};
+use crate::election_messages::{Envelope, Message, NodeId, Role};
 
 type HmacSha256 = Hmac<Sha256>;
 
