@@ -117,12 +117,15 @@ pub enum ReplicationFrame {
     /// Primary → backup: reply bytes `[reply_offset, reply_offset + bytes.len())` of the
     /// connection's server stream. `request_end` is set on the last piece of the reply to
     /// request `request_index`: the client stream offset just after that request.
+    /// `closes_after` (only with `request_end`): the primary ends the connection after this
+    /// reply, so no later request of it may be answered, by it or by a successor.
     Reply {
         seq: u64,
         tuple: FourTuple,
         request_index: u64,
         reply_offset: u64,
         request_end: Option<u64>,
+        closes_after: bool,
         bytes: Vec<u8>,
     },
     /// Primary → backup: the connection ended; forget it.
@@ -310,13 +313,14 @@ pub fn encode(frame: &ReplicationFrame, epoch: u64, out: &mut Vec<u8>) {
             request_index,
             reply_offset,
             request_end,
+            closes_after,
             bytes,
         } => {
             out.extend_from_slice(&seq.to_be_bytes());
             put_tuple(out, tuple);
             out.extend_from_slice(&request_index.to_be_bytes());
             out.extend_from_slice(&reply_offset.to_be_bytes());
-            out.push(u8::from(request_end.is_some()));
+            out.push(u8::from(request_end.is_some()) | (u8::from(*closes_after) << 1));
             out.extend_from_slice(&request_end.unwrap_or(0).to_be_bytes());
             out.extend_from_slice(bytes);
         }
@@ -700,12 +704,14 @@ fn decode_body(body: &[u8], offset: u64) -> Result<(u64, ReplicationFrame), Repl
             let tuple = f.tuple()?;
             let request_index = f.u64()?;
             let reply_offset = f.u64()?;
-            let [has_end] = f.array()?;
+            let [end_flags] = f.array()?;
             let end = f.u64()?;
-            let request_end = match has_end {
-                0 if end == 0 => None,
-                1 => Some(end),
-                _ => return Err(f.malformed("invalid request-end flag")),
+            // Bit 0: the reply ends at `end`; bit 1: the connection closes after it.
+            let (request_end, closes_after) = match end_flags {
+                0 if end == 0 => (None, false),
+                1 => (Some(end), false),
+                3 => (Some(end), true),
+                _ => return Err(f.malformed("invalid request-end flags")),
             };
             let bytes = f.rest.to_vec();
             if bytes.len() > MAX_PIECE_BYTES {
@@ -718,6 +724,7 @@ fn decode_body(body: &[u8], offset: u64) -> Result<(u64, ReplicationFrame), Repl
                 request_index,
                 reply_offset,
                 request_end,
+                closes_after,
                 bytes,
             }
         }

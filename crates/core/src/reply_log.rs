@@ -38,6 +38,9 @@ pub struct ReplicaConnection {
     /// The reply being logged in parts (streamed above the whole-reply limit), followed so a
     /// takeover knows where to resume it.
     streamed: Option<StreamedReply>,
+    /// The primary ends the connection after the last complete reply (see
+    /// [`ReplicaLog::closes_after_last_reply`]).
+    closing: bool,
 }
 
 impl ReplicaConnection {
@@ -195,6 +198,9 @@ pub struct ResumePlan {
     /// The first pending request's reply was cut after `reply_offset`: the new primary asks
     /// the backend for the rest by range instead of executing the request again.
     pub cut_reply: Option<CutPoint>,
+    /// The old primary was ending the connection after its last complete reply: the new one
+    /// sends what the client lacks of it, then closes, and answers no pending request.
+    pub close_after_reply: bool,
 }
 
 /// Counters of the reply log (status output).
@@ -242,6 +248,7 @@ impl ReplicaLog {
                 next_request: 0,
                 request_offset: 0,
                 streamed: None,
+                closing: false,
             },
         );
     }
@@ -279,8 +286,18 @@ impl ReplicaLog {
                     Ok(cut) => StreamedReply::from_cut(limits, &cut),
                     Err(why) => StreamedReply::unresumable(limits, why),
                 }),
+                closing: false,
             },
         );
+    }
+
+    /// The primary ends the connection after the reply just logged whole (an HTTP/1.0 request,
+    /// `Connection: close`, an early reply, the server's own close): the requests the client
+    /// sent after it were never to be answered, and a successor must not answer them either.
+    pub fn closes_after_last_reply(&mut self, tuple: &FourTuple) {
+        if let Some(conn) = self.connections.get_mut(tuple) {
+            conn.closing = true;
+        }
     }
 
     /// Logs one reply piece.
@@ -488,6 +505,7 @@ impl ReplicaLog {
             request_offset: 0,
             pending_request_bytes: image.unconsumed_to_vec(),
             cut_reply: None,
+            close_after_reply: false,
         })
     }
 
@@ -573,6 +591,7 @@ impl ReplicaLog {
             request_offset: conn.request_offset,
             pending_request_bytes,
             cut_reply,
+            close_after_reply: conn.closing,
         })
     }
 }

@@ -810,6 +810,52 @@ fn a_reply_cut_in_parts_is_planned_for_a_range_resume() {
     }
 }
 
+/// A reply after which the primary ends the connection (here: to an HTTP/1.0 request) leaves
+/// the request pipelined behind it unanswered: the plan says so, so that a new primary closes
+/// the connection after what the client lacks of that reply instead of answering the next
+/// request, which the server would never have seen.
+#[test]
+fn a_reply_that_ends_the_connection_is_the_last_one_a_successor_sends() {
+    use steadfast_core::replication_wire::ConnectionOptions;
+    use steadfast_core::reply_log::ReplicaLog;
+    let (isn, server_isn) = (7000u32, 30000u32);
+    let first: &[u8] = b"GET /a HTTP/1.0\r\n\r\n";
+    let stream = [first, b"GET /b HTTP/1.1\r\nHost: a\r\n\r\n"].concat();
+    let reply = b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec();
+    for closes in [false, true] {
+        let mut image = established(isn, server_isn);
+        image
+            .ingest(&data(isn, 0, server_isn + 1, stream.len()), &stream)
+            .unwrap();
+        image.set_negotiated(NegotiatedOptions {
+            timestamps: false,
+            ..NEGOTIATED
+        });
+        let tuple = image.tuple();
+        let mut log = ReplicaLog::new();
+        let options = ConnectionOptions {
+            window_scales: Some((7, 9)),
+            sack: true,
+            timestamps: false,
+            mss: 1460,
+        };
+        log.opened(tuple, isn, options);
+        log.log_reply(&tuple, 0, 0, Some(first.len() as u64), reply.clone())
+            .unwrap();
+        if closes {
+            log.closes_after_last_reply(&tuple);
+        }
+        let plan = log.plan(&image).unwrap();
+        assert_eq!(plan.close_after_reply, closes);
+        assert_eq!(
+            plan.unacked_reply, reply,
+            "the client still lacks the reply"
+        );
+        assert_eq!(plan.next_request_index, 1);
+        assert_eq!(plan.pending_request_bytes, stream[first.len()..].to_vec());
+    }
+}
+
 /// A connection adopted in the middle of a streamed download: the primary hands over the reply
 /// bytes its client had not acknowledged and where the reply stands. The log starts there, the
 /// pieces the primary logs afterwards follow, and a takeover sends the client what it lacks,

@@ -104,21 +104,20 @@ fn frame() -> impl Strategy<Value = ReplicationFrame> {
             tuple(),
             any::<u64>(),
             any::<u64>(),
-            any::<Option<u64>>(),
+            any::<Option<(u64, bool)>>(),
             bytes()
         )
-            .prop_map(
-                |(seq, tuple, request_index, reply_offset, request_end, bytes)| {
-                    ReplicationFrame::Reply {
-                        seq,
-                        tuple,
-                        request_index,
-                        reply_offset,
-                        request_end,
-                        bytes,
-                    }
+            .prop_map(|(seq, tuple, request_index, reply_offset, end, bytes)| {
+                ReplicationFrame::Reply {
+                    seq,
+                    tuple,
+                    request_index,
+                    reply_offset,
+                    request_end: end.map(|(request_end, _)| request_end),
+                    closes_after: end.is_some_and(|(_, closes)| closes),
+                    bytes,
                 }
-            ),
+            }),
         tuple().prop_map(|tuple| ReplicationFrame::Closed { tuple }),
         (
             (

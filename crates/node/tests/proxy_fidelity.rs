@@ -492,6 +492,69 @@ fn a_request_crossing_the_servers_close_goes_again_only_if_idempotent_builtin() 
     assert_eq!(retries(), 1, "{}", lab.situation());
 }
 
+/// A reply after which the proxy closes the connection (here: to an HTTP/1.0 request) is the
+/// last one the client gets, even when the primary dies after logging it and before the client
+/// has it: the node that takes over sends that reply and closes, and does not answer the
+/// request pipelined behind it, which the server alone would never have read. The primary's
+/// replies are kept from the client by a partition (the client's frames still reach it through
+/// the backup), so the crash always falls in that window.
+#[test]
+fn a_reply_that_closes_stays_the_last_one_through_a_takeover_builtin() {
+    let lab = Lab::up_in_mode("lc", 2, true, BackendKind::Builtin, Some(10), Mode::Duplex);
+    let target = lab.target();
+    let holders = lab.holders();
+    assert_eq!(holders.len(), 1, "one primary: {}", lab.situation());
+    let primary = holders[0].clone();
+    let backup = if primary == "n1" { "n2" } else { "n1" };
+    let logged = || {
+        lab.daemon_status(backup)["data_plane"]["replies_logged"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    assert!(
+        common::wait_until(Duration::from_secs(5), || {
+            lab.daemon_status(&primary)["data_plane"]["backups_joined"]
+                .as_u64()
+                .unwrap_or(0)
+                > 0
+        }),
+        "{backup} joins {primary}: {}",
+        lab.situation()
+    );
+    let mut stream = steadfast_lab::run_in_namespace(&lab.info.client_ns, || connect(target))
+        .expect("enter the client namespace");
+    assert!(
+        common::wait_until(Duration::from_secs(5), || {
+            let status = lab.daemon_status(&primary);
+            let plane = &status["data_plane"];
+            plane["sessions_open"].as_u64() == Some(1)
+                && plane["unadopted_now"].as_u64() == Some(0)
+                && status["holds_connections"] == false
+        }),
+        "{primary} protects the client's connection: {}",
+        lab.situation()
+    );
+    let logged_before = logged();
+    steadfast_lab::partition(lab.name(), &primary, "client").expect("partition");
+    stream
+        .write_all(b"GET /bytes/100 HTTP/1.0\r\n\r\nGET /bytes/200 HTTP/1.1\r\nHost: vip\r\n\r\n")
+        .expect("send");
+    assert!(
+        common::wait_until(Duration::from_secs(5), || logged() > logged_before),
+        "{backup} logs the reply: {}",
+        lab.situation()
+    );
+    steadfast_lab::crash(lab.name(), &primary, steadfast_lab::CrashKind::Host)
+        .expect("crash the primary");
+    let (raw, closed) = read_until_quiet(&mut stream, Duration::from_secs(3));
+    assert_eq!(
+        (replies_in(&raw), closed),
+        (Some(vec![Reply::ok(100)]), true),
+        "only the reply to the HTTP/1.0 request, then the close: {}",
+        lab.situation()
+    );
+}
+
 /// A web server redirects `/bytes` to `/bytes/` with an absolute URL of its own making: through
 /// the proxy it must name the address and port the client used, as without the proxy (the
 /// server keeps the service's port on a local address; see the README's duplex setup).

@@ -556,6 +556,7 @@ impl BackupParts {
                 request_index,
                 reply_offset,
                 request_end,
+                closes_after,
                 bytes,
             } => {
                 let len = bytes.len() as u64;
@@ -567,6 +568,9 @@ impl BackupParts {
                     bytes,
                 ) {
                     Ok(logged) => {
+                        if closes_after {
+                            state.replica.closes_after_last_reply(&tuple);
+                        }
                         counters.log_bytes.fetch_add(len, Ordering::Relaxed);
                         if request_end.is_some() {
                             counters.replies_logged.fetch_add(1, Ordering::Relaxed);

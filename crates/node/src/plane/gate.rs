@@ -30,6 +30,9 @@ pub struct Piece<'a> {
     pub reply_offset: u64,
     pub kind: PieceKind,
     pub bytes: &'a [u8],
+    /// With [`PieceKind::Final`]: the connection ends after this reply, and no request the
+    /// client sent after it may be answered.
+    pub closes_after: bool,
 }
 
 /// The backup's progress as the primary sees it.
@@ -177,6 +180,8 @@ impl ReplyGate for LocalGate {
         };
         if let Err(e) = result {
             tracing::warn!("local reply log: {e}");
+        } else if piece.closes_after && matches!(piece.kind, PieceKind::Final { .. }) {
+            log.closes_after_last_reply(&piece.tuple);
         }
         // Nobody acknowledges on this node: the bytes are released once the client has them,
         // which in simplex is as soon as they are written.

@@ -229,6 +229,7 @@ impl ReplyGate for ReplicatedGate {
                     PieceKind::Final { request_end } => Some(request_end),
                     _ => None,
                 },
+                closes_after: piece.closes_after && matches!(piece.kind, PieceKind::Final { .. }),
                 bytes: piece.bytes.to_vec(),
             },
         })?;
@@ -1058,6 +1059,7 @@ mod tests {
                             reply_offset: 0,
                             kind: PieceKind::Partial,
                             bytes: b"piece",
+                            closes_after: false,
                         })
                         .expect("the link takes the piece");
                     }

@@ -195,6 +195,9 @@ pub struct SessionStart {
     /// The reply to request `request_index` was cut after `reply_offset` (streamed in parts
     /// when the old primary died): it is finished by a range request instead of executed.
     pub cut_reply: Option<CutPoint>,
+    /// The old primary was ending the connection after the reply whose unacknowledged bytes
+    /// are `unacked_reply`: they go out, then the connection closes with nothing answered.
+    pub close_after_reply: bool,
 }
 
 impl SessionStart {
@@ -218,6 +221,7 @@ impl SessionStart {
             reply_offset: 0,
             unacked_reply: Vec::new(),
             cut_reply: None,
+            close_after_reply: false,
         }
     }
 }
@@ -337,7 +341,7 @@ pub async fn serve(ctx: Arc<ProxyContext>, client: TcpStream, start: SessionStar
         framing_error: None,
         refusal: None,
         client_done: false,
-        close_after_reply: false,
+        close_after_reply: start.close_after_reply,
         trace_first_reply: start.reply_offset > 0 || start.request_offset > 0,
         cut_reply: start.cut_reply,
     };
@@ -757,6 +761,7 @@ impl Session {
         }
         let index = error.index;
         let end = self.held_base + self.held.len() as u64;
+        self.close_after_reply = true;
         let body = format!("{error}\n");
         let reply = format!(
             "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -1255,6 +1260,7 @@ impl Session {
         request_end: u64,
         error: &io::Error,
     ) -> Result<(), SessionEnd> {
+        self.close_after_reply = true;
         let body = format!("the backend cannot be reached: {error}\n");
         let reply = format!(
             "HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -1326,21 +1332,20 @@ impl Session {
                                 .counters
                                 .early_replies
                                 .fetch_add(1, Ordering::Relaxed);
-                            self.close_after_reply = true;
                             self.held_base + self.held.len() as u64
                         }
                     };
+                    // The server ends the connection after this reply (or the client asked it
+                    // to, or the request's rest has no boundary to trust): so does the client's,
+                    // and requests pipelined behind it go unanswered, as without the proxy.
+                    // Decided before the reply is logged, so that a backup taking over does
+                    // not answer them either.
+                    if early || !flight.keep_alive || closes_connection {
+                        self.close_after_reply = true;
+                    }
                     self.send_reply_piece(flight.index, PieceKind::Final { request_end }, piece)
                         .await?;
                     self.ctx.counters.replies.fetch_add(1, Ordering::Relaxed);
-                    if !flight.keep_alive {
-                        self.close_after_reply = true;
-                    }
-                    if closes_connection {
-                        // The server ends the connection after this reply: so does the client's,
-                        // and requests pipelined behind it go unanswered, as without the proxy.
-                        self.close_after_reply = true;
-                    }
                     if closes_connection || early {
                         // After an early reply the server still waits for the rest of the
                         // body: nothing more may be written on this connection.
@@ -1503,6 +1508,9 @@ impl Session {
         let request_end = flight
             .request_end
             .unwrap_or(self.held_base + self.held.len() as u64);
+        if !flight.keep_alive {
+            self.close_after_reply = true;
+        }
         self.send_reply_piece(flight.index, PieceKind::Final { request_end }, out)
             .await?;
         let counters = &self.ctx.counters;
@@ -1512,9 +1520,6 @@ impl Session {
             "{}: the reply cut by the takeover was finished by a range request",
             self.tuple
         );
-        if !flight.keep_alive {
-            self.close_after_reply = true;
-        }
         if closes_connection || closed {
             self.backend = None;
         }
@@ -1586,6 +1591,8 @@ impl Session {
                 reply_offset: self.reply_offset + range.start as u64,
                 kind,
                 bytes: &bytes[range],
+                // Decided before the reply's last piece is sent (see `take_backend_bytes`).
+                closes_after: self.close_after_reply,
             })?);
         }
         for waiter in waiters {

@@ -279,6 +279,7 @@ fn resume(ctx: Arc<ProxyContext>, stream: std::net::TcpStream, plan: ResumePlan)
         reply_offset: plan.reply_offset,
         unacked_reply: plan.unacked_reply,
         cut_reply: plan.cut_reply,
+        close_after_reply: plan.close_after_reply,
     };
     tokio::spawn(async move {
         match tokio::net::TcpStream::from_std(stream) {
