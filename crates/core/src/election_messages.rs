@@ -44,7 +44,7 @@ pub enum Message {
         has_quorum: bool,
         /// Sequence number of this heartbeat, growing by one per heartbeat of this sender.
         seq: u64,
-        /// The primary the sender follows and the epoch it was elected in, if any.
+        /// The primary the sender follows, if any (its epoch is the frame's own).
         following: Option<NodeId>,
         /// The sender carries live client connections of the service that no other node
         /// could take over whole (duplex: it serves them, or served them until it lost its

@@ -16,7 +16,9 @@
 //! The request framer refuses the shapes that let two parsers disagree on where a request ends
 //! (request smuggling): Content-Length together with Transfer-Encoding, differing
 //! Content-Lengths, a Transfer-Encoding whose final coding is not a single `chunked`, malformed
-//! chunk sizes, bare LF or whitespace tricks in chunk framing. The proxy answers those with 400.
+//! chunk sizes, bare LF or whitespace tricks in chunk framing. The proxy hands such a request to
+//! the server as the client sent it, on a connection of its own, and passes on the server's
+//! answer; it answers 400 itself only when the server gives none.
 //! Heads are forwarded to the backend re-encoded from their parsed form
 //! ([`RequestHead::encode_for_backend`]), so a head that the lenient head parser accepted (bare LF
 //! line ends, for example) reaches the backend in canonical form and cannot be read differently

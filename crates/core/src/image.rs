@@ -1,5 +1,5 @@
 //! The connection image: what the backup knows about each client connection, built only from the
-//! client frames its ingress logger saw (duplex mode, DESIGN.md "The connection image").
+//! client frames its ingress logger saw (duplex mode, docs/design.md "The connection image").
 //!
 //! Three layers, all pure:
 //! - [`parse_client_frame`] turns a raw Ethernet frame, as an `AF_PACKET` socket delivers it, into

@@ -5,7 +5,7 @@
 //! that carries whole replies, so signing every frame would cost a hash over every reply byte.
 //! Instead both ends prove the group key once when the stream opens (`Hello` + `Proof`, a
 //! challenge-response over both nonces), and every later frame carries the sender's epoch: a
-//! frame from an older epoch is refused by the receiver (the fencing token of DESIGN.md).
+//! frame from an older epoch is refused by the receiver (the fencing token of docs/design.md).
 //!
 //! Layout of every frame: `len: u32` (bytes after this field), `kind: u8`, `epoch: u64`, body.
 //! All integers are big-endian.
@@ -105,8 +105,10 @@ pub enum ReplicationFrame {
     Proof { mac: [u8; PROOF_LEN] },
     /// Backup → primary: the ingress logger runs on this MAC; set the guard to it.
     BackupReady { mac: [u8; 6] },
-    /// Primary → backup: the guard is set and the address is off the primary's link; announce
-    /// the address (gratuitous ARP) now.
+    /// Primary → backup: log and forward client frames, answer ARP for the address and
+    /// announce it (gratuitous ARP) now. The primary sets its guard to the backup's MAC and
+    /// takes the address off its link right after sending this (docs/design.md, "A backup
+    /// joining"); frames that still reach it meanwhile are bounced to the backup.
     Announce,
     /// Primary → backup: a connection was accepted and is protected from now on.
     Opened {

@@ -31,7 +31,8 @@ pub enum BackendKind {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CrashKind {
-    /// Kill every process of the node and cut its link at once.
+    /// Stop every process of the node, cut its link, then kill them all: nothing leaves the
+    /// host after the first instant, as with a power loss.
     Host,
     /// Kill -9 the daemon only; the node's kernel stays alive.
     Process,

@@ -1,4 +1,4 @@
-//! The dead-man switch (DESIGN invariant I5, "daemon death is node death"), with nftables.
+//! The dead-man switch (docs/design.md, I5: "daemon death is node death"), with nftables.
 //!
 //! A persistent table drops every IPv4 packet and ARP frame to or from the service addresses
 //! unless it carries [`LIVE_MARK`]. The mark is set, earlier in the same hooks, by a second
@@ -22,7 +22,7 @@
 //! The renewal runs on the election's realtime thread at every heartbeat, so it is not an
 //! nf_tables transaction (those serialize on a per-namespace mutex that a transaction of the
 //! ingress guard may hold; through the nft program one took 3-26 ms under load, longer than a
-//! 10 ms heartbeat; tests/nft_bench.rs measures both ways). It is one UDP datagram to each service address with a mark: a rule
+//! 10 ms heartbeat; crates/os/benches/nft_bench.rs measures both ways). It is one UDP datagram to each service address with a mark: a rule
 //! of the fence updates the set from the packet path (lock-free) and drops the datagram. Rule
 //! timeouts are constants, so the mark picks one of a ladder of timeouts ([`lease_steps`]).
 //!

@@ -1,4 +1,4 @@
-//! The duplex primary's ingress guard (DESIGN invariant I1): while a backup receives first,
+//! The duplex primary's ingress guard (docs/design.md, I1): while a backup receives first,
 //! frames to the VIP's service ports that did not come through the backup (source MAC) never
 //! reach the primary's TCP unlogged, so a stray or forged ARP entry in a client can never bypass
 //! the log. Such frames are bounced to the backup at the interface's ingress (netdev family,
@@ -6,7 +6,7 @@
 //! like any other. Clients whose ARP entry still names the primary (the moments after a backup
 //! joins, before its gratuitous ARP lands) lose nothing and wait for no retransmission. What
 //! the bounce cannot take (it is removed, or the frame is not IPv4) the `ip` prerouting chain
-//! drops. Also a "drop everything to the service ports" state for a takeover.
+//! drops. Also a "drop everything to the service ports" state for a planned hand-over.
 //!
 //! nftables over netlink ([`crate::nftables`]) on a socket the guard keeps: an install or
 //! a role change is one transaction, never on the per-packet path (that is the kernel's).

@@ -2,8 +2,8 @@
 //! the accept-side facts the backup needs to do it (the client's ISN from the saved SYN, the
 //! options the kernel negotiated from TCP_INFO), and listeners on a not-yet-local address.
 //!
-//! The order of the rebuild is the one DESIGN.md "Takeover" found to work on Linux 6.18; each
-//! step's error names the step and the connection. No crate wraps TCP_REPAIR, so the socket
+//! The order of the rebuild is the one docs/design.md "Takeover" found to work on Linux 6.18;
+//! each step's error names the step and the connection. No crate wraps TCP_REPAIR, so the socket
 //! options are set by hand through libc.
 
 use std::mem::size_of;

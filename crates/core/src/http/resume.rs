@@ -3,9 +3,10 @@
 //! Replies above the whole-reply limit are logged and sent in pieces (invariant I2 still holds:
 //! each piece reaches the backup before the client). If the primary dies in the middle of such
 //! a reply, the new primary cannot repeat the request and send the reply again: the client
-//! already holds its first part. DESIGN.md's rule is to resume only where the backend promises
-//! the same bytes — a 200 with a strong ETag that accepts byte ranges — by asking for the rest
-//! with `Range: bytes=<sent>-` and `If-Range: <etag>`, and to close the connection otherwise.
+//! already holds its first part. The rule (docs/design.md, I2) is to resume only where the
+//! backend promises the same bytes — a 200 with a strong ETag that accepts byte ranges — by
+//! asking for the rest with `Range: bytes=<sent>-` and `If-Range: <etag>`, and to reset the
+//! connection otherwise.
 //!
 //! Two deterministic halves: [`StreamedReply`] follows, on the backup, a reply logged in pieces
 //! and says where its log ends ([`CutPoint`]); [`ReplyContinuation`], on the new primary, turns

@@ -515,14 +515,15 @@ impl Duplex {
         }
     }
 
-    /// The backup becomes the primary: rebuild every protected connection (DESIGN.md
+    /// The backup becomes the primary: rebuild every protected connection (docs/design.md,
     /// "Takeover"), then serve.
     async fn take_over(&mut self) {
         let started = Instant::now();
-        // The order of DESIGN.md "Takeover": stop forwarding (freeze), rebuild the sockets in
-        // repair mode, make the VIP local, leave repair, resume the sessions. Client frames
-        // meanwhile are dropped by the kernel (VIP not local yet) and resent by the clients;
-        // the clients' ARP entries already name this node, so none is lost at the switch.
+        // The order of docs/design.md "Takeover": claim the VIP, ask the clients how far they
+        // read (forwarding stops, logging goes on), freeze (client frames are held from then
+        // on), rebuild the sockets in repair mode, make the VIP local, leave repair, resume the
+        // sessions, reinject the held frames, announce. The clients' ARP entries already name
+        // this node, so no frame is lost at the switch.
         // Clients point at this node's MAC already, unless one was drawn to the old primary's
         // (its frames were bounced to be logged, see `read_guard_counter`): since that MAC is
         // dead, it would neither answer the probes nor be heard until the VIP is local. This
