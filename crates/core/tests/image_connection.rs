@@ -743,35 +743,46 @@ fn an_unreported_connection_resumes_from_the_image_and_a_template() {
     ));
 }
 
+/// An established connection (timestamps off) whose client sent `request`, and a reply log
+/// that has it opened with the options the primary negotiated.
+fn opened_with_request(
+    isn: u32,
+    server_isn: u32,
+    request: &[u8],
+) -> (ConnectionImage, steadfast_core::reply_log::ReplicaLog) {
+    use steadfast_core::replication_wire::ConnectionOptions;
+    let mut image = established(isn, server_isn);
+    image
+        .ingest(&data(isn, 0, server_isn + 1, request.len()), request)
+        .unwrap();
+    image.set_negotiated(NegotiatedOptions {
+        timestamps: false,
+        ..NEGOTIATED
+    });
+    let mut log = steadfast_core::reply_log::ReplicaLog::new();
+    let options = ConnectionOptions {
+        window_scales: Some((7, 9)),
+        sack: true,
+        timestamps: false,
+        mss: 1460,
+    };
+    log.opened(image.tuple(), isn, options);
+    (image, log)
+}
+
 /// A reply logged in parts and cut by the crash: the plan resumes it by range when the reply
 /// and the request allow it (a GET), and counts the connection lost otherwise; once the final
 /// piece is logged, nothing is cut.
 #[test]
 fn a_reply_cut_in_parts_is_planned_for_a_range_resume() {
     use steadfast_core::http::{CutFraming, NotResumable};
-    use steadfast_core::replication_wire::ConnectionOptions;
-    use steadfast_core::reply_log::{LostReason, ReplicaLog};
+    use steadfast_core::reply_log::LostReason;
     let (isn, server_isn) = (5000u32, 90000u32);
     let get: &[u8] = b"GET /big HTTP/1.1\r\nHost: a\r\n\r\n";
     let post: &[u8] = b"POST /big HTTP/1.1\r\nContent-Length: 0\r\n\r\n";
     for (request, resumable) in [(get, true), (post, false)] {
-        let mut image = established(isn, server_isn);
-        image
-            .ingest(&data(isn, 0, server_isn + 1, request.len()), request)
-            .unwrap();
-        image.set_negotiated(NegotiatedOptions {
-            timestamps: false,
-            ..NEGOTIATED
-        });
+        let (image, mut log) = opened_with_request(isn, server_isn, request);
         let tuple = image.tuple();
-        let mut log = ReplicaLog::new();
-        let options = ConnectionOptions {
-            window_scales: Some((7, 9)),
-            sack: true,
-            timestamps: false,
-            mss: 1460,
-        };
-        log.opened(tuple, isn, options);
         let mut first = b"HTTP/1.1 200 OK\r\nETag: \"e1\"\r\nAccept-Ranges: bytes\r\nContent-Length: 1000\r\n\r\n".to_vec();
         first.extend([1u8; 300]);
         let first_len = first.len() as u64;
@@ -816,30 +827,13 @@ fn a_reply_cut_in_parts_is_planned_for_a_range_resume() {
 /// request, which the server would never have seen.
 #[test]
 fn a_reply_that_ends_the_connection_is_the_last_one_a_successor_sends() {
-    use steadfast_core::replication_wire::ConnectionOptions;
-    use steadfast_core::reply_log::ReplicaLog;
     let (isn, server_isn) = (7000u32, 30000u32);
     let first: &[u8] = b"GET /a HTTP/1.0\r\n\r\n";
     let stream = [first, b"GET /b HTTP/1.1\r\nHost: a\r\n\r\n"].concat();
     let reply = b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec();
     for closes in [false, true] {
-        let mut image = established(isn, server_isn);
-        image
-            .ingest(&data(isn, 0, server_isn + 1, stream.len()), &stream)
-            .unwrap();
-        image.set_negotiated(NegotiatedOptions {
-            timestamps: false,
-            ..NEGOTIATED
-        });
+        let (image, mut log) = opened_with_request(isn, server_isn, &stream);
         let tuple = image.tuple();
-        let mut log = ReplicaLog::new();
-        let options = ConnectionOptions {
-            window_scales: Some((7, 9)),
-            sack: true,
-            timestamps: false,
-            mss: 1460,
-        };
-        log.opened(tuple, isn, options);
         log.log_reply(&tuple, 0, 0, Some(first.len() as u64), reply.clone())
             .unwrap();
         if closes {

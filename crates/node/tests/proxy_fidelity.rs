@@ -445,13 +445,19 @@ fn a_request_crossing_the_servers_close_goes_again_only_if_idempotent_builtin() 
             .as_u64()
             .expect("backend_retries in the status")
     };
-    // The server closes the connection 300 ms after this reply, whatever arrives meanwhile.
-    let closing = "GET /bytes/100?close-ms=300 HTTP/1.1\r\nHost: vip\r\n\r\n";
-    let mut stream = steadfast_lab::run_in_namespace(&lab.info.client_ns, || connect(target))
-        .expect("enter the client namespace");
-    stream.write_all(closing.as_bytes()).expect("send");
-    let (_, status) = read_first_reply(&mut stream, Duration::from_secs(2));
-    assert_eq!(status, Some(200), "{}", lab.situation());
+    // A client connection whose backend connection the server closes 300 ms after the first
+    // reply, whatever arrives meanwhile.
+    let closing_soon = || {
+        let mut stream = steadfast_lab::run_in_namespace(&lab.info.client_ns, || connect(target))
+            .expect("enter the client namespace");
+        stream
+            .write_all(b"GET /bytes/100?close-ms=300 HTTP/1.1\r\nHost: vip\r\n\r\n")
+            .expect("send");
+        let (_, status) = read_first_reply(&mut stream, Duration::from_secs(2));
+        assert_eq!(status, Some(200), "{}", lab.situation());
+        stream
+    };
+    let mut stream = closing_soon();
     // Sent at once: it reaches the server's connection, which will close without reading it.
     stream
         .write_all(b"GET /bytes/2048?seed=7 HTTP/1.1\r\nHost: vip\r\n\r\n")
@@ -474,11 +480,7 @@ fn a_request_crossing_the_servers_close_goes_again_only_if_idempotent_builtin() 
         (Some(vec![Reply::ok(10)]), false)
     );
 
-    let mut stream = steadfast_lab::run_in_namespace(&lab.info.client_ns, || connect(target))
-        .expect("enter the client namespace");
-    stream.write_all(closing.as_bytes()).expect("send");
-    let (_, status) = read_first_reply(&mut stream, Duration::from_secs(2));
-    assert_eq!(status, Some(200), "{}", lab.situation());
+    let mut stream = closing_soon();
     stream
         .write_all(b"POST /commit HTTP/1.1\r\nHost: vip\r\nContent-Length: 5\r\n\r\nhello")
         .expect("send the crossing POST");

@@ -30,8 +30,8 @@ pub struct Piece<'a> {
     pub reply_offset: u64,
     pub kind: PieceKind,
     pub bytes: &'a [u8],
-    /// With [`PieceKind::Final`]: the connection ends after this reply, and no request the
-    /// client sent after it may be answered.
+    /// Only on a [`PieceKind::Final`] piece: the connection ends after this reply, and no
+    /// request the client sent after it may be answered.
     pub closes_after: bool,
 }
 
@@ -180,7 +180,7 @@ impl ReplyGate for LocalGate {
         };
         if let Err(e) = result {
             tracing::warn!("local reply log: {e}");
-        } else if piece.closes_after && matches!(piece.kind, PieceKind::Final { .. }) {
+        } else if piece.closes_after {
             log.closes_after_last_reply(&piece.tuple);
         }
         // Nobody acknowledges on this node: the bytes are released once the client has them,

@@ -229,7 +229,7 @@ impl ReplyGate for ReplicatedGate {
                     PieceKind::Final { request_end } => Some(request_end),
                     _ => None,
                 },
-                closes_after: piece.closes_after && matches!(piece.kind, PieceKind::Final { .. }),
+                closes_after: piece.closes_after,
                 bytes: piece.bytes.to_vec(),
             },
         })?;

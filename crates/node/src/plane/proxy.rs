@@ -699,22 +699,16 @@ impl Session {
                 }
             }
             let stream = self.ctx.pool.connect().await?;
-            let mut framer = ResponseFramer::new(self.ctx.limits);
-            framer.expect_reply(if self.held.starts_with(b"HEAD ") {
-                "HEAD"
-            } else {
-                "GET"
-            });
-            self.backend = Some(Backend {
-                stream,
-                framer,
-                buffer: Vec::new(),
-                base: 0,
-                cuttable: 0,
-                request_open: true,
-                finished: false,
-                reused: false,
-            });
+            let mut backend = Backend::new(stream, false, self.ctx.limits);
+            backend
+                .framer
+                .expect_reply(if self.held.starts_with(b"HEAD ") {
+                    "HEAD"
+                } else {
+                    "GET"
+                });
+            backend.request_open = true;
+            self.backend = Some(backend);
         }
         let end = self.held_base + self.held.len() as u64;
         let backend = self.backend.as_mut().ok_or_else(|| {
@@ -1592,7 +1586,7 @@ impl Session {
                 kind,
                 bytes: &bytes[range],
                 // Decided before the reply's last piece is sent (see `take_backend_bytes`).
-                closes_after: self.close_after_reply,
+                closes_after: self.close_after_reply && matches!(kind, PieceKind::Final { .. }),
             })?);
         }
         for waiter in waiters {
