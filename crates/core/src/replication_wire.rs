@@ -32,6 +32,32 @@ const PROOF_LEN: usize = 32;
 const PROOF_LABEL: &[u8] = b"steadfast replication v1";
 const HEADER_LEN: usize = 4 + 1 + 8;
 
+/// Which of a primary's attempts to link a replication stream is. A late stream (its SYN
+/// retransmitted, its handshake held up) may reach the backup after a newer one; the backup
+/// keeps the newest, or the late one would take the place of the stream the primary uses
+/// (docs/design.md, "A backup joins").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LinkAttempt {
+    /// Drawn at random when the primary's process starts: numbers of another process of the
+    /// same node are not comparable.
+    pub incarnation: u64,
+    /// Grows with every attempt of one process.
+    pub number: u64,
+}
+
+impl LinkAttempt {
+    /// What a backup's `Hello` carries.
+    pub const NONE: LinkAttempt = LinkAttempt {
+        incarnation: 0,
+        number: 0,
+    };
+
+    /// Whether the same process made this attempt before `other`.
+    pub fn precedes(&self, other: &LinkAttempt) -> bool {
+        self.incarnation == other.incarnation && self.number < other.number
+    }
+}
+
 /// The TCP options the primary's kernel negotiated with the client, from its `TCP_INFO`; the
 /// backup cannot see them (the primary's SYN-ACK does not pass through it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,10 +122,12 @@ const MAX_REASON_BYTES: usize = 512;
 /// One frame of the replication channel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReplicationFrame {
-    /// First frame from each end.
+    /// First frame from each end. A primary numbers its attempts to link (a backup sends
+    /// [`LinkAttempt::NONE`]).
     Hello {
         node: NodeId,
         nonce: [u8; NONCE_LEN],
+        attempt: LinkAttempt,
     },
     /// Second frame from each end: proves the key over both nonces.
     Proof { mac: [u8; PROOF_LEN] },
@@ -247,9 +275,15 @@ pub fn encode(frame: &ReplicationFrame, epoch: u64, out: &mut Vec<u8>) {
     out.push(frame.kind());
     out.extend_from_slice(&epoch.to_be_bytes());
     match frame {
-        ReplicationFrame::Hello { node, nonce } => {
+        ReplicationFrame::Hello {
+            node,
+            nonce,
+            attempt,
+        } => {
             out.extend_from_slice(&node.to_be_bytes());
             out.extend_from_slice(nonce);
+            out.extend_from_slice(&attempt.incarnation.to_be_bytes());
+            out.extend_from_slice(&attempt.number.to_be_bytes());
         }
         ReplicationFrame::Proof { mac } => out.extend_from_slice(mac),
         ReplicationFrame::BackupReady { mac } => out.extend_from_slice(mac),
@@ -650,6 +684,10 @@ fn decode_body(body: &[u8], offset: u64) -> Result<(u64, ReplicationFrame), Repl
         1 => ReplicationFrame::Hello {
             node: f.u16()?,
             nonce: f.array()?,
+            attempt: LinkAttempt {
+                incarnation: f.u64()?,
+                number: f.u64()?,
+            },
         },
         2 => ReplicationFrame::Proof { mac: f.array()? },
         3 => ReplicationFrame::BackupReady { mac: f.array()? },
@@ -762,18 +800,22 @@ fn decode_body(body: &[u8], offset: u64) -> Result<(u64, ReplicationFrame), Repl
     Ok((epoch, frame))
 }
 
-/// The proof an end sends: HMAC over a label, its own node id and nonce, then the peer's.
-/// Binding both nonces stops a replay of an earlier handshake; binding the sender's id stops a
-/// reflection of the peer's own proof back at it.
+/// The proof an end sends: HMAC over a label, its own node id, link attempt and nonce, then the
+/// peer's nonce. Binding both nonces stops a replay of an earlier handshake; binding the
+/// sender's id stops a reflection of the peer's own proof back at it; binding the attempt stops
+/// a forger from passing a late stream off as the newest.
 pub fn handshake_proof(
     key: &AuthKey,
     sender: NodeId,
+    attempt: LinkAttempt,
     own_nonce: &[u8; NONCE_LEN],
     peer_nonce: &[u8; NONCE_LEN],
 ) -> [u8; PROOF_LEN] {
     let mut mac = Hmac::<Sha256>::new_from_slice(key.secret()).expect("HMAC takes any key");
     mac.update(PROOF_LABEL);
     mac.update(&sender.to_be_bytes());
+    mac.update(&attempt.incarnation.to_be_bytes());
+    mac.update(&attempt.number.to_be_bytes());
     mac.update(own_nonce);
     mac.update(peer_nonce);
     mac.finalize().into_bytes().into()
@@ -783,6 +825,7 @@ pub fn handshake_proof(
 pub fn verify_proof(
     key: &AuthKey,
     peer: NodeId,
+    peer_attempt: LinkAttempt,
     peer_nonce: &[u8; NONCE_LEN],
     own_nonce: &[u8; NONCE_LEN],
     proof: &[u8; PROOF_LEN],
@@ -790,6 +833,8 @@ pub fn verify_proof(
     let mut mac = Hmac::<Sha256>::new_from_slice(key.secret()).expect("HMAC takes any key");
     mac.update(PROOF_LABEL);
     mac.update(&peer.to_be_bytes());
+    mac.update(&peer_attempt.incarnation.to_be_bytes());
+    mac.update(&peer_attempt.number.to_be_bytes());
     mac.update(peer_nonce);
     mac.update(own_nonce);
     mac.verify_slice(proof).is_ok()

@@ -5,11 +5,12 @@
 use std::net::SocketAddrV4;
 
 use proptest::prelude::*;
+use steadfast_core::heartbeat_wire::AuthKey;
 use steadfast_core::http::{CutFraming, CutPoint, EntityTag, NotResumable};
 use steadfast_core::image::FourTuple;
 use steadfast_core::replication_wire::{
-    encode, AdoptedStream, ConnectionOptions, FrameReader, ReplicationError, ReplicationFrame,
-    MAX_FRAME_BYTES,
+    encode, handshake_proof, verify_proof, AdoptedStream, ConnectionOptions, FrameReader,
+    LinkAttempt, ReplicationError, ReplicationFrame, MAX_FRAME_BYTES,
 };
 
 fn tuple() -> impl Strategy<Value = FourTuple> {
@@ -87,8 +88,16 @@ fn reply_in_progress() -> impl Strategy<Value = Option<Result<CutPoint, NotResum
 
 fn frame() -> impl Strategy<Value = ReplicationFrame> {
     prop_oneof![
-        (any::<u16>(), any::<[u8; 16]>())
-            .prop_map(|(node, nonce)| ReplicationFrame::Hello { node, nonce }),
+        (any::<u16>(), any::<[u8; 16]>(), any::<u64>(), any::<u64>()).prop_map(
+            |(node, nonce, incarnation, number)| ReplicationFrame::Hello {
+                node,
+                nonce,
+                attempt: LinkAttempt {
+                    incarnation,
+                    number
+                },
+            }
+        ),
         any::<[u8; 32]>().prop_map(|mac| ReplicationFrame::Proof { mac }),
         any::<[u8; 6]>().prop_map(|mac| ReplicationFrame::BackupReady { mac }),
         Just(ReplicationFrame::Announce),
@@ -298,27 +307,77 @@ fn lengths_beyond_the_maximum_and_unknown_kinds_are_refused() {
 }
 
 #[test]
-fn an_unadopted_list_with_a_partial_tuple_is_malformed() {
+fn a_tuple_list_with_a_partial_tuple_is_malformed() {
     let tuples = vec![FourTuple {
         client: "10.0.0.2:40000".parse().unwrap(),
         server: "10.0.0.100:80".parse().unwrap(),
     }];
-    let mut stream = Vec::new();
-    encode(&ReplicationFrame::Unadopted { tuples }, 1, &mut stream);
-    stream.push(0);
-    let len = (stream.len() - 4) as u32;
-    stream[..4].copy_from_slice(&len.to_be_bytes());
-    let (read, error) = read_all(&stream, 5);
-    assert!(read.is_empty());
+    let lists = [ReplicationFrame::Unadopted { tuples }];
+    for list in lists {
+        let mut stream = Vec::new();
+        encode(&list, 1, &mut stream);
+        stream.push(0);
+        let len = (stream.len() - 4) as u32;
+        stream[..4].copy_from_slice(&len.to_be_bytes());
+        let (read, error) = read_all(&stream, 5);
+        assert!(read.is_empty());
+        let expected = list.label();
+        assert!(
+            matches!(
+                error,
+                Some(ReplicationError::Malformed { offset: 0, kind, .. }) if kind == expected
+            ),
+            "{expected}: {error:?}"
+        );
+    }
+}
+
+#[test]
+fn a_proof_holds_only_for_the_attempt_and_nonces_it_was_made_over() {
+    let key = AuthKey::new(b"a group key of enough bytes").expect("a key");
+    let attempt = LinkAttempt {
+        incarnation: 0x5eed,
+        number: 4,
+    };
+    let (own, peer) = ([1u8; 16], [2u8; 16]);
+    let proof = handshake_proof(&key, 2, attempt, &own, &peer);
+    assert!(verify_proof(&key, 2, attempt, &own, &peer, &proof));
+    let later = LinkAttempt {
+        number: 5,
+        ..attempt
+    };
     assert!(
-        matches!(
-            error,
-            Some(ReplicationError::Malformed {
-                offset: 0,
-                kind: "unadopted",
-                ..
-            })
-        ),
-        "{error:?}"
+        !verify_proof(&key, 2, later, &own, &peer, &proof),
+        "a stream passed off as a newer attempt"
     );
+    assert!(
+        !verify_proof(&key, 1, attempt, &own, &peer, &proof),
+        "another sender"
+    );
+    assert!(
+        !verify_proof(&key, 2, attempt, &peer, &own, &proof),
+        "nonces swapped"
+    );
+    let other_key = AuthKey::new(b"another group key of enough").expect("a key");
+    assert!(!verify_proof(&other_key, 2, attempt, &own, &peer, &proof));
+}
+
+#[test]
+fn only_an_earlier_attempt_of_the_same_process_precedes() {
+    let first = LinkAttempt {
+        incarnation: 7,
+        number: 1,
+    };
+    let second = LinkAttempt { number: 2, ..first };
+    let restarted = LinkAttempt {
+        incarnation: 8,
+        number: 1,
+    };
+    assert!(first.precedes(&second));
+    assert!(!second.precedes(&first));
+    assert!(
+        !first.precedes(&first),
+        "an attempt does not precede itself"
+    );
+    assert!(!restarted.precedes(&second) && !second.precedes(&restarted));
 }

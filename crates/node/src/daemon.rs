@@ -1018,6 +1018,7 @@ fn plane_status(mode: &str, shared: &crate::plane::PlaneShared) -> crate::status
         replication_frames_refused: c.replication_frames_refused.load(Relaxed),
         replication_old_epoch: c.replication_old_epoch.load(Relaxed),
         handshakes_refused: c.handshakes_refused.load(Relaxed),
+        stale_link_attempts: c.stale_link_attempts.load(Relaxed),
         forged_frames: c.forged_frames.load(Relaxed),
         adopted: c.adopted.load(Relaxed),
         frames_held_at_takeover: c.frames_held_at_takeover.load(Relaxed),

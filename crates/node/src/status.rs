@@ -160,6 +160,9 @@ pub struct DataPlaneStatus {
     pub replication_frames_refused: u64,
     pub replication_old_epoch: u64,
     pub handshakes_refused: u64,
+    /// Replication streams refused because the same primary had linked with a later attempt.
+    #[serde(default)]
+    pub stale_link_attempts: u64,
     pub forged_frames: u64,
     /// The proxy.
     pub connections: u64,

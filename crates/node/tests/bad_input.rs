@@ -392,7 +392,8 @@ enum Speech {
 fn speak_replication(namespace: &str, to: SocketAddr, speech: Speech) {
     use std::io::{Read, Write};
     use steadfast_core::replication_wire::{
-        encode as encode_frame, handshake_proof, FrameReader, ReplicationFrame, NONCE_LEN,
+        encode as encode_frame, handshake_proof, FrameReader, LinkAttempt, ReplicationFrame,
+        NONCE_LEN,
     };
     steadfast_lab::run_in_namespace(namespace, move || {
         let mut stream =
@@ -410,7 +411,19 @@ fn speak_replication(namespace: &str, to: SocketAddr, speech: Speech) {
             Speech::Handshake { key, node, epoch } => {
                 let nonce = [7u8; NONCE_LEN];
                 let mut out = Vec::new();
-                encode_frame(&ReplicationFrame::Hello { node, nonce }, epoch, &mut out);
+                let attempt = LinkAttempt {
+                    incarnation: 1,
+                    number: 1,
+                };
+                encode_frame(
+                    &ReplicationFrame::Hello {
+                        node,
+                        nonce,
+                        attempt,
+                    },
+                    epoch,
+                    &mut out,
+                );
                 stream.write_all(&out).expect("hello");
                 let mut reader = FrameReader::new();
                 let peer_nonce = loop {
@@ -427,7 +440,7 @@ fn speak_replication(namespace: &str, to: SocketAddr, speech: Speech) {
                 out.clear();
                 encode_frame(
                     &ReplicationFrame::Proof {
-                        mac: handshake_proof(&key, node, &nonce, &peer_nonce),
+                        mac: handshake_proof(&key, node, attempt, &nonce, &peer_nonce),
                     },
                     epoch,
                     &mut out,

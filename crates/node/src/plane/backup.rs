@@ -18,7 +18,7 @@ use steadfast_core::image::{
 };
 use steadfast_core::replication_wire::{
     self, handshake_proof, verify_proof, AdoptedStream, ConnectionOptions, FrameReader,
-    ReplicationFrame, NONCE_LEN,
+    LinkAttempt, ReplicationFrame, NONCE_LEN,
 };
 use steadfast_core::reply_log::{AdoptedConnection, ReplicaLog};
 use steadfast_core::NodeId;
@@ -52,6 +52,9 @@ pub struct BackupState {
     /// this one was superseded (a takeover froze the logs, or the primary connected anew) and
     /// must not acknowledge anything more: its primary would send replies nobody holds.
     pub stream: u64,
+    /// Whose attempt that stream is: an earlier attempt of the same primary that completes
+    /// later is refused.
+    pub link: Option<(NodeId, LinkAttempt)>,
     /// The bytes of hand-overs under way, until their `Adopt` frame arrives.
     pub adopting: HashMap<FourTuple, StagedAdoption>,
     adopting_bytes: usize,
@@ -78,6 +81,7 @@ impl BackupState {
             announced: false,
             template: None,
             stream: 0,
+            link: None,
             adopting: HashMap::new(),
             adopting_bytes: 0,
         }
@@ -375,7 +379,7 @@ impl BackupParts {
         let mut reader = FrameReader::new();
         let epoch = self.epoch.load(Ordering::Relaxed);
         // A peer that connects and then says nothing (or half a frame) must not hold a task.
-        let peer_epoch = match tokio::time::timeout(
+        let (peer_epoch, attempt) = match tokio::time::timeout(
             HANDSHAKE_TIMEOUT,
             handshake(
                 &mut stream,
@@ -383,6 +387,7 @@ impl BackupParts {
                 &self.settings,
                 peer_id,
                 epoch,
+                LinkAttempt::NONE,
                 &self.shared,
             ),
         )
@@ -419,7 +424,28 @@ impl BackupParts {
         fresh.template = local_template(&self.settings.service.interface);
         let stream_number = NEXT_STREAM.fetch_add(1, Ordering::Relaxed);
         fresh.stream = stream_number;
-        *self.state.lock().expect("backup state lock") = fresh;
+        fresh.link = Some((peer_id, attempt));
+        {
+            // Compared under the lock the state is replaced with, so that of two streams
+            // finishing their handshakes at once the newer attempt wins whatever the order.
+            let mut state = self.state.lock().expect("backup state lock");
+            if let Some((current_primary, current)) = state.link {
+                if current_primary == peer_id && attempt.precedes(&current) {
+                    drop(state);
+                    self.shared
+                        .counters
+                        .stale_link_attempts
+                        .fetch_add(1, Ordering::Relaxed);
+                    anyhow::bail!(
+                        "node {peer_id}'s link attempt {} arrived after its attempt {}: refused, \
+                         the newer stream keeps its logs",
+                        attempt.number,
+                        current.number
+                    );
+                }
+            }
+            *state = fresh;
+        }
         self.ensure_logger()?;
         let mut out = Vec::new();
         replication_wire::encode(
@@ -827,8 +853,9 @@ pub async fn handshake(
     settings: &PlaneSettings,
     expected_peer: NodeId,
     epoch: u64,
+    attempt: LinkAttempt,
     shared: &PlaneShared,
-) -> anyhow::Result<u64> {
+) -> anyhow::Result<(u64, LinkAttempt)> {
     let mut nonce = [0u8; NONCE_LEN];
     getrandom::getrandom(&mut nonce).map_err(|e| anyhow::anyhow!("drawing a nonce: {e}"))?;
     let mut out = Vec::new();
@@ -836,6 +863,7 @@ pub async fn handshake(
         &ReplicationFrame::Hello {
             node: settings.node_id,
             nonce,
+            attempt,
         },
         epoch,
         &mut out,
@@ -845,6 +873,7 @@ pub async fn handshake(
     let ReplicationFrame::Hello {
         node,
         nonce: peer_nonce,
+        attempt: peer_attempt,
     } = hello
     else {
         shared
@@ -863,7 +892,13 @@ pub async fn handshake(
     out.clear();
     replication_wire::encode(
         &ReplicationFrame::Proof {
-            mac: handshake_proof(&settings.key, settings.node_id, &nonce, &peer_nonce),
+            mac: handshake_proof(
+                &settings.key,
+                settings.node_id,
+                attempt,
+                &nonce,
+                &peer_nonce,
+            ),
         },
         epoch,
         &mut out,
@@ -877,7 +912,7 @@ pub async fn handshake(
             .fetch_add(1, Ordering::Relaxed);
         anyhow::bail!("expected a proof, got {}", proof.label());
     };
-    if !verify_proof(&settings.key, node, &peer_nonce, &nonce, &mac) {
+    if !verify_proof(&settings.key, node, peer_attempt, &peer_nonce, &nonce, &mac) {
         shared
             .counters
             .handshakes_refused
@@ -888,7 +923,7 @@ pub async fn handshake(
             .fetch_add(1, Ordering::Relaxed);
         anyhow::bail!("node {node} failed to prove the group key");
     }
-    Ok(peer_epoch)
+    Ok((peer_epoch, peer_attempt))
 }
 
 /// What this node's kernel negotiates with a client that offers everything (window scaling,

@@ -93,6 +93,9 @@ pub struct PlaneCounters {
     pub replication_frames_refused: AtomicU64,
     pub replication_old_epoch: AtomicU64,
     pub handshakes_refused: AtomicU64,
+    /// Backup: replication streams refused because the same primary had already linked with a
+    /// later attempt (a late SYN or handshake).
+    pub stale_link_attempts: AtomicU64,
     pub takeovers: AtomicU64,
     pub connections_restored: AtomicU64,
     pub connections_restored_unreported: AtomicU64,

@@ -10,7 +10,7 @@ use anyhow::Context;
 use steadfast_core::http::FramingLimits;
 use steadfast_core::image::FourTuple;
 use steadfast_core::replication_wire::{
-    self, AdoptedStream, ConnectionOptions, FrameReader, ReplicationFrame,
+    self, AdoptedStream, ConnectionOptions, FrameReader, LinkAttempt, ReplicationFrame,
 };
 use steadfast_core::NodeId;
 use steadfast_os::ingress_guard::{GuardError, GuardState};
@@ -273,6 +273,8 @@ pub struct Duplex {
     vip_on_link: bool,
     vip_on_lo: bool,
     link_generation: u64,
+    /// Drawn at start: this process's link attempts are numbered by `link_generation` within it.
+    link_incarnation: u64,
     link_acks: Option<watch::Sender<AckState>>,
     /// The acknowledgements of a link this node dropped when it stopped being primary. Its
     /// sessions' replies still wait on them: released if this node is elected again with
@@ -363,6 +365,7 @@ impl Duplex {
             vip_on_link: false,
             vip_on_lo: false,
             link_generation: 0,
+            link_incarnation: draw_incarnation()?,
             link_acks: None,
             stepped_down_acks: Vec::new(),
             handing_over: false,
@@ -639,8 +642,12 @@ impl Duplex {
         // Marks "a link attempt is under way" until Ready or Lost.
         let (placeholder, _) = watch::channel(AckState::default());
         self.link_acks = Some(placeholder);
+        let attempt = LinkAttempt {
+            incarnation: self.link_incarnation,
+            number: generation,
+        };
         tokio::spawn(async move {
-            if let Err(e) = run_link(settings, shared, peer, epoch, generation, tx.clone()).await {
+            if let Err(e) = run_link(settings, shared, peer, epoch, attempt, tx.clone()).await {
                 let _ = tx.send(LinkEvent::Lost {
                     generation,
                     why: format!("{e:#}"),
@@ -920,6 +927,14 @@ impl Duplex {
     }
 }
 
+/// A random number for this process's link attempts (see [`LinkAttempt`]).
+fn draw_incarnation() -> anyhow::Result<u64> {
+    let mut bytes = [0u8; 8];
+    getrandom::getrandom(&mut bytes)
+        .map_err(|e| anyhow::anyhow!("drawing the link incarnation: {e}"))?;
+    Ok(u64::from_be_bytes(bytes))
+}
+
 /// Connects to the backup, proves the key, waits for its logger, then carries frames out and
 /// acknowledgements in until the stream ends.
 async fn run_link(
@@ -927,9 +942,10 @@ async fn run_link(
     shared: Arc<PlaneShared>,
     peer: Peer,
     epoch: u64,
-    generation: u64,
+    attempt: LinkAttempt,
     events: mpsc::UnboundedSender<LinkEvent>,
 ) -> anyhow::Result<()> {
+    let generation = attempt.number;
     let target = SocketAddr::V4(SocketAddrV4::new(peer.address, settings.replication_port));
     let (mut stream, mut reader) = tokio::time::timeout(JOIN_TIMEOUT, async {
         // From the member address, never the VIP: the backup admits members by address.
@@ -941,7 +957,16 @@ async fn run_link(
             .with_context(|| format!("connecting to backup {} at {target}", peer.id))?;
         stream.set_nodelay(true)?;
         let mut reader = FrameReader::new();
-        backup::handshake(&mut stream, &mut reader, &settings, peer.id, epoch, &shared).await?;
+        backup::handshake(
+            &mut stream,
+            &mut reader,
+            &settings,
+            peer.id,
+            epoch,
+            attempt,
+            &shared,
+        )
+        .await?;
         Ok::<_, anyhow::Error>((stream, reader))
     })
     .await
