@@ -212,6 +212,11 @@ pub enum ReplicationFrame {
     },
     /// Backup → primary: every `Reply` up to `seq` is held.
     Ack { seq: u64 },
+    /// Backup → primary: connections reported `Opened` whose opening this backup never saw
+    /// (their handshake reached the primary straight, before the backup stood in front of it,
+    /// and they were accepted after it joined). It holds no image of them, so it expects them
+    /// to be adopted like connections opened before it joined.
+    Unlogged { tuples: Vec<FourTuple> },
 }
 
 impl ReplicationFrame {
@@ -229,6 +234,7 @@ impl ReplicationFrame {
             ReplicationFrame::Adopt { .. } => 10,
             ReplicationFrame::Unadopted { .. } => 11,
             ReplicationFrame::AdoptBytes { .. } => 12,
+            ReplicationFrame::Unlogged { .. } => 13,
         }
     }
 
@@ -247,6 +253,7 @@ impl ReplicationFrame {
             ReplicationFrame::Adopt { .. } => "adopt",
             ReplicationFrame::Unadopted { .. } => "unadopted",
             ReplicationFrame::AdoptBytes { .. } => "adopt-bytes",
+            ReplicationFrame::Unlogged { .. } => "unlogged",
         }
     }
 }
@@ -361,7 +368,7 @@ pub fn encode(frame: &ReplicationFrame, epoch: u64, out: &mut Vec<u8>) {
             out.extend_from_slice(bytes);
         }
         ReplicationFrame::Closed { tuple } => put_tuple(out, tuple),
-        ReplicationFrame::Unadopted { tuples } => {
+        ReplicationFrame::Unadopted { tuples } | ReplicationFrame::Unlogged { tuples } => {
             for tuple in tuples {
                 put_tuple(out, tuple);
             }
@@ -673,6 +680,7 @@ fn decode_body(body: &[u8], offset: u64) -> Result<(u64, ReplicationFrame), Repl
         10 => "adopt",
         11 => "unadopted",
         12 => "adopt-bytes",
+        13 => "unlogged",
         _ => return Err(ReplicationError::UnknownKind { offset, kind }),
     };
     let mut f = Fields {
@@ -769,12 +777,16 @@ fn decode_body(body: &[u8], offset: u64) -> Result<(u64, ReplicationFrame), Repl
             }
         }
         7 => ReplicationFrame::Closed { tuple: f.tuple()? },
-        11 => {
+        11 | 13 => {
             let mut tuples = Vec::new();
             while !f.rest.is_empty() {
                 tuples.push(f.tuple()?);
             }
-            ReplicationFrame::Unadopted { tuples }
+            if kind == 11 {
+                ReplicationFrame::Unadopted { tuples }
+            } else {
+                ReplicationFrame::Unlogged { tuples }
+            }
         }
         8 => ReplicationFrame::Ack { seq: f.u64()? },
         _ => {

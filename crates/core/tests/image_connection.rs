@@ -646,6 +646,38 @@ fn unadopted_connections_are_known_until_they_end_or_are_adopted() {
     assert_eq!(table.unadopted().count(), 0);
 }
 
+/// A connection whose handshake reached the primary straight (before the backup stood in front
+/// of it) but whose later segments passed here: expected for adoption with the numbers of the
+/// segments kept, so a takeover before the hand-over can still reset its client.
+#[test]
+fn a_connection_seen_only_after_its_opening_is_expected_with_its_latest_numbers() {
+    let (isn, server_isn) = (5000u32, 9000u32);
+    let mut table = ConnectionTable::new(TableLimits::default());
+    table
+        .ingest(&data(isn, 0, server_isn + 1, 4), b"GET ")
+        .unwrap();
+    table
+        .ingest(&data(isn, 4, server_isn + 301, 3), b"/b ")
+        .unwrap();
+    // Reordered: an older segment does not move the numbers back.
+    table
+        .ingest(&data(isn, 0, server_isn + 1, 4), b"GET ")
+        .unwrap();
+    assert_eq!(table.unadopted().count(), 0, "nobody listed it yet");
+    table.expect_adoption(&[tuple()]);
+    let record = *table
+        .unadopted()
+        .find(|(t, _)| *t == tuple())
+        .and_then(|(_, seen)| seen)
+        .expect("numbers from the kept segments");
+    assert_eq!(
+        (record.acked, record.next_seq),
+        (server_isn + 301, isn + 1 + 7)
+    );
+    // The kept segments stay for the adoption to replay.
+    assert!(table.recent_untracked_bytes() > 0);
+}
+
 #[test]
 fn unadopted_records_are_bounded_by_the_connection_limit() {
     let mut table = ConnectionTable::new(TableLimits {

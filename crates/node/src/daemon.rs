@@ -1019,6 +1019,7 @@ fn plane_status(mode: &str, shared: &crate::plane::PlaneShared) -> crate::status
         replication_old_epoch: c.replication_old_epoch.load(Relaxed),
         handshakes_refused: c.handshakes_refused.load(Relaxed),
         stale_link_attempts: c.stale_link_attempts.load(Relaxed),
+        opened_unlogged: c.opened_unlogged.load(Relaxed),
         forged_frames: c.forged_frames.load(Relaxed),
         adopted: c.adopted.load(Relaxed),
         frames_held_at_takeover: c.frames_held_at_takeover.load(Relaxed),

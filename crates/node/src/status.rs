@@ -163,6 +163,9 @@ pub struct DataPlaneStatus {
     /// Replication streams refused because the same primary had linked with a later attempt.
     #[serde(default)]
     pub stale_link_attempts: u64,
+    /// Connections reported opened whose opening the backup never saw, sent back for adoption.
+    #[serde(default)]
+    pub opened_unlogged: u64,
     pub forged_frames: u64,
     /// The proxy.
     pub connections: u64,

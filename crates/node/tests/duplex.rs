@@ -1127,6 +1127,151 @@ fn connections_opened_unprotected_are_adopted_or_reset_at_a_crash() {
     assert_eq!(plane["connections_lost"], 1, "{plane}");
 }
 
+/// Connections opened while a healed backup joins: some reach the primary straight, before the
+/// backup stands in front of it, and are accepted only after it joined (from the accept queue,
+/// or while the primary sets its guard, which takes tens of milliseconds while it accepts
+/// thousands of connections). The backup never saw them open; it says so, and the primary hands
+/// them over like connections opened before the join. A crash once every connection is
+/// protected loses none of them: each still answers a request.
+#[test]
+fn connections_opened_through_a_join_survive_the_next_crash() {
+    let (lab, primary, backup) = protected_lab("jw");
+    // Whether connections fall in those moments depends on how long the join takes: the
+    // backup is crashed and healed again (at most 4 times) until some did. The connections of
+    // every join stay open to the end.
+    let mut connections = Vec::new();
+    for attempt in 1..=4 {
+        connections.extend(open_connections_through_a_join(&lab, &primary, &backup));
+        let unlogged = lab.daemon_status(&backup)["data_plane"]["opened_unlogged"]
+            .as_u64()
+            .unwrap_or(0);
+        eprintln!(
+            "join {attempt}: {} connections open; the backup never saw {unlogged} of those \
+             opened through it open; {} adopted",
+            connections.len(),
+            lab.daemon_status(&primary)["data_plane"]["adopted"]
+        );
+        if unlogged > 0 {
+            break;
+        }
+    }
+    let failover = fail_over(&lab, &primary, CrashKind::Host, 0);
+    let plane = failover.takeover_done(&lab);
+    eprintln!(
+        "takeover: restored {} lost {} {}",
+        plane["connections_restored"], plane["connections_lost"], plane["lost_reasons"]
+    );
+    // The sockets belong to the client namespace already: no need to enter it again.
+    let failed: Vec<String> = {
+        use std::io::Write;
+        connections
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(i, stream)| {
+                let exchange = (|| {
+                    stream
+                        .set_read_timeout(Some(Duration::from_secs(5)))
+                        .map_err(|e| e.to_string())?;
+                    stream
+                        .write_all(
+                            b"GET /bytes/64?seed=5 HTTP/1.1\r\nHost: vip\r\nConnection: close\r\n\r\n",
+                        )
+                        .map_err(|e| format!("send: {e}"))?;
+                    let (status, body) = read_reply(stream, None)?;
+                    if status != 200 || body.len() != 64 {
+                        return Err(format!("status {status}, {} body bytes", body.len()));
+                    }
+                    Ok(())
+                })();
+                exchange.err().map(|e| format!("connection {i}: {e}"))
+            })
+            .collect()
+    };
+    assert!(
+        failed.is_empty(),
+        "{} connections failed after the crash, first: {:?}; takeover {plane}",
+        failed.len(),
+        failed.iter().take(5).collect::<Vec<_>>()
+    );
+    assert_eq!(plane["connections_lost"], 0, "{plane}");
+}
+
+/// Crashes `backup`, then heals it while two clients in the client namespace open connections
+/// (about 4,000 a second each), from the heal until a little after it joins; returns the last
+/// 1,000 of each, once `primary` protects every open connection.
+fn open_connections_through_a_join(
+    lab: &Lab,
+    primary: &str,
+    backup: &str,
+) -> Vec<std::net::TcpStream> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let status = lab.daemon_status(primary)["data_plane"].clone();
+    let joined_before = status["backups_joined"].as_u64().unwrap_or(0);
+    let losses_before = status["backup_losses"].as_u64().unwrap_or(0);
+    let open_before = status["sessions_open"].as_u64().unwrap_or(0);
+    steadfast_lab::crash(lab.name(), backup, CrashKind::Host).expect("crash the backup");
+    assert!(
+        wait_plane_counter_above(
+            lab,
+            primary,
+            "backup_losses",
+            losses_before,
+            Duration::from_secs(5)
+        ),
+        "{primary} notices its backup is gone"
+    );
+    const KEPT: usize = 1_000;
+    const LIMIT: Duration = Duration::from_secs(15);
+    let opening = Arc::new(AtomicBool::new(true));
+    let openers: Vec<_> = (0..2)
+        .map(|_| {
+            let (namespace, target) = (lab.info.client_ns.clone(), lab.target());
+            let opening = opening.clone();
+            std::thread::spawn(move || {
+                steadfast_lab::run_in_namespace(&namespace, move || {
+                    // Only the latest are kept: those opened around the join.
+                    let mut open = std::collections::VecDeque::new();
+                    let started = Instant::now();
+                    while opening.load(Ordering::Relaxed) && started.elapsed() < LIMIT {
+                        let stream =
+                            std::net::TcpStream::connect_timeout(&target, Duration::from_secs(3))
+                                .map_err(|e| format!("connect: {e}"))?;
+                        open.push_back(stream);
+                        if open.len() > KEPT {
+                            open.pop_front();
+                        }
+                        std::thread::sleep(Duration::from_micros(200));
+                    }
+                    Ok::<_, String>(open)
+                })
+                .expect("the client namespace")
+            })
+        })
+        .collect();
+    steadfast_lab::heal(lab.name(), backup).expect("heal the backup");
+    wait_backup_joined(lab, primary, joined_before);
+    std::thread::sleep(Duration::from_millis(100));
+    opening.store(false, Ordering::Relaxed);
+    let mut connections = Vec::new();
+    for opener in openers {
+        connections.extend(opener.join().expect("an opener").expect("every connect"));
+    }
+    // The connections closed meanwhile have ended, and every open one is protected.
+    assert!(
+        common::wait_until(Duration::from_secs(10), || {
+            let status = lab.daemon_status(primary);
+            !status["holds_connections"].as_bool().unwrap_or(true)
+                && status["data_plane"]["sessions_open"].as_u64()
+                    == Some(open_before + connections.len() as u64)
+        }),
+        "{primary} should hold {} open connections, all protected: {}",
+        open_before + connections.len() as u64,
+        lab.daemon_status(primary)["data_plane"]
+    );
+    connections
+}
+
 /// Sends `GET path` (asking to close after the reply) from the client namespace, half-closing
 /// the connection after the request when `half_close`, and reads the reply: the body's length,
 /// or the error the read ended with, and when it ended.

@@ -306,10 +306,10 @@ impl ConnectionTable {
         self.recent_bytes
     }
 
-    /// The primary opened these connections before this backup joined and will hand them over
-    /// (or report them closed) later; until then a takeover cannot carry them on. The primary
-    /// lists them before it has the backup announce itself, so no segment of theirs has passed
-    /// here yet: each record gets its numbers from the next segment.
+    /// The primary opened these connections before this backup stood in front of it and will
+    /// hand them over (or report them closed) later; until then a takeover cannot carry them
+    /// on. Each record takes its numbers from the segments of it kept here (a connection whose
+    /// opening the backup missed but whose later segments it saw), else from the next segment.
     pub fn expect_adoption(&mut self, tuples: &[FourTuple]) {
         for tuple in tuples {
             if self.images.contains_key(tuple) || self.unadopted.contains_key(tuple) {
@@ -319,7 +319,14 @@ impl ConnectionTable {
                 self.counters.unadopted_unrecorded += 1;
                 continue;
             }
-            self.unadopted.insert(*tuple, None);
+            let mut record: Option<UnadoptedConnection> = None;
+            for (segment, payload) in self.recent_untracked.get(tuple).into_iter().flatten() {
+                match record.as_mut() {
+                    Some(record) => record.note(segment, payload.len()),
+                    None => record = UnadoptedConnection::from_segment(segment, payload.len()),
+                }
+            }
+            self.unadopted.insert(*tuple, record);
         }
     }
 

@@ -513,6 +513,7 @@ impl BackupParts {
         let (mut read_half, mut write_half) = stream.into_split();
         let mut buf = vec![0u8; 256 * 1024];
         let mut out = Vec::new();
+        let mut unlogged = Vec::new();
         loop {
             let mut highest_seq = None;
             while let Some((frame_epoch, frame)) = reader.next_frame()? {
@@ -524,15 +525,27 @@ impl BackupParts {
                     continue;
                 }
                 let taken = self
-                    .take_frame(frame, stream_number)
+                    .take_frame(frame, stream_number, &mut unlogged)
                     .with_context(|| format!("primary {primary}"))?;
                 if let Some(seq) = taken {
                     highest_seq = Some(seq);
                 }
             }
+            out.clear();
+            for tuples in unlogged.chunks(replication_wire::MAX_UNADOPTED_PER_FRAME) {
+                replication_wire::encode(
+                    &ReplicationFrame::Unlogged {
+                        tuples: tuples.to_vec(),
+                    },
+                    epoch,
+                    &mut out,
+                );
+            }
+            unlogged.clear();
             if let Some(seq) = highest_seq {
-                out.clear();
                 replication_wire::encode(&ReplicationFrame::Ack { seq }, epoch, &mut out);
+            }
+            if !out.is_empty() {
                 write_half.write_all(&out).await?;
             }
             let n = read_half.read(&mut buf).await?;
@@ -543,11 +556,13 @@ impl BackupParts {
         }
     }
 
-    /// Applies one frame; returns the sequence number to acknowledge, if any.
+    /// Applies one frame; returns the sequence number to acknowledge, if any, and adds to
+    /// `unlogged` a connection reported opened whose opening this backup never saw.
     fn take_frame(
         &self,
         frame: ReplicationFrame,
         stream_number: u64,
+        unlogged: &mut Vec<FourTuple>,
     ) -> Result<Option<u64>, Superseded> {
         let mut guard = self.state.lock().expect("backup state lock");
         let state = &mut *guard;
@@ -566,9 +581,20 @@ impl BackupParts {
                 state.replica.opened(tuple, client_isn, options);
                 state.template = Some(options);
                 if let Some(table) = state.table.as_mut() {
-                    let negotiated = options.negotiated();
-                    if let Err(e) = table.set_negotiated(&tuple, negotiated) {
-                        tracing::debug!("opened {tuple}: {e}");
+                    if table.get(&tuple).is_some() {
+                        let negotiated = options.negotiated();
+                        if let Err(e) = table.set_negotiated(&tuple, negotiated) {
+                            tracing::debug!("opened {tuple}: {e}");
+                        }
+                    } else {
+                        // Its handshake reached the primary before this backup stood in front
+                        // (it sat in the accept queue while the backup joined): no image, so
+                        // the primary is told to hand it over like one opened before the join,
+                        // and a takeover before that resets its client.
+                        table.expect_adoption(&[tuple]);
+                        unlogged.push(tuple);
+                        counters.opened_unlogged.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!("{tuple}: reported opened, never seen opening: unlogged");
                     }
                 }
                 self.shared

@@ -21,6 +21,9 @@ struct Sessions {
     next_entry: u64,
     /// Entries told to end (see [`SessionCensus::retire_where`]).
     retired: HashSet<u64>,
+    /// Entries whose backup disowned them (see [`SessionCensus::disown`]) until their session
+    /// takes note.
+    disowned: HashSet<u64>,
     /// The generation of the backup link now (0: none), see [`SessionCensus::link_changed`].
     current: u64,
 }
@@ -49,6 +52,8 @@ pub struct SessionCensus {
     sessions: Mutex<Sessions>,
     /// Counts the retirements ([`SessionCensus::retire_where`]); sessions watch it.
     retirements: watch::Sender<u64>,
+    /// Counts the disownings ([`SessionCensus::disown`]); sessions watch it.
+    disownings: watch::Sender<u64>,
     /// Whether some open session is not protected by the current link, kept up to date under
     /// the lock for a reader that must never wait for it: the daemon's realtime election
     /// thread, which a session thread preempted while holding the lock would stall past its
@@ -64,6 +69,7 @@ impl Default for SessionCensus {
         SessionCensus {
             sessions: Mutex::default(),
             retirements: watch::Sender::new(0),
+            disownings: watch::Sender::new(0),
             carries_unprotected: AtomicBool::new(false),
             unprotected_changes: watch::Sender::new(false),
         }
@@ -137,6 +143,43 @@ impl SessionCensus {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         (told, ending())
+    }
+
+    /// The backup of link `generation` says it never saw these connections open (their
+    /// handshake reached this node before it stood in front): the sessions it was thought to
+    /// protect are unprotected from now on, and told so (they hand their connections over like
+    /// sessions opened before the join). Returns how many were disowned.
+    pub fn disown(&self, tuples: &[FourTuple], generation: u64) -> usize {
+        let wanted: HashSet<&FourTuple> = tuples.iter().collect();
+        let disowned = self.update(|sessions| {
+            let chosen: Vec<u64> = sessions
+                .entries
+                .iter()
+                .filter(|(_, (tuple, protected_by))| {
+                    *protected_by == generation && wanted.contains(tuple)
+                })
+                .map(|(&number, _)| number)
+                .collect();
+            for number in &chosen {
+                sessions.count(generation, -1);
+                sessions.count(0, 1);
+                if let Some(entry) = sessions.entries.get_mut(number) {
+                    entry.1 = 0;
+                }
+                sessions.disowned.insert(*number);
+            }
+            chosen.len()
+        });
+        if disowned > 0 {
+            self.disownings.send_modify(|count| *count += 1);
+        }
+        disowned
+    }
+
+    /// Changes whenever sessions are disowned: a session then looks at
+    /// [`CensusEntry::take_disowned`].
+    pub fn watch_disownings(&self) -> watch::Receiver<u64> {
+        self.disownings.subscribe()
     }
 
     /// Resolves once the session of `entry` is told to end.
@@ -231,29 +274,44 @@ impl CensusEntry {
         self.generation
     }
 
+    /// Whether the backup disowned this session since the last look; its generation is then 0.
+    pub fn take_disowned(&mut self) -> bool {
+        let number = self.number;
+        let disowned = self
+            .census
+            .update(|sessions| sessions.disowned.remove(&number));
+        if disowned {
+            self.generation = 0;
+        }
+        disowned
+    }
+
     /// The session is protected by `generation` from now on (adopted by a backup that joined).
+    /// The census's own record is counted from, not `self.generation`: a disowning may have
+    /// changed it since the session last looked.
     pub fn protected_by(&mut self, generation: u64) {
-        if generation != self.generation {
-            let (number, old) = (self.number, self.generation);
-            self.census.update(|sessions| {
+        let number = self.number;
+        self.census.update(|sessions| {
+            if let Some(entry) = sessions.entries.get_mut(&number) {
+                let old = std::mem::replace(&mut entry.1, generation);
                 sessions.count(old, -1);
                 sessions.count(generation, 1);
-                if let Some(entry) = sessions.entries.get_mut(&number) {
-                    entry.1 = generation;
-                }
-            });
-            self.generation = generation;
-        }
+            }
+            sessions.disowned.remove(&number);
+        });
+        self.generation = generation;
     }
 }
 
 impl Drop for CensusEntry {
     fn drop(&mut self) {
-        let (number, generation) = (self.number, self.generation);
+        let number = self.number;
         self.census.update(|sessions| {
-            sessions.count(generation, -1);
-            sessions.entries.remove(&number);
+            if let Some((_, generation)) = sessions.entries.remove(&number) {
+                sessions.count(generation, -1);
+            }
             sessions.retired.remove(&number);
+            sessions.disowned.remove(&number);
         });
     }
 }
@@ -362,5 +420,49 @@ mod tests {
         assert_eq!(census.unprotected_connections(0), vec![tuple(1)]);
         drop(new);
         assert!(census.unprotected_connections(0).is_empty());
+    }
+
+    #[test]
+    fn a_disowned_session_counts_as_unprotected_until_adopted_again() {
+        let census = Arc::new(SessionCensus::default());
+        census.link_changed(3);
+        let mut before = census.enter(tuple(1), 3);
+        let after = census.enter(tuple(2), 3);
+        let older_link = census.enter(tuple(3), 2);
+        let notice = census.watch_disownings();
+        assert_eq!(
+            census.disown(&[tuple(1), tuple(3), tuple(9)], 3),
+            1,
+            "only the sessions of that link, and only open ones"
+        );
+        assert!(notice.has_changed().unwrap(), "sessions are told");
+        let mut listed = census.unprotected_connections(3);
+        listed.sort_by_key(|t| t.client.port());
+        assert_eq!(listed, vec![tuple(1), tuple(3)]);
+        assert_eq!(before.generation(), 3, "the session has not looked yet");
+        assert!(before.take_disowned());
+        assert_eq!(before.generation(), 0);
+        assert!(!before.take_disowned(), "told once");
+        before.protected_by(3);
+        assert_eq!(census.unprotected_connections(3), vec![tuple(3)]);
+        drop(older_link);
+        assert!(!census.carries_unprotected(), "adopted again");
+        drop(after);
+        drop(before);
+        assert_eq!(census.open(), 0);
+        assert_eq!(unprotected(&census, 0), 0, "no count left behind");
+    }
+
+    #[test]
+    fn a_session_that_ends_before_it_looks_leaves_no_count_behind() {
+        let census = Arc::new(SessionCensus::default());
+        census.link_changed(5);
+        let entry = census.enter(tuple(1), 5);
+        assert_eq!(census.disown(&[tuple(1)], 5), 1);
+        drop(entry);
+        assert_eq!(census.open(), 0);
+        assert!(!census.carries_unprotected());
+        assert!(census.sessions.lock().unwrap().by_generation.is_empty());
+        assert!(census.sessions.lock().unwrap().disowned.is_empty());
     }
 }

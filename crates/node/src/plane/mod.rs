@@ -96,6 +96,9 @@ pub struct PlaneCounters {
     /// Backup: replication streams refused because the same primary had already linked with a
     /// later attempt (a late SYN or handshake).
     pub stale_link_attempts: AtomicU64,
+    /// Backup: connections the primary reported opened whose opening this backup never saw,
+    /// sent back to be adopted.
+    pub opened_unlogged: AtomicU64,
     pub takeovers: AtomicU64,
     pub connections_restored: AtomicU64,
     pub connections_restored_unreported: AtomicU64,
@@ -394,24 +397,24 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<ProxyContext>, shared: Arc<
             }
         };
         let generation = ctx.gate.generation();
+        // Counted before the backup hears of it: its answer that it never saw the connection
+        // open (`Unlogged`) may come back at once, and must find the session.
+        let mut protection = ctx.census.enter(tuple, generation);
         let protected = generation != 0 && ctx.gate.opened(tuple, isn, options);
+        if !protected {
+            protection.protected_by(0);
+        }
         if protected {
             shared.protected_connections.fetch_add(1, Ordering::Relaxed);
         }
         tracing::debug!(
             "{tuple}: accepted (protected by link generation {generation}: {protected})"
         );
-        let start = SessionStart::fresh(
-            tuple,
-            isn,
-            options,
-            client_mss,
-            if protected { generation } else { 0 },
-        );
+        let start = SessionStart::fresh(tuple, isn, options, client_mss);
         let ctx = ctx.clone();
         let shared = shared.clone();
         tokio::spawn(async move {
-            proxy::serve(ctx, stream, start).await;
+            proxy::serve(ctx, stream, start, protection).await;
             if protected {
                 shared.protected_connections.fetch_sub(1, Ordering::Relaxed);
             }

@@ -1030,15 +1030,30 @@ async fn run_link(
                         .fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
-                if let ReplicationFrame::Ack { seq } = frame {
-                    ack_tx.send_if_modified(|state| {
-                        if seq > state.acked {
-                            state.acked = seq;
-                            true
-                        } else {
-                            false
-                        }
-                    });
+                match frame {
+                    ReplicationFrame::Ack { seq } => {
+                        ack_tx.send_if_modified(|state| {
+                            if seq > state.acked {
+                                state.acked = seq;
+                                true
+                            } else {
+                                false
+                            }
+                        });
+                    }
+                    ReplicationFrame::Unlogged { tuples } => {
+                        let disowned = shared
+                            .proxy
+                            .get()
+                            .map_or(0, |proxy| proxy.census.disown(&tuples, generation));
+                        tracing::info!(
+                            "backup {} never saw {} connections open (they reached this node \
+                             before it stood in front): {disowned} sessions hand them over",
+                            peer.id,
+                            tuples.len()
+                        );
+                    }
+                    other => tracing::debug!("from the backup, ignored {}", other.label()),
                 }
             }
         }

@@ -183,8 +183,6 @@ pub struct SessionStart {
     pub client_isn: u32,
     pub options: ConnectionOptions,
     pub client_mss: u16,
-    /// The gate's generation when the connection was accepted (0: not protected).
-    pub protected_by: u64,
     pub request_offset: u64,
     pub request_index: u64,
     /// Client bytes from `request_offset` on, already received.
@@ -206,7 +204,6 @@ impl SessionStart {
         client_isn: u32,
         options: ConnectionOptions,
         client_mss: u16,
-        protected_by: u64,
     ) -> SessionStart {
         SessionStart {
             tuple,
@@ -214,7 +211,6 @@ impl SessionStart {
             client_isn,
             options,
             client_mss,
-            protected_by,
             request_offset: 0,
             request_index: 0,
             pending_request: Vec::new(),
@@ -295,11 +291,17 @@ impl Backend {
     }
 }
 
-/// Runs one client connection to its end.
-pub async fn serve(ctx: Arc<ProxyContext>, client: TcpStream, start: SessionStart) {
+/// Runs one client connection to its end; `protection` is its place in the census, entered by
+/// the caller with the link generation that protects it (0: none).
+pub async fn serve(
+    ctx: Arc<ProxyContext>,
+    client: TcpStream,
+    start: SessionStart,
+    protection: CensusEntry,
+) {
     let tuple = start.tuple;
     ctx.counters.connections.fetch_add(1, Ordering::Relaxed);
-    if start.protected_by == 0 {
+    if protection.generation() == 0 {
         ctx.counters
             .connections_unprotected
             .fetch_add(1, Ordering::Relaxed);
@@ -316,10 +318,10 @@ pub async fn serve(ctx: Arc<ProxyContext>, client: TcpStream, start: SessionStar
         client_isn: start.client_isn,
         options: start.options,
         client_mss: start.client_mss,
-        adoption: AdoptionTrigger::new(ctx.gate.adoption_notice()),
+        adoption: AdoptionTrigger::new(ctx.gate.adoption_notice(), ctx.census.watch_disownings()),
         adoption_ack: None,
         retains: ctx.gate.adopts(),
-        protection: ctx.census.enter(start.tuple, start.protected_by),
+        protection,
         framer: RequestFramer::starting_at(ctx.limits, start.request_offset, start.request_index),
         pending: VecDeque::new(),
         held: Vec::new(),
@@ -777,6 +779,12 @@ impl Session {
     /// tried again a little later; one that never can (a half-closed client) only when another
     /// backup joins.
     fn try_adoption(&mut self, writing: Option<&[u8]>) {
+        if self.protection.take_disowned() {
+            tracing::debug!(
+                "{}: the backup never saw this connection open: it is handed over",
+                self.tuple
+            );
+        }
         let generation = self.ctx.gate.adoption_generation();
         if generation == 0 || generation == self.protection.generation() {
             self.adoption.settled();
@@ -1701,19 +1709,25 @@ impl Session {
 const RETAINED_TRIM_INTERVAL: Duration = Duration::from_millis(50);
 
 /// When a session offers its connection to a backup that joined after it opened: at once when
-/// the gate's adoption generation changes, and again later when a hand-over had to wait.
+/// the gate's adoption generation changes or the backup disowns sessions, and again later when
+/// a hand-over had to wait.
 struct AdoptionTrigger {
     notice: Option<watch::Receiver<u64>>,
+    disownings: watch::Receiver<u64>,
     retry_at: Option<tokio::time::Instant>,
     backoff: Duration,
 }
 
 impl AdoptionTrigger {
-    fn new(notice: Option<watch::Receiver<u64>>) -> AdoptionTrigger {
+    fn new(
+        notice: Option<watch::Receiver<u64>>,
+        disownings: watch::Receiver<u64>,
+    ) -> AdoptionTrigger {
         AdoptionTrigger {
             // A backup may have joined before the session subscribed: it looks once at once.
             retry_at: notice.is_some().then(tokio::time::Instant::now),
             notice,
+            disownings,
             backoff: ADOPTION_RETRY_FIRST,
         }
     }
@@ -1737,9 +1751,15 @@ impl AdoptionTrigger {
                 None => std::future::pending().await,
             }
         };
+        let disowning = async {
+            if self.disownings.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
         tokio::select! {
             () = retry => {}
             () = notice => {}
+            () = disowning => {}
         }
         self.retry_at = None;
     }

@@ -271,8 +271,6 @@ fn resume(ctx: Arc<ProxyContext>, stream: std::net::TcpStream, plan: ResumePlan)
         client_isn: plan.client_isn,
         options: plan.options,
         client_mss: plan.restore.mss,
-        // No backup yet: one that joins later adopts the connection, wherever it stands.
-        protected_by: 0,
         request_offset: plan.request_offset,
         request_index: plan.next_request_index,
         pending_request: plan.pending_request_bytes,
@@ -281,9 +279,11 @@ fn resume(ctx: Arc<ProxyContext>, stream: std::net::TcpStream, plan: ResumePlan)
         cut_reply: plan.cut_reply,
         close_after_reply: plan.close_after_reply,
     };
+    // No backup yet: one that joins later adopts the connection, wherever it stands.
+    let protection = ctx.census.enter(tuple, 0);
     tokio::spawn(async move {
         match tokio::net::TcpStream::from_std(stream) {
-            Ok(stream) => proxy::serve(ctx, stream, start).await,
+            Ok(stream) => proxy::serve(ctx, stream, start, protection).await,
             Err(e) => tracing::warn!("takeover: registering {tuple}: {e}"),
         }
     });
