@@ -38,6 +38,10 @@ pub const DEFAULT_PORT: u16 = 7410;
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/steadfast/steadfast.sock";
 const DEFAULT_GROUP_NAME: &str = "steadfast";
 const DEFAULT_INTERFACE: &str = "eth0";
+/// How long a duplex primary waits on a silent replication stream by default: well above
+/// TCP's retransmission timeouts on a LAN, well below what a client would take for a hang.
+pub const DEFAULT_REPLICATION_STALL_MS: u64 = 1_000;
+const REPLICATION_STALL_RANGE_MS: std::ops::RangeInclusive<u64> = 200..=600_000;
 
 /// One node's configuration, validated.
 ///
@@ -71,6 +75,12 @@ pub struct Group {
     /// before a member without them stands against it (see `ElectionConfig::holder_grace`).
     #[serde(rename = "holder_grace_ms", serialize_with = "millis_number")]
     pub holder_grace: Duration,
+    /// Duplex: how long the primary waits for its backup to acknowledge a replication frame
+    /// (or the stream's TCP to deliver) before it declares the backup lost and serves without
+    /// it, as after a backup crash. Bounds a client's stall when only the replication path
+    /// breaks while the heartbeats still pass.
+    #[serde(rename = "replication_stall_ms", serialize_with = "millis_number")]
+    pub replication_stall: Duration,
     pub preempt: bool,
     pub two_node: bool,
     #[serde(rename = "member")]
@@ -398,6 +408,7 @@ struct RawGroup {
     heartbeat_interval_ms: Option<Spanned<u64>>,
     miss_count: Option<Spanned<u32>>,
     holder_grace_ms: Option<Spanned<u64>>,
+    replication_stall_ms: Option<Spanned<u64>>,
     preempt: Option<bool>,
     two_node: Option<bool>,
     #[serde(default)]
@@ -835,6 +846,26 @@ fn build(
             ),
         );
     }
+    let replication_stall_ms = g
+        .replication_stall_ms
+        .as_ref()
+        .map_or(DEFAULT_REPLICATION_STALL_MS, |s| *s.get_ref());
+    if let Some(s) = g
+        .replication_stall_ms
+        .as_ref()
+        .filter(|s| !REPLICATION_STALL_RANGE_MS.contains(s.get_ref()))
+    {
+        report.add(
+            s.span(),
+            "group.replication_stall_ms",
+            format!(
+                "must be from {} to {} (TCP's shortest retransmission timeout is 200 ms: a \
+                 shorter bound would drop the backup for one lost segment)",
+                REPLICATION_STALL_RANGE_MS.start(),
+                REPLICATION_STALL_RANGE_MS.end()
+            ),
+        );
+    }
     let port = g.port.as_ref().map_or(DEFAULT_PORT, |s| *s.get_ref());
     if let Some(s) = g.port.as_ref().filter(|s| *s.get_ref() == 0) {
         report.add(s.span(), "group.port", "must be from 1 to 65535");
@@ -1144,6 +1175,7 @@ fn build(
             heartbeat_interval: Duration::from_millis(heartbeat_ms),
             miss_count,
             holder_grace: Duration::from_millis(holder_grace_ms),
+            replication_stall: Duration::from_millis(replication_stall_ms),
             preempt: g.preempt.unwrap_or(false),
             two_node,
             members,

@@ -205,6 +205,12 @@ fn each_rule_names_field_and_line() {
             "holder_grace_ms = 59",
             "group.holder_grace_ms",
         ),
+        (
+            "miss_count = 3",
+            "miss_count = 3\nreplication_stall_ms = 199",
+            "replication_stall_ms = 199",
+            "group.replication_stall_ms",
+        ),
         ("rise = 1", "rise = 0", "rise = 0", "health_check[1].rise"),
         (
             "command = [\"/bin/true\"]",
@@ -424,6 +430,7 @@ command = ["/bin/hook"]
     assert_eq!(DEFAULT_MISS_COUNT, 3);
     // Ten leases of 3 × 50 ms.
     assert_eq!(cfg.group.holder_grace, Duration::from_millis(1500));
+    assert_eq!(cfg.group.replication_stall, Duration::from_millis(1000));
     assert!(!cfg.group.preempt && !cfg.group.two_node);
     assert_eq!(cfg.services[0].interface, "eth0");
     assert_eq!(cfg.services[0].mode, Mode::Duplex);

@@ -189,6 +189,9 @@ fn config() -> impl Strategy<Value = Config> {
                             miss_count,
                             holder_grace: heartbeat_interval * miss_count
                                 + Duration::from_millis(grace_beyond_lease),
+                            replication_stall: Duration::from_millis(
+                                200 + grace_beyond_lease % 10_000,
+                            ),
                             preempt,
                             two_node,
                             members: members.clone(),
@@ -248,6 +251,7 @@ fn a_witness_file_round_trips_without_services() {
             heartbeat_interval: Duration::from_millis(10),
             miss_count: 4,
             holder_grace: Duration::from_millis(400),
+            replication_stall: Duration::from_millis(750),
             preempt: true,
             two_node: false,
             members: vec![

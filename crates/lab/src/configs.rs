@@ -42,6 +42,7 @@ pub(crate) struct GroupPlan<'a> {
     pub witness: bool,
     pub mode: Mode,
     pub heartbeat_ms: Option<u32>,
+    pub replication_stall_ms: Option<u32>,
     pub stream_replies_above: Option<u64>,
     pub gratuitous_arp: Option<(u32, u32)>,
 }
@@ -62,6 +63,9 @@ pub(crate) fn voter_config(plan: &GroupPlan<'_>, voter: Host) -> String {
     let _ = writeln!(text, "auth_key_file = \"key\"");
     if let Some(ms) = plan.heartbeat_ms {
         let _ = writeln!(text, "heartbeat_interval_ms = {ms}");
+    }
+    if let Some(ms) = plan.replication_stall_ms {
+        let _ = writeln!(text, "replication_stall_ms = {ms}");
     }
     // Two members without a witness would be refused by validation; a lab built that way asks
     // for it, so it gets the explicit split-brain opt-in (the daemon warns at start).
@@ -135,6 +139,7 @@ mod tests {
             witness,
             mode: Mode::Unreplicated,
             heartbeat_ms: Some(10),
+            replication_stall_ms: None,
             stream_replies_above: None,
             gratuitous_arp: None,
         }

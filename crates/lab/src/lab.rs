@@ -178,6 +178,7 @@ fn build(
         witness: opts.witness,
         mode: opts.mode,
         heartbeat_ms: opts.heartbeat_ms,
+        replication_stall_ms: opts.replication_stall_ms,
         stream_replies_above: opts.stream_replies_above,
         gratuitous_arp: opts.gratuitous_arp,
     };

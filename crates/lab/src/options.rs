@@ -102,6 +102,8 @@ pub struct UpOptions {
     pub backend: BackendKind,
     /// `group.heartbeat_interval_ms` in the node configs; `None` keeps the daemon's default.
     pub heartbeat_ms: Option<u32>,
+    /// `group.replication_stall_ms` in the node configs; `None` keeps the daemon's default.
+    pub replication_stall_ms: Option<u32>,
     /// `service.stream_replies_above` in the node configs (duplex and simplex: longer replies
     /// are logged and sent in pieces); `None` keeps the daemon's default.
     pub stream_replies_above: Option<u64>,
@@ -128,6 +130,7 @@ impl UpOptions {
             mode: Mode::Unreplicated,
             backend: BackendKind::Builtin,
             heartbeat_ms: None,
+            replication_stall_ms: None,
             stream_replies_above: None,
             gratuitous_arp: None,
             steadfast_exe: steadfast_exe.into(),

@@ -1018,6 +1018,7 @@ fn plane_status(mode: &str, shared: &crate::plane::PlaneShared) -> crate::status
         replication_frames_refused: c.replication_frames_refused.load(Relaxed),
         replication_old_epoch: c.replication_old_epoch.load(Relaxed),
         handshakes_refused: c.handshakes_refused.load(Relaxed),
+        replication_stalls: c.replication_stalls.load(Relaxed),
         stale_link_attempts: c.stale_link_attempts.load(Relaxed),
         opened_unlogged: c.opened_unlogged.load(Relaxed),
         forged_frames: c.forged_frames.load(Relaxed),

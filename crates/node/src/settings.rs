@@ -37,6 +37,8 @@ pub struct Settings {
     pub port: u16,
     pub key: AuthKey,
     pub election: ElectionConfig,
+    /// See `Group::replication_stall`.
+    pub replication_stall: Duration,
     pub voters: BTreeMap<NodeId, Ipv4Addr>,
     pub local_address: Ipv4Addr,
     pub services: Vec<ServiceSettings>,
@@ -124,6 +126,7 @@ impl Settings {
             node_id: cfg.node_id,
             group_name: cfg.group.name.clone(),
             port: cfg.group.port,
+            replication_stall: cfg.group.replication_stall,
             key,
             voters,
             local_address,
@@ -185,6 +188,7 @@ impl Settings {
             key: self.key.clone(),
             local_address: self.local_address,
             replication_port: self.port + crate::plane::REPLICATION_PORT_OFFSET,
+            replication_stall: self.replication_stall,
             members,
             service: crate::plane::PlaneService {
                 name: service.name.clone(),
@@ -212,6 +216,9 @@ impl Settings {
         }
         if self.port != running.port {
             changed.push("group.port");
+        }
+        if self.replication_stall != running.replication_stall {
+            changed.push("group.replication_stall_ms");
         }
         if self.services != running.services {
             changed.push("service");

@@ -160,6 +160,9 @@ pub struct DataPlaneStatus {
     pub replication_frames_refused: u64,
     pub replication_old_epoch: u64,
     pub handshakes_refused: u64,
+    /// Links the primary dropped because its backup left pieces unacknowledged too long.
+    #[serde(default)]
+    pub replication_stalls: u64,
     /// Replication streams refused because the same primary had linked with a later attempt.
     #[serde(default)]
     pub stale_link_attempts: u64,

@@ -1272,6 +1272,160 @@ fn open_connections_through_a_join(
     connections
 }
 
+/// Which way a test cuts the replication stream, at the backup.
+#[derive(Debug, Clone, Copy)]
+enum ReplicationCut {
+    Both,
+    ToBackup,
+    FromBackup,
+}
+
+/// The table in which the test cuts the replication stream.
+const CUT_TABLE: &str = "sftest_cut";
+
+/// Drops the replication stream's segments at `backup`, one way or both (the heartbeats, the
+/// client frames and everything else pass).
+fn cut_replication(lab: &Lab, backup: &str, cut: ReplicationCut) {
+    use steadfast_os::nftables::Verdict;
+    // The lab's group port is the default; the stream runs on the next one.
+    let port = steadfast_core::config::DEFAULT_PORT + 1;
+    let mut batch = Batch::new();
+    batch.add_table(Table::new(Family::Inet, CUT_TABLE));
+    if matches!(cut, ReplicationCut::Both | ReplicationCut::ToBackup) {
+        batch
+            .add_chain(
+                Chain::filter(Family::Inet, CUT_TABLE, "in", Hook::Input, -10, None)
+                    .expect("inet has an input hook"),
+            )
+            .add_rule(
+                RuleBuilder::new(Family::Inet)
+                    .tcp_destination_port(steadfast_os::nftables::PortMatch::One(port))
+                    .verdict(Verdict::Drop)
+                    .build(CUT_TABLE, "in"),
+            );
+    }
+    if matches!(cut, ReplicationCut::Both | ReplicationCut::FromBackup) {
+        batch
+            .add_chain(
+                Chain::filter(Family::Inet, CUT_TABLE, "out", Hook::Output, -10, None)
+                    .expect("inet has an output hook"),
+            )
+            .add_rule(
+                RuleBuilder::new(Family::Inet)
+                    .tcp_source_port(port)
+                    .verdict(Verdict::Drop)
+                    .build(CUT_TABLE, "out"),
+            );
+    }
+    in_host(lab, backup, move || {
+        NftSocket::open()?.apply(&batch, "the test's replication cut")
+    })
+    .unwrap_or_else(|e| panic!("cutting {backup}'s replication stream: {e}"));
+}
+
+fn mend_replication(lab: &Lab, backup: &str) {
+    let mut batch = Batch::new();
+    batch.delete_table(Family::Inet, CUT_TABLE);
+    in_host(lab, backup, move || {
+        NftSocket::open()?.apply(&batch, "removing the test's replication cut")
+    })
+    .unwrap_or_else(|e| panic!("mending {backup}'s replication stream: {e}"));
+}
+
+/// The replication stream alone is cut, both ways and one way at a time, for 2 s each while the
+/// heartbeats pass, under 50 keep-alive clients: the primary waits for its backup at most
+/// `replication_stall_ms`, then serves without it; no request takes longer than that bound plus
+/// 100 ms, none fails, and once the path works again the backup joins and protects every
+/// connection.
+#[test]
+fn a_cut_replication_stream_stalls_no_client_beyond_its_bound() {
+    const STALL_MS: u32 = 300;
+    let lab = Lab::up_with("rc", 2, BackendKind::Builtin, |opts| {
+        opts.mode = Mode::Duplex;
+        opts.witness = true;
+        opts.heartbeat_ms = Some(10);
+        opts.replication_stall_ms = Some(STALL_MS);
+    });
+    let primary = primary_of(&lab);
+    let backup = other_member(&primary);
+    wait_backup_joined(&lab, &primary, 0);
+    let stall = Duration::from_millis(u64::from(STALL_MS));
+    let load = BackgroundLoad::start_with(
+        &lab,
+        LoadOptions {
+            target: lab.target(),
+            duration: Duration::from_secs(60),
+            probes: None,
+            keep_alive: Some(KeepAliveOptions {
+                connections: 50,
+                request_timeout: Duration::from_secs(5),
+                sizes: vec![1024, 10 * 1024],
+                include_uuid: true,
+                commit_sizes: vec![100],
+                pause: Duration::from_millis(5),
+                ..KeepAliveOptions::default()
+            }),
+        },
+    );
+    load.wait_for_successes(0, 200, Duration::from_secs(10), "before the cuts");
+    for (round, cut) in [
+        ReplicationCut::Both,
+        ReplicationCut::ToBackup,
+        ReplicationCut::FromBackup,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let before = lab.daemon_status(&primary)["data_plane"].clone();
+        let stalls_before = before["replication_stalls"].as_u64().unwrap_or(0);
+        let joined_before = before["backups_joined"].as_u64().unwrap_or(0);
+        cut_replication(&lab, &backup, cut);
+        assert!(
+            wait_plane_counter_above(
+                &lab,
+                &primary,
+                "replication_stalls",
+                stalls_before,
+                stall * 3
+            ),
+            "{cut:?}: {primary} should drop the stalled link within {:?}: {}",
+            stall * 3,
+            lab.daemon_status(&primary)["data_plane"]
+        );
+        std::thread::sleep(Duration::from_secs(2));
+        let served = load.successes();
+        load.wait_for_successes(served, 100, Duration::from_secs(5), "during the cut");
+        mend_replication(&lab, &backup);
+        wait_backup_joined(&lab, &primary, joined_before);
+        assert!(
+            common::wait_until(Duration::from_secs(5), || {
+                !lab.daemon_status(&primary)["holds_connections"]
+                    .as_bool()
+                    .unwrap_or(true)
+            }),
+            "{cut:?}: the backup should adopt every connection after the cut: {}",
+            lab.daemon_status(&primary)["data_plane"]
+        );
+        assert_eq!(
+            primary_of(&lab),
+            primary,
+            "round {round}: the primary serves on through the cut"
+        );
+    }
+    let report = load.stop();
+    assert_clean(&report, "replication stream cut three ways");
+    assert_exactly_once(&lab, &report, "replication stream cut three ways");
+    let longest = longest_request(&report);
+    eprintln!(
+        "longest request {longest:?} (bound {stall:?}); {}",
+        lab.daemon_status(&primary)["data_plane"]
+    );
+    assert!(
+        longest <= stall + Duration::from_millis(100),
+        "a request took {longest:?}, beyond the {stall:?} bound plus 100 ms"
+    );
+}
+
 /// Sends `GET path` (asking to close after the reply) from the client namespace, half-closing
 /// the connection after the request when `half_close`, and reads the reply: the body's length,
 /// or the error the read ended with, and when it ended.

@@ -68,6 +68,7 @@ const GROUP: &[Key] = &[
     key("heartbeat_interval_ms", MILLIS),
     key("miss_count", U32),
     key("holder_grace_ms", MILLIS),
+    key("replication_stall_ms", MILLIS),
     key("preempt", Shape::Boolean),
     key("two_node", Shape::Boolean),
     key("member", Shape::Tables(MEMBER)),

@@ -376,6 +376,8 @@ impl BackupParts {
             anyhow::bail!("node {peer_id} wants a backup, but this node is not one now");
         }
         stream.set_nodelay(true)?;
+        super::bound_replication_stalls(&stream, self.settings.replication_stall)
+            .context("bounding the replication stream's stalls")?;
         let mut reader = FrameReader::new();
         let epoch = self.epoch.load(Ordering::Relaxed);
         // A peer that connects and then says nothing (or half a frame) must not hold a task.

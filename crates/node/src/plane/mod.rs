@@ -57,6 +57,9 @@ pub struct PlaneSettings {
     pub key: AuthKey,
     pub local_address: Ipv4Addr,
     pub replication_port: u16,
+    /// How long a replication stream may leave a frame unacknowledged (or its TCP leave data
+    /// undelivered) before the link is dropped.
+    pub replication_stall: Duration,
     /// Every member's address (not the witness: it has no data plane).
     pub members: BTreeMap<NodeId, Ipv4Addr>,
     pub service: PlaneService,
@@ -93,6 +96,9 @@ pub struct PlaneCounters {
     pub replication_frames_refused: AtomicU64,
     pub replication_old_epoch: AtomicU64,
     pub handshakes_refused: AtomicU64,
+    /// Primary: links dropped because the backup left pieces unacknowledged for
+    /// `replication_stall`.
+    pub replication_stalls: AtomicU64,
     /// Backup: replication streams refused because the same primary had already linked with a
     /// later attempt (a late SYN or handshake).
     pub stale_link_attempts: AtomicU64,
@@ -132,6 +138,25 @@ pub struct PlaneCounters {
     pub join_protected_last_ms: AtomicU64,
     pub join_protected_max_ms: AtomicU64,
     pub joins_protected: AtomicU64,
+}
+
+/// Has the kernel end a replication stream whose data stays unacknowledged for twice `stall`
+/// (`TCP_USER_TIMEOUT`, RFC 5482), and probe an idle one every second, so that a path that died
+/// in silence while the heartbeats still pass is found too (keepalive, ended by the same
+/// timeout). Twice: on the primary the link's own watch (`watch_for_stalls`) acts at `stall`;
+/// the kernel's timeout is the backstop, and the backup's only watch.
+pub fn bound_replication_stalls(
+    stream: &tokio::net::TcpStream,
+    stall: Duration,
+) -> std::io::Result<()> {
+    use nix::sys::socket::{setsockopt, sockopt};
+    let set = |e: nix::Error| std::io::Error::from(e);
+    let ms = u32::try_from(stall.as_millis() * 2).unwrap_or(u32::MAX);
+    setsockopt(stream, sockopt::TcpUserTimeout, &ms).map_err(set)?;
+    setsockopt(stream, sockopt::KeepAlive, &true).map_err(set)?;
+    setsockopt(stream, sockopt::TcpKeepIdle, &1).map_err(set)?;
+    setsockopt(stream, sockopt::TcpKeepInterval, &1).map_err(set)?;
+    Ok(())
 }
 
 /// Shared by the plane's tasks and read by the daemon for `status`.

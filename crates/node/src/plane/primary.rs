@@ -2,7 +2,7 @@
 //! channel (the gate that waits for the backup's acknowledgements).
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -35,7 +35,9 @@ struct Link {
     frames: mpsc::UnboundedSender<Vec<u8>>,
     acks: watch::Receiver<AckState>,
     epoch: u64,
-    next_seq: u64,
+    /// The number of the last piece queued (numbers are given under the gate lock); shared
+    /// with the link task, which watches how long the backup leaves pieces unacknowledged.
+    last_queued: Arc<AtomicU64>,
 }
 
 /// The gate of a duplex primary: with a backup, pieces go to it and the client waits for the
@@ -98,11 +100,11 @@ impl ReplicatedGate {
     ) -> Option<(u64, watch::Receiver<AckState>)> {
         let mut guard = self.link.lock().expect("gate lock");
         let link = guard.as_mut()?;
-        let seq = link.next_seq + 1;
+        let seq = link.last_queued.load(Ordering::Relaxed) + 1;
         if !link.queue(&frame(seq)) {
             return None;
         }
-        link.next_seq = seq;
+        link.last_queued.store(seq, Ordering::Relaxed);
         Some((seq, link.acks.clone()))
     }
 }
@@ -177,7 +179,7 @@ impl ReplyGate for ReplicatedGate {
         for frame in encoded {
             link.frames.send(frame).ok()?;
         }
-        let seq = link.next_seq + 1;
+        let seq = link.last_queued.load(Ordering::Relaxed) + 1;
         let queued = link.queue(&ReplicationFrame::Adopt {
             seq,
             tuple: a.tuple,
@@ -196,7 +198,7 @@ impl ReplyGate for ReplicatedGate {
         if !queued {
             return None;
         }
-        link.next_seq = seq;
+        link.last_queued.store(seq, Ordering::Relaxed);
         Some(AckWaiter {
             seq,
             acks: link.acks.clone(),
@@ -956,6 +958,8 @@ async fn run_link(
             .await
             .with_context(|| format!("connecting to backup {} at {target}", peer.id))?;
         stream.set_nodelay(true)?;
+        super::bound_replication_stalls(&stream, settings.replication_stall)
+            .context("bounding the replication stream's stalls")?;
         let mut reader = FrameReader::new();
         backup::handshake(
             &mut stream,
@@ -983,13 +987,19 @@ async fn run_link(
     .with_context(|| format!("backup {} did not start its logger in time", peer.id))??;
     let (frames_tx, mut frames_rx) = mpsc::unbounded_channel::<Vec<u8>>();
     let (ack_tx, ack_rx) = watch::channel(AckState::default());
+    let last_queued = Arc::new(AtomicU64::new(0));
+    let stall_watch = watch_for_stalls(
+        settings.replication_stall,
+        last_queued.clone(),
+        ack_tx.subscribe(),
+    );
     let link = Link {
         generation,
         guarded: false,
         frames: frames_tx,
         acks: ack_rx,
         epoch,
-        next_seq: 0,
+        last_queued,
     };
     let _ = events.send(LinkEvent::Ready {
         generation,
@@ -997,6 +1007,7 @@ async fn run_link(
         link,
         ack_tx: ack_tx.clone(),
     });
+    let shared_at_stall = shared.clone();
     let (mut read_half, mut write_half) = stream.into_split();
     let writer = async move {
         let mut batch = Vec::new();
@@ -1061,14 +1072,143 @@ async fn run_link(
     tokio::select! {
         result = writer => result.context("writing to the backup")?,
         result = acks => result?,
+        stalled = stall_watch => {
+            shared_at_stall
+                .counters
+                .replication_stalls
+                .fetch_add(1, Ordering::Relaxed);
+            anyhow::bail!(
+                "backup {} acknowledged nothing for {stalled:?} while pieces waited",
+                peer.id
+            )
+        }
     }
     anyhow::bail!("the replication stream to backup {} ended", peer.id)
+}
+
+/// Resolves once pieces have waited `stall` for an acknowledgement without any coming (the
+/// backup or the path to it is stuck while its heartbeats may still pass), with how long
+/// they waited. Looked at twenty times per `stall`, so it fires within `stall * 21 / 20`.
+async fn watch_for_stalls(
+    stall: Duration,
+    last_queued: Arc<AtomicU64>,
+    acks: watch::Receiver<AckState>,
+) -> Duration {
+    let mut tick = tokio::time::interval(stall / 20);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut watched = StallWatch::default();
+    loop {
+        tick.tick().await;
+        let acked = acks.borrow().acked;
+        let queued = last_queued.load(Ordering::Relaxed);
+        if watched.look(Instant::now(), queued, acked, stall).is_some() {
+            // Acknowledgements that came while this task was not polled may sit unread: the
+            // link's reader, polled beside this watch, takes them before it is called a stall.
+            tokio::task::yield_now().await;
+            let acked = acks.borrow().acked;
+            let queued = last_queued.load(Ordering::Relaxed);
+            if let Some(waited) = watched.look(Instant::now(), queued, acked, stall) {
+                return waited;
+            }
+        }
+    }
+}
+
+/// Whether pieces have waited too long for the backup: the oldest look that saw pieces waiting
+/// with no acknowledgement since.
+#[derive(Debug, Default)]
+struct StallWatch {
+    acked: u64,
+    waiting_since: Option<Instant>,
+    last_look: Option<Instant>,
+}
+
+impl StallWatch {
+    /// One look at `now`: the last piece queued and the last one acknowledged. Returns how long
+    /// pieces have waited once that reaches `stall`.
+    fn look(&mut self, now: Instant, queued: u64, acked: u64, stall: Duration) -> Option<Duration> {
+        // A look long after the last one: this process did not run meanwhile (paused, starved),
+        // and the acknowledgements that came may not have been read yet. Its own silence is not
+        // the backup's: the wait starts again.
+        let resumed = self
+            .last_look
+            .replace(now)
+            .is_some_and(|last| now.saturating_duration_since(last) > stall / 4);
+        if acked >= queued || acked > self.acked || resumed {
+            // Nothing waits, or the backup is moving: the wait starts again.
+            self.acked = acked;
+            self.waiting_since = (acked < queued).then_some(now);
+            return None;
+        }
+        let since = *self.waiting_since.get_or_insert(now);
+        let waited = now.saturating_duration_since(since);
+        (waited >= stall).then_some(waited)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use steadfast_core::replication_wire::FrameReader;
+
+    /// The watch fires only after pieces waited a whole `stall` with no acknowledgement: any
+    /// acknowledgement starts the wait again, nothing waiting is never a stall, and neither is
+    /// a time this process itself did not run.
+    #[test]
+    fn a_stall_is_a_wait_with_no_acknowledgement() {
+        let stall = Duration::from_millis(800);
+        let base = Instant::now();
+        let after = |ms: u64| base + Duration::from_millis(ms);
+        // Looks every 100 ms from `from` to `to` (inclusive) with the same numbers.
+        let looks = |watch: &mut StallWatch, from: u64, to: u64, queued: u64, acked: u64| {
+            (from..=to)
+                .step_by(100)
+                .map(|ms| watch.look(after(ms), queued, acked, stall))
+                .collect::<Vec<_>>()
+        };
+        let mut watch = StallWatch::default();
+        assert!(
+            looks(&mut watch, 0, 1_000, 3, 3)
+                .iter()
+                .all(Option::is_none),
+            "all held"
+        );
+        assert!(
+            looks(&mut watch, 1_100, 1_800, 5, 3)
+                .iter()
+                .all(Option::is_none),
+            "pieces waited 700 ms"
+        );
+        assert_eq!(
+            watch.look(after(1_850), 6, 4, stall),
+            None,
+            "an acknowledgement: the wait starts again"
+        );
+        assert!(looks(&mut watch, 1_900, 2_600, 6, 4)
+            .iter()
+            .all(Option::is_none));
+        assert_eq!(
+            watch.look(after(2_650), 7, 4, stall),
+            Some(Duration::from_millis(800)),
+            "800 ms with pieces waiting and none acknowledged"
+        );
+
+        let mut paused = StallWatch::default();
+        assert!(looks(&mut paused, 0, 500, 5, 3).iter().all(Option::is_none));
+        assert_eq!(
+            paused.look(after(2_500), 5, 3, stall),
+            None,
+            "no look for 2 s: this process did not run, the acknowledgements may be unread"
+        );
+        assert!(looks(&mut paused, 2_600, 3_200, 5, 3)
+            .iter()
+            .all(Option::is_none));
+        assert_eq!(
+            paused.look(after(3_300), 5, 3, stall),
+            Some(Duration::from_millis(800)),
+            "800 ms since the pause"
+        );
+    }
 
     /// Many sessions log pieces at once: the frames reach the backup in the order of their
     /// numbers, or a cumulative acknowledgement would release a piece the backup lacks.
@@ -1083,7 +1223,7 @@ mod tests {
             frames: frames_tx,
             acks: ack_rx,
             epoch: 7,
-            next_seq: 0,
+            last_queued: Arc::default(),
         });
         let tuple = FourTuple {
             client: "10.0.0.2:40000".parse().expect("an address"),

@@ -243,6 +243,14 @@ impl RuleBuilder {
         self
     }
 
+    /// `tcp sport PORT`
+    pub fn tcp_source_port(mut self, port: u16) -> Self {
+        self.need_tcp();
+        self.load_payload(PayloadBase::Transport, 0, 2);
+        self.compare(CmpOp::Equal, port.to_be_bytes().to_vec());
+        self
+    }
+
     /// `counter`
     pub fn counter(mut self) -> Self {
         self.push(Expr::Counter {
