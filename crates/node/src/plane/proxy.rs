@@ -36,6 +36,10 @@ const POOL_IDLE_LIMIT: Duration = Duration::from_secs(2);
 const POOL_MAX_IDLE: usize = 256;
 /// How long a connection to a server that may have crashed is waited for.
 const SERVER_PROBE_LIMIT: Duration = Duration::from_millis(500);
+/// How long a connection the server accepted must stay open to show that the server lives: a
+/// killed server's sockets close one after another, and its listener may complete a handshake
+/// before it goes (the connection is then reset).
+const SERVER_PROBE_SETTLE: Duration = Duration::from_millis(50);
 const READ_CHUNK: usize = 64 * 1024;
 /// How long the server has to answer a request the proxy cannot frame (see
 /// `Session::answer_framing_error`).
@@ -141,13 +145,25 @@ impl BackendPool {
     /// Whether the server accepts a new connection (within [`SERVER_PROBE_LIMIT`]); the
     /// connection then waits in the pool for the next request.
     async fn server_accepts(&self) -> bool {
-        match tokio::time::timeout(SERVER_PROBE_LIMIT, TcpStream::connect(self.address)).await {
-            Ok(Ok(stream)) => {
+        let connected =
+            tokio::time::timeout(SERVER_PROBE_LIMIT, TcpStream::connect(self.address)).await;
+        let Ok(Ok(stream)) = connected else {
+            return false;
+        };
+        tokio::time::sleep(SERVER_PROBE_SETTLE).await;
+        let mut byte = [0u8; 1];
+        let flags = nix::sys::socket::MsgFlags::MSG_PEEK | nix::sys::socket::MsgFlags::MSG_DONTWAIT;
+        match nix::sys::socket::recv(stream.as_raw_fd(), &mut byte, flags) {
+            // Open, with nothing to say: a live server.
+            Err(nix::errno::Errno::EAGAIN) => {
                 let _ = stream.set_nodelay(true);
                 self.put(stream);
                 true
             }
-            _ => false,
+            // Reset or closed at once: a server on its way down.
+            Ok(0) | Err(_) => false,
+            // It speaks unasked: alive, but the connection is not one to reuse.
+            Ok(_) => true,
         }
     }
 
