@@ -16,7 +16,7 @@ pub mod takeover;
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -173,6 +173,8 @@ pub struct PlaneShared {
     pub unprotected_now: AtomicU64,
     /// Set once at start; read without a lock (the daemon's realtime thread reads it).
     pub proxy: std::sync::OnceLock<Arc<ProxyContext>>,
+    /// Set while a takeover rebuilds connections, until their sessions are counted.
+    pub taking_over: AtomicBool,
 }
 
 impl PlaneShared {
@@ -245,13 +247,17 @@ impl PlaneHandle {
     /// protect (none joined yet, or it has not adopted them all): electing another node would
     /// drop them, so the election ranks this node first. Never in simplex: no backup ever
     /// protects its connections, so the rank would only block preemption for good.
+    /// A takeover under way counts: the connections it rebuilds are in no census yet, and a
+    /// lapse of this node's lease before they are would hand the service to a node that holds
+    /// none of them.
     pub fn carries_unprotected_connections(&self) -> bool {
         self.duplex
-            && self
-                .shared
-                .proxy
-                .get()
-                .is_some_and(|proxy| proxy.census.carries_unprotected())
+            && (self.shared.taking_over.load(Ordering::Relaxed)
+                || self
+                    .shared
+                    .proxy
+                    .get()
+                    .is_some_and(|proxy| proxy.census.carries_unprotected()))
     }
 }
 

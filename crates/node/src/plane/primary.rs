@@ -537,11 +537,13 @@ impl Duplex {
         if let Err(e) = self.garp.announce_once(self.vip()) {
             tracing::warn!("takeover: gratuitous ARP for {}: {e}", self.vip());
         }
+        self.shared.taking_over.store(true, Ordering::Relaxed);
         let (probed, answered) = self.backup.refresh_acknowledgements();
         let probed_at = started.elapsed();
         let frozen = self.backup.freeze();
         if frozen.state.table.is_none() {
             // This node never protected anybody: nothing to carry over.
+            self.shared.taking_over.store(false, Ordering::Relaxed);
             self.backup.release_held_frames();
             return;
         }
@@ -551,6 +553,8 @@ impl Duplex {
         self.place_vip(true, false).await;
         let vip_at = started.elapsed();
         let mut report = super::takeover::resume_all(rebuilt, self.proxy.clone(), &self.shared);
+        // The resumed sessions are in the census now (entered before their tasks start).
+        self.shared.taking_over.store(false, Ordering::Relaxed);
         self.backup.release_held_frames();
         report.rebuild_time = started.elapsed() - frozen_at;
         self.announce();
