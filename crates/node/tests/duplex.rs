@@ -628,6 +628,14 @@ fn frames_sent_straight_to_the_primary_never_reach_it_unlogged() {
         256 * 1024,
         "the download before the crash",
     );
+    // In flight means sent and not acknowledged: the reply bytes wait in the primary's send
+    // queue (the client reads slower than the proxy writes, unless the primary falls behind
+    // for a moment on a loaded host).
+    assert!(
+        common::wait_until(Duration::from_secs(5), || reply_queued_at(&lab, &primary)
+            > 0),
+        "{primary} holds no reply bytes for the downloading client"
+    );
     client_neighbour_names(&lab, &mac, "stale");
     let backup = other_member(&primary);
     steadfast_lab::crash(lab.name(), &primary, CrashKind::Host).expect("crash");
@@ -658,6 +666,21 @@ fn frames_sent_straight_to_the_primary_never_reach_it_unlogged() {
         after["probes_unanswered"], 0,
         "every client answered the takeover's probes: {after}"
     );
+}
+
+/// Bytes the kernel of `host` holds in the send queues of its connections from the VIP's port
+/// (`ss`'s Send-Q, summed).
+fn reply_queued_at(lab: &Lab, host: &str) -> u64 {
+    let namespace = format!("{}-{host}", lab.name());
+    let source = format!("{}:{}", lab.info.vip, lab.info.port);
+    run_in(
+        &namespace,
+        "ss",
+        &["-Htn", "state", "established", "src", source.as_str()],
+    )
+    .lines()
+    .filter_map(|line| line.split_whitespace().nth(1)?.parse::<u64>().ok())
+    .sum()
 }
 
 /// Points the client's ARP entry for the VIP at `mac`, in state `nud`.
