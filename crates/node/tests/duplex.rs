@@ -2430,6 +2430,22 @@ fn exchanges_survive_a_crash_a_heal_and_a_second_crash(
             first.primary,
             lab.daemon_status(&serving)["data_plane"]
         );
+        // Then the node it replaced is its backup anew and must take every connection over
+        // again (a download's hand-over carries megabytes): the second crash is meant for a
+        // protected primary, so it waits until that backup itself holds them all. A crash
+        // inside that moment loses the connections not yet handed over (see the closing
+        // note of 2026-12-06).
+        let backup = other_member(&serving);
+        let held = common::wait_until(Duration::from_secs(5), || {
+            let open = lab.daemon_status(&serving)["data_plane"]["sessions_open"]
+                .as_u64()
+                .unwrap_or(u64::MAX);
+            lab.daemon_status(&backup)["data_plane"]["protected_connections"]
+                .as_u64()
+                .unwrap_or(0)
+                >= open
+        });
+        eprintln!("{backup} holds every connection of {serving}: {held}");
     }
     let second = fail_over(&lab, &serving, CrashKind::Host, 1);
     let takeover = second.takeover_done(&lab);
