@@ -1314,31 +1314,28 @@ fn cut_replication(lab: &Lab, backup: &str, cut: ReplicationCut) {
     let port = steadfast_core::config::DEFAULT_PORT + 1;
     let mut batch = Batch::new();
     batch.add_table(Table::new(Family::Inet, CUT_TABLE));
-    if matches!(cut, ReplicationCut::Both | ReplicationCut::ToBackup) {
+    let mut drop_in = |chain: &str, hook: Hook, rule: RuleBuilder| {
         batch
             .add_chain(
-                Chain::filter(Family::Inet, CUT_TABLE, "in", Hook::Input, -10, None)
-                    .expect("inet has an input hook"),
+                Chain::filter(Family::Inet, CUT_TABLE, chain, hook, -10, None)
+                    .expect("inet has input and output hooks"),
             )
-            .add_rule(
-                RuleBuilder::new(Family::Inet)
-                    .tcp_destination_port(steadfast_os::nftables::PortMatch::One(port))
-                    .verdict(Verdict::Drop)
-                    .build(CUT_TABLE, "in"),
-            );
+            .add_rule(rule.verdict(Verdict::Drop).build(CUT_TABLE, chain));
+    };
+    if matches!(cut, ReplicationCut::Both | ReplicationCut::ToBackup) {
+        let to_port = steadfast_os::nftables::PortMatch::One(port);
+        drop_in(
+            "in",
+            Hook::Input,
+            RuleBuilder::new(Family::Inet).tcp_destination_port(to_port),
+        );
     }
     if matches!(cut, ReplicationCut::Both | ReplicationCut::FromBackup) {
-        batch
-            .add_chain(
-                Chain::filter(Family::Inet, CUT_TABLE, "out", Hook::Output, -10, None)
-                    .expect("inet has an output hook"),
-            )
-            .add_rule(
-                RuleBuilder::new(Family::Inet)
-                    .tcp_source_port(port)
-                    .verdict(Verdict::Drop)
-                    .build(CUT_TABLE, "out"),
-            );
+        drop_in(
+            "out",
+            Hook::Output,
+            RuleBuilder::new(Family::Inet).tcp_source_port(port),
+        );
     }
     in_host(lab, backup, move || {
         NftSocket::open()?.apply(&batch, "the test's replication cut")
