@@ -286,6 +286,14 @@ impl CensusEntry {
         disowned
     }
 
+    /// The session was handed to the backup of `generation`, which has not yet said it holds
+    /// it: its replies are logged there from now on, but the census counts it protected only
+    /// once [`CensusEntry::protected_by`] confirms. Counted earlier, a primary would tell the
+    /// election that a backup which might still lose the hand-over holds all it carries.
+    pub fn handed_to(&mut self, generation: u64) {
+        self.generation = generation;
+    }
+
     /// The session is protected by `generation` from now on (adopted by a backup that joined).
     /// The census's own record is counted from, not `self.generation`: a disowning may have
     /// changed it since the session last looked.
@@ -349,6 +357,28 @@ mod tests {
         assert_eq!(census.open(), 0);
         assert_eq!(unprotected(&census, 0), 0);
         assert!(census.unprotected_connections(0).is_empty());
+    }
+
+    #[test]
+    fn a_hand_over_counts_only_once_the_backup_holds_it() {
+        let census = Arc::new(SessionCensus::default());
+        census.link_changed(3);
+        let mut a = census.enter(tuple(1), 0);
+        a.handed_to(3);
+        assert_eq!(
+            a.generation(),
+            3,
+            "its replies are logged to link 3 from now on"
+        );
+        assert!(
+            census.carries_unprotected(),
+            "the backup has not answered yet"
+        );
+        assert_eq!(census.unprotected_connections(3), vec![tuple(1)]);
+        a.protected_by(3);
+        assert!(!census.carries_unprotected(), "the backup holds it");
+        drop(a);
+        assert_eq!(census.open(), 0);
     }
 
     #[test]

@@ -418,7 +418,7 @@ struct Session {
     /// The backup's acknowledgement of the latest hand-over: until it comes no client byte is
     /// read, so that what passes the backup meanwhile stays within one receive window (the
     /// backup keeps that much to replay into the adopted image).
-    adoption_ack: Option<AckWaiter>,
+    adoption_ack: Option<PendingAdoption>,
     /// The gate can hand connections over: unlogged reply bytes are kept until acknowledged.
     retains: bool,
     /// The gate generation that protects this connection (0: none), counted in the census.
@@ -546,12 +546,7 @@ impl Session {
                     return self.refuse_ourselves(error).await;
                 }
                 () = self.adoption.due() => self.try_adoption(None),
-                held = wait_for_ack(self.adoption_ack.as_mut()) => {
-                    self.adoption_ack = None;
-                    if !held {
-                        tracing::debug!("{}: the backup was lost before it held the hand-over", self.tuple);
-                    }
-                }
+                held = wait_for_adoption_ack(self.adoption_ack.as_mut()) => self.adoption_answered(held),
                 () = tokio::time::sleep(RETAINED_TRIM_INTERVAL), if !self.retained.is_empty() => {
                     self.trim_retained();
                 }
@@ -827,6 +822,22 @@ impl Session {
         }
     }
 
+    /// The backup answered the latest hand-over: it holds the connection (`held`), or it was
+    /// lost first and the connection stays unprotected until another backup adopts it.
+    fn adoption_answered(&mut self, held: bool) {
+        let Some(pending) = self.adoption_ack.take() else {
+            return;
+        };
+        if held {
+            self.protection.protected_by(pending.generation);
+        } else {
+            tracing::debug!(
+                "{}: the backup was lost before it held the hand-over",
+                self.tuple
+            );
+        }
+    }
+
     fn adopt(&mut self, generation: u64, writing: Option<&[u8]>) -> Result<(), HandoverWait> {
         self.trim_retained();
         let unreadable = |what: &str, e: steadfast_os::repair::RepairError| {
@@ -888,8 +899,8 @@ impl Session {
         let Some(ack) = self.ctx.gate.adopt(adoption) else {
             return Err(HandoverWait::Inconsistent("the backup link went away"));
         };
-        self.protection.protected_by(generation);
-        self.adoption_ack = Some(ack);
+        self.protection.handed_to(generation);
+        self.adoption_ack = Some(PendingAdoption { ack, generation });
         let counters = &self.ctx.counters;
         counters.adopted.fetch_add(1, Ordering::Relaxed);
         if in_reply {
@@ -1704,6 +1715,7 @@ impl Session {
             tokio::select! {
                 biased;
                 () = self.adoption.due() => self.try_adoption(Some(bytes)),
+                held = wait_for_adoption_ack(self.adoption_ack.as_mut()) => self.adoption_answered(held),
                 result = self.client.write(&bytes[written..]) => {
                     let n = result.map_err(|e| SessionEnd::Client(self.tuple, e))?;
                     if n == 0 {
@@ -1794,9 +1806,16 @@ impl AdoptionTrigger {
 }
 
 /// Resolves with the backup's answer to a hand-over; never without one.
-async fn wait_for_ack(ack: Option<&mut AckWaiter>) -> bool {
-    match ack {
-        Some(ack) => ack.held().await,
+/// A hand-over sent to the backup and not yet answered.
+struct PendingAdoption {
+    ack: AckWaiter,
+    /// The link generation it was sent on, which protects the session once the backup holds it.
+    generation: u64,
+}
+
+async fn wait_for_adoption_ack(pending: Option<&mut PendingAdoption>) -> bool {
+    match pending {
+        Some(pending) => pending.ack.held().await,
         None => std::future::pending().await,
     }
 }
