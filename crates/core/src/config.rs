@@ -184,11 +184,29 @@ pub struct Service {
     /// Replies up to this many bytes are logged whole before their first byte is sent; longer
     /// ones are logged and sent in pieces (simplex, duplex; invariant I2).
     pub stream_replies_above: u64,
+    /// Simplex and duplex: how long the proxy waits for a request head to complete once its
+    /// first byte came (answered 408 after that; nginx's `client_header_timeout`, HAProxy's
+    /// `timeout http-request`).
+    #[serde(rename = "client_header_timeout_ms", serialize_with = "millis_number")]
+    pub client_header_timeout: Duration,
+    /// Simplex and duplex: how long a client connection may stay open with no request under
+    /// way before the proxy closes it (nginx's `keepalive_timeout`, HAProxy's `timeout
+    /// http-keep-alive`).
+    #[serde(rename = "client_idle_timeout_ms", serialize_with = "millis_number")]
+    pub client_idle_timeout: Duration,
 }
 
 /// Default of `service.stream_replies_above`: whole-reply logging for anything a web service
 /// usually answers, pieces above.
 pub const DEFAULT_STREAM_REPLIES_ABOVE: u64 = 8 * 1024 * 1024;
+
+/// Defaults of `service.client_header_timeout_ms` and `service.client_idle_timeout_ms`:
+/// nginx's `client_header_timeout` and `keepalive_timeout`, so that a client meets the limits
+/// the most common server would have set anyway.
+pub const DEFAULT_CLIENT_HEADER_TIMEOUT_MS: u64 = 60_000;
+pub const DEFAULT_CLIENT_IDLE_TIMEOUT_MS: u64 = 75_000;
+/// From a tenth of a second (a client on a slow link still sends a head within it) to a day.
+const CLIENT_TIMEOUT_RANGE_MS: std::ops::RangeInclusive<u64> = 100..=86_400_000;
 
 /// The application protocol of a service's ports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -434,6 +452,8 @@ struct RawService {
     backend: Spanned<String>,
     protocol: Option<Spanned<String>>,
     stream_replies_above: Option<u64>,
+    client_header_timeout_ms: Option<Spanned<u64>>,
+    client_idle_timeout_ms: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]
@@ -1008,6 +1028,33 @@ fn build(
                 );
             }
         }
+        let mut client_timeout = |value: &Option<Spanned<u64>>, name: &str, default: u64| {
+            if let Some(v) = value
+                .as_ref()
+                .filter(|v| !CLIENT_TIMEOUT_RANGE_MS.contains(v.get_ref()))
+            {
+                report.add(
+                    v.span(),
+                    field(name),
+                    format!(
+                        "must be from {} to {} milliseconds",
+                        CLIENT_TIMEOUT_RANGE_MS.start(),
+                        CLIENT_TIMEOUT_RANGE_MS.end()
+                    ),
+                );
+            }
+            Duration::from_millis(value.as_ref().map_or(default, |v| *v.get_ref()))
+        };
+        let client_header_timeout = client_timeout(
+            &s.client_header_timeout_ms,
+            "client_header_timeout_ms",
+            DEFAULT_CLIENT_HEADER_TIMEOUT_MS,
+        );
+        let client_idle_timeout = client_timeout(
+            &s.client_idle_timeout_ms,
+            "client_idle_timeout_ms",
+            DEFAULT_CLIENT_IDLE_TIMEOUT_MS,
+        );
         services.push(Service {
             name: s.name.clone(),
             vip,
@@ -1022,6 +1069,8 @@ fn build(
             stream_replies_above: s
                 .stream_replies_above
                 .unwrap_or(DEFAULT_STREAM_REPLIES_ABOVE),
+            client_header_timeout,
+            client_idle_timeout,
         });
     }
     if services.is_empty() && !is_witness && seen.contains(&node_id) {

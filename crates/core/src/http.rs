@@ -25,12 +25,14 @@
 //! there.
 
 mod chunked;
+mod client_timer;
 mod fields;
 mod head_buffer;
 mod request;
 mod response;
 mod resume;
 
+pub use client_timer::{ClientExpiry, ClientTimeouts, ClientTimer, ClientWait};
 pub use fields::{ContentRange, EntityTag, Header};
 pub use request::{
     InvalidRequestId, RequestBodyFraming, RequestEvent, RequestFramer, RequestHead, RequestId,

@@ -220,6 +220,18 @@ fn each_rule_names_field_and_line() {
         ),
         (
             "mode = \"unreplicated\"",
+            "mode = \"unreplicated\"\nclient_idle_timeout_ms = 99",
+            "client_idle_timeout_ms = 99",
+            "service[0].client_idle_timeout_ms",
+        ),
+        (
+            "mode = \"unreplicated\"",
+            "mode = \"unreplicated\"\nclient_header_timeout_ms = 86400001",
+            "client_header_timeout_ms = 86400001",
+            "service[0].client_header_timeout_ms",
+        ),
+        (
+            "mode = \"unreplicated\"",
             "mode = \"triplex\"",
             "mode = \"triplex\"",
             "service[0].mode",
@@ -434,6 +446,11 @@ command = ["/bin/hook"]
     assert!(!cfg.group.preempt && !cfg.group.two_node);
     assert_eq!(cfg.services[0].interface, "eth0");
     assert_eq!(cfg.services[0].mode, Mode::Duplex);
+    assert_eq!(
+        cfg.services[0].client_header_timeout,
+        Duration::from_secs(60)
+    );
+    assert_eq!(cfg.services[0].client_idle_timeout, Duration::from_secs(75));
     assert_eq!(
         cfg.health_checks[0].kind,
         HealthCheckKind::Http {

@@ -139,9 +139,20 @@ fn config() -> impl Strategy<Value = Config> {
                 socket_addr(),
                 any::<bool>(),
                 0u64..=1 << 40,
+                (100u64..=86_400_000, 100u64..=86_400_000),
             )
                 .prop_map(
-                    |(name, vip, interface, ports, mode, backend, raw_tcp, stream_above)| {
+                    |(
+                        name,
+                        vip,
+                        interface,
+                        ports,
+                        mode,
+                        backend,
+                        raw_tcp,
+                        stream_above,
+                        (header_ms, idle_ms),
+                    )| {
                         Service {
                             name,
                             vip,
@@ -158,6 +169,8 @@ fn config() -> impl Strategy<Value = Config> {
                                 Protocol::Http
                             },
                             stream_replies_above: stream_above,
+                            client_header_timeout: Duration::from_millis(header_ms),
+                            client_idle_timeout: Duration::from_millis(idle_ms),
                         }
                     },
                 );

@@ -44,6 +44,7 @@ pub(crate) struct GroupPlan<'a> {
     pub heartbeat_ms: Option<u32>,
     pub replication_stall_ms: Option<u32>,
     pub stream_replies_above: Option<u64>,
+    pub client_timeouts_ms: Option<(u32, u32)>,
     pub gratuitous_arp: Option<(u32, u32)>,
 }
 
@@ -98,6 +99,10 @@ pub(crate) fn voter_config(plan: &GroupPlan<'_>, voter: Host) -> String {
         if let Some(bytes) = plan.stream_replies_above {
             let _ = writeln!(text, "stream_replies_above = {bytes}");
         }
+        if let Some((header_ms, idle_ms)) = plan.client_timeouts_ms {
+            let _ = writeln!(text, "client_header_timeout_ms = {header_ms}");
+            let _ = writeln!(text, "client_idle_timeout_ms = {idle_ms}");
+        }
         let _ = writeln!(text, "\n[[health_check]]");
         let _ = writeln!(text, "kind = \"http\"");
         let _ = writeln!(text, "target = \"{backend}\"");
@@ -141,6 +146,7 @@ mod tests {
             heartbeat_ms: Some(10),
             replication_stall_ms: None,
             stream_replies_above: None,
+            client_timeouts_ms: None,
             gratuitous_arp: None,
         }
     }

@@ -180,6 +180,7 @@ fn build(
         heartbeat_ms: opts.heartbeat_ms,
         replication_stall_ms: opts.replication_stall_ms,
         stream_replies_above: opts.stream_replies_above,
+        client_timeouts_ms: opts.client_timeouts_ms,
         gratuitous_arp: opts.gratuitous_arp,
     };
     for &voter in hosts.iter().filter(|h| h.node_id().is_some()) {

@@ -107,6 +107,9 @@ pub struct UpOptions {
     /// `service.stream_replies_above` in the node configs (duplex and simplex: longer replies
     /// are logged and sent in pieces); `None` keeps the daemon's default.
     pub stream_replies_above: Option<u64>,
+    /// `service.client_header_timeout_ms` and `service.client_idle_timeout_ms` in the node
+    /// configs (the proxy's client timeouts); `None` keeps the daemon's defaults.
+    pub client_timeouts_ms: Option<(u32, u32)>,
     /// `arp.gratuitous_count` and `arp.gratuitous_spacing_ms` in the node configs; `None`
     /// keeps the daemon's defaults.
     pub gratuitous_arp: Option<(u32, u32)>,
@@ -132,6 +135,7 @@ impl UpOptions {
             heartbeat_ms: None,
             replication_stall_ms: None,
             stream_replies_above: None,
+            client_timeouts_ms: None,
             gratuitous_arp: None,
             steadfast_exe: steadfast_exe.into(),
             start_daemons: true,

@@ -1041,6 +1041,8 @@ fn plane_status(mode: &str, shared: &crate::plane::PlaneShared) -> crate::status
         status.bad_requests = p.bad_requests.load(Relaxed);
         status.backend_errors = p.backend_errors.load(Relaxed);
         status.backend_retries = p.backend_retries.load(Relaxed);
+        status.client_idle_timeouts = p.client_idle_timeouts.load(Relaxed);
+        status.client_header_timeouts = p.client_header_timeouts.load(Relaxed);
         status.adopted += p.adopted.load(Relaxed);
         status.adoptions_skipped = p.adoptions_skipped.load(Relaxed);
         status.replies_resumed = p.replies_resumed.load(Relaxed);

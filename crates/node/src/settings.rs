@@ -29,6 +29,7 @@ pub struct ServiceSettings {
     pub duplex: bool,
     pub backend: std::net::SocketAddr,
     pub stream_replies_above: u64,
+    pub client_timeouts: steadfast_core::http::ClientTimeouts,
 }
 
 pub struct Settings {
@@ -119,6 +120,10 @@ impl Settings {
                 duplex: s.mode == Mode::Duplex,
                 backend: s.backend,
                 stream_replies_above: s.stream_replies_above,
+                client_timeouts: steadfast_core::http::ClientTimeouts {
+                    header: s.client_header_timeout,
+                    idle: s.client_idle_timeout,
+                },
             })
             .collect();
         let checks = cfg.health_checks.clone();
@@ -199,6 +204,7 @@ impl Settings {
                 duplex: service.duplex,
                 backend: service.backend,
                 stream_above: service.stream_replies_above,
+                client_timeouts: service.client_timeouts,
                 garp_count: self.garp_count,
                 garp_spacing: self.garp_spacing,
             },

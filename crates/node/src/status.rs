@@ -187,6 +187,12 @@ pub struct DataPlaneStatus {
     /// before any byte of their reply (the server's keep-alive timeout crossing the request).
     #[serde(default)]
     pub backend_retries: u64,
+    /// Client connections closed after the idle timeout with no request under way.
+    #[serde(default)]
+    pub client_idle_timeouts: u64,
+    /// Request heads not complete within the header timeout: answered 408 and closed.
+    #[serde(default)]
+    pub client_header_timeouts: u64,
     /// Replies cut by a takeover in the middle and finished by a range request (I2).
     #[serde(default)]
     pub replies_resumed: u64,
@@ -325,6 +331,10 @@ impl NodeStatus {
             s.push_str(&format!(
                 "  backend: errors {}, requests sent again on a fresh connection {}\n",
                 d.backend_errors, d.backend_retries
+            ));
+            s.push_str(&format!(
+                "  clients: closed idle {}, request heads timed out (408) {}\n",
+                d.client_idle_timeouts, d.client_header_timeouts
             ));
         }
         let c = &self.counters;

@@ -596,3 +596,117 @@ fn redirects_name_the_service_address_nginx() {
 fn redirects_name_the_service_address_apache2() {
     redirects_name_the_service_address(BackendKind::Apache2);
 }
+
+/// A client that keeps the proxy waiting is let go as a server would let it go: a connection
+/// with no request under way is closed after the idle timeout, a request head that does not
+/// complete within the header timeout is answered 408 and closed, however slowly its bytes
+/// trickle in. Nothing else is cut short: a keep-alive client asking more often than the idle
+/// timeout keeps its connection, and a reply that takes longer than both timeouts comes whole.
+#[test]
+fn clients_that_keep_the_proxy_waiting_are_let_go_builtin() {
+    const HEADER_TIMEOUT: Duration = Duration::from_millis(500);
+    const IDLE_TIMEOUT: Duration = Duration::from_millis(800);
+    // Far above the timeouts, so only a proxy that never lets go fails the bound.
+    const SLACK: Duration = Duration::from_millis(1500);
+    let lab = Lab::up_with("ct", 2, BackendKind::Builtin, |opts| {
+        opts.mode = Mode::Duplex;
+        opts.witness = true;
+        opts.heartbeat_ms = Some(10);
+        opts.client_timeouts_ms = Some((
+            HEADER_TIMEOUT.as_millis() as u32,
+            IDLE_TIMEOUT.as_millis() as u32,
+        ));
+    });
+    let target = lab.target();
+    let holders = lab.holders();
+    assert_eq!(holders.len(), 1, "one primary: {}", lab.situation());
+    let open = || {
+        steadfast_lab::run_in_namespace(&lab.info.client_ns, || connect(target))
+            .expect("enter the client namespace")
+    };
+
+    // A connection that never sends a byte.
+    let started = Instant::now();
+    let mut silent = open();
+    let (raw, closed) = read_until_quiet(&mut silent, IDLE_TIMEOUT + SLACK);
+    let waited = started.elapsed();
+    assert!(
+        raw.is_empty() && closed && waited >= IDLE_TIMEOUT,
+        "a silent connection is closed without a word after {IDLE_TIMEOUT:?}: got {} bytes, \
+         closed {closed}, after {waited:?}: {}",
+        raw.len(),
+        lab.situation()
+    );
+
+    // A head that grows by a byte every 100 ms and never completes.
+    let mut slow = open();
+    let mut writer = slow.try_clone().expect("clone the slow connection");
+    let started = Instant::now();
+    let trickle = std::thread::spawn(move || {
+        let _ = writer.write_all(b"GET /bytes/10 HTTP/1.1\r\nHost: vip\r\nX-Slow: ");
+        for _ in 0..30 {
+            std::thread::sleep(Duration::from_millis(100));
+            if writer.write_all(b"a").is_err() {
+                break;
+            }
+        }
+    });
+    let (raw, status) = read_first_reply(&mut slow, HEADER_TIMEOUT + SLACK);
+    let waited = started.elapsed();
+    assert_eq!(
+        status,
+        Some(408),
+        "the unfinished head is answered 408: {:?}: {}",
+        String::from_utf8_lossy(&raw),
+        lab.situation()
+    );
+    assert!(waited >= HEADER_TIMEOUT, "408 after {waited:?}");
+    let (_, closed) = read_until_quiet(&mut slow, SLACK);
+    assert!(closed, "the connection closes after the 408");
+    trickle.join().expect("the trickling writer");
+
+    // A keep-alive client asking every 400 ms, for three idle timeouts in all, then silent.
+    let mut steady = open();
+    for i in 0..6 {
+        steady
+            .write_all(b"GET /bytes/10 HTTP/1.1\r\nHost: vip\r\n\r\n")
+            .expect("send");
+        let (raw, closed) = read_until_quiet(&mut steady, Duration::from_millis(400));
+        assert_eq!(
+            (replies_in(&raw), closed),
+            (Some(vec![Reply::ok(10)]), false),
+            "request {i} of a client that asks more often than the idle timeout: {}",
+            lab.situation()
+        );
+    }
+    // A reply slower than both timeouts.
+    steady
+        .write_all(b"GET /slow?ms=1500&bytes=10 HTTP/1.1\r\nHost: vip\r\n\r\n")
+        .expect("send the slow request");
+    let (_, status) = read_first_reply(&mut steady, Duration::from_secs(4));
+    assert_eq!(
+        status,
+        Some(200),
+        "a slow reply comes whole: {}",
+        lab.situation()
+    );
+    let started = Instant::now();
+    let (raw, closed) = read_until_quiet(&mut steady, IDLE_TIMEOUT + SLACK);
+    let waited = started.elapsed();
+    assert!(
+        raw.is_empty() && closed && waited >= IDLE_TIMEOUT - Duration::from_millis(50),
+        "the client's connection closes once idle: {} bytes, closed {closed}, after {waited:?}",
+        raw.len()
+    );
+
+    let plane = &lab.daemon_status(&holders[0])["data_plane"];
+    assert_eq!(
+        (
+            plane["client_idle_timeouts"].as_u64(),
+            plane["client_header_timeouts"].as_u64()
+        ),
+        (Some(2), Some(1)),
+        "counted in the primary's status: {}",
+        lab.situation()
+    );
+}

@@ -89,6 +89,8 @@ const SERVICE: &[Key] = &[
     required("backend", Shape::String),
     key("protocol", Shape::String),
     key("stream_replies_above", Shape::Integer { max: 1 << 40 }),
+    key("client_header_timeout_ms", MILLIS),
+    key("client_idle_timeout_ms", MILLIS),
 ];
 
 const HEALTH_CHECK: &[Key] = &[

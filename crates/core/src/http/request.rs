@@ -413,6 +413,11 @@ impl RequestFramer {
         matches!(self.state, RequestState::Head) && self.head.is_empty()
     }
 
+    /// Whether a request head has begun (some of its bytes came) and is not complete yet.
+    pub fn reading_a_head(&self) -> bool {
+        matches!(self.state, RequestState::Head) && !self.head.is_empty()
+    }
+
     /// After the backend accepted a protocol switch (101) for the last request: every later
     /// client byte is opaque tunnel data.
     pub fn switch_to_tunnel(&mut self) {

@@ -47,6 +47,7 @@ pub struct PlaneService {
     pub duplex: bool,
     pub backend: SocketAddr,
     pub stream_above: u64,
+    pub client_timeouts: steadfast_core::http::ClientTimeouts,
     pub garp_count: u32,
     pub garp_spacing: Duration,
 }
@@ -370,6 +371,7 @@ async fn run(
         let ctx = Arc::new(ProxyContext {
             limits,
             stream_above: service.stream_above as usize,
+            client_timeouts: service.client_timeouts,
             gate,
             pool: BackendPool::new(service.backend),
             counters: Default::default(),

@@ -344,6 +344,7 @@ impl Duplex {
         let proxy = Arc::new(ProxyContext {
             limits,
             stream_above: service.stream_above as usize,
+            client_timeouts: service.client_timeouts,
             gate: gate.clone(),
             pool: BackendPool::new(service.backend),
             counters: Default::default(),

@@ -16,8 +16,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use steadfast_core::http::{
-    CutPoint, FramingError, FramingLimits, ReplyContinuation, ReplyEvent, RequestEvent,
-    RequestFramer, RequestHead, RequestId, ResponseFramer, StreamedReply,
+    ClientExpiry, ClientTimeouts, ClientTimer, ClientWait, CutPoint, FramingError, FramingLimits,
+    ReplyContinuation, ReplyEvent, RequestEvent, RequestFramer, RequestHead, RequestId,
+    ResponseFramer, StreamedReply,
 };
 use steadfast_core::image::{FourTuple, HandoverStep, HandoverWait, SessionStreams, SocketStreams};
 use steadfast_core::replication_wire::{ConnectionOptions, MAX_PIECE_BYTES};
@@ -93,6 +94,10 @@ pub struct ProxyCounters {
     /// Sessions ended without a word to their clients when this node stepped down and another
     /// carried their connections on.
     pub sessions_retired: AtomicU64,
+    /// Client connections closed after the idle timeout, with no request under way.
+    pub client_idle_timeouts: AtomicU64,
+    /// Request heads not complete within the header timeout: answered 408.
+    pub client_header_timeouts: AtomicU64,
 }
 
 /// Idle keep-alive connections to the backend.
@@ -180,6 +185,8 @@ pub struct ProxyContext {
     pub limits: FramingLimits,
     /// Replies longer than this are logged and sent in pieces instead of whole.
     pub stream_above: usize,
+    /// How long a client may keep a session waiting (see `steadfast_core::http::ClientTimer`).
+    pub client_timeouts: ClientTimeouts,
     pub gate: Arc<dyn ReplyGate>,
     pub pool: BackendPool,
     pub counters: ProxyCounters,
@@ -362,6 +369,8 @@ pub async fn serve(
         close_after_reply: start.close_after_reply,
         trace_first_reply: start.reply_offset > 0 || start.request_offset > 0,
         cut_reply: start.cut_reply,
+        client_timer: ClientTimer::new(ctx.client_timeouts, ClientWait::Busy, Duration::ZERO),
+        clock_origin: tokio::time::Instant::now(),
     };
     let retirement = ctx.census.retirement(&session.protection);
     // Biased: once this node has stepped down, nothing more may reach the client, even if the
@@ -461,6 +470,9 @@ struct Session {
     trace_first_reply: bool,
     /// The first request's reply was cut by the takeover (see [`SessionStart::cut_reply`]).
     cut_reply: Option<CutPoint>,
+    /// How long the client has kept the session waiting, timed from `clock_origin`.
+    client_timer: ClientTimer,
+    clock_origin: tokio::time::Instant,
 }
 
 impl Session {
@@ -516,6 +528,12 @@ impl Session {
                     "nothing left to wait for".into(),
                 ));
             }
+            self.client_timer
+                .observe(self.client_wait(), self.clock_origin.elapsed());
+            let client_deadline = self
+                .client_timer
+                .deadline()
+                .and_then(|(at, _)| self.clock_origin.checked_add(at));
             tokio::select! {
                 read = self.client.read(&mut client_buf), if read_client => {
                     let n = read.map_err(|e| SessionEnd::Client(self.tuple, e))?;
@@ -550,7 +568,68 @@ impl Session {
                 () = tokio::time::sleep(RETAINED_TRIM_INTERVAL), if !self.retained.is_empty() => {
                     self.trim_retained();
                 }
+                () = sleep_until(client_deadline) => self.client_timed_out().await?,
             }
+        }
+    }
+
+    /// What the session waits for from its client, for the client timeouts.
+    fn client_wait(&self) -> ClientWait {
+        let quiet = self.in_flight.is_none()
+            && self.pending.is_empty()
+            && self.refusal.is_none()
+            && self.framing_error.is_none()
+            && !self.client_done
+            && !self.close_after_reply;
+        let index = self.framer.current_index();
+        if !quiet {
+            ClientWait::Busy
+        } else if self.framer.at_request_boundary() {
+            ClientWait::Idle { next: index }
+        } else if self.framer.reading_a_head() {
+            ClientWait::Head { index }
+        } else {
+            // A body the server reads as it comes (under its own timeouts), or a tunnel.
+            ClientWait::Busy
+        }
+    }
+
+    /// The client kept the session waiting past a timeout: an idle connection closes as the
+    /// server's keep-alive timeout would close it; an unfinished request head is answered
+    /// 408, and the connection closes.
+    async fn client_timed_out(&mut self) -> Result<(), SessionEnd> {
+        let counters = &self.ctx.counters;
+        match self.client_timer.expired(self.clock_origin.elapsed()) {
+            Some(ClientExpiry::Idle) => {
+                counters
+                    .client_idle_timeouts
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(
+                    "{}: idle for {:?} with no request under way: closing",
+                    self.tuple,
+                    self.ctx.client_timeouts.idle
+                );
+                self.close_after_reply = true;
+                Ok(())
+            }
+            Some(ClientExpiry::Head) => {
+                counters
+                    .client_header_timeouts
+                    .fetch_add(1, Ordering::Relaxed);
+                let timeout = self.ctx.client_timeouts.header;
+                tracing::debug!(
+                    "{}: request {} has no complete head {timeout:?} after it began: 408",
+                    self.tuple,
+                    self.framer.current_index()
+                );
+                let body = format!(
+                    "the request head did not complete within {} ms\n",
+                    timeout.as_millis()
+                );
+                self.answer_ourselves(self.framer.current_index(), "408 Request Timeout", &body)
+                    .await
+            }
+            None => Ok(()),
         }
     }
 
@@ -766,12 +845,24 @@ impl Session {
             // Its backend connection sees the request cut short; nothing more goes on it.
             self.backend = None;
         }
-        let index = error.index;
+        self.answer_ourselves(error.index, "400 Bad Request", &format!("{error}\n"))
+            .await?;
+        let _ = self.client.shutdown().await;
+        Err(SessionEnd::Protocol(self.tuple, error.to_string()))
+    }
+
+    /// Answers request `index` with a reply of the proxy's own (`status`, a plain-text `body`)
+    /// that ends the connection: every client byte received counts as part of that request.
+    async fn answer_ourselves(
+        &mut self,
+        index: u64,
+        status: &str,
+        body: &str,
+    ) -> Result<(), SessionEnd> {
         let end = self.held_base + self.held.len() as u64;
         self.close_after_reply = true;
-        let body = format!("{error}\n");
         let reply = format!(
-            "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         );
         self.send_reply_piece(
@@ -779,9 +870,7 @@ impl Session {
             PieceKind::Final { request_end: end },
             reply.into_bytes(),
         )
-        .await?;
-        let _ = self.client.shutdown().await;
-        Err(SessionEnd::Protocol(self.tuple, error.to_string()))
+        .await
     }
 
     /// Hands this unprotected connection to the backup that joined after it opened, wherever
@@ -1838,6 +1927,14 @@ fn frame_pieces(
         };
         (start..end, kind)
     })
+}
+
+/// Sleeps until `deadline`, or for ever without one.
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn refusal_deadline(refusal: Option<&Refusal>) {
