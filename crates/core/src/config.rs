@@ -194,6 +194,14 @@ pub struct Service {
     /// http-keep-alive`).
     #[serde(rename = "client_idle_timeout_ms", serialize_with = "millis_number")]
     pub client_idle_timeout: Duration,
+    /// Simplex and duplex: client connections served at once; more wait in the kernel's
+    /// accept queue (HAProxy's `maxconn`). `None`: as many as the open-file limit allows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+    /// Simplex and duplex: client connections served at once from one client address; more
+    /// are closed at once. `None`: no limit (clients behind one NAT share an address).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections_per_source: Option<u32>,
 }
 
 /// Default of `service.stream_replies_above`: whole-reply logging for anything a web service
@@ -454,6 +462,8 @@ struct RawService {
     stream_replies_above: Option<u64>,
     client_header_timeout_ms: Option<Spanned<u64>>,
     client_idle_timeout_ms: Option<Spanned<u64>>,
+    max_connections: Option<Spanned<u32>>,
+    max_connections_per_source: Option<Spanned<u32>>,
 }
 
 #[derive(Deserialize)]
@@ -1055,6 +1065,18 @@ fn build(
             "client_idle_timeout_ms",
             DEFAULT_CLIENT_IDLE_TIMEOUT_MS,
         );
+        for (value, name) in [
+            (&s.max_connections, "max_connections"),
+            (&s.max_connections_per_source, "max_connections_per_source"),
+        ] {
+            if let Some(v) = value.as_ref().filter(|v| *v.get_ref() == 0) {
+                report.add(
+                    v.span(),
+                    field(name),
+                    "must be at least 1 (leave it out for no limit of its own)",
+                );
+            }
+        }
         services.push(Service {
             name: s.name.clone(),
             vip,
@@ -1071,6 +1093,8 @@ fn build(
                 .unwrap_or(DEFAULT_STREAM_REPLIES_ABOVE),
             client_header_timeout,
             client_idle_timeout,
+            max_connections: s.max_connections.as_ref().map(|v| *v.get_ref()),
+            max_connections_per_source: s.max_connections_per_source.as_ref().map(|v| *v.get_ref()),
         });
     }
     if services.is_empty() && !is_witness && seen.contains(&node_id) {

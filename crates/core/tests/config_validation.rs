@@ -232,6 +232,12 @@ fn each_rule_names_field_and_line() {
         ),
         (
             "mode = \"unreplicated\"",
+            "mode = \"unreplicated\"\nmax_connections_per_source = 0",
+            "max_connections_per_source = 0",
+            "service[0].max_connections_per_source",
+        ),
+        (
+            "mode = \"unreplicated\"",
             "mode = \"triplex\"",
             "mode = \"triplex\"",
             "service[0].mode",

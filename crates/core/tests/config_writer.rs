@@ -140,6 +140,7 @@ fn config() -> impl Strategy<Value = Config> {
                 any::<bool>(),
                 0u64..=1 << 40,
                 (100u64..=86_400_000, 100u64..=86_400_000),
+                (proptest::option::of(1u32..), proptest::option::of(1u32..)),
             )
                 .prop_map(
                     |(
@@ -152,6 +153,7 @@ fn config() -> impl Strategy<Value = Config> {
                         raw_tcp,
                         stream_above,
                         (header_ms, idle_ms),
+                        (max_connections, max_connections_per_source),
                     )| {
                         Service {
                             name,
@@ -171,6 +173,8 @@ fn config() -> impl Strategy<Value = Config> {
                             stream_replies_above: stream_above,
                             client_header_timeout: Duration::from_millis(header_ms),
                             client_idle_timeout: Duration::from_millis(idle_ms),
+                            max_connections,
+                            max_connections_per_source,
                         }
                     },
                 );

@@ -45,6 +45,8 @@ pub(crate) struct GroupPlan<'a> {
     pub replication_stall_ms: Option<u32>,
     pub stream_replies_above: Option<u64>,
     pub client_timeouts_ms: Option<(u32, u32)>,
+    pub max_connections: Option<u32>,
+    pub max_connections_per_source: Option<u32>,
     pub gratuitous_arp: Option<(u32, u32)>,
 }
 
@@ -103,6 +105,12 @@ pub(crate) fn voter_config(plan: &GroupPlan<'_>, voter: Host) -> String {
             let _ = writeln!(text, "client_header_timeout_ms = {header_ms}");
             let _ = writeln!(text, "client_idle_timeout_ms = {idle_ms}");
         }
+        if let Some(count) = plan.max_connections {
+            let _ = writeln!(text, "max_connections = {count}");
+        }
+        if let Some(count) = plan.max_connections_per_source {
+            let _ = writeln!(text, "max_connections_per_source = {count}");
+        }
         let _ = writeln!(text, "\n[[health_check]]");
         let _ = writeln!(text, "kind = \"http\"");
         let _ = writeln!(text, "target = \"{backend}\"");
@@ -147,6 +155,8 @@ mod tests {
             replication_stall_ms: None,
             stream_replies_above: None,
             client_timeouts_ms: None,
+            max_connections: None,
+            max_connections_per_source: None,
             gratuitous_arp: None,
         }
     }

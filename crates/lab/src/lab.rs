@@ -181,6 +181,8 @@ fn build(
         replication_stall_ms: opts.replication_stall_ms,
         stream_replies_above: opts.stream_replies_above,
         client_timeouts_ms: opts.client_timeouts_ms,
+        max_connections: opts.max_connections,
+        max_connections_per_source: opts.max_connections_per_source,
         gratuitous_arp: opts.gratuitous_arp,
     };
     for &voter in hosts.iter().filter(|h| h.node_id().is_some()) {

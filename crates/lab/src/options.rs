@@ -110,6 +110,10 @@ pub struct UpOptions {
     /// `service.client_header_timeout_ms` and `service.client_idle_timeout_ms` in the node
     /// configs (the proxy's client timeouts); `None` keeps the daemon's defaults.
     pub client_timeouts_ms: Option<(u32, u32)>,
+    /// `service.max_connections` and `service.max_connections_per_source`; `None` keeps the
+    /// daemon's defaults.
+    pub max_connections: Option<u32>,
+    pub max_connections_per_source: Option<u32>,
     /// `arp.gratuitous_count` and `arp.gratuitous_spacing_ms` in the node configs; `None`
     /// keeps the daemon's defaults.
     pub gratuitous_arp: Option<(u32, u32)>,
@@ -136,6 +140,8 @@ impl UpOptions {
             replication_stall_ms: None,
             stream_replies_above: None,
             client_timeouts_ms: None,
+            max_connections: None,
+            max_connections_per_source: None,
             gratuitous_arp: None,
             steadfast_exe: steadfast_exe.into(),
             start_daemons: true,

@@ -1043,6 +1043,8 @@ fn plane_status(mode: &str, shared: &crate::plane::PlaneShared) -> crate::status
         status.backend_retries = p.backend_retries.load(Relaxed);
         status.client_idle_timeouts = p.client_idle_timeouts.load(Relaxed);
         status.client_header_timeouts = p.client_header_timeouts.load(Relaxed);
+        status.connections_refused = p.connections_refused.load(Relaxed);
+        status.max_connections = proxy.admission.limit() as u64;
         status.adopted += p.adopted.load(Relaxed);
         status.adoptions_skipped = p.adoptions_skipped.load(Relaxed);
         status.replies_resumed = p.replies_resumed.load(Relaxed);

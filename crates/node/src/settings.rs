@@ -30,6 +30,8 @@ pub struct ServiceSettings {
     pub backend: std::net::SocketAddr,
     pub stream_replies_above: u64,
     pub client_timeouts: steadfast_core::http::ClientTimeouts,
+    pub max_connections: Option<u32>,
+    pub max_connections_per_source: Option<u32>,
 }
 
 pub struct Settings {
@@ -124,6 +126,8 @@ impl Settings {
                     header: s.client_header_timeout,
                     idle: s.client_idle_timeout,
                 },
+                max_connections: s.max_connections,
+                max_connections_per_source: s.max_connections_per_source,
             })
             .collect();
         let checks = cfg.health_checks.clone();
@@ -205,6 +209,8 @@ impl Settings {
                 backend: service.backend,
                 stream_above: service.stream_replies_above,
                 client_timeouts: service.client_timeouts,
+                max_connections: service.max_connections,
+                max_connections_per_source: service.max_connections_per_source,
                 garp_count: self.garp_count,
                 garp_spacing: self.garp_spacing,
             },

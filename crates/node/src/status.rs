@@ -193,6 +193,13 @@ pub struct DataPlaneStatus {
     /// Request heads not complete within the header timeout: answered 408 and closed.
     #[serde(default)]
     pub client_header_timeouts: u64,
+    /// Connections closed at once because their address had `max_connections_per_source`.
+    #[serde(default)]
+    pub connections_refused: u64,
+    /// The most client connections served at once (`max_connections`, or what the open-file
+    /// limit allows).
+    #[serde(default)]
+    pub max_connections: u64,
     /// Replies cut by a takeover in the middle and finished by a range request (I2).
     #[serde(default)]
     pub replies_resumed: u64,
@@ -333,8 +340,8 @@ impl NodeStatus {
                 d.backend_errors, d.backend_retries
             ));
             s.push_str(&format!(
-                "  clients: closed idle {}, request heads timed out (408) {}\n",
-                d.client_idle_timeouts, d.client_header_timeouts
+                "  clients: closed idle {}, request heads timed out (408) {}; at most {} at once, refused (per-address limit) {}\n",
+                d.client_idle_timeouts, d.client_header_timeouts, d.max_connections, d.connections_refused
             ));
         }
         let c = &self.counters;

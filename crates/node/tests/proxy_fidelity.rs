@@ -710,3 +710,107 @@ fn clients_that_keep_the_proxy_waiting_are_let_go_builtin() {
         lab.situation()
     );
 }
+
+/// The proxy serves at most `max_connections` clients at once: one more is accepted by the
+/// kernel and waits, unanswered, until a session ends, then is served (HAProxy's `maxconn`).
+/// At most `max_connections_per_source` come from one address: one more is closed at once and
+/// counted, and the address gets in again once one of its sessions ends.
+#[test]
+fn connections_beyond_the_limits_wait_or_are_refused_builtin() {
+    const GET: &[u8] = b"GET /bytes/10 HTTP/1.1\r\nHost: vip\r\n\r\n";
+    let one_reply = Some(vec![Reply::ok(10)]);
+    let served = |stream: &mut TcpStream, what: &str, lab: &Lab| {
+        stream.write_all(GET).expect("send");
+        let (raw, closed) = read_until_quiet(stream, Duration::from_millis(300));
+        assert_eq!(
+            (replies_in(&raw), closed),
+            (one_reply.clone(), false),
+            "{what}: {}",
+            lab.situation()
+        );
+    };
+
+    let lab = Lab::up_with("mc", 2, BackendKind::Builtin, |opts| {
+        opts.mode = Mode::Duplex;
+        opts.witness = true;
+        opts.heartbeat_ms = Some(10);
+        opts.max_connections = Some(3);
+    });
+    let target = lab.target();
+    let open = || {
+        steadfast_lab::run_in_namespace(&lab.info.client_ns, || connect(target))
+            .expect("enter the client namespace")
+    };
+    let mut sessions: Vec<TcpStream> = (0..3).map(|_| open()).collect();
+    for (i, stream) in sessions.iter_mut().enumerate() {
+        served(stream, &format!("connection {i} of 3"), &lab);
+    }
+    let mut waiting = open();
+    waiting
+        .write_all(GET)
+        .expect("send on the fourth connection");
+    let (raw, closed) = read_until_quiet(&mut waiting, Duration::from_millis(500));
+    assert!(
+        raw.is_empty() && !closed,
+        "a fourth connection waits unanswered while three are served: {} bytes, closed \
+         {closed}: {}",
+        raw.len(),
+        lab.situation()
+    );
+    drop(sessions.pop());
+    let (raw, closed) = read_until_quiet(&mut waiting, Duration::from_millis(1000));
+    assert_eq!(
+        (replies_in(&raw), closed),
+        (one_reply.clone(), false),
+        "the waiting connection is served once a session ends: {}",
+        lab.situation()
+    );
+    drop(lab);
+
+    let lab = Lab::up_with("ms", 2, BackendKind::Builtin, |opts| {
+        opts.mode = Mode::Duplex;
+        opts.witness = true;
+        opts.heartbeat_ms = Some(10);
+        opts.max_connections_per_source = Some(2);
+    });
+    let target = lab.target();
+    let holders = lab.holders();
+    assert_eq!(holders.len(), 1, "one primary: {}", lab.situation());
+    let open = || {
+        steadfast_lab::run_in_namespace(&lab.info.client_ns, || connect(target))
+            .expect("enter the client namespace")
+    };
+    let mut first = open();
+    let mut second = open();
+    served(&mut first, "the first connection of the address", &lab);
+    served(&mut second, "the second connection of the address", &lab);
+    let mut third = open();
+    let _ = third.write_all(GET);
+    let (raw, closed) = read_until_quiet(&mut third, Duration::from_millis(1000));
+    assert!(
+        raw.is_empty() && closed,
+        "a third connection from the address is closed unanswered: {} bytes, closed {closed}: \
+         {}",
+        raw.len(),
+        lab.situation()
+    );
+    served(&mut second, "the address's sessions go on", &lab);
+    drop(first);
+    assert!(
+        common::wait_until(Duration::from_secs(2), || {
+            let mut again = open();
+            again.write_all(GET).is_ok() && {
+                let (raw, _) = read_until_quiet(&mut again, Duration::from_millis(300));
+                replies_in(&raw) == one_reply
+            }
+        }),
+        "the address gets in again once one of its sessions ended: {}",
+        lab.situation()
+    );
+    let refused = lab.daemon_status(&holders[0])["data_plane"]["connections_refused"].as_u64();
+    assert!(
+        refused >= Some(1),
+        "refusals are counted: {refused:?}: {}",
+        lab.situation()
+    );
+}

@@ -7,6 +7,7 @@ pub mod addr;
 pub mod fence;
 pub mod garp;
 pub mod ingress_guard;
+pub mod limits;
 pub mod netns;
 pub mod nftables;
 pub mod packet_port;

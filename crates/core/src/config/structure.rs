@@ -91,6 +91,8 @@ const SERVICE: &[Key] = &[
     key("stream_replies_above", Shape::Integer { max: 1 << 40 }),
     key("client_header_timeout_ms", MILLIS),
     key("client_idle_timeout_ms", MILLIS),
+    key("max_connections", U32),
+    key("max_connections_per_source", U32),
 ];
 
 const HEALTH_CHECK: &[Key] = &[

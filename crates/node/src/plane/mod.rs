@@ -6,6 +6,7 @@
 //! never delay a heartbeat. The daemon tells it the node's role through a watch channel; it
 //! reports counters through shared atomics.
 
+pub mod admission;
 pub mod backup;
 pub mod census;
 pub mod gate;
@@ -48,6 +49,8 @@ pub struct PlaneService {
     pub backend: SocketAddr,
     pub stream_above: u64,
     pub client_timeouts: steadfast_core::http::ClientTimeouts,
+    pub max_connections: Option<u32>,
+    pub max_connections_per_source: Option<u32>,
     pub garp_count: u32,
     pub garp_spacing: Duration,
 }
@@ -372,6 +375,11 @@ async fn run(
             limits,
             stream_above: service.stream_above as usize,
             client_timeouts: service.client_timeouts,
+            admission: admission::for_service(
+                &service.name,
+                service.max_connections,
+                service.max_connections_per_source,
+            ),
             gate,
             pool: BackendPool::new(service.backend),
             counters: Default::default(),
@@ -409,6 +417,8 @@ async fn run(
 /// Accepts client connections and runs a session for each.
 async fn accept_loop(listener: TcpListener, ctx: Arc<ProxyContext>, shared: Arc<PlaneShared>) {
     loop {
+        // At the limit, connections wait in the kernel's accept queue until a session ends.
+        let slot = ctx.admission.slot().await;
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(e) => {
@@ -422,6 +432,17 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<ProxyContext>, shared: Arc<
             continue;
         };
         let tuple = FourTuple { client, server };
+        let Some(admitted) = ctx.admission.admit(slot, *client.ip()) else {
+            ctx.counters
+                .connections_refused
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!("{tuple}: refused, its address has as many connections as it may");
+            // A backup that saw the handshake forgets the connection.
+            if ctx.gate.generation() != 0 {
+                ctx.gate.closed(tuple);
+            }
+            continue;
+        };
         let (isn, client_mss, options) = match accepted_connection_facts(&stream) {
             Ok(facts) => facts,
             Err(e) => {
@@ -448,6 +469,7 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<ProxyContext>, shared: Arc<
         let shared = shared.clone();
         tokio::spawn(async move {
             proxy::serve(ctx, stream, start, protection).await;
+            drop(admitted);
             if protected {
                 shared.protected_connections.fetch_sub(1, Ordering::Relaxed);
             }

@@ -345,6 +345,11 @@ impl Duplex {
             limits,
             stream_above: service.stream_above as usize,
             client_timeouts: service.client_timeouts,
+            admission: super::admission::for_service(
+                &service.name,
+                service.max_connections,
+                service.max_connections_per_source,
+            ),
             gate: gate.clone(),
             pool: BackendPool::new(service.backend),
             counters: Default::default(),

@@ -98,6 +98,8 @@ pub struct ProxyCounters {
     pub client_idle_timeouts: AtomicU64,
     /// Request heads not complete within the header timeout: answered 408.
     pub client_header_timeouts: AtomicU64,
+    /// Connections closed at once: their address had `max_connections_per_source` open.
+    pub connections_refused: AtomicU64,
 }
 
 /// Idle keep-alive connections to the backend.
@@ -187,6 +189,8 @@ pub struct ProxyContext {
     pub stream_above: usize,
     /// How long a client may keep a session waiting (see `steadfast_core::http::ClientTimer`).
     pub client_timeouts: ClientTimeouts,
+    /// How many client connections are served at once, in all and from one address.
+    pub admission: Arc<super::admission::Admission>,
     pub gate: Arc<dyn ReplyGate>,
     pub pool: BackendPool,
     pub counters: ProxyCounters,
