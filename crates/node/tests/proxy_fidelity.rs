@@ -92,6 +92,14 @@ fn read_until_quiet(stream: &mut TcpStream, quiet: Duration) -> (Vec<u8>, bool) 
     }
 }
 
+/// Sends `request` on `stream`, then reads as [`read_until_quiet`] does: the replies that
+/// came, and whether the server closed.
+fn ask(stream: &mut TcpStream, request: &[u8], quiet: Duration) -> (Option<Vec<Reply>>, bool) {
+    stream.write_all(request).expect("send");
+    let (raw, closed) = read_until_quiet(stream, quiet);
+    (replies_in(&raw), closed)
+}
+
 /// Reads from `stream` until one whole reply has come (its status), the server closes, or
 /// `within` passes.
 fn read_first_reply(stream: &mut TcpStream, within: Duration) -> (Vec<u8>, Option<u16>) {
@@ -119,6 +127,24 @@ fn connect(target: SocketAddr) -> TcpStream {
         .unwrap_or_else(|e| panic!("connecting to {target}: {e}"));
     stream.set_nodelay(true).expect("nodelay");
     stream
+}
+
+/// A connection to the service from the lab's client namespace.
+fn client_connection(lab: &Lab) -> TcpStream {
+    let target = lab.target();
+    steadfast_lab::run_in_namespace(&lab.info.client_ns, || connect(target))
+        .expect("enter the client namespace")
+}
+
+/// A duplex lab of two nodes and a witness, builtin backend, 10 ms heartbeats, and the rest of
+/// its options set by `configure`.
+fn duplex_lab(tag: &str, configure: impl FnOnce(&mut steadfast_lab::UpOptions)) -> Lab {
+    Lab::up_with(tag, 2, BackendKind::Builtin, |opts| {
+        opts.mode = Mode::Duplex;
+        opts.witness = true;
+        opts.heartbeat_ms = Some(10);
+        configure(opts);
+    })
 }
 
 /// A fetch's reply (or what came instead) and how long it took.
@@ -459,24 +485,24 @@ fn a_request_crossing_the_servers_close_goes_again_only_if_idempotent_builtin() 
     };
     let mut stream = closing_soon();
     // Sent at once: it reaches the server's connection, which will close without reading it.
-    stream
-        .write_all(b"GET /bytes/2048?seed=7 HTTP/1.1\r\nHost: vip\r\n\r\n")
-        .expect("send the crossing request");
-    let (raw, closed) = read_until_quiet(&mut stream, Duration::from_millis(1500));
     assert_eq!(
-        (replies_in(&raw), closed),
+        ask(
+            &mut stream,
+            b"GET /bytes/2048?seed=7 HTTP/1.1\r\nHost: vip\r\n\r\n",
+            Duration::from_millis(1500)
+        ),
         (Some(vec![Reply::ok(2048)]), false),
         "the GET that crossed the close is answered on a fresh connection: {}",
         lab.situation()
     );
     assert_eq!(retries(), 1, "{}", lab.situation());
     // The client's connection goes on over the fresh backend connection.
-    stream
-        .write_all(b"GET /bytes/10 HTTP/1.1\r\nHost: vip\r\n\r\n")
-        .expect("send the next request");
-    let (raw, closed) = read_until_quiet(&mut stream, Duration::from_millis(500));
     assert_eq!(
-        (replies_in(&raw), closed),
+        ask(
+            &mut stream,
+            b"GET /bytes/10 HTTP/1.1\r\nHost: vip\r\n\r\n",
+            Duration::from_millis(500)
+        ),
         (Some(vec![Reply::ok(10)]), false)
     );
 
@@ -608,22 +634,15 @@ fn clients_that_keep_the_proxy_waiting_are_let_go_builtin() {
     const IDLE_TIMEOUT: Duration = Duration::from_millis(800);
     // Far above the timeouts, so only a proxy that never lets go fails the bound.
     const SLACK: Duration = Duration::from_millis(1500);
-    let lab = Lab::up_with("ct", 2, BackendKind::Builtin, |opts| {
-        opts.mode = Mode::Duplex;
-        opts.witness = true;
-        opts.heartbeat_ms = Some(10);
+    let lab = duplex_lab("ct", |opts| {
         opts.client_timeouts_ms = Some((
             HEADER_TIMEOUT.as_millis() as u32,
             IDLE_TIMEOUT.as_millis() as u32,
         ));
     });
-    let target = lab.target();
     let holders = lab.holders();
     assert_eq!(holders.len(), 1, "one primary: {}", lab.situation());
-    let open = || {
-        steadfast_lab::run_in_namespace(&lab.info.client_ns, || connect(target))
-            .expect("enter the client namespace")
-    };
+    let open = || client_connection(&lab);
 
     // A connection that never sends a byte.
     let started = Instant::now();
@@ -668,12 +687,12 @@ fn clients_that_keep_the_proxy_waiting_are_let_go_builtin() {
     // A keep-alive client asking every 400 ms, for three idle timeouts in all, then silent.
     let mut steady = open();
     for i in 0..6 {
-        steady
-            .write_all(b"GET /bytes/10 HTTP/1.1\r\nHost: vip\r\n\r\n")
-            .expect("send");
-        let (raw, closed) = read_until_quiet(&mut steady, Duration::from_millis(400));
         assert_eq!(
-            (replies_in(&raw), closed),
+            ask(
+                &mut steady,
+                b"GET /bytes/10 HTTP/1.1\r\nHost: vip\r\n\r\n",
+                Duration::from_millis(400)
+            ),
             (Some(vec![Reply::ok(10)]), false),
             "request {i} of a client that asks more often than the idle timeout: {}",
             lab.situation()
@@ -720,27 +739,16 @@ fn connections_beyond_the_limits_wait_or_are_refused_builtin() {
     const GET: &[u8] = b"GET /bytes/10 HTTP/1.1\r\nHost: vip\r\n\r\n";
     let one_reply = Some(vec![Reply::ok(10)]);
     let served = |stream: &mut TcpStream, what: &str, lab: &Lab| {
-        stream.write_all(GET).expect("send");
-        let (raw, closed) = read_until_quiet(stream, Duration::from_millis(300));
         assert_eq!(
-            (replies_in(&raw), closed),
+            ask(stream, GET, Duration::from_millis(300)),
             (one_reply.clone(), false),
             "{what}: {}",
             lab.situation()
         );
     };
 
-    let lab = Lab::up_with("mc", 2, BackendKind::Builtin, |opts| {
-        opts.mode = Mode::Duplex;
-        opts.witness = true;
-        opts.heartbeat_ms = Some(10);
-        opts.max_connections = Some(3);
-    });
-    let target = lab.target();
-    let open = || {
-        steadfast_lab::run_in_namespace(&lab.info.client_ns, || connect(target))
-            .expect("enter the client namespace")
-    };
+    let lab = duplex_lab("mc", |opts| opts.max_connections = Some(3));
+    let open = || client_connection(&lab);
     let mut sessions: Vec<TcpStream> = (0..3).map(|_| open()).collect();
     for (i, stream) in sessions.iter_mut().enumerate() {
         served(stream, &format!("connection {i} of 3"), &lab);
@@ -767,19 +775,10 @@ fn connections_beyond_the_limits_wait_or_are_refused_builtin() {
     );
     drop(lab);
 
-    let lab = Lab::up_with("ms", 2, BackendKind::Builtin, |opts| {
-        opts.mode = Mode::Duplex;
-        opts.witness = true;
-        opts.heartbeat_ms = Some(10);
-        opts.max_connections_per_source = Some(2);
-    });
-    let target = lab.target();
+    let lab = duplex_lab("ms", |opts| opts.max_connections_per_source = Some(2));
     let holders = lab.holders();
     assert_eq!(holders.len(), 1, "one primary: {}", lab.situation());
-    let open = || {
-        steadfast_lab::run_in_namespace(&lab.info.client_ns, || connect(target))
-            .expect("enter the client namespace")
-    };
+    let open = || client_connection(&lab);
     let mut first = open();
     let mut second = open();
     served(&mut first, "the first connection of the address", &lab);
