@@ -54,6 +54,35 @@ pub struct Settings {
     pub realtime_priority: i32,
 }
 
+/// The group key authenticates every heartbeat and replication frame: anyone who can read it
+/// can speak for a member, anyone who can write it can split the group. Like sshd with a
+/// private key, the daemon refuses a key file that anyone but its owner may read or write.
+fn refuse_key_open_to_others(config: &Path, key: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(key)
+        .with_context(|| {
+            format!(
+                "{}: group.auth_key_file: reading the permissions of {}",
+                config.display(),
+                key.display()
+            )
+        })?
+        .permissions()
+        .mode()
+        & 0o777;
+    if mode & 0o077 != 0 {
+        bail!(
+            "{}: group.auth_key_file: {} has mode {mode:04o}, so other users of this host may \
+             read or change the group key and forge heartbeats and replication frames; make it \
+             readable by its owner only: chmod 600 {}",
+            config.display(),
+            key.display(),
+            key.display()
+        );
+    }
+    Ok(())
+}
+
 impl Settings {
     /// Reads, parses and validates `path`, and reads the key file it names.
     pub fn load(path: &Path) -> anyhow::Result<Settings> {
@@ -78,6 +107,7 @@ impl Settings {
                 key_path.display()
             )
         })?;
+        refuse_key_open_to_others(path, &key_path)?;
         let key = AuthKey::from_file_contents(&key_bytes).map_err(|e| {
             anyhow::anyhow!(
                 "{}: group.auth_key_file: {}: {e}",

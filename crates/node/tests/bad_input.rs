@@ -135,6 +135,58 @@ fn broken_config_is_refused_naming_the_field() {
     assert!(stderr.contains("n1.toml:"), "names the file: {stderr}");
 }
 
+/// Removes its directory when dropped, so a failing test leaves nothing behind.
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The group key authenticates every message between the nodes: check-config (which loads
+/// the configuration as the daemon does) refuses a key file other users may read, naming the
+/// file, its mode and the fix, and accepts it once it is its owner's alone.
+#[test]
+fn a_group_key_that_others_may_read_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir =
+        TempDir(std::env::temp_dir().join(format!("steadfast-keymode-{}", std::process::id())));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let key = dir.0.join("key");
+    std::fs::write(&key, "0123456789abcdef0123456789abcdef\n").unwrap();
+    let file = dir.0.join("n1.toml");
+    std::fs::write(
+        &file,
+        "node_id = 1\n[group]\nauth_key_file = \"key\"\ntwo_node = true\n\n[[group.member]]\nid = 1\naddress = \"10.1.0.1/24\"\n\n[[group.member]]\nid = 2\naddress = \"10.1.0.2/24\"\n\n[[service]]\nname = \"web\"\nvip = \"10.1.0.100\"\nports = [80]\nmode = \"unreplicated\"\nbackend = \"127.0.0.1:80\"\n",
+    )
+    .unwrap();
+    let check = || {
+        let out = Command::new(common::exe())
+            .args(["check-config", file.to_str().unwrap()])
+            .output()
+            .expect("run check-config");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (ok, stderr) = check();
+    assert!(!ok, "a world-readable key is refused");
+    for needle in [
+        "group.auth_key_file",
+        key.to_str().unwrap(),
+        "0644",
+        "chmod 600",
+    ] {
+        assert!(stderr.contains(needle), "names {needle:?}: {stderr}");
+    }
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (ok, stderr) = check();
+    assert!(ok, "a key only its owner may read is accepted: {stderr}");
+}
+
 /// An Ethernet + IPv4 + TCP frame from the client to the VIP's port 80, correct in every
 /// field; the cases below break one field each.
 fn client_frame(dst: [u8; 6], src: [u8; 6], tcp_options: &[u8]) -> Vec<u8> {
