@@ -64,6 +64,11 @@ fn status_check_config_and_reload() {
         "n2 logged its reload: {}",
         std::fs::read_to_string(&log).unwrap_or_default()
     );
+    let logged = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        !logged.contains('\u{1b}'),
+        "a log written to a file holds no terminal colour codes: {logged}"
+    );
     assert_eq!(
         lab.daemon_status("n2")["role"],
         "backup",

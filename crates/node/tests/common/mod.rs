@@ -210,21 +210,20 @@ impl Lab {
                     .unwrap_or_default();
             let lines: Vec<&str> = log.lines().collect();
             for line in &lines[lines.len().saturating_sub(12)..] {
-                text.push_str(&without_colours(line));
+                text.push_str(line);
                 text.push('\n');
             }
         }
         text
     }
 
-    /// The lines of `host`'s daemon log (every life of it) that contain `needle`, without
-    /// colours.
+    /// The lines of `host`'s daemon log (every life of it) that contain `needle`.
     pub fn daemon_log_lines(&self, host: &str, needle: &str) -> Vec<String> {
         std::fs::read_to_string(self.info.state_dir.join(format!("{host}.daemon.log")))
             .unwrap_or_default()
             .lines()
-            .map(without_colours)
             .filter(|line| line.contains(needle))
+            .map(str::to_string)
             .collect()
     }
 
@@ -247,24 +246,6 @@ impl Drop for Lab {
             eprintln!("lab down {}: {e}", self.info.lab);
         }
     }
-}
-
-/// `line` without its ANSI colour sequences (`ESC [ … m`).
-fn without_colours(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c == 'm' {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 pub fn wait_until(within: Duration, mut done: impl FnMut() -> bool) -> bool {
