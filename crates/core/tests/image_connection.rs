@@ -1059,3 +1059,132 @@ fn an_upload_adopted_in_its_middle_is_replayed_whole_unless_bytes_went_missing()
         }
     }
 }
+
+/// `segment` of the connection from client port `port`.
+fn from_port(mut segment: ClientSegment, port: u16) -> ClientSegment {
+    segment.tuple.client.set_port(port);
+    segment
+}
+
+/// A SYN flood (spoofed SYNs that never complete their handshake) cannot fill the table: a
+/// new half-open image beyond `max_half_open` pushes out the oldest one, established
+/// connections are never touched, and a real handshake in the middle of the flood is tracked.
+#[test]
+fn a_flood_of_syns_that_never_complete_leaves_room_for_real_handshakes() {
+    let mut table = ConnectionTable::new(TableLimits {
+        max_connections: 1000,
+        max_half_open: 100,
+        ..TableLimits::default()
+    });
+    let (isn, server_isn) = (7000u32, 9000u32);
+    table.ingest(&from_port(syn(isn), 1), &[]).unwrap();
+    table
+        .ingest(&from_port(data(isn, 0, server_isn + 1, 0), 1), &[])
+        .unwrap();
+    let flood = |table: &mut ConnectionTable, ports: std::ops::Range<u16>| {
+        for port in ports {
+            let opened = table.ingest(&from_port(syn(u32::from(port)), port), &[]);
+            assert_eq!(opened.unwrap().tracking, Tracking::Opened, "port {port}");
+        }
+    };
+    flood(&mut table, 1000..6000);
+    // A real client in the middle of the flood: its ACK follows its SYN within a round trip.
+    let real = 500;
+    assert_eq!(
+        table
+            .ingest(&from_port(syn(isn), real), &[])
+            .unwrap()
+            .tracking,
+        Tracking::Opened
+    );
+    flood(&mut table, 6000..6050);
+    let acked = table
+        .ingest(&from_port(data(isn, 0, server_isn + 1, 0), real), &[])
+        .unwrap();
+    assert_eq!(acked.tracking, Tracking::Tracked, "its handshake completes");
+    flood(&mut table, 6050..20000);
+    let established: Vec<u16> = table
+        .iter()
+        .filter(|image| image.server_isn().is_some())
+        .map(|image| image.tuple().client.port())
+        .collect();
+    assert_eq!(established.len(), 2, "both established connections stay");
+    assert!(established.contains(&1) && established.contains(&real));
+    assert!(
+        table.len() <= 102,
+        "at most max_half_open half-open images beside them: {}",
+        table.len()
+    );
+    assert_eq!(table.counters().refused_segments, 0, "no SYN refused");
+    assert_eq!(
+        table.counters().half_open_evicted,
+        19_000 - 100,
+        "every flood SYN but the newest 100 pushed out"
+    );
+    // A handshake slower than the flood: its image was pushed out, its ACK passes untracked
+    // (the primary will hand the connection over).
+    table.ingest(&from_port(syn(isn), 600), &[]).unwrap();
+    flood(&mut table, 20000..20100);
+    let late = table
+        .ingest(&from_port(data(isn, 0, server_isn + 1, 0), 600), &[])
+        .unwrap();
+    assert_eq!(late.tracking, Tracking::Untracked);
+}
+
+/// Segments of connections the table does not track are kept for a later hand-over within a
+/// total bound, oldest connection first out. A connection whose kept segments were forgotten
+/// (it ended) and that sends again starts afresh at the back: its old place does not push the
+/// new segments out.
+#[test]
+fn kept_untracked_segments_leave_oldest_connection_first_and_a_new_start_is_new() {
+    let mut table = ConnectionTable::new(TableLimits::default());
+    let (isn, server_isn) = (1000u32, 2000u32);
+    let piece = vec![b'x'; 60_000];
+    let kept = |table: &mut ConnectionTable, port: u16, position: u32| {
+        table
+            .ingest(
+                &from_port(data(isn, position, server_isn + 1, piece.len()), port),
+                &piece,
+            )
+            .unwrap();
+    };
+    kept(&mut table, 10, 0);
+    // Port 10 ends (a FIN), then comes back with new segments later.
+    let mut fin = from_port(data(isn, 60_000, server_isn + 1, 0), 10);
+    fin.flags = FIN_ACK;
+    table.ingest(&fin, &[]).unwrap();
+    kept(&mut table, 11, 0);
+    // Past 64 MiB in all: connections of four segments each (256 KiB per connection at most),
+    // port 10 back among them.
+    for port in 12..300u16 {
+        if port == 150 {
+            kept(&mut table, 10, 0);
+        }
+        for i in 0..4 {
+            kept(&mut table, port, i * 60_000);
+        }
+    }
+    assert!(table.recent_untracked_bytes() <= 64 * 1024 * 1024);
+    // Port 11 went first; port 10's new segment is newer and kept (its stale first place did
+    // not push it out), as the adoptions show.
+    let adopted = |table: &mut ConnectionTable, port: u16| {
+        let mut t = tuple();
+        t.client.set_port(port);
+        table.adopt(ConnectionImage::adopted(
+            t,
+            isn,
+            syn(isn).options,
+            server_isn,
+            0,
+            b"",
+            NEGOTIATED,
+            ImageLimits::default(),
+        ))
+    };
+    assert_eq!(
+        adopted(&mut table, 11),
+        0,
+        "the oldest connection's segments are gone"
+    );
+    assert_eq!(adopted(&mut table, 10), 1, "the new start was kept");
+}

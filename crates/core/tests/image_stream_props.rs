@@ -327,6 +327,7 @@ proptest! {
             .collect();
         let mut table = ConnectionTable::new(TableLimits {
             max_connections: 16,
+            max_half_open: 16,
             image: unlimited(),
         });
         let mut references: Vec<ReferenceStream> =

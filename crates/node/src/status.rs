@@ -169,6 +169,9 @@ pub struct DataPlaneStatus {
     /// Connections reported opened whose opening the backup never saw, sent back for adoption.
     #[serde(default)]
     pub opened_unlogged: u64,
+    /// Half-open connection images pushed out by newer SYNs (a SYN flood).
+    #[serde(default)]
+    pub half_open_evicted: u64,
     pub forged_frames: u64,
     /// The proxy.
     pub connections: u64,
@@ -315,9 +318,10 @@ impl NodeStatus {
                 if d.unprotected_now { ", SERVING WITHOUT A BACKUP" } else { "" }
             ));
             s.push_str(&format!(
-                "  logger: {} frames logged, {} forwarded, {} dropped {:?}, {} refused, {} ARP replies; {} log bytes, {} replies logged; guard bounced {} frames that bypassed the backup to it, dropped {}\n",
+                "  logger: {} frames logged, {} forwarded, {} dropped {:?}, {} refused, {} ARP replies; {} log bytes, {} replies logged; guard bounced {} frames that bypassed the backup to it, dropped {}; half-open images pushed out by newer SYNs {}\n",
                 d.frames_logged, d.frames_forwarded, d.frames_dropped, d.drop_reasons, d.frames_refused,
-                d.arp_replies, d.log_bytes, d.replies_logged, d.guard_bounced, d.guard_dropped
+                d.arp_replies, d.log_bytes, d.replies_logged, d.guard_bounced, d.guard_dropped,
+                d.half_open_evicted
             ));
             s.push_str(&format!(
                 "  takeovers {}: {} connections restored, {} lost {:?}, {} client frames held; last took {} µs ({} conn/s); unprotected {} ms; backups joined {} lost {}; adopted {}\n",

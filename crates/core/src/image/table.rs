@@ -15,6 +15,13 @@ pub struct TableLimits {
     /// SYNs beyond this many tracked connections are refused (not forwarded): a connection the
     /// backup cannot protect is better not opened than opened unprotected.
     pub max_connections: usize,
+    /// Images of connections whose handshake has not completed (a SYN seen, not yet the
+    /// client's ACK of the server's SYN-ACK). A new one beyond this many evicts the oldest,
+    /// as a SYN queue under a flood drops its oldest entry: spoofed SYNs, which never
+    /// complete, cannot fill the table, and a real handshake completes long before a flood
+    /// pushes its image out. A connection whose image was pushed out all the same reaches the
+    /// primary untracked and is handed over like one opened before this backup joined.
+    pub max_half_open: usize,
     pub image: ImageLimits,
 }
 
@@ -22,6 +29,7 @@ impl Default for TableLimits {
     fn default() -> Self {
         TableLimits {
             max_connections: 262_144,
+            max_half_open: 65_536,
             image: ImageLimits::default(),
         }
     }
@@ -55,6 +63,9 @@ pub enum Tracking {
 pub struct Ingested {
     pub tracking: Tracking,
     pub report: SegmentReport,
+    /// The half-open connection whose image this SYN pushed out (see
+    /// [`TableLimits::max_half_open`]): whatever else follows it goes too.
+    pub evicted: Option<FourTuple>,
 }
 
 /// Cumulative counters of the table (status output).
@@ -83,6 +94,8 @@ pub struct TableCounters {
     /// unadopted records (more than `max_connections` of them): a takeover does not count them
     /// nor tell their clients they are lost.
     pub unadopted_unrecorded: u64,
+    /// Half-open images pushed out by newer ones (more than `max_half_open`: a SYN flood).
+    pub half_open_evicted: u64,
 }
 
 /// Per connection nobody announced for adoption, the most recent untracked segments kept.
@@ -119,10 +132,19 @@ pub struct ConnectionTable {
     /// with the bytes *it* has received; segments that passed through here after those — while
     /// the hand-over was on its way — would otherwise be missing from the image forever (the
     /// client will not resend what the primary acknowledged), so the adoption replays them.
-    recent_untracked: HashMap<FourTuple, VecDeque<(ClientSegment, Vec<u8>)>>,
-    /// Tuples of `recent_untracked` in the order they first got a segment (oldest first).
-    recent_order: VecDeque<FourTuple>,
+    recent_untracked: HashMap<FourTuple, RecentSegments>,
+    /// Tuples of `recent_untracked` in the order they first got a segment (oldest first), each
+    /// with the `since` of its entry then. An entry forgotten since (or forgotten and begun
+    /// again) leaves a stale pair here, skipped when it comes first: forgetting stays O(1)
+    /// however many connections a flood of stray segments brings.
+    recent_order: VecDeque<(FourTuple, u64)>,
     recent_bytes: usize,
+    /// Numbers the entries of `recent_untracked`.
+    next_recent: u64,
+    /// The half-open images in the order they opened (oldest first), each with its client's
+    /// ISN; pairs whose image completed its handshake, ended or was replaced since are stale,
+    /// skipped when they come first.
+    half_open_order: VecDeque<(FourTuple, u32)>,
     /// The connections the primary said it opened before this backup joined
     /// ([`ConnectionTable::expect_adoption`]), each with its client's latest numbers once a
     /// segment of it passed, until it ends or is adopted (bounded by `max_connections`): a
@@ -134,6 +156,14 @@ pub struct ConnectionTable {
     /// segment dropped from `recent_untracked` for room: an adoption whose image does not reach
     /// it has lost bytes for good.
     evicted_end: HashMap<FourTuple, u32>,
+}
+
+/// The untracked segments kept for one connection.
+#[derive(Debug, Clone, Default)]
+struct RecentSegments {
+    /// Its place in `recent_order`.
+    since: u64,
+    segments: VecDeque<(ClientSegment, Vec<u8>)>,
 }
 
 /// Errors of the table's per-connection operations.
@@ -167,6 +197,7 @@ impl ConnectionTable {
         let flags = segment.flags;
         let opening_syn = flags.syn && !flags.ack && !flags.rst;
         let mut tracking = Tracking::Tracked;
+        let mut evicted = None;
         if opening_syn {
             match self.images.get(&tuple) {
                 None => tracking = Tracking::Opened,
@@ -179,6 +210,7 @@ impl ConnectionTable {
                 Some(_) => self.counters.ignored_syns += 1,
             }
             if tracking == Tracking::Opened {
+                evicted = self.make_room_for_a_half_open_image();
                 if self.images.len() >= self.limits.max_connections {
                     self.counters.refused_segments += 1;
                     return Err(RefuseReason::TableFull {
@@ -188,6 +220,7 @@ impl ConnectionTable {
                 }
                 self.images
                     .insert(tuple, ConnectionImage::new(segment, self.limits.image));
+                self.half_open_order.push_back((tuple, segment.seq));
                 self.unadopted.remove(&tuple);
             }
         }
@@ -198,6 +231,7 @@ impl ConnectionTable {
             return Ok(Ingested {
                 tracking: Tracking::Untracked,
                 report: SegmentReport::default(),
+                evicted,
             });
         };
         let report = match image.ingest(segment, payload) {
@@ -221,7 +255,44 @@ impl ConnectionTable {
         if let Some(closure) = self.close_if_done(&tuple) {
             tracking = Tracking::Closed(closure);
         }
-        Ok(Ingested { tracking, report })
+        Ok(Ingested {
+            tracking,
+            report,
+            evicted,
+        })
+    }
+
+    /// With `max_half_open` half-open images or more in the queue, drops the oldest entry:
+    /// its image if that is still half open, else just the stale entry. Either way the queue,
+    /// and so the number of half-open images, stays below the bound after the new one. Returns
+    /// the connection whose image went.
+    fn make_room_for_a_half_open_image(&mut self) -> Option<FourTuple> {
+        let mut evicted = None;
+        while self.half_open_order.len() >= self.limits.max_half_open.max(1) {
+            let Some((tuple, isn)) = self.half_open_order.pop_front() else {
+                break;
+            };
+            let still_half_open = self
+                .images
+                .get(&tuple)
+                .is_some_and(|image| image.client_isn() == isn && image.server_isn().is_none());
+            if still_half_open {
+                self.images.remove(&tuple);
+                self.counters.half_open_evicted += 1;
+                evicted = Some(tuple);
+            }
+        }
+        // Pairs of handshakes that completed pile up at the back while older ones wait at the
+        // front: dropped once they outnumber the images, so the queue stays O(images).
+        if self.half_open_order.len() > 2 * self.images.len() + 1024 {
+            let images = &self.images;
+            self.half_open_order.retain(|(tuple, isn)| {
+                images
+                    .get(tuple)
+                    .is_some_and(|image| image.client_isn() == *isn && image.server_isn().is_none())
+            });
+        }
+        evicted
     }
 
     fn remember_untracked(&mut self, segment: &ClientSegment, payload: &[u8]) {
@@ -246,15 +317,22 @@ impl ConnectionTable {
         };
         let cost = segment_cost(payload);
         let recent = self.recent_untracked.entry(tuple).or_insert_with(|| {
-            self.recent_order.push_back(tuple);
-            VecDeque::new()
+            let since = self.next_recent;
+            self.next_recent += 1;
+            self.recent_order.push_back((tuple, since));
+            RecentSegments {
+                since,
+                segments: VecDeque::new(),
+            }
         });
-        recent.push_back((segment.clone(), payload.to_vec()));
+        recent
+            .segments
+            .push_back((segment.clone(), payload.to_vec()));
         self.recent_bytes += cost;
-        let mut held = held_bytes(recent);
+        let mut held = held_bytes(&recent.segments);
         let mut evicted = Vec::new();
         while held > limit {
-            let Some(dropped) = recent.pop_front() else {
+            let Some(dropped) = recent.segments.pop_front() else {
                 break;
             };
             held -= segment_cost(&dropped.1);
@@ -265,19 +343,27 @@ impl ConnectionTable {
             self.note_evicted(&segment, payload.len());
         }
         while self.recent_bytes > RECENT_UNTRACKED_TOTAL {
-            let Some(oldest) = self.recent_order.front().copied() else {
+            let Some((oldest, since)) = self.recent_order.pop_front() else {
                 break;
             };
-            if let Some(recent) = self.recent_untracked.get(&oldest) {
-                let dropped: Vec<_> = recent
+            let dropped: Vec<_> = match self.recent_untracked.get(&oldest) {
+                Some(recent) if recent.since == since => recent
+                    .segments
                     .iter()
                     .map(|(segment, payload)| (segment.clone(), payload.len()))
-                    .collect();
-                for (segment, len) in dropped {
-                    self.note_evicted(&segment, len);
-                }
+                    .collect(),
+                // Forgotten since, or begun again later: a stale pair.
+                _ => continue,
+            };
+            for (segment, len) in dropped {
+                self.note_evicted(&segment, len);
             }
             self.forget_untracked(&oldest);
+        }
+        if self.recent_order.len() > 2 * self.recent_untracked.len() + 1024 {
+            let recent = &self.recent_untracked;
+            self.recent_order
+                .retain(|(tuple, since)| recent.get(tuple).is_some_and(|r| r.since == *since));
         }
     }
 
@@ -294,11 +380,11 @@ impl ConnectionTable {
         }
     }
 
-    fn forget_untracked(&mut self, tuple: &FourTuple) {
-        if let Some(recent) = self.recent_untracked.remove(tuple) {
-            self.recent_bytes -= held_bytes(&recent);
-            self.recent_order.retain(|t| t != tuple);
-        }
+    /// O(1): the tuple's pair in `recent_order` goes stale.
+    fn forget_untracked(&mut self, tuple: &FourTuple) -> Option<RecentSegments> {
+        let recent = self.recent_untracked.remove(tuple)?;
+        self.recent_bytes -= held_bytes(&recent.segments);
+        Some(recent)
     }
 
     /// Untracked segments held for adoption, all connections (status and tests).
@@ -320,7 +406,8 @@ impl ConnectionTable {
                 continue;
             }
             let mut record: Option<UnadoptedConnection> = None;
-            for (segment, payload) in self.recent_untracked.get(tuple).into_iter().flatten() {
+            let kept = self.recent_untracked.get(tuple);
+            for (segment, payload) in kept.into_iter().flat_map(|recent| &recent.segments) {
                 match record.as_mut() {
                     Some(record) => record.note(segment, payload.len()),
                     None => record = UnadoptedConnection::from_segment(segment, payload.len()),
@@ -412,10 +499,8 @@ impl ConnectionTable {
         let mut replayed = 0;
         self.unadopted.remove(&tuple);
         let evicted_end = self.evicted_end.remove(&tuple);
-        if let Some(recent) = self.recent_untracked.remove(&tuple) {
-            self.recent_bytes -= held_bytes(&recent);
-            self.recent_order.retain(|t| *t != tuple);
-            for (segment, payload) in recent {
+        if let Some(recent) = self.forget_untracked(&tuple) {
+            for (segment, payload) in recent.segments {
                 // A segment the image cannot hold was forwarded long ago; the image is what
                 // the primary described, and a takeover reports what is missing.
                 if image.ingest(&segment, &payload).is_ok() {

@@ -1180,6 +1180,11 @@ impl LoggerContext {
                         .log_bytes
                         .fetch_add(payload.len() as u64, Ordering::Relaxed);
                     let tuple = segment.tuple;
+                    if let Some(evicted) = ingested.evicted {
+                        // A half-open connection pushed out by a newer SYN (a flood).
+                        state.last_seen.remove(&evicted);
+                        counters.half_open_evicted.fetch_add(1, Ordering::Relaxed);
+                    }
                     match ingested.tracking {
                         Tracking::Closed(_) => {
                             state.replica.closed(&tuple);

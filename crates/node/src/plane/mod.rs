@@ -109,6 +109,9 @@ pub struct PlaneCounters {
     /// Backup: connections the primary reported opened whose opening this backup never saw,
     /// sent back to be adopted.
     pub opened_unlogged: AtomicU64,
+    /// Backup: half-open connection images pushed out by newer SYNs beyond the table's bound
+    /// (a SYN flood; a real handshake completes long before).
+    pub half_open_evicted: AtomicU64,
     pub takeovers: AtomicU64,
     pub connections_restored: AtomicU64,
     pub connections_restored_unreported: AtomicU64,
