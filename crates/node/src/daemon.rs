@@ -1045,6 +1045,7 @@ fn plane_status(mode: &str, shared: &crate::plane::PlaneShared) -> crate::status
         status.client_idle_timeouts = p.client_idle_timeouts.load(Relaxed);
         status.client_header_timeouts = p.client_header_timeouts.load(Relaxed);
         status.connections_refused = p.connections_refused.load(Relaxed);
+        status.accepted_by_syn_cookie = p.accepted_by_syn_cookie.load(Relaxed);
         status.max_connections = proxy.admission.limit() as u64;
         status.adopted += p.adopted.load(Relaxed);
         status.adoptions_skipped = p.adoptions_skipped.load(Relaxed);

@@ -199,6 +199,9 @@ pub struct DataPlaneStatus {
     /// Connections closed at once because their address had `max_connections_per_source`.
     #[serde(default)]
     pub connections_refused: u64,
+    /// Connections whose handshake a SYN cookie completed (a full SYN queue: a flood).
+    #[serde(default)]
+    pub accepted_by_syn_cookie: u64,
     /// The most client connections served at once (`max_connections`, or what the open-file
     /// limit allows).
     #[serde(default)]
@@ -344,8 +347,9 @@ impl NodeStatus {
                 d.backend_errors, d.backend_retries
             ));
             s.push_str(&format!(
-                "  clients: closed idle {}, request heads timed out (408) {}; at most {} at once, refused (per-address limit) {}\n",
-                d.client_idle_timeouts, d.client_header_timeouts, d.max_connections, d.connections_refused
+                "  clients: closed idle {}, request heads timed out (408) {}; at most {} at once, refused (per-address limit) {}, accepted by SYN cookie {}\n",
+                d.client_idle_timeouts, d.client_header_timeouts, d.max_connections, d.connections_refused,
+                d.accepted_by_syn_cookie
             ));
         }
         let c = &self.counters;

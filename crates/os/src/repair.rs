@@ -489,6 +489,28 @@ pub fn saved_syn(stream: &impl AsRawFd) -> Result<SavedSyn, RepairError> {
         .ok_or_else(|| RepairError::invalid("TCP_SAVED_SYN", fd, "not an IPv4/TCP SYN header"))
 }
 
+/// The client's ISN of a connection accepted with nothing read from it yet, from its live
+/// receive sequence: where the receive queue's next byte goes, less the bytes waiting unread,
+/// less the SYN. For a connection that has no saved SYN: a listener whose SYN queue overflowed
+/// (a SYN flood) completes handshakes with SYN cookies, which keep no SYN to save. A client
+/// that already sent its FIN makes this one too high (the FIN takes a sequence number).
+pub fn client_isn_of_unread_socket(stream: &impl AsRawFd) -> Result<u32, RepairError> {
+    // Bytes that arrive between the looks would count twice: look until they agree.
+    for _ in 0..4 {
+        let (unread_before, _) = queued_bytes(stream)?;
+        let (rcv_nxt, _) = live_sequences(stream)?;
+        let (unread_after, _) = queued_bytes(stream)?;
+        if unread_before == unread_after {
+            return Ok(rcv_nxt.wrapping_sub(unread_before as u32).wrapping_sub(1));
+        }
+    }
+    Err(RepairError::invalid(
+        "TCP_QUEUE_SEQ (receive)",
+        stream.as_raw_fd(),
+        "client bytes kept arriving while the receive sequence was read",
+    ))
+}
+
 /// Parses the IPv4 + TCP headers of a SYN (as TCP_SAVED_SYN returns them).
 pub fn parse_syn_headers(bytes: &[u8]) -> Option<SavedSyn> {
     if bytes.len() < 20 || bytes[0] >> 4 != 4 {

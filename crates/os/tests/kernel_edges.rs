@@ -1166,3 +1166,54 @@ fn bytes_beyond_a_gap_are_seen_until_the_gap_is_filled_and_read() {
     .expect("the test thread")
     .expect("entering the namespace");
 }
+
+/// A listener whose handshakes SYN cookies complete (here always: tcp_syncookies = 2; in
+/// production when a flood fills its SYN queue) saves no SYN; the client's ISN then comes
+/// from the accepted socket's receive sequence, and it is the ISN the client really chose.
+#[test]
+fn the_isn_of_a_handshake_a_syn_cookie_completed_comes_from_the_receive_sequence() {
+    use std::io::Write;
+    use steadfast_os::repair;
+    let ns = NetnsGuard::create(&unique("c")).unwrap();
+    ip(&["-n", ns.name(), "link", "set", "lo", "up"]);
+    let (cookie, saved) = netns::spawn_in(ns.name(), || {
+        let mut isns = Vec::new();
+        for cookies in ["2", "0"] {
+            sysctl::write("net/ipv4/tcp_syncookies", cookies).expect("tcp_syncookies");
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
+            repair::enable_saved_syn(&listener).expect("TCP_SAVE_SYN");
+            let mut client =
+                std::net::TcpStream::connect(listener.local_addr().unwrap()).expect("connect");
+            // Before any byte is sent, the client's next sequence number is its ISN + 1.
+            let (_, client_next) = repair::live_sequences(&client).expect("client sequences");
+            client.write_all(b"hello").expect("send");
+            let (accepted, _) = listener.accept().expect("accept");
+            // Let the bytes land, so that the ISN is read with data waiting unread.
+            let waited = Instant::now();
+            while repair::queued_bytes(&accepted).unwrap().0 < 5 {
+                assert!(
+                    waited.elapsed() < Duration::from_secs(2),
+                    "the bytes arrive"
+                );
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let from_socket = repair::client_isn_of_unread_socket(&accepted).expect("ISN");
+            let saved = repair::saved_syn(&accepted).ok().map(|syn| syn.client_isn);
+            isns.push((client_next.wrapping_sub(1), from_socket, saved));
+        }
+        isns
+    })
+    .join()
+    .unwrap()
+    .map(|isns| (isns[0], isns[1]))
+    .unwrap();
+    let (chosen, from_socket, saved_syn) = cookie;
+    assert_eq!(saved_syn, None, "a cookie handshake saves no SYN");
+    assert_eq!(from_socket, chosen, "the ISN the client chose");
+    let (chosen, from_socket, saved_syn) = saved;
+    assert_eq!(
+        (from_socket, saved_syn),
+        (chosen, Some(chosen)),
+        "with a saved SYN both agree"
+    );
+}

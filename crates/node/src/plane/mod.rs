@@ -447,9 +447,16 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<ProxyContext>, shared: Arc<
             continue;
         };
         let (isn, client_mss, options) = match accepted_connection_facts(&stream) {
-            Ok(facts) => facts,
+            Ok(facts) => {
+                if facts.by_syn_cookie {
+                    ctx.counters
+                        .accepted_by_syn_cookie
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                (facts.client_isn, facts.client_mss, facts.options)
+            }
             Err(e) => {
-                tracing::warn!("connection {tuple}: {e}");
+                tracing::warn!("connection {tuple}: {e:#}");
                 continue;
             }
         };
@@ -480,21 +487,43 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<ProxyContext>, shared: Arc<
     }
 }
 
-/// The client's ISN (from the saved SYN: the request ids depend on it) and the options the
-/// kernel negotiated (the backup needs them to rebuild the socket).
-fn accepted_connection_facts(
-    stream: &tokio::net::TcpStream,
-) -> anyhow::Result<(u32, u16, ConnectionOptions)> {
-    let syn = steadfast_os::repair::saved_syn(stream).context("reading the saved SYN")?;
+/// What the plane needs to know of an accepted connection.
+struct AcceptedFacts {
+    /// The request ids depend on it.
+    client_isn: u32,
+    client_mss: u16,
+    /// What the kernel negotiated (the backup needs it to rebuild the socket).
+    options: ConnectionOptions,
+    /// The handshake was completed by a SYN cookie: no SYN was saved.
+    by_syn_cookie: bool,
+}
+
+/// The client's ISN and MSS from the saved SYN, or, for a handshake a SYN cookie completed (the
+/// listener's SYN queue overflowed: a flood), the ISN from the socket's receive sequence and
+/// the default MSS; and the options the kernel negotiated.
+fn accepted_connection_facts(stream: &tokio::net::TcpStream) -> anyhow::Result<AcceptedFacts> {
+    let (client_isn, client_mss, by_syn_cookie) = match steadfast_os::repair::saved_syn(stream) {
+        Ok(syn) => (
+            syn.client_isn,
+            syn.mss.unwrap_or(steadfast_core::image::DEFAULT_MSS),
+            false,
+        ),
+        Err(saved) => {
+            let isn = steadfast_os::repair::client_isn_of_unread_socket(stream)
+                .with_context(|| format!("no saved SYN ({saved}), and no receive sequence"))?;
+            (isn, steadfast_core::image::DEFAULT_MSS, true)
+        }
+    };
     let info = steadfast_os::repair::tcp_info_options(stream).context("reading TCP_INFO")?;
-    Ok((
-        syn.client_isn,
-        syn.mss.unwrap_or(steadfast_core::image::DEFAULT_MSS),
-        ConnectionOptions {
+    Ok(AcceptedFacts {
+        client_isn,
+        client_mss,
+        by_syn_cookie,
+        options: ConnectionOptions {
             window_scales: info.window_scales,
             sack: info.sack,
             timestamps: info.timestamps,
             mss: info.snd_mss,
         },
-    ))
+    })
 }

@@ -100,6 +100,9 @@ pub struct ProxyCounters {
     pub client_header_timeouts: AtomicU64,
     /// Connections closed at once: their address had `max_connections_per_source` open.
     pub connections_refused: AtomicU64,
+    /// Connections whose handshake a SYN cookie completed (the listener's SYN queue was full:
+    /// a flood), so no SYN was saved: their ISN came from the receive sequence.
+    pub accepted_by_syn_cookie: AtomicU64,
 }
 
 /// Idle keep-alive connections to the backend.
