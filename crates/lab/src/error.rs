@@ -127,6 +127,13 @@ pub enum LabError {
         source: nix::Error,
     },
 
+    #[error("SYN flood from namespace {namespace}: {source}")]
+    Flood {
+        namespace: String,
+        #[source]
+        source: steadfast_os::OsError,
+    },
+
     #[error("lab {lab}: {what} not ready after {waited:?}{details}")]
     NotReady {
         lab: String,

@@ -9,6 +9,7 @@ pub mod data_tier;
 pub mod demo;
 pub mod error;
 pub mod faults;
+pub mod flood;
 pub mod generator;
 pub mod lab;
 pub mod load;
