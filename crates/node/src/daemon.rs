@@ -120,6 +120,10 @@ pub fn run(config_path: &Path, witness: bool) -> anyhow::Result<()> {
         );
     }
     settings.refuse_unimplemented_modes(config_path)?;
+    // The proxy holds two descriptors per client connection: take all the system grants.
+    if let Err(e) = steadfast_os::limits::raise_open_files() {
+        tracing::warn!("{e}: the proxy serves fewer connections at once");
+    }
     if let Err(e) = steadfast_os::sched::set_realtime_priority(settings.realtime_priority) {
         tracing::warn!("cannot raise the scheduling priority (heartbeats may lag under load): {e}");
     }

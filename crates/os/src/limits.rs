@@ -6,12 +6,22 @@ use nix::sys::resource::{getrlimit, setrlimit, Resource};
 
 use crate::OsError;
 
-/// Raises the soft limit on open files to the hard limit, and returns the limit now in force.
-pub fn raise_open_files() -> Result<u64, OsError> {
-    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).map_err(|e| OsError::Io {
+/// The soft and hard limits on open files.
+fn open_file_limits() -> Result<(u64, u64), OsError> {
+    getrlimit(Resource::RLIMIT_NOFILE).map_err(|e| OsError::Io {
         what: "reading the open-file limit (RLIMIT_NOFILE)".into(),
         source: e.into(),
-    })?;
+    })
+}
+
+/// The limit on open files in force (the soft one).
+pub fn open_files() -> Result<u64, OsError> {
+    Ok(open_file_limits()?.0)
+}
+
+/// Raises the soft limit on open files to the hard limit, and returns the limit now in force.
+pub fn raise_open_files() -> Result<u64, OsError> {
+    let (soft, hard) = open_file_limits()?;
     if soft >= hard {
         return Ok(soft);
     }
@@ -31,5 +41,6 @@ mod tests {
         let in_force = raise_open_files().expect("raise the open-file limit");
         let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
         assert_eq!((in_force, soft), (hard, hard));
+        assert_eq!(open_files().unwrap(), hard);
     }
 }

@@ -158,6 +158,22 @@ pub struct ConnectionTable {
     evicted_end: HashMap<FourTuple, u32>,
 }
 
+/// Whether the entry `(tuple, isn)` of the half-open queue still names a half-open image.
+fn still_half_open(images: &HashMap<FourTuple, ConnectionImage>, entry: &(FourTuple, u32)) -> bool {
+    let (tuple, isn) = entry;
+    images
+        .get(tuple)
+        .is_some_and(|image| image.client_isn() == *isn && image.server_isn().is_none())
+}
+
+/// A queue whose entries go stale instead of being removed (forgetting stays O(1)) is
+/// compacted once stale entries may outnumber the `live` ones, so it stays O(live).
+fn drop_stale_entries<T>(queue: &mut VecDeque<T>, live: usize, is_live: impl Fn(&T) -> bool) {
+    if queue.len() > 2 * live + 1024 {
+        queue.retain(is_live);
+    }
+}
+
 /// The untracked segments kept for one connection.
 #[derive(Debug, Clone, Default)]
 struct RecentSegments {
@@ -272,26 +288,16 @@ impl ConnectionTable {
             let Some((tuple, isn)) = self.half_open_order.pop_front() else {
                 break;
             };
-            let still_half_open = self
-                .images
-                .get(&tuple)
-                .is_some_and(|image| image.client_isn() == isn && image.server_isn().is_none());
-            if still_half_open {
+            if still_half_open(&self.images, &(tuple, isn)) {
                 self.images.remove(&tuple);
                 self.counters.half_open_evicted += 1;
                 evicted = Some(tuple);
             }
         }
-        // Pairs of handshakes that completed pile up at the back while older ones wait at the
-        // front: dropped once they outnumber the images, so the queue stays O(images).
-        if self.half_open_order.len() > 2 * self.images.len() + 1024 {
-            let images = &self.images;
-            self.half_open_order.retain(|(tuple, isn)| {
-                images
-                    .get(tuple)
-                    .is_some_and(|image| image.client_isn() == *isn && image.server_isn().is_none())
-            });
-        }
+        let images = &self.images;
+        drop_stale_entries(&mut self.half_open_order, images.len(), |entry| {
+            still_half_open(images, entry)
+        });
         evicted
     }
 
@@ -360,11 +366,10 @@ impl ConnectionTable {
             }
             self.forget_untracked(&oldest);
         }
-        if self.recent_order.len() > 2 * self.recent_untracked.len() + 1024 {
-            let recent = &self.recent_untracked;
-            self.recent_order
-                .retain(|(tuple, since)| recent.get(tuple).is_some_and(|r| r.since == *since));
-        }
+        let recent = &self.recent_untracked;
+        drop_stale_entries(&mut self.recent_order, recent.len(), |(tuple, since)| {
+            recent.get(tuple).is_some_and(|r| r.since == *since)
+        });
     }
 
     /// A kept segment of `segment.tuple` was dropped for room: remembered, for a connection

@@ -103,10 +103,10 @@ impl Drop for Admitted {
     }
 }
 
-/// The admission of service `name`'s proxy, once the open-file limit is raised as far as the
-/// system allows.
+/// The admission of service `name`'s proxy, within the open-file limit in force (the daemon
+/// raised it as far as the system allows when it started).
 pub fn for_service(name: &str, configured: Option<u32>, per_source: Option<u32>) -> Arc<Admission> {
-    let open_files = steadfast_os::limits::raise_open_files().unwrap_or_else(|e| {
+    let open_files = steadfast_os::limits::open_files().unwrap_or_else(|e| {
         tracing::warn!("service {name}: {e}; counting on 1024 open files");
         1024
     });

@@ -31,7 +31,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 use self::gate::{LocalGate, ReplyGate};
-use self::proxy::{BackendPool, ProxyContext, SessionStart};
+use self::proxy::{ProxyContext, SessionStart};
 
 /// The replication channel listens on the heartbeat port + 1.
 pub const REPLICATION_PORT_OFFSET: u16 = 1;
@@ -374,22 +374,13 @@ async fn run(
     let limits = FramingLimits::default();
     if !service.duplex {
         let gate: Arc<dyn ReplyGate> = Arc::new(LocalGate::default());
-        let ctx = Arc::new(ProxyContext {
+        // No other node ever carries a simplex connection on: no lease fences it.
+        let ctx = Arc::new(ProxyContext::for_service(
+            &service,
             limits,
-            stream_above: service.stream_above as usize,
-            client_timeouts: service.client_timeouts,
-            admission: admission::for_service(
-                &service.name,
-                service.max_connections,
-                service.max_connections_per_source,
-            ),
             gate,
-            pool: BackendPool::new(service.backend),
-            counters: Default::default(),
-            census: Default::default(),
-            // No other node ever carries a simplex connection on.
-            lease: lease::LeaseFence::unfenced(),
-        });
+            lease::LeaseFence::unfenced(),
+        ));
         let _ = shared.proxy.set(ctx.clone());
         for listener in listeners {
             tokio::spawn(accept_loop(listener, ctx.clone(), shared.clone()));

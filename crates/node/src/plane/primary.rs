@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::backup::{self, BackupPlane};
 use super::gate::{AckState, AckWaiter, Piece, PieceKind, ReplyGate};
-use super::proxy::{BackendPool, ProxyContext};
+use super::proxy::ProxyContext;
 use super::{Peer, PlaneRole, PlaneSettings, PlaneShared};
 
 /// How long the primary waits for a backup to connect, prove the key and say ready.
@@ -341,21 +341,12 @@ impl Duplex {
         .context("installing the ingress guard (nftables)")?;
         guard.open().context("opening the ingress guard")?;
         let gate = Arc::new(ReplicatedGate::default());
-        let proxy = Arc::new(ProxyContext {
+        let proxy = Arc::new(ProxyContext::for_service(
+            service,
             limits,
-            stream_above: service.stream_above as usize,
-            client_timeouts: service.client_timeouts,
-            admission: super::admission::for_service(
-                &service.name,
-                service.max_connections,
-                service.max_connections_per_source,
-            ),
-            gate: gate.clone(),
-            pool: BackendPool::new(service.backend),
-            counters: Default::default(),
-            census: Default::default(),
+            gate.clone(),
             lease,
-        });
+        ));
         let _ = shared.proxy.set(proxy.clone());
         let backup = BackupPlane::start(&settings, shared.clone(), link.mac, link.index)
             .await

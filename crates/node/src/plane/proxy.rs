@@ -203,6 +203,32 @@ pub struct ProxyContext {
     pub lease: super::lease::LeaseFence,
 }
 
+impl ProxyContext {
+    /// The context of `service`'s sessions, replies going through `gate` under `lease`.
+    pub fn for_service(
+        service: &super::PlaneService,
+        limits: FramingLimits,
+        gate: Arc<dyn ReplyGate>,
+        lease: super::lease::LeaseFence,
+    ) -> ProxyContext {
+        ProxyContext {
+            limits,
+            stream_above: service.stream_above as usize,
+            client_timeouts: service.client_timeouts,
+            admission: super::admission::for_service(
+                &service.name,
+                service.max_connections,
+                service.max_connections_per_source,
+            ),
+            gate,
+            pool: BackendPool::new(service.backend),
+            counters: Default::default(),
+            census: Default::default(),
+            lease,
+        }
+    }
+}
+
 /// Where a session starts: offset 0 for a fresh connection, or the resume point of a
 /// connection carried over by a takeover.
 #[derive(Debug, Clone)]
@@ -566,7 +592,7 @@ impl Session {
                         }
                     }
                 }
-                () = refusal_deadline(self.refusal.as_ref()) => {
+                () = sleep_until(self.refusal.as_ref().map(|refusal| refusal.deadline)) => {
                     let error = self.refusal.take().expect("a refusal under way").error;
                     return self.refuse_ourselves(error).await;
                 }
@@ -1901,7 +1927,6 @@ impl AdoptionTrigger {
     }
 }
 
-/// Resolves with the backup's answer to a hand-over; never without one.
 /// A hand-over sent to the backup and not yet answered.
 struct PendingAdoption {
     ack: AckWaiter,
@@ -1909,6 +1934,7 @@ struct PendingAdoption {
     generation: u64,
 }
 
+/// Resolves with the backup's answer to a hand-over; never without one.
 async fn wait_for_adoption_ack(pending: Option<&mut PendingAdoption>) -> bool {
     match pending {
         Some(pending) => pending.ack.held().await,
@@ -1940,13 +1966,6 @@ fn frame_pieces(
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn refusal_deadline(refusal: Option<&Refusal>) {
-    match refusal {
-        Some(refusal) => tokio::time::sleep_until(refusal.deadline).await,
         None => std::future::pending().await,
     }
 }
