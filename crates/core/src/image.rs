@@ -32,6 +32,7 @@ pub use segment::{
     FrameDrop, TcpFlags, TcpOptions, Timestamps, ETHERNET_HEADER_LEN,
 };
 pub use table::{
-    Closure, ConnectionTable, Ingested, TableCounters, TableError, TableLimits, Tracking,
+    Closure, ConnectionTable, Ingested, OpenedCheck, TableCounters, TableError, TableLimits,
+    Tracking,
 };
 pub use unadopted::UnadoptedConnection;

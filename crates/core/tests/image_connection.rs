@@ -6,8 +6,8 @@ mod image_support;
 use image_support::*;
 use steadfast_core::image::{
     parse_client_frame, ClientSegment, Closure, ConnectionImage, ConnectionTable, ConsumeError,
-    ImageLimits, NegotiatedOptions, RefuseReason, RestoreError, TableError, TableLimits, TcpFlags,
-    Timestamps, Tracking, WindowScales, DEFAULT_MSS,
+    ImageLimits, NegotiatedOptions, OpenedCheck, RefuseReason, RestoreError, TableError,
+    TableLimits, TcpFlags, Timestamps, Tracking, WindowScales, DEFAULT_MSS,
 };
 
 fn opened(isn: u32) -> ConnectionImage {
@@ -676,6 +676,59 @@ fn a_connection_seen_only_after_its_opening_is_expected_with_its_latest_numbers(
     );
     // The kept segments stay for the adoption to replay.
     assert!(table.recent_untracked_bytes() > 0);
+}
+
+/// The primary reports a connection opened: the table holds it from its start only if both its
+/// SYN and its handshake ACK passed here. One whose ACK went around (its client's ARP entry
+/// named the primary for a moment before the guard was set) or that never passed here is
+/// expected for adoption, and a takeover cannot mistake its SYN-only image for the connection.
+#[test]
+fn a_connection_reported_opened_is_logged_only_with_its_handshake() {
+    let (isn, server_isn) = (7000u32, 11000u32);
+    let mut table = ConnectionTable::new(TableLimits::default());
+    let mut whole = syn(isn);
+    whole.tuple.client.set_port(42001);
+    let mut around = syn(isn);
+    around.tuple.client.set_port(42002);
+    let mut unseen = tuple();
+    unseen.client.set_port(42003);
+    for opening in [&whole, &around] {
+        table.ingest(opening, &[]).unwrap();
+    }
+    let mut handshake_ack = data(isn, 0, server_isn + 1, 0);
+    handshake_ack.tuple = whole.tuple;
+    table.ingest(&handshake_ack, &[]).unwrap();
+
+    assert_eq!(table.reported_opened(&whole.tuple), OpenedCheck::Logged);
+    assert_eq!(
+        table.reported_opened(&around.tuple),
+        OpenedCheck::HandshakeAround
+    );
+    assert_eq!(table.reported_opened(&unseen), OpenedCheck::NeverSeen);
+    assert!(table.get(&whole.tuple).is_some() && !table.is_unadopted(&whole.tuple));
+    assert!(
+        table.get(&around.tuple).is_none(),
+        "its SYN-only image is gone"
+    );
+    assert!(table.is_unadopted(&around.tuple) && table.is_unadopted(&unseen));
+
+    // Its later segments, bounced here by the guard, are kept for the hand-over.
+    let mut request = data(isn, 0, server_isn + 1, 4);
+    request.tuple = around.tuple;
+    let ingested = table.ingest(&request, b"GET ").unwrap();
+    assert_eq!(ingested.tracking, Tracking::Untracked);
+    let record = table
+        .unadopted()
+        .find(|(t, _)| *t == around.tuple)
+        .and_then(|(_, seen)| seen.copied())
+        .expect("numbers from its segments");
+    assert_eq!(
+        (record.acked, record.next_seq),
+        (server_isn + 1, isn + 1 + 4)
+    );
+    // Reported again (a repeated frame): still expected, nothing else changes.
+    assert_eq!(table.reported_opened(&around.tuple), OpenedCheck::NeverSeen);
+    assert_eq!(table.unadopted().count(), 2);
 }
 
 #[test]

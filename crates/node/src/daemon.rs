@@ -1025,6 +1025,7 @@ fn plane_status(mode: &str, shared: &crate::plane::PlaneShared) -> crate::status
         replication_stalls: c.replication_stalls.load(Relaxed),
         stale_link_attempts: c.stale_link_attempts.load(Relaxed),
         opened_unlogged: c.opened_unlogged.load(Relaxed),
+        opened_around: c.opened_around.load(Relaxed),
         half_open_evicted: c.half_open_evicted.load(Relaxed),
         forged_frames: c.forged_frames.load(Relaxed),
         adopted: c.adopted.load(Relaxed),

@@ -169,6 +169,9 @@ pub struct DataPlaneStatus {
     /// Connections reported opened whose opening the backup never saw, sent back for adoption.
     #[serde(default)]
     pub opened_unlogged: u64,
+    /// Of those, connections whose SYN the backup logged but whose handshake went around it.
+    #[serde(default)]
+    pub opened_around: u64,
     /// Half-open connection images pushed out by newer SYNs (a SYN flood).
     #[serde(default)]
     pub half_open_evicted: u64,

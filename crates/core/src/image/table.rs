@@ -44,6 +44,19 @@ pub enum Closure {
     Reset,
 }
 
+/// Whether the table logged the opening of a connection the primary reports opened
+/// ([`ConnectionTable::reported_opened`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenedCheck {
+    /// Its SYN and handshake ACK passed here: the image holds the connection from its start.
+    Logged,
+    /// No image: expected for adoption.
+    NeverSeen,
+    /// Its SYN passed here, not its handshake ACK: the image was dropped, expected for
+    /// adoption.
+    HandshakeAround,
+}
+
 /// What the table did with a segment's connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Tracking {
@@ -395,6 +408,26 @@ impl ConnectionTable {
     /// Untracked segments held for adoption, all connections (status and tests).
     pub fn recent_untracked_bytes(&self) -> usize {
         self.recent_bytes
+    }
+
+    /// The primary reports `tuple` opened: its proxy accepted it, so the client's handshake ACK
+    /// reached the primary's TCP, which it does only through this table when the backup stands
+    /// in front (I1). Without an image (the handshake came before the backup stood in front)
+    /// or with one that took no ACK (its SYN passed here, its ACK went around: a client whose
+    /// ARP entry still named the primary before the guard was set) the table does not hold
+    /// what the client sent the primary straight: the image, if any, is dropped and the
+    /// connection expected for adoption like one opened before the join.
+    pub fn reported_opened(&mut self, tuple: &FourTuple) -> OpenedCheck {
+        let check = match self.images.get(tuple) {
+            Some(image) if image.server_isn().is_some() => return OpenedCheck::Logged,
+            Some(_) => {
+                self.images.remove(tuple);
+                OpenedCheck::HandshakeAround
+            }
+            None => OpenedCheck::NeverSeen,
+        };
+        self.expect_adoption(&[*tuple]);
+        check
     }
 
     /// The primary opened these connections before this backup stood in front of it and will

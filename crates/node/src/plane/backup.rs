@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use steadfast_core::image::{
     parse_client_frame, tcp_checksum_fixup, AckProbe, ConnectionImage, ConnectionTable, FourTuple,
-    TableLimits, TcpOptions, Tracking, ETHERNET_HEADER_LEN,
+    OpenedCheck, TableLimits, TcpOptions, Tracking, ETHERNET_HEADER_LEN,
 };
 use steadfast_core::replication_wire::{
     self, handshake_proof, verify_proof, AdoptedStream, ConnectionOptions, FrameReader,
@@ -583,20 +583,31 @@ impl BackupParts {
                 state.replica.opened(tuple, client_isn, options);
                 state.template = Some(options);
                 if let Some(table) = state.table.as_mut() {
-                    if table.get(&tuple).is_some() {
-                        let negotiated = options.negotiated();
-                        if let Err(e) = table.set_negotiated(&tuple, negotiated) {
-                            tracing::debug!("opened {tuple}: {e}");
+                    // A connection whose opening this table did not log (docs/design.md, "the
+                    // join") is handed over like one opened before the join; a takeover
+                    // before that resets its client.
+                    match table.reported_opened(&tuple) {
+                        OpenedCheck::Logged => {
+                            let negotiated = options.negotiated();
+                            if let Err(e) = table.set_negotiated(&tuple, negotiated) {
+                                tracing::debug!("opened {tuple}: {e}");
+                            }
                         }
-                    } else {
-                        // Its handshake reached the primary before this backup stood in front
-                        // (it sat in the accept queue while the backup joined): no image, so
-                        // the primary is told to hand it over like one opened before the join,
-                        // and a takeover before that resets its client.
-                        table.expect_adoption(&[tuple]);
-                        unlogged.push(tuple);
-                        counters.opened_unlogged.fetch_add(1, Ordering::Relaxed);
-                        tracing::debug!("{tuple}: reported opened, never seen opening: unlogged");
+                        check => {
+                            unlogged.push(tuple);
+                            counters.opened_unlogged.fetch_add(1, Ordering::Relaxed);
+                            if check == OpenedCheck::HandshakeAround {
+                                counters.opened_around.fetch_add(1, Ordering::Relaxed);
+                                tracing::info!(
+                                    "{tuple}: reported opened, but its handshake ACK went \
+                                     around this backup: handed over instead"
+                                );
+                            } else {
+                                tracing::debug!(
+                                    "{tuple}: reported opened, never seen opening: unlogged"
+                                );
+                            }
+                        }
                     }
                 }
                 self.shared

@@ -109,6 +109,9 @@ pub struct PlaneCounters {
     /// Backup: connections the primary reported opened whose opening this backup never saw,
     /// sent back to be adopted.
     pub opened_unlogged: AtomicU64,
+    /// Backup: of those, connections whose SYN it logged but whose handshake ACK reached the
+    /// primary around it (also counted in `opened_unlogged`).
+    pub opened_around: AtomicU64,
     /// Backup: half-open connection images pushed out by newer SYNs beyond the table's bound
     /// (a SYN flood; a real handshake completes long before).
     pub half_open_evicted: AtomicU64,
