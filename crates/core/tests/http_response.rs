@@ -513,6 +513,16 @@ fn content_range_parses_satisfied_byte_ranges() {
         ContentRange::parse(b"bytes 0-0/*").map(|r| r.len()),
         Some(1)
     );
+    assert_eq!(
+        ContentRange::parse(b"bytes 0-18446744073709551614/*").map(|r| r.len()),
+        Some(u64::MAX),
+        "the longest range there is"
+    );
+    assert_eq!(
+        ContentRange::parse(b"bytes 1-18446744073709551614/18446744073709551615")
+            .map(|r| (r.len(), r.last + 1)),
+        Some((u64::MAX - 1, u64::MAX))
+    );
     for bad in [
         &b"bytes */1000"[..],
         b"bytes 5-4/10",
@@ -520,6 +530,11 @@ fn content_range_parses_satisfied_byte_ranges() {
         b"items 0-1/2",
         b"bytes 0-1",
         b"bytes -1-2/3",
+        // Its length and end would not fit in 64 bits.
+        b"bytes 0-18446744073709551615/*",
+        b"bytes 18446744073709551615-18446744073709551615/*",
+        // Beyond 64 bits.
+        b"bytes 0-18446744073709551616/*",
     ] {
         assert_eq!(
             ContentRange::parse(bad),

@@ -329,6 +329,19 @@ fn a_changed_or_refused_answer_is_an_error_never_spliced() {
         continue_with(&cut, &grown, 0),
         Err(ContinuationError::WrongRange { .. })
     ));
+    // A range whose end does not fit in 64 bits is refused, never computed with.
+    let endless = reply(
+        &format!(
+            "HTTP/1.1 206 Partial Content\r\nETag: {ETAG}\r\nContent-Range: bytes \
+             150-18446744073709551615/*\r\n"
+        ),
+        &payload[150..],
+        None,
+    );
+    assert!(matches!(
+        continue_with(&cut, &endless, 0),
+        Err(ContinuationError::WrongRange { first: 150, .. })
+    ));
     let precondition = reply("HTTP/1.1 412 Precondition Failed\r\n", b"", None);
     assert_eq!(
         continue_with(&cut, &precondition, 0),

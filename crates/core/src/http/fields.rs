@@ -221,7 +221,9 @@ impl ContentRange {
         } else {
             Some(parse_decimal(complete)?)
         };
-        if first > last || complete_length.is_some_and(|len| last >= len) {
+        // A last byte at u64::MAX (only possible with `*`) would make the range's length and
+        // its end (`last + 1`) overflow; no representation is 2^64 bytes long.
+        if first > last || last == u64::MAX || complete_length.is_some_and(|len| last >= len) {
             return None;
         }
         Some(ContentRange {
