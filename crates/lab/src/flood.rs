@@ -47,20 +47,7 @@ pub fn syn_flood(
     options: FloodOptions,
     stop: &AtomicBool,
 ) -> Result<FloodReport, LabError> {
-    let failed = |source| LabError::Flood {
-        namespace: namespace.to_string(),
-        source,
-    };
-    let sender =
-        run_in_namespace(namespace, steadfast_os::raw_ip::RawIpSender::open)?.map_err(failed)?;
-    let mut seed = [0u8; 8];
-    getrandom::getrandom(&mut seed).map_err(|e| {
-        failed(steadfast_os::OsError::Io {
-            what: "drawing the flood's seed".into(),
-            source: std::io::Error::other(e.to_string()),
-        })
-    })?;
-    let mut random = XorShift(u64::from_le_bytes(seed) | 1);
+    let (sender, mut random) = spoofing_sender(namespace)?;
     let total = (u64::from(options.syns_per_second) as f64 * options.duration.as_secs_f64())
         .min(MAX_FLOOD_SYNS as f64) as u64;
     let started = Instant::now();
@@ -87,6 +74,62 @@ pub fn syn_flood(
     }
     report.took = started.elapsed();
     Ok(report)
+}
+
+/// Sends `count` (at most 10,000) spoofed SYNs like the flood's to `target` from `namespace`,
+/// at once. With `damaged`, one bit of each TCP header is flipped after its checksum was
+/// computed, as by a link that corrupts frames: a receiver that verifies the checksum drops
+/// them. Returns how many the client's kernel took.
+pub fn spoofed_syns(
+    namespace: &str,
+    target: SocketAddrV4,
+    count: u32,
+    damaged: bool,
+) -> Result<u64, LabError> {
+    let (sender, mut random) = spoofing_sender(namespace)?;
+    let mut packet = Vec::with_capacity(64);
+    let mut sent = 0;
+    for _ in 0..count.min(10_000) {
+        packet.clear();
+        spoofed_syn(&mut random, target, &mut packet);
+        if damaged {
+            damage(&mut packet);
+        }
+        if sender.send(&packet, *target.ip()).is_ok() {
+            sent += 1;
+        }
+    }
+    Ok(sent)
+}
+
+/// etherparse writes an IPv4 header without options.
+const IPV4_HEADER_LEN: usize = 20;
+const TCP_WINDOW_OFFSET: usize = 14;
+
+/// Flips a bit of the TCP window of an IPv4 packet built by [`spoofed_syn`], leaving its
+/// checksum as it was.
+fn damage(packet: &mut [u8]) {
+    packet[IPV4_HEADER_LEN + TCP_WINDOW_OFFSET] ^= 0x04;
+}
+
+/// A raw IPv4 sender in `namespace` and a generator seeded at random for spoofed fields.
+fn spoofing_sender(
+    namespace: &str,
+) -> Result<(steadfast_os::raw_ip::RawIpSender, XorShift), LabError> {
+    let failed = |source| LabError::Flood {
+        namespace: namespace.to_string(),
+        source,
+    };
+    let sender =
+        run_in_namespace(namespace, steadfast_os::raw_ip::RawIpSender::open)?.map_err(failed)?;
+    let mut seed = [0u8; 8];
+    getrandom::getrandom(&mut seed).map_err(|e| {
+        failed(steadfast_os::OsError::Io {
+            what: "drawing a seed for spoofed SYNs".into(),
+            source: std::io::Error::other(e.to_string()),
+        })
+    })?;
+    Ok((sender, XorShift(u64::from_le_bytes(seed) | 1)))
 }
 
 /// A SYN to `target` from a random spoofed address and port, with a random ISN and the
@@ -155,5 +198,32 @@ mod tests {
                 .unwrap();
             assert_eq!(tcp.checksum(), checksum, "a checksum the server accepts");
         }
+    }
+
+    #[test]
+    fn a_damaged_syn_is_the_same_syn_with_a_checksum_that_no_longer_matches() {
+        let target = SocketAddrV4::new(crate::topology::VIP, 80);
+        let mut packet = Vec::new();
+        spoofed_syn(&mut XorShift(777), target, &mut packet);
+        let mut damaged = packet.clone();
+        damage(&mut damaged);
+        let parsed = etherparse::SlicedPacket::from_ip(&damaged).expect("still an IPv4 packet");
+        let (Some(etherparse::NetSlice::Ipv4(ip)), Some(etherparse::TransportSlice::Tcp(tcp))) =
+            (parsed.net, parsed.transport)
+        else {
+            panic!("still IPv4 and TCP");
+        };
+        assert!(tcp.syn() && !tcp.ack());
+        assert_eq!(
+            tcp.window_size(),
+            64240 ^ 0x0400,
+            "a bit of the window's high byte"
+        );
+        let checksum = tcp
+            .to_header()
+            .calc_checksum_ipv4(&ip.header().to_header(), &[])
+            .unwrap();
+        assert_ne!(tcp.checksum(), checksum, "the checksum no longer matches");
+        assert_eq!(damaged.len(), packet.len());
     }
 }

@@ -2532,4 +2532,3 @@ fn downloads_in_flight_survive_a_crash_a_heal_and_a_second_crash_apache2() {
 fn uploads_in_flight_survive_a_crash_a_heal_and_a_second_crash() {
     exchanges_survive_a_crash_a_heal_and_a_second_crash(BackendKind::Builtin, 2, 4);
 }
-

@@ -9,7 +9,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use common::{BackgroundLoad, Lab};
-use steadfast_lab::flood::{syn_flood, FloodOptions};
+use steadfast_lab::flood::{spoofed_syns, syn_flood, FloodOptions};
 use steadfast_lab::load::{KeepAliveOptions, LoadOptions, ProbeOptions};
 use steadfast_lab::{BackendKind, Mode};
 
@@ -110,4 +110,87 @@ fn a_syn_flood_leaves_established_and_new_connections_working_builtin() {
         summary.probe_errors,
         lab.situation()
     );
+}
+
+/// SYNs damaged on the wire (a bit of the TCP header flipped after the checksum was computed)
+/// never reach the primary through the backup: the backup verifies what no NIC verified
+/// before logging, where it used to log the segment as sent and recompute its checksum on the
+/// way to the primary, which then took it as good. The same SYNs undamaged do reach it.
+#[test]
+fn segments_damaged_on_the_wire_are_neither_logged_nor_forwarded() {
+    const SYNS: u32 = 50;
+    let lab = Lab::up_in_mode("ck", 2, true, BackendKind::Builtin, None, Mode::Duplex);
+    let holders = lab.holders();
+    assert_eq!(holders.len(), 1, "one primary: {}", lab.situation());
+    let primary = holders[0].clone();
+    let backup = if primary == "n1" { "n2" } else { "n1" };
+    let joined = common::wait_until(Duration::from_secs(10), || {
+        lab.daemon_status(&primary)["data_plane"]["backups_joined"]
+            .as_u64()
+            .unwrap_or(0)
+            > 0
+    });
+    assert!(joined, "no backup joined {primary}: {}", lab.situation());
+    let primary_ns = format!("{}-{primary}", lab.name());
+    // SYNs from the spoofed sources leave half-open sockets at the primary (their SYN-ACKs go
+    // nowhere) for a minute: each one that reached its TCP.
+    let half_open_at_primary = || {
+        let out = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &primary_ns,
+                "ss",
+                "-Htn",
+                "state",
+                "syn-recv",
+            ])
+            .output()
+            .expect("ss (Debian package iproute2) runs");
+        assert!(out.status.success(), "ss in {primary_ns}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).lines().count()
+    };
+    let bad_checksums = || {
+        lab.daemon_status(backup)["data_plane"]["drop_reasons"]["bad-checksum"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let logged = || {
+        lab.daemon_status(backup)["data_plane"]["frames_logged"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let target = SocketAddrV4::new(steadfast_lab::topology::VIP, 80);
+
+    let logged_before = logged();
+    let sent = spoofed_syns(&lab.info.client_ns, target, SYNS, true).expect("send damaged SYNs");
+    assert_eq!(sent, u64::from(SYNS), "the client's kernel sent them all");
+    let dropped = common::wait_until(Duration::from_secs(5), || {
+        bad_checksums() >= u64::from(SYNS)
+    });
+    // Anything they would have caused at the primary has happened by now: the undamaged ones
+    // below show how fast.
+    std::thread::sleep(Duration::from_millis(200));
+    let (half_open, logged_damaged) = (half_open_at_primary(), logged() - logged_before);
+    eprintln!(
+        "damaged: {} dropped for their checksum, {logged_damaged} logged, {half_open} half-open \
+         at the primary",
+        bad_checksums()
+    );
+    assert!(dropped, "the backup dropped {} of {SYNS}", bad_checksums());
+    assert_eq!(half_open, 0, "no damaged SYN reached the primary");
+    assert_eq!(logged_damaged, 0, "no damaged SYN was logged");
+
+    let sent = spoofed_syns(&lab.info.client_ns, target, SYNS, false).expect("send SYNs");
+    assert_eq!(sent, u64::from(SYNS));
+    let reached = common::wait_until(Duration::from_secs(5), || {
+        half_open_at_primary() >= SYNS as usize
+    });
+    eprintln!(
+        "undamaged: {} half-open at the primary, {} logged",
+        half_open_at_primary(),
+        logged() - logged_before
+    );
+    assert!(reached, "the undamaged SYNs reached the primary");
+    assert_eq!(bad_checksums(), u64::from(SYNS), "none of them dropped");
 }

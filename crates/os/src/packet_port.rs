@@ -22,6 +22,8 @@ const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
 const TP_STATUS_KERNEL: u32 = 0;
 const TP_STATUS_USER: u32 = 1;
 const TP_STATUS_COPY: u32 = 2;
+const TP_STATUS_CSUMNOTREADY: u32 = 1 << 3;
+const TP_STATUS_CSUM_VALID: u32 = 1 << 7;
 const PACKET_HOST: u8 = 0;
 const PACKET_BROADCAST: u8 = 1;
 /// A ring slot holds a GRO-merged frame of up to 64 KiB plus headers whole.
@@ -84,6 +86,32 @@ pub struct RxFrame<'a> {
     /// Its length on the wire (larger than `data` when truncated).
     pub original_len: usize,
     pub truncated: bool,
+    pub checksum: RxChecksum,
+}
+
+/// What the kernel knows of a received frame's transport checksum (`tp_status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RxChecksum {
+    /// Not computed yet (checksum offload: a frame from a local or virtual sender that never
+    /// crossed a wire); the field holds the pseudo-header sum and is to be filled in, not
+    /// judged.
+    Partial,
+    /// Verified by the NIC or the kernel.
+    Verified,
+    /// Nobody checked it: whoever trusts the frame's bytes must verify it.
+    Unchecked,
+}
+
+impl RxChecksum {
+    fn from_status(status: u32) -> RxChecksum {
+        if status & TP_STATUS_CSUMNOTREADY != 0 {
+            RxChecksum::Partial
+        } else if status & TP_STATUS_CSUM_VALID != 0 {
+            RxChecksum::Verified
+        } else {
+            RxChecksum::Unchecked
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -316,6 +344,7 @@ impl PacketPort {
                         data,
                         original_len: len,
                         truncated,
+                        checksum: RxChecksum::from_status(status),
                     });
                     handed += 1;
                 } else {
@@ -533,6 +562,28 @@ mod tests {
         // The pieces' checksums are computed afresh, so the flags can be set after the fact.
         frame[ETH_HLEN + 20 + 13] |= flags;
         frame
+    }
+
+    #[test]
+    fn a_partial_checksum_is_filled_in_a_verified_one_trusted_any_other_checked() {
+        let user = TP_STATUS_USER;
+        assert_eq!(
+            RxChecksum::from_status(user | TP_STATUS_CSUMNOTREADY),
+            RxChecksum::Partial
+        );
+        assert_eq!(
+            RxChecksum::from_status(user | TP_STATUS_CSUM_VALID),
+            RxChecksum::Verified
+        );
+        assert_eq!(
+            RxChecksum::from_status(user | TP_STATUS_COPY),
+            RxChecksum::Unchecked
+        );
+        // The kernel sets one or the other; partial wins (its field is not a checksum yet).
+        assert_eq!(
+            RxChecksum::from_status(user | TP_STATUS_CSUMNOTREADY | TP_STATUS_CSUM_VALID),
+            RxChecksum::Partial
+        );
     }
 
     #[test]

@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use steadfast_core::image::{
-    parse_client_frame, tcp_checksum_fixup, AckProbe, ConnectionImage, ConnectionTable, FourTuple,
-    OpenedCheck, TableLimits, TcpOptions, Tracking, ETHERNET_HEADER_LEN,
+    parse_client_frame, tcp_checksum_fixup, tcp_checksum_is_valid, AckProbe, ConnectionImage,
+    ConnectionTable, FourTuple, OpenedCheck, TableLimits, TcpOptions, Tracking,
+    ETHERNET_HEADER_LEN,
 };
 use steadfast_core::replication_wire::{
     self, handshake_proof, verify_proof, AdoptedStream, ConnectionOptions, FrameReader,
@@ -1091,6 +1092,9 @@ impl LoggerContext {
             if frame.data.len() <= ETHERNET_HEADER_LEN || frame.data[12..14] != [0x08, 0x00] {
                 return;
             }
+            if damaged_on_the_wire(&frame) {
+                return;
+            }
             let mut copy = frame.data.to_vec();
             // Offloaded frames may carry a partial checksum the local stack would refuse.
             if tcp_checksum_fixup(&mut copy).is_ok() {
@@ -1180,6 +1184,11 @@ impl LoggerContext {
                     return;
                 }
             };
+            if damaged_on_the_wire(&frame) {
+                counters.frames_dropped.fetch_add(1, Ordering::Relaxed);
+                PlaneShared::count_reason(&shared.drop_reasons, "bad-checksum");
+                return;
+            }
             let Some(table) = state.table.as_mut() else {
                 return;
             };
@@ -1227,6 +1236,16 @@ impl LoggerContext {
             }
         });
     }
+}
+
+/// Whether `frame`'s TCP checksum, which nobody verified before (no NIC offload said so, nor
+/// is it a partial one still to be filled in), is wrong. A frame damaged on the wire would
+/// be logged as what the client sent and, its checksum recomputed on the way to the primary
+/// or into the rebuilt sockets, reach the server as such; dropped instead, it is resent by
+/// the client.
+fn damaged_on_the_wire(frame: &steadfast_os::packet_port::RxFrame<'_>) -> bool {
+    frame.checksum == steadfast_os::packet_port::RxChecksum::Unchecked
+        && tcp_checksum_is_valid(frame.data) != Ok(true)
 }
 
 /// Readdresses a logged frame to the primary (source MAC = this backup, so the switch keeps
