@@ -8,18 +8,55 @@
 
 use std::collections::{HashMap, VecDeque};
 
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use crate::heartbeat_wire::AuthKey;
 use crate::http::{
     CutPoint, FramingLimits, NotResumable, RequestEvent, RequestFramer, StreamedReply,
 };
 use crate::image::{ConnectionImage, FourTuple, RestoreError, RestoreParams, DEFAULT_MSS};
 use crate::replication_wire::ConnectionOptions;
 
-/// The id of a connection in `Steadfast-Request-Id`: the same on the primary (from the saved
-/// SYN) and on the backup (from the logged SYN), so a replayed request carries the id it had.
-pub fn connection_id(tuple: &FourTuple, client_isn: u32) -> u64 {
-    let ip = u32::from(*tuple.client.ip());
-    let mixed = ip.rotate_left(16) ^ u32::from(tuple.client.port());
-    (u64::from(client_isn) << 32) | u64::from(mixed)
+/// The secret behind the connection ids of `Steadfast-Request-Id`. A connection's id is the
+/// same on the primary (from the saved SYN) and on the backup (from the logged SYN), so a
+/// replayed request carries the id it had; it is a keyed hash of the client's address, port
+/// and ISN, keyed from the group key every member holds, so every member computes it and no
+/// client can choose those values to give its connection the id of another client's (and so
+/// be answered, by a backend that deduplicates by id, with another client's recorded outcome).
+#[derive(Clone)]
+pub struct RequestIdKey(Hmac<Sha256>);
+
+impl std::fmt::Debug for RequestIdKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RequestIdKey(<secret>)")
+    }
+}
+
+impl RequestIdKey {
+    /// The key of the group whose members share `group_key`: its own, so the id reveals
+    /// nothing of the key the peers authenticate with.
+    pub fn derive(group_key: &AuthKey) -> RequestIdKey {
+        let mut derive =
+            Hmac::<Sha256>::new_from_slice(group_key.secret()).expect("HMAC takes any key");
+        derive.update(b"steadfast request ids v1");
+        let key = derive.finalize().into_bytes();
+        RequestIdKey(Hmac::<Sha256>::new_from_slice(&key).expect("HMAC takes any key"))
+    }
+
+    /// The id of the connection from `tuple.client` whose SYN carried `client_isn`.
+    pub fn connection_id(&self, tuple: &FourTuple, client_isn: u32) -> u64 {
+        let mut mac = self.0.clone();
+        mac.update(&tuple.client.ip().octets());
+        mac.update(&tuple.client.port().to_be_bytes());
+        mac.update(&client_isn.to_be_bytes());
+        let digest = mac.finalize().into_bytes();
+        u64::from_be_bytes(
+            digest[..8]
+                .try_into()
+                .expect("a SHA-256 digest has 32 bytes"),
+        )
+    }
 }
 
 /// The logged state of one protected connection.
@@ -180,7 +217,6 @@ pub struct ResumePlan {
     pub restore: RestoreParams,
     pub options: ConnectionOptions,
     pub client_isn: u32,
-    pub connection_id: u64,
     /// Server stream offset of the first byte the client has not acknowledged.
     pub reply_acked: u64,
     /// Logged reply bytes from `reply_acked` on: sent first, with ordinary sends, after the
@@ -497,7 +533,6 @@ impl ReplicaLog {
             restore,
             options,
             client_isn: image.client_isn(),
-            connection_id: connection_id(&tuple, image.client_isn()),
             reply_acked: 0,
             unacked_reply: Vec::new(),
             reply_offset: 0,
@@ -583,7 +618,6 @@ impl ReplicaLog {
             restore,
             options: conn.options,
             client_isn: conn.client_isn,
-            connection_id: connection_id(&tuple, conn.client_isn),
             reply_acked: acked,
             unacked_reply,
             reply_offset: conn.reply_end,

@@ -379,7 +379,7 @@ async fn run(
         let gate: Arc<dyn ReplyGate> = Arc::new(LocalGate::default());
         // No other node ever carries a simplex connection on: no lease fences it.
         let ctx = Arc::new(ProxyContext::for_service(
-            &service,
+            &settings,
             limits,
             gate,
             lease::LeaseFence::unfenced(),
@@ -468,7 +468,8 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<ProxyContext>, shared: Arc<
         tracing::debug!(
             "{tuple}: accepted (protected by link generation {generation}: {protected})"
         );
-        let start = SessionStart::fresh(tuple, isn, options, client_mss);
+        let connection_id = ctx.request_ids.connection_id(&tuple, isn);
+        let start = SessionStart::fresh(tuple, connection_id, isn, options, client_mss);
         let ctx = ctx.clone();
         let shared = shared.clone();
         tokio::spawn(async move {

@@ -342,7 +342,7 @@ impl Duplex {
         guard.open().context("opening the ingress guard")?;
         let gate = Arc::new(ReplicatedGate::default());
         let proxy = Arc::new(ProxyContext::for_service(
-            service,
+            &settings,
             limits,
             gate.clone(),
             lease,

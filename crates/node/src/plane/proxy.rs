@@ -22,6 +22,7 @@ use steadfast_core::http::{
 };
 use steadfast_core::image::{FourTuple, HandoverStep, HandoverWait, SessionStreams, SocketStreams};
 use steadfast_core::replication_wire::{ConnectionOptions, MAX_PIECE_BYTES};
+use steadfast_core::reply_log::RequestIdKey;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -201,16 +202,20 @@ pub struct ProxyContext {
     pub census: Arc<SessionCensus>,
     /// Whether this node may send reply bytes the backup does not hold.
     pub lease: super::lease::LeaseFence,
+    /// Gives each connection the id its requests carry to the backend, the same on every node.
+    pub request_ids: RequestIdKey,
 }
 
 impl ProxyContext {
-    /// The context of `service`'s sessions, replies going through `gate` under `lease`.
+    /// The context of the sessions of `settings.service`, replies going through `gate` under
+    /// `lease`.
     pub fn for_service(
-        service: &super::PlaneService,
+        settings: &super::PlaneSettings,
         limits: FramingLimits,
         gate: Arc<dyn ReplyGate>,
         lease: super::lease::LeaseFence,
     ) -> ProxyContext {
+        let service = &settings.service;
         ProxyContext {
             limits,
             stream_above: service.stream_above as usize,
@@ -225,6 +230,7 @@ impl ProxyContext {
             counters: Default::default(),
             census: Default::default(),
             lease,
+            request_ids: RequestIdKey::derive(&settings.key),
         }
     }
 }
@@ -257,13 +263,14 @@ pub struct SessionStart {
 impl SessionStart {
     pub fn fresh(
         tuple: FourTuple,
+        connection_id: u64,
         client_isn: u32,
         options: ConnectionOptions,
         client_mss: u16,
     ) -> SessionStart {
         SessionStart {
             tuple,
-            connection_id: steadfast_core::reply_log::connection_id(&tuple, client_isn),
+            connection_id,
             client_isn,
             options,
             client_mss,

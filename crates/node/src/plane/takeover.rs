@@ -267,7 +267,7 @@ fn resume(ctx: Arc<ProxyContext>, stream: std::net::TcpStream, plan: ResumePlan)
     };
     let start = SessionStart {
         tuple,
-        connection_id: plan.connection_id,
+        connection_id: ctx.request_ids.connection_id(&tuple, plan.client_isn),
         client_isn: plan.client_isn,
         options: plan.options,
         client_mss: plan.restore.mss,
