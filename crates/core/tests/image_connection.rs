@@ -481,6 +481,52 @@ fn table_refuses_syns_beyond_its_connection_limit() {
     assert_eq!(table.len(), 1);
 }
 
+/// Over its memory budget the table refuses new connections, not bytes of open ones: those
+/// go on (each within its own limits) and, once the primary's replies release what they hold,
+/// new connections are taken again.
+#[test]
+fn over_the_memory_budget_new_connections_wait_and_open_ones_go_on() {
+    let (isn, server_isn) = (3000u32, 8000u32);
+    let mut table = ConnectionTable::new(TableLimits {
+        max_bytes_held: 10,
+        ..TableLimits::default()
+    });
+    table.ingest(&syn(isn), &[]).unwrap();
+    table.ingest(&data(isn, 0, server_isn + 1, 0), &[]).unwrap();
+    table
+        .ingest(&data(isn, 0, server_isn + 1, 10), b"GET / HTTP")
+        .unwrap();
+    assert_eq!(table.bytes_held(), 10);
+
+    let mut newcomer = syn(5000);
+    newcomer.tuple.client.set_port(40100);
+    assert_eq!(
+        table.ingest(&newcomer, &[]),
+        Err(RefuseReason::MemoryBudget {
+            tuple: newcomer.tuple,
+            held: 10,
+            limit: 10
+        })
+    );
+    assert!(table.get(&newcomer.tuple).is_none());
+    // The open connection is not held back.
+    table
+        .ingest(&data(isn, 10, server_isn + 1, 5), b"/1.1\r")
+        .unwrap();
+    assert_eq!(table.bytes_held(), 15);
+
+    // Its request answered, the bytes are released and the SYN, resent, is taken.
+    table.consume(&tuple(), 15).unwrap();
+    assert_eq!(table.bytes_held(), 0);
+    assert_eq!(
+        table
+            .ingest(&newcomer, &[])
+            .map(|ingested| ingested.tracking),
+        Ok(Tracking::Opened)
+    );
+    assert_eq!(table.counters().refused_over_budget, 1);
+}
+
 #[test]
 fn table_refusal_of_a_segment_is_reported_for_the_logger() {
     let mut table = ConnectionTable::new(TableLimits {

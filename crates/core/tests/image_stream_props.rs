@@ -9,8 +9,8 @@ use std::net::SocketAddrV4;
 use image_support::*;
 use proptest::prelude::*;
 use steadfast_core::image::{
-    ClientSegment, ConnectionImage, ConnectionTable, FourTuple, ImageLimits, SegmentReport,
-    TableLimits, Timestamps, Tracking,
+    ClientSegment, ConnectionImage, ConnectionTable, FourTuple, ImageLimits, RefuseReason,
+    SegmentReport, TableLimits, Timestamps, Tracking,
 };
 
 /// Byte by byte, the obvious way: one slot per stream position, the first value written stays.
@@ -328,6 +328,7 @@ proptest! {
         let mut table = ConnectionTable::new(TableLimits {
             max_connections: 16,
             max_half_open: 16,
+            max_bytes_held: usize::MAX,
             image: unlimited(),
         });
         let mut references: Vec<ReferenceStream> =
@@ -372,5 +373,153 @@ proptest! {
         let counters = table.counters();
         prop_assert_eq!(counters.opened, scenarios.len() as u64);
         prop_assert_eq!(counters.refused_segments, 0);
+    }
+}
+
+/// One step of a random life of a few connections in the table.
+#[derive(Debug, Clone)]
+enum TableStep {
+    Syn {
+        conn: usize,
+        isn: u32,
+    },
+    /// The handshake ACK, or data at a position of the stream (may be a retransmission or lie
+    /// beyond a gap).
+    Data {
+        conn: usize,
+        position: u32,
+        len: usize,
+    },
+    Fin {
+        conn: usize,
+        position: u32,
+    },
+    Rst {
+        conn: usize,
+        position: u32,
+    },
+    Consume {
+        conn: usize,
+        n: u64,
+    },
+    ReportedOpened {
+        conn: usize,
+    },
+    Remove {
+        conn: usize,
+    },
+}
+
+fn table_step() -> impl Strategy<Value = TableStep> {
+    let conn = 0usize..4;
+    prop_oneof![
+        (conn.clone(), 0u32..3).prop_map(|(conn, isn)| TableStep::Syn {
+            conn,
+            isn: isn * 1000
+        }),
+        (conn.clone(), 0u32..3000, 0usize..1500).prop_map(|(conn, position, len)| {
+            TableStep::Data {
+                conn,
+                position,
+                len,
+            }
+        }),
+        (conn.clone(), 0u32..3000).prop_map(|(conn, position)| TableStep::Fin { conn, position }),
+        (conn.clone(), 0u32..3000).prop_map(|(conn, position)| TableStep::Rst { conn, position }),
+        (conn.clone(), 0u64..2000).prop_map(|(conn, n)| TableStep::Consume { conn, n }),
+        conn.clone()
+            .prop_map(|conn| TableStep::ReportedOpened { conn }),
+        conn.prop_map(|conn| TableStep::Remove { conn }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    /// The table counts the request bytes its images hold as they change (the memory budget
+    /// reads it in O(1)): after any step it is what the images say they hold, and a SYN is
+    /// refused over the budget only.
+    #[test]
+    fn the_bytes_held_are_counted_through_any_life(
+        steps in proptest::collection::vec(table_step(), 1..120),
+        budget in 0usize..6000,
+    ) {
+        let mut table = ConnectionTable::new(TableLimits {
+            max_connections: 16,
+            max_half_open: 16,
+            max_bytes_held: budget,
+            image: unlimited(),
+        });
+        let tuple_of = |conn: usize| FourTuple {
+            client: SocketAddrV4::new(*CLIENT.ip(), 41000 + conn as u16),
+            server: SERVICE,
+        };
+        // Each connection's client ISN as the table last opened it.
+        let mut isns = [0u32; 4];
+        const SERVER_ISN: u32 = 77_000;
+        for step in &steps {
+            let held_before = table.bytes_held();
+            match *step {
+                TableStep::Syn { conn, isn } => {
+                    let mut opening = syn(isn);
+                    opening.tuple = tuple_of(conn);
+                    match table.ingest(&opening, &[]) {
+                        Ok(ingested) => {
+                            if ingested.tracking == Tracking::Opened {
+                                isns[conn] = isn;
+                                prop_assert!(table.bytes_held() < budget, "opened within budget");
+                            }
+                        }
+                        // (An image the SYN replaced, half open or finished, is gone all the
+                        // same: the client has moved on from it.)
+                        Err(RefuseReason::MemoryBudget { held, limit, .. }) => {
+                            prop_assert!(held >= limit && held <= held_before);
+                        }
+                        Err(other) => prop_assert!(false, "unexpected refusal {}", other),
+                    }
+                }
+                TableStep::Data { conn, position, len } => {
+                    let mut data = segment(
+                        isns[conn].wrapping_add(1).wrapping_add(position),
+                        SERVER_ISN + 1,
+                        ACK,
+                        len,
+                    );
+                    data.tuple = tuple_of(conn);
+                    let _ = table.ingest(&data, &vec![b'x'; len]);
+                }
+                TableStep::Fin { conn, position } => {
+                    let mut fin = segment(
+                        isns[conn].wrapping_add(1).wrapping_add(position),
+                        SERVER_ISN + 1,
+                        FIN_ACK,
+                        0,
+                    );
+                    fin.tuple = tuple_of(conn);
+                    let _ = table.ingest(&fin, &[]);
+                }
+                TableStep::Rst { conn, position } => {
+                    let mut rst = segment(
+                        isns[conn].wrapping_add(1).wrapping_add(position),
+                        0,
+                        RST,
+                        0,
+                    );
+                    rst.tuple = tuple_of(conn);
+                    let _ = table.ingest(&rst, &[]);
+                }
+                TableStep::Consume { conn, n } => {
+                    let _ = table.consume(&tuple_of(conn), n);
+                }
+                TableStep::ReportedOpened { conn } => {
+                    table.reported_opened(&tuple_of(conn));
+                }
+                TableStep::Remove { conn } => {
+                    table.remove(&tuple_of(conn));
+                }
+            }
+            let counted: usize = table.iter().map(|image| image.bytes_held()).sum();
+            prop_assert_eq!(table.bytes_held(), counted, "after {:?}", step);
+        }
     }
 }

@@ -1027,6 +1027,8 @@ fn plane_status(mode: &str, shared: &crate::plane::PlaneShared) -> crate::status
         opened_unlogged: c.opened_unlogged.load(Relaxed),
         opened_around: c.opened_around.load(Relaxed),
         half_open_evicted: c.half_open_evicted.load(Relaxed),
+        held_request_bytes: shared.held_request_bytes.load(Relaxed),
+        request_bytes_budget: steadfast_core::image::TableLimits::default().max_bytes_held as u64,
         forged_frames: c.forged_frames.load(Relaxed),
         adopted: c.adopted.load(Relaxed),
         frames_held_at_takeover: c.frames_held_at_takeover.load(Relaxed),

@@ -135,6 +135,15 @@ pub enum RefuseReason {
     },
     #[error("SYN of connection {tuple} refused: the table already holds its limit of {limit} connections")]
     TableFull { tuple: FourTuple, limit: usize },
+    #[error(
+        "SYN of connection {tuple} refused: the connection images hold {held} request bytes, \
+         at or above the budget of {limit}"
+    )]
+    MemoryBudget {
+        tuple: FourTuple,
+        held: usize,
+        limit: usize,
+    },
 }
 
 /// Misuse of [`ConnectionImage::consume`].

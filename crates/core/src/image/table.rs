@@ -22,6 +22,10 @@ pub struct TableLimits {
     /// pushes its image out. A connection whose image was pushed out all the same reaches the
     /// primary untracked and is handed over like one opened before this backup joined.
     pub max_half_open: usize,
+    /// Request bytes all images may hold together (the memory budget). At or above it a new
+    /// connection's SYN is refused (not forwarded; the client resends it) while the open
+    /// connections go on, each within its own [`ImageLimits`].
+    pub max_bytes_held: usize,
     pub image: ImageLimits,
 }
 
@@ -30,6 +34,7 @@ impl Default for TableLimits {
         TableLimits {
             max_connections: 262_144,
             max_half_open: 65_536,
+            max_bytes_held: 1 << 30,
             image: ImageLimits::default(),
         }
     }
@@ -109,6 +114,8 @@ pub struct TableCounters {
     pub unadopted_unrecorded: u64,
     /// Half-open images pushed out by newer ones (more than `max_half_open`: a SYN flood).
     pub half_open_evicted: u64,
+    /// SYNs refused because the images held `max_bytes_held` request bytes or more.
+    pub refused_over_budget: u64,
 }
 
 /// Per connection nobody announced for adoption, the most recent untracked segments kept.
@@ -134,10 +141,58 @@ fn held_bytes(recent: &VecDeque<(ClientSegment, Vec<u8>)>) -> usize {
         .sum()
 }
 
+/// The images by 4-tuple, with the request bytes they hold kept up to date as they change,
+/// so the memory budget is checked in O(1) per SYN.
+#[derive(Debug, Clone, Default)]
+struct Images {
+    map: HashMap<FourTuple, ConnectionImage>,
+    held: usize,
+}
+
+impl Images {
+    fn get(&self, tuple: &FourTuple) -> Option<&ConnectionImage> {
+        self.map.get(tuple)
+    }
+
+    fn contains_key(&self, tuple: &FourTuple) -> bool {
+        self.map.contains_key(tuple)
+    }
+
+    fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    fn insert(&mut self, tuple: FourTuple, image: ConnectionImage) {
+        self.held += image.bytes_held();
+        if let Some(old) = self.map.insert(tuple, image) {
+            self.held -= old.bytes_held();
+        }
+    }
+
+    fn remove(&mut self, tuple: &FourTuple) -> Option<ConnectionImage> {
+        let image = self.map.remove(tuple)?;
+        self.held -= image.bytes_held();
+        Some(image)
+    }
+
+    /// Applies `change` to the image of `tuple`, if any, and counts what it holds anew.
+    fn update<R>(
+        &mut self,
+        tuple: &FourTuple,
+        change: impl FnOnce(&mut ConnectionImage) -> R,
+    ) -> Option<R> {
+        let image = self.map.get_mut(tuple)?;
+        let before = image.bytes_held();
+        let result = change(image);
+        self.held = self.held - before + image.bytes_held();
+        Some(result)
+    }
+}
+
 /// All connection images of a backup.
 #[derive(Debug, Clone, Default)]
 pub struct ConnectionTable {
-    images: HashMap<FourTuple, ConnectionImage>,
+    images: Images,
     limits: TableLimits,
     counters: TableCounters,
     /// Segments of connections the table does not track (opened before this backup joined),
@@ -172,7 +227,7 @@ pub struct ConnectionTable {
 }
 
 /// Whether the entry `(tuple, isn)` of the half-open queue still names a half-open image.
-fn still_half_open(images: &HashMap<FourTuple, ConnectionImage>, entry: &(FourTuple, u32)) -> bool {
+fn still_half_open(images: &Images, entry: &(FourTuple, u32)) -> bool {
     let (tuple, isn) = entry;
     images
         .get(tuple)
@@ -207,7 +262,7 @@ pub enum TableError {
 impl ConnectionTable {
     pub fn new(limits: TableLimits) -> ConnectionTable {
         ConnectionTable {
-            images: HashMap::new(),
+            images: Images::default(),
             limits,
             ..ConnectionTable::default()
         }
@@ -247,6 +302,18 @@ impl ConnectionTable {
                         limit: self.limits.max_connections,
                     });
                 }
+                // Over the memory budget, new connections wait (their SYNs go unanswered and
+                // are resent) while the open ones go on: what they hold shrinks as the primary
+                // answers their requests.
+                if self.images.held >= self.limits.max_bytes_held {
+                    self.counters.refused_segments += 1;
+                    self.counters.refused_over_budget += 1;
+                    return Err(RefuseReason::MemoryBudget {
+                        tuple,
+                        held: self.images.held,
+                        limit: self.limits.max_bytes_held,
+                    });
+                }
                 self.images
                     .insert(tuple, ConnectionImage::new(segment, self.limits.image));
                 self.half_open_order.push_back((tuple, segment.seq));
@@ -254,7 +321,10 @@ impl ConnectionTable {
             }
         }
 
-        let Some(image) = self.images.get_mut(&tuple) else {
+        let Some(ingested) = self
+            .images
+            .update(&tuple, |image| image.ingest(segment, payload))
+        else {
             self.counters.untracked_segments += 1;
             self.remember_untracked(segment, payload);
             return Ok(Ingested {
@@ -263,7 +333,7 @@ impl ConnectionTable {
                 evicted,
             });
         };
-        let report = match image.ingest(segment, payload) {
+        let report = match ingested {
             Ok(report) => report,
             Err(reason) => {
                 self.counters.refused_segments += 1;
@@ -484,13 +554,13 @@ impl ConnectionTable {
 
     /// Releases the first `n` unconsumed request bytes of a connection.
     pub fn consume(&mut self, tuple: &FourTuple, n: u64) -> Result<(), TableError> {
-        self.image_mut(tuple)?.consume(n)?;
+        self.update(tuple, |image| image.consume(n))??;
         Ok(())
     }
 
     /// Releases the request bytes of a connection before `position`.
     pub fn consume_up_to(&mut self, tuple: &FourTuple, position: u64) -> Result<(), TableError> {
-        self.image_mut(tuple)?.consume_up_to(position)?;
+        self.update(tuple, |image| image.consume_up_to(position))??;
         Ok(())
     }
 
@@ -500,7 +570,7 @@ impl ConnectionTable {
         tuple: &FourTuple,
         negotiated: NegotiatedOptions,
     ) -> Result<(), TableError> {
-        self.image_mut(tuple)?.set_negotiated(negotiated);
+        self.update(tuple, |image| image.set_negotiated(negotiated))?;
         Ok(())
     }
 
@@ -511,13 +581,17 @@ impl ConnectionTable {
         tuple: &FourTuple,
         reply_len: u64,
     ) -> Result<Option<Closure>, TableError> {
-        self.image_mut(tuple)?.note_server_fin(reply_len);
+        self.update(tuple, |image| image.note_server_fin(reply_len))?;
         Ok(self.close_if_done(tuple))
     }
 
-    fn image_mut(&mut self, tuple: &FourTuple) -> Result<&mut ConnectionImage, TableError> {
+    fn update<R>(
+        &mut self,
+        tuple: &FourTuple,
+        change: impl FnOnce(&mut ConnectionImage) -> R,
+    ) -> Result<R, TableError> {
         self.images
-            .get_mut(tuple)
+            .update(tuple, change)
             .ok_or(TableError::UnknownConnection { tuple: *tuple })
     }
 
@@ -562,7 +636,7 @@ impl ConnectionTable {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &ConnectionImage> {
-        self.images.values()
+        self.images.map.values()
     }
 
     pub fn len(&self) -> usize {
@@ -570,7 +644,7 @@ impl ConnectionTable {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.images.is_empty()
+        self.images.map.is_empty()
     }
 
     pub fn limits(&self) -> TableLimits {
@@ -581,8 +655,8 @@ impl ConnectionTable {
         self.counters
     }
 
-    /// Request bytes held by all images.
+    /// Request bytes held by all images (O(1): counted as they change).
     pub fn bytes_held(&self) -> usize {
-        self.images.values().map(ConnectionImage::bytes_held).sum()
+        self.images.held
     }
 }

@@ -647,6 +647,9 @@ impl BackupParts {
                             if let Err(e) = table.consume_up_to(&tuple, end) {
                                 tracing::debug!("{tuple}: {e}");
                             }
+                            self.shared
+                                .held_request_bytes
+                                .store(table.bytes_held() as u64, Ordering::Relaxed);
                         }
                     }
                     Err(e) => {
@@ -1235,6 +1238,11 @@ impl LoggerContext {
                 }
             }
         });
+        if let Some(table) = state.table.as_ref() {
+            shared
+                .held_request_bytes
+                .store(table.bytes_held() as u64, Ordering::Relaxed);
+        }
     }
 }
 

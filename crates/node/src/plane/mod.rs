@@ -181,6 +181,9 @@ pub struct PlaneShared {
     pub protected_connections: AtomicU64,
     /// Gauge: 1 while the primary serves without a backup.
     pub unprotected_now: AtomicU64,
+    /// Gauge, backup: client request bytes its connection images hold (against the table's
+    /// memory budget, `TableLimits::max_bytes_held`).
+    pub held_request_bytes: AtomicU64,
     /// Set once at start; read without a lock (the daemon's realtime thread reads it).
     pub proxy: std::sync::OnceLock<Arc<ProxyContext>>,
     /// Set while a takeover rebuilds connections, until their sessions are counted.
