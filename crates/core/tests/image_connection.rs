@@ -777,6 +777,45 @@ fn a_connection_reported_opened_is_logged_only_with_its_handshake() {
     assert_eq!(table.unadopted().count(), 2);
 }
 
+/// A connection the primary lists for adoption whose SYN passed here but whose handshake went
+/// on around this backup: its SYN-only image is dropped, so the segments that follow are kept
+/// and replayed into the hand-over instead of being swallowed by an image the hand-over
+/// replaces. A connection this table holds from its handshake on keeps its image.
+#[test]
+fn a_syn_only_image_gives_way_to_the_hand_over() {
+    let (isn, server_isn) = (4000u32, 6000u32);
+    let mut table = ConnectionTable::new(TableLimits::default());
+    table.ingest(&syn(isn), &[]).unwrap();
+    let mut whole = syn(isn);
+    whole.tuple.client.set_port(40200);
+    table.ingest(&whole, &[]).unwrap();
+    let mut handshake_ack = data(isn, 0, server_isn + 1, 0);
+    handshake_ack.tuple = whole.tuple;
+    table.ingest(&handshake_ack, &[]).unwrap();
+
+    table.expect_adoption(&[tuple(), whole.tuple]);
+    assert!(table.get(&tuple()).is_none() && table.is_unadopted(&tuple()));
+    assert!(table.get(&whole.tuple).is_some() && !table.is_unadopted(&whole.tuple));
+
+    // A request passes while the hand-over is on its way: kept, and replayed into it.
+    let ingested = table
+        .ingest(&data(isn, 0, server_isn + 1, 4), b"GET ")
+        .unwrap();
+    assert_eq!(ingested.tracking, Tracking::Untracked);
+    let handed_over = ConnectionImage::adopted(
+        tuple(),
+        isn,
+        syn(isn).options,
+        server_isn,
+        0,
+        b"",
+        NEGOTIATED,
+        ImageLimits::default(),
+    );
+    assert_eq!(table.adopt(handed_over), 1, "the kept segment is replayed");
+    assert_eq!(table.get(&tuple()).unwrap().unconsumed_to_vec(), b"GET ");
+}
+
 #[test]
 fn unadopted_records_are_bounded_by_the_connection_limit() {
     let mut table = ConnectionTable::new(TableLimits {

@@ -154,10 +154,6 @@ impl Images {
         self.map.get(tuple)
     }
 
-    fn contains_key(&self, tuple: &FourTuple) -> bool {
-        self.map.contains_key(tuple)
-    }
-
     fn len(&self) -> usize {
         self.map.len()
     }
@@ -504,10 +500,20 @@ impl ConnectionTable {
     /// hand them over (or report them closed) later; until then a takeover cannot carry them
     /// on. Each record takes its numbers from the segments of it kept here (a connection whose
     /// opening the backup missed but whose later segments it saw), else from the next segment.
+    /// An image that holds only the connection's SYN (its handshake went on around this
+    /// backup) is dropped: the segments that follow must be kept for the hand-over to replay,
+    /// not swallowed by an image the hand-over replaces.
     pub fn expect_adoption(&mut self, tuples: &[FourTuple]) {
         for tuple in tuples {
-            if self.images.contains_key(tuple) || self.unadopted.contains_key(tuple) {
+            if self.unadopted.contains_key(tuple) {
                 continue;
+            }
+            match self.images.get(tuple) {
+                Some(image) if image.server_isn().is_some() => continue,
+                Some(_) => {
+                    self.images.remove(tuple);
+                }
+                None => {}
             }
             if self.unadopted.len() >= self.limits.max_connections {
                 self.counters.unadopted_unrecorded += 1;
