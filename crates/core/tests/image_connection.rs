@@ -527,6 +527,52 @@ fn over_the_memory_budget_new_connections_wait_and_open_ones_go_on() {
     assert_eq!(table.counters().refused_over_budget, 1);
 }
 
+/// One address's SYNs that never complete cannot take more than its share of half-open room:
+/// beyond it that address's new SYNs are refused (a real client resends), other addresses'
+/// are taken, and a handshake that completes frees a place.
+#[test]
+fn one_address_has_at_most_its_share_of_half_open_connections() {
+    let mut table = ConnectionTable::new(TableLimits {
+        max_half_open_per_source: 3,
+        ..TableLimits::default()
+    });
+    let from = |ip: [u8; 4], port: u16, isn: u32| {
+        let mut opening = syn(isn);
+        opening.tuple.client = std::net::SocketAddrV4::new(ip.into(), port);
+        opening
+    };
+    for port in 0..3 {
+        table
+            .ingest(&from([10, 9, 0, 66], 50000 + port, 100), &[])
+            .unwrap();
+    }
+    let fourth = from([10, 9, 0, 66], 50003, 100);
+    assert_eq!(
+        table.ingest(&fourth, &[]),
+        Err(RefuseReason::SourceHalfOpen {
+            tuple: fourth.tuple,
+            limit: 3
+        })
+    );
+    let elsewhere = from([10, 9, 0, 67], 50000, 100);
+    assert!(
+        table.ingest(&elsewhere, &[]).is_ok(),
+        "another address is taken"
+    );
+    assert_eq!(table.half_open_from(&[10, 9, 0, 66].into()), 3);
+
+    // A handshake of that address completes: its place is free.
+    let mut handshake_ack = data(100, 0, 501, 0);
+    handshake_ack.tuple = from([10, 9, 0, 66], 50000, 100).tuple;
+    table.ingest(&handshake_ack, &[]).unwrap();
+    assert_eq!(table.half_open_from(&[10, 9, 0, 66].into()), 2);
+    assert_eq!(
+        table.ingest(&fourth, &[]).map(|ingested| ingested.tracking),
+        Ok(Tracking::Opened)
+    );
+    assert_eq!(table.counters().refused_half_open_source, 1);
+}
+
 #[test]
 fn table_refusal_of_a_segment_is_reported_for_the_logger() {
     let mut table = ConnectionTable::new(TableLimits {

@@ -328,6 +328,7 @@ proptest! {
         let mut table = ConnectionTable::new(TableLimits {
             max_connections: 16,
             max_half_open: 16,
+            max_half_open_per_source: 16,
             max_bytes_held: usize::MAX,
             image: unlimited(),
         });
@@ -436,17 +437,19 @@ fn table_step() -> impl Strategy<Value = TableStep> {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(300))]
 
-    /// The table counts the request bytes its images hold as they change (the memory budget
-    /// reads it in O(1)): after any step it is what the images say they hold, and a SYN is
-    /// refused over the budget only.
+    /// The table counts the request bytes its images hold and the half-open ones per client
+    /// address as they change (its bounds read them in O(1)): after any step they are what the
+    /// images say, and a SYN is refused over a bound only.
     #[test]
-    fn the_bytes_held_are_counted_through_any_life(
+    fn the_bounded_figures_are_counted_through_any_life(
         steps in proptest::collection::vec(table_step(), 1..120),
         budget in 0usize..6000,
+        per_source in 1usize..5,
     ) {
         let mut table = ConnectionTable::new(TableLimits {
             max_connections: 16,
             max_half_open: 16,
+            max_half_open_per_source: per_source,
             max_bytes_held: budget,
             image: unlimited(),
         });
@@ -474,6 +477,9 @@ proptest! {
                         // same: the client has moved on from it.)
                         Err(RefuseReason::MemoryBudget { held, limit, .. }) => {
                             prop_assert!(held >= limit && held <= held_before);
+                        }
+                        Err(RefuseReason::SourceHalfOpen { limit, .. }) => {
+                            prop_assert!(table.half_open_from(CLIENT.ip()) >= limit);
                         }
                         Err(other) => prop_assert!(false, "unexpected refusal {}", other),
                     }
@@ -520,6 +526,9 @@ proptest! {
             }
             let counted: usize = table.iter().map(|image| image.bytes_held()).sum();
             prop_assert_eq!(table.bytes_held(), counted, "after {:?}", step);
+            let half_open = table.iter().filter(|image| image.server_isn().is_none()).count();
+            prop_assert_eq!(table.half_open_from(CLIENT.ip()), half_open, "after {:?}", step);
+            prop_assert!(half_open <= per_source);
         }
     }
 }

@@ -144,6 +144,11 @@ pub enum RefuseReason {
         held: usize,
         limit: usize,
     },
+    #[error(
+        "SYN of connection {tuple} refused: its client address already has {limit} \
+         connections whose handshake has not completed"
+    )]
+    SourceHalfOpen { tuple: FourTuple, limit: usize },
 }
 
 /// Misuse of [`ConnectionImage::consume`].

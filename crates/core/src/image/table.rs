@@ -1,6 +1,7 @@
 //! The backup's table of connection images, keyed by 4-tuple.
 
 use std::collections::{HashMap, VecDeque};
+use std::net::Ipv4Addr;
 
 use super::connection::{
     serial_delta, ConnectionImage, ConsumeError, ImageLimits, NegotiatedOptions, RefuseReason,
@@ -22,6 +23,11 @@ pub struct TableLimits {
     /// pushes its image out. A connection whose image was pushed out all the same reaches the
     /// primary untracked and is handed over like one opened before this backup joined.
     pub max_half_open: usize,
+    /// Half-open images from one client address. A new SYN from an address that has this many
+    /// is refused (not forwarded; a real client resends it), so that one host's SYNs cannot
+    /// push out everybody else's half-open images; spoofed sources spread over many addresses
+    /// are the `max_half_open` bound's matter.
+    pub max_half_open_per_source: usize,
     /// Request bytes all images may hold together (the memory budget). At or above it a new
     /// connection's SYN is refused (not forwarded; the client resends it) while the open
     /// connections go on, each within its own [`ImageLimits`].
@@ -34,6 +40,7 @@ impl Default for TableLimits {
         TableLimits {
             max_connections: 262_144,
             max_half_open: 65_536,
+            max_half_open_per_source: 4_096,
             max_bytes_held: 1 << 30,
             image: ImageLimits::default(),
         }
@@ -116,6 +123,8 @@ pub struct TableCounters {
     pub half_open_evicted: u64,
     /// SYNs refused because the images held `max_bytes_held` request bytes or more.
     pub refused_over_budget: u64,
+    /// SYNs refused because their address had `max_half_open_per_source` half-open images.
+    pub refused_half_open_source: u64,
 }
 
 /// Per connection nobody announced for adoption, the most recent untracked segments kept.
@@ -141,12 +150,19 @@ fn held_bytes(recent: &VecDeque<(ClientSegment, Vec<u8>)>) -> usize {
         .sum()
 }
 
-/// The images by 4-tuple, with the request bytes they hold kept up to date as they change,
-/// so the memory budget is checked in O(1) per SYN.
+/// The images by 4-tuple, with what the bounds read kept up to date as they change, so that
+/// a SYN is checked in O(1): the request bytes they hold (the memory budget) and the half-open
+/// ones per client address.
 #[derive(Debug, Clone, Default)]
 struct Images {
     map: HashMap<FourTuple, ConnectionImage>,
     held: usize,
+    half_open_by_source: HashMap<Ipv4Addr, usize>,
+}
+
+/// A connection whose handshake has not completed here (no ACK of the server's SYN yet).
+fn is_half_open(image: &ConnectionImage) -> bool {
+    image.server_isn().is_none()
 }
 
 impl Images {
@@ -158,29 +174,63 @@ impl Images {
         self.map.len()
     }
 
+    fn half_open_from(&self, source: &Ipv4Addr) -> usize {
+        self.half_open_by_source.get(source).copied().unwrap_or(0)
+    }
+
+    /// Counts `image` into the figures (`add`) or out of them.
+    fn count(&mut self, image: &ConnectionImage, add: bool) {
+        let bytes = image.bytes_held();
+        if add {
+            self.held += bytes;
+        } else {
+            self.held -= bytes;
+        }
+        if is_half_open(image) {
+            self.count_half_open(*image.tuple().client.ip(), add);
+        }
+    }
+
+    fn count_half_open(&mut self, source: Ipv4Addr, add: bool) {
+        let count = self.half_open_by_source.entry(source).or_default();
+        if add {
+            *count += 1;
+        } else {
+            *count -= 1;
+            if *count == 0 {
+                self.half_open_by_source.remove(&source);
+            }
+        }
+    }
+
     fn insert(&mut self, tuple: FourTuple, image: ConnectionImage) {
-        self.held += image.bytes_held();
+        self.count(&image, true);
         if let Some(old) = self.map.insert(tuple, image) {
-            self.held -= old.bytes_held();
+            self.count(&old, false);
         }
     }
 
     fn remove(&mut self, tuple: &FourTuple) -> Option<ConnectionImage> {
         let image = self.map.remove(tuple)?;
-        self.held -= image.bytes_held();
+        self.count(&image, false);
         Some(image)
     }
 
-    /// Applies `change` to the image of `tuple`, if any, and counts what it holds anew.
+    /// Applies `change` to the image of `tuple`, if any, and counts it anew.
     fn update<R>(
         &mut self,
         tuple: &FourTuple,
         change: impl FnOnce(&mut ConnectionImage) -> R,
     ) -> Option<R> {
         let image = self.map.get_mut(tuple)?;
-        let before = image.bytes_held();
+        let (bytes_before, half_open_before) = (image.bytes_held(), is_half_open(image));
         let result = change(image);
-        self.held = self.held - before + image.bytes_held();
+        let (bytes_after, half_open_after) = (image.bytes_held(), is_half_open(image));
+        let source = *image.tuple().client.ip();
+        self.held = self.held - bytes_before + bytes_after;
+        if half_open_before != half_open_after {
+            self.count_half_open(source, half_open_after);
+        }
         Some(result)
     }
 }
@@ -290,12 +340,13 @@ impl ConnectionTable {
                 Some(_) => self.counters.ignored_syns += 1,
             }
             if tracking == Tracking::Opened {
-                evicted = self.make_room_for_a_half_open_image();
-                if self.images.len() >= self.limits.max_connections {
+                let source = *tuple.client.ip();
+                if self.images.half_open_from(&source) >= self.limits.max_half_open_per_source {
                     self.counters.refused_segments += 1;
-                    return Err(RefuseReason::TableFull {
+                    self.counters.refused_half_open_source += 1;
+                    return Err(RefuseReason::SourceHalfOpen {
                         tuple,
-                        limit: self.limits.max_connections,
+                        limit: self.limits.max_half_open_per_source,
                     });
                 }
                 // Over the memory budget, new connections wait (their SYNs go unanswered and
@@ -308,6 +359,15 @@ impl ConnectionTable {
                         tuple,
                         held: self.images.held,
                         limit: self.limits.max_bytes_held,
+                    });
+                }
+                // Only now, so that a SYN refused above pushes no other half-open image out.
+                evicted = self.make_room_for_a_half_open_image();
+                if self.images.len() >= self.limits.max_connections {
+                    self.counters.refused_segments += 1;
+                    return Err(RefuseReason::TableFull {
+                        tuple,
+                        limit: self.limits.max_connections,
                     });
                 }
                 self.images
@@ -659,6 +719,11 @@ impl ConnectionTable {
 
     pub fn counters(&self) -> TableCounters {
         self.counters
+    }
+
+    /// Half-open images from `source` (O(1): counted as they change).
+    pub fn half_open_from(&self, source: &Ipv4Addr) -> usize {
+        self.images.half_open_from(source)
     }
 
     /// Request bytes held by all images (O(1): counted as they change).
