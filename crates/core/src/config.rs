@@ -202,6 +202,14 @@ pub struct Service {
     /// are closed at once. `None`: no limit (clients behind one NAT share an address).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_connections_per_source: Option<u32>,
+    /// Duplex: connections whose handshake has not completed that the backup keeps from one
+    /// client address; its further SYNs are not forwarded. `None`: 4,096.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_half_open_per_source: Option<u32>,
+    /// Duplex: unanswered request bytes the backup holds for all connections together; at or
+    /// above it new connections wait. `None`: 1 GiB.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_request_bytes_held: Option<u64>,
 }
 
 /// Default of `service.stream_replies_above`: whole-reply logging for anything a web service
@@ -464,6 +472,8 @@ struct RawService {
     client_idle_timeout_ms: Option<Spanned<u64>>,
     max_connections: Option<Spanned<u32>>,
     max_connections_per_source: Option<Spanned<u32>>,
+    max_half_open_per_source: Option<Spanned<u32>>,
+    max_request_bytes_held: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]
@@ -1068,6 +1078,7 @@ fn build(
         for (value, name) in [
             (&s.max_connections, "max_connections"),
             (&s.max_connections_per_source, "max_connections_per_source"),
+            (&s.max_half_open_per_source, "max_half_open_per_source"),
         ] {
             if let Some(v) = value.as_ref().filter(|v| *v.get_ref() == 0) {
                 report.add(
@@ -1095,6 +1106,8 @@ fn build(
             client_idle_timeout,
             max_connections: s.max_connections.as_ref().map(|v| *v.get_ref()),
             max_connections_per_source: s.max_connections_per_source.as_ref().map(|v| *v.get_ref()),
+            max_half_open_per_source: s.max_half_open_per_source.as_ref().map(|v| *v.get_ref()),
+            max_request_bytes_held: s.max_request_bytes_held.as_ref().map(|v| *v.get_ref()),
         });
     }
     if services.is_empty() && !is_witness && seen.contains(&node_id) {

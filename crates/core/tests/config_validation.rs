@@ -238,6 +238,18 @@ fn each_rule_names_field_and_line() {
         ),
         (
             "mode = \"unreplicated\"",
+            "mode = \"unreplicated\"\nmax_half_open_per_source = 0",
+            "max_half_open_per_source = 0",
+            "service[0].max_half_open_per_source",
+        ),
+        (
+            "mode = \"unreplicated\"",
+            "mode = \"unreplicated\"\nmax_request_bytes_held = 1099511627777",
+            "max_request_bytes_held = 1099511627777",
+            "service[0].max_request_bytes_held",
+        ),
+        (
+            "mode = \"unreplicated\"",
             "mode = \"triplex\"",
             "mode = \"triplex\"",
             "service[0].mode",

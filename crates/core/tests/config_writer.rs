@@ -140,7 +140,13 @@ fn config() -> impl Strategy<Value = Config> {
                 any::<bool>(),
                 0u64..=1 << 40,
                 (100u64..=86_400_000, 100u64..=86_400_000),
-                (proptest::option::of(1u32..), proptest::option::of(1u32..)),
+                (
+                    (proptest::option::of(1u32..), proptest::option::of(1u32..)),
+                    (
+                        proptest::option::of(1u32..),
+                        proptest::option::of(0u64..=1 << 40),
+                    ),
+                ),
             )
                 .prop_map(
                     |(
@@ -153,7 +159,10 @@ fn config() -> impl Strategy<Value = Config> {
                         raw_tcp,
                         stream_above,
                         (header_ms, idle_ms),
-                        (max_connections, max_connections_per_source),
+                        (
+                            (max_connections, max_connections_per_source),
+                            (max_half_open_per_source, max_request_bytes_held),
+                        ),
                     )| {
                         Service {
                             name,
@@ -175,6 +184,8 @@ fn config() -> impl Strategy<Value = Config> {
                             client_idle_timeout: Duration::from_millis(idle_ms),
                             max_connections,
                             max_connections_per_source,
+                            max_half_open_per_source,
+                            max_request_bytes_held,
                         }
                     },
                 );

@@ -32,6 +32,8 @@ pub struct ServiceSettings {
     pub client_timeouts: steadfast_core::http::ClientTimeouts,
     pub max_connections: Option<u32>,
     pub max_connections_per_source: Option<u32>,
+    pub max_half_open_per_source: Option<u32>,
+    pub max_request_bytes_held: Option<u64>,
 }
 
 pub struct Settings {
@@ -158,6 +160,8 @@ impl Settings {
                 },
                 max_connections: s.max_connections,
                 max_connections_per_source: s.max_connections_per_source,
+                max_half_open_per_source: s.max_half_open_per_source,
+                max_request_bytes_held: s.max_request_bytes_held,
             })
             .collect();
         let checks = cfg.health_checks.clone();
@@ -241,6 +245,8 @@ impl Settings {
                 client_timeouts: service.client_timeouts,
                 max_connections: service.max_connections,
                 max_connections_per_source: service.max_connections_per_source,
+                max_half_open_per_source: service.max_half_open_per_source,
+                max_request_bytes_held: service.max_request_bytes_held,
                 garp_count: self.garp_count,
                 garp_spacing: self.garp_spacing,
             },

@@ -93,6 +93,8 @@ const SERVICE: &[Key] = &[
     key("client_idle_timeout_ms", MILLIS),
     key("max_connections", U32),
     key("max_connections_per_source", U32),
+    key("max_half_open_per_source", U32),
+    key("max_request_bytes_held", Shape::Integer { max: 1 << 40 }),
 ];
 
 const HEALTH_CHECK: &[Key] = &[

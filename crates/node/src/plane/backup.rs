@@ -73,9 +73,9 @@ pub struct StagedAdoption {
 const MAX_STAGED_ADOPTION_BYTES: usize = 512 * 1024 * 1024;
 
 impl BackupState {
-    fn fresh(primary_mac: Option<[u8; 6]>) -> BackupState {
+    fn fresh(primary_mac: Option<[u8; 6]>, limits: TableLimits) -> BackupState {
         BackupState {
-            table: Some(ConnectionTable::new(TableLimits::default())),
+            table: Some(ConnectionTable::new(limits)),
             replica: ReplicaLog::new(),
             last_seen: HashMap::new(),
             primary_mac,
@@ -423,7 +423,11 @@ impl BackupParts {
             .with_context(|| format!("finding the MAC of primary {peer_id} ({peer_ip})"))?;
         // Protection starts afresh with this primary: connections it opened before are not
         // protected (it says so in its own status).
-        let mut fresh = BackupState::fresh(Some(primary_mac));
+        let limits = self.settings.service.table_limits();
+        self.shared
+            .request_bytes_budget
+            .store(limits.max_bytes_held as u64, Ordering::Relaxed);
+        let mut fresh = BackupState::fresh(Some(primary_mac), limits);
         fresh.template = local_template(&self.settings.service.interface);
         let stream_number = NEXT_STREAM.fetch_add(1, Ordering::Relaxed);
         fresh.stream = stream_number;

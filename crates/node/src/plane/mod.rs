@@ -51,8 +51,30 @@ pub struct PlaneService {
     pub client_timeouts: steadfast_core::http::ClientTimeouts,
     pub max_connections: Option<u32>,
     pub max_connections_per_source: Option<u32>,
+    /// Duplex backup: half-open images from one address, and request bytes held in all
+    /// (`None`: the table's defaults).
+    pub max_half_open_per_source: Option<u32>,
+    pub max_request_bytes_held: Option<u64>,
     pub garp_count: u32,
     pub garp_spacing: Duration,
+}
+
+impl PlaneService {
+    /// The bounds of the backup's connection table for this service.
+    pub fn table_limits(&self) -> steadfast_core::image::TableLimits {
+        let defaults = steadfast_core::image::TableLimits::default();
+        steadfast_core::image::TableLimits {
+            max_half_open_per_source: self
+                .max_half_open_per_source
+                .map_or(defaults.max_half_open_per_source, |n| n as usize),
+            max_bytes_held: self
+                .max_request_bytes_held
+                .map_or(defaults.max_bytes_held, |n| {
+                    usize::try_from(n).unwrap_or(usize::MAX)
+                }),
+            ..defaults
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -184,6 +206,8 @@ pub struct PlaneShared {
     /// Gauge, backup: client request bytes its connection images hold (against the table's
     /// memory budget, `TableLimits::max_bytes_held`).
     pub held_request_bytes: AtomicU64,
+    /// The budget of `held_request_bytes` (0 until this node first protects a primary).
+    pub request_bytes_budget: AtomicU64,
     /// Set once at start; read without a lock (the daemon's realtime thread reads it).
     pub proxy: std::sync::OnceLock<Arc<ProxyContext>>,
     /// Set while a takeover rebuilds connections, until their sessions are counted.
@@ -524,4 +548,50 @@ fn accepted_connection_facts(stream: &tokio::net::TcpStream) -> anyhow::Result<A
             mss: info.snd_mss,
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(half_open: Option<u32>, bytes: Option<u64>) -> PlaneService {
+        PlaneService {
+            name: "web".into(),
+            vip: Ipv4Addr::new(10, 0, 0, 100),
+            prefix_len: 24,
+            ports: vec![80],
+            interface: "eth0".into(),
+            duplex: true,
+            backend: "127.0.0.1:80".parse().unwrap(),
+            stream_above: 1 << 20,
+            client_timeouts: steadfast_core::http::ClientTimeouts {
+                header: Duration::from_secs(60),
+                idle: Duration::from_secs(75),
+            },
+            max_connections: None,
+            max_connections_per_source: None,
+            max_half_open_per_source: half_open,
+            max_request_bytes_held: bytes,
+            garp_count: 1,
+            garp_spacing: Duration::from_millis(100),
+        }
+    }
+
+    #[test]
+    fn the_backup_table_takes_the_configured_bounds_else_its_defaults() {
+        let defaults = steadfast_core::image::TableLimits::default();
+        assert_eq!(service(None, None).table_limits(), defaults);
+        let configured = service(Some(64), Some(1 << 20)).table_limits();
+        assert_eq!(
+            (
+                configured.max_half_open_per_source,
+                configured.max_bytes_held
+            ),
+            (64, 1 << 20)
+        );
+        assert_eq!(
+            (configured.max_connections, configured.max_half_open),
+            (defaults.max_connections, defaults.max_half_open)
+        );
+    }
 }
