@@ -255,6 +255,8 @@ pub struct ReplicaCounters {
 pub struct ReplicaLog {
     connections: HashMap<FourTuple, ReplicaConnection>,
     counters: ReplicaCounters,
+    /// Reply bytes held by all connections, counted as pieces come and go.
+    held: usize,
 }
 
 /// What the caller must tell the ingress log after a piece is taken.
@@ -274,7 +276,7 @@ impl ReplicaLog {
     /// 4-tuple logged before is a previous incarnation and is replaced.
     pub fn opened(&mut self, tuple: FourTuple, client_isn: u32, options: ConnectionOptions) {
         self.counters.opened += 1;
-        self.connections.insert(
+        self.replace(
             tuple,
             ReplicaConnection {
                 client_isn,
@@ -309,7 +311,7 @@ impl ReplicaLog {
             pieces.push_back((reply_acked, unacked_reply));
         }
         let limits = FramingLimits::default();
-        self.connections.insert(
+        self.replace(
             tuple,
             ReplicaConnection {
                 client_isn,
@@ -325,6 +327,14 @@ impl ReplicaLog {
                 closing: false,
             },
         );
+    }
+
+    /// Logs `conn` for `tuple` in place of any earlier incarnation.
+    fn replace(&mut self, tuple: FourTuple, conn: ReplicaConnection) {
+        self.held += conn.bytes_held();
+        if let Some(old) = self.connections.insert(tuple, conn) {
+            self.held -= old.bytes_held();
+        }
     }
 
     /// The primary ends the connection after the reply just logged whole (an HTTP/1.0 request,
@@ -404,6 +414,7 @@ impl ReplicaLog {
                 .feed(&bytes);
         }
         if !bytes.is_empty() {
+            self.held += bytes.len();
             conn.pieces.push_back((reply_offset, bytes));
         }
         match request_end {
@@ -446,6 +457,7 @@ impl ReplicaLog {
         while let Some((offset, piece)) = conn.pieces.front_mut() {
             let end = *offset + piece.len() as u64;
             if end <= acked {
+                self.held -= piece.len();
                 conn.pieces.pop_front();
             } else {
                 break;
@@ -455,7 +467,8 @@ impl ReplicaLog {
 
     /// The primary closed the connection.
     pub fn closed(&mut self, tuple: &FourTuple) {
-        if self.connections.remove(tuple).is_some() {
+        if let Some(conn) = self.connections.remove(tuple) {
+            self.held -= conn.bytes_held();
             self.counters.closed += 1;
         }
     }
@@ -477,8 +490,9 @@ impl ReplicaLog {
     }
 
     /// Reply bytes held in memory, all connections.
+    /// Reply bytes held by all connections (O(1): counted as pieces come and go).
     pub fn bytes_held(&self) -> usize {
-        self.connections.values().map(|c| c.bytes_held()).sum()
+        self.held
     }
 
     /// How to resume a connection the primary's kernel accepted but the primary never reported

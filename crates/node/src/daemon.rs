@@ -1029,6 +1029,7 @@ fn plane_status(mode: &str, shared: &crate::plane::PlaneShared) -> crate::status
         half_open_evicted: c.half_open_evicted.load(Relaxed),
         held_request_bytes: shared.held_request_bytes.load(Relaxed),
         request_bytes_budget: shared.request_bytes_budget.load(Relaxed),
+        held_reply_bytes: shared.held_reply_bytes.load(Relaxed),
         forged_frames: c.forged_frames.load(Relaxed),
         adopted: c.adopted.load(Relaxed),
         frames_held_at_takeover: c.frames_held_at_takeover.load(Relaxed),

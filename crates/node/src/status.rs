@@ -181,6 +181,9 @@ pub struct DataPlaneStatus {
     pub held_request_bytes: u64,
     #[serde(default)]
     pub request_bytes_budget: u64,
+    /// Reply bytes the backup's log holds until their clients acknowledge them.
+    #[serde(default)]
+    pub held_reply_bytes: u64,
     pub forged_frames: u64,
     /// The proxy.
     pub connections: u64,
@@ -330,10 +333,10 @@ impl NodeStatus {
                 if d.unprotected_now { ", SERVING WITHOUT A BACKUP" } else { "" }
             ));
             s.push_str(&format!(
-                "  logger: {} frames logged, {} forwarded, {} dropped {:?}, {} refused, {} ARP replies; {} log bytes, {} replies logged; guard bounced {} frames that bypassed the backup to it, dropped {}; half-open images pushed out by newer SYNs {}; request bytes held {} of {}\n",
+                "  logger: {} frames logged, {} forwarded, {} dropped {:?}, {} refused, {} ARP replies; {} log bytes, {} replies logged; guard bounced {} frames that bypassed the backup to it, dropped {}; half-open images pushed out by newer SYNs {}; request bytes held {} of {}, reply bytes held {}\n",
                 d.frames_logged, d.frames_forwarded, d.frames_dropped, d.drop_reasons, d.frames_refused,
                 d.arp_replies, d.log_bytes, d.replies_logged, d.guard_bounced, d.guard_dropped,
-                d.half_open_evicted, d.held_request_bytes, d.request_bytes_budget
+                d.half_open_evicted, d.held_request_bytes, d.request_bytes_budget, d.held_reply_bytes
             ));
             s.push_str(&format!(
                 "  takeovers {}: {} connections restored, {} lost {:?}, {} client frames held; last took {} µs ({} conn/s); unprotected {} ms; backups joined {} lost {}; adopted {}\n",

@@ -579,7 +579,7 @@ impl BackupParts {
             return Err(Superseded);
         }
         let counters = &self.shared.counters;
-        Ok(match frame {
+        let acknowledge = match frame {
             ReplicationFrame::Opened {
                 tuple,
                 client_isn,
@@ -827,7 +827,7 @@ impl BackupParts {
                 state.announced = true;
                 drop(guard);
                 self.announce_as_backup();
-                None
+                return Ok(None);
             }
             other => {
                 counters
@@ -836,7 +836,11 @@ impl BackupParts {
                 tracing::warn!("unexpected {} frame from the primary", other.label());
                 None
             }
-        })
+        };
+        self.shared
+            .held_reply_bytes
+            .store(state.replica.bytes_held() as u64, Ordering::Relaxed);
+        Ok(acknowledge)
     }
 
     fn announce_as_backup(&self) {
@@ -1247,6 +1251,10 @@ impl LoggerContext {
                 .held_request_bytes
                 .store(table.bytes_held() as u64, Ordering::Relaxed);
         }
+        // The clients' acknowledgements trim the reply log.
+        shared
+            .held_reply_bytes
+            .store(state.replica.bytes_held() as u64, Ordering::Relaxed);
     }
 }
 

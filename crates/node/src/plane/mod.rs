@@ -208,6 +208,8 @@ pub struct PlaneShared {
     pub held_request_bytes: AtomicU64,
     /// The budget of `held_request_bytes` (0 until this node first protects a primary).
     pub request_bytes_budget: AtomicU64,
+    /// Gauge, backup: reply bytes its log holds until their clients acknowledge them.
+    pub held_reply_bytes: AtomicU64,
     /// Set once at start; read without a lock (the daemon's realtime thread reads it).
     pub proxy: std::sync::OnceLock<Arc<ProxyContext>>,
     /// Set while a takeover rebuilds connections, until their sessions are counted.
