@@ -104,9 +104,17 @@ impl Drop for Admitted {
 }
 
 /// The admission of service `name`'s proxy, within the open-file limit in force (the daemon
-/// raised it as far as the system allows when it started).
+/// raised it to the hard limit when it started). A configured `max_connections` that needs
+/// more raises the hard limit too where the daemon may (as root; HAProxy does the same for its
+/// `maxconn`).
 pub fn for_service(name: &str, configured: Option<u32>, per_source: Option<u32>) -> Arc<Admission> {
-    let open_files = steadfast_os::limits::open_files().unwrap_or_else(|e| {
+    let open_files = match configured {
+        Some(limit) => {
+            steadfast_os::limits::raise_open_files_to(u64::from(limit) * 2 + RESERVED_DESCRIPTORS)
+        }
+        None => steadfast_os::limits::open_files(),
+    }
+    .unwrap_or_else(|e| {
         tracing::warn!("service {name}: {e}; counting on 1024 open files");
         1024
     });
