@@ -546,12 +546,10 @@ impl ConnectionTable {
     pub fn reported_opened(&mut self, tuple: &FourTuple) -> OpenedCheck {
         let check = match self.images.get(tuple) {
             Some(image) if image.server_isn().is_some() => return OpenedCheck::Logged,
-            Some(_) => {
-                self.images.remove(tuple);
-                OpenedCheck::HandshakeAround
-            }
+            Some(_) => OpenedCheck::HandshakeAround,
             None => OpenedCheck::NeverSeen,
         };
+        // Drops a SYN-only image as it lists the connection.
         self.expect_adoption(&[*tuple]);
         check
     }

@@ -651,9 +651,6 @@ impl BackupParts {
                             if let Err(e) = table.consume_up_to(&tuple, end) {
                                 tracing::debug!("{tuple}: {e}");
                             }
-                            self.shared
-                                .held_request_bytes
-                                .store(table.bytes_held() as u64, Ordering::Relaxed);
                         }
                     }
                     Err(e) => {
@@ -837,9 +834,7 @@ impl BackupParts {
                 None
             }
         };
-        self.shared
-            .held_reply_bytes
-            .store(state.replica.bytes_held() as u64, Ordering::Relaxed);
+        publish_bytes_held(&self.shared, state);
         Ok(acknowledge)
     }
 
@@ -1246,16 +1241,21 @@ impl LoggerContext {
                 }
             }
         });
-        if let Some(table) = state.table.as_ref() {
-            shared
-                .held_request_bytes
-                .store(table.bytes_held() as u64, Ordering::Relaxed);
-        }
-        // The clients' acknowledgements trim the reply log.
-        shared
-            .held_reply_bytes
-            .store(state.replica.bytes_held() as u64, Ordering::Relaxed);
+        // The frames add request bytes; the clients' acknowledgements trim the reply log.
+        publish_bytes_held(shared, state);
     }
+}
+
+/// Publishes the bytes the logs hold now (status gauges; both counts are O(1)).
+fn publish_bytes_held(shared: &PlaneShared, state: &BackupState) {
+    if let Some(table) = state.table.as_ref() {
+        shared
+            .held_request_bytes
+            .store(table.bytes_held() as u64, Ordering::Relaxed);
+    }
+    shared
+        .held_reply_bytes
+        .store(state.replica.bytes_held() as u64, Ordering::Relaxed);
 }
 
 /// Whether `frame`'s TCP checksum, which nobody verified before (no NIC offload said so, nor
