@@ -227,7 +227,7 @@ impl ReplicationFrame {
             ReplicationFrame::BackupReady { .. } => 3,
             ReplicationFrame::Announce => 4,
             ReplicationFrame::Opened { .. } => 5,
-            ReplicationFrame::Reply { .. } => 6,
+            ReplicationFrame::Reply { .. } => REPLY_KIND,
             ReplicationFrame::Closed { .. } => 7,
             ReplicationFrame::Ack { .. } => 8,
             ReplicationFrame::Interim { .. } => 9,
@@ -275,12 +275,62 @@ pub enum ReplicationError {
     },
 }
 
-/// Appends the encoding of `frame`, sent in `epoch`, to `out`.
-pub fn encode(frame: &ReplicationFrame, epoch: u64, out: &mut Vec<u8>) {
+/// The kind byte of [`ReplicationFrame::Reply`].
+const REPLY_KIND: u8 = 6;
+/// What a frame adds to its payload: length, kind and epoch.
+const FRAME_HEAD_BYTES: usize = 4 + 1 + 8;
+/// What a reply frame adds to its bytes (see [`ReplyHeader`]).
+const REPLY_HEAD_BYTES: usize = FRAME_HEAD_BYTES + 8 + 12 + 8 + 8 + 1 + 8;
+
+/// The fields of a [`ReplicationFrame::Reply`] but its bytes, so that a reply piece can be
+/// encoded straight from the bytes it borrows ([`encode_reply`]): on the primary's data path
+/// every reply byte is copied once into its frame, not first into a frame value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplyHeader {
+    pub seq: u64,
+    pub tuple: FourTuple,
+    pub request_index: u64,
+    pub reply_offset: u64,
+    pub request_end: Option<u64>,
+    pub closes_after: bool,
+}
+
+/// Appends the encoding of the [`ReplicationFrame::Reply`] made of `header` and `bytes`, sent
+/// in `epoch`, to `out`: the same bytes as [`encode`] of that frame.
+pub fn encode_reply(header: &ReplyHeader, bytes: &[u8], epoch: u64, out: &mut Vec<u8>) {
+    out.reserve(REPLY_HEAD_BYTES + bytes.len());
+    let start = begin_frame(out, REPLY_KIND, epoch);
+    put_reply_header(out, header);
+    out.extend_from_slice(bytes);
+    end_frame(out, start);
+}
+
+fn begin_frame(out: &mut Vec<u8>, kind: u8, epoch: u64) -> usize {
     let start = out.len();
     out.extend_from_slice(&[0; 4]);
-    out.push(frame.kind());
+    out.push(kind);
     out.extend_from_slice(&epoch.to_be_bytes());
+    start
+}
+
+/// Writes the length of the frame that starts at `start` into its first four bytes.
+fn end_frame(out: &mut [u8], start: usize) {
+    let len = (out.len() - start - 4) as u32;
+    out[start..start + 4].copy_from_slice(&len.to_be_bytes());
+}
+
+fn put_reply_header(out: &mut Vec<u8>, header: &ReplyHeader) {
+    out.extend_from_slice(&header.seq.to_be_bytes());
+    put_tuple(out, &header.tuple);
+    out.extend_from_slice(&header.request_index.to_be_bytes());
+    out.extend_from_slice(&header.reply_offset.to_be_bytes());
+    out.push(u8::from(header.request_end.is_some()) | (u8::from(header.closes_after) << 1));
+    out.extend_from_slice(&header.request_end.unwrap_or(0).to_be_bytes());
+}
+
+/// Appends the encoding of `frame`, sent in `epoch`, to `out`.
+pub fn encode(frame: &ReplicationFrame, epoch: u64, out: &mut Vec<u8>) {
+    let start = begin_frame(out, frame.kind(), epoch);
     match frame {
         ReplicationFrame::Hello {
             node,
@@ -359,12 +409,17 @@ pub fn encode(frame: &ReplicationFrame, epoch: u64, out: &mut Vec<u8>) {
             closes_after,
             bytes,
         } => {
-            out.extend_from_slice(&seq.to_be_bytes());
-            put_tuple(out, tuple);
-            out.extend_from_slice(&request_index.to_be_bytes());
-            out.extend_from_slice(&reply_offset.to_be_bytes());
-            out.push(u8::from(request_end.is_some()) | (u8::from(*closes_after) << 1));
-            out.extend_from_slice(&request_end.unwrap_or(0).to_be_bytes());
+            put_reply_header(
+                out,
+                &ReplyHeader {
+                    seq: *seq,
+                    tuple: *tuple,
+                    request_index: *request_index,
+                    reply_offset: *reply_offset,
+                    request_end: *request_end,
+                    closes_after: *closes_after,
+                },
+            );
             out.extend_from_slice(bytes);
         }
         ReplicationFrame::Closed { tuple } => put_tuple(out, tuple),
@@ -388,8 +443,7 @@ pub fn encode(frame: &ReplicationFrame, epoch: u64, out: &mut Vec<u8>) {
             out.extend_from_slice(bytes);
         }
     }
-    let len = (out.len() - start - 4) as u32;
-    out[start..start + 4].copy_from_slice(&len.to_be_bytes());
+    end_frame(out, start);
 }
 
 fn put_options(out: &mut Vec<u8>, options: &ConnectionOptions) {

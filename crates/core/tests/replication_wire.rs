@@ -9,8 +9,8 @@ use steadfast_core::heartbeat_wire::AuthKey;
 use steadfast_core::http::{CutFraming, CutPoint, EntityTag, NotResumable};
 use steadfast_core::image::FourTuple;
 use steadfast_core::replication_wire::{
-    encode, handshake_proof, verify_proof, AdoptedStream, ConnectionOptions, FrameReader,
-    LinkAttempt, ReplicationError, ReplicationFrame, MAX_FRAME_BYTES,
+    encode, encode_reply, handshake_proof, verify_proof, AdoptedStream, ConnectionOptions,
+    FrameReader, LinkAttempt, ReplicationError, ReplicationFrame, ReplyHeader, MAX_FRAME_BYTES,
 };
 
 fn tuple() -> impl Strategy<Value = FourTuple> {
@@ -270,6 +270,28 @@ proptest! {
             Some(ReplicationError::Malformed { offset: at, .. }) => prop_assert_eq!(at, offset),
             other => prop_assert!(false, "expected a malformed frame, got {:?}", other),
         }
+    }
+
+    #[test]
+    fn a_reply_encoded_from_borrowed_bytes_is_the_reply_frame(
+        seq in any::<u64>(),
+        tuple in tuple(),
+        request_index in any::<u64>(),
+        reply_offset in any::<u64>(),
+        request_end in proptest::option::of(any::<u64>()),
+        closes_after in any::<bool>(),
+        bytes in bytes(),
+        epoch in any::<u64>(),
+        before in bytes(),
+    ) {
+        let header = ReplyHeader { seq, tuple, request_index, reply_offset, request_end, closes_after };
+        let frame = ReplicationFrame::Reply {
+            seq, tuple, request_index, reply_offset, request_end, closes_after, bytes: bytes.clone(),
+        };
+        let (mut borrowed, mut owned) = (before.clone(), before);
+        encode_reply(&header, &bytes, epoch, &mut borrowed);
+        encode(&frame, epoch, &mut owned);
+        prop_assert_eq!(borrowed, owned);
     }
 
     #[test]

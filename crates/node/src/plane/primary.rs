@@ -10,7 +10,7 @@ use anyhow::Context;
 use steadfast_core::http::FramingLimits;
 use steadfast_core::image::FourTuple;
 use steadfast_core::replication_wire::{
-    self, AdoptedStream, ConnectionOptions, FrameReader, LinkAttempt, ReplicationFrame,
+    self, AdoptedStream, ConnectionOptions, FrameReader, LinkAttempt, ReplicationFrame, ReplyHeader,
 };
 use steadfast_core::NodeId;
 use steadfast_os::ingress_guard::{GuardError, GuardState};
@@ -94,14 +94,17 @@ impl ReplicatedGate {
     /// backup's acknowledgements are cumulative, so frames must leave in the order of their
     /// numbers (were a later number queued first, its acknowledgement would release the
     /// earlier piece to the client before the backup held it, I2).
+    /// `encode` appends the frame numbered `seq` in `epoch` to `out`.
     fn send_numbered(
         &self,
-        frame: impl FnOnce(u64) -> ReplicationFrame,
+        encode: impl FnOnce(u64, u64, &mut Vec<u8>),
     ) -> Option<(u64, watch::Receiver<AckState>)> {
         let mut guard = self.link.lock().expect("gate lock");
         let link = guard.as_mut()?;
         let seq = link.last_queued.load(Ordering::Relaxed) + 1;
-        if !link.queue(&frame(seq)) {
+        let mut bytes = Vec::new();
+        encode(seq, link.epoch, &mut bytes);
+        if link.frames.send(bytes).is_err() {
             return None;
         }
         link.last_queued.store(seq, Ordering::Relaxed);
@@ -214,26 +217,35 @@ impl ReplyGate for ReplicatedGate {
     }
 
     fn log(&self, piece: Piece<'_>) -> Option<AckWaiter> {
-        let (seq, acks) = self.send_numbered(|seq| match piece.kind {
-            PieceKind::Interim => ReplicationFrame::Interim {
-                seq,
-                tuple: piece.tuple,
-                request_index: piece.request_index,
-                reply_offset: piece.reply_offset,
-                bytes: piece.bytes.to_vec(),
-            },
-            PieceKind::Partial | PieceKind::Final { .. } => ReplicationFrame::Reply {
-                seq,
-                tuple: piece.tuple,
-                request_index: piece.request_index,
-                reply_offset: piece.reply_offset,
-                request_end: match piece.kind {
-                    PieceKind::Final { request_end } => Some(request_end),
-                    _ => None,
+        let (seq, acks) = self.send_numbered(|seq, epoch, out| match piece.kind {
+            PieceKind::Interim => replication_wire::encode(
+                &ReplicationFrame::Interim {
+                    seq,
+                    tuple: piece.tuple,
+                    request_index: piece.request_index,
+                    reply_offset: piece.reply_offset,
+                    bytes: piece.bytes.to_vec(),
                 },
-                closes_after: piece.closes_after,
-                bytes: piece.bytes.to_vec(),
-            },
+                epoch,
+                out,
+            ),
+            // Reply bytes are copied once, into their frame.
+            PieceKind::Partial | PieceKind::Final { .. } => replication_wire::encode_reply(
+                &ReplyHeader {
+                    seq,
+                    tuple: piece.tuple,
+                    request_index: piece.request_index,
+                    reply_offset: piece.reply_offset,
+                    request_end: match piece.kind {
+                        PieceKind::Final { request_end } => Some(request_end),
+                        _ => None,
+                    },
+                    closes_after: piece.closes_after,
+                },
+                piece.bytes,
+                epoch,
+                out,
+            ),
         })?;
         Some(AckWaiter { seq, acks })
     }
