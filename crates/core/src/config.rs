@@ -182,7 +182,8 @@ pub struct Service {
     /// carry only `http`.
     pub protocol: Protocol,
     /// Replies up to this many bytes are logged whole before their first byte is sent; longer
-    /// ones are logged and sent in pieces (simplex, duplex; invariant I2).
+    /// ones (by their Content-Length, or once they outgrow it) are streamed: logged in pieces
+    /// as they are read, each sent once logged (simplex, duplex; invariant I2).
     pub stream_replies_above: u64,
     /// Simplex and duplex: how long the proxy waits for a request head to complete once its
     /// first byte came (answered 408 after that; nginx's `client_header_timeout`, HAProxy's

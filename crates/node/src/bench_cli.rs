@@ -63,8 +63,8 @@ pub struct OverheadArgs {
     /// Backends, comma-separated (default builtin,nginx, or builtin with --quick).
     #[arg(long, value_delimiter = ',')]
     pub backend: Vec<BackendKind>,
-    /// Reply sizes in bytes, comma-separated, among 1024, 10240, 51200, 1048576 (default all,
-    /// or 1024,51200 with --quick).
+    /// Reply sizes in bytes, comma-separated, among 1024, 10240, 51200, 1048576 and 33554432
+    /// (default all but the last, or 1024,51200 with --quick).
     #[arg(long, value_delimiter = ',')]
     pub sizes: Vec<u64>,
     /// Seconds of each wrk run (default 2 for latency and 3 for throughput, 1 with --quick).

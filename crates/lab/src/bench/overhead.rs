@@ -249,14 +249,14 @@ pub fn run(
             "overhead needs at least one round, one size and one backend".into(),
         ));
     }
-    if let Some(size) = options
-        .sizes
-        .iter()
-        .find(|s| !crate::webservers::DOCROOT_SIZES.contains(s))
-    {
+    let served = |size: &u64| {
+        crate::webservers::DOCROOT_SIZES.contains(size) || *size == crate::webservers::DOCROOT_LARGE
+    };
+    if let Some(size) = options.sizes.iter().find(|s| !served(s)) {
         return Err(BenchError::Options(format!(
-            "reply size {size} is not one the docroot serves ({:?})",
-            crate::webservers::DOCROOT_SIZES
+            "reply size {size} is not one the docroot serves ({:?} or {})",
+            crate::webservers::DOCROOT_SIZES,
+            crate::webservers::DOCROOT_LARGE
         )));
     }
     crate::system::require_program("wrk", "wrk")?;

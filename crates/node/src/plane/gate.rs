@@ -52,13 +52,8 @@ pub struct AckWaiter {
 }
 
 impl AckWaiter {
-    /// True when the backup holds the piece, false when the backup was lost first.
-    pub async fn wait(mut self) -> bool {
-        self.held().await
-    }
-
-    /// Like [`AckWaiter::wait`], without giving the waiter up (it can be waited on in a loop
-    /// that does other things meanwhile).
+    /// True when the backup holds the piece, false when the backup was lost first. The waiter
+    /// stays: it can be waited on in a loop that does other things meanwhile.
     pub async fn held(&mut self) -> bool {
         let seq = self.seq;
         match self

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use steadfast_core::http::{
     ClientExpiry, ClientTimeouts, ClientTimer, ClientWait, CutPoint, FramingError, FramingLimits,
-    ReplyContinuation, ReplyEvent, RequestEvent, RequestFramer, RequestHead, RequestId,
-    ResponseFramer, StreamedReply,
+    ReplyBodyFraming, ReplyContinuation, ReplyEvent, RequestEvent, RequestFramer, RequestHead,
+    RequestId, ResponseFramer, StreamedReply,
 };
 use steadfast_core::image::{FourTuple, HandoverStep, HandoverWait, SessionStreams, SocketStreams};
 use steadfast_core::replication_wire::{ConnectionOptions, MAX_PIECE_BYTES};
@@ -43,6 +43,13 @@ const SERVER_PROBE_LIMIT: Duration = Duration::from_millis(500);
 /// before it goes (the connection is then reset).
 const SERVER_PROBE_SETTLE: Duration = Duration::from_millis(50);
 const READ_CHUNK: usize = 64 * 1024;
+/// A reply streamed in parts is cut into pieces of about this size: each is logged as soon as
+/// it is read and goes to the client once the backup holds it, while the next ones are read
+/// and logged.
+const STREAM_PIECE_BYTES: u64 = 512 * 1024;
+/// Reply bytes of a streamed reply logged and not yet written, above which a session reads no
+/// more of its backend: what the pipeline between backend, backup and client holds at most.
+const STREAM_WINDOW_BYTES: usize = 4 * 1024 * 1024;
 /// How long the server has to answer a request the proxy cannot frame (see
 /// `Session::answer_framing_error`).
 const REFUSAL_WAIT: Duration = Duration::from_secs(2);
@@ -312,6 +319,9 @@ struct InFlight {
     /// Part of the reply has reached the client: an error now cannot be answered with a
     /// reply of its own (it would land inside this one's body).
     reply_started: bool,
+    /// The reply goes out in parts as it is read: it declared a length above the whole-reply
+    /// limit, or outgrew it.
+    streamed: bool,
     /// The reply finishes one a takeover cut: the backend's answer to the range request is
     /// turned into the rest of the client's reply.
     continuation: Option<ReplyContinuation>,
@@ -392,6 +402,9 @@ pub async fn serve(
         in_flight: None,
         backend: None,
         reply_offset: start.reply_offset,
+        outgoing: VecDeque::new(),
+        outgoing_bytes: 0,
+        logged_offset: start.reply_offset,
         answered_index: start.request_index,
         answered_offset: start.request_offset,
         kept_request: Some(Vec::new()),
@@ -479,8 +492,16 @@ struct Session {
     held_base: u64,
     in_flight: Option<InFlight>,
     backend: Option<Backend>,
-    /// Client-facing reply stream offset of the next reply byte.
+    /// Client-facing reply stream offset of the next reply byte written.
     reply_offset: u64,
+    /// Pieces of a reply streamed in parts, logged and not yet written, oldest first: each
+    /// goes to the client once the backup holds it, while the backend is read on. Nothing is
+    /// handed to a new backup while any wait (see `adoption_may_start`).
+    outgoing: VecDeque<OutgoingPiece>,
+    outgoing_bytes: usize,
+    /// Client-facing reply stream offset after the last logged byte: ahead of `reply_offset`
+    /// by the bytes in `outgoing`.
+    logged_offset: u64,
     /// The first request no complete reply answers, and the client offset where it starts.
     answered_index: u64,
     answered_offset: u64,
@@ -574,6 +595,8 @@ impl Session {
                 .client_timer
                 .deadline()
                 .and_then(|(at, _)| self.clock_origin.checked_add(at));
+            let read_backend = self.backend.is_some() && self.outgoing_bytes < STREAM_WINDOW_BYTES;
+            let adoption_may_start = self.adoption_may_start();
             tokio::select! {
                 read = self.client.read(&mut client_buf), if read_client => {
                     let n = read.map_err(|e| SessionEnd::Client(self.tuple, e))?;
@@ -583,8 +606,11 @@ impl Session {
                         self.take_client_bytes(&client_buf[..n]).await?;
                     }
                 }
+                held = outgoing_held(self.outgoing.front_mut()), if !self.outgoing.is_empty() => {
+                    self.release_front(held).await?;
+                }
                 // Between requests too: a server that closes an idle connection is seen at once.
-                read = read_backend_stream(self.backend.as_mut(), &mut backend_buf), if self.backend.is_some() => {
+                read = read_backend_stream(self.backend.as_mut(), &mut backend_buf), if read_backend => {
                     if self.in_flight.is_none() {
                         self.backend_spoke_while_idle(read).await;
                     } else {
@@ -603,7 +629,7 @@ impl Session {
                     let error = self.refusal.take().expect("a refusal under way").error;
                     return self.refuse_ourselves(error).await;
                 }
-                () = self.adoption.due() => self.try_adoption(None),
+                () = self.adoption.due(), if adoption_may_start => self.try_adoption(None),
                 held = wait_for_adoption_ack(self.adoption_ack.as_mut()) => self.adoption_answered(held),
                 () = tokio::time::sleep(RETAINED_TRIM_INTERVAL), if !self.retained.is_empty() => {
                     self.trim_retained();
@@ -866,6 +892,7 @@ impl Session {
                     keep_alive: false,
                     request_end: Some(end),
                     reply_started: false,
+                    streamed: false,
                     continuation: None,
                     retry: None,
                 })
@@ -968,6 +995,10 @@ impl Session {
     }
 
     fn adopt(&mut self, generation: u64, writing: Option<&[u8]>) -> Result<(), HandoverWait> {
+        debug_assert!(
+            self.outgoing.is_empty(),
+            "no logged piece waits at a hand-over"
+        );
         self.trim_retained();
         let unreadable = |what: &str, e: steadfast_os::repair::RepairError| {
             tracing::debug!("adoption: {what}: {e}");
@@ -1199,6 +1230,10 @@ impl Session {
     async fn finish_in_flight(&mut self) -> Result<(), SessionEnd> {
         let mut buf = vec![0u8; READ_CHUNK];
         while self.in_flight.is_some() {
+            while self.outgoing_bytes >= STREAM_WINDOW_BYTES {
+                let held = outgoing_held(self.outgoing.front_mut()).await;
+                self.release_front(held).await?;
+            }
             let n = read_backend_stream(self.backend.as_mut(), &mut buf)
                 .await
                 .map_err(|e| SessionEnd::Backend(self.tuple, e))?;
@@ -1273,6 +1308,7 @@ impl Session {
                         keep_alive: head.keep_alive,
                         request_end: None,
                         reply_started: resuming,
+                        streamed: resuming,
                         continuation,
                         retry: retryable.then(|| head.clone()),
                     });
@@ -1459,6 +1495,15 @@ impl Session {
                     if let Some(backend) = self.backend.as_mut() {
                         backend.cuttable = head.range.end;
                     }
+                    // A reply that says it is longer than the whole-reply limit is streamed
+                    // from its first byte: it would be cut into parts anyway.
+                    if let (&ReplyBodyFraming::ContentLength(length), Some(flight)) =
+                        (&head.body, self.in_flight.as_mut())
+                    {
+                        if length > self.ctx.stream_above as u64 {
+                            flight.streamed = true;
+                        }
+                    }
                 }
                 ReplyEvent::Body { range, .. } => {
                     if let Some(backend) = self.backend.as_mut() {
@@ -1579,7 +1624,12 @@ impl Session {
         // A long reply goes out in pieces rather than held whole, each cut where its body
         // (not its chunk framing) stands, so a takeover can finish it by range.
         if let (Some(backend), Some(flight)) = (self.backend.as_ref(), self.in_flight.as_mut()) {
-            if backend.buffer.len() >= self.ctx.stream_above && backend.cuttable > backend.base {
+            if backend.buffer.len() >= self.ctx.stream_above {
+                flight.streamed = true;
+            }
+            let ready = backend.cuttable - backend.base;
+            let oversized = backend.buffer.len() >= self.ctx.stream_above && ready > 0;
+            if flight.streamed && (ready >= STREAM_PIECE_BYTES || oversized) {
                 flight.reply_started = true;
                 let index = flight.index;
                 let end = backend.cuttable;
@@ -1732,53 +1782,109 @@ impl Session {
     }
 
     /// Logs `bytes` in frames the backup accepts (at most [`MAX_PIECE_BYTES`] each, all but
-    /// the last as parts of a reply that goes on), then waits until the backup holds every
-    /// one: a reply logged whole is still written only once all of it is logged. `None` when
-    /// the gate has no backup to log to.
-    async fn log_in_frames(
-        &self,
+    /// the last as parts of a reply that goes on), from `logged_offset` on. The waiter of the
+    /// last frame says when the backup holds all of them (it acknowledges in order); `None`
+    /// when nothing was logged: no backup protects the connection now, or the link went away.
+    fn log_in_frames(
+        &mut self,
         request_index: u64,
         kind: PieceKind,
         bytes: &[u8],
-    ) -> Option<bool> {
-        let mut waiters = Vec::new();
+    ) -> Option<AckWaiter> {
+        let from = self.logged_offset;
+        self.logged_offset += bytes.len() as u64;
+        if !self.protected_now() {
+            return None;
+        }
+        let mut last = None;
         for (range, kind) in frame_pieces(bytes.len(), kind) {
-            waiters.push(self.ctx.gate.log(Piece {
+            last = Some(self.ctx.gate.log(Piece {
                 tuple: self.tuple,
                 request_index,
-                reply_offset: self.reply_offset + range.start as u64,
+                reply_offset: from + range.start as u64,
                 kind,
                 bytes: &bytes[range],
                 // Decided before the reply's last piece is sent (see `take_backend_bytes`).
                 closes_after: self.close_after_reply && matches!(kind, PieceKind::Final { .. }),
             })?);
         }
-        for waiter in waiters {
-            if !waiter.wait().await {
-                return Some(false);
-            }
-        }
-        Some(true)
+        last
     }
 
-    /// Logs a reply piece, waits until the backup holds it, then writes it to the client.
+    /// Logs a reply piece and writes it to the client once the backup holds it. A part of a
+    /// streamed reply waits in `outgoing` for that while the session reads on; any other piece
+    /// goes out after those before it, and is written when this returns.
     async fn send_reply_piece(
         &mut self,
         request_index: u64,
         kind: PieceKind,
         bytes: Vec<u8>,
     ) -> Result<(), SessionEnd> {
-        let mut logged = false;
-        if self.protected_now() {
-            if let Some(held) = self.log_in_frames(request_index, kind, &bytes).await {
-                logged = held;
-                if !logged {
-                    self.ctx
-                        .counters
-                        .replies_unprotected
-                        .fetch_add(1, Ordering::Relaxed);
-                }
-            }
+        if kind != PieceKind::Partial {
+            self.flush_outgoing().await?;
+        }
+        let ack = self.log_in_frames(request_index, kind, &bytes);
+        let piece = OutgoingPiece {
+            request_index,
+            kind,
+            ack,
+            bytes,
+        };
+        if kind == PieceKind::Partial {
+            self.outgoing_bytes += piece.bytes.len();
+            self.outgoing.push_back(piece);
+            return Ok(());
+        }
+        let mut piece = piece;
+        let held = outgoing_held(Some(&mut piece)).await;
+        self.release(piece, held).await
+    }
+
+    /// Writes every logged piece still waiting, in order.
+    async fn flush_outgoing(&mut self) -> Result<(), SessionEnd> {
+        while !self.outgoing.is_empty() {
+            let held = outgoing_held(self.outgoing.front_mut()).await;
+            self.release_front(held).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes the oldest waiting piece, which the backup holds (`Some(true)`), lost first
+    /// (`Some(false)`), or was never given (`None`).
+    async fn release_front(&mut self, held: Option<bool>) -> Result<(), SessionEnd> {
+        let piece = self
+            .outgoing
+            .pop_front()
+            .expect("a piece waits when one is released");
+        self.outgoing_bytes -= piece.bytes.len();
+        self.release(piece, held).await
+    }
+
+    /// Nothing is handed to a backup while logged pieces wait to be written: the hand-over
+    /// says where the reply stands at the client, and the log to follow it starts there.
+    fn adoption_may_start(&self) -> bool {
+        self.outgoing.is_empty()
+    }
+
+    /// Writes a reply piece to the client: at once if the backup holds it, under this node's
+    /// lease if not.
+    async fn release(
+        &mut self,
+        piece: OutgoingPiece,
+        held: Option<bool>,
+    ) -> Result<(), SessionEnd> {
+        let OutgoingPiece {
+            request_index,
+            kind,
+            bytes,
+            ..
+        } = piece;
+        let logged = held == Some(true);
+        if held == Some(false) {
+            self.ctx
+                .counters
+                .replies_unprotected
+                .fetch_add(1, Ordering::Relaxed);
         }
         // Unlogged bytes go out only under this node's lease: told late that the backup is
         // gone, it may already be the primary that carries this connection on.
@@ -1841,9 +1947,10 @@ impl Session {
     async fn write_to_client(&mut self, bytes: &[u8]) -> Result<(), SessionEnd> {
         let mut written = 0;
         while written < bytes.len() {
+            let adoption_may_start = self.adoption_may_start();
             tokio::select! {
                 biased;
-                () = self.adoption.due() => self.try_adoption(Some(bytes)),
+                () = self.adoption.due(), if adoption_may_start => self.try_adoption(Some(bytes)),
                 held = wait_for_adoption_ack(self.adoption_ack.as_mut()) => self.adoption_answered(held),
                 result = self.client.write(&bytes[written..]) => {
                     let n = result.map_err(|e| SessionEnd::Client(self.tuple, e))?;
@@ -1939,6 +2046,25 @@ struct PendingAdoption {
     ack: AckWaiter,
     /// The link generation it was sent on, which protects the session once the backup holds it.
     generation: u64,
+}
+
+/// A reply piece logged (or not: no backup protects the connection) and not yet written.
+struct OutgoingPiece {
+    request_index: u64,
+    kind: PieceKind,
+    /// Resolves once the backup holds the piece; `None` when it was not logged.
+    ack: Option<AckWaiter>,
+    bytes: Vec<u8>,
+}
+
+/// Resolves with whether the backup holds `piece` (`None`: it was never logged); never
+/// without a piece.
+async fn outgoing_held(piece: Option<&mut OutgoingPiece>) -> Option<bool> {
+    match piece {
+        Some(OutgoingPiece { ack: Some(ack), .. }) => Some(ack.held().await),
+        Some(OutgoingPiece { ack: None, .. }) => None,
+        None => std::future::pending().await,
+    }
 }
 
 /// Resolves with the backup's answer to a hand-over; never without one.
