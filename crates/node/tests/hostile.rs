@@ -197,7 +197,7 @@ fn ten_thousand_slow_heads_are_let_go_and_disturb_no_one_builtin() {
         opts.client_timeouts_ms = Some((HEADER_TIMEOUT.as_millis() as u32, 75_000));
         opts.max_connections = Some(12_000);
     });
-    let (primary, _) = protected_primary(&lab);
+    let (primary, backup) = protected_primary(&lab);
     let load = verifying_load(&lab);
     load.wait_for_successes(0, 100, Duration::from_secs(5), "before the slow clients");
 
@@ -266,19 +266,22 @@ fn ten_thousand_slow_heads_are_let_go_and_disturb_no_one_builtin() {
     let report = load.stop();
     let summary = report.summary();
     let plane = lab.daemon_status(&primary)["data_plane"].clone();
+    let backup_plane = lab.daemon_status(&backup)["data_plane"].clone();
     let shortest = lived.iter().min().copied().unwrap_or_default();
     let longest = lived.iter().max().copied().unwrap_or_default();
     eprintln!(
         "{SLOW} slow heads open after {all_open:?} ({open_now:?} sessions open then); {answered_408} \
          answered 408, {still_open} still open at {all_closed:?}; each lived {shortest:?} to \
          {longest:?}; header timeouts counted {}; keep-alive requests {} failed of {}, new \
-         connections {} failed of {} ({:?})",
+         connections {} failed of {} ({:?}); client frames the backup dropped: {} {}",
         plane["client_header_timeouts"],
         summary.request_failures,
         summary.requests,
         summary.probe_failures,
         summary.probes,
-        summary.probe_errors
+        summary.probe_errors,
+        backup_plane["frames_dropped"],
+        backup_plane["drop_reasons"],
     );
     assert_eq!(
         still_open,

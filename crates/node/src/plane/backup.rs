@@ -487,6 +487,7 @@ impl BackupParts {
             capture: capture.clone(),
             release: release.clone(),
             held: Vec::new(),
+            ring_drops_counted: 0,
             port,
             vip: service.vip,
             mac: self.mac,
@@ -1041,6 +1042,8 @@ struct LoggerContext {
     release: Arc<AtomicBool>,
     /// IP packets held since the freeze.
     held: Vec<Vec<u8>>,
+    /// Frames the kernel dropped for a full ring, as already counted in the plane's status.
+    ring_drops_counted: u64,
 }
 
 impl LoggerContext {
@@ -1060,6 +1063,7 @@ impl LoggerContext {
             // SAFETY: one valid pollfd for the duration of the call.
             unsafe { libc::poll(&mut pollfd, 1, LOGGER_POLL_MS) };
             self.drain_once(&mut outgoing);
+            self.count_ring_drops();
             // Forward only what the log holds: sending happens after the batch is logged.
             for frame in outgoing.drain(..) {
                 if self.stop.load(Ordering::Relaxed) {
@@ -1079,6 +1083,27 @@ impl LoggerContext {
                 }
             }
         }
+    }
+
+    /// Client frames the kernel dropped because the logger did not empty its ring in time:
+    /// neither logged nor forwarded, the client sends them again after its timeout. Counted
+    /// with the other dropped frames (reason `ring-full`).
+    fn count_ring_drops(&mut self) {
+        let drops = self.port.counters().ring_drops;
+        let new = drops.saturating_sub(self.ring_drops_counted);
+        if new == 0 {
+            return;
+        }
+        self.ring_drops_counted = drops;
+        let counters = &self.shared.counters;
+        counters.frames_dropped.fetch_add(new, Ordering::Relaxed);
+        *self
+            .shared
+            .drop_reasons
+            .lock()
+            .expect("reason map lock")
+            .entry("ring-full".to_string())
+            .or_default() += new;
     }
 
     /// After the freeze: holds the client's TCP frames (as IP packets) and answers ARP.
