@@ -32,6 +32,8 @@ use super::{Peer, PlaneSettings, PlaneShared};
 const FORWARD_MTU: usize = 1500;
 /// How long the logger sleeps in poll(): bounds how late a freeze is noticed.
 const LOGGER_POLL_MS: i32 = 2;
+/// How often the logger reads the ring's drop statistics (a system call each time).
+const RING_STATS_INTERVAL: Duration = Duration::from_millis(100);
 
 /// What the backup holds for the connections it protects.
 #[derive(Default)]
@@ -488,6 +490,7 @@ impl BackupParts {
             release: release.clone(),
             held: Vec::new(),
             ring_drops_counted: 0,
+            ring_stats_read: Instant::now(),
             port,
             vip: service.vip,
             mac: self.mac,
@@ -1042,8 +1045,10 @@ struct LoggerContext {
     release: Arc<AtomicBool>,
     /// IP packets held since the freeze.
     held: Vec<Vec<u8>>,
-    /// Frames the kernel dropped for a full ring, as already counted in the plane's status.
+    /// Frames the kernel dropped for a full ring, as already counted in the plane's status,
+    /// and when the ring's statistics were last read.
     ring_drops_counted: u64,
+    ring_stats_read: Instant,
 }
 
 impl LoggerContext {
@@ -1089,21 +1094,21 @@ impl LoggerContext {
     /// neither logged nor forwarded, the client sends them again after its timeout. Counted
     /// with the other dropped frames (reason `ring-full`).
     fn count_ring_drops(&mut self) {
+        if self.ring_stats_read.elapsed() < RING_STATS_INTERVAL {
+            return;
+        }
+        self.ring_stats_read = Instant::now();
         let drops = self.port.counters().ring_drops;
         let new = drops.saturating_sub(self.ring_drops_counted);
         if new == 0 {
             return;
         }
         self.ring_drops_counted = drops;
-        let counters = &self.shared.counters;
-        counters.frames_dropped.fetch_add(new, Ordering::Relaxed);
-        *self
-            .shared
-            .drop_reasons
-            .lock()
-            .expect("reason map lock")
-            .entry("ring-full".to_string())
-            .or_default() += new;
+        self.shared
+            .counters
+            .frames_dropped
+            .fetch_add(new, Ordering::Relaxed);
+        PlaneShared::count_reasons(&self.shared.drop_reasons, "ring-full", new);
     }
 
     /// After the freeze: holds the client's TCP frames (as IP packets) and answers ARP.

@@ -240,10 +240,14 @@ impl PlaneShared {
     }
 
     pub fn count_reason(map: &Mutex<BTreeMap<String, u64>>, label: &str) {
+        Self::count_reasons(map, label, 1);
+    }
+
+    pub fn count_reasons(map: &Mutex<BTreeMap<String, u64>>, label: &str, count: u64) {
         *map.lock()
             .expect("reason map lock")
             .entry(label.to_string())
-            .or_default() += 1;
+            .or_default() += count;
     }
 }
 

@@ -1231,8 +1231,7 @@ impl Session {
         let mut buf = vec![0u8; READ_CHUNK];
         while self.in_flight.is_some() {
             while self.outgoing_bytes >= STREAM_WINDOW_BYTES {
-                let held = outgoing_held(self.outgoing.front_mut()).await;
-                self.release_front(held).await?;
+                self.release_oldest().await?;
             }
             let n = read_backend_stream(self.backend.as_mut(), &mut buf)
                 .await
@@ -1624,12 +1623,10 @@ impl Session {
         // A long reply goes out in pieces rather than held whole, each cut where its body
         // (not its chunk framing) stands, so a takeover can finish it by range.
         if let (Some(backend), Some(flight)) = (self.backend.as_ref(), self.in_flight.as_mut()) {
-            if backend.buffer.len() >= self.ctx.stream_above {
-                flight.streamed = true;
-            }
+            let outgrown = backend.buffer.len() >= self.ctx.stream_above;
+            flight.streamed |= outgrown;
             let ready = backend.cuttable - backend.base;
-            let oversized = backend.buffer.len() >= self.ctx.stream_above && ready > 0;
-            if flight.streamed && (ready >= STREAM_PIECE_BYTES || oversized) {
+            if flight.streamed && ready > 0 && (ready >= STREAM_PIECE_BYTES || outgrown) {
                 flight.reply_started = true;
                 let index = flight.index;
                 let end = backend.cuttable;
@@ -1824,29 +1821,31 @@ impl Session {
             self.flush_outgoing().await?;
         }
         let ack = self.log_in_frames(request_index, kind, &bytes);
-        let piece = OutgoingPiece {
+        self.outgoing_bytes += bytes.len();
+        self.outgoing.push_back(OutgoingPiece {
             request_index,
             kind,
             ack,
             bytes,
-        };
+        });
         if kind == PieceKind::Partial {
-            self.outgoing_bytes += piece.bytes.len();
-            self.outgoing.push_back(piece);
             return Ok(());
         }
-        let mut piece = piece;
-        let held = outgoing_held(Some(&mut piece)).await;
-        self.release(piece, held).await
+        self.release_oldest().await
     }
 
     /// Writes every logged piece still waiting, in order.
     async fn flush_outgoing(&mut self) -> Result<(), SessionEnd> {
         while !self.outgoing.is_empty() {
-            let held = outgoing_held(self.outgoing.front_mut()).await;
-            self.release_front(held).await?;
+            self.release_oldest().await?;
         }
         Ok(())
+    }
+
+    /// Waits until the backup holds the oldest waiting piece (or is lost), then writes it.
+    async fn release_oldest(&mut self) -> Result<(), SessionEnd> {
+        let held = outgoing_held(self.outgoing.front_mut()).await;
+        self.release_front(held).await
     }
 
     /// Writes the oldest waiting piece, which the backup holds (`Some(true)`), lost first
