@@ -17,9 +17,9 @@ use steadfast_lab::{BackendKind, Mode};
 /// load: the established keep-alive connections lose no request, new connections (one every
 /// 10 ms, 500 ms to connect) rarely fail, and the service answers at once after the flood.
 /// Before the half-open bound and the SYN-cookie path, most new connections failed. The
-/// hostile-input issue asks for fewer than 1 in 100 failing, as in unreplicated mode; measured
-/// here 0.8 to 1.3 in 100 (a SYN that gets no SYN-ACK within 500 ms), so the bound below is 3
-/// in 100 until that is found.
+/// hostile-input issue asks for fewer than 1 in 100 failing, as in unreplicated mode. Measured
+/// 0.8 to 1.3 in 100 (a SYN that got no SYN-ACK within 500 ms) while the backup's packet ring
+/// had 256 slots and dropped bursts; with 16,384: 0 of 530 in eight runs.
 ///
 /// The default heartbeat (50 ms, a lease of 150 ms): with 10 ms heartbeats the flood delayed
 /// the primary's heartbeats by 30 ms in one CI run of ten, its lease lapsed and its backup
@@ -93,8 +93,8 @@ fn a_syn_flood_leaves_established_and_new_connections_working_builtin() {
         lab.situation()
     );
     assert!(
-        summary.probe_failures * 100 <= summary.probes * 3,
-        "at most 3 in 100 new connections fail: {} of {} ({:?}): {}",
+        summary.probe_failures * 100 < summary.probes,
+        "fewer than 1 in 100 new connections fail: {} of {} ({:?}): {}",
         summary.probe_failures,
         summary.probes,
         summary.probe_errors,
@@ -306,15 +306,20 @@ fn ten_thousand_slow_heads_are_let_go_and_disturb_no_one_builtin() {
         "no request of an established connection fails: {:?}",
         summary.request_errors
     );
-    // The issue asks for no client affected. Measured: 0 failed requests on established
-    // connections, but 3 to 7 of about 1,220 new connections not connected within 500 ms
-    // (alone and beside the flood test), like the SYN flood's: not found yet.
-    assert!(
-        summary.probe_failures * 100 <= summary.probes * 2,
-        "at most 2 in 100 new connections fail: {} of {} ({:?})",
+    // The issue asks for no client affected. 3 to 12 of about 1,220 new connections used to
+    // miss their 500 ms: the backup's packet ring had 256 slots, and the 10,000 trickled bytes
+    // above, sent at once, overflowed it (about 12,000 frames dropped, each resent by its
+    // client a retransmission timeout later). With a slot per MTU-sized frame (16,384 slots):
+    // 0 dropped, 0 failed in eight runs.
+    assert_eq!(
+        summary.probe_failures,
+        0,
+        "no new connection fails: {} of {} ({:?}); the backup dropped {} {}",
         summary.probe_failures,
         summary.probes,
-        summary.probe_errors
+        summary.probe_errors,
+        backup_plane["frames_dropped"],
+        backup_plane["drop_reasons"],
     );
 }
 

@@ -3,6 +3,13 @@
 //! frame. (Not TPACKET_V3: a V3 block reaches user space only when full or when its ≥ 1 ms
 //! retire timer fires, which delayed every request by about a millisecond in the prototype.)
 //!
+//! The ring's slots are sized for one MTU-sized frame, so that it holds thousands of them: a
+//! burst of small frames (10,000 clients sending a byte each at once) must wait there, not be
+//! dropped, while the logger is busy or descheduled. A larger frame (GRO-merged, up to 64 KiB
+//! and more, or a jumbo frame) does not fit a slot: the kernel then also queues it whole on the
+//! socket (PACKET_COPY_THRESH) and marks its truncated slot TP_STATUS_COPY, and the drain reads
+//! it from there, in ring order.
+//!
 //! Also the pure helpers of the forwarding path: the ARP answer for the VIP and the split of a
 //! GRO-merged frame back into MTU-sized ones.
 
@@ -17,6 +24,7 @@ const ETH_HLEN: usize = 14;
 const TPACKET_V2: libc::c_int = 1;
 const PACKET_VERSION: libc::c_int = 10;
 const PACKET_RX_RING: libc::c_int = 5;
+const PACKET_COPY_THRESH: libc::c_int = 7;
 const PACKET_STATISTICS: libc::c_int = 6;
 const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
 const TP_STATUS_KERNEL: u32 = 0;
@@ -26,9 +34,20 @@ const TP_STATUS_CSUMNOTREADY: u32 = 1 << 3;
 const TP_STATUS_CSUM_VALID: u32 = 1 << 7;
 const PACKET_HOST: u8 = 0;
 const PACKET_BROADCAST: u8 = 1;
-/// A ring slot holds a GRO-merged frame of up to 64 KiB plus headers whole.
-const FRAME_SIZE: usize = 128 * 1024;
-const FRAME_COUNT: usize = 256;
+/// A ring slot holds a 1500-byte-MTU frame (with VLAN tags) behind the slot's 80 bytes of
+/// headers; larger frames come whole through the socket's queue.
+const SLOT_SIZE: usize = 2048;
+/// Blocks of 128 KiB (order-5 allocations, as the kernel prefers them small).
+const BLOCK_SIZE: usize = 128 * 1024;
+const BLOCK_COUNT: usize = 256;
+/// 16,384 slots in 32 MiB.
+const SLOT_COUNT: usize = BLOCK_SIZE / SLOT_SIZE * BLOCK_COUNT;
+/// The socket queue's budget for the whole copies of frames larger than a slot: about 250
+/// GRO-merged 64 KiB frames waiting at once.
+const LARGE_FRAME_QUEUE_BYTES: libc::c_int = 16 * 1024 * 1024;
+/// The largest frame read whole from the socket queue (GRO merges up to 64 KiB by default;
+/// BIG TCP raises that): longer ones are truncated and dropped as such.
+const LARGE_FRAME_MAX: usize = 256 * 1024;
 /// tpacket2_hdr is 32 bytes; the sockaddr_ll follows at the next 16-byte boundary.
 const SOCKADDR_LL_OFFSET: usize = 32;
 
@@ -129,6 +148,8 @@ pub struct PacketPort {
     ring: *mut u8,
     ring_len: usize,
     next: usize,
+    /// Where a frame larger than a slot is read to from the socket queue.
+    large_frame: Vec<u8>,
     interface: String,
     ifindex: u32,
     mac: [u8; 6],
@@ -244,16 +265,34 @@ impl PacketPort {
         if !setsockopt(raw, libc::SOL_PACKET, PACKET_IGNORE_OUTGOING, &one) {
             return Err(fail("PACKET_IGNORE_OUTGOING"));
         }
+        if !setsockopt(raw, libc::SOL_PACKET, PACKET_COPY_THRESH, &one) {
+            return Err(fail("PACKET_COPY_THRESH"));
+        }
+        // Beyond net.core.rmem_max where the daemon may (CAP_NET_ADMIN); within it otherwise,
+        // where fewer large frames can wait.
+        if !setsockopt(
+            raw,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            &LARGE_FRAME_QUEUE_BYTES,
+        ) && !setsockopt(
+            raw,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            &LARGE_FRAME_QUEUE_BYTES,
+        ) {
+            return Err(fail("SO_RCVBUF"));
+        }
         let req = TpacketReq {
-            tp_block_size: FRAME_SIZE as u32,
-            tp_block_nr: FRAME_COUNT as u32,
-            tp_frame_size: FRAME_SIZE as u32,
-            tp_frame_nr: FRAME_COUNT as u32,
+            tp_block_size: BLOCK_SIZE as u32,
+            tp_block_nr: BLOCK_COUNT as u32,
+            tp_frame_size: SLOT_SIZE as u32,
+            tp_frame_nr: SLOT_COUNT as u32,
         };
         if !setsockopt(raw, libc::SOL_PACKET, PACKET_RX_RING, &req) {
             return Err(fail("PACKET_RX_RING"));
         }
-        let ring_len = FRAME_SIZE * FRAME_COUNT;
+        let ring_len = BLOCK_SIZE * BLOCK_COUNT;
         // SAFETY: maps the ring the kernel just allocated for this socket.
         let ring = unsafe {
             libc::mmap(
@@ -273,6 +312,7 @@ impl PacketPort {
             ring: ring as *mut u8,
             ring_len,
             next: 0,
+            large_frame: vec![0; LARGE_FRAME_MAX],
             interface: interface.to_string(),
             ifindex,
             mac: interface_mac(interface).unwrap_or([0; 6]),
@@ -305,12 +345,14 @@ impl PacketPort {
         self.ifindex
     }
 
-    /// Hands every frame ready in the ring to `f`, in ring order, and gives the slots back.
-    pub fn drain(&mut self, mut f: impl FnMut(RxFrame<'_>)) -> usize {
+    /// Hands the frames ready in the ring, at most `max`, to `f` in arrival order, and gives
+    /// their slots back. Returns how many were handed.
+    pub fn drain(&mut self, max: usize, mut f: impl FnMut(RxFrame<'_>)) -> usize {
         let mut handed = 0;
-        for _ in 0..FRAME_COUNT {
-            // SAFETY: slot `next` lies inside the mapping; the header is the slot's start.
-            let slot = unsafe { self.ring.add(self.next * FRAME_SIZE) };
+        for _ in 0..max.min(SLOT_COUNT) {
+            // SAFETY: slot `next` lies inside the mapping (blocks are whole multiples of
+            // slots, mapped one after the other); the header is the slot's start.
+            let slot = unsafe { self.ring.add(self.next * SLOT_SIZE) };
             let header = slot as *mut Tpacket2Hdr;
             // SAFETY: the kernel writes tp_status concurrently: read it volatile.
             let status = unsafe { std::ptr::read_volatile(&(*header).tp_status) };
@@ -330,16 +372,31 @@ impl PacketPort {
             // SAFETY: sll_pkttype of the sockaddr_ll after the header, inside the slot.
             let pkttype = unsafe { *slot.add(SOCKADDR_LL_OFFSET + 10) };
             self.counters.frames_received += 1;
-            if mac_offset + snaplen <= FRAME_SIZE {
-                let truncated = snaplen < len || status & TP_STATUS_COPY != 0;
-                if truncated {
-                    self.counters.truncated += 1;
-                }
+            // The whole copy of a frame larger than a slot waits on the socket queue, queued
+            // before its slot was handed over: it is the queue's oldest now. Taken even when
+            // the frame is not ours, to keep the queue in step with the ring.
+            let whole = if status & TP_STATUS_COPY != 0 {
+                self.read_queued_frame()
+            } else {
+                None
+            };
+            if mac_offset + snaplen <= SLOT_SIZE {
                 // Broadcasts too: a client's ARP request for the VIP is one.
                 if pkttype == PACKET_HOST || pkttype == PACKET_BROADCAST {
-                    // SAFETY: [mac_offset, mac_offset + snaplen) lies inside the slot, which
-                    // stays ours until tp_status is written below.
-                    let data = unsafe { std::slice::from_raw_parts(slot.add(mac_offset), snaplen) };
+                    let (data, truncated) = match whole {
+                        Some(n) if n <= self.large_frame.len() => (&self.large_frame[..n], false),
+                        _ => {
+                            // SAFETY: [mac_offset, mac_offset + snaplen) lies inside the
+                            // slot, which stays ours until tp_status is written below.
+                            let data = unsafe {
+                                std::slice::from_raw_parts(slot.add(mac_offset), snaplen)
+                            };
+                            (data, snaplen < len)
+                        }
+                    };
+                    if truncated {
+                        self.counters.truncated += 1;
+                    }
                     f(RxFrame {
                         data,
                         original_len: len,
@@ -354,9 +411,25 @@ impl PacketPort {
             fence(Ordering::Release);
             // SAFETY: gives the slot back to the kernel.
             unsafe { std::ptr::write_volatile(&mut (*header).tp_status, TP_STATUS_KERNEL) };
-            self.next = (self.next + 1) % FRAME_COUNT;
+            self.next = (self.next + 1) % SLOT_COUNT;
         }
         handed
+    }
+
+    /// Reads the oldest whole frame of the socket queue into `large_frame`; its length on the
+    /// wire (longer than the buffer when it did not fit), or None when the queue was empty.
+    fn read_queued_frame(&mut self) -> Option<usize> {
+        // SAFETY: the buffer is valid for its length; MSG_TRUNC makes the kernel return the
+        // frame's real length without writing past the buffer.
+        let n = unsafe {
+            libc::recv(
+                self.fd.as_raw_fd(),
+                self.large_frame.as_mut_ptr() as *mut libc::c_void,
+                self.large_frame.len(),
+                libc::MSG_DONTWAIT | libc::MSG_TRUNC,
+            )
+        };
+        usize::try_from(n).ok()
     }
 
     /// Sends a whole Ethernet frame out of the interface.

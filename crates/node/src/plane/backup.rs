@@ -32,6 +32,9 @@ use super::{Peer, PlaneSettings, PlaneShared};
 const FORWARD_MTU: usize = 1500;
 /// How long the logger sleeps in poll(): bounds how late a freeze is noticed.
 const LOGGER_POLL_MS: i32 = 2;
+/// Frames logged under one hold of the state lock before they are forwarded: bounds both the
+/// lock's hold and the delay of a batch's first frame.
+const LOGGER_BATCH: usize = 256;
 /// How often the logger reads the ring's drop statistics (a system call each time).
 const RING_STATS_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -1116,7 +1119,7 @@ impl LoggerContext {
         let (vip, mac) = (self.vip, self.mac);
         let held = &mut self.held;
         let shared = &self.shared;
-        self.port.drain(|frame| {
+        self.port.drain(usize::MAX, |frame| {
             if frame.truncated {
                 return;
             }
@@ -1188,7 +1191,7 @@ impl LoggerContext {
         let now = Instant::now();
         let forwarding = self.forward.load(Ordering::Relaxed);
         let announced = state.announced;
-        self.port.drain(|frame| {
+        self.port.drain(LOGGER_BATCH, |frame| {
             let counters = &shared.counters;
             if frame.truncated {
                 counters.frames_dropped.fetch_add(1, Ordering::Relaxed);
