@@ -2873,6 +2873,7 @@ mod tests {
                     index,
                     start,
                     latency: Duration::from_millis(2),
+                    connect: None,
                     outcome,
                 }
             })

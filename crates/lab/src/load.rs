@@ -216,6 +216,16 @@ fn serialize_micros<S: Serializer>(duration: &Duration, serializer: S) -> Result
     serializer.serialize_u64(u64::try_from(duration.as_micros()).unwrap_or(u64::MAX))
 }
 
+fn serialize_optional_micros<S: Serializer>(
+    duration: &Option<Duration>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match duration {
+        Some(d) => serialize_micros(d, serializer),
+        None => serializer.serialize_none(),
+    }
+}
+
 /// One probe: one new connection, one request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Probe {
@@ -226,6 +236,9 @@ pub struct Probe {
     pub start: Duration,
     #[serde(rename = "latency_us", serialize_with = "serialize_micros")]
     pub latency: Duration,
+    /// From the start to the connection's establishment, when it was established.
+    #[serde(rename = "connect_us", serialize_with = "serialize_optional_micros")]
+    pub connect: Option<Duration>,
     pub outcome: Outcome,
 }
 
@@ -834,10 +847,13 @@ async fn run_probes(
                 let start = started.elapsed();
                 let begun = Instant::now();
                 in_flight.spawn(async move {
-                    let outcome =
-                        probe_once(target, &request, probe_index, timeout, &progress).await;
+                    let mut connect = None;
+                    let outcome = probe_once(
+                        target, &request, probe_index, timeout, &progress, &mut connect,
+                    )
+                    .await;
                     progress.record(&outcome, &progress.probes_ok, &progress.probes_failed);
-                    Probe { index: probe_index, start, latency: begun.elapsed(), outcome }
+                    Probe { index: probe_index, start, latency: begun.elapsed(), connect, outcome }
                 });
                 index += 1;
             }
@@ -858,8 +874,10 @@ async fn probe_once(
     index: u64,
     timeout: Duration,
     progress: &LoadProgress,
+    connect_time: &mut Option<Duration>,
 ) -> Outcome {
-    let deadline = Instant::now() + timeout;
+    let begun = Instant::now();
+    let deadline = begun + timeout;
     let (path, check) = match request {
         ProbeRequest::GeneratedBytes { len } => (
             format!("/bytes/{len}?seed={index}"),
@@ -878,6 +896,7 @@ async fn probe_once(
     };
     let result = async {
         let mut stream = connect(target, deadline).await?;
+        *connect_time = Some(begun.elapsed());
         let mut buf = Vec::new();
         let what = format!("GET {path}");
         let request = format!("GET {path} HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n");
@@ -1637,6 +1656,7 @@ mod tests {
             index,
             start: Duration::from_millis(10 * index),
             latency: Duration::from_millis(1),
+            connect: None,
             outcome: if ok {
                 Outcome::Ok {
                     server: Some(server.to_string()),

@@ -10,9 +10,10 @@ use steadfast_lab::bench::failover::{
     self, FailoverOptions, KeepalivedChoice, DEFAULT_CRASHES, DEFAULT_FAST_HEARTBEAT_MS,
     QUICK_CRASHES,
 };
+use steadfast_lab::bench::hostile::{self, HostileOptions};
 use steadfast_lab::bench::overhead::{self, OverheadOptions};
 use steadfast_lab::bench::stall::{self, StallOptions, StallTarget, StallWorkload};
-use steadfast_lab::{BackendKind, CrashKind};
+use steadfast_lab::{BackendKind, CrashKind, Mode};
 
 #[derive(Subcommand)]
 pub enum BenchCommand {
@@ -25,6 +26,9 @@ pub enum BenchCommand {
     /// What protection costs when nothing fails: unreplicated, simplex and duplex side by side,
     /// latency (1 connection), throughput and CPU per request, ratios from the same run.
     Overhead(OverheadArgs),
+    /// A SYN flood at the service address (50,000 spoofed SYNs a second for 30 s), unreplicated
+    /// and duplex in one run: new and established connections during it, recovery, memory.
+    Hostile(HostileArgs),
     /// SAPOTI's fault campaign (six hosts cycling fault-free/faulty, its Table 1), time-scaled,
     /// a client sampling every 50 ms: availability, service moves, recovery latency.
     Availability(AvailabilityArgs),
@@ -80,6 +84,28 @@ pub struct OverheadArgs {
     #[arg(long)]
     pub json: bool,
     /// Where overhead.json (every sample) and overhead-BACKEND.svg go.
+    #[arg(long, default_value = "bench-results")]
+    pub out: PathBuf,
+}
+
+#[derive(Args)]
+pub struct HostileArgs {
+    /// Spoofed SYNs a second.
+    #[arg(long, default_value_t = hostile::DEFAULT_SYN_RATE)]
+    pub syn_rate: u32,
+    /// Seconds of flood (default 30, or 5 with --quick).
+    #[arg(long)]
+    pub seconds: Option<u64>,
+    /// Modes, comma-separated (default unreplicated,duplex).
+    #[arg(long, value_delimiter = ',')]
+    pub modes: Vec<Mode>,
+    /// A 5-second flood: under a minute.
+    #[arg(long)]
+    pub quick: bool,
+    /// Print the summary as JSON on stdout instead of the markdown table.
+    #[arg(long)]
+    pub json: bool,
+    /// Where hostile.json goes.
     #[arg(long, default_value = "bench-results")]
     pub out: PathBuf,
 }
@@ -150,6 +176,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::Failover(args) => failover_command(args),
         BenchCommand::Stall(args) => stall_command(args),
         BenchCommand::Overhead(args) => overhead_command(args),
+        BenchCommand::Hostile(args) => hostile_command(args),
         BenchCommand::Availability(args) => availability_command(args),
     }
 }
@@ -222,6 +249,34 @@ fn overhead_command(args: OverheadArgs) -> anyhow::Result<ExitCode> {
             "bench overhead: wrk saw {} socket errors or non-2xx replies",
             report.errors()
         );
+        ExitCode::FAILURE
+    })
+}
+
+fn hostile_command(args: HostileArgs) -> anyhow::Result<ExitCode> {
+    let mut options = HostileOptions::full(steadfast_exe()?);
+    options.syns_per_second = args.syn_rate;
+    options.flood = match (args.seconds, args.quick) {
+        (Some(seconds), _) => std::time::Duration::from_secs(seconds),
+        (None, true) => hostile::QUICK_FLOOD,
+        (None, false) => hostile::DEFAULT_FLOOD,
+    };
+    if !args.modes.is_empty() {
+        options.modes = args.modes;
+    }
+    let report = hostile::run(&options, &mut |line| eprintln!("bench hostile: {line}"))?;
+    publish(
+        "hostile",
+        &args.out,
+        args.json,
+        |dir| report.write(dir),
+        || report.summary_json(),
+        || report.markdown(),
+    )?;
+    Ok(if report.meets_bounds() {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("bench hostile: a mode did not meet the bounds (the table's last column)");
         ExitCode::FAILURE
     })
 }

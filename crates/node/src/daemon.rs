@@ -925,6 +925,7 @@ impl Daemon {
             primary: self.election.primary(),
             vip_held: self.vip_held,
             uptime_ms: now.as_millis() as u64,
+            resident_bytes: crate::status::resident_bytes().unwrap_or(0),
             heartbeat_interval_ms: self.settings.election.heartbeat_interval.as_millis() as u64,
             miss_count: self.settings.election.miss_count,
             services: self

@@ -14,6 +14,14 @@ pub fn ruleset_text() -> anyhow::Result<String> {
     Ok(text)
 }
 
+/// This process's resident memory (`/proc/self/statm`), None where it cannot be read.
+pub fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE).ok()??;
+    Some(pages * page as u64)
+}
+
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ServiceStatus {
     pub name: String,
@@ -97,6 +105,9 @@ pub struct NodeStatus {
     pub primary: Option<u16>,
     pub vip_held: bool,
     pub uptime_ms: u64,
+    /// The daemon's resident memory (gauge), to read the data plane's budgets against.
+    #[serde(default)]
+    pub resident_bytes: u64,
     pub heartbeat_interval_ms: u64,
     pub miss_count: u32,
     pub services: Vec<ServiceStatus>,
@@ -298,6 +309,11 @@ impl NodeStatus {
         for d in &self.health_detail {
             s.push_str(&format!("  health: {d}\n"));
         }
+        s.push_str(&format!(
+            "  resident memory {:.1} MiB, up {:.1} s\n",
+            self.resident_bytes as f64 / (1024.0 * 1024.0),
+            self.uptime_ms as f64 / 1000.0
+        ));
         for svc in &self.services {
             s.push_str(&format!(
                 "  service {}: {} ports {:?} mode {}\n",

@@ -243,3 +243,57 @@ fn quick_availability_bench_replays_the_papers_schedule() {
     let svg = std::fs::read_to_string(out.0.join("availability-cdf.svg")).expect("svg");
     assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
 }
+
+/// `steadfast bench hostile`, a short and smaller flood: both modes reported with the flood as
+/// sent, new connections before and during it, established requests, recovery and memory; the
+/// command succeeds only when each mode meets the hostile-input bounds.
+#[test]
+fn quick_hostile_bench_floods_both_modes_and_meets_the_bounds() {
+    let (out, summary) = run_quick("hostile", &["--syn-rate", "20000", "--seconds", "3"]);
+    assert_eq!(summary["bench"], "hostile");
+    assert_eq!(summary["target_syns_per_second"], 20000);
+    let rows = summary["rows"].as_array().expect("rows");
+    let modes: Vec<&str> = rows.iter().filter_map(|r| r["mode"].as_str()).collect();
+    assert_eq!(modes, ["unreplicated", "duplex"], "{summary}");
+    for row in rows {
+        assert!(
+            row["syns_sent"]
+                .as_u64()
+                .is_some_and(|n| n >= 20_000 * 3 * 8 / 10),
+            "the flood ran at its rate: {row}"
+        );
+        let during = &row["during"];
+        assert!(
+            during["probes"].as_u64().is_some_and(|n| n >= 200),
+            "a new connection every 10 ms during 3 s: {row}"
+        );
+        number_or_null(during, "connect_p99_ms", row);
+        assert!(
+            row["keep_alive_requests"].as_u64().is_some_and(|n| n > 0),
+            "{row}"
+        );
+        assert_eq!(row["keep_alive_failed"], 0, "{row}");
+        let members = row["members"].as_array().expect("members");
+        assert_eq!(members.len(), 2, "{row}");
+        assert!(
+            members
+                .iter()
+                .all(|m| m["peak_resident_bytes"].as_u64().is_some_and(|b| b > 0)),
+            "each member's memory was read: {row}"
+        );
+    }
+    let duplex = &rows[1];
+    assert!(
+        duplex["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["role"] == "backup" && m["request_bytes_budget"].as_u64() > Some(0)),
+        "the backup's budget is reported: {duplex}"
+    );
+    let raw: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.0.join("hostile.json")).expect("hostile.json"),
+    )
+    .expect("hostile.json is JSON");
+    assert_eq!(raw["rows"].as_array().map(Vec::len), Some(2));
+}

@@ -581,6 +581,7 @@ mod tests {
             index,
             start: Duration::from_millis(start_ms),
             latency: Duration::from_millis(1),
+            connect: None,
             outcome: match ok {
                 Some(server) => Outcome::Ok {
                     server: Some(server.to_string()),

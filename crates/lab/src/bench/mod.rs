@@ -6,6 +6,7 @@
 pub mod availability;
 pub mod cpu;
 pub mod failover;
+pub mod hostile;
 pub mod keepalived;
 pub mod overhead;
 pub mod plot;
