@@ -120,6 +120,7 @@ pub fn run(config_path: &Path, witness: bool) -> anyhow::Result<()> {
         );
     }
     settings.refuse_unimplemented_modes(config_path)?;
+    crate::dead_man::install();
     // The proxy holds two descriptors per client connection: take all the system grants.
     if let Err(e) = steadfast_os::limits::raise_open_files() {
         tracing::warn!("{e}: the proxy serves fewer connections at once");

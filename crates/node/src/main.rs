@@ -4,6 +4,7 @@ mod announce;
 mod bench_cli;
 mod control;
 mod daemon;
+mod dead_man;
 mod health;
 mod hooks;
 mod lab_cli;
