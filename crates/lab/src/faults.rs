@@ -326,6 +326,40 @@ pub fn unpartition(name: &str, a: &str, b: &str) -> Result<(), LabError> {
     change_partitions(name, a, b, false)
 }
 
+/// Makes the bridge drop every frame from host `from` to host `to`, and only those: `to` still
+/// reaches `from` (a one-way partition, as a half-broken switch port or a one-sided firewall
+/// rule makes).
+pub fn cut_one_way(name: &str, from: &str, to: &str) -> Result<(), LabError> {
+    change_one_way(name, from, to, true)
+}
+
+/// Removes the one-way cut from `from` to `to` (nothing happens if there is none).
+pub fn mend_one_way(name: &str, from: &str, to: &str) -> Result<(), LabError> {
+    change_one_way(name, from, to, false)
+}
+
+fn change_one_way(name: &str, from: &str, to: &str, cut: bool) -> Result<(), LabError> {
+    let lab = LabName::parse(name)?;
+    let mut state = LabState::load(&lab)?;
+    let from = resolve_named(&lab, &state, from)?;
+    let to = resolve_named(&lab, &state, to)?;
+    if from == to {
+        return Err(LabError::InvalidRequest {
+            lab: lab.to_string(),
+            reason: format!("cannot cut {from} from itself"),
+        });
+    }
+    let pair = (from.short_name(), to.short_name());
+    let present = state.one_way_cuts.contains(&pair);
+    match (cut, present) {
+        (true, false) => state.one_way_cuts.push(pair),
+        (false, true) => state.one_way_cuts.retain(|p| *p != pair),
+        _ => return Ok(()),
+    }
+    apply_partitions(&lab, &state.partitions, &state.one_way_cuts)?;
+    state.save(&lab)
+}
+
 fn change_partitions(name: &str, a: &str, b: &str, cut: bool) -> Result<(), LabError> {
     let lab = LabName::parse(name)?;
     let mut state = LabState::load(&lab)?;
@@ -345,22 +379,32 @@ fn change_partitions(name: &str, a: &str, b: &str, cut: bool) -> Result<(), LabE
         (false, true) => state.partitions.retain(|p| *p != pair),
         _ => return Ok(()),
     }
-    apply_partitions(&lab, &state.partitions)?;
+    apply_partitions(&lab, &state.partitions, &state.one_way_cuts)?;
     state.save(&lab)
 }
 
 /// The bridge table in the switch namespace that cuts the partitioned pairs.
 const PARTITION_TABLE: &str = "steadfast_lab";
 
-/// Replaces the bridge filter of the switch namespace with one dropping the given pairs, in one
-/// nftables transaction, and records the kernel's view of it in the lab's directory.
-fn apply_partitions(lab: &LabName, pairs: &[(String, String)]) -> Result<(), LabError> {
+/// Replaces the bridge filter of the switch namespace with one dropping the given pairs (both
+/// ways) and one-way cuts (from the first to the second), in one nftables transaction, and
+/// records the kernel's view of it in the lab's directory.
+fn apply_partitions(
+    lab: &LabName,
+    pairs: &[(String, String)],
+    one_way: &[(String, String)],
+) -> Result<(), LabError> {
     use steadfast_os::nftables::{
         render, Batch, Chain, Family, Hook, NftSocket, RuleBuilder, SystemNames, Table, Verdict,
     };
     let mut batch = Batch::new();
     batch.remove_table(Family::Bridge, PARTITION_TABLE);
-    if !pairs.is_empty() {
+    let directed: Vec<(&String, &String)> = pairs
+        .iter()
+        .flat_map(|(a, b)| [(a, b), (b, a)])
+        .chain(one_way.iter().map(|(from, to)| (from, to)))
+        .collect();
+    if !directed.is_empty() {
         batch
             .add_table(Table::new(Family::Bridge, PARTITION_TABLE))
             .add_chain(
@@ -374,16 +418,14 @@ fn apply_partitions(lab: &LabName, pairs: &[(String, String)]) -> Result<(), Lab
                 )
                 .expect("bridge has a forward hook"),
             );
-        for (a, b) in pairs {
-            for (from, to) in [(a, b), (b, a)] {
-                batch.add_rule(
-                    RuleBuilder::new(Family::Bridge)
-                        .iifname(from)
-                        .oifname(to)
-                        .verdict(Verdict::Drop)
-                        .build(PARTITION_TABLE, "forward"),
-                );
-            }
+        for (from, to) in directed {
+            batch.add_rule(
+                RuleBuilder::new(Family::Bridge)
+                    .iifname(from)
+                    .oifname(to)
+                    .verdict(Verdict::Drop)
+                    .build(PARTITION_TABLE, "forward"),
+            );
         }
     }
     let namespace = lab.switch_namespace();

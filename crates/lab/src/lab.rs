@@ -164,6 +164,7 @@ fn build(
             })
             .collect::<BTreeMap<_, _>>(),
         partitions: Vec::new(),
+        one_way_cuts: Vec::new(),
     };
     state.save(lab)?;
 
@@ -571,6 +572,7 @@ pub struct LabStatus {
     /// Namespaces of the members that hold the VIP.
     pub vip_holders: Vec<String>,
     pub partitions: Vec<(String, String)>,
+    pub one_way_cuts: Vec<(String, String)>,
     pub hosts: Vec<HostStatus>,
 }
 
@@ -621,6 +623,7 @@ pub fn status(name: &str) -> Result<LabStatus, LabError> {
         port: SERVICE_PORT,
         vip_holders: holders.iter().map(|h| h.namespace(&lab)).collect(),
         partitions: state.partitions.clone(),
+        one_way_cuts: state.one_way_cuts.clone(),
         hosts,
     })
 }
@@ -639,6 +642,9 @@ impl fmt::Display for LabStatus {
         )?;
         for (a, b) in &self.partitions {
             writeln!(f, "partition: {a} <-/-> {b}")?;
+        }
+        for (from, to) in &self.one_way_cuts {
+            writeln!(f, "one-way cut: {from} -/-> {to}")?;
         }
         writeln!(
             f,

@@ -21,7 +21,9 @@ pub mod topology;
 pub mod webservers;
 
 pub use error::LabError;
-pub use faults::{crash, heal, partition, unpartition, CrashReport, HealReport};
+pub use faults::{
+    crash, cut_one_way, heal, mend_one_way, partition, unpartition, CrashReport, HealReport,
+};
 pub use lab::{
     down, down_all, info, status, up, vip_holders, DaemonView, DownReport, HostStatus, LabInfo,
     LabStatus,

@@ -111,6 +111,9 @@ pub struct LabState {
     /// Pairs of short names between which the bridge drops every frame.
     #[serde(default)]
     pub partitions: Vec<(String, String)>,
+    /// Ordered pairs (from, to): the bridge drops frames from the first to the second only.
+    #[serde(default)]
+    pub one_way_cuts: Vec<(String, String)>,
 }
 
 impl LabState {

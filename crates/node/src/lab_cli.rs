@@ -53,9 +53,22 @@ pub enum LabCommand {
         all: bool,
     },
     /// Drop every frame between two hosts of a lab (split-brain experiments).
-    Partition { name: String, a: String, b: String },
-    /// Lift a partition.
-    Unpartition { name: String, a: String, b: String },
+    Partition {
+        name: String,
+        a: String,
+        b: String,
+        /// Only the frames from A to B: B still reaches A.
+        #[arg(long)]
+        one_way: bool,
+    },
+    /// Lift a partition (with --one-way, the one-way cut from A to B).
+    Unpartition {
+        name: String,
+        a: String,
+        b: String,
+        #[arg(long)]
+        one_way: bool,
+    },
 }
 
 #[derive(Args)]
@@ -133,13 +146,41 @@ pub fn run(command: LabCommand) -> anyhow::Result<ExitCode> {
                 println!("{report}");
             }
         }
-        LabCommand::Partition { name, a, b } => {
+        LabCommand::Partition {
+            name,
+            a,
+            b,
+            one_way: false,
+        } => {
             steadfast_lab::partition(&name, &a, &b)?;
             println!("partitioned {a} and {b} in lab {name}");
         }
-        LabCommand::Unpartition { name, a, b } => {
+        LabCommand::Partition {
+            name,
+            a,
+            b,
+            one_way: true,
+        } => {
+            steadfast_lab::cut_one_way(&name, &a, &b)?;
+            println!("cut {a} -> {b} (one way) in lab {name}");
+        }
+        LabCommand::Unpartition {
+            name,
+            a,
+            b,
+            one_way: false,
+        } => {
             steadfast_lab::unpartition(&name, &a, &b)?;
             println!("lifted the partition between {a} and {b} in lab {name}");
+        }
+        LabCommand::Unpartition {
+            name,
+            a,
+            b,
+            one_way: true,
+        } => {
+            steadfast_lab::mend_one_way(&name, &a, &b)?;
+            println!("lifted the one-way cut {a} -> {b} in lab {name}");
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -6,7 +6,7 @@
 mod common;
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::Lab;
 use steadfast_lab::BackendKind;
@@ -33,29 +33,6 @@ fn client_neighbour(lab: &Lab) -> Option<String> {
         .map(str::to_string)
 }
 
-/// Watches for `span`; returns the longest time two nodes held the VIP at once.
-fn longest_double_ownership(lab: &Lab, span: Duration) -> (Duration, Vec<String>) {
-    let start = Instant::now();
-    let mut longest = Duration::ZERO;
-    let mut since: Option<Instant> = None;
-    let mut seen = Vec::new();
-    while start.elapsed() < span {
-        let holders = lab.holders();
-        let joined = holders.join("+");
-        if seen.last() != Some(&joined) {
-            seen.push(joined);
-        }
-        if holders.len() > 1 {
-            let s = *since.get_or_insert_with(Instant::now);
-            longest = longest.max(s.elapsed());
-        } else {
-            since = None;
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    (longest, seen)
-}
-
 fn partitioned(n1_sees_witness: bool, n2_sees_witness: bool) {
     let tag = format!(
         "sb{}{}",
@@ -71,7 +48,7 @@ fn partitioned(n1_sees_witness: bool, n2_sees_witness: bool) {
     if !n2_sees_witness {
         steadfast_lab::partition(lab.name(), "n2", "w").expect("partition");
     }
-    let (longest, seen) = longest_double_ownership(&lab, Duration::from_secs(2));
+    let (longest, seen) = lab.longest_double_ownership(Duration::from_secs(2));
     eprintln!(
         "n1 sees witness {n1_sees_witness}, n2 sees witness {n2_sees_witness}: holders over time {seen:?}, longest double ownership {longest:?}"
     );
@@ -124,7 +101,7 @@ fn partitioned(n1_sees_witness: bool, n2_sees_witness: bool) {
     if !n2_sees_witness {
         steadfast_lab::unpartition(lab.name(), "n2", "w").expect("unpartition");
     }
-    let (longest, seen) = longest_double_ownership(&lab, Duration::from_secs(1));
+    let (longest, seen) = lab.longest_double_ownership(Duration::from_secs(1));
     assert!(
         longest <= INTERVAL,
         "after heal: two owners for {longest:?} ({seen:?})"

@@ -137,6 +137,30 @@ impl Lab {
             .collect()
     }
 
+    /// Watches for `span`; returns the longest time two nodes held the VIP at once, and the
+    /// holders seen over time (`n1`, `n1+n2`, ``…).
+    pub fn longest_double_ownership(&self, span: Duration) -> (Duration, Vec<String>) {
+        let start = Instant::now();
+        let mut longest = Duration::ZERO;
+        let mut since: Option<Instant> = None;
+        let mut seen = Vec::new();
+        while start.elapsed() < span {
+            let holders = self.holders();
+            let joined = holders.join("+");
+            if seen.last() != Some(&joined) {
+                seen.push(joined);
+            }
+            if holders.len() > 1 {
+                let s = *since.get_or_insert_with(Instant::now);
+                longest = longest.max(s.elapsed());
+            } else {
+                since = None;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        (longest, seen)
+    }
+
     /// Holders other than `except` (a crashed host whose kernel may still carry the address).
     pub fn holders_except(&self, except: &str) -> Vec<String> {
         self.holders().into_iter().filter(|h| h != except).collect()
