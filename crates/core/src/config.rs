@@ -211,6 +211,10 @@ pub struct Service {
     /// above it new connections wait. `None`: 1 GiB.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_request_bytes_held: Option<u64>,
+    /// Duplex: how long the backup keeps the image of a connection whose handshake has not
+    /// completed. `None`: 64 s (the kernel's SYN-RECV lifetime, 63 s, and a little more).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub half_open_lifetime_ms: Option<u64>,
 }
 
 /// Default of `service.stream_replies_above`: whole-reply logging for anything a web service
@@ -475,6 +479,7 @@ struct RawService {
     max_connections_per_source: Option<Spanned<u32>>,
     max_half_open_per_source: Option<Spanned<u32>>,
     max_request_bytes_held: Option<Spanned<u64>>,
+    half_open_lifetime_ms: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]
@@ -1089,6 +1094,18 @@ fn build(
                 );
             }
         }
+        if let Some(v) = s
+            .half_open_lifetime_ms
+            .as_ref()
+            .filter(|v| *v.get_ref() < 1000)
+        {
+            report.add(
+                v.span(),
+                field("half_open_lifetime_ms"),
+                "must be at least 1000 (a handshake takes a round trip, a retransmitted SYN-ACK a \
+                 second)",
+            );
+        }
         services.push(Service {
             name: s.name.clone(),
             vip,
@@ -1109,6 +1126,7 @@ fn build(
             max_connections_per_source: s.max_connections_per_source.as_ref().map(|v| *v.get_ref()),
             max_half_open_per_source: s.max_half_open_per_source.as_ref().map(|v| *v.get_ref()),
             max_request_bytes_held: s.max_request_bytes_held.as_ref().map(|v| *v.get_ref()),
+            half_open_lifetime_ms: s.half_open_lifetime_ms.as_ref().map(|v| *v.get_ref()),
         });
     }
     if services.is_empty() && !is_witness && seen.contains(&node_id) {

@@ -145,6 +145,7 @@ fn config() -> impl Strategy<Value = Config> {
                     (
                         proptest::option::of(1u32..),
                         proptest::option::of(0u64..=1 << 40),
+                        proptest::option::of(1000u64..=86_400_000),
                     ),
                 ),
             )
@@ -161,7 +162,11 @@ fn config() -> impl Strategy<Value = Config> {
                         (header_ms, idle_ms),
                         (
                             (max_connections, max_connections_per_source),
-                            (max_half_open_per_source, max_request_bytes_held),
+                            (
+                                max_half_open_per_source,
+                                max_request_bytes_held,
+                                half_open_lifetime_ms,
+                            ),
                         ),
                     )| {
                         Service {
@@ -186,6 +191,7 @@ fn config() -> impl Strategy<Value = Config> {
                             max_connections_per_source,
                             max_half_open_per_source,
                             max_request_bytes_held,
+                            half_open_lifetime_ms,
                         }
                     },
                 );

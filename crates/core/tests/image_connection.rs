@@ -573,6 +573,61 @@ fn one_address_has_at_most_its_share_of_half_open_connections() {
     assert_eq!(table.counters().refused_half_open_source, 1);
 }
 
+/// A half-open image lives `half_open_lifetime` by the caller's clock: older ones go (counted,
+/// named for the caller), younger ones and completed handshakes stay, and a handshake that
+/// completes after its image expired is an untracked segment like any other.
+#[test]
+fn half_open_images_expire_after_their_lifetime_by_the_callers_clock() {
+    use std::time::Duration;
+    let mut table = ConnectionTable::new(TableLimits {
+        half_open_lifetime: Duration::from_secs(64),
+        ..TableLimits::default()
+    });
+    let from_port = |port: u16, isn: u32| {
+        let mut opening = syn(isn);
+        opening.tuple.client.set_port(port);
+        opening
+    };
+    table.advance_clock(Duration::from_secs(100));
+    table.ingest(&from_port(50000, 100), &[]).unwrap();
+    table.ingest(&from_port(50001, 100), &[]).unwrap();
+    // One of them completes its handshake: no longer half open.
+    let mut handshake_ack = data(100, 0, 501, 0);
+    handshake_ack.tuple = from_port(50001, 100).tuple;
+    table.ingest(&handshake_ack, &[]).unwrap();
+    table.advance_clock(Duration::from_secs(130));
+    table.ingest(&from_port(50002, 100), &[]).unwrap();
+
+    table.advance_clock(Duration::from_secs(163));
+    assert_eq!(table.expire_half_open(), vec![], "63 s old: not yet");
+    // A clock going back is ignored.
+    table.advance_clock(Duration::from_secs(10));
+    table.advance_clock(Duration::from_secs(164));
+    assert_eq!(table.expire_half_open(), vec![from_port(50000, 100).tuple]);
+    assert_eq!(table.counters().half_open_expired, 1);
+    assert!(table.get(&from_port(50000, 100).tuple).is_none());
+    assert!(
+        table.get(&from_port(50001, 100).tuple).is_some(),
+        "the completed handshake stays"
+    );
+    assert!(table.get(&from_port(50002, 100).tuple).is_some());
+    assert_eq!(table.half_open_from(from_port(0, 0).tuple.client.ip()), 1);
+
+    let mut late_ack = data(100, 0, 501, 0);
+    late_ack.tuple = from_port(50000, 100).tuple;
+    assert_eq!(
+        table
+            .ingest(&late_ack, &[])
+            .map(|ingested| ingested.tracking),
+        Ok(Tracking::Untracked),
+        "a handshake completing after its image expired"
+    );
+    table.advance_clock(Duration::from_secs(194));
+    assert_eq!(table.expire_half_open(), vec![from_port(50002, 100).tuple]);
+    assert_eq!(table.expire_half_open(), vec![], "each goes once");
+    assert_eq!(table.counters().half_open_expired, 2);
+}
+
 #[test]
 fn table_refusal_of_a_segment_is_reported_for_the_logger() {
     let mut table = ConnectionTable::new(TableLimits {

@@ -330,6 +330,7 @@ proptest! {
             max_half_open: 16,
             max_half_open_per_source: 16,
             max_bytes_held: usize::MAX,
+            half_open_lifetime: std::time::Duration::from_secs(64),
             image: unlimited(),
         });
         let mut references: Vec<ReferenceStream> =
@@ -380,6 +381,10 @@ proptest! {
 /// One step of a random life of a few connections in the table.
 #[derive(Debug, Clone)]
 enum TableStep {
+    /// The caller's clock moves on by this many seconds, and expired half-open images go.
+    Advance {
+        seconds: u64,
+    },
     Syn {
         conn: usize,
         isn: u32,
@@ -431,6 +436,7 @@ fn table_step() -> impl Strategy<Value = TableStep> {
         conn.clone()
             .prop_map(|conn| TableStep::ReportedOpened { conn }),
         conn.prop_map(|conn| TableStep::Remove { conn }),
+        (0u64..40).prop_map(|seconds| TableStep::Advance { seconds }),
     ]
 }
 
@@ -451,8 +457,10 @@ proptest! {
             max_half_open: 16,
             max_half_open_per_source: per_source,
             max_bytes_held: budget,
+            half_open_lifetime: std::time::Duration::from_secs(64),
             image: unlimited(),
         });
+        let mut clock = std::time::Duration::ZERO;
         let tuple_of = |conn: usize| FourTuple {
             client: SocketAddrV4::new(*CLIENT.ip(), 41000 + conn as u16),
             server: SERVICE,
@@ -522,6 +530,13 @@ proptest! {
                 }
                 TableStep::Remove { conn } => {
                     table.remove(&tuple_of(conn));
+                }
+                TableStep::Advance { seconds } => {
+                    clock += std::time::Duration::from_secs(seconds);
+                    table.advance_clock(clock);
+                    for tuple in table.expire_half_open() {
+                        prop_assert!(table.get(&tuple).is_none(), "an expired image is gone");
+                    }
                 }
             }
             let counted: usize = table.iter().map(|image| image.bytes_held()).sum();

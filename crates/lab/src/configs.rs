@@ -47,6 +47,7 @@ pub(crate) struct GroupPlan<'a> {
     pub client_timeouts_ms: Option<(u32, u32)>,
     pub max_connections: Option<u32>,
     pub max_connections_per_source: Option<u32>,
+    pub half_open_lifetime_ms: Option<u32>,
     pub gratuitous_arp: Option<(u32, u32)>,
 }
 
@@ -111,6 +112,9 @@ pub(crate) fn voter_config(plan: &GroupPlan<'_>, voter: Host) -> String {
         if let Some(count) = plan.max_connections_per_source {
             let _ = writeln!(text, "max_connections_per_source = {count}");
         }
+        if let Some(ms) = plan.half_open_lifetime_ms {
+            let _ = writeln!(text, "half_open_lifetime_ms = {ms}");
+        }
         let _ = writeln!(text, "\n[[health_check]]");
         let _ = writeln!(text, "kind = \"http\"");
         let _ = writeln!(text, "target = \"{backend}\"");
@@ -157,6 +161,7 @@ mod tests {
             client_timeouts_ms: None,
             max_connections: None,
             max_connections_per_source: None,
+            half_open_lifetime_ms: None,
             gratuitous_arp: None,
         }
     }

@@ -184,6 +184,7 @@ fn build(
         client_timeouts_ms: opts.client_timeouts_ms,
         max_connections: opts.max_connections,
         max_connections_per_source: opts.max_connections_per_source,
+        half_open_lifetime_ms: opts.half_open_lifetime_ms,
         gratuitous_arp: opts.gratuitous_arp,
     };
     for &voter in hosts.iter().filter(|h| h.node_id().is_some()) {

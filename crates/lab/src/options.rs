@@ -114,6 +114,9 @@ pub struct UpOptions {
     /// daemon's defaults.
     pub max_connections: Option<u32>,
     pub max_connections_per_source: Option<u32>,
+    /// `service.half_open_lifetime_ms` (the backup's half-open images); `None` keeps the
+    /// daemon's default.
+    pub half_open_lifetime_ms: Option<u32>,
     /// `arp.gratuitous_count` and `arp.gratuitous_spacing_ms` in the node configs; `None`
     /// keeps the daemon's defaults.
     pub gratuitous_arp: Option<(u32, u32)>,
@@ -142,6 +145,7 @@ impl UpOptions {
             client_timeouts_ms: None,
             max_connections: None,
             max_connections_per_source: None,
+            half_open_lifetime_ms: None,
             gratuitous_arp: None,
             steadfast_exe: steadfast_exe.into(),
             start_daemons: true,

@@ -1029,6 +1029,7 @@ fn plane_status(mode: &str, shared: &crate::plane::PlaneShared) -> crate::status
         opened_unlogged: c.opened_unlogged.load(Relaxed),
         opened_around: c.opened_around.load(Relaxed),
         half_open_evicted: c.half_open_evicted.load(Relaxed),
+        half_open_expired: c.half_open_expired.load(Relaxed),
         held_request_bytes: shared.held_request_bytes.load(Relaxed),
         request_bytes_budget: shared.request_bytes_budget.load(Relaxed),
         held_reply_bytes: shared.held_reply_bytes.load(Relaxed),

@@ -34,6 +34,7 @@ pub struct ServiceSettings {
     pub max_connections_per_source: Option<u32>,
     pub max_half_open_per_source: Option<u32>,
     pub max_request_bytes_held: Option<u64>,
+    pub half_open_lifetime: Option<std::time::Duration>,
 }
 
 pub struct Settings {
@@ -162,6 +163,9 @@ impl Settings {
                 max_connections_per_source: s.max_connections_per_source,
                 max_half_open_per_source: s.max_half_open_per_source,
                 max_request_bytes_held: s.max_request_bytes_held,
+                half_open_lifetime: s
+                    .half_open_lifetime_ms
+                    .map(std::time::Duration::from_millis),
             })
             .collect();
         let checks = cfg.health_checks.clone();
@@ -247,6 +251,7 @@ impl Settings {
                 max_connections_per_source: service.max_connections_per_source,
                 max_half_open_per_source: service.max_half_open_per_source,
                 max_request_bytes_held: service.max_request_bytes_held,
+                half_open_lifetime: service.half_open_lifetime,
                 garp_count: self.garp_count,
                 garp_spacing: self.garp_spacing,
             },

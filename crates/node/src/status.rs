@@ -186,6 +186,9 @@ pub struct DataPlaneStatus {
     /// Half-open connection images pushed out by newer SYNs (a SYN flood).
     #[serde(default)]
     pub half_open_evicted: u64,
+    /// Half-open connection images dropped after the SYN-RECV lifetime (64 s).
+    #[serde(default)]
+    pub half_open_expired: u64,
     /// Client request bytes the backup's connection images hold now, and the budget at or
     /// above which new connections wait.
     #[serde(default)]
@@ -349,10 +352,10 @@ impl NodeStatus {
                 if d.unprotected_now { ", SERVING WITHOUT A BACKUP" } else { "" }
             ));
             s.push_str(&format!(
-                "  logger: {} frames logged, {} forwarded, {} dropped {:?}, {} refused, {} ARP replies; {} log bytes, {} replies logged; guard bounced {} frames that bypassed the backup to it, dropped {}; half-open images pushed out by newer SYNs {}; request bytes held {} of {}, reply bytes held {}\n",
+                "  logger: {} frames logged, {} forwarded, {} dropped {:?}, {} refused, {} ARP replies; {} log bytes, {} replies logged; guard bounced {} frames that bypassed the backup to it, dropped {}; half-open images pushed out by newer SYNs {}, expired {}; request bytes held {} of {}, reply bytes held {}\n",
                 d.frames_logged, d.frames_forwarded, d.frames_dropped, d.drop_reasons, d.frames_refused,
                 d.arp_replies, d.log_bytes, d.replies_logged, d.guard_bounced, d.guard_dropped,
-                d.half_open_evicted, d.held_request_bytes, d.request_bytes_budget, d.held_reply_bytes
+                d.half_open_evicted, d.half_open_expired, d.held_request_bytes, d.request_bytes_budget, d.held_reply_bytes
             ));
             s.push_str(&format!(
                 "  takeovers {}: {} connections restored, {} lost {:?}, {} client frames held; last took {} µs ({} conn/s); unprotected {} ms; backups joined {} lost {}; adopted {}\n",

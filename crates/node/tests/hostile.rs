@@ -323,6 +323,51 @@ fn ten_thousand_slow_heads_are_let_go_and_disturb_no_one_builtin() {
     );
 }
 
+/// Images of handshakes that never complete (spoofed SYNs) go once their lifetime is over (2 s
+/// here, 64 s by default: the kernel's own SYN-RECV lifetime), each counted once, while the
+/// real clients' connections, opened and used meanwhile, lose nothing.
+#[test]
+fn half_open_images_of_spoofed_syns_expire_builtin() {
+    const SYNS: u32 = 2_000;
+    const LIFETIME: Duration = Duration::from_secs(2);
+    let lab = Lab::up_with("ho", 2, BackendKind::Builtin, |opts| {
+        opts.mode = Mode::Duplex;
+        opts.witness = true;
+        opts.half_open_lifetime_ms = Some(LIFETIME.as_millis() as u32);
+    });
+    let (_primary, backup) = protected_primary(&lab);
+    let load = verifying_load(&lab);
+    load.wait_for_successes(0, 50, Duration::from_secs(5), "before the SYNs");
+    let expired = || {
+        lab.daemon_status(&backup)["data_plane"]["half_open_expired"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let target = SocketAddrV4::new(steadfast_lab::topology::VIP, 80);
+    let sent_at = std::time::Instant::now();
+    let sent = spoofed_syns(&lab.info.client_ns, target, SYNS, false).expect("spoofed SYNs");
+    assert_eq!(sent, u64::from(SYNS));
+    std::thread::sleep(LIFETIME / 2);
+    assert_eq!(expired(), 0, "none before its lifetime");
+    let all_gone = common::wait_until(LIFETIME * 3, || expired() >= sent);
+    let took = sent_at.elapsed();
+    let report = load.stop();
+    let summary = report.summary();
+    eprintln!(
+        "{sent} spoofed SYNs: {} half-open images expired {took:?} after they were sent; \
+         keep-alive requests {} failed of {}, new connections {} failed of {}",
+        expired(),
+        summary.request_failures,
+        summary.requests,
+        summary.probe_failures,
+        summary.probes
+    );
+    assert!(all_gone, "every spoofed SYN's image expired: {}", expired());
+    assert_eq!(expired(), sent, "each once, and no real client's");
+    assert_eq!(summary.request_failures, 0, "{:?}", summary.request_errors);
+    assert_eq!(summary.probe_failures, 0, "{:?}", summary.probe_errors);
+}
+
 /// 20 verifying keep-alive clients (a request every 50 ms) and a new verified connection every
 /// 10 ms (500 ms to answer), for at most a minute: the clients a hostile one must not disturb.
 fn verifying_load(lab: &Lab) -> BackgroundLoad {

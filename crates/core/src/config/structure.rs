@@ -95,6 +95,7 @@ const SERVICE: &[Key] = &[
     key("max_connections_per_source", U32),
     key("max_half_open_per_source", U32),
     key("max_request_bytes_held", Shape::Integer { max: 1 << 40 }),
+    key("half_open_lifetime_ms", MILLIS),
 ];
 
 const HEALTH_CHECK: &[Key] = &[

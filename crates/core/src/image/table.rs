@@ -2,6 +2,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::Ipv4Addr;
+use std::time::Duration;
 
 use super::connection::{
     serial_delta, ConnectionImage, ConsumeError, ImageLimits, NegotiatedOptions, RefuseReason,
@@ -32,6 +33,11 @@ pub struct TableLimits {
     /// connection's SYN is refused (not forwarded; the client resends it) while the open
     /// connections go on, each within its own [`ImageLimits`].
     pub max_bytes_held: usize,
+    /// How long a half-open image is kept: the kernel's own SYN-RECV lifetime (63 s with the
+    /// default five SYN-ACK retransmissions) and a little more. A handshake that completes
+    /// later all the same reaches the primary untracked and is handed over like a connection
+    /// opened before this backup joined.
+    pub half_open_lifetime: Duration,
     pub image: ImageLimits,
 }
 
@@ -42,6 +48,7 @@ impl Default for TableLimits {
             max_half_open: 65_536,
             max_half_open_per_source: 4_096,
             max_bytes_held: 1 << 30,
+            half_open_lifetime: Duration::from_secs(64),
             image: ImageLimits::default(),
         }
     }
@@ -121,6 +128,8 @@ pub struct TableCounters {
     pub unadopted_unrecorded: u64,
     /// Half-open images pushed out by newer ones (more than `max_half_open`: a SYN flood).
     pub half_open_evicted: u64,
+    /// Half-open images dropped after `half_open_lifetime` without a completed handshake.
+    pub half_open_expired: u64,
     /// SYNs refused because the images held `max_bytes_held` request bytes or more.
     pub refused_over_budget: u64,
     /// SYNs refused because their address had `max_half_open_per_source` half-open images.
@@ -256,9 +265,12 @@ pub struct ConnectionTable {
     /// Numbers the entries of `recent_untracked`.
     next_recent: u64,
     /// The half-open images in the order they opened (oldest first), each with its client's
-    /// ISN; pairs whose image completed its handshake, ended or was replaced since are stale,
-    /// skipped when they come first.
-    half_open_order: VecDeque<(FourTuple, u32)>,
+    /// ISN and the table's clock then; entries whose image completed its handshake, ended or
+    /// was replaced since are stale, skipped when they come first.
+    half_open_order: VecDeque<HalfOpenEntry>,
+    /// The caller's clock as last given ([`ConnectionTable::advance_clock`]): the table reads
+    /// no clock of its own.
+    now: Duration,
     /// The connections the primary said it opened before this backup joined
     /// ([`ConnectionTable::expect_adoption`]), each with its client's latest numbers once a
     /// segment of it passed, until it ends or is adopted (bounded by `max_connections`): a
@@ -272,12 +284,19 @@ pub struct ConnectionTable {
     evicted_end: HashMap<FourTuple, u32>,
 }
 
-/// Whether the entry `(tuple, isn)` of the half-open queue still names a half-open image.
-fn still_half_open(images: &Images, entry: &(FourTuple, u32)) -> bool {
-    let (tuple, isn) = entry;
+/// A half-open image as queued when it opened.
+#[derive(Debug, Clone, Copy)]
+struct HalfOpenEntry {
+    tuple: FourTuple,
+    isn: u32,
+    opened: Duration,
+}
+
+/// Whether `entry` of the half-open queue still names a half-open image.
+fn still_half_open(images: &Images, entry: &HalfOpenEntry) -> bool {
     images
-        .get(tuple)
-        .is_some_and(|image| image.client_isn() == *isn && image.server_isn().is_none())
+        .get(&entry.tuple)
+        .is_some_and(|image| image.client_isn() == entry.isn && image.server_isn().is_none())
 }
 
 /// A queue whose entries go stale instead of being removed (forgetting stays O(1)) is
@@ -372,7 +391,11 @@ impl ConnectionTable {
                 }
                 self.images
                     .insert(tuple, ConnectionImage::new(segment, self.limits.image));
-                self.half_open_order.push_back((tuple, segment.seq));
+                self.half_open_order.push_back(HalfOpenEntry {
+                    tuple,
+                    isn: segment.seq,
+                    opened: self.now,
+                });
                 self.unadopted.remove(&tuple);
             }
         }
@@ -424,13 +447,13 @@ impl ConnectionTable {
     fn make_room_for_a_half_open_image(&mut self) -> Option<FourTuple> {
         let mut evicted = None;
         while self.half_open_order.len() >= self.limits.max_half_open.max(1) {
-            let Some((tuple, isn)) = self.half_open_order.pop_front() else {
+            let Some(entry) = self.half_open_order.pop_front() else {
                 break;
             };
-            if still_half_open(&self.images, &(tuple, isn)) {
-                self.images.remove(&tuple);
+            if still_half_open(&self.images, &entry) {
+                self.images.remove(&entry.tuple);
                 self.counters.half_open_evicted += 1;
-                evicted = Some(tuple);
+                evicted = Some(entry.tuple);
             }
         }
         let images = &self.images;
@@ -438,6 +461,30 @@ impl ConnectionTable {
             still_half_open(images, entry)
         });
         evicted
+    }
+
+    /// Moves the table's clock to `now` (the caller's monotonic time; an earlier time is
+    /// ignored). Half-open images are stamped with it when they open.
+    pub fn advance_clock(&mut self, now: Duration) {
+        self.now = self.now.max(now);
+    }
+
+    /// Drops the half-open images older than `half_open_lifetime` by the table's clock; the
+    /// connections whose image went. O(entries dropped): the queue is in opening order.
+    pub fn expire_half_open(&mut self) -> Vec<FourTuple> {
+        let mut expired = Vec::new();
+        while let Some(entry) = self.half_open_order.front().copied() {
+            if entry.opened + self.limits.half_open_lifetime > self.now {
+                break;
+            }
+            self.half_open_order.pop_front();
+            if still_half_open(&self.images, &entry) {
+                self.images.remove(&entry.tuple);
+                self.counters.half_open_expired += 1;
+                expired.push(entry.tuple);
+            }
+        }
+        expired
     }
 
     fn remember_untracked(&mut self, segment: &ClientSegment, payload: &[u8]) {

@@ -494,6 +494,7 @@ impl BackupParts {
             held: Vec::new(),
             ring_drops_counted: 0,
             ring_stats_read: Instant::now(),
+            clock_origin: Instant::now(),
             port,
             vip: service.vip,
             mac: self.mac,
@@ -1052,6 +1053,8 @@ struct LoggerContext {
     /// and when the ring's statistics were last read.
     ring_drops_counted: u64,
     ring_stats_read: Instant,
+    /// Time zero of the connection table's clock.
+    clock_origin: Instant,
 }
 
 impl LoggerContext {
@@ -1191,6 +1194,9 @@ impl LoggerContext {
         let now = Instant::now();
         let forwarding = self.forward.load(Ordering::Relaxed);
         let announced = state.announced;
+        if let Some(table) = state.table.as_mut() {
+            table.advance_clock(now.duration_since(self.clock_origin));
+        }
         self.port.drain(LOGGER_BATCH, |frame| {
             let counters = &shared.counters;
             if frame.truncated {
@@ -1274,6 +1280,17 @@ impl LoggerContext {
                 }
             }
         });
+        // Handshakes that never completed (a SYN flood's) free their room once the kernel's
+        // own SYN-RECV lifetime is over.
+        if let Some(table) = state.table.as_mut() {
+            for tuple in table.expire_half_open() {
+                state.last_seen.remove(&tuple);
+                shared
+                    .counters
+                    .half_open_expired
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
         // The frames add request bytes; the clients' acknowledgements trim the reply log.
         publish_bytes_held(shared, state);
     }

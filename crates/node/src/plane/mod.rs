@@ -55,6 +55,7 @@ pub struct PlaneService {
     /// (`None`: the table's defaults).
     pub max_half_open_per_source: Option<u32>,
     pub max_request_bytes_held: Option<u64>,
+    pub half_open_lifetime: Option<Duration>,
     pub garp_count: u32,
     pub garp_spacing: Duration,
 }
@@ -72,6 +73,9 @@ impl PlaneService {
                 .map_or(defaults.max_bytes_held, |n| {
                     usize::try_from(n).unwrap_or(usize::MAX)
                 }),
+            half_open_lifetime: self
+                .half_open_lifetime
+                .unwrap_or(defaults.half_open_lifetime),
             ..defaults
         }
     }
@@ -137,6 +141,7 @@ pub struct PlaneCounters {
     /// Backup: half-open connection images pushed out by newer SYNs beyond the table's bound
     /// (a SYN flood; a real handshake completes long before).
     pub half_open_evicted: AtomicU64,
+    pub half_open_expired: AtomicU64,
     pub takeovers: AtomicU64,
     pub connections_restored: AtomicU64,
     pub connections_restored_unreported: AtomicU64,
@@ -578,6 +583,7 @@ mod tests {
             max_connections_per_source: None,
             max_half_open_per_source: half_open,
             max_request_bytes_held: bytes,
+            half_open_lifetime: None,
             garp_count: 1,
             garp_spacing: Duration::from_millis(100),
         }
