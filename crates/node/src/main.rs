@@ -95,6 +95,13 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
+    if only_prints(&cli.command) {
+        // `steadfast status | head` ends quietly, like any Unix tool, instead of panicking
+        // on the closed pipe (Rust ignores SIGPIPE). Not for the daemons and the lab tools:
+        // their sockets rely on write errors, not the signal.
+        // SAFETY: restores the default disposition of one signal before any thread starts.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     match dispatch(cli.command) {
         Ok(code) => code,
         Err(e) => {
@@ -102,6 +109,18 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Commands whose whole work is printing what they read.
+fn only_prints(command: &Command) -> bool {
+    matches!(
+        command,
+        Command::Status { .. }
+            | Command::CheckConfig { .. }
+            | Command::Lab {
+                command: lab_cli::LabCommand::Status { .. },
+            }
+    )
 }
 
 fn dispatch(command: Command) -> anyhow::Result<ExitCode> {

@@ -82,3 +82,26 @@ fn status_check_config_and_reload() {
         "the reloaded hook ran when n2 took over"
     );
 }
+
+/// `steadfast status … | head` ends quietly when the reader goes away, as Unix tools do,
+/// instead of panicking on the closed pipe. The reading end is closed before the command can
+/// print (it has still to start): its first write meets no reader.
+#[test]
+fn printing_into_a_closed_pipe_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let mut child = std::process::Command::new(common::exe())
+        .args(["status", "--ruleset"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run steadfast status");
+    drop(child.stdout.take());
+    let output = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "no panic: {stderr}");
+    assert!(
+        output.status.success() || output.status.signal() == Some(libc::SIGPIPE),
+        "ended by the closed pipe or done first: {:?} {stderr}",
+        output.status
+    );
+}
