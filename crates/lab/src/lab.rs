@@ -21,8 +21,8 @@ use crate::system::{
     spawn_in_namespace,
 };
 use crate::topology::{
-    self, existing_namespaces, hosts_of, interface_addresses, Host, LabName, MAX_NODES,
-    SERVICE_PORT, VIP,
+    self, existing_namespaces, hosts_of, Host, LabName, HOST_INTERFACE, MAX_NODES, SERVICE_PORT,
+    VIP,
 };
 use crate::webservers;
 
@@ -485,13 +485,12 @@ pub(crate) fn vip_holders_of(lab: &LabName, members: &[Host]) -> Result<Vec<Host
         if !namespace_exists(&ns) {
             continue;
         }
-        // A duplex primary with a live backup holds the VIP on lo (the backup answers ARP).
-        let on_link = interface_addresses(&ns)?.iter().any(|(a, _)| *a == VIP);
-        if on_link
-            || crate::topology::addresses_on(&ns, "lo")?
-                .iter()
-                .any(|(a, _)| *a == VIP)
-        {
+        // A duplex primary with a live backup holds the VIP on lo (the backup answers ARP);
+        // one listing of both devices, or a move between them could look like no holder.
+        let holds = crate::topology::addresses_by_device(&ns, None)?
+            .iter()
+            .any(|(device, a, _)| *a == VIP && (device == "lo" || device == HOST_INTERFACE));
+        if holds {
             holders.push(member);
         }
     }

@@ -319,10 +319,28 @@ pub fn interface_addresses(namespace: &str) -> Result<Vec<(Ipv4Addr, u8)>, LabEr
 
 /// The IPv4 addresses of `device` in `namespace` (a duplex primary keeps the VIP on `lo`).
 pub fn addresses_on(namespace: &str, device: &str) -> Result<Vec<(Ipv4Addr, u8)>, LabError> {
-    let out = ip(&["-n", namespace, "-j", "-4", "addr", "show", "dev", device])?;
+    Ok(addresses_by_device(namespace, Some(device))?
+        .into_iter()
+        .map(|(_, addr, prefix)| (addr, prefix))
+        .collect())
+}
+
+/// The IPv4 addresses of `device` (every device when `None`) in `namespace`, each with its
+/// device, read in one listing: an address that moves from one device to another (a duplex
+/// primary's VIP between `lo` and `eth0`, added to one before it leaves the other) is never
+/// missed, as it could be between two listings.
+pub fn addresses_by_device(
+    namespace: &str,
+    device: Option<&str>,
+) -> Result<Vec<(String, Ipv4Addr, u8)>, LabError> {
+    let mut args = vec!["-n", namespace, "-j", "-4", "addr", "show"];
+    if let Some(device) = device {
+        args.extend(["dev", device]);
+    }
+    let out = ip(&args)?;
     let parsed: Vec<serde_json::Value> =
         serde_json::from_str(&out).map_err(|e| LabError::Command {
-            command: format!("ip -n {namespace} -j -4 addr show dev {device}"),
+            command: format!("ip {}", args.join(" ")),
             status: "unparsable output".into(),
             stderr: e.to_string(),
         })?;
@@ -331,12 +349,13 @@ pub fn addresses_on(namespace: &str, device: &str) -> Result<Vec<(Ipv4Addr, u8)>
         let Some(infos) = link.get("addr_info").and_then(|a| a.as_array()) else {
             continue;
         };
+        let name = link.get("ifname").and_then(|n| n.as_str()).unwrap_or("");
         for info in infos {
             let local = info.get("local").and_then(|l| l.as_str());
             let prefix = info.get("prefixlen").and_then(|p| p.as_u64());
             if let (Some(local), Some(prefix)) = (local, prefix) {
                 if let (Ok(addr), Ok(prefix)) = (local.parse(), u8::try_from(prefix)) {
-                    addresses.push((addr, prefix));
+                    addresses.push((name.to_string(), addr, prefix));
                 }
             }
         }
