@@ -756,3 +756,13 @@ fn non_ascii_text_gives_character_columns() {
     assert_eq!(e.errors()[0].line, line, "{e}");
     assert_eq!(e.errors()[0].column, 14, "{e}");
 }
+
+/// Found by the config fuzz target: this file made toml_edit 0.23 panic ("all items have
+/// spans") inside the structure check, so `steadfast check-config` or a starting daemon
+/// crashed on it instead of naming the error. toml_edit 0.25 reports it.
+#[test]
+fn a_file_that_crashed_the_toml_parser_is_an_error() {
+    let e = errors("=={\n.");
+    assert!(!e.errors().is_empty(), "refused");
+    assert!(e.to_string().contains("n1.toml:1:"), "located: {e}");
+}

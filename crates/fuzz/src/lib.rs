@@ -1,0 +1,263 @@
+//! Fuzz targets: each takes arbitrary bytes, drives one of the decoders that read what peers,
+//! clients, servers and operators send, and panics only on a bug: a decoder that panics, or a
+//! property of its output that does not hold.
+//!
+//! The same functions run in two places. `fuzz/` (outside the workspace: libFuzzer needs a C++
+//! compiler) wraps each in a coverage-guided libFuzzer binary built on the stable toolchain
+//! (`fuzz/run`, see the README). `tests/corpus.rs` replays the committed corpus through them
+//! and mutates it for a short while, so every `cargo test` is a short fuzz run.
+
+use std::path::Path;
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use steadfast_core::heartbeat_wire::{self, AuthKey};
+use steadfast_core::http::{
+    ContentRange, EntityTag, FramingLimits, ReplyEvent, RequestEvent, RequestFramer, ResponseFramer,
+};
+use steadfast_core::image::{parse_client_frame, ConnectionTable, TableLimits};
+use steadfast_core::replication_wire::{self, FrameReader};
+
+/// A fuzz target: any bytes in, a panic only on a bug.
+pub type Target = fn(&[u8]);
+
+/// Every target, by the name its corpus directory and libFuzzer binary carry.
+pub const TARGETS: &[(&str, Target)] = &[
+    ("heartbeat_frame", heartbeat_frame),
+    ("replication_stream", replication_stream),
+    ("http_requests", http_requests),
+    ("http_replies", http_replies),
+    ("http_fields", http_fields),
+    ("client_frames", client_frames),
+    ("config", config),
+];
+
+/// The group key of the heartbeat target.
+const KEY: &[u8] = b"fuzzing key, 32 bytes or longer!";
+
+/// A heartbeat frame whose MAC is right (appended here: a fuzzer cannot forge one, and the
+/// body parser behind the MAC check is what a peer holding the key reaches). A frame that
+/// decodes encodes again to one that decodes to the same envelope.
+pub fn heartbeat_frame(data: &[u8]) {
+    let key = AuthKey::new(KEY).expect("a long enough key");
+    let mut frame = data.to_vec();
+    let mut mac = Hmac::<Sha256>::new_from_slice(KEY).expect("HMAC takes any key");
+    mac.update(data);
+    frame.extend_from_slice(&mac.finalize().into_bytes());
+    let _ = heartbeat_wire::decode(data, &key);
+    if let Ok(envelope) = heartbeat_wire::decode(&frame, &key) {
+        let again = heartbeat_wire::encode(&envelope, &key);
+        assert_eq!(
+            heartbeat_wire::decode(&again, &key).as_ref(),
+            Ok(&envelope),
+            "a decoded heartbeat encodes to itself"
+        );
+    }
+}
+
+/// `data` cut into pieces: each piece's length is the byte before it (0 taken as 1), so the
+/// fuzzer chooses where a stream breaks between reads.
+fn pieces(data: &[u8]) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    let mut rest = data;
+    while let Some((&len, tail)) = rest.split_first() {
+        let len = usize::from(len.max(1)).min(tail.len());
+        out.push(&tail[..len]);
+        rest = &tail[len..];
+    }
+    out
+}
+
+/// The replication stream read in pieces; every frame decoded encodes again to itself.
+pub fn replication_stream(data: &[u8]) {
+    let mut reader = FrameReader::new();
+    for piece in pieces(data) {
+        reader.push(piece);
+        while let Ok(Some((epoch, frame))) = reader.next_frame() {
+            let mut bytes = Vec::new();
+            replication_wire::encode(&frame, epoch, &mut bytes);
+            let mut again = FrameReader::new();
+            again.push(&bytes);
+            assert_eq!(
+                again.next_frame(),
+                Ok(Some((epoch, frame))),
+                "a decoded frame encodes to itself"
+            );
+        }
+    }
+}
+
+/// The outcome of framing a stream: the requests' or replies' heads and whole extents, and
+/// whether the stream framed cleanly. The same whatever the pieces the stream came in.
+#[derive(Debug, PartialEq)]
+struct Framed<H> {
+    heads: Vec<H>,
+    ends: Vec<(u64, std::ops::Range<u64>)>,
+    failed: bool,
+}
+
+fn frame_requests(stream: &[&[u8]]) -> Framed<String> {
+    let mut framer = RequestFramer::new(FramingLimits::default());
+    let mut events = Vec::new();
+    let mut failed = stream
+        .iter()
+        .any(|piece| framer.feed(piece, &mut events).is_err());
+    failed |= !failed && framer.finish(&mut events).is_err();
+    let mut framed = Framed {
+        heads: Vec::new(),
+        ends: Vec::new(),
+        failed,
+    };
+    for event in events {
+        match event {
+            RequestEvent::Head(head) => framed.heads.push(format!("{head:?}")),
+            RequestEvent::End { index, range } => framed.ends.push((index, range)),
+            _ => {}
+        }
+    }
+    framed
+}
+
+/// A client's byte stream: framing it in the fuzzer's pieces or whole gives the same requests
+/// with the same extents, and consecutive requests tile the stream.
+pub fn http_requests(data: &[u8]) {
+    let Some((&cut, stream)) = data.split_first() else {
+        return;
+    };
+    let at = usize::from(cut) * stream.len() / 256;
+    let whole = frame_requests(&[stream]);
+    let split = frame_requests(&[&stream[..at], &stream[at..]]);
+    assert_eq!(
+        whole, split,
+        "framing does not depend on where the stream was cut"
+    );
+    for pair in whole.ends.windows(2) {
+        assert_eq!(pair[0].1.end, pair[1].1.start, "requests tile the stream");
+        assert_eq!(pair[0].0 + 1, pair[1].0, "requests are numbered in order");
+    }
+}
+
+fn frame_replies(methods: &[&str], stream: &[&[u8]]) -> Framed<String> {
+    let mut framer = ResponseFramer::new(FramingLimits::default());
+    for method in methods {
+        framer.expect_reply(method);
+    }
+    let mut events = Vec::new();
+    let mut failed = stream
+        .iter()
+        .any(|piece| framer.feed(piece, &mut events).is_err());
+    failed |= !failed && framer.finish(&mut events).is_err();
+    let mut framed = Framed {
+        heads: Vec::new(),
+        ends: Vec::new(),
+        failed,
+    };
+    for event in events {
+        match event {
+            ReplyEvent::Head(head) => framed.heads.push(format!("{head:?}")),
+            ReplyEvent::End { index, range, .. } => framed.ends.push((index, range)),
+            _ => {}
+        }
+    }
+    framed
+}
+
+/// A server's byte stream answering up to four requests (their methods chosen by the first
+/// byte): the same replies whole or cut, tiling the stream.
+pub fn http_replies(data: &[u8]) {
+    let Some((&choice, rest)) = data.split_first() else {
+        return;
+    };
+    let Some((&cut, stream)) = rest.split_first() else {
+        return;
+    };
+    let methods: Vec<&str> = (0..(1 + choice % 4))
+        .map(|i| match (u32::from(choice) >> (2 + 2 * i)) & 3 {
+            0 => "GET",
+            1 => "HEAD",
+            2 => "POST",
+            _ => "CONNECT",
+        })
+        .collect();
+    let at = usize::from(cut) * stream.len() / 256;
+    let whole = frame_replies(&methods, &[stream]);
+    let split = frame_replies(&methods, &[&stream[..at], &stream[at..]]);
+    assert_eq!(
+        whole, split,
+        "framing does not depend on where the stream was cut"
+    );
+    for pair in whole.ends.windows(2) {
+        assert_eq!(pair[0].1.end, pair[1].1.start, "replies tile the stream");
+    }
+}
+
+/// The fields a long reply is resumed by: `ETag`, `Content-Range` (satisfied or not).
+pub fn http_fields(data: &[u8]) {
+    if let Some(tag) = EntityTag::parse(data) {
+        let _ = tag.is_strong();
+    }
+    if let Some(range) = ContentRange::parse(data) {
+        assert!(range.first <= range.last, "a parsed range is not empty");
+        if let Some(complete) = range.complete_length {
+            assert!(
+                range.last < complete,
+                "a parsed range lies inside its length"
+            );
+        }
+        let _ = range.len();
+    }
+    let _ = ContentRange::parse_unsatisfied(data);
+}
+
+/// Writes a right IPv4 header checksum into an Ethernet frame that has room for the header
+/// its IHL names (a fuzzer seldom finds one; the TCP and image logic lie behind it).
+fn fix_ipv4_checksum(frame: &mut [u8]) {
+    const IP: usize = 14;
+    let Some(&version_ihl) = frame.get(IP) else {
+        return;
+    };
+    let header_len = usize::from(version_ihl & 0x0f) * 4;
+    if header_len < 20 || frame.len() < IP + header_len {
+        return;
+    }
+    frame[IP + 10..IP + 12].fill(0);
+    let mut sum: u32 = frame[IP..IP + header_len]
+        .chunks(2)
+        .map(|pair| u32::from(u16::from_be_bytes([pair[0], pair[1]])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    frame[IP + 10..IP + 12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+}
+
+/// Frames as the backup's logger sees them (each prefixed by a 2-byte length; IPv4 header
+/// checksums made right), parsed and logged into a small connection table in order.
+pub fn client_frames(data: &[u8]) {
+    let mut table = ConnectionTable::new(TableLimits {
+        max_connections: 8,
+        max_half_open: 4,
+        max_half_open_per_source: 2,
+        max_bytes_held: 1 << 16,
+        ..TableLimits::default()
+    });
+    let mut rest = data;
+    while rest.len() >= 2 {
+        let len = usize::from(u16::from_be_bytes([rest[0], rest[1]])).min(rest.len() - 2);
+        let mut frame = rest[2..2 + len].to_vec();
+        rest = &rest[2 + len..];
+        fix_ipv4_checksum(&mut frame);
+        if let Ok(segment) = parse_client_frame(&frame) {
+            let payload = segment.payload_in(&frame).unwrap_or(&[]);
+            let _ = table.ingest(&segment, payload);
+        }
+    }
+    let _ = table.bytes_held();
+}
+
+/// A configuration file.
+pub fn config(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let _ =
+        steadfast_core::config::parse(&text, "fuzz.toml", &|_| true, Path::new("/etc/steadfast"));
+}
