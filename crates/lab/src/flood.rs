@@ -76,8 +76,22 @@ pub fn syn_flood(
     Ok(report)
 }
 
+/// The most SYNs one [`spoofed_syns`] call sends.
+const MAX_SPOOFED_SYNS: u32 = 10_000;
+
+/// The spoofed source of SYN `i` of a [`spoofed_syns`] call: each its own address and port
+/// (random ones could repeat a 4-tuple, whose second SYN would replace the first's image at
+/// the backup): the hosts in turn, the port one up per round.
+fn nth_source(i: u32, first_port: u16) -> (u8, u16) {
+    let hosts = u32::from(SPOOFED_LAST - SPOOFED_FIRST + 1);
+    (
+        SPOOFED_FIRST + (i % hosts) as u8,
+        first_port + (i / hosts) as u16,
+    )
+}
+
 /// Sends `count` (at most 10,000) spoofed SYNs like the flood's to `target` from `namespace`,
-/// at once. With `damaged`, one bit of each TCP header is flipped after its checksum was
+/// at once, each from its own address and port. With `damaged`, one bit of each TCP header is flipped after its checksum was
 /// computed, as by a link that corrupts frames: a receiver that verifies the checksum drops
 /// them. Returns how many the client's kernel took.
 pub fn spoofed_syns(
@@ -89,9 +103,11 @@ pub fn spoofed_syns(
     let (sender, mut random) = spoofing_sender(namespace)?;
     let mut packet = Vec::with_capacity(64);
     let mut sent = 0;
-    for _ in 0..count.min(10_000) {
+    let first_port = 1024 + (random.next() % 60_000) as u16;
+    for i in 0..count.min(MAX_SPOOFED_SYNS) {
         packet.clear();
-        spoofed_syn(&mut random, target, &mut packet);
+        let (host, port) = nth_source(i, first_port);
+        spoofed_syn_from(&mut random, target, host, port, &mut packet);
         if damaged {
             damage(&mut packet);
         }
@@ -137,10 +153,22 @@ fn spoofing_sender(
 fn spoofed_syn(random: &mut XorShift, target: SocketAddrV4, packet: &mut Vec<u8>) {
     let bits = random.next();
     let host = SPOOFED_FIRST + (bits % u64::from(SPOOFED_LAST - SPOOFED_FIRST + 1)) as u8;
+    let port = 1024 + ((bits >> 16) % (65536 - 1024)) as u16;
+    spoofed_syn_from(random, target, host, port, packet);
+}
+
+/// A SYN to `target` from host `host` of the lab's subnet and `port`, with a random ISN and
+/// the options a Linux client sends.
+fn spoofed_syn_from(
+    random: &mut XorShift,
+    target: SocketAddrV4,
+    host: u8,
+    port: u16,
+    packet: &mut Vec<u8>,
+) {
     let [a, b, c, _] = crate::topology::VIP.octets();
     let source = Ipv4Addr::new(a, b, c, host);
-    let port = 1024 + ((bits >> 16) % (65536 - 1024)) as u16;
-    let isn = (bits >> 32) as u32;
+    let isn = (random.next() >> 32) as u32;
     let builder = etherparse::PacketBuilder::ipv4(source.octets(), target.ip().octets(), 64)
         .tcp(port, target.port(), isn, 64240)
         .syn()
@@ -169,6 +197,18 @@ impl XorShift {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_sources_of_a_burst_are_distinct_and_unused() {
+        let first_port = 1024 + 59_999;
+        let sources: std::collections::HashSet<(u8, u16)> = (0..MAX_SPOOFED_SYNS)
+            .map(|i| nth_source(i, first_port))
+            .collect();
+        assert_eq!(sources.len(), MAX_SPOOFED_SYNS as usize);
+        assert!(sources
+            .iter()
+            .all(|(host, port)| (SPOOFED_FIRST..=SPOOFED_LAST).contains(host) && *port >= 1024));
+    }
 
     #[test]
     fn spoofed_syns_are_valid_syns_from_unused_lab_addresses() {
