@@ -90,32 +90,58 @@ pub fn replication_stream(data: &[u8]) {
 /// The outcome of framing a stream: the requests' or replies' heads and whole extents, and
 /// whether the stream framed cleanly. The same whatever the pieces the stream came in.
 #[derive(Debug, PartialEq)]
-struct Framed<H> {
-    heads: Vec<H>,
+struct Framed {
+    heads: Vec<String>,
     ends: Vec<(u64, std::ops::Range<u64>)>,
     failed: bool,
 }
 
-fn frame_requests(stream: &[&[u8]]) -> Framed<String> {
-    let mut framer = RequestFramer::new(FramingLimits::default());
+/// What one framer event says of the messages: a head (its Debug form), a message's end, or
+/// nothing the comparison needs.
+enum Seen {
+    Head(String),
+    End(u64, std::ops::Range<u64>),
+    Other,
+}
+
+/// Feeds `stream`'s pieces to a framer (`feed` and `finish` say whether it accepted them) and
+/// gathers what its events say.
+fn frame<E>(
+    stream: &[&[u8]],
+    mut feed: impl FnMut(&[u8], &mut Vec<E>) -> bool,
+    finish: impl FnOnce(&mut Vec<E>) -> bool,
+    seen: impl Fn(E) -> Seen,
+) -> Framed {
     let mut events = Vec::new();
-    let mut failed = stream
-        .iter()
-        .any(|piece| framer.feed(piece, &mut events).is_err());
-    failed |= !failed && framer.finish(&mut events).is_err();
+    let mut failed = !stream.iter().all(|piece| feed(piece, &mut events));
+    failed |= !failed && !finish(&mut events);
     let mut framed = Framed {
         heads: Vec::new(),
         ends: Vec::new(),
         failed,
     };
     for event in events {
-        match event {
-            RequestEvent::Head(head) => framed.heads.push(format!("{head:?}")),
-            RequestEvent::End { index, range } => framed.ends.push((index, range)),
-            _ => {}
+        match seen(event) {
+            Seen::Head(head) => framed.heads.push(head),
+            Seen::End(index, range) => framed.ends.push((index, range)),
+            Seen::Other => {}
         }
     }
     framed
+}
+
+fn frame_requests(stream: &[&[u8]]) -> Framed {
+    let framer = std::cell::RefCell::new(RequestFramer::new(FramingLimits::default()));
+    frame(
+        stream,
+        |piece, events| framer.borrow_mut().feed(piece, events).is_ok(),
+        |events| framer.borrow_mut().finish(events).is_ok(),
+        |event| match event {
+            RequestEvent::Head(head) => Seen::Head(format!("{head:?}")),
+            RequestEvent::End { index, range } => Seen::End(index, range),
+            _ => Seen::Other,
+        },
+    )
 }
 
 /// A client's byte stream: framing it in the fuzzer's pieces or whole gives the same requests
@@ -137,29 +163,22 @@ pub fn http_requests(data: &[u8]) {
     }
 }
 
-fn frame_replies(methods: &[&str], stream: &[&[u8]]) -> Framed<String> {
+fn frame_replies(methods: &[&str], stream: &[&[u8]]) -> Framed {
     let mut framer = ResponseFramer::new(FramingLimits::default());
     for method in methods {
         framer.expect_reply(method);
     }
-    let mut events = Vec::new();
-    let mut failed = stream
-        .iter()
-        .any(|piece| framer.feed(piece, &mut events).is_err());
-    failed |= !failed && framer.finish(&mut events).is_err();
-    let mut framed = Framed {
-        heads: Vec::new(),
-        ends: Vec::new(),
-        failed,
-    };
-    for event in events {
-        match event {
-            ReplyEvent::Head(head) => framed.heads.push(format!("{head:?}")),
-            ReplyEvent::End { index, range, .. } => framed.ends.push((index, range)),
-            _ => {}
-        }
-    }
-    framed
+    let framer = std::cell::RefCell::new(framer);
+    frame(
+        stream,
+        |piece, events| framer.borrow_mut().feed(piece, events).is_ok(),
+        |events| framer.borrow_mut().finish(events).is_ok(),
+        |event| match event {
+            ReplyEvent::Head(head) => Seen::Head(format!("{head:?}")),
+            ReplyEvent::End { index, range, .. } => Seen::End(index, range),
+            _ => Seen::Other,
+        },
+    )
 }
 
 /// A server's byte stream answering up to four requests (their methods chosen by the first

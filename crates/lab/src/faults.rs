@@ -318,49 +318,40 @@ pub fn heal(name: &str, node: &str) -> Result<HealReport, LabError> {
 /// Makes the bridge drop every frame between hosts `a` and `b` (each may be a member, the
 /// witness or the client), both ways; the rest of the lab still reaches both.
 pub fn partition(name: &str, a: &str, b: &str) -> Result<(), LabError> {
-    change_partitions(name, a, b, true)
+    change_cut(name, a, b, Direction::Both, true)
 }
 
 /// Removes the partition between `a` and `b` (nothing happens if there is none).
 pub fn unpartition(name: &str, a: &str, b: &str) -> Result<(), LabError> {
-    change_partitions(name, a, b, false)
+    change_cut(name, a, b, Direction::Both, false)
 }
 
 /// Makes the bridge drop every frame from host `from` to host `to`, and only those: `to` still
 /// reaches `from` (a one-way partition, as a half-broken switch port or a one-sided firewall
 /// rule makes).
 pub fn cut_one_way(name: &str, from: &str, to: &str) -> Result<(), LabError> {
-    change_one_way(name, from, to, true)
+    change_cut(name, from, to, Direction::OneWay, true)
 }
 
 /// Removes the one-way cut from `from` to `to` (nothing happens if there is none).
 pub fn mend_one_way(name: &str, from: &str, to: &str) -> Result<(), LabError> {
-    change_one_way(name, from, to, false)
+    change_cut(name, from, to, Direction::OneWay, false)
 }
 
-fn change_one_way(name: &str, from: &str, to: &str, cut: bool) -> Result<(), LabError> {
-    let lab = LabName::parse(name)?;
-    let mut state = LabState::load(&lab)?;
-    let from = resolve_named(&lab, &state, from)?;
-    let to = resolve_named(&lab, &state, to)?;
-    if from == to {
-        return Err(LabError::InvalidRequest {
-            lab: lab.to_string(),
-            reason: format!("cannot cut {from} from itself"),
-        });
-    }
-    let pair = (from.short_name(), to.short_name());
-    let present = state.one_way_cuts.contains(&pair);
-    match (cut, present) {
-        (true, false) => state.one_way_cuts.push(pair),
-        (false, true) => state.one_way_cuts.retain(|p| *p != pair),
-        _ => return Ok(()),
-    }
-    apply_partitions(&lab, &state.partitions, &state.one_way_cuts)?;
-    state.save(&lab)
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    Both,
+    OneWay,
 }
 
-fn change_partitions(name: &str, a: &str, b: &str, cut: bool) -> Result<(), LabError> {
+/// Adds (`cut`) or removes the cut between `a` and `b` and applies every cut of the lab.
+fn change_cut(
+    name: &str,
+    a: &str,
+    b: &str,
+    direction: Direction,
+    cut: bool,
+) -> Result<(), LabError> {
     let lab = LabName::parse(name)?;
     let mut state = LabState::load(&lab)?;
     let a = resolve_named(&lab, &state, a)?;
@@ -368,15 +359,23 @@ fn change_partitions(name: &str, a: &str, b: &str, cut: bool) -> Result<(), LabE
     if a == b {
         return Err(LabError::InvalidRequest {
             lab: lab.to_string(),
-            reason: format!("cannot partition {a} from itself"),
+            reason: format!("cannot cut {a} from itself"),
         });
     }
-    let pair = if a < b { (a, b) } else { (b, a) };
-    let pair = (pair.0.short_name(), pair.1.short_name());
-    let present = state.partitions.contains(&pair);
-    match (cut, present) {
-        (true, false) => state.partitions.push(pair),
-        (false, true) => state.partitions.retain(|p| *p != pair),
+    // A partition is kept once whichever way it was named; a one-way cut by its direction.
+    let (first, second) = if direction == Direction::Both && b < a {
+        (b, a)
+    } else {
+        (a, b)
+    };
+    let pair = (first.short_name(), second.short_name());
+    let cuts = match direction {
+        Direction::Both => &mut state.partitions,
+        Direction::OneWay => &mut state.one_way_cuts,
+    };
+    match (cut, cuts.contains(&pair)) {
+        (true, false) => cuts.push(pair),
+        (false, true) => cuts.retain(|p| *p != pair),
         _ => return Ok(()),
     }
     apply_partitions(&lab, &state.partitions, &state.one_way_cuts)?;
