@@ -91,9 +91,9 @@ fn nth_source(i: u32, first_port: u16) -> (u8, u16) {
 }
 
 /// Sends `count` (at most 10,000) spoofed SYNs like the flood's to `target` from `namespace`,
-/// at once, each from its own address and port. With `damaged`, one bit of each TCP header is flipped after its checksum was
-/// computed, as by a link that corrupts frames: a receiver that verifies the checksum drops
-/// them. Returns how many the client's kernel took.
+/// at once, each from its own address and port. With `damaged`, one bit of each TCP header is
+/// flipped after its checksum was computed, as by a link that corrupts frames: a receiver
+/// that verifies the checksum drops them. Returns how many the client's kernel took.
 pub fn spoofed_syns(
     namespace: &str,
     target: SocketAddrV4,

@@ -150,37 +150,29 @@ pub fn run(command: LabCommand) -> anyhow::Result<ExitCode> {
             name,
             a,
             b,
-            one_way: false,
+            one_way,
         } => {
-            steadfast_lab::partition(&name, &a, &b)?;
-            println!("partitioned {a} and {b} in lab {name}");
-        }
-        LabCommand::Partition {
-            name,
-            a,
-            b,
-            one_way: true,
-        } => {
-            steadfast_lab::cut_one_way(&name, &a, &b)?;
-            println!("cut {a} -> {b} (one way) in lab {name}");
+            if one_way {
+                steadfast_lab::cut_one_way(&name, &a, &b)?;
+                println!("cut {a} -> {b} (one way) in lab {name}");
+            } else {
+                steadfast_lab::partition(&name, &a, &b)?;
+                println!("partitioned {a} and {b} in lab {name}");
+            }
         }
         LabCommand::Unpartition {
             name,
             a,
             b,
-            one_way: false,
+            one_way,
         } => {
-            steadfast_lab::unpartition(&name, &a, &b)?;
-            println!("lifted the partition between {a} and {b} in lab {name}");
-        }
-        LabCommand::Unpartition {
-            name,
-            a,
-            b,
-            one_way: true,
-        } => {
-            steadfast_lab::mend_one_way(&name, &a, &b)?;
-            println!("lifted the one-way cut {a} -> {b} in lab {name}");
+            if one_way {
+                steadfast_lab::mend_one_way(&name, &a, &b)?;
+                println!("lifted the one-way cut {a} -> {b} in lab {name}");
+            } else {
+                steadfast_lab::unpartition(&name, &a, &b)?;
+                println!("lifted the partition between {a} and {b} in lab {name}");
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

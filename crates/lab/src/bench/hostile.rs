@@ -13,14 +13,17 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::Serialize;
 
-use super::{percentile, unique_lab_name, wait_until, BenchError, BenchLab, ProbeLoad};
+use super::{
+    percentile, plane_status, unique_lab_name, wait_until, BenchError, BenchLab, ProbeLoad,
+};
 use crate::flood::{syn_flood, FloodOptions, FloodReport};
 use crate::load::{KeepAliveOptions, LoadOptions, Probe, ProbeOptions};
 use crate::options::{BackendKind, Mode, UpOptions};
+use crate::system::monotonic_now;
 
 pub const DEFAULT_SYN_RATE: u32 = 50_000;
 pub const DEFAULT_FLOOD: Duration = Duration::from_secs(30);
@@ -185,7 +188,7 @@ fn flood_row(options: &HostileOptions, mode: Mode) -> Result<FloodRow, BenchErro
         if mode != Mode::Duplex {
             return Ok(true);
         }
-        Ok(node_status(&lab, &primary)?["data_plane"]["backups_joined"]
+        Ok(plane_status(&lab, &primary, &row_name)?["backups_joined"]
             .as_u64()
             .unwrap_or(0)
             > 0)
@@ -197,7 +200,6 @@ fn flood_row(options: &HostileOptions, mode: Mode) -> Result<FloodRow, BenchErro
     }
     let other = if primary == "n1" { "n2" } else { "n1" }.to_string();
 
-    let load_began = Instant::now();
     let load = ProbeLoad::start_with(
         &lab,
         LoadOptions {
@@ -222,13 +224,14 @@ fn flood_row(options: &HostileOptions, mode: Mode) -> Result<FloodRow, BenchErro
         let sockets: Vec<(String, PathBuf)> = [primary.clone(), other.clone()]
             .into_iter()
             .map(|host| {
-                let socket = lab.info.state_dir.join(format!("{host}.sock"));
+                let socket = lab.control_socket(&host);
                 (host, socket)
             })
             .collect();
         std::thread::spawn(move || sample_memory(&sockets, &sampling))
     };
-    let flood_start = load_began.elapsed();
+    // On the monotonic clock, which the load's own origin is read from.
+    let flood_start = monotonic_now();
     let flood = syn_flood(
         &lab.info.client_ns,
         FloodOptions {
@@ -238,15 +241,17 @@ fn flood_row(options: &HostileOptions, mode: Mode) -> Result<FloodRow, BenchErro
         },
         &AtomicBool::new(false),
     );
-    let flood_end = load_began.elapsed();
+    let flood_end = monotonic_now();
     std::thread::sleep(AFTER);
     sampling.store(false, Ordering::Relaxed);
     let mut members = sampler.join().expect("the memory sampler does not panic");
     let finished = load.stop()?;
     let flood: FloodReport = flood?;
+    let flood_start = flood_start.saturating_sub(finished.origin_monotonic);
+    let flood_end = flood_end.saturating_sub(finished.origin_monotonic);
 
-    let primary_plane = node_status(&lab, &primary)?["data_plane"].clone();
-    let backup_plane = node_status(&lab, &other)?["data_plane"].clone();
+    let primary_plane = plane_status(&lab, &primary, &row_name)?;
+    let backup_plane = plane_status(&lab, &other, &row_name)?;
     for member in &mut members {
         member.role = if member.host == primary {
             "primary"
@@ -322,16 +327,6 @@ fn recovery(probes: &[Probe], flood_end: Duration) -> Option<f64> {
         }
         Some(_) => None,
     }
-}
-
-/// The whole status document of a lab host's daemon.
-fn node_status(lab: &BenchLab, host: &str) -> Result<serde_json::Value, BenchError> {
-    let socket = lab.info.state_dir.join(format!("{host}.sock"));
-    crate::lab::query_control_socket(&socket).map_err(|reason| BenchError::Campaign {
-        lab: lab.name().to_string(),
-        row: "SYN flood".into(),
-        reason: format!("status of {host}: {reason}"),
-    })
 }
 
 /// Reads each member's status every [`MEMORY_SAMPLE`] while `sampling` holds; the peaks.

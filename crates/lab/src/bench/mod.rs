@@ -108,6 +108,11 @@ impl BenchLab {
         SocketAddr::new(self.info.vip.into(), self.info.port)
     }
 
+    /// The control socket of host `host`'s daemon.
+    pub fn control_socket(&self, host: &str) -> PathBuf {
+        self.info.state_dir.join(format!("{host}.sock"))
+    }
+
     /// Short host names (`n1` …) whose namespace holds the VIP now.
     pub fn holders(&self) -> Result<Vec<String>, BenchError> {
         let prefix = format!("{}-", self.name());
@@ -233,21 +238,29 @@ impl Drop for ProbeLoad {
     }
 }
 
-/// Reads the data-plane status of a lab host through its control socket; `row` names the
+/// Reads the status of a lab host's daemon through its control socket; `row` names the
 /// benchmark in the error.
+pub(crate) fn node_status(
+    lab: &BenchLab,
+    host: &str,
+    row: &str,
+) -> Result<serde_json::Value, BenchError> {
+    crate::lab::query_control_socket(&lab.control_socket(host)).map_err(|reason| {
+        BenchError::Campaign {
+            lab: lab.name().to_string(),
+            row: row.into(),
+            reason: format!("status of {host}: {reason}"),
+        }
+    })
+}
+
+/// The data-plane part of [`node_status`].
 pub(crate) fn plane_status(
     lab: &BenchLab,
     host: &str,
     row: &str,
 ) -> Result<serde_json::Value, BenchError> {
-    let socket = lab.info.state_dir.join(format!("{host}.sock"));
-    let status =
-        crate::lab::query_control_socket(&socket).map_err(|reason| BenchError::Campaign {
-            lab: lab.name().to_string(),
-            row: row.into(),
-            reason: format!("status of {host}: {reason}"),
-        })?;
-    Ok(status["data_plane"].clone())
+    Ok(node_status(lab, host, row)?["data_plane"].clone())
 }
 
 /// Polls `done` every 5 ms until it holds or `within` has passed.

@@ -102,9 +102,7 @@ impl ReplicatedGate {
         let mut guard = self.link.lock().expect("gate lock");
         let link = guard.as_mut()?;
         let seq = link.last_queued.load(Ordering::Relaxed) + 1;
-        let mut bytes = Vec::new();
-        encode(seq, link.epoch, &mut bytes);
-        if link.frames.send(bytes).is_err() {
+        if !link.queue_encoded(|epoch, out| encode(seq, epoch, out)) {
             return None;
         }
         link.last_queued.store(seq, Ordering::Relaxed);
@@ -115,8 +113,14 @@ impl ReplicatedGate {
 impl Link {
     /// Encodes a frame in this link's epoch and queues it; false when the link task is gone.
     fn queue(&self, frame: &ReplicationFrame) -> bool {
+        self.queue_encoded(|epoch, out| replication_wire::encode(frame, epoch, out))
+    }
+
+    /// Queues what `encode` appends, given this link's epoch; false when the link task is
+    /// gone.
+    fn queue_encoded(&self, encode: impl FnOnce(u64, &mut Vec<u8>)) -> bool {
         let mut bytes = Vec::new();
-        replication_wire::encode(frame, self.epoch, &mut bytes);
+        encode(self.epoch, &mut bytes);
         self.frames.send(bytes).is_ok()
     }
 }

@@ -403,8 +403,6 @@ pub async fn serve(
         backend: None,
         reply_offset: start.reply_offset,
         outgoing: VecDeque::new(),
-        outgoing_bytes: 0,
-        logged_offset: start.reply_offset,
         answered_index: start.request_index,
         answered_offset: start.request_offset,
         kept_request: Some(Vec::new()),
@@ -496,12 +494,9 @@ struct Session {
     reply_offset: u64,
     /// Pieces of a reply streamed in parts, logged and not yet written, oldest first: each
     /// goes to the client once the backup holds it, while the backend is read on. Nothing is
-    /// handed to a new backup while any wait (see `adoption_may_start`).
+    /// handed to a new backup while any wait (see `adoption_may_start`). The next piece logged
+    /// starts at `reply_offset` plus their bytes.
     outgoing: VecDeque<OutgoingPiece>,
-    outgoing_bytes: usize,
-    /// Client-facing reply stream offset after the last logged byte: ahead of `reply_offset`
-    /// by the bytes in `outgoing`.
-    logged_offset: u64,
     /// The first request no complete reply answers, and the client offset where it starts.
     answered_index: u64,
     answered_offset: u64,
@@ -595,7 +590,8 @@ impl Session {
                 .client_timer
                 .deadline()
                 .and_then(|(at, _)| self.clock_origin.checked_add(at));
-            let read_backend = self.backend.is_some() && self.outgoing_bytes < STREAM_WINDOW_BYTES;
+            let read_backend =
+                self.backend.is_some() && self.outgoing_bytes() < STREAM_WINDOW_BYTES;
             let adoption_may_start = self.adoption_may_start();
             tokio::select! {
                 read = self.client.read(&mut client_buf), if read_client => {
@@ -1230,7 +1226,7 @@ impl Session {
     async fn finish_in_flight(&mut self) -> Result<(), SessionEnd> {
         let mut buf = vec![0u8; READ_CHUNK];
         while self.in_flight.is_some() {
-            while self.outgoing_bytes >= STREAM_WINDOW_BYTES {
+            while self.outgoing_bytes() >= STREAM_WINDOW_BYTES {
                 self.release_oldest().await?;
             }
             let n = read_backend_stream(self.backend.as_mut(), &mut buf)
@@ -1779,17 +1775,17 @@ impl Session {
     }
 
     /// Logs `bytes` in frames the backup accepts (at most [`MAX_PIECE_BYTES`] each, all but
-    /// the last as parts of a reply that goes on), from `logged_offset` on. The waiter of the
-    /// last frame says when the backup holds all of them (it acknowledges in order); `None`
-    /// when nothing was logged: no backup protects the connection now, or the link went away.
+    /// the last as parts of a reply that goes on), starting after the pieces that wait to be
+    /// written. The waiter of the last frame says when the backup holds all of them (it
+    /// acknowledges in order); `None` when nothing was logged: no backup protects the
+    /// connection now, or the link went away.
     fn log_in_frames(
-        &mut self,
+        &self,
         request_index: u64,
         kind: PieceKind,
         bytes: &[u8],
     ) -> Option<AckWaiter> {
-        let from = self.logged_offset;
-        self.logged_offset += bytes.len() as u64;
+        let from = self.reply_offset + self.outgoing_bytes() as u64;
         if !self.protected_now() {
             return None;
         }
@@ -1821,7 +1817,6 @@ impl Session {
             self.flush_outgoing().await?;
         }
         let ack = self.log_in_frames(request_index, kind, &bytes);
-        self.outgoing_bytes += bytes.len();
         self.outgoing.push_back(OutgoingPiece {
             request_index,
             kind,
@@ -1848,15 +1843,9 @@ impl Session {
         self.release_front(held).await
     }
 
-    /// Writes the oldest waiting piece, which the backup holds (`Some(true)`), lost first
-    /// (`Some(false)`), or was never given (`None`).
-    async fn release_front(&mut self, held: Option<bool>) -> Result<(), SessionEnd> {
-        let piece = self
-            .outgoing
-            .pop_front()
-            .expect("a piece waits when one is released");
-        self.outgoing_bytes -= piece.bytes.len();
-        self.release(piece, held).await
+    /// Reply bytes logged and waiting to be written (a few pieces at most).
+    fn outgoing_bytes(&self) -> usize {
+        self.outgoing.iter().map(|piece| piece.bytes.len()).sum()
     }
 
     /// Nothing is handed to a backup while logged pieces wait to be written: the hand-over
@@ -1865,19 +1854,19 @@ impl Session {
         self.outgoing.is_empty()
     }
 
-    /// Writes a reply piece to the client: at once if the backup holds it, under this node's
-    /// lease if not.
-    async fn release(
-        &mut self,
-        piece: OutgoingPiece,
-        held: Option<bool>,
-    ) -> Result<(), SessionEnd> {
+    /// Writes the oldest waiting piece to the client: at once if the backup holds it
+    /// (`held` is `Some(true)`), under this node's lease if the backup was lost first
+    /// (`Some(false)`) or never given it (`None`).
+    async fn release_front(&mut self, held: Option<bool>) -> Result<(), SessionEnd> {
         let OutgoingPiece {
             request_index,
             kind,
             bytes,
             ..
-        } = piece;
+        } = self
+            .outgoing
+            .pop_front()
+            .expect("a piece waits when one is released");
         let logged = held == Some(true);
         if held == Some(false) {
             self.ctx
