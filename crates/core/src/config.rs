@@ -81,6 +81,9 @@ pub struct Group {
     /// breaks while the heartbeats still pass.
     #[serde(rename = "replication_stall_ms", serialize_with = "millis_number")]
     pub replication_stall: Duration,
+    /// Duplex: whether the replication stream's frames are encrypted as well as authenticated
+    /// (they always are authenticated). Off only for a link no one else can read.
+    pub replication_encryption: bool,
     pub preempt: bool,
     pub two_node: bool,
     #[serde(rename = "member")]
@@ -448,6 +451,7 @@ struct RawGroup {
     miss_count: Option<Spanned<u32>>,
     holder_grace_ms: Option<Spanned<u64>>,
     replication_stall_ms: Option<Spanned<u64>>,
+    replication_encryption: Option<bool>,
     preempt: Option<bool>,
     two_node: Option<bool>,
     #[serde(default)]
@@ -1281,6 +1285,7 @@ fn build(
             miss_count,
             holder_grace: Duration::from_millis(holder_grace_ms),
             replication_stall: Duration::from_millis(replication_stall_ms),
+            replication_encryption: g.replication_encryption.unwrap_or(true),
             preempt: g.preempt.unwrap_or(false),
             two_node,
             members,

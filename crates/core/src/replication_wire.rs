@@ -1,14 +1,14 @@
 //! The replication channel between the primary and its backup (duplex mode): frames, their
 //! encoding, and an incremental reader for the TCP stream that carries them.
 //!
-//! Heartbeats travel over UDP and are signed one by one (`heartbeat_wire`); this channel is a TCP stream
-//! that carries whole replies, so signing every frame would cost a hash over every reply byte.
-//! Instead both ends prove the group key once when the stream opens (`Hello` + `Proof`, a
-//! challenge-response over both nonces), and every later frame carries the sender's epoch: a
-//! frame from an older epoch is refused by the receiver (the fencing token of docs/design.md).
+//! Both ends prove the group key when the stream opens (`Hello` + `Proof`, a challenge-response
+//! over both nonces); every later frame is sealed (`replication_seal`: a tag under a key of that
+//! stream and direction, an implicit frame number, the body encrypted unless the group turned
+//! encryption off) and carries the sender's epoch: a frame from an older epoch is refused by the
+//! receiver (the fencing token of docs/design.md).
 //!
-//! Layout of every frame: `len: u32` (bytes after this field), `kind: u8`, `epoch: u64`, body.
-//! All integers are big-endian.
+//! Layout of every frame: `len: u32` (bytes after this field), `kind: u8`, `epoch: u64`, body,
+//! and after the handshake a 16-byte tag. All integers are big-endian.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
@@ -18,6 +18,7 @@ use sha2::Sha256;
 use crate::heartbeat_wire::AuthKey;
 use crate::http::{CutFraming, CutPoint, EntityTag, NotResumable};
 use crate::image::{FourTuple, NegotiatedOptions, WindowScales};
+use crate::replication_seal::{Opener, Protection, SealError, Sealer, TAG_LEN};
 use crate::NodeId;
 
 /// Tuples in one `Unadopted` frame (12 bytes each): a primary with more sends several.
@@ -128,6 +129,8 @@ pub enum ReplicationFrame {
         node: NodeId,
         nonce: [u8; NONCE_LEN],
         attempt: LinkAttempt,
+        /// What the sender puts on the frames after the handshake; both ends must agree.
+        protection: Protection,
     },
     /// Second frame from each end: proves the key over both nonces.
     Proof { mac: [u8; PROOF_LEN] },
@@ -265,6 +268,8 @@ pub enum ReplicationError {
     TooLong { offset: u64, len: usize, max: usize },
     #[error("frame at stream offset {offset} declares {len} bytes, fewer than a header")]
     TooShort { offset: u64, len: usize },
+    #[error("frame at stream offset {offset}: {error}")]
+    Unsealed { offset: u64, error: SealError },
     #[error("frame at stream offset {offset}: unknown kind {kind}")]
     UnknownKind { offset: u64, kind: u8 },
     #[error("{kind} frame at stream offset {offset}: {what}")]
@@ -328,6 +333,18 @@ fn put_reply_header(out: &mut Vec<u8>, header: &ReplyHeader) {
     out.extend_from_slice(&header.request_end.unwrap_or(0).to_be_bytes());
 }
 
+/// Appends `frame`, sent in `epoch`, to `out`, sealed by `sealer`.
+pub fn encode_sealed(
+    frame: &ReplicationFrame,
+    epoch: u64,
+    sealer: &mut Sealer,
+    out: &mut Vec<u8>,
+) -> Result<(), SealError> {
+    let start = out.len();
+    encode(frame, epoch, out);
+    sealer.seal(out, start)
+}
+
 /// Appends the encoding of `frame`, sent in `epoch`, to `out`.
 pub fn encode(frame: &ReplicationFrame, epoch: u64, out: &mut Vec<u8>) {
     let start = begin_frame(out, frame.kind(), epoch);
@@ -336,11 +353,13 @@ pub fn encode(frame: &ReplicationFrame, epoch: u64, out: &mut Vec<u8>) {
             node,
             nonce,
             attempt,
+            protection,
         } => {
             out.extend_from_slice(&node.to_be_bytes());
             out.extend_from_slice(nonce);
             out.extend_from_slice(&attempt.incarnation.to_be_bytes());
             out.extend_from_slice(&attempt.number.to_be_bytes());
+            out.push(protection.wire());
         }
         ReplicationFrame::Proof { mac } => out.extend_from_slice(mac),
         ReplicationFrame::BackupReady { mac } => out.extend_from_slice(mac),
@@ -528,11 +547,19 @@ pub struct FrameReader {
     /// Stream offset of `buffer[0]`.
     offset: u64,
     failed: Option<ReplicationError>,
+    /// Set once the handshake is over: every later frame is sealed.
+    opener: Option<Opener>,
 }
 
 impl FrameReader {
     pub fn new() -> FrameReader {
         FrameReader::default()
+    }
+
+    /// Every frame after the one last returned is sealed and is opened with `opener` (the
+    /// handshake is over); bytes already buffered count as such.
+    pub fn open_with(&mut self, opener: Opener) {
+        self.opener = Some(opener);
     }
 
     /// Appends received bytes.
@@ -559,20 +586,26 @@ impl FrameReader {
         }
         let len = u32::from_be_bytes(self.buffer[..4].try_into().expect("4 bytes")) as usize;
         let offset = self.offset;
-        if len > MAX_FRAME_BYTES {
+        let tag = if self.opener.is_some() { TAG_LEN } else { 0 };
+        if len > MAX_FRAME_BYTES + tag {
             return Err(ReplicationError::TooLong {
                 offset,
                 len,
-                max: MAX_FRAME_BYTES,
+                max: MAX_FRAME_BYTES + tag,
             });
         }
-        if len < HEADER_LEN - 4 {
+        if len < HEADER_LEN - 4 + tag {
             return Err(ReplicationError::TooShort { offset, len });
         }
         if self.buffer.len() < 4 + len {
             return Ok(None);
         }
-        let frame = decode_body(&self.buffer[4..4 + len], offset)?;
+        if let Some(opener) = self.opener.as_mut() {
+            opener
+                .open(&mut self.buffer[..4 + len])
+                .map_err(|error| ReplicationError::Unsealed { offset, error })?;
+        }
+        let frame = decode_body(&self.buffer[4..4 + len - tag], offset)?;
         self.buffer.drain(..4 + len);
         self.offset += 4 + len as u64;
         Ok(Some(frame))
@@ -749,6 +782,10 @@ fn decode_body(body: &[u8], offset: u64) -> Result<(u64, ReplicationFrame), Repl
             attempt: LinkAttempt {
                 incarnation: f.u64()?,
                 number: f.u64()?,
+            },
+            protection: {
+                let [byte] = f.array()?;
+                Protection::from_wire(byte).ok_or(f.malformed("unknown protection"))?
             },
         },
         2 => ReplicationFrame::Proof { mac: f.array()? },

@@ -226,6 +226,7 @@ fn config() -> impl Strategy<Value = Config> {
                             replication_stall: Duration::from_millis(
                                 200 + grace_beyond_lease % 10_000,
                             ),
+                            replication_encryption: grace_beyond_lease % 3 != 0,
                             preempt,
                             two_node,
                             members: members.clone(),
@@ -286,6 +287,7 @@ fn a_witness_file_round_trips_without_services() {
             miss_count: 4,
             holder_grace: Duration::from_millis(400),
             replication_stall: Duration::from_millis(750),
+            replication_encryption: false,
             preempt: true,
             two_node: false,
             members: vec![

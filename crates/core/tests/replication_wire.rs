@@ -8,9 +8,11 @@ use proptest::prelude::*;
 use steadfast_core::heartbeat_wire::AuthKey;
 use steadfast_core::http::{CutFraming, CutPoint, EntityTag, NotResumable};
 use steadfast_core::image::FourTuple;
+use steadfast_core::replication_seal::{self, LinkEnd, Protection, Sealer};
 use steadfast_core::replication_wire::{
-    encode, encode_reply, handshake_proof, verify_proof, AdoptedStream, ConnectionOptions,
-    FrameReader, LinkAttempt, ReplicationError, ReplicationFrame, ReplyHeader, MAX_FRAME_BYTES,
+    encode, encode_reply, encode_sealed, handshake_proof, verify_proof, AdoptedStream,
+    ConnectionOptions, FrameReader, LinkAttempt, ReplicationError, ReplicationFrame, ReplyHeader,
+    MAX_FRAME_BYTES,
 };
 
 fn tuple() -> impl Strategy<Value = FourTuple> {
@@ -88,16 +90,28 @@ fn reply_in_progress() -> impl Strategy<Value = Option<Result<CutPoint, NotResum
 
 fn frame() -> impl Strategy<Value = ReplicationFrame> {
     prop_oneof![
-        (any::<u16>(), any::<[u8; 16]>(), any::<u64>(), any::<u64>()).prop_map(
-            |(node, nonce, incarnation, number)| ReplicationFrame::Hello {
-                node,
-                nonce,
-                attempt: LinkAttempt {
-                    incarnation,
-                    number
-                },
-            }
-        ),
+        (
+            any::<u16>(),
+            any::<[u8; 16]>(),
+            any::<u64>(),
+            any::<u64>(),
+            any::<bool>()
+        )
+            .prop_map(|(node, nonce, incarnation, number, encrypted)| {
+                ReplicationFrame::Hello {
+                    node,
+                    nonce,
+                    attempt: LinkAttempt {
+                        incarnation,
+                        number,
+                    },
+                    protection: if encrypted {
+                        Protection::Encrypted
+                    } else {
+                        Protection::Authenticated
+                    },
+                }
+            }),
         any::<[u8; 32]>().prop_map(|mac| ReplicationFrame::Proof { mac }),
         any::<[u8; 6]>().prop_map(|mac| ReplicationFrame::BackupReady { mac }),
         Just(ReplicationFrame::Announce),
@@ -198,7 +212,14 @@ fn frame() -> impl Strategy<Value = ReplicationFrame> {
 /// Everything the reader yields from `stream` fed in pieces of `cut` bytes, up to the first
 /// error.
 fn read_all(stream: &[u8], cut: usize) -> (Vec<(u64, ReplicationFrame)>, Option<ReplicationError>) {
-    let mut reader = FrameReader::new();
+    read_all_with(FrameReader::new(), stream, cut)
+}
+
+fn read_all_with(
+    mut reader: FrameReader,
+    stream: &[u8],
+    cut: usize,
+) -> (Vec<(u64, ReplicationFrame)>, Option<ReplicationError>) {
     let mut frames = Vec::new();
     for piece in stream.chunks(cut.max(1)) {
         reader.push(piece);
@@ -412,4 +433,198 @@ fn only_an_earlier_attempt_of_the_same_process_precedes() {
         "an attempt does not precede itself"
     );
     assert!(!restarted.precedes(&second) && !second.precedes(&restarted));
+}
+
+// Sealed frames (`replication_seal`): what one end seals, only its peer's reader of the same
+// stream opens, frame by frame in order; anything else is refused as unsealed.
+
+fn protection() -> impl Strategy<Value = Protection> {
+    prop_oneof![Just(Protection::Encrypted), Just(Protection::Authenticated)]
+}
+
+fn end(node: u16, nonce: u8, incarnation: u64) -> LinkEnd {
+    LinkEnd {
+        node,
+        nonce: [nonce; 16],
+        attempt: LinkAttempt {
+            incarnation,
+            number: 1,
+        },
+    }
+}
+
+fn group_key() -> AuthKey {
+    AuthKey::from_file_contents(b"a group key of thirty-two bytes!").unwrap()
+}
+
+/// The primary's sealer and the backup's reader of one stream.
+fn stream_ends(protection: Protection) -> (Sealer, FrameReader) {
+    let (primary, backup) = (end(1, 0xa1, 7), end(2, 0xb2, 0));
+    let (sealer, _) = replication_seal::channel(&group_key(), protection, &primary, &backup);
+    let (_, opener) = replication_seal::channel(&group_key(), protection, &backup, &primary);
+    let mut reader = FrameReader::new();
+    reader.open_with(opener);
+    (sealer, reader)
+}
+
+/// The frames sealed one after the other, and where each starts.
+fn sealed(sealer: &mut Sealer, frames: &[(u64, ReplicationFrame)]) -> (Vec<u8>, Vec<usize>) {
+    let mut stream = Vec::new();
+    let mut starts = Vec::new();
+    for (epoch, frame) in frames {
+        starts.push(stream.len());
+        encode_sealed(frame, *epoch, sealer, &mut stream).unwrap();
+    }
+    (stream, starts)
+}
+
+fn is_unsealed(error: &Option<ReplicationError>) -> bool {
+    matches!(error, Some(ReplicationError::Unsealed { .. }))
+}
+
+proptest! {
+    #[test]
+    fn sealed_frames_survive_the_stream_however_it_is_cut(
+        frames in proptest::collection::vec((any::<u64>(), frame()), 1..10),
+        cut in 1usize..300,
+        protection in protection(),
+    ) {
+        let (mut sealer, reader) = stream_ends(protection);
+        let (stream, _) = sealed(&mut sealer, &frames);
+        let (read, error) = read_all_with(reader, &stream, cut);
+        prop_assert_eq!(error, None);
+        prop_assert_eq!(read, frames);
+    }
+
+    /// A bit flipped anywhere (length, kind, epoch, body or tag) never yields a frame that was
+    /// not sent: the frames before it are read, then the reader fails.
+    #[test]
+    fn a_flipped_bit_anywhere_is_refused(
+        frames in proptest::collection::vec((any::<u64>(), frame()), 1..6),
+        at in any::<prop::sample::Index>(),
+        bit in 0u8..8,
+        protection in protection(),
+    ) {
+        let (mut sealer, reader) = stream_ends(protection);
+        let (mut stream, starts) = sealed(&mut sealer, &frames);
+        let at = at.index(stream.len());
+        stream[at] ^= 1 << bit;
+        let hit = starts.iter().rposition(|&start| start <= at).unwrap();
+        let (read, error) = read_all_with(reader, &stream, 4096);
+        prop_assert_eq!(&read[..], &frames[..hit]);
+        // A flipped length can leave the reader waiting for bytes that never come, or be
+        // refused as too long; anything else fails the tag.
+        if at - starts[hit] >= 4 {
+            prop_assert!(is_unsealed(&error), "{:?}", error);
+        }
+    }
+
+    #[test]
+    fn a_replayed_frame_is_refused(
+        frames in proptest::collection::vec((any::<u64>(), frame()), 1..6),
+        which in any::<prop::sample::Index>(),
+        protection in protection(),
+    ) {
+        let (mut sealer, reader) = stream_ends(protection);
+        let (stream, starts) = sealed(&mut sealer, &frames);
+        let which = which.index(frames.len());
+        let end = starts.get(which + 1).copied().unwrap_or(stream.len());
+        let mut replayed = stream.clone();
+        replayed.extend_from_slice(&stream[starts[which]..end]);
+        let (read, error) = read_all_with(reader, &replayed, 4096);
+        prop_assert_eq!(read, frames);
+        prop_assert!(is_unsealed(&error), "{:?}", error);
+    }
+
+    #[test]
+    fn frames_out_of_order_are_refused(
+        frames in proptest::collection::vec((any::<u64>(), frame()), 2..6),
+        protection in protection(),
+    ) {
+        let (mut sealer, reader) = stream_ends(protection);
+        let (stream, starts) = sealed(&mut sealer, &frames);
+        let mut swapped = stream[starts[1]..starts.get(2).copied().unwrap_or(stream.len())].to_vec();
+        swapped.extend_from_slice(&stream[..starts[1]]);
+        let (read, error) = read_all_with(reader, &swapped, 4096);
+        prop_assert!(read.is_empty());
+        prop_assert!(is_unsealed(&error), "{:?}", error);
+    }
+}
+
+#[test]
+fn frames_sealed_for_another_stream_direction_or_key_are_refused() {
+    let frame = (9, ReplicationFrame::Ack { seq: 42 });
+    let (primary, backup) = (end(1, 0xa1, 7), end(2, 0xb2, 0));
+    let refused = |sealer: &mut Sealer, reader: FrameReader, what: &str| {
+        let (stream, _) = sealed(sealer, std::slice::from_ref(&frame));
+        let (read, error) = read_all_with(reader, &stream, 4096);
+        assert!(
+            read.is_empty() && is_unsealed(&error),
+            "{what}: {read:?} {error:?}"
+        );
+    };
+    let key = group_key();
+    let other_key = AuthKey::from_file_contents(b"another group key, also 32 bytes").unwrap();
+    let backup_reader = |key: &AuthKey, protection, own: &LinkEnd, peer: &LinkEnd| {
+        let (_, opener) = replication_seal::channel(key, protection, own, peer);
+        let mut reader = FrameReader::new();
+        reader.open_with(opener);
+        reader
+    };
+    for protection in [Protection::Encrypted, Protection::Authenticated] {
+        let reader = || backup_reader(&key, protection, &backup, &primary);
+        let (mut sealer, _) = replication_seal::channel(&other_key, protection, &primary, &backup);
+        refused(&mut sealer, reader(), "another key");
+        // A stream of another handshake: another nonce, or another attempt of the primary.
+        let (mut sealer, _) =
+            replication_seal::channel(&key, protection, &end(1, 0xa2, 7), &backup);
+        refused(&mut sealer, reader(), "another nonce");
+        let (mut sealer, _) =
+            replication_seal::channel(&key, protection, &end(1, 0xa1, 8), &backup);
+        refused(&mut sealer, reader(), "another attempt");
+        // The backup's own frames reflected back at it.
+        let (mut sealer, _) = replication_seal::channel(&key, protection, &backup, &primary);
+        refused(&mut sealer, reader(), "reflected");
+        // The other protection.
+        let other = match protection {
+            Protection::Encrypted => Protection::Authenticated,
+            Protection::Authenticated => Protection::Encrypted,
+        };
+        let (mut sealer, _) = replication_seal::channel(&key, other, &primary, &backup);
+        refused(&mut sealer, reader(), "another protection");
+    }
+    // A plain frame where a sealed one is due.
+    let mut plain = Vec::new();
+    encode(&frame.1, frame.0, &mut plain);
+    plain.extend_from_slice(&[0; 16]);
+    let len = (plain.len() - 4) as u32;
+    plain[..4].copy_from_slice(&len.to_be_bytes());
+    let (read, error) = read_all_with(
+        backup_reader(&key, Protection::Encrypted, &backup, &primary),
+        &plain,
+        4096,
+    );
+    assert!(read.is_empty() && is_unsealed(&error), "{read:?} {error:?}");
+}
+
+#[test]
+fn encrypted_bodies_do_not_show_and_authenticated_ones_do() {
+    let body = b"a reply body that must not show on the wire".to_vec();
+    let frame = ReplicationFrame::AdoptBytes {
+        tuple: FourTuple {
+            client: SocketAddrV4::new([10, 0, 0, 1].into(), 40000),
+            server: SocketAddrV4::new([10, 0, 0, 2].into(), 80),
+        },
+        stream: AdoptedStream::Request,
+        bytes: body.clone(),
+    };
+    let shows = |protection| {
+        let (mut sealer, reader) = stream_ends(protection);
+        let (stream, _) = sealed(&mut sealer, &[(3, frame.clone())]);
+        let (read, error) = read_all_with(reader, &stream, 4096);
+        assert_eq!((read, error), (vec![(3, frame.clone())], None));
+        stream.windows(body.len()).any(|w| w == &body[..])
+    };
+    assert!(!shows(Protection::Encrypted));
+    assert!(shows(Protection::Authenticated));
 }

@@ -43,6 +43,7 @@ pub(crate) struct GroupPlan<'a> {
     pub mode: Mode,
     pub heartbeat_ms: Option<u32>,
     pub replication_stall_ms: Option<u32>,
+    pub replication_encryption: Option<bool>,
     pub stream_replies_above: Option<u64>,
     pub client_timeouts_ms: Option<(u32, u32)>,
     pub max_connections: Option<u32>,
@@ -70,6 +71,9 @@ pub(crate) fn voter_config(plan: &GroupPlan<'_>, voter: Host) -> String {
     }
     if let Some(ms) = plan.replication_stall_ms {
         let _ = writeln!(text, "replication_stall_ms = {ms}");
+    }
+    if let Some(encrypted) = plan.replication_encryption {
+        let _ = writeln!(text, "replication_encryption = {encrypted}");
     }
     // Two members without a witness would be refused by validation; a lab built that way asks
     // for it, so it gets the explicit split-brain opt-in (the daemon warns at start).
@@ -157,6 +161,7 @@ mod tests {
             mode: Mode::Unreplicated,
             heartbeat_ms: Some(10),
             replication_stall_ms: None,
+            replication_encryption: None,
             stream_replies_above: None,
             client_timeouts_ms: None,
             max_connections: None,

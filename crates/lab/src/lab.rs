@@ -180,6 +180,7 @@ fn build(
         mode: opts.mode,
         heartbeat_ms: opts.heartbeat_ms,
         replication_stall_ms: opts.replication_stall_ms,
+        replication_encryption: opts.replication_encryption,
         stream_replies_above: opts.stream_replies_above,
         client_timeouts_ms: opts.client_timeouts_ms,
         max_connections: opts.max_connections,

@@ -104,6 +104,9 @@ pub struct UpOptions {
     pub heartbeat_ms: Option<u32>,
     /// `group.replication_stall_ms` in the node configs; `None` keeps the daemon's default.
     pub replication_stall_ms: Option<u32>,
+    /// `group.replication_encryption` in the node configs; `None` keeps the daemon's default
+    /// (encrypted).
+    pub replication_encryption: Option<bool>,
     /// `service.stream_replies_above` in the node configs (duplex and simplex: longer replies
     /// are logged and sent in pieces); `None` keeps the daemon's default.
     pub stream_replies_above: Option<u64>,
@@ -141,6 +144,7 @@ impl UpOptions {
             backend: BackendKind::Builtin,
             heartbeat_ms: None,
             replication_stall_ms: None,
+            replication_encryption: None,
             stream_replies_above: None,
             client_timeouts_ms: None,
             max_connections: None,

@@ -10,6 +10,7 @@ use anyhow::{bail, Context};
 use steadfast_core::config::{self, Config, Mode};
 use steadfast_core::election::ElectionConfig;
 use steadfast_core::heartbeat_wire::AuthKey;
+use steadfast_core::replication_seal::Protection;
 use steadfast_core::NodeId;
 
 use crate::health::Check;
@@ -45,6 +46,8 @@ pub struct Settings {
     pub election: ElectionConfig,
     /// See `Group::replication_stall`.
     pub replication_stall: Duration,
+    /// What the replication stream's frames get after its handshake.
+    pub replication_protection: Protection,
     pub voters: BTreeMap<NodeId, Ipv4Addr>,
     pub local_address: Ipv4Addr,
     pub services: Vec<ServiceSettings>,
@@ -174,6 +177,11 @@ impl Settings {
             group_name: cfg.group.name.clone(),
             port: cfg.group.port,
             replication_stall: cfg.group.replication_stall,
+            replication_protection: if cfg.group.replication_encryption {
+                Protection::Encrypted
+            } else {
+                Protection::Authenticated
+            },
             key,
             voters,
             local_address,
@@ -236,6 +244,7 @@ impl Settings {
             local_address: self.local_address,
             replication_port: self.port + crate::plane::REPLICATION_PORT_OFFSET,
             replication_stall: self.replication_stall,
+            protection: self.replication_protection,
             members,
             service: crate::plane::PlaneService {
                 name: service.name.clone(),
@@ -272,6 +281,9 @@ impl Settings {
         }
         if self.replication_stall != running.replication_stall {
             changed.push("group.replication_stall_ms");
+        }
+        if self.replication_protection != running.replication_protection {
+            changed.push("group.replication_encryption");
         }
         if self.services != running.services {
             changed.push("service");

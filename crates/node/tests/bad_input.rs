@@ -11,6 +11,7 @@ use std::time::Duration;
 use common::Lab;
 use steadfast_core::election_messages::Envelope;
 use steadfast_core::heartbeat_wire::{encode, AuthKey};
+use steadfast_core::replication_seal::{self, LinkEnd, Protection, Sealer};
 use steadfast_core::{Message, Role};
 use steadfast_lab::{BackendKind, Mode};
 
@@ -431,22 +432,107 @@ fn duplex_refuses_malformed_client_frames_and_bad_replication_peers() {
     )
     .expect("the VIP answers");
     assert_eq!(reply.status, 200);
+
+    // A peer that holds the key (an insider, or a primary's stream tampered with on the way):
+    // after the handshake every frame must carry its tag, in order. Each of these streams
+    // takes the backup from the real primary for a moment (a valid handshake from its address
+    // is a newer stream of it); the primary links again.
+    let forged_before = plane_counter(&lab.daemon_status(backup), "forged_frames");
+    let old_before = plane_counter(&lab.daemon_status(backup), "replication_old_epoch");
+    let joined_before = plane_counter(&lab.daemon_status(&primary), "backups_joined");
+    let tampers = [
+        Tamper::FlippedBit,
+        Tamper::Replayed,
+        Tamper::Reordered,
+        Tamper::Unsealed,
+        Tamper::StaleEpoch,
+    ];
+    for (i, tamper) in tampers.into_iter().enumerate() {
+        speak_replication(
+            &primary_ns,
+            replication,
+            Speech::Sealed {
+                key: AuthKey::from_file_contents(&key_bytes).unwrap(),
+                node: primary_id,
+                epoch: lab.daemon_status(backup)["epoch"].as_u64().unwrap(),
+                incarnation: 0x5eed_0000 + i as u64,
+                tamper,
+            },
+        );
+    }
+    let status = lab.daemon_status(backup);
+    assert_eq!(
+        plane_counter(&status, "forged_frames"),
+        forged_before + 4,
+        "a flipped bit, a replay, a reordering and an unsealed frame are refused as forged: {}",
+        status["data_plane"]
+    );
+    assert_eq!(
+        plane_counter(&status, "replication_old_epoch"),
+        old_before + 1,
+        "a sealed frame of an older epoch is refused: {}",
+        status["data_plane"]
+    );
+    // The real primary finds its stream superseded at its next frame and links again.
+    for _ in 0..2 {
+        let reply = steadfast_lab::http_get_in_namespace(
+            &lab.info.client_ns,
+            SocketAddr::new(lab.info.vip.into(), lab.info.port),
+            "/uuid",
+            Duration::from_secs(2),
+        )
+        .expect("the VIP answers");
+        assert_eq!(reply.status, 200);
+    }
+    assert!(
+        wait_for(Duration::from_secs(10), || plane_counter(
+            &lab.daemon_status(&primary),
+            "backups_joined"
+        ) > joined_before),
+        "the primary links its backup again: {}",
+        lab.daemon_status(&primary)["data_plane"]
+    );
 }
 
 enum Speech {
     Garbage,
     Silence,
-    Handshake { key: AuthKey, node: u16, epoch: u64 },
+    Handshake {
+        key: AuthKey,
+        node: u16,
+        epoch: u64,
+    },
+    /// A valid handshake, the backup's first sealed frame read, then `tamper`.
+    Sealed {
+        key: AuthKey,
+        node: u16,
+        epoch: u64,
+        incarnation: u64,
+        tamper: Tamper,
+    },
+}
+
+/// What a peer with the key does to its sealed frames.
+#[derive(Clone, Copy, Debug)]
+enum Tamper {
+    /// One bit of a sealed frame's body flipped.
+    FlippedBit,
+    /// A sealed frame sent twice.
+    Replayed,
+    /// Two sealed frames sent in the other order.
+    Reordered,
+    /// A plain frame with a tag of zeros where a sealed one is due.
+    Unsealed,
+    /// A well-sealed frame from the epoch before the stream's.
+    StaleEpoch,
 }
 
 /// Opens a replication stream to `to` from `namespace` and says `speech`; returns once the
 /// backup has hung up (or 5 s passed).
 fn speak_replication(namespace: &str, to: SocketAddr, speech: Speech) {
     use std::io::{Read, Write};
-    use steadfast_core::replication_wire::{
-        encode as encode_frame, handshake_proof, FrameReader, LinkAttempt, ReplicationFrame,
-        NONCE_LEN,
-    };
+    use steadfast_core::replication_wire::encode_sealed;
+    use steadfast_core::replication_wire::{encode as encode_frame, ReplicationFrame};
     steadfast_lab::run_in_namespace(namespace, move || {
         let mut stream =
             std::net::TcpStream::connect_timeout(&to, Duration::from_secs(2)).expect("connect");
@@ -461,43 +547,74 @@ fn speak_replication(namespace: &str, to: SocketAddr, speech: Speech) {
             }
             Speech::Silence => {}
             Speech::Handshake { key, node, epoch } => {
-                let nonce = [7u8; NONCE_LEN];
-                let mut out = Vec::new();
-                let attempt = LinkAttempt {
-                    incarnation: 1,
-                    number: 1,
-                };
-                encode_frame(
-                    &ReplicationFrame::Hello {
-                        node,
-                        nonce,
-                        attempt,
-                    },
-                    epoch,
-                    &mut out,
-                );
-                stream.write_all(&out).expect("hello");
-                let mut reader = FrameReader::new();
-                let peer_nonce = loop {
-                    if let Some((_, frame)) = reader.next_frame().expect("the backup's frames") {
-                        match frame {
-                            ReplicationFrame::Hello { nonce, .. } => break nonce,
-                            other => panic!("expected a hello, got {}", other.label()),
-                        }
+                handshake(&mut stream, &key, node, epoch, 1);
+            }
+            Speech::Sealed {
+                key,
+                node,
+                epoch,
+                incarnation,
+                tamper,
+            } => {
+                let (mut sealer, mut reader) =
+                    handshake(&mut stream, &key, node, epoch, incarnation);
+                // The backup's first sealed frame opens with this stream's keys.
+                let ready = loop {
+                    if let Some((_, frame)) =
+                        reader.next_frame().expect("the backup's sealed frame")
+                    {
+                        break frame;
                     }
-                    let n = stream.read(&mut buf).expect("read the hello");
-                    assert!(n > 0, "the backup hung up before its hello");
+                    let n = stream.read(&mut buf).expect("read the backup's ready");
+                    assert!(n > 0, "the backup hung up before it was ready");
                     reader.push(&buf[..n]);
                 };
-                out.clear();
-                encode_frame(
-                    &ReplicationFrame::Proof {
-                        mac: handshake_proof(&key, node, attempt, &nonce, &peer_nonce),
-                    },
-                    epoch,
-                    &mut out,
+                assert!(
+                    matches!(ready, ReplicationFrame::BackupReady { .. }),
+                    "{}",
+                    ready.label()
                 );
-                stream.write_all(&out).expect("proof");
+                let closed = |port| ReplicationFrame::Closed {
+                    tuple: steadfast_core::image::FourTuple {
+                        client: std::net::SocketAddrV4::new(Ipv4Addr::new(10, 77, 0, 250), port),
+                        server: std::net::SocketAddrV4::new(Ipv4Addr::new(10, 77, 0, 100), 80),
+                    },
+                };
+                let mut seal = |frame: &ReplicationFrame, epoch: u64| {
+                    let mut out = Vec::new();
+                    encode_sealed(frame, epoch, &mut sealer, &mut out).unwrap();
+                    out
+                };
+                let out = match tamper {
+                    Tamper::FlippedBit => {
+                        let mut forged = seal(&closed(1000), epoch);
+                        forged[15] ^= 0x10;
+                        forged
+                    }
+                    Tamper::Replayed => {
+                        let frame = seal(&closed(1000), epoch);
+                        [frame.clone(), frame].concat()
+                    }
+                    Tamper::Reordered => {
+                        let first = seal(&closed(1000), epoch);
+                        let second = seal(&closed(1001), epoch);
+                        [second, first].concat()
+                    }
+                    Tamper::Unsealed => {
+                        let mut plain = Vec::new();
+                        encode_frame(&closed(1000), epoch, &mut plain);
+                        plain.extend_from_slice(&[0; 16]);
+                        let len = (plain.len() - 4) as u32;
+                        plain[..4].copy_from_slice(&len.to_be_bytes());
+                        plain
+                    }
+                    Tamper::StaleEpoch => seal(&closed(1000), epoch - 1),
+                };
+                stream.write_all(&out).expect("the tampered frames");
+                if let Tamper::StaleEpoch = tamper {
+                    // Refused and counted, but no reason to hang up: this end does.
+                    return;
+                }
             }
         }
         // The backup hangs up on every one of these.
@@ -512,6 +629,89 @@ fn speak_replication(namespace: &str, to: SocketAddr, speech: Speech) {
         }
     })
     .expect("enter namespace");
+}
+
+/// Says `Hello` and proves `key` as node `node` of epoch `epoch` (a primary's attempt of
+/// process `incarnation`); returns this end's sealer and a reader that opens the backup's
+/// sealed frames, whether or not the backup accepted.
+fn handshake(
+    stream: &mut std::net::TcpStream,
+    key: &AuthKey,
+    node: u16,
+    epoch: u64,
+    incarnation: u64,
+) -> (Sealer, steadfast_core::replication_wire::FrameReader) {
+    use std::io::{Read, Write};
+    use steadfast_core::replication_wire::{
+        encode as encode_frame, handshake_proof, FrameReader, LinkAttempt, ReplicationFrame,
+        NONCE_LEN,
+    };
+    let mut nonce = [7u8; NONCE_LEN];
+    nonce[..8].copy_from_slice(&incarnation.to_be_bytes());
+    let attempt = LinkAttempt {
+        incarnation,
+        number: 1,
+    };
+    let mut out = Vec::new();
+    encode_frame(
+        &ReplicationFrame::Hello {
+            node,
+            nonce,
+            attempt,
+            protection: Protection::Encrypted,
+        },
+        epoch,
+        &mut out,
+    );
+    stream.write_all(&out).expect("hello");
+    let mut reader = FrameReader::new();
+    let mut buf = [0u8; 4096];
+    let mut next_frame = |stream: &mut std::net::TcpStream, reader: &mut FrameReader| loop {
+        if let Some((_, frame)) = reader.next_frame().expect("the backup's frames") {
+            return Some(frame);
+        }
+        match stream.read(&mut buf) {
+            Ok(n) if n > 0 => reader.push(&buf[..n]),
+            _ => return None,
+        }
+    };
+    let (peer, peer_nonce) = match next_frame(stream, &mut reader) {
+        Some(ReplicationFrame::Hello { node, nonce, .. }) => (node, nonce),
+        other => panic!("expected a hello, got {other:?}"),
+    };
+    out.clear();
+    encode_frame(
+        &ReplicationFrame::Proof {
+            mac: handshake_proof(key, node, attempt, &nonce, &peer_nonce),
+        },
+        epoch,
+        &mut out,
+    );
+    stream.write_all(&out).expect("proof");
+    // The backup's proof is the last plain frame; one refusing this end hangs up after it.
+    if let Some(frame) = next_frame(stream, &mut reader) {
+        assert!(
+            matches!(frame, ReplicationFrame::Proof { .. }),
+            "{}",
+            frame.label()
+        );
+    }
+    let (sealer, opener) = replication_seal::channel(
+        key,
+        Protection::Encrypted,
+        &LinkEnd {
+            node,
+            nonce,
+            attempt,
+        },
+        &LinkEnd {
+            node: peer,
+            nonce: peer_nonce,
+            attempt: LinkAttempt::NONE,
+        },
+    );
+    reader.open_with(opener);
+    (sealer, reader)
 }
 
 fn wait_for(limit: Duration, mut done: impl FnMut() -> bool) -> bool {

@@ -69,6 +69,7 @@ const GROUP: &[Key] = &[
     key("miss_count", U32),
     key("holder_grace_ms", MILLIS),
     key("replication_stall_ms", MILLIS),
+    key("replication_encryption", Shape::Boolean),
     key("preempt", Shape::Boolean),
     key("two_node", Shape::Boolean),
     key("member", Shape::Tables(MEMBER)),

@@ -17,6 +17,7 @@ use steadfast_core::image::{
     ConnectionTable, FourTuple, OpenedCheck, TableLimits, TcpOptions, Tracking,
     ETHERNET_HEADER_LEN,
 };
+use steadfast_core::replication_seal::{self, LinkEnd, Sealer};
 use steadfast_core::replication_wire::{
     self, handshake_proof, verify_proof, AdoptedStream, ConnectionOptions, FrameReader,
     LinkAttempt, ReplicationFrame, NONCE_LEN,
@@ -25,6 +26,7 @@ use steadfast_core::reply_log::{AdoptedConnection, ReplicaLog};
 use steadfast_core::NodeId;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 
 use super::{Peer, PlaneSettings, PlaneShared};
 
@@ -155,6 +157,10 @@ pub struct BackupPlane {
     protecting: Arc<AtomicBool>,
     /// The backup's announcement of the VIP, called off when it stops protecting.
     announcer: Arc<Mutex<Option<crate::announce::Announcer>>>,
+    /// The number of the replication stream the state belongs to: a stream that another
+    /// replaced hangs up at once, so its primary links again rather than believe itself
+    /// protected by a backup that no longer logs for it.
+    current_stream: Arc<watch::Sender<u64>>,
 }
 
 impl BackupPlane {
@@ -181,6 +187,7 @@ impl BackupPlane {
             primary: Arc::new(Mutex::new(None)),
             protecting: Arc::new(AtomicBool::new(false)),
             announcer: Arc::new(Mutex::new(None)),
+            current_stream: Arc::new(watch::Sender::new(0)),
         };
         tokio::spawn(plane.clone_parts().accept_loop(listener));
         Ok(plane)
@@ -196,6 +203,7 @@ impl BackupPlane {
             logger: self.logger.clone(),
             protecting: self.protecting.clone(),
             announcer: self.announcer.clone(),
+            current_stream: self.current_stream.clone(),
         }
     }
 
@@ -340,6 +348,7 @@ struct BackupParts {
     logger: Arc<Mutex<Option<Logger>>>,
     protecting: Arc<AtomicBool>,
     announcer: Arc<Mutex<Option<crate::announce::Announcer>>>,
+    current_stream: Arc<watch::Sender<u64>>,
 }
 
 impl BackupParts {
@@ -387,7 +396,7 @@ impl BackupParts {
         let mut reader = FrameReader::new();
         let epoch = self.epoch.load(Ordering::Relaxed);
         // A peer that connects and then says nothing (or half a frame) must not hold a task.
-        let (peer_epoch, attempt) = match tokio::time::timeout(
+        let (peer_epoch, attempt, mut sealer) = match tokio::time::timeout(
             HANDSHAKE_TIMEOUT,
             handshake(
                 &mut stream,
@@ -457,17 +466,22 @@ impl BackupParts {
                 }
             }
             *state = fresh;
+            self.current_stream.send_replace(stream_number);
         }
         self.ensure_logger()?;
         let mut out = Vec::new();
-        replication_wire::encode(
+        replication_wire::encode_sealed(
             &ReplicationFrame::BackupReady { mac: self.mac },
             peer_epoch,
+            &mut sealer,
             &mut out,
-        );
+        )?;
         stream.write_all(&out).await?;
-        tracing::info!("protecting primary {peer_id} (epoch {peer_epoch})");
-        self.take_frames(stream, reader, peer_epoch, peer_id, stream_number)
+        tracing::info!(
+            "protecting primary {peer_id} (epoch {peer_epoch}, stream {})",
+            self.settings.protection.label()
+        );
+        self.take_frames(stream, reader, sealer, peer_epoch, peer_id, stream_number)
             .await
     }
 
@@ -521,17 +535,22 @@ impl BackupParts {
         &self,
         stream: TcpStream,
         mut reader: FrameReader,
+        mut sealer: Sealer,
         epoch: u64,
         primary: NodeId,
         stream_number: u64,
     ) -> anyhow::Result<()> {
         let (mut read_half, mut write_half) = stream.into_split();
+        let mut current_stream = self.current_stream.subscribe();
         let mut buf = vec![0u8; 256 * 1024];
         let mut out = Vec::new();
         let mut unlogged = Vec::new();
         loop {
             let mut highest_seq = None;
-            while let Some((frame_epoch, frame)) = reader.next_frame()? {
+            while let Some((frame_epoch, frame)) = reader
+                .next_frame()
+                .inspect_err(|e| self.shared.count_unreadable(e))?
+            {
                 if frame_epoch < epoch {
                     self.shared
                         .counters
@@ -548,22 +567,33 @@ impl BackupParts {
             }
             out.clear();
             for tuples in unlogged.chunks(replication_wire::MAX_UNADOPTED_PER_FRAME) {
-                replication_wire::encode(
+                replication_wire::encode_sealed(
                     &ReplicationFrame::Unlogged {
                         tuples: tuples.to_vec(),
                     },
                     epoch,
+                    &mut sealer,
                     &mut out,
-                );
+                )?;
             }
             unlogged.clear();
             if let Some(seq) = highest_seq {
-                replication_wire::encode(&ReplicationFrame::Ack { seq }, epoch, &mut out);
+                replication_wire::encode_sealed(
+                    &ReplicationFrame::Ack { seq },
+                    epoch,
+                    &mut sealer,
+                    &mut out,
+                )?;
             }
             if !out.is_empty() {
                 write_half.write_all(&out).await?;
             }
-            let n = read_half.read(&mut buf).await?;
+            let n = tokio::select! {
+                n = read_half.read(&mut buf) => n?,
+                _ = current_stream.wait_for(|current| *current != stream_number) => {
+                    return Err(Superseded.into());
+                }
+            };
             if n == 0 {
                 anyhow::bail!("the primary closed the replication stream");
             }
@@ -900,7 +930,8 @@ fn neighbour_mac(ip: Ipv4Addr) -> anyhow::Result<[u8; 6]> {
 }
 
 /// Both ends: `Hello` with a fresh nonce, then a `Proof` over both nonces. Returns the epoch the
-/// peer spoke in.
+/// peer spoke in, its link attempt, and the sealer of this end's frames from now on; `reader`
+/// opens the peer's sealed frames from now on.
 pub async fn handshake(
     stream: &mut TcpStream,
     reader: &mut FrameReader,
@@ -909,7 +940,13 @@ pub async fn handshake(
     epoch: u64,
     attempt: LinkAttempt,
     shared: &PlaneShared,
-) -> anyhow::Result<(u64, LinkAttempt)> {
+) -> anyhow::Result<(u64, LinkAttempt, Sealer)> {
+    let refused = || {
+        shared
+            .counters
+            .handshakes_refused
+            .fetch_add(1, Ordering::Relaxed)
+    };
     let mut nonce = [0u8; NONCE_LEN];
     getrandom::getrandom(&mut nonce).map_err(|e| anyhow::anyhow!("drawing a nonce: {e}"))?;
     let mut out = Vec::new();
@@ -918,6 +955,7 @@ pub async fn handshake(
             node: settings.node_id,
             nonce,
             attempt,
+            protection: settings.protection,
         },
         epoch,
         &mut out,
@@ -928,20 +966,24 @@ pub async fn handshake(
         node,
         nonce: peer_nonce,
         attempt: peer_attempt,
+        protection: peer_protection,
     } = hello
     else {
-        shared
-            .counters
-            .handshakes_refused
-            .fetch_add(1, Ordering::Relaxed);
+        refused();
         anyhow::bail!("expected a hello, got {}", hello.label());
     };
     if node != expected_peer {
-        shared
-            .counters
-            .handshakes_refused
-            .fetch_add(1, Ordering::Relaxed);
+        refused();
         anyhow::bail!("node {expected_peer}'s address says it is node {node}");
+    }
+    if peer_protection != settings.protection {
+        refused();
+        anyhow::bail!(
+            "node {node} wants its replication stream {} and this node wants it {}: set \
+             group.replication_encryption alike on every member",
+            peer_protection.label(),
+            settings.protection.label()
+        );
     }
     out.clear();
     replication_wire::encode(
@@ -960,24 +1002,33 @@ pub async fn handshake(
     stream.write_all(&out).await?;
     let (_, proof) = read_handshake_frame(stream, reader, shared).await?;
     let ReplicationFrame::Proof { mac } = proof else {
-        shared
-            .counters
-            .handshakes_refused
-            .fetch_add(1, Ordering::Relaxed);
+        refused();
         anyhow::bail!("expected a proof, got {}", proof.label());
     };
     if !verify_proof(&settings.key, node, peer_attempt, &peer_nonce, &nonce, &mac) {
-        shared
-            .counters
-            .handshakes_refused
-            .fetch_add(1, Ordering::Relaxed);
+        refused();
         shared
             .counters
             .forged_frames
             .fetch_add(1, Ordering::Relaxed);
         anyhow::bail!("node {node} failed to prove the group key");
     }
-    Ok((peer_epoch, peer_attempt))
+    let (sealer, opener) = replication_seal::channel(
+        &settings.key,
+        settings.protection,
+        &LinkEnd {
+            node: settings.node_id,
+            nonce,
+            attempt,
+        },
+        &LinkEnd {
+            node,
+            nonce: peer_nonce,
+            attempt: peer_attempt,
+        },
+    );
+    reader.open_with(opener);
+    Ok((peer_epoch, peer_attempt, sealer))
 }
 
 /// What this node's kernel negotiates with a client that offers everything (window scaling,

@@ -25,7 +25,8 @@ use anyhow::Context;
 use steadfast_core::heartbeat_wire::AuthKey;
 use steadfast_core::http::FramingLimits;
 use steadfast_core::image::FourTuple;
-use steadfast_core::replication_wire::ConnectionOptions;
+use steadfast_core::replication_seal::Protection;
+use steadfast_core::replication_wire::{ConnectionOptions, ReplicationError};
 use steadfast_core::NodeId;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
@@ -90,6 +91,8 @@ pub struct PlaneSettings {
     /// How long a replication stream may leave a frame unacknowledged (or its TCP leave data
     /// undelivered) before the link is dropped.
     pub replication_stall: Duration,
+    /// What the replication stream's frames get after its handshake.
+    pub protection: Protection,
     /// Every member's address (not the witness: it has no data plane).
     pub members: BTreeMap<NodeId, Ipv4Addr>,
     pub service: PlaneService,
@@ -159,6 +162,8 @@ pub struct PlaneCounters {
     pub unprotected_ms: AtomicU64,
     pub backup_losses: AtomicU64,
     pub backups_joined: AtomicU64,
+    /// Replication frames whose tag failed and handshake proofs that failed (forged,
+    /// replayed, reordered, corrupted, or from a stream keyed otherwise).
     pub forged_frames: AtomicU64,
     /// Backup: connections adopted from the primary after they had opened.
     pub adopted: AtomicU64,
@@ -222,6 +227,16 @@ pub struct PlaneShared {
 }
 
 impl PlaneShared {
+    /// Counts a replication stream that could not be read on: a frame whose tag failed
+    /// (forged, replayed, reordered or corrupted) or one that does not decode.
+    pub fn count_unreadable(&self, error: &ReplicationError) {
+        let counter = match error {
+            ReplicationError::Unsealed { .. } => &self.counters.forged_frames,
+            _ => &self.counters.replication_frames_refused,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// The adoption figures of the status (hand-overs to a backup that joined after the
     /// connections opened, and how long a join takes to protect them all).
     pub fn fill_adoption_status(&self, status: &mut crate::status::DataPlaneStatus) {

@@ -966,7 +966,7 @@ async fn run_link(
 ) -> anyhow::Result<()> {
     let generation = attempt.number;
     let target = SocketAddr::V4(SocketAddrV4::new(peer.address, settings.replication_port));
-    let (mut stream, mut reader) = tokio::time::timeout(JOIN_TIMEOUT, async {
+    let (mut stream, mut reader, mut sealer) = tokio::time::timeout(JOIN_TIMEOUT, async {
         // From the member address, never the VIP: the backup admits members by address.
         let socket = tokio::net::TcpSocket::new_v4()?;
         socket.bind(SocketAddr::V4(SocketAddrV4::new(settings.local_address, 0)))?;
@@ -978,7 +978,7 @@ async fn run_link(
         super::bound_replication_stalls(&stream, settings.replication_stall)
             .context("bounding the replication stream's stalls")?;
         let mut reader = FrameReader::new();
-        backup::handshake(
+        let (_, _, sealer) = backup::handshake(
             &mut stream,
             &mut reader,
             &settings,
@@ -988,13 +988,17 @@ async fn run_link(
             &shared,
         )
         .await?;
-        Ok::<_, anyhow::Error>((stream, reader))
+        Ok::<_, anyhow::Error>((stream, reader, sealer))
     })
     .await
     .with_context(|| format!("backup {} did not complete the handshake in time", peer.id))??;
     let mac = tokio::time::timeout(JOIN_TIMEOUT, async {
         loop {
-            match backup::read_frame(&mut stream, &mut reader).await? {
+            let frame = backup::read_frame(&mut stream, &mut reader).await;
+            if let Some(e) = frame.as_ref().err().and_then(|e| e.downcast_ref()) {
+                shared.count_unreadable(e);
+            }
+            match frame? {
                 (_, ReplicationFrame::BackupReady { mac }) => return Ok::<_, anyhow::Error>(mac),
                 (_, other) => tracing::debug!("before ready, ignored {}", other.label()),
             }
@@ -1028,13 +1032,21 @@ async fn run_link(
     let (mut read_half, mut write_half) = stream.into_split();
     let writer = async move {
         let mut batch = Vec::new();
+        // Sealed here, where the frames take their order on the wire: the tag numbers them.
+        let mut seal_into = |batch: &mut Vec<u8>, frame: &[u8]| {
+            let start = batch.len();
+            batch.extend_from_slice(frame);
+            sealer
+                .seal(batch, start)
+                .map_err(|e| std::io::Error::other(e.to_string()))
+        };
         while let Some(frame) = frames_rx.recv().await {
             batch.clear();
-            batch.extend_from_slice(&frame);
+            seal_into(&mut batch, &frame)?;
             // Everything queued meanwhile goes in the same write.
             while batch.len() < 1 << 20 {
                 match frames_rx.try_recv() {
-                    Ok(more) => batch.extend_from_slice(&more),
+                    Ok(more) => seal_into(&mut batch, &more)?,
                     Err(_) => break,
                 }
             }
@@ -1050,7 +1062,10 @@ async fn run_link(
                 anyhow::bail!("the backup closed the replication stream");
             }
             reader.push(&buf[..n]);
-            while let Some((frame_epoch, frame)) = reader.next_frame()? {
+            while let Some((frame_epoch, frame)) = reader
+                .next_frame()
+                .inspect_err(|e| shared.count_unreadable(e))?
+            {
                 if frame_epoch < epoch {
                     shared
                         .counters
