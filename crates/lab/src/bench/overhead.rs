@@ -29,7 +29,43 @@ pub const QUICK_SIZES: [u64; 2] = [1024, 50 * 1024];
 pub const DEFAULT_CONNECTIONS: u32 = 32;
 /// How long a duplex lab may take for its backup to join before the bench gives up.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(20);
-const MODES: [Mode; 3] = [Mode::Unreplicated, Mode::Simplex, Mode::Duplex];
+const SETUPS: [Setup; 4] = [
+    Setup::Unreplicated,
+    Setup::Simplex,
+    Setup::Duplex,
+    Setup::DuplexUnencrypted,
+];
+
+/// What one lab runs: a mode, and for duplex whether its replication stream is encrypted as
+/// well as authenticated (the default) or authenticated only (`replication_encryption =
+/// false`), so that the cost of encryption shows next to its absence in the same run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Setup {
+    Unreplicated,
+    Simplex,
+    Duplex,
+    DuplexUnencrypted,
+}
+
+impl Setup {
+    pub fn mode(self) -> Mode {
+        match self {
+            Setup::Unreplicated => Mode::Unreplicated,
+            Setup::Simplex => Mode::Simplex,
+            Setup::Duplex | Setup::DuplexUnencrypted => Mode::Duplex,
+        }
+    }
+}
+
+impl std::fmt::Display for Setup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Setup::DuplexUnencrypted => f.write_str("duplex-unencrypted"),
+            other => write!(f, "{}", other.mode()),
+        }
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct OverheadOptions {
@@ -90,7 +126,7 @@ pub struct CpuPerRequest {
 #[derive(Debug, Clone, Serialize)]
 pub struct OverheadSample {
     pub round: usize,
-    pub mode: Mode,
+    pub mode: Setup,
     pub backend: BackendKind,
     pub reply_bytes: u64,
     pub latency: WrkResult,
@@ -101,7 +137,7 @@ pub struct OverheadSample {
 /// The median over rounds of one mode, backend and size, with its ratios to unreplicated.
 #[derive(Debug, Clone, Serialize)]
 pub struct OverheadRow {
-    pub mode: Mode,
+    pub mode: Setup,
     pub backend: BackendKind,
     pub reply_bytes: u64,
     pub rps: f64,
@@ -129,7 +165,7 @@ pub struct OverheadReport {
 
 /// A lab of one mode with the pids its CPU is read from.
 struct ModeLab {
-    mode: Mode,
+    mode: Setup,
     lab: BenchLab,
     /// primary daemon, primary backend, backup daemon, backup backend.
     pids: [i32; 4],
@@ -138,10 +174,13 @@ struct ModeLab {
 fn bring_up(
     options: &OverheadOptions,
     backend: BackendKind,
-    mode: Mode,
+    mode: Setup,
 ) -> Result<ModeLab, BenchError> {
     let mut up = UpOptions::new(unique_lab_name("ov"), 2, &options.steadfast_exe);
-    up.mode = mode;
+    up.mode = mode.mode();
+    if mode == Setup::DuplexUnencrypted {
+        up.replication_encryption = Some(false);
+    }
     up.backend = backend;
     up.witness = true;
     up.ready_timeout = Duration::from_secs(30);
@@ -159,7 +198,7 @@ fn bring_up(
             )))
         }
     };
-    if mode == Mode::Duplex
+    if mode.mode() == Mode::Duplex
         && !wait_until(JOIN_TIMEOUT, || {
             Ok(plane_status(&lab, &primary, "overhead")?["backups_joined"]
                 .as_u64()
@@ -263,7 +302,10 @@ pub fn run(
     let mut samples = Vec::new();
     for backend in &options.backends {
         let mut labs = Vec::new();
-        for mode in MODES {
+        for mode in SETUPS {
+            if options.quick && mode == Setup::DuplexUnencrypted {
+                continue;
+            }
             progress(&format!("{backend}: bringing up the {mode} lab"));
             labs.push(bring_up(options, *backend, mode)?);
         }
@@ -324,14 +366,14 @@ impl OverheadReport {
         }
         let mut rows = Vec::new();
         for (backend, size) in keys {
-            let cell = |mode: Mode| -> Vec<&OverheadSample> {
+            let cell = |mode: Setup| -> Vec<&OverheadSample> {
                 self.samples
                     .iter()
                     .filter(|s| s.backend == backend && s.reply_bytes == size && s.mode == mode)
                     .collect()
             };
-            let baseline = cell(Mode::Unreplicated);
-            for mode in MODES {
+            let baseline = cell(Setup::Unreplicated);
+            for mode in SETUPS {
                 let samples = cell(mode);
                 if samples.is_empty() {
                     continue;
@@ -541,7 +583,7 @@ mod tests {
         }
     }
 
-    fn sample(round: usize, mode: Mode, rps: f64, p50: f64) -> OverheadSample {
+    fn sample(round: usize, mode: Setup, rps: f64, p50: f64) -> OverheadSample {
         OverheadSample {
             round,
             mode,
@@ -567,16 +609,16 @@ mod tests {
     fn ratios_compare_each_round_with_its_own_baseline() {
         // Round 1 is a slow machine for everyone: same-round ratios hide it.
         let r = report(vec![
-            sample(0, Mode::Unreplicated, 10_000.0, 100.0),
-            sample(0, Mode::Duplex, 8_000.0, 150.0),
-            sample(1, Mode::Unreplicated, 5_000.0, 200.0),
-            sample(1, Mode::Duplex, 4_000.0, 300.0),
+            sample(0, Setup::Unreplicated, 10_000.0, 100.0),
+            sample(0, Setup::Duplex, 8_000.0, 150.0),
+            sample(1, Setup::Unreplicated, 5_000.0, 200.0),
+            sample(1, Setup::Duplex, 4_000.0, 300.0),
         ]);
         let rows = r.rows();
         assert_eq!(rows.len(), 2);
-        assert_eq!(rows[0].mode, Mode::Unreplicated);
+        assert_eq!(rows[0].mode, Setup::Unreplicated);
         assert_eq!(rows[0].rps_ratio, 1.0);
-        assert_eq!(rows[1].mode, Mode::Duplex);
+        assert_eq!(rows[1].mode, Setup::Duplex);
         assert!((rows[1].rps_ratio - 0.8).abs() < 1e-9);
         assert!((rows[1].p50_ratio - 1.5).abs() < 1e-9);
         assert_eq!(rows[1].rps_spread, (4_000.0, 8_000.0));
@@ -590,7 +632,7 @@ mod tests {
 
     #[test]
     fn a_mode_without_a_baseline_has_no_ratio() {
-        let r = report(vec![sample(0, Mode::Simplex, 1_000.0, 10.0)]);
+        let r = report(vec![sample(0, Setup::Simplex, 1_000.0, 10.0)]);
         let rows = r.rows();
         assert!(rows[0].rps_ratio.is_nan());
         assert!(r.summary_json()["rows"][0]["rps_ratio"].is_null());
@@ -598,7 +640,7 @@ mod tests {
 
     #[test]
     fn errors_are_summed_over_runs() {
-        let mut s = sample(0, Mode::Duplex, 1_000.0, 10.0);
+        let mut s = sample(0, Setup::Duplex, 1_000.0, 10.0);
         s.throughput.socket_errors = 2;
         s.latency.non_2xx = 1;
         assert_eq!(report(vec![s]).errors(), 3);
