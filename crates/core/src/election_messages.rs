@@ -92,5 +92,11 @@ pub struct Envelope {
     /// Anti-replay counter: strictly increasing per sender, also across its restarts (the shell
     /// seeds it from the wall clock in microseconds at start).
     pub counter: u64,
+    /// The sender's incarnation: drawn at random when its process starts, never 0.
+    pub incarnation: u64,
+    /// The receiver's incarnation as the sender last heard it (0 before it heard any): a
+    /// receiver takes only frames that name its own, so nothing recorded before it (re)started
+    /// can be replayed to it (see `heartbeat_wire::ReplayGuard`).
+    pub echo: u64,
     pub message: Message,
 }

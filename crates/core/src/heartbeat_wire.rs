@@ -3,14 +3,16 @@
 //! Layout, big-endian:
 //! ```text
 //! 0   magic "SFHB"          4
-//! 4   version (1)           1
+//! 4   version (2)           1
 //! 5   kind                  1   1 heartbeat, 2 ack, 3 vote-request, 4 vote, 5 release
 //! 6   sender                2
 //! 8   epoch                 8
 //! 16  counter               8   anti-replay: strictly increasing per sender
-//! 24  body length           2
-//! 26  body                  n   exact length per kind, below
-//! 26+n HMAC-SHA256          32  over bytes 0 .. 26+n
+//! 24  incarnation           8   the sender's: drawn at random when its process starts
+//! 32  echo                  8   the receiver's incarnation as the sender last heard it
+//! 40  body length           2
+//! 42  body                  n   exact length per kind, below
+//! 42+n HMAC-SHA256          32  over bytes 0 .. 42+n
 //! ```
 //! Bodies: heartbeat = role u8, flags u8 (bit 0 healthy, 1 has quorum, 2 following present,
 //! 3 holds connections, 4 starting),
@@ -30,8 +32,8 @@ use crate::election_messages::{Envelope, Message, NodeId, Role};
 type HmacSha256 = Hmac<Sha256>;
 
 const MAGIC: &[u8; 4] = b"SFHB";
-const VERSION: u8 = 1;
-const HEADER_LEN: usize = 26;
+const VERSION: u8 = 2;
+const HEADER_LEN: usize = 42;
 const MAC_LEN: usize = 32;
 const MAX_BODY_LEN: usize = 12;
 /// No valid frame is longer than this.
@@ -129,6 +131,11 @@ pub enum FrameError {
         counter: u64,
         highest: u64,
     },
+    #[error(
+        "frame from node {sender} names incarnation {echo} of this node, not the current one: \
+         sent before this node started, or before the sender heard it"
+    )]
+    Unfresh { sender: NodeId, echo: u64 },
 }
 
 impl FrameError {
@@ -145,6 +152,7 @@ impl FrameError {
             FrameError::UnknownKind(_) => "unknown-kind",
             FrameError::MalformedBody { .. } => "malformed-body",
             FrameError::Replayed { .. } => "replayed",
+            FrameError::Unfresh { .. } => "unfresh",
         }
     }
 }
@@ -239,6 +247,8 @@ pub fn encode(envelope: &Envelope, key: &AuthKey) -> Vec<u8> {
     out.extend_from_slice(&envelope.sender.to_be_bytes());
     out.extend_from_slice(&envelope.epoch.to_be_bytes());
     out.extend_from_slice(&envelope.counter.to_be_bytes());
+    out.extend_from_slice(&envelope.incarnation.to_be_bytes());
+    out.extend_from_slice(&envelope.echo.to_be_bytes());
     let mut body = Vec::with_capacity(MAX_BODY_LEN);
     encode_body(&envelope.message, &mut body);
     out.extend_from_slice(&(body.len() as u16).to_be_bytes());
@@ -368,7 +378,10 @@ pub fn decode(bytes: &[u8], key: &AuthKey) -> Result<Envelope, FrameError> {
     if bytes[4] != VERSION {
         return Err(FrameError::UnsupportedVersion(bytes[4]));
     }
-    let declared = usize::from(u16::from_be_bytes([bytes[24], bytes[25]]));
+    let declared = usize::from(u16::from_be_bytes([
+        bytes[HEADER_LEN - 2],
+        bytes[HEADER_LEN - 1],
+    ]));
     let actual = bytes.len() - min;
     if declared != actual {
         return Err(FrameError::LengthMismatch { declared, actual });
@@ -382,42 +395,85 @@ pub fn decode(bytes: &[u8], key: &AuthKey) -> Result<Envelope, FrameError> {
     let sender = header.u16();
     let epoch = header.u64();
     let counter = header.u64();
+    let incarnation = header.u64();
+    let echo = header.u64();
     let message = decode_body(kind, &signed[HEADER_LEN..])?;
     Ok(Envelope {
         sender,
         epoch,
         counter,
+        incarnation,
+        echo,
         message,
     })
 }
 
-/// Refuses frames whose counter is not above the highest accepted from the same sender.
+/// Refuses frames recorded earlier and sent again: within a receiver's life by the counter
+/// (strictly increasing per sender), and across its restarts by the echo (a frame must name the
+/// receiver's current incarnation, which no frame sent before the receiver started can).
 ///
-/// Call [`ReplayGuard::check_and_record`] only after [`decode`] succeeded (the MAC is valid) and
-/// the sender is known to be a voter: recording a forged counter would let a forger lock a real
-/// peer out, and unknown senders would grow the map.
+/// Call [`ReplayGuard::admit`] only after [`decode`] succeeded (the MAC is valid) and the sender
+/// is known to be a voter: recording a forged counter would let a forger lock a real peer out,
+/// and unknown senders would grow the map.
 ///
-/// Senders seed their counter from the wall clock in microseconds at start, so a restarted peer
-/// continues above the values this guard remembers from its previous life (a peer whose clock
-/// stepped back is refused until its counter passes the old value again). Counter 0 is never
-/// accepted.
-#[derive(Debug, Default, Clone)]
+/// Senders seed their counter from the wall clock in microseconds at start, so a restarted
+/// sender continues above the values a receiver remembers from its previous life. A restarted
+/// receiver remembers nothing, and needs nothing: it takes a peer's frames once they echo its new
+/// incarnation, which the peer learns from its first frames (a round of heartbeats). Until then
+/// it learns each peer's incarnation from frames whose counter is new, so that it can echo them.
+#[derive(Debug, Clone)]
 pub struct ReplayGuard {
-    highest: HashMap<NodeId, u64>,
+    incarnation: u64,
+    peers: HashMap<NodeId, PeerMarks>,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct PeerMarks {
+    highest: u64,
+    incarnation: u64,
 }
 
 impl ReplayGuard {
-    /// Accepts `counter` and remembers it if it is above every counter accepted from `sender`.
-    pub fn check_and_record(&mut self, sender: NodeId, counter: u64) -> Result<(), FrameError> {
-        let highest = self.highest.entry(sender).or_insert(0);
-        if counter <= *highest {
+    /// The guard of a receiver whose incarnation is `incarnation` (random, drawn at start; 0 is
+    /// replaced by 1, since 0 is what a sender echoes before it heard anything).
+    pub fn new(incarnation: u64) -> ReplayGuard {
+        ReplayGuard {
+            incarnation: incarnation.max(1),
+            peers: HashMap::new(),
+        }
+    }
+
+    /// This receiver's incarnation, which its own frames carry.
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
+    }
+
+    /// What a frame to `peer` echoes: the peer's incarnation as last learned, or 0.
+    pub fn echo_for(&self, peer: NodeId) -> u64 {
+        self.peers.get(&peer).map_or(0, |p| p.incarnation)
+    }
+
+    /// Admits `envelope` if its counter is above every counter accepted from its sender and it
+    /// echoes this receiver's incarnation. A frame with a new counter but another echo is
+    /// refused ([`FrameError::Unfresh`]) yet teaches the sender's incarnation: it is a peer that
+    /// has not heard this receiver since it started (or a frame from before that).
+    pub fn admit(&mut self, envelope: &Envelope) -> Result<(), FrameError> {
+        let peer = self.peers.entry(envelope.sender).or_default();
+        if envelope.counter <= peer.highest {
             return Err(FrameError::Replayed {
-                sender,
-                counter,
-                highest: *highest,
+                sender: envelope.sender,
+                counter: envelope.counter,
+                highest: peer.highest,
             });
         }
-        *highest = counter;
+        peer.highest = envelope.counter;
+        peer.incarnation = envelope.incarnation;
+        if envelope.echo != self.incarnation {
+            return Err(FrameError::Unfresh {
+                sender: envelope.sender,
+                echo: envelope.echo,
+            });
+        }
         Ok(())
     }
 }

@@ -15,14 +15,20 @@ fn key() -> AuthKey {
     AuthKey::new(KEY).unwrap()
 }
 
+/// The sender's incarnation and the echo of the receiver's in the test frames.
+const INCARNATION: u64 = 0x0a0b_0c0d_0e0f_1011;
+const ECHO: u64 = 0x2122_2324_2526_2728;
+
 /// A frame built by hand from the documented layout, signed with the test key.
 fn signed_frame(kind: u8, sender: u16, epoch: u64, counter: u64, body: &[u8]) -> Vec<u8> {
     let mut frame = b"SFHB".to_vec();
-    frame.push(1);
+    frame.push(2);
     frame.push(kind);
     frame.extend_from_slice(&sender.to_be_bytes());
     frame.extend_from_slice(&epoch.to_be_bytes());
     frame.extend_from_slice(&counter.to_be_bytes());
+    frame.extend_from_slice(&INCARNATION.to_be_bytes());
+    frame.extend_from_slice(&ECHO.to_be_bytes());
     frame.extend_from_slice(&(body.len() as u16).to_be_bytes());
     frame.extend_from_slice(body);
     let mut mac = Hmac::<Sha256>::new_from_slice(KEY).unwrap();
@@ -36,6 +42,8 @@ fn envelope(message: Message) -> Envelope {
         sender: 3,
         epoch: 0x0102_0304_0506_0708,
         counter: 1_700_000_000_000_000,
+        incarnation: INCARNATION,
+        echo: ECHO,
         message,
     }
 }

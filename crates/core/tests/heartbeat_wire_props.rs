@@ -60,21 +60,31 @@ fn message() -> impl Strategy<Value = Message> {
 }
 
 fn envelope() -> impl Strategy<Value = Envelope> {
-    (any::<u16>(), any::<u64>(), any::<u64>(), message()).prop_map(
-        |(sender, epoch, counter, message)| Envelope {
-            sender,
-            epoch,
-            counter,
-            message,
-        },
+    (
+        any::<u16>(),
+        any::<u64>(),
+        any::<u64>(),
+        any::<u64>(),
+        any::<u64>(),
+        message(),
     )
+        .prop_map(
+            |(sender, epoch, counter, incarnation, echo, message)| Envelope {
+                sender,
+                epoch,
+                counter,
+                incarnation,
+                echo,
+                message,
+            },
+        )
 }
 
 /// A frame with the right magic, version and MAC around an arbitrary kind and body, so that the
 /// body parser itself meets arbitrary input.
-fn authentic(kind: u8, header: &[u8; 18], body: &[u8]) -> Vec<u8> {
+fn authentic(kind: u8, header: &[u8], body: &[u8]) -> Vec<u8> {
     let mut frame = b"SFHB".to_vec();
-    frame.push(1);
+    frame.push(2);
     frame.push(kind);
     frame.extend_from_slice(header);
     frame.extend_from_slice(&(body.len() as u16).to_be_bytes());
@@ -121,7 +131,7 @@ proptest! {
     #[test]
     fn authentic_arbitrary_bodies_never_panic_and_accepted_ones_are_canonical(
         kind in 0u8..8,
-        header in any::<[u8; 18]>(),
+        header in proptest::collection::vec(any::<u8>(), 34),
         body in proptest::collection::vec(any::<u8>(), 0..16),
     ) {
         let bytes = authentic(kind, &header, &body);
@@ -144,6 +154,8 @@ fn forged_sender_is_refused_by_the_mac() {
         sender: 2,
         epoch: 7,
         counter: 99,
+        incarnation: 5,
+        echo: 6,
         message: Message::Release,
     };
     let mut bytes = encode(&env, &key());
@@ -151,21 +163,73 @@ fn forged_sender_is_refused_by_the_mac() {
     assert_eq!(decode(&bytes, &key()), Err(FrameError::BadMac));
 }
 
+/// A frame from `sender` with `counter`, of incarnation `incarnation`, echoing `echo`.
+fn from(sender: u16, counter: u64, incarnation: u64, echo: u64) -> Envelope {
+    Envelope {
+        sender,
+        epoch: 1,
+        counter,
+        incarnation,
+        echo,
+        message: Message::Release,
+    }
+}
+
 #[test]
 fn replays_are_refused_per_sender() {
-    let mut guard = ReplayGuard::default();
-    assert!(guard.check_and_record(1, 10).is_ok());
-    assert!(guard.check_and_record(2, 5).is_ok());
+    let mut guard = ReplayGuard::new(77);
+    assert!(guard.admit(&from(1, 10, 5, 77)).is_ok());
+    assert!(guard.admit(&from(2, 5, 6, 77)).is_ok());
     assert!(matches!(
-        guard.check_and_record(1, 10),
+        guard.admit(&from(1, 10, 5, 77)),
         Err(FrameError::Replayed {
             sender: 1,
             counter: 10,
             highest: 10
         })
     ));
-    assert!(guard.check_and_record(1, 9).is_err());
-    assert!(guard.check_and_record(1, 11).is_ok());
+    assert!(guard.admit(&from(1, 9, 5, 77)).is_err());
+    assert!(guard.admit(&from(1, 11, 5, 77)).is_ok());
+}
+
+/// A receiver that restarted remembers no counter; what was sent to it before names its old
+/// incarnation and is refused, while a peer that hears the new one is taken at once.
+#[test]
+fn frames_from_before_a_restart_are_refused_and_peers_relearn_at_once() {
+    let mut before = ReplayGuard::new(100);
+    let recorded = from(1, 50, 5, 100);
+    assert!(before.admit(&recorded).is_ok());
+    let mut after = ReplayGuard::new(200);
+    assert_eq!(after.incarnation(), 200);
+    assert!(matches!(
+        after.admit(&recorded),
+        Err(FrameError::Unfresh {
+            sender: 1,
+            echo: 100
+        })
+    ));
+    // The refused frame still taught the sender's incarnation, which the receiver echoes.
+    assert_eq!(after.echo_for(1), 5);
+    assert_eq!(after.echo_for(2), 0, "a peer not heard yet");
+    // The sender's next frame (a higher counter) names the new incarnation once it heard it.
+    assert!(matches!(
+        after.admit(&from(1, 51, 5, 100)),
+        Err(FrameError::Unfresh { .. })
+    ));
+    assert!(after.admit(&from(1, 52, 5, 200)).is_ok());
+    // A replay of the refused frame is still a replay.
+    assert!(matches!(
+        after.admit(&recorded),
+        Err(FrameError::Replayed { .. })
+    ));
+    // A restarted sender (new incarnation, counter from its clock) is learned from its frame.
+    assert!(after.admit(&from(1, 9_000, 6, 200)).is_ok());
+    assert_eq!(after.echo_for(1), 6);
+    assert_eq!(
+        ReplayGuard::new(0).incarnation(),
+        1,
+        "0 is what no echo means"
+    );
 }
 
 #[test]
@@ -181,6 +245,8 @@ fn each_header_error_is_named() {
         sender: 1,
         epoch: 1,
         counter: 1,
+        incarnation: 1,
+        echo: 1,
         message: Message::VoteRequest { proposed_epoch: 3 },
     };
     let good = encode(&env, &key());
@@ -195,7 +261,7 @@ fn each_header_error_is_named() {
     bad[4] = 9;
     assert_eq!(decode(&bad, &key()), Err(FrameError::UnsupportedVersion(9)));
     let mut bad = good.clone();
-    bad[25] = 7;
+    bad[41] = 7;
     assert!(matches!(
         decode(&bad, &key()),
         Err(FrameError::LengthMismatch {

@@ -138,6 +138,14 @@ pub fn run(config_path: &Path, witness: bool) -> anyhow::Result<()> {
     })
 }
 
+/// This process's incarnation: peers echo it, so nothing sent before it started is taken.
+fn random_incarnation() -> anyhow::Result<u64> {
+    let mut bytes = [0u8; 8];
+    getrandom::getrandom(&mut bytes)
+        .map_err(|e| anyhow::anyhow!("drawing the incarnation: {e}"))?;
+    Ok(u64::from_be_bytes(bytes))
+}
+
 fn now_wall_micros() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -231,7 +239,7 @@ impl Daemon {
             election,
             origin,
             socket,
-            replay: ReplayGuard::default(),
+            replay: ReplayGuard::new(random_incarnation()?),
             counter: now_wall_micros(),
             counters: Counters::default(),
             hook_counters: Arc::new(HookCounters::default()),
@@ -413,13 +421,16 @@ impl Daemon {
             self.counters.dropped_unknown_node += 1;
             return;
         }
-        if self
-            .replay
-            .check_and_record(envelope.sender, envelope.counter)
-            .is_err()
-        {
-            self.counters.dropped_replay += 1;
-            return;
+        match self.replay.admit(&envelope) {
+            Ok(()) => {}
+            Err(FrameError::Unfresh { .. }) => {
+                self.counters.dropped_unfresh += 1;
+                return;
+            }
+            Err(_) => {
+                self.counters.dropped_replay += 1;
+                return;
+            }
         }
         self.counters.frames_received += 1;
         if let Message::Heartbeat { seq, .. } = envelope.message {
@@ -715,28 +726,35 @@ impl Daemon {
                     self.counters.elections_started += 1;
                 }
                 self.counter += 1;
-                let bytes = heartbeat_wire::encode(
-                    &Envelope {
-                        sender: self.settings.node_id,
-                        epoch,
-                        counter: self.counter,
-                        message,
-                    },
-                    &self.settings.key,
-                );
-                let targets: Vec<Ipv4Addr> = match to {
+                let targets: Vec<(NodeId, Ipv4Addr)> = match to {
                     Destination::AllVoters => self
                         .settings
                         .voters
                         .iter()
                         .filter(|(&id, _)| id != self.settings.node_id)
-                        .map(|(_, &a)| a)
+                        .map(|(&id, &a)| (id, a))
                         .collect(),
-                    Destination::Voter(id) => {
-                        self.settings.voters.get(&id).copied().into_iter().collect()
-                    }
+                    Destination::Voter(id) => self
+                        .settings
+                        .voters
+                        .get(&id)
+                        .map(|&a| (id, a))
+                        .into_iter()
+                        .collect(),
                 };
-                for addr in targets {
+                for (id, addr) in targets {
+                    // Each peer's frame echoes that peer's incarnation.
+                    let bytes = heartbeat_wire::encode(
+                        &Envelope {
+                            sender: self.settings.node_id,
+                            epoch,
+                            counter: self.counter,
+                            incarnation: self.replay.incarnation(),
+                            echo: self.replay.echo_for(id),
+                            message: message.clone(),
+                        },
+                        &self.settings.key,
+                    );
                     // try_send: a full socket buffer must never stall the election loop.
                     match self.socket.try_send_to(
                         &bytes,
@@ -906,6 +924,7 @@ impl Daemon {
             group: self.settings.group_name.clone(),
             role: self.election.role().as_str().to_string(),
             epoch: self.election.epoch(),
+            incarnation: self.replay.incarnation(),
             healthy: self.election.healthy(),
             health_detail: self
                 .check_verdicts

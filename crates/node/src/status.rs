@@ -62,6 +62,10 @@ pub struct Counters {
     pub dropped_bad_mac: u64,
     pub dropped_unknown_node: u64,
     pub dropped_replay: u64,
+    /// Frames that did not name this node's current incarnation: sent before it started (a
+    /// replay across its restart), or by a peer that had not heard it yet.
+    #[serde(default)]
+    pub dropped_unfresh: u64,
     pub dropped_old_epoch: u64,
     pub role_changes: u64,
     pub elections_started: u64,
@@ -89,6 +93,9 @@ pub struct NodeStatus {
     pub group: String,
     pub role: String,
     pub epoch: u64,
+    /// This process's incarnation, which its peers' heartbeats must echo.
+    #[serde(default)]
+    pub incarnation: u64,
     pub healthy: bool,
     pub health_detail: Vec<String>,
     pub has_quorum: bool,
@@ -385,9 +392,9 @@ impl NodeStatus {
         }
         let c = &self.counters;
         s.push_str(&format!(
-            "  frames sent {} received {}; dropped: malformed {} bad-mac {} unknown-node {} replay {} old-epoch {}\n",
+            "  frames sent {} received {}; dropped: malformed {} bad-mac {} unknown-node {} replay {} unfresh {} old-epoch {}\n",
             c.frames_sent, c.frames_received, c.dropped_malformed, c.dropped_bad_mac,
-            c.dropped_unknown_node, c.dropped_replay, c.dropped_old_epoch
+            c.dropped_unknown_node, c.dropped_replay, c.dropped_unfresh, c.dropped_old_epoch
         ));
         s.push_str(&format!(
             "  role changes {}, elections started {} won {}, gratuitous ARPs {}, hooks run {} failed {}, address errors {}, kernel lease errors {}\n",

@@ -44,10 +44,13 @@ fn garbage_forged_and_replayed_frames_are_dropped_and_counted() {
     let key = AuthKey::from_file_contents(&key_bytes).expect("key");
     let wrong_key = AuthKey::from_file_contents(b"not the group key, but long enough").unwrap();
     let before = lab.daemon_status("n1");
+    let n1_incarnation = before["incarnation"].as_u64().expect("n1's incarnation");
     let heartbeat = |sender, counter, role| Envelope {
         sender,
         epoch: u64::MAX / 2,
         counter,
+        incarnation: 1,
+        echo: n1_incarnation,
         message: Message::Heartbeat {
             role,
             healthy: true,
@@ -106,6 +109,56 @@ fn garbage_forged_and_replayed_frames_are_dropped_and_counted() {
     assert_eq!(lab.holders(), vec!["n1"]);
     let n2 = lab.daemon_status("n2");
     assert_eq!(n2["role"], "backup");
+
+    // A frame recorded before n1 started names an incarnation of n1 other than its current one.
+    // With n2's daemon down, frames from n2's own address with counters newer than any n1 has
+    // seen from n2: those that echo another incarnation are refused, one that echoes n1's is
+    // taken (its old epoch keeps n1 as it is).
+    steadfast_lab::crash(lab.name(), "n2", steadfast_lab::CrashKind::Process).expect("crash n2");
+    let before = lab.daemon_status("n1");
+    let now_micros = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64;
+    let from_n2 = |i: u64, echo: u64| {
+        encode(
+            &Envelope {
+                sender: 2,
+                epoch: 1,
+                counter: now_micros + i,
+                incarnation: 42,
+                echo,
+                message: Message::Release,
+            },
+            &key,
+        )
+    };
+    let mut recorded: Vec<Vec<u8>> = (0..20)
+        .map(|i| from_n2(i, n1_incarnation.wrapping_add(1 + i)))
+        .collect();
+    recorded.push(from_n2(100, n1_incarnation));
+    send_from(&format!("{}-n2", lab.name()), recorded);
+    assert!(
+        wait_for(Duration::from_secs(5), || {
+            let after = lab.daemon_status("n1");
+            counter(&after, "dropped_unfresh") == counter(&before, "dropped_unfresh") + 20
+                && counter(&after, "frames_received") > counter(&before, "frames_received")
+        }),
+        "frames naming another incarnation are refused and counted: before {}, after {}",
+        before["counters"],
+        lab.daemon_status("n1")["counters"]
+    );
+    // n2 restarts (a new incarnation, which n1 learns from its first heartbeats) and is back
+    // in the group as its backup.
+    steadfast_lab::heal(lab.name(), "n2").expect("heal n2");
+    assert!(
+        wait_for(Duration::from_secs(5), || lab.daemon_status("n2")["role"]
+            == "backup"
+            && lab.daemon_status("n2")["primary"] == 1),
+        "n2 follows n1 again: {}",
+        lab.daemon_status("n2")
+    );
+    assert_eq!(lab.daemon_status("n1")["role"], "primary");
 }
 
 #[test]
