@@ -286,7 +286,8 @@ fn primary_of(lab: &Lab) -> String {
     let holders = lab.holders();
     assert!(
         one && holders.len() == 1,
-        "one holder expected: {holders:?}"
+        "one holder expected: {holders:?}{}",
+        lab.situation()
     );
     holders[0].clone()
 }

@@ -392,6 +392,7 @@ pub async fn serve(
         options: start.options,
         client_mss: start.client_mss,
         adoption: AdoptionTrigger::new(ctx.gate.adoption_notice(), ctx.census.watch_disownings()),
+        handover_given_up: 0,
         adoption_ack: None,
         retains: ctx.gate.adopts(),
         protection,
@@ -475,6 +476,9 @@ struct Session {
     client_mss: u16,
     /// When to offer the connection to a backup that joined after it opened.
     adoption: AdoptionTrigger,
+    /// The adoption generation whose hand-over can never happen (its wait cannot pass): no
+    /// reason to hold reading back for it (see `handover_wanted`).
+    handover_given_up: u64,
     /// The backup's acknowledgement of the latest hand-over: until it comes no client byte is
     /// read, so that what passes the backup meanwhile stays within one receive window (the
     /// backup keeps that much to replay into the adopted image).
@@ -590,8 +594,12 @@ impl Session {
                 .client_timer
                 .deadline()
                 .and_then(|(at, _)| self.clock_origin.checked_add(at));
-            let read_backend =
-                self.backend.is_some() && self.outgoing_bytes() < STREAM_WINDOW_BYTES;
+            // A hand-over starts only once the pieces waiting to go out are gone (`adopt`);
+            // reading ahead meanwhile would keep some waiting, and a streamed download to a
+            // slow client would not be handed over before its end.
+            let read_backend = self.backend.is_some()
+                && self.outgoing_bytes() < STREAM_WINDOW_BYTES
+                && (self.outgoing.is_empty() || !self.handover_wanted());
             let adoption_may_start = self.adoption_may_start();
             tokio::select! {
                 read = self.client.read(&mut client_buf), if read_client => {
@@ -968,6 +976,7 @@ impl Session {
                 if wait.may_pass() {
                     self.adoption.later();
                 } else {
+                    self.handover_given_up = generation;
                     self.adoption.settled();
                 }
             }
@@ -1852,6 +1861,16 @@ impl Session {
     /// says where the reply stands at the client, and the log to follow it starts there.
     fn adoption_may_start(&self) -> bool {
         self.outgoing.is_empty()
+    }
+
+    /// A backup joined that does not hold this connection yet, and a hand-over to it may
+    /// still happen.
+    fn handover_wanted(&self) -> bool {
+        let generation = self.ctx.gate.adoption_generation();
+        generation != 0
+            && generation != self.protection.generation()
+            && generation != self.handover_given_up
+            && self.adoption_ack.is_none()
     }
 
     /// Writes the oldest waiting piece to the client: at once if the backup holds it
