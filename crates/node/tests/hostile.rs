@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::{BackgroundLoad, Lab};
 use steadfast_lab::flood::{spoofed_syns, syn_flood, FloodOptions};
-use steadfast_lab::load::{KeepAliveOptions, LoadOptions, ProbeOptions};
+use steadfast_lab::load::{KeepAliveOptions, LoadOptions, ProbeOptions, ProbeRequest};
 use steadfast_lab::{BackendKind, Mode};
 
 /// A flood of spoofed SYNs, more than the backup keeps half-open images for, under a verifying
@@ -370,17 +370,32 @@ fn half_open_images_of_spoofed_syns_expire_builtin() {
 
 /// 20 verifying keep-alive clients (a request every 50 ms) and a new verified connection every
 /// 10 ms (500 ms to answer), for at most a minute: the clients a hostile one must not disturb.
+/// With nginx or apache2 they ask for the docroot's 1 KiB file.
 fn verifying_load(lab: &Lab) -> BackgroundLoad {
+    let builtin = lab.backend == BackendKind::Builtin;
+    let probe = if builtin {
+        ProbeOptions::default()
+    } else {
+        ProbeOptions {
+            request: ProbeRequest::StaticFile {
+                path: steadfast_lab::webservers::bytes_path(1024),
+                len: 1024,
+                seed: steadfast_lab::webservers::DOCROOT_SEED,
+            },
+            ..ProbeOptions::default()
+        }
+    };
     BackgroundLoad::start_with(
         lab,
         LoadOptions {
             target: lab.target(),
             duration: Duration::from_secs(60),
-            probes: Some(ProbeOptions::default()),
+            probes: Some(probe),
             keep_alive: Some(KeepAliveOptions {
                 connections: 20,
                 sizes: vec![1024],
                 include_uuid: false,
+                fixed_seed: (!builtin).then_some(steadfast_lab::webservers::DOCROOT_SEED),
                 pause: Duration::from_millis(50),
                 ..KeepAliveOptions::default()
             }),
@@ -402,4 +417,114 @@ fn protected_primary(lab: &Lab) -> (String, String) {
     });
     assert!(joined, "no backup joined {primary}: {}", lab.situation());
     (primary, backup)
+}
+
+/// A client that declares a 10 GB upload and sends as fast as it can: the server's limit
+/// answers it (the builtin backend's 16 MiB, nginx's 1 MiB `client_max_body_size`: 413), the
+/// proxy relays that answer at once and ends the connection, no byte of it stays held at the
+/// backup, and the verifying clients meanwhile lose nothing. The upload is bounded (it stops
+/// at the answer, or after 20 s, whichever comes first).
+fn a_ten_gigabyte_upload_gets_the_servers_413_and_nothing_hangs(backend: BackendKind) {
+    use std::io::{Read, Write};
+    const DECLARED: u64 = 10 * 1024 * 1024 * 1024;
+    const BOUND: Duration = Duration::from_secs(20);
+    let lab = Lab::up_in_mode("up", 2, true, backend, None, Mode::Duplex);
+    let (primary, backup) = protected_primary(&lab);
+    let load = verifying_load(&lab);
+    load.wait_for_successes(0, 100, Duration::from_secs(5), "before the upload");
+    let target = lab.target();
+    let (reply, sent, answered_after, ended_after) =
+        steadfast_lab::run_in_namespace(&lab.info.client_ns, move || {
+            let stream = std::net::TcpStream::connect_timeout(&target, Duration::from_secs(5))
+                .expect("the upload connects");
+            let started = std::time::Instant::now();
+            let mut writer = stream.try_clone().expect("a second handle");
+            writer
+                .set_write_timeout(Some(Duration::from_millis(200)))
+                .unwrap();
+            let stop = std::sync::Arc::new(AtomicBool::new(false));
+            let stop_writing = stop.clone();
+            let upload = std::thread::spawn(move || {
+                let head = format!(
+                    "POST /commit HTTP/1.1\r\nHost: vip\r\nContent-Length: {DECLARED}\r\n\r\n"
+                );
+                writer.write_all(head.as_bytes()).expect("the head");
+                let chunk = vec![b'x'; 256 * 1024];
+                let mut sent = 0u64;
+                while !stop_writing.load(std::sync::atomic::Ordering::Relaxed)
+                    && started.elapsed() < BOUND
+                    && sent < DECLARED
+                {
+                    match writer.write(&chunk) {
+                        Ok(n) => sent += n as u64,
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => continue,
+                        // The server closed after its answer.
+                        Err(_) => break,
+                    }
+                }
+                sent
+            });
+            let mut reader = stream;
+            reader.set_read_timeout(Some(BOUND)).unwrap();
+            let mut reply = Vec::new();
+            let mut buf = [0u8; 4096];
+            let mut answered_after = None;
+            loop {
+                match reader.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        reply.extend_from_slice(&buf[..n]);
+                        answered_after.get_or_insert(started.elapsed());
+                    }
+                    Err(_) => break,
+                }
+            }
+            let ended_after = started.elapsed();
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            let sent = upload.join().expect("the upload thread");
+            (reply, sent, answered_after, ended_after)
+        })
+        .expect("enter the client namespace");
+    let report = load.stop();
+    let summary = report.summary();
+    let held = common::wait_until(Duration::from_secs(5), || {
+        lab.daemon_status(&backup)["data_plane"]["held_request_bytes"].as_u64() == Some(0)
+    });
+    let head = String::from_utf8_lossy(&reply[..reply.len().min(200)]).into_owned();
+    eprintln!(
+        "{backend}: 10 GB upload declared, {sent} bytes sent; answered after {answered_after:?}, \
+         connection ended after {ended_after:?}: {head:?}; verifying clients: {} of {} \
+         requests failed, {} of {} new connections",
+        summary.request_failures, summary.requests, summary.probe_failures, summary.probes
+    );
+    assert!(
+        reply.starts_with(b"HTTP/1.1 413 "),
+        "the server's 413 reaches the client: {head:?} ({})",
+        lab.situation()
+    );
+    assert!(
+        ended_after < BOUND,
+        "the connection ends after the answer, it does not hang: {ended_after:?}"
+    );
+    assert!(sent < DECLARED, "the upload was cut short: {sent}");
+    assert!(
+        held,
+        "no byte of the refused upload stays held at the backup: {}",
+        lab.daemon_status(&backup)["data_plane"]
+    );
+    assert_eq!(summary.request_failures, 0, "{:?}", summary.request_errors);
+    assert_eq!(summary.probe_failures, 0, "{:?}", summary.probe_errors);
+    assert_eq!(lab.holders(), vec![primary]);
+}
+
+#[test]
+fn a_ten_gigabyte_upload_gets_the_servers_413_and_nothing_hangs_builtin() {
+    a_ten_gigabyte_upload_gets_the_servers_413_and_nothing_hangs(BackendKind::Builtin);
+}
+
+#[test]
+#[ignore = "needs nginx: apt-get install nginx-light (.ci/run installs it)"]
+fn a_ten_gigabyte_upload_gets_the_servers_413_and_nothing_hangs_nginx() {
+    a_ten_gigabyte_upload_gets_the_servers_413_and_nothing_hangs(BackendKind::Nginx);
 }
