@@ -143,8 +143,10 @@ fn garbage_forged_and_replayed_frames_are_dropped_and_counted() {
             let after = lab.daemon_status("n1");
             counter(&after, "dropped_unfresh") == counter(&before, "dropped_unfresh") + 20
                 && counter(&after, "frames_received") > counter(&before, "frames_received")
+                && counter(&after, "dropped_old_epoch") > counter(&before, "dropped_old_epoch")
         }),
-        "frames naming another incarnation are refused and counted: before {}, after {}",
+        "frames naming another incarnation are refused and counted, and the one naming n1's \
+         is refused for its stale epoch: before {}, after {}",
         before["counters"],
         lab.daemon_status("n1")["counters"]
     );
