@@ -13,5 +13,6 @@ pub mod image;
 pub mod replication_seal;
 pub mod replication_wire;
 pub mod reply_log;
+pub mod resp;
 
 pub use election_messages::{Message, NodeId, Role};

@@ -17,6 +17,7 @@ use steadfast_core::http::{
 };
 use steadfast_core::image::{parse_client_frame, ConnectionTable, TableLimits};
 use steadfast_core::replication_wire::{self, FrameReader};
+use steadfast_core::resp::{Direction, RespFramer, RespLimits};
 
 /// A fuzz target: any bytes in, a panic only on a bug.
 pub type Target = fn(&[u8]);
@@ -30,6 +31,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("http_fields", http_fields),
     ("client_frames", client_frames),
     ("config", config),
+    ("resp_stream", resp_stream),
 ];
 
 /// The group key of the heartbeat target.
@@ -279,4 +281,38 @@ pub fn config(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
     let _ =
         steadfast_core::config::parse(&text, "fuzz.toml", &|_| true, Path::new("/etc/steadfast"));
+}
+
+/// A RESP stream, requests when the first byte is even, replies when odd, also fed in pieces
+/// of a size the first byte sets: both ways give the same messages and the same verdict, and the
+/// messages tile the stream.
+pub fn resp_stream(data: &[u8]) {
+    let Some((&selector, stream)) = data.split_first() else {
+        return;
+    };
+    let direction = if selector % 2 == 0 {
+        Direction::Requests
+    } else {
+        Direction::Replies
+    };
+    let frame = |cut: usize| {
+        let mut framer = RespFramer::new(direction, RespLimits::default());
+        let mut messages = Vec::new();
+        let verdict = stream
+            .chunks(cut)
+            .try_for_each(|piece| framer.feed(piece, &mut messages));
+        (messages, verdict)
+    };
+    let whole = frame(stream.len().max(1));
+    let cut = frame(1 + usize::from(selector / 2));
+    assert_eq!(
+        whole, cut,
+        "the same messages and verdict however the stream is cut"
+    );
+    let mut start = 0;
+    for message in &whole.0 {
+        assert_eq!(message.start, start, "messages tile the stream");
+        assert!(message.end > message.start && message.end <= stream.len() as u64);
+        start = message.end;
+    }
 }

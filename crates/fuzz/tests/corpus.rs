@@ -111,6 +111,11 @@ fn every_target_has_a_corpus_directory() {
 }
 
 #[test]
+fn resp_streams() {
+    run_target("resp_stream", steadfast_fuzz::resp_stream);
+}
+
+#[test]
 fn heartbeat_frames() {
     run_target("heartbeat_frame", steadfast_fuzz::heartbeat_frame);
 }
