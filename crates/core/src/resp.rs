@@ -90,6 +90,7 @@ pub enum RespErrorKind {
     TooManyElements { len: u64, limit: u64 },
     #[error("aggregates nested deeper than {limit}")]
     TooDeep { limit: usize },
+    /// Replies only: redis-server does not check it after a request's bulk string.
     #[error("a bulk string not followed by CRLF")]
     MissingCrlf,
     #[error("invalid {what} {value:?}")]
@@ -273,7 +274,10 @@ impl RespFramer {
                 }
                 while used < input.len() && *crlf < 2 {
                     let expected = if *crlf == 0 { b'\r' } else { b'\n' };
-                    if input[used] != expected {
+                    // redis-server skips the two bytes after a request's bulk string unread
+                    // (`querypos += bulklen + 2`): framing them otherwise would cut the stream
+                    // where the server does not.
+                    if input[used] != expected && self.direction == Direction::Replies {
                         return Err(RespErrorKind::MissingCrlf);
                     }
                     *crlf += 1;

@@ -321,6 +321,24 @@ fn requests_are_arrays_of_bulk_strings_or_inline_lines() {
         error_of(Direction::Requests, b"*1\r\n$-1\r\n"),
         BadLength(_)
     ));
+    // As redis-server does, the two bytes after a request's bulk string are skipped unread: a
+    // length one short frames `BOGU`, then a blank inline line (`\n`), then the next request.
+    // Checked against redis-server 7: it answers an error for BOGU, nothing for the blank line,
+    // then PONG.
+    let (messages, error) = frame(
+        Direction::Requests,
+        b"*1\r\n$4\r\nBOGUS\r\n*1\r\n$4\r\nPING\r\n",
+        3,
+    );
+    assert_eq!(error, None);
+    let named: Vec<(Option<&str>, u64)> = messages
+        .iter()
+        .map(|m| (m.command.as_deref(), m.end))
+        .collect();
+    assert_eq!(
+        named,
+        vec![(Some("BOGU"), 14), (Some(""), 15), (Some("PING"), 29)]
+    );
     // Inline: ended by LF alone or CRLF; a blank line names no command (redis-server skips it).
     let (messages, error) = frame(Direction::Requests, b"ping\n\r\nset k v\r\n*0\r\n", 100);
     assert_eq!(error, None);
