@@ -29,13 +29,11 @@ use ring::aead::{Aad, LessSafeKey, Nonce, Tag, UnboundKey, AES_256_GCM, NONCE_LE
 use ring::hkdf;
 
 use crate::heartbeat_wire::AuthKey;
-use crate::replication_wire::{LinkAttempt, NONCE_LEN};
+use crate::replication_wire::{LinkAttempt, HEADER_LEN, NONCE_LEN};
 use crate::NodeId;
 
 /// Bytes a sealed frame adds to the plain one.
 pub const TAG_LEN: usize = 16;
-/// Bytes of a frame before its body: length, kind and epoch.
-const HEADER_LEN: usize = 4 + 1 + 8;
 const KEY_SALT: &[u8] = b"steadfast replication v2 keys";
 
 /// What the replication stream's frames get beyond the handshake.

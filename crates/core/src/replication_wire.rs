@@ -31,7 +31,8 @@ pub const MAX_PIECE_BYTES: usize = 4 * 1024 * 1024;
 pub const NONCE_LEN: usize = 16;
 const PROOF_LEN: usize = 32;
 const PROOF_LABEL: &[u8] = b"steadfast replication v1";
-const HEADER_LEN: usize = 4 + 1 + 8;
+/// What every frame has before its body: length, kind and epoch.
+pub(crate) const HEADER_LEN: usize = 4 + 1 + 8;
 
 /// Which of a primary's attempts to link a replication stream is. A late stream (its SYN
 /// retransmitted, its handshake held up) may reach the backup after a newer one; the backup
@@ -282,10 +283,8 @@ pub enum ReplicationError {
 
 /// The kind byte of [`ReplicationFrame::Reply`].
 const REPLY_KIND: u8 = 6;
-/// What a frame adds to its payload: length, kind and epoch.
-const FRAME_HEAD_BYTES: usize = 4 + 1 + 8;
 /// What a reply frame adds to its bytes (see [`ReplyHeader`]).
-const REPLY_HEAD_BYTES: usize = FRAME_HEAD_BYTES + 8 + 12 + 8 + 8 + 1 + 8;
+const REPLY_HEAD_BYTES: usize = HEADER_LEN + 8 + 12 + 8 + 8 + 1 + 8;
 
 /// The fields of a [`ReplicationFrame::Reply`] but its bytes, so that a reply piece can be
 /// encoded straight from the bytes it borrows ([`encode_reply`]): on the primary's data path
