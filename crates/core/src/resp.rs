@@ -167,11 +167,6 @@ impl RespFramer {
         matches!(self.state, State::Type) && self.message_start.is_none() && self.failed.is_none()
     }
 
-    /// Stream offset of the next byte to feed.
-    pub fn offset(&self) -> u64 {
-        self.offset
-    }
-
     /// Frames `input`, appending each message it completes to `out`. After an error the
     /// messages appended before it stand, and every later call returns the same error.
     pub fn feed(&mut self, input: &[u8], out: &mut Vec<RespMessage>) -> Result<(), RespError> {
@@ -231,7 +226,7 @@ impl RespFramer {
             }
             State::Line { kind, line } => {
                 let kind = *kind;
-                let (used, ended) = take_line(input, line, self.limits.max_line)?;
+                let (used, ended) = take_line(input, line, self.limits.max_line, LineEnd::Crlf)?;
                 if ended {
                     let line = std::mem::take(line);
                     self.state = State::Type;
@@ -240,16 +235,13 @@ impl RespFramer {
                 Ok(used)
             }
             State::Inline { line } => {
-                let (used, ended) = take_inline(input, line, self.limits.max_line)?;
+                let (used, ended) = take_line(input, line, self.limits.max_line, LineEnd::Lf)?;
                 if ended {
                     let line = std::mem::take(line);
                     self.state = State::Type;
                     let words = split_inline(&line);
                     self.words = words.len() as u64;
-                    self.command = match words.first() {
-                        Some(first) => command_name(first),
-                        None => Some(String::new()),
-                    };
+                    self.command = words.first().and_then(|first| command_name(first));
                     self.message_done(used, out);
                 }
                 Ok(used)
@@ -305,6 +297,9 @@ impl RespFramer {
         out: &mut Vec<RespMessage>,
     ) -> Result<(), RespErrorKind> {
         let text = || String::from_utf8_lossy(line).into_owned();
+        if line == b"?" && b"$!=*%~|>".contains(&kind) {
+            return Err(RespErrorKind::Streamed(kind as char));
+        }
         match kind {
             b'+' | b'-' => {}
             b':' => {
@@ -313,14 +308,11 @@ impl RespFramer {
                     value: text(),
                 })?;
             }
-            b'(' => {
-                let digits = line.strip_prefix(b"-").unwrap_or(line);
-                if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
-                    return Err(RespErrorKind::BadScalar {
-                        what: "big number",
-                        value: text(),
-                    });
-                }
+            b'(' if !is_decimal(line) => {
+                return Err(RespErrorKind::BadScalar {
+                    what: "big number",
+                    value: text(),
+                })
             }
             b'_' if !line.is_empty() => {
                 return Err(RespErrorKind::BadScalar {
@@ -344,11 +336,8 @@ impl RespFramer {
                     value: text(),
                 })
             }
-            b'_' | b'#' | b',' => {}
+            b'_' | b'#' | b',' | b'(' => {}
             b'$' | b'!' | b'=' => {
-                if line == b"?" {
-                    return Err(RespErrorKind::Streamed(kind as char));
-                }
                 let len = parse_integer(line).ok_or_else(|| RespErrorKind::BadLength(text()))?;
                 if len == -1 && kind == b'$' && self.direction == Direction::Replies {
                     // A RESP2 null bulk string.
@@ -373,10 +362,8 @@ impl RespFramer {
                 };
             }
             _ => {
-                // Aggregates: * % ~ | >
-                if line == b"?" {
-                    return Err(RespErrorKind::Streamed(kind as char));
-                }
+                // Aggregates: * % ~ | > (a request's elements are bulk strings, checked at
+                // their type byte, so only a top-level `*` of one reaches here).
                 let len = parse_integer(line).ok_or_else(|| RespErrorKind::BadLength(text()))?;
                 if len == -1 && kind == b'*' {
                     // A RESP2 null array (a request's `*-1` is skipped by redis-server alike).
@@ -390,20 +377,9 @@ impl RespFramer {
                         limit: self.limits.max_elements,
                     });
                 }
-                if self.direction == Direction::Requests && kind != b'*' {
-                    return Err(RespErrorKind::NotACommand(
-                        "an aggregate other than an array",
-                    ));
-                }
-                if self.open.len() >= self.limits.max_depth
-                    || (self.direction == Direction::Requests && !self.open.is_empty())
-                {
+                if self.open.len() >= self.limits.max_depth {
                     return Err(RespErrorKind::TooDeep {
-                        limit: if self.direction == Direction::Requests {
-                            1
-                        } else {
-                            self.limits.max_depth
-                        },
+                        limit: self.limits.max_depth,
                     });
                 }
                 let pairs = matches!(kind, b'%' | b'|');
@@ -459,61 +435,45 @@ impl RespFramer {
             command,
             words: self.words,
         });
-        self.words = 0;
     }
 }
 
-/// Appends to `line` the bytes of `input` up to a CRLF; returns how many it took and whether
-/// the line ended (the CRLF taken, not kept).
-fn take_line(input: &[u8], line: &mut Vec<u8>, max: usize) -> Result<(usize, bool), RespErrorKind> {
-    match input.iter().position(|&b| b == b'\n') {
-        Some(at) => {
-            line.extend_from_slice(&input[..at]);
-            if line.pop() != Some(b'\r') {
-                return Err(RespErrorKind::BareLineFeed);
-            }
-            if line.len() > max {
-                return Err(RespErrorKind::LineTooLong { limit: max });
-            }
-            Ok((at + 1, true))
-        }
-        None => {
-            line.extend_from_slice(input);
-            // The CR of a CRLF may be the last byte of the limit.
-            if line.len() > max + 1 {
-                return Err(RespErrorKind::LineTooLong { limit: max });
-            }
-            Ok((input.len(), false))
-        }
-    }
+/// How a line ends.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum LineEnd {
+    /// CRLF, as every RESP line.
+    Crlf,
+    /// LF, a CR before it dropped: an inline command, as redis-server reads one.
+    Lf,
 }
 
-/// As [`take_line`] for an inline command, which redis-server ends at `\n` (a `\r` before it
-/// is dropped).
-fn take_inline(
+/// Appends to `line` the bytes of `input` up to the line's end; returns how many it took and
+/// whether the line ended (its end taken, not kept).
+fn take_line(
     input: &[u8],
     line: &mut Vec<u8>,
     max: usize,
+    end: LineEnd,
 ) -> Result<(usize, bool), RespErrorKind> {
-    match input.iter().position(|&b| b == b'\n') {
-        Some(at) => {
-            line.extend_from_slice(&input[..at]);
-            if line.last() == Some(&b'\r') {
-                line.pop();
-            }
-            if line.len() > max {
-                return Err(RespErrorKind::LineTooLong { limit: max });
-            }
-            Ok((at + 1, true))
+    let Some(at) = input.iter().position(|&b| b == b'\n') else {
+        line.extend_from_slice(input);
+        // The CR of a CRLF may be the last byte of the limit.
+        if line.len() > max + 1 {
+            return Err(RespErrorKind::LineTooLong { limit: max });
         }
-        None => {
-            line.extend_from_slice(input);
-            if line.len() > max + 1 {
-                return Err(RespErrorKind::LineTooLong { limit: max });
-            }
-            Ok((input.len(), false))
-        }
+        return Ok((input.len(), false));
+    };
+    line.extend_from_slice(&input[..at]);
+    let cr = line.last() == Some(&b'\r');
+    if cr {
+        line.pop();
+    } else if end == LineEnd::Crlf {
+        return Err(RespErrorKind::BareLineFeed);
     }
+    if line.len() > max {
+        return Err(RespErrorKind::LineTooLong { limit: max });
+    }
+    Ok((at + 1, true))
 }
 
 /// The words of an inline command, split on spaces and tabs (redis-server also honours quotes;
@@ -529,12 +489,15 @@ fn command_name(word: &[u8]) -> Option<String> {
     (word.len() <= MAX_COMMAND_NAME).then(|| String::from_utf8_lossy(word).to_ascii_uppercase())
 }
 
-/// A RESP integer: an optional minus and decimal digits, within `i64`.
+/// An optional minus and decimal digits (a big number, or an integer of any size).
+fn is_decimal(line: &[u8]) -> bool {
+    let digits = line.strip_prefix(b"-").unwrap_or(line);
+    !digits.is_empty() && digits.iter().all(u8::is_ascii_digit)
+}
+
+/// A RESP integer: [`is_decimal`], within `i64`.
 fn parse_integer(line: &[u8]) -> Option<i64> {
-    let text = std::str::from_utf8(line).ok()?;
-    let digits = text.strip_prefix('-').unwrap_or(text);
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    text.parse().ok()
+    is_decimal(line)
+        .then(|| std::str::from_utf8(line).ok()?.parse().ok())
+        .flatten()
 }
