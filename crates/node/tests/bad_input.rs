@@ -611,20 +611,10 @@ fn speak_replication(namespace: &str, to: SocketAddr, speech: Speech) {
                 let (mut sealer, mut reader) =
                     handshake(&mut stream, &key, node, epoch, incarnation);
                 // The backup's first sealed frame opens with this stream's keys.
-                let ready = loop {
-                    if let Some((_, frame)) =
-                        reader.next_frame().expect("the backup's sealed frame")
-                    {
-                        break frame;
-                    }
-                    let n = stream.read(&mut buf).expect("read the backup's ready");
-                    assert!(n > 0, "the backup hung up before it was ready");
-                    reader.push(&buf[..n]);
-                };
+                let ready = next_frame(&mut stream, &mut reader);
                 assert!(
-                    matches!(ready, ReplicationFrame::BackupReady { .. }),
-                    "{}",
-                    ready.label()
+                    matches!(ready, Some(ReplicationFrame::BackupReady { .. })),
+                    "{ready:?}"
                 );
                 let closed = |port| ReplicationFrame::Closed {
                     tuple: steadfast_core::image::FourTuple {
@@ -693,7 +683,7 @@ fn handshake(
     epoch: u64,
     incarnation: u64,
 ) -> (Sealer, steadfast_core::replication_wire::FrameReader) {
-    use std::io::{Read, Write};
+    use std::io::Write;
     use steadfast_core::replication_wire::{
         encode as encode_frame, handshake_proof, FrameReader, LinkAttempt, ReplicationFrame,
         NONCE_LEN,
@@ -717,16 +707,6 @@ fn handshake(
     );
     stream.write_all(&out).expect("hello");
     let mut reader = FrameReader::new();
-    let mut buf = [0u8; 4096];
-    let mut next_frame = |stream: &mut std::net::TcpStream, reader: &mut FrameReader| loop {
-        if let Some((_, frame)) = reader.next_frame().expect("the backup's frames") {
-            return Some(frame);
-        }
-        match stream.read(&mut buf) {
-            Ok(n) if n > 0 => reader.push(&buf[..n]),
-            _ => return None,
-        }
-    };
     let (peer, peer_nonce) = match next_frame(stream, &mut reader) {
         Some(ReplicationFrame::Hello { node, nonce, .. }) => (node, nonce),
         other => panic!("expected a hello, got {other:?}"),
@@ -764,6 +744,24 @@ fn handshake(
     );
     reader.open_with(opener);
     (sealer, reader)
+}
+
+/// The backup's next frame on `stream`, or `None` once it hung up.
+fn next_frame(
+    stream: &mut std::net::TcpStream,
+    reader: &mut steadfast_core::replication_wire::FrameReader,
+) -> Option<steadfast_core::replication_wire::ReplicationFrame> {
+    use std::io::Read;
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some((_, frame)) = reader.next_frame().expect("the backup's frames") {
+            return Some(frame);
+        }
+        match stream.read(&mut buf) {
+            Ok(n) if n > 0 => reader.push(&buf[..n]),
+            _ => return None,
+        }
+    }
 }
 
 fn wait_for(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
