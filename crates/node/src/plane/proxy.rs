@@ -1864,10 +1864,9 @@ impl Session {
     }
 
     /// A backup joined that does not hold this connection yet, and a hand-over to it may
-    /// still happen. Asked at every turn of the session's loop while pieces wait: it reads the
-    /// session's own notice, not the gate every session shares.
+    /// still happen.
     fn handover_wanted(&self) -> bool {
-        let generation = self.adoption.offered();
+        let generation = self.ctx.gate.adoption_generation();
         generation != 0
             && generation != self.protection.generation()
             && generation != self.handover_given_up
@@ -2002,12 +2001,6 @@ impl AdoptionTrigger {
             disownings,
             backoff: ADOPTION_RETRY_FIRST,
         }
-    }
-
-    /// The adoption generation last announced (the gate's `adoption_generation`), 0 without
-    /// one.
-    fn offered(&self) -> u64 {
-        self.notice.as_ref().map_or(0, |notice| *notice.borrow())
     }
 
     /// Resolves when the session should try a hand-over.
