@@ -302,7 +302,8 @@ pub struct ReplyHeader {
 /// Appends the encoding of the [`ReplicationFrame::Reply`] made of `header` and `bytes`, sent
 /// in `epoch`, to `out`: the same bytes as [`encode`] of that frame.
 pub fn encode_reply(header: &ReplyHeader, bytes: &[u8], epoch: u64, out: &mut Vec<u8>) {
-    out.reserve(REPLY_HEAD_BYTES + bytes.len());
+    // With room for the tag: a piece sealed where it was encoded is not moved to grow by it.
+    out.reserve(REPLY_HEAD_BYTES + bytes.len() + TAG_LEN);
     let start = begin_frame(out, REPLY_KIND, epoch);
     put_reply_header(out, header);
     out.extend_from_slice(bytes);
@@ -543,7 +544,10 @@ fn put_tuple(out: &mut Vec<u8>, tuple: &FourTuple) {
 #[derive(Debug, Default)]
 pub struct FrameReader {
     buffer: Vec<u8>,
-    /// Stream offset of `buffer[0]`.
+    /// Where the first frame not yet returned starts in `buffer`: bytes before it are dropped
+    /// when more room is needed, not after every frame.
+    start: usize,
+    /// Stream offset of `buffer[start]`.
     offset: u64,
     failed: Option<ReplicationError>,
     /// Set once the handshake is over: every later frame is sealed.
@@ -566,6 +570,27 @@ impl FrameReader {
         self.buffer.extend_from_slice(bytes);
     }
 
+    /// The buffer received bytes are appended to (a socket read into its spare capacity),
+    /// which saves [`push`](Self::push)'s copy. It has room for at least `at_least` more bytes
+    /// and for the rest of the frame under way, so that a long frame is read where it is
+    /// opened and decoded rather than moved as it grows. Only appending keeps the stream whole.
+    pub fn receive_buffer(&mut self, at_least: usize) -> &mut Vec<u8> {
+        if self.start > 0 {
+            self.buffer.drain(..self.start);
+            self.start = 0;
+        }
+        let frame_rest = match self.buffer.get(..4) {
+            Some(len) => {
+                let len = u32::from_be_bytes(len.try_into().expect("4 bytes")) as usize;
+                // A length the next call refuses must not make room for itself.
+                (4 + len.min(MAX_FRAME_BYTES + TAG_LEN)).saturating_sub(self.buffer.len())
+            }
+            None => 0,
+        };
+        self.buffer.reserve(at_least.max(frame_rest));
+        &mut self.buffer
+    }
+
     /// The next complete frame and the epoch it was sent in; `Ok(None)` until one is whole.
     /// After an error every call returns it again: the stream has no boundary after it.
     pub fn next_frame(&mut self) -> Result<Option<(u64, ReplicationFrame)>, ReplicationError> {
@@ -580,10 +605,11 @@ impl FrameReader {
     }
 
     fn try_next(&mut self) -> Result<Option<(u64, ReplicationFrame)>, ReplicationError> {
-        if self.buffer.len() < 4 {
+        let buffered = &mut self.buffer[self.start..];
+        if buffered.len() < 4 {
             return Ok(None);
         }
-        let len = u32::from_be_bytes(self.buffer[..4].try_into().expect("4 bytes")) as usize;
+        let len = u32::from_be_bytes(buffered[..4].try_into().expect("4 bytes")) as usize;
         let offset = self.offset;
         let tag = if self.opener.is_some() { TAG_LEN } else { 0 };
         if len > MAX_FRAME_BYTES + tag {
@@ -596,16 +622,20 @@ impl FrameReader {
         if len < HEADER_LEN - 4 + tag {
             return Err(ReplicationError::TooShort { offset, len });
         }
-        if self.buffer.len() < 4 + len {
+        if buffered.len() < 4 + len {
             return Ok(None);
         }
         if let Some(opener) = self.opener.as_mut() {
             opener
-                .open(&mut self.buffer[..4 + len])
+                .open(&mut buffered[..4 + len])
                 .map_err(|error| ReplicationError::Unsealed { offset, error })?;
         }
-        let frame = decode_body(&self.buffer[4..4 + len - tag], offset)?;
-        self.buffer.drain(..4 + len);
+        let frame = decode_body(&buffered[4..4 + len - tag], offset)?;
+        self.start += 4 + len;
+        if self.start == self.buffer.len() {
+            self.buffer.clear();
+            self.start = 0;
+        }
         self.offset += 4 + len as u64;
         Ok(Some(frame))
     }

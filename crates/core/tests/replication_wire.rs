@@ -234,7 +234,70 @@ fn read_all_with(
     (frames, None)
 }
 
+/// As [`read_all_with`], the bytes appended where the reader's receive buffer asks for them:
+/// at most `cut` bytes a read, as a socket read fills at most the room it is given.
+fn read_all_received(
+    mut reader: FrameReader,
+    stream: &[u8],
+    cut: usize,
+    room: usize,
+) -> (Vec<(u64, ReplicationFrame)>, Option<ReplicationError>) {
+    let mut frames = Vec::new();
+    let mut rest = stream;
+    while !rest.is_empty() {
+        let buffer = reader.receive_buffer(room);
+        assert!(
+            buffer.capacity() - buffer.len() >= room,
+            "room for a read of {room}"
+        );
+        let n = cut.max(1).min(rest.len());
+        buffer.extend_from_slice(&rest[..n]);
+        rest = &rest[n..];
+        loop {
+            match reader.next_frame() {
+                Ok(Some(frame)) => frames.push(frame),
+                Ok(None) => break,
+                Err(e) => return (frames, Some(e)),
+            }
+        }
+    }
+    (frames, None)
+}
+
 proptest! {
+    /// Reading into the receive buffer (as the backup does) yields what pushing the same
+    /// bytes does, plain or sealed, however the reads fall.
+    #[test]
+    fn frames_read_into_the_receive_buffer_are_those_pushed(
+        frames in proptest::collection::vec((any::<u64>(), frame()), 1..10),
+        cut in 1usize..300,
+        room in 1usize..64,
+        protection in proptest::option::of(protection()),
+    ) {
+        let (stream, pushed, received) = match protection {
+            None => {
+                let mut stream = Vec::new();
+                for (epoch, frame) in &frames {
+                    encode(frame, *epoch, &mut stream);
+                }
+                let pushed = read_all(&stream, cut);
+                let received = read_all_received(FrameReader::new(), &stream, cut, room);
+                (stream, pushed, received)
+            }
+            Some(protection) => {
+                let (mut sealer, reader) = stream_ends(protection);
+                let (stream, _) = sealed(&mut sealer, &frames);
+                let pushed = read_all_with(stream_ends(protection).1, &stream, cut);
+                let received = read_all_received(reader, &stream, cut, room);
+                (stream, pushed, received)
+            }
+        };
+        prop_assert!(!stream.is_empty());
+        prop_assert_eq!(&pushed.1, &None);
+        prop_assert_eq!(&received, &pushed);
+        prop_assert_eq!(received.0, frames);
+    }
+
     #[test]
     fn every_frame_survives_the_stream_however_it_is_cut(
         frames in proptest::collection::vec((any::<u64>(), frame()), 1..12),

@@ -542,7 +542,6 @@ impl BackupParts {
     ) -> anyhow::Result<()> {
         let (mut read_half, mut write_half) = stream.into_split();
         let mut current_stream = self.current_stream.subscribe();
-        let mut buf = vec![0u8; 256 * 1024];
         let mut out = Vec::new();
         let mut unlogged = Vec::new();
         loop {
@@ -588,8 +587,10 @@ impl BackupParts {
             if !out.is_empty() {
                 write_half.write_all(&out).await?;
             }
+            // Read where the frames are opened and decoded: a reply piece is not copied on
+            // its way there.
             let n = tokio::select! {
-                n = read_half.read(&mut buf) => n?,
+                n = read_half.read_buf(reader.receive_buffer(256 * 1024)) => n?,
                 _ = current_stream.wait_for(|current| *current != stream_number) => {
                     return Err(Superseded.into());
                 }
@@ -597,7 +598,6 @@ impl BackupParts {
             if n == 0 {
                 anyhow::bail!("the primary closed the replication stream");
             }
-            reader.push(&buf[..n]);
         }
     }
 

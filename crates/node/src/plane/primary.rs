@@ -259,6 +259,9 @@ impl ReplyGate for ReplicatedGate {
     }
 }
 
+/// A frame at least this long is sealed and written on its own, not copied into a batch.
+const WRITTEN_IN_PLACE_BYTES: usize = 64 * 1024;
+
 /// How long a step-down waits for its sessions to end before dropping their held replies.
 const RETIRE_WAIT: Duration = Duration::from_secs(1);
 
@@ -1033,24 +1036,36 @@ async fn run_link(
     let writer = async move {
         let mut batch = Vec::new();
         // Sealed here, where the frames take their order on the wire: the tag numbers them.
-        let mut seal_into = |batch: &mut Vec<u8>, frame: &[u8]| {
-            let start = batch.len();
-            batch.extend_from_slice(frame);
+        let mut seal = |frame: &mut Vec<u8>, start: usize| {
             sealer
-                .seal(batch, start)
+                .seal(frame, start)
                 .map_err(|e| std::io::Error::other(e.to_string()))
         };
-        while let Some(frame) = frames_rx.recv().await {
-            batch.clear();
-            seal_into(&mut batch, &frame)?;
-            // Everything queued meanwhile goes in the same write.
-            while batch.len() < 1 << 20 {
-                match frames_rx.try_recv() {
-                    Ok(more) => seal_into(&mut batch, &more)?,
-                    Err(_) => break,
+        while let Some(first) = frames_rx.recv().await {
+            let mut next = Some(first);
+            // Everything queued meanwhile goes in as few writes as it can; a reply piece is
+            // sealed and written where it was encoded rather than copied into the batch.
+            while let Some(mut frame) = next.take() {
+                if frame.len() >= WRITTEN_IN_PLACE_BYTES {
+                    if !batch.is_empty() {
+                        write_half.write_all(&batch).await?;
+                        batch.clear();
+                    }
+                    seal(&mut frame, 0)?;
+                    write_half.write_all(&frame).await?;
+                } else {
+                    let start = batch.len();
+                    batch.extend_from_slice(&frame);
+                    seal(&mut batch, start)?;
+                }
+                if batch.len() < 1 << 20 {
+                    next = frames_rx.try_recv().ok();
                 }
             }
-            write_half.write_all(&batch).await?;
+            if !batch.is_empty() {
+                write_half.write_all(&batch).await?;
+                batch.clear();
+            }
         }
         Ok::<_, std::io::Error>(())
     };

@@ -560,7 +560,6 @@ impl Session {
             self.write_reply_bytes(unacked_reply).await?;
         }
         let mut client_buf = vec![0u8; READ_CHUNK];
-        let mut backend_buf = vec![0u8; READ_CHUNK];
         loop {
             self.answer_framing_error().await?;
             self.forward_requests().await?;
@@ -601,6 +600,7 @@ impl Session {
                 && self.outgoing_bytes() < STREAM_WINDOW_BYTES
                 && (self.outgoing.is_empty() || !self.handover_wanted());
             let adoption_may_start = self.adoption_may_start();
+            let backend_room = self.backend_read_room();
             tokio::select! {
                 read = self.client.read(&mut client_buf), if read_client => {
                     let n = read.map_err(|e| SessionEnd::Client(self.tuple, e))?;
@@ -614,7 +614,7 @@ impl Session {
                     self.release_front(held).await?;
                 }
                 // Between requests too: a server that closes an idle connection is seen at once.
-                read = read_backend_stream(self.backend.as_mut(), &mut backend_buf), if read_backend => {
+                read = read_backend_stream(self.backend.as_mut(), backend_room), if read_backend => {
                     if self.in_flight.is_none() {
                         self.backend_spoke_while_idle(read).await;
                     } else {
@@ -625,7 +625,7 @@ impl Session {
                         };
                         if !sent_again {
                             let n = read.map_err(|e| SessionEnd::Backend(self.tuple, e))?;
-                            self.take_backend_bytes(&backend_buf[..n]).await?;
+                            self.take_backend_bytes(n).await?;
                         }
                     }
                 }
@@ -1233,15 +1233,15 @@ impl Session {
 
     /// Waits for the in-flight reply while the client is not read (used on the error path).
     async fn finish_in_flight(&mut self) -> Result<(), SessionEnd> {
-        let mut buf = vec![0u8; READ_CHUNK];
         while self.in_flight.is_some() {
             while self.outgoing_bytes() >= STREAM_WINDOW_BYTES {
                 self.release_oldest().await?;
             }
-            let n = read_backend_stream(self.backend.as_mut(), &mut buf)
+            let room = self.backend_read_room();
+            let n = read_backend_stream(self.backend.as_mut(), room)
                 .await
                 .map_err(|e| SessionEnd::Backend(self.tuple, e))?;
-            self.take_backend_bytes(&buf[..n]).await?;
+            self.take_backend_bytes(n).await?;
         }
         Ok(())
     }
@@ -1471,20 +1471,21 @@ impl Session {
     }
 
     /// Frames backend bytes (`bytes` empty: the backend closed) and hands complete replies on.
-    async fn take_backend_bytes(&mut self, bytes: &[u8]) -> Result<(), SessionEnd> {
-        if !bytes.is_empty() {
+    /// Frames the `n` bytes just read into the backend's buffer (0: the backend closed).
+    async fn take_backend_bytes(&mut self, n: usize) -> Result<(), SessionEnd> {
+        if n > 0 {
             if let Some(flight) = self.in_flight.as_mut() {
                 flight.retry = None;
             }
         }
         let backend = self.backend.as_mut().expect("reading a backend");
         let mut events = Vec::new();
-        let closed = bytes.is_empty();
-        backend.buffer.extend_from_slice(bytes);
+        let closed = n == 0;
         let result = if closed {
             backend.framer.finish(&mut events)
         } else {
-            backend.framer.feed(bytes, &mut events)
+            let read = &backend.buffer[backend.buffer.len() - n..];
+            backend.framer.feed(read, &mut events)
         };
         if self
             .in_flight
@@ -1778,9 +1779,17 @@ impl Session {
     fn cut_backend(&mut self, end: u64) -> Vec<u8> {
         let backend = self.backend.as_mut().expect("reading a backend");
         let n = ((end - backend.base) as usize).min(backend.buffer.len());
-        let piece: Vec<u8> = backend.buffer.drain(..n).collect();
         backend.base += n as u64;
-        piece
+        if n < READ_CHUNK {
+            // Copied, so that the buffer keeps its room for the next read.
+            let piece = backend.buffer[..n].to_vec();
+            backend.buffer.drain(..n);
+            return piece;
+        }
+        // A long piece mostly takes the whole buffer: it moves out, and only what follows the
+        // cut (the start of the next reply, or chunk framing) is copied.
+        let rest = backend.buffer.split_off(n);
+        std::mem::replace(&mut backend.buffer, rest)
     }
 
     /// Logs `bytes` in frames the backup accepts (at most [`MAX_PIECE_BYTES`] each, all but
@@ -1850,6 +1859,20 @@ impl Session {
     async fn release_oldest(&mut self) -> Result<(), SessionEnd> {
         let held = outgoing_held(self.outgoing.front_mut()).await;
         self.release_front(held).await
+    }
+
+    /// How long the backend's buffer should be for the next read: a streamed reply's piece
+    /// grows in it to its full size without being moved.
+    fn backend_read_room(&self) -> usize {
+        if self
+            .in_flight
+            .as_ref()
+            .is_some_and(|flight| flight.streamed)
+        {
+            STREAM_PIECE_BYTES as usize + 2 * READ_CHUNK
+        } else {
+            READ_CHUNK
+        }
     }
 
     /// Reply bytes logged and waiting to be written (a few pieces at most).
@@ -2110,9 +2133,16 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-async fn read_backend_stream(backend: Option<&mut Backend>, buf: &mut [u8]) -> io::Result<usize> {
+/// Reads the backend into the end of its buffer, where the reply's bytes are framed and cut
+/// into pieces without being copied again; the buffer is made `room` long, and at least a
+/// read longer. Cancel-safe, like `read_buf`.
+async fn read_backend_stream(backend: Option<&mut Backend>, room: usize) -> io::Result<usize> {
     match backend {
-        Some(backend) => backend.stream.read(buf).await,
+        Some(backend) => {
+            let buffer = &mut backend.buffer;
+            buffer.reserve(room.saturating_sub(buffer.len()).max(READ_CHUNK));
+            backend.stream.read_buf(buffer).await
+        }
         None => std::future::pending().await,
     }
 }
