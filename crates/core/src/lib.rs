@@ -10,9 +10,11 @@ pub mod election_messages;
 pub mod heartbeat_wire;
 pub mod http;
 pub mod image;
+pub mod redis_commands;
 pub mod replication_seal;
 pub mod replication_wire;
 pub mod reply_log;
 pub mod resp;
+pub mod resp_value;
 
 pub use election_messages::{Message, NodeId, Role};

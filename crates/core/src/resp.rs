@@ -490,13 +490,13 @@ fn command_name(word: &[u8]) -> Option<String> {
 }
 
 /// An optional minus and decimal digits (a big number, or an integer of any size).
-fn is_decimal(line: &[u8]) -> bool {
+pub(crate) fn is_decimal(line: &[u8]) -> bool {
     let digits = line.strip_prefix(b"-").unwrap_or(line);
     !digits.is_empty() && digits.iter().all(u8::is_ascii_digit)
 }
 
 /// A RESP integer: [`is_decimal`], within `i64`.
-fn parse_integer(line: &[u8]) -> Option<i64> {
+pub(crate) fn parse_integer(line: &[u8]) -> Option<i64> {
     is_decimal(line)
         .then(|| std::str::from_utf8(line).ok()?.parse().ok())
         .flatten()
