@@ -10,6 +10,7 @@ pub mod election_messages;
 pub mod heartbeat_wire;
 pub mod http;
 pub mod image;
+pub mod latency;
 pub mod redis_commands;
 pub mod replication_seal;
 pub mod replication_wire;

@@ -1084,7 +1084,30 @@ fn plane_status(mode: &str, shared: &crate::plane::PlaneShared) -> crate::status
         status.replies_aborted = p.replies_aborted.load(Relaxed);
         status.sessions_open = proxy.census.open();
         status.sessions_retired = p.sessions_retired.load(Relaxed);
+        let stages = &p.stages;
+        for (name, histogram) in [
+            ("backend", &stages.backend),
+            ("backup_hold", &stages.backup_hold),
+            ("client_write", &stages.client_write),
+            ("request", &stages.request),
+        ] {
+            add_stage(&mut status, name, histogram);
+        }
     }
+    add_stage(&mut status, "logger_batch", &c.logger_batch);
+    add_stage(&mut status, "replication_batch", &c.replication_batch);
     shared.fill_adoption_status(&mut status);
     status
+}
+
+/// A stage that ran at least once on this node goes into the status.
+fn add_stage(
+    status: &mut crate::status::DataPlaneStatus,
+    name: &str,
+    histogram: &steadfast_core::latency::LatencyHistogram,
+) {
+    let summary = histogram.summary();
+    if summary.count > 0 {
+        status.stages.insert(name.to_string(), summary.into());
+    }
 }

@@ -797,6 +797,51 @@ fn replies_longer_than_a_replication_frame_keep_the_backup() {
     );
 }
 
+/// `status` says where a request's time goes: on the primary, the backend's answer, the wait
+/// for the backup to hold each reply piece, the write to the client and the whole request; on
+/// the backup, the logger's passes and the replication stream's. Each request passes every
+/// primary stage once, and no request is quicker than its backend's first byte.
+#[test]
+fn status_shows_where_each_request_spends_its_time() {
+    let (lab, primary, backup) = protected_lab("st");
+    let requests = 40;
+    let urls: Vec<String> = (0..requests)
+        .map(|i| format!("http://{}/bytes/1024?seed={i}", lab.target()))
+        .collect();
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.info.client_ns, "curl"])
+        .args(["--silent", "--show-error", "--fail", "--max-time", "30"])
+        .args(["--write-out", "%{http_code}\n", "--output", "/dev/null"])
+        .args(&urls)
+        .output()
+        .expect("curl runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let at_primary = lab.daemon_status(&primary)["data_plane"].clone();
+    let stages = &at_primary["stages"];
+    let count = |stage: &str| stages[stage]["count"].as_u64().unwrap_or(0);
+    for stage in ["backend", "backup_hold", "client_write", "request"] {
+        assert!(count(stage) >= requests, "{stage}: {stages}");
+    }
+    for quantile in ["p50_us", "p90_us", "p99_us", "max_us"] {
+        let of = |stage: &str| stages[stage][quantile].as_u64().unwrap_or(0);
+        assert!(
+            of("request") >= of("backend"),
+            "{quantile}: a request takes at least its backend's answer: {stages}"
+        );
+    }
+    let at_backup = lab.daemon_status(&backup)["data_plane"]["stages"].clone();
+    for stage in ["logger_batch", "replication_batch"] {
+        assert!(
+            at_backup[stage]["count"].as_u64().unwrap_or(0) > 0,
+            "{stage}: {at_backup}"
+        );
+    }
+}
+
 /// A primary served alone for a moment (it always does, until its backup joins) and began
 /// announcing the VIP; once the backup joins and announces it, the primary must fall silent.
 /// Otherwise the last gratuitous ARP heard decides where the clients send: CI saw a client

@@ -544,6 +544,7 @@ impl BackupParts {
         let mut current_stream = self.current_stream.subscribe();
         let mut out = Vec::new();
         let mut unlogged = Vec::new();
+        let mut read_at: Option<Instant> = None;
         loop {
             let mut highest_seq = None;
             while let Some((frame_epoch, frame)) = reader
@@ -586,6 +587,12 @@ impl BackupParts {
             }
             if !out.is_empty() {
                 write_half.write_all(&out).await?;
+                if let (Some(read_at), Some(_)) = (read_at, highest_seq) {
+                    self.shared
+                        .counters
+                        .replication_batch
+                        .record(read_at.elapsed());
+                }
             }
             // Read where the frames are opened and decoded: a reply piece is not copied on
             // its way there.
@@ -598,6 +605,7 @@ impl BackupParts {
             if n == 0 {
                 anyhow::bail!("the primary closed the replication stream");
             }
+            read_at = Some(Instant::now());
         }
     }
 
@@ -1124,8 +1132,10 @@ impl LoggerContext {
             };
             // SAFETY: one valid pollfd for the duration of the call.
             unsafe { libc::poll(&mut pollfd, 1, LOGGER_POLL_MS) };
+            let woken_at = Instant::now();
             self.drain_once(&mut outgoing);
             self.count_ring_drops();
+            let forwarding = !outgoing.is_empty();
             // Forward only what the log holds: sending happens after the batch is logged.
             for frame in outgoing.drain(..) {
                 if self.stop.load(Ordering::Relaxed) {
@@ -1143,6 +1153,9 @@ impl LoggerContext {
                         tracing::debug!("forwarding a client frame: {e}");
                     }
                 }
+            }
+            if forwarding {
+                self.shared.counters.logger_batch.record(woken_at.elapsed());
             }
         }
     }

@@ -25,6 +25,7 @@ use anyhow::Context;
 use steadfast_core::heartbeat_wire::AuthKey;
 use steadfast_core::http::FramingLimits;
 use steadfast_core::image::FourTuple;
+use steadfast_core::latency::LatencyHistogram;
 use steadfast_core::replication_seal::Protection;
 use steadfast_core::replication_wire::{ConnectionOptions, ReplicationError};
 use steadfast_core::NodeId;
@@ -119,6 +120,11 @@ pub enum PlaneRole {
 /// Counters the control socket reports (all cumulative unless said otherwise).
 #[derive(Debug, Default)]
 pub struct PlaneCounters {
+    /// Backup: one pass of the logger over its ring that had client frames to forward, from
+    /// waking to the last frame sent on (status `stages`).
+    pub logger_batch: LatencyHistogram,
+    /// Backup: bytes read from the replication stream → their pieces logged and acknowledged.
+    pub replication_batch: LatencyHistogram,
     pub frames_logged: AtomicU64,
     pub frames_forwarded: AtomicU64,
     pub frames_dropped: AtomicU64,

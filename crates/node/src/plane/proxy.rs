@@ -21,6 +21,7 @@ use steadfast_core::http::{
     RequestId, ResponseFramer, StreamedReply,
 };
 use steadfast_core::image::{FourTuple, HandoverStep, HandoverWait, SessionStreams, SocketStreams};
+use steadfast_core::latency::LatencyHistogram;
 use steadfast_core::replication_wire::{ConnectionOptions, MAX_PIECE_BYTES};
 use steadfast_core::reply_log::RequestIdKey;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -65,6 +66,19 @@ const MAX_UNANSWERED_REQUEST_BYTES: usize = 64 * 1024 * 1024;
 const ADOPTION_RETRY_FIRST: Duration = Duration::from_millis(5);
 const ADOPTION_RETRY_MAX: Duration = Duration::from_millis(200);
 
+/// How long each stage of a request takes in the proxy.
+#[derive(Debug, Default)]
+pub struct ProxyStages {
+    /// The request written to the backend → the first bytes of its reply read.
+    pub backend: LatencyHistogram,
+    /// A reply piece logged → the backup acknowledged holding it (I2's wait).
+    pub backup_hold: LatencyHistogram,
+    /// A reply piece released → written into the client's socket.
+    pub client_write: LatencyHistogram,
+    /// The request written to the backend → the last byte of its reply written to the client.
+    pub request: LatencyHistogram,
+}
+
 /// Counters of the proxy (status output).
 #[derive(Debug, Default)]
 pub struct ProxyCounters {
@@ -78,6 +92,8 @@ pub struct ProxyCounters {
     /// Idempotent requests sent again on a fresh backend connection (see
     /// `Session::send_again_on_a_fresh_connection`).
     pub backend_retries: AtomicU64,
+    /// Where a request's time goes here (status `stages`), stage by stage.
+    pub stages: ProxyStages,
     pub replies_unprotected: AtomicU64,
     /// Reply pieces that waited for this node's lease before going out unlogged.
     pub replies_fenced: AtomicU64,
@@ -328,6 +344,10 @@ struct InFlight {
     /// The request, while it may still be sent again on a fresh connection: it is idempotent,
     /// went on a reused connection, and no byte of its reply has come.
     retry: Option<RequestHead>,
+    /// When the request's head went to the backend, and whether a byte of its reply came
+    /// since (the stage latencies).
+    sent_at: Instant,
+    reply_seen: bool,
 }
 
 /// The backend connection of a session and the framer of its reply stream.
@@ -899,6 +919,8 @@ impl Session {
                     streamed: false,
                     continuation: None,
                     retry: None,
+                    sent_at: Instant::now(),
+                    reply_seen: false,
                 })
             }
         }
@@ -1315,6 +1337,8 @@ impl Session {
                         streamed: resuming,
                         continuation,
                         retry: retryable.then(|| head.clone()),
+                        sent_at: Instant::now(),
+                        reply_seen: false,
                     });
                     forwarded_to = Some(head.range.end);
                 }
@@ -1476,6 +1500,14 @@ impl Session {
         if n > 0 {
             if let Some(flight) = self.in_flight.as_mut() {
                 flight.retry = None;
+                if !flight.reply_seen {
+                    flight.reply_seen = true;
+                    self.ctx
+                        .counters
+                        .stages
+                        .backend
+                        .record(flight.sent_at.elapsed());
+                }
             }
         }
         let backend = self.backend.as_mut().expect("reading a backend");
@@ -1553,6 +1585,11 @@ impl Session {
                     }
                     self.send_reply_piece(flight.index, PieceKind::Final { request_end }, piece)
                         .await?;
+                    self.ctx
+                        .counters
+                        .stages
+                        .request
+                        .record(flight.sent_at.elapsed());
                     self.ctx.counters.replies.fetch_add(1, Ordering::Relaxed);
                     if closes_connection || early {
                         // After an early reply the server still waits for the rest of the
@@ -1840,6 +1877,7 @@ impl Session {
             kind,
             ack,
             bytes,
+            logged_at: Instant::now(),
         });
         if kind == PieceKind::Partial {
             return Ok(());
@@ -1904,12 +1942,17 @@ impl Session {
             request_index,
             kind,
             bytes,
+            logged_at,
             ..
         } = self
             .outgoing
             .pop_front()
             .expect("a piece waits when one is released");
         let logged = held == Some(true);
+        let stages = &self.ctx.counters.stages;
+        if logged {
+            stages.backup_hold.record(logged_at.elapsed());
+        }
         if held == Some(false) {
             self.ctx
                 .counters
@@ -1953,7 +1996,14 @@ impl Session {
             .counters
             .reply_bytes
             .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-        self.write_reply_bytes(bytes).await
+        let released_at = Instant::now();
+        self.write_reply_bytes(bytes).await?;
+        self.ctx
+            .counters
+            .stages
+            .client_write
+            .record(released_at.elapsed());
+        Ok(())
     }
 
     /// Writes the reply bytes that end at `reply_offset`, and keeps them until the client
@@ -2085,6 +2135,7 @@ struct OutgoingPiece {
     /// Resolves once the backup holds the piece; `None` when it was not logged.
     ack: Option<AckWaiter>,
     bytes: Vec<u8>,
+    logged_at: Instant,
 }
 
 /// Resolves with whether the backup holds `piece` (`None`: it was never logged); never
