@@ -1096,6 +1096,7 @@ fn plane_status(mode: &str, shared: &crate::plane::PlaneShared) -> crate::status
     }
     add_stage(&mut status, "logger_batch", &c.logger_batch);
     add_stage(&mut status, "replication_batch", &c.replication_batch);
+    add_stage(&mut status, "ingress_wait", &c.ingress_wait);
     shared.fill_adoption_status(&mut status);
     status
 }

@@ -834,12 +834,20 @@ fn status_shows_where_each_request_spends_its_time() {
         );
     }
     let at_backup = lab.daemon_status(&backup)["data_plane"]["stages"].clone();
-    for stage in ["logger_batch", "replication_batch"] {
+    for stage in ["logger_batch", "replication_batch", "ingress_wait"] {
         assert!(
             at_backup[stage]["count"].as_u64().unwrap_or(0) > 0,
             "{stage}: {at_backup}"
         );
     }
+    // The kernel's receive stamp and the logger's clock agree: no wait of years or of less
+    // than nothing (which would saturate to 0 for every frame).
+    let waited = &at_backup["ingress_wait"];
+    assert!(
+        waited["max_us"].as_u64().unwrap_or(u64::MAX) < 10_000_000,
+        "{waited}"
+    );
+    assert!(waited["mean_us"].as_u64().unwrap_or(0) > 0, "{waited}");
 }
 
 /// A primary served alone for a moment (it always does, until its backup joins) and began

@@ -106,6 +106,9 @@ pub struct RxFrame<'a> {
     pub original_len: usize,
     pub truncated: bool,
     pub checksum: RxChecksum,
+    /// When the kernel put it in the ring (`CLOCK_REALTIME`, since the Unix epoch): how long a
+    /// frame waited for its reader is the reader's clock minus this.
+    pub received_at: std::time::Duration,
 }
 
 /// What the kernel knows of a received frame's transport checksum (`tp_status`).
@@ -362,11 +365,15 @@ impl PacketPort {
             // The frame's bytes are visible once the status says so.
             fence(Ordering::Acquire);
             // SAFETY: the kernel handed this slot to user space; its header is complete.
-            let (mac_offset, snaplen, len) = unsafe {
+            let (mac_offset, snaplen, len, received_at) = unsafe {
                 (
                     usize::from((*header).tp_mac),
                     (*header).tp_snaplen as usize,
                     (*header).tp_len as usize,
+                    std::time::Duration::new(
+                        u64::from((*header).tp_sec),
+                        (*header).tp_nsec.min(999_999_999),
+                    ),
                 )
             };
             // SAFETY: sll_pkttype of the sockaddr_ll after the header, inside the slot.
@@ -402,6 +409,7 @@ impl PacketPort {
                         original_len: len,
                         truncated,
                         checksum: RxChecksum::from_status(status),
+                        received_at,
                     });
                     handed += 1;
                 } else {

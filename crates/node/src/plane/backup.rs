@@ -509,6 +509,7 @@ impl BackupParts {
             ring_drops_counted: 0,
             ring_stats_read: Instant::now(),
             clock_origin: Instant::now(),
+            forwarded_received_at: Vec::new(),
             port,
             vip: service.vip,
             mac: self.mac,
@@ -1114,6 +1115,9 @@ struct LoggerContext {
     ring_stats_read: Instant,
     /// Time zero of the connection table's clock.
     clock_origin: Instant,
+    /// When the kernel received each client frame of this pass that is forwarded (stage
+    /// `ingress_wait`).
+    forwarded_received_at: Vec<Duration>,
 }
 
 impl LoggerContext {
@@ -1155,8 +1159,18 @@ impl LoggerContext {
                 }
             }
             if forwarding {
-                self.shared.counters.logger_batch.record(woken_at.elapsed());
+                let counters = &self.shared.counters;
+                counters.logger_batch.record(woken_at.elapsed());
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default();
+                for received_at in self.forwarded_received_at.drain(..) {
+                    counters
+                        .ingress_wait
+                        .record(now.saturating_sub(received_at));
+                }
             }
+            self.forwarded_received_at.clear();
         }
     }
 
@@ -1261,6 +1275,7 @@ impl LoggerContext {
         if let Some(table) = state.table.as_mut() {
             table.advance_clock(now.duration_since(self.clock_origin));
         }
+        let forwarded_received_at = &mut self.forwarded_received_at;
         self.port.drain(LOGGER_BATCH, |frame| {
             let counters = &shared.counters;
             if frame.truncated {
@@ -1336,6 +1351,7 @@ impl LoggerContext {
                     }
                     if let Some(primary) = state.primary_mac.filter(|_| forwarding) {
                         forward(frame.data, primary, mac, outgoing, shared);
+                        forwarded_received_at.push(frame.received_at);
                     }
                 }
                 Err(refused) => {

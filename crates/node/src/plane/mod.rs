@@ -125,6 +125,9 @@ pub struct PlaneCounters {
     pub logger_batch: LatencyHistogram,
     /// Backup: bytes read from the replication stream → their pieces logged and acknowledged.
     pub replication_batch: LatencyHistogram,
+    /// Backup: a client frame received by the kernel → sent on to the primary (logged first,
+    /// I1): what the backup in front adds to every client frame.
+    pub ingress_wait: LatencyHistogram,
     pub frames_logged: AtomicU64,
     pub frames_forwarded: AtomicU64,
     pub frames_dropped: AtomicU64,
