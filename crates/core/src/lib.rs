@@ -15,6 +15,7 @@ pub mod latency;
 pub mod redis_commands;
 pub mod replication_seal;
 pub mod replication_wire;
+pub mod reply_compare;
 pub mod reply_log;
 pub mod resp;
 pub mod resp_value;
