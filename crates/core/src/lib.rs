@@ -4,6 +4,7 @@
 //! current time (`Duration` since an arbitrary origin) as input and return actions. The I/O
 //! shells live in `steadfast-os` and `steadfast` (the node binary).
 
+pub mod active_executor;
 pub mod active_order;
 pub mod config;
 pub mod election;
