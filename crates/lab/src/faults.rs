@@ -8,7 +8,8 @@ use serde::Serialize;
 
 use crate::error::LabError;
 use crate::lab::{
-    start_backend, start_daemon, vip_holders_of, wait_backend_ready, wait_daemon_ready, wall_ns,
+    start_backend, start_daemon, start_front_proxy, vip_holders_of, wait_backend_ready,
+    wait_daemon_ready, wait_front_proxy_ready, wall_ns,
 };
 use crate::options::CrashKind;
 use crate::state::{CrashRecord, LabPaths, LabState};
@@ -230,8 +231,8 @@ impl fmt::Display for HealReport {
 
 /// Undoes a crash: kills what is left of the host's daemon (a frozen one is killed, not
 /// resumed), takes the VIP off the host so its kernel cannot answer for it, puts the cable back,
-/// restarts the backend if it is down and the daemon, which rejoins as a backup. Returns once
-/// both answer. Healing a host that is not crashed does nothing.
+/// restarts the backend (and the lab's front proxy, if it runs one) if it is down and the
+/// daemon, which rejoins as a backup. Returns once both answer. Healing a host that is not crashed does nothing.
 pub fn heal(name: &str, node: &str) -> Result<HealReport, LabError> {
     let lab = LabName::parse(name)?;
     let mut state = LabState::load(&lab)?;
@@ -292,6 +293,21 @@ pub fn heal(name: &str, node: &str) -> Result<HealReport, LabError> {
         state.save(&lab)?;
         wait_backend_ready(&lab, &paths, host, state.options.mode)?;
         restarted.push("backend".to_string());
+    }
+    let proxy_alive = entry.proxy_pid.is_some_and(|pid| process_is_in(pid, id));
+    if let Some(kind) = state
+        .options
+        .front_proxy
+        .filter(|_| host.is_member() && !proxy_alive)
+    {
+        let program = webservers::require_front_proxy(kind)?;
+        let pid = start_front_proxy(&lab, &state, &paths, host, &program)?;
+        if let Some(h) = state.host_mut(host) {
+            h.proxy_pid = Some(pid);
+        }
+        state.save(&lab)?;
+        wait_front_proxy_ready(&lab, &paths, host, pid)?;
+        restarted.push("front proxy".to_string());
     }
     if state.options.start_daemons && !keep_daemon {
         let pid = start_daemon(&lab, &state, &paths, host)?;

@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use crate::configs::{voter_config, write_key, GroupPlan};
 use crate::error::LabError;
-use crate::options::{BackendKind, Mode, UpOptions};
+use crate::options::{BackendKind, FrontProxy, Mode, UpOptions};
 use crate::probe::http_get_in_namespace;
 use crate::state::STATE_ROOT;
 use crate::state::{state_dir, CrashRecord, HostState, LabPaths, LabState, RecordedOptions};
@@ -28,6 +28,8 @@ use crate::webservers;
 
 /// How long a node's backend may take to answer `/health` after it is started.
 pub const BACKEND_READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a member's front proxy may take to listen on the service address.
+pub const FRONT_PROXY_READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a restarted daemon may take to answer on its control socket.
 pub const DAEMON_READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time allowed for a status exchange over a control socket.
@@ -86,6 +88,22 @@ pub fn up(opts: &UpOptions) -> Result<LabInfo, LabError> {
         });
     }
     let server = webservers::require_installed(opts.backend)?;
+    let front_proxy = match opts.front_proxy {
+        None => None,
+        Some(kind) if opts.mode == Mode::Unreplicated => {
+            Some((kind, webservers::require_front_proxy(kind)?))
+        }
+        Some(kind) => {
+            return Err(LabError::InvalidRequest {
+                lab: lab.to_string(),
+                reason: format!(
+                    "a {kind} front proxy runs in unreplicated labs only: in {} mode the \
+                     daemon's own proxy holds the service address",
+                    opts.mode
+                ),
+            })
+        }
+    };
     let needs_exe = opts.start_daemons || opts.backend == BackendKind::Builtin;
     if needs_exe && !opts.steadfast_exe.is_file() {
         return Err(LabError::MissingExecutable {
@@ -111,7 +129,7 @@ pub fn up(opts: &UpOptions) -> Result<LabInfo, LabError> {
         lab: lab.clone(),
         armed: true,
     };
-    let info = build(&lab, opts, &paths, server.as_deref())?;
+    let info = build(&lab, opts, &paths, server.as_deref(), front_proxy.as_ref())?;
     teardown.armed = false;
     Ok(info)
 }
@@ -135,6 +153,7 @@ fn build(
     opts: &UpOptions,
     paths: &LabPaths,
     server: Option<&Path>,
+    front_proxy: Option<&(FrontProxy, PathBuf)>,
 ) -> Result<LabInfo, LabError> {
     let hosts = hosts_of(opts.nodes, opts.witness);
     let mut state = LabState {
@@ -148,6 +167,7 @@ fn build(
             heartbeat_ms: opts.heartbeat_ms,
             steadfast_exe: opts.steadfast_exe.clone(),
             start_daemons: opts.start_daemons,
+            front_proxy: opts.front_proxy,
         },
         hosts: hosts
             .iter()
@@ -158,6 +178,7 @@ fn build(
                     address: host.address().to_string(),
                     daemon_pid: None,
                     backend_pid: None,
+                    proxy_pid: None,
                     crash: None,
                 };
                 (host.short_name(), state)
@@ -208,6 +229,16 @@ fn build(
     }
     for &node in &members {
         wait_backend_ready(lab, paths, node, opts.mode)?;
+    }
+    if let Some((_, program)) = front_proxy {
+        for &node in &members {
+            let pid = start_front_proxy(lab, &state, paths, node, program)?;
+            if let Some(h) = state.host_mut(node) {
+                h.proxy_pid = Some(pid);
+            }
+            state.save(lab)?;
+            wait_front_proxy_ready(lab, paths, node, pid)?;
+        }
     }
 
     let mut primary = None;
@@ -282,9 +313,88 @@ pub(crate) fn start_backend(
         node,
         &state.options.steadfast_exe,
         server,
-        crate::topology::backend_listen(state.options.mode),
+        crate::topology::backend_listen_behind(state.options.mode, state.options.front_proxy),
     )?;
     spawn_in_namespace(&node.namespace(lab), &argv, &paths.backend_log(node))
+}
+
+/// Starts a member's front proxy (the lab's state says which) on the service address, in
+/// front of the member's backend; returns its pid.
+pub(crate) fn start_front_proxy(
+    lab: &LabName,
+    state: &LabState,
+    paths: &LabPaths,
+    node: Host,
+    program: &Path,
+) -> Result<i32, LabError> {
+    let Some(kind) = state.options.front_proxy else {
+        return Err(LabError::InvalidRequest {
+            lab: lab.to_string(),
+            reason: format!("{node} has no front proxy to start"),
+        });
+    };
+    let argv = webservers::front_proxy_command(
+        kind,
+        paths,
+        node,
+        program,
+        SocketAddrV4::new(VIP, SERVICE_PORT),
+        crate::topology::backend_target(state.options.mode),
+    )?;
+    spawn_in_namespace(&node.namespace(lab), &argv, &paths.proxy_log(node))
+}
+
+/// Waits until a member's front proxy listens on the service address in its namespace (the VIP
+/// may not be there yet, so it cannot be asked over HTTP: its namespace's TCP table is read).
+pub(crate) fn wait_front_proxy_ready(
+    lab: &LabName,
+    paths: &LabPaths,
+    node: Host,
+    pid: i32,
+) -> Result<(), LabError> {
+    let ns = node.namespace(lab);
+    let service = SocketAddrV4::new(VIP, SERVICE_PORT);
+    let started = Instant::now();
+    let mut last = "not listening yet".to_string();
+    while started.elapsed() < FRONT_PROXY_READY_TIMEOUT {
+        match namespace_id(&ns) {
+            Some(id) if process_is_in(pid, id) => {}
+            _ => {
+                last = format!("it exited (pid {pid})");
+                break;
+            }
+        }
+        // The table of the process's network namespace, that is the node's.
+        let table = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")).unwrap_or_default();
+        if tcp_table_listens_on(&table, service) {
+            return Ok(());
+        }
+        std::thread::sleep(POLL_INTERVAL);
+    }
+    Err(LabError::NotReady {
+        lab: lab.to_string(),
+        what: format!("the front proxy of {node} (listening on {service} in {ns})"),
+        waited: started.elapsed(),
+        details: format!("\nlast look: {last}\n{}", quote_log(&paths.proxy_log(node))),
+    })
+}
+
+/// Whether a `/proc/net/tcp` table has a listening socket on exactly `addr`.
+fn tcp_table_listens_on(table: &str, addr: SocketAddrV4) -> bool {
+    const LISTEN: &str = "0A";
+    table.lines().skip(1).any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (Some(local), Some(state)) = (fields.get(1), fields.get(3)) else {
+            return false;
+        };
+        let Some((ip_hex, port_hex)) = local.split_once(':') else {
+            return false;
+        };
+        // The address is printed as the 32-bit word in memory (network order), read natively.
+        let ip = u32::from_str_radix(ip_hex, 16).map(|w| Ipv4Addr::from(w.to_ne_bytes()));
+        let port = u16::from_str_radix(port_hex, 16);
+        *state == LISTEN && ip == Ok(*addr.ip()) && port == Ok(addr.port())
+    })
 }
 
 /// Waits until a member's backend answers `GET /health` with 200 inside its namespace.
@@ -386,6 +496,17 @@ fn wait_vip_ready(
                 ),
             });
         }
+        if let Some(dead) = dead_front_proxy(lab, state) {
+            return Err(LabError::NotReady {
+                lab: lab.to_string(),
+                what: format!("the VIP {target} from {client}"),
+                waited: started.elapsed(),
+                details: format!(
+                    ": the front proxy of {dead} exited\n{}",
+                    quote_log(&paths.proxy_log(dead))
+                ),
+            });
+        }
         let holders = vip_holders_of(lab, &members)?;
         let last = if let [holder] = holders.as_slice() {
             match http_get_in_namespace(&client, target, "/health", PROBE_TIMEOUT) {
@@ -454,6 +575,15 @@ fn unprotected_primary(paths: &LabPaths, holder: Host, state: &LabState) -> Opti
 fn dead_daemon(lab: &LabName, state: &LabState) -> Option<Host> {
     state.hosts_in_order().into_iter().find_map(|h| {
         let pid = h.daemon_pid?;
+        let id = namespace_id(&h.host.namespace(lab))?;
+        (!process_is_in(pid, id)).then_some(h.host)
+    })
+}
+
+/// The first member whose recorded front proxy is no longer running.
+fn dead_front_proxy(lab: &LabName, state: &LabState) -> Option<Host> {
+    state.hosts_in_order().into_iter().find_map(|h| {
+        let pid = h.proxy_pid?;
         let id = namespace_id(&h.host.namespace(lab))?;
         (!process_is_in(pid, id)).then_some(h.host)
     })
@@ -791,4 +921,38 @@ pub fn down_all() -> Result<Vec<DownReport>, LabError> {
         .filter(|name| LabName::parse(name).is_ok())
         .map(|name| down(&name))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_listener_is_found_in_the_kernel_tcp_table() {
+        // 10.77.0.100:80 listening, 127.0.0.1:80 listening, and an established connection
+        // from the VIP's port 80 (not a listener).
+        let vip = u32::from_ne_bytes([10, 77, 0, 100]);
+        let lo = u32::from_ne_bytes([127, 0, 0, 1]);
+        let table = format!(
+            "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
+             \x20  0: {lo:08X}:0050 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1\n\
+             \x20  1: {vip:08X}:0050 0200{client:04X}:D431 01 00000000:00000000 00:00000000 00000000     0        0 2 1\n",
+            client = 0x4D0Au16,
+        );
+        let service = SocketAddrV4::new(VIP, SERVICE_PORT);
+        assert!(tcp_table_listens_on(
+            &table,
+            SocketAddrV4::new(Ipv4Addr::LOCALHOST, 80)
+        ));
+        assert!(!tcp_table_listens_on(&table, service));
+        let listening = format!(
+            "{table}   2: {vip:08X}:0050 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 3 1\n"
+        );
+        assert!(tcp_table_listens_on(&listening, service));
+        assert!(!tcp_table_listens_on(
+            &listening,
+            SocketAddrV4::new(VIP, 81)
+        ));
+        assert!(!tcp_table_listens_on("", service));
+    }
 }

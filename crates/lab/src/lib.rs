@@ -28,6 +28,6 @@ pub use lab::{
     down, down_all, info, status, up, vip_holders, DaemonView, DownReport, HostStatus, LabInfo,
     LabStatus,
 };
-pub use options::{BackendKind, CrashKind, Mode, ParseChoiceError, UpOptions};
+pub use options::{BackendKind, CrashKind, FrontProxy, Mode, ParseChoiceError, UpOptions};
 pub use probe::{http_get_in_namespace, HttpReply};
 pub use system::{pids_in_namespace, run_in_namespace};

@@ -27,6 +27,17 @@ pub enum BackendKind {
     Apache2,
 }
 
+/// A proxy the lab itself runs in front of each member's backend, on the service address, in
+/// an unreplicated lab: the reference proxy hop the overhead bench sets beside simplex and
+/// duplex (whose own proxy is the daemon's). The backend then listens where simplex and duplex
+/// put it (the service's port on the loopback address).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FrontProxy {
+    /// HAProxy (Debian package `haproxy`) in `mode http`.
+    Haproxy,
+}
+
 /// The contract's `--how`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -83,6 +94,7 @@ macro_rules! word_enum {
 
 word_enum!(Mode, "mode", Unreplicated => "unreplicated", Simplex => "simplex", Duplex => "duplex");
 word_enum!(BackendKind, "backend", Builtin => "builtin", Nginx => "nginx", Apache2 => "apache2");
+word_enum!(FrontProxy, "front proxy", Haproxy => "haproxy");
 word_enum!(CrashKind, "crash kind", Host => "host", Process => "process", Freeze => "freeze",
     Link => "link", Backend => "backend");
 
@@ -123,6 +135,9 @@ pub struct UpOptions {
     /// `arp.gratuitous_count` and `arp.gratuitous_spacing_ms` in the node configs; `None`
     /// keeps the daemon's defaults.
     pub gratuitous_arp: Option<(u32, u32)>,
+    /// A proxy the lab runs on each member in front of its backend (unreplicated labs only);
+    /// `None`: clients reach the backend (or the daemon's proxy) directly.
+    pub front_proxy: Option<FrontProxy>,
     /// The `steadfast` executable that runs the daemons and the builtin backend (the command
     /// line passes `std::env::current_exe()`).
     pub steadfast_exe: PathBuf,
@@ -151,6 +166,7 @@ impl UpOptions {
             max_connections_per_source: None,
             half_open_lifetime_ms: None,
             gratuitous_arp: None,
+            front_proxy: None,
             steadfast_exe: steadfast_exe.into(),
             start_daemons: true,
             ready_timeout: DEFAULT_READY_TIMEOUT,

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::LabError;
-use crate::options::{BackendKind, CrashKind, Mode};
+use crate::options::{BackendKind, CrashKind, FrontProxy, Mode};
 use crate::topology::{Host, LabName};
 
 /// Where every lab keeps its state directory.
@@ -59,6 +59,11 @@ impl LabPaths {
     pub fn backend_log(&self, host: Host) -> PathBuf {
         self.dir.join(format!("{}.backend.log", host.short_name()))
     }
+    /// The output of a member's front proxy (HAProxy's start-up messages and alerts; it logs
+    /// no requests).
+    pub fn proxy_log(&self, host: Host) -> PathBuf {
+        self.dir.join(format!("{}.proxy.log", host.short_name()))
+    }
     /// A node's web server files (config, pid file, temporary directories).
     pub fn web_dir(&self, host: Host) -> PathBuf {
         self.dir.join(format!("{}.web", host.short_name()))
@@ -79,6 +84,9 @@ pub struct RecordedOptions {
     pub heartbeat_ms: Option<u32>,
     pub steadfast_exe: PathBuf,
     pub start_daemons: bool,
+    /// The proxy the lab runs in front of each member's backend, if any.
+    #[serde(default)]
+    pub front_proxy: Option<FrontProxy>,
 }
 
 /// When and how a host was crashed.
@@ -98,6 +106,10 @@ pub struct HostState {
     pub address: String,
     pub daemon_pid: Option<i32>,
     pub backend_pid: Option<i32>,
+    /// A member's front proxy (HAProxy), when the lab runs one; `down` kills it with every
+    /// other process of the namespace.
+    #[serde(default)]
+    pub proxy_pid: Option<i32>,
     pub crash: Option<CrashRecord>,
 }
 

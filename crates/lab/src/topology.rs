@@ -45,6 +45,19 @@ pub fn backend_listen(mode: crate::options::Mode) -> std::net::SocketAddrV4 {
     }
 }
 
+/// The backend's listening address in a lab of `mode` whose members may run a front proxy of
+/// the lab's own (unreplicated only): behind one, the backend moves where simplex and duplex
+/// put it, and the proxy takes the service address.
+pub fn backend_listen_behind(
+    mode: crate::options::Mode,
+    front_proxy: Option<crate::options::FrontProxy>,
+) -> std::net::SocketAddrV4 {
+    match front_proxy {
+        Some(_) => std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, PROXIED_BACKEND_PORT),
+        None => backend_listen(mode),
+    }
+}
+
 /// Where the node's health check and the lab's readiness probe reach the backend.
 pub fn backend_target(mode: crate::options::Mode) -> std::net::SocketAddrV4 {
     std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, backend_listen(mode).port())

@@ -1,5 +1,7 @@
 //! The backends a lab node runs on port 80: the builtin one (`steadfast backend`), nginx or
 //! apache2. For nginx and apache2 the lab writes a configuration per node and a shared docroot.
+//! In front of them an unreplicated lab may run HAProxy on each member (see [`FrontProxy`]),
+//! with a configuration per node as well.
 //!
 //! The docroot mirrors the builtin backend's `/bytes/N?seed=0` for the sizes the benchmarks use
 //! (1 KB, 10 KB, 50 KB, 1 MB): the file `www/bytes/N` holds exactly the generator's bytes for
@@ -11,7 +13,7 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use crate::error::LabError;
-use crate::options::BackendKind;
+use crate::options::{BackendKind, FrontProxy};
 use crate::state::LabPaths;
 use crate::system::require_program;
 use crate::topology::Host;
@@ -154,6 +156,110 @@ pub(crate) fn backend_command(
     }
 }
 
+/// Checks that the front proxy's program is installed; returns it.
+pub(crate) fn require_front_proxy(kind: FrontProxy) -> Result<PathBuf, LabError> {
+    match kind {
+        FrontProxy::Haproxy => require_program("haproxy", "haproxy"),
+    }
+}
+
+/// The command line that runs a member's front proxy in the foreground, after writing its
+/// configuration (checked with `haproxy -c` first, so a bad one fails here with HAProxy's own
+/// words rather than as a VIP that never answers).
+pub(crate) fn front_proxy_command(
+    kind: FrontProxy,
+    paths: &LabPaths,
+    node: Host,
+    program: &Path,
+    listen: std::net::SocketAddrV4,
+    backend: std::net::SocketAddrV4,
+) -> Result<Vec<OsString>, LabError> {
+    match kind {
+        FrontProxy::Haproxy => {
+            let dir = web_dir(paths, node)?;
+            let conf = dir.join("haproxy.cfg");
+            write(&conf, &haproxy_config(&node.short_name(), listen, backend))?;
+            check_haproxy_config(program, &conf)?;
+            // `-db`: foreground, one process (no master), so the pid the lab records is the one
+            // that serves and the one whose CPU time the bench reads.
+            Ok(vec![program.into(), "-db".into(), "-f".into(), conf.into()])
+        }
+    }
+}
+
+/// `haproxy -c`: the configuration is valid, or HAProxy's own complaint.
+fn check_haproxy_config(program: &Path, conf: &Path) -> Result<(), LabError> {
+    let output = std::process::Command::new(program)
+        .arg("-c")
+        .arg("-f")
+        .arg(conf)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|source| LabError::Spawn {
+            command: format!("{} -c -f {}", program.display(), conf.display()),
+            source,
+        })?;
+    if output.status.success() {
+        return Ok(());
+    }
+    Err(LabError::Command {
+        command: format!("{} -c -f {}", program.display(), conf.display()),
+        status: output.status.to_string(),
+        stderr: format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+        .trim()
+        .to_string(),
+    })
+}
+
+/// HAProxy's configuration for one member: `mode http` on the service address, the node's
+/// backend behind it over kept-alive connections, no logging.
+///
+/// - `bind … transparent` (IP_TRANSPARENT): the VIP is on the node only while it serves, and
+///   HAProxy must be listening before (the daemon's proxy binds it with IP_FREEBIND alike).
+/// - `nbthread` is left at HAProxy's default, the CPUs it may run on (2 on the lab's 2-core
+///   VM), the same as the 2 worker threads of the daemon's data plane it is compared with.
+/// - `http-reuse safe` (HAProxy's default, named): a client's first request opens a server
+///   connection, later ones reuse idle ones; wrk's connections are kept alive, so in steady
+///   state every request goes over an existing backend connection.
+/// - `maxconn 4096`, far above the bench's 32 connections, and the backlog of the daemon's own
+///   listener.
+/// - timeouts as nginx's in the lab: 75 s idle on both sides, 10 s for a request's header.
+fn haproxy_config(
+    node: &str,
+    listen: std::net::SocketAddrV4,
+    backend: std::net::SocketAddrV4,
+) -> String {
+    format!(
+        r#"# Written by `steadfast lab up` for node {node}; run as `haproxy -db -f THIS`.
+# No `log` line anywhere: HAProxy logs nothing (start-up alerts go to stderr, the lab's log).
+global
+    maxconn 4096
+
+defaults
+    mode http
+    maxconn 4096
+    option http-keep-alive
+    http-reuse safe
+    timeout connect 5s
+    timeout client 75s
+    timeout server 75s
+    timeout http-request 10s
+    timeout http-keep-alive 75s
+
+frontend service
+    bind {listen} transparent
+    default_backend node
+
+backend node
+    server {node} {backend}
+"#
+    )
+}
+
 fn web_dir(paths: &LabPaths, node: Host) -> Result<PathBuf, LabError> {
     let dir = paths.web_dir(node);
     std::fs::create_dir_all(&dir)
@@ -280,4 +386,76 @@ Header always set Steadfast-Node "{node}"
         error_log = error_log.display(),
         docroot = docroot.display(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{Ipv4Addr, SocketAddrV4};
+
+    #[test]
+    fn haproxy_serves_the_service_address_in_http_mode_without_logging() {
+        let listen = SocketAddrV4::new(Ipv4Addr::new(10, 77, 0, 100), 80);
+        let backend = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 80);
+        let text = haproxy_config("n1", listen, backend);
+        let lines: Vec<&str> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .collect();
+        assert!(lines.contains(&"bind 10.77.0.100:80 transparent"), "{text}");
+        assert!(lines.contains(&"server n1 127.0.0.1:80"), "{text}");
+        assert!(lines.contains(&"mode http"), "{text}");
+        assert!(lines.contains(&"http-reuse safe"), "{text}");
+        assert!(
+            lines
+                .iter()
+                .all(|l| !l.starts_with("log ") && !l.starts_with("option httplog") && *l != "log"),
+            "HAProxy must not log: {text}"
+        );
+        // maxconn well above the bench's 32 connections, globally and per frontend.
+        let maxconn: Vec<u32> = lines
+            .iter()
+            .filter_map(|l| l.strip_prefix("maxconn "))
+            .map(|n| n.parse().unwrap())
+            .collect();
+        assert_eq!(maxconn.len(), 2, "{text}");
+        assert!(maxconn.iter().all(|&n| n >= 1024), "{text}");
+        for timeout in [
+            "connect",
+            "client",
+            "server",
+            "http-request",
+            "http-keep-alive",
+        ] {
+            assert!(
+                lines
+                    .iter()
+                    .any(|l| l.starts_with(&format!("timeout {timeout} "))),
+                "timeout {timeout}: {text}"
+            );
+        }
+    }
+
+    #[test]
+    #[ignore = "needs haproxy (the interop tier)"]
+    fn haproxy_accepts_the_configuration() {
+        let haproxy = crate::system::find_program("haproxy")
+            .expect("haproxy is not installed: the interop tier needs Debian's haproxy package");
+        let dir = std::env::temp_dir().join(format!("steadfast-haproxy-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let conf = dir.join("haproxy.cfg");
+        std::fs::write(
+            &conf,
+            haproxy_config(
+                "n2",
+                SocketAddrV4::new(Ipv4Addr::new(10, 77, 0, 100), 80),
+                SocketAddrV4::new(Ipv4Addr::LOCALHOST, 80),
+            ),
+        )
+        .unwrap();
+        let checked = check_haproxy_config(&haproxy, &conf);
+        std::fs::remove_dir_all(&dir).unwrap();
+        checked.unwrap();
+    }
 }

@@ -24,6 +24,13 @@ impl CpuTime {
         }
     }
 
+    pub fn plus(self, other: CpuTime) -> CpuTime {
+        CpuTime {
+            user_us: self.user_us + other.user_us,
+            system_us: self.system_us + other.system_us,
+        }
+    }
+
     pub fn per(self, count: u64) -> CpuTime {
         let n = count.max(1) as f64;
         CpuTime {

@@ -1,8 +1,12 @@
 //! `steadfast bench overhead`: what protection costs when nothing fails — the table of seed
 //! `000_751a5321d3176cb1.txt` (its Figures 4 and 5 and Table 1), measured here.
 //!
-//! One lab per mode (unreplicated, simplex, duplex), all up at once, 2 nodes and a witness each,
-//! so every mode runs on the same machine state. Rounds interleave the modes (the order rotates
+//! One lab per mode (unreplicated, unreplicated behind HAProxy, simplex, duplex), all up at
+//! once, 2 nodes and a witness each, so every mode runs on the same machine state. The HAProxy
+//! row is the reference proxy hop: the unreplicated lab with HAProxy (`mode http`) on the
+//! serving node, on the service address, and the backend behind it where simplex and duplex put
+//! theirs; its CPU counts in the primary's daemon column. Without haproxy installed that row
+//! alone is skipped, and the report says why. Rounds interleave the modes (the order rotates
 //! each round) so drift hits all of them alike; ratios are taken inside a round, against the
 //! unreplicated run of the same round and size, and summarised by their median and spread.
 //! For each mode, backend and reply size:
@@ -19,7 +23,7 @@ use serde::Serialize;
 use super::cpu::{self, CpuTime};
 use super::wrk::{self, WrkResult, WrkRun};
 use super::{percentile, plane_status, unique_lab_name, wait_until, BenchError, BenchLab};
-use crate::options::{BackendKind, Mode, UpOptions};
+use crate::options::{BackendKind, FrontProxy, Mode, UpOptions};
 use crate::state::LabState;
 use crate::topology::{Host, LabName};
 
@@ -29,8 +33,9 @@ pub const QUICK_SIZES: [u64; 2] = [1024, 50 * 1024];
 pub const DEFAULT_CONNECTIONS: u32 = 32;
 /// How long a duplex lab may take for its backup to join before the bench gives up.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(20);
-const SETUPS: [Setup; 4] = [
+const SETUPS: [Setup; 5] = [
     Setup::Unreplicated,
+    Setup::UnreplicatedHaproxy,
     Setup::Simplex,
     Setup::Duplex,
     Setup::DuplexUnencrypted,
@@ -38,20 +43,31 @@ const SETUPS: [Setup; 4] = [
 
 /// What one lab runs: a mode, and for duplex whether its replication stream is encrypted as
 /// well as authenticated (the default) or authenticated only (`replication_encryption =
-/// false`), so that the cost of encryption shows next to its absence in the same run.
+/// false`), so that the cost of encryption shows next to its absence in the same run; for
+/// unreplicated, whether HAProxy stands in front of the backend (the reference proxy hop).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Setup {
     Unreplicated,
+    /// Unreplicated, with HAProxy in `mode http` on the serving node in front of the backend.
+    UnreplicatedHaproxy,
     Simplex,
     Duplex,
     DuplexUnencrypted,
 }
 
 impl Setup {
+    /// The proxy the lab runs in front of the backend, if any.
+    pub fn front_proxy(self) -> Option<FrontProxy> {
+        match self {
+            Setup::UnreplicatedHaproxy => Some(FrontProxy::Haproxy),
+            _ => None,
+        }
+    }
+
     pub fn mode(self) -> Mode {
         match self {
-            Setup::Unreplicated => Mode::Unreplicated,
+            Setup::Unreplicated | Setup::UnreplicatedHaproxy => Mode::Unreplicated,
             Setup::Simplex => Mode::Simplex,
             Setup::Duplex | Setup::DuplexUnencrypted => Mode::Duplex,
         }
@@ -61,6 +77,7 @@ impl Setup {
 impl std::fmt::Display for Setup {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            Setup::UnreplicatedHaproxy => f.write_str("unreplicated-haproxy"),
             Setup::DuplexUnencrypted => f.write_str("duplex-unencrypted"),
             other => write!(f, "{}", other.mode()),
         }
@@ -95,7 +112,8 @@ impl OverheadOptions {
         }
     }
 
-    /// One round, builtin, 1 KB and 50 KB, 1 s runs: well under a minute.
+    /// One round, builtin, 1 KB and 50 KB, 1 s runs: well under a minute. Unreplicated,
+    /// simplex and duplex only (no duplex-unencrypted, no HAProxy row).
     pub fn quick(steadfast_exe: PathBuf) -> Self {
         OverheadOptions {
             rounds: 1,
@@ -109,7 +127,9 @@ impl OverheadOptions {
     }
 }
 
-/// CPU time per request of one node's daemon and backend.
+/// CPU time per request of one node's daemon and backend. In the HAProxy row the primary's
+/// daemon is the steadfast daemon and HAProxy together: what the node runs besides its backend,
+/// as the daemon is in simplex and duplex (election and proxy in one process).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct NodeCpu {
     pub daemon: CpuTime,
@@ -161,6 +181,31 @@ pub struct OverheadReport {
     pub rounds: usize,
     pub throughput_connections: u32,
     pub samples: Vec<OverheadSample>,
+    /// Setups the run left out, and why (HAProxy not installed).
+    pub skipped: Vec<SkippedSetup>,
+}
+
+/// A setup the run could not measure, and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct SkippedSetup {
+    pub mode: Setup,
+    pub reason: String,
+}
+
+/// Same-round comparison of one setup with another (not with unreplicated) for one backend and
+/// size: simplex against the HAProxy hop.
+#[derive(Debug, Clone, Serialize)]
+pub struct Versus {
+    pub mode: Setup,
+    pub reference: Setup,
+    pub backend: BackendKind,
+    pub reply_bytes: u64,
+    /// Median over rounds of (mode's req/s / reference's req/s in the same round).
+    pub rps_ratio: f64,
+    /// Median over rounds of (mode's p50 / reference's p50 in the same round).
+    pub p50_ratio: f64,
+    /// The same for the primary's CPU per request (daemon and backend, user and system).
+    pub cpu_ratio: f64,
 }
 
 /// A lab of one mode with the pids its CPU is read from.
@@ -169,6 +214,8 @@ struct ModeLab {
     lab: BenchLab,
     /// primary daemon, primary backend, backup daemon, backup backend.
     pids: [i32; 4],
+    /// The primary's front proxy (HAProxy), counted with its daemon.
+    proxy: Option<i32>,
 }
 
 fn bring_up(
@@ -181,6 +228,7 @@ fn bring_up(
     if mode == Setup::DuplexUnencrypted {
         up.replication_encryption = Some(false);
     }
+    up.front_proxy = mode.front_proxy();
     up.backend = backend;
     up.witness = true;
     up.ready_timeout = Duration::from_secs(30);
@@ -223,10 +271,20 @@ fn bring_up(
     };
     let (pd, pb) = pids_of(&primary)?;
     let (bd, bb) = pids_of(backup)?;
+    let proxy = match mode.front_proxy() {
+        None => None,
+        Some(kind) => Some(
+            Host::parse_short(&primary)
+                .and_then(|h| state.host(h))
+                .and_then(|h| h.proxy_pid)
+                .ok_or_else(|| fail(format!("{primary} has no {kind} pid")))?,
+        ),
+    };
     Ok(ModeLab {
         mode,
         lab,
         pids: [pd, pb, bd, bb],
+        proxy,
     })
 }
 
@@ -246,7 +304,9 @@ fn measure(
         duration: options.latency_duration,
     };
     let latency = wrk::run(namespace, &base)?;
-    let before = cpu::sample(&lab.pids);
+    // The primary's front proxy, if any, last: index 4.
+    let roots: Vec<i32> = lab.pids.iter().copied().chain(lab.proxy).collect();
+    let before = cpu::sample(&roots);
     let throughput = wrk::run(
         namespace,
         &WrkRun {
@@ -256,9 +316,12 @@ fn measure(
             ..base
         },
     )?;
-    let after = cpu::sample(&lab.pids);
+    let after = cpu::sample(&roots);
     let requests = throughput.requests;
-    let per = |i: usize| after[i].since(before[i]).per(requests);
+    let per = |i: usize| match (after.get(i), before.get(i)) {
+        (Some(a), Some(b)) => a.since(*b).per(requests),
+        _ => CpuTime::default(),
+    };
     Ok(OverheadSample {
         round,
         mode: lab.mode,
@@ -268,7 +331,7 @@ fn measure(
         throughput,
         cpu_us_per_req: CpuPerRequest {
             primary: NodeCpu {
-                daemon: per(0),
+                daemon: per(0).plus(per(4)),
                 backend: per(1),
             },
             backup: NodeCpu {
@@ -299,13 +362,31 @@ pub fn run(
         )));
     }
     crate::system::require_program("wrk", "wrk")?;
+    let mut skipped = Vec::new();
+    let mut setups: Vec<Setup> = SETUPS.to_vec();
+    if options.quick {
+        setups.retain(|s| !matches!(s, Setup::DuplexUnencrypted | Setup::UnreplicatedHaproxy));
+    }
+    if setups.contains(&Setup::UnreplicatedHaproxy)
+        && crate::system::find_program("haproxy").is_none()
+    {
+        let reason = "haproxy is not installed (no `haproxy` in PATH, /usr/sbin, /sbin): \
+                      install the Debian package haproxy to measure the reference proxy hop"
+            .to_string();
+        progress(&format!(
+            "skipping the {} row: {reason}",
+            Setup::UnreplicatedHaproxy
+        ));
+        setups.retain(|s| *s != Setup::UnreplicatedHaproxy);
+        skipped.push(SkippedSetup {
+            mode: Setup::UnreplicatedHaproxy,
+            reason,
+        });
+    }
     let mut samples = Vec::new();
     for backend in &options.backends {
         let mut labs = Vec::new();
-        for mode in SETUPS {
-            if options.quick && mode == Setup::DuplexUnencrypted {
-                continue;
-            }
+        for &mode in &setups {
             progress(&format!("{backend}: bringing up the {mode} lab"));
             labs.push(bring_up(options, *backend, mode)?);
         }
@@ -334,6 +415,7 @@ pub fn run(
         rounds: options.rounds,
         throughput_connections: options.throughput_connections,
         samples,
+        skipped,
     })
 }
 
@@ -355,36 +437,78 @@ fn median_cpu(samples: &[&OverheadSample], pick: impl Fn(&CpuPerRequest) -> CpuT
     }
 }
 
+/// The median over rounds of value(sample) / value(reference sample of the same round).
+fn same_round_ratio(
+    samples: &[&OverheadSample],
+    reference: &[&OverheadSample],
+    value: impl Fn(&OverheadSample) -> f64,
+) -> f64 {
+    median(samples.iter().filter_map(|s| {
+        reference
+            .iter()
+            .find(|r| r.round == s.round)
+            .map(|r| value(s) / value(r))
+    }))
+}
+
+fn primary_cpu(s: &OverheadSample) -> f64 {
+    let p = s.cpu_us_per_req.primary;
+    p.daemon.user_us + p.daemon.system_us + p.backend.user_us + p.backend.system_us
+}
+
 impl OverheadReport {
-    /// One row per backend, size and mode, in that order.
-    pub fn rows(&self) -> Vec<OverheadRow> {
+    fn cell(&self, backend: BackendKind, size: u64, mode: Setup) -> Vec<&OverheadSample> {
+        self.samples
+            .iter()
+            .filter(|s| s.backend == backend && s.reply_bytes == size && s.mode == mode)
+            .collect()
+    }
+
+    fn keys(&self) -> Vec<(BackendKind, u64)> {
         let mut keys: Vec<(BackendKind, u64)> = Vec::new();
         for s in &self.samples {
             if !keys.contains(&(s.backend, s.reply_bytes)) {
                 keys.push((s.backend, s.reply_bytes));
             }
         }
+        keys
+    }
+
+    /// `mode` against `reference`, per backend and size, from the rounds where both ran: the
+    /// issue's acceptance compares simplex with the HAProxy hop this way.
+    pub fn versus(&self, mode: Setup, reference: Setup) -> Vec<Versus> {
+        let mut out = Vec::new();
+        for (backend, size) in self.keys() {
+            let samples = self.cell(backend, size, mode);
+            let refs = self.cell(backend, size, reference);
+            if samples.is_empty() || refs.is_empty() {
+                continue;
+            }
+            out.push(Versus {
+                mode,
+                reference,
+                backend,
+                reply_bytes: size,
+                rps_ratio: same_round_ratio(&samples, &refs, |s| s.throughput.requests_per_second),
+                p50_ratio: same_round_ratio(&samples, &refs, |s| s.latency.p50_us),
+                cpu_ratio: same_round_ratio(&samples, &refs, primary_cpu),
+            });
+        }
+        out
+    }
+
+    /// One row per backend, size and mode, in that order.
+    pub fn rows(&self) -> Vec<OverheadRow> {
         let mut rows = Vec::new();
-        for (backend, size) in keys {
-            let cell = |mode: Setup| -> Vec<&OverheadSample> {
-                self.samples
-                    .iter()
-                    .filter(|s| s.backend == backend && s.reply_bytes == size && s.mode == mode)
-                    .collect()
-            };
-            let baseline = cell(Setup::Unreplicated);
+        for (backend, size) in self.keys() {
+            let baseline = self.cell(backend, size, Setup::Unreplicated);
             for mode in SETUPS {
-                let samples = cell(mode);
+                let samples = self.cell(backend, size, mode);
                 if samples.is_empty() {
                     continue;
                 }
-                let in_round = |round: usize| baseline.iter().find(|b| b.round == round);
                 let ratios = |value: fn(&OverheadSample) -> f64| -> f64 {
-                    median(
-                        samples
-                            .iter()
-                            .filter_map(|s| in_round(s.round).map(|b| value(s) / value(b))),
-                    )
+                    same_round_ratio(&samples, &baseline, value)
                 };
                 let rps: Vec<f64> = samples
                     .iter()
@@ -461,12 +585,29 @@ impl OverheadReport {
                 })
             })
             .collect();
+        let versus: Vec<serde_json::Value> = self
+            .versus(Setup::Simplex, Setup::UnreplicatedHaproxy)
+            .into_iter()
+            .map(|v| {
+                serde_json::json!({
+                    "mode": v.mode,
+                    "reference": v.reference,
+                    "backend": v.backend,
+                    "reply_bytes": v.reply_bytes,
+                    "rps_ratio": finite(v.rps_ratio),
+                    "p50_ratio": finite(v.p50_ratio),
+                    "primary_cpu_ratio": finite(v.cpu_ratio),
+                })
+            })
+            .collect();
         serde_json::json!({
             "bench": self.bench,
             "quick": self.quick,
             "rounds": self.rounds,
             "throughput_connections": self.throughput_connections,
             "rows": rows,
+            "simplex_vs_haproxy": versus,
+            "skipped": self.skipped,
         })
     }
 
@@ -503,6 +644,38 @@ impl OverheadReport {
                 both(r.cpu_us_per_req.backup.daemon),
                 r.errors,
             ));
+        }
+        if self
+            .samples
+            .iter()
+            .any(|s| s.mode == Setup::UnreplicatedHaproxy)
+        {
+            out.push_str(
+                "\nunreplicated-haproxy: HAProxy (mode http) on the serving node in front of the \
+                 backend; its primary daemon column is the steadfast daemon plus HAProxy.\n",
+            );
+        }
+        let versus = self.versus(Setup::Simplex, Setup::UnreplicatedHaproxy);
+        if !versus.is_empty() {
+            out.push_str(
+                "\nSimplex against the HAProxy hop (medians of same-round ratios; below 1 is \
+                 cheaper for p50 and CPU, above 1 is faster for req/s):\n\n\
+                 | backend | reply | req/s ×haproxy | p50 ×haproxy | primary CPU/req ×haproxy |\n\
+                 |---|---:|---:|---:|---:|\n",
+            );
+            for v in versus {
+                out.push_str(&format!(
+                    "| {} | {} | {:.2} | {:.2} | {:.2} |\n",
+                    v.backend,
+                    size_label(v.reply_bytes),
+                    v.rps_ratio,
+                    v.p50_ratio,
+                    v.cpu_ratio
+                ));
+            }
+        }
+        for s in &self.skipped {
+            out.push_str(&format!("\nNot measured: {}: {}\n", s.mode, s.reason));
         }
         out
     }
@@ -602,6 +775,7 @@ mod tests {
             rounds: 2,
             throughput_connections: 32,
             samples,
+            skipped: Vec::new(),
         }
     }
 
@@ -644,6 +818,68 @@ mod tests {
         s.throughput.socket_errors = 2;
         s.latency.non_2xx = 1;
         assert_eq!(report(vec![s]).errors(), 3);
+    }
+
+    #[test]
+    fn the_haproxy_row_is_its_own_setup_and_compares_with_simplex() {
+        assert_eq!(
+            Setup::UnreplicatedHaproxy.to_string(),
+            "unreplicated-haproxy"
+        );
+        assert_eq!(
+            serde_json::to_value(Setup::UnreplicatedHaproxy).unwrap(),
+            "unreplicated-haproxy"
+        );
+        assert_eq!(Setup::UnreplicatedHaproxy.mode(), Mode::Unreplicated);
+        assert_eq!(
+            Setup::UnreplicatedHaproxy.front_proxy(),
+            Some(FrontProxy::Haproxy)
+        );
+        assert_eq!(Setup::Simplex.front_proxy(), None);
+        let mut r = report(vec![
+            sample(0, Setup::Unreplicated, 10_000.0, 100.0),
+            sample(0, Setup::UnreplicatedHaproxy, 6_000.0, 200.0),
+            sample(0, Setup::Simplex, 7_500.0, 150.0),
+            sample(1, Setup::Unreplicated, 5_000.0, 200.0),
+            sample(1, Setup::UnreplicatedHaproxy, 3_000.0, 400.0),
+            sample(1, Setup::Simplex, 3_750.0, 300.0),
+        ]);
+        let modes: Vec<Setup> = r.rows().iter().map(|row| row.mode).collect();
+        assert_eq!(
+            modes,
+            [
+                Setup::Unreplicated,
+                Setup::UnreplicatedHaproxy,
+                Setup::Simplex
+            ]
+        );
+        let versus = r.versus(Setup::Simplex, Setup::UnreplicatedHaproxy);
+        assert_eq!(versus.len(), 1);
+        assert!((versus[0].rps_ratio - 1.25).abs() < 1e-9);
+        assert!((versus[0].p50_ratio - 0.75).abs() < 1e-9);
+        let json = r.summary_json();
+        assert_eq!(json["rows"][1]["mode"], "unreplicated-haproxy");
+        assert_eq!(json["simplex_vs_haproxy"][0]["rps_ratio"], 1.25);
+        let table = r.markdown();
+        assert!(
+            table.contains("| builtin | 1 KB | unreplicated-haproxy |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| builtin | 1 KB | 1.25 | 0.75 |"),
+            "{table}"
+        );
+        r.skipped.push(SkippedSetup {
+            mode: Setup::UnreplicatedHaproxy,
+            reason: "haproxy is not installed".into(),
+        });
+        assert!(r
+            .markdown()
+            .contains("Not measured: unreplicated-haproxy: haproxy is not installed"));
+        assert_eq!(
+            r.summary_json()["skipped"][0]["mode"],
+            "unreplicated-haproxy"
+        );
     }
 
     #[test]
