@@ -14,6 +14,7 @@ pub mod http;
 pub mod image;
 pub mod latency;
 pub mod redis_commands;
+pub mod redis_effects;
 pub mod replication_seal;
 pub mod replication_wire;
 pub mod reply_compare;

@@ -14,6 +14,8 @@ use steadfast_core::resp_value::{
     decode_value, decode_whole_value, DecodeError, DecodeErrorKind, RespData, ValueLimits,
 };
 
+mod redis_support;
+
 const FIXTURE_RESP2: &[u8] = include_bytes!("data/redis7-command-resp2.bin");
 const FIXTURE_RESP3: &[u8] = include_bytes!("data/redis7-command-resp3.bin");
 
@@ -812,91 +814,7 @@ fn real_redis7_fixture_facts() {
 
 mod live {
     use super::*;
-    use std::io::{Read, Write};
-    use std::os::unix::net::UnixStream;
-    use std::path::PathBuf;
-    use std::process::{Child, Command, Stdio};
-    use std::time::{Duration, Instant};
-
-    /// A redis-server on a unix socket only (`--port 0`: no TCP listener), stopped on drop.
-    struct Server {
-        child: Child,
-        socket: PathBuf,
-    }
-
-    impl Server {
-        fn start() -> Server {
-            let program = std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
-            let socket = std::env::temp_dir().join(format!(
-                "steadfast-redis-commands-{}.sock",
-                std::process::id()
-            ));
-            let _ = std::fs::remove_file(&socket);
-            let child = Command::new(&program)
-                .args(["--port", "0", "--unixsocket"])
-                .arg(&socket)
-                .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap_or_else(|error| {
-                    panic!(
-                        "cannot start {program:?} ({error}): the interop tier needs redis-server 7 \
-                         installed (or REDIS_SERVER set to its path)"
-                    )
-                });
-            let server = Server { child, socket };
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while UnixStream::connect(&server.socket).is_err() {
-                assert!(
-                    Instant::now() < deadline,
-                    "redis-server did not open {:?}",
-                    server.socket
-                );
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            server
-        }
-
-        fn connect(&self) -> UnixStream {
-            let stream = UnixStream::connect(&self.socket).expect("connect to redis-server");
-            stream
-                .set_read_timeout(Some(Duration::from_secs(10)))
-                .expect("read timeout");
-            stream
-        }
-    }
-
-    impl Drop for Server {
-        fn drop(&mut self) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-            let _ = std::fs::remove_file(&self.socket);
-        }
-    }
-
-    /// Sends `request` and returns the bytes of exactly one reply.
-    fn ask(stream: &mut UnixStream, request: &[u8]) -> Vec<u8> {
-        stream.write_all(request).expect("send");
-        let mut reply = Vec::new();
-        let mut buffer = [0u8; 64 * 1024];
-        loop {
-            match decode_value(&reply, ValueLimits::default()) {
-                Ok((_, used)) => {
-                    assert_eq!(used, reply.len(), "bytes after the reply");
-                    return reply;
-                }
-                Err(DecodeError {
-                    kind: DecodeErrorKind::Truncated,
-                    ..
-                }) => {}
-                Err(error) => panic!("reply: {error}"),
-            }
-            let read = stream.read(&mut buffer).expect("read a reply");
-            assert!(read > 0, "redis-server closed the connection");
-            reply.extend_from_slice(&buffer[..read]);
-        }
-    }
+    use redis_support::{ask, Server};
 
     #[test]
     #[ignore = "needs redis-server (the interop tier)"]
