@@ -223,15 +223,22 @@ fn read_all_with(
     let mut frames = Vec::new();
     for piece in stream.chunks(cut.max(1)) {
         reader.push(piece);
-        loop {
-            match reader.next_frame() {
-                Ok(Some(frame)) => frames.push(frame),
-                Ok(None) => break,
-                Err(e) => return (frames, Some(e)),
-            }
+        if let Err(e) = take_whole_frames(&mut reader, &mut frames) {
+            return (frames, Some(e));
         }
     }
     (frames, None)
+}
+
+/// Every frame the reader holds whole, into `frames`, up to the first error.
+fn take_whole_frames(
+    reader: &mut FrameReader,
+    frames: &mut Vec<(u64, ReplicationFrame)>,
+) -> Result<(), ReplicationError> {
+    while let Some(frame) = reader.next_frame()? {
+        frames.push(frame);
+    }
+    Ok(())
 }
 
 /// As [`read_all_with`], the bytes appended where the reader's receive buffer asks for them:
@@ -253,12 +260,8 @@ fn read_all_received(
         let n = cut.max(1).min(rest.len());
         buffer.extend_from_slice(&rest[..n]);
         rest = &rest[n..];
-        loop {
-            match reader.next_frame() {
-                Ok(Some(frame)) => frames.push(frame),
-                Ok(None) => break,
-                Err(e) => return (frames, Some(e)),
-            }
+        if let Err(e) = take_whole_frames(&mut reader, &mut frames) {
+            return (frames, Some(e));
         }
     }
     (frames, None)
