@@ -1,6 +1,6 @@
 //! The files the daemons read: the group key and one configuration per voter, in the agreed
 //! schema (notes/config-schema.md). The health check of each member is an HTTP GET of
-//! `/health` on its backend.
+//! `/health` on its backend, or a TCP connect to its redis-server.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -8,8 +8,8 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use crate::error::LabError;
-use crate::options::Mode;
-use crate::topology::{Host, LabName, HOST_INTERFACE, PREFIX_LEN, SERVICE_PORT, VIP};
+use crate::options::{BackendKind, Mode};
+use crate::topology::{Host, LabName, HOST_INTERFACE, PREFIX_LEN, VIP};
 
 /// The service's name in every lab.
 pub const SERVICE_NAME: &str = "web";
@@ -41,6 +41,7 @@ pub(crate) struct GroupPlan<'a> {
     pub members: &'a [Host],
     pub witness: bool,
     pub mode: Mode,
+    pub backend: BackendKind,
     pub heartbeat_ms: Option<u32>,
     pub replication_stall_ms: Option<u32>,
     pub replication_encryption: Option<bool>,
@@ -95,13 +96,17 @@ pub(crate) fn voter_config(plan: &GroupPlan<'_>, voter: Host) -> String {
         );
     }
     if voter.is_member() {
-        let backend = crate::topology::backend_target(plan.mode).to_string();
+        let backend = crate::topology::backend_target(plan.mode, plan.backend).to_string();
+        let port = crate::topology::service_port(plan.backend);
         let _ = writeln!(text, "\n[[service]]");
         let _ = writeln!(text, "name = \"{SERVICE_NAME}\"");
         let _ = writeln!(text, "vip = \"{VIP}\"");
         let _ = writeln!(text, "interface = \"{HOST_INTERFACE}\"");
-        let _ = writeln!(text, "ports = [{SERVICE_PORT}]");
+        let _ = writeln!(text, "ports = [{port}]");
         let _ = writeln!(text, "mode = \"{}\"", plan.mode);
+        if !plan.backend.speaks_http() {
+            let _ = writeln!(text, "protocol = \"tcp\"");
+        }
         let _ = writeln!(text, "backend = \"{backend}\"");
         if let Some(bytes) = plan.stream_replies_above {
             let _ = writeln!(text, "stream_replies_above = {bytes}");
@@ -120,10 +125,16 @@ pub(crate) fn voter_config(plan: &GroupPlan<'_>, voter: Host) -> String {
             let _ = writeln!(text, "half_open_lifetime_ms = {ms}");
         }
         let _ = writeln!(text, "\n[[health_check]]");
-        let _ = writeln!(text, "kind = \"http\"");
-        let _ = writeln!(text, "target = \"{backend}\"");
-        let _ = writeln!(text, "path = \"/health\"");
-        let _ = writeln!(text, "expect_status = 200");
+        if plan.backend.speaks_http() {
+            let _ = writeln!(text, "kind = \"http\"");
+            let _ = writeln!(text, "target = \"{backend}\"");
+            let _ = writeln!(text, "path = \"/health\"");
+            let _ = writeln!(text, "expect_status = 200");
+        } else {
+            // redis-server answers no HTTP: a connect that succeeds is the check.
+            let _ = writeln!(text, "kind = \"tcp\"");
+            let _ = writeln!(text, "target = \"{backend}\"");
+        }
         // Fast checks, so a dead backend is noticed within about 100 ms.
         let _ = writeln!(text, "interval_ms = 50");
         let _ = writeln!(text, "timeout_ms = 200");
@@ -159,6 +170,7 @@ mod tests {
             members,
             witness,
             mode: Mode::Unreplicated,
+            backend: BackendKind::Builtin,
             heartbeat_ms: Some(10),
             replication_stall_ms: None,
             replication_encryption: None,
@@ -204,5 +216,49 @@ mod tests {
         let alone: toml::Table =
             toml::from_str(&voter_config(&plan(&lab, &members, false), Host::Node(1))).unwrap();
         assert_eq!(alone["group"]["two_node"].as_bool(), Some(true));
+    }
+
+    #[test]
+    fn a_redis_member_serves_port_6379_with_a_tcp_check() {
+        let lab = LabName::parse("t").unwrap();
+        let members = [Host::Node(1), Host::Node(2)];
+        let mut redis = plan(&lab, &members, false);
+        redis.backend = BackendKind::Redis;
+        let text = voter_config(&redis, Host::Node(1));
+        let doc: toml::Table = toml::from_str(&text).unwrap();
+        let service = &doc["service"][0];
+        assert_eq!(service["ports"].as_array().unwrap().len(), 1);
+        assert_eq!(service["ports"][0].as_integer(), Some(6379));
+        assert_eq!(service["backend"].as_str(), Some("127.0.0.1:6379"));
+        assert_eq!(service["protocol"].as_str(), Some("tcp"));
+        let check = &doc["health_check"][0];
+        assert_eq!(check["kind"].as_str(), Some("tcp"));
+        assert_eq!(check["target"].as_str(), Some("127.0.0.1:6379"));
+        assert!(check.get("path").is_none(), "{text}");
+        assert!(check.get("expect_status").is_none(), "{text}");
+        // And the daemon's own parser takes it as such.
+        let config = steadfast_core::config::parse(
+            &text,
+            "n1.toml",
+            &|_| true,
+            std::path::Path::new("/run/steadfast-lab/t"),
+        )
+        .unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(config.services[0].ports, [6379]);
+        assert_eq!(
+            config.services[0].protocol,
+            steadfast_core::config::Protocol::Tcp
+        );
+        assert!(matches!(
+            config.health_checks[0].kind,
+            steadfast_core::config::HealthCheckKind::Tcp { target }
+                if target == "127.0.0.1:6379".parse().unwrap()
+        ));
+        // The web backends keep port 80 and their HTTP check.
+        let web: toml::Table =
+            toml::from_str(&voter_config(&plan(&lab, &members, false), Host::Node(1))).unwrap();
+        assert_eq!(web["service"][0]["ports"][0].as_integer(), Some(80));
+        assert!(web["service"][0].get("protocol").is_none());
+        assert_eq!(web["health_check"][0]["kind"].as_str(), Some("http"));
     }
 }

@@ -117,6 +117,14 @@ pub enum LabError {
         source: std::io::Error,
     },
 
+    #[error("RESP PING to {target} from namespace {namespace}: {source}")]
+    Redis {
+        namespace: String,
+        target: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+
     #[error("sending {signal} to {what} (pid {pid}) in namespace {namespace}: {source}")]
     Signal {
         signal: String,

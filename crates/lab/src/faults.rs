@@ -291,7 +291,13 @@ pub fn heal(name: &str, node: &str) -> Result<HealReport, LabError> {
             h.backend_pid = Some(pid);
         }
         state.save(&lab)?;
-        wait_backend_ready(&lab, &paths, host, state.options.mode)?;
+        wait_backend_ready(
+            &lab,
+            &paths,
+            host,
+            state.options.mode,
+            state.options.backend,
+        )?;
         restarted.push("backend".to_string());
     }
     let proxy_alive = entry.proxy_pid.is_some_and(|pid| process_is_in(pid, id));
@@ -306,7 +312,7 @@ pub fn heal(name: &str, node: &str) -> Result<HealReport, LabError> {
             h.proxy_pid = Some(pid);
         }
         state.save(&lab)?;
-        wait_front_proxy_ready(&lab, &paths, host, pid)?;
+        wait_front_proxy_ready(&lab, &paths, host, pid, state.options.backend)?;
         restarted.push("front proxy".to_string());
     }
     if state.options.start_daemons && !keep_daemon {

@@ -13,7 +13,7 @@ use serde::Serialize;
 use crate::configs::{voter_config, write_key, GroupPlan};
 use crate::error::LabError;
 use crate::options::{BackendKind, FrontProxy, Mode, UpOptions};
-use crate::probe::http_get_in_namespace;
+use crate::probe::{http_get_in_namespace, redis_ping_in_namespace};
 use crate::state::STATE_ROOT;
 use crate::state::{state_dir, CrashRecord, HostState, LabPaths, LabState, RecordedOptions};
 use crate::system::{
@@ -21,7 +21,7 @@ use crate::system::{
     spawn_in_namespace,
 };
 use crate::topology::{
-    self, existing_namespaces, hosts_of, Host, LabName, HOST_INTERFACE, MAX_NODES, SERVICE_PORT,
+    self, existing_namespaces, hosts_of, service_port, Host, LabName, HOST_INTERFACE, MAX_NODES,
     VIP,
 };
 use crate::webservers;
@@ -69,7 +69,8 @@ impl fmt::Display for LabInfo {
 }
 
 /// Builds a lab, starts its backends and daemons, and returns once the VIP answers
-/// `GET /health` from the client namespace (or, without daemons, once every backend answers).
+/// `GET /health` (a redis lab: `PING`) from the client namespace (or, without daemons, once
+/// every backend answers).
 /// On any failure everything built so far is torn down, and the error quotes the logs.
 pub fn up(opts: &UpOptions) -> Result<LabInfo, LabError> {
     let lab = LabName::parse(&opts.name)?;
@@ -85,6 +86,13 @@ pub fn up(opts: &UpOptions) -> Result<LabInfo, LabError> {
             mode: opts.mode,
             min: 2,
             nodes: opts.nodes,
+        });
+    }
+    if let Some(reason) = crate::options::backend_refusal(opts.mode, opts.backend, opts.front_proxy)
+    {
+        return Err(LabError::InvalidRequest {
+            lab: lab.to_string(),
+            reason,
         });
     }
     let server = webservers::require_installed(opts.backend)?;
@@ -199,6 +207,7 @@ fn build(
         members: &members,
         witness: opts.witness,
         mode: opts.mode,
+        backend: opts.backend,
         heartbeat_ms: opts.heartbeat_ms,
         replication_stall_ms: opts.replication_stall_ms,
         replication_encryption: opts.replication_encryption,
@@ -214,7 +223,7 @@ fn build(
         std::fs::write(&path, voter_config(&plan, voter))
             .map_err(|e| LabError::io("writing the node configuration", &path, e))?;
     }
-    if opts.backend != BackendKind::Builtin {
+    if matches!(opts.backend, BackendKind::Nginx | BackendKind::Apache2) {
         webservers::write_docroot(paths)?;
     }
 
@@ -228,7 +237,7 @@ fn build(
         state.save(lab)?;
     }
     for &node in &members {
-        wait_backend_ready(lab, paths, node, opts.mode)?;
+        wait_backend_ready(lab, paths, node, opts.mode, opts.backend)?;
     }
     if let Some((_, program)) = front_proxy {
         for &node in &members {
@@ -237,7 +246,7 @@ fn build(
                 h.proxy_pid = Some(pid);
             }
             state.save(lab)?;
-            wait_front_proxy_ready(lab, paths, node, pid)?;
+            wait_front_proxy_ready(lab, paths, node, pid, opts.backend)?;
         }
     }
 
@@ -264,7 +273,7 @@ fn build(
         lab: lab.to_string(),
         client_ns: Host::Client.namespace(lab),
         vip: VIP,
-        port: SERVICE_PORT,
+        port: service_port(opts.backend),
         nodes: members.iter().map(|m| m.namespace(lab)).collect(),
         primary: primary.map(|p| p.namespace(lab)),
         witness_ns: opts.witness.then(|| Host::Witness.namespace(lab)),
@@ -282,7 +291,7 @@ pub fn info(name: &str) -> Result<LabInfo, LabError> {
         lab: lab.to_string(),
         client_ns: Host::Client.namespace(&lab),
         vip: VIP,
-        port: SERVICE_PORT,
+        port: service_port(state.options.backend),
         nodes: members.iter().map(|m| m.namespace(&lab)).collect(),
         primary: match holders.as_slice() {
             [holder] => Some(holder.namespace(&lab)),
@@ -313,7 +322,11 @@ pub(crate) fn start_backend(
         node,
         &state.options.steadfast_exe,
         server,
-        crate::topology::backend_listen_behind(state.options.mode, state.options.front_proxy),
+        crate::topology::backend_listen_behind(
+            state.options.mode,
+            state.options.backend,
+            state.options.front_proxy,
+        ),
     )?;
     spawn_in_namespace(&node.namespace(lab), &argv, &paths.backend_log(node))
 }
@@ -338,8 +351,8 @@ pub(crate) fn start_front_proxy(
         paths,
         node,
         program,
-        SocketAddrV4::new(VIP, SERVICE_PORT),
-        crate::topology::backend_target(state.options.mode),
+        SocketAddrV4::new(VIP, service_port(state.options.backend)),
+        crate::topology::backend_target(state.options.mode, state.options.backend),
     )?;
     spawn_in_namespace(&node.namespace(lab), &argv, &paths.proxy_log(node))
 }
@@ -351,9 +364,10 @@ pub(crate) fn wait_front_proxy_ready(
     paths: &LabPaths,
     node: Host,
     pid: i32,
+    backend: BackendKind,
 ) -> Result<(), LabError> {
     let ns = node.namespace(lab);
-    let service = SocketAddrV4::new(VIP, SERVICE_PORT);
+    let service = SocketAddrV4::new(VIP, service_port(backend));
     let started = Instant::now();
     let mut last = "not listening yet".to_string();
     while started.elapsed() < FRONT_PROXY_READY_TIMEOUT {
@@ -397,28 +411,55 @@ fn tcp_table_listens_on(table: &str, addr: SocketAddrV4) -> bool {
     })
 }
 
-/// Waits until a member's backend answers `GET /health` with 200 inside its namespace.
+/// One readiness probe of the service at `target` from inside `namespace`: `GET /health`
+/// answered 200, or for redis `PING` answered `+PONG`. `Err` says what came instead.
+fn probe_service(namespace: &str, target: SocketAddr, backend: BackendKind) -> Result<(), String> {
+    if backend.speaks_http() {
+        match http_get_in_namespace(namespace, target, "/health", PROBE_TIMEOUT) {
+            Ok(reply) if reply.status == 200 => Ok(()),
+            Ok(reply) => Err(format!("status {}", reply.status)),
+            Err(e) => Err(e.to_string()),
+        }
+    } else {
+        redis_ping_in_namespace(namespace, target, PROBE_TIMEOUT).map_err(|e| e.to_string())
+    }
+}
+
+/// What [`probe_service`] asks, for messages.
+fn probe_name(target: SocketAddr, backend: BackendKind) -> String {
+    if backend.speaks_http() {
+        format!("http://{target}/health")
+    } else {
+        format!("PING to {target}")
+    }
+}
+
+/// Waits until a member's backend answers `GET /health` with 200 (redis: `PING` with
+/// `+PONG`) inside its namespace.
 pub(crate) fn wait_backend_ready(
     lab: &LabName,
     paths: &LabPaths,
     node: Host,
     mode: Mode,
+    backend: BackendKind,
 ) -> Result<(), LabError> {
     let ns = node.namespace(lab);
-    let target = SocketAddr::V4(crate::topology::backend_target(mode));
+    let target = SocketAddr::V4(crate::topology::backend_target(mode, backend));
     let started = Instant::now();
     let mut last = String::new();
     while started.elapsed() < BACKEND_READY_TIMEOUT {
-        match http_get_in_namespace(&ns, target, "/health", PROBE_TIMEOUT) {
-            Ok(reply) if reply.status == 200 => return Ok(()),
-            Ok(reply) => last = format!("status {}", reply.status),
-            Err(e) => last = e.to_string(),
+        match probe_service(&ns, target, backend) {
+            Ok(()) => return Ok(()),
+            Err(e) => last = e,
         }
         std::thread::sleep(POLL_INTERVAL);
     }
     Err(LabError::NotReady {
         lab: lab.to_string(),
-        what: format!("the backend of {node} (http://{target}/health in {ns})"),
+        what: format!(
+            "the backend of {node} ({} in {ns})",
+            probe_name(target, backend)
+        ),
         waited: started.elapsed(),
         details: format!(
             "\nlast probe: {last}\n{}",
@@ -481,7 +522,8 @@ fn wait_vip_ready(
     timeout: Duration,
 ) -> Result<Host, LabError> {
     let client = Host::Client.namespace(lab);
-    let target = SocketAddr::V4(SocketAddrV4::new(VIP, SERVICE_PORT));
+    let backend = state.options.backend;
+    let target = SocketAddr::V4(SocketAddrV4::new(VIP, service_port(backend)));
     let members = state.members();
     let started = Instant::now();
     loop {
@@ -509,14 +551,11 @@ fn wait_vip_ready(
         }
         let holders = vip_holders_of(lab, &members)?;
         let last = if let [holder] = holders.as_slice() {
-            match http_get_in_namespace(&client, target, "/health", PROBE_TIMEOUT) {
-                Ok(reply) if reply.status == 200 => {
-                    match unprotected_primary(paths, *holder, state) {
-                        None => return Ok(*holder),
-                        Some(why) => format!("{holder} holds the VIP and answers; {why}"),
-                    }
-                }
-                Ok(reply) => format!("{holder} holds the VIP; status {}", reply.status),
+            match probe_service(&client, target, backend) {
+                Ok(()) => match unprotected_primary(paths, *holder, state) {
+                    None => return Ok(*holder),
+                    Some(why) => format!("{holder} holds the VIP and answers; {why}"),
+                },
                 Err(e) => format!("{holder} holds the VIP; {e}"),
             }
         } else {
@@ -751,7 +790,7 @@ pub fn status(name: &str) -> Result<LabStatus, LabError> {
     Ok(LabStatus {
         lab: lab.to_string(),
         vip: VIP,
-        port: SERVICE_PORT,
+        port: service_port(state.options.backend),
         vip_holders: holders.iter().map(|h| h.namespace(&lab)).collect(),
         partitions: state.partitions.clone(),
         one_way_cuts: state.one_way_cuts.clone(),
@@ -939,7 +978,7 @@ mod tests {
              \x20  1: {vip:08X}:0050 0200{client:04X}:D431 01 00000000:00000000 00:00000000 00000000     0        0 2 1\n",
             client = 0x4D0Au16,
         );
-        let service = SocketAddrV4::new(VIP, SERVICE_PORT);
+        let service = SocketAddrV4::new(VIP, crate::topology::SERVICE_PORT);
         assert!(tcp_table_listens_on(
             &table,
             SocketAddrV4::new(Ipv4Addr::LOCALHOST, 80)

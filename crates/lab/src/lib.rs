@@ -29,5 +29,5 @@ pub use lab::{
     LabStatus,
 };
 pub use options::{BackendKind, CrashKind, FrontProxy, Mode, ParseChoiceError, UpOptions};
-pub use probe::{http_get_in_namespace, HttpReply};
+pub use probe::{http_get_in_namespace, redis_ping_in_namespace, HttpReply};
 pub use system::{pids_in_namespace, run_in_namespace};

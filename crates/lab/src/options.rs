@@ -25,6 +25,43 @@ pub enum BackendKind {
     Builtin,
     Nginx,
     Apache2,
+    /// `redis-server` (Debian package `redis-server`), one per member with its own data and
+    /// nothing persisted, on port 6379 (see [`crate::topology::service_port`]). Unreplicated
+    /// mode only, until active mode exists: what keepalived in front of Redis gives today (the
+    /// address moves, the data does not).
+    Redis,
+}
+
+impl BackendKind {
+    /// Whether the backend serves HTTP (the docroot, `/health`): everything but `redis`.
+    pub fn speaks_http(self) -> bool {
+        !matches!(self, BackendKind::Redis)
+    }
+}
+
+/// Why a lab of `mode` with `backend` (and maybe a front proxy) cannot be built, if it cannot:
+/// the proxies of simplex and duplex, and HAProxy in front of a member, frame HTTP/1.1, and a
+/// Redis backend speaks RESP.
+pub fn backend_refusal(
+    mode: Mode,
+    backend: BackendKind,
+    front_proxy: Option<FrontProxy>,
+) -> Option<String> {
+    if backend.speaks_http() {
+        return None;
+    }
+    if mode != Mode::Unreplicated {
+        return Some(format!(
+            "the {backend} backend cannot run in {mode} mode: its proxy frames HTTP/1.1 only, \
+             and active mode for Redis is not built yet; use unreplicated"
+        ));
+    }
+    front_proxy.map(|proxy| {
+        format!(
+            "the {backend} backend cannot run behind a {proxy} front proxy: it runs in mode \
+             http; the {backend} lab serves the VIP from redis-server itself"
+        )
+    })
 }
 
 /// A proxy the lab itself runs in front of each member's backend, on the service address, in
@@ -93,7 +130,8 @@ macro_rules! word_enum {
 }
 
 word_enum!(Mode, "mode", Unreplicated => "unreplicated", Simplex => "simplex", Duplex => "duplex");
-word_enum!(BackendKind, "backend", Builtin => "builtin", Nginx => "nginx", Apache2 => "apache2");
+word_enum!(BackendKind, "backend", Builtin => "builtin", Nginx => "nginx", Apache2 => "apache2",
+    Redis => "redis");
 word_enum!(FrontProxy, "front proxy", Haproxy => "haproxy");
 word_enum!(CrashKind, "crash kind", Host => "host", Process => "process", Freeze => "freeze",
     Link => "link", Backend => "backend");
@@ -170,6 +208,49 @@ impl UpOptions {
             steadfast_exe: steadfast_exe.into(),
             start_daemons: true,
             ready_timeout: DEFAULT_READY_TIMEOUT,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redis_parses_and_runs_unreplicated_only() {
+        assert_eq!("redis".parse::<BackendKind>(), Ok(BackendKind::Redis));
+        assert_eq!(BackendKind::Redis.to_string(), "redis");
+        let unknown = "memcached".parse::<BackendKind>().unwrap_err();
+        assert!(unknown.expected.contains("redis"), "{unknown}");
+        assert!(!BackendKind::Redis.speaks_http());
+        assert_eq!(
+            backend_refusal(Mode::Unreplicated, BackendKind::Redis, None),
+            None
+        );
+        for mode in [Mode::Simplex, Mode::Duplex] {
+            let why = backend_refusal(mode, BackendKind::Redis, None).expect("refused");
+            assert!(
+                why.contains("active mode for Redis is not built yet; use unreplicated"),
+                "{why}"
+            );
+            assert!(why.contains(mode.as_str()), "{why}");
+        }
+        let why = backend_refusal(
+            Mode::Unreplicated,
+            BackendKind::Redis,
+            Some(FrontProxy::Haproxy),
+        )
+        .expect("refused");
+        assert!(why.contains("haproxy"), "{why}");
+        for web in [
+            BackendKind::Builtin,
+            BackendKind::Nginx,
+            BackendKind::Apache2,
+        ] {
+            assert!(web.speaks_http());
+            for mode in [Mode::Unreplicated, Mode::Simplex, Mode::Duplex] {
+                assert_eq!(backend_refusal(mode, web, None), None);
+            }
         }
     }
 }

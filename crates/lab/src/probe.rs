@@ -1,5 +1,5 @@
-//! A minimal HTTP/1.1 GET made from inside a lab namespace: how the lab knows that a backend or
-//! the VIP answers, and which node served.
+//! A minimal HTTP/1.1 GET, and a RESP `PING` for the redis backend, made from inside a lab
+//! namespace: how the lab knows that a backend or the VIP answers, and which node served.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -34,6 +34,78 @@ pub fn http_get_in_namespace(
             path: path.to_string(),
             source,
         }
+    })
+}
+
+/// The whole `PING` request, as redis-cli sends it (an array of bulk strings).
+pub const RESP_PING: &[u8] = b"*1\r\n$4\r\nPING\r\n";
+/// A `PING` reply longer than this without its line end is not Redis answering.
+const MAX_PING_REPLY: usize = 4096;
+
+/// `PING` to `target` over a new connection opened inside `namespace`, answered `+PONG`;
+/// `timeout` bounds the connect and the whole exchange.
+pub fn redis_ping_in_namespace(
+    namespace: &str,
+    target: SocketAddr,
+    timeout: Duration,
+) -> Result<(), LabError> {
+    run_in_namespace(namespace, || redis_ping(target, timeout))?.map_err(|source| LabError::Redis {
+        namespace: namespace.to_string(),
+        target,
+        source,
+    })
+}
+
+fn redis_ping(target: SocketAddr, timeout: Duration) -> std::io::Result<()> {
+    let deadline = Instant::now() + timeout;
+    let mut stream = TcpStream::connect_timeout(&target, timeout)?;
+    stream.set_write_timeout(Some(timeout))?;
+    stream.write_all(RESP_PING)?;
+    let mut reply = Vec::new();
+    let mut piece = [0u8; 512];
+    loop {
+        if let Some(verdict) = ping_reply(&reply) {
+            return verdict.map_err(invalid);
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no reply line after {timeout:?} ({} bytes)", reply.len()),
+            ));
+        }
+        stream.set_read_timeout(Some(left))?;
+        let n = stream.read(&mut piece)?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!(
+                    "connection closed before a reply line: {:?}",
+                    String::from_utf8_lossy(&reply)
+                ),
+            ));
+        }
+        reply.extend_from_slice(&piece[..n]);
+    }
+}
+
+/// The verdict on the bytes read so far in answer to a `PING`: `None` while its first line is
+/// incomplete, `Ok` for `+PONG`, and otherwise what the server said instead (an error reply
+/// such as protected mode's `-DENIED`, or anything else).
+pub fn ping_reply(reply: &[u8]) -> Option<Result<(), String>> {
+    let Some(end) = reply.windows(2).position(|w| w == b"\r\n") else {
+        return (reply.len() > MAX_PING_REPLY).then(|| {
+            Err(format!(
+                "{} bytes without a line end: not a RESP reply",
+                reply.len()
+            ))
+        });
+    };
+    let line = &reply[..end];
+    Some(match line {
+        b"+PONG" => Ok(()),
+        [b'-', message @ ..] => Err(format!("error reply: {}", String::from_utf8_lossy(message))),
+        other => Err(format!("not +PONG: {:?}", String::from_utf8_lossy(other))),
     })
 }
 
@@ -127,6 +199,33 @@ mod tests {
         assert_eq!(parsed.status, 200);
         assert_eq!(parsed.node.as_deref(), Some("n2"));
         assert_eq!(parsed.body, b"ok");
+    }
+
+    #[test]
+    fn a_ping_is_answered_by_pong_alone() {
+        assert_eq!(RESP_PING, b"*1\r\n$4\r\nPING\r\n");
+        assert_eq!(ping_reply(b"+PONG\r\n"), Some(Ok(())));
+        // Pieces of any size: no verdict before the line end.
+        assert_eq!(ping_reply(b""), None);
+        assert_eq!(ping_reply(b"+PO"), None);
+        assert_eq!(ping_reply(b"+PONG\r"), None);
+        let denied = ping_reply(b"-DENIED Redis is running in protected mode\r\n")
+            .expect("a verdict")
+            .unwrap_err();
+        assert!(
+            denied.contains("DENIED Redis is running in protected mode"),
+            "{denied}"
+        );
+        assert!(ping_reply(b"-LOADING Redis is loading\r\n")
+            .unwrap()
+            .is_err());
+        // A web server on the port, or a RESP3 simple string that is not PONG.
+        assert!(ping_reply(b"HTTP/1.1 400 Bad Request\r\n")
+            .unwrap()
+            .is_err());
+        assert!(ping_reply(b"+PONGX\r\n").unwrap().is_err());
+        assert!(ping_reply(b"$4\r\nPONG\r\n").unwrap().is_err());
+        assert!(ping_reply(&[b'x'; MAX_PING_REPLY + 1]).unwrap().is_err());
     }
 
     #[test]

@@ -68,6 +68,11 @@ impl LabPaths {
     pub fn web_dir(&self, host: Host) -> PathBuf {
         self.dir.join(format!("{}.web", host.short_name()))
     }
+    /// A node's redis-server files: its configuration, and its working directory (nothing is
+    /// saved there: the lab's redis-server persists nothing).
+    pub fn redis_dir(&self, host: Host) -> PathBuf {
+        self.dir.join(format!("{}.redis", host.short_name()))
+    }
     /// The bridge filter that implements partitions.
     pub fn partition_rules(&self) -> PathBuf {
         self.dir.join("partitions.nft")

@@ -24,23 +24,36 @@ pub const CLIENT_ADDRESS: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
 pub const WITNESS_ADDRESS: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 9);
 pub const WITNESS_NODE_ID: u32 = 100;
 pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 100);
+/// The service's port with a web backend (builtin, nginx, apache2).
 pub const SERVICE_PORT: u16 = 80;
+/// The service's port with the redis backend.
+pub const REDIS_PORT: u16 = 6379;
 
-/// Where the backend listens when the node's proxy owns VIP:80 (simplex and duplex): the
-/// service's own port, on the loopback address. A server on another port would put that port
-/// in the absolute URLs it writes (redirects), which clients of VIP:80 cannot reach.
-pub const PROXIED_BACKEND_PORT: u16 = SERVICE_PORT;
+/// The port clients reach at the VIP, which follows the backend: 6379 for redis, 80 for the
+/// web backends. Behind a proxy the backend keeps the same port on the loopback address.
+pub fn service_port(backend: crate::options::BackendKind) -> u16 {
+    match backend {
+        crate::options::BackendKind::Redis => REDIS_PORT,
+        crate::options::BackendKind::Builtin
+        | crate::options::BackendKind::Nginx
+        | crate::options::BackendKind::Apache2 => SERVICE_PORT,
+    }
+}
 
 /// The backend's listening address in a lab of `mode`: the service port itself when the VIP's
-/// traffic reaches the backend directly, a loopback port behind the proxy otherwise.
-pub fn backend_listen(mode: crate::options::Mode) -> std::net::SocketAddrV4 {
+/// traffic reaches the backend directly; when the node's proxy owns VIP:port (simplex and
+/// duplex), the service's own port on the loopback address (a server on another port would put
+/// that port in the absolute URLs it writes, redirects, which clients of the VIP cannot reach).
+pub fn backend_listen(
+    mode: crate::options::Mode,
+    backend: crate::options::BackendKind,
+) -> std::net::SocketAddrV4 {
     use std::net::{Ipv4Addr, SocketAddrV4};
+    let port = service_port(backend);
     match mode {
-        crate::options::Mode::Unreplicated => {
-            SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, SERVICE_PORT)
-        }
+        crate::options::Mode::Unreplicated => SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port),
         crate::options::Mode::Simplex | crate::options::Mode::Duplex => {
-            SocketAddrV4::new(Ipv4Addr::LOCALHOST, PROXIED_BACKEND_PORT)
+            SocketAddrV4::new(Ipv4Addr::LOCALHOST, port)
         }
     }
 }
@@ -50,17 +63,26 @@ pub fn backend_listen(mode: crate::options::Mode) -> std::net::SocketAddrV4 {
 /// put it, and the proxy takes the service address.
 pub fn backend_listen_behind(
     mode: crate::options::Mode,
+    backend: crate::options::BackendKind,
     front_proxy: Option<crate::options::FrontProxy>,
 ) -> std::net::SocketAddrV4 {
     match front_proxy {
-        Some(_) => std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, PROXIED_BACKEND_PORT),
-        None => backend_listen(mode),
+        Some(_) => {
+            std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, service_port(backend))
+        }
+        None => backend_listen(mode, backend),
     }
 }
 
 /// Where the node's health check and the lab's readiness probe reach the backend.
-pub fn backend_target(mode: crate::options::Mode) -> std::net::SocketAddrV4 {
-    std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, backend_listen(mode).port())
+pub fn backend_target(
+    mode: crate::options::Mode,
+    backend: crate::options::BackendKind,
+) -> std::net::SocketAddrV4 {
+    std::net::SocketAddrV4::new(
+        std::net::Ipv4Addr::LOCALHOST,
+        backend_listen(mode, backend).port(),
+    )
 }
 /// The bridge inside `NAME-sw`.
 pub const BRIDGE: &str = "br0";
@@ -423,5 +445,39 @@ mod tests {
         assert_eq!(Host::Node(9).address(), Ipv4Addr::new(10, 77, 0, 19));
         assert_eq!(Host::Witness.node_id(), Some(100));
         assert_eq!(Host::Client.node_id(), None);
+    }
+
+    #[test]
+    fn the_service_port_follows_the_backend() {
+        use crate::options::{BackendKind, FrontProxy, Mode};
+        use std::net::SocketAddrV4;
+        assert_eq!(service_port(BackendKind::Redis), 6379);
+        for web in [
+            BackendKind::Builtin,
+            BackendKind::Nginx,
+            BackendKind::Apache2,
+        ] {
+            assert_eq!(service_port(web), 80);
+        }
+        assert_eq!(
+            backend_listen(Mode::Unreplicated, BackendKind::Redis),
+            SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 6379)
+        );
+        assert_eq!(
+            backend_target(Mode::Unreplicated, BackendKind::Redis),
+            SocketAddrV4::new(Ipv4Addr::LOCALHOST, 6379)
+        );
+        assert_eq!(
+            backend_listen(Mode::Duplex, BackendKind::Nginx),
+            SocketAddrV4::new(Ipv4Addr::LOCALHOST, 80)
+        );
+        assert_eq!(
+            backend_listen_behind(
+                Mode::Unreplicated,
+                BackendKind::Builtin,
+                Some(FrontProxy::Haproxy)
+            ),
+            SocketAddrV4::new(Ipv4Addr::LOCALHOST, 80)
+        );
     }
 }

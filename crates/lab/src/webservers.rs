@@ -1,5 +1,7 @@
-//! The backends a lab node runs on port 80: the builtin one (`steadfast backend`), nginx or
-//! apache2. For nginx and apache2 the lab writes a configuration per node and a shared docroot.
+//! The backends a lab node runs on the service port: the builtin one (`steadfast backend`),
+//! nginx or apache2 on port 80, or redis-server on port 6379. For nginx and apache2 the lab
+//! writes a configuration per node and a shared docroot; for redis-server a configuration per
+//! node (each member its own data, nothing persisted).
 //! In front of them an unreplicated lab may run HAProxy on each member (see [`FrontProxy`]),
 //! with a configuration per node as well.
 //!
@@ -53,6 +55,7 @@ pub(crate) fn require_installed(kind: BackendKind) -> Result<Option<PathBuf>, La
             }
             Ok(Some(program))
         }
+        BackendKind::Redis => require_program("redis-server", "redis-server").map(Some),
     }
 }
 
@@ -148,6 +151,17 @@ pub(crate) fn backend_command(
                 conf.into(),
                 "-DFOREGROUND".into(),
             ])
+        }
+        (BackendKind::Redis, Some(redis)) => {
+            let dir = paths.redis_dir(node);
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| LabError::io("creating the redis-server's directory", &dir, e))?;
+            let conf = dir.join("redis.conf");
+            write(
+                &conf,
+                &redis_config(&dir, &paths.backend_log(node), &name, listen),
+            )?;
+            Ok(vec![redis.into(), conf.into()])
         }
         (kind, None) => Err(LabError::MissingProgram {
             program: kind.to_string(),
@@ -388,6 +402,46 @@ Header always set Steadfast-Node "{node}"
     )
 }
 
+/// redis-server's configuration for one member: the service port, no persistence (each node
+/// starts empty and loses its data with its process, so that what a failover carries over is
+/// only what replication carries), its log in the lab's state directory, in the foreground so
+/// that the pid the lab records is the server's.
+///
+/// Protected mode refuses every client that does not come over the loopback address while the
+/// default user has no password. Listening on every address (unreplicated: the VIP comes and
+/// goes), the clients come from the client namespace, so it is off; the network namespace is
+/// the fence (nothing outside the lab reaches 10.77.0.0/24). On a loopback address alone
+/// (behind a proxy) it stays on.
+fn redis_config(dir: &Path, logfile: &Path, node: &str, listen: std::net::SocketAddrV4) -> String {
+    let protected = if listen.ip().is_loopback() {
+        "yes"
+    } else {
+        "no"
+    };
+    format!(
+        r#"# Written by `steadfast lab up` for node {node}; run as `redis-server THIS`.
+bind {ip}
+port {port}
+protected-mode {protected}
+daemonize no
+supervised no
+# The process keeps this file's path in its command line, so it can be told to its lab.
+set-proc-title no
+always-show-logo no
+logfile "{logfile}"
+loglevel notice
+dir "{dir}"
+# No persistence: no RDB snapshots, no append-only file.
+save ""
+appendonly no
+"#,
+        ip = listen.ip(),
+        port = listen.port(),
+        logfile = logfile.display(),
+        dir = dir.display(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -435,6 +489,58 @@ mod tests {
                 "timeout {timeout}: {text}"
             );
         }
+    }
+
+    /// The configuration's directives, comments and blank lines left out.
+    fn directives(text: &str) -> Vec<&str> {
+        text.lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .collect()
+    }
+
+    #[test]
+    fn redis_serves_the_service_port_and_persists_nothing() {
+        let dir = Path::new("/run/steadfast-lab/rd1/n1.redis");
+        let log = Path::new("/run/steadfast-lab/rd1/n1.backend.log");
+        let text = redis_config(
+            dir,
+            log,
+            "n1",
+            SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 6379),
+        );
+        let lines = directives(&text);
+        assert!(lines.contains(&"port 6379"), "{text}");
+        assert!(lines.contains(&"bind 0.0.0.0"), "{text}");
+        // Clients come from the client namespace, not the loopback address.
+        assert!(lines.contains(&"protected-mode no"), "{text}");
+        assert!(lines.contains(&"daemonize no"), "{text}");
+        assert!(
+            lines.contains(&"logfile \"/run/steadfast-lab/rd1/n1.backend.log\""),
+            "{text}"
+        );
+        assert!(
+            lines.contains(&"dir \"/run/steadfast-lab/rd1/n1.redis\""),
+            "{text}"
+        );
+        // No persistence: one `save ""` (no snapshot point), no append-only file.
+        let saves: Vec<&&str> = lines.iter().filter(|l| l.starts_with("save")).collect();
+        assert_eq!(saves, [&"save \"\""], "{text}");
+        assert!(lines.contains(&"appendonly no"), "{text}");
+        // Every directive once: Redis takes the last of a repeated one.
+        let mut names: Vec<&str> = lines
+            .iter()
+            .map(|l| l.split_whitespace().next().unwrap())
+            .collect();
+        names.sort_unstable();
+        let count = names.len();
+        names.dedup();
+        assert_eq!(names.len(), count, "{text}");
+
+        let behind = redis_config(dir, log, "n1", SocketAddrV4::new(Ipv4Addr::LOCALHOST, 6379));
+        let lines = directives(&behind);
+        assert!(lines.contains(&"bind 127.0.0.1"), "{behind}");
+        assert!(lines.contains(&"protected-mode yes"), "{behind}");
     }
 
     #[test]

@@ -22,7 +22,7 @@ pub enum LabCommand {
         /// unreplicated | simplex | duplex
         #[arg(long)]
         mode: Mode,
-        /// builtin | nginx | apache2
+        /// builtin | nginx | apache2 | redis (redis: unreplicated mode only, port 6379)
         #[arg(long)]
         backend: BackendKind,
         #[arg(long)]

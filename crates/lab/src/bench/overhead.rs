@@ -351,6 +351,13 @@ pub fn run(
             "overhead needs at least one round, one size and one backend".into(),
         ));
     }
+    if let Some(backend) = options.backends.iter().find(|b| !b.speaks_http()) {
+        return Err(BenchError::Options(format!(
+            "the overhead bench measures HTTP with wrk through simplex and duplex, which frame \
+             HTTP/1.1 only: the {backend} backend cannot be measured yet (active mode for Redis \
+             is not built yet)"
+        )));
+    }
     let served = |size: &u64| {
         crate::webservers::DOCROOT_SIZES.contains(size) || *size == crate::webservers::DOCROOT_LARGE
     };

@@ -168,6 +168,13 @@ pub fn run(
             "stall needs at least one crash and one connection".into(),
         ));
     }
+    if !options.backend.speaks_http() {
+        return Err(BenchError::Options(format!(
+            "the stall bench runs duplex with the verifying HTTP load: the {} backend cannot \
+             run in duplex (active mode for Redis is not built yet; use unreplicated)",
+            options.backend
+        )));
+    }
     let mut up = UpOptions::new(unique_lab_name("st"), 2, &options.steadfast_exe);
     up.mode = Mode::Duplex;
     up.witness = true;

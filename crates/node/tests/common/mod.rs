@@ -99,7 +99,17 @@ impl Lab {
         backend: BackendKind,
         configure: impl FnOnce(&mut UpOptions),
     ) -> Lab {
-        let mut opts = UpOptions::new(lab_name(tag), nodes, exe());
+        Lab::up_named(lab_name(tag), nodes, backend, configure)
+    }
+
+    /// Like [`Lab::up_with`], under a name the caller chose (unique, ≤ 20 characters).
+    pub fn up_named(
+        name: String,
+        nodes: u8,
+        backend: BackendKind,
+        configure: impl FnOnce(&mut UpOptions),
+    ) -> Lab {
+        let mut opts = UpOptions::new(name, nodes, exe());
         opts.backend = backend;
         opts.ready_timeout = Duration::from_secs(30);
         configure(&mut opts);
@@ -322,6 +332,11 @@ impl BackgroundLoad {
 
     /// Runs `options` (probes, keep-alive connections, or both) in the client namespace.
     pub fn start_with(lab: &Lab, options: LoadOptions) -> BackgroundLoad {
+        assert!(
+            lab.backend.speaks_http(),
+            "the verifying load speaks HTTP: the {} backend has none to load",
+            lab.backend
+        );
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let progress = Arc::new(LoadProgress::default());
         let namespace = lab.info.client_ns.clone();
