@@ -1494,8 +1494,8 @@ impl Session {
         Err(SessionEnd::Protocol(self.tuple, body))
     }
 
-    /// Frames backend bytes (`bytes` empty: the backend closed) and hands complete replies on.
-    /// Frames the `n` bytes just read into the backend's buffer (0: the backend closed).
+    /// Frames the `n` bytes just read into the backend's buffer (0: the backend closed) and
+    /// hands complete replies on.
     async fn take_backend_bytes(&mut self, n: usize) -> Result<(), SessionEnd> {
         if n > 0 {
             if let Some(flight) = self.in_flight.as_mut() {
@@ -1949,8 +1949,8 @@ impl Session {
             .pop_front()
             .expect("a piece waits when one is released");
         let logged = held == Some(true);
-        let stages = &self.ctx.counters.stages;
         if logged {
+            let stages = &self.ctx.counters.stages;
             stages.backup_hold.record(logged_at.elapsed());
         }
         if held == Some(false) {
