@@ -412,7 +412,6 @@ pub async fn serve(
         options: start.options,
         client_mss: start.client_mss,
         adoption: AdoptionTrigger::new(ctx.gate.adoption_notice(), ctx.census.watch_disownings()),
-        handover_given_up: 0,
         adoption_ack: None,
         retains: ctx.gate.adopts(),
         protection,
@@ -496,9 +495,6 @@ struct Session {
     client_mss: u16,
     /// When to offer the connection to a backup that joined after it opened.
     adoption: AdoptionTrigger,
-    /// The adoption generation whose hand-over can never happen (its wait cannot pass): no
-    /// reason to hold reading back for it (see `handover_wanted`).
-    handover_given_up: u64,
     /// The backup's acknowledgement of the latest hand-over: until it comes no client byte is
     /// read, so that what passes the backup meanwhile stays within one receive window (the
     /// backup keeps that much to replay into the adopted image).
@@ -517,9 +513,9 @@ struct Session {
     /// Client-facing reply stream offset of the next reply byte written.
     reply_offset: u64,
     /// Pieces of a reply streamed in parts, logged and not yet written, oldest first: each
-    /// goes to the client once the backup holds it, while the backend is read on. Nothing is
-    /// handed to a new backup while any wait (see `adoption_may_start`). The next piece logged
-    /// starts at `reply_offset` plus their bytes.
+    /// goes to the client once the backup holds it, while the backend is read on. A backup
+    /// that adopts the connection meanwhile is given them after the hand-over (see `adopt`).
+    /// The next piece logged starts at `reply_offset` plus their bytes.
     outgoing: VecDeque<OutgoingPiece>,
     /// The first request no complete reply answers, and the client offset where it starts.
     answered_index: u64,
@@ -613,13 +609,8 @@ impl Session {
                 .client_timer
                 .deadline()
                 .and_then(|(at, _)| self.clock_origin.checked_add(at));
-            // A hand-over starts only once the pieces waiting to go out are gone (`adopt`);
-            // reading ahead meanwhile would keep some waiting, and a streamed download to a
-            // slow client would not be handed over before its end.
-            let read_backend = self.backend.is_some()
-                && self.outgoing_bytes() < STREAM_WINDOW_BYTES
-                && (self.outgoing.is_empty() || !self.handover_wanted());
-            let adoption_may_start = self.adoption_may_start();
+            let read_backend =
+                self.backend.is_some() && self.outgoing_bytes() < STREAM_WINDOW_BYTES;
             let backend_room = self.backend_read_room();
             tokio::select! {
                 read = self.client.read(&mut client_buf), if read_client => {
@@ -653,7 +644,7 @@ impl Session {
                     let error = self.refusal.take().expect("a refusal under way").error;
                     return self.refuse_ourselves(error).await;
                 }
-                () = self.adoption.due(), if adoption_may_start => self.try_adoption(None),
+                () = self.adoption.due() => self.try_adoption(None),
                 held = wait_for_adoption_ack(self.adoption_ack.as_mut()) => self.adoption_answered(held),
                 () = tokio::time::sleep(RETAINED_TRIM_INTERVAL), if !self.retained.is_empty() => {
                     self.trim_retained();
@@ -998,7 +989,6 @@ impl Session {
                 if wait.may_pass() {
                     self.adoption.later();
                 } else {
-                    self.handover_given_up = generation;
                     self.adoption.settled();
                 }
             }
@@ -1022,10 +1012,6 @@ impl Session {
     }
 
     fn adopt(&mut self, generation: u64, writing: Option<&[u8]>) -> Result<(), HandoverWait> {
-        debug_assert!(
-            self.outgoing.is_empty(),
-            "no logged piece waits at a hand-over"
-        );
         self.trim_retained();
         let unreadable = |what: &str, e: steadfast_os::repair::RepairError| {
             tracing::debug!("adoption: {what}: {e}");
@@ -1088,6 +1074,7 @@ impl Session {
         };
         self.protection.handed_to(generation);
         self.adoption_ack = Some(PendingAdoption { ack, generation });
+        self.log_waiting_pieces();
         let counters = &self.ctx.counters;
         counters.adopted.fetch_add(1, Ordering::Relaxed);
         if in_reply {
@@ -1840,7 +1827,41 @@ impl Session {
         kind: PieceKind,
         bytes: &[u8],
     ) -> Option<AckWaiter> {
-        let from = self.reply_offset + self.outgoing_bytes() as u64;
+        self.log_in_frames_at(
+            self.reply_offset + self.outgoing_bytes() as u64,
+            request_index,
+            kind,
+            bytes,
+        )
+    }
+
+    /// The pieces read before a hand-over and not yet written follow it in the new backup's
+    /// log, as they would have had they been read after it: the hand-over says where the reply
+    /// stands at `reply_offset`, and they start there. None of them is logged on this link
+    /// yet (the connection was not protected by it), and the client gets each only once the
+    /// backup holds it. Waiting for them to be written first instead would put a hand-over
+    /// off for as long as a slow client takes to read a window of them.
+    fn log_waiting_pieces(&mut self) {
+        let mut from = self.reply_offset;
+        let mut acks = Vec::with_capacity(self.outgoing.len());
+        for piece in &self.outgoing {
+            acks.push(self.log_in_frames_at(from, piece.request_index, piece.kind, &piece.bytes));
+            from += piece.bytes.len() as u64;
+        }
+        let now = Instant::now();
+        for (piece, ack) in self.outgoing.iter_mut().zip(acks) {
+            piece.ack = ack;
+            piece.logged_at = now;
+        }
+    }
+
+    fn log_in_frames_at(
+        &self,
+        from: u64,
+        request_index: u64,
+        kind: PieceKind,
+        bytes: &[u8],
+    ) -> Option<AckWaiter> {
         if !self.protected_now() {
             return None;
         }
@@ -1916,22 +1937,6 @@ impl Session {
     /// Reply bytes logged and waiting to be written (a few pieces at most).
     fn outgoing_bytes(&self) -> usize {
         self.outgoing.iter().map(|piece| piece.bytes.len()).sum()
-    }
-
-    /// Nothing is handed to a backup while logged pieces wait to be written: the hand-over
-    /// says where the reply stands at the client, and the log to follow it starts there.
-    fn adoption_may_start(&self) -> bool {
-        self.outgoing.is_empty()
-    }
-
-    /// A backup joined that does not hold this connection yet, and a hand-over to it may
-    /// still happen.
-    fn handover_wanted(&self) -> bool {
-        let generation = self.ctx.gate.adoption_generation();
-        generation != 0
-            && generation != self.protection.generation()
-            && generation != self.handover_given_up
-            && self.adoption_ack.is_none()
     }
 
     /// Writes the oldest waiting piece to the client: at once if the backup holds it
@@ -2027,10 +2032,9 @@ impl Session {
     async fn write_to_client(&mut self, bytes: &[u8]) -> Result<(), SessionEnd> {
         let mut written = 0;
         while written < bytes.len() {
-            let adoption_may_start = self.adoption_may_start();
             tokio::select! {
                 biased;
-                () = self.adoption.due(), if adoption_may_start => self.try_adoption(Some(bytes)),
+                () = self.adoption.due() => self.try_adoption(Some(bytes)),
                 held = wait_for_adoption_ack(self.adoption_ack.as_mut()) => self.adoption_answered(held),
                 result = self.client.write(&bytes[written..]) => {
                     let n = result.map_err(|e| SessionEnd::Client(self.tuple, e))?;
