@@ -60,7 +60,7 @@ pub(crate) fn voter_config(plan: &GroupPlan<'_>, voter: Host) -> String {
     let mut text = String::new();
     let _ = writeln!(
         text,
-        "# Written by `steadfast lab up` for lab {}: host {voter}.",
+        "# Written by `steadfast-lab lab up` for lab {}: host {voter}.",
         plan.lab
     );
     let _ = writeln!(text, "node_id = {node_id}\n");

@@ -1,4 +1,4 @@
-//! `steadfast demo`: the first thing a new user runs. The same verifying load and the same crash
+//! `steadfast-lab demo`: the first thing a new user runs. The same verifying load and the same crash
 //! of the primary's host (`--how host`), in two labs one after the other:
 //!
 //! - **duplex**: two nodes and a witness; the backup logs every client frame and every reply,
@@ -1483,13 +1483,13 @@ pub fn interrupt_on_ctrl_c(labs: &[String]) -> Result<Arc<AtomicBool>, DemoError
                     if count == 1 {
                         watcher_flag.store(true, Ordering::Relaxed);
                         eprintln!(
-                            "\nsteadfast demo: interrupted; stopping and cleaning up (lab {labs}) \
+                            "\nsteadfast-lab demo: interrupted; stopping and cleaning up (lab {labs}) \
                              (Ctrl-C twice more quits without cleaning up)"
                         );
                     } else if count >= 3 {
                         eprintln!(
-                            "steadfast demo: quitting; lab {labs} may be left behind: remove it \
-                             with `steadfast lab down NAME`"
+                            "steadfast-lab demo: quitting; lab {labs} may be left behind: remove it \
+                             with `steadfast-lab lab down NAME`"
                         );
                         std::process::exit(130);
                     }
@@ -1595,8 +1595,8 @@ fn run_part(
     if opts.keep {
         let _ = writeln!(
             out,
-            "\nThe lab is still running: `steadfast lab status {lab}`; remove it with \
-             `steadfast lab down {lab}`."
+            "\nThe lab is still running: `steadfast-lab lab status {lab}`; remove it with \
+             `steadfast-lab lab down {lab}`."
         );
         return result;
     }
@@ -1609,7 +1609,7 @@ fn run_part(
         Err(error) => {
             let _ = writeln!(
                 out,
-                "\nCould not remove lab {lab}: {error}\nRun `steadfast lab down {lab}`."
+                "\nCould not remove lab {lab}: {error}\nRun `steadfast-lab lab down {lab}`."
             );
             result.and(Err(DemoError::Lab {
                 lab: lab.to_string(),
@@ -1657,7 +1657,7 @@ impl Drop for TeardownGuard {
         if self.armed {
             if let Err(e) = down(&self.lab) {
                 eprintln!(
-                    "steadfast demo: removing lab {}: {e}; run `steadfast lab down {}`",
+                    "steadfast-lab demo: removing lab {}: {e}; run `steadfast-lab lab down {}`",
                     self.lab, self.lab
                 );
             }

@@ -23,7 +23,7 @@ pub enum LabError {
     #[error("the steadfast executable {path} does not exist or is not a file")]
     MissingExecutable { path: PathBuf },
 
-    #[error("lab {name} already exists ({what}): run `steadfast lab down {name}` first")]
+    #[error("lab {name} already exists ({what}): run `steadfast-lab lab down {name}` first")]
     AlreadyExists { name: String, what: String },
 
     #[error("lab {name} does not exist (no state file {path})")]

@@ -465,7 +465,7 @@ fn apply_partitions(
     let path = LabPaths::new(lab).partition_rules();
     std::fs::write(
         &path,
-        format!("# Written by steadfast lab: the partitions of this lab, as the kernel holds them.\n{listing}"),
+        format!("# Written by steadfast-lab lab: the partitions of this lab, as the kernel holds them.\n{listing}"),
     )
     .map_err(|e| LabError::io("writing", &path, e))
 }

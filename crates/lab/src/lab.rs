@@ -41,7 +41,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 /// Lines of each log quoted in a readiness error.
 const LOG_LINES: usize = 20;
 
-/// What `steadfast lab up` prints: the contract's `KEY=VALUE` lines.
+/// What `steadfast-lab lab up` prints: the contract's `KEY=VALUE` lines.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct LabInfo {
     pub lab: String,

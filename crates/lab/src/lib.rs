@@ -1,5 +1,5 @@
 //! Steadfast's lab: groups of hosts in network namespaces, built, crashed, healed and torn down
-//! on demand (the engine behind `steadfast lab …` and the integration tests), plus the builtin
+//! on demand (the engine behind `steadfast-lab lab …` and the integration tests), plus the builtin
 //! HTTP backend and a verifying load.
 
 pub mod backend;

@@ -21,7 +21,7 @@ pub enum Mode {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BackendKind {
-    /// `steadfast backend`, the HTTP server inside the binary.
+    /// `steadfast-lab backend`, the HTTP server inside the binary.
     Builtin,
     Nginx,
     Apache2,
@@ -139,7 +139,7 @@ word_enum!(CrashKind, "crash kind", Host => "host", Process => "process", Freeze
 /// How long `up` waits, by default, for the VIP to answer from the client namespace.
 pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// The options of `steadfast lab up`.
+/// The options of `steadfast-lab lab up`.
 #[derive(Clone, Debug)]
 pub struct UpOptions {
     /// The lab's name: `[a-z0-9-]`, 1 to 20 characters, starting with a letter or digit.
@@ -176,8 +176,8 @@ pub struct UpOptions {
     /// A proxy the lab runs on each member in front of its backend (unreplicated labs only);
     /// `None`: clients reach the backend (or the daemon's proxy) directly.
     pub front_proxy: Option<FrontProxy>,
-    /// The `steadfast` executable that runs the daemons and the builtin backend (the command
-    /// line passes `std::env::current_exe()`).
+    /// The executable whose `run`, `witness` and `backend` commands run the daemons and the
+    /// builtin backend: `steadfast-lab` (its command line passes `std::env::current_exe()`).
     pub steadfast_exe: PathBuf,
     /// Start the daemons. Without them nothing takes the VIP: `up` returns once the backends
     /// answer, with no primary (tests of the lab itself place the VIP by hand).

@@ -1,4 +1,4 @@
-//! The backends a lab node runs on the service port: the builtin one (`steadfast backend`),
+//! The backends a lab node runs on the service port: the builtin one (`steadfast-lab backend`),
 //! nginx or apache2 on port 80, or redis-server on port 6379. For nginx and apache2 the lab
 //! writes a configuration per node and a shared docroot; for redis-server a configuration per
 //! node (each member its own data, nothing persisted).
@@ -248,7 +248,7 @@ fn haproxy_config(
     backend: std::net::SocketAddrV4,
 ) -> String {
     format!(
-        r#"# Written by `steadfast lab up` for node {node}; run as `haproxy -db -f THIS`.
+        r#"# Written by `steadfast-lab lab up` for node {node}; run as `haproxy -db -f THIS`.
 # No `log` line anywhere: HAProxy logs nothing (start-up alerts go to stderr, the lab's log).
 global
     maxconn 4096
@@ -300,7 +300,7 @@ fn nginx_config(
     };
     let dir = dir.display();
     format!(
-        r#"# Written by `steadfast lab up` for node {node}.
+        r#"# Written by `steadfast-lab lab up` for node {node}.
 # Root workers: the lab's files live under /run, and the lab is root's test bench anyway.
 user root;
 worker_processes 1;
@@ -351,7 +351,7 @@ fn apache2_config(
     };
     let dir = dir.display();
     format!(
-        r#"# Written by `steadfast lab up` for node {node}; run as `apache2 -f THIS -DFOREGROUND`.
+        r#"# Written by `steadfast-lab lab up` for node {node}; run as `apache2 -f THIS -DFOREGROUND`.
 ServerRoot "{dir}"
 ServerName {node}
 Listen {listen}
@@ -419,7 +419,7 @@ fn redis_config(dir: &Path, logfile: &Path, node: &str, listen: std::net::Socket
         "no"
     };
     format!(
-        r#"# Written by `steadfast lab up` for node {node}; run as `redis-server THIS`.
+        r#"# Written by `steadfast-lab lab up` for node {node}; run as `redis-server THIS`.
 bind {ip}
 port {port}
 protected-mode {protected}

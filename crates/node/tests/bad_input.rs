@@ -173,7 +173,7 @@ fn broken_config_is_refused_naming_the_field() {
         "node_id = 1\n[group]\nauth_key_file = \"missing-key\"\n\n[[group.member]]\nid = 1\naddress = \"10.1.0.1/24\"\n\n[[service]]\nname = \"web\"\nvip = \"10.9.0.1\"\nports = [80]\nmode = \"unreplicated\"\nbackend = \"127.0.0.1:80\"\n",
     )
     .unwrap();
-    let out = Command::new(common::exe())
+    let out = Command::new(common::daemon_exe())
         .args(["check-config", file.to_str().unwrap()])
         .output()
         .expect("run check-config");
@@ -218,7 +218,7 @@ fn a_group_key_that_others_may_read_is_refused() {
     )
     .unwrap();
     let check = || {
-        let out = Command::new(common::exe())
+        let out = Command::new(common::daemon_exe())
             .args(["check-config", file.to_str().unwrap()])
             .output()
             .expect("run check-config");

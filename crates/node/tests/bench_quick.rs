@@ -1,4 +1,4 @@
-//! `steadfast bench failover --quick` through the binary: the summary, the raw samples and the
+//! `steadfast-lab bench failover --quick` through the binary: the summary, the raw samples and the
 //! plot are well formed. No timing thresholds: the figures depend on the machine.
 //! Needs root (network namespaces).
 
@@ -21,7 +21,7 @@ fn number_or_null(value: &serde_json::Value, key: &str, row: &serde_json::Value)
     );
 }
 
-/// Runs `steadfast bench BENCH --quick --json [EXTRA…]` into a fresh directory; returns it and
+/// Runs `steadfast-lab bench BENCH --quick --json [EXTRA…]` into a fresh directory; returns it and
 /// the summary printed on stdout.
 fn run_quick(bench: &str, extra: &[&str]) -> (OutDir, serde_json::Value) {
     let out = OutDir(std::env::temp_dir().join(format!(
@@ -29,13 +29,13 @@ fn run_quick(bench: &str, extra: &[&str]) -> (OutDir, serde_json::Value) {
         extra.concat(),
         std::process::id()
     )));
-    let output = Command::new(env!("CARGO_BIN_EXE_steadfast"))
+    let output = Command::new(env!("CARGO_BIN_EXE_steadfast-lab"))
         .args(["bench", bench, "--quick", "--json"])
         .args(extra)
         .arg("--out")
         .arg(&out.0)
         .output()
-        .unwrap_or_else(|e| panic!("run steadfast bench {bench}: {e}"));
+        .unwrap_or_else(|e| panic!("run steadfast-lab bench {bench}: {e}"));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "bench {bench} failed: {stderr}");
     let summary = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
@@ -138,7 +138,7 @@ fn check_failover_report(out: &OutDir, summary: &serde_json::Value) {
     );
 }
 
-/// `steadfast bench overhead --quick`: one row per mode and size, the unreplicated row is the
+/// `steadfast-lab bench overhead --quick`: one row per mode and size, the unreplicated row is the
 /// baseline (ratio 1), the other rows' ratios are computed from the same run, CPU per request
 /// is reported for each node's daemon and backend, and the plot and raw samples are written.
 #[test]
@@ -205,7 +205,7 @@ fn quick_overhead_bench_computes_ratios_in_one_run() {
     );
 }
 
-/// `steadfast bench availability --quick`: the paper's schedule for 30 s; the summary names the
+/// `steadfast-lab bench availability --quick`: the paper's schedule for 30 s; the summary names the
 /// fault events, availability and recovery figures beside the paper's, and the raw events and
 /// the plot are written.
 #[test]
@@ -244,7 +244,7 @@ fn quick_availability_bench_replays_the_papers_schedule() {
     assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
 }
 
-/// `steadfast bench hostile`, a short and smaller flood: both modes reported with the flood as
+/// `steadfast-lab bench hostile`, a short and smaller flood: both modes reported with the flood as
 /// sent, new connections before and during it, established requests, recovery and memory; the
 /// command succeeds only when each mode meets the hostile-input bounds.
 #[test]

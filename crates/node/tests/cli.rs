@@ -89,7 +89,7 @@ fn status_check_config_and_reload() {
 #[test]
 fn printing_into_a_closed_pipe_ends_quietly() {
     use std::os::unix::process::ExitStatusExt;
-    let mut child = std::process::Command::new(common::exe())
+    let mut child = std::process::Command::new(common::daemon_exe())
         .args(["status", "--ruleset"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -104,4 +104,45 @@ fn printing_into_a_closed_pipe_ends_quietly() {
         "ended by the closed pipe or done first: {:?} {stderr}",
         output.status
     );
+}
+
+/// The daemon a user installs is the daemon and its commands: the lab, the demo, the benchmarks
+/// and the builtin backend are `steadfast-lab`'s, and none of their code is linked into it (a
+/// linked function of the lab crate would leave its path in the panic locations and its symbol
+/// names in the executable). Needs no root.
+#[test]
+fn the_installed_daemon_links_no_lab_code() {
+    let daemon = std::fs::read(common::daemon_exe()).expect("read the steadfast executable");
+    let lab = std::fs::read(common::lab_exe()).expect("read the steadfast-lab executable");
+    let holds = |bytes: &[u8], needle: &str| {
+        bytes
+            .windows(needle.len())
+            .any(|window| window == needle.as_bytes())
+    };
+    for needle in ["steadfast_lab", "crates/lab/src/"] {
+        assert!(
+            holds(&lab, needle),
+            "the lab's executable holds {needle:?}: the search finds what it looks for"
+        );
+        assert!(
+            !holds(&daemon, needle),
+            "steadfast links lab code: {needle:?}"
+        );
+    }
+    for command in ["lab", "demo", "bench", "backend"] {
+        let (ok, _, err) = steadfast(&[command, "--help"]);
+        assert!(!ok, "steadfast has no {command} command");
+        assert!(err.contains("unrecognized subcommand"), "{err}");
+        let (ok, out, err) = common::steadfast_lab(&[command, "--help"]);
+        assert!(ok, "steadfast-lab {command} --help: {err}");
+        assert!(out.contains("Usage: steadfast-lab"), "{out}");
+    }
+    for command in ["run", "witness", "check-config", "status"] {
+        let (ok, out, err) = steadfast(&[command, "--help"]);
+        assert!(ok, "steadfast {command} --help: {err}");
+        assert!(
+            out.contains(&format!("Usage: steadfast {command}")),
+            "{out}"
+        );
+    }
 }

@@ -1,4 +1,4 @@
-//! `steadfast demo` in real namespace labs: duplex keeps every established connection through
+//! `steadfast-lab demo` in real namespace labs: duplex keeps every established connection through
 //! the primary's host crash, unreplicated loses them, and the labs are gone afterwards. Needs
 //! root (network namespaces).
 
@@ -15,7 +15,7 @@ use steadfast_lab::Mode;
 #[test]
 fn the_default_demo_keeps_duplex_connections_and_shows_unreplicated_losing_them() {
     let _one_lab_at_a_time = common::exclusive();
-    let mut opts = DemoOptions::new(common::exe());
+    let mut opts = DemoOptions::new(common::lab_exe());
     opts.name = common::lab_name("demo");
     opts.name.truncate(14);
     opts.before_crash = Duration::from_millis(1500);
@@ -166,22 +166,22 @@ fn assert_unreplicated_lost_its_connections(report: &DemoReport, text: &str) {
 
 #[test]
 fn the_demo_refuses_modes_and_sizes_it_cannot_show() {
-    let (ok, _, err) = common::steadfast(&["demo", "--mode", "simplex"]);
+    let (ok, _, err) = common::steadfast_lab(&["demo", "--mode", "simplex"]);
     assert!(!ok);
     assert!(
         err.contains("the demo shows duplex or unreplicated mode, not simplex"),
         "{err}"
     );
-    let (ok, _, err) = common::steadfast(&["demo", "--nodes", "3"]);
+    let (ok, _, err) = common::steadfast_lab(&["demo", "--nodes", "3"]);
     assert!(!ok);
     assert!(
         err.contains("duplex pairs a primary with one backup"),
         "{err}"
     );
-    let (ok, _, err) = common::steadfast(&["demo", "--nodes", "1", "--mode", "unreplicated"]);
+    let (ok, _, err) = common::steadfast_lab(&["demo", "--nodes", "1", "--mode", "unreplicated"]);
     assert!(!ok);
     assert!(err.contains("at least 2 nodes"), "{err}");
-    let (ok, out, _) = common::steadfast(&["demo", "--help"]);
+    let (ok, out, _) = common::steadfast_lab(&["demo", "--help"]);
     assert!(ok);
     assert!(out.contains("--mode"), "{out}");
 }

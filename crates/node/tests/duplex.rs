@@ -963,7 +963,7 @@ fn duplex_keeps_every_connection_through_a_backup_crash() {
 }
 
 /// The acceptance figure: 20 host crashes of the primary at a 10 ms heartbeat under
-/// keep-alive load (`steadfast bench stall`). No request may fail; the stall figures are
+/// keep-alive load (`steadfast-lab bench stall`). No request may fail; the stall figures are
 /// printed, and only a gross regression (a second) fails the test: timing targets live in the
 /// benchmark, these machines are noisy.
 #[test]
@@ -977,7 +977,7 @@ fn twenty_primary_crashes_lose_no_request() {
         connections: 20,
         backend: BackendKind::Builtin,
         workload: steadfast_lab::bench::stall::StallWorkload::Small,
-        steadfast_exe: common::exe(),
+        steadfast_exe: common::lab_exe(),
     };
     let report = steadfast_lab::bench::stall::run(&options, &mut |line| eprintln!("{line}"))
         .expect("the stall campaign runs");

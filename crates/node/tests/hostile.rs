@@ -1,6 +1,6 @@
 //! Hostile input at a running duplex lab: spoofed SYNs at the service address must not take the
 //! service down. Run as root (network namespaces); the full-size flood (50,000 SYN/s for 30 s)
-//! is `steadfast bench`'s, this one is sized for CI.
+//! is `steadfast-lab bench`'s, this one is sized for CI.
 
 mod common;
 

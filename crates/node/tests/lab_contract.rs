@@ -9,19 +9,19 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::steadfast;
+use common::steadfast_lab;
 
 /// `lab down NAME` when the test ends, also on panic.
 struct Down(String);
 
 impl Drop for Down {
     fn drop(&mut self) {
-        let _ = steadfast(&["lab", "down", &self.0]);
+        let _ = steadfast_lab(&["lab", "down", &self.0]);
     }
 }
 
 fn holders(name: &str) -> Vec<String> {
-    let (ok, out, err) = steadfast(&["lab", "status", name, "--json"]);
+    let (ok, out, err) = steadfast_lab(&["lab", "status", name, "--json"]);
     assert!(ok, "lab status: {err}");
     let status: serde_json::Value = serde_json::from_str(&out).expect("status --json is JSON");
     status["vip_holders"]
@@ -35,7 +35,7 @@ fn holders(name: &str) -> Vec<String> {
 fn contract(mode: &str) {
     let name = format!("k{}{}", &mode[..1], std::process::id() % 100_000);
     let _down = Down(name.clone());
-    let (ok, out, err) = steadfast(&[
+    let (ok, out, err) = steadfast_lab(&[
         "lab",
         "up",
         "--name",
@@ -72,7 +72,7 @@ fn contract(mode: &str) {
     assert_eq!(get().expect("the VIP answers").status, 200);
     assert_eq!(holders(&name), vec![primary.clone()]);
 
-    let (ok, _, err) = steadfast(&["lab", "crash", &name, "primary", "--how", "host"]);
+    let (ok, _, err) = steadfast_lab(&["lab", "crash", &name, "primary", "--how", "host"]);
     assert!(ok, "lab crash: {err}");
     let other = if primary.ends_with("n1") {
         format!("{name}-n2")
@@ -91,13 +91,13 @@ fn contract(mode: &str) {
             .is_ok_and(|r| r.status == 200)),
         "the VIP answers from {other}"
     );
-    let (ok, _, err) = steadfast(&["lab", "heal", &name, &primary]);
+    let (ok, _, err) = steadfast_lab(&["lab", "heal", &name, &primary]);
     assert!(ok, "lab heal (by namespace name): {err}");
-    let (ok, out, err) = steadfast(&["lab", "status", &name]);
+    let (ok, out, err) = steadfast_lab(&["lab", "status", &name]);
     assert!(ok && out.contains(&other), "lab status: {out}{err}");
-    let (ok, _, err) = steadfast(&["lab", "down", &name]);
+    let (ok, _, err) = steadfast_lab(&["lab", "down", &name]);
     assert!(ok, "lab down: {err}");
-    let (ok, _, _) = steadfast(&["lab", "status", &name]);
+    let (ok, _, _) = steadfast_lab(&["lab", "status", &name]);
     assert!(!ok, "the lab is gone");
     assert!(
         !common::namespace_exists(&client),

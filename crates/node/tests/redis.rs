@@ -273,7 +273,7 @@ fn the_vip_moves_to_the_other_redis_and_the_data_stays_behind() {
 fn redis_labs_refuse_the_http_proxies_of_simplex_and_duplex() {
     for mode in ["simplex", "duplex"] {
         let name = redis_lab_name();
-        let (ok, out, err) = common::steadfast(&[
+        let (ok, out, err) = common::steadfast_lab(&[
             "lab",
             "up",
             "--name",

@@ -1,4 +1,4 @@
-//! `steadfast bench availability`: the fault campaign of seed `002_e40006d00d3bb163.txt`
+//! `steadfast-lab bench availability`: the fault campaign of seed `002_e40006d00d3bb163.txt`
 //! (SAPOTI's first experiment, its Table 1) replayed on a Steadfast group, time-scaled.
 //!
 //! Six hosts, each cycling fault-free / faulty for 5/10, 8/9, 13/7, 17/6, 21/5 and 25/4

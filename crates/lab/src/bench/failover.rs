@@ -1,4 +1,4 @@
-//! `steadfast bench failover`: repeated crashes of the serving node under a probe load that
+//! `steadfast-lab bench failover`: repeated crashes of the serving node under a probe load that
 //! opens a new connection every 10 ms; per crash the client-visible gap, the time to the first
 //! good reply from another node, and who took over — for Steadfast and, when installed, for
 //! keepalived in the same kind of lab on the same load.

@@ -1,4 +1,4 @@
-//! `steadfast bench hostile`: what a SYN flood does to a running service, unreplicated and
+//! `steadfast-lab bench hostile`: what a SYN flood does to a running service, unreplicated and
 //! duplex side by side in one run.
 //!
 //! For each mode a 2-node lab with a witness and the builtin backend, and the verifying load of

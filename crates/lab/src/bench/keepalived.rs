@@ -76,7 +76,7 @@ pub fn config_text(lab: &str, index: u8, setting: KeepalivedSetting) -> String {
     let mut text = String::new();
     let _ = writeln!(
         text,
-        "# Written by steadfast bench failover for lab {lab}, node n{index}."
+        "# Written by steadfast-lab bench failover for lab {lab}, node n{index}."
     );
     let _ = writeln!(text, "global_defs {{");
     let _ = writeln!(text, "    router_id {lab}-n{index}");

@@ -1,4 +1,4 @@
-//! `steadfast bench …`: measurements published as tables, raw samples and plots.
+//! `steadfast-lab bench …`: measurements published as tables, raw samples and plots.
 //!
 //! Every benchmark builds its own labs (unique names, always torn down) and drives them with the
 //! verifying load of [`crate::load`], so the figures are what a client in the lab saw.

@@ -1,4 +1,4 @@
-//! `steadfast bench overhead`: what protection costs when nothing fails — the table of seed
+//! `steadfast-lab bench overhead`: what protection costs when nothing fails — the table of seed
 //! `000_751a5321d3176cb1.txt` (its Figures 4 and 5 and Table 1), measured here.
 //!
 //! One lab per mode (unreplicated, unreplicated behind HAProxy, simplex, duplex), all up at

@@ -1,4 +1,4 @@
-//! `steadfast bench stall`: in duplex mode, how long established keep-alive connections stall
+//! `steadfast-lab bench stall`: in duplex mode, how long established keep-alive connections stall
 //! when the primary (or the backup) crashes, and whether any request fails.
 //!
 //! A 2-node lab with a witness and the builtin backend; a verifying keep-alive load (small

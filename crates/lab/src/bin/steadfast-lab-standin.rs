@@ -2,7 +2,7 @@
 //! binary of another crate:
 //!
 //! - `backend --listen ADDR --node-name NAME --data-tier FILE` is the real builtin backend, as
-//!   `steadfast backend` runs it;
+//!   `steadfast-lab backend` runs it;
 //! - `run --config FILE` and `witness --config FILE` are NOT the daemon: they do only what the
 //!   lab itself relies on, so the lab's process handling can be tested before the daemon exists.
 //!   On start a member removes its service VIP (as the daemon does); member 1 then adds it (so

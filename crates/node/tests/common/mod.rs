@@ -14,16 +14,31 @@ use steadfast_lab::load::{
 };
 use steadfast_lab::{BackendKind, LabInfo, Mode, UpOptions};
 
-pub fn exe() -> PathBuf {
+/// The daemon a user installs.
+pub fn daemon_exe() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_steadfast"))
 }
 
-/// Runs the binary with `args`: (success, stdout, stderr).
+/// The lab's executable, whose hosts run their daemons and builtin backends from it.
+pub fn lab_exe() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_steadfast-lab"))
+}
+
+/// Runs the daemon's executable with `args`: (success, stdout, stderr).
 pub fn steadfast(args: &[&str]) -> (bool, String, String) {
-    let out = std::process::Command::new(exe())
+    run(daemon_exe(), args)
+}
+
+/// Runs the lab's executable with `args`: (success, stdout, stderr).
+pub fn steadfast_lab(args: &[&str]) -> (bool, String, String) {
+    run(lab_exe(), args)
+}
+
+fn run(exe: PathBuf, args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(&exe)
         .args(args)
         .output()
-        .expect("run steadfast");
+        .unwrap_or_else(|e| panic!("run {}: {e}", exe.display()));
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).to_string(),
@@ -109,7 +124,7 @@ impl Lab {
         backend: BackendKind,
         configure: impl FnOnce(&mut UpOptions),
     ) -> Lab {
-        let mut opts = UpOptions::new(name, nodes, exe());
+        let mut opts = UpOptions::new(name, nodes, lab_exe());
         opts.backend = backend;
         opts.ready_timeout = Duration::from_secs(30);
         configure(&mut opts);

@@ -1,4 +1,4 @@
-//! `steadfast lab …` and `steadfast demo`: the command line over the steadfast-lab crate.
+//! `steadfast-lab lab …` and `steadfast-lab demo`: the command line over the steadfast-lab crate.
 //! The `lab` words and flags are a contract: scripts outside the project drive them as written.
 
 use std::process::ExitCode;
@@ -45,7 +45,7 @@ pub enum LabCommand {
     /// Undo a crash: the node restarts and rejoins as a backup.
     Heal { name: String, node: String },
     /// Remove a lab (or every lab with --all): processes, namespaces, state.
-    #[command(override_usage = "steadfast lab down NAME\n       steadfast lab down --all")]
+    #[command(override_usage = "steadfast-lab lab down NAME\n       steadfast-lab lab down --all")]
     Down {
         #[arg(required_unless_present = "all", conflicts_with = "all")]
         name: Option<String>,
@@ -83,7 +83,7 @@ pub struct DemoArgs {
     /// Heartbeat interval of the daemons, in both modes alike.
     #[arg(long, default_value_t = steadfast_lab::demo::DEFAULT_HEARTBEAT_MS)]
     pub heartbeat_ms: u32,
-    /// Leave the labs running at the end (remove them with `steadfast lab down NAME`).
+    /// Leave the labs running at the end (remove them with `steadfast-lab lab down NAME`).
     #[arg(long)]
     pub keep: bool,
 }
@@ -196,7 +196,7 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let failures = summary.failures();
     if !failures.is_empty() {
         for failure in failures {
-            eprintln!("steadfast demo: {failure}");
+            eprintln!("steadfast-lab demo: {failure}");
         }
         return Ok(ExitCode::FAILURE);
     }

@@ -1,4 +1,4 @@
-//! `steadfast bench …`: the command line over the lab crate's benchmarks.
+//! `steadfast-lab bench …`: the command line over the lab crate's benchmarks.
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -1,0 +1,129 @@
+//! The daemon's command line, shared by both executables: run a member or a witness, check a
+//! configuration, show a running daemon's status.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Subcommand;
+
+use crate::{control, daemon, settings, status};
+
+#[derive(Subcommand)]
+pub enum DaemonCommand {
+    /// Run the node daemon (a member of the group).
+    Run {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Run the witness voter of a two-node group.
+    Witness {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Validate a configuration file.
+    CheckConfig { file: PathBuf },
+    /// Show a running daemon's status.
+    Status {
+        /// The daemon's control socket.
+        #[arg(long, conflicts_with = "config")]
+        socket: Option<PathBuf>,
+        /// Read the control socket's path from this configuration.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+        /// Print Steadfast's nftables tables (the dead-man switch, the ingress guard, the lab's
+        /// partitions) as the kernel of this network namespace holds them, in `nft list
+        /// ruleset` syntax. Reads the kernel directly: no daemon needed, but CAP_NET_ADMIN.
+        #[arg(long, conflicts_with_all = ["json", "socket", "config"])]
+        ruleset: bool,
+    },
+}
+
+impl DaemonCommand {
+    /// Whether the command's whole work is printing what it reads.
+    pub fn only_prints(&self) -> bool {
+        matches!(
+            self,
+            DaemonCommand::Status { .. } | DaemonCommand::CheckConfig { .. }
+        )
+    }
+
+    pub fn run(self) -> anyhow::Result<ExitCode> {
+        match self {
+            DaemonCommand::Run { config } => {
+                daemon::run(&config, false).map(|()| ExitCode::SUCCESS)
+            }
+            DaemonCommand::Witness { config } => {
+                daemon::run(&config, true).map(|()| ExitCode::SUCCESS)
+            }
+            DaemonCommand::CheckConfig { file } => match settings::Settings::load(&file) {
+                Ok(s) => {
+                    s.refuse_unimplemented_modes(&file)?;
+                    println!("{}: ok", file.display());
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    eprintln!("{e:#}");
+                    Ok(ExitCode::FAILURE)
+                }
+            },
+            DaemonCommand::Status { ruleset: true, .. } => {
+                print!("{}", status::ruleset_text()?);
+                Ok(ExitCode::SUCCESS)
+            }
+            DaemonCommand::Status {
+                socket,
+                config,
+                json,
+                ruleset: false,
+            } => {
+                let socket = match (socket, config) {
+                    (Some(s), _) => s,
+                    (None, Some(c)) => settings::Settings::load(&c)?.control_socket,
+                    (None, None) => PathBuf::from(steadfast_core::config::DEFAULT_CONTROL_SOCKET),
+                };
+                let status = control::query_status(&socket)?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&status)?);
+                } else {
+                    print!("{}", status.render());
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+        }
+    }
+}
+
+/// Logs to stderr, filtered by `STEADFAST_LOG` (default: info).
+pub fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("STEADFAST_LOG").unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("info,netlink_packet_route=error")
+            }),
+        )
+        .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal: journald and log files get plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+/// For a command that only prints: `steadfast status | head` ends quietly, like any Unix tool,
+/// instead of panicking on the closed pipe (Rust ignores SIGPIPE). Not for the daemons and the
+/// lab tools: their sockets rely on write errors, not the signal. Call before any thread starts.
+pub fn die_on_closed_pipe() {
+    // SAFETY: restores the default disposition of one signal before any thread starts.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+}
+
+/// The exit code of a command's result; an error is printed first, after the program's name.
+pub fn exit_code(program: &str, result: anyhow::Result<ExitCode>) -> ExitCode {
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("{program}: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
