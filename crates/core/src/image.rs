@@ -14,6 +14,7 @@
 //! image holds every byte it carries. [`ConnectionTable::ingest`] returns `Err` exactly when the
 //! frame must not be forwarded.
 
+mod clock;
 mod connection;
 mod handover;
 mod probe;
@@ -21,6 +22,7 @@ mod segment;
 mod table;
 mod unadopted;
 
+pub use clock::{rebuilt_tsval, TIMESTAMP_MARGIN_MS};
 pub use connection::{
     ConnectionImage, ConsumeError, ImageCounters, ImageLimits, NegotiatedOptions, RefuseReason,
     RestoreError, RestoreParams, SegmentReport, WindowScales, DEFAULT_MSS,

@@ -269,7 +269,7 @@ impl BackupPlane {
                     let tsval = conn
                         .options
                         .timestamps
-                        .then(|| super::takeover::rebuilt_tsval(image.last_tsecr(), idle));
+                        .then(|| steadfast_core::image::rebuilt_tsval(image.last_tsecr(), idle));
                     AckProbe::for_image(image, tsval).map(|probe| (tuple, probe))
                 })
                 .collect()
@@ -278,7 +278,7 @@ impl BackupPlane {
             return (0, 0);
         }
         let sent_at = Instant::now();
-        if !super::takeover::send_probes(&probes, "clients for their acknowledgements") {
+        if !super::probes::send_probes(&probes, "clients for their acknowledgements") {
             return (0, 0);
         }
         let deadline = sent_at + PROBE_WAIT;

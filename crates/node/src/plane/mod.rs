@@ -12,6 +12,7 @@ pub mod census;
 pub mod gate;
 pub mod lease;
 pub mod primary;
+mod probes;
 pub mod proxy;
 pub mod takeover;
 

@@ -4,21 +4,15 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use steadfast_core::image::{AckProbe, FourTuple};
+use steadfast_core::image::{rebuilt_tsval, AckProbe, FourTuple};
 use steadfast_core::reply_log::{LostReason, ReplicaLog, ResumePlan};
 use steadfast_os::repair::{self, RepairTarget};
 
 use super::backup::Frozen;
+use super::probes::send_probes;
 use super::proxy::{self, ProxyContext, SessionStart};
 use super::PlaneShared;
 
-/// The new primary's timestamp clock starts this far past the old one's last known value, so
-/// it is never behind what the client saw: PAWS drops segments with older timestamps, and the
-/// client's TSecr lags the old primary's clock by up to a delayed ACK (or more, when the old
-/// primary's kernel lives on after its daemon froze and still acknowledges). Being ahead costs
-/// nothing, and it makes the client drop any late segment of a frozen old primary (only its
-/// RSTs pass PAWS, and the dead-man switch stops those).
-const TIMESTAMP_MARGIN_MS: u32 = 10_000;
 /// Sockets are rebuilt on this many threads at once.
 const REBUILD_THREADS: usize = 2;
 
@@ -209,34 +203,6 @@ fn reset_lost(probes: &[(FourTuple, AckProbe)]) {
             probes.len()
         );
     }
-}
-
-/// Sends each probe to its connection's client; false when no raw socket could be opened
-/// (`whom` names the clients in the warning).
-pub fn send_probes(probes: &[(FourTuple, AckProbe)], whom: &str) -> bool {
-    let sender = match steadfast_os::raw_ip::RawIpSender::open() {
-        Ok(sender) => sender,
-        Err(e) => {
-            tracing::warn!("takeover: cannot probe {whom}: {e}");
-            return false;
-        }
-    };
-    for (tuple, probe) in probes {
-        if let Err(e) = sender.send(&probe.encode(), *tuple.client.ip()) {
-            tracing::debug!("takeover: probing {tuple}: {e}");
-        }
-    }
-    true
-}
-
-/// The timestamp clock of a rebuilt connection: the old primary's last value the client
-/// echoed, plus the time since, plus the margin.
-pub fn rebuilt_tsval(last_tsecr: Option<u32>, idle: Duration) -> u32 {
-    let elapsed = u32::try_from(idle.as_millis()).unwrap_or(u32::MAX / 4);
-    last_tsecr
-        .unwrap_or(0)
-        .wrapping_add(elapsed)
-        .wrapping_add(TIMESTAMP_MARGIN_MS)
 }
 
 fn repair_target(plan: &ResumePlan, idle: Duration) -> RepairTarget {
