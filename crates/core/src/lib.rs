@@ -19,6 +19,7 @@ pub mod replication_seal;
 pub mod replication_wire;
 pub mod reply_compare;
 pub mod reply_log;
+pub mod reply_outbox;
 pub mod resp;
 pub mod resp_value;
 

@@ -24,6 +24,7 @@ use steadfast_core::image::{FourTuple, HandoverStep, HandoverWait, SessionStream
 use steadfast_core::latency::LatencyHistogram;
 use steadfast_core::replication_wire::{ConnectionOptions, MAX_PIECE_BYTES};
 use steadfast_core::reply_log::RequestIdKey;
+use steadfast_core::reply_outbox::{ReplyOutbox, WaitingPiece};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -50,7 +51,7 @@ const READ_CHUNK: usize = 64 * 1024;
 const STREAM_PIECE_BYTES: u64 = 512 * 1024;
 /// Reply bytes of a streamed reply logged and not yet written, above which a session reads no
 /// more of its backend: what the pipeline between backend, backup and client holds at most.
-const STREAM_WINDOW_BYTES: usize = 4 * 1024 * 1024;
+const STREAM_WINDOW_BYTES: u64 = 4 * 1024 * 1024;
 /// How long the server has to answer a request the proxy cannot frame (see
 /// `Session::answer_framing_error`).
 const REFUSAL_WAIT: Duration = Duration::from_secs(2);
@@ -400,9 +401,6 @@ pub async fn serve(
             .fetch_add(1, Ordering::Relaxed);
     }
     let _ = client.set_nodelay(true);
-    // The logged reply bytes the client lacks go out first; the socket's send sequence starts
-    // where the client acknowledged.
-    let unacked_from = start.reply_offset - start.unacked_reply.len() as u64;
     let mut session = Session {
         ctx: ctx.clone(),
         client,
@@ -413,7 +411,6 @@ pub async fn serve(
         client_mss: start.client_mss,
         adoption: AdoptionTrigger::new(ctx.gate.adoption_notice(), ctx.census.watch_disownings()),
         adoption_ack: None,
-        retains: ctx.gate.adopts(),
         protection,
         framer: RequestFramer::starting_at(ctx.limits, start.request_offset, start.request_index),
         pending: VecDeque::new(),
@@ -421,15 +418,17 @@ pub async fn serve(
         held_base: start.request_offset,
         in_flight: None,
         backend: None,
-        reply_offset: start.reply_offset,
-        outgoing: VecDeque::new(),
+        // The logged reply bytes the client lacks go out first; the socket's send sequence
+        // starts where the client acknowledged.
+        reply: ReplyOutbox::resumed(
+            ctx.gate.adopts(),
+            start.reply_offset,
+            start.unacked_reply.len() as u64,
+        ),
         answered_index: start.request_index,
         answered_offset: start.request_offset,
         kept_request: Some(Vec::new()),
         kept_request_base: start.request_offset,
-        retained: VecDeque::new(),
-        retained_from: unacked_from,
-        sent_offset: unacked_from,
         client_reply: start
             .cut_reply
             .as_ref()
@@ -499,8 +498,6 @@ struct Session {
     /// read, so that what passes the backup meanwhile stays within one receive window (the
     /// backup keeps that much to replay into the adopted image).
     adoption_ack: Option<PendingAdoption>,
-    /// The gate can hand connections over: unlogged reply bytes are kept until acknowledged.
-    retains: bool,
     /// The gate generation that protects this connection (0: none), counted in the census.
     protection: CensusEntry,
     framer: RequestFramer,
@@ -510,13 +507,12 @@ struct Session {
     held_base: u64,
     in_flight: Option<InFlight>,
     backend: Option<Backend>,
-    /// Client-facing reply stream offset of the next reply byte written.
-    reply_offset: u64,
-    /// Pieces of a reply streamed in parts, logged and not yet written, oldest first: each
-    /// goes to the client once the backup holds it, while the backend is read on. A backup
-    /// that adopts the connection meanwhile is given them after the hand-over (see `adopt`).
-    /// The next piece logged starts at `reply_offset` plus their bytes.
-    outgoing: VecDeque<OutgoingPiece>,
+    /// The client-facing reply stream: pieces of a reply streamed in parts, logged and not yet
+    /// written (each goes to the client once the backup holds it, while the backend is read
+    /// on), and the bytes written that the client has not acknowledged (kept where a backup
+    /// may adopt the connection: it starts its log with those the client lacks, then the
+    /// waiting pieces follow, see `adopt`).
+    reply: ReplyOutbox<PieceLog>,
     /// The first request no complete reply answers, and the client offset where it starts.
     answered_index: u64,
     answered_offset: u64,
@@ -525,13 +521,6 @@ struct Session {
     /// `None` once an upload outgrew [`MAX_UNANSWERED_REQUEST_BYTES`].
     kept_request: Option<Vec<u8>>,
     kept_request_base: u64,
-    /// Reply bytes sent that the client may not have acknowledged yet, in the pieces they were
-    /// sent in, from `retained_from` on (a backup adopting the connection starts its log with
-    /// those the client lacks). While a piece is being written, they end where it starts.
-    retained: VecDeque<Vec<u8>>,
-    retained_from: u64,
-    /// Reply bytes handed to the kernel: behind `reply_offset` while a piece is being written.
-    sent_offset: u64,
     /// Follows the reply being streamed in parts, so a backup that adopts the connection in its
     /// middle knows where a takeover would resume it.
     client_reply: Option<StreamedReply>,
@@ -564,7 +553,7 @@ impl Session {
                 self.tuple,
                 self.framer.current_index(),
                 self.held_base,
-                self.reply_offset,
+                self.reply.released_end(),
                 unacked_reply.len(),
                 pending_request.len()
             );
@@ -610,7 +599,7 @@ impl Session {
                 .deadline()
                 .and_then(|(at, _)| self.clock_origin.checked_add(at));
             let read_backend =
-                self.backend.is_some() && self.outgoing_bytes() < STREAM_WINDOW_BYTES;
+                self.backend.is_some() && self.reply.waiting_bytes() < STREAM_WINDOW_BYTES;
             let backend_room = self.backend_read_room();
             tokio::select! {
                 read = self.client.read(&mut client_buf), if read_client => {
@@ -621,7 +610,7 @@ impl Session {
                         self.take_client_bytes(&client_buf[..n]).await?;
                     }
                 }
-                held = outgoing_held(self.outgoing.front_mut()), if !self.outgoing.is_empty() => {
+                held = waiting_piece_held(self.reply.front_mut()), if self.reply.has_waiting() => {
                     self.release_front(held).await?;
                 }
                 // Between requests too: a server that closes an idle connection is seen at once.
@@ -646,7 +635,7 @@ impl Session {
                 }
                 () = self.adoption.due() => self.try_adoption(None),
                 held = wait_for_adoption_ack(self.adoption_ack.as_mut()) => self.adoption_answered(held),
-                () = tokio::time::sleep(RETAINED_TRIM_INTERVAL), if !self.retained.is_empty() => {
+                () = tokio::time::sleep(RETAINED_TRIM_INTERVAL), if self.reply.keeps_any() => {
                     self.trim_retained();
                 }
                 () = sleep_until(client_deadline) => self.client_timed_out().await?,
@@ -1029,7 +1018,7 @@ impl Session {
                 write_seq,
                 unacknowledged: unacknowledged as u64,
             };
-            match steadfast_core::image::handover(&self.streams(writing), &socket)? {
+            match steadfast_core::image::handover(&self.streams(), &socket)? {
                 HandoverStep::Ready(handover) => break handover,
                 HandoverStep::ReadFirst { .. } if reads_left == 0 => {
                     return Err(HandoverWait::Inconsistent(
@@ -1059,7 +1048,7 @@ impl Session {
             request_offset: self.answered_offset,
             pending: self.unanswered_request_bytes(),
             reply_acked: handover.reply_acked,
-            unacked_reply: self.reply_bytes_from(handover.reply_acked, writing),
+            unacked_reply: self.reply.bytes_from(handover.reply_acked, writing),
             timestamp: self
                 .options
                 .timestamps
@@ -1096,22 +1085,15 @@ impl Session {
     }
 
     /// What the session knows of its two streams, for a hand-over.
-    fn streams(&self, writing: Option<&[u8]>) -> SessionStreams {
-        debug_assert_eq!(
-            self.retained_from
-                + self.retained.iter().map(|p| p.len() as u64).sum::<u64>()
-                + writing.map_or(0, |w| w.len() as u64),
-            self.reply_offset,
-            "the kept reply bytes end where the reply stream does"
-        );
+    fn streams(&self) -> SessionStreams {
         SessionStreams {
             client_isn: self.client_isn,
             received: self.held_base + self.held.len() as u64,
             answered: self.answered_offset,
             request_held_from: self.kept_request.as_ref().map(|_| self.kept_request_base),
-            sent: self.sent_offset,
-            reply_end: self.reply_offset,
-            reply_held_from: self.retained_from,
+            sent: self.reply.sent(),
+            reply_end: self.reply.released_end(),
+            reply_held_from: self.reply.kept_from(),
             client_finished: self.client_done,
         }
     }
@@ -1164,37 +1146,13 @@ impl Session {
         bytes
     }
 
-    /// The reply bytes from `from` to `reply_offset` (kept ones, then the piece being written).
-    fn reply_bytes_from(&self, from: u64, writing: Option<&[u8]>) -> Vec<u8> {
-        let mut skip = (from - self.retained_from) as usize;
-        let mut bytes = Vec::with_capacity((self.reply_offset - from) as usize);
-        for piece in self.retained.iter().map(Vec::as_slice).chain(writing) {
-            if skip >= piece.len() {
-                skip -= piece.len();
-                continue;
-            }
-            bytes.extend_from_slice(&piece[skip..]);
-            skip = 0;
-        }
-        bytes
-    }
-
     /// Releases kept reply pieces the client has acknowledged whole.
     fn trim_retained(&mut self) {
-        if self.retained.is_empty() {
+        if !self.reply.keeps_any() {
             return;
         }
-        let Ok((_, unacknowledged)) = steadfast_os::repair::queued_bytes(&self.client) else {
-            return;
-        };
-        let acked = self.sent_offset.saturating_sub(unacknowledged as u64);
-        while let Some(front) = self.retained.front() {
-            let end = self.retained_from + front.len() as u64;
-            if end > acked {
-                break;
-            }
-            self.retained_from = end;
-            self.retained.pop_front();
+        if let Ok((_, unacknowledged)) = steadfast_os::repair::queued_bytes(&self.client) {
+            self.reply.acknowledged(unacknowledged as u64);
         }
     }
 
@@ -1243,7 +1201,7 @@ impl Session {
     /// Waits for the in-flight reply while the client is not read (used on the error path).
     async fn finish_in_flight(&mut self) -> Result<(), SessionEnd> {
         while self.in_flight.is_some() {
-            while self.outgoing_bytes() >= STREAM_WINDOW_BYTES {
+            while self.reply.waiting_bytes() >= STREAM_WINDOW_BYTES {
                 self.release_oldest().await?;
             }
             let room = self.backend_read_room();
@@ -1827,31 +1785,28 @@ impl Session {
         kind: PieceKind,
         bytes: &[u8],
     ) -> Option<AckWaiter> {
-        self.log_in_frames_at(
-            self.reply_offset + self.outgoing_bytes() as u64,
-            request_index,
-            kind,
-            bytes,
-        )
+        self.log_in_frames_at(self.reply.next_piece_offset(), request_index, kind, bytes)
     }
 
     /// The pieces read before a hand-over and not yet written follow it in the new backup's
     /// log, as they would have had they been read after it: the hand-over says where the reply
-    /// stands at `reply_offset`, and they start there. None of them is logged on this link
-    /// yet (the connection was not protected by it), and the client gets each only once the
-    /// backup holds it. Waiting for them to be written first instead would put a hand-over
-    /// off for as long as a slow client takes to read a window of them.
+    /// stands at the end of the bytes released for writing, and they start there. None of them
+    /// is logged on this link yet (the connection was not protected by it), and the client gets
+    /// each only once the backup holds it. Waiting for them to be written first instead would
+    /// put a hand-over off for as long as a slow client takes to read a window of them.
     fn log_waiting_pieces(&mut self) {
-        let mut from = self.reply_offset;
-        let mut acks = Vec::with_capacity(self.outgoing.len());
-        for piece in &self.outgoing {
-            acks.push(self.log_in_frames_at(from, piece.request_index, piece.kind, &piece.bytes));
-            from += piece.bytes.len() as u64;
-        }
+        let acks: Vec<Option<AckWaiter>> = self
+            .reply
+            .waiting()
+            .map(|(from, piece)| {
+                let log = &piece.meta;
+                self.log_in_frames_at(from, log.request_index, log.kind, &piece.bytes)
+            })
+            .collect();
         let now = Instant::now();
-        for (piece, ack) in self.outgoing.iter_mut().zip(acks) {
-            piece.ack = ack;
-            piece.logged_at = now;
+        for ((_, piece), ack) in self.reply.waiting_mut().zip(acks) {
+            piece.meta.ack = ack;
+            piece.meta.logged_at = now;
         }
     }
 
@@ -1881,7 +1836,7 @@ impl Session {
     }
 
     /// Logs a reply piece and writes it to the client once the backup holds it. A part of a
-    /// streamed reply waits in `outgoing` for that while the session reads on; any other piece
+    /// streamed reply waits in `reply` for that while the session reads on; any other piece
     /// goes out after those before it, and is written when this returns.
     async fn send_reply_piece(
         &mut self,
@@ -1893,12 +1848,14 @@ impl Session {
             self.flush_outgoing().await?;
         }
         let ack = self.log_in_frames(request_index, kind, &bytes);
-        self.outgoing.push_back(OutgoingPiece {
-            request_index,
-            kind,
-            ack,
+        self.reply.push(WaitingPiece {
             bytes,
-            logged_at: Instant::now(),
+            meta: PieceLog {
+                request_index,
+                kind,
+                ack,
+                logged_at: Instant::now(),
+            },
         });
         if kind == PieceKind::Partial {
             return Ok(());
@@ -1908,7 +1865,7 @@ impl Session {
 
     /// Writes every logged piece still waiting, in order.
     async fn flush_outgoing(&mut self) -> Result<(), SessionEnd> {
-        while !self.outgoing.is_empty() {
+        while self.reply.has_waiting() {
             self.release_oldest().await?;
         }
         Ok(())
@@ -1916,7 +1873,7 @@ impl Session {
 
     /// Waits until the backup holds the oldest waiting piece (or is lost), then writes it.
     async fn release_oldest(&mut self) -> Result<(), SessionEnd> {
-        let held = outgoing_held(self.outgoing.front_mut()).await;
+        let held = waiting_piece_held(self.reply.front_mut()).await;
         self.release_front(held).await
     }
 
@@ -1934,24 +1891,22 @@ impl Session {
         }
     }
 
-    /// Reply bytes logged and waiting to be written (a few pieces at most).
-    fn outgoing_bytes(&self) -> usize {
-        self.outgoing.iter().map(|piece| piece.bytes.len()).sum()
-    }
-
     /// Writes the oldest waiting piece to the client: at once if the backup holds it
     /// (`held` is `Some(true)`), under this node's lease if the backup was lost first
     /// (`Some(false)`) or never given it (`None`).
     async fn release_front(&mut self, held: Option<bool>) -> Result<(), SessionEnd> {
-        let OutgoingPiece {
-            request_index,
-            kind,
+        let WaitingPiece {
             bytes,
-            logged_at,
-            ..
+            meta:
+                PieceLog {
+                    request_index,
+                    kind,
+                    logged_at,
+                    ..
+                },
         } = self
-            .outgoing
-            .pop_front()
+            .reply
+            .release_front()
             .expect("a piece waits when one is released");
         let logged = held == Some(true);
         if logged {
@@ -1987,14 +1942,13 @@ impl Session {
             }
             PieceKind::Interim => {}
         }
-        self.reply_offset += bytes.len() as u64;
         if self.trace_first_reply && matches!(kind, PieceKind::Final { .. }) {
             self.trace_first_reply = false;
             tracing::debug!(
                 "{}: first reply after resuming (request {request_index}) goes out, reply \
                  offset {}",
                 self.tuple,
-                self.reply_offset
+                self.reply.released_end()
             );
         }
         self.ctx
@@ -2011,19 +1965,15 @@ impl Session {
         Ok(())
     }
 
-    /// Writes the reply bytes that end at `reply_offset`, and keeps them until the client
+    /// Writes the reply bytes released last, and keeps them until the client
     /// acknowledges them: a backup that joins later and adopts the connection starts its log
     /// with those the client lacks. Logged ones too (the backup that holds them may be gone by
     /// then), so a connection can be adopted wherever its reply stands. The bytes the kernel
     /// holds in its send queue are what this adds, no more.
     async fn write_reply_bytes(&mut self, bytes: Vec<u8>) -> Result<(), SessionEnd> {
         self.write_to_client(&bytes).await?;
-        if self.retains {
-            self.retained.push_back(bytes);
-            self.trim_retained();
-        } else {
-            self.retained_from = self.reply_offset;
-        }
+        self.reply.written(bytes);
+        self.trim_retained();
         Ok(())
     }
 
@@ -2045,7 +1995,7 @@ impl Session {
                         ));
                     }
                     written += n;
-                    self.sent_offset += n as u64;
+                    self.reply.sent_bytes(n);
                 }
             }
         }
@@ -2132,22 +2082,22 @@ struct PendingAdoption {
     generation: u64,
 }
 
-/// A reply piece logged (or not: no backup protects the connection) and not yet written.
-struct OutgoingPiece {
+/// How a reply piece waiting to be written was logged (or not: no backup protects the
+/// connection).
+struct PieceLog {
     request_index: u64,
     kind: PieceKind,
     /// Resolves once the backup holds the piece; `None` when it was not logged.
     ack: Option<AckWaiter>,
-    bytes: Vec<u8>,
     logged_at: Instant,
 }
 
 /// Resolves with whether the backup holds `piece` (`None`: it was never logged); never
 /// without a piece.
-async fn outgoing_held(piece: Option<&mut OutgoingPiece>) -> Option<bool> {
-    match piece {
-        Some(OutgoingPiece { ack: Some(ack), .. }) => Some(ack.held().await),
-        Some(OutgoingPiece { ack: None, .. }) => None,
+async fn waiting_piece_held(piece: Option<&mut WaitingPiece<PieceLog>>) -> Option<bool> {
+    match piece.map(|piece| piece.meta.ack.as_mut()) {
+        Some(Some(ack)) => Some(ack.held().await),
+        Some(None) => None,
         None => std::future::pending().await,
     }
 }
