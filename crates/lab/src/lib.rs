@@ -15,6 +15,8 @@ pub mod lab;
 pub mod load;
 pub mod options;
 pub mod probe;
+pub mod redis_ledger;
+pub mod redis_verify;
 pub mod state;
 pub mod system;
 pub mod topology;

@@ -318,3 +318,41 @@ fn resp_replies_are_read_whole() {
     );
     assert_eq!(parse_reply(b"+PON"), Ok(None));
 }
+
+/// The verifying client (`steadfast_lab::redis_verify`) through the VIP of an unreplicated
+/// redis lab while the primary's host crashes: it must see what that mode gives, the
+/// connections broken and the acknowledged writes gone with the crashed node's server. Active
+/// mode is to turn this same run clean; until then, this shows the client catches both.
+#[test]
+#[ignore = "needs redis-server (the interop tier)"]
+fn the_verifying_client_sees_what_a_crash_loses_without_replication() {
+    let lab = Lab::up_named(redis_lab_name(), 2, BackendKind::Redis, |opts| {
+        opts.mode = Mode::Unreplicated;
+        opts.witness = false;
+    });
+    let target = lab.target();
+    let client = lab.info.client_ns.clone();
+    let options = steadfast_lab::redis_verify::VerifyOptions {
+        connections: 20,
+        duration: Duration::from_secs(4),
+        exchange_timeout: Duration::from_millis(500),
+        seed: 21,
+        ..Default::default()
+    };
+    let run = std::thread::spawn(move || {
+        steadfast_lab::redis_verify::run(Some(&client), target, &options)
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    steadfast_lab::crash(lab.name(), "primary", CrashKind::Host).expect("crash");
+    let report = run.join().expect("the run").expect("the run ends");
+    eprintln!("{report}");
+    assert!(report.final_check, "the data was read back: {report}");
+    assert!(
+        report.client_errors > 0 && report.reconnects > 0,
+        "the crash broke connections: {report}"
+    );
+    assert!(
+        report.violation_count >= 20,
+        "each connection's acknowledged writes were lost: {report}"
+    );
+}
