@@ -25,11 +25,11 @@ use std::collections::VecDeque;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use steadfast_core::image::{
-    ClientSegment, ConnectionImage, FourTuple, ImageLimits, NegotiatedOptions, TcpFlags,
-    TcpOptions, Timestamps,
+    handover, ClientSegment, ConnectionImage, FourTuple, HandoverStep, ImageLimits,
+    NegotiatedOptions, SessionStreams, SocketStreams, TcpFlags, TcpOptions, Timestamps,
 };
 use steadfast_core::replication_wire::ConnectionOptions;
-use steadfast_core::reply_log::ReplicaLog;
+use steadfast_core::reply_log::{AdoptedConnection, ReplicaLog};
 use steadfast_core::reply_outbox::{ReplyOutbox, WaitingPiece};
 
 const TUPLE: FourTuple = FourTuple {
@@ -48,6 +48,8 @@ const SEGMENT_BYTES: usize = 300;
 const CLIENT_WINDOW: u64 = 2_000;
 /// The primary writes a reply to its client in pieces of at most this many bytes.
 const WRITE_BYTES: usize = 700;
+/// The primary serves no request while this many replies wait to be written.
+const WAITING_REPLIES: usize = 3;
 /// A request: kind byte, request number, reply length, body length (little-endian u32 each).
 const HEAD_BYTES: usize = 13;
 /// Seeds of the test, each crashed at every step.
@@ -165,12 +167,17 @@ struct Primary {
     unframed: Vec<u8>,
     base: u64,
     next_request: u64,
-    reply: ReplyOutbox<u64>,
+    /// Each waiting piece's link number (0: not logged), request index and request end.
+    reply: ReplyOutbox<(u64, u64, u64)>,
     /// The piece being written and how much of it went out.
     writing: Option<(Vec<u8>, usize)>,
     /// Numbers of the link frames sent and the highest acknowledged.
     last_logged: u64,
     acked: u64,
+    /// The first request whose reply was not released for writing, and where it starts: what
+    /// a hand-over names unanswered.
+    answered_index: u64,
+    answered_offset: u64,
 }
 
 /// A reply piece on the link to the backup.
@@ -193,6 +200,11 @@ struct Sim {
     /// Reply bytes on their way to the client, in order: (stream offset, bytes).
     to_client: VecDeque<(u64, Vec<u8>)>,
     steps: usize,
+    /// Whether a backup protects the connection: from its start, or once it adopted it.
+    protected: bool,
+    /// The step before which a backup joins and adopts the connection (`None`: there from
+    /// the start).
+    join_at: Option<usize>,
 }
 
 fn image_limits() -> ImageLimits {
@@ -211,8 +223,38 @@ fn flags(syn: bool) -> TcpFlags {
     }
 }
 
+/// A client segment carrying stream bytes `at..at + len` and acknowledging `acked_reply`
+/// reply bytes; its timestamp echo grows with what it acknowledges.
+fn client_segment(
+    client_isn: u32,
+    server_isn: u32,
+    at: u64,
+    len: usize,
+    acked_reply: u64,
+) -> ClientSegment {
+    ClientSegment {
+        tuple: TUPLE,
+        seq: client_isn.wrapping_add(1).wrapping_add(at as u32),
+        ack: server_isn.wrapping_add(1).wrapping_add(acked_reply as u32),
+        flags: flags(false),
+        window: 64_240,
+        options: TcpOptions {
+            timestamps: Some(Timestamps {
+                value: 2,
+                echo_reply: 1_000 + acked_reply as u32,
+            }),
+            ..TcpOptions::default()
+        },
+        payload: 0..len,
+    }
+}
+
+fn probe_segment(client_isn: u32, server_isn: u32, at: u64, acked_reply: u64) -> ClientSegment {
+    client_segment(client_isn, server_isn, at, 0, acked_reply)
+}
+
 impl Sim {
-    fn new(seed: u64) -> Sim {
+    fn new(seed: u64, join_at: Option<usize>) -> Sim {
         let mut rng = Rng(seed);
         let requests = script(&mut rng);
         let mut stream = Vec::new();
@@ -267,10 +309,14 @@ impl Sim {
                 writing: None,
                 last_logged: 0,
                 acked: 0,
+                answered_index: 0,
+                answered_offset: 0,
             },
             link: VecDeque::new(),
             to_client: VecDeque::new(),
             steps: 0,
+            protected: join_at.is_none(),
+            join_at,
         };
         // The handshake's ACK passes the backup; the primary accepts and reports it opened.
         let ack = sim.segment(0, 0, 0);
@@ -289,25 +335,13 @@ impl Sim {
     }
 
     fn segment(&self, at: u64, len: usize, acked_reply: u64) -> ClientSegment {
-        ClientSegment {
-            tuple: TUPLE,
-            seq: self.client.isn.wrapping_add(1).wrapping_add(at as u32),
-            ack: self
-                .primary
-                .server_isn
-                .wrapping_add(1)
-                .wrapping_add(acked_reply as u32),
-            flags: flags(false),
-            window: 64_240,
-            options: TcpOptions {
-                timestamps: Some(Timestamps {
-                    value: 2,
-                    echo_reply: 1_000 + acked_reply as u32,
-                }),
-                ..TcpOptions::default()
-            },
-            payload: 0..len,
-        }
+        client_segment(
+            self.client.isn,
+            self.primary.server_isn,
+            at,
+            len,
+            acked_reply,
+        )
     }
 
     fn done(&self) -> bool {
@@ -318,6 +352,9 @@ impl Sim {
     /// One step of the uncrashed exchange, chosen by the seed among those that can happen.
     /// Returns an error naming what went wrong.
     fn step(&mut self) -> Result<(), String> {
+        if self.join_at == Some(self.steps) {
+            self.join()?;
+        }
         self.steps += 1;
         match self.rng.below(9) {
             0 | 1 => self.client_sends(),
@@ -374,6 +411,21 @@ impl Sim {
             return Ok(()); // lost
         }
         let at = segment.at as usize;
+        if !self.protected {
+            // No backup in front: the primary's TCP takes the bytes that continue its stream
+            // (the client resends the others).
+            let primary = &mut self.primary;
+            let have = primary.base + primary.unframed.len() as u64;
+            let end = segment.at + segment.len as u64;
+            if segment.at <= have && end > have {
+                primary
+                    .unframed
+                    .extend_from_slice(&self.client.stream[have as usize..end as usize]);
+            }
+            let have = primary.base + primary.unframed.len() as u64;
+            self.client.acked_by_server = self.client.acked_by_server.max(have);
+            return Ok(());
+        }
         let payload = self.client.stream[at..at + segment.len].to_vec();
         let header = self.segment(segment.at, segment.len, segment.acked_reply);
         self.backup
@@ -396,11 +448,11 @@ impl Sim {
         Ok(())
     }
 
-    /// The primary frames the next whole request, runs it and logs its reply (one request at a
-    /// time: the next only once the reply before it is logged).
+    /// The primary frames the next whole request, runs it and logs its reply; it reads ahead
+    /// of its client, up to a few replies waiting to be written.
     fn primary_serves(&mut self) -> Result<(), String> {
         let primary = &mut self.primary;
-        if primary.reply.has_waiting() || primary.writing.is_some() {
+        if primary.reply.waiting().count() >= WAITING_REPLIES {
             return Ok(());
         }
         let Some((request, len)) = Request::decode(&primary.unframed) else {
@@ -415,17 +467,22 @@ impl Sim {
         primary.unframed.drain(..len);
         primary.base += len as u64;
         let bytes = request.reply();
-        primary.last_logged += 1;
-        self.link.push_back(LinkFrame {
-            number: primary.last_logged,
-            request_index: primary.next_request,
-            reply_offset: primary.reply.next_piece_offset(),
-            request_end: primary.base,
-            bytes: bytes.clone(),
-        });
+        // Unprotected, a piece is not logged (number 0: released at once).
+        let mut number = 0;
+        if self.protected {
+            primary.last_logged += 1;
+            number = primary.last_logged;
+            self.link.push_back(LinkFrame {
+                number,
+                request_index: primary.next_request,
+                reply_offset: primary.reply.next_piece_offset(),
+                request_end: primary.base,
+                bytes: bytes.clone(),
+            });
+        }
         primary.reply.push(WaitingPiece {
             bytes,
-            meta: primary.last_logged,
+            meta: (number, primary.next_request, primary.base),
         });
         primary.next_request += 1;
         Ok(())
@@ -471,11 +528,14 @@ impl Sim {
             let held = primary
                 .reply
                 .front_mut()
-                .is_some_and(|piece| piece.meta <= primary.acked);
+                .is_some_and(|piece| piece.meta.0 <= primary.acked);
             if !held {
                 return;
             }
             let piece = primary.reply.release_front().expect("a piece waits");
+            let (_, request_index, request_end) = piece.meta;
+            primary.answered_index = request_index + 1;
+            primary.answered_offset = request_end;
             primary.writing = Some((piece.bytes, 0));
         }
         let (bytes, written) = primary.writing.as_mut().expect("a piece is being written");
@@ -505,7 +565,7 @@ impl Sim {
     /// Reply bytes reach the client; a byte it has already is dropped, as TCP drops it.
     fn deliver_to_client(&mut self, at: u64, bytes: &[u8]) -> Result<(), String> {
         let logged_end = self.backup.log.get(&TUPLE).map_or(0, |c| c.reply_end());
-        if at + bytes.len() as u64 > logged_end {
+        if self.protected && at + bytes.len() as u64 > logged_end {
             return Err(format!(
                 "reply bytes {at}..{} reached the client, the backup holds up to {logged_end} (I2)",
                 at + bytes.len() as u64
@@ -521,6 +581,112 @@ impl Sim {
         if skip < bytes.len() {
             self.client.received.extend_from_slice(&bytes[skip..]);
         }
+        Ok(())
+    }
+
+    /// A backup joins and the primary hands the connection over wherever it stands: between
+    /// requests, in a request, in the middle of writing a reply piece with others waiting
+    /// behind it (`Session::adopt` in the node). The client segments in flight to the primary
+    /// are lost (the client resends them through the backup).
+    fn join(&mut self) -> Result<(), String> {
+        self.network.clear();
+        let primary = &mut self.primary;
+        let server_isn = primary.server_isn;
+        let received = primary.base + primary.unframed.len() as u64;
+        let answered = primary.answered_offset;
+        let writing = primary
+            .writing
+            .as_ref()
+            .map(|(bytes, written)| (bytes.clone(), *written));
+        let client_acked = self.client.received.len() as u64;
+        let sent = primary.reply.sent();
+        let session = SessionStreams {
+            client_isn: self.client.isn,
+            received,
+            answered,
+            request_held_from: Some(answered),
+            sent,
+            reply_end: primary.reply.released_end(),
+            reply_held_from: primary.reply.kept_from(),
+            client_finished: false,
+        };
+        let socket = SocketStreams {
+            rcv_nxt: self
+                .client
+                .isn
+                .wrapping_add(1)
+                .wrapping_add(received as u32),
+            write_seq: primary.server_isn.wrapping_add(1).wrapping_add(sent as u32),
+            unacknowledged: sent - client_acked.min(sent),
+        };
+        let handed = match handover(&session, &socket) {
+            Ok(HandoverStep::Ready(handed)) => handed,
+            other => return Err(format!("the hand-over at the join: {other:?}")),
+        };
+        if handed.server_isn != primary.server_isn {
+            return Err(format!(
+                "the hand-over names server ISN {}, the connection's is {}",
+                handed.server_isn, primary.server_isn
+            ));
+        }
+        let unacked_reply = primary.reply.bytes_from(
+            handed.reply_acked,
+            writing.as_ref().map(|(bytes, _)| bytes.as_slice()),
+        );
+        let pending = &self.client.stream[answered as usize..received as usize];
+        let mut log = ReplicaLog::new();
+        log.adopt(AdoptedConnection {
+            tuple: TUPLE,
+            client_isn: self.client.isn,
+            options: OPTIONS,
+            next_request: primary.answered_index,
+            request_offset: answered,
+            reply_acked: handed.reply_acked,
+            unacked_reply,
+            reply_in_progress: None,
+        });
+        let mut image = ConnectionImage::adopted(
+            TUPLE,
+            self.client.isn,
+            TcpOptions {
+                mss: Some(1460),
+                sack_permitted: true,
+                timestamps: Some(Timestamps {
+                    value: 1,
+                    echo_reply: 0,
+                }),
+                window_scale: None,
+            },
+            handed.server_isn,
+            answered,
+            pending,
+            NegotiatedOptions {
+                window_scales: None,
+                sack: true,
+                timestamps: true,
+            },
+            image_limits(),
+        );
+        // The client's next segment tells the backup what it acknowledged and its clock.
+        let probe = probe_segment(self.client.isn, server_isn, received, client_acked);
+        image
+            .ingest(&probe, &[])
+            .map_err(|e| format!("the adopted image refused an ACK: {e:?}"))?;
+        self.backup = Backup { image, log };
+        // The pieces read ahead and not yet written follow the hand-over in the log.
+        for (offset, piece) in primary.reply.waiting_mut() {
+            let (_, request_index, request_end) = piece.meta;
+            primary.last_logged += 1;
+            piece.meta.0 = primary.last_logged;
+            self.link.push_back(LinkFrame {
+                number: primary.last_logged,
+                request_index,
+                reply_offset: offset,
+                request_end,
+                bytes: piece.bytes.clone(),
+            });
+        }
+        self.protected = true;
         Ok(())
     }
 
@@ -594,8 +760,12 @@ impl Sim {
 
 /// Runs `seed` to its end, crashing the primary before step `crash_at` if given; returns the
 /// client's reply bytes and how many steps the exchange took.
-fn run(seed: u64, crash_at: Option<usize>) -> Result<(Vec<u8>, Vec<u8>, usize), String> {
-    let mut sim = Sim::new(seed);
+fn run(
+    seed: u64,
+    join_at: Option<usize>,
+    crash_at: Option<usize>,
+) -> Result<(Vec<u8>, Vec<u8>, usize), String> {
+    let mut sim = Sim::new(seed, join_at);
     while !sim.done() {
         if sim.steps >= STEP_LIMIT {
             return Err(format!("no end after {STEP_LIMIT} steps"));
@@ -611,9 +781,10 @@ fn run(seed: u64, crash_at: Option<usize>) -> Result<(Vec<u8>, Vec<u8>, usize), 
     Ok((sim.expected, sim.client.received, steps))
 }
 
-fn check(seed: u64, crash_at: Option<usize>) -> usize {
-    let (expected, received, steps) = run(seed, crash_at)
-        .unwrap_or_else(|e| panic!("seed {seed}, crash before step {crash_at:?}: {e}"));
+fn check(seed: u64, join_at: Option<usize>, crash_at: Option<usize>) -> usize {
+    let (expected, received, steps) = run(seed, join_at, crash_at).unwrap_or_else(|e| {
+        panic!("seed {seed}, backup joining before step {join_at:?}, crash before step {crash_at:?}: {e}")
+    });
     if received != expected {
         let first = received
             .iter()
@@ -621,8 +792,9 @@ fn check(seed: u64, crash_at: Option<usize>) -> usize {
             .position(|(a, b)| a != b)
             .unwrap_or(received.len().min(expected.len()));
         panic!(
-            "seed {seed}, crash before step {crash_at:?}: the client got {} reply bytes where \
-             one uncrashed server sends {}; they differ from byte {first} on",
+            "seed {seed}, backup joining before step {join_at:?}, crash before step \
+             {crash_at:?}: the client got {} reply bytes where one uncrashed server sends {}; \
+             they differ from byte {first} on",
             received.len(),
             expected.len()
         );
@@ -634,12 +806,33 @@ fn check(seed: u64, crash_at: Option<usize>) -> usize {
 fn every_crash_point_of_every_seed_gives_the_client_the_uncrashed_stream() {
     let mut runs = 0;
     for seed in 0..SEEDS {
-        let steps = check(seed, None);
+        let steps = check(seed, None, None);
         for crash_at in 0..=steps {
-            check(seed, Some(crash_at));
+            check(seed, None, Some(crash_at));
             runs += 1;
         }
     }
     eprintln!("{runs} crashed runs");
     assert!(runs > 10_000, "{runs} crashed runs");
+}
+
+/// The connection opens with no backup; one joins and adopts it wherever it stands (in a
+/// request, between writes of a reply piece, with pieces read ahead waiting), and the primary
+/// crashes at every step after that. Before the join a crash loses the connection (nothing
+/// protects it), so those steps are not crashed.
+#[test]
+fn a_backup_that_joins_mid_exchange_carries_the_connection_through_every_later_crash() {
+    let mut runs = 0;
+    for seed in 0..SEEDS {
+        let steps = check(seed, None, None);
+        // Where the backup joins: anywhere in the first two thirds of the exchange.
+        let join_at = (Rng(seed ^ 0xA5A5).below(steps as u64 * 2 / 3 + 1)) as usize;
+        let steps = check(seed, Some(join_at), None);
+        for crash_at in join_at + 1..=steps {
+            check(seed, Some(join_at), Some(crash_at));
+            runs += 1;
+        }
+    }
+    eprintln!("{runs} crashed runs after a join");
+    assert!(runs > 5_000, "{runs} crashed runs after a join");
 }
