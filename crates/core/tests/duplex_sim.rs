@@ -24,6 +24,7 @@
 use std::collections::VecDeque;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
+use steadfast_core::http::{CutFraming, FramingLimits, StreamedReply};
 use steadfast_core::image::{
     handover, ClientSegment, ConnectionImage, FourTuple, HandoverStep, ImageLimits,
     NegotiatedOptions, SessionStreams, SocketStreams, TcpFlags, TcpOptions, Timestamps,
@@ -50,8 +51,9 @@ const CLIENT_WINDOW: u64 = 2_000;
 const WRITE_BYTES: usize = 700;
 /// The primary serves no request while this many replies wait to be written.
 const WAITING_REPLIES: usize = 3;
-/// A request: kind byte, request number, reply length, body length (little-endian u32 each).
-const HEAD_BYTES: usize = 13;
+/// Replies longer than this are streamed in parts of at most [`PART_BYTES`].
+const STREAM_ABOVE: usize = 1_000;
+const PART_BYTES: usize = 600;
 /// Seeds of the test, each crashed at every step.
 const SEEDS: u64 = 300;
 /// Steps of one run at most: the exchange ends far sooner.
@@ -86,35 +88,84 @@ struct Request {
 }
 
 impl Request {
+    /// A GET, or a POST with a body (an upload): the path names the request and the length
+    /// of its reply.
     fn encode(&self, out: &mut Vec<u8>) {
-        out.push(b'R');
-        out.extend_from_slice(&self.number.to_le_bytes());
-        out.extend_from_slice(&self.reply_len.to_le_bytes());
-        out.extend_from_slice(&self.body_len.to_le_bytes());
-        out.extend((0..self.body_len).map(|i| (i as u8) ^ (self.number as u8)));
+        if self.body_len == 0 {
+            out.extend_from_slice(
+                format!(
+                    "GET /r/{}/{} HTTP/1.1\r\nHost: sim\r\n\r\n",
+                    self.number, self.reply_len
+                )
+                .as_bytes(),
+            );
+        } else {
+            out.extend_from_slice(
+                format!(
+                    "POST /r/{}/{} HTTP/1.1\r\nHost: sim\r\nContent-Length: {}\r\n\r\n",
+                    self.number, self.reply_len, self.body_len
+                )
+                .as_bytes(),
+            );
+            out.extend((0..self.body_len).map(|i| b'a' + (i % 26) as u8));
+        }
     }
 
     /// The request at the start of `bytes`, and its length, once it is whole.
     fn decode(bytes: &[u8]) -> Option<(Request, usize)> {
-        if bytes.len() < HEAD_BYTES {
-            return None;
-        }
-        assert_eq!(bytes[0], b'R', "requests are framed where they start");
-        let word = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
-        let request = Request {
-            number: word(1),
-            reply_len: word(5),
-            body_len: word(9),
+        let head_end = bytes.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+        let head = std::str::from_utf8(&bytes[..head_end]).expect("the harness's own heads");
+        let path = head.split(' ').nth(1).expect("a request line");
+        let mut numbers = path.trim_start_matches("/r/").split('/');
+        let mut next = || {
+            numbers
+                .next()
+                .and_then(|n| n.parse::<u32>().ok())
+                .expect("/r/N/LEN")
         };
-        let len = HEAD_BYTES + request.body_len as usize;
-        (bytes.len() >= len).then_some((request, len))
+        let (number, reply_len) = (next(), next());
+        let body_len = head
+            .lines()
+            .find_map(|line| line.strip_prefix("Content-Length: "))
+            .map_or(0, |n| n.trim().parse().expect("a length"));
+        let len = head_end + body_len as usize;
+        (bytes.len() >= len).then_some((
+            Request {
+                number,
+                reply_len,
+                body_len,
+            },
+            len,
+        ))
     }
 
-    /// The server's reply: every byte names the request it answers and its place in the reply.
-    fn reply(&self) -> Vec<u8> {
+    /// The reply head: a strong ETag and byte ranges, so that a reply cut by a takeover can be
+    /// finished by range.
+    fn reply_head(&self) -> Vec<u8> {
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nETag: \"sim-{}\"\r\nAccept-Ranges: bytes\r\n\r\n",
+            self.reply_len, self.number
+        )
+        .into_bytes()
+    }
+
+    /// The reply body: every byte names the request it answers and its place in the body.
+    fn body(&self) -> Vec<u8> {
         (0..self.reply_len)
             .map(|i| (self.number.wrapping_mul(31) ^ i.wrapping_mul(7)) as u8)
             .collect()
+    }
+
+    fn reply(&self) -> Vec<u8> {
+        let mut reply = self.reply_head();
+        reply.extend(self.body());
+        reply
+    }
+
+    /// A GET's reply longer than this is logged and written in parts (a POST's whole: a cut
+    /// one could not be finished by range).
+    fn streamed(&self) -> bool {
+        self.body_len == 0 && self.reply_len as usize > STREAM_ABOVE
     }
 }
 
@@ -167,8 +218,11 @@ struct Primary {
     unframed: Vec<u8>,
     base: u64,
     next_request: u64,
-    /// Each waiting piece's link number (0: not logged), request index and request end.
-    reply: ReplyOutbox<(u64, u64, u64)>,
+    /// Each waiting piece's link number (0: not logged), request index and, on a reply's last
+    /// piece, request end.
+    reply: ReplyOutbox<(u64, u64, Option<u64>)>,
+    /// Where the reply streamed in parts stands at the client (the pieces released of it).
+    client_reply: Option<StreamedReply>,
     /// The piece being written and how much of it went out.
     writing: Option<(Vec<u8>, usize)>,
     /// Numbers of the link frames sent and the highest acknowledged.
@@ -185,7 +239,8 @@ struct LinkFrame {
     number: u64,
     request_index: u64,
     reply_offset: u64,
-    request_end: u64,
+    /// On a reply's last piece: where its request ended.
+    request_end: Option<u64>,
     bytes: Vec<u8>,
 }
 
@@ -311,6 +366,7 @@ impl Sim {
                 acked: 0,
                 answered_index: 0,
                 answered_offset: 0,
+                client_reply: None,
             },
             link: VecDeque::new(),
             to_client: VecDeque::new(),
@@ -466,24 +522,34 @@ impl Sim {
         }
         primary.unframed.drain(..len);
         primary.base += len as u64;
-        let bytes = request.reply();
-        // Unprotected, a piece is not logged (number 0: released at once).
-        let mut number = 0;
-        if self.protected {
-            primary.last_logged += 1;
-            number = primary.last_logged;
-            self.link.push_back(LinkFrame {
-                number,
-                request_index: primary.next_request,
-                reply_offset: primary.reply.next_piece_offset(),
-                request_end: primary.base,
-                bytes: bytes.clone(),
+        let reply = request.reply();
+        let parts: Vec<&[u8]> = if request.streamed() {
+            reply.chunks(PART_BYTES).collect()
+        } else {
+            vec![&reply[..]]
+        };
+        let last = parts.len() - 1;
+        for (i, part) in parts.into_iter().enumerate() {
+            // The last piece ends the reply, and says where its request ended.
+            let request_end = (i == last).then_some(primary.base);
+            // Unprotected, a piece is not logged (number 0: released at once).
+            let mut number = 0;
+            if self.protected {
+                primary.last_logged += 1;
+                number = primary.last_logged;
+                self.link.push_back(LinkFrame {
+                    number,
+                    request_index: primary.next_request,
+                    reply_offset: primary.reply.next_piece_offset(),
+                    request_end,
+                    bytes: part.to_vec(),
+                });
+            }
+            primary.reply.push(WaitingPiece {
+                bytes: part.to_vec(),
+                meta: (number, primary.next_request, request_end),
             });
         }
-        primary.reply.push(WaitingPiece {
-            bytes,
-            meta: (number, primary.next_request, primary.base),
-        });
         primary.next_request += 1;
         Ok(())
     }
@@ -505,7 +571,7 @@ impl Sim {
                 &TUPLE,
                 frame.request_index,
                 frame.reply_offset,
-                Some(frame.request_end),
+                frame.request_end,
                 frame.bytes,
             )
             .map_err(|e| format!("the backup refused a reply piece: {e}"))?;
@@ -533,9 +599,17 @@ impl Sim {
                 return;
             }
             let piece = primary.reply.release_front().expect("a piece waits");
-            let (_, request_index, request_end) = piece.meta;
-            primary.answered_index = request_index + 1;
-            primary.answered_offset = request_end;
+            match piece.meta {
+                (_, request_index, Some(request_end)) => {
+                    primary.answered_index = request_index + 1;
+                    primary.answered_offset = request_end;
+                    primary.client_reply = None;
+                }
+                (_, _, None) => primary
+                    .client_reply
+                    .get_or_insert_with(|| StreamedReply::new(FramingLimits::default()))
+                    .feed(&piece.bytes),
+            }
             primary.writing = Some((piece.bytes, 0));
         }
         let (bytes, written) = primary.writing.as_mut().expect("a piece is being written");
@@ -643,7 +717,7 @@ impl Sim {
             request_offset: answered,
             reply_acked: handed.reply_acked,
             unacked_reply,
-            reply_in_progress: None,
+            reply_in_progress: primary.client_reply.as_ref().map(StreamedReply::cut_point),
         });
         let mut image = ConnectionImage::adopted(
             TUPLE,
@@ -732,6 +806,7 @@ impl Sim {
         let mut offset = plan.reply_offset;
         let mut next = plan.next_request_index;
         let mut unframed = self.client.stream[plan.request_offset as usize..].to_vec();
+        let mut cut = plan.cut_reply.clone();
         while let Some((request, len)) = Request::decode(&unframed) {
             if u64::from(request.number) != next {
                 return Err(format!(
@@ -739,7 +814,28 @@ impl Sim {
                     request.number
                 ));
             }
-            let reply = request.reply();
+            // A reply cut by the crash is finished by range: the rest of its body only.
+            let reply = match cut.take() {
+                Some(cut) => {
+                    let body = request.body();
+                    let sent = cut.payload_sent as usize;
+                    let owed = body.len().checked_sub(sent).ok_or_else(|| {
+                        format!("the cut is {sent} bytes into a body of {}", body.len())
+                    })?;
+                    if cut.framing
+                        != (CutFraming::Length {
+                            remaining: owed as u64,
+                        })
+                    {
+                        return Err(format!(
+                            "the cut of request {next} says {:?}, {owed} body bytes are owed",
+                            cut.framing
+                        ));
+                    }
+                    body[sent..].to_vec()
+                }
+                None => request.reply(),
+            };
             let have = self.client.received.len() as u64;
             if offset > have {
                 return Err(format!(
