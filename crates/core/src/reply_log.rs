@@ -60,7 +60,7 @@ impl RequestIdKey {
 }
 
 /// The logged state of one protected connection.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ReplicaConnection {
     pub client_isn: u32,
     pub options: ConnectionOptions,
@@ -251,7 +251,7 @@ pub struct ReplicaCounters {
 }
 
 /// The backup's reply log for every protected connection.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct ReplicaLog {
     connections: HashMap<FourTuple, ReplicaConnection>,
     counters: ReplicaCounters,

@@ -22,13 +22,13 @@ use std::collections::VecDeque;
 
 /// A piece read from the server that waits to be written; `meta` is the shell's (the request
 /// it answers, its kind, the backup's acknowledgement to wait for).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct WaitingPiece<M> {
     pub bytes: Vec<u8>,
     pub meta: M,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ReplyOutbox<M> {
     waiting: VecDeque<WaitingPiece<M>>,
     waiting_bytes: u64,

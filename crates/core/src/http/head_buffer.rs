@@ -37,7 +37,7 @@ enum LineState {
     AfterLfCr,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(super) struct HeadBuffer {
     bytes: Vec<u8>,
     line: LineState,

@@ -170,7 +170,7 @@ struct ExpectedReply {
     request_closes: bool,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum ReplyState {
     Head,
     Body { remaining: u64 },
@@ -182,7 +182,7 @@ enum ReplyState {
 
 /// Cuts a backend byte stream into replies, fed incrementally, given the pipelined requests in
 /// the order they were sent.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ResponseFramer {
     limits: FramingLimits,
     position: u64,

@@ -66,7 +66,7 @@ pub enum NotResumable {
 
 /// Follows, piece by piece, a reply that is logged in parts, from the first byte of its final
 /// head (interim heads are logged apart and never reach it).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct StreamedReply {
     framer: ResponseFramer,
     /// What the final head allows: the strong validator of a resumable reply, or why it is not
