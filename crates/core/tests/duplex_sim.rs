@@ -1,10 +1,12 @@
-//! A seeded simulation of one duplex connection, crashed at every step of its exchange.
+//! A seeded simulation of duplex connections, crashed at every step of their exchange.
 //!
-//! A client sends a script of pipelined requests (some of them uploads of several segments)
-//! through a network that drops, duplicates and reorders its segments; the backup's
+//! Up to three clients, their steps interleaved, each send a script of pipelined HTTP requests
+//! (some of them uploads of several segments) through a network that drops, duplicates and
+//! reorders their segments; the backup's
 //! [`ConnectionImage`] takes them in the order they arrive and forwards to the primary only the
 //! bytes it holds (I1); the primary answers each request with a reply whose bytes name the
-//! request, logs it to the backup's [`ReplicaLog`] over an ordered link and writes it to the
+//! request, logs it to the backup's [`ReplicaLog`] over one ordered link for all connections
+//! (acknowledged cumulatively) and writes it to the
 //! client through its [`ReplyOutbox`] only once the backup acknowledged it (I2), in several
 //! writes. The primary crashes at step `k`: the link frames and the reply bytes in flight arrive
 //! or not (a random prefix of each), the backup plans the takeover from its log and image alone
@@ -33,10 +35,9 @@ use steadfast_core::replication_wire::ConnectionOptions;
 use steadfast_core::reply_log::{AdoptedConnection, ReplicaLog};
 use steadfast_core::reply_outbox::{ReplyOutbox, WaitingPiece};
 
-const TUPLE: FourTuple = FourTuple {
-    client: SocketAddrV4::new(Ipv4Addr::new(10, 9, 0, 2), 40000),
-    server: SocketAddrV4::new(Ipv4Addr::new(10, 9, 0, 100), 80),
-};
+const SERVER: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 9, 0, 100), 80);
+/// A run has up to this many client connections, their steps interleaved.
+const CONNECTIONS: u64 = 3;
 const OPTIONS: ConnectionOptions = ConnectionOptions {
     window_scales: None,
     sack: true,
@@ -215,13 +216,6 @@ struct Client {
     received: Vec<u8>,
 }
 
-/// The backup: what it saw of the client, and the replies logged to it.
-#[derive(Clone)]
-struct Backup {
-    image: ConnectionImage,
-    log: ReplicaLog,
-}
-
 #[derive(Clone)]
 struct Primary {
     server_isn: u32,
@@ -236,9 +230,6 @@ struct Primary {
     client_reply: Option<StreamedReply>,
     /// The piece being written and how much of it went out.
     writing: Option<(Vec<u8>, usize)>,
-    /// Numbers of the link frames sent and the highest acknowledged.
-    last_logged: u64,
-    acked: u64,
     /// The first request whose reply was not released for writing, and where it starts: what
     /// a hand-over names unanswered.
     answered_index: u64,
@@ -248,6 +239,7 @@ struct Primary {
 /// A reply piece on the link to the backup.
 #[derive(Clone)]
 struct LinkFrame {
+    connection: usize,
     number: u64,
     request_index: u64,
     reply_offset: u64,
@@ -256,17 +248,31 @@ struct LinkFrame {
     bytes: Vec<u8>,
 }
 
+/// One client connection: the client, its segments in flight, the backup's image of it, the
+/// primary's session, and the reply bytes on their way to the client.
 #[derive(Clone)]
-struct Sim {
-    rng: Rng,
+struct Conn {
+    tuple: FourTuple,
     expected: Vec<u8>,
     client: Client,
     network: Vec<InFlight>,
-    backup: Backup,
-    primary: Primary,
-    link: VecDeque<LinkFrame>,
+    image: ConnectionImage,
+    session: Primary,
     /// Reply bytes on their way to the client, in order: (stream offset, bytes).
     to_client: VecDeque<(u64, Vec<u8>)>,
+}
+
+#[derive(Clone)]
+struct Sim {
+    rng: Rng,
+    conns: Vec<Conn>,
+    /// The backup's reply log, of every connection.
+    log: ReplicaLog,
+    /// One ordered link for every connection's pieces, acknowledged cumulatively.
+    link: VecDeque<LinkFrame>,
+    /// Numbers of the link frames sent and the highest acknowledged.
+    last_logged: u64,
+    acked: u64,
     steps: usize,
     /// Whether a backup protects the connection: from its start, or once it adopted it.
     protected: bool,
@@ -294,6 +300,7 @@ fn flags(syn: bool) -> TcpFlags {
 /// A client segment carrying stream bytes `at..at + len` and acknowledging `acked_reply`
 /// reply bytes; its timestamp echo grows with what it acknowledges.
 fn client_segment(
+    tuple: FourTuple,
     client_isn: u32,
     server_isn: u32,
     at: u64,
@@ -301,7 +308,7 @@ fn client_segment(
     acked_reply: u64,
 ) -> ClientSegment {
     ClientSegment {
-        tuple: TUPLE,
+        tuple,
         seq: client_isn.wrapping_add(1).wrapping_add(at as u32),
         ack: server_isn.wrapping_add(1).wrapping_add(acked_reply as u32),
         flags: flags(false),
@@ -317,14 +324,20 @@ fn client_segment(
     }
 }
 
-fn probe_segment(client_isn: u32, server_isn: u32, at: u64, acked_reply: u64) -> ClientSegment {
-    client_segment(client_isn, server_isn, at, 0, acked_reply)
+fn probe_segment(
+    tuple: FourTuple,
+    client_isn: u32,
+    server_isn: u32,
+    at: u64,
+    acked_reply: u64,
+) -> ClientSegment {
+    client_segment(tuple, client_isn, server_isn, at, 0, acked_reply)
 }
 
-impl Sim {
-    fn new(seed: u64, join_at: Option<usize>) -> Sim {
-        let mut rng = Rng(seed);
-        let requests = script(&mut rng);
+impl Conn {
+    /// A connection whose handshake passed the backup, with its script.
+    fn open(rng: &mut Rng, tuple: FourTuple) -> Conn {
+        let requests = script(rng);
         let mut stream = Vec::new();
         let mut expected = Vec::new();
         for request in &requests {
@@ -334,7 +347,7 @@ impl Sim {
         let client_isn = rng.next() as u32;
         let server_isn = rng.next() as u32;
         let syn = ClientSegment {
-            tuple: TUPLE,
+            tuple,
             seq: client_isn,
             ack: 0,
             flags: flags(true),
@@ -352,9 +365,15 @@ impl Sim {
         };
         let mut image = ConnectionImage::new(&syn, image_limits());
         image.ingest(&syn, &[]).expect("the SYN");
-        let mut log = ReplicaLog::new();
-        let mut sim = Sim {
-            rng,
+        let ack = client_segment(tuple, client_isn, server_isn, 0, 0, 0);
+        image.ingest(&ack, &[]).expect("the handshake ACK");
+        image.set_negotiated(NegotiatedOptions {
+            window_scales: None,
+            sack: true,
+            timestamps: true,
+        });
+        Conn {
+            tuple,
             expected,
             client: Client {
                 isn: client_isn,
@@ -364,49 +383,57 @@ impl Sim {
                 received: Vec::new(),
             },
             network: Vec::new(),
-            backup: Backup {
-                image,
-                log: ReplicaLog::new(),
-            },
-            primary: Primary {
+            image,
+            session: Primary {
                 server_isn,
                 unframed: Vec::new(),
                 base: 0,
                 next_request: 0,
                 reply: ReplyOutbox::new(true),
+                client_reply: None,
                 writing: None,
-                last_logged: 0,
-                acked: 0,
                 answered_index: 0,
                 answered_offset: 0,
-                client_reply: None,
             },
-            link: VecDeque::new(),
             to_client: VecDeque::new(),
+        }
+    }
+}
+
+impl Sim {
+    fn new(seed: u64, join_at: Option<usize>) -> Sim {
+        let mut rng = Rng(seed);
+        let mut log = ReplicaLog::new();
+        let conns = (0..1 + rng.below(CONNECTIONS) as u16)
+            .map(|index| {
+                let tuple = FourTuple {
+                    client: SocketAddrV4::new(Ipv4Addr::new(10, 9, 0, 2), 40_000 + index),
+                    server: SERVER,
+                };
+                let conn = Conn::open(&mut rng, tuple);
+                log.opened(tuple, conn.client.isn, OPTIONS);
+                conn
+            })
+            .collect();
+        Sim {
+            rng,
+            conns,
+            log,
+            link: VecDeque::new(),
+            last_logged: 0,
+            acked: 0,
             steps: 0,
             protected: join_at.is_none(),
             join_at,
-        };
-        // The handshake's ACK passes the backup; the primary accepts and reports it opened.
-        let ack = sim.segment(0, 0, 0);
-        sim.backup
-            .image
-            .ingest(&ack, &[])
-            .expect("the handshake ACK");
-        sim.backup.image.set_negotiated(NegotiatedOptions {
-            window_scales: None,
-            sack: true,
-            timestamps: true,
-        });
-        log.opened(TUPLE, client_isn, OPTIONS);
-        sim.backup.log = log;
-        sim
+        }
     }
 
-    fn segment(&self, at: u64, len: usize, acked_reply: u64) -> ClientSegment {
+    fn segment(&self, c: usize, at: u64, len: usize, acked_reply: u64) -> ClientSegment {
+        let conn = &self.conns[c];
         client_segment(
-            self.client.isn,
-            self.primary.server_isn,
+            conn.tuple,
+            conn.client.isn,
+            conn.session.server_isn,
             at,
             len,
             acked_reply,
@@ -414,67 +441,75 @@ impl Sim {
     }
 
     fn done(&self) -> bool {
-        self.client.received.len() == self.expected.len()
-            && self.client.acked_by_server == self.client.stream.len() as u64
+        self.conns.iter().all(|conn| {
+            conn.client.received.len() == conn.expected.len()
+                && conn.client.acked_by_server == conn.client.stream.len() as u64
+        })
     }
 
     /// One step of the uncrashed exchange, chosen by the seed among those that can happen.
     /// Returns an error naming what went wrong.
     fn step(&mut self) -> Result<(), String> {
         if self.join_at == Some(self.steps) {
-            self.join()?;
+            // Each session hands its connection over; the backup stands in front from then.
+            for c in 0..self.conns.len() {
+                self.join(c)?;
+            }
+            self.protected = true;
         }
         self.steps += 1;
+        let c = self.rng.below(self.conns.len() as u64) as usize;
         match self.rng.below(9) {
-            0 | 1 => self.client_sends(),
-            2 | 3 => self.network_delivers()?,
-            4 => self.client_resends(),
-            5 => self.primary_serves()?,
+            0 | 1 => self.client_sends(c),
+            2 | 3 => self.network_delivers(c)?,
+            4 => self.client_resends(c),
+            5 => self.primary_serves(c)?,
             6 => self.link_delivers()?,
-            7 => self.primary_writes(),
-            _ => self.client_receives()?,
+            7 => self.primary_writes(c),
+            _ => self.client_receives(c)?,
         }
         Ok(())
     }
 
-    fn client_sends(&mut self) {
-        let client = &self.client;
+    fn client_sends(&mut self, c: usize) {
+        let conn = &mut self.conns[c];
+        let client = &mut conn.client;
         let limit = (client.acked_by_server + CLIENT_WINDOW).min(client.stream.len() as u64);
         if client.sent >= limit {
             return;
         }
         let len = (limit - client.sent).min(1 + self.rng.below(SEGMENT_BYTES as u64)) as usize;
-        self.network.push(InFlight {
+        conn.network.push(InFlight {
             at: client.sent,
             len,
             acked_reply: client.received.len() as u64,
         });
-        self.client.sent += len as u64;
+        client.sent += len as u64;
     }
 
     /// What the server has not acknowledged is sent again (a retransmission timeout), with a
     /// pure ACK of the reply bytes received so far.
-    fn client_resends(&mut self) {
-        let client = &self.client;
+    fn client_resends(&mut self, c: usize) {
+        let client = &self.conns[c].client;
         let acked_reply = client.received.len() as u64;
         let from = client.acked_by_server;
         let len = (client.sent - from).min(SEGMENT_BYTES as u64) as usize;
-        self.network.push(InFlight {
+        self.conns[c].network.push(InFlight {
             at: from,
             len,
             acked_reply,
         });
     }
 
-    fn network_delivers(&mut self) -> Result<(), String> {
-        if self.network.is_empty() {
+    fn network_delivers(&mut self, c: usize) -> Result<(), String> {
+        if self.conns[c].network.is_empty() {
             return Ok(());
         }
-        let pick = self.rng.below(self.network.len() as u64) as usize;
+        let pick = self.rng.below(self.conns[c].network.len() as u64) as usize;
         let segment = if self.rng.chance(15) {
-            self.network[pick].clone() // duplicated: a copy stays in flight
+            self.conns[c].network[pick].clone() // duplicated: a copy stays in flight
         } else {
-            self.network.swap_remove(pick)
+            self.conns[c].network.swap_remove(pick)
         };
         if self.rng.chance(10) {
             return Ok(()); // lost
@@ -483,44 +518,53 @@ impl Sim {
         if !self.protected {
             // No backup in front: the primary's TCP takes the bytes that continue its stream
             // (the client resends the others).
-            let primary = &mut self.primary;
+            let Conn {
+                session: primary,
+                client,
+                ..
+            } = &mut self.conns[c];
             let have = primary.base + primary.unframed.len() as u64;
             let end = segment.at + segment.len as u64;
             if segment.at <= have && end > have {
                 primary
                     .unframed
-                    .extend_from_slice(&self.client.stream[have as usize..end as usize]);
+                    .extend_from_slice(&client.stream[have as usize..end as usize]);
             }
             let have = primary.base + primary.unframed.len() as u64;
-            self.client.acked_by_server = self.client.acked_by_server.max(have);
+            client.acked_by_server = client.acked_by_server.max(have);
             return Ok(());
         }
-        let payload = self.client.stream[at..at + segment.len].to_vec();
-        let header = self.segment(segment.at, segment.len, segment.acked_reply);
-        self.backup
+        let payload = self.conns[c].client.stream[at..at + segment.len].to_vec();
+        let header = self.segment(c, segment.at, segment.len, segment.acked_reply);
+        self.conns[c]
             .image
             .ingest(&header, &payload)
             .map_err(|e| format!("the backup refused a client segment: {e:?}"))?;
         // Forwarded: the primary's TCP holds what the backup holds, in order, and acknowledges it.
-        let held = self.backup.image.received_bytes();
-        let primary = &mut self.primary;
+        let Conn {
+            session: primary,
+            client,
+            image,
+            ..
+        } = &mut self.conns[c];
+        let held = image.received_bytes();
         let have = primary.base + primary.unframed.len() as u64;
         if held > have {
             primary
                 .unframed
-                .extend_from_slice(&self.client.stream[have as usize..held as usize]);
+                .extend_from_slice(&client.stream[have as usize..held as usize]);
         }
-        self.client.acked_by_server = self.client.acked_by_server.max(held);
+        client.acked_by_server = client.acked_by_server.max(held);
         // The backup frees the reply bytes the client acknowledged.
-        let acked = self.backup.image.client_acked_reply_bytes();
-        self.backup.log.trim(&TUPLE, acked);
+        let acked = self.conns[c].image.client_acked_reply_bytes();
+        self.log.trim(&self.conns[c].tuple, acked);
         Ok(())
     }
 
     /// The primary frames the next whole request, runs it and logs its reply; it reads ahead
     /// of its client, up to a few replies waiting to be written.
-    fn primary_serves(&mut self) -> Result<(), String> {
-        let primary = &mut self.primary;
+    fn primary_serves(&mut self, c: usize) -> Result<(), String> {
+        let primary = &mut self.conns[c].session;
         if primary.reply.waiting().count() >= WAITING_REPLIES {
             return Ok(());
         }
@@ -548,9 +592,10 @@ impl Sim {
             // Unprotected, a piece is not logged (number 0: released at once).
             let mut number = 0;
             if self.protected {
-                primary.last_logged += 1;
-                number = primary.last_logged;
+                self.last_logged += 1;
+                number = self.last_logged;
                 self.link.push_back(LinkFrame {
+                    connection: c,
                     number,
                     request_index: primary.next_request,
                     reply_offset: primary.reply.next_piece_offset(),
@@ -577,11 +622,11 @@ impl Sim {
     }
 
     fn log_frame(&mut self, frame: LinkFrame) -> Result<(), String> {
+        let c = frame.connection;
         let logged = self
-            .backup
             .log
             .log_reply(
-                &TUPLE,
+                &self.conns[c].tuple,
                 frame.request_index,
                 frame.reply_offset,
                 frame.request_end,
@@ -589,25 +634,29 @@ impl Sim {
             )
             .map_err(|e| format!("the backup refused a reply piece: {e}"))?;
         if let Some(end) = logged.consumed_up_to {
-            let image = &mut self.backup.image;
+            let image = &mut self.conns[c].image;
             let consumed = image.consumed_bytes();
             image
                 .consume(end.saturating_sub(consumed))
                 .map_err(|e| format!("the backup cannot consume to {end}: {e:?}"))?;
         }
-        self.primary.acked = self.primary.acked.max(frame.number);
+        self.acked = self.acked.max(frame.number);
         Ok(())
     }
 
     /// The primary writes part of the reply piece under way, or starts the next one once the
     /// backup holds it.
-    fn primary_writes(&mut self) {
-        let primary = &mut self.primary;
+    fn primary_writes(&mut self, c: usize) {
+        let Conn {
+            session: primary,
+            to_client,
+            ..
+        } = &mut self.conns[c];
         if primary.writing.is_none() {
             let held = primary
                 .reply
                 .front_mut()
-                .is_some_and(|piece| piece.meta.0 <= primary.acked);
+                .is_some_and(|piece| piece.meta.0 <= self.acked);
             if !held {
                 return;
             }
@@ -628,8 +677,7 @@ impl Sim {
         let (bytes, written) = primary.writing.as_mut().expect("a piece is being written");
         let n = (bytes.len() - *written).min(WRITE_BYTES);
         let at = primary.reply.sent();
-        self.to_client
-            .push_back((at, bytes[*written..*written + n].to_vec()));
+        to_client.push_back((at, bytes[*written..*written + n].to_vec()));
         primary.reply.sent_bytes(n);
         *written += n;
         if *written == bytes.len() {
@@ -638,27 +686,33 @@ impl Sim {
         }
     }
 
-    fn client_receives(&mut self) -> Result<(), String> {
-        let Some((at, bytes)) = self.to_client.pop_front() else {
+    fn client_receives(&mut self, c: usize) -> Result<(), String> {
+        let Some((at, bytes)) = self.conns[c].to_client.pop_front() else {
             return Ok(());
         };
-        self.deliver_to_client(at, &bytes)?;
-        let acked = self.client.received.len() as u64;
-        let sent = self.primary.reply.sent();
-        self.primary.reply.acknowledged(sent - acked.min(sent));
+        self.deliver_to_client(c, at, &bytes)?;
+        let acked = self.conns[c].client.received.len() as u64;
+        let sent = self.conns[c].session.reply.sent();
+        self.conns[c]
+            .session
+            .reply
+            .acknowledged(sent - acked.min(sent));
         Ok(())
     }
 
     /// Reply bytes reach the client; a byte it has already is dropped, as TCP drops it.
-    fn deliver_to_client(&mut self, at: u64, bytes: &[u8]) -> Result<(), String> {
-        let logged_end = self.backup.log.get(&TUPLE).map_or(0, |c| c.reply_end());
+    fn deliver_to_client(&mut self, c: usize, at: u64, bytes: &[u8]) -> Result<(), String> {
+        let logged_end = self
+            .log
+            .get(&self.conns[c].tuple)
+            .map_or(0, |c| c.reply_end());
         if self.protected && at + bytes.len() as u64 > logged_end {
             return Err(format!(
                 "reply bytes {at}..{} reached the client, the backup holds up to {logged_end} (I2)",
                 at + bytes.len() as u64
             ));
         }
-        let have = self.client.received.len() as u64;
+        let have = self.conns[c].client.received.len() as u64;
         if at > have {
             return Err(format!(
                 "reply bytes from {at} arrived with a gap after {have}"
@@ -666,7 +720,10 @@ impl Sim {
         }
         let skip = (have - at) as usize;
         if skip < bytes.len() {
-            self.client.received.extend_from_slice(&bytes[skip..]);
+            self.conns[c]
+                .client
+                .received
+                .extend_from_slice(&bytes[skip..]);
         }
         Ok(())
     }
@@ -675,9 +732,17 @@ impl Sim {
     /// requests, in a request, in the middle of writing a reply piece with others waiting
     /// behind it (`Session::adopt` in the node). The client segments in flight to the primary
     /// are lost (the client resends them through the backup).
-    fn join(&mut self) -> Result<(), String> {
-        self.network.clear();
-        let primary = &mut self.primary;
+    fn join(&mut self, c: usize) -> Result<(), String> {
+        let Conn {
+            session: primary,
+            client,
+            network,
+            image: conn_image,
+            tuple,
+            ..
+        } = &mut self.conns[c];
+        network.clear();
+        let tuple = *tuple;
         let server_isn = primary.server_isn;
         let received = primary.base + primary.unframed.len() as u64;
         let answered = primary.answered_offset;
@@ -685,10 +750,10 @@ impl Sim {
             .writing
             .as_ref()
             .map(|(bytes, written)| (bytes.clone(), *written));
-        let client_acked = self.client.received.len() as u64;
+        let client_acked = client.received.len() as u64;
         let sent = primary.reply.sent();
         let session = SessionStreams {
-            client_isn: self.client.isn,
+            client_isn: client.isn,
             received,
             answered,
             request_held_from: Some(answered),
@@ -698,11 +763,7 @@ impl Sim {
             client_finished: false,
         };
         let socket = SocketStreams {
-            rcv_nxt: self
-                .client
-                .isn
-                .wrapping_add(1)
-                .wrapping_add(received as u32),
+            rcv_nxt: client.isn.wrapping_add(1).wrapping_add(received as u32),
             write_seq: primary.server_isn.wrapping_add(1).wrapping_add(sent as u32),
             unacknowledged: sent - client_acked.min(sent),
         };
@@ -720,21 +781,20 @@ impl Sim {
             handed.reply_acked,
             writing.as_ref().map(|(bytes, _)| bytes.as_slice()),
         );
-        let pending = &self.client.stream[answered as usize..received as usize];
-        let mut log = ReplicaLog::new();
-        log.adopt(AdoptedConnection {
-            tuple: TUPLE,
-            client_isn: self.client.isn,
+        let pending = &client.stream[answered as usize..received as usize];
+        let adopted = AdoptedConnection {
+            tuple,
+            client_isn: client.isn,
             options: OPTIONS,
             next_request: primary.answered_index,
             request_offset: answered,
             reply_acked: handed.reply_acked,
             unacked_reply,
             reply_in_progress: primary.client_reply.as_ref().map(StreamedReply::cut_point),
-        });
+        };
         let mut image = ConnectionImage::adopted(
-            TUPLE,
-            self.client.isn,
+            tuple,
+            client.isn,
             TcpOptions {
                 mss: Some(1460),
                 sack_permitted: true,
@@ -755,48 +815,63 @@ impl Sim {
             image_limits(),
         );
         // The client's next segment tells the backup what it acknowledged and its clock.
-        let probe = probe_segment(self.client.isn, server_isn, received, client_acked);
+        let probe = probe_segment(tuple, client.isn, server_isn, received, client_acked);
         image
             .ingest(&probe, &[])
             .map_err(|e| format!("the adopted image refused an ACK: {e:?}"))?;
-        self.backup = Backup { image, log };
+        *conn_image = image;
+        self.log.adopt(adopted);
         // The pieces read ahead and not yet written follow the hand-over in the log.
         for (offset, piece) in primary.reply.waiting_mut() {
             let (_, request_index, request_end) = piece.meta;
-            primary.last_logged += 1;
-            piece.meta.0 = primary.last_logged;
+            self.last_logged += 1;
+            piece.meta.0 = self.last_logged;
             self.link.push_back(LinkFrame {
-                number: primary.last_logged,
+                connection: c,
+                number: self.last_logged,
                 request_index,
                 reply_offset: offset,
                 request_end,
                 bytes: piece.bytes.clone(),
             });
         }
-        self.protected = true;
         Ok(())
     }
 
     /// The primary's host dies now: of what it had sent, a random part arrives; then the
     /// backup takes over from its log and image alone and carries the connection to its end.
-    fn crash_and_take_over(mut self) -> Result<Vec<u8>, String> {
+    fn crash_and_take_over(mut self) -> Result<Vec<Vec<u8>>, String> {
         let frames = self.rng.below(self.link.len() as u64 + 1) as usize;
         for _ in 0..frames {
             let frame = self.link.pop_front().expect("a frame");
             self.log_frame(frame)?;
         }
-        let replies = self.rng.below(self.to_client.len() as u64 + 1) as usize;
-        for _ in 0..replies {
-            let (at, bytes) = self.to_client.pop_front().expect("reply bytes");
-            self.deliver_to_client(at, &bytes)?;
+        for c in 0..self.conns.len() {
+            let replies = self.rng.below(self.conns[c].to_client.len() as u64 + 1) as usize;
+            for _ in 0..replies {
+                let (at, bytes) = self.conns[c].to_client.pop_front().expect("reply bytes");
+                self.deliver_to_client(c, at, &bytes)?;
+            }
         }
+        for c in 0..self.conns.len() {
+            self.take_over(c)
+                .map_err(|e| format!("connection {c}: {e}"))?;
+        }
+        Ok(self
+            .conns
+            .into_iter()
+            .map(|conn| conn.client.received)
+            .collect())
+    }
+
+    /// The backup carries connection `c` on from its log and image alone, to its end.
+    fn take_over(&mut self, c: usize) -> Result<(), String> {
         let plan = self
-            .backup
             .log
-            .plan(&self.backup.image)
+            .plan(&self.conns[c].image)
             .map_err(|e| format!("the takeover lost the connection: {e}"))?;
-        let received = self.backup.image.received_bytes();
-        let pending = &self.client.stream[plan.request_offset as usize..received as usize];
+        let received = self.conns[c].image.received_bytes();
+        let pending = &self.conns[c].client.stream[plan.request_offset as usize..received as usize];
         if plan.pending_request_bytes != pending {
             return Err(format!(
                 "the plan holds {} request bytes from {}, the client sent {} up to {received}",
@@ -805,20 +880,20 @@ impl Sim {
                 pending.len()
             ));
         }
-        if plan.reply_acked > self.client.received.len() as u64 {
+        if plan.reply_acked > self.conns[c].client.received.len() as u64 {
             return Err(format!(
                 "the plan resumes the reply at {}, past the {} bytes the client holds",
                 plan.reply_acked,
-                self.client.received.len()
+                self.conns[c].client.received.len()
             ));
         }
         // The new primary: the logged bytes the client lacks, then every request from the
         // first unanswered one, with what the client sends or resends from where the backup's
         // image ends (the client's TCP keeps every byte the dead primary did not acknowledge).
-        self.deliver_to_client(plan.reply_acked, &plan.unacked_reply)?;
+        self.deliver_to_client(c, plan.reply_acked, &plan.unacked_reply)?;
         let mut offset = plan.reply_offset;
         let mut next = plan.next_request_index;
-        let mut unframed = self.client.stream[plan.request_offset as usize..].to_vec();
+        let mut unframed = self.conns[c].client.stream[plan.request_offset as usize..].to_vec();
         let mut cut = plan.cut_reply.clone();
         while let Some((request, len)) = Request::decode(&unframed) {
             if u64::from(request.number) != next {
@@ -849,7 +924,7 @@ impl Sim {
                 }
                 None => request.reply(),
             };
-            let have = self.client.received.len() as u64;
+            let have = self.conns[c].client.received.len() as u64;
             if offset > have {
                 return Err(format!(
                     "the new primary's reply starts at {offset}, the client holds {have}"
@@ -857,13 +932,16 @@ impl Sim {
             }
             let skip = (have - offset) as usize;
             if skip < reply.len() {
-                self.client.received.extend_from_slice(&reply[skip..]);
+                self.conns[c]
+                    .client
+                    .received
+                    .extend_from_slice(&reply[skip..]);
             }
             offset += reply.len() as u64;
             next += 1;
             unframed.drain(..len);
         }
-        Ok(self.client.received)
+        Ok(())
     }
 }
 
@@ -892,14 +970,20 @@ fn check_every_crash(seed: u64, join_at: Option<usize>, crash_from: usize) -> (u
             );
         }
     }
-    compare(seed, join_at, None, &sim.expected, &sim.client.received);
+    let expected: Vec<Vec<u8>> = sim.conns.iter().map(|conn| conn.expected.clone()).collect();
+    let received: Vec<Vec<u8>> = sim
+        .conns
+        .iter()
+        .map(|conn| conn.client.received.clone())
+        .collect();
+    compare(seed, join_at, None, &expected, &received);
     (runs, sim.steps)
 }
 
 /// Crashes `sim` now, and checks what its client ends with.
 fn check_crashed(seed: u64, join_at: Option<usize>, sim: Sim) {
     let crash_at = sim.steps;
-    let expected = sim.expected.clone();
+    let expected: Vec<Vec<u8>> = sim.conns.iter().map(|conn| conn.expected.clone()).collect();
     let received = sim.crash_and_take_over().unwrap_or_else(|e| {
         panic!("seed {seed}, backup joining before step {join_at:?}, crash before step {crash_at}: {e}")
     });
@@ -919,29 +1003,38 @@ fn compare(
     seed: u64,
     join_at: Option<usize>,
     crash_at: Option<usize>,
-    expected: &[u8],
-    received: &[u8],
+    expected: &[Vec<u8>],
+    received: &[Vec<u8>],
 ) {
-    if received != expected {
-        let first = received
-            .iter()
-            .zip(expected)
-            .position(|(a, b)| a != b)
-            .unwrap_or(received.len().min(expected.len()));
-        panic!(
-            "seed {seed}, backup joining before step {join_at:?}, crash before step \
-             {crash_at:?}: the client got {} reply bytes where one uncrashed server sends {}; \
-             they differ from byte {first} on",
-            received.len(),
-            expected.len()
-        );
+    for (c, (expected, received)) in expected.iter().zip(received).enumerate() {
+        if received != expected {
+            let first = received
+                .iter()
+                .zip(expected)
+                .position(|(a, b)| a != b)
+                .unwrap_or(received.len().min(expected.len()));
+            panic!(
+                "seed {seed}, backup joining before step {join_at:?}, crash before step \
+                 {crash_at:?}: connection {c}'s client got {} reply bytes where one uncrashed \
+                 server sends {}; they differ from byte {first} on",
+                received.len(),
+                expected.len()
+            );
+        }
     }
 }
 
 /// Cases that found bugs planted by hand (see the module's documentation), kept as a first
 /// look before the seeds: (seed, backup joining before step, crash before step).
-const REGRESSIONS: &[(u64, Option<usize>, usize)] =
-    &[(1, None, 7), (1, None, 9), (2, None, 0), (1, Some(40), 55)];
+const REGRESSIONS: &[(u64, Option<usize>, usize)] = &[
+    (0, None, 42),
+    (0, None, 52),
+    (0, None, 89),
+    (0, None, 185),
+    (0, Some(165), 202),
+    (1, Some(603), 604),
+    (15, Some(351), 356),
+];
 
 #[test]
 fn the_cases_that_found_planted_bugs_give_the_uncrashed_stream() {
