@@ -23,6 +23,8 @@
 //! The cores driven are the real ones (image, reply log and plan, the primary's reply stream);
 //! the primary's request handling is the harness's own until it moves to core (issue 16).
 
+mod sim_rng;
+
 use std::collections::VecDeque;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
@@ -34,6 +36,8 @@ use steadfast_core::image::{
 use steadfast_core::replication_wire::ConnectionOptions;
 use steadfast_core::reply_log::{AdoptedConnection, ReplicaLog};
 use steadfast_core::reply_outbox::{ReplyOutbox, WaitingPiece};
+
+use sim_rng::Rng;
 
 const SERVER: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 9, 0, 100), 80);
 /// A run has up to this many client connections, their steps interleaved.
@@ -66,28 +70,6 @@ const SEEDS: u64 = if cfg!(debug_assertions) {
 };
 /// Steps of one run at most: the exchange ends far sooner.
 const STEP_LIMIT: usize = 20_000;
-
-/// SplitMix64: the simulation's only source of choices.
-#[derive(Clone)]
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-}
 
 #[derive(Debug, Clone, Copy)]
 struct Request {

@@ -4,6 +4,8 @@
 //! no two nodes were ever primary in the same epoch; after the faults stop it checks that exactly
 //! one primary serves.
 
+mod sim_rng;
+
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::time::Duration;
@@ -13,23 +15,7 @@ use steadfast_core::election::{
 };
 use steadfast_core::{Message, NodeId, Role};
 
-/// splitmix64: small, seedable, good enough to drive a simulation.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-}
+use sim_rng::Rng;
 
 struct Node {
     election: Option<Election>,
