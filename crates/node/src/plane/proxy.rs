@@ -635,8 +635,8 @@ impl Session {
                 }
                 () = self.adoption.due() => self.try_adoption(None),
                 held = wait_for_adoption_ack(self.adoption_ack.as_mut()) => self.adoption_answered(held),
-                () = tokio::time::sleep(RETAINED_TRIM_INTERVAL), if self.reply.keeps_any() => {
-                    self.trim_retained();
+                () = tokio::time::sleep(ACKNOWLEDGED_TRIM_INTERVAL), if self.reply.keeps_any() => {
+                    self.forget_acknowledged();
                 }
                 () = sleep_until(client_deadline) => self.client_timed_out().await?,
             }
@@ -1001,7 +1001,7 @@ impl Session {
     }
 
     fn adopt(&mut self, generation: u64, writing: Option<&[u8]>) -> Result<(), HandoverWait> {
-        self.trim_retained();
+        self.forget_acknowledged();
         let unreadable = |what: &str, e: steadfast_os::repair::RepairError| {
             tracing::debug!("adoption: {what}: {e}");
             HandoverWait::Inconsistent("the socket's numbers could not be read")
@@ -1147,7 +1147,7 @@ impl Session {
     }
 
     /// Releases kept reply pieces the client has acknowledged whole.
-    fn trim_retained(&mut self) {
+    fn forget_acknowledged(&mut self) {
         if !self.reply.keeps_any() {
             return;
         }
@@ -1845,7 +1845,7 @@ impl Session {
         bytes: Vec<u8>,
     ) -> Result<(), SessionEnd> {
         if kind != PieceKind::Partial {
-            self.flush_outgoing().await?;
+            self.write_waiting_pieces().await?;
         }
         let ack = self.log_in_frames(request_index, kind, &bytes);
         self.reply.push(WaitingPiece {
@@ -1864,7 +1864,7 @@ impl Session {
     }
 
     /// Writes every logged piece still waiting, in order.
-    async fn flush_outgoing(&mut self) -> Result<(), SessionEnd> {
+    async fn write_waiting_pieces(&mut self) -> Result<(), SessionEnd> {
         while self.reply.has_waiting() {
             self.release_oldest().await?;
         }
@@ -1973,7 +1973,7 @@ impl Session {
     async fn write_reply_bytes(&mut self, bytes: Vec<u8>) -> Result<(), SessionEnd> {
         self.write_to_client(&bytes).await?;
         self.reply.written(bytes);
-        self.trim_retained();
+        self.forget_acknowledged();
         Ok(())
     }
 
@@ -2004,7 +2004,7 @@ impl Session {
 }
 
 /// How often a session whose client has not acknowledged the reply bytes it keeps looks again.
-const RETAINED_TRIM_INTERVAL: Duration = Duration::from_millis(50);
+const ACKNOWLEDGED_TRIM_INTERVAL: Duration = Duration::from_millis(50);
 
 /// When a session offers its connection to a backup that joined after it opened: at once when
 /// the gate's adoption generation changes or the backup disowns sessions, and again later when
