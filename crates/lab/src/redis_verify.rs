@@ -295,77 +295,48 @@ fn drive(run: &Run<'_>, connection: usize, deadline: Instant) -> ConnectionLedge
         let outcome = match draw % 100 {
             0..=29 => {
                 run.counts.increments.fetch_add(1, Ordering::Relaxed);
-                match client.exchange(&[vec![b"INCR", counter.as_bytes()]]) {
-                    Ok(replies) => match integer(&replies[0]) {
-                        Some(value) => {
-                            run.check(ledger.incremented(value));
-                            Ok(())
-                        }
-                        None => Err(format!("INCR answered {}", describe(&replies[0]))),
-                    },
-                    Err(e) => {
-                        ledger.increment_unknown();
-                        Err(format!("INCR: {e}"))
-                    }
+                let asked = client.ask(vec![b"INCR", counter.as_bytes()], integer);
+                if let Err(Failed::Lost(_)) = asked {
+                    ledger.increment_unknown();
                 }
+                asked.map(|value| run.check(ledger.incremented(value)))
             }
             30..=54 => {
                 run.counts.pushes.fetch_add(1, Ordering::Relaxed);
                 next_element += 1;
                 let element = next_element.to_string();
-                match client.exchange(&[vec![b"RPUSH", list.as_bytes(), element.as_bytes()]]) {
-                    Ok(replies) => match integer(&replies[0]) {
-                        Some(length) => {
-                            run.check(ledger.pushed(next_element, length));
-                            Ok(())
-                        }
-                        None => Err(format!("RPUSH answered {}", describe(&replies[0]))),
-                    },
-                    Err(e) => {
-                        ledger.push_unknown(next_element);
-                        Err(format!("RPUSH: {e}"))
-                    }
+                let command = vec![&b"RPUSH"[..], list.as_bytes(), element.as_bytes()];
+                let asked = client.ask(command, integer);
+                if let Err(Failed::Lost(_)) = asked {
+                    ledger.push_unknown(next_element);
                 }
+                asked.map(|length| run.check(ledger.pushed(next_element, length)))
             }
             55..=74 => {
                 run.counts.transfers.fetch_add(1, Ordering::Relaxed);
-                transfer(run, &mut client, connection, draw)
+                transfer(run, &mut client, connection, draw).map_err(Failed::Lost)
             }
             75..=84 => {
                 run.counts.reads.fetch_add(1, Ordering::Relaxed);
-                match client.exchange(&[vec![b"GET", counter.as_bytes()]]) {
-                    Ok(replies) => match optional_integer(&replies[0]) {
-                        Some(value) => {
-                            run.check(ledger.counter_read(value));
-                            Ok(())
-                        }
-                        None => Err(format!("GET answered {}", describe(&replies[0]))),
-                    },
-                    Err(e) => Err(format!("GET: {e}")),
-                }
+                client
+                    .ask(vec![b"GET", counter.as_bytes()], optional_integer)
+                    .map(|value| run.check(ledger.counter_read(value)))
             }
             85..=89 => {
                 run.counts.reads.fetch_add(1, Ordering::Relaxed);
-                match client.exchange(&[vec![b"LLEN", list.as_bytes()]]) {
-                    Ok(replies) => match integer(&replies[0]) {
-                        Some(length) => {
-                            run.check(ledger.list_length_read(length));
-                            Ok(())
-                        }
-                        None => Err(format!("LLEN answered {}", describe(&replies[0]))),
-                    },
-                    Err(e) => Err(format!("LLEN: {e}")),
-                }
+                client
+                    .ask(vec![b"LLEN", list.as_bytes()], integer)
+                    .map(|length| run.check(ledger.list_length_read(length)))
             }
             _ => {
                 run.counts.reads.fetch_add(1, Ordering::Relaxed);
-                read_sum(run, &mut client, connection)
+                read_sum(run, &mut client, connection).map_err(Failed::Lost)
             }
         };
         run.latency.record(started.elapsed());
         run.counts.commands.fetch_add(1, Ordering::Relaxed);
-        if let Err(error) = outcome {
-            run.error(format!("connection {connection}, command {n}: {error}"));
+        if let Err(failed) = outcome {
+            run.error(format!("connection {connection}, command {n}: {failed}"));
             if client.close() {
                 run.counts.reconnects.fetch_add(1, Ordering::Relaxed);
             }
@@ -535,6 +506,23 @@ fn describe(value: &RespValue) -> String {
     }
 }
 
+/// Why a command got no answer the ledger can take.
+#[derive(Debug)]
+enum Failed {
+    /// No reply came: the command may have run or not.
+    Lost(String),
+    /// A reply came that is not what the command answers.
+    Shape(String),
+}
+
+impl std::fmt::Display for Failed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failed::Lost(why) | Failed::Shape(why) => f.write_str(why),
+        }
+    }
+}
+
 /// One client connection, opened when needed.
 struct Connection {
     target: SocketAddr,
@@ -558,6 +546,21 @@ impl Connection {
     fn close(&mut self) -> bool {
         self.buffer.clear();
         self.stream.take().is_some()
+    }
+
+    /// Sends one command and reads its reply with `read`, which says whether the reply is of
+    /// the shape the command answers.
+    fn ask<T>(
+        &mut self,
+        command: Vec<&[u8]>,
+        read: impl Fn(&RespValue) -> Option<T>,
+    ) -> Result<T, Failed> {
+        let name = String::from_utf8_lossy(command[0]).into_owned();
+        let replies = self
+            .exchange(&[command])
+            .map_err(|e| Failed::Lost(format!("{name}: {e}")))?;
+        read(&replies[0])
+            .ok_or_else(|| Failed::Shape(format!("{name} answered {}", describe(&replies[0]))))
     }
 
     /// Sends `commands` at once (pipelined) and reads one reply to each. An error reply is an
