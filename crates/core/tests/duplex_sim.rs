@@ -198,6 +198,22 @@ struct Client {
     received: Vec<u8>,
 }
 
+impl Client {
+    /// Reply bytes `at..` reach the client in order; those it has already are dropped, as TCP
+    /// drops them. `Err` with what it holds when they start past it.
+    fn receive(&mut self, at: u64, bytes: &[u8]) -> Result<(), u64> {
+        let have = self.received.len() as u64;
+        if at > have {
+            return Err(have);
+        }
+        let skip = (have - at) as usize;
+        if skip < bytes.len() {
+            self.received.extend_from_slice(&bytes[skip..]);
+        }
+        Ok(())
+    }
+}
+
 #[derive(Clone)]
 struct Primary {
     server_isn: u32,
@@ -304,16 +320,6 @@ fn client_segment(
         },
         payload: 0..len,
     }
-}
-
-fn probe_segment(
-    tuple: FourTuple,
-    client_isn: u32,
-    server_isn: u32,
-    at: u64,
-    acked_reply: u64,
-) -> ClientSegment {
-    client_segment(tuple, client_isn, server_isn, at, 0, acked_reply)
 }
 
 impl Conn {
@@ -694,20 +700,10 @@ impl Sim {
                 at + bytes.len() as u64
             ));
         }
-        let have = self.conns[c].client.received.len() as u64;
-        if at > have {
-            return Err(format!(
-                "reply bytes from {at} arrived with a gap after {have}"
-            ));
-        }
-        let skip = (have - at) as usize;
-        if skip < bytes.len() {
-            self.conns[c]
-                .client
-                .received
-                .extend_from_slice(&bytes[skip..]);
-        }
-        Ok(())
+        self.conns[c]
+            .client
+            .receive(at, bytes)
+            .map_err(|have| format!("reply bytes from {at} arrived with a gap after {have}"))
     }
 
     /// A backup joins and the primary hands the connection over wherever it stands: between
@@ -797,7 +793,7 @@ impl Sim {
             image_limits(),
         );
         // The client's next segment tells the backup what it acknowledged and its clock.
-        let probe = probe_segment(tuple, client.isn, server_isn, received, client_acked);
+        let probe = client_segment(tuple, client.isn, server_isn, received, 0, client_acked);
         image
             .ingest(&probe, &[])
             .map_err(|e| format!("the adopted image refused an ACK: {e:?}"))?;
@@ -906,19 +902,12 @@ impl Sim {
                 }
                 None => request.reply(),
             };
-            let have = self.conns[c].client.received.len() as u64;
-            if offset > have {
-                return Err(format!(
-                    "the new primary's reply starts at {offset}, the client holds {have}"
-                ));
-            }
-            let skip = (have - offset) as usize;
-            if skip < reply.len() {
-                self.conns[c]
-                    .client
-                    .received
-                    .extend_from_slice(&reply[skip..]);
-            }
+            self.conns[c]
+                .client
+                .receive(offset, &reply)
+                .map_err(|have| {
+                    format!("the new primary's reply starts at {offset}, the client holds {have}")
+                })?;
             offset += reply.len() as u64;
             next += 1;
             unframed.drain(..len);
