@@ -104,7 +104,27 @@ struct PeerNotes {
 }
 
 /// Runs a member (`witness == false`) or the witness until SIGTERM/SIGINT.
+/// Reply pieces of a streamed download are half a megabyte each, and a proxy allocates and
+/// frees several per piece (the read buffer, the frame to the backup, the bytes kept until the
+/// client acknowledges them). With glibc's defaults such blocks are mapped and unmapped, or the
+/// heap trimmed, each time: the kernel then faults in and zeroes every page again, a fifth of the
+/// primary's CPU on a 32 MiB download. Freed memory stays in the process instead, up to a bound.
+fn keep_freed_buffers_for_reuse() {
+    const MAPPED_ABOVE: libc::c_int = 16 << 20;
+    const TRIMMED_ABOVE: libc::c_int = 128 << 20;
+    // SAFETY: mallopt only changes the allocator's tuning; both values are within glibc's
+    // accepted ranges, and nothing else runs yet.
+    let set = unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MAPPED_ABOVE) == 1
+            && libc::mallopt(libc::M_TRIM_THRESHOLD, TRIMMED_ABOVE) == 1
+    };
+    if !set {
+        tracing::warn!("the allocator refused its tuning (mallopt): large replies cost more CPU");
+    }
+}
+
 pub fn run(config_path: &Path, witness: bool) -> anyhow::Result<()> {
+    keep_freed_buffers_for_reuse();
     let settings = Settings::load(config_path)?;
     if witness != settings.is_witness() {
         anyhow::bail!(
