@@ -27,6 +27,7 @@
 mod chunked;
 mod client_timer;
 mod fields;
+mod framer;
 mod head_buffer;
 mod request;
 mod response;
@@ -34,6 +35,7 @@ mod resume;
 
 pub use client_timer::{ClientExpiry, ClientTimeouts, ClientTimer, ClientWait};
 pub use fields::{ContentRange, EntityTag, Header};
+pub use framer::Http1;
 pub use request::{
     InvalidRequestId, RequestBodyFraming, RequestEvent, RequestFramer, RequestHead, RequestId,
     REQUEST_ID_HEADER,

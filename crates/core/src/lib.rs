@@ -21,6 +21,8 @@ pub mod reply_compare;
 pub mod reply_log;
 pub mod reply_outbox;
 pub mod resp;
+pub mod resp_stream;
 pub mod resp_value;
+pub mod stream_framer;
 
 pub use election_messages::{Message, NodeId, Role};

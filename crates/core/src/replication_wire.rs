@@ -16,7 +16,6 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use crate::heartbeat_wire::AuthKey;
-use crate::http::{CutFraming, CutPoint, EntityTag, NotResumable};
 use crate::image::{FourTuple, NegotiatedOptions, WindowScales};
 use crate::replication_seal::{Opener, Protection, SealError, Sealer, TAG_LEN};
 use crate::NodeId;
@@ -118,8 +117,9 @@ pub enum AdoptedStream {
     Reply,
 }
 
-/// Longest reason text of an unresumable reply carried in an `Adopt` frame.
-const MAX_REASON_BYTES: usize = 512;
+/// Longest reply progress an `Adopt` frame carries (a validator of up to 64 KiB and a few
+/// fields, in the HTTP framer's encoding).
+pub const MAX_PROGRESS_BYTES: usize = 96 * 1024;
 
 /// One frame of the replication channel.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -189,8 +189,12 @@ pub enum ReplicationFrame {
         /// even if no client segment passes the backup before a takeover.
         timestamp: Option<u32>,
         /// The reply to `next_request` was begun in parts (streamed) and goes on: where a
-        /// takeover would resume it from `reply_offset`, or why it could not.
-        reply_in_progress: Option<Result<CutPoint, NotResumable>>,
+        /// takeover would resume it from `reply_offset`, or why it could not, as the service's
+        /// framer writes it ([`StreamFramer::encode_progress`]): the replication stream does
+        /// not know the protocol.
+        ///
+        /// [`StreamFramer::encode_progress`]: crate::stream_framer::StreamFramer::encode_progress
+        reply_in_progress: Option<Vec<u8>>,
     },
     /// Primary → backup: bytes of a connection about to be adopted (see
     /// [`ReplicationFrame::Adopt`]), in order within each stream.
@@ -405,7 +409,14 @@ pub fn encode(frame: &ReplicationFrame, epoch: u64, out: &mut Vec<u8>) {
             }
             out.push(u8::from(timestamp.is_some()));
             out.extend_from_slice(&timestamp.unwrap_or(0).to_be_bytes());
-            put_reply_in_progress(out, reply_in_progress.as_ref());
+            match reply_in_progress {
+                None => out.push(0),
+                Some(progress) => {
+                    out.push(1);
+                    out.extend_from_slice(&(progress.len() as u32).to_be_bytes());
+                    out.extend_from_slice(progress);
+                }
+            }
         }
         ReplicationFrame::AdoptBytes {
             tuple,
@@ -472,65 +483,6 @@ fn put_options(out: &mut Vec<u8>, options: &ConnectionOptions) {
         | u8::from(options.timestamps) << 2;
     out.extend_from_slice(&[flags, ours, theirs]);
     out.extend_from_slice(&options.mss.to_be_bytes());
-}
-
-/// `0` none; `1` a cut point (payload sent, framing, validator); `2` why the reply cannot be
-/// resumed (a code, with a status or a text for the kinds that carry one).
-fn put_reply_in_progress(out: &mut Vec<u8>, progress: Option<&Result<CutPoint, NotResumable>>) {
-    match progress {
-        None => out.push(0),
-        Some(Ok(cut)) => {
-            out.push(1);
-            out.extend_from_slice(&cut.payload_sent.to_be_bytes());
-            let (kind, remaining, crlf_owed) = match cut.framing {
-                CutFraming::Length { remaining } => (0, remaining, false),
-                CutFraming::Chunked {
-                    remaining,
-                    crlf_owed,
-                } => (1, remaining, crlf_owed),
-            };
-            out.push(kind);
-            out.extend_from_slice(&remaining.to_be_bytes());
-            out.push(u8::from(crlf_owed));
-            out.push(u8::from(cut.validator.weak));
-            put_short_bytes(out, &cut.validator.opaque);
-        }
-        Some(Err(why)) => {
-            out.push(2);
-            match why {
-                NotResumable::HeadIncomplete => out.push(1),
-                NotResumable::Status(status) => {
-                    out.push(2);
-                    out.extend_from_slice(&status.to_be_bytes());
-                }
-                NotResumable::NoValidator => out.push(3),
-                NotResumable::UntilClose => out.push(4),
-                NotResumable::InsideFraming => out.push(5),
-                NotResumable::Ended => out.push(6),
-                other => {
-                    // Framing errors travel as their text; the reasons only the backup's own
-                    // plan finds (the request) never describe a reply handed over.
-                    out.push(0);
-                    let text = match other {
-                        NotResumable::Framing(text) => text.clone(),
-                        other => other.to_string(),
-                    };
-                    let mut end = text.len().min(MAX_REASON_BYTES);
-                    while !text.is_char_boundary(end) {
-                        end -= 1;
-                    }
-                    put_short_bytes(out, &text.as_bytes()[..end]);
-                }
-            }
-        }
-    }
-}
-
-/// A `u16` length, then the bytes (at most `u16::MAX`, cut there).
-fn put_short_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
-    let bytes = &bytes[..bytes.len().min(usize::from(u16::MAX))];
-    out.extend_from_slice(&(bytes.len() as u16).to_be_bytes());
-    out.extend_from_slice(bytes);
 }
 
 fn put_tuple(out: &mut Vec<u8>, tuple: &FourTuple) {
@@ -703,64 +655,20 @@ impl<'a> Fields<'a> {
         })
     }
 
-    fn short_bytes(&mut self) -> Result<&'a [u8], ReplicationError> {
-        let len = self.u16()?;
-        self.take(usize::from(len))
-    }
-
-    fn reply_in_progress(
-        &mut self,
-    ) -> Result<Option<Result<CutPoint, NotResumable>>, ReplicationError> {
-        let [kind] = self.array()?;
-        Ok(match kind {
-            0 => None,
+    /// `0` none; `1` a `u32` length and the framer's bytes.
+    fn reply_in_progress(&mut self) -> Result<Option<Vec<u8>>, ReplicationError> {
+        let [present] = self.array()?;
+        match present {
+            0 => Ok(None),
             1 => {
-                let payload_sent = self.u64()?;
-                let [framing] = self.array()?;
-                let remaining = self.u64()?;
-                let [crlf_owed] = self.array()?;
-                if payload_sent.checked_add(remaining).is_none() {
-                    return Err(self.malformed("a reply longer than any stream"));
+                let len = self.u32()? as usize;
+                if len > MAX_PROGRESS_BYTES {
+                    return Err(self.malformed("a reply progress longer than any validator"));
                 }
-                let framing = match (framing, crlf_owed) {
-                    (0, 0) => CutFraming::Length { remaining },
-                    (1, crlf_owed @ (0 | 1)) => CutFraming::Chunked {
-                        remaining,
-                        crlf_owed: crlf_owed == 1,
-                    },
-                    _ => return Err(self.malformed("unknown reply framing")),
-                };
-                let [weak] = self.array()?;
-                if weak > 1 {
-                    return Err(self.malformed("invalid weak flag"));
-                }
-                let opaque = self.short_bytes()?.to_vec();
-                Some(Ok(CutPoint {
-                    validator: EntityTag {
-                        weak: weak == 1,
-                        opaque,
-                    },
-                    payload_sent,
-                    framing,
-                }))
+                Ok(Some(self.take(len)?.to_vec()))
             }
-            2 => {
-                let [code] = self.array()?;
-                Some(Err(match code {
-                    0 => NotResumable::Framing(
-                        String::from_utf8_lossy(self.short_bytes()?).into_owned(),
-                    ),
-                    1 => NotResumable::HeadIncomplete,
-                    2 => NotResumable::Status(self.u16()?),
-                    3 => NotResumable::NoValidator,
-                    4 => NotResumable::UntilClose,
-                    5 => NotResumable::InsideFraming,
-                    6 => NotResumable::Ended,
-                    _ => return Err(self.malformed("unknown reason a reply is not resumable")),
-                }))
-            }
-            _ => return Err(self.malformed("unknown reply progress")),
-        })
+            _ => Err(self.malformed("unknown reply progress")),
+        }
     }
 
     fn end(self) -> Result<(), ReplicationError> {

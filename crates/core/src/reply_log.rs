@@ -5,6 +5,10 @@
 //! byte to the client (invariant I2). Together they say, per connection, which requests have a
 //! complete logged reply (never executed again, I3), which reply bytes the client still lacks,
 //! and which request bytes no reply covers yet: that is the [`ResumePlan`].
+//!
+//! The log does not know the service's protocol: it deals in reply pieces, request indexes and
+//! stream offsets, and asks the service's [`StreamFramer`] (HTTP/1.x by default) only where a
+//! reply logged in parts could be resumed.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -12,11 +16,10 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use crate::heartbeat_wire::AuthKey;
-use crate::http::{
-    CutPoint, FramingLimits, NotResumable, RequestEvent, RequestFramer, StreamedReply,
-};
+use crate::http::Http1;
 use crate::image::{ConnectionImage, FourTuple, RestoreError, RestoreParams, DEFAULT_MSS};
 use crate::replication_wire::ConnectionOptions;
+use crate::stream_framer::StreamFramer;
 
 /// The secret behind the connection ids of `Steadfast-Request-Id`. A connection's id is the
 /// same on the primary (from the saved SYN) and on the backup (from the logged SYN), so a
@@ -61,7 +64,7 @@ impl RequestIdKey {
 
 /// The logged state of one protected connection.
 #[derive(Debug, Clone)]
-pub struct ReplicaConnection {
+pub struct ReplicaConnection<F: StreamFramer = Http1> {
     pub client_isn: u32,
     pub options: ConnectionOptions,
     /// Logged reply bytes still needed, in order, each with its server stream offset.
@@ -74,13 +77,13 @@ pub struct ReplicaConnection {
     request_offset: u64,
     /// The reply being logged in parts (streamed above the whole-reply limit), followed so a
     /// takeover knows where to resume it.
-    streamed: Option<StreamedReply>,
+    streamed: Option<F::PartialReply>,
     /// The primary ends the connection after the last complete reply (see
     /// [`ReplicaLog::closes_after_last_reply`]).
     closing: bool,
 }
 
-impl ReplicaConnection {
+impl<F: StreamFramer> ReplicaConnection<F> {
     pub fn reply_end(&self) -> u64 {
         self.reply_end
     }
@@ -102,7 +105,7 @@ impl ReplicaConnection {
 /// A connection the primary hands over after serving it for a while (it opened before this
 /// backup joined): the log starts where the primary stood.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AdoptedConnection {
+pub struct AdoptedConnection<F: StreamFramer = Http1> {
     pub tuple: FourTuple,
     pub client_isn: u32,
     pub options: ConnectionOptions,
@@ -115,8 +118,8 @@ pub struct AdoptedConnection {
     /// log's first piece. The next logged piece starts right after them.
     pub unacked_reply: Vec<u8>,
     /// The reply to `next_request` is under way in parts: where a takeover resumes it once
-    /// the log ends, or why it cannot (see [`StreamedReply::from_cut`]).
-    pub reply_in_progress: Option<Result<CutPoint, NotResumable>>,
+    /// the log ends, or why it cannot (see [`StreamFramer::partial_reply_from`]).
+    pub reply_in_progress: Option<Result<F::ResumePoint, F::NotResumable>>,
 }
 
 /// A reply piece the log cannot take: the primary and backup disagree about the stream.
@@ -144,9 +147,10 @@ pub enum ReplicaError {
     },
 }
 
-/// Why a connection cannot be resumed at takeover (counted per reason in the status).
+/// Why a connection cannot be resumed at takeover (counted per reason in the status). `W`:
+/// why its framer cannot finish a reply cut in parts.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum LostReason {
+pub enum LostReason<W: std::error::Error = crate::http::NotResumable> {
     #[error("{0}")]
     Restore(#[from] RestoreError),
     #[error("connection {tuple}: the primary never reported it (accepted just before the crash)")]
@@ -167,7 +171,7 @@ pub enum LostReason {
         "connection {tuple}: a reply streamed in parts (above the whole-reply limit) was cut and \
          cannot be finished: {why}"
     )]
-    PartialReply { tuple: FourTuple, why: NotResumable },
+    PartialReply { tuple: FourTuple, why: W },
     #[error(
         "connection {tuple}: the client acknowledged {acked} reply bytes but only {logged} are \
          logged"
@@ -193,7 +197,7 @@ pub enum LostReason {
     },
 }
 
-impl LostReason {
+impl<W: std::error::Error> LostReason<W> {
     /// A short label, usable as a counter name.
     pub fn label(&self) -> &'static str {
         match self {
@@ -213,7 +217,7 @@ impl LostReason {
 
 /// Everything a new primary needs to carry one connection on.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ResumePlan {
+pub struct ResumePlan<F: StreamFramer = Http1> {
     pub restore: RestoreParams,
     pub options: ConnectionOptions,
     pub client_isn: u32,
@@ -233,7 +237,7 @@ pub struct ResumePlan {
     pub pending_request_bytes: Vec<u8>,
     /// The first pending request's reply was cut after `reply_offset`: the new primary asks
     /// the backend for the rest by range instead of executing the request again.
-    pub cut_reply: Option<CutPoint>,
+    pub cut_reply: Option<F::ResumePoint>,
     /// The old primary was ending the connection after its last complete reply: the new one
     /// sends what the client lacks of it, then closes, and answers no pending request.
     pub close_after_reply: bool,
@@ -252,8 +256,9 @@ pub struct ReplicaCounters {
 
 /// The backup's reply log for every protected connection.
 #[derive(Debug, Clone, Default)]
-pub struct ReplicaLog {
-    connections: HashMap<FourTuple, ReplicaConnection>,
+pub struct ReplicaLog<F: StreamFramer = Http1> {
+    framer: F,
+    connections: HashMap<FourTuple, ReplicaConnection<F>>,
     counters: ReplicaCounters,
     /// Reply bytes held by all connections, counted as pieces come and go.
     held: usize,
@@ -268,8 +273,21 @@ pub struct Logged {
 }
 
 impl ReplicaLog {
+    /// A log of HTTP/1.x connections.
     pub fn new() -> ReplicaLog {
         ReplicaLog::default()
+    }
+}
+
+impl<F: StreamFramer> ReplicaLog<F> {
+    /// A log of connections whose protocol `framer` frames.
+    pub fn with_framer(framer: F) -> ReplicaLog<F> {
+        ReplicaLog {
+            framer,
+            connections: HashMap::new(),
+            counters: ReplicaCounters::default(),
+            held: 0,
+        }
     }
 
     /// The primary accepted `tuple` and protects it from now on. A connection with the same
@@ -293,7 +311,7 @@ impl ReplicaLog {
 
     /// The primary protects from now on a connection it had already served for a while,
     /// wherever it stood: see [`AdoptedConnection`].
-    pub fn adopt(&mut self, adopted: AdoptedConnection) {
+    pub fn adopt(&mut self, adopted: AdoptedConnection<F>) {
         self.counters.opened += 1;
         let AdoptedConnection {
             tuple,
@@ -310,7 +328,7 @@ impl ReplicaLog {
         if !unacked_reply.is_empty() {
             pieces.push_back((reply_acked, unacked_reply));
         }
-        let limits = FramingLimits::default();
+        let streamed = reply_in_progress.map(|progress| self.framer.partial_reply_from(progress));
         self.replace(
             tuple,
             ReplicaConnection {
@@ -320,17 +338,14 @@ impl ReplicaLog {
                 reply_end,
                 next_request,
                 request_offset,
-                streamed: reply_in_progress.map(|progress| match progress {
-                    Ok(cut) => StreamedReply::from_cut(limits, &cut),
-                    Err(why) => StreamedReply::unresumable(limits, why),
-                }),
+                streamed,
                 closing: false,
             },
         );
     }
 
     /// Logs `conn` for `tuple` in place of any earlier incarnation.
-    fn replace(&mut self, tuple: FourTuple, conn: ReplicaConnection) {
+    fn replace(&mut self, tuple: FourTuple, conn: ReplicaConnection<F>) {
         self.held += conn.bytes_held();
         if let Some(old) = self.connections.insert(tuple, conn) {
             self.held -= old.bytes_held();
@@ -409,9 +424,11 @@ impl ReplicaLog {
         self.counters.reply_bytes_logged += bytes.len() as u64;
         conn.reply_end += bytes.len() as u64;
         if request_end.is_none() && !interim {
-            conn.streamed
-                .get_or_insert_with(|| StreamedReply::new(FramingLimits::default()))
-                .feed(&bytes);
+            let framer = &self.framer;
+            let streamed = conn
+                .streamed
+                .get_or_insert_with(|| framer.begin_partial_reply());
+            framer.feed_partial_reply(streamed, &bytes);
         }
         if !bytes.is_empty() {
             self.held += bytes.len();
@@ -473,7 +490,7 @@ impl ReplicaLog {
         }
     }
 
-    pub fn get(&self, tuple: &FourTuple) -> Option<&ReplicaConnection> {
+    pub fn get(&self, tuple: &FourTuple) -> Option<&ReplicaConnection<F>> {
         self.connections.get(tuple)
     }
 
@@ -506,9 +523,10 @@ impl ReplicaLog {
     /// negotiated with another client of this service, adjusted to what this client's SYN
     /// offered. A client that acknowledged reply bytes contradicts all that: lost.
     pub fn plan_unreported(
+        &self,
         image: &ConnectionImage,
         template: &ConnectionOptions,
-    ) -> Result<ResumePlan, LostReason> {
+    ) -> Result<ResumePlan<F>, LostReason<F::NotResumable>> {
         let tuple = image.tuple();
         let syn = image.syn_options();
         let timestamps = template.timestamps && syn.timestamps.is_some();
@@ -559,7 +577,10 @@ impl ReplicaLog {
     }
 
     /// How to resume the connection of `image` (the backup's ingress image of it).
-    pub fn plan(&self, image: &ConnectionImage) -> Result<ResumePlan, LostReason> {
+    pub fn plan(
+        &self,
+        image: &ConnectionImage,
+    ) -> Result<ResumePlan<F>, LostReason<F::NotResumable>> {
         let tuple = image.tuple();
         let conn = self
             .connections
@@ -623,7 +644,7 @@ impl ReplicaLog {
         pending_request_bytes.drain(..skip);
         let cut_reply = match &conn.streamed {
             Some(streamed) => Some(
-                resumable_cut(streamed, conn, &pending_request_bytes)
+                self.resumable_cut(streamed, conn, &pending_request_bytes)
                     .map_err(|why| LostReason::PartialReply { tuple, why })?,
             ),
             None => None,
@@ -642,11 +663,30 @@ impl ReplicaLog {
             close_after_reply: conn.closing,
         })
     }
+
+    /// Where a reply cut by the takeover resumes, if both it and the request it answers (the
+    /// first of `pending_request_bytes`) allow it.
+    fn resumable_cut(
+        &self,
+        streamed: &F::PartialReply,
+        conn: &ReplicaConnection<F>,
+        pending_request_bytes: &[u8],
+    ) -> Result<F::ResumePoint, F::NotResumable> {
+        let cut = self.framer.resume_point(streamed)?;
+        self.framer.check_resumable_request(
+            pending_request_bytes,
+            conn.request_offset,
+            conn.next_request,
+        )?;
+        Ok(cut)
+    }
 }
 
 /// The socket parameters of `image`, if a rebuilt socket could carry the connection on: the
 /// client has not half-closed it, and with timestamps the primary's clock is known (PAWS).
-fn resumable_restore(image: &ConnectionImage) -> Result<RestoreParams, LostReason> {
+fn resumable_restore<W: std::error::Error>(
+    image: &ConnectionImage,
+) -> Result<RestoreParams, LostReason<W>> {
     let tuple = image.tuple();
     let restore = image.restore_params()?;
     if image.handover_gap() {
@@ -659,34 +699,4 @@ fn resumable_restore(image: &ConnectionImage) -> Result<RestoreParams, LostReaso
         return Err(LostReason::TimestampUnknown { tuple });
     }
     Ok(restore)
-}
-
-/// Where a reply cut by the takeover resumes, if both it and the request it answers (the first
-/// of `pending_request_bytes`) allow a range request.
-fn resumable_cut(
-    streamed: &StreamedReply,
-    conn: &ReplicaConnection,
-    pending_request_bytes: &[u8],
-) -> Result<CutPoint, NotResumable> {
-    let cut = streamed.cut_point()?;
-    let mut framer = RequestFramer::starting_at(
-        FramingLimits::default(),
-        conn.request_offset,
-        conn.next_request,
-    );
-    let mut events = Vec::new();
-    // An error after the first head concerns a later request, answered normally.
-    let _ = framer.feed(pending_request_bytes, &mut events);
-    let head = events
-        .iter()
-        .find_map(|event| match event {
-            RequestEvent::Head(head) => Some(head),
-            _ => None,
-        })
-        .filter(|head| head.index == conn.next_request && head.range.start == conn.request_offset)
-        .ok_or(NotResumable::RequestMissing)?;
-    if let Some(why) = head.resume_refusal() {
-        return Err(NotResumable::Request(why));
-    }
-    Ok(cut)
 }

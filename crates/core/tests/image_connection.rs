@@ -966,7 +966,9 @@ fn an_unreported_connection_resumes_from_the_image_and_a_template() {
         timestamps: true,
         mss: 1448,
     };
-    let plan = ReplicaLog::plan_unreported(&image, &template).unwrap();
+    let plan = ReplicaLog::new()
+        .plan_unreported(&image, &template)
+        .unwrap();
     assert_eq!(
         plan.options.window_scales,
         Some((7, 9)),
@@ -994,7 +996,8 @@ fn an_unreported_connection_resumes_from_the_image_and_a_template() {
         ..template
     };
     assert_eq!(
-        ReplicaLog::plan_unreported(&image, &plain)
+        ReplicaLog::new()
+            .plan_unreported(&image, &plain)
             .unwrap()
             .options
             .window_scales,
@@ -1009,7 +1012,7 @@ fn an_unreported_connection_resumes_from_the_image_and_a_template() {
         )
         .unwrap();
     assert!(matches!(
-        ReplicaLog::plan_unreported(&image, &template),
+        ReplicaLog::new().plan_unreported(&image, &template),
         Err(LostReason::AckBeyondLog { acked: 5, .. })
     ));
 }
@@ -1090,6 +1093,65 @@ fn a_reply_cut_in_parts_is_planned_for_a_range_resume() {
         assert_eq!(plan.cut_reply, None);
         assert!(plan.pending_request_bytes.is_empty());
     }
+}
+
+/// The same log, for a Redis connection (the RESP framer): pipelined commands, replies logged
+/// whole are resent to the client and the commands no complete reply answers run again; a
+/// reply cut in the middle of its logged parts cannot be finished (a server has no "rest of a
+/// reply") and the connection is counted lost with that reason. Nothing of the log changes but
+/// the framer it is built with.
+#[test]
+fn a_resp_connection_is_planned_by_the_same_log() {
+    use steadfast_core::image::NegotiatedOptions;
+    use steadfast_core::replication_wire::ConnectionOptions;
+    use steadfast_core::reply_log::{LostReason, ReplicaLog};
+    use steadfast_core::resp_stream::{RespNotResumable, RespStream};
+    let (isn, server_isn) = (8000u32, 40000u32);
+    let incr: &[u8] = b"*2\r\n$4\r\nINCR\r\n$1\r\nc\r\n";
+    let get: &[u8] = b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n";
+    let stream = [incr, get].concat();
+    let mut image = established(isn, server_isn);
+    image
+        .ingest(&data(isn, 0, server_isn + 1, stream.len()), &stream)
+        .unwrap();
+    image.set_negotiated(NegotiatedOptions {
+        timestamps: false,
+        ..NEGOTIATED
+    });
+    let mut log = ReplicaLog::with_framer(RespStream);
+    let tuple = image.tuple();
+    log.opened(
+        tuple,
+        isn,
+        ConnectionOptions {
+            window_scales: Some((7, 9)),
+            sack: true,
+            timestamps: false,
+            mss: 1460,
+        },
+    );
+    let counted = b":1\r\n".to_vec();
+    log.log_reply(&tuple, 0, 0, Some(incr.len() as u64), counted.clone())
+        .unwrap();
+    let plan = log.plan(&image).unwrap();
+    assert_eq!(
+        plan.unacked_reply, counted,
+        "the client still lacks the reply"
+    );
+    assert_eq!(plan.next_request_index, 1);
+    assert_eq!(plan.pending_request_bytes, get.to_vec(), "GET runs again");
+    assert_eq!(plan.cut_reply, None);
+    // A long value, logged in parts: the crash between them loses the connection.
+    let at = counted.len() as u64;
+    log.log_reply(&tuple, 1, at, None, b"$100000\r\nxx".to_vec())
+        .unwrap();
+    assert!(matches!(
+        log.plan(&image),
+        Err(LostReason::PartialReply {
+            why: RespNotResumable::NoRestOfReply,
+            ..
+        })
+    ));
 }
 
 /// A reply after which the primary ends the connection (here: to an HTTP/1.0 request) leaves

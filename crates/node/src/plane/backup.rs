@@ -12,6 +12,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use steadfast_core::http::Http1;
 use steadfast_core::image::{
     parse_client_frame, tcp_checksum_fixup, tcp_checksum_is_valid, AckProbe, ConnectionImage,
     ConnectionTable, FourTuple, OpenedCheck, TableLimits, TcpOptions, Tracking,
@@ -23,6 +24,7 @@ use steadfast_core::replication_wire::{
     LinkAttempt, ReplicationFrame, NONCE_LEN,
 };
 use steadfast_core::reply_log::{AdoptedConnection, ReplicaLog};
+use steadfast_core::stream_framer::StreamFramer;
 use steadfast_core::NodeId;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -800,6 +802,21 @@ impl BackupParts {
                     // lost at a takeover instead of the primary stalling.
                     return Ok(Some(seq));
                 }
+                // The duplex proxy frames HTTP/1.x: its hand-overs carry that framer's progress.
+                let reply_in_progress = match reply_in_progress
+                    .as_deref()
+                    .map(<Http1 as StreamFramer>::decode_progress)
+                    .transpose()
+                {
+                    Ok(progress) => progress,
+                    Err(e) => {
+                        counters
+                            .replication_frames_refused
+                            .fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!("{tuple}: hand-over refused: {e}");
+                        return Ok(Some(seq));
+                    }
+                };
                 state.template = Some(options);
                 let in_reply = reply_in_progress.is_some();
                 state.replica.adopt(AdoptedConnection {

@@ -7,11 +7,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use steadfast_core::http::FramingLimits;
+use steadfast_core::http::{FramingLimits, Http1};
 use steadfast_core::image::FourTuple;
 use steadfast_core::replication_wire::{
     self, AdoptedStream, ConnectionOptions, FrameReader, LinkAttempt, ReplicationFrame, ReplyHeader,
 };
+use steadfast_core::stream_framer::StreamFramer;
 use steadfast_core::NodeId;
 use steadfast_os::ingress_guard::{GuardError, GuardState};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -200,7 +201,11 @@ impl ReplyGate for ReplicatedGate {
             reply_acked: a.reply_acked,
             reply_offset: a.reply_acked + a.unacked_reply.len() as u64,
             timestamp: a.timestamp,
-            reply_in_progress: a.reply_in_progress,
+            reply_in_progress: a.reply_in_progress.as_ref().map(|progress| {
+                let mut bytes = Vec::new();
+                <Http1 as StreamFramer>::encode_progress(progress, &mut bytes);
+                bytes
+            }),
         });
         if !queued {
             return None;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use steadfast_core::image::{rebuilt_tsval, AckProbe, FourTuple};
-use steadfast_core::reply_log::{LostReason, ReplicaLog, ResumePlan};
+use steadfast_core::reply_log::{LostReason, ResumePlan};
 use steadfast_os::repair::{self, RepairTarget};
 
 use super::backup::Frozen;
@@ -64,7 +64,7 @@ pub fn rebuild_all(frozen: Frozen, shared: &Arc<PlaneShared>) -> Rebuilt {
     for image in table.iter() {
         let planned = match (state.replica.plan(image), &state.template) {
             (Err(LostReason::NotOpenedByPrimary { .. }), Some(template)) => {
-                let unreported = ReplicaLog::plan_unreported(image, template);
+                let unreported = state.replica.plan_unreported(image, template);
                 if unreported.is_ok() {
                     report.unreported += 1;
                 }
