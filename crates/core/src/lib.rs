@@ -13,6 +13,7 @@ pub mod heartbeat_wire;
 pub mod http;
 pub mod image;
 pub mod latency;
+pub mod link_monitor;
 pub mod redis_commands;
 pub mod redis_effects;
 pub mod replication_seal;
