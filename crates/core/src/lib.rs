@@ -12,6 +12,7 @@ pub mod election_messages;
 pub mod heartbeat_wire;
 pub mod http;
 pub mod image;
+pub mod interface_manager;
 pub mod latency;
 pub mod link_monitor;
 pub mod redis_commands;
