@@ -17,6 +17,7 @@ pub mod latency;
 pub mod link_monitor;
 pub mod redis_commands;
 pub mod redis_effects;
+pub mod relay_agent;
 pub mod relay_wire;
 pub mod replication_seal;
 pub mod replication_wire;
