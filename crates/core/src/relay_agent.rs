@@ -556,7 +556,9 @@ impl RequesterSettings {
 pub enum RequesterEvent {
     Tick,
     /// The interface manager asks for relay over the private link `via`
-    /// ([`crate::interface_manager::PathReport::RelayNeeded`]), for these addresses.
+    /// ([`crate::interface_manager::PathReport::RelayNeeded`]), for these addresses: 1 to
+    /// [`MAX_ADDRESSES`] distinct unicast IPv4 addresses, what a request can carry (the node's
+    /// own and, on a primary, its VIPs).
     Start {
         via: String,
         addresses: Vec<Ipv4Addr>,
@@ -632,10 +634,14 @@ enum Phase {
     },
     Relaying {
         sibling: usize,
-        /// The relay holds at least until then (counted from the earliest refresh the last
-        /// grant may answer).
+        /// The relay holds at least until then: the responder counts each lease from the
+        /// request or refresh it answers, so a grant is counted from the first one sent since
+        /// the previous grant. (A grant that answers a refresh from before the previous grant,
+        /// possible only when a round trip outlasts a refresh interval and the later refresh is
+        /// lost, is counted up to one refresh interval too late: the loss is then found that
+        /// much later, never wrongly.)
         valid_until: Duration,
-        /// Sent since the last grant, or none.
+        /// When the first refresh since the last grant went out, or none.
         unanswered_since: Option<Duration>,
         last_refresh: Duration,
         /// The lease as granted (the responder may grant less than asked).
