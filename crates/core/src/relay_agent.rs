@@ -1980,5 +1980,99 @@ mod tests {
             prop_assert!(table.is_empty(), "left behind: {:?}", table);
             prop_assert_eq!(r.relays().count(), 0);
         }
+
+        /// Whatever siblings send, in any order and with any lease id: the requester never
+        /// panics; it says it sends through a sibling exactly between a `RelayThrough` and the
+        /// `RelayLost` or `RelayEnded` that follows; every grant it did not take is answered
+        /// with a release to its sender; and its deadline is never in the past.
+        #[test]
+        fn requester_follows_its_rules_whatever_it_hears(
+            steps in proptest::collection::vec(qstep(), 0..80),
+        ) {
+            let mut q = Requester::new(requester_settings());
+            let mut now = Duration::ZERO;
+            let mut through: Option<NodeId> = None;
+            for s in steps {
+                let event = match s {
+                    QStep::Wait(d) => { now += ms(d); RequesterEvent::Tick }
+                    QStep::Start(link) => RequesterEvent::Start {
+                        via: ["priv0", "priv1", "usb0"][link].into(),
+                        addresses: vec![ip(11)],
+                    },
+                    QStep::Stop => RequesterEvent::Stop,
+                    QStep::Addresses(extra) => RequesterEvent::AddressesChanged(
+                        if extra { vec![ip(11), ip(100)] } else { vec![ip(11)] }),
+                    QStep::Hear(from, message) => RequesterEvent::Received { from, message },
+                };
+                let heard_grant = match &event {
+                    RequesterEvent::Received {
+                        from, message: RelayMessage::Grant { lease_id, .. },
+                    } => Some((*from, *lease_id)),
+                    _ => None,
+                };
+                let out = q.handle(event, now);
+                for a in &out {
+                    match a {
+                        RequesterAction::RelayThrough { sibling, .. } => {
+                            prop_assert!(through.is_none(), "through two siblings");
+                            through = Some(*sibling);
+                        }
+                        RequesterAction::RelayLost { sibling, .. }
+                        | RequesterAction::RelayEnded { sibling } => {
+                            prop_assert_eq!(through.take(), Some(*sibling));
+                        }
+                        _ => {}
+                    }
+                }
+                prop_assert_eq!(through, q.relaying_through());
+                if let Some((from, lease_id)) = heard_grant {
+                    let taken = q.relaying_through() == Some(from);
+                    let released = out.contains(&RequesterAction::Send {
+                        to: from, message: RelayMessage::Release { lease_id } });
+                    let pending = q.releases.iter()
+                        .any(|r| r.node == from && r.lease_id == lease_id);
+                    prop_assert!(
+                        taken || released || pending,
+                        "grant {} from {} neither taken nor released", lease_id, from
+                    );
+                }
+                if let Some(d) = q.next_deadline() {
+                    prop_assert!(d > now, "deadline {:?} not after {:?}", d, now);
+                }
+            }
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    enum QStep {
+        Wait(u64),
+        Start(usize),
+        Stop,
+        Addresses(bool),
+        Hear(NodeId, RelayMessage),
+    }
+
+    fn qstep() -> impl Strategy<Value = QStep> {
+        let from = prop_oneof![Just(2u16), Just(3u16), Just(9u16), Just(5u16)];
+        let lease_id = 0u64..5;
+        let message = prop_oneof![
+            3 => (lease_id.clone(), 1u32..400)
+                .prop_map(|(lease_id, lease_ms)| RelayMessage::Grant { lease_id, lease_ms }),
+            1 => (lease_id.clone(), prop_oneof![
+                Just(RefuseReason::NoUplink), Just(RefuseReason::UnknownLease),
+                Just(RefuseReason::Busy), Just(RefuseReason::AddressConflict)])
+                .prop_map(|(lease_id, reason)| RelayMessage::Refuse { lease_id, reason }),
+            1 => lease_id.clone().prop_map(|lease_id| RelayMessage::Revoke {
+                lease_id, reason: RevokeReason::UplinkLost }),
+            1 => lease_id.prop_map(|lease_id| RelayMessage::Released { lease_id }),
+            1 => Just(RelayMessage::Challenge),
+        ];
+        prop_oneof![
+            4 => (0u64..120).prop_map(QStep::Wait),
+            1 => (0usize..3).prop_map(QStep::Start),
+            1 => Just(QStep::Stop),
+            1 => any::<bool>().prop_map(QStep::Addresses),
+            6 => (from, message).prop_map(|(f, m)| QStep::Hear(f, m)),
+        ]
     }
 }
