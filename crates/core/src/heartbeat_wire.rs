@@ -22,20 +22,23 @@
 //! The MAC is checked before any field is interpreted, so a forged or corrupted frame is refused
 //! as such; anything that fails to parse after a valid MAC is reported as malformed.
 
-use std::collections::HashMap;
-
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::election_messages::{Envelope, Message, NodeId, Role};
+use crate::election_messages::{Envelope, Message, Role};
+use crate::signed_datagram::{self, DatagramShape, ShapeError, Stamp, Stamped, MAC_LEN};
 
 type HmacSha256 = Hmac<Sha256>;
 
-const MAGIC: &[u8; 4] = b"SFHB";
 const VERSION: u8 = 2;
 const HEADER_LEN: usize = 42;
-const MAC_LEN: usize = 32;
 const MAX_BODY_LEN: usize = 12;
+const SHAPE: DatagramShape = DatagramShape {
+    magic: b"SFHB",
+    version: VERSION,
+    header_len: HEADER_LEN,
+    max_len: MAX_FRAME_LEN,
+};
 /// No valid frame is longer than this.
 pub const MAX_FRAME_LEN: usize = HEADER_LEN + MAX_BODY_LEN + MAC_LEN;
 /// Keys shorter than this are refused: a guessable key makes the MAC worthless.
@@ -97,7 +100,7 @@ impl AuthKey {
         &self.0
     }
 
-    fn mac(&self) -> HmacSha256 {
+    pub(crate) fn mac(&self) -> HmacSha256 {
         HmacSha256::new_from_slice(&self.0).expect("HMAC takes keys of any length")
     }
 }
@@ -125,17 +128,21 @@ pub enum FrameError {
     UnknownKind(u8),
     #[error("malformed {kind} body: {what}")]
     MalformedBody { kind: &'static str, what: String },
-    #[error("replayed frame from node {sender}: counter {counter} is not above {highest}")]
-    Replayed {
-        sender: NodeId,
-        counter: u64,
-        highest: u64,
-    },
-    #[error(
-        "frame from node {sender} names incarnation {echo} of this node, not the current one: \
-         sent before this node started, or before the sender heard it"
-    )]
-    Unfresh { sender: NodeId, echo: u64 },
+}
+
+impl From<ShapeError> for FrameError {
+    fn from(error: ShapeError) -> FrameError {
+        match error {
+            ShapeError::TooShort { len, min } => FrameError::TooShort { len, min },
+            ShapeError::TooLong { len } => FrameError::TooLong { len },
+            ShapeError::BadMagic => FrameError::BadMagic,
+            ShapeError::UnsupportedVersion(version) => FrameError::UnsupportedVersion(version),
+            ShapeError::LengthMismatch { declared, actual } => {
+                FrameError::LengthMismatch { declared, actual }
+            }
+            ShapeError::BadMac => FrameError::BadMac,
+        }
+    }
 }
 
 impl FrameError {
@@ -151,8 +158,6 @@ impl FrameError {
             FrameError::BadMac => "bad-mac",
             FrameError::UnknownKind(_) => "unknown-kind",
             FrameError::MalformedBody { .. } => "malformed-body",
-            FrameError::Replayed { .. } => "replayed",
-            FrameError::Unfresh { .. } => "unfresh",
         }
     }
 }
@@ -240,23 +245,19 @@ fn encode_body(message: &Message, out: &mut Vec<u8>) {
 
 /// Encodes and signs one frame; the result is at most [`MAX_FRAME_LEN`] bytes.
 pub fn encode(envelope: &Envelope, key: &AuthKey) -> Vec<u8> {
-    let mut out = Vec::with_capacity(MAX_FRAME_LEN);
-    out.extend_from_slice(MAGIC);
-    out.push(VERSION);
-    out.push(kind_code(&envelope.message));
-    out.extend_from_slice(&envelope.sender.to_be_bytes());
-    out.extend_from_slice(&envelope.epoch.to_be_bytes());
-    out.extend_from_slice(&envelope.counter.to_be_bytes());
-    out.extend_from_slice(&envelope.incarnation.to_be_bytes());
-    out.extend_from_slice(&envelope.echo.to_be_bytes());
+    let mut fields = Vec::with_capacity(HEADER_LEN);
+    fields.extend_from_slice(&envelope.sender.to_be_bytes());
+    for n in [
+        envelope.epoch,
+        envelope.counter,
+        envelope.incarnation,
+        envelope.echo,
+    ] {
+        fields.extend_from_slice(&n.to_be_bytes());
+    }
     let mut body = Vec::with_capacity(MAX_BODY_LEN);
     encode_body(&envelope.message, &mut body);
-    out.extend_from_slice(&(body.len() as u16).to_be_bytes());
-    out.extend_from_slice(&body);
-    let mut mac = key.mac();
-    mac.update(&out);
-    out.extend_from_slice(&mac.finalize().into_bytes());
-    out
+    SHAPE.encode(kind_code(&envelope.message), &fields, &body, key)
 }
 
 /// Reads big-endian fields off a byte slice whose length was checked by the caller.
@@ -362,34 +363,7 @@ fn decode_body(kind: u8, body: &[u8]) -> Result<Message, FrameError> {
 /// Only the magic, the version and the length field are read before the MAC is verified (they
 /// decide where the MAC is); every other field is interpreted only once the MAC is good.
 pub fn decode(bytes: &[u8], key: &AuthKey) -> Result<Envelope, FrameError> {
-    let min = HEADER_LEN + MAC_LEN;
-    if bytes.len() < min {
-        return Err(FrameError::TooShort {
-            len: bytes.len(),
-            min,
-        });
-    }
-    if bytes.len() > MAX_FRAME_LEN {
-        return Err(FrameError::TooLong { len: bytes.len() });
-    }
-    if &bytes[..4] != MAGIC {
-        return Err(FrameError::BadMagic);
-    }
-    if bytes[4] != VERSION {
-        return Err(FrameError::UnsupportedVersion(bytes[4]));
-    }
-    let declared = usize::from(u16::from_be_bytes([
-        bytes[HEADER_LEN - 2],
-        bytes[HEADER_LEN - 1],
-    ]));
-    let actual = bytes.len() - min;
-    if declared != actual {
-        return Err(FrameError::LengthMismatch { declared, actual });
-    }
-    let (signed, tag) = bytes.split_at(bytes.len() - MAC_LEN);
-    let mut mac = key.mac();
-    mac.update(signed);
-    mac.verify_slice(tag).map_err(|_| FrameError::BadMac)?;
+    let signed = SHAPE.verify(bytes, key)?;
     let mut header = Reader(&bytes[5..HEADER_LEN]);
     let kind = header.u8();
     let sender = header.u16();
@@ -408,72 +382,18 @@ pub fn decode(bytes: &[u8], key: &AuthKey) -> Result<Envelope, FrameError> {
     })
 }
 
-/// Refuses frames recorded earlier and sent again: within a receiver's life by the counter
-/// (strictly increasing per sender), and across its restarts by the echo (a frame must name the
-/// receiver's current incarnation, which no frame sent before the receiver started can).
-///
-/// Call [`ReplayGuard::admit`] only after [`decode`] succeeded (the MAC is valid) and the sender
-/// is known to be a voter: recording a forged counter would let a forger lock a real peer out,
-/// and unknown senders would grow the map.
-///
-/// Senders seed their counter from the wall clock in microseconds at start, so a restarted
-/// sender continues above the values a receiver remembers from its previous life. A restarted
-/// receiver remembers nothing, and needs nothing: it takes a peer's frames once they echo its new
-/// incarnation, which the peer learns from its first frames (a round of heartbeats). Until then
-/// it learns each peer's incarnation from frames whose counter is new, so that it can echo them.
-#[derive(Debug, Clone)]
-pub struct ReplayGuard {
-    incarnation: u64,
-    peers: HashMap<NodeId, PeerMarks>,
-}
+/// Refuses heartbeats recorded earlier and sent again (see [`signed_datagram::ReplayGuard`]).
+/// Call [`ReplayGuard::admit`] only after [`decode`] succeeded and the sender is known to be a
+/// voter.
+pub type ReplayGuard = signed_datagram::ReplayGuard<Envelope>;
 
-#[derive(Debug, Clone, Copy, Default)]
-struct PeerMarks {
-    highest: u64,
-    incarnation: u64,
-}
-
-impl ReplayGuard {
-    /// The guard of a receiver whose incarnation is `incarnation` (random, drawn at start; 0 is
-    /// replaced by 1, since 0 is what a sender echoes before it heard anything).
-    pub fn new(incarnation: u64) -> ReplayGuard {
-        ReplayGuard {
-            incarnation: incarnation.max(1),
-            peers: HashMap::new(),
+impl Stamped for Envelope {
+    fn stamp(&self) -> Stamp {
+        Stamp {
+            sender: self.sender,
+            counter: self.counter,
+            incarnation: self.incarnation,
+            echo: self.echo,
         }
-    }
-
-    /// This receiver's incarnation, which its own frames carry.
-    pub fn incarnation(&self) -> u64 {
-        self.incarnation
-    }
-
-    /// What a frame to `peer` echoes: the peer's incarnation as last learned, or 0.
-    pub fn echo_for(&self, peer: NodeId) -> u64 {
-        self.peers.get(&peer).map_or(0, |p| p.incarnation)
-    }
-
-    /// Admits `envelope` if its counter is above every counter accepted from its sender and it
-    /// echoes this receiver's incarnation. A frame with a new counter but another echo is
-    /// refused ([`FrameError::Unfresh`]) yet teaches the sender's incarnation: it is a peer that
-    /// has not heard this receiver since it started (or a frame from before that).
-    pub fn admit(&mut self, envelope: &Envelope) -> Result<(), FrameError> {
-        let peer = self.peers.entry(envelope.sender).or_default();
-        if envelope.counter <= peer.highest {
-            return Err(FrameError::Replayed {
-                sender: envelope.sender,
-                counter: envelope.counter,
-                highest: peer.highest,
-            });
-        }
-        peer.highest = envelope.counter;
-        peer.incarnation = envelope.incarnation;
-        if envelope.echo != self.incarnation {
-            return Err(FrameError::Unfresh {
-                sender: envelope.sender,
-                echo: envelope.echo,
-            });
-        }
-        Ok(())
     }
 }

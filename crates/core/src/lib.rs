@@ -27,6 +27,7 @@ pub mod reply_outbox;
 pub mod resp;
 pub mod resp_stream;
 pub mod resp_value;
+pub mod signed_datagram;
 pub mod stream_framer;
 
 pub use election_messages::{Message, NodeId, Role};

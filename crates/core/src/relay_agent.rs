@@ -128,7 +128,7 @@ pub enum ResponderEvent {
         message: RelayMessage,
     },
     /// The replay guard refused a new frame from `from` as from before this responder's start
-    /// ([`crate::relay_wire::RelayWireError::Unfresh`]): challenge it.
+    /// ([`crate::signed_datagram::ReplayRefusal::Unfresh`]): challenge it.
     Unfresh {
         from: NodeId,
     },

@@ -30,22 +30,21 @@
 //! with a [`RelayMessage::Challenge`], which tells the requester the incarnation to echo.
 //! Proxy ARP is IPv4's: addresses are IPv4 only.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::net::Ipv4Addr;
 
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
-
 use crate::election_messages::NodeId;
 use crate::heartbeat_wire::AuthKey;
+use crate::signed_datagram::{self, DatagramShape, ShapeError, Stamp, Stamped, MAC_LEN};
 
-type HmacSha256 = Hmac<Sha256>;
-
-const MAGIC: &[u8; 4] = b"SFRL";
 const VERSION: u8 = 1;
 const HEADER_LEN: usize = 34;
-const MAC_LEN: usize = 32;
+const SHAPE: DatagramShape = DatagramShape {
+    magic: b"SFRL",
+    version: VERSION,
+    header_len: HEADER_LEN,
+    max_len: MAX_FRAME_LEN,
+};
 /// Most addresses one request may ask a sibling to answer for (the node's own and its VIPs).
 pub const MAX_ADDRESSES: usize = 16;
 const MAX_BODY_LEN: usize = 8 + 4 + 4 + 1 + 4 * MAX_ADDRESSES;
@@ -191,17 +190,21 @@ pub enum RelayWireError {
     },
     #[error("{kind} message cannot be encoded: {what}")]
     Unencodable { kind: &'static str, what: String },
-    #[error("replayed relay frame from node {sender}: counter {counter} is not above {highest}")]
-    Replayed {
-        sender: NodeId,
-        counter: u64,
-        highest: u64,
-    },
-    #[error(
-        "relay frame from node {sender} names incarnation {echo} of this node, not the current \
-         one: sent before this node started, or before the sender heard it"
-    )]
-    Unfresh { sender: NodeId, echo: u64 },
+}
+
+impl From<ShapeError> for RelayWireError {
+    fn from(error: ShapeError) -> RelayWireError {
+        match error {
+            ShapeError::TooShort { len, min } => RelayWireError::TooShort { len, min },
+            ShapeError::TooLong { len } => RelayWireError::TooLong { len },
+            ShapeError::BadMagic => RelayWireError::BadMagic,
+            ShapeError::UnsupportedVersion(version) => RelayWireError::UnsupportedVersion(version),
+            ShapeError::LengthMismatch { declared, actual } => {
+                RelayWireError::LengthMismatch { declared, actual }
+            }
+            ShapeError::BadMac => RelayWireError::BadMac,
+        }
+    }
 }
 
 impl RelayWireError {
@@ -217,8 +220,6 @@ impl RelayWireError {
             RelayWireError::UnknownKind(_) => "unknown-kind",
             RelayWireError::Malformed { .. } => "malformed",
             RelayWireError::Unencodable { .. } => "unencodable",
-            RelayWireError::Replayed { .. } => "replayed",
-            RelayWireError::Unfresh { .. } => "unfresh",
         }
     }
 }
@@ -316,10 +317,6 @@ fn encode_body(message: &RelayMessage, out: &mut Vec<u8>) {
     }
 }
 
-fn mac(key: &AuthKey) -> HmacSha256 {
-    HmacSha256::new_from_slice(key.secret()).expect("HMAC takes keys of any length")
-}
-
 /// Encodes and signs one frame (at most [`MAX_FRAME_LEN`] bytes). Refuses a message that
 /// [`decode`] would refuse (a request with no, too many, repeated or non-unicast addresses, or
 /// a lease of 0 ms), so that nothing is sent that the peer must drop.
@@ -344,22 +341,14 @@ pub fn encode(frame: &RelayFrame, key: &AuthKey) -> Result<Vec<u8>, RelayWireErr
             what: "lease of 0 ms".into(),
         });
     }
-    let mut out = Vec::with_capacity(MAX_FRAME_LEN);
-    out.extend_from_slice(MAGIC);
-    out.push(VERSION);
-    out.push(frame.message.kind_code());
-    out.extend_from_slice(&frame.sender.to_be_bytes());
-    out.extend_from_slice(&frame.counter.to_be_bytes());
-    out.extend_from_slice(&frame.incarnation.to_be_bytes());
-    out.extend_from_slice(&frame.echo.to_be_bytes());
+    let mut fields = Vec::with_capacity(HEADER_LEN);
+    fields.extend_from_slice(&frame.sender.to_be_bytes());
+    for n in [frame.counter, frame.incarnation, frame.echo] {
+        fields.extend_from_slice(&n.to_be_bytes());
+    }
     let mut body = Vec::with_capacity(MAX_BODY_LEN);
     encode_body(&frame.message, &mut body);
-    out.extend_from_slice(&(body.len() as u16).to_be_bytes());
-    out.extend_from_slice(&body);
-    let mut mac = mac(key);
-    mac.update(&out);
-    out.extend_from_slice(&mac.finalize().into_bytes());
-    Ok(out)
+    Ok(SHAPE.encode(frame.message.kind_code(), &fields, &body, key))
 }
 
 /// Reads big-endian fields off a slice whose length the caller checked.
@@ -483,34 +472,7 @@ fn decode_body(kind: u8, body: &[u8]) -> Result<RelayMessage, RelayWireError> {
 
 /// Checks the frame's shape and MAC, then parses the fields. Never panics, whatever the bytes.
 pub fn decode(bytes: &[u8], key: &AuthKey) -> Result<RelayFrame, RelayWireError> {
-    let min = HEADER_LEN + MAC_LEN;
-    if bytes.len() < min {
-        return Err(RelayWireError::TooShort {
-            len: bytes.len(),
-            min,
-        });
-    }
-    if bytes.len() > MAX_FRAME_LEN {
-        return Err(RelayWireError::TooLong { len: bytes.len() });
-    }
-    if &bytes[..4] != MAGIC {
-        return Err(RelayWireError::BadMagic);
-    }
-    if bytes[4] != VERSION {
-        return Err(RelayWireError::UnsupportedVersion(bytes[4]));
-    }
-    let declared = usize::from(u16::from_be_bytes([
-        bytes[HEADER_LEN - 2],
-        bytes[HEADER_LEN - 1],
-    ]));
-    let actual = bytes.len() - min;
-    if declared != actual {
-        return Err(RelayWireError::LengthMismatch { declared, actual });
-    }
-    let (signed, tag) = bytes.split_at(bytes.len() - MAC_LEN);
-    let mut mac = mac(key);
-    mac.update(signed);
-    mac.verify_slice(tag).map_err(|_| RelayWireError::BadMac)?;
+    let signed = SHAPE.verify(bytes, key)?;
     let mut header = Reader {
         bytes: signed,
         at: 5,
@@ -530,78 +492,29 @@ pub fn decode(bytes: &[u8], key: &AuthKey) -> Result<RelayFrame, RelayWireError>
     })
 }
 
-/// Refuses relay frames recorded earlier and sent again, as [`crate::heartbeat_wire::ReplayGuard`]
-/// does for heartbeats: within this receiver's life by the counter (strictly increasing per
-/// sender; senders seed it from the wall clock in microseconds at start), across its restarts
-/// by the echo (a frame must name this receiver's current incarnation).
-///
-/// Call [`RelayReplayGuard::admit`] only after [`decode`] succeeded and the sender is a member
-/// of the group: a forged counter must never be recorded.
-#[derive(Debug, Clone)]
-pub struct RelayReplayGuard {
-    incarnation: u64,
-    peers: HashMap<NodeId, PeerMarks>,
-}
+/// Refuses relay frames recorded earlier and sent again, as heartbeats are (see
+/// [`signed_datagram::ReplayGuard`]). Call [`RelayReplayGuard::admit`] only after [`decode`]
+/// succeeded and the sender is a member of the group: a forged counter must never be recorded.
+/// A refusal for another incarnation ([`signed_datagram::ReplayRefusal::Unfresh`]) teaches the sender's, so
+/// that the receiver's [`RelayMessage::Challenge`] can echo it.
+pub type RelayReplayGuard = signed_datagram::ReplayGuard<RelayFrame>;
 
-#[derive(Debug, Clone, Copy, Default)]
-struct PeerMarks {
-    highest: u64,
-    incarnation: u64,
-}
-
-impl RelayReplayGuard {
-    /// The guard of a receiver whose incarnation is `incarnation` (0 is replaced by 1: 0 is
-    /// what a sender echoes before it heard anything).
-    pub fn new(incarnation: u64) -> RelayReplayGuard {
-        RelayReplayGuard {
-            incarnation: incarnation.max(1),
-            peers: HashMap::new(),
+impl Stamped for RelayFrame {
+    fn stamp(&self) -> Stamp {
+        Stamp {
+            sender: self.sender,
+            counter: self.counter,
+            incarnation: self.incarnation,
+            echo: self.echo,
         }
-    }
-
-    pub fn incarnation(&self) -> u64 {
-        self.incarnation
-    }
-
-    /// What a frame to `peer` echoes: the peer's incarnation as last learned, or 0.
-    pub fn echo_for(&self, peer: NodeId) -> u64 {
-        self.peers.get(&peer).map_or(0, |p| p.incarnation)
-    }
-
-    /// Teaches the guard `peer`'s incarnation learned elsewhere (its heartbeats), so that the
-    /// first request already echoes it and needs no challenge.
-    pub fn learn_incarnation(&mut self, peer: NodeId, incarnation: u64) {
-        self.peers.entry(peer).or_default().incarnation = incarnation;
-    }
-
-    /// Admits `frame` if its counter is above every counter accepted from its sender and it
-    /// echoes this receiver's incarnation. A new counter with another echo is refused
-    /// ([`RelayWireError::Unfresh`]) but teaches the sender's incarnation, so that the
-    /// receiver's [`RelayMessage::Challenge`] can echo it.
-    pub fn admit(&mut self, frame: &RelayFrame) -> Result<(), RelayWireError> {
-        let peer = self.peers.entry(frame.sender).or_default();
-        if frame.counter <= peer.highest {
-            return Err(RelayWireError::Replayed {
-                sender: frame.sender,
-                counter: frame.counter,
-                highest: peer.highest,
-            });
-        }
-        peer.highest = frame.counter;
-        peer.incarnation = frame.incarnation;
-        if frame.echo != self.incarnation {
-            return Err(RelayWireError::Unfresh {
-                sender: frame.sender,
-                echo: frame.echo,
-            });
-        }
-        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::signed_datagram::ReplayRefusal;
+    use hmac::Mac;
     use proptest::prelude::*;
 
     fn key() -> AuthKey {
@@ -630,7 +543,7 @@ mod tests {
     /// Re-signs `bytes` after a test changed a field, so that decoding gets past the MAC.
     fn resign(bytes: &mut Vec<u8>) {
         bytes.truncate(bytes.len() - MAC_LEN);
-        let mut m = mac(&key());
+        let mut m = key().mac();
         m.update(bytes);
         let tag = m.finalize().into_bytes();
         bytes.extend_from_slice(&tag);
@@ -852,7 +765,7 @@ mod tests {
         assert_eq!(guard.admit(&f), Ok(()));
         assert_eq!(
             guard.admit(&f),
-            Err(RelayWireError::Replayed {
+            Err(ReplayRefusal::Replayed {
                 sender: 2,
                 counter: 77,
                 highest: 77
@@ -862,7 +775,7 @@ mod tests {
         f.echo = 499;
         assert_eq!(
             guard.admit(&f),
-            Err(RelayWireError::Unfresh {
+            Err(ReplayRefusal::Unfresh {
                 sender: 2,
                 echo: 499
             })
@@ -947,7 +860,7 @@ mod tests {
             body in proptest::collection::vec(any::<u8>(), 0..MAX_BODY_LEN),
         ) {
             let mut b = Vec::new();
-            b.extend_from_slice(MAGIC);
+            b.extend_from_slice(SHAPE.magic);
             b.push(VERSION);
             b.push(kind);
             b.extend_from_slice(&[0u8; 26]);

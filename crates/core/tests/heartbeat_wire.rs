@@ -255,11 +255,6 @@ fn every_error_has_a_distinct_counter_label() {
             kind: "vote",
             what: "x".into(),
         },
-        FrameError::Replayed {
-            sender: 1,
-            counter: 1,
-            highest: 2,
-        },
     ];
     let mut labels: Vec<&str> = errors.iter().map(FrameError::label).collect();
     assert!(labels

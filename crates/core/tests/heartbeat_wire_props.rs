@@ -7,6 +7,7 @@ use steadfast_core::election_messages::Envelope;
 use steadfast_core::heartbeat_wire::{
     decode, encode, AuthKey, FrameError, ReplayGuard, MAX_FRAME_LEN,
 };
+use steadfast_core::signed_datagram::ReplayRefusal;
 use steadfast_core::{Message, Role};
 
 fn key() -> AuthKey {
@@ -182,7 +183,7 @@ fn replays_are_refused_per_sender() {
     assert!(guard.admit(&from(2, 5, 6, 77)).is_ok());
     assert!(matches!(
         guard.admit(&from(1, 10, 5, 77)),
-        Err(FrameError::Replayed {
+        Err(ReplayRefusal::Replayed {
             sender: 1,
             counter: 10,
             highest: 10
@@ -203,7 +204,7 @@ fn frames_from_before_a_restart_are_refused_and_peers_relearn_at_once() {
     assert_eq!(after.incarnation(), 200);
     assert!(matches!(
         after.admit(&recorded),
-        Err(FrameError::Unfresh {
+        Err(ReplayRefusal::Unfresh {
             sender: 1,
             echo: 100
         })
@@ -214,13 +215,13 @@ fn frames_from_before_a_restart_are_refused_and_peers_relearn_at_once() {
     // The sender's next frame (a higher counter) names the new incarnation once it heard it.
     assert!(matches!(
         after.admit(&from(1, 51, 5, 100)),
-        Err(FrameError::Unfresh { .. })
+        Err(ReplayRefusal::Unfresh { .. })
     ));
     assert!(after.admit(&from(1, 52, 5, 200)).is_ok());
     // A replay of the refused frame is still a replay.
     assert!(matches!(
         after.admit(&recorded),
-        Err(FrameError::Replayed { .. })
+        Err(ReplayRefusal::Replayed { .. })
     ));
     // A restarted sender (new incarnation, counter from its clock) is learned from its frame.
     assert!(after.admit(&from(1, 9_000, 6, 200)).is_ok());

@@ -16,9 +16,8 @@ use steadfast_core::relay_agent::{
     RelayEntry, Requester, RequesterAction, RequesterEvent, RequesterSettings, Responder,
     ResponderAction, ResponderEvent, ResponderSettings, Sibling,
 };
-use steadfast_core::relay_wire::{
-    decode, encode, RelayFrame, RelayMessage, RelayReplayGuard, RelayWireError,
-};
+use steadfast_core::relay_wire::{decode, encode, RelayFrame, RelayMessage, RelayReplayGuard};
+use steadfast_core::signed_datagram::ReplayRefusal;
 
 const NODE: NodeId = 1;
 const SIBLINGS: [NodeId; 2] = [2, 3];
@@ -238,8 +237,7 @@ impl World {
                         self.requester_did(out)?;
                     }
                     // Frames from a responder's earlier life (it restarted): dropped.
-                    Err(RelayWireError::Unfresh { .. } | RelayWireError::Replayed { .. }) => {}
-                    Err(e) => prop_assert!(false, "unexpected {}", e),
+                    Err(ReplayRefusal::Unfresh { .. } | ReplayRefusal::Replayed { .. }) => {}
                 }
                 continue;
             }
@@ -254,12 +252,11 @@ impl World {
                     interface: "priv0".into(),
                     message: frame.message,
                 },
-                Err(RelayWireError::Unfresh { sender, .. }) => {
+                Err(ReplayRefusal::Unfresh { sender, .. }) => {
                     self.challenges += 1;
                     ResponderEvent::Unfresh { from: sender }
                 }
-                Err(RelayWireError::Replayed { .. }) => continue,
-                Err(e) => return Err(TestCaseError::fail(format!("unexpected {e}"))),
+                Err(ReplayRefusal::Replayed { .. }) => continue,
             };
             let out = responder.handle(event, now);
             self.sibling_did(i, out)?;

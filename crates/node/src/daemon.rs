@@ -16,6 +16,7 @@ use steadfast_core::election::{
 };
 use steadfast_core::election_messages::Envelope;
 use steadfast_core::heartbeat_wire::{self, FrameError, ReplayGuard};
+use steadfast_core::signed_datagram::ReplayRefusal;
 use steadfast_core::{Message, NodeId, Role};
 use steadfast_os::peer_probe::{PeerProber, ProbeAnswer};
 use tokio::net::UdpSocket;
@@ -443,7 +444,7 @@ impl Daemon {
         }
         match self.replay.admit(&envelope) {
             Ok(()) => {}
-            Err(FrameError::Unfresh { .. }) => {
+            Err(ReplayRefusal::Unfresh { .. }) => {
                 self.counters.dropped_unfresh += 1;
                 return;
             }
