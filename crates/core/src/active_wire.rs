@@ -77,9 +77,12 @@ pub enum ActiveFrame {
         barrier: OrderNumber,
         request: Vec<u8>,
     },
-    /// Primary → replica: the client's connection closed; the session's server connection
-    /// closes once its work ran.
-    EndSession { session: SessionId },
+    /// Primary → replica: the client's connection closed after its updates up to `after`
+    /// were ordered; the session's server connection closes once they and its reads ran.
+    EndSession {
+        session: SessionId,
+        after: OrderNumber,
+    },
     /// Replica → primary: acknowledgements and NAKs.
     Progress(ToPrimary),
     /// Replica → primary: the server answered update `number`. `reply` is the whole reply
@@ -220,7 +223,7 @@ pub fn encode(frame: &ActiveFrame, epoch: u64, out: &mut Vec<u8>) -> Result<(), 
             out.extend_from_slice(request);
             payload_len = request.len();
         }
-        ActiveFrame::EndSession { session } => u64s(out, &[*session]),
+        ActiveFrame::EndSession { session, after } => u64s(out, &[*session, *after]),
         ActiveFrame::Progress(ToPrimary::Ack { up_to }) => u64s(out, &[*up_to]),
         ActiveFrame::Progress(ToPrimary::Nak { missing }) => {
             u64s(out, &[missing.start, missing.end])
@@ -449,7 +452,10 @@ fn decode_body(bytes: &[u8], offset: u64) -> Result<(u64, ActiveFrame), ActiveWi
             barrier: f.u64()?,
             request: f.rest(),
         },
-        13 => ActiveFrame::EndSession { session: f.u64()? },
+        13 => ActiveFrame::EndSession {
+            session: f.u64()?,
+            after: f.u64()?,
+        },
         20 => ActiveFrame::Progress(ToPrimary::Ack { up_to: f.u64()? }),
         21 => {
             let start = f.u64()?;
@@ -523,7 +529,10 @@ mod tests {
                 barrier: 41,
                 request: b"GET k\r\n".to_vec(),
             },
-            ActiveFrame::EndSession { session: 3 },
+            ActiveFrame::EndSession {
+                session: 3,
+                after: 41,
+            },
             ActiveFrame::Progress(ToPrimary::Ack { up_to: 41 }),
             ActiveFrame::Progress(ToPrimary::Nak { missing: 42..45 }),
             ActiveFrame::UpdateReply {
