@@ -37,6 +37,10 @@ use super::{ActiveContext, TICK};
 /// Updates whose digests may be awaited at once before the replicas still missing are judged
 /// lagging (and taken out of the comparison and the reads).
 const MAX_PENDING_DIGESTS: usize = 4096;
+/// The answer to an update while this node's own replica is not linked (starting, or refusing
+/// this primary after a takeover, which active mode does not carry out yet).
+const NO_OWN_REPLICA: &[u8] =
+    b"-ERR steadfast active mode: this primary's own replica is not linked; try again\r\n";
 /// How long the primary waits between attempts to link a replica.
 const RELINK_PAUSE: Duration = Duration::from_millis(100);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -89,7 +93,6 @@ struct ClientSession {
 
 struct Front {
     ctx: Arc<ActiveContext>,
-    epoch: u64,
     origin: Instant,
     events: mpsc::UnboundedSender<FrontEvent>,
     table: Arc<CommandTable>,
@@ -127,6 +130,7 @@ pub async fn run(
             node,
             SocketAddr::V4(SocketAddrV4::new(address, ctx.link_port)),
             incarnation,
+            epoch,
             events_tx.clone(),
         ));
     }
@@ -145,7 +149,6 @@ pub async fn run(
         ),
         scheduler: ReadScheduler::new(ReadPolicy::WithPrimary),
         ctx,
-        epoch,
         origin,
         events: events_tx,
         table,
@@ -238,6 +241,7 @@ async fn link_replica(
     node: NodeId,
     address: SocketAddr,
     incarnation: u64,
+    epoch: u64,
     events: mpsc::UnboundedSender<FrontEvent>,
 ) {
     let mut attempt = 0u64;
@@ -276,7 +280,7 @@ async fn link_replica(
         };
         last_error.clear();
         let down = events.clone();
-        let writer = link::spawn_writer(open.write_half, open.sealer, open.peer, 0, move |e| {
+        let writer = link::spawn_writer(open.write_half, open.sealer, open.peer, epoch, move |e| {
             let _ = down.send(FrontEvent::LinkDown {
                 node,
                 generation: attempt,
@@ -371,6 +375,11 @@ impl Front {
     fn route(&mut self, session: SessionId, index: u64, routed: Routed) {
         let active = &self.ctx.shared().active;
         match routed {
+            Routed::Ordered(_) if !self.links.contains_key(&self.ctx.node_id) => {
+                // Its reply would come from this node's own replica: without its link the
+                // client would wait for ever.
+                self.reply(session, index, NO_OWN_REPLICA.to_vec());
+            }
             Routed::Ordered(request) => {
                 let (_, out) = self.sequencer.order(UpdatePayload {
                     session,
@@ -548,7 +557,6 @@ impl Front {
             .stable
             .store(self.sequencer.stable(), Ordering::Relaxed);
         *active.linked.lock().expect("linked lock") = self.links.keys().copied().collect();
-        let _ = self.epoch;
     }
 
     fn open_session(&mut self, stream: TcpStream) {

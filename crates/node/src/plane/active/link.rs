@@ -79,6 +79,8 @@ pub struct LinkIdentity {
 /// A link whose handshake is done.
 pub struct OpenLink {
     pub peer_node: NodeId,
+    /// The peer's attempt (a primary's process incarnation and attempt number).
+    pub peer_attempt: LinkAttempt,
     pub peer: SocketAddr,
     pub sealer: Sealer,
     pub reader: ActiveFrameReader,
@@ -203,6 +205,7 @@ async fn handshake_within(
     reader.open_with(opener);
     Ok(OpenLink {
         peer_node,
+        peer_attempt,
         peer,
         sealer,
         reader,

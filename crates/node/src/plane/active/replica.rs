@@ -28,6 +28,8 @@ enum Event {
     /// A primary linked (a newer link replaces an older one).
     LinkUp {
         primary: NodeId,
+        /// The primary process's incarnation: its ordering numbers mean nothing to another.
+        incarnation: u64,
         generation: u64,
         writer: mpsc::UnboundedSender<ActiveFrame>,
     },
@@ -64,6 +66,8 @@ struct Replica {
     origin: Instant,
     events: mpsc::UnboundedSender<Event>,
     link: Option<(NodeId, u64, mpsc::UnboundedSender<ActiveFrame>)>,
+    /// The incarnation of the primary process whose updates this replica holds.
+    incarnation: Option<u64>,
     /// Each session's connection to the local redis-server.
     servers: BTreeMap<SessionId, mpsc::UnboundedSender<Vec<u8>>>,
     /// Updates delivered and not yet answered: their session's request index, by number.
@@ -88,6 +92,7 @@ pub async fn run(ctx: Arc<ActiveContext>, listener: TcpListener) {
         origin: Instant::now(),
         events: events_tx,
         link: None,
+        incarnation: None,
         servers: BTreeMap::new(),
         update_index: BTreeMap::new(),
         read_index: BTreeMap::new(),
@@ -166,6 +171,7 @@ async fn accept_links(
             if events
                 .send(Event::LinkUp {
                     primary: open.peer_node,
+                    incarnation: open.peer_attempt.incarnation,
                     generation,
                     writer,
                 })
@@ -191,9 +197,31 @@ impl Replica {
         match event {
             Event::LinkUp {
                 primary,
+                incarnation,
                 generation,
                 writer,
             } => {
+                // Another primary process numbers updates from 1 again: this replica would take
+                // them for ones it holds and skip them. Until a replica can be rebuilt from a
+                // live one, it stays out of that primary's group, loudly.
+                if let Some(ordered_by) = self.incarnation.filter(|&i| i != incarnation) {
+                    if self.order.received() > 0 {
+                        self.ctx
+                            .shared()
+                            .active
+                            .replica_errors
+                            .fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(
+                            "active replica: refusing the link of primary {primary}: this \
+                             replica holds updates up to {} numbered by another primary process \
+                             ({ordered_by:#x}, now {incarnation:#x}); rebuilding a replica is \
+                             not built yet: restart this node's redis-server and daemon",
+                            self.order.received()
+                        );
+                        return;
+                    }
+                }
+                self.incarnation = Some(incarnation);
                 self.link = Some((primary, generation, writer));
                 // Tell the new link at once where this replica stands.
                 self.send(ActiveFrame::Progress(
