@@ -190,4 +190,35 @@ fn three_replicas_run_the_verifying_client_clean_and_hold_the_same_data() {
         );
     }
     eprintln!("reads by replica {by_replica:?}; status of the primary: {at_primary}");
+
+    // A replica whose data changed behind the group's back answers the next update on that key
+    // otherwise than the primary: the digests differ, and it is named in status and the log.
+    let other = hosts
+        .iter()
+        .find(|h| **h != primary)
+        .expect("a replica")
+        .clone();
+    let other_id = other.trim_start_matches('n').to_string();
+    let other_ns = format!("{}-{other}", lab.name());
+    assert_eq!(
+        exchange(&other_ns, local, &["SET", "tampered", "100"]).as_deref(),
+        Ok(&b"+OK\r\n"[..])
+    );
+    assert_eq!(
+        exchange(&client, target, &["INCR", "tampered"]).as_deref(),
+        Ok(&b":1\r\n"[..]),
+        "the client gets the primary's reply"
+    );
+    let named = common::wait_until(Duration::from_secs(2), || {
+        active(&primary)["divergences"].get(&other_id).is_some()
+    });
+    assert!(
+        named,
+        "replica {other} is reported diverged: {}",
+        active(&primary)
+    );
+    assert!(
+        !lab.daemon_log_lines(&primary, "diverged").is_empty(),
+        "the primary's log names the divergence"
+    );
 }
