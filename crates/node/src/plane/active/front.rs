@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use steadfast_core::active_executor::SessionId;
 use steadfast_core::active_order::{
-    OrderingSettings, Outgoing, ReadPolicy, ReadScheduler, Sequencer,
+    OrderNumber, OrderingSettings, Outgoing, ReadPolicy, ReadScheduler, Sequencer, ToPrimary,
 };
 use steadfast_core::active_wire::{ActiveFrame, UpdatePayload};
 use steadfast_core::redis_commands::{Classification, CommandTable};
@@ -41,6 +41,13 @@ const MAX_PENDING_DIGESTS: usize = 4096;
 /// this primary after a takeover, which active mode does not carry out yet).
 const NO_OWN_REPLICA: &[u8] =
     b"-ERR steadfast active mode: this primary's own replica is not linked; try again\r\n";
+/// The answer to an update whose reply was lost with the link to this node's own replica: it
+/// was ordered, and may have run.
+const OWN_REPLICA_LOST: &[u8] = b"-ERR steadfast active mode: the link to this primary's own \
+replica was lost before it answered; the update was ordered and may have run\r\n";
+/// The answer to a read whose replica's link went down before it answered.
+const READ_REPLICA_LOST: &[u8] =
+    b"-ERR steadfast active mode: the replica serving this read was lost; try again\r\n";
 /// How long the primary waits between attempts to link a replica.
 const RELINK_PAUSE: Duration = Duration::from_millis(100);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -102,7 +109,14 @@ struct Front {
     links: BTreeMap<NodeId, (u64, mpsc::UnboundedSender<ActiveFrame>)>,
     /// Replicas taken out of the reads (diverged or lagging).
     taken_out: BTreeSet<NodeId>,
+    /// Linked replicas whose first acknowledgement on their current link showed they hold
+    /// what the ordering recorded of them: only these serve reads.
+    verified: BTreeSet<NodeId>,
     sessions: BTreeMap<SessionId, ClientSession>,
+    /// Updates whose reply (from this node's own replica) the client still waits for.
+    awaiting_own_reply: BTreeMap<OrderNumber, (SessionId, u64)>,
+    /// Reads sent to each replica and not yet answered.
+    reads_out: BTreeMap<NodeId, BTreeSet<(SessionId, u64)>>,
     /// Session ids are unique across this node's lives: random high bits, a counter.
     next_session: SessionId,
 }
@@ -154,7 +168,10 @@ pub async fn run(
         table,
         links: BTreeMap::new(),
         taken_out: BTreeSet::new(),
+        verified: BTreeSet::new(),
         sessions: BTreeMap::new(),
+        awaiting_own_reply: BTreeMap::new(),
+        reads_out: BTreeMap::new(),
         next_session: (incarnation & 0xffff_ffff) << 32,
     };
     front
@@ -262,6 +279,8 @@ async fn link_replica(
                 .await
                 .map_err(|_| format!("connecting to {address}: timed out"))?
                 .map_err(|e| format!("connecting to {address}: {e}"))?;
+            super::super::bound_replication_stalls(&stream, ctx.stall)
+                .map_err(|e| format!("bounding the stalls of the link to {address}: {e}"))?;
             link::handshake(stream, &identity, |peer, _| peer == node)
                 .await
                 .map_err(|e| e.to_string())
@@ -329,6 +348,7 @@ impl Front {
             } => {
                 tracing::info!("active link to replica {node} up (attempt {generation})");
                 self.links.insert(node, (generation, writer));
+                self.verified.remove(&node);
                 // What it lacks goes at once, not at the next retransmission.
                 let out = self.sequencer.tick(now + Duration::from_secs(3600));
                 self.send_all(out);
@@ -341,6 +361,8 @@ impl Front {
                 if self.links.get(&node).is_some_and(|(g, _)| *g == generation) {
                     tracing::warn!("active link to replica {node} lost: {why}");
                     self.links.remove(&node);
+                    self.verified.remove(&node);
+                    self.answer_what_the_link_owed(node);
                 }
             }
             FrontEvent::Frame {
@@ -381,11 +403,12 @@ impl Front {
                 self.reply(session, index, NO_OWN_REPLICA.to_vec());
             }
             Routed::Ordered(request) => {
-                let (_, out) = self.sequencer.order(UpdatePayload {
+                let (number, out) = self.sequencer.order(UpdatePayload {
                     session,
                     index,
                     request,
                 });
+                self.awaiting_own_reply.insert(number, (session, index));
                 active.updates_ordered.fetch_add(1, Ordering::Relaxed);
                 self.send_all(out);
             }
@@ -394,7 +417,7 @@ impl Front {
                     .links
                     .keys()
                     .copied()
-                    .filter(|n| !self.taken_out.contains(n))
+                    .filter(|n| self.verified.contains(n) && !self.taken_out.contains(n))
                     .map(u32::from)
                     .collect();
                 if readers.is_empty() {
@@ -422,6 +445,10 @@ impl Front {
                     barrier: header.barrier,
                     request,
                 });
+                self.reads_out
+                    .entry(replica)
+                    .or_default()
+                    .insert((session, index));
                 active.reads_scheduled.fetch_add(1, Ordering::Relaxed);
                 *active
                     .reads_by_replica
@@ -440,6 +467,9 @@ impl Front {
     fn on_frame(&mut self, from: NodeId, frame: ActiveFrame, now: Duration) {
         match frame {
             ActiveFrame::Progress(message) => {
+                if !self.verified.contains(&from) && !self.verify(from, &message) {
+                    return;
+                }
                 let out = self.sequencer.on_message(u32::from(from), message, now);
                 self.send_all(out);
             }
@@ -451,6 +481,7 @@ impl Front {
                 reply,
             } => {
                 if let (true, Some(reply)) = (from == self.ctx.node_id, reply) {
+                    self.awaiting_own_reply.remove(&number);
                     self.reply(session, index, reply);
                 }
                 let verdicts = self.comparator.record(number, u32::from(from), digest);
@@ -460,7 +491,12 @@ impl Front {
                 session,
                 index,
                 reply,
-            } => self.reply(session, index, reply),
+            } => {
+                if let Some(out) = self.reads_out.get_mut(&from) {
+                    out.remove(&(session, index));
+                }
+                self.reply(session, index, reply);
+            }
             other => tracing::warn!(
                 "active link: a {} frame from replica {from}, which only a primary sends",
                 other.label()
@@ -513,6 +549,30 @@ impl Front {
         }
     }
 
+    /// A replica's first acknowledgement on a new link: holding less than it acknowledged
+    /// before, it restarted and lost updates the primary no longer keeps; it leaves the group
+    /// (rebuilding a replica from a live one is not built yet). Whether it may serve reads.
+    fn verify(&mut self, replica: NodeId, message: &ToPrimary) -> bool {
+        let ToPrimary::Ack { up_to } = message else {
+            return false;
+        };
+        // Taken out (or gone): it no longer receives updates, so it serves no read.
+        let Some(recorded) = self.sequencer.acknowledged(u32::from(replica)) else {
+            return false;
+        };
+        if *up_to >= recorded {
+            self.verified.insert(replica);
+            return true;
+        }
+        let why = format!(
+            "it holds updates up to {up_to} only, having acknowledged {recorded}: it restarted \
+             and lost them; rebuilding a replica is not built yet, it is out of the group"
+        );
+        tracing::error!("active mode: replica {replica}: {why}");
+        self.take_out(replica, why);
+        false
+    }
+
     fn take_out(&mut self, replica: NodeId, why: String) {
         self.taken_out.insert(replica);
         self.ctx
@@ -522,8 +582,24 @@ impl Front {
             .lock()
             .expect("divergences lock")
             .insert(replica, why);
+        // Out of the ordering too: nothing is kept for it, and it is sent nothing more.
+        let out = self.sequencer.remove_replica(u32::from(replica));
+        self.send_all(out);
         let verdicts = self.comparator.remove(u32::from(replica));
         self.judge(verdicts);
+    }
+
+    /// A link went down: the requests only it would have answered are answered with an error
+    /// now, so that no client waits for ever (a relinked replica's late answer is dropped).
+    fn answer_what_the_link_owed(&mut self, node: NodeId) {
+        if node == self.ctx.node_id {
+            for (session, index) in std::mem::take(&mut self.awaiting_own_reply).into_values() {
+                self.reply(session, index, OWN_REPLICA_LOST.to_vec());
+            }
+        }
+        for (session, index) in self.reads_out.remove(&node).unwrap_or_default() {
+            self.reply(session, index, READ_REPLICA_LOST.to_vec());
+        }
     }
 
     /// Queues `reply` as the session's `index`th and sends every reply now in order.
@@ -531,6 +607,10 @@ impl Front {
         let Some(state) = self.sessions.get_mut(&session) else {
             return;
         };
+        if index < state.next_reply || state.ready.contains_key(&index) {
+            // Answered already (with an error when its replica's link went down).
+            return;
+        }
         state.ready.insert(index, reply);
         while let Some(next) = state.ready.remove(&state.next_reply) {
             state.next_reply += 1;

@@ -45,6 +45,10 @@ pub struct ActiveContext {
     /// Every member's address (each runs a replica).
     pub members: BTreeMap<NodeId, Ipv4Addr>,
     pub link_port: u16,
+    /// How long a link may leave data unacknowledged before the kernel ends it (the group's
+    /// `replication_stall_ms`, as for duplex's stream): a replica whose host died is then
+    /// found, and what only it would have answered is answered with an error.
+    pub stall: Duration,
     shared: Arc<PlaneShared>,
 }
 
@@ -145,6 +149,7 @@ pub(super) async fn run(
         backend: settings.service.backend,
         members: settings.members.clone(),
         link_port,
+        stall: settings.replication_stall,
         shared,
     });
     let address = replica::listen_address(settings.local_address, link_port);

@@ -140,6 +140,9 @@ async fn accept_links(
             }
         };
         generation += 1;
+        if let Err(e) = super::super::bound_replication_stalls(&stream, ctx.stall) {
+            tracing::warn!("active link from {from}: bounding its stalls: {e}");
+        }
         let ctx = ctx.clone();
         let identity = identity.clone();
         let events = events.clone();
