@@ -31,13 +31,23 @@ fn active_lab_name() -> String {
 
 /// One command over a new connection opened in `namespace`: its whole reply's bytes.
 fn exchange(namespace: &str, target: SocketAddr, args: &[&str]) -> Result<Vec<u8>, String> {
+    exchange_within(namespace, target, args, EXCHANGE_TIMEOUT)
+}
+
+/// [`exchange`] with its own bound on the connect and the whole exchange.
+fn exchange_within(
+    namespace: &str,
+    target: SocketAddr,
+    args: &[&str],
+    timeout: Duration,
+) -> Result<Vec<u8>, String> {
     let mut request = format!("*{}\r\n", args.len()).into_bytes();
     for arg in args {
         request.extend_from_slice(format!("${}\r\n{arg}\r\n", arg.len()).as_bytes());
     }
     steadfast_lab::run_in_namespace(namespace, move || {
-        let deadline = Instant::now() + EXCHANGE_TIMEOUT;
-        let mut stream = TcpStream::connect_timeout(&target, EXCHANGE_TIMEOUT)
+        let deadline = Instant::now() + timeout;
+        let mut stream = TcpStream::connect_timeout(&target, timeout)
             .map_err(|e| format!("connect {target}: {e}"))?;
         stream
             .write_all(&request)
@@ -49,9 +59,7 @@ fn exchange(namespace: &str, target: SocketAddr, args: &[&str]) -> Result<Vec<u8
         while messages.is_empty() {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(format!(
-                    "no whole reply from {target} within {EXCHANGE_TIMEOUT:?}"
-                ));
+                return Err(format!("no whole reply from {target} within {timeout:?}"));
             }
             stream
                 .set_read_timeout(Some(left))
@@ -220,5 +228,105 @@ fn three_replicas_run_the_verifying_client_clean_and_hold_the_same_data() {
     assert!(
         !lab.daemon_log_lines(&primary, "diverged").is_empty(),
         "the primary's log names the divergence"
+    );
+}
+
+/// How long a read sent to a replica whose host just died may take to be answered: the link's
+/// kernel timeout is twice the group's `replication_stall_ms` (1 s by default), and a margin.
+const LOST_READ_BOUND: Duration = Duration::from_secs(5);
+
+#[test]
+#[ignore = "needs redis-server (the interop tier)"]
+fn a_crashed_replica_costs_its_reads_an_error_not_a_hang_and_healed_empty_stays_out() {
+    let lab = Lab::up_named(active_lab_name(), 3, BackendKind::Redis, |opts| {
+        opts.mode = Mode::Active;
+        opts.witness = false;
+    });
+    let target = lab.target();
+    let client = lab.info.client_ns.clone();
+    let primary = lab.info.primary.clone().expect("lab up names the primary");
+    let primary = primary
+        .strip_prefix(&format!("{}-", lab.name()))
+        .unwrap_or(&primary)
+        .to_string();
+    let hosts: Vec<String> = (1..=3).map(|i| format!("n{i}")).collect();
+    let crashed = hosts.iter().rev().find(|h| **h != primary).unwrap().clone();
+    let crashed_id = crashed.trim_start_matches('n').to_string();
+    let survivor = hosts
+        .iter()
+        .find(|h| **h != primary && **h != crashed)
+        .unwrap()
+        .clone();
+    let value = b"$1\r\nv\r\n".to_vec();
+    assert_eq!(
+        exchange(&client, target, &["SET", "k", "v"]).as_deref(),
+        Ok(&b"+OK\r\n"[..])
+    );
+
+    steadfast_lab::crash(lab.name(), &crashed, steadfast_lab::CrashKind::Host).expect("crash");
+    // Reads go round-robin: some land on the dead replica. Each is answered, with the value or
+    // with the error that says its replica was lost, never left waiting.
+    let mut lost = 0;
+    for _ in 0..6 {
+        let started = Instant::now();
+        let reply = exchange_within(&client, target, &["GET", "k"], LOST_READ_BOUND)
+            .unwrap_or_else(|e| panic!("a read after the crash of {crashed}: {e}"));
+        if reply != value {
+            assert!(
+                String::from_utf8_lossy(&reply)
+                    .starts_with("-ERR steadfast active mode: the replica serving this read"),
+                "{}",
+                String::from_utf8_lossy(&reply)
+            );
+            lost += 1;
+        }
+        eprintln!(
+            "GET after the crash: {:?} in {:?}",
+            String::from_utf8_lossy(&reply),
+            started.elapsed()
+        );
+    }
+    assert!(
+        lost <= 1,
+        "only reads sent before the link was found dead fail: {lost}"
+    );
+    assert_eq!(
+        exchange(&client, target, &["SET", "k2", "v2"]).as_deref(),
+        Ok(&b"+OK\r\n"[..]),
+        "updates go on without the dead replica"
+    );
+
+    // Healed, its redis-server and replica start empty: it cannot join (no rebuild yet), so
+    // it is out of the group, named in status, and serves no read.
+    steadfast_lab::heal(lab.name(), &crashed).expect("heal");
+    let active = |host: &str| lab.daemon_status(host)["data_plane"]["active"].clone();
+    let out = common::wait_until(Duration::from_secs(10), || {
+        active(&primary)["divergences"].get(&crashed_id).is_some()
+    });
+    assert!(
+        out,
+        "healed {crashed} is named out of the group: {}",
+        active(&primary)
+    );
+    for _ in 0..6 {
+        assert_eq!(
+            exchange(&client, target, &["GET", "k"]).as_deref(),
+            Ok(&value[..]),
+            "no read goes to the emptied replica"
+        );
+    }
+    let local: SocketAddr = "127.0.0.1:6379".parse().unwrap();
+    let digest = |host: &str| {
+        exchange(
+            &format!("{}-{host}", lab.name()),
+            local,
+            &["DEBUG", "DIGEST"],
+        )
+        .expect("DEBUG DIGEST")
+    };
+    assert_eq!(
+        digest(&primary),
+        digest(&survivor),
+        "the primary and the live replica hold the same data"
     );
 }
