@@ -238,6 +238,8 @@ const CLIENT_TIMEOUT_RANGE_MS: std::ops::RangeInclusive<u64> = 100..=86_400_000;
 pub enum Protocol {
     Http,
     Tcp,
+    /// The Redis protocol (RESP2, RESP3): what active mode frames, orders and spreads.
+    Resp,
 }
 
 /// Well-known ports of protocols that are not HTTP: a duplex service on one of them without an
@@ -999,29 +1001,44 @@ fn build(
             .as_ref()
             .map(|p| (p.get_ref().as_str(), p.span()))
         {
+            // Active mode speaks RESP alone: left out, that is its protocol.
+            None if mode == Mode::Active => Protocol::Resp,
             None | Some(("http", _)) => Protocol::Http,
             Some(("tcp", _)) => Protocol::Tcp,
+            Some(("resp", _)) => Protocol::Resp,
             Some((other, span)) => {
                 report.add(
                     span,
                     field("protocol"),
-                    format!("unknown protocol {other:?}: expected http or tcp"),
+                    format!("unknown protocol {other:?}: expected http, tcp or resp"),
                 );
                 Protocol::Http
             }
         };
+        if mode == Mode::Active && protocol != Protocol::Resp {
+            report.add(
+                s.protocol
+                    .as_ref()
+                    .map_or_else(|| s.mode.span(), |p| p.span()),
+                field("protocol"),
+                "mode active replicates Redis servers only (it frames, orders and spreads their \
+                 requests): its protocol is \"resp\" (the default in this mode), and its \
+                 backend the local redis-server",
+            );
+        }
         if matches!(mode, Mode::Simplex | Mode::Duplex) {
             let span = s
                 .protocol
                 .as_ref()
                 .map_or_else(|| s.mode.span(), |p| p.span());
-            if protocol == Protocol::Tcp {
+            if protocol != Protocol::Http {
                 report.add(
                     span,
                     field("protocol"),
                     format!(
                         "mode {} carries HTTP/1.1 only (it frames requests and replies); a raw \
-                         TCP service needs mode active (not implemented yet) or unreplicated",
+                         TCP service needs mode unreplicated, a Redis one mode active or \
+                         unreplicated",
                         mode.as_str()
                     ),
                 );

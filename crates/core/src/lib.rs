@@ -6,6 +6,7 @@
 
 pub mod active_executor;
 pub mod active_order;
+pub mod active_wire;
 pub mod config;
 pub mod election;
 pub mod election_messages;
@@ -25,6 +26,7 @@ pub mod reply_compare;
 pub mod reply_log;
 pub mod reply_outbox;
 pub mod resp;
+pub mod resp_request;
 pub mod resp_stream;
 pub mod resp_value;
 pub mod signed_datagram;

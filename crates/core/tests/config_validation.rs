@@ -766,3 +766,44 @@ fn a_file_that_crashed_the_toml_parser_is_an_error() {
     assert!(!e.errors().is_empty(), "refused");
     assert!(e.to_string().contains("n1.toml:1:"), "located: {e}");
 }
+
+/// Active mode replicates Redis: its protocol is RESP, by default, and another one is refused
+/// naming the field.
+#[test]
+fn active_mode_speaks_resp_and_refuses_other_protocols() {
+    let active = VALID
+        .replace("mode = \"unreplicated\"", "mode = \"active\"")
+        .replace("ports = [80, 443]", "ports = [6379]");
+    let cfg = parse(&active, "n1.toml", &exists, Path::new("/")).unwrap();
+    assert_eq!(
+        cfg.services[0].protocol,
+        steadfast_core::config::Protocol::Resp
+    );
+    let explicit = active.replace(
+        "mode = \"active\"",
+        "mode = \"active\"\nprotocol = \"resp\"",
+    );
+    assert!(parse(&explicit, "n1.toml", &exists, Path::new("/")).is_ok());
+    for other in ["http", "tcp"] {
+        let text = active.replace(
+            "mode = \"active\"",
+            &format!("mode = \"active\"\nprotocol = \"{other}\""),
+        );
+        let errors = parse(&text, "n1.toml", &exists, Path::new("/")).unwrap_err();
+        assert!(
+            errors
+                .to_string()
+                .contains("service[0].protocol: mode active replicates Redis servers only"),
+            "{other}: {errors}"
+        );
+    }
+    let duplex = active.replace(
+        "mode = \"active\"",
+        "mode = \"duplex\"\nprotocol = \"resp\"",
+    );
+    let errors = parse(&duplex, "n1.toml", &exists, Path::new("/")).unwrap_err();
+    assert!(
+        errors.to_string().contains("a Redis one mode active"),
+        "{errors}"
+    );
+}

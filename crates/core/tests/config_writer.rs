@@ -176,13 +176,12 @@ fn config() -> impl Strategy<Value = Config> {
                             ports,
                             mode,
                             backend,
-                            // Simplex and duplex frame HTTP: only the other modes carry raw TCP.
-                            protocol: if raw_tcp
-                                && matches!(mode, Mode::Unreplicated | Mode::Active)
-                            {
-                                Protocol::Tcp
-                            } else {
-                                Protocol::Http
+                            // Simplex and duplex frame HTTP, active mode RESP: only
+                            // unreplicated carries raw TCP.
+                            protocol: match mode {
+                                Mode::Active => Protocol::Resp,
+                                Mode::Unreplicated if raw_tcp => Protocol::Tcp,
+                                _ => Protocol::Http,
                             },
                             stream_replies_above: stream_above,
                             client_header_timeout: Duration::from_millis(header_ms),

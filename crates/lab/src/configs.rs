@@ -104,7 +104,9 @@ pub(crate) fn voter_config(plan: &GroupPlan<'_>, voter: Host) -> String {
         let _ = writeln!(text, "interface = \"{HOST_INTERFACE}\"");
         let _ = writeln!(text, "ports = [{port}]");
         let _ = writeln!(text, "mode = \"{}\"", plan.mode);
-        if !plan.backend.speaks_http() {
+        if plan.mode == Mode::Active {
+            let _ = writeln!(text, "protocol = \"resp\"");
+        } else if !plan.backend.speaks_http() {
             let _ = writeln!(text, "protocol = \"tcp\"");
         }
         let _ = writeln!(text, "backend = \"{backend}\"");

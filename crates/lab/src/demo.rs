@@ -173,7 +173,7 @@ impl DemoOptions {
         }
         for &mode in &self.modes {
             match mode {
-                Mode::Simplex => return Err(DemoError::UnsupportedMode { mode }),
+                Mode::Simplex | Mode::Active => return Err(DemoError::UnsupportedMode { mode }),
                 Mode::Duplex if self.nodes != 2 => {
                     return Err(DemoError::DuplexNeedsTwoNodes { nodes: self.nodes })
                 }
@@ -195,6 +195,7 @@ fn part_lab_name(base: &str, mode: Mode) -> String {
         Mode::Duplex => "dx",
         Mode::Unreplicated => "un",
         Mode::Simplex => "sx",
+        Mode::Active => "ac",
     };
     format!("{base}-{suffix}")
 }
@@ -1570,6 +1571,7 @@ fn mode_promise(mode: Mode) -> &'static str {
         Mode::Duplex => "established connections survive the primary's crash",
         Mode::Unreplicated => "only the address fails over, like keepalived",
         Mode::Simplex => "the proxy without a backup",
+        Mode::Active => "every member runs the service; updates ordered, reads spread",
     }
 }
 

@@ -7,14 +7,16 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-/// The contract's `--mode`: `unreplicated`, `simplex` and `duplex` run; `active` parses so
-/// that `up` can refuse it with a clear message instead of a usage error.
+/// The contract's `--mode`. `active` runs with the redis backend only (it replicates Redis).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     Unreplicated,
     Simplex,
     Duplex,
+    /// Every member runs its own redis-server; the primary orders the updates and spreads the
+    /// reads (the daemon's active mode).
+    Active,
 }
 
 /// The contract's `--backend`: the server each node runs behind the VIP.
@@ -27,8 +29,8 @@ pub enum BackendKind {
     Apache2,
     /// `redis-server` (Debian package `redis-server`), one per member with its own data and
     /// nothing persisted, on port 6379 (see [`crate::topology::service_port`]). Unreplicated
-    /// mode only, until active mode exists: what keepalived in front of Redis gives today (the
-    /// address moves, the data does not).
+    /// (what keepalived in front of Redis gives: the address moves, the data does not) or
+    /// active mode.
     Redis,
 }
 
@@ -48,13 +50,27 @@ pub fn backend_refusal(
     front_proxy: Option<FrontProxy>,
 ) -> Option<String> {
     if backend.speaks_http() {
+        if mode == Mode::Active {
+            return Some(format!(
+                "the {backend} backend cannot run in active mode: active mode replicates Redis \
+                 only; use --backend redis"
+            ));
+        }
         return None;
     }
-    if mode != Mode::Unreplicated {
+    if matches!(mode, Mode::Simplex | Mode::Duplex) {
         return Some(format!(
-            "the {backend} backend cannot run in {mode} mode: its proxy frames HTTP/1.1 only, \
-             and active mode for Redis is not built yet; use unreplicated"
+            "the {backend} backend cannot run in {mode} mode: its proxy frames HTTP/1.1 only; \
+             use active (Redis replicated on every member) or unreplicated"
         ));
+    }
+    if mode == Mode::Active {
+        return front_proxy.map(|proxy| {
+            format!(
+                "a {proxy} front proxy runs in unreplicated labs only: in active mode the \
+                 daemon holds the service address"
+            )
+        });
     }
     front_proxy.map(|proxy| {
         format!(
@@ -129,7 +145,8 @@ macro_rules! word_enum {
     };
 }
 
-word_enum!(Mode, "mode", Unreplicated => "unreplicated", Simplex => "simplex", Duplex => "duplex");
+word_enum!(Mode, "mode", Unreplicated => "unreplicated", Simplex => "simplex", Duplex => "duplex",
+    Active => "active");
 word_enum!(BackendKind, "backend", Builtin => "builtin", Nginx => "nginx", Apache2 => "apache2",
     Redis => "redis");
 word_enum!(FrontProxy, "front proxy", Haproxy => "haproxy");
@@ -217,7 +234,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn redis_parses_and_runs_unreplicated_only() {
+    fn redis_parses_and_runs_unreplicated_or_active_only() {
         assert_eq!("redis".parse::<BackendKind>(), Ok(BackendKind::Redis));
         assert_eq!(BackendKind::Redis.to_string(), "redis");
         let unknown = "memcached".parse::<BackendKind>().unwrap_err();
@@ -227,14 +244,29 @@ mod tests {
             backend_refusal(Mode::Unreplicated, BackendKind::Redis, None),
             None
         );
+        assert_eq!(
+            backend_refusal(Mode::Active, BackendKind::Redis, None),
+            None
+        );
         for mode in [Mode::Simplex, Mode::Duplex] {
             let why = backend_refusal(mode, BackendKind::Redis, None).expect("refused");
             assert!(
-                why.contains("active mode for Redis is not built yet; use unreplicated"),
+                why.contains("its proxy frames HTTP/1.1 only; use active"),
                 "{why}"
             );
             assert!(why.contains(mode.as_str()), "{why}");
         }
+        for backend in [
+            BackendKind::Builtin,
+            BackendKind::Nginx,
+            BackendKind::Apache2,
+        ] {
+            let why = backend_refusal(Mode::Active, backend, None).expect("refused");
+            assert!(why.contains("active mode replicates Redis only"), "{why}");
+        }
+        assert!(
+            backend_refusal(Mode::Active, BackendKind::Redis, Some(FrontProxy::Haproxy)).is_some()
+        );
         let why = backend_refusal(
             Mode::Unreplicated,
             BackendKind::Redis,

@@ -52,9 +52,9 @@ pub fn backend_listen(
     let port = service_port(backend);
     match mode {
         crate::options::Mode::Unreplicated => SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port),
-        crate::options::Mode::Simplex | crate::options::Mode::Duplex => {
-            SocketAddrV4::new(Ipv4Addr::LOCALHOST, port)
-        }
+        crate::options::Mode::Simplex
+        | crate::options::Mode::Duplex
+        | crate::options::Mode::Active => SocketAddrV4::new(Ipv4Addr::LOCALHOST, port),
     }
 }
 

@@ -434,6 +434,9 @@ dir "{dir}"
 # No persistence: no RDB snapshots, no append-only file.
 save ""
 appendonly no
+# DEBUG DIGEST from this node's own namespace, over the loopback address: how the tests
+# compare the data of active mode's replicas. Clients of the VIP are never local.
+enable-debug-command local
 "#,
         ip = listen.ip(),
         port = listen.port(),

@@ -83,7 +83,17 @@ fn refusals_happen_before_anything_is_built() {
     );
     assert!(matches!(up(&opts), Err(LabError::ModeNeedsNodes { .. })));
     assert!(!namespace_exists(&format!("{name}-sw")));
-    assert!("active".parse::<Mode>().is_err());
+    assert_eq!("active".parse::<Mode>(), Ok(Mode::Active));
+    let mut active_web = options(&name, 1, BackendKind::Builtin);
+    active_web.mode = Mode::Active;
+    assert!(
+        up(&active_web)
+            .unwrap_err()
+            .to_string()
+            .contains("active mode replicates Redis only"),
+        "active mode with a web backend is refused before anything is built"
+    );
+    assert!(!namespace_exists(&format!("{name}-sw")));
 
     for bad in ["Upper", "has_underscore", "a23456789012345678901", ""] {
         let opts = options(bad, 1, BackendKind::Builtin);

@@ -1115,6 +1115,9 @@ fn plane_status(mode: &str, shared: &crate::plane::PlaneShared) -> crate::status
             add_stage(&mut status, name, histogram);
         }
     }
+    if mode == "active" {
+        status.active = Some(shared.active.status());
+    }
     add_stage(&mut status, "logger_batch", &c.logger_batch);
     add_stage(&mut status, "replication_batch", &c.replication_batch);
     add_stage(&mut status, "ingress_wait", &c.ingress_wait);

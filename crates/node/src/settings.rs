@@ -25,9 +25,11 @@ pub struct ServiceSettings {
     pub ports: Vec<u16>,
     pub mode: String,
     pub implemented: bool,
-    /// The proxy's modes: simplex or duplex.
+    /// The modes whose data plane owns VIP:port: simplex, duplex and active.
     pub proxied: bool,
     pub duplex: bool,
+    /// Every member runs the (Redis) service; the primary orders updates and spreads reads.
+    pub active: bool,
     pub backend: std::net::SocketAddr,
     pub stream_replies_above: u64,
     pub client_timeouts: steadfast_core::http::ClientTimeouts,
@@ -153,9 +155,10 @@ impl Settings {
                 interface: s.interface.clone(),
                 ports: s.ports.clone(),
                 mode: s.mode.as_str().to_string(),
-                implemented: matches!(s.mode, Mode::Unreplicated | Mode::Simplex | Mode::Duplex),
-                proxied: matches!(s.mode, Mode::Simplex | Mode::Duplex),
+                implemented: true,
+                proxied: matches!(s.mode, Mode::Simplex | Mode::Duplex | Mode::Active),
                 duplex: s.mode == Mode::Duplex,
+                active: s.mode == Mode::Active,
                 backend: s.backend,
                 stream_replies_above: s.stream_replies_above,
                 client_timeouts: steadfast_core::http::ClientTimeouts {
@@ -209,7 +212,7 @@ impl Settings {
         for s in &self.services {
             if !s.implemented {
                 bail!(
-                    "{}: service {}: mode {} is not implemented yet (unreplicated, simplex and duplex are)",
+                    "{}: service {}: mode {} is not implemented yet (unreplicated, simplex, duplex and active are)",
                     path.display(),
                     s.name,
                     s.mode
@@ -219,8 +222,8 @@ impl Settings {
         let proxied: Vec<&ServiceSettings> = self.services.iter().filter(|s| s.proxied).collect();
         if proxied.len() > 1 {
             bail!(
-                "{}: services {} and {} are both simplex/duplex; this version runs one such \
-                 service per node",
+                "{}: services {} and {} are both simplex/duplex/active; this version runs \
+                 one such service per node",
                 path.display(),
                 proxied[0].name,
                 proxied[1].name
@@ -253,6 +256,7 @@ impl Settings {
                 ports: service.ports.clone(),
                 interface: service.interface.clone(),
                 duplex: service.duplex,
+                active: service.active,
                 backend: service.backend,
                 stream_above: service.stream_replies_above,
                 client_timeouts: service.client_timeouts,

@@ -283,6 +283,36 @@ pub struct DataPlaneStatus {
     /// Where time goes, stage by stage (only stages this node ran): see `StageLatency`.
     #[serde(default)]
     pub stages: std::collections::BTreeMap<String, StageLatency>,
+    /// Active mode's ordering, reads and reply comparison.
+    #[serde(default)]
+    pub active: Option<ActiveStatus>,
+}
+
+/// Active mode on one member: its part as primary (ordering, reads, comparison) and as replica.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ActiveStatus {
+    /// This node runs the primary's front now.
+    pub primary: bool,
+    pub updates_ordered: u64,
+    pub last_ordered: u64,
+    /// Held by every replica.
+    pub stable: u64,
+    pub reads_scheduled: u64,
+    /// Reads sent to each replica, by node id.
+    pub reads_by_replica: std::collections::BTreeMap<u16, u64>,
+    /// Updates whose replies every replica's digest matched.
+    pub replies_agreed: u64,
+    /// Replicas found diverged or lagging (the primary itself when outvoted), and why.
+    pub divergences: std::collections::BTreeMap<u16, String>,
+    pub refused: u64,
+    pub sessions: u64,
+    pub sessions_open: u64,
+    /// Replicas linked to this primary now.
+    pub linked: Vec<u16>,
+    /// As a replica: every update up to here went to its redis-server.
+    pub delivered: u64,
+    pub reads_served: u64,
+    pub replica_errors: u64,
 }
 
 /// One stage's durations since the daemon started, in microseconds; quantiles are the upper
@@ -417,6 +447,22 @@ impl NodeStatus {
                 d.client_idle_timeouts, d.client_header_timeouts, d.max_connections, d.connections_refused,
                 d.accepted_by_syn_cookie
             ));
+            if let Some(a) = &d.active {
+                s.push_str(&format!(
+                    "  active: {}; {} updates ordered (last {}, stable {}), {} reads scheduled {:?}, {} replies agreed, {} refused; {} client sessions ({} open); replicas linked {:?}\n",
+                    if a.primary { "primary" } else { "replica" },
+                    a.updates_ordered, a.last_ordered, a.stable, a.reads_scheduled,
+                    a.reads_by_replica, a.replies_agreed, a.refused, a.sessions, a.sessions_open,
+                    a.linked
+                ));
+                s.push_str(&format!(
+                    "  active replica: delivered up to {}, {} reads served, {} errors\n",
+                    a.delivered, a.reads_served, a.replica_errors
+                ));
+                for (node, why) in &a.divergences {
+                    s.push_str(&format!("  active: REPLICA {node} TAKEN OUT: {why}\n"));
+                }
+            }
             if !d.stages.is_empty() {
                 s.push_str("  stages (µs: p50 p90 p99 max, mean, count):");
                 for (name, l) in &d.stages {

@@ -287,7 +287,7 @@ fn redis_labs_refuse_the_http_proxies_of_simplex_and_duplex() {
         ]);
         assert!(!ok, "{mode}: lab up must refuse: {out}{err}");
         assert!(
-            err.contains("active mode for Redis is not built yet; use unreplicated"),
+            err.contains("its proxy frames HTTP/1.1 only; use active"),
             "{mode}: {err}"
         );
         assert!(

@@ -6,6 +6,7 @@
 //! never delay a heartbeat. The daemon tells it the node's role through a watch channel; it
 //! reports counters through shared atomics.
 
+pub mod active;
 pub mod admission;
 pub mod backup;
 pub mod census;
@@ -49,6 +50,8 @@ pub struct PlaneService {
     pub ports: Vec<u16>,
     pub interface: String,
     pub duplex: bool,
+    /// Active mode (a Redis service run by every member): its own plane, [`active`].
+    pub active: bool,
     pub backend: SocketAddr,
     pub stream_above: u64,
     pub client_timeouts: steadfast_core::http::ClientTimeouts,
@@ -234,6 +237,8 @@ pub struct PlaneShared {
     pub proxy: std::sync::OnceLock<Arc<ProxyContext>>,
     /// Set while a takeover rebuilds connections, until their sessions are counted.
     pub taking_over: AtomicBool,
+    /// Active mode's counters and gauges.
+    pub active: active::ActiveShared,
 }
 
 impl PlaneShared {
@@ -438,6 +443,15 @@ async fn run(
 ) -> anyhow::Result<()> {
     let service = settings.service.clone();
     let limits = FramingLimits::default();
+    if service.active {
+        // No backup carries an active primary's connections on (yet): nothing to hand over.
+        tokio::spawn(async move {
+            while let Some(reply) = hand_over_rx.recv().await {
+                let _ = reply.send(0);
+            }
+        });
+        return active::run(settings, listeners, role_rx, shared, ready).await;
+    }
     if !service.duplex {
         let gate: Arc<dyn ReplyGate> = Arc::new(LocalGate::default());
         // No other node ever carries a simplex connection on: no lease fences it.
@@ -598,6 +612,7 @@ mod tests {
             ports: vec![80],
             interface: "eth0".into(),
             duplex: true,
+            active: false,
             backend: "127.0.0.1:80".parse().unwrap(),
             stream_above: 1 << 20,
             client_timeouts: steadfast_core::http::ClientTimeouts {

@@ -19,10 +19,10 @@ pub enum LabCommand {
         /// Add a witness voter (NAME-w).
         #[arg(long)]
         witness: bool,
-        /// unreplicated | simplex | duplex
+        /// unreplicated | simplex | duplex | active (active: with --backend redis)
         #[arg(long)]
         mode: Mode,
-        /// builtin | nginx | apache2 | redis (redis: unreplicated mode only, port 6379)
+        /// builtin | nginx | apache2 | redis (redis: unreplicated or active mode, port 6379)
         #[arg(long)]
         backend: BackendKind,
         #[arg(long)]

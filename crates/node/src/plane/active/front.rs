@@ -1,0 +1,789 @@
+//! The primary's side of active mode: client connections on VIP:port, framed ([`RespFramer`])
+//! and classified by the local redis-server's own `COMMAND` table; updates numbered by the
+//! [`Sequencer`] and sent to every replica (this node's own included, over the same link),
+//! reads sent to one replica in turn ([`ReadScheduler`]) behind the last update ordered, the
+//! replies to updates compared by digest ([`ReplyComparator`]) and each client's replies
+//! returned in its requests' order.
+//!
+//! The client gets the reply of this node's replica to an update as soon as it comes, without
+//! waiting for the update to be stable (best effort); with no failover yet, nothing would use
+//! the wait.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{SocketAddr, SocketAddrV4};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use steadfast_core::active_executor::SessionId;
+use steadfast_core::active_order::{
+    OrderNumber, OrderingSettings, Outgoing, ReadPolicy, ReadScheduler, Sequencer, ToPrimary,
+};
+use steadfast_core::active_wire::{ActiveFrame, UpdatePayload};
+use steadfast_core::redis_commands::{Classification, CommandTable};
+use steadfast_core::redis_effects::absolute_expiry;
+use steadfast_core::replication_wire::LinkAttempt;
+use steadfast_core::reply_compare::{ReplyComparator, Verdict};
+use steadfast_core::resp::{Direction, RespFramer, RespLimits, RespMessage};
+use steadfast_core::resp_request::{encode_request, request_words};
+use steadfast_core::NodeId;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+use super::link::{self, LinkIdentity};
+use super::{ActiveContext, TICK};
+
+/// Updates whose digests may be awaited at once before the replicas still missing are judged
+/// lagging (and taken out of the comparison and the reads).
+const MAX_PENDING_DIGESTS: usize = 4096;
+/// The answer to an update while this node's own replica is not linked (starting, or refusing
+/// this primary after a takeover, which active mode does not carry out yet).
+const NO_OWN_REPLICA: &[u8] =
+    b"-ERR steadfast active mode: this primary's own replica is not linked; try again\r\n";
+/// The answer to an update whose reply was lost with the link to this node's own replica: it
+/// was ordered, and may have run.
+const OWN_REPLICA_LOST: &[u8] = b"-ERR steadfast active mode: the link to this primary's own \
+replica was lost before it answered; the update was ordered and may have run\r\n";
+/// The answer to a read whose replica's link went down before it answered.
+const READ_REPLICA_LOST: &[u8] =
+    b"-ERR steadfast active mode: the replica serving this read was lost; try again\r\n";
+/// How long the primary waits between attempts to link a replica.
+const RELINK_PAUSE: Duration = Duration::from_millis(100);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How a request goes.
+#[derive(Debug)]
+pub enum Routed {
+    /// Ordered and run by every replica.
+    Ordered(Vec<u8>),
+    /// Run by one replica.
+    Read(Vec<u8>),
+    /// Answered here (a refusal).
+    Answer(Vec<u8>),
+}
+
+pub enum FrontEvent {
+    NewClient(TcpStream),
+    LinkUp {
+        node: NodeId,
+        generation: u64,
+        writer: mpsc::UnboundedSender<ActiveFrame>,
+    },
+    LinkDown {
+        node: NodeId,
+        generation: u64,
+        why: String,
+    },
+    Frame {
+        node: NodeId,
+        generation: u64,
+        frame: ActiveFrame,
+    },
+    Request {
+        session: SessionId,
+        index: u64,
+        routed: Routed,
+    },
+    ClientClosed {
+        session: SessionId,
+    },
+}
+
+struct ClientSession {
+    writer: mpsc::UnboundedSender<Vec<u8>>,
+    /// The index of the next reply the client gets.
+    next_reply: u64,
+    /// Replies that came before an earlier one.
+    ready: BTreeMap<u64, Vec<u8>>,
+}
+
+struct Front {
+    ctx: Arc<ActiveContext>,
+    origin: Instant,
+    events: mpsc::UnboundedSender<FrontEvent>,
+    table: Arc<CommandTable>,
+    sequencer: Sequencer<UpdatePayload>,
+    comparator: ReplyComparator,
+    scheduler: ReadScheduler,
+    links: BTreeMap<NodeId, (u64, mpsc::UnboundedSender<ActiveFrame>)>,
+    /// Replicas taken out of the reads (diverged or lagging).
+    taken_out: BTreeSet<NodeId>,
+    /// Linked replicas whose first acknowledgement on their current link showed they hold
+    /// what the ordering recorded of them: only these serve reads.
+    verified: BTreeSet<NodeId>,
+    sessions: BTreeMap<SessionId, ClientSession>,
+    /// Updates whose reply (from this node's own replica) the client still waits for.
+    awaiting_own_reply: BTreeMap<OrderNumber, (SessionId, u64)>,
+    /// Reads sent to each replica and not yet answered.
+    reads_out: BTreeMap<NodeId, BTreeSet<(SessionId, u64)>>,
+    /// Session ids are unique across this node's lives: random high bits, a counter.
+    next_session: SessionId,
+}
+
+/// Runs the primary's side until `events` is closed by every sender going (never, while the
+/// node is primary). `events` takes new clients from the accept loop.
+pub async fn run(
+    ctx: Arc<ActiveContext>,
+    epoch: u64,
+    events_tx: mpsc::UnboundedSender<FrontEvent>,
+    mut events: mpsc::UnboundedReceiver<FrontEvent>,
+) -> anyhow::Result<()> {
+    let table = Arc::new(command_table(ctx.backend).await?);
+    tracing::info!(
+        "active mode: primary in epoch {epoch}; {} commands classified from the redis-server at {}",
+        table.len(),
+        ctx.backend
+    );
+    let origin = Instant::now();
+    let members: Vec<NodeId> = ctx.members.keys().copied().collect();
+    let incarnation = random_u64()?;
+    for (&node, &address) in &ctx.members {
+        tokio::spawn(link_replica(
+            ctx.clone(),
+            node,
+            SocketAddr::V4(SocketAddrV4::new(address, ctx.link_port)),
+            incarnation,
+            epoch,
+            events_tx.clone(),
+        ));
+    }
+    let mut front = Front {
+        sequencer: Sequencer::new(
+            OrderingSettings::default(),
+            members.iter().map(|&n| u32::from(n)),
+            0,
+            Duration::ZERO,
+        ),
+        comparator: ReplyComparator::new(
+            u32::from(ctx.node_id),
+            members.iter().map(|&n| u32::from(n)),
+            1,
+            MAX_PENDING_DIGESTS,
+        ),
+        scheduler: ReadScheduler::new(ReadPolicy::WithPrimary),
+        ctx,
+        origin,
+        events: events_tx,
+        table,
+        links: BTreeMap::new(),
+        taken_out: BTreeSet::new(),
+        verified: BTreeSet::new(),
+        sessions: BTreeMap::new(),
+        awaiting_own_reply: BTreeMap::new(),
+        reads_out: BTreeMap::new(),
+        next_session: (incarnation & 0xffff_ffff) << 32,
+    };
+    front
+        .ctx
+        .shared()
+        .active
+        .primary
+        .store(true, Ordering::Relaxed);
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            event = events.recv() => {
+                let Some(event) = event else { return Ok(()) };
+                front.on_event(event);
+            }
+            _ = tick.tick() => {
+                let out = front.sequencer.tick(front.origin.elapsed());
+                front.send_all(out);
+                front.publish();
+            }
+        }
+    }
+}
+
+/// The local redis-server's command table, asked once it answers (it may start after the
+/// daemon): `COMMAND`, framed whole and decoded.
+async fn command_table(backend: SocketAddr) -> anyhow::Result<CommandTable> {
+    use anyhow::Context;
+    let mut last = String::new();
+    for _ in 0..100 {
+        match ask_command(backend).await {
+            Ok(table) => return Ok(table),
+            Err(e) => last = format!("{e:#}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(anyhow::anyhow!(last)).with_context(|| {
+        format!("active mode: reading the command table of the redis-server at {backend} (10 s)")
+    })
+}
+
+async fn ask_command(backend: SocketAddr) -> anyhow::Result<CommandTable> {
+    use anyhow::Context;
+    let mut stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(backend))
+        .await
+        .context("connecting: timed out")?
+        .context("connecting")?;
+    stream
+        .write_all(b"*1\r\n$7\r\nCOMMAND\r\n")
+        .await
+        .context("sending COMMAND")?;
+    let mut framer = RespFramer::new(Direction::Replies, RespLimits::default());
+    let mut reply = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut messages: Vec<RespMessage> = Vec::new();
+    while messages.is_empty() {
+        let n = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buf))
+            .await
+            .context("reading the COMMAND reply: timed out")?
+            .context("reading the COMMAND reply")?;
+        anyhow::ensure!(
+            n > 0,
+            "the server closed before its COMMAND reply was whole"
+        );
+        reply.extend_from_slice(&buf[..n]);
+        framer
+            .feed(&buf[..n], &mut messages)
+            .context("framing the COMMAND reply")?;
+    }
+    CommandTable::from_reply(&reply[..messages[0].end as usize]).context("decoding COMMAND")
+}
+
+fn random_u64() -> anyhow::Result<u64> {
+    let mut bytes = [0u8; 8];
+    getrandom::getrandom(&mut bytes)
+        .map_err(|e| anyhow::anyhow!("drawing a random incarnation: {e}"))?;
+    Ok(u64::from_be_bytes(bytes))
+}
+
+/// Keeps a link to one replica up for as long as the primary runs.
+async fn link_replica(
+    ctx: Arc<ActiveContext>,
+    node: NodeId,
+    address: SocketAddr,
+    incarnation: u64,
+    epoch: u64,
+    events: mpsc::UnboundedSender<FrontEvent>,
+) {
+    let mut attempt = 0u64;
+    let mut last_error = String::new();
+    while !events.is_closed() {
+        attempt += 1;
+        let identity = LinkIdentity {
+            node: ctx.node_id,
+            group_key: ctx.key.clone(),
+            protection: ctx.protection,
+            attempt: LinkAttempt {
+                incarnation,
+                number: attempt,
+            },
+        };
+        let result = async {
+            let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(address))
+                .await
+                .map_err(|_| format!("connecting to {address}: timed out"))?
+                .map_err(|e| format!("connecting to {address}: {e}"))?;
+            super::super::bound_replication_stalls(&stream, ctx.stall)
+                .map_err(|e| format!("bounding the stalls of the link to {address}: {e}"))?;
+            link::handshake(stream, &identity, |peer, _| peer == node)
+                .await
+                .map_err(|e| e.to_string())
+        }
+        .await;
+        let open = match result {
+            Ok(open) => open,
+            Err(e) => {
+                if e != last_error {
+                    tracing::warn!("active link to replica {node}: {e}; trying again");
+                    last_error = e;
+                }
+                tokio::time::sleep(RELINK_PAUSE).await;
+                continue;
+            }
+        };
+        last_error.clear();
+        let down = events.clone();
+        let writer = link::spawn_writer(open.write_half, open.sealer, open.peer, epoch, move |e| {
+            let _ = down.send(FrontEvent::LinkDown {
+                node,
+                generation: attempt,
+                why: e.to_string(),
+            });
+        });
+        if events
+            .send(FrontEvent::LinkUp {
+                node,
+                generation: attempt,
+                writer,
+            })
+            .is_err()
+        {
+            return;
+        }
+        let frames = events.clone();
+        let why = link::read_frames(open.reader, open.read_half, open.peer, |frame| {
+            frames
+                .send(FrontEvent::Frame {
+                    node,
+                    generation: attempt,
+                    frame,
+                })
+                .is_ok()
+        })
+        .await;
+        let _ = events.send(FrontEvent::LinkDown {
+            node,
+            generation: attempt,
+            why: why.to_string(),
+        });
+        tokio::time::sleep(RELINK_PAUSE).await;
+    }
+}
+
+impl Front {
+    fn on_event(&mut self, event: FrontEvent) {
+        let now = self.origin.elapsed();
+        match event {
+            FrontEvent::NewClient(stream) => self.open_session(stream),
+            FrontEvent::LinkUp {
+                node,
+                generation,
+                writer,
+            } => {
+                tracing::info!("active link to replica {node} up (attempt {generation})");
+                self.links.insert(node, (generation, writer));
+                self.verified.remove(&node);
+                // What it lacks goes at once, not at the next retransmission.
+                let out = self.sequencer.tick(now + Duration::from_secs(3600));
+                self.send_all(out);
+            }
+            FrontEvent::LinkDown {
+                node,
+                generation,
+                why,
+            } => {
+                if self.links.get(&node).is_some_and(|(g, _)| *g == generation) {
+                    tracing::warn!("active link to replica {node} lost: {why}");
+                    self.links.remove(&node);
+                    self.verified.remove(&node);
+                    self.answer_what_the_link_owed(node);
+                }
+            }
+            FrontEvent::Frame {
+                node,
+                generation,
+                frame,
+            } => {
+                if self.links.get(&node).is_some_and(|(g, _)| *g == generation) {
+                    self.on_frame(node, frame, now);
+                }
+            }
+            FrontEvent::Request {
+                session,
+                index,
+                routed,
+            } => self.route(session, index, routed),
+            FrontEvent::ClientClosed { session } => {
+                self.sessions.remove(&session);
+                let after = self.sequencer.last_ordered();
+                for (_, writer) in self.links.values() {
+                    let _ = writer.send(ActiveFrame::EndSession { session, after });
+                }
+                self.ctx
+                    .shared()
+                    .active
+                    .sessions_open
+                    .fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn route(&mut self, session: SessionId, index: u64, routed: Routed) {
+        let active = &self.ctx.shared().active;
+        match routed {
+            Routed::Ordered(_) if !self.links.contains_key(&self.ctx.node_id) => {
+                // Its reply would come from this node's own replica: without its link the
+                // client would wait for ever.
+                self.reply(session, index, NO_OWN_REPLICA.to_vec());
+            }
+            Routed::Ordered(request) => {
+                let (number, out) = self.sequencer.order(UpdatePayload {
+                    session,
+                    index,
+                    request,
+                });
+                self.awaiting_own_reply.insert(number, (session, index));
+                active.updates_ordered.fetch_add(1, Ordering::Relaxed);
+                self.send_all(out);
+            }
+            Routed::Read(request) => {
+                let readers: Vec<u32> = self
+                    .links
+                    .keys()
+                    .copied()
+                    .filter(|n| self.verified.contains(n) && !self.taken_out.contains(n))
+                    .map(u32::from)
+                    .collect();
+                if readers.is_empty() {
+                    self.reply(
+                        session,
+                        index,
+                        b"-ERR steadfast active mode: no replica is linked to serve reads\r\n"
+                            .to_vec(),
+                    );
+                    return;
+                }
+                let header = self.scheduler.schedule(
+                    &readers,
+                    u32::from(self.ctx.node_id),
+                    self.sequencer.last_ordered(),
+                );
+                // Scheduled among linked members, whose ids are node ids.
+                let replica = NodeId::try_from(header.replica).unwrap_or(self.ctx.node_id);
+                let Some((_, writer)) = self.links.get(&replica) else {
+                    return;
+                };
+                let _ = writer.send(ActiveFrame::Read {
+                    session,
+                    index,
+                    barrier: header.barrier,
+                    request,
+                });
+                self.reads_out
+                    .entry(replica)
+                    .or_default()
+                    .insert((session, index));
+                active.reads_scheduled.fetch_add(1, Ordering::Relaxed);
+                *active
+                    .reads_by_replica
+                    .lock()
+                    .expect("reads_by_replica lock")
+                    .entry(replica)
+                    .or_default() += 1;
+            }
+            Routed::Answer(reply) => {
+                active.refused.fetch_add(1, Ordering::Relaxed);
+                self.reply(session, index, reply);
+            }
+        }
+    }
+
+    fn on_frame(&mut self, from: NodeId, frame: ActiveFrame, now: Duration) {
+        match frame {
+            ActiveFrame::Progress(message) => {
+                if !self.verified.contains(&from) && !self.verify(from, &message) {
+                    return;
+                }
+                let out = self.sequencer.on_message(u32::from(from), message, now);
+                self.send_all(out);
+            }
+            ActiveFrame::UpdateReply {
+                number,
+                session,
+                index,
+                digest,
+                reply,
+            } => {
+                if let (true, Some(reply)) = (from == self.ctx.node_id, reply) {
+                    self.awaiting_own_reply.remove(&number);
+                    self.reply(session, index, reply);
+                }
+                let verdicts = self.comparator.record(number, u32::from(from), digest);
+                self.judge(verdicts);
+            }
+            ActiveFrame::ReadReply {
+                session,
+                index,
+                reply,
+            } => {
+                if let Some(out) = self.reads_out.get_mut(&from) {
+                    out.remove(&(session, index));
+                }
+                self.reply(session, index, reply);
+            }
+            other => tracing::warn!(
+                "active link: a {} frame from replica {from}, which only a primary sends",
+                other.label()
+            ),
+        }
+    }
+
+    fn judge(&mut self, verdicts: Vec<Verdict>) {
+        let ctx = self.ctx.clone();
+        let active = &ctx.shared().active;
+        for verdict in verdicts {
+            match verdict {
+                Verdict::Agreed { .. } => {
+                    active.replies_agreed.fetch_add(1, Ordering::Relaxed);
+                }
+                Verdict::Diverged { number, replicas } => {
+                    for replica in replicas.into_iter().filter_map(to_node) {
+                        let why = format!(
+                            "its reply to update {number} differs from the primary's: its data \
+                             diverged; taken out of the reads and the comparison"
+                        );
+                        tracing::error!("active mode: replica {replica}: {why}");
+                        self.take_out(replica, why);
+                    }
+                }
+                Verdict::PrimaryOutvoted { number, majority } => {
+                    let why = format!(
+                        "replicas {majority:?} agree on a reply to update {number} other than \
+                         this primary's, which its client got: this node's data is the suspect"
+                    );
+                    tracing::error!("active mode: {why}");
+                    active
+                        .divergences
+                        .lock()
+                        .expect("divergences lock")
+                        .insert(self.ctx.node_id, why);
+                }
+                Verdict::Lagging { replica } => {
+                    let Some(replica) = to_node(replica) else {
+                        continue;
+                    };
+                    let why = format!(
+                        "more than {MAX_PENDING_DIGESTS} updates behind in its replies; taken \
+                         out of the reads and the comparison"
+                    );
+                    tracing::error!("active mode: replica {replica}: {why}");
+                    self.take_out(replica, why);
+                }
+            }
+        }
+    }
+
+    /// A replica's first acknowledgement on a new link: holding less than it acknowledged
+    /// before, it restarted and lost updates the primary no longer keeps; it leaves the group
+    /// (rebuilding a replica from a live one is not built yet). Whether it may serve reads.
+    fn verify(&mut self, replica: NodeId, message: &ToPrimary) -> bool {
+        let ToPrimary::Ack { up_to } = message else {
+            return false;
+        };
+        // Taken out (or gone): it no longer receives updates, so it serves no read.
+        let Some(recorded) = self.sequencer.acknowledged(u32::from(replica)) else {
+            return false;
+        };
+        if *up_to >= recorded {
+            self.verified.insert(replica);
+            return true;
+        }
+        let why = format!(
+            "it holds updates up to {up_to} only, having acknowledged {recorded}: it restarted \
+             and lost them; rebuilding a replica is not built yet, it is out of the group"
+        );
+        tracing::error!("active mode: replica {replica}: {why}");
+        self.take_out(replica, why);
+        false
+    }
+
+    fn take_out(&mut self, replica: NodeId, why: String) {
+        self.taken_out.insert(replica);
+        self.ctx
+            .shared()
+            .active
+            .divergences
+            .lock()
+            .expect("divergences lock")
+            .insert(replica, why);
+        // Out of the ordering too: nothing is kept for it, and it is sent nothing more.
+        let out = self.sequencer.remove_replica(u32::from(replica));
+        self.send_all(out);
+        let verdicts = self.comparator.remove(u32::from(replica));
+        self.judge(verdicts);
+    }
+
+    /// A link went down: the requests only it would have answered are answered with an error
+    /// now, so that no client waits for ever (a relinked replica's late answer is dropped).
+    fn answer_what_the_link_owed(&mut self, node: NodeId) {
+        if node == self.ctx.node_id {
+            for (session, index) in std::mem::take(&mut self.awaiting_own_reply).into_values() {
+                self.reply(session, index, OWN_REPLICA_LOST.to_vec());
+            }
+        }
+        for (session, index) in self.reads_out.remove(&node).unwrap_or_default() {
+            self.reply(session, index, READ_REPLICA_LOST.to_vec());
+        }
+    }
+
+    /// Queues `reply` as the session's `index`th and sends every reply now in order.
+    fn reply(&mut self, session: SessionId, index: u64, reply: Vec<u8>) {
+        let Some(state) = self.sessions.get_mut(&session) else {
+            return;
+        };
+        if index < state.next_reply || state.ready.contains_key(&index) {
+            // Answered already (with an error when its replica's link went down).
+            return;
+        }
+        state.ready.insert(index, reply);
+        while let Some(next) = state.ready.remove(&state.next_reply) {
+            state.next_reply += 1;
+            let _ = state.writer.send(next);
+        }
+    }
+
+    fn send_all(&self, out: Vec<Outgoing<UpdatePayload>>) {
+        for Outgoing { to, message } in out {
+            let Some(to) = to_node(to) else { continue };
+            if let Some((_, writer)) = self.links.get(&to) {
+                let _ = writer.send(ActiveFrame::Order(message));
+            }
+        }
+    }
+
+    /// The gauges `status` shows.
+    fn publish(&self) {
+        let active = &self.ctx.shared().active;
+        active
+            .last_ordered
+            .store(self.sequencer.last_ordered(), Ordering::Relaxed);
+        active
+            .stable
+            .store(self.sequencer.stable(), Ordering::Relaxed);
+        *active.linked.lock().expect("linked lock") = self.links.keys().copied().collect();
+    }
+
+    fn open_session(&mut self, stream: TcpStream) {
+        self.next_session += 1;
+        let session = self.next_session;
+        let peer = stream
+            .peer_addr()
+            .map_or_else(|_| "an unknown client".to_string(), |a| a.to_string());
+        let _ = stream.set_nodelay(true);
+        let (mut read_half, mut write_half) = stream.into_split();
+        let (writer, mut replies) = mpsc::unbounded_channel::<Vec<u8>>();
+        self.sessions.insert(
+            session,
+            ClientSession {
+                writer,
+                next_reply: 0,
+                ready: BTreeMap::new(),
+            },
+        );
+        let active = &self.ctx.shared().active;
+        active.sessions_open.fetch_add(1, Ordering::Relaxed);
+        active.sessions.fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(async move {
+            while let Some(reply) = replies.recv().await {
+                if write_half.write_all(&reply).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let events = self.events.clone();
+        let table = self.table.clone();
+        tokio::spawn(async move {
+            if let Err(why) = read_requests(session, &mut read_half, &table, &events).await {
+                tracing::debug!("active mode: client {peer} (session {session}): {why}");
+            }
+            let _ = events.send(FrontEvent::ClientClosed { session });
+        });
+    }
+}
+
+/// The comparison and the ordering number replicas as `u32`; every one is a member's id.
+fn to_node(replica: u32) -> Option<NodeId> {
+    NodeId::try_from(replica).ok()
+}
+
+/// Frames a client's requests, classifies each and hands it to the front in order.
+async fn read_requests(
+    session: SessionId,
+    half: &mut tokio::net::tcp::OwnedReadHalf,
+    table: &CommandTable,
+    events: &mpsc::UnboundedSender<FrontEvent>,
+) -> Result<(), String> {
+    // Requests cross the link whole: none may be longer than a link frame carries.
+    let limits = RespLimits {
+        max_bulk: steadfast_core::active_wire::MAX_PAYLOAD_BYTES as u64 / 2,
+        ..RespLimits::default()
+    };
+    let mut framer = RespFramer::new(Direction::Requests, limits);
+    let mut pending: Vec<u8> = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut messages = Vec::new();
+    let mut index = 0u64;
+    let mut in_multi = false;
+    loop {
+        let n = half
+            .read(&mut buf)
+            .await
+            .map_err(|e| format!("reading: {e}"))?;
+        if n == 0 {
+            return Ok(());
+        }
+        pending.extend_from_slice(&buf[..n]);
+        messages.clear();
+        framer
+            .feed(&buf[..n], &mut messages)
+            .map_err(|e| format!("framing its requests: {e}"))?;
+        let mut consumed = 0usize;
+        for message in &messages {
+            let len = (message.end - message.start) as usize;
+            let request = pending[consumed..consumed + len].to_vec();
+            consumed += len;
+            let Some(routed) = route(table, request, &mut in_multi) else {
+                continue;
+            };
+            events
+                .send(FrontEvent::Request {
+                    session,
+                    index,
+                    routed,
+                })
+                .map_err(|_| "the primary's front stopped".to_string())?;
+            index += 1;
+        }
+        pending.drain(..consumed);
+    }
+}
+
+/// How `request` goes; `None` for an empty inline line, which redis-server skips unanswered.
+fn route(table: &CommandTable, request: Vec<u8>, in_multi: &mut bool) -> Option<Routed> {
+    let Some(words) = request_words(&request) else {
+        // Not one the server accepts either: one replica answers with its own error.
+        return Some(Routed::Read(request));
+    };
+    let name = words.first()?.to_ascii_uppercase();
+    let classification = table.classify(&name, words.get(1).map(Vec::as_slice));
+    let refuse = |why: String| {
+        let why = why.replace(['\r', '\n'], " ");
+        Some(Routed::Answer(
+            format!(
+                "-ERR steadfast active mode refuses {}: {why}\r\n",
+                String::from_utf8_lossy(&name)
+            )
+            .into_bytes(),
+        ))
+    };
+    match classification {
+        Classification::Refused { reason } => return refuse(reason.to_string()),
+        Classification::NonDeterministic { writes: true, .. } => {
+            return refuse(
+                "its effect differs from replica to replica, and replicating its effect is not \
+                 built yet"
+                    .to_string(),
+            )
+        }
+        _ => {}
+    }
+    let ordered = *in_multi
+        || matches!(
+            classification,
+            Classification::Update | Classification::SessionState
+        );
+    if name == b"MULTI" {
+        *in_multi = true;
+    } else if name == b"EXEC" || name == b"DISCARD" {
+        *in_multi = false;
+    }
+    if !ordered {
+        return Some(Routed::Read(request));
+    }
+    // A relative expiry becomes an absolute one at this node's clock, so every replica sets
+    // the same deadline.
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let request = match absolute_expiry(&words, now_ms) {
+        Some(rewritten) => encode_request(&rewritten),
+        None => request,
+    };
+    Some(Routed::Ordered(request))
+}

@@ -1,0 +1,561 @@
+//! Every member's replica in active mode: it accepts the primary's link, delivers the ordered
+//! updates in their order ([`ReplicaOrder`]) through the [`ReplicaExecutor`] to its own
+//! redis-server (one server connection per client session), runs the reads scheduled on it
+//! once their barrier is delivered, and answers each update with the digest of the server's
+//! reply (the whole reply too when the primary is on this node: the client gets that one).
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::{SocketAddr, SocketAddrV4};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use steadfast_core::active_executor::{ExecAction, ReplicaExecutor, SessionId, Work};
+use steadfast_core::active_order::{OrderNumber, OrderingSettings, ReplicaAction, ReplicaOrder};
+use steadfast_core::active_wire::{ActiveFrame, UpdatePayload};
+use steadfast_core::reply_compare::digest_reply;
+use steadfast_core::resp::RespLimits;
+use steadfast_core::NodeId;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+use super::link::{self, LinkIdentity};
+use super::{ActiveContext, TICK};
+
+/// What the replica's task hears.
+enum Event {
+    /// A primary linked (a newer link replaces an older one).
+    LinkUp {
+        primary: NodeId,
+        /// The primary process's incarnation: its ordering numbers mean nothing to another.
+        incarnation: u64,
+        generation: u64,
+        writer: mpsc::UnboundedSender<ActiveFrame>,
+    },
+    LinkDown {
+        generation: u64,
+        why: String,
+    },
+    Frame {
+        generation: u64,
+        frame: ActiveFrame,
+    },
+    ServerBytes {
+        session: SessionId,
+        bytes: Vec<u8>,
+    },
+    ServerClosed {
+        session: SessionId,
+        why: String,
+    },
+}
+
+/// A read scheduled here that waits until every update up to its barrier was delivered.
+struct HeldRead {
+    session: SessionId,
+    index: u64,
+    barrier: OrderNumber,
+    request: Vec<u8>,
+}
+
+struct Replica {
+    ctx: Arc<ActiveContext>,
+    order: ReplicaOrder<UpdatePayload>,
+    executor: ReplicaExecutor,
+    origin: Instant,
+    events: mpsc::UnboundedSender<Event>,
+    link: Option<(NodeId, u64, mpsc::UnboundedSender<ActiveFrame>)>,
+    /// The incarnation of the primary process whose updates this replica holds.
+    incarnation: Option<u64>,
+    /// Each session's connection to the local redis-server.
+    servers: BTreeMap<SessionId, mpsc::UnboundedSender<Vec<u8>>>,
+    /// Updates delivered and not yet answered: their session's request index, by number.
+    update_index: BTreeMap<OrderNumber, u64>,
+    /// Reads handed to the executor and not yet answered, per session, in order.
+    read_index: BTreeMap<SessionId, VecDeque<u64>>,
+    held_reads: Vec<HeldRead>,
+    /// Sessions whose client left: closed once every update up to the number was delivered
+    /// and the executor has nothing of theirs outstanding.
+    ending: BTreeMap<SessionId, OrderNumber>,
+    /// Sessions whose server connection failed: their later work is answered with an error.
+    broken: BTreeSet<SessionId>,
+}
+
+/// Accepts the primary's links on `listener` and runs the replica for as long as the process.
+pub async fn run(ctx: Arc<ActiveContext>, listener: TcpListener) {
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    tokio::spawn(accept_links(ctx.clone(), listener, events_tx.clone()));
+    let mut replica = Replica {
+        order: ReplicaOrder::new(OrderingSettings::default(), 0),
+        executor: ReplicaExecutor::new(0, RespLimits::default()),
+        origin: Instant::now(),
+        events: events_tx,
+        link: None,
+        incarnation: None,
+        servers: BTreeMap::new(),
+        update_index: BTreeMap::new(),
+        read_index: BTreeMap::new(),
+        held_reads: Vec::new(),
+        ending: BTreeMap::new(),
+        broken: BTreeSet::new(),
+        ctx,
+    };
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            event = events.recv() => {
+                let Some(event) = event else { return };
+                replica.on_event(event).await;
+            }
+            _ = tick.tick() => {
+                let now = replica.origin.elapsed();
+                let actions = replica.order.tick(now);
+                replica.act(actions).await;
+            }
+        }
+    }
+}
+
+async fn accept_links(
+    ctx: Arc<ActiveContext>,
+    listener: TcpListener,
+    events: mpsc::UnboundedSender<Event>,
+) {
+    let identity = LinkIdentity {
+        node: ctx.node_id,
+        group_key: ctx.key.clone(),
+        protection: ctx.protection,
+        attempt: steadfast_core::replication_wire::LinkAttempt::NONE,
+    };
+    let mut generation = 0u64;
+    loop {
+        let (stream, from) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::warn!("active link: accepting on the replica's port: {e}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        generation += 1;
+        if let Err(e) = super::super::bound_replication_stalls(&stream, ctx.stall) {
+            tracing::warn!("active link from {from}: bounding its stalls: {e}");
+        }
+        let ctx = ctx.clone();
+        let identity = identity.clone();
+        let events = events.clone();
+        tokio::spawn(async move {
+            let open = match link::handshake(stream, &identity, |node, at| ctx.is_member(node, at))
+                .await
+            {
+                Ok(open) => open,
+                Err(e) => {
+                    ctx.shared()
+                        .counters
+                        .handshakes_refused
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!("active link from {from} refused: {e}");
+                    return;
+                }
+            };
+            tracing::info!(
+                "active link: primary {} linked from {from} (link {generation})",
+                open.peer_node
+            );
+            let down = events.clone();
+            let writer = link::spawn_writer(open.write_half, open.sealer, open.peer, 0, move |e| {
+                let _ = down.send(Event::LinkDown {
+                    generation,
+                    why: e.to_string(),
+                });
+            });
+            if events
+                .send(Event::LinkUp {
+                    primary: open.peer_node,
+                    incarnation: open.peer_attempt.incarnation,
+                    generation,
+                    writer,
+                })
+                .is_err()
+            {
+                return;
+            }
+            let frames = events.clone();
+            let why = link::read_frames(open.reader, open.read_half, open.peer, |frame| {
+                frames.send(Event::Frame { generation, frame }).is_ok()
+            })
+            .await;
+            let _ = events.send(Event::LinkDown {
+                generation,
+                why: why.to_string(),
+            });
+        });
+    }
+}
+
+impl Replica {
+    async fn on_event(&mut self, event: Event) {
+        match event {
+            Event::LinkUp {
+                primary,
+                incarnation,
+                generation,
+                writer,
+            } => {
+                // Another primary process numbers updates from 1 again: this replica would take
+                // them for ones it holds and skip them. Until a replica can be rebuilt from a
+                // live one, it stays out of that primary's group, loudly.
+                if let Some(ordered_by) = self.incarnation.filter(|&i| i != incarnation) {
+                    if self.order.received() > 0 {
+                        self.ctx
+                            .shared()
+                            .active
+                            .replica_errors
+                            .fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(
+                            "active replica: refusing the link of primary {primary}: this \
+                             replica holds updates up to {} numbered by another primary process \
+                             ({ordered_by:#x}, now {incarnation:#x}); rebuilding a replica is \
+                             not built yet: restart this node's redis-server and daemon",
+                            self.order.received()
+                        );
+                        return;
+                    }
+                }
+                self.incarnation = Some(incarnation);
+                self.link = Some((primary, generation, writer));
+                // Tell the new link at once where this replica stands.
+                self.send(ActiveFrame::Progress(
+                    steadfast_core::active_order::ToPrimary::Ack {
+                        up_to: self.order.received(),
+                    },
+                ));
+            }
+            Event::LinkDown { generation, why } => {
+                if self.link.as_ref().is_some_and(|l| l.1 == generation) {
+                    tracing::warn!("active link to the primary lost: {why}");
+                    self.link = None;
+                }
+            }
+            Event::Frame { generation, frame } => {
+                if self.link.as_ref().is_none_or(|l| l.1 != generation) {
+                    return;
+                }
+                self.on_frame(frame).await;
+            }
+            Event::ServerBytes { session, bytes } => {
+                match self.executor.server_bytes(session, &bytes) {
+                    Ok(actions) => self.exec(actions).await,
+                    Err(e) => self.fail_session(session, &e.to_string()),
+                }
+                self.close_ended_sessions();
+            }
+            Event::ServerClosed { session, why } => {
+                if self.servers.remove(&session).is_some() && !self.ending.contains_key(&session) {
+                    self.fail_session(session, &why);
+                }
+            }
+        }
+    }
+
+    async fn on_frame(&mut self, frame: ActiveFrame) {
+        let now = self.origin.elapsed();
+        match frame {
+            ActiveFrame::Order(message) => {
+                let actions = self.order.on_message(message, now);
+                self.act(actions).await;
+            }
+            ActiveFrame::Read {
+                session,
+                index,
+                barrier,
+                request,
+            } => {
+                self.held_reads.push(HeldRead {
+                    session,
+                    index,
+                    barrier,
+                    request,
+                });
+                self.release_reads().await;
+            }
+            ActiveFrame::EndSession { session, after } => {
+                self.ending.insert(session, after);
+                self.close_ended_sessions();
+            }
+            other => tracing::warn!(
+                "active link: a {} frame from the primary, which only a replica sends",
+                other.label()
+            ),
+        }
+    }
+
+    async fn act(&mut self, actions: Vec<ReplicaAction<UpdatePayload>>) {
+        for action in actions {
+            match action {
+                ReplicaAction::Send(message) => self.send(ActiveFrame::Progress(message)),
+                ReplicaAction::Deliver { number, payload } => {
+                    self.ctx
+                        .shared()
+                        .active
+                        .delivered
+                        .store(number, Ordering::Relaxed);
+                    self.update_index.insert(number, payload.index);
+                    self.submit(Work::Update {
+                        number,
+                        session: payload.session,
+                        request: payload.request,
+                    })
+                    .await;
+                    // Reads behind this update go before the next one, so that each runs in its
+                    // session's order on this replica.
+                    self.release_reads().await;
+                }
+            }
+        }
+        self.close_ended_sessions();
+    }
+
+    /// Hands the executor the reads whose barrier is delivered, in the order they came.
+    async fn release_reads(&mut self) {
+        let delivered = self.order.delivered();
+        let ready: Vec<HeldRead>;
+        (ready, self.held_reads) = std::mem::take(&mut self.held_reads)
+            .into_iter()
+            .partition(|read| read.barrier <= delivered);
+        for read in ready {
+            self.read_index
+                .entry(read.session)
+                .or_default()
+                .push_back(read.index);
+            self.submit(Work::Read {
+                session: read.session,
+                barrier: read.barrier,
+                request: read.request,
+            })
+            .await;
+        }
+    }
+
+    async fn submit(&mut self, work: Work) {
+        let session = match &work {
+            Work::Update { session, .. } | Work::Read { session, .. } => *session,
+        };
+        if !self.servers.contains_key(&session) && !self.broken.contains(&session) {
+            if let Err(e) = self.connect_server(session).await {
+                self.fail_session(session, &e);
+            }
+        }
+        match self.executor.submit(work) {
+            Ok(actions) => self.exec(actions).await,
+            Err(e) => {
+                // Out of order: the ordering core and the executor disagree, which no input
+                // should cause; this replica's data can no longer be trusted.
+                self.ctx
+                    .shared()
+                    .active
+                    .replica_errors
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::error!("active replica: session {session}: {e}");
+            }
+        }
+    }
+
+    async fn exec(&mut self, actions: Vec<ExecAction>) {
+        for action in actions {
+            match action {
+                ExecAction::Write { session, bytes } => match self.servers.get(&session) {
+                    Some(server) if server.send(bytes).is_ok() => {}
+                    _ => self.answer_locally_failed(session),
+                },
+                ExecAction::Replied {
+                    session,
+                    number: Some(number),
+                    reply,
+                } => {
+                    let index = self.update_index.remove(&number).unwrap_or_default();
+                    let whole = self
+                        .link
+                        .as_ref()
+                        .is_some_and(|(primary, _, _)| *primary == self.ctx.node_id);
+                    self.send(ActiveFrame::UpdateReply {
+                        number,
+                        session,
+                        index,
+                        digest: digest_reply(&reply),
+                        reply: whole.then_some(reply),
+                    });
+                }
+                ExecAction::Replied {
+                    session,
+                    number: None,
+                    reply,
+                } => {
+                    let index = self
+                        .read_index
+                        .get_mut(&session)
+                        .and_then(VecDeque::pop_front)
+                        .unwrap_or_default();
+                    self.ctx
+                        .shared()
+                        .active
+                        .reads_served
+                        .fetch_add(1, Ordering::Relaxed);
+                    self.send(ActiveFrame::ReadReply {
+                        session,
+                        index,
+                        reply,
+                    });
+                }
+            }
+        }
+    }
+
+    /// A write for a session whose server connection is gone: the executor waits for a reply
+    /// that never comes, so the work is answered here with an error the client can read.
+    fn answer_locally_failed(&mut self, session: SessionId) {
+        let reply = b"-ERR steadfast: this replica's connection to its redis-server failed\r\n";
+        if let Ok(actions) = self.executor.server_bytes(session, reply) {
+            // Answered synchronously: no further writes can come from a session's own reply.
+            for action in actions {
+                if let ExecAction::Replied {
+                    session,
+                    number,
+                    reply,
+                } = action
+                {
+                    match number {
+                        Some(number) => {
+                            let index = self.update_index.remove(&number).unwrap_or_default();
+                            self.send(ActiveFrame::UpdateReply {
+                                number,
+                                session,
+                                index,
+                                digest: digest_reply(&reply),
+                                reply: Some(reply),
+                            });
+                        }
+                        None => {
+                            let index = self
+                                .read_index
+                                .get_mut(&session)
+                                .and_then(VecDeque::pop_front)
+                                .unwrap_or_default();
+                            self.send(ActiveFrame::ReadReply {
+                                session,
+                                index,
+                                reply,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn fail_session(&mut self, session: SessionId, why: &str) {
+        self.ctx
+            .shared()
+            .active
+            .replica_errors
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::error!("active replica: session {session}: {why}");
+        self.servers.remove(&session);
+        self.broken.insert(session);
+    }
+
+    fn close_ended_sessions(&mut self) {
+        let delivered = self.order.delivered();
+        let done: Vec<SessionId> = self
+            .ending
+            .iter()
+            .filter(|(session, after)| {
+                **after <= delivered && !self.held_reads.iter().any(|r| r.session == **session)
+            })
+            .map(|(session, _)| *session)
+            .collect();
+        for session in done {
+            if self.executor.end_session(session).is_ok() {
+                self.ending.remove(&session);
+                self.servers.remove(&session);
+                self.read_index.remove(&session);
+                self.broken.remove(&session);
+            }
+        }
+    }
+
+    fn send(&mut self, frame: ActiveFrame) {
+        if let Some((_, _, writer)) = &self.link {
+            // A closed writer is reported as a link loss by its own task.
+            let _ = writer.send(frame);
+        }
+    }
+
+    /// Opens the session's connection to the local redis-server, with a task that hands what
+    /// the server sends to the replica's task and one that writes what it is given.
+    async fn connect_server(&mut self, session: SessionId) -> Result<(), String> {
+        let backend = self.ctx.backend;
+        let stream = TcpStream::connect(backend)
+            .await
+            .map_err(|e| format!("connecting to the redis-server at {backend}: {e}"))?;
+        let _ = stream.set_nodelay(true);
+        let (mut read_half, mut write_half) = stream.into_split();
+        let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            while let Some(bytes) = rx.recv().await {
+                if let Err(e) = write_half.write_all(&bytes).await {
+                    let _ = events.send(Event::ServerClosed {
+                        session,
+                        why: format!("writing to the redis-server at {backend}: {e}"),
+                    });
+                    return;
+                }
+            }
+            // The session ended: close the server connection.
+            let _ = write_half.shutdown().await;
+        });
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                match read_half.read(&mut buf).await {
+                    Ok(0) => {
+                        let _ = events.send(Event::ServerClosed {
+                            session,
+                            why: format!("the redis-server at {backend} closed the connection"),
+                        });
+                        return;
+                    }
+                    Ok(n) => {
+                        if events
+                            .send(Event::ServerBytes {
+                                session,
+                                bytes: buf[..n].to_vec(),
+                            })
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = events.send(Event::ServerClosed {
+                            session,
+                            why: format!("reading from the redis-server at {backend}: {e}"),
+                        });
+                        return;
+                    }
+                }
+            }
+        });
+        self.servers.insert(session, tx);
+        Ok(())
+    }
+}
+
+/// The replica's listening address: this member's own address, the active port.
+pub fn listen_address(local: std::net::Ipv4Addr, port: u16) -> SocketAddr {
+    SocketAddr::V4(SocketAddrV4::new(local, port))
+}
