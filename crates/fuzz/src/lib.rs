@@ -11,13 +11,17 @@ use std::path::Path;
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
+use steadfast_core::active_wire::{self, ActiveFrameReader};
 use steadfast_core::heartbeat_wire::{self, AuthKey};
+use steadfast_core::http::Http1;
 use steadfast_core::http::{
     ContentRange, EntityTag, FramingLimits, ReplyEvent, RequestEvent, RequestFramer, ResponseFramer,
 };
 use steadfast_core::image::{parse_client_frame, ConnectionTable, TableLimits};
+use steadfast_core::relay_wire;
 use steadfast_core::replication_wire::{self, FrameReader};
 use steadfast_core::resp::{Direction, RespFramer, RespLimits};
+use steadfast_core::stream_framer::StreamFramer;
 
 /// A fuzz target: any bytes in, a panic only on a bug.
 pub type Target = fn(&[u8]);
@@ -32,6 +36,9 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("client_frames", client_frames),
     ("config", config),
     ("resp_stream", resp_stream),
+    ("relay_frame", relay_frame),
+    ("active_link", active_link),
+    ("reply_progress", reply_progress),
 ];
 
 /// The group key of the heartbeat target.
@@ -68,6 +75,55 @@ fn pieces(data: &[u8]) -> Vec<&[u8]> {
         rest = &tail[len..];
     }
     out
+}
+
+/// A link-relay frame whose MAC is right (appended here, as for heartbeats). A frame that
+/// decodes encodes again to the same bytes: its encoder refuses exactly what its decoder
+/// refuses.
+pub fn relay_frame(data: &[u8]) {
+    let key = AuthKey::new(KEY).expect("a long enough key");
+    let mut frame = data.to_vec();
+    let mut mac = Hmac::<Sha256>::new_from_slice(KEY).expect("HMAC takes any key");
+    mac.update(data);
+    frame.extend_from_slice(&mac.finalize().into_bytes());
+    let _ = relay_wire::decode(data, &key);
+    if let Ok(decoded) = relay_wire::decode(&frame, &key) {
+        let again = relay_wire::encode(&decoded, &key).expect("a decoded frame encodes");
+        assert_eq!(again, frame, "a decoded relay frame encodes to its bytes");
+    }
+}
+
+/// An active link's stream read in pieces; every frame decoded encodes again to itself.
+pub fn active_link(data: &[u8]) {
+    let mut reader = ActiveFrameReader::new();
+    for piece in pieces(data) {
+        reader.push(piece);
+        while let Ok(Some((epoch, frame))) = reader.next_frame() {
+            let mut bytes = Vec::new();
+            active_wire::encode(&frame, epoch, &mut bytes).expect("a decoded frame encodes");
+            let mut again = ActiveFrameReader::new();
+            again.push(&bytes);
+            assert_eq!(
+                again.next_frame(),
+                Ok(Some((epoch, frame))),
+                "a decoded active link frame encodes to itself"
+            );
+        }
+    }
+}
+
+/// The progress of an HTTP reply handed over in its middle (the bytes an `Adopt` frame carries
+/// for the backup's framer): one that decodes encodes to a progress that decodes the same.
+pub fn reply_progress(data: &[u8]) {
+    if let Ok(progress) = Http1::decode_progress(data) {
+        let mut bytes = Vec::new();
+        Http1::encode_progress(&progress, &mut bytes);
+        assert_eq!(
+            Http1::decode_progress(&bytes),
+            Ok(progress),
+            "a decoded reply progress encodes to itself"
+        );
+    }
 }
 
 /// The replication stream read in pieces; every frame decoded encodes again to itself.

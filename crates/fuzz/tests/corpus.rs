@@ -111,6 +111,21 @@ fn every_target_has_a_corpus_directory() {
 }
 
 #[test]
+fn relay_frames() {
+    run_target("relay_frame", steadfast_fuzz::relay_frame);
+}
+
+#[test]
+fn active_links() {
+    run_target("active_link", steadfast_fuzz::active_link);
+}
+
+#[test]
+fn reply_progresses() {
+    run_target("reply_progress", steadfast_fuzz::reply_progress);
+}
+
+#[test]
 fn resp_streams() {
     run_target("resp_stream", steadfast_fuzz::resp_stream);
 }
