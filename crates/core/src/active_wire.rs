@@ -22,7 +22,7 @@ use sha2::Sha256;
 use crate::active_executor::SessionId;
 use crate::active_order::{OrderNumber, ToPrimary, ToReplica};
 use crate::heartbeat_wire::AuthKey;
-use crate::replication_seal::{Opener, Protection, SealError, Sealer, TAG_LEN};
+use crate::replication_seal::{cut_frame, CutError, Opener, Protection, SealError, Sealer};
 use crate::replication_wire::{LinkAttempt, NONCE_LEN};
 use crate::reply_compare::ReplyDigest;
 use crate::NodeId;
@@ -315,33 +315,23 @@ impl ActiveFrameReader {
 
     fn try_next(&mut self) -> Result<Option<(u64, ActiveFrame)>, ActiveWireError> {
         let buffered = &mut self.buffer[self.start..];
-        if buffered.len() < 4 {
-            return Ok(None);
-        }
-        let len = u32::from_be_bytes(buffered[..4].try_into().expect("4 bytes")) as usize;
         let offset = self.offset;
-        let tag = if self.opener.is_some() { TAG_LEN } else { 0 };
-        if len > MAX_FRAME_BYTES + tag {
-            return Err(ActiveWireError::TooLong {
-                offset,
-                len,
-                max: MAX_FRAME_BYTES + tag,
-            });
-        }
-        if len < HEADER_LEN - 4 + tag {
-            return Err(ActiveWireError::TooShort { offset, len });
-        }
-        if buffered.len() < 4 + len {
-            return Ok(None);
-        }
-        if let Some(opener) = self.opener.as_mut() {
-            opener
-                .open(&mut buffered[..4 + len])
-                .map_err(|error| ActiveWireError::Unsealed { offset, error })?;
-        }
-        let frame = decode_body(&buffered[4..4 + len - tag], offset)?;
-        self.start += 4 + len;
-        self.offset += 4 + len as u64;
+        let cut = match cut_frame(buffered, self.opener.as_mut(), HEADER_LEN, MAX_FRAME_BYTES) {
+            Ok(Some(cut)) => cut,
+            Ok(None) => return Ok(None),
+            Err(CutError::TooLong { len, max }) => {
+                return Err(ActiveWireError::TooLong { offset, len, max })
+            }
+            Err(CutError::TooShort { len }) => {
+                return Err(ActiveWireError::TooShort { offset, len })
+            }
+            Err(CutError::Unsealed(error)) => {
+                return Err(ActiveWireError::Unsealed { offset, error })
+            }
+        };
+        let frame = decode_body(&buffered[4..cut.plain_end], offset)?;
+        self.start += cut.end;
+        self.offset += cut.end as u64;
         Ok(Some(frame))
     }
 }
@@ -499,7 +489,7 @@ fn decode_body(bytes: &[u8], offset: u64) -> Result<(u64, ActiveFrame), ActiveWi
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::replication_seal::{channel, LinkEnd};
+    use crate::replication_seal::{channel, LinkEnd, TAG_LEN};
     use crate::replication_wire::{handshake_proof, verify_proof};
 
     fn every_kind() -> Vec<ActiveFrame> {

@@ -245,3 +245,62 @@ impl Opener {
         Ok(())
     }
 }
+
+/// Why [`cut_frame`] cannot cut the next frame of a stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CutError {
+    /// The length field says `len`, above the `max` of a frame of this stream.
+    TooLong { len: usize, max: usize },
+    /// The length field says `len`, shorter than a frame's header.
+    TooShort { len: usize },
+    /// The frame is whole but fails its tag.
+    Unsealed(SealError),
+}
+
+/// Cuts the next frame off a stream of length-prefixed frames (`len: u32`, then `len` bytes:
+/// a header of `header_len` bytes in all, length included, and a body), as the replication
+/// stream and the active link both frame theirs. `Ok(None)` until the frame is whole; once it
+/// is, its tag is checked and its body decrypted in place when `opener` is given. `max_plain`
+/// is the longest frame before sealing.
+pub fn cut_frame(
+    buffered: &mut [u8],
+    opener: Option<&mut Opener>,
+    header_len: usize,
+    max_plain: usize,
+) -> Result<Option<CutFrame>, CutError> {
+    if buffered.len() < 4 {
+        return Ok(None);
+    }
+    let len = u32::from_be_bytes(buffered[..4].try_into().expect("4 bytes")) as usize;
+    let tag = if opener.is_some() { TAG_LEN } else { 0 };
+    if len > max_plain + tag {
+        return Err(CutError::TooLong {
+            len,
+            max: max_plain + tag,
+        });
+    }
+    if len < header_len - 4 + tag {
+        return Err(CutError::TooShort { len });
+    }
+    if buffered.len() < 4 + len {
+        return Ok(None);
+    }
+    if let Some(opener) = opener {
+        opener
+            .open(&mut buffered[..4 + len])
+            .map_err(CutError::Unsealed)?;
+    }
+    Ok(Some(CutFrame {
+        plain_end: 4 + len - tag,
+        end: 4 + len,
+    }))
+}
+
+/// A frame [`cut_frame`] found whole, at the start of the bytes it was given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CutFrame {
+    /// Where the plain frame ends (its tag, if any, follows).
+    pub plain_end: usize,
+    /// Where the frame ends, tag included: where the next one starts.
+    pub end: usize,
+}

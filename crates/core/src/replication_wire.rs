@@ -17,7 +17,9 @@ use sha2::Sha256;
 
 use crate::heartbeat_wire::AuthKey;
 use crate::image::{FourTuple, NegotiatedOptions, WindowScales};
-use crate::replication_seal::{Opener, Protection, SealError, Sealer, TAG_LEN};
+use crate::replication_seal::{
+    cut_frame, CutError, Opener, Protection, SealError, Sealer, TAG_LEN,
+};
 use crate::NodeId;
 
 /// Tuples in one `Unadopted` frame (12 bytes each): a primary with more sends several.
@@ -558,37 +560,27 @@ impl FrameReader {
 
     fn try_next(&mut self) -> Result<Option<(u64, ReplicationFrame)>, ReplicationError> {
         let buffered = &mut self.buffer[self.start..];
-        if buffered.len() < 4 {
-            return Ok(None);
-        }
-        let len = u32::from_be_bytes(buffered[..4].try_into().expect("4 bytes")) as usize;
         let offset = self.offset;
-        let tag = if self.opener.is_some() { TAG_LEN } else { 0 };
-        if len > MAX_FRAME_BYTES + tag {
-            return Err(ReplicationError::TooLong {
-                offset,
-                len,
-                max: MAX_FRAME_BYTES + tag,
-            });
-        }
-        if len < HEADER_LEN - 4 + tag {
-            return Err(ReplicationError::TooShort { offset, len });
-        }
-        if buffered.len() < 4 + len {
-            return Ok(None);
-        }
-        if let Some(opener) = self.opener.as_mut() {
-            opener
-                .open(&mut buffered[..4 + len])
-                .map_err(|error| ReplicationError::Unsealed { offset, error })?;
-        }
-        let frame = decode_body(&buffered[4..4 + len - tag], offset)?;
-        self.start += 4 + len;
+        let cut = match cut_frame(buffered, self.opener.as_mut(), HEADER_LEN, MAX_FRAME_BYTES) {
+            Ok(Some(cut)) => cut,
+            Ok(None) => return Ok(None),
+            Err(CutError::TooLong { len, max }) => {
+                return Err(ReplicationError::TooLong { offset, len, max })
+            }
+            Err(CutError::TooShort { len }) => {
+                return Err(ReplicationError::TooShort { offset, len })
+            }
+            Err(CutError::Unsealed(error)) => {
+                return Err(ReplicationError::Unsealed { offset, error })
+            }
+        };
+        let frame = decode_body(&buffered[4..cut.plain_end], offset)?;
+        self.start += cut.end;
         if self.start == self.buffer.len() {
             self.buffer.clear();
             self.start = 0;
         }
-        self.offset += 4 + len as u64;
+        self.offset += cut.end as u64;
         Ok(Some(frame))
     }
 }
