@@ -4,13 +4,10 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::Lab;
-use steadfast_core::resp::{Direction, RespFramer, RespLimits};
 use steadfast_lab::redis_verify::{self, VerifyOptions};
 use steadfast_lab::{BackendKind, Mode};
 
@@ -20,64 +17,9 @@ const CATCH_UP: Duration = Duration::from_secs(5);
 /// The digest `DEBUG DIGEST` gives an empty dataset.
 const EMPTY_DIGEST: &str = "0000000000000000000000000000000000000000";
 
-/// A lab name of this file's own: `ac`, the pid, a counter (≤ 20 characters).
-fn active_lab_name() -> String {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let mut name = format!("ac{}r{n}", std::process::id() % 100_000);
-    name.truncate(20);
-    name
-}
-
 /// One command over a new connection opened in `namespace`: its whole reply's bytes.
 fn exchange(namespace: &str, target: SocketAddr, args: &[&str]) -> Result<Vec<u8>, String> {
-    exchange_within(namespace, target, args, EXCHANGE_TIMEOUT)
-}
-
-/// [`exchange`] with its own bound on the connect and the whole exchange.
-fn exchange_within(
-    namespace: &str,
-    target: SocketAddr,
-    args: &[&str],
-    timeout: Duration,
-) -> Result<Vec<u8>, String> {
-    let mut request = format!("*{}\r\n", args.len()).into_bytes();
-    for arg in args {
-        request.extend_from_slice(format!("${}\r\n{arg}\r\n", arg.len()).as_bytes());
-    }
-    steadfast_lab::run_in_namespace(namespace, move || {
-        let deadline = Instant::now() + timeout;
-        let mut stream = TcpStream::connect_timeout(&target, timeout)
-            .map_err(|e| format!("connect {target}: {e}"))?;
-        stream
-            .write_all(&request)
-            .map_err(|e| format!("send to {target}: {e}"))?;
-        let mut framer = RespFramer::new(Direction::Replies, RespLimits::default());
-        let mut reply = Vec::new();
-        let mut messages = Vec::new();
-        let mut piece = [0u8; 4096];
-        while messages.is_empty() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(format!("no whole reply from {target} within {timeout:?}"));
-            }
-            stream
-                .set_read_timeout(Some(left))
-                .map_err(|e| format!("{target}: {e}"))?;
-            let n = stream
-                .read(&mut piece)
-                .map_err(|e| format!("read from {target}: {e}"))?;
-            if n == 0 {
-                return Err(format!("{target} closed after {} bytes", reply.len()));
-            }
-            reply.extend_from_slice(&piece[..n]);
-            framer
-                .feed(&piece[..n], &mut messages)
-                .map_err(|e| format!("{target}: {e}"))?;
-        }
-        Ok(reply)
-    })
-    .map_err(|e| e.to_string())?
+    common::redis_exchange(namespace, target, args, EXCHANGE_TIMEOUT)
 }
 
 /// A simple or bulk string reply's text (`DEBUG DIGEST` answers `+…`).
@@ -99,7 +41,7 @@ fn three_replicas_run_the_verifying_client_clean_and_hold_the_same_data() {
         "redis-server is not installed (looked in PATH, /usr/sbin, /sbin, /usr/bin, /bin): \
          this interop test needs Debian's redis-server package"
     );
-    let lab = Lab::up_named(active_lab_name(), 3, BackendKind::Redis, |opts| {
+    let lab = Lab::up_named(common::lab_name("ac"), 3, BackendKind::Redis, |opts| {
         opts.mode = Mode::Active;
         opts.witness = false;
     });
@@ -238,7 +180,7 @@ const LOST_READ_BOUND: Duration = Duration::from_secs(5);
 #[test]
 #[ignore = "needs redis-server (the interop tier)"]
 fn a_crashed_replica_costs_its_reads_an_error_not_a_hang_and_healed_empty_stays_out() {
-    let lab = Lab::up_named(active_lab_name(), 3, BackendKind::Redis, |opts| {
+    let lab = Lab::up_named(common::lab_name("ac"), 3, BackendKind::Redis, |opts| {
         opts.mode = Mode::Active;
         opts.witness = false;
     });
@@ -269,7 +211,7 @@ fn a_crashed_replica_costs_its_reads_an_error_not_a_hang_and_healed_empty_stays_
     let mut lost = 0;
     for _ in 0..6 {
         let started = Instant::now();
-        let reply = exchange_within(&client, target, &["GET", "k"], LOST_READ_BOUND)
+        let reply = common::redis_exchange(&client, target, &["GET", "k"], LOST_READ_BOUND)
             .unwrap_or_else(|e| panic!("a read after the crash of {crashed}: {e}"));
         if reply != value {
             assert!(

@@ -4,9 +4,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::Lab;
@@ -20,15 +18,6 @@ const EXCHANGE_TIMEOUT: Duration = Duration::from_millis(500);
 /// not rounded up to a whole exchange timeout (a SYN sent to the crashed node is not resent
 /// within it; the next attempt's is).
 const TAKEOVER_PROBE_TIMEOUT: Duration = Duration::from_millis(100);
-
-/// A lab name of this file's own: `rd`, the pid, a counter (≤ 20 characters).
-fn redis_lab_name() -> String {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let mut name = format!("rd{}r{n}", std::process::id() % 100_000);
-    name.truncate(20);
-    name
-}
 
 /// A RESP2 reply, as far as these tests read them.
 #[derive(Debug, PartialEq, Eq)]
@@ -84,39 +73,8 @@ fn command_within(
     args: &[&str],
     timeout: Duration,
 ) -> Result<Reply, String> {
-    let mut request = format!("*{}\r\n", args.len()).into_bytes();
-    for arg in args {
-        request.extend_from_slice(format!("${}\r\n{arg}\r\n", arg.len()).as_bytes());
-    }
-    steadfast_lab::run_in_namespace(namespace, move || {
-        let deadline = Instant::now() + timeout;
-        let mut stream = TcpStream::connect_timeout(&target, timeout)
-            .map_err(|e| format!("connect {target}: {e}"))?;
-        stream
-            .set_write_timeout(Some(timeout))
-            .and_then(|()| stream.write_all(&request))
-            .map_err(|e| format!("send to {target}: {e}"))?;
-        let mut buf = Vec::new();
-        let mut piece = [0u8; 4096];
-        loop {
-            if let Some(reply) = parse_reply(&buf)? {
-                return Ok(reply);
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(format!("no whole reply from {target} within {timeout:?}"));
-            }
-            stream
-                .set_read_timeout(Some(left))
-                .map_err(|e| format!("{target}: {e}"))?;
-            match stream.read(&mut piece) {
-                Ok(0) => return Err(format!("{target} closed after {} bytes", buf.len())),
-                Ok(n) => buf.extend_from_slice(&piece[..n]),
-                Err(e) => return Err(format!("read from {target}: {e}")),
-            }
-        }
-    })
-    .map_err(|e| e.to_string())?
+    let bytes = common::redis_exchange(namespace, target, args, timeout)?;
+    parse_reply(&bytes)?.ok_or_else(|| format!("{target}: an incomplete reply {bytes:?}"))
 }
 
 /// The configuration file of the redis-server that answered (`INFO server`), which names its
@@ -160,7 +118,7 @@ fn the_vip_moves_to_the_other_redis_and_the_data_stays_behind() {
         "redis-server is not installed (looked in PATH, /usr/sbin, /sbin, /usr/bin, /bin): \
          this interop test needs Debian's redis-server package"
     );
-    let lab = Lab::up_named(redis_lab_name(), 2, BackendKind::Redis, |opts| {
+    let lab = Lab::up_named(common::lab_name("rd"), 2, BackendKind::Redis, |opts| {
         opts.mode = Mode::Unreplicated;
         opts.witness = false;
     });
@@ -272,7 +230,7 @@ fn the_vip_moves_to_the_other_redis_and_the_data_stays_behind() {
 #[test]
 fn redis_labs_refuse_the_http_proxies_of_simplex_and_duplex() {
     for mode in ["simplex", "duplex"] {
-        let name = redis_lab_name();
+        let name = common::lab_name("rd");
         let (ok, out, err) = common::steadfast_lab(&[
             "lab",
             "up",
@@ -326,7 +284,7 @@ fn resp_replies_are_read_whole() {
 #[test]
 #[ignore = "needs redis-server (the interop tier)"]
 fn the_verifying_client_sees_what_a_crash_loses_without_replication() {
-    let lab = Lab::up_named(redis_lab_name(), 2, BackendKind::Redis, |opts| {
+    let lab = Lab::up_named(common::lab_name("rd"), 2, BackendKind::Redis, |opts| {
         opts.mode = Mode::Unreplicated;
         opts.witness = false;
     });

@@ -443,3 +443,54 @@ pub fn mac_of(namespace: &str) -> String {
 pub fn namespace_exists(name: &str) -> bool {
     std::path::Path::new("/run/netns").join(name).exists()
 }
+
+/// Sends one command (an array of bulk strings) to `target` over a new connection opened in
+/// `namespace`, and returns its whole reply's bytes, as RESP frames them; `timeout` bounds the
+/// connect and the whole exchange.
+pub fn redis_exchange(
+    namespace: &str,
+    target: SocketAddr,
+    args: &[&str],
+    timeout: Duration,
+) -> Result<Vec<u8>, String> {
+    use std::io::{Read, Write};
+    use steadfast_core::resp::{Direction, RespFramer, RespLimits};
+    let mut request = format!("*{}\r\n", args.len()).into_bytes();
+    for arg in args {
+        request.extend_from_slice(format!("${}\r\n{arg}\r\n", arg.len()).as_bytes());
+    }
+    steadfast_lab::run_in_namespace(namespace, move || {
+        let deadline = Instant::now() + timeout;
+        let mut stream = std::net::TcpStream::connect_timeout(&target, timeout)
+            .map_err(|e| format!("connect {target}: {e}"))?;
+        stream
+            .set_write_timeout(Some(timeout))
+            .and_then(|()| stream.write_all(&request))
+            .map_err(|e| format!("send to {target}: {e}"))?;
+        let mut framer = RespFramer::new(Direction::Replies, RespLimits::default());
+        let mut reply = Vec::new();
+        let mut messages = Vec::new();
+        let mut piece = [0u8; 4096];
+        while messages.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(format!("no whole reply from {target} within {timeout:?}"));
+            }
+            stream
+                .set_read_timeout(Some(left))
+                .map_err(|e| format!("{target}: {e}"))?;
+            let n = stream
+                .read(&mut piece)
+                .map_err(|e| format!("read from {target}: {e}"))?;
+            if n == 0 {
+                return Err(format!("{target} closed after {} bytes", reply.len()));
+            }
+            reply.extend_from_slice(&piece[..n]);
+            framer
+                .feed(&piece[..n], &mut messages)
+                .map_err(|e| format!("{target}: {e}"))?;
+        }
+        Ok(reply)
+    })
+    .map_err(|e| e.to_string())?
+}
