@@ -25,7 +25,7 @@
 //! there.
 
 mod chunked;
-mod client_timer;
+mod exchange;
 mod fields;
 mod framer;
 mod head_buffer;
@@ -33,7 +33,6 @@ mod request;
 mod response;
 mod resume;
 
-pub use client_timer::{ClientExpiry, ClientTimeouts, ClientTimer, ClientWait};
 pub use fields::{ContentRange, EntityTag, Header};
 pub use framer::Http1;
 pub use request::{

@@ -7,9 +7,11 @@
 pub mod active_executor;
 pub mod active_order;
 pub mod active_wire;
+pub mod client_timer;
 pub mod config;
 pub mod election;
 pub mod election_messages;
+pub mod exchange_framer;
 pub mod heartbeat_wire;
 pub mod http;
 pub mod image;

@@ -32,7 +32,7 @@ pub struct ServiceSettings {
     pub active: bool,
     pub backend: std::net::SocketAddr,
     pub stream_replies_above: u64,
-    pub client_timeouts: steadfast_core::http::ClientTimeouts,
+    pub client_timeouts: steadfast_core::client_timer::ClientTimeouts,
     pub max_connections: Option<u32>,
     pub max_connections_per_source: Option<u32>,
     pub max_half_open_per_source: Option<u32>,
@@ -161,7 +161,7 @@ impl Settings {
                 active: s.mode == Mode::Active,
                 backend: s.backend,
                 stream_replies_above: s.stream_replies_above,
-                client_timeouts: steadfast_core::http::ClientTimeouts {
+                client_timeouts: steadfast_core::client_timer::ClientTimeouts {
                     header: s.client_header_timeout,
                     idle: s.client_idle_timeout,
                 },

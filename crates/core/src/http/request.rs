@@ -179,39 +179,11 @@ impl FromStr for RequestId {
     }
 }
 
-/// What the request framer found in the bytes fed to it.
-///
-/// `Head`, `Body`, `Framing`, `Tunnel` and `Discarded` ranges tile the stream in order; `End`
-/// gives the span of a whole request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RequestEvent {
-    Head(RequestHead),
-    /// Payload bytes of request `index` (chunk data for a chunked body).
-    Body {
-        index: u64,
-        range: Range<u64>,
-    },
-    /// Chunked framing bytes of request `index`: size lines, CRLFs, last chunk, trailers.
-    Framing {
-        index: u64,
-        range: Range<u64>,
-    },
-    /// Request `index` is complete; `range` is every byte of it, head first. The ranges of
-    /// consecutive `End`s are contiguous: request k is exactly the bytes `range`.
-    End {
-        index: u64,
-        range: Range<u64>,
-    },
-    /// Bytes after a CONNECT request or after [`RequestFramer::switch_to_tunnel`]: opaque.
-    Tunnel {
-        range: Range<u64>,
-    },
-    /// Bytes after a request that closes the connection, or empty lines at the end of the
-    /// stream: no request will be executed from them.
-    Discarded {
-        range: Range<u64>,
-    },
-}
+/// What the request framer found in the bytes fed to it (see
+/// [`crate::exchange_framer::RequestEvent`]): `Tunnel` covers the bytes after a CONNECT request
+/// or after [`RequestFramer::switch_to_tunnel`], `Discarded` those after a request that closes
+/// the connection, or empty lines at the end of the stream.
+pub type RequestEvent = crate::exchange_framer::RequestEvent<RequestHead>;
 
 impl RequestEvent {
     /// The bytes this event accounts for in the tiling of the stream (`None` for `End`).
@@ -229,7 +201,7 @@ impl RequestEvent {
 
 impl MergeableEvent for RequestEvent {
     fn try_merge(&mut self, next: &Self) -> bool {
-        use RequestEvent::{Body, Discarded, Framing, Tunnel};
+        use crate::exchange_framer::RequestEvent::{Body, Discarded, Framing, Tunnel};
         let (range, next_range) = match (self, next) {
             (Body { index: a, range }, Body { index: b, range: n })
             | (Framing { index: a, range }, Framing { index: b, range: n })

@@ -99,32 +99,11 @@ fn is_interim_status(status: u16) -> bool {
     (100..200).contains(&status) && status != 101
 }
 
-/// What the reply framer found in the bytes fed to it.
-///
-/// `Interim`, `Head`, `Body`, `Framing`, `Tunnel` and `Discarded` ranges tile the stream in
-/// order; `End` gives the span of a whole reply.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ReplyEvent {
-    /// A 1xx head (100 Continue, 103 Early Hints, ...) before the final reply to `head.index`.
-    Interim(ReplyHead),
-    /// The final head of the reply to request `head.index`.
-    Head(ReplyHead),
-    /// Payload bytes (chunk data for a chunked body).
-    Body { index: u64, range: Range<u64> },
-    /// Chunked framing bytes: size lines, CRLFs, last chunk, trailers.
-    Framing { index: u64, range: Range<u64> },
-    /// The reply to request `index` is complete; `range` is every byte of it, interim heads
-    /// included. `closes_connection`: the backend connection carries nothing after it.
-    End {
-        index: u64,
-        range: Range<u64>,
-        closes_connection: bool,
-    },
-    /// Bytes after a 101 or a 2xx to CONNECT.
-    Tunnel { range: Range<u64> },
-    /// Bytes after a reply that closed the connection: not part of any reply.
-    Discarded { range: Range<u64> },
-}
+/// What the reply framer found in the bytes fed to it (see
+/// [`crate::exchange_framer::ReplyEvent`]): `Interim` heads are 1xx (100 Continue, 103 Early
+/// Hints, ...), `Framing` covers chunked framing, `Tunnel` the bytes after a 101 or a 2xx to
+/// CONNECT.
+pub type ReplyEvent = crate::exchange_framer::ReplyEvent<ReplyHead>;
 
 impl ReplyEvent {
     /// The bytes this event accounts for in the tiling of the stream (`None` for `End`).
@@ -142,7 +121,7 @@ impl ReplyEvent {
 
 impl MergeableEvent for ReplyEvent {
     fn try_merge(&mut self, next: &Self) -> bool {
-        use ReplyEvent::{Body, Discarded, Framing, Tunnel};
+        use crate::exchange_framer::ReplyEvent::{Body, Discarded, Framing, Tunnel};
         let (range, next_range) = match (self, next) {
             (Body { index: a, range }, Body { index: b, range: n })
             | (Framing { index: a, range }, Framing { index: b, range: n })

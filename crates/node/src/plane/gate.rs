@@ -5,7 +5,6 @@
 
 use std::sync::Mutex;
 
-use steadfast_core::http::{CutPoint, NotResumable};
 use steadfast_core::image::FourTuple;
 use steadfast_core::replication_wire::ConnectionOptions;
 use steadfast_core::reply_log::ReplicaLog;
@@ -91,8 +90,9 @@ pub struct Adoption {
     /// The primary's TCP timestamp clock for the connection, when it uses timestamps.
     pub timestamp: Option<u32>,
     /// The reply to `next_request` is being streamed: where a takeover would resume it from
-    /// the log's end, or why it could not.
-    pub reply_in_progress: Option<Result<CutPoint, NotResumable>>,
+    /// the log's end, or why it could not, as the service's framer encodes it
+    /// (`StreamFramer::encode_progress`).
+    pub reply_in_progress: Option<Vec<u8>>,
 }
 
 /// A place replies are logged before they are sent.

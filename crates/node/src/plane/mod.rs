@@ -25,7 +25,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use steadfast_core::heartbeat_wire::AuthKey;
-use steadfast_core::http::FramingLimits;
 use steadfast_core::image::FourTuple;
 use steadfast_core::latency::LatencyHistogram;
 use steadfast_core::replication_seal::Protection;
@@ -36,6 +35,11 @@ use tokio::sync::{mpsc, watch};
 
 use self::gate::{LocalGate, ReplyGate};
 use self::proxy::{ProxyContext, SessionStart};
+
+/// The protocol of the services the simplex and duplex planes carry. The proxy, the reply log
+/// and the takeover know it only through its traits (`ExchangeFramer`, `StreamFramer`): this is
+/// the one place that names it.
+pub type ServiceFramer = steadfast_core::http::Http1;
 
 /// The replication channel listens on the heartbeat port + 1.
 pub const REPLICATION_PORT_OFFSET: u16 = 1;
@@ -54,7 +58,7 @@ pub struct PlaneService {
     pub active: bool,
     pub backend: SocketAddr,
     pub stream_above: u64,
-    pub client_timeouts: steadfast_core::http::ClientTimeouts,
+    pub client_timeouts: steadfast_core::client_timer::ClientTimeouts,
     pub max_connections: Option<u32>,
     pub max_connections_per_source: Option<u32>,
     /// Duplex backup: half-open images from one address, and request bytes held in all
@@ -234,7 +238,7 @@ pub struct PlaneShared {
     /// Gauge, backup: reply bytes its log holds until their clients acknowledge them.
     pub held_reply_bytes: AtomicU64,
     /// Set once at start; read without a lock (the daemon's realtime thread reads it).
-    pub proxy: std::sync::OnceLock<Arc<ProxyContext>>,
+    pub proxy: std::sync::OnceLock<Arc<ProxyContext<ServiceFramer>>>,
     /// Set while a takeover rebuilds connections, until their sessions are counted.
     pub taking_over: AtomicBool,
     /// Active mode's counters and gauges.
@@ -442,7 +446,7 @@ async fn run(
     ready: std::sync::mpsc::Sender<anyhow::Result<()>>,
 ) -> anyhow::Result<()> {
     let service = settings.service.clone();
-    let limits = FramingLimits::default();
+    let framer = ServiceFramer::default();
     if service.active {
         // No backup carries an active primary's connections on (yet): nothing to hand over.
         tokio::spawn(async move {
@@ -457,7 +461,7 @@ async fn run(
         // No other node ever carries a simplex connection on: no lease fences it.
         let ctx = Arc::new(ProxyContext::for_service(
             &settings,
-            limits,
+            framer,
             gate,
             lease::LeaseFence::unfenced(),
         ));
@@ -473,7 +477,7 @@ async fn run(
         std::future::pending::<()>().await;
         return Ok(());
     }
-    let duplex = match primary::Duplex::new(settings, shared.clone(), limits, lease).await {
+    let duplex = match primary::Duplex::new(settings, shared.clone(), framer, lease).await {
         Ok(duplex) => duplex,
         Err(e) => {
             let _ = ready.send(Err(e.context("starting the duplex plane")));
@@ -489,7 +493,11 @@ async fn run(
 }
 
 /// Accepts client connections and runs a session for each.
-async fn accept_loop(listener: TcpListener, ctx: Arc<ProxyContext>, shared: Arc<PlaneShared>) {
+async fn accept_loop(
+    listener: TcpListener,
+    ctx: Arc<ProxyContext<ServiceFramer>>,
+    shared: Arc<PlaneShared>,
+) {
     loop {
         // At the limit, connections wait in the kernel's accept queue until a session ends.
         let slot = ctx.admission.slot().await;
@@ -615,7 +623,7 @@ mod tests {
             active: false,
             backend: "127.0.0.1:80".parse().unwrap(),
             stream_above: 1 << 20,
-            client_timeouts: steadfast_core::http::ClientTimeouts {
+            client_timeouts: steadfast_core::client_timer::ClientTimeouts {
                 header: Duration::from_secs(60),
                 idle: Duration::from_secs(75),
             },

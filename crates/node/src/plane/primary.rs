@@ -7,12 +7,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use steadfast_core::http::{FramingLimits, Http1};
 use steadfast_core::image::FourTuple;
 use steadfast_core::replication_wire::{
     self, AdoptedStream, ConnectionOptions, FrameReader, LinkAttempt, ReplicationFrame, ReplyHeader,
 };
-use steadfast_core::stream_framer::StreamFramer;
 use steadfast_core::NodeId;
 use steadfast_os::ingress_guard::{GuardError, GuardState};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -22,7 +20,7 @@ use tokio::sync::{mpsc, watch};
 use super::backup::{self, BackupPlane};
 use super::gate::{AckState, AckWaiter, Piece, PieceKind, ReplyGate};
 use super::proxy::ProxyContext;
-use super::{Peer, PlaneRole, PlaneSettings, PlaneShared};
+use super::{Peer, PlaneRole, PlaneSettings, PlaneShared, ServiceFramer};
 
 /// How long the primary waits for a backup to connect, prove the key and say ready.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(2);
@@ -201,11 +199,7 @@ impl ReplyGate for ReplicatedGate {
             reply_acked: a.reply_acked,
             reply_offset: a.reply_acked + a.unacked_reply.len() as u64,
             timestamp: a.timestamp,
-            reply_in_progress: a.reply_in_progress.as_ref().map(|progress| {
-                let mut bytes = Vec::new();
-                <Http1 as StreamFramer>::encode_progress(progress, &mut bytes);
-                bytes
-            }),
+            reply_in_progress: a.reply_in_progress,
         });
         if !queued {
             return None;
@@ -288,7 +282,7 @@ enum LinkEvent {
 pub struct Duplex {
     settings: PlaneSettings,
     shared: Arc<PlaneShared>,
-    pub proxy: Arc<ProxyContext>,
+    pub proxy: Arc<ProxyContext<ServiceFramer>>,
     gate: Arc<ReplicatedGate>,
     netlink: steadfast_os::addr::Netlink,
     ifindex: u32,
@@ -324,7 +318,7 @@ impl Duplex {
     pub async fn new(
         settings: PlaneSettings,
         shared: Arc<PlaneShared>,
-        limits: FramingLimits,
+        framer: ServiceFramer,
         lease: super::lease::LeaseFence,
     ) -> anyhow::Result<Duplex> {
         let service = &settings.service;
@@ -367,7 +361,7 @@ impl Duplex {
         let gate = Arc::new(ReplicatedGate::default());
         let proxy = Arc::new(ProxyContext::for_service(
             &settings,
-            limits,
+            framer,
             gate.clone(),
             lease,
         ));

@@ -1,7 +1,8 @@
-//! The HTTP/1.1 proxy on VIP:port (simplex and duplex): one session per client connection.
+//! The proxy on VIP:port (simplex and duplex): one session per client connection.
 //!
-//! A session frames the client stream into requests (core::http), forwards each to a pooled
-//! backend connection with its stable `Steadfast-Request-Id`, frames the backend's reply, hands
+//! A session frames the client stream into requests (through the service's
+//! [`ExchangeFramer`]; HTTP/1.x is the first), forwards each to a pooled backend connection
+//! under its stable request id, frames the backend's reply, hands
 //! the reply to the [`ReplyGate`] and writes it to the client only once the gate says the
 //! backup holds it (I2). Requests go to the backend one at a time per client connection, so a
 //! backend that closes after a reply never loses a pipelined request sent behind it; pipelined
@@ -15,16 +16,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use steadfast_core::http::{
-    ClientExpiry, ClientTimeouts, ClientTimer, ClientWait, CutPoint, FramingError, FramingLimits,
-    ReplyBodyFraming, ReplyContinuation, ReplyEvent, RequestEvent, RequestFramer, RequestHead,
-    RequestId, ResponseFramer, StreamedReply,
+use steadfast_core::client_timer::{ClientExpiry, ClientTimeouts, ClientTimer, ClientWait};
+use steadfast_core::exchange_framer::{
+    ExchangeError, ExchangeFramer, OwnReply, ReplyEvent, ReplyFinisher, ReplyHeadView, ReplyStream,
+    RequestEvent, RequestHeadView, RequestStream,
 };
 use steadfast_core::image::{FourTuple, HandoverStep, HandoverWait, SessionStreams, SocketStreams};
 use steadfast_core::latency::LatencyHistogram;
 use steadfast_core::replication_wire::{ConnectionOptions, MAX_PIECE_BYTES};
 use steadfast_core::reply_log::RequestIdKey;
 use steadfast_core::reply_outbox::{ReplyOutbox, WaitingPiece};
+use steadfast_core::stream_framer::StreamFramer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -211,11 +213,13 @@ impl BackendPool {
 }
 
 /// What every session of a service shares.
-pub struct ProxyContext {
-    pub limits: FramingLimits,
+pub struct ProxyContext<P> {
+    /// The protocol the service speaks: how its two streams are framed.
+    pub protocol: P,
     /// Replies longer than this are logged and sent in pieces instead of whole.
     pub stream_above: usize,
-    /// How long a client may keep a session waiting (see `steadfast_core::http::ClientTimer`).
+    /// How long a client may keep a session waiting (see
+    /// `steadfast_core::client_timer::ClientTimer`).
     pub client_timeouts: ClientTimeouts,
     /// How many client connections are served at once, in all and from one address.
     pub admission: Arc<super::admission::Admission>,
@@ -230,18 +234,18 @@ pub struct ProxyContext {
     pub request_ids: RequestIdKey,
 }
 
-impl ProxyContext {
-    /// The context of the sessions of `settings.service`, replies going through `gate` under
-    /// `lease`.
+impl<P: ExchangeFramer> ProxyContext<P> {
+    /// The context of the sessions of `settings.service`, which speaks `protocol`, replies
+    /// going through `gate` under `lease`.
     pub fn for_service(
         settings: &super::PlaneSettings,
-        limits: FramingLimits,
+        protocol: P,
         gate: Arc<dyn ReplyGate>,
         lease: super::lease::LeaseFence,
-    ) -> ProxyContext {
+    ) -> ProxyContext<P> {
         let service = &settings.service;
         ProxyContext {
-            limits,
+            protocol,
             stream_above: service.stream_above as usize,
             client_timeouts: service.client_timeouts,
             admission: super::admission::for_service(
@@ -262,7 +266,7 @@ impl ProxyContext {
 /// Where a session starts: offset 0 for a fresh connection, or the resume point of a
 /// connection carried over by a takeover.
 #[derive(Debug, Clone)]
-pub struct SessionStart {
+pub struct SessionStart<P: StreamFramer> {
     pub tuple: FourTuple,
     pub connection_id: u64,
     /// What a backup that joins later needs to adopt the connection.
@@ -278,20 +282,20 @@ pub struct SessionStart {
     pub unacked_reply: Vec<u8>,
     /// The reply to request `request_index` was cut after `reply_offset` (streamed in parts
     /// when the old primary died): it is finished by a range request instead of executed.
-    pub cut_reply: Option<CutPoint>,
+    pub cut_reply: Option<P::ResumePoint>,
     /// The old primary was ending the connection after the reply whose unacknowledged bytes
     /// are `unacked_reply`: they go out, then the connection closes with nothing answered.
     pub close_after_reply: bool,
 }
 
-impl SessionStart {
+impl<P: StreamFramer> SessionStart<P> {
     pub fn fresh(
         tuple: FourTuple,
         connection_id: u64,
         client_isn: u32,
         options: ConnectionOptions,
         client_mss: u16,
-    ) -> SessionStart {
+    ) -> SessionStart<P> {
         SessionStart {
             tuple,
             connection_id,
@@ -321,14 +325,14 @@ enum SessionEnd {
 }
 
 /// A request the proxy cannot frame, handed to the server to answer.
-struct Refusal {
+struct Refusal<P: ExchangeFramer> {
     /// When the proxy stops waiting for the server's answer and gives its own.
     deadline: tokio::time::Instant,
-    error: FramingError,
+    error: P::Error,
 }
 
 /// The request whose reply is awaited.
-struct InFlight {
+struct InFlight<P: ExchangeFramer> {
     index: u64,
     keep_alive: bool,
     /// Client stream offset after the request, once its end was framed.
@@ -341,10 +345,10 @@ struct InFlight {
     streamed: bool,
     /// The reply finishes one a takeover cut: the backend's answer to the range request is
     /// turned into the rest of the client's reply.
-    continuation: Option<ReplyContinuation>,
+    continuation: Option<P::Finisher>,
     /// The request, while it may still be sent again on a fresh connection: it is idempotent,
     /// went on a reused connection, and no byte of its reply has come.
-    retry: Option<RequestHead>,
+    retry: Option<P::RequestHead>,
     /// When the request's head went to the backend, and whether a byte of its reply came
     /// since (the stage latencies).
     sent_at: Instant,
@@ -352,9 +356,9 @@ struct InFlight {
 }
 
 /// The backend connection of a session and the framer of its reply stream.
-struct Backend {
+struct Backend<P: ExchangeFramer> {
     stream: TcpStream,
-    framer: ResponseFramer,
+    framer: P::Replies,
     /// Backend bytes read and not yet handed to the client, from backend offset `base`.
     buffer: Vec<u8>,
     base: u64,
@@ -370,11 +374,11 @@ struct Backend {
     reused: bool,
 }
 
-impl Backend {
-    fn new(stream: TcpStream, reused: bool, limits: FramingLimits) -> Backend {
+impl<P: ExchangeFramer> Backend<P> {
+    fn new(stream: TcpStream, reused: bool, protocol: &P) -> Backend<P> {
         Backend {
             stream,
-            framer: ResponseFramer::new(limits),
+            framer: protocol.replies(),
             buffer: Vec::new(),
             base: 0,
             cuttable: 0,
@@ -387,10 +391,10 @@ impl Backend {
 
 /// Runs one client connection to its end; `protection` is its place in the census, entered by
 /// the caller with the link generation that protects it (0: none).
-pub async fn serve(
-    ctx: Arc<ProxyContext>,
+pub async fn serve<P: ExchangeFramer>(
+    ctx: Arc<ProxyContext<P>>,
     client: TcpStream,
-    start: SessionStart,
+    start: SessionStart<P>,
     protection: CensusEntry,
 ) {
     let tuple = start.tuple;
@@ -412,7 +416,9 @@ pub async fn serve(
         adoption: AdoptionTrigger::new(ctx.gate.adoption_notice(), ctx.census.watch_disownings()),
         adoption_ack: None,
         protection,
-        framer: RequestFramer::starting_at(ctx.limits, start.request_offset, start.request_index),
+        framer: ctx
+            .protocol
+            .requests_from(start.request_offset, start.request_index),
         pending: VecDeque::new(),
         held: Vec::new(),
         held_base: start.request_offset,
@@ -432,7 +438,7 @@ pub async fn serve(
         client_reply: start
             .cut_reply
             .as_ref()
-            .map(|cut| StreamedReply::from_cut(ctx.limits, cut)),
+            .map(|cut| ctx.protocol.partial_reply_from(Ok(cut.clone()))),
         framing_error: None,
         refusal: None,
         client_done: false,
@@ -484,8 +490,8 @@ pub async fn serve(
     }
 }
 
-struct Session {
-    ctx: Arc<ProxyContext>,
+struct Session<P: ExchangeFramer> {
+    ctx: Arc<ProxyContext<P>>,
     client: TcpStream,
     tuple: FourTuple,
     connection_id: u64,
@@ -500,13 +506,13 @@ struct Session {
     adoption_ack: Option<PendingAdoption>,
     /// The gate generation that protects this connection (0: none), counted in the census.
     protection: CensusEntry,
-    framer: RequestFramer,
-    pending: VecDeque<RequestEvent>,
+    framer: P::Requests,
+    pending: VecDeque<RequestEvent<P::RequestHead>>,
     /// Client bytes not yet forwarded, from client stream offset `held_base`.
     held: Vec<u8>,
     held_base: u64,
-    in_flight: Option<InFlight>,
-    backend: Option<Backend>,
+    in_flight: Option<InFlight<P>>,
+    backend: Option<Backend<P>>,
     /// The client-facing reply stream: pieces of a reply streamed in parts, logged and not yet
     /// written (each goes to the client once the backup holds it, while the backend is read
     /// on), and the bytes written that the client has not acknowledged (kept where a backup
@@ -523,24 +529,24 @@ struct Session {
     kept_request_base: u64,
     /// Follows the reply being streamed in parts, so a backup that adopts the connection in its
     /// middle knows where a takeover would resume it.
-    client_reply: Option<StreamedReply>,
+    client_reply: Option<P::PartialReply>,
     /// A framing error in client bytes read during a hand-over, answered by the main loop.
-    framing_error: Option<FramingError>,
+    framing_error: Option<P::Error>,
     /// A request the proxy cannot frame is with the server (see `answer_framing_error`).
-    refusal: Option<Refusal>,
+    refusal: Option<Refusal<P>>,
     client_done: bool,
     /// The last request asked to close (or the stream cannot carry another request).
     close_after_reply: bool,
     /// A resumed session logs (debug) when its first reply goes out.
     trace_first_reply: bool,
     /// The first request's reply was cut by the takeover (see [`SessionStart::cut_reply`]).
-    cut_reply: Option<CutPoint>,
+    cut_reply: Option<P::ResumePoint>,
     /// How long the client has kept the session waiting, timed from `clock_origin`.
     client_timer: ClientTimer,
     clock_origin: tokio::time::Instant,
 }
 
-impl Session {
+impl<P: ExchangeFramer> Session<P> {
     async fn run(
         &mut self,
         pending_request: Vec<u8>,
@@ -666,7 +672,7 @@ impl Session {
 
     /// The client kept the session waiting past a timeout: an idle connection closes as the
     /// server's keep-alive timeout would close it; an unfinished request head is answered
-    /// 408, and the connection closes.
+    /// (HTTP: 408), and the connection closes.
     async fn client_timed_out(&mut self) -> Result<(), SessionEnd> {
         let counters = &self.ctx.counters;
         match self.client_timer.expired(self.clock_origin.elapsed()) {
@@ -692,11 +698,12 @@ impl Session {
                     self.tuple,
                     self.framer.current_index()
                 );
-                let body = format!(
-                    "the request head did not complete within {} ms\n",
+                let detail = format!(
+                    "the request head did not complete within {} ms",
                     timeout.as_millis()
                 );
-                self.answer_ourselves(self.framer.current_index(), "408 Request Timeout", &body)
+                let reply = OwnReply::HeadTimeout { detail: &detail };
+                self.answer_ourselves(self.framer.current_index(), reply)
                     .await
             }
             None => Ok(()),
@@ -786,8 +793,8 @@ impl Session {
         self.pending.extend(events);
     }
 
-    /// Frames client bytes; a framing error answers 400 when no part of the bad request has
-    /// reached the backend, and ends the session.
+    /// Frames client bytes; a framing error is answered (HTTP: 400) when no part of the bad
+    /// request has reached the backend, and ends the session.
     async fn take_client_bytes(&mut self, bytes: &[u8]) -> Result<(), SessionEnd> {
         self.frame_client_bytes(bytes);
         self.answer_framing_error().await
@@ -821,16 +828,17 @@ impl Session {
             .bad_requests
             .fetch_add(1, Ordering::Relaxed);
         // Earlier complete requests still get their replies first.
-        self.forward_requests_before(error.index).await?;
+        let index = error.request_index();
+        self.forward_requests_before(index).await?;
         while self
             .in_flight
             .as_ref()
-            .is_some_and(|flight| flight.index < error.index)
+            .is_some_and(|flight| flight.index < index)
         {
             self.finish_in_flight().await?;
-            self.forward_requests_before(error.index).await?;
+            self.forward_requests_before(index).await?;
         }
-        if let Err(e) = self.hand_refusal_to_server(error.index).await {
+        if let Err(e) = self.hand_refusal_to_server(index).await {
             tracing::debug!(
                 "{}: the server cannot be asked about a request the proxy cannot frame: {e}",
                 self.tuple
@@ -861,14 +869,8 @@ impl Session {
                 }
             }
             let stream = self.ctx.pool.connect().await?;
-            let mut backend = Backend::new(stream, false, self.ctx.limits);
-            backend
-                .framer
-                .expect_reply(if self.held.starts_with(b"HEAD ") {
-                    "HEAD"
-                } else {
-                    "GET"
-                });
+            let mut backend = Backend::new(stream, false, &self.ctx.protocol);
+            backend.framer.expect_reply_to_unframed(&self.held);
             backend.request_open = true;
             self.backend = Some(backend);
         }
@@ -908,8 +910,8 @@ impl Session {
     }
 
     /// The server did not answer a request the proxy cannot frame (or could not be asked):
-    /// the proxy answers 400 itself, naming what is wrong, and closes.
-    async fn refuse_ourselves(&mut self, error: FramingError) -> Result<(), SessionEnd> {
+    /// the proxy answers itself (HTTP: 400), naming what is wrong, and closes.
+    async fn refuse_ourselves(&mut self, error: P::Error) -> Result<(), SessionEnd> {
         self.refusal = None;
         if let Some(flight) = self.in_flight.take() {
             if flight.reply_started {
@@ -918,32 +920,25 @@ impl Session {
             // Its backend connection sees the request cut short; nothing more goes on it.
             self.backend = None;
         }
-        self.answer_ourselves(error.index, "400 Bad Request", &format!("{error}\n"))
-            .await?;
+        let detail = error.to_string();
+        let reply = OwnReply::Malformed { detail: &detail };
+        self.answer_ourselves(error.request_index(), reply).await?;
         let _ = self.client.shutdown().await;
         Err(SessionEnd::Protocol(self.tuple, error.to_string()))
     }
 
-    /// Answers request `index` with a reply of the proxy's own (`status`, a plain-text `body`)
-    /// that ends the connection: every client byte received counts as part of that request.
+    /// Answers request `index` with a reply of the proxy's own, which ends the connection:
+    /// every client byte received counts as part of that request.
     async fn answer_ourselves(
         &mut self,
         index: u64,
-        status: &str,
-        body: &str,
+        reply: OwnReply<'_>,
     ) -> Result<(), SessionEnd> {
         let end = self.held_base + self.held.len() as u64;
         self.close_after_reply = true;
-        let reply = format!(
-            "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        self.send_reply_piece(
-            index,
-            PieceKind::Final { request_end: end },
-            reply.into_bytes(),
-        )
-        .await
+        let reply = self.ctx.protocol.own_reply(reply);
+        self.send_reply_piece(index, PieceKind::Final { request_end: end }, reply)
+            .await
     }
 
     /// Hands this unprotected connection to the backup that joined after it opened, wherever
@@ -1054,7 +1049,11 @@ impl Session {
                 .timestamps
                 .then(|| steadfast_os::repair::timestamp_now(&self.client).ok())
                 .flatten(),
-            reply_in_progress: self.client_reply.as_ref().map(StreamedReply::cut_point),
+            reply_in_progress: self.client_reply.as_ref().map(|reply| {
+                let mut progress = Vec::new();
+                P::encode_progress(&self.ctx.protocol.resume_point(reply), &mut progress);
+                progress
+            }),
         };
         let (pending, unacked) = (adoption.pending.len(), adoption.unacked_reply.len());
         let in_reply = adoption.reply_in_progress.is_some() || unacked > 0;
@@ -1224,14 +1223,15 @@ impl Session {
         while let Some(event) = self.pending.front() {
             match event {
                 RequestEvent::Head(head) => {
-                    if self.in_flight.is_some() || self.close_after_reply || head.index >= limit {
+                    if self.in_flight.is_some() || self.close_after_reply || head.index() >= limit {
                         break;
                     }
                     let head = head.clone();
                     if self.backend.is_none() {
                         match self.ctx.pool.get().await {
                             Ok((stream, reused)) => {
-                                self.backend = Some(Backend::new(stream, reused, self.ctx.limits))
+                                self.backend =
+                                    Some(Backend::new(stream, reused, &self.ctx.protocol))
                             }
                             Err(e) => {
                                 let resuming = self.cut_reply.is_some();
@@ -1239,19 +1239,17 @@ impl Session {
                             }
                         }
                     }
-                    let id = RequestId::new(self.connection_id, head.index);
+                    let protocol = &self.ctx.protocol;
                     let (bytes, continuation) = match self.cut_reply.take() {
-                        None => (head.encode_for_backend(&id), None),
-                        Some(cut) => {
-                            match head.encode_resume_request(&id, cut.payload_sent, &cut.validator)
-                            {
-                                Some(bytes) => (bytes, Some(ReplyContinuation::new(cut))),
-                                None => {
-                                    // The backup's plan checked the request: not reached.
-                                    return self.abort_resume("the request cannot carry a range");
-                                }
+                        None => (protocol.encode_request(&head, self.connection_id), None),
+                        Some(cut) => match protocol.resume_request(&head, self.connection_id, &cut)
+                        {
+                            Some((bytes, finisher)) => (bytes, Some(finisher)),
+                            None => {
+                                // The backup's plan checked the request: not reached.
+                                return self.abort_resume("the request cannot ask for the rest");
                             }
-                        }
+                        },
                     };
                     let resuming = continuation.is_some();
                     let backend = self.backend.as_mut().expect("connected above");
@@ -1266,7 +1264,7 @@ impl Session {
                             "{}: the reused backend connection failed ({e}); sending request {} \
                              on a fresh one",
                             self.tuple,
-                            head.index
+                            head.index()
                         );
                         if let Err(e) = self.write_on_a_fresh_connection(&head, &bytes).await {
                             return self.backend_failed(&head, resuming, "connect", &e).await;
@@ -1275,8 +1273,8 @@ impl Session {
                     }
                     self.ctx.counters.requests.fetch_add(1, Ordering::Relaxed);
                     self.in_flight = Some(InFlight {
-                        index: head.index,
-                        keep_alive: head.keep_alive,
+                        index: head.index(),
+                        keep_alive: head.keep_alive(),
                         request_end: None,
                         reply_started: resuming,
                         streamed: resuming,
@@ -1285,7 +1283,7 @@ impl Session {
                         sent_at: Instant::now(),
                         reply_seen: false,
                     });
-                    forwarded_to = Some(head.range.end);
+                    forwarded_to = Some(head.range().end);
                 }
                 RequestEvent::Body { range, .. } | RequestEvent::Framing { range, .. } => {
                     let range = range.clone();
@@ -1336,7 +1334,7 @@ impl Session {
     /// writes `bytes` (the request as forwarded so far) on it.
     async fn write_on_a_fresh_connection(
         &mut self,
-        head: &RequestHead,
+        head: &P::RequestHead,
         bytes: &[u8],
     ) -> io::Result<()> {
         self.backend = None;
@@ -1345,7 +1343,7 @@ impl Session {
             .backend_retries
             .fetch_add(1, Ordering::Relaxed);
         let stream = self.ctx.pool.connect().await?;
-        let mut backend = Backend::new(stream, false, self.ctx.limits);
+        let mut backend = Backend::new(stream, false, &self.ctx.protocol);
         backend.framer.expect_reply_to(head);
         backend.request_open = true;
         backend.stream.write_all(bytes).await?;
@@ -1375,21 +1373,22 @@ impl Session {
         let Some(kept) = self.kept_request.as_ref() else {
             return Ok(false);
         };
-        if head.range.start < self.kept_request_base {
+        let head_range = head.range();
+        if head_range.start < self.kept_request_base {
             return Ok(false);
         }
-        let body = (head.range.end - self.kept_request_base) as usize
+        let body = (head_range.end - self.kept_request_base) as usize
             ..(forwarded_end - self.kept_request_base) as usize;
         let Some(body) = kept.get(body) else {
             return Ok(false);
         };
-        let mut bytes = head.encode_for_backend(&RequestId::new(self.connection_id, head.index));
+        let mut bytes = self.ctx.protocol.encode_request(&head, self.connection_id);
         bytes.extend_from_slice(body);
         tracing::debug!(
             "{}: the reused backend connection ended before any byte of the reply ({error}); \
              sending request {} again on a fresh one",
             self.tuple,
-            head.index
+            head.index()
         );
         if let Err(e) = self.write_on_a_fresh_connection(&head, &bytes).await {
             return self
@@ -1400,11 +1399,12 @@ impl Session {
         Ok(true)
     }
 
-    /// The backend could not take the request `head` (`what`: connect, write): a 502 answers
-    /// it, or, when it was to finish a reply the takeover cut, the client is reset.
+    /// The backend could not take the request `head` (`what`: connect, write): the proxy
+    /// answers it (HTTP: 502), or, when it was to finish a reply the takeover cut, the client
+    /// is reset.
     async fn backend_failed(
         &mut self,
-        head: &RequestHead,
+        head: &P::RequestHead,
         resuming: bool,
         what: &str,
         error: &io::Error,
@@ -1417,7 +1417,7 @@ impl Session {
         if resuming {
             return self.abort_resume(&format!("backend {what}: {error}"));
         }
-        self.answer_bad_gateway(head.index, head.range.end, error)
+        self.answer_bad_gateway(head.index(), head.range().end, error)
             .await
     }
 
@@ -1428,15 +1428,15 @@ impl Session {
         error: &io::Error,
     ) -> Result<(), SessionEnd> {
         self.close_after_reply = true;
-        let body = format!("the backend cannot be reached: {error}\n");
-        let reply = format!(
-            "HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        self.send_reply_piece(index, PieceKind::Final { request_end }, reply.into_bytes())
+        let detail = format!("the backend cannot be reached: {error}");
+        let reply = self
+            .ctx
+            .protocol
+            .own_reply(OwnReply::BackendUnreachable { detail: &detail });
+        self.send_reply_piece(index, PieceKind::Final { request_end }, reply)
             .await?;
         let _ = self.client.shutdown().await;
-        Err(SessionEnd::Protocol(self.tuple, body))
+        Err(SessionEnd::Protocol(self.tuple, detail))
     }
 
     /// Frames the `n` bytes just read into the backend's buffer (0: the backend closed) and
@@ -1475,12 +1475,12 @@ impl Session {
             match event {
                 ReplyEvent::Head(head) => {
                     if let Some(backend) = self.backend.as_mut() {
-                        backend.cuttable = head.range.end;
+                        backend.cuttable = head.range().end;
                     }
                     // A reply that says it is longer than the whole-reply limit is streamed
                     // from its first byte: it would be cut into parts anyway.
-                    if let (&ReplyBodyFraming::ContentLength(length), Some(flight)) =
-                        (&head.body, self.in_flight.as_mut())
+                    if let (Some(length), Some(flight)) =
+                        (head.declared_length(), self.in_flight.as_mut())
                     {
                         if length > self.ctx.stream_above as u64 {
                             flight.streamed = true;
@@ -1493,8 +1493,8 @@ impl Session {
                     }
                 }
                 ReplyEvent::Interim(head) => {
-                    let piece = self.cut_backend(head.range.end);
-                    let index = self.in_flight.as_ref().map_or(head.index, |f| f.index);
+                    let piece = self.cut_backend(head.range().end);
+                    let index = self.in_flight.as_ref().map_or(head.index(), |f| f.index);
                     self.send_reply_piece(index, PieceKind::Interim, piece)
                         .await?;
                 }
@@ -1630,8 +1630,8 @@ impl Session {
     /// cut: only its payload reaches the client, in the client's framing, after the cut.
     async fn continue_cut_reply(
         &mut self,
-        events: Vec<ReplyEvent>,
-        framed: Result<(), steadfast_core::http::FramingError>,
+        events: Vec<ReplyEvent<P::ReplyHead>>,
+        framed: Result<(), P::Error>,
         closed: bool,
     ) -> Result<(), SessionEnd> {
         let Some(mut continuation) = self
@@ -1646,7 +1646,7 @@ impl Session {
         for event in events {
             let step = match event {
                 ReplyEvent::Interim(head) | ReplyEvent::Head(head) => {
-                    let _ = self.cut_backend(head.range.end);
+                    let _ = self.cut_backend(head.range().end);
                     continuation.head(&head)
                 }
                 ReplyEvent::Body { range, .. } => {
@@ -1931,10 +1931,11 @@ impl Session {
         // Where the reply stands after this piece, for a backup that adopts the connection.
         match kind {
             PieceKind::Partial => {
-                let limits = self.ctx.limits;
-                self.client_reply
-                    .get_or_insert_with(|| StreamedReply::new(limits))
-                    .feed(&bytes);
+                let protocol = &self.ctx.protocol;
+                let reply = self
+                    .client_reply
+                    .get_or_insert_with(|| protocol.begin_partial_reply());
+                protocol.feed_partial_reply(reply, &bytes);
             }
             PieceKind::Final { request_end } => {
                 self.client_reply = None;
@@ -2141,7 +2142,10 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 /// Reads the backend into the end of its buffer, where the reply's bytes are framed and cut
 /// into pieces without being copied again; the buffer is made `room` long, and at least a
 /// read longer. Cancel-safe, like `read_buf`.
-async fn read_backend_stream(backend: Option<&mut Backend>, room: usize) -> io::Result<usize> {
+async fn read_backend_stream<P: ExchangeFramer>(
+    backend: Option<&mut Backend<P>>,
+    room: usize,
+) -> io::Result<usize> {
     match backend {
         Some(backend) => {
             let buffer = &mut backend.buffer;

@@ -11,7 +11,7 @@ use steadfast_os::repair::{self, RepairTarget};
 use super::backup::Frozen;
 use super::probes::send_probes;
 use super::proxy::{self, ProxyContext, SessionStart};
-use super::PlaneShared;
+use super::{PlaneShared, ServiceFramer};
 
 /// Sockets are rebuilt on this many threads at once.
 const REBUILD_THREADS: usize = 2;
@@ -162,7 +162,7 @@ pub fn rebuild_all(frozen: Frozen, shared: &Arc<PlaneShared>) -> Rebuilt {
 /// probe) and its proxy session resumes.
 pub fn resume_all(
     rebuilt: Rebuilt,
-    ctx: Arc<ProxyContext>,
+    ctx: Arc<ProxyContext<ServiceFramer>>,
     shared: &PlaneShared,
 ) -> TakeoverReport {
     let mut report = rebuilt.report;
@@ -226,7 +226,7 @@ fn repair_target(plan: &ResumePlan, idle: Duration) -> RepairTarget {
     }
 }
 
-fn resume(ctx: Arc<ProxyContext>, stream: std::net::TcpStream, plan: ResumePlan) {
+fn resume(ctx: Arc<ProxyContext<ServiceFramer>>, stream: std::net::TcpStream, plan: ResumePlan) {
     let tuple = steadfast_core::image::FourTuple {
         client: plan.restore.remote,
         server: plan.restore.local,

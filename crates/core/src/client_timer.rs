@@ -1,9 +1,10 @@
 //! When a proxy stops waiting for a client: a connection with no request under way is closed
 //! after the idle timeout (without a word, as nginx's `keepalive_timeout` and HAProxy's `timeout
 //! http-keep-alive` do), and a request head that does not complete within the header timeout
-//! once its first byte came is answered 408 (RFC 9110 §15.5.9; nginx's `client_header_timeout`,
-//! HAProxy's `timeout http-request`). Bodies and replies are not timed here: the server reads
-//! the body as it comes and applies its own timeouts, whose outcome the proxy passes on.
+//! once its first byte came is answered by the protocol's own reply (HTTP: 408, RFC 9110
+//! §15.5.9; nginx's `client_header_timeout`, HAProxy's `timeout http-request`). Bodies and
+//! replies are not timed here: the server reads the body as it comes and applies its own
+//! timeouts, whose outcome the proxy passes on.
 //!
 //! Time is an input (a `Duration` since any fixed origin); the session tells the timer what it
 //! waits for after each step and asks where its deadline lies.
