@@ -27,6 +27,7 @@ pub mod replication_wire;
 pub mod reply_compare;
 pub mod reply_log;
 pub mod reply_outbox;
+pub mod request_ledger;
 pub mod resp;
 pub mod resp_request;
 pub mod resp_stream;

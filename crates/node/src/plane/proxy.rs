@@ -26,6 +26,7 @@ use steadfast_core::latency::LatencyHistogram;
 use steadfast_core::replication_wire::{ConnectionOptions, MAX_PIECE_BYTES};
 use steadfast_core::reply_log::RequestIdKey;
 use steadfast_core::reply_outbox::{ReplyOutbox, WaitingPiece};
+use steadfast_core::request_ledger::{Keeping, RequestLedger};
 use steadfast_core::stream_framer::StreamFramer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -420,8 +421,6 @@ pub async fn serve<P: ExchangeFramer>(
             .protocol
             .requests_from(start.request_offset, start.request_index),
         pending: VecDeque::new(),
-        held: Vec::new(),
-        held_base: start.request_offset,
         in_flight: None,
         backend: None,
         // The logged reply bytes the client lacks go out first; the socket's send sequence
@@ -431,10 +430,11 @@ pub async fn serve<P: ExchangeFramer>(
             start.reply_offset,
             start.unacked_reply.len() as u64,
         ),
-        answered_index: start.request_index,
-        answered_offset: start.request_offset,
-        kept_request: Some(Vec::new()),
-        kept_request_base: start.request_offset,
+        requests: RequestLedger::starting_at(
+            start.request_offset,
+            start.request_index,
+            MAX_UNANSWERED_REQUEST_BYTES,
+        ),
         client_reply: start
             .cut_reply
             .as_ref()
@@ -508,9 +508,6 @@ struct Session<P: ExchangeFramer> {
     protection: CensusEntry,
     framer: P::Requests,
     pending: VecDeque<RequestEvent<P::RequestHead>>,
-    /// Client bytes not yet forwarded, from client stream offset `held_base`.
-    held: Vec<u8>,
-    held_base: u64,
     in_flight: Option<InFlight<P>>,
     backend: Option<Backend<P>>,
     /// The client-facing reply stream: pieces of a reply streamed in parts, logged and not yet
@@ -519,14 +516,10 @@ struct Session<P: ExchangeFramer> {
     /// may adopt the connection: it starts its log with those the client lacks, then the
     /// waiting pieces follow, see `adopt`).
     reply: ReplyOutbox<PieceLog>,
-    /// The first request no complete reply answers, and the client offset where it starts.
-    answered_index: u64,
-    answered_offset: u64,
-    /// Client bytes from `kept_request_base` to `held_base`: forwarded, their requests not yet
-    /// answered (a backup adopting the connection needs them: a takeover sends them again).
-    /// `None` once an upload outgrew [`MAX_UNANSWERED_REQUEST_BYTES`].
-    kept_request: Option<Vec<u8>>,
-    kept_request_base: u64,
+    /// The client stream: bytes held before they are forwarded, and those of unanswered
+    /// requests kept for a backup that adopts the connection (a takeover sends them again) and
+    /// for a request sent again on a fresh backend connection.
+    requests: RequestLedger,
     /// Follows the reply being streamed in parts, so a backup that adopts the connection in its
     /// middle knows where a takeover would resume it.
     client_reply: Option<P::PartialReply>,
@@ -558,7 +551,7 @@ impl<P: ExchangeFramer> Session<P> {
                  to resend, {} request bytes to execute",
                 self.tuple,
                 self.framer.current_index(),
-                self.held_base,
+                self.requests.forwarded_end(),
                 self.reply.released_end(),
                 unacked_reply.len(),
                 pending_request.len()
@@ -588,7 +581,7 @@ impl<P: ExchangeFramer> Session<P> {
             }
             let read_client = !self.client_done
                 && !self.close_after_reply
-                && self.held.len() < MAX_HELD_REQUEST_BYTES
+                && self.requests.held().len() < MAX_HELD_REQUEST_BYTES
                 && self.adoption_ack.is_none();
             let awaiting_reply = self.in_flight.is_some() && self.backend.is_some();
             if !read_client && !awaiting_reply && self.adoption_ack.is_none() {
@@ -728,7 +721,7 @@ impl<P: ExchangeFramer> Session<P> {
         self.backend = None;
         let unread =
             steadfast_os::repair::queued_bytes(&self.client).map_or(0, |(unread, _)| unread);
-        if self.held.is_empty() && unread == 0 && self.ctx.pool.server_accepts().await {
+        if self.requests.held().is_empty() && unread == 0 && self.ctx.pool.server_accepts().await {
             self.close_after_reply = true;
         }
     }
@@ -762,7 +755,7 @@ impl<P: ExchangeFramer> Session<P> {
         let unread =
             steadfast_os::repair::queued_bytes(&self.client).map_or(0, |(unread, _)| unread);
         unread > 0
-            || !self.held.is_empty()
+            || !self.requests.held().is_empty()
             || !self.pending.is_empty()
             || !self.framer.at_request_boundary()
     }
@@ -805,7 +798,7 @@ impl<P: ExchangeFramer> Session<P> {
             // The stream has no boundary after the error: nothing more is framed.
             return;
         }
-        self.held.extend_from_slice(bytes);
+        self.requests.receive(bytes);
         let mut events = Vec::new();
         let result = self.framer.feed(bytes, &mut events);
         self.pending.extend(events);
@@ -870,22 +863,21 @@ impl<P: ExchangeFramer> Session<P> {
             }
             let stream = self.ctx.pool.connect().await?;
             let mut backend = Backend::new(stream, false, &self.ctx.protocol);
-            backend.framer.expect_reply_to_unframed(&self.held);
+            backend
+                .framer
+                .expect_reply_to_unframed(self.requests.held());
             backend.request_open = true;
             self.backend = Some(backend);
         }
-        let end = self.held_base + self.held.len() as u64;
+        let end = self.requests.received_end();
         let backend = self.backend.as_mut().ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::NotConnected,
                 "the backend connection is gone",
             )
         })?;
-        backend.stream.write_all(&self.held).await?;
-        let n = self.held.len();
-        self.keep_forwarded(n);
-        self.held.clear();
-        self.held_base = end;
+        backend.stream.write_all(self.requests.held()).await?;
+        self.forward_to(end);
         match self.in_flight.as_mut() {
             Some(flight) => {
                 flight.request_end = Some(end);
@@ -934,7 +926,7 @@ impl<P: ExchangeFramer> Session<P> {
         index: u64,
         reply: OwnReply<'_>,
     ) -> Result<(), SessionEnd> {
-        let end = self.held_base + self.held.len() as u64;
+        let end = self.requests.received_end();
         self.close_after_reply = true;
         let reply = self.ctx.protocol.own_reply(reply);
         self.send_reply_piece(index, PieceKind::Final { request_end: end }, reply)
@@ -1032,16 +1024,20 @@ impl<P: ExchangeFramer> Session<P> {
             return Err(HandoverWait::BeyondAGap);
         }
         let in_request = self.in_flight.is_some()
-            || self.held_base + self.held.len() as u64 > self.answered_offset;
+            || self.requests.received_end() > self.requests.answered_offset();
         let adoption = Adoption {
             tuple: self.tuple,
             client_isn: self.client_isn,
             server_isn: handover.server_isn,
             options: self.options,
             client_mss: self.client_mss,
-            next_request: self.answered_index,
-            request_offset: self.answered_offset,
-            pending: self.unanswered_request_bytes(),
+            next_request: self.requests.answered_index(),
+            request_offset: self.requests.answered_offset(),
+            // `handover` refused a connection whose unanswered bytes are not all kept.
+            pending: self
+                .requests
+                .unanswered()
+                .ok_or(HandoverWait::RequestTooLong)?,
             reply_acked: handover.reply_acked,
             unacked_reply: self.reply.bytes_from(handover.reply_acked, writing),
             timestamp: self
@@ -1087,9 +1083,9 @@ impl<P: ExchangeFramer> Session<P> {
     fn streams(&self) -> SessionStreams {
         SessionStreams {
             client_isn: self.client_isn,
-            received: self.held_base + self.held.len() as u64,
-            answered: self.answered_offset,
-            request_held_from: self.kept_request.as_ref().map(|_| self.kept_request_base),
+            received: self.requests.received_end(),
+            answered: self.requests.answered_offset(),
+            request_held_from: self.requests.kept_from(),
             sent: self.reply.sent(),
             reply_end: self.reply.released_end(),
             reply_held_from: self.reply.kept_from(),
@@ -1131,20 +1127,6 @@ impl<P: ExchangeFramer> Session<P> {
         outcome
     }
 
-    /// The client bytes from the first unanswered request on (see `kept_request`).
-    fn unanswered_request_bytes(&self) -> Vec<u8> {
-        let kept = self.kept_request.as_deref().unwrap_or_default();
-        let skip = (self.answered_offset - self.kept_request_base) as usize;
-        let mut bytes = Vec::with_capacity(kept.len() + self.held.len() - skip.min(kept.len()));
-        if skip <= kept.len() {
-            bytes.extend_from_slice(&kept[skip..]);
-            bytes.extend_from_slice(&self.held);
-        } else {
-            bytes.extend_from_slice(&self.held[skip - kept.len()..]);
-        }
-        bytes
-    }
-
     /// Releases kept reply pieces the client has acknowledged whole.
     fn forget_acknowledged(&mut self) {
         if !self.reply.keeps_any() {
@@ -1155,45 +1137,14 @@ impl<P: ExchangeFramer> Session<P> {
         }
     }
 
-    /// Keeps the first `n` held bytes, about to be dropped as forwarded, while their request is
-    /// unanswered.
-    fn keep_forwarded(&mut self, n: usize) {
-        let Some(kept) = self.kept_request.as_mut() else {
-            return;
-        };
-        if kept.len() + n > MAX_UNANSWERED_REQUEST_BYTES {
+    /// The held client bytes before `end` went to the backend.
+    fn forward_to(&mut self, end: u64) {
+        if self.requests.forward_to(end) == Keeping::Outgrown {
             tracing::debug!(
                 "{}: the unanswered request outgrew {MAX_UNANSWERED_REQUEST_BYTES} bytes: a \
                  backup cannot adopt the connection before it is answered",
                 self.tuple
             );
-            self.kept_request = None;
-            return;
-        }
-        kept.extend_from_slice(&self.held[..n]);
-    }
-
-    /// The reply to request `index` is complete: the client bytes before `request_end` are
-    /// answered and no longer kept.
-    fn note_answered(&mut self, index: u64, request_end: u64) {
-        self.answered_index = index + 1;
-        self.answered_offset = self.answered_offset.max(request_end);
-        match self.kept_request.as_mut() {
-            Some(kept) => {
-                let answered =
-                    ((self.answered_offset - self.kept_request_base) as usize).min(kept.len());
-                kept.drain(..answered);
-                self.kept_request_base += answered as u64;
-                // An upload must not pin its peak buffer for the connection's lifetime.
-                if kept.capacity() > 1 << 20 && kept.capacity() > 4 * kept.len() {
-                    kept.shrink_to(2 * kept.len());
-                }
-            }
-            None if self.answered_offset >= self.held_base => {
-                self.kept_request = Some(Vec::new());
-                self.kept_request_base = self.held_base;
-            }
-            None => {}
         }
     }
 
@@ -1287,10 +1238,9 @@ impl<P: ExchangeFramer> Session<P> {
                 }
                 RequestEvent::Body { range, .. } | RequestEvent::Framing { range, .. } => {
                     let range = range.clone();
-                    let from = (range.start - self.held_base) as usize;
-                    let to = (range.end - self.held_base) as usize;
                     if let Some(backend) = self.backend.as_mut() {
-                        if let Err(e) = backend.stream.write_all(&self.held[from..to]).await {
+                        let bytes = self.requests.held_range(range.clone());
+                        if let Err(e) = backend.stream.write_all(bytes).await {
                             // The reply (maybe an early error) may still be readable.
                             tracing::debug!("{}: backend write: {e}", self.tuple);
                         }
@@ -1322,10 +1272,7 @@ impl<P: ExchangeFramer> Session<P> {
             self.pending.pop_front();
         }
         if let Some(end) = forwarded_to {
-            let done = (end - self.held_base) as usize;
-            self.keep_forwarded(done);
-            self.held.drain(..done);
-            self.held_base = end;
+            self.forward_to(end);
         }
         Ok(())
     }
@@ -1366,20 +1313,17 @@ impl<P: ExchangeFramer> Session<P> {
         // The request as forwarded so far: its head again (with the same request id), then
         // the client's body bytes already sent, which the session keeps until the request is
         // answered.
+        let forwarded_end = self.requests.forwarded_end();
         let forwarded_end = flight
             .request_end
-            .unwrap_or(self.held_base)
-            .min(self.held_base);
-        let Some(kept) = self.kept_request.as_ref() else {
-            return Ok(false);
-        };
+            .unwrap_or(forwarded_end)
+            .min(forwarded_end);
         let head_range = head.range();
-        if head_range.start < self.kept_request_base {
-            return Ok(false);
-        }
-        let body = (head_range.end - self.kept_request_base) as usize
-            ..(forwarded_end - self.kept_request_base) as usize;
-        let Some(body) = kept.get(body) else {
+        let Some(body) = self
+            .requests
+            .forwarded(head_range.start..forwarded_end)
+            .and_then(|request| request.get((head_range.end - head_range.start) as usize..))
+        else {
             return Ok(false);
         };
         let mut bytes = self.ctx.protocol.encode_request(&head, self.connection_id);
@@ -1517,7 +1461,7 @@ impl<P: ExchangeFramer> Session<P> {
                                 .counters
                                 .early_replies
                                 .fetch_add(1, Ordering::Relaxed);
-                            self.held_base + self.held.len() as u64
+                            self.requests.received_end()
                         }
                     };
                     // The server ends the connection after this reply (or the client asked it
@@ -1599,9 +1543,7 @@ impl<P: ExchangeFramer> Session<P> {
                 return self
                     .answer_bad_gateway(
                         flight.index,
-                        flight
-                            .request_end
-                            .unwrap_or(self.held_base + self.held.len() as u64),
+                        flight.request_end.unwrap_or(self.requests.received_end()),
                         &error,
                     )
                     .await;
@@ -1698,9 +1640,7 @@ impl<P: ExchangeFramer> Session<P> {
         let Some(flight) = self.in_flight.take() else {
             return Ok(());
         };
-        let request_end = flight
-            .request_end
-            .unwrap_or(self.held_base + self.held.len() as u64);
+        let request_end = flight.request_end.unwrap_or(self.requests.received_end());
         if !flight.keep_alive {
             self.close_after_reply = true;
         }
@@ -1939,7 +1879,7 @@ impl<P: ExchangeFramer> Session<P> {
             }
             PieceKind::Final { request_end } => {
                 self.client_reply = None;
-                self.note_answered(request_index, request_end);
+                self.requests.answered(request_index, request_end);
             }
             PieceKind::Interim => {}
         }
