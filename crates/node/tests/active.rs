@@ -175,6 +175,9 @@ fn three_replicas_run_the_verifying_client_clean_and_hold_the_same_data() {
 
 /// Host crashes of a replica in one run (alternating between the two that are not primary).
 const REPLICA_CRASHES: u64 = 3;
+/// The verifying client's run through one crash and heal: long enough for the heal and the
+/// rebuild to happen under load (the heal takes about half a second).
+const LOAD_PER_CRASH: Duration = Duration::from_millis(4_000);
 /// How long a healed replica may take to be rebuilt from a live one's copy and caught up: the
 /// daemon restarts, relinks, loads the copy and runs the updates since.
 const REBUILD_BOUND: Duration = Duration::from_secs(20);
@@ -259,10 +262,13 @@ fn replica_crashes_cost_clients_nothing_and_a_healed_replica_catches_up() {
         let lost_before = active(&primary)["replicas_lost"].as_u64().unwrap_or(0);
         let rebuilds_before = active(&primary)["rebuilds"].as_u64().unwrap_or(0);
 
-        // The load runs through the crash: reads on the dead replica run again elsewhere.
-        let (report, out_after) = std::thread::scope(|scope| {
-            let load = scope.spawn(|| verify(100 + crash, Duration::from_millis(2_500)));
-            std::thread::sleep(Duration::from_millis(700));
+        // The load runs through the crash (reads on the dead replica run again elsewhere),
+        // and through the heal: healed, the replica starts empty and is rebuilt from the other
+        // replica's copy, taken while updates keep coming, runs the updates since, and only then
+        // serves reads.
+        let (report, out_after, rebuild) = std::thread::scope(|scope| {
+            let load = scope.spawn(|| verify(100 + crash, LOAD_PER_CRASH));
+            std::thread::sleep(Duration::from_millis(600));
             steadfast_lab::crash(lab.name(), &crashed, steadfast_lab::CrashKind::Host)
                 .expect("crash");
             let crashed_at = Instant::now();
@@ -273,11 +279,33 @@ fn replica_crashes_cost_clients_nothing_and_a_healed_replica_catches_up() {
                 "crash {crash}: {crashed} leaves the reads: {}",
                 active(&primary)
             );
-            (load.join().expect("the verifying client"), out_after)
+            std::thread::sleep(Duration::from_millis(300));
+            let healed_at = Instant::now();
+            steadfast_lab::heal(lab.name(), &crashed).expect("heal");
+            let rebuilt = common::wait_until(REBUILD_BOUND, || {
+                active(&primary)["rebuilds"].as_u64() > Some(rebuilds_before)
+                    && !serving(&crashed).is_empty()
+            });
+            let rebuild = (rebuilt, healed_at.elapsed(), !load.is_finished());
+            (
+                load.join().expect("the verifying client"),
+                out_after,
+                rebuild,
+            )
         });
+        let (rebuilt, rebuilt_after, under_load) = rebuild;
         eprintln!(
             "crash {crash} of {crashed}: out of the reads after {out_after:?} (status polled); \
-             client: {report}"
+             healed, serving again after {rebuilt_after:?} ({} under load; the rebuild took {} \
+             ms from asking for the copy to caught up); client: {report}",
+            if under_load { "rebuilt" } else { "NOT rebuilt" },
+            active(&primary)["last_rebuild_ms"]
+        );
+        assert!(
+            rebuilt,
+            "crash {crash}: healed {crashed} is rebuilt and serves reads: {}\n{}",
+            active(&primary),
+            lab.situation()
         );
         assert!(
             report.is_clean(),
@@ -295,28 +323,6 @@ fn replica_crashes_cost_clients_nothing_and_a_healed_replica_catches_up() {
             status["replicas_lost"].as_u64(),
             Some(lost_before + 1),
             "the primary names the crashed replica lost: {status}"
-        );
-
-        // Healed, it starts empty: it is rebuilt from the other replica's copy, runs the
-        // updates since, and only then serves reads.
-        let healed_at = Instant::now();
-        steadfast_lab::heal(lab.name(), &crashed).expect("heal");
-        let rebuilt = common::wait_until(REBUILD_BOUND, || {
-            active(&primary)["rebuilds"].as_u64() > Some(rebuilds_before)
-                && !serving(&crashed).is_empty()
-        });
-        assert!(
-            rebuilt,
-            "crash {crash}: healed {crashed} is rebuilt and serves reads: {}\n{}",
-            active(&primary),
-            lab.situation()
-        );
-        let status = active(&primary);
-        eprintln!(
-            "crash {crash}: {crashed} healed, rebuilt and serving after {:?} (the rebuild: {} \
-             ms from asking for the copy to caught up)",
-            healed_at.elapsed(),
-            status["last_rebuild_ms"]
         );
 
         // It serves its share of a new run's reads, clean.
