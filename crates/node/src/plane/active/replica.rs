@@ -56,6 +56,12 @@ enum Event {
         connection: u64,
         why: String,
     },
+    /// The copy taken at update `at` (its parts), or why not.
+    CopyTaken {
+        at: OrderNumber,
+        copy: Result<Vec<(u64, Vec<u8>)>, String>,
+        took: Duration,
+    },
 }
 
 /// How long a replica asked for a copy waits for a point outside every session's MULTI
@@ -67,11 +73,15 @@ const LOAD_TIMEOUT: Duration = Duration::from_secs(10);
 const COPY_PART_BYTES: usize = 4 << 20;
 
 struct CopyAsked {
-    rebuild: u64,
+    /// Every rebuild that asked (two replicas healed at once get one copy).
+    rebuilds: Vec<u64>,
     asked_at: Instant,
     /// The next updates are held back: the copy is taken once the server answered every
     /// update handed to it.
     holding: bool,
+    /// The copy is being read (in a task of its own, so that this replica keeps answering
+    /// probes and reads meanwhile).
+    reading: bool,
 }
 
 /// A copy being loaded into this replica's emptied server.
@@ -315,6 +325,7 @@ impl Replica {
                 self.close_ended_sessions();
                 self.copy_when_ready().await;
             }
+            Event::CopyTaken { at, copy, took } => self.copy_taken(at, copy, took).await,
             Event::ServerClosed {
                 session,
                 connection,
@@ -361,11 +372,18 @@ impl Replica {
             }
             ActiveFrame::Probe { token } => self.send(ActiveFrame::ProbeReply { token }),
             ActiveFrame::SnapshotRequest { rebuild } => {
-                self.copy_asked = Some(CopyAsked {
-                    rebuild,
-                    asked_at: Instant::now(),
-                    holding: false,
-                });
+                match &mut self.copy_asked {
+                    // A copy under way serves this rebuild too: it is taken at one number.
+                    Some(asked) => asked.rebuilds.push(rebuild),
+                    None => {
+                        self.copy_asked = Some(CopyAsked {
+                            rebuilds: vec![rebuild],
+                            asked_at: Instant::now(),
+                            holding: false,
+                            reading: false,
+                        })
+                    }
+                }
                 self.copy_when_ready().await;
             }
             ActiveFrame::SnapshotPart {
@@ -420,17 +438,14 @@ impl Replica {
             .active
             .delivered
             .store(number, Ordering::Relaxed);
-        if let Some(words) = request_words(&payload.request) {
-            let name = words.first().map(|w| w.to_ascii_uppercase());
-            match name.as_deref() {
-                Some(b"MULTI") => {
-                    self.in_multi.insert(payload.session);
-                }
-                Some(b"EXEC" | b"DISCARD") => {
-                    self.in_multi.remove(&payload.session);
-                }
-                _ => {}
+        match transaction_boundary(&payload.request) {
+            Some(TransactionBoundary::Opens) => {
+                self.in_multi.insert(payload.session);
             }
+            Some(TransactionBoundary::Closes) => {
+                self.in_multi.remove(&payload.session);
+            }
+            None => {}
         }
         self.update_index.insert(number, payload.index);
         self.submit(Work::Update {
@@ -445,19 +460,21 @@ impl Replica {
     }
 
     /// Takes the copy the primary asked for as soon as it can: outside every MULTI, the next
-    /// updates held back, every update handed answered by the server. Then hands on what it
-    /// held back.
+    /// updates held back, every update handed answered by the server.
     async fn copy_when_ready(&mut self) {
         let Some(asked) = self.copy_asked.as_mut() else {
             return;
         };
+        if asked.reading {
+            return;
+        }
         if !asked.holding {
             if !self.in_multi.is_empty() {
                 if asked.asked_at.elapsed() >= COPY_WAIT {
                     tracing::warn!(
                         "active replica: no point outside every MULTI within {COPY_WAIT:?} for \
-                         the copy of rebuild {}; not taken",
-                        asked.rebuild
+                         the copy of rebuilds {:?}; not taken (the primary asks again)",
+                        asked.rebuilds
                     );
                     self.copy_asked = None;
                 }
@@ -468,36 +485,63 @@ impl Replica {
         if self.executor.answered_up_to() < self.handed {
             return;
         }
-        let rebuild = asked.rebuild;
+        asked.reading = true;
         let at = self.handed;
-        let started = Instant::now();
-        match take_copy(self.ctx.backend).await {
+        let backend = self.ctx.backend;
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let copy = take_copy(backend).await;
+            let _ = events.send(Event::CopyTaken {
+                at,
+                copy,
+                took: started.elapsed(),
+            });
+        });
+    }
+
+    /// Sends the copy to the primary for every rebuild that asked, then hands on the updates
+    /// held back meanwhile.
+    async fn copy_taken(
+        &mut self,
+        at: OrderNumber,
+        copy: Result<Vec<(u64, Vec<u8>)>, String>,
+        took: Duration,
+    ) {
+        let Some(asked) = self.copy_asked.take() else {
+            return;
+        };
+        match copy {
             Ok(parts) => {
                 let count = parts.len();
-                let keys: u64 = parts.iter().map(|(n, _)| n).sum();
-                for (i, (commands, requests)) in parts.into_iter().enumerate() {
-                    self.send(ActiveFrame::SnapshotPart {
-                        rebuild,
-                        at,
-                        commands,
-                        last: i + 1 == count,
-                        requests,
-                    });
+                let requests: u64 = parts.iter().map(|(n, _)| n).sum();
+                for &rebuild in &asked.rebuilds {
+                    for (i, (commands, bytes)) in parts.iter().enumerate() {
+                        self.send(ActiveFrame::SnapshotPart {
+                            rebuild,
+                            at,
+                            commands: *commands,
+                            last: i + 1 == count,
+                            requests: bytes.clone(),
+                        });
+                    }
                 }
                 tracing::info!(
-                    "active replica: copy for rebuild {rebuild} taken at update {at} in {:?} \
-                     ({keys} requests, {count} parts)",
-                    started.elapsed()
+                    "active replica: copy for rebuilds {:?} taken at update {at} in {took:?} \
+                     ({requests} requests, {count} parts)",
+                    asked.rebuilds
                 );
             }
             Err(e) => tracing::error!(
-                "active replica: the copy for rebuild {rebuild} at update {at}: {e}; not taken"
+                "active replica: the copy for rebuilds {:?} at update {at}: {e}; not taken \
+                 (the primary asks again)",
+                asked.rebuilds
             ),
         }
-        self.copy_asked = None;
         while let Some((number, payload)) = self.deferred.pop_front() {
             self.hand(number, payload).await;
         }
+        self.close_ended_sessions();
     }
 
     /// Loads one part of a copy taken at update `at`. The first part of a rebuild empties the
@@ -739,6 +783,8 @@ impl Replica {
                 self.servers.remove(&session);
                 self.read_index.remove(&session);
                 self.broken.remove(&session);
+                // Its server connection closes: the server drops an open transaction.
+                self.in_multi.remove(&session);
             }
         }
     }
@@ -815,6 +861,28 @@ impl Replica {
         });
         self.servers.insert(session, (connection, tx));
         Ok(())
+    }
+}
+
+enum TransactionBoundary {
+    /// MULTI.
+    Opens,
+    /// EXEC or DISCARD.
+    Closes,
+}
+
+/// Whether an update opens or closes a transaction. Every update on every replica goes
+/// through here, so the request is decoded only when it is short enough to be one of the
+/// three (a command of no argument).
+fn transaction_boundary(request: &[u8]) -> Option<TransactionBoundary> {
+    if request.len() > 32 {
+        return None;
+    }
+    let words = request_words(request)?;
+    match words.first()?.to_ascii_uppercase().as_slice() {
+        b"MULTI" => Some(TransactionBoundary::Opens),
+        b"EXEC" | b"DISCARD" => Some(TransactionBoundary::Closes),
+        _ => None,
     }
 }
 
@@ -943,4 +1011,23 @@ fn copy_limits() -> RespLimits {
 /// The replica's listening address: this member's own address, the active port.
 pub fn listen_address(local: std::net::Ipv4Addr, port: u16) -> SocketAddr {
     SocketAddr::V4(SocketAddrV4::new(local, port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_multi_exec_and_discard_bound_a_transaction() {
+        let opens = |r: &[u8]| matches!(transaction_boundary(r), Some(TransactionBoundary::Opens));
+        let closes =
+            |r: &[u8]| matches!(transaction_boundary(r), Some(TransactionBoundary::Closes));
+        assert!(opens(b"*1\r\n$5\r\nMULTI\r\n"));
+        assert!(opens(b"multi\r\n"));
+        assert!(closes(b"*1\r\n$4\r\nexec\r\n"));
+        assert!(closes(b"*1\r\n$7\r\nDISCARD\r\n"));
+        assert!(transaction_boundary(b"*2\r\n$4\r\nINCR\r\n$5\r\nMULTI\r\n").is_none());
+        let long = encode_request(&[b"SET".to_vec(), b"MULTI".to_vec(), vec![b'x'; 40]]);
+        assert!(transaction_boundary(&long).is_none());
+    }
 }
