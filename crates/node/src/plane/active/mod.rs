@@ -6,9 +6,13 @@
 //! The primary's own node is a replica like the others, linked over the same TCP link: one
 //! code path for every replica, at the cost of a loopback hop on the primary.
 //!
+//! A replica whose link falls silent for one detection is taken out and its reads run again
+//! elsewhere; a replica out of the ordering that links is rebuilt from a live one's copy
+//! ([`replica`] takes and loads copies, [`front`] drives the rebuild).
+//!
 //! Not built yet (issue 18): failover (a replica taking over the ordering and the clients'
-//! connections), rebuilding a replica that diverged or restarted, safe delivery, replicating
-//! the effects of non-deterministic writes (refused by name meanwhile).
+//! connections), rebuilding a replica that diverged, safe delivery, replicating the effects of
+//! non-deterministic writes (refused by name meanwhile).
 
 pub mod front;
 pub mod link;

@@ -3,6 +3,11 @@
 //! redis-server (one server connection per client session), runs the reads scheduled on it
 //! once their barrier is delivered, and answers each update with the digest of the server's
 //! reply (the whole reply too when the primary is on this node: the client gets that one).
+//!
+//! It also takes part in rebuilds: asked for a copy, it holds back its next update at a point
+//! outside every MULTI, reads its server's data once every update handed is answered, and
+//! sends it; being rebuilt, it empties its server, loads the copy and starts over at the copy's
+//! ordering number.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::{SocketAddr, SocketAddrV4};
