@@ -7,6 +7,7 @@
 pub mod active_executor;
 pub mod active_liveness;
 pub mod active_order;
+pub mod active_rebuild;
 pub mod active_wire;
 pub mod config;
 pub mod election;

@@ -20,6 +20,7 @@ use steadfast_core::active_liveness::{ReadsInFlight, ReplicaWatch, WatchAction};
 use steadfast_core::active_order::{
     OrderNumber, OrderingSettings, Outgoing, ReadPolicy, ReadScheduler, Sequencer, ToPrimary,
 };
+use steadfast_core::active_rebuild::{CopyRequest, Rebuilds};
 use steadfast_core::active_wire::{ActiveFrame, UpdatePayload};
 use steadfast_core::redis_commands::{Classification, CommandTable};
 use steadfast_core::redis_effects::absolute_expiry;
@@ -93,13 +94,6 @@ pub enum FrontEvent {
     },
 }
 
-/// A rebuild under way: `source` takes the copy, the primary forwards it.
-struct Rebuild {
-    id: u64,
-    source: NodeId,
-    started: Duration,
-}
-
 struct ClientSession {
     writer: mpsc::UnboundedSender<Vec<u8>>,
     /// The index of the next reply the client gets.
@@ -130,12 +124,8 @@ struct Front {
     reads_out: ReadsInFlight<(SessionId, u64), (OrderNumber, Vec<u8>)>,
     /// Probes the replicas' links (not this node's own: its loss is the primary's).
     watch: ReplicaWatch,
-    /// Replicas being rebuilt from a copy of a live one, by the replica rebuilt.
-    rebuilds: BTreeMap<NodeId, Rebuild>,
-    /// Rebuilt replicas running the ordered stream from their copy's number: each enters the
-    /// reads once it acknowledged the number ordered when its copy was loaded.
-    catching_up: BTreeMap<NodeId, (OrderNumber, Duration)>,
-    next_rebuild: u64,
+    /// Replicas being rebuilt from a copy of a live one, then catching up.
+    rebuilds: Rebuilds,
     /// Session ids are unique across this node's lives: random high bits, a counter.
     next_session: SessionId,
 }
@@ -193,9 +183,7 @@ pub async fn run(
         awaiting_own_reply: BTreeMap::new(),
         reads_out: ReadsInFlight::default(),
         watch: ReplicaWatch::new(detection),
-        rebuilds: BTreeMap::new(),
-        catching_up: BTreeMap::new(),
-        next_rebuild: 0,
+        rebuilds: Rebuilds::new(REBUILD_TIMEOUT),
         next_session: (incarnation & 0xffff_ffff) << 32,
     };
     front
@@ -459,14 +447,15 @@ impl Front {
     fn on_frame(&mut self, from: NodeId, frame: ActiveFrame, now: Duration) {
         match frame {
             ActiveFrame::Progress(message) => {
-                if self.rebuilds.contains_key(&from) {
+                if self.rebuilds.awaits_copy(u32::from(from)) {
                     // What it held before its copy: nothing the ordering can use.
                     return;
                 }
-                if let Some(&(target, loaded_at)) = self.catching_up.get(&from) {
+                if self.rebuilds.involves(u32::from(from)) {
                     if let ToPrimary::Ack { up_to } = message {
-                        if up_to >= target {
-                            self.caught_up(from, loaded_at, now);
+                        if let Some(took) = self.rebuilds.acknowledged(u32::from(from), up_to, now)
+                        {
+                            self.caught_up(from, took);
                         }
                     }
                 } else if !self.verified.contains(&from) && !self.verify(from, &message) {
@@ -476,12 +465,11 @@ impl Front {
                 self.send_all(out);
             }
             part @ ActiveFrame::SnapshotPart { rebuild, .. } => {
-                let joiner = self
+                let Some(joiner) = self
                     .rebuilds
-                    .iter()
-                    .find(|(_, r)| r.id == rebuild && r.source == from)
-                    .map(|(&joiner, _)| joiner);
-                let Some(joiner) = joiner else {
+                    .joiner_of(rebuild, u32::from(from))
+                    .and_then(to_node)
+                else {
                     return;
                 };
                 match self.links.get(&joiner) {
@@ -492,10 +480,11 @@ impl Front {
                 }
             }
             ActiveFrame::SnapshotLoaded { rebuild, at } => {
-                if self.rebuilds.get(&from).is_none_or(|r| r.id != rebuild) {
+                let last_ordered = self.sequencer.last_ordered();
+                let Some(started) = self.rebuilds.loaded(u32::from(from), rebuild, last_ordered)
+                else {
                     return;
-                }
-                let started = self.rebuilds.remove(&from).map_or(now, |r| r.started);
+                };
                 self.loaded(from, at, started, now);
             }
             ActiveFrame::UpdateReply {
@@ -604,18 +593,13 @@ impl Front {
     /// Starts the rebuild of every linked replica out of the ordering (lost, or restarted
     /// empty) but not taken out for diverging, and gives up rebuilds that took too long.
     fn start_rebuilds(&mut self, now: Duration) {
-        let stale: Vec<NodeId> = self
-            .rebuilds
-            .iter()
-            .filter(|(_, r)| now.saturating_sub(r.started) >= REBUILD_TIMEOUT)
-            .map(|(&joiner, _)| joiner)
-            .collect();
-        for joiner in stale {
+        for joiner in self.rebuilds.expired(now) {
             tracing::warn!(
                 "active mode: the rebuild of replica {joiner} did not finish within \
                  {REBUILD_TIMEOUT:?}; starting it again"
             );
-            self.give_up_rebuild(joiner);
+            let out = self.sequencer.unpin(joiner);
+            self.send_all(out);
         }
         let joiners: Vec<NodeId> = self
             .links
@@ -624,41 +608,31 @@ impl Front {
             .filter(|&n| {
                 n != self.ctx.node_id
                     && self.sequencer.acknowledged(u32::from(n)).is_none()
-                    && !self.rebuilds.contains_key(&n)
-                    && !self.catching_up.contains_key(&n)
+                    && !self.rebuilds.involves(u32::from(n))
                     && !self.taken_out.contains(&n)
             })
             .collect();
         for joiner in joiners {
-            // A source that holds back its next update while it copies: another replica when
-            // there is one, so that the clients' updates (answered by this node's replica) go on.
-            let readers = self.readers();
-            let source = readers
-                .iter()
-                .copied()
-                .find(|&n| n != joiner && n != self.ctx.node_id)
-                .or_else(|| readers.iter().copied().find(|&n| n != joiner));
-            let Some(source) = source else {
+            let serving: Vec<u32> = self.readers().into_iter().map(u32::from).collect();
+            let Some(CopyRequest { id, source }) = self.rebuilds.start(
+                u32::from(joiner),
+                &serving,
+                u32::from(self.ctx.node_id),
+                now,
+            ) else {
                 continue;
             };
-            let Some((_, writer)) = self.links.get(&source) else {
+            // Every replica serving reads is linked.
+            let Some((_, writer)) = to_node(source).and_then(|source| self.links.get(&source))
+            else {
+                self.rebuilds.lost(u32::from(joiner));
                 continue;
             };
-            self.next_rebuild += 1;
-            let id = self.next_rebuild;
-            let kept_from = self.sequencer.pin(u32::from(joiner));
             let _ = writer.send(ActiveFrame::SnapshotRequest { rebuild: id });
+            let kept_from = self.sequencer.pin(u32::from(joiner));
             tracing::info!(
                 "active mode: rebuilding replica {joiner} from a copy of replica {source}'s data \
                  (rebuild {id}; updates after {kept_from} kept for it)"
-            );
-            self.rebuilds.insert(
-                joiner,
-                Rebuild {
-                    id,
-                    source,
-                    started: now,
-                },
             );
         }
     }
@@ -670,29 +644,27 @@ impl Front {
             Ok(out) => {
                 self.send_all(out);
                 self.comparator.add(u32::from(joiner), at + 1);
-                let target = self.sequencer.last_ordered();
                 tracing::info!(
                     "active mode: replica {joiner} loaded a copy at update {at} in {:?}; it runs \
-                     the updates up to {target} before it serves reads",
-                    now.saturating_sub(started)
+                     the updates up to {} before it serves reads",
+                    now.saturating_sub(started),
+                    self.sequencer.last_ordered()
                 );
-                self.catching_up.insert(joiner, (target, started));
-                if at >= target {
-                    self.caught_up(joiner, started, now);
+                if let Some(took) = self.rebuilds.acknowledged(u32::from(joiner), at, now) {
+                    self.caught_up(joiner, took);
                 }
             }
             Err(e) => {
                 tracing::error!("active mode: replica {joiner}: {e}; rebuilding it again");
+                self.rebuilds.lost(u32::from(joiner));
                 let out = self.sequencer.unpin(u32::from(joiner));
                 self.send_all(out);
             }
         }
     }
 
-    fn caught_up(&mut self, replica: NodeId, started: Duration, now: Duration) {
-        self.catching_up.remove(&replica);
+    fn caught_up(&mut self, replica: NodeId, took: Duration) {
         self.verified.insert(replica);
-        let took = now.saturating_sub(started);
         tracing::info!(
             "active mode: replica {replica} rebuilt and caught up in {took:?}; it serves reads again"
         );
@@ -703,26 +675,13 @@ impl Front {
             .store(took.as_millis() as u64, Ordering::Relaxed);
     }
 
-    fn give_up_rebuild(&mut self, joiner: NodeId) {
-        if self.rebuilds.remove(&joiner).is_some() {
-            let out = self.sequencer.unpin(u32::from(joiner));
+    /// `node` is lost or its link went down: a rebuild it takes part in cannot finish, and one
+    /// catching up is judged by what it acknowledges once it relinks.
+    fn abandon_rebuilds_with(&mut self, node: NodeId) {
+        for joiner in self.rebuilds.lost(u32::from(node)) {
+            let out = self.sequencer.unpin(joiner);
             self.send_all(out);
         }
-    }
-
-    /// `node` is lost or its link went down: a rebuild it takes part in cannot finish, and one
-    /// catching up starts again once it relinks.
-    fn abandon_rebuilds_with(&mut self, node: NodeId) {
-        let involved: Vec<NodeId> = self
-            .rebuilds
-            .iter()
-            .filter(|(&joiner, r)| joiner == node || r.source == node)
-            .map(|(&joiner, _)| joiner)
-            .collect();
-        for joiner in involved {
-            self.give_up_rebuild(joiner);
-        }
-        self.catching_up.remove(&node);
     }
 
     fn take_out(&mut self, replica: NodeId, why: String) {
