@@ -171,6 +171,34 @@ fn three_replicas_run_the_verifying_client_clean_and_hold_the_same_data() {
         !lab.daemon_log_lines(&primary, "diverged").is_empty(),
         "the primary's log names the divergence"
     );
+
+    // Then it is rebuilt from a live replica's copy: it holds the group's data again, serves
+    // reads, and the alarm stays in status.
+    let rebuilt = common::wait_until(REBUILD_BOUND, || {
+        let status = active(&primary);
+        status["rebuilds"].as_u64() > Some(0)
+            && status["serving"]
+                .as_array()
+                .is_some_and(|ids| ids.iter().any(|id| id.as_u64() == other_id.parse().ok()))
+    });
+    assert!(
+        rebuilt,
+        "diverged {other} is rebuilt and serves reads: {}",
+        active(&primary)
+    );
+    let digests: Vec<String> = hosts
+        .iter()
+        .map(|h| {
+            let ns = format!("{}-{h}", lab.name());
+            let reply = exchange(&ns, local, &["DEBUG", "DIGEST"]).expect("DEBUG DIGEST");
+            string_text(&reply).unwrap_or_default()
+        })
+        .collect();
+    assert!(
+        digests.iter().all(|d| *d == digests[0]),
+        "rebuilt {other} holds the same data as the others: {digests:?}"
+    );
+    assert!(active(&primary)["divergences"].get(&other_id).is_some());
 }
 
 /// The crashes of a replica in one run (alternating between the two that are not primary):

@@ -590,8 +590,9 @@ impl Front {
         false
     }
 
-    /// Starts the rebuild of every linked replica out of the ordering (lost, or restarted
-    /// empty) but not taken out for diverging, and gives up rebuilds that took too long.
+    /// Starts the rebuild of every linked replica out of the ordering (lost, restarted empty,
+    /// or taken out for diverging or lagging: its copy replaces its data), and gives up
+    /// rebuilds that took too long.
     fn start_rebuilds(&mut self, now: Duration) {
         for joiner in self.rebuilds.expired(now) {
             tracing::warn!(
@@ -609,7 +610,6 @@ impl Front {
                 n != self.ctx.node_id
                     && self.sequencer.acknowledged(u32::from(n)).is_none()
                     && !self.rebuilds.involves(u32::from(n))
-                    && !self.taken_out.contains(&n)
             })
             .collect();
         for joiner in joiners {
@@ -665,6 +665,8 @@ impl Front {
 
     fn caught_up(&mut self, replica: NodeId, took: Duration) {
         self.verified.insert(replica);
+        // Its data is the copy's now; why it was taken out stays in `status` as the alarm.
+        self.taken_out.remove(&replica);
         tracing::info!(
             "active mode: replica {replica} rebuilt and caught up in {took:?}; it serves reads again"
         );

@@ -574,8 +574,18 @@ impl Replica {
                 at,
                 server,
             });
+            // Every other connection to the server goes first: a write the old sessions still
+            // had queued must not land after the server was emptied. Then it is emptied.
+            out.extend_from_slice(&encode_request(&[
+                b"CLIENT".to_vec(),
+                b"KILL".to_vec(),
+                b"TYPE".to_vec(),
+                b"normal".to_vec(),
+                b"SKIPME".to_vec(),
+                b"yes".to_vec(),
+            ]));
             out.extend_from_slice(b"*1\r\n$8\r\nFLUSHALL\r\n");
-            expected += 1;
+            expected += 2;
             tracing::info!(
                 "active replica: loading a copy taken at update {at} (rebuild {rebuild})"
             );
