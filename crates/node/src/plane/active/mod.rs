@@ -7,12 +7,13 @@
 //! code path for every replica, at the cost of a loopback hop on the primary.
 //!
 //! A replica whose link falls silent for one detection is taken out and its reads run again
-//! elsewhere; a replica out of the ordering that links is rebuilt from a live one's copy
-//! ([`replica`] takes and loads copies, [`front`] drives the rebuild).
+//! elsewhere; a linked replica out of the ordering (lost, restarted, diverged or lagging) is
+//! rebuilt from a live one's copy ([`replica`] takes and loads copies, [`front`] drives the
+//! rebuild).
 //!
 //! Not built yet (issue 18): failover (a replica taking over the ordering and the clients'
-//! connections), rebuilding a replica that diverged, safe delivery, replicating the effects of
-//! non-deterministic writes (refused by name meanwhile).
+//! connections), session state carried into a rebuilt replica, safe delivery, replicating the
+//! effects of non-deterministic writes (refused by name meanwhile).
 
 pub mod front;
 pub mod link;
