@@ -178,6 +178,8 @@ pub async fn run(ctx: Arc<ActiveContext>, listener: TcpListener) {
                 let now = replica.origin.elapsed();
                 let actions = replica.order.tick(now);
                 replica.act(actions).await;
+                // A copy waiting on a MULTI or on the server is given up in time.
+                replica.copy_when_ready().await;
             }
         }
     }
@@ -488,6 +490,22 @@ impl Replica {
             asked.holding = true;
         }
         if self.executor.answered_up_to() < self.handed {
+            if asked.asked_at.elapsed() >= COPY_WAIT * 2 {
+                // A server that does not answer must not hold this replica's updates back for
+                // ever: the copy is not taken, the primary asks again.
+                tracing::warn!(
+                    "active replica: the server answered updates up to {} of {} within {:?}; \
+                     the copy for rebuilds {:?} is not taken",
+                    self.executor.answered_up_to(),
+                    self.handed,
+                    COPY_WAIT * 2,
+                    asked.rebuilds
+                );
+                self.copy_asked = None;
+                while let Some((number, payload)) = self.deferred.pop_front() {
+                    self.hand(number, payload).await;
+                }
+            }
             return;
         }
         asked.reading = true;
