@@ -570,7 +570,7 @@ impl Front {
         let ToPrimary::Ack { up_to } = message else {
             return false;
         };
-        // Out of the ordering (lost, or taken out): the tick rebuilds it, or it stays out.
+        // Out of the ordering (lost, or taken out): the tick rebuilds it.
         let Some(recorded) = self.sequencer.acknowledged(u32::from(replica)) else {
             return false;
         };
