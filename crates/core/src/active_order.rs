@@ -103,6 +103,9 @@ pub struct Sequencer<T> {
     replicas: BTreeMap<ReplicaId, ReplicaProgress>,
     /// Held by every replica (what the last `Stable` said, in safe mode).
     stable: OrderNumber,
+    /// Replicas being rebuilt from a copy of a live one: every update after the pinned number
+    /// stays retained until they join, whatever the copy's number turns out to be.
+    pins: BTreeMap<ReplicaId, OrderNumber>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -137,7 +140,24 @@ impl<T: Clone> Sequencer<T> {
                 })
                 .collect(),
             stable: start,
+            pins: BTreeMap::new(),
         }
+    }
+
+    /// Replica `id` is about to be rebuilt from a copy a live replica takes from now on: every
+    /// update after the current stable number is kept until [`add_replica`](Self::add_replica)
+    /// (any copy taken from now on holds at least that much) or [`unpin`](Self::unpin).
+    /// Returns the number kept from.
+    pub fn pin(&mut self, id: ReplicaId) -> OrderNumber {
+        *self.pins.entry(id).or_insert(self.stable)
+    }
+
+    /// The rebuild of `id` was given up: its pin no longer holds updates back.
+    pub fn unpin(&mut self, id: ReplicaId) -> Vec<Outgoing<T>> {
+        if self.pins.remove(&id).is_none() {
+            return Vec::new();
+        }
+        self.advance_stability()
     }
 
     /// Numbers an update and sends it to every replica.
@@ -155,7 +175,7 @@ impl<T: Clone> Sequencer<T> {
                 },
             })
             .collect();
-        if self.replicas.is_empty() {
+        if self.replicas.is_empty() && self.pins.is_empty() {
             // Nobody to wait for: stable at once (and nothing to retain).
             self.stable = number;
         } else {
@@ -231,7 +251,7 @@ impl<T: Clone> Sequencer<T> {
         if self.replicas.remove(&id).is_none() {
             return Vec::new();
         }
-        if self.replicas.is_empty() {
+        if self.replicas.is_empty() && self.pins.is_empty() {
             self.stable = self.last_ordered;
             self.retained.clear();
             return Vec::new();
@@ -262,6 +282,7 @@ impl<T: Clone> Sequencer<T> {
                 progress_at: now,
             },
         );
+        self.pins.remove(&id);
         Ok(self.resend(id, holds + 1..self.last_ordered + 1))
     }
 
@@ -309,6 +330,7 @@ impl<T: Clone> Sequencer<T> {
             .replicas
             .values()
             .map(|p| p.acked)
+            .chain(self.pins.values().copied())
             .min()
             .unwrap_or(self.last_ordered);
         if held_by_all <= self.stable {

@@ -83,8 +83,29 @@ pub enum ActiveFrame {
         session: SessionId,
         after: OrderNumber,
     },
+    /// Primary → replica: answer with a [`ActiveFrame::ProbeReply`] of the same token at once
+    /// (a silent link is how the primary finds a replica whose host died,
+    /// [`crate::active_liveness`]).
+    Probe { token: u64 },
     /// Replica → primary: acknowledgements and NAKs.
     Progress(ToPrimary),
+    /// Replica → primary: the answer to a probe.
+    ProbeReply { token: u64 },
+    /// Primary → a live replica: take a copy of your data for rebuild `rebuild`, at a point
+    /// between two updates, and send it in [`ActiveFrame::SnapshotPart`]s.
+    SnapshotRequest { rebuild: u64 },
+    /// Source replica → primary, then primary → the replica being rebuilt: a piece of the copy,
+    /// taken once every update up to `at` ran and none after: `commands` RESP requests
+    /// (`SELECT` and `RESTORE … REPLACE ABSTTL`) to run in order on an emptied server.
+    SnapshotPart {
+        rebuild: u64,
+        at: OrderNumber,
+        commands: u64,
+        last: bool,
+        requests: Vec<u8>,
+    },
+    /// Rebuilt replica → primary: the whole copy is loaded; send the updates after `at`.
+    SnapshotLoaded { rebuild: u64, at: OrderNumber },
     /// Replica → primary: the server answered update `number`. `reply` is the whole reply
     /// when the primary asked for it (its own node's replica), else empty: the digest alone
     /// is compared.
@@ -112,10 +133,15 @@ impl ActiveFrame {
             ActiveFrame::Order(ToReplica::Stable { .. }) => 11,
             ActiveFrame::Read { .. } => 12,
             ActiveFrame::EndSession { .. } => 13,
+            ActiveFrame::Probe { .. } => 14,
+            ActiveFrame::SnapshotRequest { .. } => 15,
+            ActiveFrame::SnapshotPart { .. } => 16,
             ActiveFrame::Progress(ToPrimary::Ack { .. }) => 20,
             ActiveFrame::Progress(ToPrimary::Nak { .. }) => 21,
             ActiveFrame::UpdateReply { .. } => 22,
             ActiveFrame::ReadReply { .. } => 23,
+            ActiveFrame::ProbeReply { .. } => 24,
+            ActiveFrame::SnapshotLoaded { .. } => 25,
         }
     }
 
@@ -127,10 +153,15 @@ impl ActiveFrame {
             11 => "stable",
             12 => "read",
             13 => "end-session",
+            14 => "probe",
+            15 => "snapshot-request",
+            16 => "snapshot-part",
             20 => "ack",
             21 => "nak",
             22 => "update-reply",
-            _ => "read-reply",
+            23 => "read-reply",
+            24 => "probe-reply",
+            _ => "snapshot-loaded",
         }
     }
 }
@@ -224,6 +255,21 @@ pub fn encode(frame: &ActiveFrame, epoch: u64, out: &mut Vec<u8>) -> Result<(), 
             payload_len = request.len();
         }
         ActiveFrame::EndSession { session, after } => u64s(out, &[*session, *after]),
+        ActiveFrame::Probe { token } | ActiveFrame::ProbeReply { token } => u64s(out, &[*token]),
+        ActiveFrame::SnapshotRequest { rebuild } => u64s(out, &[*rebuild]),
+        ActiveFrame::SnapshotPart {
+            rebuild,
+            at,
+            commands,
+            last,
+            requests,
+        } => {
+            u64s(out, &[*rebuild, *at, *commands]);
+            out.push(u8::from(*last));
+            out.extend_from_slice(requests);
+            payload_len = requests.len();
+        }
+        ActiveFrame::SnapshotLoaded { rebuild, at } => u64s(out, &[*rebuild, *at]),
         ActiveFrame::Progress(ToPrimary::Ack { up_to }) => u64s(out, &[*up_to]),
         ActiveFrame::Progress(ToPrimary::Nak { missing }) => {
             u64s(out, &[missing.start, missing.end])
@@ -393,10 +439,15 @@ fn decode_body(bytes: &[u8], offset: u64) -> Result<(u64, ActiveFrame), ActiveWi
         11 => "stable",
         12 => "read",
         13 => "end-session",
+        14 => "probe",
+        15 => "snapshot-request",
+        16 => "snapshot-part",
         20 => "ack",
         21 => "nak",
         22 => "update-reply",
         23 => "read-reply",
+        24 => "probe-reply",
+        25 => "snapshot-loaded",
         _ => return Err(ActiveWireError::UnknownKind { offset, kind }),
     };
     let mut f = Fields {
@@ -445,6 +496,30 @@ fn decode_body(bytes: &[u8], offset: u64) -> Result<(u64, ActiveFrame), ActiveWi
         13 => ActiveFrame::EndSession {
             session: f.u64()?,
             after: f.u64()?,
+        },
+        14 => ActiveFrame::Probe { token: f.u64()? },
+        24 => ActiveFrame::ProbeReply { token: f.u64()? },
+        15 => ActiveFrame::SnapshotRequest { rebuild: f.u64()? },
+        16 => {
+            let rebuild = f.u64()?;
+            let at = f.u64()?;
+            let commands = f.u64()?;
+            let last = match f.array::<1>()?[0] {
+                0 => false,
+                1 => true,
+                _ => return Err(f.malformed("a last-part flag neither 0 nor 1")),
+            };
+            ActiveFrame::SnapshotPart {
+                rebuild,
+                at,
+                commands,
+                last,
+                requests: f.rest(),
+            }
+        }
+        25 => ActiveFrame::SnapshotLoaded {
+            rebuild: f.u64()?,
+            at: f.u64()?,
         },
         20 => ActiveFrame::Progress(ToPrimary::Ack { up_to: f.u64()? }),
         21 => {
@@ -513,6 +588,17 @@ mod tests {
                 },
             }),
             ActiveFrame::Order(ToReplica::Stable { up_to: 40 }),
+            ActiveFrame::Probe { token: 77 },
+            ActiveFrame::ProbeReply { token: 77 },
+            ActiveFrame::SnapshotRequest { rebuild: 5 },
+            ActiveFrame::SnapshotPart {
+                rebuild: 5,
+                at: 40,
+                commands: 2,
+                last: true,
+                requests: b"*2\r\n$6\r\nSELECT\r\n$1\r\n0\r\n*1\r\n$4\r\nPING\r\n".to_vec(),
+            },
+            ActiveFrame::SnapshotLoaded { rebuild: 5, at: 40 },
             ActiveFrame::Read {
                 session: 3,
                 index: 9,

@@ -5,7 +5,9 @@
 //! shells live in `steadfast-os` and `steadfast` (the node binary).
 
 pub mod active_executor;
+pub mod active_liveness;
 pub mod active_order;
+pub mod active_rebuild;
 pub mod active_wire;
 pub mod client_timer;
 pub mod config;
@@ -20,6 +22,7 @@ pub mod latency;
 pub mod link_monitor;
 pub mod redis_commands;
 pub mod redis_effects;
+pub mod redis_snapshot;
 pub mod relay_agent;
 pub mod relay_wire;
 pub mod replication_seal;

@@ -385,6 +385,54 @@ fn a_joining_replica_needs_a_copy_no_older_than_the_log() {
     assert_eq!(numbers, vec![4, 5]);
 }
 
+/// A replica being rebuilt pins the log: while a live replica's copy is taken, every update
+/// after the stable number of the moment stays retained, however far the others get, so the
+/// joiner is brought up from whatever number the copy holds; given up, the pin holds nothing.
+#[test]
+fn a_pinned_rebuild_keeps_the_log_until_the_joiner_joins() {
+    let settings = settings(DeliveryStrategy::BestEffort);
+    let mut sequencer = Sequencer::<u64>::new(settings, [1, 2], 0, Duration::ZERO);
+    for payload in 1..=3 {
+        sequencer.order(payload);
+    }
+    for id in [1, 2] {
+        sequencer.on_message(id, ToPrimary::Ack { up_to: 2 }, Duration::ZERO);
+    }
+    assert_eq!(sequencer.pin(3), 2);
+    for payload in 4..=9 {
+        sequencer.order(payload);
+    }
+    for id in [1, 2] {
+        sequencer.on_message(id, ToPrimary::Ack { up_to: 9 }, Duration::ZERO);
+    }
+    assert_eq!(sequencer.stable(), 2, "held back by the pin");
+    assert_eq!(sequencer.retained(), 7);
+    // The copy was taken at 5: the joiner gets 6..=9.
+    let sent = sequencer.add_replica(3, 5, Duration::ZERO).unwrap();
+    let numbers: Vec<_> = sent
+        .iter()
+        .filter_map(|o| match o.message {
+            ToReplica::Update { number, .. } => Some(number),
+            ToReplica::Stable { .. } => None,
+        })
+        .collect();
+    assert_eq!(numbers, vec![6, 7, 8, 9]);
+    sequencer.on_message(3, ToPrimary::Ack { up_to: 9 }, Duration::ZERO);
+    assert_eq!(sequencer.stable(), 9);
+    assert_eq!(sequencer.retained(), 0);
+
+    // A rebuild given up releases what it held.
+    sequencer.pin(4);
+    sequencer.order(10);
+    for id in [1, 2, 3] {
+        sequencer.on_message(id, ToPrimary::Ack { up_to: 10 }, Duration::ZERO);
+    }
+    assert_eq!(sequencer.stable(), 9);
+    sequencer.unpin(4);
+    assert_eq!(sequencer.stable(), 10);
+    assert_eq!(sequencer.retained(), 0);
+}
+
 /// An acknowledgement of a number never ordered is not trusted: nothing becomes stable.
 #[test]
 fn an_acknowledgement_beyond_the_order_is_capped() {

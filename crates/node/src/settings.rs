@@ -247,6 +247,7 @@ impl Settings {
             local_address: self.local_address,
             replication_port: self.port + crate::plane::REPLICATION_PORT_OFFSET,
             replication_stall: self.replication_stall,
+            detection: self.election.heartbeat_interval * self.election.miss_count,
             protection: self.replication_protection,
             members,
             service: crate::plane::PlaneService {

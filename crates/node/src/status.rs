@@ -313,6 +313,21 @@ pub struct ActiveStatus {
     pub delivered: u64,
     pub reads_served: u64,
     pub replica_errors: u64,
+    /// Replicas whose link fell silent for a detection and were taken out.
+    #[serde(default)]
+    pub replicas_lost: u64,
+    /// Reads a lost replica owed, run again on a live one.
+    #[serde(default)]
+    pub reads_rerun: u64,
+    /// Replicas that serve reads now.
+    #[serde(default)]
+    pub serving: Vec<u16>,
+    /// Replicas rebuilt from a live one's copy and caught up.
+    #[serde(default)]
+    pub rebuilds: u64,
+    /// How long the last rebuild took, from asking for the copy to serving reads.
+    #[serde(default)]
+    pub last_rebuild_ms: u64,
 }
 
 /// One stage's durations since the daemon started, in microseconds; quantiles are the upper

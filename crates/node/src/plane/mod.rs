@@ -100,6 +100,9 @@ pub struct PlaneSettings {
     /// How long a replication stream may leave a frame unacknowledged (or its TCP leave data
     /// undelivered) before the link is dropped.
     pub replication_stall: Duration,
+    /// How long a member may be silent before the group holds it dead (heartbeat interval ×
+    /// miss count): active mode takes a silent replica out after as long.
+    pub detection: Duration,
     /// What the replication stream's frames get after its handshake.
     pub protection: Protection,
     /// Every member's address (not the witness: it has no data plane).

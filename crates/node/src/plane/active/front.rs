@@ -16,9 +16,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use steadfast_core::active_executor::SessionId;
+use steadfast_core::active_liveness::{ReadsInFlight, ReplicaWatch, WatchAction};
 use steadfast_core::active_order::{
     OrderNumber, OrderingSettings, Outgoing, ReadPolicy, ReadScheduler, Sequencer, ToPrimary,
 };
+use steadfast_core::active_rebuild::{CopyRequest, Rebuilds};
 use steadfast_core::active_wire::{ActiveFrame, UpdatePayload};
 use steadfast_core::redis_commands::{Classification, CommandTable};
 use steadfast_core::redis_effects::absolute_expiry;
@@ -45,11 +47,13 @@ const NO_OWN_REPLICA: &[u8] =
 /// was ordered, and may have run.
 const OWN_REPLICA_LOST: &[u8] = b"-ERR steadfast active mode: the link to this primary's own \
 replica was lost before it answered; the update was ordered and may have run\r\n";
-/// The answer to a read whose replica's link went down before it answered.
-const READ_REPLICA_LOST: &[u8] =
-    b"-ERR steadfast active mode: the replica serving this read was lost; try again\r\n";
+/// The answer to a read when no replica at all serves reads.
+const NO_READER: &[u8] = b"-ERR steadfast active mode: no replica is linked to serve reads\r\n";
 /// How long the primary waits between attempts to link a replica.
 const RELINK_PAUSE: Duration = Duration::from_millis(100);
+/// A rebuild whose copy is not loaded by then is given up and started again (its source may
+/// have been unable to find a point outside every MULTI, or a frame was lost with a link).
+const REBUILD_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How a request goes.
@@ -115,8 +119,13 @@ struct Front {
     sessions: BTreeMap<SessionId, ClientSession>,
     /// Updates whose reply (from this node's own replica) the client still waits for.
     awaiting_own_reply: BTreeMap<OrderNumber, (SessionId, u64)>,
-    /// Reads sent to each replica and not yet answered.
-    reads_out: BTreeMap<NodeId, BTreeSet<(SessionId, u64)>>,
+    /// Reads sent to each replica and not yet answered: their barrier and request, to run
+    /// them again elsewhere if the replica is lost.
+    reads_out: ReadsInFlight<(SessionId, u64), (OrderNumber, Vec<u8>)>,
+    /// Probes the replicas' links (not this node's own: its loss is the primary's).
+    watch: ReplicaWatch,
+    /// Replicas being rebuilt from a copy of a live one, then catching up.
+    rebuilds: Rebuilds,
     /// Session ids are unique across this node's lives: random high bits, a counter.
     next_session: SessionId,
 }
@@ -148,6 +157,7 @@ pub async fn run(
             events_tx.clone(),
         ));
     }
+    let detection = ctx.detection;
     let mut front = Front {
         sequencer: Sequencer::new(
             OrderingSettings::default(),
@@ -171,7 +181,9 @@ pub async fn run(
         verified: BTreeSet::new(),
         sessions: BTreeMap::new(),
         awaiting_own_reply: BTreeMap::new(),
-        reads_out: BTreeMap::new(),
+        reads_out: ReadsInFlight::default(),
+        watch: ReplicaWatch::new(detection),
+        rebuilds: Rebuilds::new(REBUILD_TIMEOUT),
         next_session: (incarnation & 0xffff_ffff) << 32,
     };
     front
@@ -189,8 +201,11 @@ pub async fn run(
                 front.on_event(event);
             }
             _ = tick.tick() => {
-                let out = front.sequencer.tick(front.origin.elapsed());
+                let now = front.origin.elapsed();
+                let out = front.sequencer.tick(now);
                 front.send_all(out);
+                front.watch_links(now);
+                front.start_rebuilds(now);
                 front.publish();
             }
         }
@@ -349,6 +364,9 @@ impl Front {
                 tracing::info!("active link to replica {node} up (attempt {generation})");
                 self.links.insert(node, (generation, writer));
                 self.verified.remove(&node);
+                if node != self.ctx.node_id {
+                    self.watch.linked(u32::from(node), now);
+                }
                 // What it lacks goes at once, not at the next retransmission.
                 let out = self.sequencer.tick(now + Duration::from_secs(3600));
                 self.send_all(out);
@@ -362,6 +380,8 @@ impl Front {
                     tracing::warn!("active link to replica {node} lost: {why}");
                     self.links.remove(&node);
                     self.verified.remove(&node);
+                    self.watch.unlinked(u32::from(node));
+                    self.abandon_rebuilds_with(node);
                     self.answer_what_the_link_owed(node);
                 }
             }
@@ -371,6 +391,7 @@ impl Front {
                 frame,
             } => {
                 if self.links.get(&node).is_some_and(|(g, _)| *g == generation) {
+                    self.watch.heard(u32::from(node), now);
                     self.on_frame(node, frame, now);
                 }
             }
@@ -413,49 +434,8 @@ impl Front {
                 self.send_all(out);
             }
             Routed::Read(request) => {
-                let readers: Vec<u32> = self
-                    .links
-                    .keys()
-                    .copied()
-                    .filter(|n| self.verified.contains(n) && !self.taken_out.contains(n))
-                    .map(u32::from)
-                    .collect();
-                if readers.is_empty() {
-                    self.reply(
-                        session,
-                        index,
-                        b"-ERR steadfast active mode: no replica is linked to serve reads\r\n"
-                            .to_vec(),
-                    );
-                    return;
-                }
-                let header = self.scheduler.schedule(
-                    &readers,
-                    u32::from(self.ctx.node_id),
-                    self.sequencer.last_ordered(),
-                );
-                // Scheduled among linked members, whose ids are node ids.
-                let replica = NodeId::try_from(header.replica).unwrap_or(self.ctx.node_id);
-                let Some((_, writer)) = self.links.get(&replica) else {
-                    return;
-                };
-                let _ = writer.send(ActiveFrame::Read {
-                    session,
-                    index,
-                    barrier: header.barrier,
-                    request,
-                });
-                self.reads_out
-                    .entry(replica)
-                    .or_default()
-                    .insert((session, index));
-                active.reads_scheduled.fetch_add(1, Ordering::Relaxed);
-                *active
-                    .reads_by_replica
-                    .lock()
-                    .expect("reads_by_replica lock")
-                    .entry(replica)
-                    .or_default() += 1;
+                let barrier = self.sequencer.last_ordered();
+                self.send_read(session, index, barrier, request);
             }
             Routed::Answer(reply) => {
                 active.refused.fetch_add(1, Ordering::Relaxed);
@@ -467,11 +447,45 @@ impl Front {
     fn on_frame(&mut self, from: NodeId, frame: ActiveFrame, now: Duration) {
         match frame {
             ActiveFrame::Progress(message) => {
-                if !self.verified.contains(&from) && !self.verify(from, &message) {
+                if self.rebuilds.awaits_copy(u32::from(from)) {
+                    // What it held before its copy: nothing the ordering can use.
+                    return;
+                }
+                if self.rebuilds.involves(u32::from(from)) {
+                    if let ToPrimary::Ack { up_to } = message {
+                        if let Some(took) = self.rebuilds.acknowledged(u32::from(from), up_to, now)
+                        {
+                            self.caught_up(from, took);
+                        }
+                    }
+                } else if !self.verified.contains(&from) && !self.verify(from, &message) {
                     return;
                 }
                 let out = self.sequencer.on_message(u32::from(from), message, now);
                 self.send_all(out);
+            }
+            part @ ActiveFrame::SnapshotPart { rebuild, .. } => {
+                let Some(joiner) = self
+                    .rebuilds
+                    .joiner_of(rebuild, u32::from(from))
+                    .and_then(to_node)
+                else {
+                    return;
+                };
+                match self.links.get(&joiner) {
+                    Some((_, writer)) => {
+                        let _ = writer.send(part);
+                    }
+                    None => self.abandon_rebuilds_with(joiner),
+                }
+            }
+            ActiveFrame::SnapshotLoaded { rebuild, at } => {
+                let last_ordered = self.sequencer.last_ordered();
+                let Some(started) = self.rebuilds.loaded(u32::from(from), rebuild, last_ordered)
+                else {
+                    return;
+                };
+                self.loaded(from, at, started, now);
             }
             ActiveFrame::UpdateReply {
                 number,
@@ -492,11 +506,11 @@ impl Front {
                 index,
                 reply,
             } => {
-                if let Some(out) = self.reads_out.get_mut(&from) {
-                    out.remove(&(session, index));
+                if self.reads_out.answered(u32::from(from), (session, index)) {
+                    self.reply(session, index, reply);
                 }
-                self.reply(session, index, reply);
             }
+            ActiveFrame::ProbeReply { .. } => {}
             other => tracing::warn!(
                 "active link: a {} frame from replica {from}, which only a primary sends",
                 other.label()
@@ -549,14 +563,14 @@ impl Front {
         }
     }
 
-    /// A replica's first acknowledgement on a new link: holding less than it acknowledged
-    /// before, it restarted and lost updates the primary no longer keeps; it leaves the group
-    /// (rebuilding a replica from a live one is not built yet). Whether it may serve reads.
+    /// A replica's first acknowledgement on a new link: whether it holds what it acknowledged
+    /// before, and so may serve reads. One that holds less restarted and lost updates the
+    /// primary no longer keeps: it leaves the ordering and is rebuilt from a live replica.
     fn verify(&mut self, replica: NodeId, message: &ToPrimary) -> bool {
         let ToPrimary::Ack { up_to } = message else {
             return false;
         };
-        // Taken out (or gone): it no longer receives updates, so it serves no read.
+        // Out of the ordering (lost, or taken out): the tick rebuilds it.
         let Some(recorded) = self.sequencer.acknowledged(u32::from(replica)) else {
             return false;
         };
@@ -564,13 +578,112 @@ impl Front {
             self.verified.insert(replica);
             return true;
         }
-        let why = format!(
-            "it holds updates up to {up_to} only, having acknowledged {recorded}: it restarted \
-             and lost them; rebuilding a replica is not built yet, it is out of the group"
+        tracing::warn!(
+            "active mode: replica {replica} holds updates up to {up_to} only, having \
+             acknowledged {recorded}: it restarted and lost them; it is rebuilt from a live \
+             replica"
         );
-        tracing::error!("active mode: replica {replica}: {why}");
-        self.take_out(replica, why);
+        let out = self.sequencer.remove_replica(u32::from(replica));
+        self.send_all(out);
+        let verdicts = self.comparator.remove(u32::from(replica));
+        self.judge(verdicts);
         false
+    }
+
+    /// Starts the rebuild of every linked replica out of the ordering (lost, restarted empty,
+    /// or taken out for diverging or lagging: its copy replaces its data), and gives up
+    /// rebuilds that took too long.
+    fn start_rebuilds(&mut self, now: Duration) {
+        for joiner in self.rebuilds.expired(now) {
+            tracing::warn!(
+                "active mode: the rebuild of replica {joiner} did not finish within \
+                 {REBUILD_TIMEOUT:?}; starting it again"
+            );
+            let out = self.sequencer.unpin(joiner);
+            self.send_all(out);
+        }
+        let joiners: Vec<NodeId> = self
+            .links
+            .keys()
+            .copied()
+            .filter(|&n| {
+                n != self.ctx.node_id
+                    && self.sequencer.acknowledged(u32::from(n)).is_none()
+                    && !self.rebuilds.involves(u32::from(n))
+            })
+            .collect();
+        for joiner in joiners {
+            let serving: Vec<u32> = self.readers().into_iter().map(u32::from).collect();
+            let Some(CopyRequest { id, source }) = self.rebuilds.start(
+                u32::from(joiner),
+                &serving,
+                u32::from(self.ctx.node_id),
+                now,
+            ) else {
+                continue;
+            };
+            // Every replica serving reads is linked.
+            let Some((_, writer)) = to_node(source).and_then(|source| self.links.get(&source))
+            else {
+                self.rebuilds.lost(u32::from(joiner));
+                continue;
+            };
+            let _ = writer.send(ActiveFrame::SnapshotRequest { rebuild: id });
+            let kept_from = self.sequencer.pin(u32::from(joiner));
+            tracing::info!(
+                "active mode: rebuilding replica {joiner} from a copy of replica {source}'s data \
+                 (rebuild {id}; updates after {kept_from} kept for it)"
+            );
+        }
+    }
+
+    /// The joiner loaded the copy taken at `at`: it joins the ordering from there and is sent
+    /// what came after.
+    fn loaded(&mut self, joiner: NodeId, at: OrderNumber, started: Duration, now: Duration) {
+        match self.sequencer.add_replica(u32::from(joiner), at, now) {
+            Ok(out) => {
+                self.send_all(out);
+                self.comparator.add(u32::from(joiner), at + 1);
+                tracing::info!(
+                    "active mode: replica {joiner} loaded a copy at update {at} in {:?}; it runs \
+                     the updates up to {} before it serves reads",
+                    now.saturating_sub(started),
+                    self.sequencer.last_ordered()
+                );
+                if let Some(took) = self.rebuilds.acknowledged(u32::from(joiner), at, now) {
+                    self.caught_up(joiner, took);
+                }
+            }
+            Err(e) => {
+                tracing::error!("active mode: replica {joiner}: {e}; rebuilding it again");
+                self.rebuilds.lost(u32::from(joiner));
+                let out = self.sequencer.unpin(u32::from(joiner));
+                self.send_all(out);
+            }
+        }
+    }
+
+    fn caught_up(&mut self, replica: NodeId, took: Duration) {
+        self.verified.insert(replica);
+        // Its data is the copy's now; why it was taken out stays in `status` as the alarm.
+        self.taken_out.remove(&replica);
+        tracing::info!(
+            "active mode: replica {replica} rebuilt and caught up in {took:?}; it serves reads again"
+        );
+        let active = &self.ctx.shared().active;
+        active.rebuilds.fetch_add(1, Ordering::Relaxed);
+        active
+            .last_rebuild_ms
+            .store(took.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// `node` is lost or its link went down: a rebuild it takes part in cannot finish, and one
+    /// catching up is judged by what it acknowledges once it relinks.
+    fn abandon_rebuilds_with(&mut self, node: NodeId) {
+        for joiner in self.rebuilds.lost(u32::from(node)) {
+            let out = self.sequencer.unpin(joiner);
+            self.send_all(out);
+        }
     }
 
     fn take_out(&mut self, replica: NodeId, why: String) {
@@ -597,8 +710,122 @@ impl Front {
                 self.reply(session, index, OWN_REPLICA_LOST.to_vec());
             }
         }
-        for (session, index) in self.reads_out.remove(&node).unwrap_or_default() {
-            self.reply(session, index, READ_REPLICA_LOST.to_vec());
+        self.rerun_reads_of(node);
+    }
+
+    /// Sends a read to the next replica in the rotation, behind `barrier`.
+    fn send_read(
+        &mut self,
+        session: SessionId,
+        index: u64,
+        barrier: OrderNumber,
+        request: Vec<u8>,
+    ) {
+        let readers: Vec<u32> = self.readers().into_iter().map(u32::from).collect();
+        if readers.is_empty() {
+            self.reply(session, index, NO_READER.to_vec());
+            return;
+        }
+        let header = self
+            .scheduler
+            .schedule(&readers, u32::from(self.ctx.node_id), barrier);
+        // Scheduled among linked members, whose ids are node ids.
+        let replica = NodeId::try_from(header.replica).unwrap_or(self.ctx.node_id);
+        let Some((_, writer)) = self.links.get(&replica) else {
+            self.reply(session, index, NO_READER.to_vec());
+            return;
+        };
+        let _ = writer.send(ActiveFrame::Read {
+            session,
+            index,
+            barrier: header.barrier,
+            request: request.clone(),
+        });
+        self.reads_out
+            .sent(header.replica, (session, index), (header.barrier, request));
+        let active = &self.ctx.shared().active;
+        active.reads_scheduled.fetch_add(1, Ordering::Relaxed);
+        *active
+            .reads_by_replica
+            .lock()
+            .expect("reads_by_replica lock")
+            .entry(replica)
+            .or_default() += 1;
+    }
+
+    /// The replicas in the read rotation: linked, holding what they acknowledged, not taken
+    /// out.
+    fn readers(&self) -> Vec<NodeId> {
+        self.links
+            .keys()
+            .copied()
+            .filter(|n| self.verified.contains(n) && !self.taken_out.contains(n))
+            .collect()
+    }
+
+    /// The reads `node` owed run again on a live replica: reads change nothing, so running one
+    /// twice is harmless, and its client sees only the later reply.
+    fn rerun_reads_of(&mut self, node: NodeId) {
+        let owed = self.reads_out.lost(u32::from(node));
+        if owed.is_empty() {
+            return;
+        }
+        tracing::info!(
+            "active mode: {} reads replica {node} owed run again elsewhere",
+            owed.len()
+        );
+        self.ctx
+            .shared()
+            .active
+            .reads_rerun
+            .fetch_add(owed.len() as u64, Ordering::Relaxed);
+        for ((session, index), (barrier, request)) in owed {
+            self.send_read(session, index, barrier, request);
+        }
+    }
+
+    /// Probes the replicas' links and takes out a replica silent for a whole detection: out of
+    /// the reads (what it owed runs elsewhere), the ordering (updates stop waiting for its
+    /// acknowledgement) and the comparison; its link is dropped.
+    fn watch_links(&mut self, now: Duration) {
+        for action in self.watch.tick(now) {
+            match action {
+                WatchAction::Probe(replica) => {
+                    let Some(node) = to_node(replica) else {
+                        continue;
+                    };
+                    if let Some((_, writer)) = self.links.get(&node) {
+                        let _ = writer.send(ActiveFrame::Probe {
+                            token: now.as_millis() as u64,
+                        });
+                    }
+                }
+                WatchAction::Lost { replica, silent } => {
+                    let Some(node) = to_node(replica) else {
+                        continue;
+                    };
+                    tracing::warn!(
+                        "active mode: replica {node} silent for {silent:?} (detection {:?}): \
+                         taken out of the reads, the ordering and the comparison until it is \
+                         rebuilt",
+                        self.watch.detection()
+                    );
+                    self.ctx
+                        .shared()
+                        .active
+                        .replicas_lost
+                        .fetch_add(1, Ordering::Relaxed);
+                    // Dropping the writer ends the link; a relink starts afresh.
+                    self.links.remove(&node);
+                    self.verified.remove(&node);
+                    self.abandon_rebuilds_with(node);
+                    let out = self.sequencer.remove_replica(replica);
+                    self.send_all(out);
+                    let verdicts = self.comparator.remove(replica);
+                    self.judge(verdicts);
+                    self.rerun_reads_of(node);
+                }
+            }
         }
     }
 
@@ -637,6 +864,7 @@ impl Front {
             .stable
             .store(self.sequencer.stable(), Ordering::Relaxed);
         *active.linked.lock().expect("linked lock") = self.links.keys().copied().collect();
+        *active.serving.lock().expect("serving lock") = self.readers().into_iter().collect();
     }
 
     fn open_session(&mut self, stream: TcpStream) {

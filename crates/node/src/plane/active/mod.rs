@@ -6,9 +6,14 @@
 //! The primary's own node is a replica like the others, linked over the same TCP link: one
 //! code path for every replica, at the cost of a loopback hop on the primary.
 //!
+//! A replica whose link falls silent for one detection is taken out and its reads run again
+//! elsewhere; a linked replica out of the ordering (lost, restarted, diverged or lagging) is
+//! rebuilt from a live one's copy ([`replica`] takes and loads copies, [`front`] drives the
+//! rebuild).
+//!
 //! Not built yet (issue 18): failover (a replica taking over the ordering and the clients'
-//! connections), rebuilding a replica that diverged or restarted, safe delivery, replicating
-//! the effects of non-deterministic writes (refused by name meanwhile).
+//! connections), session state carried into a rebuilt replica, safe delivery, replicating the
+//! effects of non-deterministic writes (refused by name meanwhile).
 
 pub mod front;
 pub mod link;
@@ -49,6 +54,9 @@ pub struct ActiveContext {
     /// `replication_stall_ms`, as for duplex's stream): a replica whose host died is then
     /// found, and what only it would have answered is answered with an error.
     pub stall: Duration,
+    /// A replica's link silent this long (the group's detection) is dropped and the replica
+    /// taken out: its reads run again elsewhere and nothing waits for it.
+    pub detection: Duration,
     shared: Arc<PlaneShared>,
 }
 
@@ -95,6 +103,16 @@ pub struct ActiveShared {
     pub reads_served: AtomicU64,
     /// Replica: sessions whose server connection failed, and work out of order.
     pub replica_errors: AtomicU64,
+    /// Replicas whose link fell silent for a detection and were taken out.
+    pub replicas_lost: AtomicU64,
+    /// Reads a lost replica owed, run again on a live one.
+    pub reads_rerun: AtomicU64,
+    /// Replicas that serve reads now.
+    pub serving: Mutex<BTreeSet<NodeId>>,
+    /// Replicas rebuilt from a live one's copy and caught up, and how long the last took
+    /// (from asking for the copy to serving reads).
+    pub rebuilds: AtomicU64,
+    pub last_rebuild_ms: AtomicU64,
 }
 
 impl ActiveShared {
@@ -128,6 +146,15 @@ impl ActiveShared {
             delivered: load(&self.delivered),
             reads_served: load(&self.reads_served),
             replica_errors: load(&self.replica_errors),
+            replicas_lost: load(&self.replicas_lost),
+            reads_rerun: load(&self.reads_rerun),
+            rebuilds: load(&self.rebuilds),
+            last_rebuild_ms: load(&self.last_rebuild_ms),
+            serving: self
+                .serving
+                .lock()
+                .map(|s| s.iter().copied().collect())
+                .unwrap_or_default(),
         }
     }
 }
@@ -150,6 +177,7 @@ pub(super) async fn run(
         members: settings.members.clone(),
         link_port,
         stall: settings.replication_stall,
+        detection: settings.detection,
         shared,
     });
     let address = replica::listen_address(settings.local_address, link_port);

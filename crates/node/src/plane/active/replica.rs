@@ -3,6 +3,11 @@
 //! redis-server (one server connection per client session), runs the reads scheduled on it
 //! once their barrier is delivered, and answers each update with the digest of the server's
 //! reply (the whole reply too when the primary is on this node: the client gets that one).
+//!
+//! It also takes part in rebuilds: asked for a copy, it holds back its next update at a point
+//! outside every MULTI, reads its server's data once every update handed is answered, and
+//! sends it; being rebuilt, it empties its server, loads the copy and starts over at the copy's
+//! ordering number.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::{SocketAddr, SocketAddrV4};
@@ -13,8 +18,12 @@ use std::time::{Duration, Instant};
 use steadfast_core::active_executor::{ExecAction, ReplicaExecutor, SessionId, Work};
 use steadfast_core::active_order::{OrderNumber, OrderingSettings, ReplicaAction, ReplicaOrder};
 use steadfast_core::active_wire::{ActiveFrame, UpdatePayload};
+use steadfast_core::redis_snapshot::{
+    cut_parts, keyspace_databases, restore_requests, DUMP_SCRIPT,
+};
 use steadfast_core::reply_compare::digest_reply;
-use steadfast_core::resp::RespLimits;
+use steadfast_core::resp::{Direction, RespFramer, RespLimits};
+use steadfast_core::resp_request::{encode_request, request_words};
 use steadfast_core::NodeId;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -43,12 +52,48 @@ enum Event {
     },
     ServerBytes {
         session: SessionId,
+        /// Which of the session's server connections (a rebuild opens new ones).
+        connection: u64,
         bytes: Vec<u8>,
     },
     ServerClosed {
         session: SessionId,
+        connection: u64,
         why: String,
     },
+    /// The copy taken at update `at` (its parts), or why not.
+    CopyTaken {
+        at: OrderNumber,
+        copy: Result<Vec<(u64, Vec<u8>)>, String>,
+        took: Duration,
+    },
+}
+
+/// How long a replica asked for a copy waits for a point outside every session's MULTI
+/// before it gives up (the primary asks again).
+const COPY_WAIT: Duration = Duration::from_secs(2);
+/// How long loading one part of a copy into the server may take.
+const LOAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bytes of RESTORE requests per link frame.
+const COPY_PART_BYTES: usize = 4 << 20;
+
+struct CopyAsked {
+    /// Every rebuild that asked (two replicas healed at once get one copy).
+    rebuilds: Vec<u64>,
+    asked_at: Instant,
+    /// The next updates are held back: the copy is taken once the server answered every
+    /// update handed to it.
+    holding: bool,
+    /// The copy is being read (in a task of its own, so that this replica keeps answering
+    /// probes and reads meanwhile).
+    reading: bool,
+}
+
+/// A copy being loaded into this replica's emptied server.
+struct Loading {
+    rebuild: u64,
+    at: OrderNumber,
+    server: TcpStream,
 }
 
 /// A read scheduled here that waits until every update up to its barrier was delivered.
@@ -68,8 +113,22 @@ struct Replica {
     link: Option<(NodeId, u64, mpsc::UnboundedSender<ActiveFrame>)>,
     /// The incarnation of the primary process whose updates this replica holds.
     incarnation: Option<u64>,
-    /// Each session's connection to the local redis-server.
-    servers: BTreeMap<SessionId, mpsc::UnboundedSender<Vec<u8>>>,
+    /// Each session's connection to the local redis-server, and its number.
+    servers: BTreeMap<SessionId, (u64, mpsc::UnboundedSender<Vec<u8>>)>,
+    next_connection: u64,
+    /// The last update handed to the executor: the ordering may have delivered more, held
+    /// back while a copy of this replica's data is taken.
+    handed: OrderNumber,
+    /// Updates delivered by the ordering and held back while the copy is taken.
+    deferred: VecDeque<(OrderNumber, UpdatePayload)>,
+    /// Sessions between MULTI and EXEC (or DISCARD) in the updates handed: a copy is never
+    /// taken there, since a replica loaded from it would get the rest of the transaction
+    /// without its MULTI.
+    in_multi: BTreeSet<SessionId>,
+    /// The copy the primary asked of this replica.
+    copy_asked: Option<CopyAsked>,
+    /// The rebuild of this replica from a copy under way.
+    loading: Option<Loading>,
     /// Updates delivered and not yet answered: their session's request index, by number.
     update_index: BTreeMap<OrderNumber, u64>,
     /// Reads handed to the executor and not yet answered, per session, in order.
@@ -94,6 +153,12 @@ pub async fn run(ctx: Arc<ActiveContext>, listener: TcpListener) {
         link: None,
         incarnation: None,
         servers: BTreeMap::new(),
+        next_connection: 0,
+        handed: 0,
+        deferred: VecDeque::new(),
+        in_multi: BTreeSet::new(),
+        copy_asked: None,
+        loading: None,
         update_index: BTreeMap::new(),
         read_index: BTreeMap::new(),
         held_reads: Vec::new(),
@@ -113,6 +178,8 @@ pub async fn run(ctx: Arc<ActiveContext>, listener: TcpListener) {
                 let now = replica.origin.elapsed();
                 let actions = replica.order.tick(now);
                 replica.act(actions).await;
+                // A copy waiting on a MULTI or on the server is given up in time.
+                replica.copy_when_ready().await;
             }
         }
     }
@@ -245,16 +312,41 @@ impl Replica {
                 }
                 self.on_frame(frame).await;
             }
-            Event::ServerBytes { session, bytes } => {
+            Event::ServerBytes {
+                session,
+                connection,
+                bytes,
+            } => {
+                if self
+                    .servers
+                    .get(&session)
+                    .is_none_or(|(c, _)| *c != connection)
+                {
+                    // A connection dropped by a rebuild.
+                    return;
+                }
                 match self.executor.server_bytes(session, &bytes) {
                     Ok(actions) => self.exec(actions).await,
                     Err(e) => self.fail_session(session, &e.to_string()),
                 }
                 self.close_ended_sessions();
+                self.copy_when_ready().await;
             }
-            Event::ServerClosed { session, why } => {
-                if self.servers.remove(&session).is_some() && !self.ending.contains_key(&session) {
-                    self.fail_session(session, &why);
+            Event::CopyTaken { at, copy, took } => self.copy_taken(at, copy, took).await,
+            Event::ServerClosed {
+                session,
+                connection,
+                why,
+            } => {
+                if self
+                    .servers
+                    .get(&session)
+                    .is_some_and(|(c, _)| *c == connection)
+                {
+                    self.servers.remove(&session);
+                    if !self.ending.contains_key(&session) {
+                        self.fail_session(session, &why);
+                    }
                 }
             }
         }
@@ -285,6 +377,42 @@ impl Replica {
                 self.ending.insert(session, after);
                 self.close_ended_sessions();
             }
+            ActiveFrame::Probe { token } => self.send(ActiveFrame::ProbeReply { token }),
+            ActiveFrame::SnapshotRequest { rebuild } => {
+                match &mut self.copy_asked {
+                    // A copy under way serves this rebuild too: it is taken at one number.
+                    Some(asked) => asked.rebuilds.push(rebuild),
+                    None => {
+                        self.copy_asked = Some(CopyAsked {
+                            rebuilds: vec![rebuild],
+                            asked_at: Instant::now(),
+                            holding: false,
+                            reading: false,
+                        })
+                    }
+                }
+                self.copy_when_ready().await;
+            }
+            ActiveFrame::SnapshotPart {
+                rebuild,
+                at,
+                commands,
+                last,
+                requests,
+            } => {
+                if let Err(e) = self.load_part(rebuild, at, commands, last, &requests).await {
+                    self.ctx
+                        .shared()
+                        .active
+                        .replica_errors
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(
+                        "active replica: loading the copy of rebuild {rebuild}: {e}; the \
+                         primary starts the rebuild again"
+                    );
+                    self.loading = None;
+                }
+            }
             other => tracing::warn!(
                 "active link: a {} frame from the primary, which only a replica sends",
                 other.label()
@@ -297,30 +425,236 @@ impl Replica {
             match action {
                 ReplicaAction::Send(message) => self.send(ActiveFrame::Progress(message)),
                 ReplicaAction::Deliver { number, payload } => {
-                    self.ctx
-                        .shared()
-                        .active
-                        .delivered
-                        .store(number, Ordering::Relaxed);
-                    self.update_index.insert(number, payload.index);
-                    self.submit(Work::Update {
-                        number,
-                        session: payload.session,
-                        request: payload.request,
-                    })
-                    .await;
-                    // Reads behind this update go before the next one, so that each runs in its
-                    // session's order on this replica.
-                    self.release_reads().await;
+                    if self.copy_asked.as_ref().is_some_and(|c| c.holding) {
+                        self.deferred.push_back((number, payload));
+                    } else {
+                        self.hand(number, payload).await;
+                        self.copy_when_ready().await;
+                    }
                 }
             }
         }
         self.close_ended_sessions();
     }
 
+    /// Hands update `number` to the executor.
+    async fn hand(&mut self, number: OrderNumber, payload: UpdatePayload) {
+        self.handed = number;
+        self.ctx
+            .shared()
+            .active
+            .delivered
+            .store(number, Ordering::Relaxed);
+        match transaction_boundary(&payload.request) {
+            Some(TransactionBoundary::Opens) => {
+                self.in_multi.insert(payload.session);
+            }
+            Some(TransactionBoundary::Closes) => {
+                self.in_multi.remove(&payload.session);
+            }
+            None => {}
+        }
+        self.update_index.insert(number, payload.index);
+        self.submit(Work::Update {
+            number,
+            session: payload.session,
+            request: payload.request,
+        })
+        .await;
+        // Reads behind this update go before the next one, so that each runs in its session's
+        // order on this replica.
+        self.release_reads().await;
+    }
+
+    /// Takes the copy the primary asked for as soon as it can: outside every MULTI, the next
+    /// updates held back, every update handed answered by the server.
+    async fn copy_when_ready(&mut self) {
+        let Some(asked) = self.copy_asked.as_mut() else {
+            return;
+        };
+        if asked.reading {
+            return;
+        }
+        if !asked.holding {
+            if !self.in_multi.is_empty() {
+                if asked.asked_at.elapsed() >= COPY_WAIT {
+                    tracing::warn!(
+                        "active replica: no point outside every MULTI within {COPY_WAIT:?} for \
+                         the copy of rebuilds {:?}; not taken (the primary asks again)",
+                        asked.rebuilds
+                    );
+                    self.copy_asked = None;
+                }
+                return;
+            }
+            asked.holding = true;
+        }
+        if self.executor.answered_up_to() < self.handed {
+            if asked.asked_at.elapsed() >= COPY_WAIT * 2 {
+                // A server that does not answer must not hold this replica's updates back for
+                // ever: the copy is not taken, the primary asks again.
+                tracing::warn!(
+                    "active replica: the server answered updates up to {} of {} within {:?}; \
+                     the copy for rebuilds {:?} is not taken",
+                    self.executor.answered_up_to(),
+                    self.handed,
+                    COPY_WAIT * 2,
+                    asked.rebuilds
+                );
+                self.copy_asked = None;
+                while let Some((number, payload)) = self.deferred.pop_front() {
+                    self.hand(number, payload).await;
+                }
+            }
+            return;
+        }
+        asked.reading = true;
+        let at = self.handed;
+        let backend = self.ctx.backend;
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let copy = take_copy(backend).await;
+            let _ = events.send(Event::CopyTaken {
+                at,
+                copy,
+                took: started.elapsed(),
+            });
+        });
+    }
+
+    /// Sends the copy to the primary for every rebuild that asked, then hands on the updates
+    /// held back meanwhile.
+    async fn copy_taken(
+        &mut self,
+        at: OrderNumber,
+        copy: Result<Vec<(u64, Vec<u8>)>, String>,
+        took: Duration,
+    ) {
+        let Some(asked) = self.copy_asked.take() else {
+            return;
+        };
+        match copy {
+            Ok(parts) => {
+                let count = parts.len();
+                let requests: u64 = parts.iter().map(|(n, _)| n).sum();
+                for &rebuild in &asked.rebuilds {
+                    for (i, (commands, bytes)) in parts.iter().enumerate() {
+                        self.send(ActiveFrame::SnapshotPart {
+                            rebuild,
+                            at,
+                            commands: *commands,
+                            last: i + 1 == count,
+                            requests: bytes.clone(),
+                        });
+                    }
+                }
+                tracing::info!(
+                    "active replica: copy for rebuilds {:?} taken at update {at} in {took:?} \
+                     ({requests} requests, {count} parts)",
+                    asked.rebuilds
+                );
+            }
+            Err(e) => tracing::error!(
+                "active replica: the copy for rebuilds {:?} at update {at}: {e}; not taken \
+                 (the primary asks again)",
+                asked.rebuilds
+            ),
+        }
+        while let Some((number, payload)) = self.deferred.pop_front() {
+            self.hand(number, payload).await;
+        }
+        self.close_ended_sessions();
+    }
+
+    /// Loads one part of a copy taken at update `at`. The first part of a rebuild empties the
+    /// server and forgets everything this replica held; after the last, the primary is told,
+    /// and sends the updates after `at`.
+    async fn load_part(
+        &mut self,
+        rebuild: u64,
+        at: OrderNumber,
+        commands: u64,
+        last: bool,
+        requests: &[u8],
+    ) -> Result<(), String> {
+        let backend = self.ctx.backend;
+        let mut expected = commands;
+        let mut out = Vec::new();
+        if self.loading.as_ref().is_none_or(|l| l.rebuild != rebuild) {
+            self.start_over_at(at);
+            let server = tokio::time::timeout(LOAD_TIMEOUT, TcpStream::connect(backend))
+                .await
+                .map_err(|_| format!("connecting to the redis-server at {backend}: timed out"))?
+                .map_err(|e| format!("connecting to the redis-server at {backend}: {e}"))?;
+            self.loading = Some(Loading {
+                rebuild,
+                at,
+                server,
+            });
+            // Every other connection to the server goes first: a write the old sessions still
+            // had queued must not land after the server was emptied. Then it is emptied.
+            out.extend_from_slice(&encode_request(&[
+                b"CLIENT".to_vec(),
+                b"KILL".to_vec(),
+                b"TYPE".to_vec(),
+                b"normal".to_vec(),
+                b"SKIPME".to_vec(),
+                b"yes".to_vec(),
+            ]));
+            out.extend_from_slice(b"*1\r\n$8\r\nFLUSHALL\r\n");
+            expected += 2;
+            tracing::info!(
+                "active replica: loading a copy taken at update {at} (rebuild {rebuild})"
+            );
+        }
+        let loading = self.loading.as_mut().expect("set above");
+        if loading.at != at {
+            return Err(format!(
+                "a part taken at update {at} in a copy taken at {}",
+                loading.at
+            ));
+        }
+        out.extend_from_slice(requests);
+        let load = run_requests(&mut loading.server, &out, expected);
+        tokio::time::timeout(LOAD_TIMEOUT, load)
+            .await
+            .map_err(|_| {
+                format!("the redis-server at {backend} did not load a part within {LOAD_TIMEOUT:?}")
+            })?
+            .map_err(|e| format!("the redis-server at {backend}: {e}"))?;
+        if last {
+            self.loading = None;
+            self.send(ActiveFrame::SnapshotLoaded { rebuild, at });
+        }
+        Ok(())
+    }
+
+    /// Forgets every update, read and session this replica held: its server is about to hold
+    /// a copy taken at update `at`.
+    fn start_over_at(&mut self, at: OrderNumber) {
+        self.order = ReplicaOrder::new(OrderingSettings::default(), at);
+        self.executor = ReplicaExecutor::new(at, RespLimits::default());
+        self.servers.clear();
+        self.update_index.clear();
+        self.read_index.clear();
+        self.held_reads.clear();
+        self.ending.clear();
+        self.broken.clear();
+        self.deferred.clear();
+        self.in_multi.clear();
+        self.copy_asked = None;
+        self.handed = at;
+        self.ctx
+            .shared()
+            .active
+            .delivered
+            .store(at, Ordering::Relaxed);
+    }
+
     /// Hands the executor the reads whose barrier is delivered, in the order they came.
     async fn release_reads(&mut self) {
-        let delivered = self.order.delivered();
+        let delivered = self.handed;
         let ready: Vec<HeldRead>;
         (ready, self.held_reads) = std::mem::take(&mut self.held_reads)
             .into_iter()
@@ -367,7 +701,7 @@ impl Replica {
         for action in actions {
             match action {
                 ExecAction::Write { session, bytes } => match self.servers.get(&session) {
-                    Some(server) if server.send(bytes).is_ok() => {}
+                    Some((_, server)) if server.send(bytes).is_ok() => {}
                     _ => self.answer_locally_failed(session),
                 },
                 ExecAction::Replied {
@@ -467,7 +801,7 @@ impl Replica {
     }
 
     fn close_ended_sessions(&mut self) {
-        let delivered = self.order.delivered();
+        let delivered = self.handed;
         let done: Vec<SessionId> = self
             .ending
             .iter()
@@ -482,6 +816,8 @@ impl Replica {
                 self.servers.remove(&session);
                 self.read_index.remove(&session);
                 self.broken.remove(&session);
+                // Its server connection closes: the server drops an open transaction.
+                self.in_multi.remove(&session);
             }
         }
     }
@@ -503,12 +839,15 @@ impl Replica {
         let _ = stream.set_nodelay(true);
         let (mut read_half, mut write_half) = stream.into_split();
         let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
+        self.next_connection += 1;
+        let connection = self.next_connection;
         let events = self.events.clone();
         tokio::spawn(async move {
             while let Some(bytes) = rx.recv().await {
                 if let Err(e) = write_half.write_all(&bytes).await {
                     let _ = events.send(Event::ServerClosed {
                         session,
+                        connection,
                         why: format!("writing to the redis-server at {backend}: {e}"),
                     });
                     return;
@@ -525,6 +864,7 @@ impl Replica {
                     Ok(0) => {
                         let _ = events.send(Event::ServerClosed {
                             session,
+                            connection,
                             why: format!("the redis-server at {backend} closed the connection"),
                         });
                         return;
@@ -533,6 +873,7 @@ impl Replica {
                         if events
                             .send(Event::ServerBytes {
                                 session,
+                                connection,
                                 bytes: buf[..n].to_vec(),
                             })
                             .is_err()
@@ -543,6 +884,7 @@ impl Replica {
                     Err(e) => {
                         let _ = events.send(Event::ServerClosed {
                             session,
+                            connection,
                             why: format!("reading from the redis-server at {backend}: {e}"),
                         });
                         return;
@@ -550,12 +892,175 @@ impl Replica {
                 }
             }
         });
-        self.servers.insert(session, tx);
+        self.servers.insert(session, (connection, tx));
         Ok(())
+    }
+}
+
+enum TransactionBoundary {
+    /// MULTI.
+    Opens,
+    /// EXEC or DISCARD.
+    Closes,
+}
+
+/// Whether an update opens or closes a transaction. Every update on every replica goes
+/// through here, so the request is decoded only when it is short enough to be one of the
+/// three (a command of no argument).
+fn transaction_boundary(request: &[u8]) -> Option<TransactionBoundary> {
+    if request.len() > 32 {
+        return None;
+    }
+    let words = request_words(request)?;
+    match words.first()?.to_ascii_uppercase().as_slice() {
+        b"MULTI" => Some(TransactionBoundary::Opens),
+        b"EXEC" | b"DISCARD" => Some(TransactionBoundary::Closes),
+        _ => None,
+    }
+}
+
+/// Reads a copy of the local server's data: every database `INFO keyspace` lists, each by
+/// [`DUMP_SCRIPT`] (whole, so consistent), as RESTORE requests cut in link-sized parts. The
+/// caller holds back every update while this runs, so the copy is at one ordering number.
+async fn take_copy(backend: SocketAddr) -> Result<Vec<(u64, Vec<u8>)>, String> {
+    let work = async {
+        let mut server = TcpStream::connect(backend)
+            .await
+            .map_err(|e| format!("connecting to the redis-server at {backend}: {e}"))?;
+        let info = exchange(
+            &mut server,
+            &encode_request(&[b"INFO".to_vec(), b"keyspace".to_vec()]),
+        )
+        .await?;
+        let databases = keyspace_databases(&info).map_err(|e| e.to_string())?;
+        let mut requests = Vec::new();
+        for db in databases {
+            exchange(
+                &mut server,
+                &encode_request(&[b"SELECT".to_vec(), db.to_string().into_bytes()]),
+            )
+            .await?;
+            let dump = exchange(
+                &mut server,
+                &encode_request(&[
+                    b"EVAL".to_vec(),
+                    DUMP_SCRIPT.as_bytes().to_vec(),
+                    b"0".to_vec(),
+                ]),
+            )
+            .await?;
+            requests.extend(restore_requests(db, &dump).map_err(|e| e.to_string())?);
+        }
+        let mut parts = cut_parts(requests, COPY_PART_BYTES);
+        if parts.is_empty() {
+            // An empty dataset is a copy too: the joiner empties its server and is told so.
+            parts.push((0, Vec::new()));
+        }
+        Ok::<_, String>(parts)
+    };
+    tokio::time::timeout(LOAD_TIMEOUT, work)
+        .await
+        .map_err(|_| format!("reading the copy from the redis-server at {backend}: timed out"))?
+        .map_err(|e| format!("reading the copy from the redis-server at {backend}: {e}"))
+}
+
+/// Sends one request and returns its whole reply.
+async fn exchange(server: &mut TcpStream, request: &[u8]) -> Result<Vec<u8>, String> {
+    server
+        .write_all(request)
+        .await
+        .map_err(|e| format!("writing: {e}"))?;
+    let mut framer = RespFramer::new(Direction::Replies, copy_limits());
+    let mut reply = Vec::new();
+    let mut messages = Vec::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    while messages.is_empty() {
+        let n = server
+            .read(&mut buf)
+            .await
+            .map_err(|e| format!("reading: {e}"))?;
+        if n == 0 {
+            return Err("the server closed the connection".to_string());
+        }
+        reply.extend_from_slice(&buf[..n]);
+        framer
+            .feed(&buf[..n], &mut messages)
+            .map_err(|e| format!("framing its reply: {e}"))?;
+    }
+    Ok(reply)
+}
+
+/// Sends `requests` (pipelined) and reads `expected` replies, failing on the first error reply.
+async fn run_requests(
+    server: &mut TcpStream,
+    requests: &[u8],
+    expected: u64,
+) -> Result<(), String> {
+    server
+        .write_all(requests)
+        .await
+        .map_err(|e| format!("writing: {e}"))?;
+    let mut framer = RespFramer::new(Direction::Replies, copy_limits());
+    let mut messages = Vec::new();
+    let mut answered = 0u64;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut seen = Vec::new();
+    while answered < expected {
+        let n = server
+            .read(&mut buf)
+            .await
+            .map_err(|e| format!("reading: {e}"))?;
+        if n == 0 {
+            return Err("the server closed the connection".to_string());
+        }
+        // Offsets count from the framer's start; the replies are short (+OK), kept whole.
+        seen.extend_from_slice(&buf[..n]);
+        messages.clear();
+        framer
+            .feed(&buf[..n], &mut messages)
+            .map_err(|e| format!("framing its replies: {e}"))?;
+        for message in &messages {
+            let reply = &seen[message.start as usize..message.end as usize];
+            if reply.first() == Some(&b'-') {
+                return Err(format!(
+                    "reply {} of {expected}: {}",
+                    answered + 1,
+                    String::from_utf8_lossy(reply).trim_end()
+                ));
+            }
+            answered += 1;
+        }
+    }
+    Ok(())
+}
+
+fn copy_limits() -> RespLimits {
+    RespLimits {
+        max_bulk: steadfast_core::active_wire::MAX_PAYLOAD_BYTES as u64,
+        ..RespLimits::default()
     }
 }
 
 /// The replica's listening address: this member's own address, the active port.
 pub fn listen_address(local: std::net::Ipv4Addr, port: u16) -> SocketAddr {
     SocketAddr::V4(SocketAddrV4::new(local, port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_multi_exec_and_discard_bound_a_transaction() {
+        let opens = |r: &[u8]| matches!(transaction_boundary(r), Some(TransactionBoundary::Opens));
+        let closes =
+            |r: &[u8]| matches!(transaction_boundary(r), Some(TransactionBoundary::Closes));
+        assert!(opens(b"*1\r\n$5\r\nMULTI\r\n"));
+        assert!(opens(b"multi\r\n"));
+        assert!(closes(b"*1\r\n$4\r\nexec\r\n"));
+        assert!(closes(b"*1\r\n$7\r\nDISCARD\r\n"));
+        assert!(transaction_boundary(b"*2\r\n$4\r\nINCR\r\n$5\r\nMULTI\r\n").is_none());
+        let long = encode_request(&[b"SET".to_vec(), b"MULTI".to_vec(), vec![b'x'; 40]]);
+        assert!(transaction_boundary(&long).is_none());
+    }
 }
