@@ -59,6 +59,9 @@ pub struct Config {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub notify: Option<Notify>,
     pub control: Control,
+    /// Where the Prometheus endpoint listens (`GET /metrics`); none when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<Metrics>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -329,6 +332,11 @@ pub struct Control {
     pub socket: PathBuf,
 }
 
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Metrics {
+    pub listen: SocketAddr,
+}
+
 /// Durations are whole milliseconds in the file; TOML integers stop at `i64::MAX`.
 fn millis_number<S: Serializer>(d: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
     serializer.serialize_i64(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
@@ -441,6 +449,7 @@ struct RawConfig {
     arp: Option<RawArp>,
     notify: Option<Spanned<RawNotify>>,
     control: Option<RawControl>,
+    metrics: Option<RawMetrics>,
 }
 
 #[derive(Deserialize)]
@@ -521,6 +530,12 @@ struct RawNotify {
 #[serde(expecting = "a [control] table")]
 struct RawControl {
     socket: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(expecting = "a [metrics] table with listen = \"address:port\"")]
+struct RawMetrics {
+    listen: Spanned<String>,
 }
 
 /// Collects errors with positions computed from byte spans.
@@ -1292,6 +1307,23 @@ fn build(
             |s| resolve(config_dir, &s),
         ),
     };
+    let metrics = raw.metrics.map(|m| Metrics {
+        listen: m
+            .listen
+            .get_ref()
+            .parse::<SocketAddr>()
+            .unwrap_or_else(|_| {
+                report.add(
+                    m.listen.span(),
+                    "metrics.listen",
+                    format!(
+                        "{:?} is not a socket address like \"127.0.0.1:9550\"",
+                        m.listen.get_ref()
+                    ),
+                );
+                SocketAddr::from(([127, 0, 0, 1], 0))
+            }),
+    });
     Config {
         node_id,
         group: Group {
@@ -1313,6 +1345,7 @@ fn build(
         arp,
         notify,
         control,
+        metrics,
     }
 }
 

@@ -53,6 +53,9 @@ command = ["/usr/local/bin/hook", "web"]
 
 [control]
 socket = "n1.sock"
+
+[metrics]
+listen = "127.0.0.1:9550"
 "#;
 
 fn exists(_: &Path) -> bool {
@@ -106,6 +109,28 @@ fn a_full_valid_file() {
     ));
     assert_eq!(cfg.health_checks[1].rise, 1);
     assert_eq!(cfg.control.socket, Path::new("/etc/sf/n1.sock"));
+    assert_eq!(
+        cfg.metrics.map(|m| m.listen),
+        Some("127.0.0.1:9550".parse().unwrap())
+    );
+}
+
+#[test]
+fn a_metrics_address_that_is_not_one_names_its_line() {
+    let text = VALID.replace(
+        "listen = \"127.0.0.1:9550\"",
+        "listen = \"localhost:metrics\"",
+    );
+    let e = errors(&text);
+    assert_eq!(
+        where_(&e),
+        vec![(
+            line_of(&text, "localhost:metrics"),
+            "metrics.listen".to_string()
+        )],
+        "{e}"
+    );
+    assert!(e.to_string().contains("127.0.0.1:9550"), "{e}");
 }
 
 #[test]

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use steadfast_core::config::{
-    parse, to_toml, Arp, Config, Control, Group, HealthCheck, HealthCheckKind, Member, Mode,
-    Notify, Protocol, Service, MAX_HEARTBEAT_INTERVAL_MS, MAX_MISS_COUNT,
+    parse, to_toml, Arp, Config, Control, Group, HealthCheck, HealthCheckKind, Member, Metrics,
+    Mode, Notify, Protocol, Service, MAX_HEARTBEAT_INTERVAL_MS, MAX_MISS_COUNT,
 };
 
 fn exists(_: &Path) -> bool {
@@ -250,9 +250,10 @@ fn config() -> impl Strategy<Value = Config> {
                 arp,
                 notify,
                 absolute_path(),
+                proptest::option::of(socket_addr().prop_map(|listen| Metrics { listen })),
             )
                 .prop_map(
-                    move |(group, services, health_checks, arp, notify, socket)| Config {
+                    move |(group, services, health_checks, arp, notify, socket, metrics)| Config {
                         node_id,
                         group,
                         services,
@@ -260,6 +261,7 @@ fn config() -> impl Strategy<Value = Config> {
                         arp,
                         notify,
                         control: Control { socket },
+                        metrics,
                     },
                 )
         })
@@ -302,6 +304,7 @@ fn a_witness_file_round_trips_without_services() {
         control: Control {
             socket: "/run/steadfast/w.sock".into(),
         },
+        metrics: None,
     };
     let text = to_toml(&cfg);
     assert!(!text.contains("service"), "{text}");

@@ -13,6 +13,8 @@ use crate::topology::{Host, LabName, HOST_INTERFACE, PREFIX_LEN, VIP};
 
 /// The service's name in every lab.
 pub const SERVICE_NAME: &str = "web";
+/// Where each voter serves its Prometheus metrics, on its lab address.
+pub const METRICS_PORT: u16 = 9550;
 
 /// Writes 32 random bytes as 64 hex digits, readable by root only.
 pub(crate) fn write_key(path: &Path) -> Result<(), LabError> {
@@ -159,6 +161,9 @@ pub(crate) fn voter_config(plan: &GroupPlan<'_>, voter: Host) -> String {
     );
     let _ = writeln!(text, "\n[control]");
     let _ = writeln!(text, "socket = \"{}.sock\"", voter.short_name());
+    // Each voter serves Prometheus metrics on its own lab address, as a monitored host would.
+    let _ = writeln!(text, "\n[metrics]");
+    let _ = writeln!(text, "listen = \"{}:{METRICS_PORT}\"", voter.address());
     text
 }
 

@@ -291,6 +291,11 @@ impl Daemon {
         let (health_tx, mut health_rx) = mpsc::channel(64);
         let mut health_tasks = health::spawn_checks(&self.settings.checks, health_tx.clone());
         let (control_tx, mut control_rx) = mpsc::channel(16);
+        if let Some(address) = self.settings.metrics_listen {
+            let listener = crate::metrics::bind(address)?;
+            tokio::spawn(crate::metrics::serve(listener, control_tx.clone()));
+            tracing::info!("metrics on http://{address}/metrics");
+        }
         control::serve(&self.settings.control_socket, control_tx)?;
         let mut sigterm = signal(SignalKind::terminate())?;
         let mut sigint = signal(SignalKind::interrupt())?;

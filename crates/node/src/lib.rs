@@ -10,6 +10,7 @@ mod daemon;
 mod dead_man;
 mod health;
 mod hooks;
+pub mod metrics;
 mod plane;
 mod settings;
 mod status;

@@ -59,6 +59,8 @@ pub struct Settings {
     pub garp_spacing: Duration,
     pub refresh_on_heal: bool,
     pub control_socket: PathBuf,
+    /// Where the Prometheus endpoint listens, if anywhere.
+    pub metrics_listen: Option<std::net::SocketAddr>,
     pub realtime_priority: i32,
 }
 
@@ -198,6 +200,7 @@ impl Settings {
             garp_spacing: cfg.arp.gratuitous_spacing,
             refresh_on_heal: cfg.arp.refresh_on_heal,
             control_socket: cfg.control.socket.clone(),
+            metrics_listen: cfg.metrics.as_ref().map(|m| m.listen),
             realtime_priority: 10,
             election,
         })
@@ -295,6 +298,9 @@ impl Settings {
         }
         if self.control_socket != running.control_socket {
             changed.push("control.socket");
+        }
+        if self.metrics_listen != running.metrics_listen {
+            changed.push("metrics.listen");
         }
         changed
     }

@@ -123,6 +123,7 @@ const NOTIFY: &[Key] = &[
 ];
 
 const CONTROL: &[Key] = &[key("socket", Shape::String)];
+const METRICS: &[Key] = &[required("listen", Shape::String)];
 
 const ROOT: &[Key] = &[
     required("node_id", U16),
@@ -132,6 +133,7 @@ const ROOT: &[Key] = &[
     key("arp", Shape::Table(ARP)),
     key("notify", Shape::Table(NOTIFY)),
     key("control", Shape::Table(CONTROL)),
+    key("metrics", Shape::Table(METRICS)),
 ];
 
 /// Checks the shape of `text`; `None` when it is not even TOML (the caller reports that).
