@@ -4,9 +4,22 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Subcommand;
+use clap::{Parser, Subcommand};
 
 use crate::{control, daemon, settings, status};
+
+/// The `steadfast` executable's command line; also what its man pages and shell completions are
+/// generated from (`cargo xtask assets`).
+#[derive(Parser)]
+#[command(
+    name = "steadfast",
+    version,
+    about = "Keeps TCP services answering through the crash of the host that serves them"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: DaemonCommand,
+}
 
 #[derive(Subcommand)]
 pub enum DaemonCommand {
