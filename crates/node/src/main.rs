@@ -7,8 +7,8 @@ use clap::Parser;
 use steadfast::commands::{self, Cli};
 
 fn main() -> ExitCode {
-    commands::init_logging();
     let cli = Cli::parse();
+    commands::init_logging(cli.log_format);
     if cli.command.only_prints() {
         commands::die_on_closed_pipe();
     }

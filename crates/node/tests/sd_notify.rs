@@ -1,6 +1,7 @@
-//! The daemon speaks systemd's notification protocol with no systemd around: the test plays the
-//! service manager with a Unix datagram socket as `NOTIFY_SOCKET`, and runs a one-member group
-//! in a network namespace of its own. Needs root.
+//! The daemon as a service manager runs it, with no systemd around: it speaks the notification
+//! protocol (the test plays the service manager with a Unix datagram socket as `NOTIFY_SOCKET`)
+//! and writes JSON log lines when asked. A one-member group in a network namespace of its own.
+//! Needs root.
 
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
@@ -90,7 +91,16 @@ impl Host {
 
     /// Starts the daemon with `manager` as its NOTIFY_SOCKET and `environment` besides.
     fn start(&self, manager: &Path, environment: &[(&str, &str)]) -> Daemon {
-        let child = Command::new("ip")
+        Daemon(
+            self.command(manager, environment)
+                .spawn()
+                .expect("starting the daemon"),
+        )
+    }
+
+    fn command(&self, manager: &Path, environment: &[(&str, &str)]) -> Command {
+        let mut command = Command::new("ip");
+        command
             .args(["netns", "exec", self.namespace.name()])
             .arg(env!("CARGO_BIN_EXE_steadfast"))
             .args(["run", "--config"])
@@ -99,10 +109,8 @@ impl Host {
             .env_remove("WATCHDOG_USEC")
             .env_remove("WATCHDOG_PID")
             .envs(environment.iter().copied())
-            .stdin(std::process::Stdio::null())
-            .spawn()
-            .expect("starting the daemon");
-        Daemon(child)
+            .stdin(std::process::Stdio::null());
+        command
     }
 }
 
@@ -247,4 +255,49 @@ fn the_daemon_tells_systemd_ready_watchdog_and_stopping() {
         "without WATCHDOG_USEC the daemon sends nothing more: {unasked:?}"
     );
     stop_and_expect_stopping(&manager, daemon);
+}
+
+/// `--log-format json`: every line the daemon writes to stderr is one JSON object with the
+/// event's level and message, the start and the stop among them.
+#[test]
+fn json_log_lines_when_asked() {
+    let host = Host::new("jsonlog");
+    let manager = Manager::bind(&host.dir.0);
+    let mut command = host.command(&manager.path, &[]);
+    command
+        .arg("--log-format")
+        .arg("json")
+        .stderr(std::process::Stdio::piped());
+    let mut daemon = Daemon(command.spawn().expect("starting the daemon"));
+    manager.wait_for("READY=1", Duration::from_secs(20));
+    daemon.terminate();
+    daemon
+        .wait_exit(Duration::from_secs(10))
+        .expect("the daemon exits after SIGTERM");
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(daemon.0.stderr.as_mut().expect("piped stderr"), &mut stderr)
+        .expect("reading the daemon's stderr");
+    let events: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|line| {
+            serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line:?}\n{stderr}"))
+        })
+        .collect();
+    let messages: Vec<&str> = events
+        .iter()
+        .map(|event| {
+            assert!(event["level"].is_string(), "no level: {event}");
+            assert!(event["timestamp"].is_string(), "no timestamp: {event}");
+            event["fields"]["message"]
+                .as_str()
+                .unwrap_or_else(|| panic!("no message: {event}"))
+        })
+        .collect();
+    for expected in ["node 1 started", "stopping: releasing the address"] {
+        assert!(
+            messages.iter().any(|m| m.starts_with(expected)),
+            "no {expected:?} among {messages:?}"
+        );
+    }
 }
