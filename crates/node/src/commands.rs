@@ -4,9 +4,33 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Subcommand;
+use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::{control, daemon, settings, status};
+
+/// The `steadfast` executable's command line; also what its man pages and shell completions are
+/// generated from (`cargo xtask assets`).
+#[derive(Parser)]
+#[command(
+    name = "steadfast",
+    version,
+    about = "Keeps TCP services answering through the crash of the host that serves them"
+)]
+pub struct Cli {
+    /// How log lines on stderr look: text, or one JSON object per line for a log collector.
+    #[arg(long, value_enum, global = true, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: DaemonCommand,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One line per event; colours only on a terminal.
+    Text,
+    /// One JSON object per event: timestamp, level, target, fields.
+    Json,
+}
 
 #[derive(Subcommand)]
 pub enum DaemonCommand {
@@ -95,18 +119,20 @@ impl DaemonCommand {
     }
 }
 
-/// Logs to stderr, filtered by `STEADFAST_LOG` (default: info).
-pub fn init_logging() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("STEADFAST_LOG").unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new("info,netlink_packet_route=error")
-            }),
-        )
-        .with_writer(std::io::stderr)
-        // Colour codes only for a person at a terminal: journald and log files get plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+/// Logs to stderr in `format`, filtered by `STEADFAST_LOG` (default: info).
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("STEADFAST_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,netlink_packet_route=error"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs
+            // Colour codes only for a person at a terminal: journald and log files get plain text.
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => logs.json().with_ansi(false).init(),
+    }
 }
 
 /// For a command that only prints: `steadfast status | head` ends quietly, like any Unix tool,

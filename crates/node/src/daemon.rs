@@ -26,13 +26,15 @@ use tokio::sync::mpsc;
 use crate::control::{self, ControlRequest};
 use crate::health;
 use crate::hooks::{self, HookCounters, RoleChange};
+use crate::service_manager;
 use crate::settings::{ServiceSettings, Settings};
 use crate::status::{Counters, NodeStatus, PeerStatus, ServiceStatus};
 
 /// How long a planned stop waits for the data plane to hand its connections over.
 const HAND_OVER_WAIT: Duration = Duration::from_secs(2);
 
-/// Resolves at SIGTERM or SIGINT.
+/// Resolves at SIGTERM or SIGINT, having told systemd at once: a duplex hand-over takes a
+/// while, and systemd reports the unit as stopping meanwhile, not as failing.
 async fn stop_requested(
     sigterm: &mut tokio::signal::unix::Signal,
     sigint: &mut tokio::signal::unix::Signal,
@@ -41,6 +43,7 @@ async fn stop_requested(
         _ = sigterm.recv() => {}
         _ = sigint.recv() => {}
     }
+    service_manager::stopping();
 }
 
 /// One interface the service addresses live on.
@@ -323,6 +326,8 @@ impl Daemon {
         let mut hand_over: Option<
             std::pin::Pin<Box<dyn std::future::Future<Output = u64> + Send>>,
         > = None;
+        let mut watchdog = service_manager::Watchdog::from_environment();
+        service_manager::ready();
         loop {
             let deadline = self.origin + self.election.next_deadline(self.now());
             tokio::select! {
@@ -347,6 +352,7 @@ impl Daemon {
                     }
                 }
                 _ = tokio::time::sleep_until(deadline.into()) => { self.feed(Event::Tick).await; }
+                () = watchdog.due() => watchdog.ping(),
                 ready = async { self.prober.as_ref().expect("guarded by the condition").readable().await }, if self.prober.is_some() => {
                     match ready {
                         Ok(mut guard) => {

@@ -12,5 +12,6 @@ mod health;
 mod hooks;
 pub mod metrics;
 mod plane;
+mod service_manager;
 mod settings;
 mod status;

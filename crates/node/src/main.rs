@@ -4,22 +4,11 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use steadfast::commands::{self, DaemonCommand};
-
-#[derive(Parser)]
-#[command(
-    name = "steadfast",
-    version,
-    about = "Keeps TCP services answering through the crash of the host that serves them"
-)]
-struct Cli {
-    #[command(subcommand)]
-    command: DaemonCommand,
-}
+use steadfast::commands::{self, Cli};
 
 fn main() -> ExitCode {
-    commands::init_logging();
     let cli = Cli::parse();
+    commands::init_logging(cli.log_format);
     if cli.command.only_prints() {
         commands::die_on_closed_pipe();
     }

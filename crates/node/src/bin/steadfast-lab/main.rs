@@ -53,7 +53,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    commands::init_logging();
+    commands::init_logging(commands::LogFormat::Text);
     let cli = Cli::parse();
     let only_prints = match &cli.command {
         Command::Daemon(daemon) => daemon.only_prints(),
