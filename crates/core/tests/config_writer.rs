@@ -260,6 +260,7 @@ fn config() -> impl Strategy<Value = Config> {
                         arp,
                         notify,
                         control: Control { socket },
+                        relay: None,
                     },
                 )
         })
@@ -302,6 +303,7 @@ fn a_witness_file_round_trips_without_services() {
         control: Control {
             socket: "/run/steadfast/w.sock".into(),
         },
+        relay: None,
     };
     let text = to_toml(&cfg);
     assert!(!text.contains("service"), "{text}");
