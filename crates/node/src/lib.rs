@@ -11,5 +11,6 @@ mod dead_man;
 mod health;
 mod hooks;
 mod plane;
+mod relay;
 mod settings;
 mod status;

@@ -60,6 +60,8 @@ pub struct Settings {
     pub refresh_on_heal: bool,
     pub control_socket: PathBuf,
     pub realtime_priority: i32,
+    /// Link relay (issue 19); `None`: off.
+    pub relay: Option<config::Relay>,
 }
 
 /// The group key authenticates every heartbeat and replication frame: anyone who can read it
@@ -199,6 +201,7 @@ impl Settings {
             refresh_on_heal: cfg.arp.refresh_on_heal,
             control_socket: cfg.control.socket.clone(),
             realtime_priority: 10,
+            relay: cfg.relay.clone(),
             election,
         })
     }
@@ -291,6 +294,9 @@ impl Settings {
         }
         if self.services != running.services {
             changed.push("service");
+        }
+        if self.relay != running.relay {
+            changed.push("relay");
         }
         if self.control_socket != running.control_socket {
             changed.push("control.socket");
