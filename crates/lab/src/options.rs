@@ -190,6 +190,9 @@ pub struct UpOptions {
     /// `arp.gratuitous_count` and `arp.gratuitous_spacing_ms` in the node configs; `None`
     /// keeps the daemon's defaults.
     pub gratuitous_arp: Option<(u32, u32)>,
+    /// Link relay: a private network between the members (`eth1`, bridge `br1`) and a
+    /// `[relay]` table in their configurations (issue 19).
+    pub relay: bool,
     /// A proxy the lab runs on each member in front of its backend (unreplicated labs only);
     /// `None`: clients reach the backend (or the daemon's proxy) directly.
     pub front_proxy: Option<FrontProxy>,
@@ -221,6 +224,7 @@ impl UpOptions {
             max_connections_per_source: None,
             half_open_lifetime_ms: None,
             gratuitous_arp: None,
+            relay: false,
             front_proxy: None,
             steadfast_exe: steadfast_exe.into(),
             start_daemons: true,

@@ -1,0 +1,139 @@
+//! Link relay (issue 19) in namespace labs, through the real daemon: a primary whose public
+//! link loses its carrier keeps serving through its sibling over the private network, with no
+//! failover and no failed request, and takes its own link back when it returns.
+//! Needs root (network namespaces).
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{wait_until, BackgroundLoad, Lab};
+use steadfast_lab::BackendKind;
+
+const PROBE_PERIOD: Duration = Duration::from_millis(10);
+/// A probe slower than this fails. A relay taken over within its budget never comes near it:
+/// only a request that found no path at all would (TCP's first SYN retransmission is at 1 s).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `ip ARGS`, which must succeed.
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `ip -n NS ARGS`'s output.
+fn ip_output(namespace: &str, args: &[&str]) -> String {
+    let out = Command::new("ip")
+        .args(["-n", namespace])
+        .args(args)
+        .output()
+        .expect("run ip");
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// Sets the switch side of `host`'s public cable down or up: the host's `eth0` loses or
+/// regains its carrier.
+fn set_public_cable(lab: &Lab, host: &str, up: bool) {
+    let sw = format!("{}-sw", lab.name());
+    ip(&[
+        "-n",
+        &sw,
+        "link",
+        "set",
+        host,
+        if up { "up" } else { "down" },
+    ]);
+}
+
+/// The relay's kernel state on `host`: its proxy ARP entries and its /32 routes via `eth1`.
+fn relay_state(lab: &Lab, host: &str) -> (String, String) {
+    let ns = format!("{}-{host}", lab.name());
+    let proxies = ip_output(&ns, &["neigh", "show", "proxy"]);
+    let routes = ip_output(&ns, &["route", "show", "dev", "eth1"]);
+    let host_routes = routes
+        .lines()
+        .filter(|l| l.contains(" via "))
+        .collect::<Vec<_>>()
+        .join("\n");
+    (proxies.trim().to_string(), host_routes)
+}
+
+#[test]
+#[ignore = "needs root (network namespaces); about 20 s"]
+fn a_primary_that_loses_its_public_carrier_serves_through_its_sibling() {
+    let lab = Lab::up_with("rld", 2, BackendKind::Builtin, |opts| {
+        opts.witness = true;
+        opts.relay = true;
+    });
+    let primary = lab.info.primary.clone().expect("a primary after up");
+    assert_eq!(primary, format!("{}-n1", lab.name()));
+    let load = BackgroundLoad::start(&lab, PROBE_PERIOD, PROBE_TIMEOUT, Duration::from_secs(40));
+    load.wait_for_successes(0, 50, Duration::from_secs(5), "before the cut");
+
+    set_public_cable(&lab, "n1", false);
+    let cut_at = load.started.elapsed();
+    let before = load.successes();
+    load.wait_for_successes(before, 100, Duration::from_secs(8), "through the sibling");
+    // Relayed, not failed over: n1 keeps the address, n2 answers ARP for it on n1's behalf.
+    assert_eq!(lab.holders(), vec!["n1".to_string()], "{}", lab.situation());
+    let (proxies, routes) = relay_state(&lab, "n2");
+    assert!(
+        proxies.contains("10.77.0.100") && proxies.contains("10.77.0.11"),
+        "n2 answers ARP for n1's addresses: {proxies:?}"
+    );
+    assert!(
+        routes.contains("10.77.0.100 via 10.78.0.11"),
+        "n2 routes the VIP to n1 over the private network: {routes:?}"
+    );
+    // Two seconds of the load entirely through the sibling.
+    let through = load.successes();
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        load.successes() >= through + 100,
+        "the load went on through the sibling"
+    );
+
+    set_public_cable(&lab, "n1", true);
+    let restored_at = load.started.elapsed();
+    // The link is probed back (rise 2) and held down 500 ms before traffic returns to it;
+    // then n2 undoes everything it installed.
+    let undone = wait_until(Duration::from_secs(5), || {
+        let (proxies, routes) = relay_state(&lab, "n2");
+        proxies.is_empty() && routes.is_empty()
+    });
+    assert!(undone, "n2 still relays: {:?}", relay_state(&lab, "n2"));
+    let after = load.successes();
+    load.wait_for_successes(after, 100, Duration::from_secs(5), "after failback");
+    let report = load.stop();
+    let summary = report.summary();
+    let slowest_after = |from: Duration| {
+        report
+            .probes
+            .iter()
+            .filter(|p| p.start >= from)
+            .map(|p| p.latency)
+            .max()
+            .unwrap_or_default()
+    };
+    println!(
+        "relay link-down: {} probes, {} failed, longest gap {:?}, slowest probe after the cut \
+         {:?}, after the restore {:?}",
+        summary.probes,
+        summary.probe_failures,
+        summary.longest_gap,
+        slowest_after(cut_at),
+        slowest_after(restored_at)
+    );
+    assert_eq!(
+        summary.probe_failures, 0,
+        "errors through the cut and the failback: {:?}",
+        summary.probe_errors
+    );
+    assert_eq!(lab.holders(), vec!["n1".to_string()], "{}", lab.situation());
+}
