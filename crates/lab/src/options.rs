@@ -106,6 +106,15 @@ pub enum CrashKind {
     Link,
     /// Kill the backend only.
     Backend,
+    /// The node's public link loses its carrier (the switch end of its cable goes down) while
+    /// the node and its private link live on: link relay's case. Restored by `heal`, which
+    /// leaves the processes be.
+    #[serde(rename = "link-down")]
+    LinkDown,
+    /// The node's public link keeps its carrier but the switch drops every frame to and from
+    /// it (a dead switch port, a wedged driver): only probes can tell. Restored by `heal`.
+    #[serde(rename = "link-blackhole")]
+    LinkBlackhole,
 }
 
 /// A word of the command line that names none of an enum's values.
@@ -151,7 +160,8 @@ word_enum!(BackendKind, "backend", Builtin => "builtin", Nginx => "nginx", Apach
     Redis => "redis");
 word_enum!(FrontProxy, "front proxy", Haproxy => "haproxy");
 word_enum!(CrashKind, "crash kind", Host => "host", Process => "process", Freeze => "freeze",
-    Link => "link", Backend => "backend");
+    Link => "link", Backend => "backend", LinkDown => "link-down",
+    LinkBlackhole => "link-blackhole");
 
 /// How long `up` waits, by default, for the VIP to answer from the client namespace.
 pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(20);

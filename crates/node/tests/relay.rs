@@ -1,5 +1,5 @@
 //! Link relay (issue 19) in namespace labs, through the real daemon: a primary whose public
-//! link loses its carrier keeps serving through its sibling over the private network, with no
+//! link loses its carrier, or turns into a black hole, keeps serving through its sibling over the private network, with no
 //! failover and no failed request, and takes its own link back when it returns.
 //! Needs root (network namespaces).
 
@@ -9,23 +9,12 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{wait_until, BackgroundLoad, Lab};
-use steadfast_lab::BackendKind;
+use steadfast_lab::{BackendKind, CrashKind};
 
 const PROBE_PERIOD: Duration = Duration::from_millis(10);
 /// A probe slower than this fails. A relay taken over within its budget never comes near it:
 /// only a request that found no path at all would (TCP's first SYN retransmission is at 1 s).
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// `ip ARGS`, which must succeed.
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// `ip -n NS ARGS`'s output.
 fn ip_output(namespace: &str, args: &[&str]) -> String {
@@ -35,20 +24,6 @@ fn ip_output(namespace: &str, args: &[&str]) -> String {
         .output()
         .expect("run ip");
     String::from_utf8_lossy(&out.stdout).to_string()
-}
-
-/// Sets the switch side of `host`'s public cable down or up: the host's `eth0` loses or
-/// regains its carrier.
-fn set_public_cable(lab: &Lab, host: &str, up: bool) {
-    let sw = format!("{}-sw", lab.name());
-    ip(&[
-        "-n",
-        &sw,
-        "link",
-        "set",
-        host,
-        if up { "up" } else { "down" },
-    ]);
 }
 
 /// The relay's kernel state on `host`: its proxy ARP entries and its /32 routes via `eth1`.
@@ -65,9 +40,26 @@ fn relay_state(lab: &Lab, host: &str) -> (String, String) {
 }
 
 #[test]
-#[ignore = "needs root (network namespaces); about 20 s"]
+#[ignore = "needs root (network namespaces); about 10 s"]
 fn a_primary_that_loses_its_public_carrier_serves_through_its_sibling() {
-    let lab = Lab::up_with("rld", 2, BackendKind::Builtin, |opts| {
+    cut_and_restore(CrashKind::LinkDown);
+}
+
+#[test]
+#[ignore = "needs root (network namespaces); about 10 s"]
+fn a_primary_whose_public_link_turns_into_a_black_hole_serves_through_its_sibling() {
+    cut_and_restore(CrashKind::LinkBlackhole);
+}
+
+/// Cuts the primary's public link the way `kind` says under a probe load, then restores it:
+/// no failover, no failed probe, and the sibling undoes everything after.
+fn cut_and_restore(kind: CrashKind) {
+    let tag = if kind == CrashKind::LinkDown {
+        "rld"
+    } else {
+        "rlb"
+    };
+    let lab = Lab::up_with(tag, 2, BackendKind::Builtin, |opts| {
         opts.witness = true;
         opts.relay = true;
     });
@@ -76,7 +68,7 @@ fn a_primary_that_loses_its_public_carrier_serves_through_its_sibling() {
     let load = BackgroundLoad::start(&lab, PROBE_PERIOD, PROBE_TIMEOUT, Duration::from_secs(40));
     load.wait_for_successes(0, 50, Duration::from_secs(5), "before the cut");
 
-    set_public_cable(&lab, "n1", false);
+    steadfast_lab::crash(lab.name(), "n1", kind).expect("cut n1's public link");
     let cut_at = load.started.elapsed();
     let before = load.successes();
     load.wait_for_successes(before, 100, Duration::from_secs(8), "through the sibling");
@@ -99,7 +91,7 @@ fn a_primary_that_loses_its_public_carrier_serves_through_its_sibling() {
         "the load went on through the sibling"
     );
 
-    set_public_cable(&lab, "n1", true);
+    steadfast_lab::heal(lab.name(), "n1").expect("restore n1's public link");
     let restored_at = load.started.elapsed();
     // The link is probed back (rise 2) and held down 500 ms before traffic returns to it;
     // then n2 undoes everything it installed.
@@ -122,7 +114,7 @@ fn a_primary_that_loses_its_public_carrier_serves_through_its_sibling() {
             .unwrap_or_default()
     };
     println!(
-        "relay link-down: {} probes, {} failed, longest gap {:?}, slowest probe after the cut \
+        "relay {kind}: {} probes, {} failed, longest gap {:?}, slowest probe after the cut \
          {:?}, after the restore {:?}",
         summary.probes,
         summary.probe_failures,

@@ -42,7 +42,7 @@ pub enum LabCommand {
     Crash {
         name: String,
         node: String,
-        /// host | process | freeze | link | backend
+        /// host | process | freeze | link | backend | link-down | link-blackhole
         #[arg(long)]
         how: CrashKind,
     },
