@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use common::{wait_until, BackgroundLoad, Lab};
 use steadfast_lab::{BackendKind, CrashKind};
+use steadfast_os::nftables::{Family, NftSocket};
 
 const PROBE_PERIOD: Duration = Duration::from_millis(10);
 /// A probe slower than this fails. A relay taken over within its budget never comes near it:
@@ -128,4 +129,64 @@ fn cut_and_restore(kind: CrashKind) {
         summary.probe_errors
     );
     assert_eq!(lab.holders(), vec!["n1".to_string()], "{}", lab.situation());
+}
+
+/// Whether the relay's owner table is in `namespace`, read from its kernel.
+fn relay_fence_live(namespace: &str) -> bool {
+    steadfast_lab::run_in_namespace(namespace, || {
+        NftSocket::open()?.table(Family::Inet, steadfast_os::relay_fence::RELAY_LIVE_TABLE)
+    })
+    .unwrap_or_else(|e| panic!("entering {namespace}: {e}"))
+    .unwrap_or_else(|e| panic!("reading the relay's owner table in {namespace}: {e}"))
+    .is_some()
+}
+
+#[test]
+#[ignore = "needs root (network namespaces); about 5 s"]
+fn a_responder_killed_while_relaying_stops_answering_for_the_node() {
+    let lab = Lab::up_with("rlk", 2, BackendKind::Builtin, |opts| {
+        opts.witness = true;
+        opts.relay = true;
+    });
+    let client = lab.info.client_ns.clone();
+    let n2 = format!("{}-n2", lab.name());
+    let get =
+        |timeout| steadfast_lab::http_get_in_namespace(&client, lab.target(), "/", timeout).is_ok();
+    assert!(
+        get(Duration::from_secs(2)),
+        "the VIP answers before the cut"
+    );
+    steadfast_lab::crash(lab.name(), "n1", CrashKind::LinkDown).expect("cut n1's public link");
+    let relaying = wait_until(Duration::from_secs(3), || {
+        let (proxies, _) = relay_state(&lab, "n2");
+        proxies.contains("10.77.0.100")
+    });
+    assert!(relaying, "n2 relays for n1: {:?}", relay_state(&lab, "n2"));
+    assert!(get(Duration::from_secs(2)), "n1 answers through n2");
+    assert!(
+        relay_fence_live(&n2),
+        "a relaying daemon holds its relay owner table"
+    );
+
+    steadfast_lab::crash(lab.name(), "n2", CrashKind::Process).expect("kill n2's daemon");
+    let killed = std::time::Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(2), || !relay_fence_live(&n2)),
+        "the relay's owner table must vanish with the daemon"
+    );
+    let fenced_after = killed.elapsed();
+    // The dead daemon's route and proxy entries are still there: its kernel must not use them.
+    let (proxies, _) = relay_state(&lab, "n2");
+    assert!(proxies.contains("10.77.0.100"), "left behind: {proxies:?}");
+    // The client's cache names n2's MAC for n1's address (n2 announced it), and n1 still
+    // routes through n2 for the rest of its lease (300 ms from its last refresh, at most
+    // 100 ms before the kill): only n2's kernel can stop this request now.
+    assert!(
+        !get(Duration::from_millis(150)),
+        "n2's kernel still forwards for n1 after its daemon died"
+    );
+
+    println!(
+        "relay responder killed: its kernel fenced the relayed addresses after {fenced_after:?}"
+    );
 }

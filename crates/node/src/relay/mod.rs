@@ -171,6 +171,8 @@ struct Shell {
     /// probed from the start, have not had the time to prove themselves (rise rounds).
     relay_allowed_from: Duration,
     owner: owner_table::OwnerTable,
+    /// Fences the relayed addresses when this process dies (`None`: no nf_tables here).
+    fence: Option<steadfast_os::relay_fence::RelayFence>,
 }
 
 fn oper_state(status: OperStatus) -> OperState {
@@ -307,10 +309,18 @@ impl Shell {
             routed_through: None,
             relay_allowed_from,
             owner,
+            fence: None,
             settings,
         };
         // A previous life may have left its relays and its own route through a sibling.
         shell.responder_actions(undo).await;
+        match steadfast_os::relay_fence::RelayFence::arm() {
+            Ok(fence) => shell.fence = Some(fence),
+            Err(e) => tracing::error!(
+                "relay: cannot arm the relay fence ({e}): if this daemon dies while it relays \
+                 for a sibling, its kernel goes on answering for it until the next start"
+            ),
+        }
         if let Err(e) = shell
             .kernel
             .stop_routing_through(RELAY_TABLE, RELAY_RULE_PRIORITY)
@@ -734,7 +744,39 @@ impl Shell {
         }
     }
 
+    /// Guards `addresses` in the relay fence; a failure is logged (the relay still works).
+    fn guard(&mut self, addresses: Vec<Ipv4Addr>) {
+        if let Some(fence) = self.fence.as_mut() {
+            if let Err(e) = fence.guard(&addresses) {
+                tracing::error!("relay: {e}");
+            }
+        }
+    }
+
     async fn responder_actions(&mut self, actions: Vec<ResponderAction>) {
+        // Fenced before installed: a daemon killed in between must leave nothing answering.
+        let installed = || -> Vec<Ipv4Addr> {
+            self.responder
+                .installed()
+                .filter_map(entry_address)
+                .collect()
+        };
+        let mut before = installed();
+        before.extend(actions.iter().filter_map(|a| match a {
+            ResponderAction::Install(entry) => entry_address(entry),
+            _ => None,
+        }));
+        self.guard(before);
+        self.carry_out_responder_actions(actions).await;
+        let after = self
+            .responder
+            .installed()
+            .filter_map(entry_address)
+            .collect();
+        self.guard(after);
+    }
+
+    async fn carry_out_responder_actions(&mut self, actions: Vec<ResponderAction>) {
         for action in actions {
             match action {
                 ResponderAction::Install(entry) => {
@@ -837,6 +879,14 @@ impl Shell {
                 }
             }
         });
+    }
+}
+
+/// The address a relay entry serves, if it is one address's.
+fn entry_address(entry: &RelayEntry) -> Option<Ipv4Addr> {
+    match entry {
+        RelayEntry::Route { address, .. } | RelayEntry::ProxyArp { address, .. } => Some(*address),
+        RelayEntry::Forwarding { .. } => None,
     }
 }
 
