@@ -23,7 +23,14 @@ use toml::Spanned;
 
 use crate::NodeId;
 
+mod relay;
 mod structure;
+
+pub use relay::{
+    InterfaceClass, Relay, RelayInterface, RelaySibling, DEFAULT_HOLD_DOWN_MS, DEFAULT_LEASE_MS,
+    DEFAULT_PROBE_FALL, DEFAULT_PROBE_PERIOD_MS, DEFAULT_PROBE_RISE, DEFAULT_PROBE_TIMEOUT_MS,
+    DEFAULT_REFRESH_MS, RELAY_PORT_OFFSET,
+};
 
 pub const DEFAULT_HEARTBEAT_INTERVAL_MS: u64 = 50;
 /// A peer silent for 3 × 50 ms = 150 ms is dead. Measured: no role change during 60 s of wrk
@@ -62,6 +69,9 @@ pub struct Config {
     /// Where the Prometheus endpoint listens (`GET /metrics`); none when absent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics: Option<Metrics>,
+    /// Link relay (issue 19); `None`: off, the node neither asks nor answers a sibling.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub relay: Option<Relay>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -450,6 +460,7 @@ struct RawConfig {
     notify: Option<Spanned<RawNotify>>,
     control: Option<RawControl>,
     metrics: Option<RawMetrics>,
+    relay: Option<Spanned<relay::RawRelay>>,
 }
 
 #[derive(Deserialize)]
@@ -1301,6 +1312,23 @@ fn build(
             timeout: Duration::from_millis(n.timeout_ms.unwrap_or(5000)),
         }
     });
+    let relay = raw.relay.map(|r| {
+        let span = r.span();
+        let service_interfaces: Vec<(usize, &str)> = services
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (i, s.interface.as_str()))
+            .collect();
+        relay::build(
+            r.into_inner(),
+            span,
+            port,
+            node_id,
+            &members,
+            &service_interfaces,
+            report,
+        )
+    });
     let control = Control {
         socket: raw.control.and_then(|c| c.socket).map_or_else(
             || PathBuf::from(DEFAULT_CONTROL_SOCKET),
@@ -1346,6 +1374,7 @@ fn build(
         notify,
         control,
         metrics,
+        relay,
     }
 }
 

@@ -262,6 +262,7 @@ fn config() -> impl Strategy<Value = Config> {
                         notify,
                         control: Control { socket },
                         metrics,
+                        relay: None,
                     },
                 )
         })
@@ -305,6 +306,7 @@ fn a_witness_file_round_trips_without_services() {
             socket: "/run/steadfast/w.sock".into(),
         },
         metrics: None,
+        relay: None,
     };
     let text = to_toml(&cfg);
     assert!(!text.contains("service"), "{text}");

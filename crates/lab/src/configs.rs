@@ -53,6 +53,7 @@ pub(crate) struct GroupPlan<'a> {
     pub max_connections_per_source: Option<u32>,
     pub half_open_lifetime_ms: Option<u32>,
     pub gratuitous_arp: Option<(u32, u32)>,
+    pub relay: bool,
 }
 
 /// The configuration of one voter (a member or the witness). Paths are relative to the state
@@ -164,7 +165,38 @@ pub(crate) fn voter_config(plan: &GroupPlan<'_>, voter: Host) -> String {
     // Each voter serves Prometheus metrics on its own lab address, as a monitored host would.
     let _ = writeln!(text, "\n[metrics]");
     let _ = writeln!(text, "listen = \"{}:{METRICS_PORT}\"", voter.address());
+    if let (true, Host::Node(index)) = (plan.relay, voter) {
+        relay_table(&mut text, plan, index);
+    }
     text
+}
+
+/// A member's `[relay]` table: `eth0` public, probed by ARP towards the client (the segment's
+/// only other fixed host, as a gateway would be), `eth1` private, every other member a
+/// sibling there.
+fn relay_table(text: &mut String, plan: &GroupPlan<'_>, index: u8) {
+    use crate::topology::{private_address, CLIENT_ADDRESS, PRIVATE_INTERFACE};
+    let _ = writeln!(text, "\n[relay]");
+    let _ = writeln!(text, "\n[[relay.interface]]");
+    let _ = writeln!(text, "name = \"{HOST_INTERFACE}\"");
+    let _ = writeln!(text, "class = \"public\"");
+    let _ = writeln!(text, "probe_targets = [\"{CLIENT_ADDRESS}\"]");
+    let _ = writeln!(text, "\n[[relay.interface]]");
+    let _ = writeln!(text, "name = \"{PRIVATE_INTERFACE}\"");
+    let _ = writeln!(text, "class = \"private\"");
+    let _ = writeln!(text, "address = \"{}\"", private_address(index));
+    for sibling in plan.members {
+        let Host::Node(other) = *sibling else {
+            continue;
+        };
+        if other == index {
+            continue;
+        }
+        let _ = writeln!(text, "\n[[relay.sibling]]");
+        let _ = writeln!(text, "id = {other}");
+        let _ = writeln!(text, "interface = \"{PRIVATE_INTERFACE}\"");
+        let _ = writeln!(text, "address = \"{}\"", private_address(other));
+    }
 }
 
 #[cfg(test)]
@@ -187,6 +219,7 @@ mod tests {
             max_connections_per_source: None,
             half_open_lifetime_ms: None,
             gratuitous_arp: None,
+            relay: false,
         }
     }
 

@@ -132,7 +132,7 @@ pub fn crash(name: &str, node: &str, how: CrashKind) -> Result<CrashReport, LabE
     let target = match how {
         CrashKind::Process | CrashKind::Freeze => Some(running(entry.daemon_pid, "daemon")?),
         CrashKind::Backend => Some(running(entry.backend_pid, "backend")?),
-        CrashKind::Host | CrashKind::Link => None,
+        CrashKind::Host | CrashKind::Link | CrashKind::LinkDown | CrashKind::LinkBlackhole => None,
     };
     let at_monotonic = monotonic_now();
     let at_wall = SystemTime::now();
@@ -145,7 +145,8 @@ pub fn crash(name: &str, node: &str, how: CrashKind) -> Result<CrashReport, LabE
             set_link(&lab, host, false)?;
             kill_all_in(&ns, KILL_TIMEOUT)?;
         }
-        (CrashKind::Link, _) => set_link(&lab, host, false)?,
+        (CrashKind::Link | CrashKind::LinkDown, _) => set_link(&lab, host, false)?,
+        (CrashKind::LinkBlackhole, _) => set_blackhole(&lab, &state, host, true)?,
         (CrashKind::Process, Some(pid)) => {
             signal_group(pid, &ns, "daemon", Signal::SIGKILL)?;
             wait_gone(pid, id, KILL_TIMEOUT);
@@ -251,6 +252,24 @@ pub fn heal(name: &str, node: &str) -> Result<HealReport, LabError> {
         reason: format!("cannot heal {host}: its namespace {ns} does not exist"),
     })?;
     let paths = LabPaths::new(&lab);
+    if matches!(crash.how, CrashKind::LinkDown | CrashKind::LinkBlackhole) {
+        // A link fault took nothing down but the link: its daemon and backend serve on.
+        match crash.how {
+            CrashKind::LinkDown => set_link(&lab, host, true)?,
+            _ => set_blackhole(&lab, &state, host, false)?,
+        }
+        if let Some(h) = state.host_mut(host) {
+            h.crash = None;
+        }
+        state.save(&lab)?;
+        return Ok(HealReport::Healed {
+            lab: lab.to_string(),
+            host: host.short_name(),
+            namespace: ns,
+            how: crash.how,
+            restarted: Vec::new(),
+        });
+    }
     // After a backend crash the daemon lived on (it saw its health check fail): healing brings
     // the backend back and leaves the daemon be, as an operator restarting a web server would.
     let daemon_alive = entry.daemon_pid.is_some_and(|pid| process_is_in(pid, id));
@@ -335,6 +354,22 @@ pub fn heal(name: &str, node: &str) -> Result<HealReport, LabError> {
         how: crash.how,
         restarted,
     })
+}
+
+/// Makes the bridge drop every frame to and from `host`'s public cable while its carrier stays
+/// up (`on`), or stops doing so: the lab's partitions plus `host` cut from every other host of
+/// the public bridge, in one nftables transaction. (Changing a partition meanwhile applies the
+/// recorded partitions alone, which ends the black hole: heal first.)
+fn set_blackhole(lab: &LabName, state: &LabState, host: Host, on: bool) -> Result<(), LabError> {
+    let mut pairs = state.partitions.clone();
+    if on {
+        for other in state.hosts_in_order() {
+            if other.host != host {
+                pairs.push((host.short_name(), other.host.short_name()));
+            }
+        }
+    }
+    apply_partitions(lab, &pairs, &state.one_way_cuts)
 }
 
 /// Makes the bridge drop every frame between hosts `a` and `b` (each may be a member, the

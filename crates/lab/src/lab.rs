@@ -217,6 +217,7 @@ fn build(
         max_connections_per_source: opts.max_connections_per_source,
         half_open_lifetime_ms: opts.half_open_lifetime_ms,
         gratuitous_arp: opts.gratuitous_arp,
+        relay: opts.relay,
     };
     for &voter in hosts.iter().filter(|h| h.node_id().is_some()) {
         let path = paths.config(voter);
@@ -227,7 +228,7 @@ fn build(
         webservers::write_docroot(paths)?;
     }
 
-    topology::create(lab, &hosts)?;
+    topology::create(lab, &hosts, opts.relay)?;
 
     for &node in &members {
         let pid = start_backend(lab, &state, paths, node, server)?;

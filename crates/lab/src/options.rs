@@ -106,6 +106,15 @@ pub enum CrashKind {
     Link,
     /// Kill the backend only.
     Backend,
+    /// The node's public link loses its carrier (the switch end of its cable goes down) while
+    /// the node and its private link live on: link relay's case. Restored by `heal`, which
+    /// leaves the processes be.
+    #[serde(rename = "link-down")]
+    LinkDown,
+    /// The node's public link keeps its carrier but the switch drops every frame to and from
+    /// it (a dead switch port, a wedged driver): only probes can tell. Restored by `heal`.
+    #[serde(rename = "link-blackhole")]
+    LinkBlackhole,
 }
 
 /// A word of the command line that names none of an enum's values.
@@ -151,7 +160,8 @@ word_enum!(BackendKind, "backend", Builtin => "builtin", Nginx => "nginx", Apach
     Redis => "redis");
 word_enum!(FrontProxy, "front proxy", Haproxy => "haproxy");
 word_enum!(CrashKind, "crash kind", Host => "host", Process => "process", Freeze => "freeze",
-    Link => "link", Backend => "backend");
+    Link => "link", Backend => "backend", LinkDown => "link-down",
+    LinkBlackhole => "link-blackhole");
 
 /// How long `up` waits, by default, for the VIP to answer from the client namespace.
 pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -190,6 +200,9 @@ pub struct UpOptions {
     /// `arp.gratuitous_count` and `arp.gratuitous_spacing_ms` in the node configs; `None`
     /// keeps the daemon's defaults.
     pub gratuitous_arp: Option<(u32, u32)>,
+    /// Link relay: a private network between the members (`eth1`, bridge `br1`) and a
+    /// `[relay]` table in their configurations (issue 19).
+    pub relay: bool,
     /// A proxy the lab runs on each member in front of its backend (unreplicated labs only);
     /// `None`: clients reach the backend (or the daemon's proxy) directly.
     pub front_proxy: Option<FrontProxy>,
@@ -221,6 +234,7 @@ impl UpOptions {
             max_connections_per_source: None,
             half_open_lifetime_ms: None,
             gratuitous_arp: None,
+            relay: false,
             front_proxy: None,
             steadfast_exe: steadfast_exe.into(),
             start_daemons: true,

@@ -89,6 +89,21 @@ pub const BRIDGE: &str = "br0";
 /// The interface of every host namespace, which also gets the VIP.
 pub const HOST_INTERFACE: &str = "eth0";
 
+/// The bridge of the private network between the members (labs with link relay), in `NAME-sw`.
+pub const PRIVATE_BRIDGE: &str = "br1";
+/// Each member's interface on the private network.
+pub const PRIVATE_INTERFACE: &str = "eth1";
+
+/// Member node `i`'s address on the private network: 10.78.0.(10 + i).
+pub fn private_address(index: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, 78, 0, 10 + index)
+}
+
+/// The bridge-side end of member `host`'s private veth pair: its private cable.
+pub fn private_port(host: Host) -> String {
+    format!("{}p", host.short_name())
+}
+
 /// Member node `i`'s address: 10.77.0.(10 + i).
 pub fn node_address(index: u8) -> Ipv4Addr {
     Ipv4Addr::new(10, 77, 0, 10 + index)
@@ -239,7 +254,7 @@ pub fn hosts_of(nodes: u8, witness: bool) -> Vec<Host> {
 
 /// Creates the switch namespace with its bridge, then each host's namespace, veth pair and
 /// address. The caller tears everything down if this fails half way.
-pub(crate) fn create(lab: &LabName, hosts: &[Host]) -> Result<(), LabError> {
+pub(crate) fn create(lab: &LabName, hosts: &[Host], private_network: bool) -> Result<(), LabError> {
     let sw = lab.switch_namespace();
     ip(&["netns", "add", &sw])?;
     ip(&["-n", &sw, "link", "set", "lo", "up"])?;
@@ -298,6 +313,54 @@ pub(crate) fn create(lab: &LabName, hosts: &[Host]) -> Result<(), LabError> {
         ip(&["-n", &sw, "link", "set", &port, "up"])?;
         ip(&["-n", &ns, "addr", "add", &address, "dev", HOST_INTERFACE])?;
         ip(&["-n", &ns, "link", "set", HOST_INTERFACE, "up"])?;
+    }
+    if private_network {
+        create_private_network(lab, hosts)?;
+    }
+    Ok(())
+}
+
+/// The members' private network for link relay: a second bridge with a veth pair per member,
+/// `eth1` in the member, so that a member whose public link fails still reaches its siblings.
+fn create_private_network(lab: &LabName, hosts: &[Host]) -> Result<(), LabError> {
+    let sw = lab.switch_namespace();
+    ip(&[
+        "-n",
+        &sw,
+        "link",
+        "add",
+        PRIVATE_BRIDGE,
+        "type",
+        "bridge",
+        "stp_state",
+        "0",
+        "mcast_snooping",
+        "0",
+    ])?;
+    ip(&["-n", &sw, "link", "set", PRIVATE_BRIDGE, "up"])?;
+    for &host in hosts {
+        let Host::Node(index) = host else { continue };
+        let ns = host.namespace(lab);
+        let port = private_port(host);
+        let address = format!("{}/{PREFIX_LEN}", private_address(index));
+        ip(&[
+            "-n",
+            &sw,
+            "link",
+            "add",
+            &port,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            PRIVATE_INTERFACE,
+            "netns",
+            &ns,
+        ])?;
+        ip(&["-n", &sw, "link", "set", &port, "master", PRIVATE_BRIDGE])?;
+        ip(&["-n", &sw, "link", "set", &port, "up"])?;
+        ip(&["-n", &ns, "addr", "add", &address, "dev", PRIVATE_INTERFACE])?;
+        ip(&["-n", &ns, "link", "set", PRIVATE_INTERFACE, "up"])?;
     }
     Ok(())
 }

@@ -87,6 +87,8 @@ struct Daemon {
     /// Per peer: frames that came more than two intervals after the one before, the longest
     /// gap, and what a probe found.
     peer_notes: BTreeMap<NodeId, PeerNotes>,
+    /// The link relay's shell (issue 19), when configured.
+    relay: Option<crate::relay::RelayHandle>,
 }
 
 /// One silent peer under probe.
@@ -257,7 +259,21 @@ impl Daemon {
                 None
             }
         };
+        let relay = match &settings.relay {
+            Some(relay) => Some(
+                crate::relay::start(crate::relay::RelaySettings {
+                    node_id: settings.node_id,
+                    key: settings.key.clone(),
+                    relay: relay.clone(),
+                    own_address: settings.local_address,
+                    owner_table: settings.control_socket.with_extension("relay-owner"),
+                })
+                .context("starting the link relay")?,
+            ),
+            None => None,
+        };
         let mut daemon = Daemon {
+            relay,
             settings,
             config_path,
             election,
@@ -393,6 +409,9 @@ impl Daemon {
         tracing::info!("stopping: releasing the address and telling the peers");
         self.feed(Event::Shutdown).await;
         self.release_addresses().await;
+        if let Some(relay) = self.relay.take() {
+            relay.stop();
+        }
         let _ = std::fs::remove_file(&self.settings.control_socket);
         // The address is gone and the peers know: now let the shutdown hook finish.
         for hook in self.running_hooks.drain(..) {
@@ -897,6 +916,10 @@ impl Daemon {
             }
         }
         self.vip_held = present;
+        if let Some(relay) = &self.relay {
+            let held = self.settings.services.iter().filter(|_| present);
+            relay.set_service_addresses(held.map(|s| s.vip).collect());
+        }
     }
 
     /// Gratuitous ARP burst: the first at once, the rest spaced in a task so the loop goes on.

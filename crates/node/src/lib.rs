@@ -12,6 +12,7 @@ mod health;
 mod hooks;
 pub mod metrics;
 mod plane;
+mod relay;
 mod service_manager;
 mod settings;
 mod status;

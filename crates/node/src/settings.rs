@@ -62,6 +62,8 @@ pub struct Settings {
     /// Where the Prometheus endpoint listens, if anywhere.
     pub metrics_listen: Option<std::net::SocketAddr>,
     pub realtime_priority: i32,
+    /// Link relay (issue 19); `None`: off.
+    pub relay: Option<config::Relay>,
 }
 
 /// The group key authenticates every heartbeat and replication frame: anyone who can read it
@@ -202,6 +204,7 @@ impl Settings {
             control_socket: cfg.control.socket.clone(),
             metrics_listen: cfg.metrics.as_ref().map(|m| m.listen),
             realtime_priority: 10,
+            relay: cfg.relay.clone(),
             election,
         })
     }
@@ -295,6 +298,9 @@ impl Settings {
         }
         if self.services != running.services {
             changed.push("service");
+        }
+        if self.relay != running.relay {
+            changed.push("relay");
         }
         if self.control_socket != running.control_socket {
             changed.push("control.socket");

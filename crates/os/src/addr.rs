@@ -67,6 +67,11 @@ impl Netlink {
         Ok(Netlink { handle })
     }
 
+    /// The rtnetlink handle, for the other kernel edges that share this socket.
+    pub(crate) fn handle(&self) -> &Handle {
+        &self.handle
+    }
+
     /// Looks an interface up by name in this socket's namespace.
     pub async fn link_by_name(&self, name: &str) -> Result<Link, OsError> {
         let mut links = self

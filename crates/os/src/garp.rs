@@ -97,7 +97,11 @@ pub fn parse_arp(frame: &[u8]) -> Option<ArpPacket> {
     })
 }
 
-fn packet_socket(protocol_be: u16, ifindex: u32, what: &str) -> Result<OwnedFd, OsError> {
+pub(crate) fn packet_socket(
+    protocol_be: u16,
+    ifindex: u32,
+    what: &str,
+) -> Result<OwnedFd, OsError> {
     // SAFETY: plain socket(2); the result is checked and owned right away.
     let raw = unsafe {
         libc::socket(

@@ -125,6 +125,40 @@ const NOTIFY: &[Key] = &[
 const CONTROL: &[Key] = &[key("socket", Shape::String)];
 const METRICS: &[Key] = &[required("listen", Shape::String)];
 
+const RELAY_INTERFACE: &[Key] = &[
+    required("name", Shape::String),
+    required("class", Shape::String),
+    key(
+        "speed_mbps",
+        Shape::Integer {
+            max: i64::MAX as u64,
+        },
+    ),
+    key("address", Shape::String),
+    key("probe_targets", Shape::Strings),
+];
+
+const RELAY_SIBLING: &[Key] = &[
+    required("id", U16),
+    required("interface", Shape::String),
+    required("address", Shape::String),
+];
+
+const RELAY: &[Key] = &[
+    key("port", U16),
+    key("probe_period_ms", MILLIS),
+    key("probe_timeout_ms", MILLIS),
+    key("probe_rise", U32),
+    key("probe_fall", U32),
+    key("hold_down_ms", MILLIS),
+    key("lease_ms", MILLIS),
+    key("refresh_ms", MILLIS),
+    key("retry_ms", MILLIS),
+    key("attempts_per_sibling", U32),
+    key("interface", Shape::Tables(RELAY_INTERFACE)),
+    key("sibling", Shape::Tables(RELAY_SIBLING)),
+];
+
 const ROOT: &[Key] = &[
     required("node_id", U16),
     required("group", Shape::Table(GROUP)),
@@ -134,6 +168,7 @@ const ROOT: &[Key] = &[
     key("notify", Shape::Table(NOTIFY)),
     key("control", Shape::Table(CONTROL)),
     key("metrics", Shape::Table(METRICS)),
+    key("relay", Shape::Table(RELAY)),
 ];
 
 /// Checks the shape of `text`; `None` when it is not even TOML (the caller reports that).

@@ -27,6 +27,10 @@ pub enum LabCommand {
         backend: BackendKind,
         #[arg(long)]
         heartbeat_ms: Option<u32>,
+        /// Link relay: a private network between the members (eth1) and a [relay] table in
+        /// their configurations.
+        #[arg(long)]
+        relay: bool,
     },
     /// Show every host of a lab: namespace, link, crash, backend, daemon status, VIP holder.
     Status {
@@ -38,7 +42,7 @@ pub enum LabCommand {
     Crash {
         name: String,
         node: String,
-        /// host | process | freeze | link | backend
+        /// host | process | freeze | link | backend | link-down | link-blackhole
         #[arg(long)]
         how: CrashKind,
     },
@@ -110,6 +114,7 @@ pub fn run(command: LabCommand) -> anyhow::Result<ExitCode> {
             mode,
             backend,
             heartbeat_ms,
+            relay,
         } => {
             let exe = std::env::current_exe().context("finding the steadfast executable")?;
             let mut opts = UpOptions::new(name, nodes, exe);
@@ -117,6 +122,7 @@ pub fn run(command: LabCommand) -> anyhow::Result<ExitCode> {
             opts.mode = mode;
             opts.backend = backend;
             opts.heartbeat_ms = heartbeat_ms;
+            opts.relay = relay;
             let info = steadfast_lab::up(&opts)?;
             print!("{info}");
         }

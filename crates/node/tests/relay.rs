@@ -1,0 +1,192 @@
+//! Link relay (issue 19) in namespace labs, through the real daemon: a primary whose public
+//! link loses its carrier, or turns into a black hole, keeps serving through its sibling over the private network, with no
+//! failover and no failed request, and takes its own link back when it returns.
+//! Needs root (network namespaces).
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{wait_until, BackgroundLoad, Lab};
+use steadfast_lab::{BackendKind, CrashKind};
+use steadfast_os::nftables::{Family, NftSocket};
+
+const PROBE_PERIOD: Duration = Duration::from_millis(10);
+/// A probe slower than this fails. A relay taken over within its budget never comes near it:
+/// only a request that found no path at all would (TCP's first SYN retransmission is at 1 s).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `ip -n NS ARGS`'s output.
+fn ip_output(namespace: &str, args: &[&str]) -> String {
+    let out = Command::new("ip")
+        .args(["-n", namespace])
+        .args(args)
+        .output()
+        .expect("run ip");
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// The relay's kernel state on `host`: its proxy ARP entries and its /32 routes via `eth1`.
+fn relay_state(lab: &Lab, host: &str) -> (String, String) {
+    let ns = format!("{}-{host}", lab.name());
+    let proxies = ip_output(&ns, &["neigh", "show", "proxy"]);
+    let routes = ip_output(&ns, &["route", "show", "dev", "eth1"]);
+    let host_routes = routes
+        .lines()
+        .filter(|l| l.contains(" via "))
+        .collect::<Vec<_>>()
+        .join("\n");
+    (proxies.trim().to_string(), host_routes)
+}
+
+#[test]
+#[ignore = "needs root (network namespaces); about 10 s"]
+fn a_primary_that_loses_its_public_carrier_serves_through_its_sibling() {
+    cut_and_restore(CrashKind::LinkDown);
+}
+
+#[test]
+#[ignore = "needs root (network namespaces); about 10 s"]
+fn a_primary_whose_public_link_turns_into_a_black_hole_serves_through_its_sibling() {
+    cut_and_restore(CrashKind::LinkBlackhole);
+}
+
+/// Cuts the primary's public link the way `kind` says under a probe load, then restores it:
+/// no failover, no failed probe, and the sibling undoes everything after.
+fn cut_and_restore(kind: CrashKind) {
+    let tag = if kind == CrashKind::LinkDown {
+        "rld"
+    } else {
+        "rlb"
+    };
+    let lab = Lab::up_with(tag, 2, BackendKind::Builtin, |opts| {
+        opts.witness = true;
+        opts.relay = true;
+    });
+    let primary = lab.info.primary.clone().expect("a primary after up");
+    assert_eq!(primary, format!("{}-n1", lab.name()));
+    let load = BackgroundLoad::start(&lab, PROBE_PERIOD, PROBE_TIMEOUT, Duration::from_secs(40));
+    load.wait_for_successes(0, 50, Duration::from_secs(5), "before the cut");
+
+    steadfast_lab::crash(lab.name(), "n1", kind).expect("cut n1's public link");
+    let cut_at = load.started.elapsed();
+    let before = load.successes();
+    load.wait_for_successes(before, 100, Duration::from_secs(8), "through the sibling");
+    // Relayed, not failed over: n1 keeps the address, n2 answers ARP for it on n1's behalf.
+    assert_eq!(lab.holders(), vec!["n1".to_string()], "{}", lab.situation());
+    let (proxies, routes) = relay_state(&lab, "n2");
+    assert!(
+        proxies.contains("10.77.0.100") && proxies.contains("10.77.0.11"),
+        "n2 answers ARP for n1's addresses: {proxies:?}"
+    );
+    assert!(
+        routes.contains("10.77.0.100 via 10.78.0.11"),
+        "n2 routes the VIP to n1 over the private network: {routes:?}"
+    );
+    // Two seconds of the load entirely through the sibling.
+    let through = load.successes();
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        load.successes() >= through + 100,
+        "the load went on through the sibling"
+    );
+
+    steadfast_lab::heal(lab.name(), "n1").expect("restore n1's public link");
+    let restored_at = load.started.elapsed();
+    // The link is probed back (rise 2) and held down 500 ms before traffic returns to it;
+    // then n2 undoes everything it installed.
+    let undone = wait_until(Duration::from_secs(5), || {
+        let (proxies, routes) = relay_state(&lab, "n2");
+        proxies.is_empty() && routes.is_empty()
+    });
+    assert!(undone, "n2 still relays: {:?}", relay_state(&lab, "n2"));
+    let after = load.successes();
+    load.wait_for_successes(after, 100, Duration::from_secs(5), "after failback");
+    let report = load.stop();
+    let summary = report.summary();
+    let slowest_after = |from: Duration| {
+        report
+            .probes
+            .iter()
+            .filter(|p| p.start >= from)
+            .map(|p| p.latency)
+            .max()
+            .unwrap_or_default()
+    };
+    println!(
+        "relay {kind}: {} probes, {} failed, longest gap {:?}, slowest probe after the cut \
+         {:?}, after the restore {:?}",
+        summary.probes,
+        summary.probe_failures,
+        summary.longest_gap,
+        slowest_after(cut_at),
+        slowest_after(restored_at)
+    );
+    assert_eq!(
+        summary.probe_failures, 0,
+        "errors through the cut and the failback: {:?}",
+        summary.probe_errors
+    );
+    assert_eq!(lab.holders(), vec!["n1".to_string()], "{}", lab.situation());
+}
+
+/// Whether the relay's owner table is in `namespace`, read from its kernel.
+fn relay_fence_live(namespace: &str) -> bool {
+    steadfast_lab::run_in_namespace(namespace, || {
+        NftSocket::open()?.table(Family::Inet, steadfast_os::relay_fence::RELAY_LIVE_TABLE)
+    })
+    .unwrap_or_else(|e| panic!("entering {namespace}: {e}"))
+    .unwrap_or_else(|e| panic!("reading the relay's owner table in {namespace}: {e}"))
+    .is_some()
+}
+
+#[test]
+#[ignore = "needs root (network namespaces); about 5 s"]
+fn a_responder_killed_while_relaying_stops_answering_for_the_node() {
+    let lab = Lab::up_with("rlk", 2, BackendKind::Builtin, |opts| {
+        opts.witness = true;
+        opts.relay = true;
+    });
+    let client = lab.info.client_ns.clone();
+    let n2 = format!("{}-n2", lab.name());
+    let get =
+        |timeout| steadfast_lab::http_get_in_namespace(&client, lab.target(), "/", timeout).is_ok();
+    assert!(
+        get(Duration::from_secs(2)),
+        "the VIP answers before the cut"
+    );
+    steadfast_lab::crash(lab.name(), "n1", CrashKind::LinkDown).expect("cut n1's public link");
+    let relaying = wait_until(Duration::from_secs(3), || {
+        let (proxies, _) = relay_state(&lab, "n2");
+        proxies.contains("10.77.0.100")
+    });
+    assert!(relaying, "n2 relays for n1: {:?}", relay_state(&lab, "n2"));
+    assert!(get(Duration::from_secs(2)), "n1 answers through n2");
+    assert!(
+        relay_fence_live(&n2),
+        "a relaying daemon holds its relay owner table"
+    );
+
+    steadfast_lab::crash(lab.name(), "n2", CrashKind::Process).expect("kill n2's daemon");
+    let killed = std::time::Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(2), || !relay_fence_live(&n2)),
+        "the relay's owner table must vanish with the daemon"
+    );
+    let fenced_after = killed.elapsed();
+    // The dead daemon's route and proxy entries are still there: its kernel must not use them.
+    let (proxies, _) = relay_state(&lab, "n2");
+    assert!(proxies.contains("10.77.0.100"), "left behind: {proxies:?}");
+    // The client's cache names n2's MAC for n1's address (n2 announced it), and n1 still
+    // routes through n2 for the rest of its lease (300 ms from its last refresh, at most
+    // 100 ms before the kill): only n2's kernel can stop this request now.
+    assert!(
+        !get(Duration::from_millis(150)),
+        "n2's kernel still forwards for n1 after its daemon died"
+    );
+
+    println!(
+        "relay responder killed: its kernel fenced the relayed addresses after {fenced_after:?}"
+    );
+}
