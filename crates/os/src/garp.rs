@@ -54,6 +54,17 @@ impl ArpPacket {
 
 /// The whole Ethernet frame of a gratuitous ARP request for `ip` from `mac`.
 pub fn gratuitous_frame(mac: [u8; 6], ip: Ipv4Addr) -> [u8; ARP_FRAME_LEN] {
+    request_frame(mac, ip, ip)
+}
+
+/// The whole Ethernet frame of an RFC 5227 ARP probe for `target` from `mac`: sender IP
+/// 0.0.0.0, so no host that sees it learns anything from it.
+pub fn probe_frame(mac: [u8; 6], target: Ipv4Addr) -> [u8; ARP_FRAME_LEN] {
+    request_frame(mac, Ipv4Addr::UNSPECIFIED, target)
+}
+
+/// A broadcast ARP request from `mac` (and `sender`) asking for `target`.
+fn request_frame(mac: [u8; 6], sender: Ipv4Addr, target: Ipv4Addr) -> [u8; ARP_FRAME_LEN] {
     let mut f = [0u8; ARP_FRAME_LEN];
     f[0..6].copy_from_slice(&[0xff; 6]);
     f[6..12].copy_from_slice(&mac);
@@ -64,10 +75,37 @@ pub fn gratuitous_frame(mac: [u8; 6], ip: Ipv4Addr) -> [u8; ARP_FRAME_LEN] {
     f[19] = 4;
     f[20..22].copy_from_slice(&ARP_REQUEST.to_be_bytes());
     f[22..28].copy_from_slice(&mac);
-    f[28..32].copy_from_slice(&ip.octets());
+    f[28..32].copy_from_slice(&sender.octets());
     // The target MAC stays zero: RFC 5227 says so, and receivers ignore it in a request.
-    f[38..42].copy_from_slice(&ip.octets());
+    f[38..42].copy_from_slice(&target.octets());
     f
+}
+
+/// Sends `frame` to the Ethernet broadcast address on `ifindex` through the packet socket
+/// `fd`; never blocks (a full device queue is an error, ENOBUFS or EAGAIN, not a wait).
+pub(crate) fn send_broadcast(fd: &impl AsRawFd, ifindex: u32, frame: &[u8]) -> std::io::Result<()> {
+    // SAFETY: sockaddr_ll is plain data; all-zero is a valid value.
+    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    addr.sll_family = libc::AF_PACKET as u16;
+    addr.sll_protocol = ETH_P_ARP.to_be();
+    addr.sll_ifindex = ifindex as i32;
+    addr.sll_halen = 6;
+    addr.sll_addr[..6].copy_from_slice(&[0xff; 6]);
+    // SAFETY: frame and addr are valid for the lengths passed.
+    let rc = unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            frame.as_ptr().cast(),
+            frame.len(),
+            libc::MSG_DONTWAIT,
+            &addr as *const libc::sockaddr_ll as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Parses an Ethernet frame carrying an IPv4-over-Ethernet ARP packet (padding after the 42
@@ -251,32 +289,15 @@ impl GarpSender {
     /// Sends one gratuitous ARP request for `vip`; never blocks (a full device queue is an
     /// error, ENOBUFS or EAGAIN, not a wait).
     pub fn send(&self, vip: Ipv4Addr) -> Result<(), OsError> {
-        let frame = gratuitous_frame(self.mac, vip);
-        // SAFETY: sockaddr_ll is plain data; all-zero is a valid value.
-        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        addr.sll_family = libc::AF_PACKET as u16;
-        addr.sll_protocol = ETH_P_ARP.to_be();
-        addr.sll_ifindex = self.ifindex as i32;
-        addr.sll_halen = 6;
-        addr.sll_addr[..6].copy_from_slice(&[0xff; 6]);
-        // SAFETY: frame and addr are valid for the lengths passed.
-        let rc = unsafe {
-            libc::sendto(
-                self.fd.as_raw_fd(),
-                frame.as_ptr().cast(),
-                frame.len(),
-                libc::MSG_DONTWAIT,
-                &addr as *const libc::sockaddr_ll as *const libc::sockaddr,
-                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        send_broadcast(&*self.fd, self.ifindex, &gratuitous_frame(self.mac, vip)).map_err(|e| {
+            OsError::io(
+                format!(
+                    "sending a gratuitous ARP for {vip} on interface index {}",
+                    self.ifindex
+                ),
+                e,
             )
-        };
-        if rc < 0 {
-            return Err(OsError::last_os(format!(
-                "sending a gratuitous ARP for {vip} on interface index {}",
-                self.ifindex
-            )));
-        }
-        Ok(())
+        })
     }
 }
 
@@ -304,6 +325,17 @@ mod tests {
                 target_ip: vip,
             })
         );
+    }
+
+    #[test]
+    fn a_probe_asks_for_its_target_from_no_address() {
+        let target = Ipv4Addr::new(10, 1, 2, 9);
+        let probe = parse_arp(&probe_frame(MAC, target)).expect("an ARP frame");
+        assert_eq!(probe.opcode, ARP_REQUEST);
+        assert_eq!(probe.sender_mac, MAC);
+        assert_eq!(probe.sender_ip, Ipv4Addr::UNSPECIFIED);
+        assert_eq!(probe.target_ip, target);
+        assert!(!probe.is_gratuitous(), "nobody learns from a probe");
     }
 
     #[test]

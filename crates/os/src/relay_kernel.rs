@@ -19,7 +19,7 @@ use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::sys::AsyncSocket;
 use rtnetlink::{Handle, RouteMessageBuilder};
 
-use crate::garp::{parse_arp, ARP_FRAME_LEN, ARP_REPLY, ARP_REQUEST};
+use crate::garp::{parse_arp, ARP_REPLY};
 use crate::OsError;
 
 const ETH_P_ARP: u16 = 0x0806;
@@ -166,42 +166,16 @@ impl ArpProber {
     /// Sends one probe to each target; a full device queue is an error, never a wait.
     pub fn send_round(&self, targets: &[Ipv4Addr]) -> Result<(), OsError> {
         for target in targets {
-            let mut f = [0u8; ARP_FRAME_LEN];
-            f[0..6].copy_from_slice(&[0xff; 6]);
-            f[6..12].copy_from_slice(&self.mac);
-            f[12..14].copy_from_slice(&ETH_P_ARP.to_be_bytes());
-            f[14..16].copy_from_slice(&1u16.to_be_bytes());
-            f[16..18].copy_from_slice(&0x0800u16.to_be_bytes());
-            f[18] = 6;
-            f[19] = 4;
-            f[20..22].copy_from_slice(&ARP_REQUEST.to_be_bytes());
-            f[22..28].copy_from_slice(&self.mac);
-            // Sender IP 0.0.0.0 and target MAC zero: the probe form.
-            f[38..42].copy_from_slice(&target.octets());
-            // SAFETY: sockaddr_ll is plain data; all-zero is a valid value.
-            let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-            addr.sll_family = libc::AF_PACKET as u16;
-            addr.sll_protocol = ETH_P_ARP.to_be();
-            addr.sll_ifindex = self.ifindex as i32;
-            addr.sll_halen = 6;
-            addr.sll_addr[..6].copy_from_slice(&[0xff; 6]);
-            // SAFETY: frame and addr are valid for the lengths passed.
-            let rc = unsafe {
-                libc::sendto(
-                    self.fd.as_raw_fd(),
-                    f.as_ptr().cast(),
-                    f.len(),
-                    0,
-                    &addr as *const libc::sockaddr_ll as *const libc::sockaddr,
-                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            let frame = crate::garp::probe_frame(self.mac, *target);
+            crate::garp::send_broadcast(&self.fd, self.ifindex, &frame).map_err(|e| {
+                OsError::io(
+                    format!(
+                        "sending an ARP probe for {target} on interface index {}",
+                        self.ifindex
+                    ),
+                    e,
                 )
-            };
-            if rc < 0 {
-                return Err(OsError::last_os(format!(
-                    "sending an ARP probe for {target} on interface index {}",
-                    self.ifindex
-                )));
-            }
+            })?;
         }
         Ok(())
     }
