@@ -258,22 +258,7 @@ pub(crate) fn create(lab: &LabName, hosts: &[Host], private_network: bool) -> Re
     let sw = lab.switch_namespace();
     ip(&["netns", "add", &sw])?;
     ip(&["-n", &sw, "link", "set", "lo", "up"])?;
-    // No STP (ports forward at once) and no multicast snooping (nothing here needs it, and it
-    // would make the bridge's forwarding depend on IGMP state).
-    ip(&[
-        "-n",
-        &sw,
-        "link",
-        "add",
-        BRIDGE,
-        "type",
-        "bridge",
-        "stp_state",
-        "0",
-        "mcast_snooping",
-        "0",
-    ])?;
-    ip(&["-n", &sw, "link", "set", BRIDGE, "up"])?;
+    add_bridge(&sw, BRIDGE)?;
     // A switch forwards frames as they are. With br_netfilter loaded the kernel would check
     // (and drop) malformed IPv4 on the bridge, which no real switch does: the hosts' own
     // handling of bad frames must be what the lab sees.
@@ -291,28 +276,16 @@ pub(crate) fn create(lab: &LabName, hosts: &[Host], private_network: bool) -> Re
     })?;
     for &host in hosts {
         let ns = host.namespace(lab);
-        let port = host.short_name();
-        let address = format!("{}/{PREFIX_LEN}", host.address());
         ip(&["netns", "add", &ns])?;
         ip(&["-n", &ns, "link", "set", "lo", "up"])?;
-        ip(&[
-            "-n",
-            &sw,
-            "link",
-            "add",
-            &port,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            HOST_INTERFACE,
-            "netns",
-            &ns,
-        ])?;
-        ip(&["-n", &sw, "link", "set", &port, "master", BRIDGE])?;
-        ip(&["-n", &sw, "link", "set", &port, "up"])?;
-        ip(&["-n", &ns, "addr", "add", &address, "dev", HOST_INTERFACE])?;
-        ip(&["-n", &ns, "link", "set", HOST_INTERFACE, "up"])?;
+        let port = BridgePort {
+            switch: &sw,
+            bridge: BRIDGE,
+            port: &host.short_name(),
+            host: &ns,
+            interface: HOST_INTERFACE,
+        };
+        port.attach(&format!("{}/{PREFIX_LEN}", host.address()))?;
     }
     if private_network {
         create_private_network(lab, hosts)?;
@@ -324,12 +297,31 @@ pub(crate) fn create(lab: &LabName, hosts: &[Host], private_network: bool) -> Re
 /// `eth1` in the member, so that a member whose public link fails still reaches its siblings.
 fn create_private_network(lab: &LabName, hosts: &[Host]) -> Result<(), LabError> {
     let sw = lab.switch_namespace();
+    add_bridge(&sw, PRIVATE_BRIDGE)?;
+    for &host in hosts {
+        let Host::Node(index) = host else { continue };
+        let port = BridgePort {
+            switch: &sw,
+            bridge: PRIVATE_BRIDGE,
+            port: &private_port(host),
+            host: &host.namespace(lab),
+            interface: PRIVATE_INTERFACE,
+        };
+        port.attach(&format!("{}/{PREFIX_LEN}", private_address(index)))?;
+    }
+    Ok(())
+}
+
+/// Adds `bridge` to the switch namespace `switch`, up. No STP (ports forward at once) and no
+/// multicast snooping (nothing here needs it, and it would make the bridge's forwarding depend
+/// on IGMP state).
+fn add_bridge(switch: &str, bridge: &str) -> Result<(), LabError> {
     ip(&[
         "-n",
-        &sw,
+        switch,
         "link",
         "add",
-        PRIVATE_BRIDGE,
+        bridge,
         "type",
         "bridge",
         "stp_state",
@@ -337,32 +329,44 @@ fn create_private_network(lab: &LabName, hosts: &[Host]) -> Result<(), LabError>
         "mcast_snooping",
         "0",
     ])?;
-    ip(&["-n", &sw, "link", "set", PRIVATE_BRIDGE, "up"])?;
-    for &host in hosts {
-        let Host::Node(index) = host else { continue };
-        let ns = host.namespace(lab);
-        let port = private_port(host);
-        let address = format!("{}/{PREFIX_LEN}", private_address(index));
+    ip(&["-n", switch, "link", "set", bridge, "up"])?;
+    Ok(())
+}
+
+/// A host's link to a bridge: a veth pair, `port` on `bridge` in the switch namespace and
+/// `interface` in the host's namespace.
+struct BridgePort<'a> {
+    switch: &'a str,
+    bridge: &'a str,
+    port: &'a str,
+    host: &'a str,
+    interface: &'a str,
+}
+
+impl BridgePort<'_> {
+    /// Creates the pair, both ends up, `address` (with its prefix) on the host's end.
+    fn attach(&self, address: &str) -> Result<(), LabError> {
+        let (sw, ns) = (self.switch, self.host);
         ip(&[
             "-n",
-            &sw,
+            sw,
             "link",
             "add",
-            &port,
+            self.port,
             "type",
             "veth",
             "peer",
             "name",
-            PRIVATE_INTERFACE,
+            self.interface,
             "netns",
-            &ns,
+            ns,
         ])?;
-        ip(&["-n", &sw, "link", "set", &port, "master", PRIVATE_BRIDGE])?;
-        ip(&["-n", &sw, "link", "set", &port, "up"])?;
-        ip(&["-n", &ns, "addr", "add", &address, "dev", PRIVATE_INTERFACE])?;
-        ip(&["-n", &ns, "link", "set", PRIVATE_INTERFACE, "up"])?;
+        ip(&["-n", sw, "link", "set", self.port, "master", self.bridge])?;
+        ip(&["-n", sw, "link", "set", self.port, "up"])?;
+        ip(&["-n", ns, "addr", "add", address, "dev", self.interface])?;
+        ip(&["-n", ns, "link", "set", self.interface, "up"])?;
+        Ok(())
     }
-    Ok(())
 }
 
 /// The namespaces of this lab that exist now.
