@@ -382,6 +382,16 @@ impl Front {
                     self.verified.remove(&node);
                     self.watch.unlinked(u32::from(node));
                     self.abandon_rebuilds_with(node);
+                    if node != self.ctx.node_id {
+                        // Out of the ordering and the comparison at once, as a silent one is
+                        // after a detection: kept in, it would pile up the updates and digests
+                        // ordered meanwhile and be taken out as lagging. It relinks to be
+                        // rebuilt (`verify`).
+                        let out = self.sequencer.remove_replica(u32::from(node));
+                        self.send_all(out);
+                        let verdicts = self.comparator.remove(u32::from(node));
+                        self.judge(verdicts);
+                    }
                     self.answer_what_the_link_owed(node);
                 }
             }
