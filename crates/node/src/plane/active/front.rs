@@ -387,10 +387,7 @@ impl Front {
                         // after a detection: kept in, it would pile up the updates and digests
                         // ordered meanwhile and be taken out as lagging. It relinks to be
                         // rebuilt (`verify`).
-                        let out = self.sequencer.remove_replica(u32::from(node));
-                        self.send_all(out);
-                        let verdicts = self.comparator.remove(u32::from(node));
-                        self.judge(verdicts);
+                        self.leave_ordering(node);
                     }
                     self.answer_what_the_link_owed(node);
                 }
@@ -593,10 +590,7 @@ impl Front {
              acknowledged {recorded}: it restarted and lost them; it is rebuilt from a live \
              replica"
         );
-        let out = self.sequencer.remove_replica(u32::from(replica));
-        self.send_all(out);
-        let verdicts = self.comparator.remove(u32::from(replica));
-        self.judge(verdicts);
+        self.leave_ordering(replica);
         false
     }
 
@@ -696,6 +690,15 @@ impl Front {
         }
     }
 
+    /// `replica` leaves the ordering and the reply comparison: nothing more is kept for it or
+    /// sent to it, and the updates that waited for its digest are judged without it.
+    fn leave_ordering(&mut self, replica: NodeId) {
+        let out = self.sequencer.remove_replica(u32::from(replica));
+        self.send_all(out);
+        let verdicts = self.comparator.remove(u32::from(replica));
+        self.judge(verdicts);
+    }
+
     fn take_out(&mut self, replica: NodeId, why: String) {
         self.taken_out.insert(replica);
         self.ctx
@@ -705,11 +708,7 @@ impl Front {
             .lock()
             .expect("divergences lock")
             .insert(replica, why);
-        // Out of the ordering too: nothing is kept for it, and it is sent nothing more.
-        let out = self.sequencer.remove_replica(u32::from(replica));
-        self.send_all(out);
-        let verdicts = self.comparator.remove(u32::from(replica));
-        self.judge(verdicts);
+        self.leave_ordering(replica);
     }
 
     /// A link went down: the requests only it would have answered are answered with an error
@@ -829,10 +828,7 @@ impl Front {
                     self.links.remove(&node);
                     self.verified.remove(&node);
                     self.abandon_rebuilds_with(node);
-                    let out = self.sequencer.remove_replica(replica);
-                    self.send_all(out);
-                    let verdicts = self.comparator.remove(replica);
-                    self.judge(verdicts);
+                    self.leave_ordering(node);
                     self.rerun_reads_of(node);
                 }
             }
