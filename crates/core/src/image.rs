@@ -19,6 +19,7 @@ mod connection;
 mod handover;
 mod probe;
 mod segment;
+mod syn_replay;
 mod table;
 mod unadopted;
 
@@ -33,6 +34,7 @@ pub use segment::{
     parse_client_frame, tcp_checksum_fixup, tcp_checksum_is_valid, ClientSegment, FourTuple,
     FrameDrop, TcpFlags, TcpOptions, Timestamps, ETHERNET_HEADER_LEN,
 };
+pub use syn_replay::ReplayedSyn;
 pub use table::{
     Closure, ConnectionTable, Ingested, OpenedCheck, TableCounters, TableError, TableLimits,
     Tracking,

@@ -1088,6 +1088,8 @@ fn plane_status(mode: &str, shared: &crate::plane::PlaneShared) -> crate::status
         probes_sent: c.probes_sent.load(Relaxed),
         probes_unanswered: c.probes_unanswered.load(Relaxed),
         connections_lost: c.connections_lost.load(Relaxed),
+        syns_replayed: c.syns_replayed.load(Relaxed),
+        syns_not_replayed: c.syns_not_replayed.load(Relaxed),
         lost_reasons: shared
             .lost_reasons
             .lock()

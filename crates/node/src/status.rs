@@ -173,6 +173,13 @@ pub struct DataPlaneStatus {
     pub probes_unanswered: u64,
     pub connections_lost: u64,
     pub lost_reasons: std::collections::BTreeMap<String, u64>,
+    /// Connections whose handshake had not completed at a takeover (not counted as lost):
+    /// their logged SYN replayed to the new primary's kernel, which answered the client at
+    /// once, or left to the client's own retransmission.
+    #[serde(default)]
+    pub syns_replayed: u64,
+    #[serde(default)]
+    pub syns_not_replayed: u64,
     pub last_takeover_us: u64,
     pub last_restore_per_second: u64,
     pub replication_frames_refused: u64,
@@ -438,8 +445,9 @@ impl NodeStatus {
                 d.half_open_evicted, d.half_open_expired, d.held_request_bytes, d.request_bytes_budget, d.held_reply_bytes
             ));
             s.push_str(&format!(
-                "  takeovers {}: {} connections restored, {} lost {:?}, {} client frames held; last took {} µs ({} conn/s); unprotected {} ms; backups joined {} lost {}; adopted {}\n",
+                "  takeovers {}: {} connections restored, {} lost {:?}, {} half-open SYNs replayed ({} not), {} client frames held; last took {} µs ({} conn/s); unprotected {} ms; backups joined {} lost {}; adopted {}\n",
                 d.takeovers, d.connections_restored, d.connections_lost, d.lost_reasons,
+                d.syns_replayed, d.syns_not_replayed,
                 d.frames_held_at_takeover, d.last_takeover_us, d.last_restore_per_second,
                 d.unprotected_ms, d.backups_joined, d.backup_losses, d.adopted
             ));

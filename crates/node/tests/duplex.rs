@@ -1140,6 +1140,55 @@ fn connections_in_the_frozen_primarys_accept_queue_are_restored() {
     assert_eq!(plane["connections_lost"], 0, "{plane}");
 }
 
+/// A client that opens a connection while the primary is dead sends a SYN the backup logs
+/// and nobody answers. The takeover hands each such SYN to the new primary's kernel, which
+/// answers at once: the client waits for the takeover, not for its own SYN retransmission a
+/// second later (which the probes' 500 ms timeout would count as a failure), and the
+/// connection is not counted lost, since no client ever had it open.
+#[test]
+fn connections_opened_during_a_takeover_are_answered_at_once() {
+    let (lab, primary, _backup) = protected_lab("sy");
+    let load = BackgroundLoad::start_with(
+        &lab,
+        LoadOptions::probes_only(lab.target(), Duration::from_secs(8)),
+    );
+    load.wait_for_successes(0, 50, Duration::from_secs(3), "probes before the crash");
+    let failover = fail_over(&lab, &primary, CrashKind::Host, 0);
+    let plane = failover.takeover_done(&lab);
+    let since = load.successes();
+    load.wait_for_successes(since, 100, Duration::from_secs(3), "probes after the crash");
+    let report = load.stop();
+    let longest = report
+        .probes
+        .iter()
+        .map(|probe| probe.latency)
+        .max()
+        .unwrap_or_default();
+    eprintln!(
+        "takeover: {} half-open SYNs replayed ({} not), {} lost {}; {} probes, {} failed, \
+         longest {longest:?}",
+        plane["syns_replayed"],
+        plane["syns_not_replayed"],
+        plane["connections_lost"],
+        plane["lost_reasons"],
+        report.probes.len(),
+        report.probe_failures()
+    );
+    assert!(
+        plane["syns_replayed"].as_u64().unwrap_or(0) >= 1,
+        "a probe every 10 ms through a detection of at least 30 ms sends SYNs nobody \
+         answered: {plane}"
+    );
+    assert_eq!(plane["syns_not_replayed"], 0, "{plane}");
+    assert_eq!(plane["connections_lost"], 0, "{plane}");
+    assert_eq!(
+        report.probe_failures(),
+        0,
+        "no new connection waits for its SYN's retransmission: {:?}",
+        report.summary().outages
+    );
+}
+
 /// Connections opened while the primary served alone are adopted by its healed backup
 /// wherever they stand — a download in flight, a request whose reply the backend has not begun
 /// — and survive the primary's death. One that cannot be adopted (its client half-closed it:

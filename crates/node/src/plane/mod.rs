@@ -173,6 +173,11 @@ pub struct PlaneCounters {
     /// Clients that did not answer a takeover's acknowledgement probe in time.
     pub probes_unanswered: AtomicU64,
     pub connections_lost: AtomicU64,
+    /// Connections whose handshake had not completed at a takeover (never open for their
+    /// clients, so not lost): their logged SYN replayed to this node's kernel, or left to the
+    /// client's retransmission (too old, too many, or the replay failed).
+    pub syns_replayed: AtomicU64,
+    pub syns_not_replayed: AtomicU64,
     /// Open connections this node held when another node became primary that the new primary
     /// could not carry on (its backup link did not protect them): lost at a step-down.
     pub sessions_dropped_at_step_down: AtomicU64,

@@ -595,6 +595,10 @@ impl Duplex {
         c.connections_restored_unreported
             .fetch_add(report.unreported, Ordering::Relaxed);
         c.connections_lost.fetch_add(report.lost, Ordering::Relaxed);
+        c.syns_replayed
+            .fetch_add(report.syns_replayed, Ordering::Relaxed);
+        c.syns_not_replayed
+            .fetch_add(report.syns_not_replayed, Ordering::Relaxed);
         c.last_takeover_us
             .store(elapsed.as_micros() as u64, Ordering::Relaxed);
         if report.restored > 0 {
@@ -605,10 +609,13 @@ impl Duplex {
         // Counted last: a status that shows the takeover shows all of its figures.
         c.takeovers.fetch_add(1, Ordering::Relaxed);
         tracing::info!(
-            "takeover: {} connections restored ({} never reported by the primary), {} lost, in {:?} (rebuild {:?})",
+            "takeover: {} connections restored ({} never reported by the primary), {} lost, \
+             {} half-open ones' SYNs replayed ({} not), in {:?} (rebuild {:?})",
             report.restored,
             report.unreported,
             report.lost,
+            report.syns_replayed,
+            report.syns_not_replayed,
             elapsed,
             report.rebuild_time
         );

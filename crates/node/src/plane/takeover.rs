@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use steadfast_core::image::{rebuilt_tsval, AckProbe, FourTuple};
+use steadfast_core::image::{rebuilt_tsval, AckProbe, FourTuple, ReplayedSyn, RestoreError};
 use steadfast_core::reply_log::{LostReason, ResumePlan};
 use steadfast_os::repair::{self, RepairTarget};
 
@@ -16,6 +16,15 @@ use super::{PlaneShared, ServiceFramer};
 /// Sockets are rebuilt on this many threads at once.
 const REBUILD_THREADS: usize = 2;
 
+/// A half-open connection's SYN is replayed only if its client sent something this recently:
+/// a live client in SYN-SENT sends its SYN again after 1 s, then 2 s and 4 s later, so an
+/// older image is most likely a client that gave up (or a spoofed SYN of a flood).
+const SYN_REPLAY_MAX_IDLE: Duration = Duration::from_secs(3);
+/// At most this many SYNs are replayed, the most recent first: after a SYN flood the table
+/// may hold many thousands of half-open images, and the kernel's own SYN backlog and cookies
+/// are the place to meet a flood, not a burst of SYN-ACKs from this node.
+const MAX_REPLAYED_SYNS: usize = 4096;
+
 #[derive(Debug, Default, Clone, Copy)]
 pub struct TakeoverReport {
     pub restored: u64,
@@ -23,6 +32,11 @@ pub struct TakeoverReport {
     /// Of the restored: connections the primary had accepted but not reported (its accept
     /// queue at the crash), resumed from the log alone.
     pub unreported: u64,
+    /// Connections whose handshake had not completed: their logged SYN handed to this node's
+    /// kernel (which answers the client at once), or left to the client's own retransmission.
+    /// Neither is a lost connection: no client considered it open.
+    pub syns_replayed: u64,
+    pub syns_not_replayed: u64,
     pub rebuild_time: Duration,
 }
 
@@ -31,6 +45,8 @@ pub struct Rebuilt {
     sockets: Vec<(ResumePlan, repair::RepairedSocket)>,
     /// An ACK for each lost connection's client (see [`resume_all`]).
     lost_probes: Vec<(FourTuple, AckProbe)>,
+    /// The SYNs of connections whose handshake had not completed (see [`ReplayedSyn`]).
+    syn_replays: Vec<ReplayedSyn>,
     pub report: TakeoverReport,
 }
 
@@ -41,11 +57,13 @@ pub fn rebuild_all(frozen: Frozen, shared: &Arc<PlaneShared>) -> Rebuilt {
     let mut report = TakeoverReport::default();
     let mut sockets = Vec::new();
     let mut lost_probes = Vec::new();
+    let mut syn_replays: Vec<(Duration, ReplayedSyn)> = Vec::new();
     let Frozen { state, at } = frozen;
     let Some(table) = state.table else {
         return Rebuilt {
             sockets,
             lost_probes,
+            syn_replays: Vec::new(),
             report,
         };
     };
@@ -77,6 +95,13 @@ pub fn rebuild_all(frozen: Frozen, shared: &Arc<PlaneShared>) -> Rebuilt {
                 let target = repair_target(&plan, idle_of(&image.tuple()));
                 work.push((plan, target));
             }
+            Err(LostReason::Restore(RestoreError::HandshakeIncomplete { .. })) => {
+                let idle = idle_of(&image.tuple());
+                match ReplayedSyn::for_image(image) {
+                    Some(syn) if idle <= SYN_REPLAY_MAX_IDLE => syn_replays.push((idle, syn)),
+                    _ => report.syns_not_replayed += 1,
+                }
+            }
             Err(reason) => {
                 report.lost += 1;
                 PlaneShared::count_reason(&shared.lost_reasons, reason.label());
@@ -100,6 +125,12 @@ pub fn rebuild_all(frozen: Frozen, shared: &Arc<PlaneShared>) -> Rebuilt {
         let tsval = tsval_for(&tuple, seen.and_then(|record| record.last_tsecr));
         lost_probes.push((tuple, AckProbe::for_unadopted(tuple, seen, tsval)));
     }
+    syn_replays.sort_by_key(|(idle, _)| *idle);
+    if syn_replays.len() > MAX_REPLAYED_SYNS {
+        report.syns_not_replayed += (syn_replays.len() - MAX_REPLAYED_SYNS) as u64;
+        syn_replays.truncate(MAX_REPLAYED_SYNS);
+    }
+    let syn_replays: Vec<ReplayedSyn> = syn_replays.into_iter().map(|(_, syn)| syn).collect();
     let started = Instant::now();
     // Sockets of an earlier life on the service address (TIME_WAIT ones would answer a rebuilt
     // connection's client in its place): one dump for all connections, not one per socket.
@@ -154,6 +185,7 @@ pub fn rebuild_all(frozen: Frozen, shared: &Arc<PlaneShared>) -> Rebuilt {
     Rebuilt {
         sockets,
         lost_probes,
+        syn_replays,
         report,
     }
 }
@@ -189,7 +221,47 @@ pub fn resume_all(
         }
     }
     reset_lost(&rebuilt.lost_probes);
+    let replayed = replay_syns(&rebuilt.syn_replays);
+    report.syns_replayed += replayed;
+    report.syns_not_replayed += rebuilt.syn_replays.len() as u64 - replayed;
     report
+}
+
+/// Hands each half-open connection's logged SYN to this node's kernel, now that the service
+/// address is local and the listener takes it: the kernel answers the client with a SYN-ACK
+/// at once instead of after the client's next retransmission (1 s or more). Returns how many
+/// were handed over.
+fn replay_syns(syns: &[ReplayedSyn]) -> u64 {
+    if syns.is_empty() {
+        return 0;
+    }
+    let sender = match steadfast_os::raw_ip::RawIpSender::open() {
+        Ok(sender) => sender,
+        Err(e) => {
+            tracing::warn!(
+                "takeover: the SYNs of {} half-open connections were not replayed (their \
+                 clients send them again): {e}",
+                syns.len()
+            );
+            return 0;
+        }
+    };
+    let mut replayed = 0;
+    for syn in syns {
+        match sender.send(&syn.encode(), syn.to.0) {
+            Ok(()) => replayed += 1,
+            Err(e) => tracing::debug!(
+                "takeover: replaying the SYN of {}:{}: {e}",
+                syn.from.0,
+                syn.from.1
+            ),
+        }
+    }
+    tracing::info!(
+        "takeover: {replayed} of {} half-open connections' SYNs handed to the kernel",
+        syns.len()
+    );
+    replayed
 }
 
 /// A lost connection's client may be waiting in silence (for the rest of a reply, say) and
