@@ -39,6 +39,8 @@ pub struct ReplyOutbox<M> {
     /// Written bytes the client may not have acknowledged, in the pieces they were written in,
     /// from `kept_from` on; the piece being written is not among them until it is written.
     kept: VecDeque<Vec<u8>>,
+    /// The bytes in `kept`.
+    kept_bytes: u64,
     kept_from: u64,
     /// Whether written bytes are kept at all (only where a backup may adopt the connection).
     keeps: bool,
@@ -63,6 +65,7 @@ impl<M> ReplyOutbox<M> {
             released_end,
             sent: from,
             kept: VecDeque::new(),
+            kept_bytes: 0,
             kept_from: from,
             keeps,
         }
@@ -91,6 +94,11 @@ impl<M> ReplyOutbox<M> {
     /// Whether written bytes wait for the client's acknowledgement.
     pub fn keeps_any(&self) -> bool {
         !self.kept.is_empty()
+    }
+
+    /// How many written bytes wait for the client's acknowledgement.
+    pub fn kept_bytes(&self) -> u64 {
+        self.kept_bytes
     }
 
     pub fn push(&mut self, piece: WaitingPiece<M>) {
@@ -163,6 +171,7 @@ impl<M> ReplyOutbox<M> {
                 self.released_end,
                 "the kept bytes end where the written ones do"
             );
+            self.kept_bytes += bytes.len() as u64;
             self.kept.push_back(bytes);
         } else {
             self.kept_from = self.released_end;
@@ -179,6 +188,7 @@ impl<M> ReplyOutbox<M> {
                 break;
             }
             self.kept_from = end;
+            self.kept_bytes -= front.len() as u64;
             self.kept.pop_front();
         }
         acked
@@ -214,7 +224,11 @@ impl<M> ReplyOutbox<M> {
     }
 
     fn kept_len(&self) -> u64 {
-        self.kept.iter().map(|piece| piece.len() as u64).sum()
+        debug_assert_eq!(
+            self.kept_bytes,
+            self.kept.iter().map(|piece| piece.len() as u64).sum::<u64>()
+        );
+        self.kept_bytes
     }
 }
 

@@ -415,6 +415,18 @@ pub fn queued_bytes(stream: &impl AsRawFd) -> Result<(usize, usize), RepairError
     Ok((unread.max(0) as usize, unacked.max(0) as usize))
 }
 
+/// Bytes in the socket's send queue not acknowledged yet (SIOCOUTQ): one ioctl where
+/// [`queued_bytes`] takes two.
+pub fn unacknowledged_bytes(stream: &impl AsRawFd) -> Result<usize, RepairError> {
+    let fd = stream.as_raw_fd();
+    let mut unacked: libc::c_int = 0;
+    // SAFETY: the ioctl writes one int (SIOCOUTQ = TIOCOUTQ).
+    if unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut unacked) } != 0 {
+        return Err(RepairError::on_fd("SIOCOUTQ", fd));
+    }
+    Ok(unacked.max(0) as usize)
+}
+
 /// Whether the kernel holds received bytes that are not in the socket's in-order receive queue:
 /// bytes beyond a gap (the out-of-order queue), which no read returns until the gap is filled.
 /// Read the receive queue empty first: the answer counts all receive memory, so unread in-order

@@ -1132,7 +1132,7 @@ impl<P: ExchangeFramer> Session<P> {
         if !self.reply.keeps_any() {
             return;
         }
-        if let Ok((_, unacknowledged)) = steadfast_os::repair::queued_bytes(&self.client) {
+        if let Ok(unacknowledged) = steadfast_os::repair::unacknowledged_bytes(&self.client) {
             self.reply.acknowledged(unacknowledged as u64);
         }
     }
@@ -1914,7 +1914,11 @@ impl<P: ExchangeFramer> Session<P> {
     async fn write_reply_bytes(&mut self, bytes: Vec<u8>) -> Result<(), SessionEnd> {
         self.write_to_client(&bytes).await?;
         self.reply.written(bytes);
-        self.forget_acknowledged();
+        // Asking the socket costs a system call per reply; small replies are forgotten by the
+        // session's idle look (`ACKNOWLEDGED_TRIM_INTERVAL`) or once enough have gathered.
+        if self.reply.kept_bytes() >= KEPT_BYTES_BEFORE_TRIM {
+            self.forget_acknowledged();
+        }
         Ok(())
     }
 
@@ -1946,6 +1950,10 @@ impl<P: ExchangeFramer> Session<P> {
 
 /// How often a session whose client has not acknowledged the reply bytes it keeps looks again.
 const ACKNOWLEDGED_TRIM_INTERVAL: Duration = Duration::from_millis(50);
+/// A session that keeps this many written reply bytes asks the socket which its client has
+/// acknowledged after its next write: bounds what a busy connection (never idle for
+/// `ACKNOWLEDGED_TRIM_INTERVAL`) keeps beyond its socket's send queue.
+const KEPT_BYTES_BEFORE_TRIM: u64 = 32 * 1024;
 
 /// When a session offers its connection to a backup that joined after it opened: at once when
 /// the gate's adoption generation changes or the backup disowns sessions, and again later when
