@@ -44,6 +44,29 @@ pub const MAX_MISS_COUNT: u32 = 1000;
 pub const DEFAULT_PORT: u16 = 7410;
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/steadfast/steadfast.sock";
 const DEFAULT_GROUP_NAME: &str = "steadfast";
+/// A group's name names its nf_tables tables on each host (several groups share a host, one
+/// daemon each): short, and of characters any tool shows and quotes plainly.
+const MAX_GROUP_NAME_LEN: usize = 64;
+
+/// Why `name` cannot name a group, if it cannot.
+fn check_group_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_GROUP_NAME_LEN {
+        return Err(format!(
+            "{name:?} must have 1 to {MAX_GROUP_NAME_LEN} characters (it names the group's \
+             nftables tables on each host)"
+        ));
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    {
+        return Err(format!(
+            "{name:?} has {bad:?}: a group name is made of letters, digits, '-', '_' and '.' \
+             (it names the group's nftables tables on each host)"
+        ));
+    }
+    Ok(())
+}
 const DEFAULT_INTERFACE: &str = "eth0";
 /// How long a duplex primary waits on a silent replication stream by default: well above
 /// TCP's retransmission timeouts on a LAN, well below what a client would take for a hang.
@@ -466,7 +489,7 @@ struct RawConfig {
 #[derive(Deserialize)]
 #[serde(expecting = "a [group] table")]
 struct RawGroup {
-    name: Option<String>,
+    name: Option<Spanned<String>>,
     auth_key_file: Spanned<String>,
     port: Option<Spanned<u16>>,
     heartbeat_interval_ms: Option<Spanned<u64>>,
@@ -1352,10 +1375,19 @@ fn build(
                 SocketAddr::from(([127, 0, 0, 1], 0))
             }),
     });
+    let group_name = match g.name {
+        Some(name) => {
+            if let Err(why) = check_group_name(name.get_ref()) {
+                report.add(name.span(), "group.name", why);
+            }
+            name.into_inner()
+        }
+        None => DEFAULT_GROUP_NAME.to_string(),
+    };
     Config {
         node_id,
         group: Group {
-            name: g.name.unwrap_or_else(|| DEFAULT_GROUP_NAME.to_string()),
+            name: group_name,
             auth_key_file,
             port,
             heartbeat_interval: Duration::from_millis(heartbeat_ms),

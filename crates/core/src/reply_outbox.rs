@@ -226,7 +226,10 @@ impl<M> ReplyOutbox<M> {
     fn kept_len(&self) -> u64 {
         debug_assert_eq!(
             self.kept_bytes,
-            self.kept.iter().map(|piece| piece.len() as u64).sum::<u64>()
+            self.kept
+                .iter()
+                .map(|piece| piece.len() as u64)
+                .sum::<u64>()
         );
         self.kept_bytes
     }

@@ -134,6 +134,47 @@ fn a_metrics_address_that_is_not_one_names_its_line() {
 }
 
 #[test]
+fn a_group_name_that_cannot_name_tables_names_its_line() {
+    for (bad, says) in [
+        ("web service", "' '"),
+        ("", "1 to 64 characters"),
+        ("wéb", "'é'"),
+    ] {
+        let text = VALID.replace(
+            "name = \"web\"\nauth_key_file",
+            &format!("name = {bad:?}\nauth_key_file"),
+        );
+        let e = errors(&text);
+        assert_eq!(
+            where_(&e),
+            vec![(
+                line_of(&text, "auth_key_file") - 1,
+                "group.name".to_string()
+            )],
+            "{bad:?}: {e}"
+        );
+        assert!(e.to_string().contains(says), "{bad:?}: {e}");
+    }
+    let long = "g".repeat(65);
+    let text = VALID.replace(
+        "name = \"web\"\nauth_key_file",
+        &format!("name = {long:?}\nauth_key_file"),
+    );
+    assert!(errors(&text).to_string().contains("1 to 64 characters"));
+    let fine = VALID.replace(
+        "name = \"web\"\nauth_key_file",
+        "name = \"web-2.eu_west\"\nauth_key_file",
+    );
+    assert_eq!(
+        parse(&fine, "n1.toml", &exists, Path::new("/etc/sf"))
+            .expect("letters, digits, '-', '_' and '.'")
+            .group
+            .name,
+        "web-2.eu_west"
+    );
+}
+
+#[test]
 fn the_writer_round_trips() {
     let cfg = parse(VALID, "n1.toml", &exists, Path::new("/etc/sf")).unwrap();
     let text = to_toml(&cfg);

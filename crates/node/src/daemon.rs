@@ -217,7 +217,7 @@ impl Daemon {
         } else {
             let vips: Vec<Ipv4Addr> = settings.services.iter().map(|s| s.vip).collect();
             Some(
-                steadfast_os::fence::Fence::arm(&vips)
+                steadfast_os::fence::Fence::arm(&settings.group_name, &vips)
                     .context("arming the dead-man switch (nftables owner table)")?,
             )
         };

@@ -248,6 +248,7 @@ impl Settings {
             .filter_map(|id| self.voters.get(id).map(|addr| (*id, *addr)))
             .collect();
         Some(crate::plane::PlaneSettings {
+            group_name: self.group_name.clone(),
             node_id: self.node_id,
             key: self.key.clone(),
             local_address: self.local_address,

@@ -293,10 +293,13 @@ fn twenty_host_crashes_at_default_heartbeat() {
 fn a_dead_daemon_leaves_its_kernel_mute_for_the_address() {
     let lab = Lab::up("fen", 2, true, BackendKind::Builtin, None);
     let n1 = format!("{}-n1", lab.name());
-    // Whether the owner table is in the namespace, read from its kernel.
+    // Whether the owner table is in the namespace, read from its kernel (the lab names the
+    // group after itself).
+    let live_table = steadfast_os::fence::FenceTables::for_group(lab.name()).live;
     let live = |ns: &str| {
-        steadfast_lab::run_in_namespace(ns, || {
-            NftSocket::open()?.table(Family::Inet, steadfast_os::fence::LIVE_TABLE)
+        let live_table = live_table.clone();
+        steadfast_lab::run_in_namespace(ns, move || {
+            NftSocket::open()?.table(Family::Inet, &live_table)
         })
         .unwrap_or_else(|e| panic!("entering {ns}: {e}"))
         .unwrap_or_else(|e| panic!("reading the owner table in {ns}: {e}"))

@@ -19,6 +19,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use steadfast_os::fence::{self, Fence};
+
+/// The group whose tables the benchmark makes (each group on a host has its own).
+const GROUP: &str = "bench";
 use steadfast_os::ingress_guard::{GuardState, IngressGuard};
 use steadfast_os::netns::{self, NetnsGuard};
 use steadfast_os::nftables::{Batch, Family, NftSocket, SetElement};
@@ -97,7 +100,7 @@ fn old_fence_text() -> String {
     let mut text = String::new();
     for family in ["inet", "arp"] {
         text.push_str(&format!(
-            "table {family} steadfast_fence\ndelete table {family} steadfast_fence\ntable {family} steadfast_fence {{ "
+            "table {family} steadfast_fence_bench\ndelete table {family} steadfast_fence_bench\ntable {family} steadfast_fence_bench {{ "
         ));
         let leased = family == "inet";
         let (address_in, address_out) = if leased {
@@ -116,7 +119,7 @@ fn old_fence_text() -> String {
                 ));
             }
             text.push_str(&format!(
-                "chain lease_keeper {{ type filter hook output priority -20; policy accept; meta mark vmap {{ {} }}; }}; ",
+                "chain lease_keeper {{ type filter hook output priority -20; policy accept; ip daddr {VIP} meta mark vmap {{ {} }}; }}; ",
                 verdicts.join(", ")
             ));
         }
@@ -150,7 +153,7 @@ fn old_arm() -> Child {
     for family in ["inet", "arp"] {
         live.push_str(&old_table_text(
             family,
-            "steadfast_live",
+            "steadfast_live_bench",
             "flags owner;",
             -10,
             "meta mark set 0x5f1d",
@@ -160,7 +163,8 @@ fn old_arm() -> Child {
     stdin.write_all(live.as_bytes()).unwrap();
     stdin.flush().unwrap();
     let deadline = Instant::now() + Duration::from_secs(3);
-    while !(nft_table_exists("inet", "steadfast_live") && nft_table_exists("arp", "steadfast_live"))
+    while !(nft_table_exists("inet", "steadfast_live_bench")
+        && nft_table_exists("arp", "steadfast_live_bench"))
     {
         assert!(
             Instant::now() < deadline,
@@ -176,7 +180,7 @@ fn wait_owner_tables_gone(socket: &mut NftSocket) {
     let deadline = Instant::now() + Duration::from_secs(3);
     while [Family::Inet, Family::Arp].into_iter().any(|f| {
         socket
-            .table(f, fence::LIVE_TABLE)
+            .table(f, &fence::FenceTables::for_group(GROUP).live)
             .expect("reading the owner table")
             .is_some()
     }) {
@@ -190,11 +194,11 @@ fn wait_owner_tables_gone(socket: &mut NftSocket) {
 
 fn old_guard_install(interface: &str) -> String {
     format!(
-        "add table ip steadfast_guard\ndelete table ip steadfast_guard\n\
-         table ip steadfast_guard {{\n  counter guard_dropped {{ }}\n  chain prerouting {{\n    \
+        "add table ip steadfast_guard_bench\ndelete table ip steadfast_guard_bench\n\
+         table ip steadfast_guard_bench {{\n  counter guard_dropped {{ }}\n  chain prerouting {{\n    \
          type filter hook prerouting priority -300; policy accept;\n  }}\n}}\n\
-         add table netdev steadfast_bounce\ndelete table netdev steadfast_bounce\n\
-         table netdev steadfast_bounce {{\n  counter guard_bounced {{ }}\n  chain ingress {{\n    \
+         add table netdev steadfast_bounce_bench\ndelete table netdev steadfast_bounce_bench\n\
+         table netdev steadfast_bounce_bench {{\n  counter guard_bounced {{ }}\n  chain ingress {{\n    \
          type filter hook ingress device \"{interface}\" priority -500; policy accept;\n  }}\n}}\n"
     )
 }
@@ -204,17 +208,17 @@ fn old_guard_state(interface: &str, state: GuardState, own: &str) -> String {
     let rule = match state {
         GuardState::Open => String::new(),
         GuardState::OnlyFrom(_) => format!(
-            "add rule netdev steadfast_bounce ingress ether saddr != 02:00:00:00:5f:02 ether type ip \
+            "add rule netdev steadfast_bounce_bench ingress ether saddr != 02:00:00:00:5f:02 ether type ip \
              ip daddr {VIP} tcp dport {{ 80, 443 }} counter name guard_bounced \
              ether saddr set {own} ether daddr set 02:00:00:00:5f:02 fwd to \"{interface}\"\n\
-             add rule ip steadfast_guard prerouting {matching} ether saddr != 02:00:00:00:5f:02 counter name guard_dropped drop\n"
+             add rule ip steadfast_guard_bench prerouting {matching} ether saddr != 02:00:00:00:5f:02 counter name guard_dropped drop\n"
         ),
         GuardState::DropAll => {
-            format!("add rule ip steadfast_guard prerouting {matching} counter name guard_dropped drop\n")
+            format!("add rule ip steadfast_guard_bench prerouting {matching} counter name guard_dropped drop\n")
         }
     };
     format!(
-        "flush chain ip steadfast_guard prerouting\nflush chain netdev steadfast_bounce ingress\n{rule}"
+        "flush chain ip steadfast_guard_bench prerouting\nflush chain netdev steadfast_bounce_bench ingress\n{rule}"
     )
 }
 
@@ -260,7 +264,7 @@ fn measure(rounds: usize, interface: &str, own_mac: [u8; 6], nft: bool) -> Figur
 
     let mut arm = Vec::new();
     for _ in 0..rounds {
-        let fence = time(&mut arm, || Fence::arm(&[VIP]).expect("arming"));
+        let fence = time(&mut arm, || Fence::arm(GROUP, &[VIP]).expect("arming"));
         drop(fence);
         wait_owner_tables_gone(&mut probe);
     }
@@ -279,7 +283,7 @@ fn measure(rounds: usize, interface: &str, own_mac: [u8; 6], nft: bool) -> Figur
     let mut install = Vec::new();
     for _ in 0..rounds {
         let guard = time(&mut install, || {
-            IngressGuard::install(interface, own_mac, VIP, &PORTS).expect("installing")
+            IngressGuard::install(GROUP, interface, own_mac, VIP, &PORTS).expect("installing")
         });
         drop(guard);
     }
@@ -289,7 +293,9 @@ fn measure(rounds: usize, interface: &str, own_mac: [u8; 6], nft: bool) -> Figur
         for _ in 0..rounds {
             time(&mut install, || nft_file(&old_guard_install(interface)));
         }
-        nft_file("delete table ip steadfast_guard\ndelete table netdev steadfast_bounce\n");
+        nft_file(
+            "delete table ip steadfast_guard_bench\ndelete table netdev steadfast_bounce_bench\n",
+        );
         figures.add("install the guard, nft -f -", install);
     }
 
@@ -297,7 +303,8 @@ fn measure(rounds: usize, interface: &str, own_mac: [u8; 6], nft: bool) -> Figur
         GuardState::OnlyFrom([2, 0, 0, 0, 0x5f, 2]),
         GuardState::DropAll,
     ];
-    let mut guard = IngressGuard::install(interface, own_mac, VIP, &PORTS).expect("installing");
+    let mut guard =
+        IngressGuard::install(GROUP, interface, own_mac, VIP, &PORTS).expect("installing");
     let mut change = Vec::new();
     for round in 0..rounds {
         time(&mut change, || {
@@ -318,12 +325,14 @@ fn measure(rounds: usize, interface: &str, own_mac: [u8; 6], nft: bool) -> Figur
             let script = old_guard_state(interface, states[round % 2], &own);
             time(&mut change, || nft_file(&script));
         }
-        nft_file("delete table ip steadfast_guard\ndelete table netdev steadfast_bounce\n");
+        nft_file(
+            "delete table ip steadfast_guard_bench\ndelete table netdev steadfast_bounce_bench\n",
+        );
         figures.add("one guard state change, nft -f -", change);
     }
 
-    let mut fence = Fence::arm(&[VIP]).expect("arming");
-    let (family, table, lease) = fence::lease_set();
+    let mut fence = Fence::arm(GROUP, &[VIP]).expect("arming");
+    let (family, table, lease) = fence::lease_set(GROUP);
     let mut socket = NftSocket::open().expect("socket");
     // A renewal as a transaction: the element's expiry set anew (alternately 20 and 30 s, so
     // that each one changes the kernel's state: an add of what is there is a no-op).
@@ -333,7 +342,7 @@ fn measure(rounds: usize, interface: &str, own_mac: [u8; 6], nft: bool) -> Figur
         let mut batch = Batch::new();
         batch.add_elements(
             family,
-            table,
+            &table,
             lease.clone(),
             vec![SetElement {
                 timeout_ms: Some(30_000),
@@ -353,7 +362,7 @@ fn measure(rounds: usize, interface: &str, own_mac: [u8; 6], nft: bool) -> Figur
     let ruleset = socket
         .read_ruleset(&|f, name| f == family && name == table)
         .expect("reading the fence");
-    let set = ruleset.table(family, table).and_then(|t| t.set("lease"));
+    let set = ruleset.table(family, &table).and_then(|t| t.set("lease"));
     assert!(
         set.is_some_and(|s| s.elements.iter().any(|e| e.key == VIP.octets()
             && e.expires_ms
@@ -364,7 +373,7 @@ fn measure(rounds: usize, interface: &str, own_mac: [u8; 6], nft: bool) -> Figur
         let mut update = Vec::new();
         for round in 0..rounds {
             let script = format!(
-                "add element inet steadfast_fence lease {{ {VIP} timeout 30s expires {}ms }}\n",
+                "add element inet steadfast_fence_bench lease {{ {VIP} timeout 30s expires {}ms }}\n",
                 expiry(round)
             );
             time(&mut update, || nft_file(&script));
@@ -382,7 +391,7 @@ fn measure(rounds: usize, interface: &str, own_mac: [u8; 6], nft: bool) -> Figur
     }
     figures.add("lease renewal on the packet path (hold_lease)", renewal);
     drop(fence);
-    fence::disarm().expect("disarming");
+    fence::disarm(GROUP).expect("disarming");
     figures
 }
 

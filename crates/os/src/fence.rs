@@ -44,11 +44,26 @@ use crate::OsError;
 const OWNER_RELEASE_WAIT: Duration = Duration::from_secs(2);
 /// Packets of the service addresses carry this mark while the daemon lives.
 pub const LIVE_MARK: u32 = 0x5f1d;
-/// The persistent fence's table (inet and arp).
-pub const FENCE_TABLE: &str = "steadfast_fence";
-/// The owner table that marks the addresses' packets while the daemon lives (inet and arp).
-pub const LIVE_TABLE: &str = "steadfast_live";
 const LEASE_SET: &str = "lease";
+
+/// The names of one group's tables.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FenceTables {
+    /// The persistent fence's table (inet and arp).
+    pub fence: String,
+    /// The owner table that marks the addresses' packets while the daemon lives (inet and
+    /// arp).
+    pub live: String,
+}
+
+impl FenceTables {
+    pub fn for_group(group: &str) -> FenceTables {
+        FenceTables {
+            fence: crate::group_table("fence", group),
+            live: crate::group_table("live", group),
+        }
+    }
+}
 /// Marks of the datagrams that set the kernel lease: the base ends it, base + i + 1 sets it to
 /// the i-th of [`lease_steps`].
 const LEASE_MARK_BASE: u32 = 0x5f1e_0000;
@@ -60,6 +75,7 @@ const LEASE_PORT: u16 = 9;
 pub struct Fence {
     /// Owns the live tables: the kernel deletes them when this socket closes.
     owner: NftSocket,
+    tables: FenceTables,
     vips: Vec<Ipv4Addr>,
     /// Sends the datagrams that set the kernel lease.
     lease_socket: std::net::UdpSocket,
@@ -111,15 +127,15 @@ fn filter_chain(family: Family, table: &str, name: &str, hook: Hook, priority: i
 
 /// The owner table of one family: `meta mark set LIVE_MARK` on the addresses' packets, at
 /// priority -10, ahead of the fence.
-fn live_table(batch: &mut Batch, family: Family, vips: &[Ipv4Addr]) {
-    batch.add_table(Table::owned(family, LIVE_TABLE));
+fn live_table(batch: &mut Batch, family: Family, table: &str, vips: &[Ipv4Addr]) {
+    batch.add_table(Table::owned(family, table));
     for (chain, hook, field) in DIRECTIONS {
-        batch.add_chain(filter_chain(family, LIVE_TABLE, chain, hook, -10));
+        batch.add_chain(filter_chain(family, table, chain, hook, -10));
         for vip in vips {
             batch.add_rule(
                 address_match(family, field, *vip)
                     .set_mark(LIVE_MARK)
-                    .build(LIVE_TABLE, chain),
+                    .build(table, chain),
             );
         }
     }
@@ -128,13 +144,14 @@ fn live_table(batch: &mut Batch, family: Family, vips: &[Ipv4Addr]) {
 /// The persistent fence of one family: a packet of a service address passes only with the
 /// owner table's mark (the daemon lives) and, for IPv4, while the address is in the lease set
 /// (the daemon keeps renewing its lease). Its `lease_keeper` chain, ahead of the owner table's,
-/// turns the marked datagrams of [`Fence::hold_lease`] into set updates.
-fn fence_table(batch: &mut Batch, family: Family, vips: &[Ipv4Addr]) {
-    batch.add_table(Table::new(family, FENCE_TABLE));
+/// turns the marked datagrams of [`Fence::hold_lease`] into set updates: only those to this
+/// group's addresses, so that another group's fence on the same host leaves them to it.
+fn fence_table(batch: &mut Batch, family: Family, table: &str, vips: &[Ipv4Addr]) {
+    batch.add_table(Table::new(family, table));
     let lease = (family == Family::Inet).then(|| {
         let lease = batch.add_set(Set {
             family,
-            table: FENCE_TABLE.to_string(),
+            table: table.to_string(),
             name: LEASE_SET.to_string(),
             flags: SET_TIMEOUT | SET_EVAL,
             key_type: key_type::IPV4_ADDR,
@@ -151,41 +168,43 @@ fn fence_table(batch: &mut Batch, family: Family, vips: &[Ipv4Addr]) {
             RuleBuilder::new(family)
                 .ip_address_to_set(op, lease.clone(), AddressField::Destination, timeout_ms)
                 .verdict(Verdict::Drop)
-                .build(FENCE_TABLE, chain)
+                .build(table, chain)
         };
-        batch.add_chain(Chain::regular(family, FENCE_TABLE, "lease_end"));
+        batch.add_chain(Chain::regular(family, table, "lease_end"));
         batch.add_rule(to_lease(DynsetOp::Delete, None, "lease_end"));
         let mut verdicts = vec![(LEASE_MARK_BASE, Verdict::Jump("lease_end".to_string()))];
         for (i, step) in lease_steps().iter().enumerate() {
             let chain = format!("lease_{step}");
             verdicts.push((LEASE_MARK_BASE + 1 + i as u32, Verdict::Jump(chain.clone())));
-            batch.add_chain(Chain::regular(family, FENCE_TABLE, &chain));
+            batch.add_chain(Chain::regular(family, table, &chain));
             batch.add_rule(to_lease(DynsetOp::Update, Some(u64::from(*step)), &chain));
         }
         batch.add_chain(filter_chain(
             family,
-            FENCE_TABLE,
+            table,
             "lease_keeper",
             Hook::Output,
             -20,
         ));
-        let keeper = batch.add_mark_verdict_map(family, FENCE_TABLE, verdicts);
-        batch.add_rule(
-            RuleBuilder::new(family)
-                .mark_vmap(keeper)
-                .build(FENCE_TABLE, "lease_keeper"),
-        );
+        let keeper = batch.add_mark_verdict_map(family, table, verdicts);
+        for vip in vips {
+            batch.add_rule(
+                address_match(family, AddressField::Destination, *vip)
+                    .mark_vmap(keeper.clone())
+                    .build(table, "lease_keeper"),
+            );
+        }
         lease
     });
     for (chain, hook, field) in DIRECTIONS {
-        batch.add_chain(filter_chain(family, FENCE_TABLE, chain, hook, 0));
+        batch.add_chain(filter_chain(family, table, chain, hook, 0));
         for vip in vips {
             batch.add_rule(
                 address_match(family, field, *vip)
                     .mark(CmpOp::NotEqual, LIVE_MARK)
                     .counter()
                     .verdict(Verdict::Drop)
-                    .build(FENCE_TABLE, chain),
+                    .build(table, chain),
             );
             if let Some(lease) = &lease {
                 batch.add_rule(
@@ -193,7 +212,7 @@ fn fence_table(batch: &mut Batch, family: Family, vips: &[Ipv4Addr]) {
                         .ip_address_in(field, lease.clone(), true)
                         .counter()
                         .verdict(Verdict::Drop)
-                        .build(FENCE_TABLE, chain),
+                        .build(table, chain),
                 );
             }
         }
@@ -202,27 +221,33 @@ fn fence_table(batch: &mut Batch, family: Family, vips: &[Ipv4Addr]) {
 
 /// The transaction that arms the switch: both owner tables, and the fence replacing any fence
 /// of a previous life (its addresses may differ, and a lease it held must not outlive it).
-fn arming_batch(vips: &[Ipv4Addr]) -> Batch {
+fn arming_batch(tables: &FenceTables, vips: &[Ipv4Addr]) -> Batch {
     let mut batch = Batch::new();
     for family in [Family::Inet, Family::Arp] {
-        live_table(&mut batch, family, vips);
+        live_table(&mut batch, family, &tables.live, vips);
     }
     for family in [Family::Inet, Family::Arp] {
-        batch.remove_table(family, FENCE_TABLE);
-        fence_table(&mut batch, family, vips);
+        batch.remove_table(family, &tables.fence);
+        fence_table(&mut batch, family, &tables.fence, vips);
     }
     batch
 }
 
-/// The lease set's reference by name, for a set-element transaction (the benchmark's).
-pub fn lease_set() -> (Family, &'static str, SetRef) {
-    (Family::Inet, FENCE_TABLE, SetRef::named(LEASE_SET))
+/// The lease set of `group` by name, for a set-element transaction (the benchmark's).
+pub fn lease_set(group: &str) -> (Family, String, SetRef) {
+    (
+        Family::Inet,
+        FenceTables::for_group(group).fence,
+        SetRef::named(LEASE_SET),
+    )
 }
 
 impl Fence {
-    /// Arms the switch for `vips` in the calling thread's network namespace: the owner table
-    /// (created on the socket this value keeps) and the persistent fence, in one transaction.
-    pub fn arm(vips: &[Ipv4Addr]) -> Result<Fence, OsError> {
+    /// Arms the switch of `group` for `vips` in the calling thread's network namespace: the
+    /// owner table (created on the socket this value keeps) and the persistent fence, in one
+    /// transaction.
+    pub fn arm(group: &str, vips: &[Ipv4Addr]) -> Result<Fence, OsError> {
+        let tables = FenceTables::for_group(group);
         let nftables = |what: &str| {
             let what = what.to_string();
             move |source| OsError::Nftables { what, source }
@@ -240,7 +265,7 @@ impl Fence {
         // seconds belongs to a live process: another daemon in this namespace.
         let started = Instant::now();
         loop {
-            match owner.apply(&arming_batch(vips), "arming the fence") {
+            match owner.apply(&arming_batch(&tables, vips), "arming the fence") {
                 Ok(()) => break,
                 Err(e)
                     if e.raw_os_error() == Some(libc::EPERM)
@@ -251,9 +276,10 @@ impl Fence {
                 Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
                     return Err(OsError::Unexpected {
                         what: format!(
-                            "arming the dead-man switch: the owner tables {LIVE_TABLE} are still \
-                             owned by another process after {OWNER_RELEASE_WAIT:?}: is another \
-                             steadfast daemon running in this network namespace? ({e})"
+                            "arming the dead-man switch: the owner tables {} are still owned by \
+                             another process after {OWNER_RELEASE_WAIT:?}: is another steadfast \
+                             daemon of group {group:?} running in this network namespace? ({e})",
+                            tables.live
                         ),
                     })
                 }
@@ -266,6 +292,7 @@ impl Fence {
         // whose link is down at start has no route to the addresses, and must still start.)
         Ok(Fence {
             owner,
+            tables,
             vips: vips.to_vec(),
             lease_socket,
             lease_steps: lease_steps(),
@@ -306,7 +333,9 @@ impl Fence {
                 Ok(_) => {
                     return Err(OsError::Unexpected {
                         what: format!(
-                            "the kernel lease's datagram to {vip} passed the fence (is the steadfast_fence table intact?)"
+                            "the kernel lease's datagram to {vip} passed the fence (is the {} table \
+                             intact?)",
+                            self.tables.fence
                         ),
                     })
                 }
@@ -326,16 +355,18 @@ impl Fence {
     pub fn is_armed(&mut self) -> bool {
         let port = self.owner.port();
         [Family::Inet, Family::Arp].into_iter().all(|family| {
-            matches!(self.owner.table(family, LIVE_TABLE), Ok(Some(table)) if table.owner == Some(port))
+            matches!(self.owner.table(family, &self.tables.live), Ok(Some(table)) if table.owner == Some(port))
         })
     }
 }
 
-/// Removes the persistent fence (for an operator taking a node out of service for good).
-pub fn disarm() -> Result<(), OsError> {
+/// Removes the persistent fence of `group` (for an operator taking a node out of the group
+/// for good).
+pub fn disarm(group: &str) -> Result<(), OsError> {
+    let fence = FenceTables::for_group(group).fence;
     let mut batch = Batch::new();
     for family in [Family::Inet, Family::Arp] {
-        batch.remove_table(family, FENCE_TABLE);
+        batch.remove_table(family, &fence);
     }
     NftSocket::open()
         .and_then(|mut socket| socket.apply(&batch, "disarming the fence"))

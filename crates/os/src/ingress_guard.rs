@@ -19,9 +19,7 @@ use crate::nftables::{
     Table, Verdict,
 };
 
-const TABLE: &str = "steadfast_guard";
 const COUNTER: &str = "guard_dropped";
-const BOUNCE_TABLE: &str = "steadfast_bounce";
 const BOUNCE_COUNTER: &str = "guard_bounced";
 
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +66,9 @@ pub enum GuardState {
 pub struct IngressGuard {
     /// Made in the guard's network namespace: every change goes through it.
     socket: NftSocket,
+    /// The group's tables: `ip` (the guard) and `netdev` (the bounce).
+    table: String,
+    bounce_table: String,
     interface: String,
     /// The interface's index in the guard's namespace, for `fwd to` (resolved at install, as
     /// the socket is bound then: later calls may come from any thread).
@@ -93,9 +94,10 @@ fn interface_index(interface: &str) -> Result<u32, GuardError> {
 }
 
 impl IngressGuard {
-    /// Creates the guard's tables (replacing ones left by a previous life), open, in the calling
-    /// thread's network namespace, where `interface` must exist.
+    /// Creates the tables of `group`'s guard (replacing ones left by a previous life), open, in
+    /// the calling thread's network namespace, where `interface` must exist.
     pub fn install(
+        group: &str,
         interface: &str,
         own_mac: [u8; 6],
         vip: Ipv4Addr,
@@ -119,18 +121,20 @@ impl IngressGuard {
                 source,
             }
         };
+        let table = crate::group_table("guard", group);
+        let bounce_table = crate::group_table("bounce", group);
         let interface_index = interface_index(interface)?;
         let mut socket = NftSocket::open().map_err(nftables("opening a netlink socket"))?;
         let mut batch = Batch::new();
         batch
-            .remove_table(Family::Ip, TABLE)
-            .add_table(Table::new(Family::Ip, TABLE))
-            .add_counter(Family::Ip, TABLE, COUNTER)
+            .remove_table(Family::Ip, &table)
+            .add_table(Table::new(Family::Ip, &table))
+            .add_counter(Family::Ip, &table, COUNTER)
             // Priority -300: before conntrack (-200), so a dropped frame leaves no trace in TCP.
             .add_chain(
                 Chain::filter(
                     Family::Ip,
-                    TABLE,
+                    &table,
                     "prerouting",
                     Hook::Prerouting,
                     -300,
@@ -138,13 +142,13 @@ impl IngressGuard {
                 )
                 .expect("ip has a prerouting hook"),
             )
-            .remove_table(Family::Netdev, BOUNCE_TABLE)
-            .add_table(Table::new(Family::Netdev, BOUNCE_TABLE))
-            .add_counter(Family::Netdev, BOUNCE_TABLE, BOUNCE_COUNTER)
+            .remove_table(Family::Netdev, &bounce_table)
+            .add_table(Table::new(Family::Netdev, &bounce_table))
+            .add_counter(Family::Netdev, &bounce_table, BOUNCE_COUNTER)
             .add_chain(
                 Chain::filter(
                     Family::Netdev,
-                    BOUNCE_TABLE,
+                    &bounce_table,
                     "ingress",
                     Hook::Ingress,
                     -500,
@@ -157,6 +161,8 @@ impl IngressGuard {
             .map_err(nftables("installing the tables"))?;
         Ok(IngressGuard {
             socket,
+            table,
+            bounce_table,
             interface: interface.to_string(),
             interface_index,
             own_mac,
@@ -199,7 +205,7 @@ impl IngressGuard {
 
     /// `iifname IF ip daddr VIP tcp dport PORTS` in the ip table.
     fn guarded_frames(&self, batch: &mut Batch) -> RuleBuilder {
-        let ports = self.service_ports(batch, Family::Ip, TABLE);
+        let ports = self.service_ports(batch, Family::Ip, &self.table);
         RuleBuilder::new(Family::Ip)
             .iifname(&self.interface)
             .ip_address(AddressField::Destination, CmpOp::Equal, self.vip)
@@ -217,12 +223,12 @@ impl IngressGuard {
         // One transaction: the chain is never empty between the old rule and the new.
         let mut batch = Batch::new();
         batch
-            .flush_chain(Family::Ip, TABLE, "prerouting")
-            .flush_chain(Family::Netdev, BOUNCE_TABLE, "ingress");
+            .flush_chain(Family::Ip, &self.table, "prerouting")
+            .flush_chain(Family::Netdev, &self.bounce_table, "ingress");
         match state {
             GuardState::Open => {}
             GuardState::OnlyFrom(backup) => {
-                let ports = self.service_ports(&mut batch, Family::Netdev, BOUNCE_TABLE);
+                let ports = self.service_ports(&mut batch, Family::Netdev, &self.bounce_table);
                 batch.add_rule(
                     RuleBuilder::new(Family::Netdev)
                         .ether_address(AddressField::Source, CmpOp::NotEqual, backup)
@@ -233,14 +239,14 @@ impl IngressGuard {
                         .set_ether_address(AddressField::Source, self.own_mac)
                         .set_ether_address(AddressField::Destination, backup)
                         .forward_to(self.interface_index)
-                        .build(BOUNCE_TABLE, "ingress"),
+                        .build(&self.bounce_table, "ingress"),
                 );
                 let drop = self
                     .guarded_frames(&mut batch)
                     .ether_address(AddressField::Source, CmpOp::NotEqual, backup)
                     .named_counter(COUNTER)
                     .verdict(Verdict::Drop)
-                    .build(TABLE, "prerouting");
+                    .build(&self.table, "prerouting");
                 batch.add_rule(drop);
             }
             GuardState::DropAll => {
@@ -248,7 +254,7 @@ impl IngressGuard {
                     .guarded_frames(&mut batch)
                     .named_counter(COUNTER)
                     .verdict(Verdict::Drop)
-                    .build(TABLE, "prerouting");
+                    .build(&self.table, "prerouting");
                 batch.add_rule(drop);
             }
         }
@@ -281,11 +287,11 @@ impl IngressGuard {
         let what = "reading the guard's counters".to_string();
         let bounced = self
             .socket
-            .counter(Family::Netdev, BOUNCE_TABLE, BOUNCE_COUNTER)
+            .counter(Family::Netdev, &self.bounce_table, BOUNCE_COUNTER)
             .map_err(self.nftables_error(what.clone()))?;
         let dropped = self
             .socket
-            .counter(Family::Ip, TABLE, COUNTER)
+            .counter(Family::Ip, &self.table, COUNTER)
             .map_err(self.nftables_error(what))?;
         Ok(GuardCounts {
             bounced: bounced.packets,
@@ -296,8 +302,8 @@ impl IngressGuard {
     fn remove_tables(&mut self) -> Result<(), GuardError> {
         let mut batch = Batch::new();
         batch
-            .delete_table(Family::Ip, TABLE)
-            .delete_table(Family::Netdev, BOUNCE_TABLE);
+            .delete_table(Family::Ip, &self.table)
+            .delete_table(Family::Netdev, &self.bounce_table);
         let what = "removing the guard".to_string();
         self.socket
             .apply(&batch, &what)

@@ -20,6 +20,14 @@ pub mod sched;
 pub mod sock_destroy;
 pub mod sysctl;
 
+/// The name of one of a group's nf_tables tables (`kind`: fence, live, guard, bounce). Each
+/// group on a host, one daemon each, has its own: several groups share a network namespace
+/// without one replacing, or one daemon's death dropping, another's. The group name is
+/// checked where the configuration is read (letters, digits, '-', '_', '.').
+pub fn group_table(kind: &str, group: &str) -> String {
+    format!("steadfast_{kind}_{group}")
+}
+
 /// What went wrong at a kernel edge, naming the object involved.
 #[derive(Debug, thiserror::Error)]
 pub enum OsError {

@@ -547,7 +547,7 @@ fn the_fence_lets_an_address_through_only_while_its_kernel_lease_lasts() {
     let timings = netns::spawn_in(pair.a.name(), move || {
         let _listener = std::net::TcpListener::bind(to).expect("listening on the address");
         assert!(connects(&b, to), "before the fence is armed");
-        let mut fence = steadfast_os::fence::Fence::arm(&[vip]).expect("arming");
+        let mut fence = steadfast_os::fence::Fence::arm("edge", &[vip]).expect("arming");
         assert!(
             !connects(&b, to),
             "armed, no lease: the address must be dark"
@@ -598,6 +598,73 @@ fn the_fence_lets_an_address_through_only_while_its_kernel_lease_lasts() {
     );
 }
 
+/// Two groups on one host, one daemon each: their fences arm side by side (each its own
+/// tables, where one group's owner tables once made the other's arming fail with EPERM), each
+/// kernel lease opens only its own address, and one daemon's death darkens only its own.
+#[test]
+fn two_groups_fence_their_own_addresses_side_by_side() {
+    let pair = Pair::new();
+    let (vip_a, vip_b) = (
+        Ipv4Addr::new(10, 213, 0, 100),
+        Ipv4Addr::new(10, 213, 0, 101),
+    );
+    pair.address("10.213.0.100/24", "10.213.0.2/24");
+    ip(&[
+        "-n",
+        pair.a.name(),
+        "addr",
+        "add",
+        "10.213.0.101/24",
+        "dev",
+        &pair.veth_a,
+    ]);
+    let (to_a, to_b) = (
+        std::net::SocketAddr::from((vip_a, 8080)),
+        std::net::SocketAddr::from((vip_b, 8080)),
+    );
+    let b = pair.b.name().to_string();
+    netns::spawn_in(pair.a.name(), move || {
+        let _listeners = [to_a, to_b].map(|to| std::net::TcpListener::bind(to).expect("listening"));
+        let mut web = steadfast_os::fence::Fence::arm("web", &[vip_a]).expect("arming web");
+        let mut mail =
+            steadfast_os::fence::Fence::arm("mail", &[vip_b]).expect("arming mail beside web");
+        assert!(web.is_armed() && mail.is_armed());
+        assert!(!connects(&b, to_a) && !connects(&b, to_b), "no lease yet");
+
+        web.hold_lease(Some(Duration::from_secs(30)))
+            .expect("web's lease");
+        assert!(connects(&b, to_a), "web's address within web's lease");
+        assert!(!connects(&b, to_b), "web's lease opens nothing of mail's");
+        mail.hold_lease(Some(Duration::from_secs(30)))
+            .expect("mail's lease");
+        assert!(connects(&b, to_a) && connects(&b, to_b), "both leased");
+
+        web.hold_lease(None).expect("ending web's lease");
+        assert!(!connects(&b, to_a), "web's lease ended");
+        assert!(connects(&b, to_b), "mail's lease goes on");
+        web.hold_lease(Some(Duration::from_secs(30)))
+            .expect("web's lease again");
+
+        // Web's daemon dies: its owner tables go, and with them only its address.
+        drop(web);
+        let dropped_at = Instant::now();
+        while connects(&b, to_a) {
+            assert!(
+                dropped_at.elapsed() < Duration::from_secs(2),
+                "web's address stayed open 2 s after its daemon died"
+            );
+        }
+        assert!(connects(&b, to_b), "mail's address outlives web's daemon");
+        assert!(mail.is_armed());
+        drop(mail);
+        steadfast_os::fence::disarm("web").expect("disarming web");
+        steadfast_os::fence::disarm("mail").expect("disarming mail");
+    })
+    .join()
+    .expect("namespace thread")
+    .expect("entering the namespace");
+}
+
 /// Steadfast's tables in namespace `ns`, read from the kernel over netlink.
 fn ruleset_in(ns: &str) -> steadfast_os::nftables::Ruleset {
     netns::spawn_in(ns, || {
@@ -639,7 +706,7 @@ fn the_armed_fence_reads_back_as_the_ruleset_the_nft_text_made() {
     let ns = NetnsGuard::create(&unique("fence")).expect("namespace");
     let vip = Ipv4Addr::new(10, 213, 0, 100);
     let mut fence = netns::spawn_in(ns.name(), move || {
-        steadfast_os::fence::Fence::arm(&[vip]).expect("arming")
+        steadfast_os::fence::Fence::arm("edge", &[vip]).expect("arming")
     })
     .join()
     .expect("namespace thread")
@@ -650,7 +717,7 @@ fn the_armed_fence_reads_back_as_the_ruleset_the_nft_text_made() {
     let text = rendered(&armed);
     for family in [Family::Inet, Family::Arp] {
         let live = armed
-            .table(family, "steadfast_live")
+            .table(family, "steadfast_live_edge")
             .unwrap_or_else(|| panic!("no {family} owner table in\n{text}"));
         assert_eq!(live.table.flags, steadfast_os::nftables::model::TABLE_OWNER);
         assert!(
@@ -659,7 +726,7 @@ fn the_armed_fence_reads_back_as_the_ruleset_the_nft_text_made() {
         );
     }
     let live_inet = "\
-table inet steadfast_live { # owner unknown
+table inet steadfast_live_edge { # owner unknown
 \tflags owner
 
 \tchain input {
@@ -675,7 +742,7 @@ table inet steadfast_live { # owner unknown
 ";
     let live_inet_seen = text
         .split("table ")
-        .find(|t| t.starts_with("inet steadfast_live"))
+        .find(|t| t.starts_with("inet steadfast_live_edge"))
         .map(|t| {
             format!(
                 "table {}",
@@ -683,7 +750,7 @@ table inet steadfast_live { # owner unknown
                     &format!(
                         "# owner: netlink port {}",
                         armed
-                            .table(Family::Inet, "steadfast_live")
+                            .table(Family::Inet, "steadfast_live_edge")
                             .unwrap()
                             .table
                             .owner
@@ -695,25 +762,25 @@ table inet steadfast_live { # owner unknown
         });
     assert_eq!(live_inet_seen.as_deref(), Some(live_inet), "{text}");
     assert_eq!(
-        chain_text(&armed, Family::Arp, "steadfast_live", "output"),
+        chain_text(&armed, Family::Arp, "steadfast_live_edge", "output"),
         ["arp saddr ip 10.213.0.100 meta mark set 0x00005f1d"]
     );
     assert_eq!(
-        chain_text(&armed, Family::Inet, "steadfast_fence", "input"),
+        chain_text(&armed, Family::Inet, "steadfast_fence_edge", "input"),
         [
             "ip daddr 10.213.0.100 meta mark != 0x00005f1d counter packets 0 bytes 0 drop",
             "ip daddr 10.213.0.100 ip daddr != @lease counter packets 0 bytes 0 drop",
         ]
     );
     assert_eq!(
-        chain_text(&armed, Family::Inet, "steadfast_fence", "output"),
+        chain_text(&armed, Family::Inet, "steadfast_fence_edge", "output"),
         [
             "ip saddr 10.213.0.100 meta mark != 0x00005f1d counter packets 0 bytes 0 drop",
             "ip saddr 10.213.0.100 ip saddr != @lease counter packets 0 bytes 0 drop",
         ]
     );
     assert_eq!(
-        chain_text(&armed, Family::Arp, "steadfast_fence", "input"),
+        chain_text(&armed, Family::Arp, "steadfast_fence_edge", "input"),
         ["arp daddr ip 10.213.0.100 meta mark != 0x00005f1d counter packets 0 bytes 0 drop"]
     );
     assert!(
@@ -723,19 +790,19 @@ table inet steadfast_live { # owner unknown
         "{text}"
     );
     assert_eq!(
-        chain_text(&armed, Family::Inet, "steadfast_fence", "lease_end"),
+        chain_text(&armed, Family::Inet, "steadfast_fence_edge", "lease_end"),
         ["delete @lease { ip daddr } drop"]
     );
     // A chain per lease step, each updating the set with its timeout (as the kernel keeps it:
     // in clock ticks), and the keeper's map from each step's mark to its chain.
     let steps = steadfast_os::fence::lease_steps();
-    let fence_inet = armed.table(Family::Inet, "steadfast_fence").unwrap();
+    let fence_inet = armed.table(Family::Inet, "steadfast_fence_edge").unwrap();
     let mut keeper = vec!["0x5f1e0000 : jump lease_end".to_string()];
     for (i, step) in steps.iter().enumerate() {
         let rules = chain_text(
             &armed,
             Family::Inet,
-            "steadfast_fence",
+            "steadfast_fence_edge",
             &format!("lease_{step}"),
         );
         assert_eq!(rules.len(), 1);
@@ -755,8 +822,11 @@ table inet steadfast_live { # owner unknown
         "lease_end, the steps, lease_keeper, input, output"
     );
     assert_eq!(
-        chain_text(&armed, Family::Inet, "steadfast_fence", "lease_keeper"),
-        [format!("meta mark vmap {{ {} }}", keeper.join(", "))]
+        chain_text(&armed, Family::Inet, "steadfast_fence_edge", "lease_keeper"),
+        [format!(
+            "ip daddr 10.213.0.100 meta mark vmap {{ {} }}",
+            keeper.join(", ")
+        )]
     );
     assert!(
         text.contains(
@@ -770,8 +840,8 @@ table inet steadfast_live { # owner unknown
     drop(fence);
     let dropped_at = Instant::now();
     let mut dropped = ruleset_in(ns.name());
-    while dropped.table(Family::Inet, "steadfast_live").is_some()
-        || dropped.table(Family::Arp, "steadfast_live").is_some()
+    while dropped.table(Family::Inet, "steadfast_live_edge").is_some()
+        || dropped.table(Family::Arp, "steadfast_live_edge").is_some()
     {
         assert!(
             dropped_at.elapsed() < Duration::from_secs(2),
@@ -786,9 +856,9 @@ table inet steadfast_live { # owner unknown
         dropped_at.elapsed()
     );
     for family in [Family::Inet, Family::Arp] {
-        assert!(dropped.table(family, "steadfast_fence").is_some());
+        assert!(dropped.table(family, "steadfast_fence_edge").is_some());
     }
-    netns::spawn_in(ns.name(), steadfast_os::fence::disarm)
+    netns::spawn_in(ns.name(), || steadfast_os::fence::disarm("edge"))
         .join()
         .expect("namespace thread")
         .expect("entering the namespace")
@@ -855,8 +925,8 @@ fn the_ingress_guard_drops_bounces_and_counts_frames_in_the_kernel() {
     let veth_a = pair.veth_a.clone();
     let (mut guard, _listener) = netns::spawn_in(pair.a.name(), move || {
         let listener = std::net::TcpListener::bind(to).expect("listening on the address");
-        let guard =
-            IngressGuard::install(&veth_a, own_mac, vip, &[8080, 8443]).expect("installing");
+        let guard = IngressGuard::install("edge", &veth_a, own_mac, vip, &[8080, 8443])
+            .expect("installing");
         (guard, listener)
     })
     .join()
@@ -934,11 +1004,11 @@ fn the_fence_can_be_armed_again_the_moment_its_last_life_ends() {
         // reused its predecessor's id would find the tables its own).
         let _first = steadfast_os::nftables::NftSocket::open().expect("a netlink socket");
         for round in 0..20 {
-            let fence = steadfast_os::fence::Fence::arm(&[vip])
+            let fence = steadfast_os::fence::Fence::arm("edge", &[vip])
                 .unwrap_or_else(|e| panic!("round {round}: arming: {e}"));
             drop(fence);
         }
-        steadfast_os::fence::disarm().expect("disarming");
+        steadfast_os::fence::disarm("edge").expect("disarming");
     })
     .join()
     .expect("namespace thread")
@@ -972,7 +1042,7 @@ fn fence_child(spec: &str) {
             .expect("peer"),
     );
     netns::spawn_in(&ns, move || {
-        let mut fence = steadfast_os::fence::Fence::arm(&[vip]).expect("arming");
+        let mut fence = steadfast_os::fence::Fence::arm("edge", &[vip]).expect("arming");
         fence
             .hold_lease(Some(Duration::from_secs(60)))
             .expect("leasing");

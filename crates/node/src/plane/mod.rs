@@ -93,6 +93,8 @@ impl PlaneService {
 
 #[derive(Debug, Clone)]
 pub struct PlaneSettings {
+    /// Names the group's nf_tables tables (the ingress guard's) on this host.
+    pub group_name: String,
     pub node_id: NodeId,
     pub key: AuthKey,
     pub local_address: Ipv4Addr,

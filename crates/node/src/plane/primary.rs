@@ -351,6 +351,7 @@ impl Duplex {
             steadfast_os::sysctl::write(&key, value)?;
         }
         let mut guard = steadfast_os::ingress_guard::IngressGuard::install(
+            &settings.group_name,
             &service.interface,
             link.mac,
             service.vip,
