@@ -22,6 +22,15 @@ pub fn serve(path: &Path, tx: mpsc::Sender<ControlRequest>) -> anyhow::Result<()
             .with_context(|| format!("creating the control socket's folder {}", dir.display()))?;
     }
     if path.exists() {
+        // A socket a live daemon answers on is another group's (or this group's, started
+        // twice): taking it over would leave that daemon without control and status.
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            bail!(
+                "the control socket {} is in use by another running daemon: give each group \
+                 on this host its own [control] socket",
+                path.display()
+            );
+        }
         std::fs::remove_file(path)
             .with_context(|| format!("removing the stale control socket {}", path.display()))?;
     }
@@ -87,4 +96,38 @@ pub fn query_status(path: &PathBuf) -> anyhow::Result<NodeStatus> {
             path.display()
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_control_socket_in_use_is_refused_and_a_stale_one_replaced() {
+        let dir = std::env::temp_dir().join(format!("steadfast-control-{}", std::process::id()));
+        let path = dir.join("web.sock");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            // A stale socket (its daemon died): replaced.
+            drop(std::os::unix::net::UnixListener::bind(&{
+                std::fs::create_dir_all(&dir).expect("folder");
+                path.clone()
+            }));
+            assert!(path.exists(), "the stale socket file stays behind");
+            let (tx, _rx) = mpsc::channel(1);
+            serve(&path, tx).expect("a stale socket is replaced");
+            // A live one (another group's daemon, say): refused, naming the socket.
+            let (tx, _rx) = mpsc::channel(1);
+            let refused = serve(&path, tx).expect_err("a socket in use is refused");
+            let text = format!("{refused:#}");
+            assert!(
+                text.contains("in use by another running daemon") && text.contains("web.sock"),
+                "{text}"
+            );
+        });
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
