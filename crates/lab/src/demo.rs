@@ -1219,16 +1219,32 @@ impl DemoSummary {
                 }
             }
         }
-        if self.reports.iter().any(|r| r.crash.is_some()) {
+        let crashed: Vec<&_> = self.reports.iter().filter(|r| r.crash.is_some()).collect();
+        let failing: Vec<String> = crashed
+            .iter()
+            .filter(|r| r.load.probe_failures() > 0)
+            .map(|r| r.mode.to_string())
+            .collect();
+        let answered: Vec<String> = crashed
+            .iter()
+            .filter(|r| r.mode == Mode::Duplex && r.load.probe_failures() == 0)
+            .map(|r| r.mode.to_string())
+            .collect();
+        if !failing.is_empty() {
             writeln!(
                 f,
-                "New connections fail{} until a node is primary again (each gives up after {}).",
-                if self.reports.len() > 1 {
-                    " in both modes"
-                } else {
-                    ""
-                },
+                "New connections fail in {} mode until a node is primary again (each gives up \
+                 after {}).",
+                failing.join(" and "),
                 millis(PROBE_TIMEOUT)
+            )?;
+        }
+        if !answered.is_empty() {
+            writeln!(
+                f,
+                "New connections opened during the failover wait for it in {} mode: their \
+                 logged SYNs are answered at the takeover.",
+                answered.join(" and ")
             )?;
         }
         for report in &self.reports {
