@@ -137,7 +137,7 @@ fn the_installed_daemon_links_no_lab_code() {
         assert!(ok, "steadfast-lab {command} --help: {err}");
         assert!(out.contains("Usage: steadfast-lab"), "{out}");
     }
-    for command in ["run", "witness", "check-config", "status"] {
+    for command in ["run", "witness", "check-config", "status", "move", "standby"] {
         let (ok, out, err) = steadfast(&[command, "--help"]);
         assert!(ok, "steadfast {command} --help: {err}");
         assert!(
