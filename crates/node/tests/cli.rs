@@ -137,7 +137,14 @@ fn the_installed_daemon_links_no_lab_code() {
         assert!(ok, "steadfast-lab {command} --help: {err}");
         assert!(out.contains("Usage: steadfast-lab"), "{out}");
     }
-    for command in ["run", "witness", "check-config", "status", "move", "standby"] {
+    for command in [
+        "run",
+        "witness",
+        "check-config",
+        "status",
+        "move",
+        "standby",
+    ] {
         let (ok, out, err) = steadfast(&[command, "--help"]);
         assert!(ok, "steadfast {command} --help: {err}");
         assert!(
@@ -145,4 +152,68 @@ fn the_installed_daemon_links_no_lab_code() {
             "{out}"
         );
     }
+}
+
+/// The `toml` blocks of the README, in order.
+fn readme_toml_blocks() -> Vec<String> {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md"))
+        .expect("read README.md");
+    let mut blocks = Vec::new();
+    let mut current: Option<String> = None;
+    for line in readme.lines() {
+        match (&mut current, line.trim_start()) {
+            (None, "```toml") => current = Some(String::new()),
+            (Some(_), "```") => blocks.extend(current.take()),
+            (Some(block), _) => {
+                block.push_str(line);
+                block.push('\n');
+            }
+            (None, _) => {}
+        }
+    }
+    blocks
+}
+
+/// A README line `# key = value  # why` shown commented out, as the setting itself.
+fn uncommented(line: &str) -> String {
+    match line.strip_prefix("# ") {
+        Some(setting) if setting.split_whitespace().nth(1) == Some("=") => setting.to_string(),
+        _ => line.to_string(),
+    }
+}
+
+/// Every setting the README shows, its commented-out ones included, is accepted by
+/// `check-config`: the quick start's file, and the same with the duplex section's service in
+/// place of its own. Needs no root.
+#[test]
+fn every_setting_the_readme_shows_is_accepted() {
+    let blocks = readme_toml_blocks();
+    assert!(blocks.len() >= 2, "the README's toml blocks: {blocks:?}");
+    let (group, services) = (&blocks[0], &blocks[1]);
+    assert!(group.contains("[group]") && services.contains("mode = \"duplex\""));
+    let dir = std::env::temp_dir().join(format!("steadfast-readme-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = dir.join("key");
+    std::fs::write(&key, "a group key of more than sixteen bytes\n").unwrap();
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let unreplicated: String = group.lines().map(|l| uncommented(l) + "\n").collect();
+    // The duplex section's service instead of the quick start's.
+    let start = unreplicated.find("[[service]]").expect("a service");
+    let end = unreplicated[start..]
+        .find("[[health_check]]")
+        .map(|i| start + i)
+        .expect("a health check after the service");
+    let duplex_service: String = services.lines().map(|l| uncommented(l) + "\n").collect();
+    let duplex = format!(
+        "{}{duplex_service}\n{}",
+        &unreplicated[..start],
+        &unreplicated[end..]
+    );
+    for (name, text) in [("unreplicated", unreplicated), ("duplex", duplex)] {
+        let file = dir.join(format!("{name}.toml"));
+        std::fs::write(&file, &text).unwrap();
+        let (ok, out, err) = steadfast(&["check-config", file.to_str().unwrap()]);
+        assert!(ok && out.contains(": ok"), "{name}: {err}{out}\n{text}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
 }
