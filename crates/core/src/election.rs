@@ -135,6 +135,14 @@ pub enum Event {
     /// gives the address up at once if it holds it. It still votes: a group in maintenance
     /// keeps its quorum.
     Standby(bool),
+    /// A reload (SIGHUP) changed the settings that may change while the election runs:
+    /// [`ElectionConfig::preempt`] and [`ElectionConfig::holder_grace`] (kept at least one
+    /// lease). Neither decides who may hold a lease, only who stands and whom a node waits for;
+    /// the others (members, heartbeat, two_node) need a restart.
+    Retuned {
+        preempt: bool,
+        holder_grace: Duration,
+    },
 }
 
 /// How long, in leases, only the named member may be elected after a
@@ -659,6 +667,13 @@ impl Election {
                         });
                     }
                 }
+            }
+            Event::Retuned {
+                preempt,
+                holder_grace,
+            } => {
+                self.cfg.preempt = preempt;
+                self.cfg.holder_grace = holder_grace.max(self.cfg.lease());
             }
             Event::Standby(on) => {
                 self.standby = on;

@@ -95,6 +95,11 @@ impl AuthKey {
         self.0.is_empty()
     }
 
+    /// Whether `other` is the same key (a reload that changed the key file needs a restart).
+    pub fn same_as(&self, other: &AuthKey) -> bool {
+        self.0 == other.0
+    }
+
     /// The secret bytes, for the other authenticated channels of this crate.
     pub(crate) fn secret(&self) -> &[u8] {
         &self.0

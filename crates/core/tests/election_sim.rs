@@ -645,6 +645,39 @@ proptest::proptest! {
     }
 }
 
+/// Preemption turned on by a reload (`Event::Retuned`) gives the address back to the healed
+/// lower id, as if it had been on from the start; turned off, it does not.
+#[test]
+fn preemption_follows_a_reload() {
+    for preempt in [false, true] {
+        let mut sim = Sim::new(45, &[1, 2, 3], None, false);
+        sim.run_until(Duration::from_millis(200));
+        sim.crash(1);
+        sim.run_until(Duration::from_millis(400));
+        assert_eq!(sim.primaries(), vec![2]);
+        sim.restart(1);
+        sim.run_until(Duration::from_millis(600));
+        assert_eq!(sim.primaries(), vec![2], "no preemption before the reload");
+        let grace = ElectionConfig::default_holder_grace(Duration::from_millis(10), 3);
+        for id in sim.ids() {
+            sim.event(
+                id,
+                Event::Retuned {
+                    preempt,
+                    holder_grace: grace,
+                },
+            );
+        }
+        sim.run_until(Duration::from_millis(1000));
+        let expected = if preempt { vec![1] } else { vec![2] };
+        assert_eq!(
+            sim.primaries(),
+            expected,
+            "preempt = {preempt} after the reload"
+        );
+    }
+}
+
 #[test]
 fn crash_of_primary_moves_the_address_within_a_lease_and_a_bit() {
     let mut sim = Sim::new(7, &[1, 2, 3], None, false);
