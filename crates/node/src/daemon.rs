@@ -439,7 +439,10 @@ impl Daemon {
                 },
                 _ = sighup.recv() => {
                     match self.reload() {
-                        Ok(changed_checks) => {
+                        Ok((changed_checks, retuned)) => {
+                            if let Some(event) = retuned {
+                                self.feed(event).await;
+                            }
                             if changed_checks {
                                 for task in health_tasks.drain(..) {
                                     task.abort();
@@ -1192,9 +1195,11 @@ impl Daemon {
         }
     }
 
-    /// Applies what can change without a restart; returns whether the health checks changed.
-    fn reload(&mut self) -> anyhow::Result<bool> {
+    /// Applies what can change without a restart; returns whether the health checks changed,
+    /// and the election's event when preempt or the holder grace did.
+    fn reload(&mut self) -> anyhow::Result<(bool, Option<Event>)> {
         let fresh = Settings::load(&self.config_path)?;
+        let mut retuned = None;
         let restart_needed = fresh.restart_needed_for(&self.settings);
         if !restart_needed.is_empty() {
             tracing::warn!(
@@ -1203,13 +1208,28 @@ impl Daemon {
             );
         }
         let checks_changed = fresh.checks != self.settings.checks;
+        let (preempt, holder_grace) = (fresh.election.preempt, fresh.election.holder_grace);
+        if (preempt, holder_grace)
+            != (
+                self.settings.election.preempt,
+                self.settings.election.holder_grace,
+            )
+        {
+            tracing::info!("reload: preempt = {preempt}, holder grace {holder_grace:?}");
+            self.settings.election.preempt = preempt;
+            self.settings.election.holder_grace = holder_grace;
+            retuned = Some(Event::Retuned {
+                preempt,
+                holder_grace,
+            });
+        }
         self.settings.hook = fresh.hook;
         self.settings.garp_count = fresh.garp_count;
         self.settings.garp_spacing = fresh.garp_spacing;
         self.settings.refresh_on_heal = fresh.refresh_on_heal;
         self.settings.checks = fresh.checks;
         tracing::info!("reloaded {}", self.config_path.display());
-        Ok(checks_changed)
+        Ok((checks_changed, retuned))
     }
 
     fn status(&self) -> NodeStatus {

@@ -83,6 +83,72 @@ fn status_check_config_and_reload() {
     );
 }
 
+/// SIGHUP applies `preempt` at once (the primary gives the address back to the healed lower
+/// id), and names a change that needs a restart instead of applying it. Needs root.
+#[test]
+fn a_reload_turns_preemption_on_and_names_what_needs_a_restart() {
+    let lab = Lab::up("rl", 2, true, BackendKind::Builtin, None);
+    let dir = lab.info.state_dir.clone();
+    assert!(
+        lab.wait_holder("n1", Duration::from_secs(5)),
+        "{}",
+        lab.situation()
+    );
+    steadfast_lab::crash(lab.name(), "n1", steadfast_lab::CrashKind::Process).unwrap();
+    // The killed daemon's address stays on n1 (silenced by its dead-man switch) until the heal.
+    assert!(
+        common::wait_until(Duration::from_secs(5), || lab.holders_except("n1")
+            == vec!["n2".to_string()]),
+        "{}",
+        lab.situation()
+    );
+    steadfast_lab::heal(lab.name(), "n1").unwrap();
+    // Healed, n1 follows: no preemption by default.
+    assert!(common::wait_until(Duration::from_secs(5), || {
+        steadfast_lab::lab::query_control_socket(&dir.join("n1.sock"))
+            .is_ok_and(|s| s["primary"] == 2)
+    }));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(lab.holders(), vec!["n2".to_string()]);
+
+    let interval = lab.daemon_status("n2")["heartbeat_interval_ms"].clone();
+    let config = dir.join("n2.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let changed = text.replacen("[group]\n", "[group]\npreempt = true\n", 1);
+    assert_ne!(changed, text, "the lab config has a [group] section");
+    let changed = match changed.find("heartbeat_interval_ms = ") {
+        Some(at) => {
+            let end = at + changed[at..].find('\n').unwrap();
+            format!(
+                "{}heartbeat_interval_ms = 77{}",
+                &changed[..at],
+                &changed[end..]
+            )
+        }
+        None => changed.replacen("[group]\n", "[group]\nheartbeat_interval_ms = 77\n", 1),
+    };
+    std::fs::write(&config, changed).unwrap();
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("state.json")).unwrap()).unwrap();
+    let n2_pid = state["hosts"]["n2"]["daemon_pid"].as_i64().unwrap() as i32;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(n2_pid),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    assert!(
+        lab.wait_holder("n1", Duration::from_secs(5)),
+        "preempt = true, reloaded, gives the address back to n1: {}",
+        lab.situation()
+    );
+    let restart = lab.daemon_log_lines("n2", "take effect only after a restart");
+    assert!(
+        restart.iter().any(|l| l.contains("heartbeat_interval_ms")),
+        "n2 names the setting that needs a restart: {restart:?}"
+    );
+    assert_eq!(lab.daemon_status("n2")["heartbeat_interval_ms"], interval);
+}
+
 /// `steadfast status … | head` ends quietly when the reader goes away, as Unix tools do,
 /// instead of panicking on the closed pipe. The reading end is closed before the command can
 /// print (it has still to start): its first write meets no reader.
