@@ -102,7 +102,7 @@ pub struct NodeStatus {
     /// In standby (`steadfast standby on`): never stands, serves nothing.
     #[serde(default)]
     pub standby: bool,
-    /// A planned switchover to this member is under way (`steadfast move`): only it may be
+    /// The member a planned switchover (`steadfast move`) is under way to: only it may be
     /// elected for now.
     #[serde(default)]
     pub handoff_to: Option<u16>,
