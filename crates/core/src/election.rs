@@ -123,6 +123,58 @@ pub enum Event {
     PeerDead { id: NodeId, evidence: DeathEvidence },
     /// Planned stop (SIGTERM): release the address now and tell the peers.
     Shutdown,
+    /// Planned switchover (`steadfast move`): a primary gives the address up for the member
+    /// `to`, which stands at once; the others, and this node, wait for it a while
+    /// ([`HANDOFF_LEASES`]). The shell asks [`Election::move_refusal`] before it hands the
+    /// connections over; once it has, this node must step down whatever happened meanwhile,
+    /// so here a primary always does: with a plain [`Message::Release`] if `to` is not another
+    /// member.
+    MoveTo(NodeId),
+    /// Standby on (`steadfast standby on`) or off: a node in standby never stands, tells its
+    /// peers it cannot serve (so nobody defers to it or picks it as its duplex backup), and
+    /// gives the address up at once if it holds it. It still votes: a group in maintenance
+    /// keeps its quorum.
+    Standby(bool),
+    /// A reload (SIGHUP) changed the settings that may change while the election runs:
+    /// [`ElectionConfig::preempt`] and [`ElectionConfig::holder_grace`] (kept at least one
+    /// lease). Neither decides who may hold a lease, only who stands and whom a node waits for;
+    /// the others (members, heartbeat, two_node) need a restart.
+    Retuned {
+        preempt: bool,
+        holder_grace: Duration,
+    },
+}
+
+/// How long, in leases, only the named member may be elected after a
+/// [`Message::Handoff`]: long enough for its candidacy (one lease) and a retry, short enough
+/// that a target that died meanwhile costs the group little more than a failover.
+pub const HANDOFF_LEASES: u32 = 2;
+
+/// Why a primary refuses `steadfast move --to NODE` ([`Election::move_refusal`]).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum MoveRefusal {
+    #[error("this node is not the primary (the primary is {})", primary.map_or("unknown".to_string(), |p| format!("node {p}")))]
+    NotPrimary { primary: Option<NodeId> },
+    #[error("node {0} is not a member of this group (a witness never serves)")]
+    NotAMember(NodeId),
+    #[error("node {0} is this node, which already serves")]
+    Itself(NodeId),
+    #[error("node {0} has not been heard within the last lease")]
+    NotHeard(NodeId),
+    #[error("node {0} cannot serve: its health checks fail, it is in standby or it has no quorum")]
+    CannotServe(NodeId),
+    #[error(
+        "preempt = true would give the address back from node {to} to this lower-id node at \
+         once: put this node in standby instead"
+    )]
+    WouldBePreempted { to: NodeId },
+    #[error(
+        "this node carries open connections no other node could carry on (its backup has not \
+         adopted them all): moving now would drop them"
+    )]
+    HoldsConnections,
+    #[error("a switchover to node {0} is already under way")]
+    AlreadyMoving(NodeId),
 }
 
 /// How the shell knows a silent peer is dead, not merely slow.
@@ -175,6 +227,12 @@ pub enum Reason {
         by: NodeId,
     },
     Shutdown,
+    /// A planned switchover to this member (`steadfast move`).
+    Moved {
+        to: NodeId,
+    },
+    /// The operator put this node in standby.
+    Standby,
 }
 
 impl Reason {
@@ -188,6 +246,8 @@ impl Reason {
             Reason::Unhealthy => "unhealthy",
             Reason::Preempted { .. } => "preempted",
             Reason::Shutdown => "shutdown",
+            Reason::Moved { .. } => "moved",
+            Reason::Standby => "standby",
         }
     }
 }
@@ -204,6 +264,8 @@ impl fmt::Display for Reason {
             Reason::Unhealthy => write!(f, "health checks failing"),
             Reason::Preempted { by } => write!(f, "preempted by lower-id node {by}"),
             Reason::Shutdown => write!(f, "shutdown"),
+            Reason::Moved { to } => write!(f, "planned switchover to node {to}"),
+            Reason::Standby => write!(f, "standby"),
         }
     }
 }
@@ -270,6 +332,13 @@ struct Leader {
     promise_until: Duration,
 }
 
+/// Only `to` may be elected before `until` ([`Message::Handoff`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Handoff {
+    pub to: NodeId,
+    pub until: Duration,
+}
+
 #[derive(Clone, Debug)]
 struct Candidacy {
     epoch: u64,
@@ -312,6 +381,10 @@ pub struct Election {
     health_pending: bool,
     holds_connections: bool,
     shut_down: bool,
+    /// The operator's standby ([`Event::Standby`]).
+    standby: bool,
+    /// A planned switchover under way ([`Message::Handoff`]).
+    handoff: Option<Handoff>,
     peers: BTreeMap<NodeId, PeerView>,
     leader: Option<Leader>,
     /// Highest epoch we voted in, and for whom.
@@ -357,6 +430,8 @@ impl Election {
             health_pending: false,
             holds_connections: false,
             shut_down: false,
+            standby: false,
+            handoff: None,
             peers,
             leader: None,
             voted: None,
@@ -390,6 +465,55 @@ impl Election {
     }
     pub fn is_primary(&self) -> bool {
         self.role == Role::Primary
+    }
+    /// In standby ([`Event::Standby`]).
+    pub fn standby(&self) -> bool {
+        self.standby
+    }
+    /// The switchover under way at `now`, if any ([`Message::Handoff`]).
+    pub fn handoff(&self, now: Duration) -> Option<Handoff> {
+        self.handoff.filter(|h| now < h.until)
+    }
+
+    /// Whether this node may serve: health checks pass, not in standby, not stopping. What
+    /// its heartbeats say as `healthy`.
+    fn can_serve(&self) -> bool {
+        self.healthy && !self.standby && !self.shut_down
+    }
+
+    /// Why a move of the address to `to` ([`Event::MoveTo`]) is refused now, or `None`: this
+    /// node must be primary and hold no connections only it carries; `to` must be another
+    /// member, heard within a lease, able to serve (healthy, not in standby, hearing a
+    /// majority), and not one that preemption would take the address back from at once.
+    pub fn move_refusal(&self, to: NodeId, now: Duration) -> Option<MoveRefusal> {
+        if let Some(h) = self.handoff(now) {
+            return Some(MoveRefusal::AlreadyMoving(h.to));
+        }
+        if !self.is_primary() {
+            return Some(MoveRefusal::NotPrimary {
+                primary: self.primary(),
+            });
+        }
+        if to == self.cfg.me {
+            return Some(MoveRefusal::Itself(to));
+        }
+        if !self.cfg.members.contains(&to) {
+            return Some(MoveRefusal::NotAMember(to));
+        }
+        if !self.peer_alive(to, now) {
+            return Some(MoveRefusal::NotHeard(to));
+        }
+        let peer = &self.peers[&to];
+        if !peer.healthy || !peer.has_quorum || peer.starting {
+            return Some(MoveRefusal::CannotServe(to));
+        }
+        if self.holds_connections {
+            return Some(MoveRefusal::HoldsConnections);
+        }
+        if self.cfg.preempt && self.cfg.me < to {
+            return Some(MoveRefusal::WouldBePreempted { to });
+        }
+        None
     }
 
     /// While primary: the instant (on the clock `handle` is given) before which no other node
@@ -505,6 +629,9 @@ impl Election {
         }
         consider(self.quiet_until);
         consider(self.stand_not_before);
+        if let Some(h) = self.handoff {
+            consider(h.until);
+        }
         deadline
     }
 
@@ -524,6 +651,36 @@ impl Election {
                 self.health_pending = !self.shut_down;
             }
             Event::HoldsConnectionsChanged(holds) => self.holds_connections = holds,
+            Event::MoveTo(to) => {
+                if self.is_primary() {
+                    let named = to != self.cfg.me && self.cfg.members.contains(&to);
+                    self.step_down(Reason::Moved { to }, !named, now, &mut out);
+                    if named {
+                        out.push(Action::Send {
+                            to: Destination::AllVoters,
+                            epoch: self.epoch,
+                            message: Message::Handoff { to },
+                        });
+                        self.handoff = Some(Handoff {
+                            to,
+                            until: now + self.cfg.lease() * HANDOFF_LEASES,
+                        });
+                    }
+                }
+            }
+            Event::Retuned {
+                preempt,
+                holder_grace,
+            } => {
+                self.cfg.preempt = preempt;
+                self.cfg.holder_grace = holder_grace.max(self.cfg.lease());
+            }
+            Event::Standby(on) => {
+                self.standby = on;
+                if on && self.is_primary() {
+                    self.step_down(Reason::Standby, true, now, &mut out);
+                }
+            }
             Event::PeerDead { id, evidence } => {
                 if !self.peer_alive(id, now) {
                     if let Some(peer) = self.peers.get_mut(&id) {
@@ -601,6 +758,7 @@ impl Election {
                 ..
             } | Message::Ack { .. }
                 | Message::Release
+                | Message::Handoff { .. }
         );
         if !was_alive && self.is_primary() {
             out.push(Action::RefreshAnnouncement);
@@ -667,18 +825,36 @@ impl Election {
                     }
                 }
             }
-            Message::Release => {
-                if self.leader.as_ref().is_some_and(|l| l.id == from) {
-                    self.leader = None;
+            Message::Release => self.released_by(from),
+            Message::Handoff { to } => {
+                self.released_by(from);
+                if self.cfg.members.contains(&to) {
+                    self.handoff = Some(Handoff {
+                        to,
+                        until: now + self.cfg.lease() * HANDOFF_LEASES,
+                    });
+                    if to == self.cfg.me {
+                        // Stand now, not after the wait of a lost election or a step-down.
+                        self.stand_not_before = self.stand_not_before.min(now);
+                    } else if self.candidacy.take().is_some() {
+                        self.role = Role::Backup;
+                    }
                 }
-                // Until its next heartbeat, the sender is neither primary nor a candidate to
-                // defer to: the backups may stand at once (planned switchover).
-                let peer = self.peers.get_mut(&from).expect("checked above");
-                peer.role = Some(Role::Backup);
-                peer.healthy = false;
             }
         }
         Disposition::Accepted
+    }
+
+    /// `from` gave the address up ([`Message::Release`], [`Message::Handoff`]).
+    fn released_by(&mut self, from: NodeId) {
+        if self.leader.as_ref().is_some_and(|l| l.id == from) {
+            self.leader = None;
+        }
+        // Until its next heartbeat, the sender is neither primary nor a candidate to defer
+        // to: the backups may stand at once (planned switchover).
+        let peer = self.peers.get_mut(&from).expect("a known voter");
+        peer.role = Some(Role::Backup);
+        peer.healthy = false;
     }
 
     fn touch(&mut self, from: NodeId, now: Duration) {
@@ -713,6 +889,9 @@ impl Election {
             }
         }
         self.epoch = epoch;
+        if self.handoff.is_some_and(|h| h.to == from) {
+            self.handoff = None;
+        }
         self.leader = Some(Leader {
             id: from,
             epoch,
@@ -745,6 +924,10 @@ impl Election {
             })
         };
         if !self.cfg.members.contains(&from) || proposed <= self.epoch || self.is_primary() {
+            return deny(self, out);
+        }
+        if self.handoff(now).is_some_and(|h| h.to != from) {
+            // A switchover is under way: only its target may take the connections on.
             return deny(self, out);
         }
         if let Some((voted_epoch, voted_for)) = self.voted {
@@ -788,10 +971,13 @@ impl Election {
             .peers
             .get(&candidate)
             .is_some_and(|p| p.holds_connections);
-        if candidate_holds {
-            return false;
+        match self.handoff(now) {
+            Some(h) if h.to == candidate => return false,
+            Some(_) => return true,
+            None if candidate_holds => return false,
+            None => {}
         }
-        let i_hold = self.holds_connections && self.healthy && !self.shut_down;
+        let i_hold = self.holds_connections && self.can_serve();
         i_hold
             || self
                 .holder_to_wait_for(now)
@@ -841,6 +1027,8 @@ impl Election {
             let expired = self.lease.as_ref().is_some_and(|l| now >= l.until);
             if expired {
                 self.step_down(Reason::QuorumLost, false, now, out);
+            } else if self.standby {
+                self.step_down(Reason::Standby, true, now, out);
             } else if !self.healthy {
                 self.step_down(Reason::Unhealthy, true, now, out);
             } else if let Some(by) = self.preempting_member(now) {
@@ -852,8 +1040,7 @@ impl Election {
                 self.win(now, out);
             } else if now >= c.started + lease
                 || c.denied.len() > self.cfg.voters().len() - self.cfg.quorum()
-                || !self.healthy
-                || self.shut_down
+                || !self.can_serve()
             {
                 let rank = self
                     .cfg
@@ -876,14 +1063,22 @@ impl Election {
 
     fn should_stand(&self, now: Duration) -> bool {
         if self.role != Role::Backup
-            || self.shut_down
-            || !self.healthy
+            || !self.can_serve()
             || now < self.stand_not_before
             || self.bound(now)
             || self.pending_vote.is_some()
             || !self.has_quorum(now)
         {
             return false;
+        }
+        let live_primary = |(&id, p): (&NodeId, &PeerView)| {
+            self.peer_alive(id, now) && p.role == Some(Role::Primary) && p.epoch >= self.epoch
+        };
+        match self.handoff(now) {
+            // The switchover's target stands before anybody it would otherwise defer to.
+            Some(h) if h.to == self.cfg.me => return !self.peers.iter().any(live_primary),
+            Some(_) => return false,
+            None => {}
         }
         if self.holder_to_wait_for(now).is_some() {
             return false;
@@ -945,6 +1140,7 @@ impl Election {
         self.epoch = c.epoch;
         self.highest_epoch_seen = self.highest_epoch_seen.max(c.epoch);
         self.role = Role::Primary;
+        self.handoff = None;
         self.leader = None;
         self.pending_vote = None;
         self.lease = Some(Lease {
@@ -1065,7 +1261,7 @@ impl Election {
             epoch: self.epoch,
             message: Message::Heartbeat {
                 role: self.role,
-                healthy: self.healthy,
+                healthy: self.can_serve(),
                 has_quorum,
                 seq: self.seq,
                 following: self.leader.as_ref().map(|l| l.id),

@@ -69,6 +69,10 @@ pub enum Message {
     /// The primary of the frame's epoch gave up the address (shutdown, failed health check or
     /// preemption): followers may vote at once instead of waiting for the lease to run out.
     Release,
+    /// The primary of the frame's epoch gave up the address for `to` (a planned switchover,
+    /// `steadfast move`): as [`Message::Release`], and for a while only `to` may stand or be
+    /// voted for, so no other member takes the connections' place.
+    Handoff { to: NodeId },
 }
 
 impl Message {
@@ -79,6 +83,7 @@ impl Message {
             Message::VoteRequest { .. } => "vote-request",
             Message::Vote { .. } => "vote",
             Message::Release => "release",
+            Message::Handoff { .. } => "handoff",
         }
     }
 }

@@ -95,6 +95,11 @@ impl AuthKey {
         self.0.is_empty()
     }
 
+    /// Whether `other` is the same key (a reload that changed the key file needs a restart).
+    pub fn same_as(&self, other: &AuthKey) -> bool {
+        self.0 == other.0
+    }
+
     /// The secret bytes, for the other authenticated channels of this crate.
     pub(crate) fn secret(&self) -> &[u8] {
         &self.0
@@ -169,6 +174,7 @@ fn kind_code(message: &Message) -> u8 {
         Message::VoteRequest { .. } => 3,
         Message::Vote { .. } => 4,
         Message::Release => 5,
+        Message::Handoff { .. } => 6,
     }
 }
 
@@ -240,6 +246,7 @@ fn encode_body(message: &Message, out: &mut Vec<u8>) {
             out.push(u8::from(*granted));
         }
         Message::Release => {}
+        Message::Handoff { to } => out.extend_from_slice(&to.to_be_bytes()),
     }
 }
 
@@ -288,6 +295,7 @@ fn decode_body(kind: u8, body: &[u8]) -> Result<Message, FrameError> {
         3 => ("vote-request", 8),
         4 => ("vote", 11),
         5 => ("release", 0),
+        6 => ("handoff", 2),
         other => return Err(FrameError::UnknownKind(other)),
     };
     let malformed = |what: String| FrameError::MalformedBody { kind: name, what };
@@ -354,6 +362,7 @@ fn decode_body(kind: u8, body: &[u8]) -> Result<Message, FrameError> {
                 granted,
             }
         }
+        6 => Message::Handoff { to: r.u16() },
         _ => Message::Release,
     })
 }

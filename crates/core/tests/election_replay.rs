@@ -16,7 +16,9 @@
 //! - `at T recv from=N epoch=E MESSAGE`, a frame from a peer, where MESSAGE is one of
 //!   `heartbeat role=R healthy=0|1 quorum=0|1 seq=S following=N|- [holds=0|1] [starting=0|1]`,
 //!   `ack primary=N seq=S`,
-//!   `vote-request proposed=E`, `vote candidate=N proposed=E granted=0|1`, `release`.
+//!   `vote-request proposed=E`, `vote candidate=N proposed=E granted=0|1`, `release`,
+//!   `handoff target=N`.
+//! - `at T move-to N` (`steadfast move --to N`), `at T standby on|off`.
 //! - `at T pause`: the node is frozen (SIGSTOP) until the next event, so the deadlines in
 //!   between are not served. Without it, an event that comes after a deadline the machine
 //!   asked for (`next_deadline`) without a tick at that deadline is an error: a recorded list
@@ -26,7 +28,8 @@
 //! - Actions, in the order the machine returns them: `expect send to=all|N epoch=E MESSAGE`,
 //!   `expect take-address epoch=E`, `expect release-address`, `expect refresh-announcement`,
 //!   `expect role ROLE epoch=E reason=R [votes=1,100] [from=N seen=E] [by=N]` with R one of
-//!   `started election-won quorum-lost newer-epoch unhealthy preempted shutdown`. A field left
+//!   `started election-won quorum-lost newer-epoch unhealthy preempted shutdown moved standby`
+//!   (`moved` with `target=N`). A field left
 //!   out is not checked; the words and the number of actions always are.
 //!   `expect nothing` says that the event returns no action. The returned list must match the
 //!   expected one exactly: an event with no action expectation must return nothing.
@@ -154,6 +157,8 @@ const REASONS: &[&str] = &[
     "unhealthy",
     "preempted",
     "shutdown",
+    "moved",
+    "standby",
 ];
 
 /// Brings a field value of an expectation to the form `describe` gives the actual one.
@@ -161,7 +166,7 @@ fn canonical_value(key: &str, value: &str) -> Result<String, String> {
     Ok(match key {
         "epoch" | "proposed" | "seen" => show_epoch(parse_epoch(value)?),
         "to" if value == "all" => value.to_string(),
-        "to" | "from" | "primary" | "candidate" | "by" => parse_id(value)?.to_string(),
+        "to" | "from" | "primary" | "candidate" | "by" | "target" => parse_id(value)?.to_string(),
         "following" => match parse_optional_id(value)? {
             Some(id) => id.to_string(),
             None => "-".to_string(),
@@ -297,6 +302,7 @@ fn describe_message(b: ShapeBuilder, message: &Message) -> ShapeBuilder {
             .field("proposed", show_epoch(*proposed_epoch))
             .field("granted", flag(*granted)),
         Message::Release => b,
+        Message::Handoff { to } => b.field("target", to),
     }
 }
 
@@ -341,6 +347,8 @@ fn describe(action: &Action) -> Shape {
                 Reason::Unhealthy => b.field("reason", "unhealthy"),
                 Reason::Preempted { by } => b.field("reason", "preempted").field("by", by),
                 Reason::Shutdown => b.field("reason", "shutdown"),
+                Reason::Moved { to } => b.field("reason", "moved").field("target", to),
+                Reason::Standby => b.field("reason", "standby"),
             }
             .done()
         }
@@ -363,15 +371,16 @@ fn allowed_fields(words: &[&str]) -> Result<&'static [&'static str], String> {
         ["send", "vote-request"] => &["to", "epoch", "proposed"],
         ["send", "vote"] => &["to", "epoch", "candidate", "proposed", "granted"],
         ["send", "release"] => &["to", "epoch"],
+        ["send", "handoff"] => &["to", "epoch", "target"],
         ["take-address"] => &["epoch"],
         ["release-address"] | ["refresh-announcement"] => &[],
         ["role", role] => {
             parse_role(role)?;
-            &["epoch", "reason", "votes", "from", "seen", "by"]
+            &["epoch", "reason", "votes", "from", "seen", "by", "target"]
         }
         _ => {
             return Err(format!(
-                "`{}` is not an action (send … heartbeat|ack|vote-request|vote|release, \
+                "`{}` is not an action (send … heartbeat|ack|vote-request|vote|release|handoff, \
                  take-address, release-address, refresh-announcement, role ROLE)",
                 words.join(" ")
             ))
@@ -521,9 +530,13 @@ fn parse_recv(args: &[&str]) -> Result<Event, String> {
             granted: f.take("granted", parse_flag)?,
         },
         "release" => Message::Release,
+        "handoff" => Message::Handoff {
+            to: f.take("target", parse_id)?,
+        },
         other => {
             return Err(format!(
-                "`{other}` is not a message kind (heartbeat, ack, vote-request, vote, release)"
+                "`{other}` is not a message kind (heartbeat, ack, vote-request, vote, release, \
+                 handoff)"
             ))
         }
     };
@@ -551,6 +564,15 @@ fn parse_event(words: &[&str]) -> Result<(Duration, Input), String> {
         "start" => Input::Start(parse_start(args)?),
         "tick" => no_args(Input::Machine(Event::Tick))?,
         "shutdown" => no_args(Input::Machine(Event::Shutdown))?,
+        "move-to" => match args {
+            [id] => Input::Machine(Event::MoveTo(parse_id(id)?)),
+            _ => return Err("`move-to` takes a node id".to_string()),
+        },
+        "standby" => match args {
+            ["on"] => Input::Machine(Event::Standby(true)),
+            ["off"] => Input::Machine(Event::Standby(false)),
+            _ => return Err("`standby` takes `on` or `off`".to_string()),
+        },
         "pause" => no_args(Input::Pause)?,
         "health" => match args {
             ["up"] => Input::Machine(Event::HealthChanged(true)),
@@ -917,6 +939,11 @@ replays! {
     two_node_split_brain_heals => "two_node_split_brain_heals.txt",
     shutdown_while_candidate => "shutdown_while_candidate.txt",
     preemption_gives_the_address_back => "preemption.txt",
+    // Control: a move to a named member, standby.
+    a_move_gives_the_address_to_the_named_member => "move_to_a_named_member.txt",
+    a_handoff_keeps_other_members_from_standing => "handoff_at_another_member.txt",
+    a_handoff_lets_its_target_stand_at_once => "handoff_at_its_target.txt",
+    a_node_in_standby_never_stands_and_still_votes => "standby.txt",
     // Duplex: a holder of open connections is waited for.
     a_paused_holder_that_wakes_without_quorum_is_waited_for => "paused_holder_wakes_without_quorum.txt",
 }
@@ -1110,6 +1137,7 @@ fn frames_from_unknown_senders_and_from_ourselves_change_nothing() {
                 starting: false,
             },
             Message::Release,
+            Message::Handoff { to: 2 },
             Message::VoteRequest {
                 proposed_epoch: newer,
             },

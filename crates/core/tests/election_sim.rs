@@ -25,6 +25,8 @@ struct Node {
     paused_until: Option<Duration>,
     /// Frames to it wait until then (its receive path is starved); its timers run.
     deaf_until: Option<Duration>,
+    /// The operator put it in standby (`Event::Standby`).
+    standby: bool,
 }
 
 struct Delivery {
@@ -77,6 +79,7 @@ impl Sim {
                     holds_address: false,
                     paused_until: None,
                     deaf_until: None,
+                    standby: false,
                 },
             );
             configs.insert(me, cfg);
@@ -277,8 +280,11 @@ impl Sim {
     fn restart(&mut self, id: NodeId) {
         let cfg = self.configs[&id].clone();
         let healthy = self.nodes[&id].healthy;
+        let standby = self.nodes[&id].standby;
         let mut e = Election::new(cfg, self.now);
-        let (actions, _) = e.handle(Event::HealthChanged(healthy), self.now);
+        let (mut actions, _) = e.handle(Event::HealthChanged(healthy), self.now);
+        // Standby outlives a restart (the daemon reads it back at start).
+        actions.extend(e.handle(Event::Standby(standby), self.now).0);
         let n = self.nodes.get_mut(&id).unwrap();
         n.election = Some(e);
         self.apply(id, actions);
@@ -342,7 +348,33 @@ impl Sim {
         }
     }
 
+    /// The operator's controls: a node goes in or out of standby, or the primary is moved to
+    /// another member (when it accepts the move, as the daemon asks first).
+    fn random_control(&mut self) {
+        let ids = self.ids();
+        let id = ids[self.rng.below(ids.len() as u64) as usize];
+        if self.rng.chance(50) {
+            let standby = !self.nodes[&id].standby;
+            self.nodes.get_mut(&id).unwrap().standby = standby;
+            self.event(id, Event::Standby(standby));
+        } else if let Some(&primary) = self.primaries().first() {
+            let accepted = self.nodes[&primary]
+                .election
+                .as_ref()
+                .is_some_and(|e| e.move_refusal(id, self.now).is_none());
+            if accepted {
+                self.event(primary, Event::MoveTo(id));
+            }
+        }
+    }
+
     fn heal_everything(&mut self) {
+        for id in self.ids() {
+            if self.nodes[&id].standby {
+                self.nodes.get_mut(&id).unwrap().standby = false;
+                self.event(id, Event::Standby(false));
+            }
+        }
         self.cut.clear();
         self.drop_percent = 0;
         self.max_delay_us = 300;
@@ -371,12 +403,27 @@ impl Sim {
 }
 
 fn chaos(seed: u64, members: &[NodeId], witness: Option<NodeId>, preempt: bool) {
+    chaos_with(seed, members, witness, preempt, false)
+}
+
+/// `controls`: the operator's moves and standbys come among the faults.
+fn chaos_with(
+    seed: u64,
+    members: &[NodeId],
+    witness: Option<NodeId>,
+    preempt: bool,
+    controls: bool,
+) {
     let mut sim = Sim::new(seed, members, witness, preempt);
     for _ in 0..60 {
         let gap = Duration::from_millis(sim.rng.below(120) + 1);
         let until = sim.now + gap;
         sim.run_until(until);
-        sim.random_fault();
+        if controls && sim.rng.chance(30) {
+            sim.random_control();
+        } else {
+            sim.random_fault();
+        }
     }
     sim.heal_everything();
     let until = sim.now + Duration::from_millis(500);
@@ -417,6 +464,217 @@ fn three_members_under_chaos() {
 fn five_voters_with_preemption_under_chaos() {
     for seed in 2000..2150 {
         chaos(seed, &[1, 2, 3, 4], Some(9), true);
+    }
+}
+
+#[test]
+fn moves_and_standbys_among_faults_keep_one_primary() {
+    for seed in 3000..3200 {
+        chaos_with(seed, &[1, 2], Some(100), false, true);
+    }
+    for seed in 3200..3400 {
+        chaos_with(seed, &[1, 2, 3], None, false, true);
+    }
+    for seed in 3400..3500 {
+        chaos_with(seed, &[1, 2, 3, 4], Some(9), true, true);
+    }
+}
+
+/// A healthy group of `members` (and `witness`) elects its primary; then it is moved to
+/// `target`. Returns the primaries seen from the move on, in order, and how long after the
+/// move the target served.
+fn move_in_a_healthy_group(
+    seed: u64,
+    members: &[NodeId],
+    witness: Option<NodeId>,
+    target: NodeId,
+) -> (Vec<NodeId>, Option<Duration>) {
+    let mut sim = Sim::new(seed, members, witness, false);
+    sim.run_until(Duration::from_millis(200));
+    let primary = sim.primaries()[0];
+    let moved_at = sim.now;
+    sim.event(primary, Event::MoveTo(target));
+    let mut seen: Vec<NodeId> = Vec::new();
+    let mut served_after = None;
+    while sim.now < moved_at + Duration::from_millis(300) {
+        let next = sim.now + Duration::from_micros(100);
+        sim.run_until(next);
+        for p in sim.primaries() {
+            if seen.last() != Some(&p) {
+                seen.push(p);
+            }
+            if p == target && served_after.is_none() {
+                served_after = Some(sim.now - moved_at);
+            }
+        }
+    }
+    (seen, served_after)
+}
+
+#[test]
+fn a_move_elects_the_named_member_and_nobody_else() {
+    // Node 1 serves; every other member, the highest id (ranked last) included.
+    for (members, witness) in [
+        (&[1, 2][..], Some(100)),
+        (&[1, 2, 3][..], None),
+        (&[1, 2, 3, 4][..], Some(9)),
+    ] {
+        for &target in &members[1..] {
+            let (seen, after) = move_in_a_healthy_group(41, members, witness, target);
+            assert_eq!(seen, vec![target], "{members:?}: primaries after the move");
+            let after = after.expect("the target serves");
+            // A Handoff, a vote round trip: well under a lease (30 ms) on this network.
+            assert!(after < Duration::from_millis(5), "{members:?}: {after:?}");
+        }
+    }
+}
+
+#[test]
+fn a_move_is_refused_unless_it_can_succeed() {
+    use steadfast_core::election::MoveRefusal;
+    let mut sim = Sim::new(42, &[1, 2, 3], Some(9), false);
+    sim.run_until(Duration::from_millis(200));
+    assert_eq!(sim.primaries(), vec![1]);
+    let now = sim.now;
+    let refusal = |sim: &Sim, on: NodeId, to: NodeId| {
+        sim.nodes[&on]
+            .election
+            .as_ref()
+            .unwrap()
+            .move_refusal(to, now)
+    };
+    assert_eq!(
+        refusal(&sim, 2, 3),
+        Some(MoveRefusal::NotPrimary { primary: Some(1) })
+    );
+    assert_eq!(refusal(&sim, 1, 1), Some(MoveRefusal::Itself(1)));
+    assert_eq!(refusal(&sim, 1, 9), Some(MoveRefusal::NotAMember(9)));
+    assert_eq!(refusal(&sim, 1, 7), Some(MoveRefusal::NotAMember(7)));
+    assert_eq!(refusal(&sim, 1, 2), None);
+    // A member in standby, or failing its checks, cannot serve.
+    sim.event(3, Event::Standby(true));
+    sim.run_until(now + Duration::from_millis(30));
+    let now = sim.now;
+    let refusal = |sim: &Sim, to: NodeId| {
+        sim.nodes[&1]
+            .election
+            .as_ref()
+            .unwrap()
+            .move_refusal(to, now)
+    };
+    assert_eq!(refusal(&sim, 3), Some(MoveRefusal::CannotServe(3)));
+    // A silent member.
+    sim.crash(2);
+    sim.run_until(now + Duration::from_millis(40));
+    let now = sim.now;
+    let refusal = |sim: &Sim, to: NodeId| {
+        sim.nodes[&1]
+            .election
+            .as_ref()
+            .unwrap()
+            .move_refusal(to, now)
+    };
+    assert_eq!(refusal(&sim, 2), Some(MoveRefusal::NotHeard(2)));
+    // A primary holding connections only it carries.
+    sim.restart(2);
+    sim.event(3, Event::Standby(false));
+    sim.event(1, Event::HoldsConnectionsChanged(true));
+    sim.run_until(now + Duration::from_millis(100));
+    let now = sim.now;
+    let e = sim.nodes[&1].election.as_ref().unwrap();
+    assert!(e.is_primary());
+    assert_eq!(e.move_refusal(2, now), Some(MoveRefusal::HoldsConnections));
+    // Preemption would give the address straight back to the lower id.
+    let mut sim = Sim::new(43, &[1, 2], Some(9), true);
+    sim.run_until(Duration::from_millis(200));
+    let e = sim.nodes[&1].election.as_ref().unwrap();
+    assert_eq!(
+        e.move_refusal(2, sim.now),
+        Some(MoveRefusal::WouldBePreempted { to: 2 })
+    );
+}
+
+#[test]
+fn a_node_in_standby_is_never_elected_and_a_primary_in_standby_steps_down() {
+    let mut sim = Sim::new(44, &[1, 2, 3], None, false);
+    sim.run_until(Duration::from_millis(200));
+    assert_eq!(sim.primaries(), vec![1]);
+    sim.event(2, Event::Standby(true));
+    sim.run_until(Duration::from_millis(250));
+    let standby_at = sim.now;
+    sim.event(1, Event::Standby(true));
+    let mut seen = BTreeSet::new();
+    let mut after = None;
+    while sim.now < standby_at + Duration::from_millis(500) {
+        let next = sim.now + Duration::from_micros(200);
+        sim.run_until(next);
+        seen.extend(sim.primaries());
+        if after.is_none() && sim.primaries() == vec![3] {
+            after = Some(sim.now - standby_at);
+        }
+    }
+    assert_eq!(seen, BTreeSet::from([3]), "only node 3 may serve");
+    // Node 1 released the address: node 3 need not wait for its lease.
+    assert!(after.expect("node 3 serves") < Duration::from_millis(5));
+    // Nobody can serve: nobody is elected; the group keeps its quorum for when one can.
+    sim.event(3, Event::Standby(true));
+    sim.run_until(sim.now + Duration::from_millis(500));
+    assert_eq!(sim.primaries(), Vec::<NodeId>::new());
+    sim.event(2, Event::Standby(false));
+    sim.run_until(sim.now + Duration::from_millis(200));
+    assert_eq!(sim.primaries(), vec![2]);
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+    /// Whatever the group, the network's delays and the target, a move in a healthy group
+    /// elects the named member and only it.
+    #[test]
+    fn a_move_elects_its_target_only(
+        seed in 0u64..10_000,
+        size in 2usize..=5,
+        witness in proptest::bool::ANY,
+        target_index in 1usize..5,
+    ) {
+        let members: Vec<NodeId> = (1..=size as NodeId).collect();
+        let witness = (witness || size == 2).then_some(100);
+        let target = members[target_index % size].max(2);
+        let (seen, after) = move_in_a_healthy_group(seed, &members, witness, target);
+        proptest::prop_assert_eq!(seen, vec![target]);
+        proptest::prop_assert!(after.is_some());
+    }
+}
+
+/// Preemption turned on by a reload (`Event::Retuned`) gives the address back to the healed
+/// lower id, as if it had been on from the start; turned off, it does not.
+#[test]
+fn preemption_follows_a_reload() {
+    for preempt in [false, true] {
+        let mut sim = Sim::new(45, &[1, 2, 3], None, false);
+        sim.run_until(Duration::from_millis(200));
+        sim.crash(1);
+        sim.run_until(Duration::from_millis(400));
+        assert_eq!(sim.primaries(), vec![2]);
+        sim.restart(1);
+        sim.run_until(Duration::from_millis(600));
+        assert_eq!(sim.primaries(), vec![2], "no preemption before the reload");
+        let grace = ElectionConfig::default_holder_grace(Duration::from_millis(10), 3);
+        for id in sim.ids() {
+            sim.event(
+                id,
+                Event::Retuned {
+                    preempt,
+                    holder_grace: grace,
+                },
+            );
+        }
+        sim.run_until(Duration::from_millis(1000));
+        let expected = if preempt { vec![1] } else { vec![2] };
+        assert_eq!(
+            sim.primaries(),
+            expected,
+            "preempt = {preempt} after the reload"
+        );
     }
 }
 

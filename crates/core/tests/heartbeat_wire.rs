@@ -135,6 +135,7 @@ fn every_kind_matches_the_documented_layout_and_round_trips() {
             [vec![0, 2], 78u64.to_be_bytes().to_vec(), vec![0]].concat(),
         ),
         (Message::Release, 5, vec![]),
+        (Message::Handoff { to: 2 }, 6, vec![0, 2]),
     ];
     for (message, kind, body) in cases {
         let env = envelope(message);
@@ -171,6 +172,7 @@ fn authentic_but_malformed_bodies_name_the_field() {
         ),
         (2, vec![0; 9], "9 bytes, expected 10"),
         (5, vec![0], "1 bytes, expected 0"),
+        (6, vec![0], "1 bytes, expected 2"),
     ];
     for (kind, body, what) in cases {
         let bytes = signed_frame(kind, 1, 1, 1, &body);
@@ -186,8 +188,8 @@ fn authentic_but_malformed_bodies_name_the_field() {
 
 #[test]
 fn an_authentic_unknown_kind_is_named() {
-    let bytes = signed_frame(6, 1, 1, 1, &[]);
-    assert_eq!(decode(&bytes, &key()), Err(FrameError::UnknownKind(6)));
+    let bytes = signed_frame(7, 1, 1, 1, &[]);
+    assert_eq!(decode(&bytes, &key()), Err(FrameError::UnknownKind(7)));
 }
 
 #[test]

@@ -57,6 +57,7 @@ fn message() -> impl Strategy<Value = Message> {
             }
         ),
         Just(Message::Release),
+        any::<u16>().prop_map(|to| Message::Handoff { to }),
     ]
 }
 

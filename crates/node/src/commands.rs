@@ -1,5 +1,5 @@
 //! The daemon's command line, shared by both executables: run a member or a witness, check a
-//! configuration, show a running daemon's status.
+//! configuration, show a running daemon's status, move the service or put a node in standby.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -62,6 +62,56 @@ pub enum DaemonCommand {
         #[arg(long, conflicts_with_all = ["json", "socket", "config"])]
         ruleset: bool,
     },
+    /// Planned switchover: the primary hands its open connections to member NODE, which
+    /// carries them on (duplex: none is reset), and stays a backup. Run it on the primary.
+    /// Prints how long the service stalled.
+    Move {
+        /// The member to move the service to (in duplex, the primary's backup).
+        #[arg(long, value_name = "NODE")]
+        to: u16,
+        #[command(flatten)]
+        daemon: DaemonSocket,
+    },
+    /// Standby on: this node serves nothing and never stands (a primary first hands its
+    /// connections over, as `move` does); kept over a restart of the daemon. Off: it may
+    /// serve again.
+    Standby {
+        #[arg(value_enum)]
+        state: Switch,
+        #[command(flatten)]
+        daemon: DaemonSocket,
+    },
+}
+
+/// Which daemon a command talks to.
+#[derive(clap::Args)]
+pub struct DaemonSocket {
+    /// The daemon's control socket.
+    #[arg(long, conflicts_with = "config")]
+    socket: Option<PathBuf>,
+    /// Read the control socket's path from this configuration.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+impl DaemonSocket {
+    fn path(self) -> anyhow::Result<PathBuf> {
+        control_socket(self.socket, self.config)
+    }
+}
+
+fn control_socket(socket: Option<PathBuf>, config: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    Ok(match (socket, config) {
+        (Some(s), _) => s,
+        (None, Some(c)) => settings::Settings::load(&c)?.control_socket,
+        (None, None) => PathBuf::from(steadfast_core::config::DEFAULT_CONTROL_SOCKET),
+    })
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Switch {
+    On,
+    Off,
 }
 
 impl DaemonCommand {
@@ -102,16 +152,37 @@ impl DaemonCommand {
                 json,
                 ruleset: false,
             } => {
-                let socket = match (socket, config) {
-                    (Some(s), _) => s,
-                    (None, Some(c)) => settings::Settings::load(&c)?.control_socket,
-                    (None, None) => PathBuf::from(steadfast_core::config::DEFAULT_CONTROL_SOCKET),
-                };
+                let socket = control_socket(socket, config)?;
                 let status = control::query_status(&socket)?;
                 if json {
                     println!("{}", serde_json::to_string_pretty(&status)?);
                 } else {
                     print!("{}", status.render());
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            DaemonCommand::Move { to, daemon } => {
+                let answer = control::command(&daemon.path()?, &format!("move {to}"))?;
+                println!(
+                    "moved to node {to}: {} connections handed over in {:.1} ms; node {to} \
+                     primary {:.1} ms after the hand-over began (the service's stall until \
+                     its election; its own status gives the rebuild that follows)",
+                    answer["handed_over"],
+                    answer["hand_over_ms"].as_f64().unwrap_or(f64::NAN),
+                    answer["stall_ms"].as_f64().unwrap_or(f64::NAN),
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            DaemonCommand::Standby { state, daemon } => {
+                let on = state == Switch::On;
+                let line = format!("standby {}", if on { "on" } else { "off" });
+                let answer = control::command(&daemon.path()?, &line)?;
+                match answer.get("handed_over") {
+                    Some(handed) => println!(
+                        "standby on: stepped down, {handed} connections handed over in {:.1} ms",
+                        answer["hand_over_ms"].as_f64().unwrap_or(f64::NAN)
+                    ),
+                    None => println!("standby {}", if on { "on" } else { "off" }),
                 }
                 Ok(ExitCode::SUCCESS)
             }

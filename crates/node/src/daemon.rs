@@ -23,7 +23,7 @@ use tokio::net::UdpSocket;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
-use crate::control::{self, ControlRequest};
+use crate::control::{self, CommandAnswer, ControlRequest};
 use crate::health;
 use crate::hooks::{self, HookCounters, RoleChange};
 use crate::service_manager;
@@ -32,6 +32,29 @@ use crate::status::{Counters, NodeStatus, PeerStatus, ServiceStatus};
 
 /// How long a planned stop waits for the data plane to hand its connections over.
 const HAND_OVER_WAIT: Duration = Duration::from_secs(2);
+
+/// How long `steadfast move` waits, once the address is given up, to hear its target as
+/// primary before it reports failure (the group then elects as usual).
+const MOVE_WAIT: Duration = Duration::from_secs(5);
+
+/// A hand-over of the data plane's connections under way (see `PlaneHandle::hand_over`).
+type HandOver = std::pin::Pin<Box<dyn std::future::Future<Output = u64> + Send>>;
+
+/// A switchover the operator asked for: `steadfast move` or `standby on` at the primary.
+struct Switchover {
+    /// The member the address moves to; `None`: standby, any member may stand.
+    to: Option<NodeId>,
+    started: Instant,
+    /// Sessions handed over, and when the address was given up.
+    released: Option<(u64, Instant)>,
+    reply: Option<tokio::sync::oneshot::Sender<CommandAnswer>>,
+}
+
+/// Where standby is kept so that it outlives a restart of the daemon: beside the control
+/// socket (`/run/steadfast/NAME.standby` by default: kept over a restart, gone at a reboot).
+fn standby_file(control_socket: &Path) -> PathBuf {
+    control_socket.with_extension("standby")
+}
 
 /// Resolves at SIGTERM or SIGINT, having told systemd at once: a duplex hand-over takes a
 /// while, and systemd reports the unit as stopping meanwhile, not as failing.
@@ -89,6 +112,8 @@ struct Daemon {
     peer_notes: BTreeMap<NodeId, PeerNotes>,
     /// The link relay's shell (issue 19), when configured.
     relay: Option<crate::relay::RelayHandle>,
+    /// `steadfast move` or `standby on` under way.
+    switchover: Option<Switchover>,
 }
 
 /// One silent peer under probe.
@@ -296,6 +321,7 @@ impl Daemon {
             prober,
             probes: BTreeMap::new(),
             peer_notes: BTreeMap::new(),
+            switchover: None,
         };
         // A previous life may have left the addresses behind: start clean, as a backup.
         daemon.release_addresses().await;
@@ -335,13 +361,22 @@ impl Daemon {
             steadfast_core::election::Reason::Started.to_string(),
         );
         self.feed_health().await;
+        let standby_file = standby_file(&self.settings.control_socket);
+        if !self.election.config().is_witness() && standby_file.exists() {
+            tracing::warn!(
+                "standby, as before the restart ({} exists): this node will not serve until \
+                 `steadfast standby off`",
+                standby_file.display()
+            );
+            self.feed(Event::Standby(true)).await;
+        }
         self.feed(Event::Tick).await;
         // A stop first hands the connections over (see `PlaneHandle::hand_over`) while this
         // loop goes on: were the heartbeats to stop meanwhile, the backup would take over
         // before the sessions here were quiet.
-        let mut hand_over: Option<
-            std::pin::Pin<Box<dyn std::future::Future<Output = u64> + Send>>,
-        > = None;
+        let mut hand_over: Option<HandOver> = None;
+        // The same for a switchover the operator asked for; the process goes on.
+        let mut switch_hand_over: Option<HandOver> = None;
         let mut watchdog = service_manager::Watchdog::from_environment();
         service_manager::ready();
         loop {
@@ -385,12 +420,29 @@ impl Daemon {
                     self.check_verdicts[index] = (Some(healthy), why);
                     self.feed_health().await;
                 }
-                Some(ControlRequest::Status(reply)) = control_rx.recv() => {
-                    self.answer_status(reply);
+                handed = async { switch_hand_over.as_mut().expect("guarded by the condition").await }, if switch_hand_over.is_some() => {
+                    switch_hand_over = None;
+                    self.give_address_up(handed).await;
                 }
+                Some(request) = control_rx.recv() => match request {
+                    ControlRequest::Status(reply) => self.answer_status(reply),
+                    ControlRequest::Move { to, reply } => {
+                        if let Some(handing) = self.begin_move(to, reply).await {
+                            switch_hand_over = Some(handing);
+                        }
+                    }
+                    ControlRequest::Standby { on, reply } => {
+                        if let Some(handing) = self.set_standby(on, reply).await {
+                            switch_hand_over = Some(handing);
+                        }
+                    }
+                },
                 _ = sighup.recv() => {
                     match self.reload() {
-                        Ok(changed_checks) => {
+                        Ok((changed_checks, retuned)) => {
+                            if let Some(event) = retuned {
+                                self.feed(event).await;
+                            }
                             if changed_checks {
                                 for task in health_tasks.drain(..) {
                                     task.abort();
@@ -405,6 +457,7 @@ impl Daemon {
                     }
                 }
             }
+            self.follow_switchover();
         }
         tracing::info!("stopping: releasing the address and telling the peers");
         self.feed(Event::Shutdown).await;
@@ -418,6 +471,205 @@ impl Daemon {
             let _ = hook.await;
         }
         Ok(())
+    }
+
+    /// `steadfast move --to NODE`: refused (with the reason) unless this node is primary, `to`
+    /// can serve, and, in duplex, `to` is the backup that protects this node's connections;
+    /// else the data plane hands its connections over (as at a planned stop) and returns the
+    /// hand-over to await. The answer goes out once `to` is heard as primary.
+    async fn begin_move(
+        &mut self,
+        to: NodeId,
+        reply: tokio::sync::oneshot::Sender<CommandAnswer>,
+    ) -> Option<HandOver> {
+        let now = self.now();
+        let refusal = if self.switchover.is_some() {
+            Some("a switchover is already under way".to_string())
+        } else if let Some(refusal) = self.election.move_refusal(to, now) {
+            Some(refusal.to_string())
+        } else if self.election.standby() {
+            Some("this node is in standby".to_string())
+        } else {
+            self.duplex_backup_refusal(to)
+        };
+        if let Some(why) = refusal {
+            tracing::warn!("move to node {to} refused: {why}");
+            let _ = reply.send(Err(format!("move to node {to} refused: {why}")));
+            return None;
+        }
+        tracing::info!("planned switchover to node {to}: handing the connections over");
+        self.begin_switchover(Some(to), reply).await
+    }
+
+    /// In duplex only the backup this primary replicates to holds its connections: a move to
+    /// another member would reset them all.
+    fn duplex_backup_refusal(&self, to: NodeId) -> Option<String> {
+        if !self.settings.services.iter().any(|s| s.mode == "duplex") {
+            return None;
+        }
+        match self.duplex_backup() {
+            Some(backup) if backup == to => None,
+            Some(backup) => Some(format!(
+                "node {to} is not this primary's duplex backup (node {backup} is): it holds none \
+                 of the open connections, which a move would reset"
+            )),
+            None => Some(format!(
+                "no duplex backup protects this primary: node {to} holds none of its open \
+                 connections"
+            )),
+        }
+    }
+
+    /// The member the duplex plane replicates to: the lowest-id member heard, able to serve.
+    fn duplex_backup(&self) -> Option<NodeId> {
+        let now = self.now();
+        let me = self.settings.node_id;
+        self.election
+            .peers()
+            .iter()
+            .filter(|(&id, p)| {
+                id != me
+                    && self.settings.election.members.contains(&id)
+                    && p.healthy
+                    && self.election.peer_alive(id, now)
+            })
+            .map(|(&id, _)| id)
+            .min()
+    }
+
+    /// Starts a switchover: the plane's hand-over to await, or, without a plane, the address
+    /// given up at once.
+    async fn begin_switchover(
+        &mut self,
+        to: Option<NodeId>,
+        reply: tokio::sync::oneshot::Sender<CommandAnswer>,
+    ) -> Option<HandOver> {
+        self.switchover = Some(Switchover {
+            to,
+            started: Instant::now(),
+            released: None,
+            reply: Some(reply),
+        });
+        match &self.plane {
+            Some(plane) => Some(Box::pin(plane.hand_over(HAND_OVER_WAIT))),
+            None => {
+                self.give_address_up(0).await;
+                None
+            }
+        }
+    }
+
+    /// The connections are handed over: step down and tell the peers (a Handoff for a move, a
+    /// Release for standby).
+    async fn give_address_up(&mut self, handed: u64) {
+        let Some(switch) = self.switchover.as_mut() else {
+            return;
+        };
+        switch.released = Some((handed, Instant::now()));
+        let to = switch.to;
+        tracing::info!(
+            "switchover: {handed} connections handed over in {:?}",
+            switch.started.elapsed()
+        );
+        match to {
+            Some(to) => self.feed(Event::MoveTo(to)).await,
+            None => self.feed(Event::Standby(true)).await,
+        };
+        self.follow_switchover();
+    }
+
+    /// Answers the switchover's command once it is done: a move once its target is heard as
+    /// primary (or after `MOVE_WAIT`), standby once the address is given up.
+    fn follow_switchover(&mut self) {
+        let Some(switch) = &self.switchover else {
+            return;
+        };
+        let Some((handed, released_at)) = switch.released else {
+            return;
+        };
+        let hand_over_ms = (released_at - switch.started).as_secs_f64() * 1000.0;
+        let answer = match switch.to {
+            None => Ok(serde_json::json!({
+                "standby": true,
+                "handed_over": handed,
+                "hand_over_ms": hand_over_ms,
+            })),
+            Some(to) if self.election.primary() == Some(to) => {
+                let elected_ms = switch.started.elapsed().as_secs_f64() * 1000.0;
+                tracing::info!(
+                    "planned switchover: node {to} is primary {elected_ms:.1} ms after the \
+                     hand-over began ({handed} connections handed over in {hand_over_ms:.1} ms)"
+                );
+                Ok(serde_json::json!({
+                    "moved_to": to,
+                    "handed_over": handed,
+                    "hand_over_ms": hand_over_ms,
+                    "stall_ms": elected_ms,
+                }))
+            }
+            Some(to) if released_at.elapsed() >= MOVE_WAIT => {
+                tracing::error!(
+                    "planned switchover: node {to} was not heard as primary within {MOVE_WAIT:?}"
+                );
+                Err(format!(
+                    "gave the address up ({handed} connections handed over) but node {to} was \
+                     not heard as primary within {MOVE_WAIT:?}; the group elects as usual"
+                ))
+            }
+            Some(_) => return,
+        };
+        if let Some(reply) = self.switchover.take().and_then(|s| s.reply) {
+            let _ = reply.send(answer);
+        }
+    }
+
+    /// `steadfast standby on|off`. On is kept in [`standby_file`] so that it outlives a
+    /// restart; a primary hands its connections over first, as at a planned stop.
+    async fn set_standby(
+        &mut self,
+        on: bool,
+        reply: tokio::sync::oneshot::Sender<CommandAnswer>,
+    ) -> Option<HandOver> {
+        if self.election.config().is_witness() {
+            let _ = reply.send(Err(
+                "this is the witness: it never serves, standby means nothing for it".to_string(),
+            ));
+            return None;
+        }
+        let file = standby_file(&self.settings.control_socket);
+        let kept = if on {
+            std::fs::write(
+                &file,
+                b"standby: `steadfast standby off` removes this file\n",
+            )
+        } else {
+            std::fs::remove_file(&file).or_else(|e| {
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            })
+        };
+        if let Err(e) = kept {
+            let _ = reply.send(Err(format!(
+                "cannot {} {}: {e}",
+                if on { "write" } else { "remove" },
+                file.display()
+            )));
+            return None;
+        }
+        if on == self.election.standby() {
+            let _ = reply.send(Ok(serde_json::json!({ "standby": on })));
+            return None;
+        }
+        tracing::info!("standby {}", if on { "on" } else { "off" });
+        if on && self.election.is_primary() && self.switchover.is_none() {
+            return self.begin_switchover(None, reply).await;
+        }
+        self.feed(Event::Standby(on)).await;
+        let _ = reply.send(Ok(serde_json::json!({ "standby": on })));
+        None
     }
 
     /// With no checks the node is healthy; with checks it proves health first (rise count).
@@ -943,9 +1195,11 @@ impl Daemon {
         }
     }
 
-    /// Applies what can change without a restart; returns whether the health checks changed.
-    fn reload(&mut self) -> anyhow::Result<bool> {
+    /// Applies what can change without a restart; returns whether the health checks changed,
+    /// and the election's event when preempt or the holder grace did.
+    fn reload(&mut self) -> anyhow::Result<(bool, Option<Event>)> {
         let fresh = Settings::load(&self.config_path)?;
+        let mut retuned = None;
         let restart_needed = fresh.restart_needed_for(&self.settings);
         if !restart_needed.is_empty() {
             tracing::warn!(
@@ -954,13 +1208,28 @@ impl Daemon {
             );
         }
         let checks_changed = fresh.checks != self.settings.checks;
+        let (preempt, holder_grace) = (fresh.election.preempt, fresh.election.holder_grace);
+        if (preempt, holder_grace)
+            != (
+                self.settings.election.preempt,
+                self.settings.election.holder_grace,
+            )
+        {
+            tracing::info!("reload: preempt = {preempt}, holder grace {holder_grace:?}");
+            self.settings.election.preempt = preempt;
+            self.settings.election.holder_grace = holder_grace;
+            retuned = Some(Event::Retuned {
+                preempt,
+                holder_grace,
+            });
+        }
         self.settings.hook = fresh.hook;
         self.settings.garp_count = fresh.garp_count;
         self.settings.garp_spacing = fresh.garp_spacing;
         self.settings.refresh_on_heal = fresh.refresh_on_heal;
         self.settings.checks = fresh.checks;
         tracing::info!("reloaded {}", self.config_path.display());
-        Ok(checks_changed)
+        Ok((checks_changed, retuned))
     }
 
     fn status(&self) -> NodeStatus {
@@ -994,6 +1263,8 @@ impl Daemon {
                 })
                 .collect(),
             has_quorum: self.election.has_quorum(now),
+            standby: self.election.standby(),
+            handoff_to: self.election.handoff(now).map(|h| h.to),
             holds_connections: self.election.holds_connections(),
             waiting_for_holder: self.election.holder_to_wait_for(now),
             holder_grace_ms: self.settings.election.holder_grace.as_millis() as u64,

@@ -219,6 +219,11 @@ impl Collector for StatusCollector {
                 "The node carries open connections no other node could carry on.",
                 s.holds_connections,
             ),
+            (
+                "standby",
+                "The operator put the node in standby: it never serves.",
+                s.standby,
+            ),
         ] {
             gauge(&mut encoder, name, help, None, f64::from(u8::from(value)))?;
         }

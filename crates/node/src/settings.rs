@@ -285,8 +285,22 @@ impl Settings {
         if self.node_id != running.node_id {
             changed.push("node_id");
         }
-        if self.voters != running.voters || self.election != running.election {
-            changed.push("group");
+        // preempt and holder_grace_ms change live (see `Event::Retuned`).
+        let fixed = |e: &ElectionConfig| ElectionConfig {
+            preempt: false,
+            holder_grace: Duration::ZERO,
+            ..e.clone()
+        };
+        if self.voters != running.voters || fixed(&self.election) != fixed(&running.election) {
+            changed.push(
+                "group (its members, witness, heartbeat_interval_ms, miss_count or two_node)",
+            );
+        }
+        if self.group_name != running.group_name {
+            changed.push("group.name");
+        }
+        if !self.key.same_as(&running.key) {
+            changed.push("the group key (group.auth_key_file)");
         }
         if self.port != running.port {
             changed.push("group.port");

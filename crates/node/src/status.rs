@@ -99,6 +99,13 @@ pub struct NodeStatus {
     pub healthy: bool,
     pub health_detail: Vec<String>,
     pub has_quorum: bool,
+    /// In standby (`steadfast standby on`): never stands, serves nothing.
+    #[serde(default)]
+    pub standby: bool,
+    /// The member a planned switchover (`steadfast move`) is under way to: only it may be
+    /// elected for now.
+    #[serde(default)]
+    pub handoff_to: Option<u16>,
     /// This node carries open connections its backup does not protect: the election ranks it
     /// first (duplex).
     #[serde(default)]
@@ -383,6 +390,17 @@ impl NodeStatus {
         );
         if !self.has_quorum {
             s.push_str("  WITHOUT QUORUM: will not serve\n");
+        }
+        if self.standby {
+            s.push_str(
+                "  STANDBY: serves nothing and never stands (tells its peers it cannot serve); \
+                 `steadfast standby off` ends it\n",
+            );
+        }
+        if let Some(to) = self.handoff_to {
+            s.push_str(&format!(
+                "  planned switchover to node {to} under way: only it may be elected\n"
+            ));
         }
         if self.holds_connections {
             s.push_str(

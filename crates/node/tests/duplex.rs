@@ -1919,6 +1919,223 @@ fn stopping_the_primary_daemon_hands_its_connections_over() {
     assert_eq!(plane["connections_lost"], 0, "{plane}");
 }
 
+/// The node id of lab host `host` (`n2` is 2).
+fn node_id(host: &str) -> String {
+    host.trim_start_matches('n').to_string()
+}
+
+/// Runs `steadfast ARGS --socket` with `host`'s control socket; panics with its error.
+fn control(lab: &Lab, host: &str, args: &[&str]) -> String {
+    let socket = lab.info.state_dir.join(format!("{host}.sock"));
+    let socket = socket.to_str().expect("a UTF-8 path");
+    let args: Vec<&str> = args.iter().copied().chain(["--socket", socket]).collect();
+    let (ok, out, err) = common::steadfast(&args);
+    assert!(
+        ok,
+        "steadfast {args:?} on {host}: {err}{out}{}",
+        lab.situation()
+    );
+    out
+}
+
+/// Waits until `primary`'s backup protects every open connection (the election then ranks
+/// nobody first: `holds_connections` is false).
+fn wait_fully_protected(lab: &Lab, primary: &str) {
+    assert!(
+        common::wait_until(Duration::from_secs(10), || lab.daemon_status(primary)
+            ["holds_connections"]
+            == false),
+        "the backup of {primary} protects every connection: {}",
+        lab.situation()
+    );
+}
+
+/// `steadfast move --to` the backup under a verifying keep-alive load, there and back: the
+/// primary hands every connection over and stays a backup, the target carries them on; no
+/// request fails, no commit is lost or doubled, and the command reports the stall.
+#[test]
+fn moving_the_service_to_the_backup_and_back_loses_no_request() {
+    let (lab, _, _) = protected_lab("mv");
+    let load = BackgroundLoad::start_with(&lab, keep_alive_load(&lab, 60, Duration::from_secs(40)));
+    load.wait_for_successes(0, 120, Duration::from_secs(10), "before the move");
+    let mut primary = primary_of(&lab);
+    for round in 0..2 {
+        let backup = other_member(&primary);
+        wait_fully_protected(&lab, &primary);
+        let takeovers_before = lab.daemon_status(&backup)["data_plane"]["takeovers"]
+            .as_u64()
+            .unwrap_or(0);
+        let joined_before = lab.daemon_status(&backup)["data_plane"]["backups_joined"]
+            .as_u64()
+            .unwrap_or(0);
+        let out = control(&lab, &primary, &["move", "--to", &node_id(&backup)]);
+        eprintln!("round {round}: {primary} -> {backup}: {}", out.trim());
+        assert!(
+            out.contains(&format!("moved to node {}", node_id(&backup))),
+            "{out}"
+        );
+        let plane = takeover_done(&lab, &backup, takeovers_before);
+        assert!(
+            common::wait_until(Duration::from_secs(3), || lab.holders()
+                == vec![backup.clone()]),
+            "{backup} alone holds the address after the move: {}",
+            lab.situation()
+        );
+        eprintln!(
+            "round {round}: {backup} rebuilt in {} µs: restored {} lost {} {}",
+            plane["last_takeover_us"],
+            plane["connections_restored"],
+            plane["connections_lost"],
+            plane["lost_reasons"]
+        );
+        assert_eq!(plane["connections_lost"], 0, "{plane}");
+        // The old primary stays in the group as the new primary's backup.
+        let old = lab.daemon_status(&primary);
+        assert_eq!(old["role"], "backup", "{old}");
+        assert_eq!(
+            old["primary"],
+            node_id(&backup).parse::<u64>().unwrap(),
+            "{old}"
+        );
+        wait_backup_joined(&lab, &backup, joined_before);
+        load.wait_for_successes(
+            load.successes(),
+            120,
+            Duration::from_secs(10),
+            "after the move",
+        );
+        primary = backup;
+    }
+    let report = load.stop();
+    eprintln!(
+        "moves: {} requests, longest {:?}",
+        report.requests(),
+        longest_request(&report)
+    );
+    assert_clean(&report, "two planned moves");
+    assert_exactly_once(&lab, &report, "two planned moves");
+}
+
+/// A move the group cannot carry out is refused with its reason, and changes nothing.
+#[test]
+fn a_move_that_cannot_succeed_is_refused() {
+    let (lab, primary, backup) = protected_lab("mr");
+    let socket = lab.info.state_dir.join(format!("{backup}.sock"));
+    let socket = socket.to_str().unwrap();
+    let (ok, _, err) = common::steadfast(&["move", "--to", &node_id(&primary), "--socket", socket]);
+    assert!(!ok && err.contains("not the primary"), "{err}");
+    let socket = lab.info.state_dir.join(format!("{primary}.sock"));
+    let socket = socket.to_str().unwrap();
+    for (to, says) in [
+        (node_id(&primary), "already serves"),
+        ("9".to_string(), "not a member"),
+    ] {
+        let (ok, _, err) = common::steadfast(&["move", "--to", &to, "--socket", socket]);
+        assert!(!ok && err.contains(says), "move to {to}: {err}");
+    }
+    // The witness is a voter, not a member.
+    let (ok, _, err) = common::steadfast(&["move", "--to", "100", "--socket", socket]);
+    assert!(!ok && err.contains("refused"), "{err}");
+    assert_eq!(lab.holders(), vec![primary.clone()]);
+    // A member in standby cannot serve, once the primary has heard so (a move asked before
+    // that would be accepted: the primary knows what the last heartbeat said).
+    control(&lab, &backup, &["standby", "on"]);
+    let backup_id: u64 = node_id(&backup).parse().unwrap();
+    assert!(
+        common::wait_until(Duration::from_secs(2), || {
+            lab.daemon_status(&primary)["peers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|p| p["id"] == backup_id && p["healthy"] == false)
+        }),
+        "{primary} hears {backup} cannot serve: {}",
+        lab.situation()
+    );
+    let (ok, _, err) = common::steadfast(&["move", "--to", &node_id(&backup), "--socket", socket]);
+    assert!(!ok && err.contains("cannot serve"), "{err}");
+    assert_eq!(lab.holders(), vec![primary]);
+}
+
+/// Standby at the primary under a verifying load: it hands its connections over as a move
+/// does, and then serves nothing: the new primary does not take it as its backup (it serves
+/// unprotected). Standby outlives a restart of the daemon; off, the node joins as backup.
+#[test]
+fn standby_hands_the_service_over_and_outlives_a_restart() {
+    let (lab, _, _) = protected_lab("sb");
+    let load = BackgroundLoad::start_with(&lab, keep_alive_load(&lab, 30, Duration::from_secs(40)));
+    load.wait_for_successes(0, 60, Duration::from_secs(10), "before standby");
+    let primary = primary_of(&lab);
+    let backup = other_member(&primary);
+    wait_fully_protected(&lab, &primary);
+    let takeovers_before = lab.daemon_status(&backup)["data_plane"]["takeovers"]
+        .as_u64()
+        .unwrap_or(0);
+    let out = control(&lab, &primary, &["standby", "on"]);
+    eprintln!("{}", out.trim());
+    let plane = takeover_done(&lab, &backup, takeovers_before);
+    assert_eq!(plane["connections_lost"], 0, "{plane}");
+    assert!(
+        common::wait_until(Duration::from_secs(3), || lab.holders()
+            == vec![backup.clone()]),
+        "{backup} holds the address: {}",
+        lab.situation()
+    );
+    let status = lab.daemon_status(&primary);
+    assert_eq!(status["standby"], true, "{status}");
+    assert_eq!(status["role"], "backup", "{status}");
+    let (ok, text, _) = common::steadfast(&[
+        "status",
+        "--socket",
+        lab.info
+            .state_dir
+            .join(format!("{primary}.sock"))
+            .to_str()
+            .unwrap(),
+    ]);
+    assert!(ok && text.contains("STANDBY"), "{text}");
+    // Nobody protects the new primary's connections: the node in standby is not its backup.
+    assert!(
+        common::wait_until(Duration::from_secs(3), || lab.daemon_status(&backup)
+            ["holds_connections"]
+            == true),
+        "{backup} serves unprotected: {}",
+        lab.situation()
+    );
+    load.wait_for_successes(
+        load.successes(),
+        60,
+        Duration::from_secs(10),
+        "after standby",
+    );
+    let report = load.stop();
+    assert_clean(&report, "standby at the primary");
+    assert_exactly_once(&lab, &report, "standby at the primary");
+
+    // A restart keeps standby.
+    steadfast_lab::crash(lab.name(), &primary, CrashKind::Process).expect("crash");
+    steadfast_lab::heal(lab.name(), &primary).expect("heal");
+    assert!(
+        common::wait_until(Duration::from_secs(5), || {
+            steadfast_lab::lab::query_control_socket(
+                &lab.info.state_dir.join(format!("{primary}.sock")),
+            )
+            .is_ok_and(|s| {
+                s["standby"] == true && s["primary"] == node_id(&backup).parse::<u64>().unwrap()
+            })
+        }),
+        "{primary} is still in standby after a restart: {}",
+        lab.situation()
+    );
+    let joined_before = lab.daemon_status(&backup)["data_plane"]["backups_joined"]
+        .as_u64()
+        .unwrap_or(0);
+    control(&lab, &primary, &["standby", "off"]);
+    assert_eq!(lab.daemon_status(&primary)["standby"], false);
+    wait_backup_joined(&lab, &backup, joined_before);
+    assert_eq!(lab.holders(), vec![backup]);
+}
+
 /// An empty directory for the lab's downloads, named after the lab and `what`.
 fn download_dir(lab: &Lab, what: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("{}-{what}", lab.name()));

@@ -493,6 +493,11 @@ impl Duplex {
         match to {
             PlaneRole::Primary { epoch, backup } => {
                 let was_primary = matches!(from, PlaneRole::Primary { .. });
+                if !was_primary {
+                    // A hand-over that did not end the process (`steadfast move`, standby)
+                    // ends with the next life as primary: its guard is set anew below.
+                    self.handing_over = false;
+                }
                 if let PlaneRole::Backup { .. } = from {
                     self.take_over().await;
                 }
