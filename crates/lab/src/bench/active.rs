@@ -198,6 +198,17 @@ pub struct MemberCores {
     pub redis: f64,
 }
 
+/// A measurement that failed (an error reply ends a redis-benchmark run), kept with the tail of
+/// every member's daemon log so the cause can be read after the labs are gone.
+#[derive(Debug, Clone, Serialize)]
+pub struct Failure {
+    pub round: usize,
+    pub setup: Setup,
+    pub error: String,
+    /// `nI.daemon.log`'s last lines, n1 first.
+    pub daemon_logs: Vec<String>,
+}
+
 /// A setup's rounds summarised.
 #[derive(Debug, Clone, Serialize)]
 pub struct Row {
@@ -238,6 +249,7 @@ pub struct ActiveReport {
     pub started_unix_s: u64,
     pub seconds: f64,
     pub samples: Vec<Sample>,
+    pub failures: Vec<Failure>,
 }
 
 fn median(values: &[f64]) -> f64 {
@@ -307,7 +319,7 @@ impl ActiveReport {
     }
 
     pub fn errors(&self) -> usize {
-        self.samples.iter().map(|s| s.error_lines).sum()
+        self.samples.iter().map(|s| s.error_lines).sum::<usize>() + self.failures.len()
     }
 
     pub fn summary_json(&self) -> serde_json::Value {
@@ -321,6 +333,11 @@ impl ActiveReport {
             "started_unix_s": self.started_unix_s,
             "seconds": self.seconds,
             "rows": self.rows(),
+            "failures": self.failures.iter().map(|f| serde_json::json!({
+                "round": f.round,
+                "setup": f.setup,
+                "error": f.error,
+            })).collect::<Vec<_>>(),
         })
     }
 
@@ -412,6 +429,17 @@ impl ActiveReport {
                 cores
             ));
         }
+        if !self.failures.is_empty() {
+            out.push_str("\nFailed measurements (left out of the rows above; daemon logs in active.json):\n\n");
+            for f in &self.failures {
+                let first = f.error.lines().next().unwrap_or_default();
+                out.push_str(&format!(
+                    "- round {}, {}: {first}\n",
+                    f.round + 1,
+                    f.setup.label()
+                ));
+            }
+        }
         out
     }
 
@@ -421,6 +449,7 @@ impl ActiveReport {
         let text = serde_json::to_string_pretty(&serde_json::json!({
             "summary": self.summary_json(),
             "samples": self.samples,
+            "failures": self.failures,
         }))
         .expect("a report serializes");
         std::fs::write(&path, text).map_err(|e| BenchError::io("writing", &path, e))?;
@@ -539,6 +568,7 @@ pub fn run(
     }
 
     let mut samples = Vec::new();
+    let mut failures = Vec::new();
     for round in 0..options.rounds {
         let count = labs.len();
         for i in 0..count {
@@ -549,7 +579,20 @@ pub fn run(
                 options.rounds,
                 lab.row()
             ));
-            samples.push(measure(lab, options, round)?);
+            // A failed run is a finding, not the end of the bench: the other setups and rounds
+            // still measure, and the exit status says it failed.
+            match measure(lab, options, round) {
+                Ok(sample) => samples.push(sample),
+                Err(e) => {
+                    progress(&format!("{}: FAILED: {e}", lab.row()));
+                    failures.push(Failure {
+                        round,
+                        setup: lab.setup,
+                        error: e.to_string(),
+                        daemon_logs: daemon_logs(lab),
+                    });
+                }
+            }
         }
     }
     Ok(ActiveReport {
@@ -562,6 +605,7 @@ pub fn run(
         started_unix_s,
         seconds: started.elapsed().as_secs_f64(),
         samples,
+        failures,
     })
 }
 
@@ -620,6 +664,20 @@ fn prepare(
         )));
     }
     Ok(())
+}
+
+/// The last lines of each member's daemon log, n1 first.
+fn daemon_logs(lab: &SetupLab) -> Vec<String> {
+    (1..=lab.setup.nodes())
+        .map(|i| {
+            let path = lab.lab.info.state_dir.join(format!("n{i}.daemon.log"));
+            format!(
+                "--- {} ---\n{}",
+                path.display(),
+                crate::system::log_tail(&path, 40)
+            )
+        })
+        .collect()
 }
 
 /// The short name (`n1` …) of the member holding the VIP.
@@ -824,6 +882,12 @@ mod tests {
                 sample(1, Setup::Single, 1000.0, 0.1),
                 sample(1, Setup::Active(2), 2000.0, 0.2),
             ],
+            failures: vec![Failure {
+                round: 1,
+                setup: Setup::Active(3),
+                error: "ERR try again\nmore".into(),
+                daemon_logs: Vec::new(),
+            }],
         };
         let rows = report.rows();
         assert_eq!(rows.len(), 2);
@@ -834,6 +898,11 @@ mod tests {
         assert!(md.contains("| active, 2 replicas |"), "{md}");
         assert!(md.contains("| 52.3 |"), "{md}");
         assert!(md.contains("50/50"), "{md}");
+        assert!(
+            md.contains("- round 2, active, 3 replicas: ERR try again\n"),
+            "{md}"
+        );
+        assert_eq!(report.errors(), 1);
     }
 
     #[test]
