@@ -183,6 +183,13 @@ fn lab_cpu_quota_holds_each_members_processes_and_goes_with_the_lab() {
     };
     check("n1");
     check("n2");
+    // The daemon's heartbeat thread got its realtime priority inside the cgroup.
+    let log = std::fs::read_to_string(format!("/run/steadfast-lab/{name}/n1.daemon.log"))
+        .expect("n1's daemon log");
+    assert!(
+        !log.contains("cannot raise the scheduling priority"),
+        "the quota cgroup refused the daemon its realtime priority:\n{log}"
+    );
 
     let (ok, _, err) = steadfast_lab(&["lab", "crash", &name, "n2", "--how", "host"]);
     assert!(ok, "crash: {err}");
