@@ -432,7 +432,13 @@ impl ActiveReport {
         if !self.failures.is_empty() {
             out.push_str("\nFailed measurements (left out of the rows above; daemon logs in active.json):\n\n");
             for f in &self.failures {
-                let first = f.error.lines().next().unwrap_or_default();
+                // redis-benchmark's CSV header and warnings come first: the error reply says why.
+                let first = f
+                    .error
+                    .lines()
+                    .find(|l| l.contains("Error from server"))
+                    .or_else(|| f.error.lines().next())
+                    .unwrap_or_default();
                 out.push_str(&format!(
                     "- round {}, {}: {first}\n",
                     f.round + 1,
@@ -885,7 +891,7 @@ mod tests {
             failures: vec![Failure {
                 round: 1,
                 setup: Setup::Active(3),
-                error: "ERR try again\nmore".into(),
+                error: "redis-benchmark exited: WARNING: no CONFIG\nError from server: ERR try again\nmore".into(),
                 daemon_logs: Vec::new(),
             }],
         };
@@ -899,7 +905,7 @@ mod tests {
         assert!(md.contains("| 52.3 |"), "{md}");
         assert!(md.contains("50/50"), "{md}");
         assert!(
-            md.contains("- round 2, active, 3 replicas: ERR try again\n"),
+            md.contains("- round 2, active, 3 replicas: Error from server: ERR try again\n"),
             "{md}"
         );
         assert_eq!(report.errors(), 1);
