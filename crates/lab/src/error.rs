@@ -149,6 +149,13 @@ pub enum LabError {
         waited: Duration,
         details: String,
     },
+
+    #[error("lab {lab}: per-node CPU quota: {source}")]
+    CpuQuota {
+        lab: String,
+        #[source]
+        source: crate::cpu_quota::CpuQuotaError,
+    },
 }
 
 impl LabError {

@@ -18,7 +18,7 @@ use crate::state::STATE_ROOT;
 use crate::state::{state_dir, CrashRecord, HostState, LabPaths, LabState, RecordedOptions};
 use crate::system::{
     ip, kill_all_in, list_namespaces, log_tail, namespace_exists, namespace_id, process_is_in,
-    spawn_in_namespace,
+    spawn_in_namespace, spawn_in_namespace_in,
 };
 use crate::topology::{
     self, existing_namespaces, hosts_of, service_port, Host, LabName, HOST_INTERFACE, MAX_NODES,
@@ -176,6 +176,7 @@ fn build(
             steadfast_exe: opts.steadfast_exe.clone(),
             start_daemons: opts.start_daemons,
             front_proxy: opts.front_proxy,
+            cpu_quota: opts.cpu_quota,
         },
         hosts: hosts
             .iter()
@@ -194,14 +195,28 @@ fn build(
             .collect::<BTreeMap<_, _>>(),
         partitions: Vec::new(),
         one_way_cuts: Vec::new(),
+        cgroup_dir: None,
     };
     state.save(lab)?;
+    let members: Vec<Host> = hosts.iter().copied().filter(|h| h.is_member()).collect();
+    if let Some(quota) = opts.cpu_quota {
+        let cpu_error = |source| LabError::CpuQuota {
+            lab: lab.to_string(),
+            source,
+        };
+        let hierarchy = crate::cpu_quota::detect().map_err(cpu_error)?;
+        let names: Vec<String> = members.iter().map(|m| m.short_name()).collect();
+        // Recorded before it exists, so a failure halfway still leaves `down` a trace to
+        // follow (it also looks in every hierarchy by the lab's name).
+        state.cgroup_dir = Some(hierarchy.lab_dir(lab.as_str()));
+        state.save(lab)?;
+        crate::cpu_quota::create(&hierarchy, lab.as_str(), &names, quota).map_err(cpu_error)?;
+    }
 
     write_key(&paths.key_file())?;
     let data_tier = paths.data_tier();
     std::fs::File::create(&data_tier)
         .map_err(|e| LabError::io("creating the data tier", &data_tier, e))?;
-    let members: Vec<Host> = hosts.iter().copied().filter(|h| h.is_member()).collect();
     let plan = GroupPlan {
         lab,
         members: &members,
@@ -329,7 +344,19 @@ pub(crate) fn start_backend(
             state.options.front_proxy,
         ),
     )?;
-    spawn_in_namespace(&node.namespace(lab), &argv, &paths.backend_log(node))
+    spawn_in_namespace_in(
+        &node.namespace(lab),
+        &argv,
+        &paths.backend_log(node),
+        node_cgroup(state, node).as_deref(),
+    )
+}
+
+/// The `cgroup.procs` of a member's CPU quota cgroup, when the lab has quotas.
+fn node_cgroup(state: &LabState, host: Host) -> Option<PathBuf> {
+    let dir = state.cgroup_dir.as_ref()?;
+    host.is_member()
+        .then(|| crate::cpu_quota::procs_file(dir, &host.short_name()))
 }
 
 /// Starts a member's front proxy (the lab's state says which) on the service address, in
@@ -483,7 +510,12 @@ pub(crate) fn start_daemon(
         "--config".into(),
         paths.config(voter).into_os_string(),
     ];
-    spawn_in_namespace(&voter.namespace(lab), &argv, &paths.daemon_log(voter))
+    spawn_in_namespace_in(
+        &voter.namespace(lab),
+        &argv,
+        &paths.daemon_log(voter),
+        node_cgroup(state, voter).as_deref(),
+    )
 }
 
 /// Waits until a restarted daemon answers on its control socket.
@@ -879,21 +911,28 @@ pub struct DownReport {
     pub namespaces_removed: Vec<String>,
     pub processes_killed: usize,
     pub state_dir_removed: bool,
+    /// The members' CPU quota cgroups existed and were removed.
+    pub cgroups_removed: bool,
 }
 
 impl fmt::Display for DownReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.namespaces_removed.is_empty() && !self.state_dir_removed {
+        if self.namespaces_removed.is_empty() && !self.state_dir_removed && !self.cgroups_removed {
             return writeln!(f, "lab {}: nothing to remove", self.lab);
         }
         writeln!(
             f,
-            "lab {}: killed {} processes, removed {} namespaces{}",
+            "lab {}: killed {} processes, removed {} namespaces{}{}",
             self.lab,
             self.processes_killed,
             self.namespaces_removed.len(),
             if self.state_dir_removed {
                 " and the state directory"
+            } else {
+                ""
+            },
+            if self.cgroups_removed {
+                " (and the CPU quota cgroups)"
             } else {
                 ""
             }
@@ -920,6 +959,12 @@ pub fn down(name: &str) -> Result<DownReport, LabError> {
             }
         }
     }
+    // After the kill: a cgroup is removed only once its processes are gone.
+    let cgroups_removed =
+        crate::cpu_quota::remove(lab.as_str()).map_err(|source| LabError::CpuQuota {
+            lab: lab.to_string(),
+            source,
+        })?;
     let dir = state_dir(&lab);
     let state_dir_removed = match std::fs::remove_dir_all(&dir) {
         Ok(()) => true,
@@ -931,6 +976,7 @@ pub fn down(name: &str) -> Result<DownReport, LabError> {
         namespaces_removed: namespaces,
         processes_killed,
         state_dir_removed,
+        cgroups_removed,
     })
 }
 
@@ -955,6 +1001,8 @@ pub fn down_all() -> Result<Vec<DownReport>, LabError> {
             }
         }
     }
+    // A lab killed before its `down` may have left only its cgroups.
+    labs.extend(crate::cpu_quota::labs_with_cgroups());
     labs.sort();
     labs.dedup();
     labs.into_iter()

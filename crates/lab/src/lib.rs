@@ -5,6 +5,7 @@
 pub mod backend;
 pub mod bench;
 pub mod configs;
+pub mod cpu_quota;
 pub mod data_tier;
 pub mod demo;
 pub mod error;

@@ -206,6 +206,9 @@ pub struct UpOptions {
     /// A proxy the lab runs on each member in front of its backend (unreplicated labs only);
     /// `None`: clients reach the backend (or the daemon's proxy) directly.
     pub front_proxy: Option<FrontProxy>,
+    /// A CPU limit for each member (its daemon and its backend together, one cgroup per
+    /// member, see [`crate::cpu_quota`]); `None`: no limit.
+    pub cpu_quota: Option<crate::cpu_quota::CpuQuota>,
     /// The executable whose `run`, `witness` and `backend` commands run the daemons and the
     /// builtin backend: `steadfast-lab` (its command line passes `std::env::current_exe()`).
     pub steadfast_exe: PathBuf,
@@ -236,6 +239,7 @@ impl UpOptions {
             gratuitous_arp: None,
             relay: false,
             front_proxy: None,
+            cpu_quota: None,
             steadfast_exe: steadfast_exe.into(),
             start_daemons: true,
             ready_timeout: DEFAULT_READY_TIMEOUT,

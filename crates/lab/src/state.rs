@@ -92,6 +92,9 @@ pub struct RecordedOptions {
     /// The proxy the lab runs in front of each member's backend, if any.
     #[serde(default)]
     pub front_proxy: Option<FrontProxy>,
+    /// Each member's CPU limit, if any; its cgroups are at [`LabState::cgroup_dir`].
+    #[serde(default)]
+    pub cpu_quota: Option<crate::cpu_quota::CpuQuota>,
 }
 
 /// When and how a host was crashed.
@@ -131,6 +134,10 @@ pub struct LabState {
     /// Ordered pairs (from, to): the bridge drops frames from the first to the second only.
     #[serde(default)]
     pub one_way_cuts: Vec<(String, String)>,
+    /// The lab's cgroup directory when its members have a CPU quota: `heal` starts a member's
+    /// processes in `DIR/nI` again.
+    #[serde(default)]
+    pub cgroup_dir: Option<PathBuf>,
 }
 
 impl LabState {

@@ -260,6 +260,18 @@ pub(crate) fn spawn_in_namespace(
     argv: &[OsString],
     log: &Path,
 ) -> Result<i32, LabError> {
+    spawn_in_namespace_in(namespace, argv, log, None)
+}
+
+/// [`spawn_in_namespace`], and with `cgroup_procs` (a cgroup's `cgroup.procs`) the program
+/// enters that cgroup between fork and exec: it never runs outside it, and neither does
+/// anything it starts.
+pub(crate) fn spawn_in_namespace_in(
+    namespace: &str,
+    argv: &[OsString],
+    log: &Path,
+    cgroup_procs: Option<&Path>,
+) -> Result<i32, LabError> {
     let ip_path = require_program("ip", "iproute2")?;
     let command_line = format!(
         "ip netns exec {namespace} {}",
@@ -285,9 +297,26 @@ pub(crate) fn spawn_in_namespace(
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err);
-    // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
+    // Opened here: between fork and exec only async-signal-safe calls (a write) are allowed.
+    let cgroup = cgroup_procs
+        .map(|path| {
+            OpenOptions::new()
+                .write(true)
+                .open(path)
+                .map_err(|e| LabError::io("opening the node's cgroup", path, e))
+        })
+        .transpose()?;
+    let cgroup_fd = cgroup.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
+    // SAFETY: setsid and write are async-signal-safe and touch no memory of the parent; the
+    // descriptor stays open in the parent until spawn returns.
     unsafe {
-        command.pre_exec(|| {
+        command.pre_exec(move || {
+            if let Some(fd) = cgroup_fd {
+                // "0" moves the writing process itself (cgroup v1 and v2 alike).
+                if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
             nix::unistd::setsid()
                 .map(drop)
                 .map_err(std::io::Error::from)

@@ -297,3 +297,53 @@ fn quick_hostile_bench_floods_both_modes_and_meets_the_bounds() {
     .expect("hostile.json is JSON");
     assert_eq!(raw["rows"].as_array().map(Vec::len), Some(2));
 }
+
+/// `steadfast-lab bench active --quick`: a single redis-server, then active groups of 2, 3 and 4
+/// replicas under per-member CPU quotas; ratios to the single server from the same run, reads
+/// spread over every replica, no error reply.
+#[test]
+#[ignore = "needs redis-server and redis-tools (the interop tier; .ci/run installs them)"]
+fn quick_active_bench_spreads_reads_and_computes_ratios_in_one_run() {
+    let (out, summary) = run_quick("active", &[]);
+    assert_eq!(summary["quick"], true);
+    assert!(summary["cpu_quota_cores"].as_f64().is_some(), "{summary}");
+    let rows = summary["rows"].as_array().expect("rows");
+    assert_eq!(rows.len(), 4, "single, then 2, 3 and 4 replicas: {summary}");
+    assert_eq!(rows[0]["setup"], "single", "{summary}");
+    for (row, replicas) in rows.iter().zip([1usize, 2, 3, 4]) {
+        for key in [
+            "ping_us",
+            "set_us",
+            "get_us",
+            "update_rps",
+            "read_rps",
+            "read_ratio",
+        ] {
+            assert!(
+                row[key].as_f64().is_some_and(|v| v > 0.0 && v.is_finite()),
+                "{key} must be a positive number: {row}"
+            );
+        }
+        assert_eq!(row["error_lines"], 0, "{row}");
+        let reads = row["reads_per_member"]
+            .as_array()
+            .expect("reads_per_member");
+        assert_eq!(reads.len(), replicas, "{row}");
+        // Round robin: every replica ran some of the reads.
+        assert!(
+            reads.iter().all(|n| n.as_u64().is_some_and(|n| n > 0)),
+            "{row}"
+        );
+        assert_eq!(
+            row["throttled_share"].as_array().map(Vec::len),
+            Some(replicas),
+            "a quota cgroup per member: {row}"
+        );
+    }
+    assert_eq!(rows[0]["read_ratio"], 1.0, "the baseline: {}", rows[0]);
+    let raw: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.0.join("active.json")).expect("active.json"),
+    )
+    .expect("active.json is JSON");
+    assert_eq!(raw["samples"].as_array().map(Vec::len), Some(4));
+}

@@ -114,3 +114,95 @@ fn lab_contract_in_duplex_mode() {
 fn lab_contract_in_simplex_mode() {
     contract("simplex");
 }
+
+/// The pids a cgroup holds, with their command names.
+fn cgroup_members(dir: &std::path::Path) -> Vec<(i32, String)> {
+    std::fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse::<i32>().ok())
+        .map(|pid| {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            (pid, comm.trim().to_string())
+        })
+        .collect()
+}
+
+/// `lab up --cpu-quota`: each member's daemon and backend run in a cgroup of the member's own
+/// holding the quota, a healed member's new processes go back into it, and `lab down` removes
+/// the cgroups.
+#[test]
+fn lab_cpu_quota_holds_each_members_processes_and_goes_with_the_lab() {
+    let name = format!("kq{}", std::process::id() % 100_000);
+    let _down = Down(name.clone());
+    let (ok, _, err) = steadfast_lab(&[
+        "lab",
+        "up",
+        "--name",
+        &name,
+        "--nodes",
+        "2",
+        "--mode",
+        "unreplicated",
+        "--backend",
+        "builtin",
+        "--cpu-quota",
+        "0.3",
+    ]);
+    assert!(ok, "lab up --cpu-quota 0.3: {err}");
+    let state: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("/run/steadfast-lab/{name}/state.json"))
+            .expect("the lab's state file"),
+    )
+    .expect("state.json is JSON");
+    let dir = std::path::PathBuf::from(state["cgroup_dir"].as_str().expect("cgroup_dir"));
+    assert!(dir.ends_with(format!("steadfast-lab-{name}")), "{dir:?}");
+    let quota_of = |node: &str| {
+        let node = dir.join(node);
+        match std::fs::read_to_string(node.join("cpu.max")) {
+            Ok(max) => max.trim().to_string(),
+            Err(_) => std::fs::read_to_string(node.join("cpu.cfs_quota_us"))
+                .expect("cpu.max (v2) or cpu.cfs_quota_us (v1)")
+                .trim()
+                .to_string(),
+        }
+    };
+    let check = |node: &str| {
+        let quota = quota_of(node);
+        assert!(
+            quota == "30000" || quota == "30000 100000",
+            "{node}: 0.3 core is 30 ms each 100 ms, got {quota:?}"
+        );
+        let members = cgroup_members(&dir.join(node));
+        let daemons = members.iter().filter(|(_, c)| c == "steadfast-lab").count();
+        // The builtin backend is `steadfast-lab backend`: a member runs two of them.
+        assert_eq!(
+            daemons, 2,
+            "{node}: its daemon and its backend: {members:?}"
+        );
+    };
+    check("n1");
+    check("n2");
+    // The daemon's heartbeat thread got its realtime priority inside the cgroup.
+    let log = std::fs::read_to_string(format!("/run/steadfast-lab/{name}/n1.daemon.log"))
+        .expect("n1's daemon log");
+    assert!(
+        !log.contains("cannot raise the scheduling priority"),
+        "the quota cgroup refused the daemon its realtime priority:\n{log}"
+    );
+
+    let (ok, _, err) = steadfast_lab(&["lab", "crash", &name, "n2", "--how", "host"]);
+    assert!(ok, "crash: {err}");
+    assert!(
+        cgroup_members(&dir.join("n2")).is_empty(),
+        "a crashed host runs nothing"
+    );
+    let (ok, _, err) = steadfast_lab(&["lab", "heal", &name, "n2"]);
+    assert!(ok, "heal: {err}");
+    check("n2");
+
+    let (ok, out, err) = steadfast_lab(&["lab", "down", &name]);
+    assert!(ok, "lab down: {err}");
+    assert!(out.contains("CPU quota cgroups"), "{out}");
+    assert!(!dir.exists(), "lab down removed {dir:?}");
+}

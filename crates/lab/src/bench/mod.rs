@@ -3,6 +3,7 @@
 //! Every benchmark builds its own labs (unique names, always torn down) and drives them with the
 //! verifying load of [`crate::load`], so the figures are what a client in the lab saw.
 
+pub mod active;
 pub mod availability;
 pub mod cpu;
 pub mod failover;
@@ -10,6 +11,7 @@ pub mod hostile;
 pub mod keepalived;
 pub mod overhead;
 pub mod plot;
+pub mod redis_benchmark;
 pub mod stall;
 pub mod wrk;
 

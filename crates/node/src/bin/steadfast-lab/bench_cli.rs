@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
+use steadfast_lab::bench::active::{self, ActiveOptions};
 use steadfast_lab::bench::availability::{self, AvailabilityOptions};
 use steadfast_lab::bench::failover::{
     self, FailoverOptions, KeepalivedChoice, DEFAULT_CRASHES, DEFAULT_FAST_HEARTBEAT_MS,
@@ -32,6 +33,44 @@ pub enum BenchCommand {
     /// SAPOTI's fault campaign (six hosts cycling fault-free/faulty, its Table 1), time-scaled,
     /// a client sampling every 50 ms: availability, service moves, recovery latency.
     Availability(AvailabilityArgs),
+    /// Active mode on Redis: a single redis-server, then active groups of 2, 3 and 4 replicas
+    /// with a CPU quota per member: latency, update throughput, an expensive read with 40
+    /// clients (redis-benchmark), ratios from the same run, the AR-TCP seed's figures beside.
+    Active(ActiveArgs),
+}
+
+#[derive(Args)]
+pub struct ActiveArgs {
+    /// Active group sizes, comma-separated, 2 to 4 (default 2,3,4).
+    #[arg(long, value_delimiter = ',')]
+    pub replicas: Vec<u8>,
+    /// Cores each member (daemon and redis-server) may use (default 0.25).
+    #[arg(long, conflicts_with = "no_cpu_quota")]
+    pub cpu_quota: Option<steadfast_lab::cpu_quota::CpuQuota>,
+    /// No CPU quota: every member may use the whole machine.
+    #[arg(long)]
+    pub no_cpu_quota: bool,
+    /// Rounds; the setups run in turn in each (default 2, or 1 with --quick).
+    #[arg(long)]
+    pub rounds: Option<usize>,
+    /// Connections of the throughput and expensive-read runs.
+    #[arg(long, default_value_t = active::DEFAULT_CLIENTS)]
+    pub clients: u32,
+    /// Integers in the list the expensive read sorts.
+    #[arg(long, default_value_t = active::DEFAULT_LIST_LEN)]
+    pub list_len: u32,
+    /// The daemons' heartbeat (default: the daemon's).
+    #[arg(long)]
+    pub heartbeat_ms: Option<u32>,
+    /// One round with fewer requests: under a minute.
+    #[arg(long)]
+    pub quick: bool,
+    /// Print the summary as JSON on stdout instead of the markdown table.
+    #[arg(long)]
+    pub json: bool,
+    /// Where active.json (every sample) goes.
+    #[arg(long, default_value = "bench-results")]
+    pub out: PathBuf,
 }
 
 #[derive(Args)]
@@ -178,7 +217,50 @@ pub fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::Overhead(args) => overhead_command(args),
         BenchCommand::Hostile(args) => hostile_command(args),
         BenchCommand::Availability(args) => availability_command(args),
+        BenchCommand::Active(args) => active_command(args),
     }
+}
+
+fn active_command(args: ActiveArgs) -> anyhow::Result<ExitCode> {
+    let exe = steadfast_exe()?;
+    let mut options = if args.quick {
+        ActiveOptions::quick(exe)
+    } else {
+        ActiveOptions::full(exe)
+    };
+    if !args.replicas.is_empty() {
+        options.replicas = args.replicas;
+    }
+    if args.no_cpu_quota {
+        options.cpu_quota = None;
+    } else if let Some(quota) = args.cpu_quota {
+        options.cpu_quota = Some(quota);
+    }
+    if let Some(rounds) = args.rounds {
+        options.rounds = rounds;
+    }
+    options.clients = args.clients;
+    options.list_len = args.list_len;
+    options.heartbeat_ms = args.heartbeat_ms;
+    let report = active::run(&options, &mut |line| eprintln!("bench active: {line}"))?;
+    publish(
+        "active",
+        &args.out,
+        args.json,
+        |dir| report.write(dir),
+        || report.summary_json(),
+        || report.markdown(),
+    )?;
+    // An error reply on the normal path is a failure, whatever the speed.
+    Ok(if report.errors() == 0 {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!(
+            "bench active: redis-benchmark printed {} error replies",
+            report.errors()
+        );
+        ExitCode::FAILURE
+    })
 }
 
 fn availability_command(args: AvailabilityArgs) -> anyhow::Result<ExitCode> {

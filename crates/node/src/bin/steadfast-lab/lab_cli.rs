@@ -31,6 +31,10 @@ pub enum LabCommand {
         /// their configurations.
         #[arg(long)]
         relay: bool,
+        /// Limit each member (its daemon and backend) to this many cores, in a cgroup of its
+        /// own (0.5: half a core), so members on one machine behave like slower hosts.
+        #[arg(long)]
+        cpu_quota: Option<steadfast_lab::cpu_quota::CpuQuota>,
     },
     /// Show every host of a lab: namespace, link, crash, backend, daemon status, VIP holder.
     Status {
@@ -115,6 +119,7 @@ pub fn run(command: LabCommand) -> anyhow::Result<ExitCode> {
             backend,
             heartbeat_ms,
             relay,
+            cpu_quota,
         } => {
             let exe = std::env::current_exe().context("finding the steadfast executable")?;
             let mut opts = UpOptions::new(name, nodes, exe);
@@ -123,6 +128,7 @@ pub fn run(command: LabCommand) -> anyhow::Result<ExitCode> {
             opts.backend = backend;
             opts.heartbeat_ms = heartbeat_ms;
             opts.relay = relay;
+            opts.cpu_quota = cpu_quota;
             let info = steadfast_lab::up(&opts)?;
             print!("{info}");
         }
