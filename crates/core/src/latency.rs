@@ -106,6 +106,48 @@ impl LatencyHistogram {
     }
 }
 
+/// Durations in buckets that end at powers of two microseconds, for a Prometheus histogram.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PowerOfTwoBuckets {
+    /// (upper bound in µs, durations in the bucket, not cumulative), the bounds rising; the
+    /// last bound is `u64::MAX`: the durations above the others.
+    pub buckets: Vec<(u64, u64)>,
+    pub sum_us: u64,
+}
+
+impl LatencyHistogram {
+    /// The durations below 2^`lowest` µs, then between each power of two and the next up to
+    /// 2^`highest`, then the rest. Exact: every power of two from 16 µs on starts a
+    /// log-linear bucket, and each value below 16 µs has one of its own. Values are whole
+    /// microseconds (truncated), so "below 2^k" is "at most 2^k µs" for a duration.
+    pub fn power_of_two_buckets(&self, lowest: u32, highest: u32) -> PowerOfTwoBuckets {
+        assert!(
+            lowest <= highest && highest < 40,
+            "bounds within the histogram's range"
+        );
+        let mut buckets: Vec<(u64, u64)> = (lowest..=highest)
+            .map(|k| (1u64 << k, 0))
+            .chain(std::iter::once((u64::MAX, 0)))
+            .collect();
+        for (index, bucket) in self.buckets.iter().enumerate() {
+            let n = bucket.load(Ordering::Relaxed);
+            if n == 0 {
+                continue;
+            }
+            let edge = bucket_upper_edge(index);
+            let slot = buckets
+                .iter()
+                .position(|(bound, _)| edge < *bound)
+                .unwrap_or(buckets.len() - 1);
+            buckets[slot].1 += n;
+        }
+        PowerOfTwoBuckets {
+            buckets,
+            sum_us: self.sum_us.load(Ordering::Relaxed),
+        }
+    }
+}
+
 /// The bucket of a value: its own below [`LINEAR_BELOW`], then one of [`SUB_BUCKETS`] equal
 /// parts of its power of two.
 fn bucket_of(us: u64) -> usize {
@@ -150,5 +192,51 @@ mod tests {
         }
         assert_eq!(bucket_of(next), BUCKETS - 1);
         assert_eq!(bucket_of(u64::MAX), BUCKETS - 1);
+    }
+
+    #[test]
+    fn power_of_two_buckets_count_each_value_below_its_bound() {
+        let histogram = LatencyHistogram::new();
+        let values = [
+            0,
+            3,
+            4,
+            15,
+            16,
+            17,
+            31,
+            32,
+            1000,
+            1023,
+            1024,
+            1025,
+            5_000_000,
+            1 << 39,
+        ];
+        for us in values {
+            histogram.record_us(us);
+        }
+        let got = histogram.power_of_two_buckets(2, 10);
+        assert_eq!(got.sum_us, values.iter().sum::<u64>());
+        let expected: Vec<(u64, u64)> = [4u64, 8, 16, 32, 64, 128, 256, 512, 1024]
+            .into_iter()
+            .chain([u64::MAX])
+            .map(|bound| {
+                let below = |b: u64| values.iter().filter(|v| **v < b).count() as u64;
+                let previous = if bound == 4 {
+                    0
+                } else if bound == u64::MAX {
+                    below(1024)
+                } else {
+                    below(bound / 2)
+                };
+                (bound, below(bound) - previous)
+            })
+            .collect();
+        assert_eq!(got.buckets, expected);
+        assert_eq!(
+            got.buckets.iter().map(|(_, n)| n).sum::<u64>(),
+            values.len() as u64
+        );
     }
 }

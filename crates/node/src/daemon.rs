@@ -1440,6 +1440,11 @@ fn add_stage(
 ) {
     let summary = histogram.summary();
     if summary.count > 0 {
-        status.stages.insert(name.to_string(), summary.into());
+        let mut stage = crate::status::StageLatency::from(summary);
+        stage.histogram = histogram.power_of_two_buckets(
+            crate::metrics::STAGE_BUCKETS_FROM,
+            crate::metrics::STAGE_BUCKETS_TO,
+        );
+        status.stages.insert(name.to_string(), stage);
     }
 }

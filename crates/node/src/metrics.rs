@@ -56,6 +56,44 @@ const ACTIVE_GAUGES: &[&str] = &[
     "last_rebuild_ms",
 ];
 const ROLES: &[&str] = &["backup", "candidate", "primary", "witness"];
+/// The stage histograms' bucket bounds: every power of two from 4 µs to 2^23 µs (8.4 s).
+pub const STAGE_BUCKETS_FROM: u32 = 2;
+pub const STAGE_BUCKETS_TO: u32 = 23;
+
+/// One stage's durations as a Prometheus histogram (prometheus-client has no constant one).
+struct StageHistogram<'a>(&'a steadfast_core::latency::PowerOfTwoBuckets);
+
+impl EncodeMetric for StageHistogram<'_> {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::MetricEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        let buckets: Vec<(f64, u64)> = self
+            .0
+            .buckets
+            .iter()
+            .map(|&(bound_us, n)| {
+                let bound = if bound_us == u64::MAX {
+                    f64::MAX
+                } else {
+                    bound_us as f64 / 1e6
+                };
+                (bound, n)
+            })
+            .collect();
+        let count = buckets.iter().map(|(_, n)| n).sum();
+        encoder.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+            self.0.sum_us as f64 / 1e6,
+            count,
+            &buckets,
+            None,
+        )
+    }
+
+    fn metric_type(&self) -> prometheus_client::metrics::MetricType {
+        prometheus_client::metrics::MetricType::Histogram
+    }
+}
 
 /// Binds the endpoint's listener (at start, so a bad address fails the start).
 pub fn bind(address: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
@@ -446,6 +484,16 @@ fn encode_stages(
             ConstGauge::new(micros as f64 / 1e6).encode(quantiles.encode_family(&labels)?)?;
         }
     }
+    let mut histograms = encoder.encode_descriptor(
+        "stage_duration",
+        "Durations of each data plane stage, by power-of-two buckets.",
+        Some(&Unit::Seconds),
+        prometheus_client::metrics::MetricType::Histogram,
+    )?;
+    for (stage, latency) in &plane.stages {
+        let labels = [("stage", stage.as_str())];
+        StageHistogram(&latency.histogram).encode(histograms.encode_family(&labels)?)?;
+    }
     Ok(())
 }
 
@@ -474,15 +522,20 @@ mod tests {
             ..Default::default()
         };
         plane.lost_reasons.insert("not logged".into(), 3);
+        let histogram = steadfast_core::latency::LatencyHistogram::new();
+        for us in [3, 20, 30, 30, 40, 40, 50, 60, 90, 100] {
+            histogram.record_us(us);
+        }
         plane.stages.insert(
             "backup_hold".into(),
             StageLatency {
                 count: 10,
-                mean_us: 40,
+                mean_us: 46,
                 p50_us: 30,
                 p90_us: 60,
                 p99_us: 90,
                 max_us: 100,
+                histogram: histogram.power_of_two_buckets(STAGE_BUCKETS_FROM, STAGE_BUCKETS_TO),
             },
         );
         NodeStatus {
@@ -562,6 +615,33 @@ mod tests {
         assert_eq!(
             value("steadfast_stage_latency_seconds{stage=\"backup_hold\",quantile=\"0.99\"}"),
             Some(0.00009),
+            "{text}"
+        );
+        // The histogram: cumulative counts at each power of two, in seconds.
+        for (le, below) in [
+            ("0.000004", 1.0),
+            ("0.000016", 1.0),
+            ("0.000032", 4.0),
+            ("0.000064", 8.0),
+            ("0.000128", 10.0),
+            ("+Inf", 10.0),
+        ] {
+            assert_eq!(
+                value(&format!(
+                    "steadfast_stage_duration_seconds_bucket{{le=\"{le}\",stage=\"backup_hold\"}}"
+                )),
+                Some(below),
+                "le {le}: {text}"
+            );
+        }
+        assert_eq!(
+            value("steadfast_stage_duration_seconds_count{stage=\"backup_hold\"}"),
+            Some(10.0),
+            "{text}"
+        );
+        assert_eq!(
+            value("steadfast_stage_duration_seconds_sum{stage=\"backup_hold\"}"),
+            Some(0.000463),
             "{text}"
         );
         assert_eq!(value("steadfast_uptime_seconds"), Some(12.0), "{text}");

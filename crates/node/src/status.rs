@@ -346,7 +346,7 @@ pub struct ActiveStatus {
 
 /// One stage's durations since the daemon started, in microseconds; quantiles are the upper
 /// edges of log-linear buckets (at most 1/8 above the exact value).
-#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct StageLatency {
     pub count: u64,
     pub mean_us: u64,
@@ -354,6 +354,10 @@ pub struct StageLatency {
     pub p90_us: u64,
     pub p99_us: u64,
     pub max_us: u64,
+    /// The durations by power-of-two buckets, for the Prometheus endpoint's histograms (in
+    /// the daemon only: the control socket's document keeps the quantiles).
+    #[serde(skip)]
+    pub histogram: steadfast_core::latency::PowerOfTwoBuckets,
 }
 
 impl From<steadfast_core::latency::LatencySummary> for StageLatency {
@@ -365,6 +369,7 @@ impl From<steadfast_core::latency::LatencySummary> for StageLatency {
             p90_us: s.p90_us,
             p99_us: s.p99_us,
             max_us: s.max_us,
+            histogram: Default::default(),
         }
     }
 }
