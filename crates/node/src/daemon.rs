@@ -978,7 +978,6 @@ impl Daemon {
         let Some(plane) = &self.plane else {
             return;
         };
-        let now = self.now();
         let me = self.settings.node_id;
         let epoch = self.election.epoch();
         let peer = |id| {
@@ -992,19 +991,7 @@ impl Daemon {
             .lease
             .set(self.election.lease_until().map(|until| self.origin + until));
         let role = if self.vip_held {
-            let backup = self
-                .election
-                .peers()
-                .iter()
-                .filter(|(&id, p)| {
-                    id != me
-                        && self.settings.election.members.contains(&id)
-                        && p.healthy
-                        && self.election.peer_alive(id, now)
-                })
-                .map(|(&id, _)| id)
-                .min()
-                .and_then(peer);
+            let backup = self.duplex_backup().and_then(peer);
             crate::plane::PlaneRole::Primary { epoch, backup }
         } else if self.settings.election.members.contains(&me) {
             let primary = self.election.primary().filter(|&p| p != me).and_then(peer);
