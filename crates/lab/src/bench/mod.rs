@@ -10,6 +10,7 @@ pub mod hostile;
 pub mod keepalived;
 pub mod overhead;
 pub mod plot;
+pub mod relay;
 pub mod stall;
 pub mod wrk;
 
