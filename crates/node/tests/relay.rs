@@ -190,3 +190,92 @@ fn a_responder_killed_while_relaying_stops_answering_for_the_node() {
         "relay responder killed: its kernel fenced the relayed addresses after {fenced_after:?}"
     );
 }
+
+#[test]
+#[ignore = "needs root (network namespaces); about 10 s"]
+fn a_primary_cut_from_both_networks_fails_over_and_nothing_relays_for_it() {
+    let lab = Lab::up_with("rl2", 2, BackendKind::Builtin, |opts| {
+        opts.witness = true;
+        opts.relay = true;
+    });
+    assert_eq!(lab.holders(), vec!["n1".to_string()], "{}", lab.situation());
+    let switch = format!("{}-sw", lab.name());
+    let n1 = format!("{}-n1", lab.name());
+    // The private cable first, then the public one: n1 has no sibling to ask when its public
+    // link goes, as with both cables of a host pulled at once.
+    let out = Command::new("ip")
+        .args(["-n", &switch, "link", "set", "n1p", "down"])
+        .output()
+        .expect("run ip");
+    assert!(out.status.success(), "cutting n1's private cable: {out:?}");
+    steadfast_lab::crash(lab.name(), "n1", CrashKind::LinkDown).expect("cut n1's public link");
+    let cut = std::time::Instant::now();
+    // n2 takes over as from any failed host: n1 can renew its lease with nobody.
+    assert!(
+        wait_until(Duration::from_secs(5), || lab.holders()
+            == vec!["n2".to_string()]),
+        "n2 alone should serve: {}",
+        lab.situation()
+    );
+    let took = cut.elapsed();
+    // Nothing relays: n2 serves the address itself, answers ARP for nobody, and n1 routes
+    // nothing through it.
+    let (proxies, routes) = relay_state(&lab, "n2");
+    assert!(
+        proxies.is_empty() && routes.is_empty(),
+        "n2 relays for n1 as well as serving: {proxies:?} {routes:?}"
+    );
+    let rules = ip_output(&n1, &["rule", "show"]);
+    assert!(
+        !rules.contains("lookup 7413"),
+        "n1 routes through a sibling it cannot reach: {rules}"
+    );
+    println!("relay both links cut: n2 served alone after {took:?}");
+}
+
+#[test]
+#[ignore = "needs root (network namespaces); about 10 s"]
+fn a_relaying_primary_that_loses_its_private_link_too_fails_over_and_the_relay_ends() {
+    let lab = Lab::up_with("rl3", 2, BackendKind::Builtin, |opts| {
+        opts.witness = true;
+        opts.relay = true;
+    });
+    assert_eq!(lab.holders(), vec!["n1".to_string()], "{}", lab.situation());
+    steadfast_lab::crash(lab.name(), "n1", CrashKind::LinkDown).expect("cut n1's public link");
+    assert!(
+        wait_until(Duration::from_secs(3), || relay_state(&lab, "n2")
+            .0
+            .contains("10.77.0.100")),
+        "n2 relays for n1: {:?}",
+        relay_state(&lab, "n2")
+    );
+    let switch = format!("{}-sw", lab.name());
+    let out = Command::new("ip")
+        .args(["-n", &switch, "link", "set", "n1p", "down"])
+        .output()
+        .expect("run ip");
+    assert!(out.status.success(), "cutting n1's private cable: {out:?}");
+    let cut = std::time::Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(5), || lab.holders()
+            == vec!["n2".to_string()]),
+        "n2 alone should serve: {}",
+        lab.situation()
+    );
+    let took = cut.elapsed();
+    // n1's lease at n2 is no longer refreshed: n2 undoes the relay within it (300 ms) and
+    // serves the address itself, relaying nothing for anybody.
+    assert!(
+        wait_until(Duration::from_secs(2), || {
+            let (proxies, routes) = relay_state(&lab, "n2");
+            proxies.is_empty() && routes.is_empty()
+        }),
+        "n2 still relays for n1 while serving: {:?}",
+        relay_state(&lab, "n2")
+    );
+    let relay_ended = cut.elapsed();
+    println!(
+        "relay then private cut: n2 served alone after {took:?}, its relay for n1 ended after \
+         {relay_ended:?}"
+    );
+}

@@ -13,6 +13,7 @@ pub mod nftables;
 pub mod packet_port;
 pub mod peer_probe;
 pub mod raw_ip;
+pub mod relay_catch;
 pub mod relay_fence;
 pub mod relay_kernel;
 pub mod repair;

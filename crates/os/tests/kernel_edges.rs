@@ -1432,3 +1432,155 @@ fn a_burst_of_ten_thousand_small_frames_waits_in_the_ring_whole() {
         "in order"
     );
 }
+
+/// Drains `catcher` for up to 2 s, until a packet to `destination` arrives; every packet kept.
+fn caught_until(
+    catcher: &steadfast_os::relay_catch::FrameCatcher,
+    destination: Ipv4Addr,
+) -> Vec<Vec<u8>> {
+    let mut kept = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline {
+        catcher
+            .drain(64, |p| kept.push(p.to_vec()))
+            .expect("draining the catcher");
+        let found = kept.iter().any(|p| {
+            steadfast_os::relay_catch::addresses(p).is_some_and(|(_, d)| d == destination)
+        });
+        if found {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    kept
+}
+
+/// The receiver's check of a TCP checksum: the one's complement sum over pseudo-header and
+/// segment, checksum included, is all ones.
+fn tcp_checksum_valid(packet: &[u8]) -> bool {
+    let header = usize::from(packet[0] & 0x0f) * 4;
+    let total = usize::from(u16::from_be_bytes([packet[2], packet[3]]));
+    let mut sum: u32 = 0;
+    let mut add = |bytes: &[u8]| {
+        for pair in bytes.chunks(2) {
+            sum += u32::from(u16::from_be_bytes([
+                pair[0],
+                pair.get(1).copied().unwrap_or(0),
+            ]));
+        }
+    };
+    add(&packet[12..20]);
+    add(&[0, 6]);
+    add(&((total - header) as u16).to_be_bytes());
+    add(&packet[header..total]);
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum == 0xffff
+}
+
+#[test]
+fn catchers_keep_flooded_and_routed_tcp_with_a_whole_checksum_and_nothing_else() {
+    use steadfast_os::relay_catch::{CatchKind, FrameCatcher};
+    let pair = Pair::new();
+    pair.address("10.207.0.1/24", "10.207.0.2/24");
+    let (ns_a, veth_a) = (pair.a.name().to_string(), pair.veth_a.clone());
+    let (ns_b, veth_b) = (pair.b.name().to_string(), pair.veth_b.clone());
+    // A sends 10.207.0.50 to a MAC that is not B's (as a switch floods a dead port's frames),
+    // and 10.207.5.5 through B (as a relayed node sends its replies); also UDP to the first.
+    ip(&[
+        "-n",
+        &ns_a,
+        "neigh",
+        "add",
+        "10.207.0.50",
+        "lladdr",
+        "02:00:00:00:00:77",
+        "dev",
+        &veth_a,
+    ]);
+    ip(&[
+        "-n",
+        &ns_a,
+        "route",
+        "add",
+        "10.207.5.5/32",
+        "via",
+        "10.207.0.2",
+    ]);
+    let (ready_tx, ready_rx) = mpsc::channel::<()>();
+    let catching = netns::spawn_in(&ns_b, move || {
+        let name = std::ffi::CString::new(veth_b).unwrap();
+        // SAFETY: name is a valid C string; if_nametoindex looks it up in this thread's namespace.
+        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        assert!(ifindex > 0, "veth in b");
+        let flooded = FrameCatcher::open(ifindex, &CatchKind::Flooded).expect("flooded catcher");
+        let routed_with = |exclude| {
+            FrameCatcher::open(ifindex, &CatchKind::Routed { exclude }).expect("routed catcher")
+        };
+        let routed = routed_with(vec![Ipv4Addr::new(10, 207, 0, 9)]);
+        let routed_from_a = routed_with(vec![Ipv4Addr::new(10, 207, 0, 1)]);
+        ready_tx.send(()).unwrap();
+        let flooded = caught_until(&flooded, Ipv4Addr::new(10, 207, 0, 50));
+        let routed = caught_until(&routed, Ipv4Addr::new(10, 207, 5, 5));
+        let excluded = caught_until(&routed_from_a, Ipv4Addr::new(10, 207, 5, 5));
+        (flooded, routed, excluded)
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("catchers open");
+    // Real connects, so that the SYNs leave A's stack as any client's do (on a veth, with the
+    // checksum left to the device). Nothing answers: bounded by the connect timeout.
+    netns::spawn_in(&ns_a, || {
+        let udp = std::net::UdpSocket::bind("10.207.0.1:0").expect("udp socket");
+        udp.send_to(b"not tcp", "10.207.0.50:80").expect("udp send");
+        let timeout = Duration::from_millis(300);
+        let _ = std::net::TcpStream::connect_timeout(&"10.207.0.50:80".parse().unwrap(), timeout);
+        let _ = std::net::TcpStream::connect_timeout(&"10.207.5.5:80".parse().unwrap(), timeout);
+    })
+    .join()
+    .expect("client thread")
+    .expect("entering a");
+    let (flooded, routed, excluded) = catching
+        .join()
+        .expect("catching thread")
+        .expect("entering b");
+    let summary = |packets: &[Vec<u8>]| -> Vec<(Ipv4Addr, Ipv4Addr, u8)> {
+        packets
+            .iter()
+            .filter_map(|p| {
+                let (s, d) = steadfast_os::relay_catch::addresses(p)?;
+                Some((s, d, p[9]))
+            })
+            .collect()
+    };
+    let a = Ipv4Addr::new(10, 207, 0, 1);
+    assert!(
+        !flooded.is_empty()
+            && summary(&flooded)
+                .iter()
+                .all(|&f| f == (a, Ipv4Addr::new(10, 207, 0, 50), 6)),
+        "the flooded catcher keeps the TCP segment for the other MAC, nothing else: {:?}",
+        summary(&flooded)
+    );
+    assert!(
+        !routed.is_empty()
+            && summary(&routed)
+                .iter()
+                .all(|&f| f == (a, Ipv4Addr::new(10, 207, 5, 5), 6)),
+        "the routed catcher keeps the TCP segment through B, nothing else: {:?}",
+        summary(&routed)
+    );
+    // A sibling's own traffic to its sibling is not a relay's.
+    assert!(
+        excluded.is_empty(),
+        "a routed catcher keeps nothing from an excluded source: {:?}",
+        summary(&excluded)
+    );
+    for packet in flooded.iter().chain(&routed) {
+        assert!(
+            tcp_checksum_valid(packet),
+            "a caught segment goes out with a whole checksum"
+        );
+    }
+}

@@ -12,6 +12,7 @@ pub mod keepalived;
 pub mod overhead;
 pub mod plot;
 pub mod redis_benchmark;
+pub mod relay;
 pub mod stall;
 pub mod wrk;
 

@@ -46,6 +46,12 @@ const STOP_WAIT: Duration = Duration::from_secs(2);
 /// The most relays one responder carries at once, and the longest lease it grants.
 const MAX_RELAYS: usize = 8;
 const MAX_LEASE: Duration = Duration::from_secs(10);
+/// How long a responder keeps the TCP segments it caught for a sibling's addresses before a
+/// relay (`steadfast_os::relay_catch`): a carrier loss is seen within milliseconds and a relay
+/// installed a few later; a black hole is not flooded, so there is nothing to catch for it.
+const CATCH_KEEP: Duration = Duration::from_millis(200);
+/// The most segments kept: a bound on memory (1500 bytes each) whatever the segment floods.
+const CATCH_MAX: usize = 512;
 
 /// What the shell needs from the daemon's settings.
 pub struct RelaySettings {
@@ -173,6 +179,52 @@ struct Shell {
     owner: owner_table::OwnerTable,
     /// Fences the relayed addresses when this process dies (`None`: no nf_tables here).
     fence: Option<steadfast_os::relay_fence::RelayFence>,
+    /// Segments for (or from) a sibling's addresses that reached this host before it relayed
+    /// for the sibling, and the socket that sends them again once it does (`None`: not
+    /// available here, and those segments wait for TCP's retransmission).
+    caught: Arc<std::sync::Mutex<Caught>>,
+    resender: Option<steadfast_os::raw_ip::RawIpSender>,
+    catchers: Vec<Arc<AsyncFd<steadfast_os::relay_catch::FrameCatcher>>>,
+    /// Whether the catchers catch now: not while this host relays for a sibling.
+    catching: bool,
+}
+
+/// The segments the catchers keep, oldest first.
+#[derive(Default)]
+struct Caught {
+    packets: std::collections::VecDeque<(Instant, Vec<u8>)>,
+}
+
+impl Caught {
+    fn keep(&mut self, packet: &[u8]) {
+        let now = Instant::now();
+        while self.packets.len() >= CATCH_MAX
+            || self
+                .packets
+                .front()
+                .is_some_and(|(at, _)| now.duration_since(*at) > CATCH_KEEP)
+        {
+            self.packets.pop_front();
+        }
+        self.packets.push_back((now, packet.to_vec()));
+    }
+
+    /// Takes the recent segments sent to `address` or from it.
+    fn take_for(&mut self, address: Ipv4Addr) -> Vec<Vec<u8>> {
+        let now = Instant::now();
+        let mut taken = Vec::new();
+        self.packets.retain(|(at, packet)| {
+            let ours = now.duration_since(*at) <= CATCH_KEEP
+                && steadfast_os::relay_catch::addresses(packet).is_some_and(
+                    |(source, destination)| source == address || destination == address,
+                );
+            if ours {
+                taken.push(packet.clone());
+            }
+            !ours
+        });
+        taken
+    }
 }
 
 fn oper_state(status: OperStatus) -> OperState {
@@ -255,6 +307,43 @@ impl Shell {
         let requester = requester
             .transpose()
             .context("relay: the siblings and lease settings")?;
+        let caught = Arc::new(std::sync::Mutex::new(Caught::default()));
+        let mut catchers = Vec::new();
+        let sibling_addresses: Vec<Ipv4Addr> = relay.siblings.iter().map(|s| s.address).collect();
+        for interface in &relay.interfaces {
+            let Some(index) = links
+                .get(&interface.name)
+                .and_then(|l: &WatchedLink| l.index)
+            else {
+                continue;
+            };
+            let kind = match interface.class {
+                InterfaceClass::Public => steadfast_os::relay_catch::CatchKind::Flooded,
+                InterfaceClass::Private => steadfast_os::relay_catch::CatchKind::Routed {
+                    exclude: sibling_addresses.clone(),
+                },
+            };
+            match steadfast_os::relay_catch::FrameCatcher::open(index, &kind) {
+                Ok(catcher) => {
+                    catchers.push(spawn_catcher(
+                        interface.name.clone(),
+                        catcher,
+                        caught.clone(),
+                    )?);
+                }
+                Err(e) => tracing::warn!(
+                    "relay: {e}; segments lost before a relay through this host is in place \
+                     wait for TCP's retransmission"
+                ),
+            }
+        }
+        let resender = match steadfast_os::raw_ip::RawIpSender::open() {
+            Ok(sender) => Some(sender),
+            Err(e) => {
+                tracing::warn!("relay: {e}; caught segments cannot be sent again");
+                None
+            }
+        };
         let owner = owner_table::OwnerTable::new(settings.owner_table.clone());
         let leftovers = owner.read();
         // Forwarding the operator turned on is theirs: the relay neither sets nor clears it.
@@ -310,6 +399,10 @@ impl Shell {
             relay_allowed_from,
             owner,
             fence: None,
+            caught,
+            resender,
+            catchers,
+            catching: true,
             settings,
         };
         // A previous life may have left its relays and its own route through a sibling.
@@ -688,7 +781,19 @@ impl Shell {
     async fn requester_actions(&mut self, actions: Vec<RequesterAction>) {
         for action in actions {
             match action {
-                RequesterAction::Send { to, message } => self.send(to, message).await,
+                RequesterAction::Send { to, message } => {
+                    let request = matches!(message, RelayMessage::Request { .. });
+                    self.send(to, message).await;
+                    if request && self.routed_through != Some(to) {
+                        // Make before break: no public link carries anything now, so the
+                        // node's replies go to the sibling asked at once rather than into the
+                        // dead link until the grant; the sibling sends again what reached it
+                        // before it relayed.
+                        if let Some(link) = self.siblings.get(&to).map(|s| s.interface.clone()) {
+                            self.route_through(to, &link).await;
+                        }
+                    }
+                }
                 RequesterAction::RelayThrough { sibling, link } => {
                     tracing::warn!(
                         "relay: sending and receiving through node {sibling} over {link}"
@@ -707,8 +812,16 @@ impl Shell {
                     tracing::error!(
                         "relay: no sibling granted a relay; the node cannot serve through one"
                     );
+                    if let Some(sibling) = self.routed_through {
+                        self.stop_routing(sibling).await;
+                    }
                 }
             }
+        }
+        // A request that was never granted leaves no route behind once the relay is over.
+        let idle = self.requester.as_ref().is_none_or(|r| !r.started());
+        if let (true, Some(sibling)) = (idle, self.routed_through) {
+            self.stop_routing(sibling).await;
         }
     }
 
@@ -728,6 +841,7 @@ impl Shell {
             Ok(()) => self.routed_through = Some(sibling),
             Err(e) => tracing::error!("relay: routing through node {sibling}: {e}"),
         }
+        self.update_catching();
     }
 
     async fn stop_routing(&mut self, sibling: NodeId) {
@@ -742,6 +856,7 @@ impl Shell {
         {
             tracing::error!("relay: undoing the route through node {sibling}: {e}");
         }
+        self.update_catching();
     }
 
     /// Guards `addresses` in the relay fence; a failure is logged (the relay still works).
@@ -768,6 +883,7 @@ impl Shell {
         }));
         self.guard(before);
         self.carry_out_responder_actions(actions).await;
+        self.update_catching();
         let after = self
             .responder
             .installed()
@@ -795,6 +911,8 @@ impl Shell {
                 }
                 ResponderAction::Announce { address, interface } => {
                     self.announce(address, &interface).await;
+                    // Installed before announced: the segments go the relay's way now.
+                    self.send_caught(address);
                 }
                 ResponderAction::Send { to, message } => self.send(to, message).await,
                 ResponderAction::RelayStarted { node, addresses } => {
@@ -853,6 +971,49 @@ impl Shell {
         }
     }
 
+    /// Catching is for a host that may be asked to relay: while it relays, or is relayed, the
+    /// segments it would catch are the relay's own traffic, and copying each of them would
+    /// only take the time this thread needs for its probes and leases.
+    fn update_catching(&mut self) {
+        let wanted = self.responder.relays().next().is_none() && self.routed_through.is_none();
+        if wanted == self.catching {
+            return;
+        }
+        self.catching = wanted;
+        if let Ok(mut caught) = self.caught.lock() {
+            caught.packets.clear();
+        }
+        for catcher in &self.catchers {
+            if let Err(e) = catcher.get_ref().set_catching(wanted) {
+                tracing::warn!("relay: {e}");
+            }
+        }
+    }
+
+    /// Sends again the segments caught for (or from) `address`, which this host now relays.
+    fn send_caught(&self, address: Ipv4Addr) {
+        let packets = match self.caught.lock() {
+            Ok(mut caught) => caught.take_for(address),
+            Err(_) => return,
+        };
+        let Some(resender) = self.resender.as_ref() else {
+            return;
+        };
+        let mut sent = 0;
+        for packet in &packets {
+            let Some((_, destination)) = steadfast_os::relay_catch::addresses(packet) else {
+                continue;
+            };
+            match resender.send(packet, destination) {
+                Ok(()) => sent += 1,
+                Err(e) => tracing::debug!("relay: sending a caught segment again: {e}"),
+            }
+        }
+        if sent > 0 {
+            tracing::info!("relay: sent {sent} caught segment(s) of {address} again");
+        }
+    }
+
     async fn announce(&self, address: Ipv4Addr, interface: &str) {
         let link = match self.netlink.link_by_name(interface).await {
             Ok(link) => link,
@@ -901,6 +1062,53 @@ fn startup_grace(relay: &Relay) -> Duration {
         return Duration::ZERO;
     }
     relay.probe_period * relay.probe_rise + relay.probe_timeout + relay.probe_period
+}
+
+/// Reads a catcher's socket whenever it is readable and keeps what it caught.
+fn spawn_catcher(
+    name: String,
+    catcher: steadfast_os::relay_catch::FrameCatcher,
+    caught: Arc<std::sync::Mutex<Caught>>,
+) -> anyhow::Result<Arc<AsyncFd<steadfast_os::relay_catch::FrameCatcher>>> {
+    // SAFETY: the catcher owns its socket and returns that same descriptor for as long as it
+    // lives; the AsyncFd owns the catcher.
+    let catcher =
+        unsafe { AsyncFd::register_with_interest(catcher, tokio::io::Interest::READABLE) }
+            .with_context(|| format!("relay: registering the frame catcher of {name}"))?;
+    let catcher = Arc::new(catcher);
+    let shell_side = catcher.clone();
+    tokio::spawn(async move {
+        loop {
+            let mut guard = match catcher.readable().await {
+                Ok(guard) => guard,
+                Err(e) => {
+                    tracing::error!("relay: catching frames on {name}: {e}; no longer");
+                    return;
+                }
+            };
+            let more = {
+                let Ok(mut kept) = caught.lock() else { return };
+                match catcher
+                    .get_ref()
+                    .drain(CATCH_MAX, |packet| kept.keep(packet))
+                {
+                    Ok(more) => more,
+                    Err(e) => {
+                        tracing::debug!("relay: caught frames on {name}: {e}");
+                        false
+                    }
+                }
+            };
+            if more {
+                // A flood must not keep the probes and leases of this thread waiting.
+                drop(guard);
+                tokio::task::yield_now().await;
+            } else {
+                guard.clear_ready();
+            }
+        }
+    });
+    Ok(shell_side)
 }
 
 /// Reads a prober's socket whenever it is readable and reports the link when a target

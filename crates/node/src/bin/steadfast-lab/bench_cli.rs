@@ -13,6 +13,7 @@ use steadfast_lab::bench::failover::{
 };
 use steadfast_lab::bench::hostile::{self, HostileOptions};
 use steadfast_lab::bench::overhead::{self, OverheadOptions};
+use steadfast_lab::bench::relay::{self, RelayBenchOptions};
 use steadfast_lab::bench::stall::{self, StallOptions, StallTarget, StallWorkload};
 use steadfast_lab::{BackendKind, CrashKind, Mode};
 
@@ -37,6 +38,43 @@ pub enum BenchCommand {
     /// with a CPU quota per member: latency, update throughput, an expensive read with 40
     /// clients (redis-benchmark), ratios from the same run, the AR-TCP seed's figures beside.
     Active(ActiveArgs),
+    /// Link relay: cut the primary's public link (carrier lost, black hole) N times under
+    /// load and restore it; then latency and throughput through the sibling against direct.
+    Relay(RelayArgs),
+}
+
+#[derive(Args)]
+pub struct RelayArgs {
+    /// Cuts of each kind (default 20, or 3 with --quick).
+    #[arg(long)]
+    pub cuts: Option<usize>,
+    /// Only this kind of cut: link-down | link-blackhole (default both).
+    #[arg(long)]
+    pub how: Option<CrashKind>,
+    /// builtin | nginx | apache2
+    #[arg(long, default_value = "builtin")]
+    pub backend: BackendKind,
+    /// unreplicated | duplex
+    #[arg(long, default_value = "unreplicated")]
+    pub mode: Mode,
+    /// Keep-alive connections of the load during the cuts.
+    #[arg(long, default_value_t = relay::DEFAULT_CONNECTIONS)]
+    pub connections: usize,
+    /// Rounds of wrk direct against through the sibling (default 3, or 1 with --quick; 0: none).
+    #[arg(long)]
+    pub rounds: Option<usize>,
+    /// Seconds of each wrk run (default 5, or 2 with --quick).
+    #[arg(long)]
+    pub seconds: Option<u64>,
+    /// 3 cuts of each kind, 1 short round.
+    #[arg(long)]
+    pub quick: bool,
+    /// Print the summary as JSON on stdout instead of the markdown tables.
+    #[arg(long)]
+    pub json: bool,
+    /// Where relay.json (every sample) goes.
+    #[arg(long, default_value = "bench-results")]
+    pub out: PathBuf,
 }
 
 #[derive(Args)]
@@ -218,6 +256,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::Hostile(args) => hostile_command(args),
         BenchCommand::Availability(args) => availability_command(args),
         BenchCommand::Active(args) => active_command(args),
+        BenchCommand::Relay(args) => relay_command(args),
     }
 }
 
@@ -259,6 +298,49 @@ fn active_command(args: ActiveArgs) -> anyhow::Result<ExitCode> {
             "bench active: redis-benchmark printed {} error replies",
             report.errors()
         );
+        ExitCode::FAILURE
+    })
+}
+
+fn relay_command(args: RelayArgs) -> anyhow::Result<ExitCode> {
+    let options = RelayBenchOptions {
+        cuts: args.cuts.unwrap_or(if args.quick {
+            relay::QUICK_CUTS
+        } else {
+            relay::DEFAULT_CUTS
+        }),
+        kinds: match args.how {
+            Some(kind) => vec![kind],
+            None => vec![CrashKind::LinkDown, CrashKind::LinkBlackhole],
+        },
+        backend: args.backend,
+        mode: args.mode,
+        connections: args.connections,
+        rounds: args
+            .rounds
+            .unwrap_or(if args.quick { 1 } else { relay::DEFAULT_ROUNDS }),
+        wrk_duration: std::time::Duration::from_secs(args.seconds.unwrap_or(if args.quick {
+            2
+        } else {
+            5
+        })),
+        throughput_connections: 32,
+        sizes: vec![1024, 1024 * 1024],
+        steadfast_exe: steadfast_exe()?,
+    };
+    let report = relay::run(&options, &mut |line| eprintln!("bench relay: {line}"))?;
+    publish(
+        "relay",
+        &args.out,
+        args.json,
+        |dir| report.write(dir),
+        || report.summary_json(),
+        || report.markdown(),
+    )?;
+    // A failed request is what the relay promises never to cause: the run fails with one.
+    Ok(if report.failures == 0 {
+        ExitCode::SUCCESS
+    } else {
         ExitCode::FAILURE
     })
 }
