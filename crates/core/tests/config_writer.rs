@@ -196,7 +196,8 @@ fn config() -> impl Strategy<Value = Config> {
                 );
             let min_services = if witness_id == Some(node_id) { 0 } else { 1 };
             let group = (
-                text(),
+                // A group name names nftables tables: the characters the reader allows.
+                "[A-Za-z0-9._-]{1,64}",
                 absolute_path(),
                 1u16..,
                 (1u64..=MAX_HEARTBEAT_INTERVAL_MS).prop_map(Duration::from_millis),
