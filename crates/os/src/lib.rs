@@ -4,6 +4,7 @@
 //! guard, TCP_REPAIR and socket destruction.
 
 pub mod addr;
+mod bpf;
 pub mod fence;
 pub mod garp;
 pub mod ingress_guard;

@@ -17,6 +17,10 @@ use std::net::Ipv4Addr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{fence, Ordering};
 
+use crate::bpf::{
+    attach, bpf, JEQ_K, JSET_K, LDX_B_MSH, LD_B_ABS, LD_H_ABS, LD_H_IND, LD_W_ABS, RET_K,
+};
+
 const ETH_P_ALL: u16 = 0x0003;
 const ETH_P_ARP: u16 = 0x0806;
 const ETH_P_IP: u16 = 0x0800;
@@ -169,21 +173,9 @@ impl Drop for PacketPort {
     }
 }
 
-fn bpf(code: u16, jt: u8, jf: u8, k: u32) -> libc::sock_filter {
-    libc::sock_filter { code, jt, jf, k }
-}
-
 /// ARP, or IPv4 TCP to `vip` on one of `ports` (first fragments only: later fragments carry no
 /// port and are not something a TCP client sends).
 fn filter_program(filter: &IngressFilter) -> Vec<libc::sock_filter> {
-    const LD_H_ABS: u16 = 0x28;
-    const LD_W_ABS: u16 = 0x20;
-    const LD_B_ABS: u16 = 0x30;
-    const LDX_B_MSH: u16 = 0xb1;
-    const LD_H_IND: u16 = 0x48;
-    const JEQ_K: u16 = 0x15;
-    const JSET_K: u16 = 0x45;
-    const RET_K: u16 = 0x06;
     let ports = filter.ports.len();
     // Layout: 0 ethertype, 1 is-ARP, 2 is-IP, 3 daddr, 4 is-VIP, 5 proto, 6 is-TCP, 7 frag,
     // 8 frag-test, 9 ihl, 10 dport, 11.. one test per port, then reject, accept.
@@ -256,12 +248,7 @@ impl PacketPort {
         if !setsockopt(raw, libc::SOL_PACKET, PACKET_VERSION, &TPACKET_V2) {
             return Err(fail("PACKET_VERSION=TPACKET_V2"));
         }
-        let program = filter_program(filter);
-        let fprog = libc::sock_fprog {
-            len: program.len() as u16,
-            filter: program.as_ptr() as *mut libc::sock_filter,
-        };
-        if !setsockopt(raw, libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, &fprog) {
+        if attach(raw, &filter_program(filter)).is_err() {
             return Err(fail("SO_ATTACH_FILTER"));
         }
         let one: libc::c_int = 1;

@@ -17,6 +17,7 @@
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
+use crate::bpf::{attach, bpf, JEQ_K, JSET_K, LD_B_ABS, LD_H_ABS, LD_W_ABS, RET_K};
 use crate::OsError;
 
 const ETH_P_IP: u16 = 0x0800;
@@ -37,18 +38,8 @@ pub enum CatchKind {
     Routed { exclude: Vec<Ipv4Addr> },
 }
 
-fn bpf(code: u16, jt: u8, jf: u8, k: u32) -> libc::sock_filter {
-    libc::sock_filter { code, jt, jf, k }
-}
-
 /// Offsets are from the IP header: the socket is `SOCK_DGRAM`.
 fn filter_program(kind: &CatchKind) -> Vec<libc::sock_filter> {
-    const LD_W_ABS: u16 = 0x20;
-    const LD_B_ABS: u16 = 0x30;
-    const LD_H_ABS: u16 = 0x28;
-    const JEQ_K: u16 = 0x15;
-    const JSET_K: u16 = 0x45;
-    const RET_K: u16 = 0x06;
     let (pkttype, exclude): (u32, &[Ipv4Addr]) = match kind {
         CatchKind::Flooded => (PACKET_OTHERHOST, &[]),
         CatchKind::Routed { exclude } => (PACKET_HOST, exclude),
@@ -109,13 +100,7 @@ impl FrameCatcher {
         }
         // SAFETY: raw is a fresh, valid descriptor that nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        let program = filter_program(kind);
-        let fprog = libc::sock_fprog {
-            len: program.len() as u16,
-            filter: program.as_ptr() as *mut libc::sock_filter,
-        };
-        setsockopt(raw, libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, &fprog)
-            .map_err(|e| OsError::io(what("SO_ATTACH_FILTER"), e))?;
+        attach(raw, &filter_program(kind)).map_err(|e| OsError::io(what("SO_ATTACH_FILTER"), e))?;
         let one: libc::c_int = 1;
         setsockopt(raw, libc::SOL_PACKET, libc::PACKET_AUXDATA, &one)
             .map_err(|e| OsError::io(what("PACKET_AUXDATA"), e))?;
@@ -159,19 +144,9 @@ impl FrameCatcher {
         let program = if catching {
             filter_program(&self.kind)
         } else {
-            vec![bpf(0x06, 0, 0, 0)]
+            vec![bpf(RET_K, 0, 0, 0)]
         };
-        let fprog = libc::sock_fprog {
-            len: program.len() as u16,
-            filter: program.as_ptr() as *mut libc::sock_filter,
-        };
-        setsockopt(
-            self.fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_ATTACH_FILTER,
-            &fprog,
-        )
-        .map_err(|e| {
+        attach(self.fd.as_raw_fd(), &program).map_err(|e| {
             OsError::io(
                 format!(
                     "{} catching frames on interface index {}",
