@@ -1245,20 +1245,13 @@ impl LoggerContext {
         if self.held.is_empty() {
             return;
         }
-        let sender = match steadfast_os::raw_ip::RawIpSender::open() {
-            Ok(sender) => sender,
-            Err(e) => {
-                tracing::warn!("takeover: {} held client frames lost: {e}", self.held.len());
-                return;
-            }
+        let vip = self.vip;
+        let Some(sent) = super::probes::send_raw_packets(
+            self.held.drain(..).map(|packet| (packet, vip)),
+            "the client frames held during the rebuild (they are lost)",
+        ) else {
+            return;
         };
-        let mut sent = 0u64;
-        for packet in self.held.drain(..) {
-            match sender.send(&packet, self.vip) {
-                Ok(()) => sent += 1,
-                Err(e) => tracing::debug!("takeover: reinjecting a held frame: {e}"),
-            }
-        }
         self.shared
             .counters
             .frames_held_at_takeover

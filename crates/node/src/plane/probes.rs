@@ -1,23 +1,42 @@
-//! Sends a takeover's probes (see [`AckProbe`]) to the clients they ask: the backup's, for
-//! what each client acknowledged before the rebuild, and the new primary's, to the clients of
-//! the connections it lost.
+//! Sends the packets a takeover makes itself through one raw socket: its probes (see
+//! [`AckProbe`]) to the clients they ask (the backup's, for what each client acknowledged
+//! before the rebuild, and the new primary's, to the clients of the connections it lost), and
+//! the client packets it gives its own kernel (held frames, replayed SYNs).
+
+use std::net::Ipv4Addr;
 
 use steadfast_core::image::{AckProbe, FourTuple};
 
-/// Sends each probe to its connection's client; false when no raw socket could be opened
-/// (`whom` names the clients in the warning).
-pub fn send_probes(probes: &[(FourTuple, AckProbe)], whom: &str) -> bool {
+/// Sends each IPv4 packet to its destination: how many left, or `None` when no raw socket
+/// could be opened (`whom` names the packets in the warning).
+pub fn send_raw_packets(
+    packets: impl IntoIterator<Item = (Vec<u8>, Ipv4Addr)>,
+    whom: &str,
+) -> Option<u64> {
     let sender = match steadfast_os::raw_ip::RawIpSender::open() {
         Ok(sender) => sender,
         Err(e) => {
-            tracing::warn!("takeover: cannot probe {whom}: {e}");
-            return false;
+            tracing::warn!("takeover: cannot send {whom}: {e}");
+            return None;
         }
     };
-    for (tuple, probe) in probes {
-        if let Err(e) = sender.send(&probe.encode(), *tuple.client.ip()) {
-            tracing::debug!("takeover: probing {tuple}: {e}");
+    let mut sent = 0;
+    for (packet, destination) in packets {
+        match sender.send(&packet, destination) {
+            Ok(()) => sent += 1,
+            Err(e) => tracing::debug!("takeover: sending one of {whom} to {destination}: {e}"),
         }
     }
-    true
+    Some(sent)
+}
+
+/// Sends each probe to its connection's client; false when no raw socket could be opened.
+pub fn send_probes(probes: &[(FourTuple, AckProbe)], whom: &str) -> bool {
+    send_raw_packets(
+        probes
+            .iter()
+            .map(|(tuple, probe)| (probe.encode(), *tuple.client.ip())),
+        &format!("probes to {whom}"),
+    )
+    .is_some()
 }

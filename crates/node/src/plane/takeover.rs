@@ -9,7 +9,7 @@ use steadfast_core::reply_log::{LostReason, ResumePlan};
 use steadfast_os::repair::{self, RepairTarget};
 
 use super::backup::Frozen;
-use super::probes::send_probes;
+use super::probes::{send_probes, send_raw_packets};
 use super::proxy::{self, ProxyContext, SessionStart};
 use super::{PlaneShared, ServiceFramer};
 
@@ -235,28 +235,11 @@ fn replay_syns(syns: &[ReplayedSyn]) -> u64 {
     if syns.is_empty() {
         return 0;
     }
-    let sender = match steadfast_os::raw_ip::RawIpSender::open() {
-        Ok(sender) => sender,
-        Err(e) => {
-            tracing::warn!(
-                "takeover: the SYNs of {} half-open connections were not replayed (their \
-                 clients send them again): {e}",
-                syns.len()
-            );
-            return 0;
-        }
-    };
-    let mut replayed = 0;
-    for syn in syns {
-        match sender.send(&syn.encode(), syn.to.0) {
-            Ok(()) => replayed += 1,
-            Err(e) => tracing::debug!(
-                "takeover: replaying the SYN of {}:{}: {e}",
-                syn.from.0,
-                syn.from.1
-            ),
-        }
-    }
+    let replayed = send_raw_packets(
+        syns.iter().map(|syn| (syn.encode(), syn.to.0)),
+        "the SYNs of half-open connections (their clients send them again)",
+    )
+    .unwrap_or(0);
     tracing::info!(
         "takeover: {replayed} of {} half-open connections' SYNs handed to the kernel",
         syns.len()
