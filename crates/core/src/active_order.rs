@@ -295,6 +295,17 @@ impl<T: Clone> Sequencer<T> {
         self.stable
     }
 
+    /// Held by every replica in the ordering, not counting the replicas being rebuilt (whose
+    /// pins hold [`stable`](Self::stable) back): what a client may be told was done, since any
+    /// of these replicas can take over holding it. With no replica, everything ordered.
+    pub fn held_by_every_replica(&self) -> OrderNumber {
+        self.replicas
+            .values()
+            .map(|p| p.acked)
+            .min()
+            .unwrap_or(self.last_ordered)
+    }
+
     /// Updates kept until every replica holds them.
     pub fn retained(&self) -> usize {
         self.retained.len()

@@ -21,6 +21,7 @@ use sha2::Sha256;
 
 use crate::active_executor::SessionId;
 use crate::active_order::{OrderNumber, ToPrimary, ToReplica};
+use crate::active_takeover::ReplicaPosition;
 use crate::heartbeat_wire::AuthKey;
 use crate::replication_seal::{cut_frame, CutError, Opener, Protection, SealError, Sealer};
 use crate::replication_wire::{LinkAttempt, NONCE_LEN};
@@ -106,6 +107,9 @@ pub enum ActiveFrame {
     },
     /// Rebuilt replica → primary: the whole copy is loaded; send the updates after `at`.
     SnapshotLoaded { rebuild: u64, at: OrderNumber },
+    /// Replica → primary, first on every link: where its data stands, for a primary that
+    /// takes over ([`crate::active_takeover`]).
+    Position(ReplicaPosition),
     /// Replica → primary: the server answered update `number`. `reply` is the whole reply
     /// when the primary asked for it (its own node's replica), else empty: the digest alone
     /// is compared.
@@ -142,6 +146,7 @@ impl ActiveFrame {
             ActiveFrame::ReadReply { .. } => 23,
             ActiveFrame::ProbeReply { .. } => 24,
             ActiveFrame::SnapshotLoaded { .. } => 25,
+            ActiveFrame::Position(_) => 26,
         }
     }
 
@@ -161,7 +166,8 @@ impl ActiveFrame {
             22 => "update-reply",
             23 => "read-reply",
             24 => "probe-reply",
-            _ => "snapshot-loaded",
+            25 => "snapshot-loaded",
+            _ => "position",
         }
     }
 }
@@ -270,6 +276,13 @@ pub fn encode(frame: &ActiveFrame, epoch: u64, out: &mut Vec<u8>) -> Result<(), 
             payload_len = requests.len();
         }
         ActiveFrame::SnapshotLoaded { rebuild, at } => u64s(out, &[*rebuild, *at]),
+        ActiveFrame::Position(position) => {
+            u64s(
+                out,
+                &[position.ordered_by, position.epoch, position.received],
+            );
+            out.push(u8::from(position.whole));
+        }
         ActiveFrame::Progress(ToPrimary::Ack { up_to }) => u64s(out, &[*up_to]),
         ActiveFrame::Progress(ToPrimary::Nak { missing }) => {
             u64s(out, &[missing.start, missing.end])
@@ -448,6 +461,7 @@ fn decode_body(bytes: &[u8], offset: u64) -> Result<(u64, ActiveFrame), ActiveWi
         23 => "read-reply",
         24 => "probe-reply",
         25 => "snapshot-loaded",
+        26 => "position",
         _ => return Err(ActiveWireError::UnknownKind { offset, kind }),
     };
     let mut f = Fields {
@@ -521,6 +535,22 @@ fn decode_body(bytes: &[u8], offset: u64) -> Result<(u64, ActiveFrame), ActiveWi
             rebuild: f.u64()?,
             at: f.u64()?,
         },
+        26 => {
+            let ordered_by = f.u64()?;
+            let epoch = f.u64()?;
+            let received = f.u64()?;
+            let whole = match f.array::<1>()?[0] {
+                0 => false,
+                1 => true,
+                _ => return Err(f.malformed("a whole-data flag neither 0 nor 1")),
+            };
+            ActiveFrame::Position(ReplicaPosition {
+                ordered_by,
+                epoch,
+                received,
+                whole,
+            })
+        }
         20 => ActiveFrame::Progress(ToPrimary::Ack { up_to: f.u64()? }),
         21 => {
             let start = f.u64()?;
@@ -599,6 +629,12 @@ mod tests {
                 requests: b"*2\r\n$6\r\nSELECT\r\n$1\r\n0\r\n*1\r\n$4\r\nPING\r\n".to_vec(),
             },
             ActiveFrame::SnapshotLoaded { rebuild: 5, at: 40 },
+            ActiveFrame::Position(ReplicaPosition {
+                ordered_by: 9,
+                epoch: 65537,
+                received: 40,
+                whole: false,
+            }),
             ActiveFrame::Read {
                 session: 3,
                 index: 9,

@@ -406,6 +406,11 @@ fn a_pinned_rebuild_keeps_the_log_until_the_joiner_joins() {
         sequencer.on_message(id, ToPrimary::Ack { up_to: 9 }, Duration::ZERO);
     }
     assert_eq!(sequencer.stable(), 2, "held back by the pin");
+    assert_eq!(
+        sequencer.held_by_every_replica(),
+        9,
+        "a client may be answered: every replica in the ordering holds it"
+    );
     assert_eq!(sequencer.retained(), 7);
     // The copy was taken at 5: the joiner gets 6..=9.
     let sent = sequencer.add_replica(3, 5, Duration::ZERO).unwrap();
@@ -417,8 +422,14 @@ fn a_pinned_rebuild_keeps_the_log_until_the_joiner_joins() {
         })
         .collect();
     assert_eq!(numbers, vec![6, 7, 8, 9]);
+    assert_eq!(
+        sequencer.held_by_every_replica(),
+        5,
+        "the joiner holds the copy's updates only"
+    );
     sequencer.on_message(3, ToPrimary::Ack { up_to: 9 }, Duration::ZERO);
     assert_eq!(sequencer.stable(), 9);
+    assert_eq!(sequencer.held_by_every_replica(), 9);
     assert_eq!(sequencer.retained(), 0);
 
     // A rebuild given up releases what it held.
