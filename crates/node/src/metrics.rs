@@ -54,6 +54,7 @@ const ACTIVE_GAUGES: &[&str] = &[
     "sessions_open",
     "delivered",
     "last_rebuild_ms",
+    "took_over_at",
 ];
 const ROLES: &[&str] = &["backup", "candidate", "primary", "witness"];
 /// The stage histograms' bucket bounds: every power of two from 4 µs to 2^23 µs (8.4 s).

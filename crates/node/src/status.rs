@@ -342,6 +342,12 @@ pub struct ActiveStatus {
     /// How long the last rebuild took, from asking for the copy to serving reads.
     #[serde(default)]
     pub last_rebuild_ms: u64,
+    /// Primaries started on this node that went on from a replica's data (not a new group).
+    #[serde(default)]
+    pub takeovers: u64,
+    /// The update number this node's last primary went on from.
+    #[serde(default)]
+    pub took_over_at: u64,
 }
 
 /// One stage's durations since the daemon started, in microseconds; quantiles are the upper

@@ -5,11 +5,14 @@
 //! replies to updates compared by digest ([`ReplyComparator`]) and each client's replies
 //! returned in its requests' order.
 //!
-//! The client gets the reply of this node's replica to an update as soon as it comes, without
-//! waiting for the update to be stable (best effort); with no failover yet, nothing would use
-//! the wait.
+//! The client gets the reply of this node's replica to an update once every replica in the
+//! ordering holds the update: whichever of them takes over holds every update a client was
+//! answered. A primary taking over first gathers the replicas' positions for up to one
+//! detection and goes on from the one that received most ([`plan_takeover`]); it holds the
+//! clients' requests meanwhile, and while its own replica (whose replies the clients get) is
+//! being rebuilt.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::{SocketAddr, SocketAddrV4};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -21,6 +24,7 @@ use steadfast_core::active_order::{
     OrderNumber, OrderingSettings, Outgoing, ReadPolicy, ReadScheduler, Sequencer, ToPrimary,
 };
 use steadfast_core::active_rebuild::{CopyRequest, Rebuilds};
+use steadfast_core::active_takeover::{plan_takeover, ReplicaPosition, TakeoverPlan};
 use steadfast_core::active_wire::{ActiveFrame, UpdatePayload};
 use steadfast_core::redis_commands::{Classification, CommandTable};
 use steadfast_core::redis_effects::absolute_expiry;
@@ -39,8 +43,7 @@ use super::{ActiveContext, TICK};
 /// Updates whose digests may be awaited at once before the replicas still missing are judged
 /// lagging (and taken out of the comparison and the reads).
 const MAX_PENDING_DIGESTS: usize = 4096;
-/// The answer to an update while this node's own replica is not linked (starting, or refusing
-/// this primary after a takeover, which active mode does not carry out yet).
+/// The answer to an update while this node's own replica is not linked.
 const NO_OWN_REPLICA: &[u8] =
     b"-ERR steadfast active mode: this primary's own replica is not linked; try again\r\n";
 /// The answer to an update whose reply was lost with the link to this node's own replica: it
@@ -55,6 +58,12 @@ const RELINK_PAUSE: Duration = Duration::from_millis(100);
 /// have been unable to find a point outside every MULTI, or a frame was lost with a link).
 const REBUILD_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Requests held while the primary takes over or its own replica is rebuilt; beyond this many
+/// a request is answered with [`TAKING_OVER`] instead of waiting.
+const MAX_HELD_REQUESTS: usize = 100_000;
+/// The answer to a request beyond [`MAX_HELD_REQUESTS`].
+const TAKING_OVER: &[u8] = b"-ERR steadfast active mode: the primary is taking over and holds \
+too many requests already; try again\r\n";
 
 /// How a request goes.
 #[derive(Debug)]
@@ -102,9 +111,23 @@ struct ClientSession {
     ready: BTreeMap<u64, Vec<u8>>,
 }
 
+/// The replicas' positions, gathered by a primary that has just started.
+struct Gathering {
+    positions: BTreeMap<NodeId, ReplicaPosition>,
+}
+
 struct Front {
     ctx: Arc<ActiveContext>,
+    epoch: u64,
     origin: Instant,
+    /// Until the plan is made (`None` then), nothing is ordered.
+    gathering: Option<Gathering>,
+    /// Requests waiting, in the order they came: while the positions are gathered, or while
+    /// this node's own replica is out of the ordering (being rebuilt).
+    held: VecDeque<(SessionId, u64, Routed)>,
+    /// Replies of this node's own replica to updates not yet held by every replica in the
+    /// ordering: the client gets each once it is.
+    unstable_replies: BTreeMap<OrderNumber, (SessionId, u64, Vec<u8>)>,
     events: mpsc::UnboundedSender<FrontEvent>,
     table: Arc<CommandTable>,
     sequencer: Sequencer<UpdatePayload>,
@@ -145,7 +168,6 @@ pub async fn run(
         ctx.backend
     );
     let origin = Instant::now();
-    let members: Vec<NodeId> = ctx.members.keys().copied().collect();
     let incarnation = random_u64()?;
     for (&node, &address) in &ctx.members {
         tokio::spawn(link_replica(
@@ -159,18 +181,15 @@ pub async fn run(
     }
     let detection = ctx.detection;
     let mut front = Front {
-        sequencer: Sequencer::new(
-            OrderingSettings::default(),
-            members.iter().map(|&n| u32::from(n)),
-            0,
-            Duration::ZERO,
-        ),
-        comparator: ReplyComparator::new(
-            u32::from(ctx.node_id),
-            members.iter().map(|&n| u32::from(n)),
-            1,
-            MAX_PENDING_DIGESTS,
-        ),
+        // Both are made anew from the takeover plan; nothing is ordered before.
+        sequencer: Sequencer::new(OrderingSettings::default(), [], 0, Duration::ZERO),
+        comparator: ReplyComparator::new(u32::from(ctx.node_id), [], 1, MAX_PENDING_DIGESTS),
+        epoch,
+        gathering: Some(Gathering {
+            positions: BTreeMap::new(),
+        }),
+        held: VecDeque::new(),
+        unstable_replies: BTreeMap::new(),
         scheduler: ReadScheduler::new(ReadPolicy::WithPrimary),
         ctx,
         origin,
@@ -202,6 +221,7 @@ pub async fn run(
             }
             _ = tick.tick() => {
                 let now = front.origin.elapsed();
+                front.plan_when_gathered(now);
                 let out = front.sequencer.tick(now);
                 front.send_all(out);
                 front.watch_links(now);
@@ -332,7 +352,7 @@ async fn link_replica(
             return;
         }
         let frames = events.clone();
-        let why = link::read_frames(open.reader, open.read_half, open.peer, |frame| {
+        let why = link::read_frames(open.reader, open.read_half, open.peer, |_, frame| {
             frames
                 .send(FrontEvent::Frame {
                     node,
@@ -378,6 +398,10 @@ impl Front {
             } => {
                 if self.links.get(&node).is_some_and(|(g, _)| *g == generation) {
                     tracing::warn!("active link to replica {node} lost: {why}");
+                    if let Some(gathering) = &mut self.gathering {
+                        // Whatever it holds, the group cannot go on from it now.
+                        gathering.positions.remove(&node);
+                    }
                     self.links.remove(&node);
                     self.verified.remove(&node);
                     self.watch.unlinked(u32::from(node));
@@ -406,7 +430,14 @@ impl Front {
                 session,
                 index,
                 routed,
-            } => self.route(session, index, routed),
+            } => {
+                if self.held.len() >= MAX_HELD_REQUESTS {
+                    self.reply(session, index, TAKING_OVER.to_vec());
+                } else {
+                    self.held.push_back((session, index, routed));
+                    self.route_held();
+                }
+            }
             FrontEvent::ClientClosed { session } => {
                 self.sessions.remove(&session);
                 let after = self.sequencer.last_ordered();
@@ -419,6 +450,118 @@ impl Front {
                     .sessions_open
                     .fetch_sub(1, Ordering::Relaxed);
             }
+        }
+    }
+
+    /// Nothing is ordered while the positions are gathered; nothing is routed while this
+    /// node's own replica, whose replies the clients get, is out of the ordering (its rebuild
+    /// then brings it back): a read routed past an update held would miss it.
+    fn holding(&self) -> bool {
+        self.gathering.is_some()
+            || self
+                .sequencer
+                .acknowledged(u32::from(self.ctx.node_id))
+                .is_none()
+    }
+
+    /// Routes the requests held, in order, while nothing holds them.
+    fn route_held(&mut self) {
+        while !self.holding() {
+            let Some((session, index, routed)) = self.held.pop_front() else {
+                return;
+            };
+            self.route(session, index, routed);
+        }
+    }
+
+    /// Makes the takeover plan once every member reported its position, or one detection
+    /// after the front started with at least one position in (a member silent that long is
+    /// taken for dead: every replica that was in the last primary's ordering holds every
+    /// update a client was answered).
+    fn plan_when_gathered(&mut self, now: Duration) {
+        let Some(gathering) = &self.gathering else {
+            return;
+        };
+        // Only replicas linked now: one whose link dropped (or that the watch found silent)
+        // since it reported could neither be copied from nor hold back the ordering.
+        let positions: BTreeMap<u32, ReplicaPosition> = gathering
+            .positions
+            .iter()
+            .filter(|(node, _)| self.links.contains_key(node))
+            .map(|(&node, &position)| (u32::from(node), position))
+            .collect();
+        let everyone = positions.len() == self.ctx.members.len();
+        let waited = now >= self.ctx.detection && !positions.is_empty();
+        if !(everyone || waited) {
+            return;
+        }
+        self.gathering = None;
+        let plan = plan_takeover(&positions, u32::from(self.ctx.node_id));
+        self.take_over(plan, &positions, now);
+    }
+
+    /// Starts the ordering from the plan: the continuing replicas hold every update up to its
+    /// start and serve reads at once; the others are out of the ordering, and the tick
+    /// rebuilds them from a copy.
+    fn take_over(
+        &mut self,
+        plan: TakeoverPlan,
+        positions: &BTreeMap<u32, ReplicaPosition>,
+        now: Duration,
+    ) {
+        self.sequencer = Sequencer::new(
+            OrderingSettings::default(),
+            plan.continuing.iter().copied(),
+            plan.start,
+            now,
+        );
+        self.comparator = ReplyComparator::new(
+            u32::from(self.ctx.node_id),
+            plan.continuing.iter().copied(),
+            plan.start + 1,
+            MAX_PENDING_DIGESTS,
+        );
+        for node in plan.continuing.iter().filter_map(|&id| to_node(id)) {
+            if self.links.contains_key(&node) {
+                self.verified.insert(node);
+            }
+        }
+        let active = &self.ctx.shared().active;
+        if plan.start > 0 {
+            active.takeovers.fetch_add(1, Ordering::Relaxed);
+        }
+        active.took_over_at.store(plan.start, Ordering::Relaxed);
+        let reference = plan
+            .reference
+            .and_then(|id| positions.get(&id).map(|p| (id, p)));
+        match reference {
+            Some((id, position)) => tracing::info!(
+                "active mode: primary in epoch {} goes on from replica {id}'s data at update {} \
+                 (numbered in epoch {}); in the ordering: {:?}; rebuilt from a copy: {:?}",
+                self.epoch,
+                plan.start,
+                position.epoch,
+                plan.continuing,
+                plan.rebuilt
+            ),
+            None => tracing::warn!(
+                "active mode: primary in epoch {}: no replica reported a whole dataset \
+                 ({:?} are partial); nothing can be served until one can be copied",
+                self.epoch,
+                plan.rebuilt
+            ),
+        }
+        self.route_held();
+    }
+
+    /// Sends each client the replies of its updates that every replica in the ordering now
+    /// holds.
+    fn release_replies(&mut self) {
+        let held = self.sequencer.held_by_every_replica();
+        let waiting = self.unstable_replies.split_off(&(held + 1));
+        let ready = std::mem::replace(&mut self.unstable_replies, waiting);
+        for (session, index, reply) in ready.into_values() {
+            self.reply(session, index, reply);
         }
     }
 
@@ -452,7 +595,19 @@ impl Front {
     }
 
     fn on_frame(&mut self, from: NodeId, frame: ActiveFrame, now: Duration) {
+        if let Some(gathering) = &mut self.gathering {
+            // Until the plan, only where each replica stands counts: anything else it sends
+            // answers the last primary.
+            if let ActiveFrame::Position(position) = frame {
+                gathering.positions.insert(from, position);
+                self.plan_when_gathered(now);
+            }
+            return;
+        }
         match frame {
+            // Only a primary taking over uses it; a relinking replica is judged by its
+            // acknowledgement (`verify`).
+            ActiveFrame::Position(_) => {}
             ActiveFrame::Progress(message) => {
                 if self.rebuilds.awaits_copy(u32::from(from)) {
                     // What it held before its copy: nothing the ordering can use.
@@ -470,6 +625,7 @@ impl Front {
                 }
                 let out = self.sequencer.on_message(u32::from(from), message, now);
                 self.send_all(out);
+                self.release_replies();
             }
             part @ ActiveFrame::SnapshotPart { rebuild, .. } => {
                 let Some(joiner) = self
@@ -502,8 +658,11 @@ impl Front {
                 reply,
             } => {
                 if let (true, Some(reply)) = (from == self.ctx.node_id, reply) {
-                    self.awaiting_own_reply.remove(&number);
-                    self.reply(session, index, reply);
+                    if self.awaiting_own_reply.remove(&number).is_some() {
+                        self.unstable_replies
+                            .insert(number, (session, index, reply));
+                        self.release_replies();
+                    }
                 }
                 let verdicts = self.comparator.record(number, u32::from(from), digest);
                 self.judge(verdicts);
@@ -606,13 +765,17 @@ impl Front {
             let out = self.sequencer.unpin(joiner);
             self.send_all(out);
         }
+        if self.gathering.is_some() {
+            return;
+        }
+        // This node's own replica too: out of the ordering after a takeover that went on from
+        // another one's data.
         let joiners: Vec<NodeId> = self
             .links
             .keys()
             .copied()
             .filter(|&n| {
-                n != self.ctx.node_id
-                    && self.sequencer.acknowledged(u32::from(n)).is_none()
+                self.sequencer.acknowledged(u32::from(n)).is_none()
                     && !self.rebuilds.involves(u32::from(n))
             })
             .collect();
@@ -657,6 +820,8 @@ impl Front {
                 if let Some(took) = self.rebuilds.acknowledged(u32::from(joiner), at, now) {
                     self.caught_up(joiner, took);
                 }
+                // This node's own replica back in the ordering: the requests held go.
+                self.route_held();
             }
             Err(e) => {
                 tracing::error!("active mode: replica {joiner}: {e}; rebuilding it again");
@@ -697,6 +862,8 @@ impl Front {
         self.send_all(out);
         let verdicts = self.comparator.remove(u32::from(replica));
         self.judge(verdicts);
+        // Its acknowledgement no longer holds replies back.
+        self.release_replies();
     }
 
     fn take_out(&mut self, replica: NodeId, why: String) {

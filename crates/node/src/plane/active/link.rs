@@ -232,12 +232,24 @@ pub async fn next_frame(
     peer: SocketAddr,
     buf: &mut [u8],
 ) -> Result<ActiveFrame, LinkError> {
+    next_frame_and_epoch(reader, half, peer, buf)
+        .await
+        .map(|(_, frame)| frame)
+}
+
+/// The next frame and the epoch it was sent in, reading as much as it takes.
+async fn next_frame_and_epoch(
+    reader: &mut ActiveFrameReader,
+    half: &mut OwnedReadHalf,
+    peer: SocketAddr,
+    buf: &mut [u8],
+) -> Result<(u64, ActiveFrame), LinkError> {
     loop {
-        if let Some((_, frame)) = reader
+        if let Some(sent) = reader
             .next_frame()
             .map_err(|source| LinkError::Wire { peer, source })?
         {
-            return Ok(frame);
+            return Ok(sent);
         }
         let n = half.read(buf).await.map_err(|source| LinkError::Io {
             peer,
@@ -286,19 +298,19 @@ pub fn spawn_writer(
     tx
 }
 
-/// Reads and opens frames, handing each to `deliver`, until the stream ends or fails; returns
-/// why it ended.
+/// Reads and opens frames, handing each to `deliver` with the epoch it was sent in, until the
+/// stream ends or fails; returns why it ended.
 pub async fn read_frames(
     mut reader: ActiveFrameReader,
     mut read_half: OwnedReadHalf,
     peer: SocketAddr,
-    mut deliver: impl FnMut(ActiveFrame) -> bool,
+    mut deliver: impl FnMut(u64, ActiveFrame) -> bool,
 ) -> LinkError {
     let mut buf = vec![0u8; 256 * 1024];
     loop {
-        match next_frame(&mut reader, &mut read_half, peer, &mut buf).await {
-            Ok(frame) => {
-                if !deliver(frame) {
+        match next_frame_and_epoch(&mut reader, &mut read_half, peer, &mut buf).await {
+            Ok((epoch, frame)) => {
+                if !deliver(epoch, frame) {
                     return LinkError::Closed { peer };
                 }
             }

@@ -11,9 +11,12 @@
 //! rebuilt from a live one's copy ([`replica`] takes and loads copies, [`front`] drives the
 //! rebuild).
 //!
-//! Not built yet (issue 18): failover (a replica taking over the ordering and the clients'
-//! connections), session state carried into a rebuilt replica, safe delivery, replicating the
-//! effects of non-deterministic writes (refused by name meanwhile).
+//! A new primary goes on from the replica that received most ([`front`], `active_takeover` in
+//! the core); its clients reconnect.
+//!
+//! Not built yet (issue 18): carrying the clients' connections to the new primary, session
+//! state carried into a rebuilt replica, replicating the effects of non-deterministic writes
+//! (refused by name meanwhile).
 
 pub mod front;
 pub mod link;
@@ -113,6 +116,10 @@ pub struct ActiveShared {
     /// (from asking for the copy to serving reads).
     pub rebuilds: AtomicU64,
     pub last_rebuild_ms: AtomicU64,
+    /// Primaries started here that went on from a replica's data, and the number the last one
+    /// went on from.
+    pub takeovers: AtomicU64,
+    pub took_over_at: AtomicU64,
 }
 
 impl ActiveShared {
@@ -150,6 +157,8 @@ impl ActiveShared {
             reads_rerun: load(&self.reads_rerun),
             rebuilds: load(&self.rebuilds),
             last_rebuild_ms: load(&self.last_rebuild_ms),
+            takeovers: load(&self.takeovers),
+            took_over_at: load(&self.took_over_at),
             serving: self
                 .serving
                 .lock()
@@ -246,7 +255,7 @@ pub(super) async fn run(
                 if let Some((_, task)) = running.take() {
                     tracing::warn!(
                         "active mode: no longer primary; its clients' connections are dropped \
-                         (failover of active mode is not built yet)"
+                         (carrying them to the new primary is not built yet)"
                     );
                     *front_slot.lock().expect("front slot lock") = None;
                     task.abort();

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use steadfast_core::active_executor::{ExecAction, ReplicaExecutor, SessionId, Work};
 use steadfast_core::active_order::{OrderNumber, OrderingSettings, ReplicaAction, ReplicaOrder};
+use steadfast_core::active_takeover::ReplicaPosition;
 use steadfast_core::active_wire::{ActiveFrame, UpdatePayload};
 use steadfast_core::redis_snapshot::{
     cut_parts, keyspace_databases, restore_requests, DUMP_SCRIPT,
@@ -48,6 +49,8 @@ enum Event {
     },
     Frame {
         generation: u64,
+        /// The epoch the primary sent it in.
+        epoch: u64,
         frame: ActiveFrame,
     },
     ServerBytes {
@@ -111,8 +114,18 @@ struct Replica {
     origin: Instant,
     events: mpsc::UnboundedSender<Event>,
     link: Option<(NodeId, u64, mpsc::UnboundedSender<ActiveFrame>)>,
-    /// The incarnation of the primary process whose updates this replica holds.
+    /// The incarnation of the primary process linked last: its sessions are the ones this
+    /// replica runs.
     incarnation: Option<u64>,
+    /// The newest epoch a primary sent in: a primary of an older one was deposed, and its
+    /// frames are refused.
+    followed_epoch: u64,
+    /// The primary process (incarnation, epoch) that numbered the updates this replica
+    /// received, or the copy it loaded: its numbers mean nothing in another's numbering.
+    numbered_by: (u64, u64),
+    /// False from the first part of a copy loaded until its last: the server holds no one's
+    /// data meanwhile.
+    whole: bool,
     /// Each session's connection to the local redis-server, and its number.
     servers: BTreeMap<SessionId, (u64, mpsc::UnboundedSender<Vec<u8>>)>,
     next_connection: u64,
@@ -152,6 +165,9 @@ pub async fn run(ctx: Arc<ActiveContext>, listener: TcpListener) {
         events: events_tx,
         link: None,
         incarnation: None,
+        followed_epoch: 0,
+        numbered_by: (0, 0),
+        whole: true,
         servers: BTreeMap::new(),
         next_connection: 0,
         handed: 0,
@@ -250,8 +266,14 @@ async fn accept_links(
                 return;
             }
             let frames = events.clone();
-            let why = link::read_frames(open.reader, open.read_half, open.peer, |frame| {
-                frames.send(Event::Frame { generation, frame }).is_ok()
+            let why = link::read_frames(open.reader, open.read_half, open.peer, |epoch, frame| {
+                frames
+                    .send(Event::Frame {
+                        generation,
+                        epoch,
+                        frame,
+                    })
+                    .is_ok()
             })
             .await;
             let _ = events.send(Event::LinkDown {
@@ -271,29 +293,15 @@ impl Replica {
                 generation,
                 writer,
             } => {
-                // Another primary process numbers updates from 1 again: this replica would take
-                // them for ones it holds and skip them. Until a replica can be rebuilt from a
-                // live one, it stays out of that primary's group, loudly.
-                if let Some(ordered_by) = self.incarnation.filter(|&i| i != incarnation) {
-                    if self.order.received() > 0 {
-                        self.ctx
-                            .shared()
-                            .active
-                            .replica_errors
-                            .fetch_add(1, Ordering::Relaxed);
-                        tracing::error!(
-                            "active replica: refusing the link of primary {primary}: this \
-                             replica holds updates up to {} numbered by another primary process \
-                             ({ordered_by:#x}, now {incarnation:#x}); rebuilding a replica is \
-                             not built yet: restart this node's redis-server and daemon",
-                            self.order.received()
-                        );
-                        return;
-                    }
+                if self.incarnation.is_some_and(|i| i != incarnation) {
+                    self.another_primary_process(primary).await;
                 }
                 self.incarnation = Some(incarnation);
                 self.link = Some((primary, generation, writer));
-                // Tell the new link at once where this replica stands.
+                // Tell the new link at once where this replica stands: a primary taking over
+                // goes on from the replica that received most (`active_takeover`).
+                let position = self.position();
+                self.send(ActiveFrame::Position(position));
                 self.send(ActiveFrame::Progress(
                     steadfast_core::active_order::ToPrimary::Ack {
                         up_to: self.order.received(),
@@ -306,11 +314,27 @@ impl Replica {
                     self.link = None;
                 }
             }
-            Event::Frame { generation, frame } => {
+            Event::Frame {
+                generation,
+                epoch,
+                frame,
+            } => {
                 if self.link.as_ref().is_none_or(|l| l.1 != generation) {
                     return;
                 }
-                self.on_frame(frame).await;
+                if epoch < self.followed_epoch {
+                    // A deposed primary that has not yet learnt it: what it orders now would
+                    // split this replica from the group the new primary leads.
+                    tracing::warn!(
+                        "active replica: the primary's link sends in epoch {epoch}, older than \
+                         the {} followed: dropped",
+                        self.followed_epoch
+                    );
+                    self.link = None;
+                    return;
+                }
+                self.followed_epoch = epoch;
+                self.on_frame(epoch, frame).await;
             }
             Event::ServerBytes {
                 session,
@@ -352,10 +376,18 @@ impl Replica {
         }
     }
 
-    async fn on_frame(&mut self, frame: ActiveFrame) {
+    async fn on_frame(&mut self, epoch: u64, frame: ActiveFrame) {
         let now = self.origin.elapsed();
         match frame {
             ActiveFrame::Order(message) => {
+                if matches!(
+                    message,
+                    steadfast_core::active_order::ToReplica::Update { .. }
+                ) {
+                    // Sent only to replicas in this primary's ordering, which goes on from
+                    // what this replica holds.
+                    self.numbered_by = (self.incarnation.unwrap_or(0), epoch);
+                }
                 let actions = self.order.on_message(message, now);
                 self.act(actions).await;
             }
@@ -400,7 +432,10 @@ impl Replica {
                 last,
                 requests,
             } => {
-                if let Err(e) = self.load_part(rebuild, at, commands, last, &requests).await {
+                if let Err(e) = self
+                    .load_part(rebuild, at, commands, last, &requests, epoch)
+                    .await
+                {
                     self.ctx
                         .shared()
                         .active
@@ -577,6 +612,7 @@ impl Replica {
         commands: u64,
         last: bool,
         requests: &[u8],
+        epoch: u64,
     ) -> Result<(), String> {
         let backend = self.ctx.backend;
         let mut expected = commands;
@@ -625,6 +661,8 @@ impl Replica {
             .map_err(|e| format!("the redis-server at {backend}: {e}"))?;
         if last {
             self.loading = None;
+            self.whole = true;
+            self.numbered_by = (self.incarnation.unwrap_or(0), epoch);
             self.send(ActiveFrame::SnapshotLoaded { rebuild, at });
         }
         Ok(())
@@ -633,6 +671,7 @@ impl Replica {
     /// Forgets every update, read and session this replica held: its server is about to hold
     /// a copy taken at update `at`.
     fn start_over_at(&mut self, at: OrderNumber) {
+        self.whole = false;
         self.order = ReplicaOrder::new(OrderingSettings::default(), at);
         self.executor = ReplicaExecutor::new(at, RespLimits::default());
         self.servers.clear();
@@ -650,6 +689,55 @@ impl Replica {
             .active
             .delivered
             .store(at, Ordering::Relaxed);
+    }
+
+    /// Where this replica's data stands, for a primary taking over.
+    fn position(&self) -> ReplicaPosition {
+        ReplicaPosition {
+            ordered_by: self.numbered_by.0,
+            epoch: self.numbered_by.1,
+            received: self.order.received(),
+            whole: self.whole,
+        }
+    }
+
+    /// Another primary process linked: the one whose sessions this replica ran is gone (its
+    /// clients' connections went with it). Its sessions end once their work is answered (the
+    /// server drops an open MULTI with the connection), updates received beyond a gap are
+    /// dropped (the new primary numbers its own there), and a copy it asked for or was loading
+    /// is given up. The updates received are kept: the new primary goes on from them if they
+    /// are the group's, or rebuilds this replica.
+    async fn another_primary_process(&mut self, primary: NodeId) {
+        tracing::info!(
+            "active replica: primary {primary} is another primary process; the sessions of the \
+             last one end, this replica holds updates up to {}",
+            self.order.received()
+        );
+        let now = self.origin.elapsed();
+        let received = self.order.received();
+        // Never refused: nothing beyond what it received was delivered.
+        let _ = self.order.follow(received, now);
+        self.held_reads.clear();
+        let sessions: BTreeSet<SessionId> = self
+            .servers
+            .keys()
+            .chain(self.broken.iter())
+            .copied()
+            .collect();
+        for session in sessions {
+            self.ending.insert(session, self.handed);
+        }
+        if self.loading.take().is_some() {
+            tracing::warn!(
+                "active replica: the copy being loaded came from the last primary; this \
+                 replica's data is partial until it is rebuilt"
+            );
+        }
+        self.copy_asked = None;
+        while let Some((number, payload)) = self.deferred.pop_front() {
+            self.hand(number, payload).await;
+        }
+        self.close_ended_sessions();
     }
 
     /// Hands the executor the reads whose barrier is delivered, in the order they came.
