@@ -8,8 +8,11 @@
 //!   its own clock before ordering them; the reply is the same as the original's. A command whose
 //!   expiry Redis would refuse (zero, negative, not a number, overflowing) is left as it is, so
 //!   every replica refuses it alike.
-//! - **Random effects** (`SPOP`): the primary runs the command, and the other replicas are sent
-//!   its effect (`SREM` of the members its reply names), as Redis' own replication propagates it.
+//! - **Random effects** (`SPOP`): one replica (the primary's own) runs the command while
+//!   nothing else is ordered, and then every replica, that one included, is sent its effect:
+//!   the removal of the members its reply names, as Redis' own replication propagates it, in a
+//!   script whose reply is the same whether the members were still there or not (the replicas'
+//!   replies to every update are compared).
 //!
 //! Commands are handled as their words (the request's bulk strings); names and options are
 //! matched without regard to case, as Redis does.
@@ -120,22 +123,73 @@ pub fn absolute_expiry(words: &[Vec<u8>], now_ms: i64) -> Option<Words> {
     None
 }
 
-/// What the other replicas run for a command the primary ran whose effect chance decided:
-/// `SPOP key [count]` becomes `SREM key` of the members the primary's reply names (`reply`:
-/// the members, `None` for a null reply). `None`: nothing to run (no member popped, or not
-/// such a command).
+/// Removes `ARGV` from the set `KEYS[1]` and answers nothing, whatever was there: the replica
+/// that ran the SPOP already lost the members, the others still hold them, and all must
+/// answer alike. `unpack` goes a thousand at a time, below Lua's stack limit.
+pub const REMOVE_MEMBERS_SCRIPT: &str = "for i = 1, #ARGV, 1000 do \
+redis.call('SREM', KEYS[1], unpack(ARGV, i, math.min(i + 999, #ARGV))) end return nil";
+
+/// Whether the update is one whose effect chance decides and active mode replicates as its
+/// effect ([`random_effect`]): `SPOP`.
+pub fn is_random_write(words: &[Vec<u8>]) -> bool {
+    words.first().is_some_and(|name| is(name, "spop"))
+}
+
+/// What every replica runs once one ran a command whose effect chance decided: `SPOP key
+/// [count]` becomes [`REMOVE_MEMBERS_SCRIPT`] over the members its reply names (`reply`: the
+/// members, `None` for a null reply). `None`: nothing to run (nothing popped, or not such a
+/// command).
 pub fn random_effect(words: &[Vec<u8>], reply: Option<&[Vec<u8>]>) -> Option<Words> {
-    let name = words.first()?;
-    if !is(name, "spop") {
+    if !is_random_write(words) {
         return None;
     }
     let members = reply?;
     if members.is_empty() {
         return None;
     }
-    let mut out: Words = vec![b"SREM".to_vec(), words.get(1)?.clone()];
+    let mut out: Words = vec![
+        b"EVAL".to_vec(),
+        REMOVE_MEMBERS_SCRIPT.as_bytes().to_vec(),
+        b"1".to_vec(),
+        words.get(1)?.clone(),
+    ];
     out.extend(members.iter().cloned());
     Some(out)
+}
+
+/// What a SPOP reply says was popped: `Ok(None)` for a null reply, the members of a bulk
+/// string or of an array or set of them; an error reply (a wrong type, a bad count) is
+/// `Err` with its text: nothing was popped.
+pub fn popped_members(reply: &[u8]) -> Result<Option<Vec<Vec<u8>>>, String> {
+    use crate::resp_value::{decode_whole_value, RespData, ValueLimits};
+    // The reply comes from the replica's own server, whole: only its shape is checked.
+    let limits = ValueLimits {
+        max_bulk: u64::MAX,
+        max_elements: u64::MAX,
+        ..ValueLimits::default()
+    };
+    let value = decode_whole_value(reply, limits).map_err(|e| format!("a SPOP reply: {e}"))?;
+    match value.data {
+        RespData::Null => Ok(None),
+        RespData::BulkString(member) => Ok(Some(vec![member])),
+        RespData::SimpleError(text) | RespData::BulkError(text) => {
+            Err(String::from_utf8_lossy(&text).into_owned())
+        }
+        ref other => {
+            let list = other
+                .as_list()
+                .ok_or_else(|| "a SPOP reply neither a member, a list nor null".to_string())?;
+            list.iter()
+                .map(|m| {
+                    m.data
+                        .as_bytes()
+                        .map(<[u8]>::to_vec)
+                        .ok_or_else(|| "a SPOP reply listing a member that is not a string".into())
+                })
+                .collect::<Result<Vec<_>, String>>()
+                .map(Some)
+        }
+    }
 }
 
 #[cfg(test)]
@@ -189,12 +243,38 @@ mod tests {
     #[test]
     fn a_pop_becomes_the_removal_of_what_it_popped() {
         let members = [b"a".to_vec(), b"b".to_vec()];
+        let mut want = vec![
+            b"EVAL".to_vec(),
+            REMOVE_MEMBERS_SCRIPT.as_bytes().to_vec(),
+            b"1".to_vec(),
+        ];
+        want.extend(words("s a b"));
         assert_eq!(
             random_effect(&words("SPOP s 2"), Some(&members)),
-            Some(words("SREM s a b"))
+            Some(want)
         );
         assert_eq!(random_effect(&words("spop s"), None), None);
         assert_eq!(random_effect(&words("SPOP s 3"), Some(&[])), None);
         assert_eq!(random_effect(&words("SREM s a"), Some(&members)), None);
+    }
+
+    #[test]
+    fn a_pop_reply_names_what_was_popped_in_either_protocol() {
+        let some = |m: &[&str]| Ok(Some(m.iter().map(|m| m.as_bytes().to_vec()).collect()));
+        assert_eq!(popped_members(b"$1\r\na\r\n"), some(&["a"]));
+        assert_eq!(
+            popped_members(b"*2\r\n$1\r\na\r\n$2\r\nbc\r\n"),
+            some(&["a", "bc"])
+        );
+        assert_eq!(popped_members(b"~1\r\n$1\r\nz\r\n"), some(&["z"]));
+        assert_eq!(popped_members(b"*0\r\n"), some(&[]));
+        assert_eq!(popped_members(b"$-1\r\n"), Ok(None));
+        assert_eq!(popped_members(b"_\r\n"), Ok(None));
+        assert!(popped_members(b"-WRONGTYPE Operation against a key\r\n")
+            .unwrap_err()
+            .starts_with("WRONGTYPE"));
+        assert!(popped_members(b":3\r\n").is_err());
+        assert!(popped_members(b"*1\r\n:3\r\n").is_err());
+        assert!(popped_members(b"$5\r\nab").is_err(), "cut short");
     }
 }

@@ -1,7 +1,7 @@
 //! Updates whose effect depends on when or where they run, against two real redis-servers (the
 //! interop tier) standing for two replicas: each replica runs the rewritten form (a relative
 //! expiry made absolute at the primary's clock) at its own moment, or the primary runs SPOP and
-//! the other replica its effect; afterwards both hold the same data and the same deadlines.
+//! both replicas its effect; afterwards both hold the same data and the same deadlines.
 //! The same commands run unrewritten a few milliseconds apart leave different deadlines, which
 //! the comparison sees.
 
@@ -10,7 +10,7 @@ mod redis_support;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis_support::{ask, Server};
-use steadfast_core::redis_effects::{absolute_expiry, random_effect, Words};
+use steadfast_core::redis_effects::{absolute_expiry, popped_members, random_effect, Words};
 use steadfast_core::resp_value::{decode_whole_value, RespData, ValueLimits};
 
 fn request(words: &[Vec<u8>]) -> Vec<u8> {
@@ -38,22 +38,6 @@ fn value(reply: &[u8]) -> RespData {
     decode_whole_value(reply, ValueLimits::default())
         .expect("a reply")
         .data
-}
-
-/// The members a SPOP reply names (`None` for a null reply).
-fn popped(reply: &[u8]) -> Option<Vec<Vec<u8>>> {
-    match value(reply) {
-        RespData::Null => None,
-        RespData::BulkString(member) => Some(vec![member]),
-        other => Some(
-            other
-                .as_list()
-                .expect("SPOP answers a member, a list or null")
-                .iter()
-                .map(|m| m.data.as_bytes().expect("members are strings").to_vec())
-                .collect(),
-        ),
-    }
 }
 
 /// A key, the digest of its value (DEBUG DIGEST-VALUE) and its deadline (PEXPIRETIME), as
@@ -127,8 +111,14 @@ fn run_on_two_replicas(primary: &Server, replica: &Server, workload: &[Words], r
     for command in workload {
         if rewrite && command[0] == b"SPOP" {
             let reply = ask(&mut a, &request(command));
-            if let Some(effect) = random_effect(command, popped(&reply).as_deref()) {
-                ask(&mut b, &request(&effect));
+            let popped = popped_members(&reply).expect("a SPOP reply");
+            if let Some(effect) = random_effect(command, popped.as_deref()) {
+                // Every replica runs the effect, the one that popped too, and all answer alike.
+                let (on_primary, on_replica) = (
+                    ask(&mut a, &request(&effect)),
+                    ask(&mut b, &request(&effect)),
+                );
+                assert_eq!(on_primary, on_replica, "the effect's replies");
             }
             continue;
         }
