@@ -348,6 +348,9 @@ pub struct ActiveStatus {
     /// The update number this node's last primary went on from.
     #[serde(default)]
     pub took_over_at: u64,
+    /// Random writes (SPOP) run on the primary's own replica and replicated as their effect.
+    #[serde(default)]
+    pub random_writes: u64,
 }
 
 /// One stage's durations since the daemon started, in microseconds; quantiles are the upper

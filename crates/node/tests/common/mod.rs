@@ -494,3 +494,54 @@ pub fn redis_exchange(
     })
     .map_err(|e| e.to_string())?
 }
+
+/// Commands sent one after another over one connection opened in `namespace`: each whole
+/// reply's bytes, in order.
+pub fn redis_session(
+    namespace: &str,
+    target: SocketAddr,
+    commands: Vec<Vec<String>>,
+    timeout: Duration,
+) -> Result<Vec<Vec<u8>>, String> {
+    use std::io::{Read, Write};
+    use steadfast_core::resp::{Direction, RespFramer, RespLimits};
+    steadfast_lab::run_in_namespace(namespace, move || {
+        let mut stream = std::net::TcpStream::connect_timeout(&target, timeout)
+            .map_err(|e| format!("connect {target}: {e}"))?;
+        stream
+            .set_write_timeout(Some(timeout))
+            .and_then(|()| stream.set_read_timeout(Some(timeout)))
+            .map_err(|e| format!("{target}: {e}"))?;
+        let mut framer = RespFramer::new(Direction::Replies, RespLimits::default());
+        let mut replies = Vec::new();
+        let mut pending: Vec<u8> = Vec::new();
+        let mut messages = Vec::new();
+        let mut piece = [0u8; 16 * 1024];
+        for (i, args) in commands.iter().enumerate() {
+            let mut request = format!("*{}\r\n", args.len()).into_bytes();
+            for arg in args {
+                request.extend_from_slice(format!("${}\r\n{arg}\r\n", arg.len()).as_bytes());
+            }
+            stream
+                .write_all(&request)
+                .map_err(|e| format!("command {i} ({args:?}) to {target}: {e}"))?;
+            messages.clear();
+            while messages.is_empty() {
+                let n = stream
+                    .read(&mut piece)
+                    .map_err(|e| format!("reply {i} ({args:?}) from {target}: {e}"))?;
+                if n == 0 {
+                    return Err(format!("{target} closed before replying to {args:?}"));
+                }
+                pending.extend_from_slice(&piece[..n]);
+                framer
+                    .feed(&piece[..n], &mut messages)
+                    .map_err(|e| format!("{target}: {e}"))?;
+            }
+            // One command at a time: its reply is all that came.
+            replies.push(std::mem::take(&mut pending));
+        }
+        Ok(replies)
+    })
+    .map_err(|e| e.to_string())?
+}

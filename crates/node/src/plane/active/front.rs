@@ -27,7 +27,9 @@ use steadfast_core::active_rebuild::{CopyRequest, Rebuilds};
 use steadfast_core::active_takeover::{plan_takeover, ReplicaPosition, TakeoverPlan};
 use steadfast_core::active_wire::{ActiveFrame, UpdatePayload};
 use steadfast_core::redis_commands::{Classification, CommandTable};
-use steadfast_core::redis_effects::absolute_expiry;
+use steadfast_core::redis_effects::{
+    absolute_expiry, is_random_write, popped_members, random_effect,
+};
 use steadfast_core::replication_wire::LinkAttempt;
 use steadfast_core::reply_compare::{ReplyComparator, Verdict};
 use steadfast_core::resp::{Direction, RespFramer, RespLimits, RespMessage};
@@ -50,6 +52,9 @@ const NO_OWN_REPLICA: &[u8] =
 /// was ordered, and may have run.
 const OWN_REPLICA_LOST: &[u8] = b"-ERR steadfast active mode: the link to this primary's own \
 replica was lost before it answered; the update was ordered and may have run\r\n";
+/// The answer to a SPOP whose reply this node's own replica sent could not be read.
+const UNREADABLE_RANDOM_WRITE: &[u8] = b"-ERR steadfast active mode: the SPOP's reply could \
+not be read to replicate its effect; it may have run on one replica, which is rebuilt\r\n";
 /// The answer to a read when no replica at all serves reads.
 const NO_READER: &[u8] = b"-ERR steadfast active mode: no replica is linked to serve reads\r\n";
 /// How long the primary waits between attempts to link a replica.
@@ -72,6 +77,9 @@ pub enum Routed {
     Ordered(Vec<u8>),
     /// Run by one replica.
     Read(Vec<u8>),
+    /// Run by this node's own replica while nothing else is ordered, then replicated as its
+    /// effect (`SPOP`: chance picks what it removes).
+    RandomWrite(Vec<u8>),
     /// Answered here (a refusal).
     Answer(Vec<u8>),
 }
@@ -128,6 +136,12 @@ struct Front {
     /// Replies of this node's own replica to updates not yet held by every replica in the
     /// ordering: the client gets each once it is.
     unstable_replies: BTreeMap<OrderNumber, (SessionId, u64, Vec<u8>)>,
+    /// The random write this node's own replica runs now (session, index, request): nothing
+    /// else is routed until its effect is ordered.
+    random_write: Option<(SessionId, u64, Vec<u8>)>,
+    /// The effects of random writes ordered, and the reply each client gets (the random
+    /// write's own) once every replica in the ordering holds the effect.
+    effect_replies: BTreeMap<OrderNumber, (SessionId, u64, Vec<u8>)>,
     events: mpsc::UnboundedSender<FrontEvent>,
     table: Arc<CommandTable>,
     sequencer: Sequencer<UpdatePayload>,
@@ -190,6 +204,8 @@ pub async fn run(
         }),
         held: VecDeque::new(),
         unstable_replies: BTreeMap::new(),
+        random_write: None,
+        effect_replies: BTreeMap::new(),
         scheduler: ReadScheduler::new(ReadPolicy::WithPrimary),
         ctx,
         origin,
@@ -455,9 +471,12 @@ impl Front {
 
     /// Nothing is ordered while the positions are gathered; nothing is routed while this
     /// node's own replica, whose replies the clients get, is out of the ordering (its rebuild
-    /// then brings it back): a read routed past an update held would miss it.
+    /// then brings it back): a read routed past an update held would miss it. Nor while a
+    /// random write runs: an update ordered before its effect would run before it on the
+    /// replica that ran it and after it everywhere else.
     fn holding(&self) -> bool {
         self.gathering.is_some()
+            || self.random_write.is_some()
             || self
                 .sequencer
                 .acknowledged(u32::from(self.ctx.node_id))
@@ -587,6 +606,20 @@ impl Front {
                 let barrier = self.sequencer.last_ordered();
                 self.send_read(session, index, barrier, request);
             }
+            Routed::RandomWrite(request) => {
+                let Some((_, writer)) = self.links.get(&self.ctx.node_id) else {
+                    self.reply(session, index, NO_OWN_REPLICA.to_vec());
+                    return;
+                };
+                // Behind every update ordered: it runs once they all ran, as a read does.
+                let _ = writer.send(ActiveFrame::Read {
+                    session,
+                    index,
+                    barrier: self.sequencer.last_ordered(),
+                    request: request.clone(),
+                });
+                self.random_write = Some((session, index, request));
+            }
             Routed::Answer(reply) => {
                 active.refused.fetch_add(1, Ordering::Relaxed);
                 self.reply(session, index, reply);
@@ -662,6 +695,10 @@ impl Front {
                         self.unstable_replies
                             .insert(number, (session, index, reply));
                         self.release_replies();
+                    } else if let Some(popped) = self.effect_replies.remove(&number) {
+                        // The client gets the random write's reply, not its effect's.
+                        self.unstable_replies.insert(number, popped);
+                        self.release_replies();
                     }
                 }
                 let verdicts = self.comparator.record(number, u32::from(from), digest);
@@ -672,7 +709,17 @@ impl Front {
                 index,
                 reply,
             } => {
-                if self.reads_out.answered(u32::from(from), (session, index)) {
+                let ran_random_write = from == self.ctx.node_id
+                    && self
+                        .random_write
+                        .as_ref()
+                        .is_some_and(|(s, i, _)| (*s, *i) == (session, index));
+                if ran_random_write {
+                    if let Some((_, _, request)) = self.random_write.take() {
+                        self.order_effect(session, index, &request, reply);
+                        self.route_held();
+                    }
+                } else if self.reads_out.answered(u32::from(from), (session, index)) {
                     self.reply(session, index, reply);
                 }
             }
@@ -885,8 +932,62 @@ impl Front {
             for (session, index) in std::mem::take(&mut self.awaiting_own_reply).into_values() {
                 self.reply(session, index, OWN_REPLICA_LOST.to_vec());
             }
+            for (session, index, _) in std::mem::take(&mut self.effect_replies).into_values() {
+                self.reply(session, index, OWN_REPLICA_LOST.to_vec());
+            }
+            if let Some((session, index, _)) = self.random_write.take() {
+                // It may have run there, and nobody else will run its effect: that replica
+                // is rebuilt before anything more is routed.
+                tracing::warn!(
+                    "active mode: this node's replica was lost running a SPOP; it is rebuilt"
+                );
+                self.reply(session, index, OWN_REPLICA_LOST.to_vec());
+                self.leave_ordering(node);
+                self.route_held();
+            }
         }
         self.rerun_reads_of(node);
+    }
+
+    /// This node's own replica ran a random write and answered `reply`: its effect is ordered
+    /// to every replica (that one too, where it changes nothing), and the client gets `reply`
+    /// once every replica in the ordering holds the effect. Nothing popped (an error, an
+    /// empty set): the client gets the reply now, there is nothing to replicate.
+    fn order_effect(&mut self, session: SessionId, index: u64, request: &[u8], reply: Vec<u8>) {
+        let failed = matches!(reply.first(), Some(b'-' | b'!'));
+        let popped = if failed {
+            Ok(None)
+        } else {
+            popped_members(&reply)
+        };
+        let words = request_words(request).unwrap_or_default();
+        let effect = match popped {
+            Ok(popped) => random_effect(&words, popped.as_deref()),
+            Err(e) => {
+                // It may have removed members nobody else knows of: its replica is rebuilt.
+                tracing::error!(
+                    "active mode: this node's replica answered a SPOP with a reply that could \
+                     not be read ({e}); it is rebuilt"
+                );
+                self.reply(session, index, UNREADABLE_RANDOM_WRITE.to_vec());
+                self.leave_ordering(self.ctx.node_id);
+                return;
+            }
+        };
+        let Some(effect) = effect else {
+            self.reply(session, index, reply);
+            return;
+        };
+        let (number, out) = self.sequencer.order(UpdatePayload {
+            session,
+            index,
+            request: encode_request(&effect),
+        });
+        self.effect_replies.insert(number, (session, index, reply));
+        let active = &self.ctx.shared().active;
+        active.updates_ordered.fetch_add(1, Ordering::Relaxed);
+        active.random_writes.fetch_add(1, Ordering::Relaxed);
+        self.send_all(out);
     }
 
     /// Sends a read to the next replica in the rotation, behind `barrier`.
@@ -1155,6 +1256,16 @@ fn route(table: &CommandTable, request: Vec<u8>, in_multi: &mut bool) -> Option<
     };
     match classification {
         Classification::Refused { reason } => return refuse(reason.to_string()),
+        Classification::NonDeterministic { writes: true, .. } if is_random_write(&words) => {
+            if *in_multi {
+                return refuse(
+                    "inside MULTI its effect would be chosen on every replica apart; outside a \
+                     transaction it is replicated"
+                        .to_string(),
+                );
+            }
+            return Some(Routed::RandomWrite(request));
+        }
         Classification::NonDeterministic { writes: true, .. } => {
             return refuse(
                 "its effect differs from replica to replica, and replicating its effect is not \

@@ -16,7 +16,7 @@
 //!
 //! Not built yet (issue 18): carrying the clients' connections to the new primary, session
 //! state carried into a rebuilt replica, replicating the effects of non-deterministic writes
-//! (refused by name meanwhile).
+//! other than SPOP (refused by name meanwhile).
 
 pub mod front;
 pub mod link;
@@ -120,6 +120,8 @@ pub struct ActiveShared {
     /// went on from.
     pub takeovers: AtomicU64,
     pub took_over_at: AtomicU64,
+    /// Random writes (SPOP) run on this primary's own replica and replicated as their effect.
+    pub random_writes: AtomicU64,
 }
 
 impl ActiveShared {
@@ -159,6 +161,7 @@ impl ActiveShared {
             last_rebuild_ms: load(&self.last_rebuild_ms),
             takeovers: load(&self.takeovers),
             took_over_at: load(&self.took_over_at),
+            random_writes: load(&self.random_writes),
             serving: self
                 .serving
                 .lock()
