@@ -105,6 +105,17 @@ pub enum ActiveFrame {
         last: bool,
         requests: Vec<u8>,
     },
+    /// Source replica → primary, then primary → the replica being rebuilt, before the copy's
+    /// parts: the requests that set up client session `session`'s connection as it stood at
+    /// update `at` (`commands` of them: AUTH, HELLO, SELECT, CLIENT SETNAME…), for the joiner
+    /// to run on that session's new server connection before its next update.
+    SessionPrelude {
+        rebuild: u64,
+        at: OrderNumber,
+        session: SessionId,
+        commands: u64,
+        requests: Vec<u8>,
+    },
     /// Rebuilt replica → primary: the whole copy is loaded; send the updates after `at`.
     SnapshotLoaded { rebuild: u64, at: OrderNumber },
     /// Replica → primary, first on every link: where its data stands, for a primary that
@@ -147,6 +158,7 @@ impl ActiveFrame {
             ActiveFrame::ProbeReply { .. } => 24,
             ActiveFrame::SnapshotLoaded { .. } => 25,
             ActiveFrame::Position(_) => 26,
+            ActiveFrame::SessionPrelude { .. } => 27,
         }
     }
 
@@ -167,7 +179,8 @@ impl ActiveFrame {
             23 => "read-reply",
             24 => "probe-reply",
             25 => "snapshot-loaded",
-            _ => "position",
+            26 => "position",
+            _ => "session-prelude",
         }
     }
 }
@@ -282,6 +295,17 @@ pub fn encode(frame: &ActiveFrame, epoch: u64, out: &mut Vec<u8>) -> Result<(), 
                 &[position.ordered_by, position.epoch, position.received],
             );
             out.push(u8::from(position.whole));
+        }
+        ActiveFrame::SessionPrelude {
+            rebuild,
+            at,
+            session,
+            commands,
+            requests,
+        } => {
+            u64s(out, &[*rebuild, *at, *session, *commands]);
+            out.extend_from_slice(requests);
+            payload_len = requests.len();
         }
         ActiveFrame::Progress(ToPrimary::Ack { up_to }) => u64s(out, &[*up_to]),
         ActiveFrame::Progress(ToPrimary::Nak { missing }) => {
@@ -462,6 +486,7 @@ fn decode_body(bytes: &[u8], offset: u64) -> Result<(u64, ActiveFrame), ActiveWi
         24 => "probe-reply",
         25 => "snapshot-loaded",
         26 => "position",
+        27 => "session-prelude",
         _ => return Err(ActiveWireError::UnknownKind { offset, kind }),
     };
     let mut f = Fields {
@@ -551,6 +576,13 @@ fn decode_body(bytes: &[u8], offset: u64) -> Result<(u64, ActiveFrame), ActiveWi
                 whole,
             })
         }
+        27 => ActiveFrame::SessionPrelude {
+            rebuild: f.u64()?,
+            at: f.u64()?,
+            session: f.u64()?,
+            commands: f.u64()?,
+            requests: f.rest(),
+        },
         20 => ActiveFrame::Progress(ToPrimary::Ack { up_to: f.u64()? }),
         21 => {
             let start = f.u64()?;
@@ -635,6 +667,13 @@ mod tests {
                 received: 40,
                 whole: false,
             }),
+            ActiveFrame::SessionPrelude {
+                rebuild: 5,
+                at: 40,
+                session: 3,
+                commands: 1,
+                requests: b"*2\r\n$6\r\nSELECT\r\n$1\r\n2\r\n".to_vec(),
+            },
             ActiveFrame::Read {
                 session: 3,
                 index: 9,

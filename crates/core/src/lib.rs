@@ -8,6 +8,7 @@ pub mod active_executor;
 pub mod active_liveness;
 pub mod active_order;
 pub mod active_rebuild;
+pub mod active_session_setup;
 pub mod active_takeover;
 pub mod active_wire;
 pub mod client_timer;
