@@ -685,3 +685,116 @@ fn random_and_timed_commands_leave_the_same_data_on_every_replica() {
         active(&primary)
     );
 }
+
+/// A client session that set up its connection (SELECT, CLIENT SETNAME) before a replica was
+/// rebuilt goes on with the same setup on the rebuilt replica: its next writes land in the same
+/// database there as everywhere else, and its reads find them.
+#[test]
+#[ignore = "needs redis-server (the interop tier)"]
+fn a_rebuilt_replica_sets_up_each_session_as_the_others_had() {
+    use std::io::{Read, Write};
+    let lab = Lab::up_named(common::lab_name("as"), 3, BackendKind::Redis, |opts| {
+        opts.mode = Mode::Active;
+        opts.witness = false;
+    });
+    let target = lab.target();
+    let hosts: Vec<String> = (1..=3).map(|i| format!("n{i}")).collect();
+    let active = |host: &str| lab.daemon_status(host)["data_plane"]["active"].clone();
+    let node_id = |host: &str| -> u64 { host.trim_start_matches('n').parse().unwrap() };
+    let primary = hosts
+        .iter()
+        .find(|h| active(h)["primary"] == true)
+        .cloned()
+        .expect("a primary");
+    let serving = |host: &str| {
+        active(&primary)["serving"]
+            .as_array()
+            .is_some_and(|ids| ids.iter().any(|id| id.as_u64() == Some(node_id(host))))
+    };
+    assert!(
+        common::wait_until(Duration::from_secs(10), || hosts.iter().all(|h| serving(h))),
+        "every replica serves reads: {}",
+        active(&primary)
+    );
+    let crashed = hosts.iter().find(|h| **h != primary).cloned().unwrap();
+
+    // One connection for the whole test, opened in the client's namespace.
+    let mut stream = steadfast_lab::run_in_namespace(&lab.info.client_ns, || {
+        std::net::TcpStream::connect_timeout(&target, EXCHANGE_TIMEOUT)
+    })
+    .expect("the client namespace")
+    .expect("connecting to the service");
+    stream.set_read_timeout(Some(EXCHANGE_TIMEOUT)).unwrap();
+    let mut ask = |text: &str| -> String {
+        let words: Vec<&str> = text.split(' ').collect();
+        let mut request = format!("*{}\r\n", words.len());
+        for word in &words {
+            request.push_str(&format!("${}\r\n{word}\r\n", word.len()));
+        }
+        stream.write_all(request.as_bytes()).expect("send");
+        let mut reply = Vec::new();
+        let mut piece = [0u8; 1024];
+        // Every reply here is one line, or a bulk string of two.
+        loop {
+            let n = stream.read(&mut piece).expect("a reply");
+            assert!(n > 0, "the service closed the connection after {text}");
+            reply.extend_from_slice(&piece[..n]);
+            let text = String::from_utf8_lossy(&reply);
+            let lines = text.matches("\r\n").count();
+            if (text.starts_with('$') && !text.starts_with("$-1") && lines >= 2)
+                || (!text.starts_with('$') && lines >= 1)
+                || text.starts_with("$-1\r\n")
+            {
+                return text.into_owned();
+            }
+        }
+    };
+    assert_eq!(ask("SELECT 2"), "+OK\r\n");
+    assert_eq!(ask("CLIENT SETNAME keeper"), "+OK\r\n");
+    assert_eq!(ask("SET before 1"), "+OK\r\n");
+
+    let rebuilds_before = active(&primary)["rebuilds"].as_u64().unwrap_or(0);
+    steadfast_lab::crash(lab.name(), &crashed, CrashKind::Host).expect("crash");
+    assert!(
+        common::wait_until(STALL_BOUND * 5, || !serving(&crashed)),
+        "{crashed} leaves the reads: {}",
+        active(&primary)
+    );
+    steadfast_lab::heal(lab.name(), &crashed).expect("heal");
+    assert!(
+        common::wait_until(REBUILD_BOUND, || {
+            active(&primary)["rebuilds"].as_u64() > Some(rebuilds_before) && serving(&crashed)
+        }),
+        "healed {crashed} is rebuilt and serves reads: {}\n{}",
+        active(&primary),
+        lab.situation()
+    );
+
+    // The session's next write reaches the rebuilt replica's database 2 too.
+    assert_eq!(ask("SET after 2"), "+OK\r\n");
+    for _ in 0..6 {
+        assert_eq!(ask("GET after"), "$1\r\n2\r\n", "read round-robin");
+        assert_eq!(ask("GET before"), "$1\r\n1\r\n", "read round-robin");
+    }
+    assert_eq!(ask("CLIENT GETNAME"), "$6\r\nkeeper\r\n");
+    every_replica_delivers_what_was_ordered(&active, &primary, &hosts);
+    let local: SocketAddr = "127.0.0.1:6379".parse().unwrap();
+    let digests: Vec<String> = hosts
+        .iter()
+        .map(|h| {
+            let reply = exchange(&format!("{}-{h}", lab.name()), local, &["DEBUG", "DIGEST"])
+                .unwrap_or_else(|e| panic!("{h}: DEBUG DIGEST: {e}"));
+            string_text(&reply).expect("a digest")
+        })
+        .collect();
+    assert!(
+        digests.iter().all(|d| *d == digests[0]),
+        "every replica holds the same data: {digests:?}"
+    );
+    let status = active(&primary);
+    assert_eq!(
+        status["divergences"].as_object().map(|m| m.len()),
+        Some(0),
+        "no replica answered the session otherwise: {status}"
+    );
+}

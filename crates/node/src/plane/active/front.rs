@@ -660,7 +660,8 @@ impl Front {
                 self.send_all(out);
                 self.release_replies();
             }
-            part @ ActiveFrame::SnapshotPart { rebuild, .. } => {
+            part @ (ActiveFrame::SnapshotPart { rebuild, .. }
+            | ActiveFrame::SessionPrelude { rebuild, .. }) => {
                 let Some(joiner) = self
                     .rebuilds
                     .joiner_of(rebuild, u32::from(from))

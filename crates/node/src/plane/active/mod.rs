@@ -14,9 +14,9 @@
 //! A new primary goes on from the replica that received most ([`front`], `active_takeover` in
 //! the core); its clients reconnect.
 //!
-//! Not built yet (issue 18): carrying the clients' connections to the new primary, session
-//! state carried into a rebuilt replica, replicating the effects of non-deterministic writes
-//! other than SPOP (refused by name meanwhile).
+//! Not built yet (issue 18): carrying the clients' connections to the new primary,
+//! replicating the effects of non-deterministic writes other than SPOP (refused by name
+//! meanwhile).
 
 pub mod front;
 pub mod link;

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use steadfast_core::active_executor::{ExecAction, ReplicaExecutor, SessionId, Work};
 use steadfast_core::active_order::{OrderNumber, OrderingSettings, ReplicaAction, ReplicaOrder};
+use steadfast_core::active_session_setup::{sets_up_a_session, SessionSetup};
 use steadfast_core::active_takeover::ReplicaPosition;
 use steadfast_core::active_wire::{ActiveFrame, UpdatePayload};
 use steadfast_core::redis_snapshot::{
@@ -152,6 +153,11 @@ struct Replica {
     ending: BTreeMap<SessionId, OrderNumber>,
     /// Sessions whose server connection failed: their later work is answered with an error.
     broken: BTreeSet<SessionId>,
+    /// How each session's server connection is set up (SELECT, AUTH, CLIENT SETNAME…): sent
+    /// with a copy, and run on a session's new connection after a rebuild.
+    setups: BTreeMap<SessionId, SessionSetup>,
+    /// Setup requests handed and not yet answered: they count once they succeed.
+    pending_setups: BTreeMap<OrderNumber, (SessionId, Vec<u8>)>,
 }
 
 /// Accepts the primary's links on `listener` and runs the replica for as long as the process.
@@ -180,6 +186,8 @@ pub async fn run(ctx: Arc<ActiveContext>, listener: TcpListener) {
         held_reads: Vec::new(),
         ending: BTreeMap::new(),
         broken: BTreeSet::new(),
+        setups: BTreeMap::new(),
+        pending_setups: BTreeMap::new(),
         ctx,
     };
     let mut tick = tokio::time::interval(TICK);
@@ -425,6 +433,29 @@ impl Replica {
                 }
                 self.copy_when_ready().await;
             }
+            ActiveFrame::SessionPrelude {
+                rebuild,
+                at,
+                session,
+                commands,
+                requests,
+            } => {
+                if let Err(e) = self
+                    .load_prelude(rebuild, at, session, commands, &requests)
+                    .await
+                {
+                    self.ctx
+                        .shared()
+                        .active
+                        .replica_errors
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(
+                        "active replica: the setup of session {session} in the copy of rebuild \
+                         {rebuild}: {e}; the primary starts the rebuild again"
+                    );
+                    self.loading = None;
+                }
+            }
             ActiveFrame::SnapshotPart {
                 rebuild,
                 at,
@@ -480,6 +511,10 @@ impl Replica {
             .active
             .delivered
             .store(number, Ordering::Relaxed);
+        if !self.in_multi.contains(&payload.session) && sets_up_a_session(&payload.request) {
+            self.pending_setups
+                .insert(number, (payload.session, payload.request.clone()));
+        }
         match transaction_boundary(&payload.request) {
             Some(TransactionBoundary::Opens) => {
                 self.in_multi.insert(payload.session);
@@ -573,7 +608,25 @@ impl Replica {
             Ok(parts) => {
                 let count = parts.len();
                 let requests: u64 = parts.iter().map(|(n, _)| n).sum();
+                // Every update handed was answered: the setups stand as at `at`.
+                let preludes: Vec<(SessionId, (u64, Vec<u8>))> = self
+                    .setups
+                    .iter()
+                    .filter(|(session, setup)| {
+                        !setup.is_empty() && !self.ending.contains_key(session)
+                    })
+                    .map(|(&session, setup)| (session, setup.prelude()))
+                    .collect();
                 for &rebuild in &asked.rebuilds {
+                    for (session, (commands, requests)) in &preludes {
+                        self.send(ActiveFrame::SessionPrelude {
+                            rebuild,
+                            at,
+                            session: *session,
+                            commands: *commands,
+                            requests: requests.clone(),
+                        });
+                    }
                     for (i, (commands, bytes)) in parts.iter().enumerate() {
                         self.send(ActiveFrame::SnapshotPart {
                             rebuild,
@@ -615,44 +668,8 @@ impl Replica {
         epoch: u64,
     ) -> Result<(), String> {
         let backend = self.ctx.backend;
-        let mut expected = commands;
-        let mut out = Vec::new();
-        if self.loading.as_ref().is_none_or(|l| l.rebuild != rebuild) {
-            self.start_over_at(at);
-            let server = tokio::time::timeout(LOAD_TIMEOUT, TcpStream::connect(backend))
-                .await
-                .map_err(|_| format!("connecting to the redis-server at {backend}: timed out"))?
-                .map_err(|e| format!("connecting to the redis-server at {backend}: {e}"))?;
-            self.loading = Some(Loading {
-                rebuild,
-                at,
-                server,
-            });
-            // Every other connection to the server goes first: a write the old sessions still
-            // had queued must not land after the server was emptied. Then it is emptied.
-            out.extend_from_slice(&encode_request(&[
-                b"CLIENT".to_vec(),
-                b"KILL".to_vec(),
-                b"TYPE".to_vec(),
-                b"normal".to_vec(),
-                b"SKIPME".to_vec(),
-                b"yes".to_vec(),
-            ]));
-            out.extend_from_slice(b"*1\r\n$8\r\nFLUSHALL\r\n");
-            expected += 2;
-            tracing::info!(
-                "active replica: loading a copy taken at update {at} (rebuild {rebuild})"
-            );
-        }
-        let loading = self.loading.as_mut().expect("set above");
-        if loading.at != at {
-            return Err(format!(
-                "a part taken at update {at} in a copy taken at {}",
-                loading.at
-            ));
-        }
-        out.extend_from_slice(requests);
-        let load = run_requests(&mut loading.server, &out, expected);
+        let loading = self.begin_load(rebuild, at).await?;
+        let load = run_requests(&mut loading.server, requests, commands);
         tokio::time::timeout(LOAD_TIMEOUT, load)
             .await
             .map_err(|_| {
@@ -668,6 +685,73 @@ impl Replica {
         Ok(())
     }
 
+    /// The load of rebuild `rebuild`'s copy, begun by its first frame: this replica forgets
+    /// everything it held and its server is emptied, after every other connection to it went
+    /// (a write the old sessions still had queued must not land after it was emptied).
+    async fn begin_load(&mut self, rebuild: u64, at: OrderNumber) -> Result<&mut Loading, String> {
+        let backend = self.ctx.backend;
+        if self.loading.as_ref().is_none_or(|l| l.rebuild != rebuild) {
+            self.start_over_at(at);
+            let mut server = tokio::time::timeout(LOAD_TIMEOUT, TcpStream::connect(backend))
+                .await
+                .map_err(|_| format!("connecting to the redis-server at {backend}: timed out"))?
+                .map_err(|e| format!("connecting to the redis-server at {backend}: {e}"))?;
+            let mut empty = encode_request(&[
+                b"CLIENT".to_vec(),
+                b"KILL".to_vec(),
+                b"TYPE".to_vec(),
+                b"normal".to_vec(),
+                b"SKIPME".to_vec(),
+                b"yes".to_vec(),
+            ]);
+            empty.extend_from_slice(b"*1\r\n$8\r\nFLUSHALL\r\n");
+            tokio::time::timeout(LOAD_TIMEOUT, run_requests(&mut server, &empty, 2))
+                .await
+                .map_err(|_| {
+                    format!("the redis-server at {backend} was not emptied within {LOAD_TIMEOUT:?}")
+                })?
+                .map_err(|e| format!("emptying the redis-server at {backend}: {e}"))?;
+            self.loading = Some(Loading {
+                rebuild,
+                at,
+                server,
+            });
+            tracing::info!(
+                "active replica: loading a copy taken at update {at} (rebuild {rebuild})"
+            );
+        }
+        let loading = self.loading.as_mut().expect("set above");
+        if loading.at != at {
+            return Err(format!(
+                "a part taken at update {at} in a copy taken at {}",
+                loading.at
+            ));
+        }
+        Ok(loading)
+    }
+
+    /// A session's setup in the copy: run on its new server connection (`connect_server`)
+    /// before its next work.
+    async fn load_prelude(
+        &mut self,
+        rebuild: u64,
+        at: OrderNumber,
+        session: SessionId,
+        commands: u64,
+        requests: &[u8],
+    ) -> Result<(), String> {
+        self.begin_load(rebuild, at).await?;
+        let setup = SessionSetup::from_prelude(requests)?;
+        if setup.prelude().0 != commands {
+            return Err(format!(
+                "a prelude of {commands} requests holding {}",
+                setup.prelude().0
+            ));
+        }
+        self.setups.insert(session, setup);
+        Ok(())
+    }
+
     /// Forgets every update, read and session this replica held: its server is about to hold
     /// a copy taken at update `at`.
     fn start_over_at(&mut self, at: OrderNumber) {
@@ -680,6 +764,8 @@ impl Replica {
         self.held_reads.clear();
         self.ending.clear();
         self.broken.clear();
+        self.setups.clear();
+        self.pending_setups.clear();
         self.deferred.clear();
         self.in_multi.clear();
         self.copy_asked = None;
@@ -797,6 +883,11 @@ impl Replica {
                     number: Some(number),
                     reply,
                 } => {
+                    if let Some((of, request)) = self.pending_setups.remove(&number) {
+                        if !matches!(reply.first(), Some(b'-' | b'!')) {
+                            self.setups.entry(of).or_default().succeeded(&request);
+                        }
+                    }
                     let index = self.update_index.remove(&number).unwrap_or_default();
                     let whole = self
                         .link
@@ -850,6 +941,7 @@ impl Replica {
                 {
                     match number {
                         Some(number) => {
+                            self.pending_setups.remove(&number);
                             let index = self.update_index.remove(&number).unwrap_or_default();
                             self.send(ActiveFrame::UpdateReply {
                                 number,
@@ -904,6 +996,7 @@ impl Replica {
                 self.servers.remove(&session);
                 self.read_index.remove(&session);
                 self.broken.remove(&session);
+                self.setups.remove(&session);
                 // Its server connection closes: the server drops an open transaction.
                 self.in_multi.remove(&session);
             }
@@ -921,10 +1014,24 @@ impl Replica {
     /// the server sends to the replica's task and one that writes what it is given.
     async fn connect_server(&mut self, session: SessionId) -> Result<(), String> {
         let backend = self.ctx.backend;
-        let stream = TcpStream::connect(backend)
+        let mut stream = TcpStream::connect(backend)
             .await
             .map_err(|e| format!("connecting to the redis-server at {backend}: {e}"))?;
         let _ = stream.set_nodelay(true);
+        // A session this replica got from a copy: its connection is set up as the source's was.
+        if let Some((commands, requests)) = self
+            .setups
+            .get(&session)
+            .map(SessionSetup::prelude)
+            .filter(|(commands, _)| *commands > 0)
+        {
+            tokio::time::timeout(LOAD_TIMEOUT, run_requests(&mut stream, &requests, commands))
+                .await
+                .map_err(|_| {
+                    format!("setting up the session's connection to {backend}: timed out")
+                })?
+                .map_err(|e| format!("setting up the session's connection to {backend}: {e}"))?;
+        }
         let (mut read_half, mut write_half) = stream.into_split();
         let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
         self.next_connection += 1;
