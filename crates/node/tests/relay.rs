@@ -349,8 +349,26 @@ fn a_duplex_backup_relaying_for_its_primary_carries_its_connections_on_after_a_c
         relayed["data_plane"]
     );
 
-    steadfast_lab::crash(lab.name(), "n1", CrashKind::Host).expect("crash n1's host");
+    // n1's host dies while relaying (the lab takes one crash at a time, and n1's public link
+    // is already cut): frozen first, then off its private cable, then killed, so that the
+    // killed processes' resets reach nobody, as with a power loss.
+    let n1 = format!("{}-n1", lab.name());
+    let signal_all = |signal: &str| {
+        for pid in steadfast_lab::pids_in_namespace(&n1) {
+            let _ = Command::new("kill")
+                .args([signal, &pid.to_string()])
+                .status();
+        }
+    };
+    signal_all("-STOP");
+    let switch = format!("{}-sw", lab.name());
+    let out = Command::new("ip")
+        .args(["-n", &switch, "link", "set", "n1p", "down"])
+        .output()
+        .expect("run ip");
+    assert!(out.status.success(), "cutting n1's private cable: {out:?}");
     let crashed = std::time::Instant::now();
+    signal_all("-KILL");
     assert!(
         wait_until(Duration::from_secs(5), || lab.holders_except("n1")
             == vec!["n2".to_string()]),
