@@ -298,7 +298,9 @@ fn a_relaying_primary_that_loses_its_private_link_too_fails_over_and_the_relay_e
 
 /// Duplex keeps its promise through a relay: the backup that relays for the primary also logs
 /// every frame of the connections carried through it, so when the relaying primary's host then
-/// crashes, the backup carries those connections on with no client error.
+/// crashes, the backup carries those connections on with no client error. Known to fail
+/// about one run in eight (benches/README.md, duplex): the replication stream can stall past
+/// `replication_stall_ms` across the carrier cut, and the primary drops its backup.
 #[test]
 #[ignore = "needs root (network namespaces); about 15 s"]
 fn a_duplex_backup_relaying_for_its_primary_carries_its_connections_on_after_a_crash() {
