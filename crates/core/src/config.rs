@@ -1349,6 +1349,12 @@ fn build(
             node_id,
             &members,
             &service_interfaces,
+            &relay::ElectionTiming {
+                heartbeat_interval_ms: heartbeat_ms.clamp(1, MAX_HEARTBEAT_INTERVAL_MS),
+                heartbeat_interval_at: g.heartbeat_interval_ms.as_ref().map(|s| s.span()),
+                miss_count: miss_count.clamp(2, MAX_MISS_COUNT),
+                miss_count_at: g.miss_count.as_ref().map(|s| s.span()),
+            },
             report,
         )
     });

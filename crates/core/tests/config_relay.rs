@@ -37,9 +37,11 @@ mode = "unreplicated"
 backend = "127.0.0.1:8080"
 "#;
 
+// 15 ms rounds: a black hole is found within 2 × 15 + 10 = 40 ms, inside the default
+// heartbeat's 45 ms (see `relay_detection_must_end_within_the_election_lease`).
 const RELAY: &str = r#"
 [relay]
-probe_period_ms = 20
+probe_period_ms = 15
 
 [[relay.interface]]
 name = "eth0"
@@ -102,7 +104,7 @@ fn a_relay_table_is_read_with_its_defaults() {
     let cfg = ok(&format!("{BASE}{RELAY}"));
     let relay = cfg.relay.expect("relay");
     assert_eq!(relay.port, DEFAULT_PORT + RELAY_PORT_OFFSET);
-    assert_eq!(relay.probe_period, Duration::from_millis(20));
+    assert_eq!(relay.probe_period, Duration::from_millis(15));
     assert_eq!(
         relay.probe_timeout,
         Duration::from_millis(DEFAULT_PROBE_PERIOD_MS)
@@ -345,5 +347,140 @@ fn unknown_relay_keys_are_named() {
             .iter()
             .any(|x| x.field.contains("probe_periode_ms")),
         "{e}"
+    );
+}
+
+/// A public interface probed by ARP and a private one, every probe setting left out unless
+/// `probes` sets it.
+fn relay_with_probes(probes: &str) -> String {
+    format!(
+        r#"
+[relay]
+{probes}
+[[relay.interface]]
+name = "eth0"
+class = "public"
+probe_targets = ["10.77.0.1"]
+
+[[relay.interface]]
+name = "priv0"
+class = "private"
+address = "10.78.0.11"
+
+[[relay.sibling]]
+id = 2
+interface = "priv0"
+address = "10.78.0.12"
+"#
+    )
+}
+
+/// `BASE` with `lines` added to its `[group]` table.
+fn base_with_group(lines: &str) -> String {
+    BASE.replace("[group]\n", &format!("[group]\n{lines}\n"))
+}
+
+#[test]
+fn relay_detection_must_end_within_the_election_lease() {
+    // The defaults: a black hole found within 2 × 10 + 10 = 30 ms, the election's room
+    // (3 − 2) × 50 − 5 = 45 ms.
+    ok(&format!("{BASE}{}", relay_with_probes("")));
+    // 20 ms rounds: 2 × 20 + 10 = 50 ms, past the 45 ms.
+    let text = format!("{BASE}{}", relay_with_probes("probe_period_ms = 20"));
+    let e = errors(&text);
+    assert_eq!(e.errors().len(), 1, "{e}");
+    let error = &e.errors()[0];
+    assert_eq!(error.field, "relay.probe_period_ms");
+    assert_eq!(error.line, line_of(&text, "probe_period_ms = 20"));
+    for needle in [
+        "2 × 20 + 10 = 50 ms",
+        "relay.probe_fall = 2, default",
+        &format!(
+            "relay.probe_period_ms = 20, line {}",
+            line_of(&text, "probe_period_ms = 20")
+        ),
+        "relay.probe_timeout_ms = 10, default",
+        "(3 − 2) × 50 − 5 = 45 ms",
+        "group.miss_count = 3, default",
+        "group.heartbeat_interval_ms = 50, default",
+    ] {
+        assert!(error.message.contains(needle), "{needle:?} missing: {e}");
+    }
+    // Exactly at the budget is refused too: the sibling needs some time after detection.
+    let text = format!(
+        "{}{}",
+        base_with_group("heartbeat_interval_ms = 10\nmiss_count = 6"),
+        relay_with_probes("probe_timeout_ms = 19")
+    );
+    // 2 × 10 + 19 = 39 ms against (6 − 2) × 10 − 1 = 39 ms.
+    let e = errors(&text);
+    assert_eq!(e.errors().len(), 1, "{e}");
+    assert!(
+        e.errors()[0].message.contains("= 39 ms after it opens")
+            && e.errors()[0].message.contains("group.miss_count = 6, line")
+            && e.errors()[0]
+                .message
+                .contains("group.heartbeat_interval_ms = 10, line"),
+        "{e}"
+    );
+    assert_eq!(e.errors()[0].line, line_of(&text, "probe_timeout_ms = 19"));
+    // One millisecond less is accepted.
+    ok(&format!(
+        "{}{}",
+        base_with_group("heartbeat_interval_ms = 10\nmiss_count = 6"),
+        relay_with_probes("probe_timeout_ms = 18")
+    ));
+    // A slower black-hole detector needs a longer election lease: miss_count 4 gives 95 ms.
+    ok(&format!(
+        "{}{}",
+        base_with_group("miss_count = 4"),
+        relay_with_probes("probe_period_ms = 40\nprobe_fall = 2")
+    ));
+    let text = format!(
+        "{}{}",
+        base_with_group("miss_count = 4"),
+        relay_with_probes("probe_period_ms = 40\nprobe_fall = 3")
+    );
+    let e = errors(&text);
+    assert_eq!(e.errors().len(), 1, "{e}");
+    assert!(
+        e.errors()[0].message.contains("3 × 40 + 10 = 130 ms")
+            && e.errors()[0].message.contains("(4 − 2) × 50 − 5 = 95 ms"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_relay_judged_by_carrier_alone_needs_three_missed_heartbeats() {
+    // No probe targets: a carrier loss is found at once, and the sibling has the whole
+    // (miss_count − 2) intervals. With miss_count 2 it has none.
+    let carrier_only = RELAY.replace("probe_targets = [\"10.77.0.1\"]\n", "");
+    ok(&format!("{BASE}{carrier_only}"));
+    let text = format!("{}{carrier_only}", base_with_group("miss_count = 2"));
+    let e = errors(&text);
+    assert_eq!(e.errors().len(), 1, "{e}");
+    let error = &e.errors()[0];
+    assert_eq!(error.field, "group.miss_count");
+    assert_eq!(error.line, line_of(&text, "miss_count = 2"));
+    assert!(
+        error.message.contains("(2 − 2) × 50 − 5 = -5 ms")
+            && error.message.contains("group.miss_count = 2, line")
+            && error.message.contains("Raise group.miss_count to 3"),
+        "{e}"
+    );
+}
+
+#[test]
+fn the_example_config_passes_with_and_without_a_default_relay_table() {
+    let example = include_str!("../../../packaging/examples/web.toml");
+    let cfg = ok(example);
+    assert_eq!(cfg.relay, None);
+    // The same file with a relay at every default (10 ms probe rounds) and its 50 ms × 3
+    // heartbeat: the detection (30 ms) fits the election's 45 ms.
+    let with_relay = format!("{example}{}", relay_with_probes(""));
+    let cfg = ok(&with_relay);
+    assert_eq!(
+        cfg.relay.expect("relay").probe_period,
+        Duration::from_millis(DEFAULT_PROBE_PERIOD_MS)
     );
 }

@@ -17,7 +17,9 @@ use crate::system::{
     ip, kill_all_in, monotonic_now, namespace_id, process_is_in, signal_all, signal_group,
     wait_gone,
 };
-use crate::topology::{interface_addresses, set_link, Host, LabName, HOST_INTERFACE, VIP};
+use crate::topology::{
+    interface_addresses, set_link, set_private_link, Host, LabName, HOST_INTERFACE, VIP,
+};
 use crate::webservers;
 
 /// How long killed processes may take to disappear.
@@ -143,6 +145,11 @@ pub fn crash(name: &str, node: &str, how: CrashKind) -> Result<CrashReport, LabE
             // processes' connections from reaching anyone, as with a real power loss.
             signal_all(id, Signal::SIGSTOP);
             set_link(&lab, host, false)?;
+            // A dead machine is off every network: the private one too, or the resets of
+            // the killed processes' connections would reach the clients through a sibling.
+            if state.options.relay && host.is_member() {
+                set_private_link(&lab, host, false)?;
+            }
             kill_all_in(&ns, KILL_TIMEOUT)?;
         }
         (CrashKind::Link | CrashKind::LinkDown, _) => set_link(&lab, host, false)?,
@@ -297,6 +304,9 @@ pub fn heal(name: &str, node: &str) -> Result<HealReport, LabError> {
         }
     }
     set_link(&lab, host, true)?;
+    if crash.how == CrashKind::Host && state.options.relay && host.is_member() {
+        set_private_link(&lab, host, true)?;
+    }
     // The host comes back as from a reboot: with an empty neighbour table. An entry left
     // from before the crash (incomplete, or naming an old MAC) held up a join by 0.6 s.
     ip(&["-n", &ns, "neigh", "flush", "all"])?;

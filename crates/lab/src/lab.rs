@@ -177,6 +177,7 @@ fn build(
             start_daemons: opts.start_daemons,
             front_proxy: opts.front_proxy,
             cpu_quota: opts.cpu_quota,
+            relay: opts.relay,
         },
         hosts: hosts
             .iter()

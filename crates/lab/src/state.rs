@@ -95,6 +95,9 @@ pub struct RecordedOptions {
     /// Each member's CPU limit, if any; its cgroups are at [`LabState::cgroup_dir`].
     #[serde(default)]
     pub cpu_quota: Option<crate::cpu_quota::CpuQuota>,
+    /// Whether the members have a private network (link relay); a host crash cuts it too.
+    #[serde(default)]
+    pub relay: bool,
 }
 
 /// When and how a host was crashed.

@@ -391,6 +391,20 @@ pub(crate) fn set_link(lab: &LabName, host: Host, up: bool) -> Result<(), LabErr
     .map(|_| ())
 }
 
+/// Member `host`'s private cable (labs with link relay) up or down, from the switch side.
+pub(crate) fn set_private_link(lab: &LabName, host: Host, up: bool) -> Result<(), LabError> {
+    let state = if up { "up" } else { "down" };
+    ip(&[
+        "-n",
+        &lab.switch_namespace(),
+        "link",
+        "set",
+        &private_port(host),
+        state,
+    ])
+    .map(|_| ())
+}
+
 /// Whether the bridge-side end of each host's veth pair is administratively up, by port name.
 pub(crate) fn link_states(lab: &LabName) -> Result<Vec<(String, bool)>, LabError> {
     let out = ip(&["-n", &lab.switch_namespace(), "-j", "link", "show"])?;

@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{wait_until, BackgroundLoad, Lab};
-use steadfast_lab::{BackendKind, CrashKind};
+use steadfast_lab::{BackendKind, CrashKind, Mode};
 use steadfast_os::nftables::{Family, NftSocket};
 
 const PROBE_PERIOD: Duration = Duration::from_millis(10);
@@ -43,26 +43,42 @@ fn relay_state(lab: &Lab, host: &str) -> (String, String) {
 #[test]
 #[ignore = "needs root (network namespaces); about 10 s"]
 fn a_primary_that_loses_its_public_carrier_serves_through_its_sibling() {
-    cut_and_restore(CrashKind::LinkDown);
+    cut_and_restore(CrashKind::LinkDown, Mode::Unreplicated);
+}
+
+/// Duplex: the sibling is also the backup, which receives the client's frames first and
+/// replicates; the primary's replication stream to it and its replies go over the private link.
+#[test]
+#[ignore = "needs root (network namespaces); about 10 s"]
+fn a_duplex_primary_that_loses_its_public_carrier_serves_through_its_sibling() {
+    cut_and_restore(CrashKind::LinkDown, Mode::Duplex);
+}
+
+#[test]
+#[ignore = "needs root (network namespaces); about 10 s"]
+fn a_duplex_primary_whose_public_link_turns_into_a_black_hole_serves_through_its_sibling() {
+    cut_and_restore(CrashKind::LinkBlackhole, Mode::Duplex);
 }
 
 #[test]
 #[ignore = "needs root (network namespaces); about 10 s"]
 fn a_primary_whose_public_link_turns_into_a_black_hole_serves_through_its_sibling() {
-    cut_and_restore(CrashKind::LinkBlackhole);
+    cut_and_restore(CrashKind::LinkBlackhole, Mode::Unreplicated);
 }
 
 /// Cuts the primary's public link the way `kind` says under a probe load, then restores it:
 /// no failover, no failed probe, and the sibling undoes everything after.
-fn cut_and_restore(kind: CrashKind) {
-    let tag = if kind == CrashKind::LinkDown {
-        "rld"
-    } else {
-        "rlb"
+fn cut_and_restore(kind: CrashKind, mode: Mode) {
+    let tag = match (kind, mode) {
+        (CrashKind::LinkDown, Mode::Duplex) => "rdd",
+        (_, Mode::Duplex) => "rdb",
+        (CrashKind::LinkDown, _) => "rld",
+        _ => "rlb",
     };
     let lab = Lab::up_with(tag, 2, BackendKind::Builtin, |opts| {
         opts.witness = true;
         opts.relay = true;
+        opts.mode = mode;
     });
     let primary = lab.info.primary.clone().expect("a primary after up");
     assert_eq!(primary, format!("{}-n1", lab.name()));
@@ -115,7 +131,7 @@ fn cut_and_restore(kind: CrashKind) {
             .unwrap_or_default()
     };
     println!(
-        "relay {kind}: {} probes, {} failed, longest gap {:?}, slowest probe after the cut \
+        "relay {kind} ({mode}): {} probes, {} failed, longest gap {:?}, slowest probe after the cut \
          {:?}, after the restore {:?}",
         summary.probes,
         summary.probe_failures,

@@ -25,6 +25,11 @@ const PACKET_HOST: u32 = 0;
 const PACKET_OTHERHOST: u32 = 3;
 /// `SKF_AD_OFF + SKF_AD_PKTTYPE`: the classic BPF load of the frame's packet type.
 const LOAD_PKTTYPE: u32 = 0xffff_f000 + 4;
+/// `SKF_AD_OFF + SKF_AD_PROTOCOL`: the frame's EtherType, in host order.
+const LOAD_PROTOCOL: u32 = 0xffff_f000;
+/// Every protocol: only such a socket sees the frames its host sends (`dev_queue_xmit_nit`
+/// hands outgoing frames to the taps of every protocol only).
+const ETH_P_ALL: u16 = 0x0003;
 /// The largest packet kept: a full Ethernet payload.
 pub const MAX_PACKET: usize = 1500;
 
@@ -38,28 +43,66 @@ pub enum CatchKind {
     Routed { exclude: Vec<Ipv4Addr> },
 }
 
+const PACKET_OUTGOING: u32 = 4;
+
+/// What a catcher catches now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Catching {
+    Off,
+    /// What its [`CatchKind`] says.
+    On,
+    /// On a public interface, also the TCP segments this host itself sends out of it from
+    /// sources other than `not_from` (this host's own addresses): a duplex backup's logger
+    /// forwards the client's frames to the primary, and between a cut of the primary's link
+    /// and the relay it forwards them into the dead port. A private interface catches as `On`.
+    WithOutgoing {
+        not_from: Vec<Ipv4Addr>,
+    },
+}
+
 /// Offsets are from the IP header: the socket is `SOCK_DGRAM`.
-fn filter_program(kind: &CatchKind) -> Vec<libc::sock_filter> {
-    let (pkttype, exclude): (u32, &[Ipv4Addr]) = match kind {
-        CatchKind::Flooded => (PACKET_OTHERHOST, &[]),
-        CatchKind::Routed { exclude } => (PACKET_HOST, exclude),
+fn filter_program(kind: &CatchKind, catching: &Catching) -> Vec<libc::sock_filter> {
+    let (pkttypes, exclude): (Vec<u32>, &[Ipv4Addr]) = match (kind, catching) {
+        (_, Catching::Off) => return vec![bpf(RET_K, 0, 0, 0)],
+        (CatchKind::Flooded, Catching::On) => (vec![PACKET_OTHERHOST], &[]),
+        (CatchKind::Flooded, Catching::WithOutgoing { not_from }) => {
+            (vec![PACKET_OTHERHOST, PACKET_OUTGOING], not_from)
+        }
+        (CatchKind::Routed { exclude }, _) => (vec![PACKET_HOST], exclude),
     };
-    // Layout: 0 pkttype, 1 test, 2 proto, 3 is-TCP, 4 frag, 5 first-fragment test, 6 saddr,
-    // 7.. one test per excluded source, then accept, reject.
-    let accept = 7 + exclude.len();
+    // Layout: 0 EtherType, 1 IPv4 test (a public interface's socket takes every protocol),
+    // 2 pkttype, 3..3+n one test per packet type, then proto, is-TCP, frag, first-fragment
+    // test, saddr, one test per excluded source, accept, reject.
+    let proto = 3 + pkttypes.len();
+    let saddr = proto + 4;
+    let accept = saddr + 1 + exclude.len();
     let reject = accept + 1;
     let to = |from: usize, target: usize| (target - from - 1) as u8;
     let mut p = vec![
+        bpf(LD_W_ABS, 0, 0, LOAD_PROTOCOL),
+        bpf(JEQ_K, 0, to(1, reject), u32::from(ETH_P_IP)),
         bpf(LD_W_ABS, 0, 0, LOAD_PKTTYPE),
-        bpf(JEQ_K, 0, to(1, reject), pkttype),
-        bpf(LD_B_ABS, 0, 0, 9),
-        bpf(JEQ_K, 0, to(3, reject), 6),
-        bpf(LD_H_ABS, 0, 0, 6),
-        bpf(JSET_K, to(5, reject), 0, 0x1fff),
-        bpf(LD_W_ABS, 0, 0, 12),
     ];
+    for (i, pkttype) in pkttypes.iter().enumerate() {
+        let at = 3 + i;
+        // Matched: on to the protocol; else the next type, or reject after the last.
+        let otherwise = if at + 1 == proto { reject } else { at + 1 };
+        p.push(bpf(JEQ_K, to(at, proto), to(at, otherwise), *pkttype));
+    }
+    p.extend([
+        bpf(LD_B_ABS, 0, 0, 9),
+        bpf(JEQ_K, 0, to(proto + 1, reject), 6),
+        bpf(LD_H_ABS, 0, 0, 6),
+        bpf(JSET_K, to(proto + 3, reject), 0, 0x1fff),
+        bpf(LD_W_ABS, 0, 0, 12),
+    ]);
     for (i, address) in exclude.iter().enumerate() {
-        p.push(bpf(JEQ_K, to(7 + i, reject), 0, u32::from(*address)));
+        p.push(bpf(
+            JEQ_K,
+            to(saddr + 1 + i, reject),
+            0,
+            u32::from(*address),
+        ));
     }
     p.push(bpf(RET_K, 0, 0, MAX_PACKET as u32));
     p.push(bpf(RET_K, 0, 0, 0));
@@ -86,7 +129,8 @@ impl FrameCatcher {
     pub fn open(ifindex: u32, kind: &CatchKind) -> Result<FrameCatcher, OsError> {
         let what =
             |step: &str| format!("catching missed frames on interface index {ifindex}: {step}");
-        // Protocol 0: nothing arrives before the filter is attached and `bind` names IPv4.
+        // Protocol 0: nothing arrives before the filter is attached and `bind` names the
+        // protocol.
         // SAFETY: plain socket(2); the result is checked and owned right away.
         let raw = unsafe {
             libc::socket(
@@ -100,7 +144,8 @@ impl FrameCatcher {
         }
         // SAFETY: raw is a fresh, valid descriptor that nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        attach(raw, &filter_program(kind)).map_err(|e| OsError::io(what("SO_ATTACH_FILTER"), e))?;
+        attach(raw, &filter_program(kind, &Catching::On))
+            .map_err(|e| OsError::io(what("SO_ATTACH_FILTER"), e))?;
         let one: libc::c_int = 1;
         setsockopt(raw, libc::SOL_PACKET, libc::PACKET_AUXDATA, &one)
             .map_err(|e| OsError::io(what("PACKET_AUXDATA"), e))?;
@@ -118,7 +163,11 @@ impl FrameCatcher {
         // SAFETY: sockaddr_ll is plain data; all-zero is a valid value.
         let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         addr.sll_family = libc::AF_PACKET as u16;
-        addr.sll_protocol = ETH_P_IP.to_be();
+        addr.sll_protocol = match kind {
+            CatchKind::Flooded => ETH_P_ALL,
+            CatchKind::Routed { .. } => ETH_P_IP,
+        }
+        .to_be();
         addr.sll_ifindex = ifindex as i32;
         // SAFETY: addr is a properly initialised sockaddr_ll of the size passed.
         let rc = unsafe {
@@ -138,19 +187,14 @@ impl FrameCatcher {
         })
     }
 
-    /// Stops catching (`false`) or starts again. While this host relays for a sibling, the
-    /// sibling's segments are what it forwards: caught, each would be copied for nothing.
-    pub fn set_catching(&self, catching: bool) -> Result<(), OsError> {
-        let program = if catching {
-            filter_program(&self.kind)
-        } else {
-            vec![bpf(RET_K, 0, 0, 0)]
-        };
-        attach(self.fd.as_raw_fd(), &program).map_err(|e| {
+    /// Stops catching ([`Catching::Off`]) or starts again. While this host relays for a
+    /// sibling, the sibling's segments are what it forwards: caught, each would be copied for
+    /// nothing.
+    pub fn set_catching(&self, catching: &Catching) -> Result<(), OsError> {
+        attach(self.fd.as_raw_fd(), &filter_program(&self.kind, catching)).map_err(|e| {
             OsError::io(
                 format!(
-                    "{} catching frames on interface index {}",
-                    if catching { "resuming" } else { "pausing" },
+                    "setting catching to {catching:?} on interface index {}",
                     self.ifindex
                 ),
                 e,
@@ -189,6 +233,13 @@ impl FrameCatcher {
                 };
             }
             let packet = &mut buf[..n as usize];
+            // A segment larger than a frame (one the stack hands a device that segments it
+            // later) is cut short here: sent again, it would be a broken packet.
+            if packet.len() < 4
+                || usize::from(u16::from_be_bytes([packet[2], packet[3]])) > packet.len()
+            {
+                continue;
+            }
             // A segment that a local stack handed to a checksum-offloading device (a veth, a
             // virtual NIC) carries only the pseudo-header's sum: sent again as it is, its
             // receiver would drop it. The device would have finished it; so does this.
@@ -289,8 +340,16 @@ mod tests {
     #[test]
     fn the_filter_ends_accepting_then_rejecting_and_jumps_inside() {
         let exclude = vec![Ipv4Addr::new(10, 78, 0, 11), Ipv4Addr::new(10, 78, 0, 13)];
-        for kind in [CatchKind::Flooded, CatchKind::Routed { exclude }] {
-            let p = filter_program(&kind);
+        let outgoing = Catching::WithOutgoing {
+            not_from: vec![Ipv4Addr::new(10, 77, 0, 12)],
+        };
+        for (kind, catching) in [
+            (CatchKind::Flooded, Catching::On),
+            (CatchKind::Flooded, outgoing.clone()),
+            (CatchKind::Routed { exclude }, Catching::On),
+            (CatchKind::Routed { exclude: vec![] }, outgoing),
+        ] {
+            let p = filter_program(&kind, &catching);
             let (accept, reject) = (p.len() - 2, p.len() - 1);
             assert_eq!(p[reject].k, 0);
             assert_eq!(p[accept].k, MAX_PACKET as u32);

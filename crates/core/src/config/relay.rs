@@ -176,6 +176,102 @@ struct RawSibling {
     address: Spanned<String>,
 }
 
+/// Refuses a relay that cannot be in place before the election deposes the node (see
+/// [`election_budget_ms`]). The link monitors find a carrier loss from the netlink event, at
+/// once; a black hole on a probed public link after `probe_fall` missed rounds, the last of
+/// them sent up to `probe_fall × probe_period` after the cut and missed `probe_timeout` later
+/// (`link_monitor.rs`); the interface manager asks for a relay as soon as no public link is up
+/// (its hold-down delays only a return). After detection the takeover needs at least the
+/// request over the private link and the sibling's kernel changes, so detection alone must
+/// end strictly within the budget. What is left is the sibling's time: a few milliseconds
+/// measured (`benches/README.md`, takeover less detection), and a lost request costs
+/// `retry_ms` more, which a tight budget may not cover.
+fn check_takeover_within_election(
+    raw: &RawRelay,
+    span: &std::ops::Range<usize>,
+    interfaces: &[RelayInterface],
+    election: &ElectionTiming,
+    report: &mut Report<'_>,
+) {
+    let budget = election_budget_ms(election);
+    let interval = election.heartbeat_interval_ms;
+    let miss = election.miss_count;
+    let election_text = format!(
+        "the election may depose a primary whose heartbeats stay away (miss_count − 2) × \
+         heartbeat_interval_ms − max(heartbeat_interval_ms / 10, 1) = ({miss} − 2) × {interval} \
+         − {} = {budget} ms after the cut (group.miss_count = {miss}, {}; \
+         group.heartbeat_interval_ms = {interval}, {}): its heartbeats travel the public link \
+         until the sibling relays them",
+        (interval / 10).max(1),
+        origin(election.miss_count_at.as_ref(), report),
+        origin(election.heartbeat_interval_at.as_ref(), report),
+    );
+    let probed = interfaces
+        .iter()
+        .any(|i| i.class == InterfaceClass::Public && !i.probe_targets.is_empty());
+    if !probed {
+        // Carrier loss only: found at once, but the takeover still needs some time.
+        if budget <= 0 {
+            let at = election
+                .miss_count_at
+                .clone()
+                .unwrap_or_else(|| span.clone());
+            report.add(
+                at,
+                "group.miss_count",
+                format!(
+                    "relay cannot take over in time: {election_text}; even a carrier loss, \
+                     found at once, leaves the sibling no time to relay. Raise group.miss_count \
+                     to 3 or more"
+                ),
+            );
+        }
+        return;
+    }
+    let value =
+        |v: &Option<Spanned<u64>>, default: u64| v.as_ref().map_or(default, |v| *v.get_ref());
+    let period = value(&raw.probe_period_ms, DEFAULT_PROBE_PERIOD_MS);
+    let timeout = value(&raw.probe_timeout_ms, DEFAULT_PROBE_TIMEOUT_MS);
+    let fall = raw
+        .probe_fall
+        .as_ref()
+        .map_or(DEFAULT_PROBE_FALL, |v| *v.get_ref());
+    let detection = u64::from(fall)
+        .saturating_mul(period)
+        .saturating_add(timeout);
+    if i128::from(detection) < i128::from(budget) {
+        return;
+    }
+    let at = raw
+        .probe_period_ms
+        .as_ref()
+        .or(raw.probe_timeout_ms.as_ref())
+        .map(|v| v.span())
+        .or_else(|| raw.probe_fall.as_ref().map(|v| v.span()))
+        .unwrap_or_else(|| span.clone());
+    report.add(
+        at,
+        "relay.probe_period_ms",
+        format!(
+            "relay cannot take over in time: a black hole on a probed public link is found up \
+             to probe_fall × probe_period_ms + probe_timeout_ms = {fall} × {period} + {timeout} \
+             = {detection} ms after it opens (relay.probe_fall = {fall}, {}; \
+             relay.probe_period_ms = {period}, {}; relay.probe_timeout_ms = {timeout}, {}), \
+             but {election_text}. Detection must end before {budget} ms, leaving the sibling \
+             time to relay: probe faster or raise group.miss_count",
+            origin(raw.probe_fall.as_ref().map(|v| v.span()).as_ref(), report),
+            origin(
+                raw.probe_period_ms.as_ref().map(|v| v.span()).as_ref(),
+                report
+            ),
+            origin(
+                raw.probe_timeout_ms.as_ref().map(|v| v.span()).as_ref(),
+                report
+            ),
+        ),
+    );
+}
+
 fn ipv4(s: &Spanned<String>, field: String, report: &mut Report<'_>) -> Option<Ipv4Addr> {
     match s.get_ref().parse::<Ipv4Addr>() {
         Ok(ip) if !ip.is_unspecified() && !ip.is_broadcast() && !ip.is_multicast() => Some(ip),
@@ -193,9 +289,55 @@ fn ipv4(s: &Spanned<String>, field: String, report: &mut Report<'_>) -> Option<I
     }
 }
 
+/// The group's heartbeat settings as the file gave them (`None`: left to the default), for
+/// the check that a relay is in place before the election deposes the node.
+pub(super) struct ElectionTiming {
+    pub heartbeat_interval_ms: u64,
+    pub heartbeat_interval_at: Option<std::ops::Range<usize>>,
+    pub miss_count: u32,
+    pub miss_count_at: Option<std::ops::Range<usize>>,
+}
+
+/// Where a setting came from, for an error that names several: its line, or the default.
+fn origin(at: Option<&std::ops::Range<usize>>, report: &Report<'_>) -> String {
+    match at {
+        Some(span) => format!("line {}", report.position(span.start).0),
+        None => "default".to_string(),
+    }
+}
+
+/// How long after its public link fails a relaying primary's heartbeats may stay away before
+/// the election may depose it, in milliseconds (negative: no time at all).
+///
+/// The primary's heartbeats leave through the sibling once it relays (rule 1000 sends
+/// everything, heartbeats included, over the private link; the sibling forwards them and
+/// answers ARP for the node's address, so the acknowledgements come back the same way). Until
+/// then they are lost: the heartbeats are the group's only channel and they travel over the
+/// members' addresses, on the public link. Two things depose the primary (`election.rs`):
+/// - a follower stands once one lease (`miss_count × interval`) has passed since the last
+///   primary heartbeat it received. That one left up to one interval before the cut, and the
+///   first heartbeat sent after the relay is in place leaves up to one interval after it: the
+///   gap is below `takeover + 2 × interval`, which must stay under the lease.
+/// - the primary's own lease ends a lease after it *sent* the last heartbeat a majority
+///   acknowledged, less a margin (`interval / 10`, at least 1 ms): the same two intervals
+///   (the heartbeat just before the cut may have arrived with its acknowledgement lost) and
+///   the margin.
+///
+/// So detection plus takeover of transmission must finish within
+/// `(miss_count − 2) × interval − max(interval / 10, 1 ms)`. (An unreplicated primary holding
+/// connections gets no more: its follower waits for the holder grace only while the primary's
+/// host answers its echo probes, and those are as cut off as the heartbeats.)
+pub(super) fn election_budget_ms(election: &ElectionTiming) -> i64 {
+    let interval = election.heartbeat_interval_ms as i64;
+    let margin = (interval / 10).max(1);
+    (i64::from(election.miss_count) - 2) * interval - margin
+}
+
 /// Reads and checks the `[relay]` table at `span`. `members` are the group's members (a
 /// sibling must be one, and not this node); `service_interfaces` the interfaces the services'
-/// addresses go on (each must be declared public: relay keeps exactly those reachable).
+/// addresses go on (each must be declared public: relay keeps exactly those reachable);
+/// `election` the heartbeat settings the relay must outrun.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn build(
     raw: RawRelay,
     span: std::ops::Range<usize>,
@@ -203,6 +345,7 @@ pub(super) fn build(
     node_id: NodeId,
     members: &[Member],
     service_interfaces: &[(usize, &str)],
+    election: &ElectionTiming,
     report: &mut Report<'_>,
 ) -> Relay {
     let ms = |v: &Option<Spanned<u64>>, name: &str, default: u64, report: &mut Report<'_>| {
@@ -439,6 +582,7 @@ pub(super) fn build(
             address,
         });
     }
+    check_takeover_within_election(&raw, &span, &interfaces, election, report);
     Relay {
         port,
         probe_period,

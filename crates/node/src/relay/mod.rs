@@ -185,8 +185,8 @@ struct Shell {
     caught: Arc<std::sync::Mutex<Caught>>,
     resender: Option<steadfast_os::raw_ip::RawIpSender>,
     catchers: Vec<Arc<AsyncFd<steadfast_os::relay_catch::FrameCatcher>>>,
-    /// Whether the catchers catch now: not while this host relays for a sibling.
-    catching: bool,
+    /// What the catchers catch now: nothing while this host relays for a sibling.
+    catching: steadfast_os::relay_catch::Catching,
 }
 
 /// The segments the catchers keep, oldest first.
@@ -402,7 +402,8 @@ impl Shell {
             caught,
             resender,
             catchers,
-            catching: true,
+            // As the catchers were opened.
+            catching: steadfast_os::relay_catch::Catching::On,
             settings,
         };
         // A previous life may have left its relays and its own route through a sibling.
@@ -470,6 +471,8 @@ impl Shell {
         mut stop: oneshot::Receiver<()>,
     ) {
         let mut buf = vec![0u8; relay_wire::MAX_FRAME_LEN + 64];
+        // Holding no service address yet: catch this host's own forwards too.
+        self.update_catching();
         loop {
             let deadline = self
                 .next_deadline()
@@ -537,6 +540,7 @@ impl Shell {
 
     async fn service_addresses_changed(&mut self, addresses: Vec<Ipv4Addr>) {
         self.service_addresses = addresses;
+        self.update_catching();
         let relayed = self.relayed_addresses();
         let now = self.now();
         if let Some(requester) = self.requester.as_mut().filter(|r| r.started()) {
@@ -974,20 +978,36 @@ impl Shell {
     /// Catching is for a host that may be asked to relay: while it relays, or is relayed, the
     /// segments it would catch are the relay's own traffic, and copying each of them would
     /// only take the time this thread needs for its probes and leases.
+    ///
+    /// A host that holds no service address also catches what it sends itself on behalf of
+    /// others: as a duplex backup its logger forwards every client frame to the primary, and
+    /// between a cut of the primary's link and the relay those go into the dead port (a SYN
+    /// among them would wait a second). A primary sends its own replies: never caught.
     fn update_catching(&mut self) {
-        let wanted = self.responder.relays().next().is_none() && self.routed_through.is_none();
+        use steadfast_os::relay_catch::Catching;
+        let wanted = if self.responder.relays().next().is_some() || self.routed_through.is_some() {
+            Catching::Off
+        } else if self.service_addresses.is_empty() {
+            Catching::WithOutgoing {
+                not_from: vec![self.settings.own_address],
+            }
+        } else {
+            Catching::On
+        };
         if wanted == self.catching {
             return;
         }
-        self.catching = wanted;
-        if let Ok(mut caught) = self.caught.lock() {
-            caught.packets.clear();
+        if wanted == Catching::Off {
+            if let Ok(mut caught) = self.caught.lock() {
+                caught.packets.clear();
+            }
         }
         for catcher in &self.catchers {
-            if let Err(e) = catcher.get_ref().set_catching(wanted) {
+            if let Err(e) = catcher.get_ref().set_catching(&wanted) {
                 tracing::warn!("relay: {e}");
             }
         }
+        self.catching = wanted;
     }
 
     /// Sends again the segments caught for (or from) `address`, which this host now relays.
