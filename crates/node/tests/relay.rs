@@ -295,3 +295,118 @@ fn a_relaying_primary_that_loses_its_private_link_too_fails_over_and_the_relay_e
          {relay_ended:?}"
     );
 }
+
+/// Duplex keeps its promise through a relay: the backup that relays for the primary also logs
+/// every frame of the connections carried through it, so when the relaying primary's host then
+/// crashes, the backup carries those connections on with no client error. The replication
+/// stream must survive the cut: it failed here one run in five while the segments the primary
+/// sent into the dead link waited in its neighbour queue (`RelayKernel::flush_neighbours`).
+#[test]
+#[ignore = "needs root (network namespaces); about 15 s"]
+fn a_duplex_backup_relaying_for_its_primary_carries_its_connections_on_after_a_crash() {
+    use steadfast_lab::load::{KeepAliveOptions, LoadOptions, Outcome};
+    let lab = Lab::up_with("rdc", 2, BackendKind::Builtin, |opts| {
+        opts.witness = true;
+        opts.relay = true;
+        opts.mode = Mode::Duplex;
+    });
+    assert_eq!(lab.holders(), vec!["n1".to_string()], "{}", lab.situation());
+    let load = BackgroundLoad::start_with(
+        &lab,
+        LoadOptions {
+            target: lab.target(),
+            duration: Duration::from_secs(40),
+            probes: None,
+            keep_alive: Some(KeepAliveOptions {
+                connections: 20,
+                request_timeout: Duration::from_secs(5),
+                sizes: vec![1024, 100 * 1024],
+                include_uuid: true,
+                pause: Duration::from_millis(2),
+                reconnect_delay: Duration::from_millis(10),
+                ..Default::default()
+            }),
+        },
+    );
+    load.wait_for_successes(0, 200, Duration::from_secs(10), "before the cut");
+    steadfast_lab::crash(lab.name(), "n1", CrashKind::LinkDown).expect("cut n1's public link");
+    assert!(
+        wait_until(Duration::from_secs(3), || relay_state(&lab, "n2")
+            .0
+            .contains("10.77.0.100")),
+        "n2 relays for n1: {:?}",
+        relay_state(&lab, "n2")
+    );
+    load.wait_for_successes(
+        load.successes(),
+        200,
+        Duration::from_secs(10),
+        "through the sibling",
+    );
+    assert_eq!(lab.holders(), vec!["n1".to_string()], "{}", lab.situation());
+    let relayed = lab.daemon_status("n1");
+    assert_eq!(
+        relayed["data_plane"]["backup_losses"], 0,
+        "the replication stream to n2 went on over the private link: {}",
+        relayed["data_plane"]
+    );
+
+    // n1's host dies while relaying (the lab takes one crash at a time, and n1's public link
+    // is already cut): frozen first, then off its private cable, then killed, so that the
+    // killed processes' resets reach nobody, as with a power loss.
+    let n1 = format!("{}-n1", lab.name());
+    let signal_all = |signal: &str| {
+        for pid in steadfast_lab::pids_in_namespace(&n1) {
+            let _ = Command::new("kill")
+                .args([signal, &pid.to_string()])
+                .status();
+        }
+    };
+    signal_all("-STOP");
+    let switch = format!("{}-sw", lab.name());
+    let out = Command::new("ip")
+        .args(["-n", &switch, "link", "set", "n1p", "down"])
+        .output()
+        .expect("run ip");
+    assert!(out.status.success(), "cutting n1's private cable: {out:?}");
+    let crashed = std::time::Instant::now();
+    signal_all("-KILL");
+    assert!(
+        wait_until(Duration::from_secs(5), || lab.holders_except("n1")
+            == vec!["n2".to_string()]),
+        "n2 should take over: {}",
+        lab.situation()
+    );
+    let took = crashed.elapsed();
+    load.wait_for_successes(
+        load.successes(),
+        200,
+        Duration::from_secs(10),
+        "after the takeover",
+    );
+    let report = load.stop();
+    let plane = lab.daemon_status("n2")["data_plane"].clone();
+    let failures: Vec<String> = report
+        .connections
+        .iter()
+        .flat_map(|c| &c.requests)
+        .filter_map(|r| match &r.outcome {
+            Outcome::Err(f) => Some(format!("at {:?}: {}", r.start, f.detail)),
+            Outcome::Ok { .. } => None,
+        })
+        .take(10)
+        .collect();
+    println!(
+        "duplex relay then crash: n2 took over after {took:?}, {} requests, {} failed, \
+         restored {}",
+        report.requests(),
+        report.failures(),
+        plane["connections_restored"]
+    );
+    assert_eq!(report.failures(), 0, "client errors: {failures:?}");
+    assert_eq!(plane["takeovers"], 1, "{plane}");
+    assert!(
+        plane["connections_restored"].as_u64().unwrap_or(0) >= 1,
+        "{plane}"
+    );
+}

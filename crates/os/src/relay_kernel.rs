@@ -339,6 +339,59 @@ impl RelayKernel {
         }
     }
 
+    /// Deletes every neighbour entry of interface `ifindex` but permanent and proxy ones:
+    /// `ip neigh flush dev IF`. Why: once a link loses its carrier, the kernel forgets its
+    /// neighbours, and a packet routed there before the relay took over waits in a new
+    /// entry's queue for an ARP answer that cannot come (three seconds until the entry
+    /// fails). TCP will not send such a segment again while it is queued in the host
+    /// (`skb_still_in_host_queue`), so a stream held there stalls for seconds even though
+    /// its route now goes through the sibling. Deleting the entry drops what it holds, and
+    /// the next retransmission takes the relayed route. Returns how many were deleted.
+    pub async fn flush_neighbours(&self, ifindex: u32) -> Result<usize, OsError> {
+        let mut listed = self
+            .handle
+            .neighbours()
+            .get()
+            .set_family(rtnetlink::IpVersion::V4)
+            .execute();
+        let mut doomed = Vec::new();
+        loop {
+            match listed.try_next().await {
+                Ok(Some(entry)) => {
+                    let keep = entry.header.ifindex != ifindex
+                        || entry.header.flags.contains(NeighbourFlags::Proxy)
+                        || entry.header.state == NeighbourState::Permanent
+                        || entry.header.state == NeighbourState::Noarp;
+                    if !keep {
+                        doomed.push(entry);
+                    }
+                }
+                Ok(None) => break,
+                Err(source) => {
+                    return Err(OsError::Netlink {
+                        what: format!("listing the neighbours of interface index {ifindex}"),
+                        source,
+                    })
+                }
+            }
+        }
+        let mut deleted = 0;
+        for entry in doomed {
+            match self.handle.neighbours().del(entry).execute().await {
+                Ok(()) => deleted += 1,
+                // Gone meanwhile (failed, or replaced).
+                Err(e) if matches!(errno(&e), Some(libc::ENOENT) | Some(libc::ENODEV)) => {}
+                Err(source) => {
+                    return Err(OsError::Netlink {
+                        what: format!("deleting a neighbour of interface index {ifindex}"),
+                        source,
+                    })
+                }
+            }
+        }
+        Ok(deleted)
+    }
+
     /// Sends every packet this host does not deliver locally through `via` on `ifindex`:
     /// `ip route replace default via VIA dev IF table TABLE` and `ip rule add priority PRIORITY
     /// lookup TABLE`, ahead of the main table, whose routes still name the dead public link

@@ -842,10 +842,34 @@ impl Shell {
             .route_all_through(address, index, RELAY_TABLE, RELAY_RULE_PRIORITY)
             .await
         {
-            Ok(()) => self.routed_through = Some(sibling),
+            Ok(()) => {
+                self.routed_through = Some(sibling);
+                self.release_what_the_public_links_hold().await;
+            }
             Err(e) => tracing::error!("relay: routing through node {sibling}: {e}"),
         }
         self.update_catching();
+    }
+
+    /// Once the route goes through the sibling: what waits in the public links' neighbour
+    /// queues for an ARP answer (`RelayKernel::flush_neighbours`) is dropped, so that TCP
+    /// sends it again the relayed way instead of waiting seconds for the entries to fail.
+    async fn release_what_the_public_links_hold(&mut self) {
+        let public: Vec<(String, u32)> = self
+            .links
+            .iter()
+            .filter(|(_, l)| l.class == InterfaceClass::Public)
+            .filter_map(|(name, l)| Some((name.clone(), l.index?)))
+            .collect();
+        for (name, index) in public {
+            match self.kernel.flush_neighbours(index).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(
+                    "relay: dropped {n} neighbour entries of {name} and what they held"
+                ),
+                Err(e) => tracing::warn!("relay: flushing the neighbours of {name}: {e}"),
+            }
+        }
     }
 
     async fn stop_routing(&mut self, sibling: NodeId) {
