@@ -33,6 +33,21 @@ fn string_text(reply: &[u8]) -> Option<String> {
     rest.get(..len).map(str::to_string)
 }
 
+/// `DEBUG DIGEST` of each host's redis-server, asked on the host itself.
+fn replica_digests(lab: &Lab, hosts: &[String]) -> Vec<String> {
+    let local: SocketAddr = "127.0.0.1:6379".parse().unwrap();
+    hosts
+        .iter()
+        .map(|h| {
+            let reply = exchange(&format!("{}-{h}", lab.name()), local, &["DEBUG", "DIGEST"])
+                .unwrap_or_else(|e| panic!("{h}: DEBUG DIGEST: {e}"));
+            string_text(&reply).unwrap_or_else(|| {
+                panic!("{h}: DEBUG DIGEST: {:?}", String::from_utf8_lossy(&reply))
+            })
+        })
+        .collect()
+}
+
 /// Waits until every one of `hosts` delivered every update `primary` ordered, once the load
 /// stopped. The primary's `last_ordered` is re-read each time: `status` publishes it at the
 /// front's next tick (5 ms), so a read right after the load may be short of the last updates.
@@ -119,16 +134,7 @@ fn three_replicas_run_the_verifying_client_clean_and_hold_the_same_data() {
     every_replica_delivers_what_was_ordered(&active, &primary, &hosts);
 
     let local: SocketAddr = "127.0.0.1:6379".parse().unwrap();
-    let digests: Vec<String> = hosts
-        .iter()
-        .map(|h| {
-            let ns = format!("{}-{h}", lab.name());
-            let reply = exchange(&ns, local, &["DEBUG", "DIGEST"]).expect("DEBUG DIGEST");
-            string_text(&reply).unwrap_or_else(|| {
-                panic!("{h}: DEBUG DIGEST: {:?}", String::from_utf8_lossy(&reply))
-            })
-        })
-        .collect();
+    let digests = replica_digests(&lab, &hosts);
     eprintln!("DEBUG DIGEST on {hosts:?}: {digests:?}");
     assert_ne!(digests[0], EMPTY_DIGEST, "the run wrote data");
     assert!(
@@ -210,14 +216,7 @@ fn three_replicas_run_the_verifying_client_clean_and_hold_the_same_data() {
         "diverged {other} is rebuilt and serves reads: {}",
         active(&primary)
     );
-    let digests: Vec<String> = hosts
-        .iter()
-        .map(|h| {
-            let ns = format!("{}-{h}", lab.name());
-            let reply = exchange(&ns, local, &["DEBUG", "DIGEST"]).expect("DEBUG DIGEST");
-            string_text(&reply).unwrap_or_default()
-        })
-        .collect();
+    let digests = replica_digests(&lab, &hosts);
     assert!(
         digests.iter().all(|d| *d == digests[0]),
         "rebuilt {other} holds the same data as the others: {digests:?}"
@@ -291,21 +290,6 @@ fn replica_crashes_cost_clients_nothing_and_a_healed_replica_catches_up() {
         "every replica serves reads at the start: {}",
         active(&primary)
     );
-    let local: SocketAddr = "127.0.0.1:6379".parse().unwrap();
-    let digest = |host: &str| {
-        let reply = exchange(
-            &format!("{}-{host}", lab.name()),
-            local,
-            &["DEBUG", "DIGEST"],
-        )
-        .unwrap_or_else(|e| panic!("{host}: DEBUG DIGEST: {e}"));
-        string_text(&reply).unwrap_or_else(|| {
-            panic!(
-                "{host}: DEBUG DIGEST: {:?}",
-                String::from_utf8_lossy(&reply)
-            )
-        })
-    };
     let verify = |seed: u64, duration: Duration| {
         let options = VerifyOptions {
             connections: 8,
@@ -402,7 +386,7 @@ fn replica_crashes_cost_clients_nothing_and_a_healed_replica_catches_up() {
 
         // Every replica holds the same data once the updates are all delivered.
         every_replica_delivers_what_was_ordered(&active, &primary, &hosts);
-        let digests: Vec<String> = hosts.iter().map(|h| digest(h)).collect();
+        let digests = replica_digests(&lab, &hosts);
         eprintln!("crash {crash}: DEBUG DIGEST on {hosts:?}: {digests:?}");
         assert_ne!(digests[0], EMPTY_DIGEST, "the run wrote data");
         assert!(
@@ -440,21 +424,6 @@ fn primary_crashes_lose_no_acknowledged_write() {
     let active = |host: &str| lab.daemon_status(host)["data_plane"]["active"].clone();
     let node_id = |host: &str| -> u64 { host.trim_start_matches('n').parse().unwrap() };
     let primary_now = || hosts.iter().find(|h| active(h)["primary"] == true).cloned();
-    let local: SocketAddr = "127.0.0.1:6379".parse().unwrap();
-    let digest = |host: &str| {
-        let reply = exchange(
-            &format!("{}-{host}", lab.name()),
-            local,
-            &["DEBUG", "DIGEST"],
-        )
-        .unwrap_or_else(|e| panic!("{host}: DEBUG DIGEST: {e}"));
-        string_text(&reply).unwrap_or_else(|| {
-            panic!(
-                "{host}: DEBUG DIGEST: {:?}",
-                String::from_utf8_lossy(&reply)
-            )
-        })
-    };
     let all_serve = |primary: &str| {
         let ids: Vec<u64> = active(primary)["serving"]
             .as_array()
@@ -560,7 +529,7 @@ fn primary_crashes_lose_no_acknowledged_write() {
             lab.situation()
         );
         every_replica_delivers_what_was_ordered(&active, &new_primary, &hosts);
-        let digests: Vec<String> = hosts.iter().map(|h| digest(h)).collect();
+        let digests = replica_digests(&lab, &hosts);
         eprintln!("crash {crash}: DEBUG DIGEST on {hosts:?}: {digests:?}");
         assert_ne!(digests[0], EMPTY_DIGEST, "the run wrote data");
         assert!(
@@ -663,15 +632,7 @@ fn random_and_timed_commands_leave_the_same_data_on_every_replica() {
     }
 
     every_replica_delivers_what_was_ordered(&active, &primary, &hosts);
-    let local: SocketAddr = "127.0.0.1:6379".parse().unwrap();
-    let digests: Vec<String> = hosts
-        .iter()
-        .map(|h| {
-            let reply = exchange(&format!("{}-{h}", lab.name()), local, &["DEBUG", "DIGEST"])
-                .unwrap_or_else(|e| panic!("{h}: DEBUG DIGEST: {e}"));
-            string_text(&reply).expect("a digest")
-        })
-        .collect();
+    let digests = replica_digests(&lab, &hosts);
     eprintln!("after the randomized run: DEBUG DIGEST on {hosts:?}: {digests:?}; {status}");
     assert_ne!(digests[0], EMPTY_DIGEST, "the run left data");
     assert!(
@@ -778,15 +739,7 @@ fn a_rebuilt_replica_sets_up_each_session_as_the_others_had() {
     }
     assert_eq!(ask("CLIENT GETNAME"), "$6\r\nkeeper\r\n");
     every_replica_delivers_what_was_ordered(&active, &primary, &hosts);
-    let local: SocketAddr = "127.0.0.1:6379".parse().unwrap();
-    let digests: Vec<String> = hosts
-        .iter()
-        .map(|h| {
-            let reply = exchange(&format!("{}-{h}", lab.name()), local, &["DEBUG", "DIGEST"])
-                .unwrap_or_else(|e| panic!("{h}: DEBUG DIGEST: {e}"));
-            string_text(&reply).expect("a digest")
-        })
-        .collect();
+    let digests = replica_digests(&lab, &hosts);
     assert!(
         digests.iter().all(|d| *d == digests[0]),
         "every replica holds the same data: {digests:?}"

@@ -444,16 +444,9 @@ impl Replica {
                     .load_prelude(rebuild, at, session, commands, &requests)
                     .await
                 {
-                    self.ctx
-                        .shared()
-                        .active
-                        .replica_errors
-                        .fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(
-                        "active replica: the setup of session {session} in the copy of rebuild \
-                         {rebuild}: {e}; the primary starts the rebuild again"
-                    );
-                    self.loading = None;
+                    self.load_failed(&format!(
+                        "the setup of session {session} in the copy of rebuild {rebuild}: {e}"
+                    ));
                 }
             }
             ActiveFrame::SnapshotPart {
@@ -467,16 +460,7 @@ impl Replica {
                     .load_part(rebuild, at, commands, last, &requests, epoch)
                     .await
                 {
-                    self.ctx
-                        .shared()
-                        .active
-                        .replica_errors
-                        .fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(
-                        "active replica: loading the copy of rebuild {rebuild}: {e}; the \
-                         primary starts the rebuild again"
-                    );
-                    self.loading = None;
+                    self.load_failed(&format!("loading the copy of rebuild {rebuild}: {e}"));
                 }
             }
             other => tracing::warn!(
@@ -683,6 +667,18 @@ impl Replica {
             self.send(ActiveFrame::SnapshotLoaded { rebuild, at });
         }
         Ok(())
+    }
+
+    /// A copy could not be loaded: this replica's data is partial until the primary, which
+    /// hears no `SnapshotLoaded`, starts the rebuild again.
+    fn load_failed(&mut self, what: &str) {
+        self.ctx
+            .shared()
+            .active
+            .replica_errors
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::error!("active replica: {what}; the primary starts the rebuild again");
+        self.loading = None;
     }
 
     /// The load of rebuild `rebuild`'s copy, begun by its first frame: this replica forgets
