@@ -34,10 +34,32 @@ pub type OrderNumber = u64;
 /// A member of the group that runs the service.
 pub type ReplicaId = u32;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How a replica delivers the updates it holds: chosen per service (`delivery` in its
+/// configuration), written there as [`DeliveryStrategy::name`] gives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum DeliveryStrategy {
+    /// On arrival, in order: an update may run on some replicas and be lost with the primary.
+    #[default]
     BestEffort,
+    /// Once every replica holds it (the primary's `Stable`): one more round trip per update.
     Safe,
+}
+
+impl DeliveryStrategy {
+    pub const ALL: [DeliveryStrategy; 2] = [DeliveryStrategy::BestEffort, DeliveryStrategy::Safe];
+
+    /// Its name in the configuration file and in `status`.
+    pub fn name(self) -> &'static str {
+        match self {
+            DeliveryStrategy::BestEffort => "best-effort",
+            DeliveryStrategy::Safe => "safe",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<DeliveryStrategy> {
+        Self::ALL.into_iter().find(|s| s.name() == name)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,7 +77,7 @@ pub struct OrderingSettings {
 impl Default for OrderingSettings {
     fn default() -> Self {
         OrderingSettings {
-            strategy: DeliveryStrategy::BestEffort,
+            strategy: DeliveryStrategy::default(),
             retransmit_after: Duration::from_millis(20),
             repeat_request_after: Duration::from_millis(10),
             retransmit_burst: 256,
@@ -581,11 +603,30 @@ impl<T: Clone> ReplicaOrder<T> {
 }
 
 /// Which replicas serve reads: every member in turn (RR-P), or all but the primary (RR-NP),
-/// which leaves the primary's CPU to ordering and updates.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// which leaves the primary's CPU to ordering and updates. Chosen per service (`read_policy`
+/// in its configuration), written there as [`ReadPolicy::name`] gives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum ReadPolicy {
+    #[default]
     WithPrimary,
     WithoutPrimary,
+}
+
+impl ReadPolicy {
+    pub const ALL: [ReadPolicy; 2] = [ReadPolicy::WithPrimary, ReadPolicy::WithoutPrimary];
+
+    /// Its name in the configuration file and in `status`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ReadPolicy::WithPrimary => "with-primary",
+            ReadPolicy::WithoutPrimary => "without-primary",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<ReadPolicy> {
+        Self::ALL.into_iter().find(|p| p.name() == name)
+    }
 }
 
 /// Sent with a read: which replica serves it, and the update it must have delivered first.
