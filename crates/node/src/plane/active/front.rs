@@ -17,9 +17,7 @@ use std::time::{Duration, Instant};
 
 use steadfast_core::active_executor::SessionId;
 use steadfast_core::active_liveness::{ReadsInFlight, ReplicaWatch, WatchAction};
-use steadfast_core::active_order::{
-    OrderNumber, OrderingSettings, Outgoing, ReadPolicy, ReadScheduler, Sequencer, ToPrimary,
-};
+use steadfast_core::active_order::{OrderNumber, Outgoing, ReadScheduler, Sequencer, ToPrimary};
 use steadfast_core::active_rebuild::{CopyRequest, Rebuilds};
 use steadfast_core::active_wire::{ActiveFrame, UpdatePayload};
 use steadfast_core::redis_commands::{Classification, CommandTable};
@@ -160,7 +158,7 @@ pub async fn run(
     let detection = ctx.detection;
     let mut front = Front {
         sequencer: Sequencer::new(
-            OrderingSettings::default(),
+            ctx.ordering,
             members.iter().map(|&n| u32::from(n)),
             0,
             Duration::ZERO,
@@ -171,7 +169,7 @@ pub async fn run(
             1,
             MAX_PENDING_DIGESTS,
         ),
-        scheduler: ReadScheduler::new(ReadPolicy::WithPrimary),
+        scheduler: ReadScheduler::new(ctx.read_policy),
         ctx,
         origin,
         events: events_tx,

@@ -12,8 +12,12 @@
 //! rebuild).
 //!
 //! Not built yet (issue 18): failover (a replica taking over the ordering and the clients'
-//! connections), session state carried into a rebuilt replica, safe delivery, replicating the
-//! effects of non-deterministic writes (refused by name meanwhile).
+//! connections), session state carried into a rebuilt replica, replicating the effects of
+//! non-deterministic writes (refused by name meanwhile).
+//!
+//! The service chooses its delivery (`delivery`: best effort, or safe: a replica runs an
+//! update once the primary announced it held by all) and which replicas serve reads
+//! (`read_policy`); both reach the ordering through [`ActiveContext`].
 
 pub mod front;
 pub mod link;
@@ -26,6 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
+use steadfast_core::active_order::{OrderingSettings, ReadPolicy};
 use steadfast_core::heartbeat_wire::AuthKey;
 use steadfast_core::replication_seal::Protection;
 use steadfast_core::NodeId;
@@ -57,6 +62,12 @@ pub struct ActiveContext {
     /// A replica's link silent this long (the group's detection) is dropped and the replica
     /// taken out: its reads run again elsewhere and nothing waits for it.
     pub detection: Duration,
+    /// The ordering's settings on both ends (the service's `delivery`): the primary's
+    /// `Sequencer` and every `ReplicaOrder` must run the same strategy, or a safe replica waits
+    /// for stability a best-effort group never needs it to wait for.
+    pub ordering: OrderingSettings,
+    /// Which replicas the primary's `ReadScheduler` sends reads to (`read_policy`).
+    pub read_policy: ReadPolicy,
     shared: Arc<PlaneShared>,
 }
 
@@ -178,6 +189,11 @@ pub(super) async fn run(
         link_port,
         stall: settings.replication_stall,
         detection: settings.detection,
+        ordering: OrderingSettings {
+            strategy: settings.service.delivery,
+            ..OrderingSettings::default()
+        },
+        read_policy: settings.service.read_policy,
         shared,
     });
     let address = replica::listen_address(settings.local_address, link_port);
