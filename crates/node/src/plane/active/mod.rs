@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
-use steadfast_core::active_order::{OrderingSettings, ReadPolicy};
+use steadfast_core::active_order::{DeliveryStrategy, OrderingSettings, ReadPolicy};
 use steadfast_core::heartbeat_wire::AuthKey;
 use steadfast_core::replication_seal::Protection;
 use steadfast_core::NodeId;
@@ -124,6 +124,8 @@ pub struct ActiveShared {
     /// (from asking for the copy to serving reads).
     pub rebuilds: AtomicU64,
     pub last_rebuild_ms: AtomicU64,
+    /// The service's delivery strategy and read policy, set once the plane starts.
+    pub choices: std::sync::OnceLock<(DeliveryStrategy, ReadPolicy)>,
 }
 
 impl ActiveShared {
@@ -161,6 +163,16 @@ impl ActiveShared {
             reads_rerun: load(&self.reads_rerun),
             rebuilds: load(&self.rebuilds),
             last_rebuild_ms: load(&self.last_rebuild_ms),
+            delivery: self
+                .choices
+                .get()
+                .map(|(delivery, _)| delivery.name().to_string())
+                .unwrap_or_default(),
+            read_policy: self
+                .choices
+                .get()
+                .map(|(_, policy)| policy.name().to_string())
+                .unwrap_or_default(),
             serving: self
                 .serving
                 .lock()
@@ -180,6 +192,10 @@ pub(super) async fn run(
 ) -> anyhow::Result<()> {
     let link_port =
         settings.replication_port - super::REPLICATION_PORT_OFFSET + ACTIVE_LINK_PORT_OFFSET;
+    let _ = shared
+        .active
+        .choices
+        .set((settings.service.delivery, settings.service.read_policy));
     let ctx = Arc::new(ActiveContext {
         node_id: settings.node_id,
         key: settings.key.clone(),
