@@ -125,6 +125,12 @@ pub struct Sequencer<T> {
     replicas: BTreeMap<ReplicaId, ReplicaProgress>,
     /// Held by every replica (what the last `Stable` said, in safe mode).
     stable: OrderNumber,
+    /// Every update after this one is retained: held by every replica and below every pin.
+    /// Apart from `stable` because a pin holds back only what is kept, not stability: under
+    /// safe delivery a pin that held stability would stop every replica's delivery for the
+    /// whole rebuild, and a MULTI open at the pinned number would keep the copy from ever
+    /// finding a point outside it (the copy given up, the rebuild retried, updates stalled).
+    kept_after: OrderNumber,
     /// Replicas being rebuilt from a copy of a live one: every update after the pinned number
     /// stays retained until they join, whatever the copy's number turns out to be.
     pins: BTreeMap<ReplicaId, OrderNumber>,
@@ -162,6 +168,7 @@ impl<T: Clone> Sequencer<T> {
                 })
                 .collect(),
             stable: start,
+            kept_after: start,
             pins: BTreeMap::new(),
         }
     }
@@ -169,7 +176,8 @@ impl<T: Clone> Sequencer<T> {
     /// Replica `id` is about to be rebuilt from a copy a live replica takes from now on: every
     /// update after the current stable number is kept until [`add_replica`](Self::add_replica)
     /// (any copy taken from now on holds at least that much) or [`unpin`](Self::unpin).
-    /// Returns the number kept from.
+    /// Returns the number kept from. Stability goes on meanwhile: it is the replicas' alone,
+    /// and the joiner is none until it joins.
     pub fn pin(&mut self, id: ReplicaId) -> OrderNumber {
         *self.pins.entry(id).or_insert(self.stable)
     }
@@ -197,9 +205,13 @@ impl<T: Clone> Sequencer<T> {
                 },
             })
             .collect();
-        if self.replicas.is_empty() && self.pins.is_empty() {
-            // Nobody to wait for: stable at once (and nothing to retain).
+        if self.replicas.is_empty() {
+            // Nobody to wait for: stable at once.
             self.stable = number;
+        }
+        if self.replicas.is_empty() && self.pins.is_empty() {
+            // Nobody who may lack it: nothing to retain.
+            self.kept_after = number;
         } else {
             self.retained.insert(number, payload);
         }
@@ -275,6 +287,7 @@ impl<T: Clone> Sequencer<T> {
         }
         if self.replicas.is_empty() && self.pins.is_empty() {
             self.stable = self.last_ordered;
+            self.kept_after = self.last_ordered;
             self.retained.clear();
             return Vec::new();
         }
@@ -291,10 +304,10 @@ impl<T: Clone> Sequencer<T> {
         now: Duration,
     ) -> Result<Vec<Outgoing<T>>, CopyTooOld> {
         let holds = holds.min(self.last_ordered);
-        if holds < self.stable {
+        if holds < self.kept_after {
             return Err(CopyTooOld {
                 holds,
-                oldest_retained: self.stable + 1,
+                oldest_retained: self.kept_after + 1,
             });
         }
         self.replicas.insert(
@@ -345,21 +358,28 @@ impl<T: Clone> Sequencer<T> {
             .collect()
     }
 
-    /// Drops what every replica holds and, in safe mode, tells every replica the new stable
+    /// Drops what every replica holds and no pin keeps, and tells every replica the new stable
     /// number.
     fn advance_stability(&mut self) -> Vec<Outgoing<T>> {
         let held_by_all = self
             .replicas
             .values()
             .map(|p| p.acked)
-            .chain(self.pins.values().copied())
             .min()
             .unwrap_or(self.last_ordered);
+        let kept_after = self
+            .pins
+            .values()
+            .copied()
+            .fold(held_by_all, OrderNumber::min);
+        if kept_after > self.kept_after {
+            self.kept_after = kept_after;
+            self.retained = self.retained.split_off(&(kept_after + 1));
+        }
         if held_by_all <= self.stable {
             return Vec::new();
         }
         self.stable = held_by_all;
-        self.retained = self.retained.split_off(&(held_by_all + 1));
         // Told in both strategies: safe delivery waits for it, and every replica drops the
         // updates it kept for a takeover.
         self.replicas
