@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::Lab;
+use steadfast_core::active_order::{DeliveryStrategy, ReadPolicy};
 use steadfast_lab::redis_verify::{self, VerifyOptions};
 use steadfast_lab::{BackendKind, CrashKind, Mode};
 
@@ -226,9 +227,23 @@ const STALL_BOUND: Duration = Duration::from_millis(1_000);
 #[test]
 #[ignore = "needs redis-server (the interop tier)"]
 fn replica_crashes_cost_clients_nothing_and_a_healed_replica_catches_up() {
+    replica_crashes_cost_clients_nothing(DeliveryStrategy::BestEffort);
+}
+
+/// The same under safe delivery: a rebuild pins the log, which holds stability (and so every
+/// replica's delivery) back until the joiner joins; the rebuild must be short enough that no
+/// client waits beyond the bound, and the replicas must not stall after it.
+#[test]
+#[ignore = "needs redis-server (the interop tier)"]
+fn replica_crashes_cost_clients_nothing_under_safe_delivery() {
+    replica_crashes_cost_clients_nothing(DeliveryStrategy::Safe);
+}
+
+fn replica_crashes_cost_clients_nothing(delivery: DeliveryStrategy) {
     let lab = Lab::up_named(common::lab_name("ac"), 3, BackendKind::Redis, |opts| {
         opts.mode = Mode::Active;
         opts.witness = false;
+        opts.delivery = Some(delivery);
     });
     let target = lab.target();
     let client = lab.info.client_ns.clone();
@@ -331,7 +346,7 @@ fn replica_crashes_cost_clients_nothing_and_a_healed_replica_catches_up() {
         });
         let (rebuilt, rebuilt_after, under_load) = rebuild;
         eprintln!(
-            "crash {crash} ({kind:?}) of {crashed}: out of the reads after {out_after:?} (status polled); \
+            "{delivery:?}: crash {crash} ({kind:?}) of {crashed}: out of the reads after {out_after:?} (status polled); \
              healed, serving again after {rebuilt_after:?} ({} under load; the rebuild took {} \
              ms from asking for the copy to caught up); client: {report}",
             if under_load { "rebuilt" } else { "NOT rebuilt" },
@@ -416,7 +431,6 @@ fn replica_crashes_cost_clients_nothing_and_a_healed_replica_catches_up() {
 #[test]
 #[ignore = "needs redis-server (the interop tier)"]
 fn safe_delivery_without_the_primary_reading_runs_clean() {
-    use steadfast_core::active_order::{DeliveryStrategy, ReadPolicy};
     assert!(
         steadfast_lab::system::find_program("redis-server").is_some(),
         "redis-server is not installed (looked in PATH, /usr/sbin, /sbin, /usr/bin, /bin): \
