@@ -34,10 +34,32 @@ pub type OrderNumber = u64;
 /// A member of the group that runs the service.
 pub type ReplicaId = u32;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How a replica delivers the updates it holds: chosen per service (`delivery` in its
+/// configuration), written there as [`DeliveryStrategy::name`] gives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum DeliveryStrategy {
+    /// On arrival, in order: an update may run on some replicas and be lost with the primary.
+    #[default]
     BestEffort,
+    /// Once every replica holds it (the primary's `Stable`): one more round trip per update.
     Safe,
+}
+
+impl DeliveryStrategy {
+    pub const ALL: [DeliveryStrategy; 2] = [DeliveryStrategy::BestEffort, DeliveryStrategy::Safe];
+
+    /// Its name in the configuration file and in `status`.
+    pub fn name(self) -> &'static str {
+        match self {
+            DeliveryStrategy::BestEffort => "best-effort",
+            DeliveryStrategy::Safe => "safe",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<DeliveryStrategy> {
+        Self::ALL.into_iter().find(|s| s.name() == name)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,7 +77,7 @@ pub struct OrderingSettings {
 impl Default for OrderingSettings {
     fn default() -> Self {
         OrderingSettings {
-            strategy: DeliveryStrategy::BestEffort,
+            strategy: DeliveryStrategy::default(),
             retransmit_after: Duration::from_millis(20),
             repeat_request_after: Duration::from_millis(10),
             retransmit_burst: 256,
@@ -103,6 +125,12 @@ pub struct Sequencer<T> {
     replicas: BTreeMap<ReplicaId, ReplicaProgress>,
     /// Held by every replica (what the last `Stable` said, in safe mode).
     stable: OrderNumber,
+    /// Every update after this one is retained: held by every replica and below every pin.
+    /// Apart from `stable` because a pin holds back only what is kept, not stability: under
+    /// safe delivery a pin that held stability would stop every replica's delivery for the
+    /// whole rebuild, and a MULTI open at the pinned number would keep the copy from ever
+    /// finding a point outside it (the copy given up, the rebuild retried, updates stalled).
+    kept_after: OrderNumber,
     /// Replicas being rebuilt from a copy of a live one: every update after the pinned number
     /// stays retained until they join, whatever the copy's number turns out to be.
     pins: BTreeMap<ReplicaId, OrderNumber>,
@@ -140,6 +168,7 @@ impl<T: Clone> Sequencer<T> {
                 })
                 .collect(),
             stable: start,
+            kept_after: start,
             pins: BTreeMap::new(),
         }
     }
@@ -147,7 +176,8 @@ impl<T: Clone> Sequencer<T> {
     /// Replica `id` is about to be rebuilt from a copy a live replica takes from now on: every
     /// update after the current stable number is kept until [`add_replica`](Self::add_replica)
     /// (any copy taken from now on holds at least that much) or [`unpin`](Self::unpin).
-    /// Returns the number kept from.
+    /// Returns the number kept from. Stability goes on meanwhile: it is the replicas' alone,
+    /// and the joiner is none until it joins.
     pub fn pin(&mut self, id: ReplicaId) -> OrderNumber {
         *self.pins.entry(id).or_insert(self.stable)
     }
@@ -175,9 +205,13 @@ impl<T: Clone> Sequencer<T> {
                 },
             })
             .collect();
-        if self.replicas.is_empty() && self.pins.is_empty() {
-            // Nobody to wait for: stable at once (and nothing to retain).
+        if self.replicas.is_empty() {
+            // Nobody to wait for: stable at once.
             self.stable = number;
+        }
+        if self.replicas.is_empty() && self.pins.is_empty() {
+            // Nobody who may lack it: nothing to retain.
+            self.kept_after = number;
         } else {
             self.retained.insert(number, payload);
         }
@@ -253,6 +287,7 @@ impl<T: Clone> Sequencer<T> {
         }
         if self.replicas.is_empty() && self.pins.is_empty() {
             self.stable = self.last_ordered;
+            self.kept_after = self.last_ordered;
             self.retained.clear();
             return Vec::new();
         }
@@ -269,10 +304,10 @@ impl<T: Clone> Sequencer<T> {
         now: Duration,
     ) -> Result<Vec<Outgoing<T>>, CopyTooOld> {
         let holds = holds.min(self.last_ordered);
-        if holds < self.stable {
+        if holds < self.kept_after {
             return Err(CopyTooOld {
                 holds,
-                oldest_retained: self.stable + 1,
+                oldest_retained: self.kept_after + 1,
             });
         }
         self.replicas.insert(
@@ -295,9 +330,9 @@ impl<T: Clone> Sequencer<T> {
         self.stable
     }
 
-    /// Held by every replica in the ordering, not counting the replicas being rebuilt (whose
-    /// pins hold [`stable`](Self::stable) back): what a client may be told was done, since any
-    /// of these replicas can take over holding it. With no replica, everything ordered.
+    /// Held by every replica in the ordering, not counting the replicas being rebuilt (their
+    /// pins hold back only what is kept): what a client may be told was done, since any of
+    /// these replicas can take over holding it. With no replica, everything ordered.
     pub fn held_by_every_replica(&self) -> OrderNumber {
         self.replicas
             .values()
@@ -334,21 +369,28 @@ impl<T: Clone> Sequencer<T> {
             .collect()
     }
 
-    /// Drops what every replica holds and, in safe mode, tells every replica the new stable
+    /// Drops what every replica holds and no pin keeps, and tells every replica the new stable
     /// number.
     fn advance_stability(&mut self) -> Vec<Outgoing<T>> {
         let held_by_all = self
             .replicas
             .values()
             .map(|p| p.acked)
-            .chain(self.pins.values().copied())
             .min()
             .unwrap_or(self.last_ordered);
+        let kept_after = self
+            .pins
+            .values()
+            .copied()
+            .fold(held_by_all, OrderNumber::min);
+        if kept_after > self.kept_after {
+            self.kept_after = kept_after;
+            self.retained = self.retained.split_off(&(kept_after + 1));
+        }
         if held_by_all <= self.stable {
             return Vec::new();
         }
         self.stable = held_by_all;
-        self.retained = self.retained.split_off(&(held_by_all + 1));
         // Told in both strategies: safe delivery waits for it, and every replica drops the
         // updates it kept for a takeover.
         self.replicas
@@ -592,11 +634,30 @@ impl<T: Clone> ReplicaOrder<T> {
 }
 
 /// Which replicas serve reads: every member in turn (RR-P), or all but the primary (RR-NP),
-/// which leaves the primary's CPU to ordering and updates.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// which leaves the primary's CPU to ordering and updates. Chosen per service (`read_policy`
+/// in its configuration), written there as [`ReadPolicy::name`] gives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum ReadPolicy {
+    #[default]
     WithPrimary,
     WithoutPrimary,
+}
+
+impl ReadPolicy {
+    pub const ALL: [ReadPolicy; 2] = [ReadPolicy::WithPrimary, ReadPolicy::WithoutPrimary];
+
+    /// Its name in the configuration file and in `status`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ReadPolicy::WithPrimary => "with-primary",
+            ReadPolicy::WithoutPrimary => "without-primary",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<ReadPolicy> {
+        Self::ALL.into_iter().find(|p| p.name() == name)
+    }
 }
 
 /// Sent with a read: which replica serves it, and the update it must have delivered first.

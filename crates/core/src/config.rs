@@ -21,6 +21,7 @@ use serde::ser::SerializeStruct;
 use serde::{Deserialize, Serialize, Serializer};
 use toml::Spanned;
 
+use crate::active_order::{DeliveryStrategy, ReadPolicy};
 use crate::NodeId;
 
 mod relay;
@@ -254,6 +255,16 @@ pub struct Service {
     /// completed. `None`: 64 s (the kernel's SYN-RECV lifetime, 63 s, and a little more).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub half_open_lifetime_ms: Option<u64>,
+    /// Active mode: when a replica runs an update, on arrival (`best-effort`, the default) or
+    /// once every replica holds it (`safe`). `Some` exactly in mode active, where a file that
+    /// leaves it out gets the default; the other modes refuse it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<DeliveryStrategy>,
+    /// Active mode: which replicas serve reads, every member in turn (`with-primary`, RR-P,
+    /// the default) or all but the primary (`without-primary`, RR-NP). `Some` exactly in mode
+    /// active, like `delivery`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub read_policy: Option<ReadPolicy>,
 }
 
 /// Default of `service.stream_replies_above`: whole-reply logging for anything a web service
@@ -529,6 +540,8 @@ struct RawService {
     max_half_open_per_source: Option<Spanned<u32>>,
     max_request_bytes_held: Option<Spanned<u64>>,
     half_open_lifetime_ms: Option<Spanned<u64>>,
+    delivery: Option<Spanned<String>>,
+    read_policy: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -746,6 +759,49 @@ fn parse_address(s: &str) -> Result<(Ipv4Addr, u8), String> {
         .filter(|p| *p <= 32)
         .ok_or_else(|| format!("prefix length {prefix:?} is not a number from 0 to 32"))?;
     Ok((ip, prefix))
+}
+
+/// A setting of active mode alone, one of `names`: in mode active, what the file says or the
+/// default; in any other mode `None`, and refused when the file sets it (`what` says what it
+/// chooses, so the user sees why it has no meaning there).
+fn active_choice<T: Default>(
+    report: &mut Report<'_>,
+    value: Option<&Spanned<String>>,
+    field: &str,
+    mode: Mode,
+    what: &str,
+    parse: fn(&str) -> Option<T>,
+    names: &[&str],
+) -> Option<T> {
+    let expected = names
+        .iter()
+        .map(|n| format!("{n:?}"))
+        .collect::<Vec<_>>()
+        .join(" or ");
+    if mode != Mode::Active {
+        if let Some(v) = value {
+            report.add(
+                v.span(),
+                field,
+                format!(
+                    "chooses {what}; mode {} has none: leave it out, or use mode active",
+                    mode.as_str()
+                ),
+            );
+        }
+        return None;
+    }
+    let Some(v) = value else {
+        return Some(T::default());
+    };
+    Some(parse(v.get_ref()).unwrap_or_else(|| {
+        report.add(
+            v.span(),
+            field,
+            format!("unknown value {:?}: expected {expected}", v.get_ref()),
+        );
+        T::default()
+    }))
 }
 
 fn millis(v: &Option<Spanned<u64>>, default: u64) -> Duration {
@@ -1176,6 +1232,24 @@ fn build(
                  second)",
             );
         }
+        let delivery = active_choice(
+            report,
+            s.delivery.as_ref(),
+            &field("delivery"),
+            mode,
+            "how active mode's replicas run updates",
+            DeliveryStrategy::parse,
+            &DeliveryStrategy::ALL.map(DeliveryStrategy::name),
+        );
+        let read_policy = active_choice(
+            report,
+            s.read_policy.as_ref(),
+            &field("read_policy"),
+            mode,
+            "which of active mode's replicas serve reads",
+            ReadPolicy::parse,
+            &ReadPolicy::ALL.map(ReadPolicy::name),
+        );
         services.push(Service {
             name: s.name.clone(),
             vip,
@@ -1197,6 +1271,8 @@ fn build(
             max_half_open_per_source: s.max_half_open_per_source.as_ref().map(|v| *v.get_ref()),
             max_request_bytes_held: s.max_request_bytes_held.as_ref().map(|v| *v.get_ref()),
             half_open_lifetime_ms: s.half_open_lifetime_ms.as_ref().map(|v| *v.get_ref()),
+            delivery,
+            read_policy,
         });
     }
     if services.is_empty() && !is_witness && seen.contains(&node_id) {

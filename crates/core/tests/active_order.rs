@@ -388,6 +388,7 @@ fn a_joining_replica_needs_a_copy_no_older_than_the_log() {
 /// A replica being rebuilt pins the log: while a live replica's copy is taken, every update
 /// after the stable number of the moment stays retained, however far the others get, so the
 /// joiner is brought up from whatever number the copy holds; given up, the pin holds nothing.
+/// The pin holds back what is kept, not stability: the joiner is no replica yet.
 #[test]
 fn a_pinned_rebuild_keeps_the_log_until_the_joiner_joins() {
     let settings = settings(DeliveryStrategy::BestEffort);
@@ -405,13 +406,13 @@ fn a_pinned_rebuild_keeps_the_log_until_the_joiner_joins() {
     for id in [1, 2] {
         sequencer.on_message(id, ToPrimary::Ack { up_to: 9 }, Duration::ZERO);
     }
-    assert_eq!(sequencer.stable(), 2, "held back by the pin");
+    assert_eq!(sequencer.stable(), 9, "both replicas hold it all");
     assert_eq!(
         sequencer.held_by_every_replica(),
         9,
         "a client may be answered: every replica in the ordering holds it"
     );
-    assert_eq!(sequencer.retained(), 7);
+    assert_eq!(sequencer.retained(), 7, "kept from the pin on");
     // The copy was taken at 5: the joiner gets 6..=9.
     let sent = sequencer.add_replica(3, 5, Duration::ZERO).unwrap();
     let numbers: Vec<_> = sent
@@ -433,15 +434,64 @@ fn a_pinned_rebuild_keeps_the_log_until_the_joiner_joins() {
     assert_eq!(sequencer.retained(), 0);
 
     // A rebuild given up releases what it held.
-    sequencer.pin(4);
+    assert_eq!(sequencer.pin(4), 9);
     sequencer.order(10);
     for id in [1, 2, 3] {
         sequencer.on_message(id, ToPrimary::Ack { up_to: 10 }, Duration::ZERO);
     }
-    assert_eq!(sequencer.stable(), 9);
+    assert_eq!(sequencer.stable(), 10);
+    assert_eq!(sequencer.retained(), 1, "kept for the pin");
+    // A copy older than what is kept is refused.
+    assert!(sequencer.add_replica(4, 8, Duration::ZERO).is_err());
     sequencer.unpin(4);
     assert_eq!(sequencer.stable(), 10);
     assert_eq!(sequencer.retained(), 0);
+}
+
+/// Under safe delivery a rebuild does not stop the replicas: with a joiner pinned, an update
+/// every replica holds is announced stable and delivered, while the log keeps it for the joiner.
+/// (Held back by the pin, every replica's delivery would wait for the whole rebuild, and a
+/// MULTI open at the pinned number would keep the copy from being taken at all.)
+#[test]
+fn safe_delivery_goes_on_while_a_replica_is_rebuilt() {
+    let settings = settings(DeliveryStrategy::Safe);
+    let mut sequencer = Sequencer::<u64>::new(settings, [1, 2], 0, Duration::ZERO);
+    let mut replicas = [
+        ReplicaOrder::<u64>::new(settings, 0),
+        ReplicaOrder::<u64>::new(settings, 0),
+    ];
+    assert_eq!(sequencer.pin(3), 0);
+    let (_, out) = sequencer.order(41);
+    let mut stable_out = Vec::new();
+    for Outgoing { to, message } in out {
+        for action in replicas[to as usize - 1].on_message(message, Duration::ZERO) {
+            match action {
+                ReplicaAction::Send(ack) => {
+                    stable_out.extend(sequencer.on_message(to, ack, Duration::ZERO));
+                }
+                ReplicaAction::Deliver { .. } => panic!("delivered before stable"),
+            }
+        }
+    }
+    assert_eq!(sequencer.stable(), 1);
+    assert_eq!(sequencer.retained(), 1, "kept for the joiner");
+    let mut delivered = Vec::new();
+    for Outgoing { to, message } in stable_out {
+        for action in replicas[to as usize - 1].on_message(message, Duration::ZERO) {
+            if let ReplicaAction::Deliver { number, payload } = action {
+                delivered.push((to, number, payload));
+            }
+        }
+    }
+    assert_eq!(delivered, vec![(1, 1, 41), (2, 1, 41)]);
+    // The joiner, from a copy taken at 0, is sent what it lacks.
+    let sent = sequencer.add_replica(3, 0, Duration::ZERO).unwrap();
+    assert!(sent.iter().any(|o| o.to == 3
+        && o.message
+            == ToReplica::Update {
+                number: 1,
+                payload: 41
+            }));
 }
 
 /// An acknowledgement of a number never ordered is not trusted: nothing becomes stable.

@@ -873,3 +873,81 @@ fn active_mode_speaks_resp_and_refuses_other_protocols() {
         "{errors}"
     );
 }
+
+/// Active mode's delivery strategy and read policy: the defaults when left out, each name
+/// read, a misspelling refused naming the field, its place and the names it takes, and either
+/// setting refused in a mode that has no replicas, saying why.
+#[test]
+fn active_mode_chooses_its_delivery_and_read_policy() {
+    use steadfast_core::active_order::{DeliveryStrategy, ReadPolicy};
+    let active = VALID
+        .replace("mode = \"unreplicated\"", "mode = \"active\"")
+        .replace("ports = [80, 443]", "ports = [6379]");
+    let cfg = parse(&active, "n1.toml", &exists, Path::new("/")).unwrap();
+    assert_eq!(cfg.services[0].delivery, Some(DeliveryStrategy::BestEffort));
+    assert_eq!(cfg.services[0].read_policy, Some(ReadPolicy::WithPrimary));
+    let unreplicated = parse(VALID, "n1.toml", &exists, Path::new("/")).unwrap();
+    assert_eq!(unreplicated.services[0].delivery, None);
+    assert_eq!(unreplicated.services[0].read_policy, None);
+
+    for delivery in DeliveryStrategy::ALL {
+        for policy in ReadPolicy::ALL {
+            let text = active.replace(
+                "mode = \"active\"",
+                &format!(
+                    "mode = \"active\"\ndelivery = \"{}\"\nread_policy = \"{}\"",
+                    delivery.name(),
+                    policy.name()
+                ),
+            );
+            let cfg = parse(&text, "n1.toml", &exists, Path::new("/")).unwrap();
+            assert_eq!(cfg.services[0].delivery, Some(delivery), "{text}");
+            assert_eq!(cfg.services[0].read_policy, Some(policy), "{text}");
+            // The writer keeps the choice.
+            let again = parse(&to_toml(&cfg), "n1.toml", &exists, Path::new("/")).unwrap();
+            assert_eq!(again, cfg);
+        }
+    }
+
+    let misspelled = active.replace(
+        "mode = \"active\"",
+        "mode = \"active\"\ndelivery = \"save\"\nread_policy = \"RR-NP\"",
+    );
+    let e = errors(&misspelled).to_string();
+    assert!(
+        e.contains(
+            "n1.toml:26:12: service[0].delivery: unknown value \"save\": expected \
+             \"best-effort\" or \"safe\""
+        ),
+        "{e}"
+    );
+    assert!(
+        e.contains(
+            "n1.toml:27:15: service[0].read_policy: unknown value \"RR-NP\": expected \
+             \"with-primary\" or \"without-primary\""
+        ),
+        "{e}"
+    );
+
+    for mode in ["unreplicated", "duplex"] {
+        let text = VALID.replace(
+            "mode = \"unreplicated\"",
+            &format!("mode = \"{mode}\"\ndelivery = \"safe\"\nread_policy = \"with-primary\""),
+        );
+        let e = errors(&text).to_string();
+        assert!(
+            e.contains(&format!(
+                "service[0].delivery: chooses how active mode's replicas run updates; mode \
+                 {mode} has none: leave it out, or use mode active"
+            )),
+            "{mode}: {e}"
+        );
+        assert!(
+            e.contains(&format!(
+                "service[0].read_policy: chooses which of active mode's replicas serve reads; \
+                 mode {mode} has none"
+            )),
+            "{mode}: {e}"
+        );
+    }
+}

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use proptest::prelude::*;
+use steadfast_core::active_order::{DeliveryStrategy, ReadPolicy};
 use steadfast_core::config::{
     parse, to_toml, Arp, Config, Control, Group, HealthCheck, HealthCheckKind, Member, Metrics,
     Mode, Notify, Protocol, Service, MAX_HEARTBEAT_INTERVAL_MS, MAX_MISS_COUNT,
@@ -148,6 +149,10 @@ fn config() -> impl Strategy<Value = Config> {
                         proptest::option::of(1000u64..=86_400_000),
                     ),
                 ),
+                (
+                    proptest::sample::select(DeliveryStrategy::ALL.to_vec()),
+                    proptest::sample::select(ReadPolicy::ALL.to_vec()),
+                ),
             )
                 .prop_map(
                     |(
@@ -168,6 +173,7 @@ fn config() -> impl Strategy<Value = Config> {
                                 half_open_lifetime_ms,
                             ),
                         ),
+                        (delivery, read_policy),
                     )| {
                         Service {
                             name,
@@ -191,6 +197,10 @@ fn config() -> impl Strategy<Value = Config> {
                             max_half_open_per_source,
                             max_request_bytes_held,
                             half_open_lifetime_ms,
+                            // Active mode's own settings: always there in that mode (the
+                            // reader fills in the defaults), never in the others.
+                            delivery: (mode == Mode::Active).then_some(delivery),
+                            read_policy: (mode == Mode::Active).then_some(read_policy),
                         }
                     },
                 );

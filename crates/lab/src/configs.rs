@@ -52,6 +52,8 @@ pub(crate) struct GroupPlan<'a> {
     pub max_connections: Option<u32>,
     pub max_connections_per_source: Option<u32>,
     pub half_open_lifetime_ms: Option<u32>,
+    pub delivery: Option<steadfast_core::active_order::DeliveryStrategy>,
+    pub read_policy: Option<steadfast_core::active_order::ReadPolicy>,
     pub gratuitous_arp: Option<(u32, u32)>,
     pub relay: bool,
 }
@@ -128,6 +130,12 @@ pub(crate) fn voter_config(plan: &GroupPlan<'_>, voter: Host) -> String {
         }
         if let Some(ms) = plan.half_open_lifetime_ms {
             let _ = writeln!(text, "half_open_lifetime_ms = {ms}");
+        }
+        if let Some(delivery) = plan.delivery {
+            let _ = writeln!(text, "delivery = \"{}\"", delivery.name());
+        }
+        if let Some(policy) = plan.read_policy {
+            let _ = writeln!(text, "read_policy = \"{}\"", policy.name());
         }
         let _ = writeln!(text, "\n[[health_check]]");
         if plan.backend.speaks_http() {
@@ -218,6 +226,8 @@ mod tests {
             max_connections: None,
             max_connections_per_source: None,
             half_open_lifetime_ms: None,
+            delivery: None,
+            read_policy: None,
             gratuitous_arp: None,
             relay: false,
         }
@@ -300,5 +310,32 @@ mod tests {
         assert_eq!(web["service"][0]["ports"][0].as_integer(), Some(80));
         assert!(web["service"][0].get("protocol").is_none());
         assert_eq!(web["health_check"][0]["kind"].as_str(), Some("http"));
+    }
+
+    /// An active lab's delivery and read policy reach the service's table, and the daemon's
+    /// parser reads them back as chosen.
+    #[test]
+    fn an_active_member_carries_its_delivery_and_read_policy() {
+        use steadfast_core::active_order::{DeliveryStrategy, ReadPolicy};
+        let lab = LabName::parse("t").unwrap();
+        let members = [Host::Node(1), Host::Node(2)];
+        let mut active = plan(&lab, &members, false);
+        active.mode = Mode::Active;
+        active.backend = BackendKind::Redis;
+        active.delivery = Some(DeliveryStrategy::Safe);
+        active.read_policy = Some(ReadPolicy::WithoutPrimary);
+        let text = voter_config(&active, Host::Node(1));
+        let config = steadfast_core::config::parse(
+            &text,
+            "n1.toml",
+            &|_| true,
+            std::path::Path::new("/run/steadfast-lab/t"),
+        )
+        .unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(config.services[0].delivery, Some(DeliveryStrategy::Safe));
+        assert_eq!(
+            config.services[0].read_policy,
+            Some(ReadPolicy::WithoutPrimary)
+        );
     }
 }

@@ -232,6 +232,8 @@ fn build(
         max_connections: opts.max_connections,
         max_connections_per_source: opts.max_connections_per_source,
         half_open_lifetime_ms: opts.half_open_lifetime_ms,
+        delivery: opts.delivery,
+        read_policy: opts.read_policy,
         gratuitous_arp: opts.gratuitous_arp,
         relay: opts.relay,
     };

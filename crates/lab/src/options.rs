@@ -197,6 +197,10 @@ pub struct UpOptions {
     /// `service.half_open_lifetime_ms` (the backup's half-open images); `None` keeps the
     /// daemon's default.
     pub half_open_lifetime_ms: Option<u32>,
+    /// `service.delivery` and `service.read_policy` (active mode alone: the daemon refuses
+    /// them in the others); `None` keeps the daemon's defaults.
+    pub delivery: Option<steadfast_core::active_order::DeliveryStrategy>,
+    pub read_policy: Option<steadfast_core::active_order::ReadPolicy>,
     /// `arp.gratuitous_count` and `arp.gratuitous_spacing_ms` in the node configs; `None`
     /// keeps the daemon's defaults.
     pub gratuitous_arp: Option<(u32, u32)>,
@@ -236,6 +240,8 @@ impl UpOptions {
             max_connections: None,
             max_connections_per_source: None,
             half_open_lifetime_ms: None,
+            delivery: None,
+            read_policy: None,
             gratuitous_arp: None,
             relay: false,
             front_proxy: None,

@@ -135,6 +135,15 @@ impl DaemonCommand {
                 Ok(s) => {
                     s.refuse_unimplemented_modes(&file)?;
                     println!("{}: ok", file.display());
+                    // Active mode's choices, defaults included: what the group will run.
+                    for service in s.services.iter().filter(|s| s.active) {
+                        println!(
+                            "service {}: mode active, delivery = \"{}\", read_policy = \"{}\"",
+                            service.name,
+                            service.delivery.name(),
+                            service.read_policy.name()
+                        );
+                    }
                     Ok(ExitCode::SUCCESS)
                 }
                 Err(e) => {

@@ -38,6 +38,10 @@ pub struct ServiceSettings {
     pub max_half_open_per_source: Option<u32>,
     pub max_request_bytes_held: Option<u64>,
     pub half_open_lifetime: Option<std::time::Duration>,
+    /// Active mode: when replicas run updates, and which serve reads (the defaults in the
+    /// other modes, where nothing reads them).
+    pub delivery: steadfast_core::active_order::DeliveryStrategy,
+    pub read_policy: steadfast_core::active_order::ReadPolicy,
 }
 
 pub struct Settings {
@@ -176,6 +180,8 @@ impl Settings {
                 half_open_lifetime: s
                     .half_open_lifetime_ms
                     .map(std::time::Duration::from_millis),
+                delivery: s.delivery.unwrap_or_default(),
+                read_policy: s.read_policy.unwrap_or_default(),
             })
             .collect();
         let checks = cfg.health_checks.clone();
@@ -273,6 +279,8 @@ impl Settings {
                 max_half_open_per_source: service.max_half_open_per_source,
                 max_request_bytes_held: service.max_request_bytes_held,
                 half_open_lifetime: service.half_open_lifetime,
+                delivery: service.delivery,
+                read_policy: service.read_policy,
                 garp_count: self.garp_count,
                 garp_spacing: self.garp_spacing,
             },

@@ -351,6 +351,12 @@ pub struct ActiveStatus {
     /// Random writes (SPOP) run on the primary's own replica and replicated as their effect.
     #[serde(default)]
     pub random_writes: u64,
+    /// The service's `delivery` ("best-effort" or "safe") and `read_policy` ("with-primary"
+    /// or "without-primary"), as this node runs them.
+    #[serde(default)]
+    pub delivery: String,
+    #[serde(default)]
+    pub read_policy: String,
 }
 
 /// One stage's durations since the daemon started, in microseconds; quantiles are the upper
@@ -504,8 +510,9 @@ impl NodeStatus {
             ));
             if let Some(a) = &d.active {
                 s.push_str(&format!(
-                    "  active: {}; {} updates ordered (last {}, stable {}), {} reads scheduled {:?}, {} replies agreed, {} refused; {} client sessions ({} open); replicas linked {:?}\n",
+                    "  active: {}, delivery {}, read policy {}; {} updates ordered (last {}, stable {}), {} reads scheduled {:?}, {} replies agreed, {} refused; {} client sessions ({} open); replicas linked {:?}\n",
                     if a.primary { "primary" } else { "replica" },
+                    a.delivery, a.read_policy,
                     a.updates_ordered, a.last_ordered, a.stable, a.reads_scheduled,
                     a.reads_by_replica, a.replies_agreed, a.refused, a.sessions, a.sessions_open,
                     a.linked

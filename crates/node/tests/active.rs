@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::Lab;
+use steadfast_core::active_order::{DeliveryStrategy, ReadPolicy};
 use steadfast_lab::redis_verify::{self, VerifyOptions};
 use steadfast_lab::{BackendKind, CrashKind, Mode};
 
@@ -249,9 +250,23 @@ const STALL_BOUND: Duration = Duration::from_millis(1_000);
 #[test]
 #[ignore = "needs redis-server (the interop tier)"]
 fn replica_crashes_cost_clients_nothing_and_a_healed_replica_catches_up() {
+    replica_crashes_cost_clients_nothing(DeliveryStrategy::BestEffort);
+}
+
+/// The same under safe delivery: a rebuild pins the log, which must hold back only what is
+/// kept, not stability (and so every replica's delivery): no client may wait beyond the bound,
+/// and the replicas must not stall after it.
+#[test]
+#[ignore = "needs redis-server (the interop tier)"]
+fn replica_crashes_cost_clients_nothing_under_safe_delivery() {
+    replica_crashes_cost_clients_nothing(DeliveryStrategy::Safe);
+}
+
+fn replica_crashes_cost_clients_nothing(delivery: DeliveryStrategy) {
     let lab = Lab::up_named(common::lab_name("ac"), 3, BackendKind::Redis, |opts| {
         opts.mode = Mode::Active;
         opts.witness = false;
+        opts.delivery = Some(delivery);
     });
     let target = lab.target();
     let client = lab.info.client_ns.clone();
@@ -339,7 +354,7 @@ fn replica_crashes_cost_clients_nothing_and_a_healed_replica_catches_up() {
         });
         let (rebuilt, rebuilt_after, under_load) = rebuild;
         eprintln!(
-            "crash {crash} ({kind:?}) of {crashed}: out of the reads after {out_after:?} (status polled); \
+            "{delivery:?}: crash {crash} ({kind:?}) of {crashed}: out of the reads after {out_after:?} (status polled); \
              healed, serving again after {rebuilt_after:?} ({} under load; the rebuild took {} \
              ms from asking for the copy to caught up); client: {report}",
             if under_load { "rebuilt" } else { "NOT rebuilt" },
@@ -749,5 +764,134 @@ fn a_rebuilt_replica_sets_up_each_session_as_the_others_had() {
         status["divergences"].as_object().map(|m| m.len()),
         Some(0),
         "no replica answered the session otherwise: {status}"
+    );
+}
+
+/// Safe delivery (a replica runs an update only once the primary announced every replica holds
+/// it) with reads kept off the primary (RR-NP): the verifying client runs clean, nothing stalls
+/// (every replica delivers all that was ordered, and the primary's stable number reaches it),
+/// the reads went to the two other replicas alone, and every replica holds the same data.
+#[test]
+#[ignore = "needs redis-server (the interop tier)"]
+fn safe_delivery_without_the_primary_reading_runs_clean() {
+    assert!(
+        steadfast_lab::system::find_program("redis-server").is_some(),
+        "redis-server is not installed (looked in PATH, /usr/sbin, /sbin, /usr/bin, /bin): \
+         this interop test needs Debian's redis-server package"
+    );
+    let lab = Lab::up_named(common::lab_name("as"), 3, BackendKind::Redis, |opts| {
+        opts.mode = Mode::Active;
+        opts.witness = false;
+        opts.delivery = Some(DeliveryStrategy::Safe);
+        opts.read_policy = Some(ReadPolicy::WithoutPrimary);
+    });
+    let target = lab.target();
+    let client = lab.info.client_ns.clone();
+    let primary = lab.info.primary.clone().expect("lab up names the primary");
+    let primary = primary
+        .strip_prefix(&format!("{}-", lab.name()))
+        .unwrap_or(&primary)
+        .to_string();
+    let primary_id: u64 = primary.trim_start_matches('n').parse().expect("node id");
+    let hosts: Vec<String> = (1..=3).map(|i| format!("n{i}")).collect();
+    let active = |host: &str| lab.daemon_status(host)["data_plane"]["active"].clone();
+    for host in &hosts {
+        let status = active(host);
+        assert_eq!(status["delivery"], "safe", "{host}: {status}");
+        assert_eq!(status["read_policy"], "without-primary", "{host}: {status}");
+    }
+
+    let options = VerifyOptions {
+        connections: 8,
+        duration: Duration::from_secs(3),
+        max_commands_per_connection: 20_000,
+        exchange_timeout: EXCHANGE_TIMEOUT,
+        seed: 181,
+        ..Default::default()
+    };
+    let report = redis_verify::run(Some(&client), target, &options).expect("the run");
+    eprintln!("active, safe delivery, reads without the primary: {report}");
+    assert!(report.is_clean(), "{report}{}", lab.situation());
+    assert!(report.increments > 0 && report.transfers > 0 && report.reads > 0);
+
+    let ordered = active(&primary)["last_ordered"]
+        .as_u64()
+        .expect("last_ordered");
+    assert!(ordered > 0, "{}", active(&primary));
+    let caught_up = common::wait_until(CATCH_UP, || {
+        active(&primary)["stable"].as_u64() == Some(ordered)
+            && hosts
+                .iter()
+                .all(|h| active(h)["delivered"].as_u64() == Some(ordered))
+    });
+    assert!(
+        caught_up,
+        "the {ordered} updates ordered become stable and every replica delivers them: stable \
+         {}, delivered {:?}",
+        active(&primary)["stable"],
+        hosts
+            .iter()
+            .map(|h| active(h)["delivered"].clone())
+            .collect::<Vec<_>>()
+    );
+
+    let at_primary = active(&primary);
+    let by_replica = at_primary["reads_by_replica"]
+        .as_object()
+        .expect("reads_by_replica")
+        .clone();
+    eprintln!("reads by replica {by_replica:?}; status of the primary: {at_primary}");
+    assert_eq!(
+        by_replica
+            .get(&primary_id.to_string())
+            .and_then(|n| n.as_u64())
+            .unwrap_or(0),
+        0,
+        "no read was scheduled on the primary {primary}: {by_replica:?}"
+    );
+    for host in hosts.iter().filter(|h| **h != primary) {
+        let id = host.trim_start_matches('n');
+        assert!(
+            by_replica.get(id).and_then(|n| n.as_u64()) > Some(0),
+            "replica {host} served reads: {by_replica:?}"
+        );
+        assert!(active(host)["reads_served"].as_u64() > Some(0), "{host}");
+    }
+    assert_eq!(
+        active(&primary)["reads_served"],
+        0,
+        "the primary's own replica served no read: {}",
+        active(&primary)
+    );
+    assert_eq!(
+        at_primary["divergences"].as_object().map(|m| m.len()),
+        Some(0),
+        "no replica diverged: {at_primary}"
+    );
+    for host in &hosts {
+        assert_eq!(
+            active(host)["replica_errors"],
+            0,
+            "{host}: {}",
+            active(host)
+        );
+    }
+
+    let local: SocketAddr = "127.0.0.1:6379".parse().unwrap();
+    let digests: Vec<String> = hosts
+        .iter()
+        .map(|h| {
+            let ns = format!("{}-{h}", lab.name());
+            let reply = exchange(&ns, local, &["DEBUG", "DIGEST"]).expect("DEBUG DIGEST");
+            string_text(&reply).unwrap_or_else(|| {
+                panic!("{h}: DEBUG DIGEST: {:?}", String::from_utf8_lossy(&reply))
+            })
+        })
+        .collect();
+    eprintln!("DEBUG DIGEST on {hosts:?}: {digests:?}");
+    assert_ne!(digests[0], EMPTY_DIGEST, "the run wrote data");
+    assert!(
+        digests.iter().all(|d| *d == digests[0]),
+        "every replica holds the same data: {digests:?}"
     );
 }

@@ -774,3 +774,63 @@ fn wait_for(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
     }
     done()
 }
+
+/// Active mode's `delivery` and `read_policy`: `check-config` shows what the group will run
+/// (the defaults when left out), and refuses a misspelled value naming file, line and field.
+/// Needs no root.
+#[test]
+fn check_config_shows_and_checks_active_modes_choices() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir =
+        TempDir(std::env::temp_dir().join(format!("steadfast-activecfg-{}", std::process::id())));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let key = dir.0.join("key");
+    std::fs::write(&key, "0123456789abcdef0123456789abcdef\n").unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let file = dir.0.join("n1.toml");
+    let check = |choices: &str| {
+        std::fs::write(
+            &file,
+            format!(
+                "node_id = 1\n[group]\nauth_key_file = \"key\"\ntwo_node = true\n\n\
+                 [[group.member]]\nid = 1\naddress = \"10.1.0.1/24\"\n\n[[group.member]]\n\
+                 id = 2\naddress = \"10.1.0.2/24\"\n\n[[service]]\nname = \"cache\"\n\
+                 vip = \"10.1.0.100\"\nports = [6379]\nmode = \"active\"\n\
+                 backend = \"127.0.0.1:6379\"\n{choices}"
+            ),
+        )
+        .unwrap();
+        let out = Command::new(common::daemon_exe())
+            .args(["check-config", file.to_str().unwrap()])
+            .output()
+            .expect("run check-config");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, out, err) = check("");
+    assert!(ok, "{err}");
+    assert!(
+        out.contains(
+            "service cache: mode active, delivery = \"best-effort\", read_policy = \"with-primary\""
+        ),
+        "the defaults shown: {out}"
+    );
+    let (ok, out, err) = check("delivery = \"safe\"\nread_policy = \"without-primary\"\n");
+    assert!(ok, "{err}");
+    assert!(
+        out.contains(
+            "service cache: mode active, delivery = \"safe\", read_policy = \"without-primary\""
+        ),
+        "the choices shown: {out}"
+    );
+    let (ok, _, err) = check("delivery = \"safe-ish\"\n");
+    assert!(!ok, "a misspelled delivery is refused");
+    assert!(
+        err.contains("n1.toml:20:12: service[0].delivery: unknown value \"safe-ish\"")
+            && err.contains("expected \"best-effort\" or \"safe\""),
+        "{err}"
+    );
+}

@@ -299,8 +299,9 @@ fn quick_hostile_bench_floods_both_modes_and_meets_the_bounds() {
 }
 
 /// `steadfast-lab bench active --quick`: a single redis-server, then active groups of 2, 3 and 4
-/// replicas under per-member CPU quotas; ratios to the single server from the same run, reads
-/// spread over every replica, no error reply.
+/// replicas, and 3 replicas with safe delivery and with RR-NP, under per-member CPU quotas;
+/// ratios to the single server and to the default group of 3 from the same run, reads spread
+/// over every replica (every replica but the primary under RR-NP), no error reply.
 #[test]
 #[ignore = "needs redis-server and redis-tools (the interop tier; .ci/run installs them)"]
 fn quick_active_bench_spreads_reads_and_computes_ratios_in_one_run() {
@@ -308,9 +309,15 @@ fn quick_active_bench_spreads_reads_and_computes_ratios_in_one_run() {
     assert_eq!(summary["quick"], true);
     assert!(summary["cpu_quota_cores"].as_f64().is_some(), "{summary}");
     let rows = summary["rows"].as_array().expect("rows");
-    assert_eq!(rows.len(), 4, "single, then 2, 3 and 4 replicas: {summary}");
+    assert_eq!(
+        rows.len(),
+        6,
+        "single, 2, 3 and 4 replicas, 3 safe, 3 RR-NP: {summary}"
+    );
     assert_eq!(rows[0]["setup"], "single", "{summary}");
-    for (row, replicas) in rows.iter().zip([1usize, 2, 3, 4]) {
+    assert_eq!(rows[4]["setup"]["active-safe"], 3, "{summary}");
+    assert_eq!(rows[5]["setup"]["active-reads-off-primary"], 3, "{summary}");
+    for (i, (row, replicas)) in rows.iter().zip([1usize, 2, 3, 4, 3, 3]).enumerate() {
         for key in [
             "ping_us",
             "set_us",
@@ -325,15 +332,21 @@ fn quick_active_bench_spreads_reads_and_computes_ratios_in_one_run() {
             );
         }
         assert_eq!(row["error_lines"], 0, "{row}");
-        let reads = row["reads_per_member"]
+        let reads: Vec<u64> = row["reads_per_member"]
             .as_array()
-            .expect("reads_per_member");
+            .expect("reads_per_member")
+            .iter()
+            .map(|n| n.as_u64().expect("a count"))
+            .collect();
         assert_eq!(reads.len(), replicas, "{row}");
-        // Round robin: every replica ran some of the reads.
-        assert!(
-            reads.iter().all(|n| n.as_u64().is_some_and(|n| n > 0)),
-            "{row}"
-        );
+        let idle = reads.iter().filter(|&&n| n == 0).count();
+        if i == 5 {
+            // RR-NP: the primary's redis-server runs none of the reads, the others all.
+            assert_eq!(idle, 1, "{row}");
+        } else {
+            // Round robin: every replica ran some of the reads.
+            assert_eq!(idle, 0, "{row}");
+        }
         assert_eq!(
             row["throttled_share"].as_array().map(Vec::len),
             Some(replicas),
@@ -341,9 +354,20 @@ fn quick_active_bench_spreads_reads_and_computes_ratios_in_one_run() {
         );
     }
     assert_eq!(rows[0]["read_ratio"], 1.0, "the baseline: {}", rows[0]);
+    let comparisons = summary["comparisons"].as_array().expect("comparisons");
+    assert_eq!(comparisons.len(), 2, "{summary}");
+    for c in comparisons {
+        assert_eq!(c["base"]["active"], 3, "{c}");
+        for key in ["set_avg_ratio", "update_rps_ratio", "read_rps_ratio"] {
+            assert!(
+                c[key].as_f64().is_some_and(|v| v > 0.0 && v.is_finite()),
+                "{key} must be a positive number: {c}"
+            );
+        }
+    }
     let raw: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(out.0.join("active.json")).expect("active.json"),
     )
     .expect("active.json is JSON");
-    assert_eq!(raw["samples"].as_array().map(Vec::len), Some(4));
+    assert_eq!(raw["samples"].as_array().map(Vec::len), Some(6));
 }

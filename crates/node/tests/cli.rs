@@ -275,11 +275,36 @@ fn every_setting_the_readme_shows_is_accepted() {
         &unreplicated[..start],
         &unreplicated[end..]
     );
-    for (name, text) in [("unreplicated", unreplicated), ("duplex", duplex)] {
+    // The active mode section's service instead, and a TCP check of its redis-server.
+    let active_block = blocks
+        .iter()
+        .find(|b| b.contains("mode = \"active\""))
+        .expect("the README's active mode block");
+    let active_service: String = active_block
+        .lines()
+        .map(|l| uncommented(l) + "\n")
+        .collect();
+    let active = format!(
+        "{}{active_service}\n[[health_check]]\nkind = \"tcp\"\ntarget = \"127.0.0.1:6379\"\n",
+        &unreplicated[..start],
+    );
+    for (name, text) in [
+        ("unreplicated", unreplicated),
+        ("duplex", duplex),
+        ("active", active),
+    ] {
         let file = dir.join(format!("{name}.toml"));
         std::fs::write(&file, &text).unwrap();
         let (ok, out, err) = steadfast(&["check-config", file.to_str().unwrap()]);
         assert!(ok && out.contains(": ok"), "{name}: {err}{out}\n{text}");
+        if name == "active" {
+            assert!(
+                out.contains(
+                    "mode active, delivery = \"best-effort\", read_policy = \"with-primary\""
+                ),
+                "{out}"
+            );
+        }
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }

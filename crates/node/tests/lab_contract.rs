@@ -206,3 +206,84 @@ fn lab_cpu_quota_holds_each_members_processes_and_goes_with_the_lab() {
     assert!(out.contains("CPU quota cgroups"), "{out}");
     assert!(!dir.exists(), "lab down removed {dir:?}");
 }
+
+/// `lab up --delivery --read-policy`: an active lab's members get the service's choices (their
+/// configuration and `status` say so), a misspelling is refused by name, and another mode
+/// refuses them before building anything.
+#[test]
+#[ignore = "needs redis-server (the interop tier)"]
+fn lab_up_sets_active_modes_delivery_and_read_policy() {
+    let (ok, _, err) = steadfast_lab(&[
+        "lab",
+        "up",
+        "--name",
+        "kx",
+        "--nodes",
+        "2",
+        "--mode",
+        "duplex",
+        "--backend",
+        "builtin",
+        "--delivery",
+        "safe",
+    ]);
+    assert!(!ok, "a duplex lab with --delivery is refused");
+    assert!(err.contains("mode duplex has no such group"), "{err}");
+    assert!(
+        !std::path::Path::new("/run/steadfast-lab/kx").exists(),
+        "refused before building anything"
+    );
+    let (ok, _, err) = steadfast_lab(&[
+        "lab",
+        "up",
+        "--name",
+        "kx",
+        "--nodes",
+        "3",
+        "--mode",
+        "active",
+        "--backend",
+        "redis",
+        "--delivery",
+        "saf",
+    ]);
+    assert!(!ok && err.contains("unknown delivery \"saf\""), "{err}");
+
+    let name = format!("kd{}", std::process::id() % 100_000);
+    let _down = Down(name.clone());
+    let (ok, _, err) = steadfast_lab(&[
+        "lab",
+        "up",
+        "--name",
+        &name,
+        "--nodes",
+        "3",
+        "--mode",
+        "active",
+        "--backend",
+        "redis",
+        "--delivery",
+        "safe",
+        "--read-policy",
+        "without-primary",
+    ]);
+    assert!(
+        ok,
+        "lab up --delivery safe --read-policy without-primary: {err}"
+    );
+    for node in ["n1", "n2", "n3"] {
+        let config = std::fs::read_to_string(format!("/run/steadfast-lab/{name}/{node}.toml"))
+            .expect("the member's configuration");
+        assert!(
+            config.contains("delivery = \"safe\"")
+                && config.contains("read_policy = \"without-primary\""),
+            "{node}: {config}"
+        );
+        let socket = format!("/run/steadfast-lab/{name}/{node}.sock");
+        let status = steadfast_lab::lab::query_control_socket(std::path::Path::new(&socket))
+            .expect("status");
+        let active = &status["data_plane"]["active"];
+        assert_eq!(active["delivery"], "safe", "{node}: {active}");
+        assert_eq!(active["read_policy"], "without-primary", "{node}: {active}");
+    }
+}

@@ -97,6 +97,8 @@ const SERVICE: &[Key] = &[
     key("max_half_open_per_source", U32),
     key("max_request_bytes_held", Shape::Integer { max: 1 << 40 }),
     key("half_open_lifetime_ms", MILLIS),
+    key("delivery", Shape::String),
+    key("read_policy", Shape::String),
 ];
 
 const HEALTH_CHECK: &[Key] = &[

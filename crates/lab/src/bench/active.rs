@@ -20,6 +20,13 @@
 //!   commandstats`), how often its quota throttled it (its cgroup's `cpu.stat`), and the cores
 //!   its daemon and its redis-server used.
 //!
+//! Beside the default groups (best-effort delivery, reads on every replica in turn: RR-P), two
+//! more labs of the same size (3 replicas by default) run the other choices, in the same rounds:
+//! safe delivery (a replica runs an update once every replica holds it), to report what it costs
+//! in update latency and throughput, and reads kept off the primary (RR-NP), to report what it
+//! changes in expensive-read throughput. Their ratios are taken inside a round against the
+//! default group of the same size.
+//!
 //! Before the rounds every lab's read is checked against the list the bench wrote, several
 //! times per replica.
 
@@ -34,10 +41,14 @@ use super::redis_benchmark::{self, CsvRow};
 use super::{percentile, plane_status, unique_lab_name, wait_until, BenchError, BenchLab};
 use crate::cpu_quota::{self, CpuQuota};
 use crate::options::{BackendKind, Mode, UpOptions};
+use steadfast_core::active_order::{DeliveryStrategy, ReadPolicy};
 
 /// The seed's client threads.
 pub const DEFAULT_CLIENTS: u32 = 40;
 pub const DEFAULT_REPLICAS: [u8; 3] = [2, 3, 4];
+/// Safe delivery and RR-NP are measured at 3 replicas: the smallest group where RR-NP still
+/// leaves two replicas to read from, and the size the issue's read target names.
+pub const DEFAULT_CHOICES_AT: u8 = 3;
 /// A quarter of a core: four members take one of the development machine's two cores and leave
 /// the other to the load generator and the machine's other users, so that the quota, not the
 /// machine, is what limits each member (at half a core, four members would ask for both cores
@@ -60,8 +71,13 @@ const RUN_LIMIT: Duration = Duration::from_secs(90);
 pub enum Setup {
     /// One redis-server, the VIP straight to it (an unreplicated lab of one node).
     Single,
-    /// An active group of this many replicas.
+    /// An active group of this many replicas: best-effort delivery, reads on every replica in
+    /// turn (RR-P), the daemon's defaults.
     Active(u8),
+    /// The same with safe delivery.
+    ActiveSafe(u8),
+    /// The same with reads kept off the primary (RR-NP).
+    ActiveReadsOffPrimary(u8),
 }
 
 impl Setup {
@@ -69,6 +85,25 @@ impl Setup {
         match self {
             Setup::Single => "redis-server alone".into(),
             Setup::Active(n) => format!("active, {n} replicas"),
+            Setup::ActiveSafe(n) => format!("active, {n} replicas, safe delivery"),
+            Setup::ActiveReadsOffPrimary(n) => format!("active, {n} replicas, RR-NP"),
+        }
+    }
+
+    /// The active group's size; `None` for the single server.
+    fn replicas(self) -> Option<u8> {
+        match self {
+            Setup::Single => None,
+            Setup::Active(n) | Setup::ActiveSafe(n) | Setup::ActiveReadsOffPrimary(n) => Some(n),
+        }
+    }
+
+    /// The service's `delivery` and `read_policy`; `None`: the daemon's defaults.
+    fn choices(self) -> (Option<DeliveryStrategy>, Option<ReadPolicy>) {
+        match self {
+            Setup::ActiveSafe(_) => (Some(DeliveryStrategy::Safe), None),
+            Setup::ActiveReadsOffPrimary(_) => (None, Some(ReadPolicy::WithoutPrimary)),
+            Setup::Single | Setup::Active(_) => (None, None),
         }
     }
 
@@ -76,14 +111,13 @@ impl Setup {
         match self {
             Setup::Single => "s".into(),
             Setup::Active(n) => format!("a{n}"),
+            Setup::ActiveSafe(n) => format!("f{n}"),
+            Setup::ActiveReadsOffPrimary(n) => format!("p{n}"),
         }
     }
 
     fn nodes(self) -> u8 {
-        match self {
-            Setup::Single => 1,
-            Setup::Active(n) => n,
-        }
+        self.replicas().unwrap_or(1)
     }
 
     /// The seed's round-trip time against plain TCP (its Fig. 6): +15 % at 2 nodes, "does not
@@ -93,7 +127,7 @@ impl Setup {
             Setup::Single => "1.00 (TCP)",
             Setup::Active(2) => "1.15",
             Setup::Active(3 | 4) => "≈1.15",
-            Setup::Active(_) => "—",
+            _ => "—",
         }
     }
 
@@ -125,6 +159,9 @@ pub struct ActiveOptions {
     pub clients: u32,
     /// Integers in the sorted list.
     pub list_len: u32,
+    /// The group size (one of `replicas`) at which safe delivery and RR-NP are measured
+    /// beside the defaults; `None`: not measured.
+    pub choices_at: Option<u8>,
     pub heartbeat_ms: Option<u32>,
     pub quick: bool,
     pub steadfast_exe: PathBuf,
@@ -142,6 +179,7 @@ impl ActiveOptions {
             read_requests: 6000,
             clients: DEFAULT_CLIENTS,
             list_len: DEFAULT_LIST_LEN,
+            choices_at: Some(DEFAULT_CHOICES_AT),
             heartbeat_ms: None,
             quick: false,
             steadfast_exe,
@@ -163,6 +201,11 @@ impl ActiveOptions {
     fn setups(&self) -> Vec<Setup> {
         std::iter::once(Setup::Single)
             .chain(self.replicas.iter().map(|&n| Setup::Active(n)))
+            .chain(
+                self.choices_at
+                    .into_iter()
+                    .flat_map(|n| [Setup::ActiveSafe(n), Setup::ActiveReadsOffPrimary(n)]),
+            )
             .collect()
     }
 }
@@ -234,6 +277,24 @@ pub struct Row {
     pub throttled_share: Vec<f64>,
     pub read_cores: Vec<MemberCores>,
     pub error_lines: usize,
+}
+
+/// Safe delivery or RR-NP against the default group of the same size, as medians of
+/// same-round ratios (variant / default): above 1 for a latency is slower, for a rate faster.
+#[derive(Debug, Clone, Serialize)]
+pub struct Comparison {
+    pub variant: Setup,
+    pub base: Setup,
+    pub label: String,
+    /// One connection's SET, average and median latency.
+    pub set_avg_ratio: f64,
+    pub set_p50_ratio: f64,
+    /// SETs per second from the throughput run's clients, and their median latency.
+    pub update_rps_ratio: f64,
+    pub update_p50_ratio: f64,
+    /// Expensive reads per second, and their average latency.
+    pub read_rps_ratio: f64,
+    pub read_avg_ratio: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -318,6 +379,49 @@ impl ActiveReport {
             .collect()
     }
 
+    /// Safe delivery and RR-NP against the default group of the same size: medians of
+    /// same-round ratios.
+    pub fn comparisons(&self) -> Vec<Comparison> {
+        let setups = self.setups();
+        setups
+            .iter()
+            .filter_map(|&variant| {
+                let base = match variant {
+                    Setup::ActiveSafe(n) | Setup::ActiveReadsOffPrimary(n) => Setup::Active(n),
+                    Setup::Single | Setup::Active(_) => return None,
+                };
+                let pairs: Vec<(&Sample, &Sample)> = self
+                    .samples
+                    .iter()
+                    .filter(|s| s.setup == variant)
+                    .filter_map(|v| {
+                        self.samples
+                            .iter()
+                            .find(|b| b.setup == base && b.round == v.round)
+                            .map(|b| (v, b))
+                    })
+                    .collect();
+                if pairs.is_empty() {
+                    return None;
+                }
+                let ratio = |f: &dyn Fn(&Sample) -> f64| {
+                    median(&pairs.iter().map(|(v, b)| f(v) / f(b)).collect::<Vec<_>>())
+                };
+                Some(Comparison {
+                    variant,
+                    base,
+                    label: format!("{} against {}", variant.label(), base.label()),
+                    set_avg_ratio: ratio(&|s| s.set.avg_ms),
+                    set_p50_ratio: ratio(&|s| s.set.p50_ms),
+                    update_rps_ratio: ratio(&|s| s.update.rps),
+                    update_p50_ratio: ratio(&|s| s.update.p50_ms),
+                    read_rps_ratio: ratio(&|s| s.read.rps),
+                    read_avg_ratio: ratio(&|s| s.read.avg_ms),
+                })
+            })
+            .collect()
+    }
+
     pub fn errors(&self) -> usize {
         self.samples.iter().map(|s| s.error_lines).sum::<usize>() + self.failures.len()
     }
@@ -333,6 +437,7 @@ impl ActiveReport {
             "started_unix_s": self.started_unix_s,
             "seconds": self.seconds,
             "rows": self.rows(),
+            "comparisons": self.comparisons(),
             "failures": self.failures.iter().map(|f| serde_json::json!({
                 "round": f.round,
                 "setup": f.setup,
@@ -429,6 +534,25 @@ impl ActiveReport {
                 cores
             ));
         }
+        let comparisons = self.comparisons();
+        if !comparisons.is_empty() {
+            out.push_str(
+                "\n| against the default group of the same size (same-round ratios) | SET µs avg | SET µs p50 | SET/s, 40 clients | SET p50 ms, 40 clients | reads/s, 40 clients | read avg ms |\n",
+            );
+            out.push_str("|---|---:|---:|---:|---:|---:|---:|\n");
+            for c in &comparisons {
+                out.push_str(&format!(
+                    "| {} | ×{:.2} | ×{:.2} | ×{:.2} | ×{:.2} | ×{:.2} | ×{:.2} |\n",
+                    c.label,
+                    c.set_avg_ratio,
+                    c.set_p50_ratio,
+                    c.update_rps_ratio,
+                    c.update_p50_ratio,
+                    c.read_rps_ratio,
+                    c.read_avg_ratio
+                ));
+            }
+        }
         if !self.failures.is_empty() {
             out.push_str("\nFailed measurements (left out of the rows above; daemon logs in active.json):\n\n");
             for f in &self.failures {
@@ -524,6 +648,13 @@ pub fn run(
             "active groups of 2 to 4 replicas are measured, not {n}"
         )));
     }
+    if let Some(n) = options.choices_at.filter(|n| !options.replicas.contains(n)) {
+        return Err(BenchError::Options(format!(
+            "safe delivery and RR-NP are measured against the default group of the same size: \
+             {n} replicas must be among the groups measured ({:?})",
+            options.replicas
+        )));
+    }
     let hierarchy = match options.cpu_quota {
         Some(_) => Some(
             cpu_quota::detect().map_err(|e| BenchError::Options(format!("--cpu-quota: {e}")))?,
@@ -548,12 +679,13 @@ pub fn run(
             &options.steadfast_exe,
         );
         up.backend = BackendKind::Redis;
-        up.mode = match setup {
-            Setup::Single => Mode::Unreplicated,
-            Setup::Active(_) => Mode::Active,
+        up.mode = match setup.replicas() {
+            None => Mode::Unreplicated,
+            Some(_) => Mode::Active,
         };
+        (up.delivery, up.read_policy) = setup.choices();
         // Two members alone cannot tell a dead peer from a partition: a witness breaks ties.
-        up.witness = setup == Setup::Active(2);
+        up.witness = setup.replicas() == Some(2);
         up.heartbeat_ms = options.heartbeat_ms;
         up.cpu_quota = options.cpu_quota;
         progress(&format!("{}: lab {} up", setup.label(), up.name));
@@ -623,7 +755,7 @@ fn prepare(
     values: &[u64],
     expected: &[String],
 ) -> Result<(), BenchError> {
-    if let Setup::Active(n) = lab.setup {
+    if let Some(n) = lab.setup.replicas() {
         let primary = primary_host(lab)?;
         let mut seen = serde_json::Value::Null;
         let serving = wait_until(SERVING_TIMEOUT, || {
@@ -918,5 +1050,57 @@ mod tests {
         assert_eq!(sort_ro_calls("# Commandstats\r\n"), 0);
         assert_eq!(list_values(5), list_values(5));
         assert_eq!(list_values(2000).len(), 2000);
+    }
+
+    #[test]
+    fn safe_delivery_and_rr_np_are_compared_with_the_default_group_of_their_round() {
+        let mut safe = sample(0, Setup::ActiveSafe(3), 1000.0, 0.3);
+        safe.update = row(500.0, 2.0);
+        let mut safe_later = sample(1, Setup::ActiveSafe(3), 1000.0, 0.6);
+        safe_later.update = row(500.0, 2.0);
+        let report = ActiveReport {
+            quick: true,
+            rounds: 2,
+            clients: 40,
+            list_len: 2000,
+            cpu_quota: None,
+            cpu_quota_mechanism: None,
+            started_unix_s: 0,
+            seconds: 1.0,
+            samples: vec![
+                sample(0, Setup::Single, 500.0, 0.1),
+                sample(0, Setup::Active(3), 1000.0, 0.2),
+                safe,
+                sample(0, Setup::ActiveReadsOffPrimary(3), 1500.0, 0.2),
+                sample(1, Setup::Active(3), 2000.0, 0.4),
+                safe_later,
+                sample(1, Setup::ActiveReadsOffPrimary(3), 3000.0, 0.4),
+            ],
+            failures: Vec::new(),
+        };
+        let comparisons = report.comparisons();
+        assert_eq!(comparisons.len(), 2);
+        let safe = &comparisons[0];
+        assert_eq!(
+            (safe.variant, safe.base),
+            (Setup::ActiveSafe(3), Setup::Active(3))
+        );
+        assert!((safe.set_avg_ratio - 1.5).abs() < 1e-9, "{safe:?}");
+        assert!((safe.update_rps_ratio - 0.5).abs() < 1e-9, "{safe:?}");
+        assert!((safe.update_p50_ratio - 2.0).abs() < 1e-9, "{safe:?}");
+        let off = &comparisons[1];
+        assert_eq!(off.variant, Setup::ActiveReadsOffPrimary(3));
+        // Each round's own default group: 1500/1000 and 3000/2000.
+        assert!((off.read_rps_ratio - 1.5).abs() < 1e-9, "{off:?}");
+        let md = report.markdown();
+        assert!(
+            md.contains(
+                "| active, 3 replicas, safe delivery against active, 3 replicas | ×1.50 | ×1.50 \
+                 | ×0.50 | ×2.00 |"
+            ),
+            "{md}"
+        );
+        assert!(md.contains("| active, 3 replicas, RR-NP against active, 3 replicas |"));
+        assert_eq!(report.rows().len(), 4);
     }
 }

@@ -66,6 +66,10 @@ pub struct PlaneService {
     pub max_half_open_per_source: Option<u32>,
     pub max_request_bytes_held: Option<u64>,
     pub half_open_lifetime: Option<Duration>,
+    /// Active mode: when replicas run updates (`service.delivery`), and which serve reads
+    /// (`service.read_policy`).
+    pub delivery: steadfast_core::active_order::DeliveryStrategy,
+    pub read_policy: steadfast_core::active_order::ReadPolicy,
     pub garp_count: u32,
     pub garp_spacing: Duration,
 }
@@ -642,6 +646,8 @@ mod tests {
             max_half_open_per_source: half_open,
             max_request_bytes_held: bytes,
             half_open_lifetime: None,
+            delivery: Default::default(),
+            read_policy: Default::default(),
             garp_count: 1,
             garp_spacing: Duration::from_millis(100),
         }

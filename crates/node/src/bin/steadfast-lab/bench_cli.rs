@@ -100,6 +100,13 @@ pub struct ActiveArgs {
     /// The daemons' heartbeat (default: the daemon's).
     #[arg(long)]
     pub heartbeat_ms: Option<u32>,
+    /// The group size (one of --replicas) at which safe delivery and RR-NP are measured
+    /// against the defaults (default 3).
+    #[arg(long, default_value_t = active::DEFAULT_CHOICES_AT, conflicts_with = "no_choices")]
+    pub choices_at: u8,
+    /// Measure neither safe delivery nor RR-NP.
+    #[arg(long)]
+    pub no_choices: bool,
     /// One round with fewer requests: under a minute.
     #[arg(long)]
     pub quick: bool,
@@ -281,6 +288,7 @@ fn active_command(args: ActiveArgs) -> anyhow::Result<ExitCode> {
     options.clients = args.clients;
     options.list_len = args.list_len;
     options.heartbeat_ms = args.heartbeat_ms;
+    options.choices_at = (!args.no_choices).then_some(args.choices_at);
     let report = active::run(&options, &mut |line| eprintln!("bench active: {line}"))?;
     publish(
         "active",

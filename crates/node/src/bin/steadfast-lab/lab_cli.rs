@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
+use steadfast_core::active_order::{DeliveryStrategy, ReadPolicy};
 use steadfast_lab::demo::{interrupt_on_ctrl_c, run_demo, DemoOptions};
 use steadfast_lab::{BackendKind, CrashKind, HealReport, Mode, UpOptions};
 
@@ -35,6 +36,13 @@ pub enum LabCommand {
         /// own (0.5: half a core), so members on one machine behave like slower hosts.
         #[arg(long)]
         cpu_quota: Option<steadfast_lab::cpu_quota::CpuQuota>,
+        /// Active mode: best-effort | safe (the service's `delivery`; default best-effort).
+        #[arg(long, value_parser = parse_delivery)]
+        delivery: Option<DeliveryStrategy>,
+        /// Active mode: with-primary | without-primary (the service's `read_policy`; default
+        /// with-primary).
+        #[arg(long, value_parser = parse_read_policy)]
+        read_policy: Option<ReadPolicy>,
     },
     /// Show every host of a lab: namespace, link, crash, backend, daemon status, VIP holder.
     Status {
@@ -96,6 +104,17 @@ pub struct DemoArgs {
     pub keep: bool,
 }
 
+fn parse_delivery(word: &str) -> Result<DeliveryStrategy, String> {
+    DeliveryStrategy::parse(word)
+        .ok_or_else(|| format!("unknown delivery {word:?}: expected best-effort or safe"))
+}
+
+fn parse_read_policy(word: &str) -> Result<ReadPolicy, String> {
+    ReadPolicy::parse(word).ok_or_else(|| {
+        format!("unknown read policy {word:?}: expected with-primary or without-primary")
+    })
+}
+
 /// The modes the demo shows: simplex has nothing to show a client.
 fn parse_demo_mode(word: &str) -> Result<Mode, String> {
     match word.parse::<Mode>() {
@@ -120,7 +139,15 @@ pub fn run(command: LabCommand) -> anyhow::Result<ExitCode> {
             heartbeat_ms,
             relay,
             cpu_quota,
+            delivery,
+            read_policy,
         } => {
+            if mode != Mode::Active && (delivery.is_some() || read_policy.is_some()) {
+                anyhow::bail!(
+                    "--delivery and --read-policy choose how an active group orders updates and \
+                     spreads reads; mode {mode} has no such group: use --mode active"
+                );
+            }
             let exe = std::env::current_exe().context("finding the steadfast executable")?;
             let mut opts = UpOptions::new(name, nodes, exe);
             opts.witness = witness;
@@ -129,6 +156,8 @@ pub fn run(command: LabCommand) -> anyhow::Result<ExitCode> {
             opts.heartbeat_ms = heartbeat_ms;
             opts.relay = relay;
             opts.cpu_quota = cpu_quota;
+            opts.delivery = delivery;
+            opts.read_policy = read_policy;
             let info = steadfast_lab::up(&opts)?;
             print!("{info}");
         }

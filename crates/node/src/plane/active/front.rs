@@ -20,9 +20,7 @@ use std::time::{Duration, Instant};
 
 use steadfast_core::active_executor::SessionId;
 use steadfast_core::active_liveness::{ReadsInFlight, ReplicaWatch, WatchAction};
-use steadfast_core::active_order::{
-    OrderNumber, OrderingSettings, Outgoing, ReadPolicy, ReadScheduler, Sequencer, ToPrimary,
-};
+use steadfast_core::active_order::{OrderNumber, Outgoing, ReadScheduler, Sequencer, ToPrimary};
 use steadfast_core::active_rebuild::{CopyRequest, Rebuilds};
 use steadfast_core::active_takeover::{plan_takeover, ReplicaPosition, TakeoverPlan};
 use steadfast_core::active_wire::{ActiveFrame, UpdatePayload};
@@ -196,7 +194,7 @@ pub async fn run(
     let detection = ctx.detection;
     let mut front = Front {
         // Both are made anew from the takeover plan; nothing is ordered before.
-        sequencer: Sequencer::new(OrderingSettings::default(), [], 0, Duration::ZERO),
+        sequencer: Sequencer::new(ctx.ordering, [], 0, Duration::ZERO),
         comparator: ReplyComparator::new(u32::from(ctx.node_id), [], 1, MAX_PENDING_DIGESTS),
         epoch,
         gathering: Some(Gathering {
@@ -206,7 +204,7 @@ pub async fn run(
         unstable_replies: BTreeMap::new(),
         random_write: None,
         effect_replies: BTreeMap::new(),
-        scheduler: ReadScheduler::new(ReadPolicy::WithPrimary),
+        scheduler: ReadScheduler::new(ctx.read_policy),
         ctx,
         origin,
         events: events_tx,
@@ -529,7 +527,7 @@ impl Front {
         now: Duration,
     ) {
         self.sequencer = Sequencer::new(
-            OrderingSettings::default(),
+            self.ctx.ordering,
             plan.continuing.iter().copied(),
             plan.start,
             now,

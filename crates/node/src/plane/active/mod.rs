@@ -17,6 +17,10 @@
 //! Not built yet (issue 18): carrying the clients' connections to the new primary,
 //! replicating the effects of non-deterministic writes other than SPOP (refused by name
 //! meanwhile).
+//!
+//! The service chooses its delivery (`delivery`: best effort, or safe: a replica runs an
+//! update once the primary announced it held by all) and which replicas serve reads
+//! (`read_policy`); both reach the ordering through [`ActiveContext`].
 
 pub mod front;
 pub mod link;
@@ -29,6 +33,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
+use steadfast_core::active_order::{DeliveryStrategy, OrderingSettings, ReadPolicy};
 use steadfast_core::heartbeat_wire::AuthKey;
 use steadfast_core::replication_seal::Protection;
 use steadfast_core::NodeId;
@@ -60,6 +65,12 @@ pub struct ActiveContext {
     /// A replica's link silent this long (the group's detection) is dropped and the replica
     /// taken out: its reads run again elsewhere and nothing waits for it.
     pub detection: Duration,
+    /// The ordering's settings on both ends (the service's `delivery`): the primary's
+    /// `Sequencer` and every `ReplicaOrder` must run the same strategy, or a safe replica waits
+    /// for stability a best-effort group never needs it to wait for.
+    pub ordering: OrderingSettings,
+    /// Which replicas the primary's `ReadScheduler` sends reads to (`read_policy`).
+    pub read_policy: ReadPolicy,
     shared: Arc<PlaneShared>,
 }
 
@@ -122,6 +133,8 @@ pub struct ActiveShared {
     pub took_over_at: AtomicU64,
     /// Random writes (SPOP) run on this primary's own replica and replicated as their effect.
     pub random_writes: AtomicU64,
+    /// The service's delivery strategy and read policy, set once the plane starts.
+    pub choices: std::sync::OnceLock<(DeliveryStrategy, ReadPolicy)>,
 }
 
 impl ActiveShared {
@@ -162,6 +175,16 @@ impl ActiveShared {
             takeovers: load(&self.takeovers),
             took_over_at: load(&self.took_over_at),
             random_writes: load(&self.random_writes),
+            delivery: self
+                .choices
+                .get()
+                .map(|(delivery, _)| delivery.name().to_string())
+                .unwrap_or_default(),
+            read_policy: self
+                .choices
+                .get()
+                .map(|(_, policy)| policy.name().to_string())
+                .unwrap_or_default(),
             serving: self
                 .serving
                 .lock()
@@ -181,6 +204,10 @@ pub(super) async fn run(
 ) -> anyhow::Result<()> {
     let link_port =
         settings.replication_port - super::REPLICATION_PORT_OFFSET + ACTIVE_LINK_PORT_OFFSET;
+    let _ = shared
+        .active
+        .choices
+        .set((settings.service.delivery, settings.service.read_policy));
     let ctx = Arc::new(ActiveContext {
         node_id: settings.node_id,
         key: settings.key.clone(),
@@ -190,6 +217,11 @@ pub(super) async fn run(
         link_port,
         stall: settings.replication_stall,
         detection: settings.detection,
+        ordering: OrderingSettings {
+            strategy: settings.service.delivery,
+            ..OrderingSettings::default()
+        },
+        read_policy: settings.service.read_policy,
         shared,
     });
     let address = replica::listen_address(settings.local_address, link_port);

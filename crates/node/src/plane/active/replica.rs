@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use steadfast_core::active_executor::{ExecAction, ReplicaExecutor, SessionId, Work};
-use steadfast_core::active_order::{OrderNumber, OrderingSettings, ReplicaAction, ReplicaOrder};
+use steadfast_core::active_order::{OrderNumber, ReplicaAction, ReplicaOrder};
 use steadfast_core::active_session_setup::{sets_up_a_session, SessionSetup};
 use steadfast_core::active_takeover::ReplicaPosition;
 use steadfast_core::active_wire::{ActiveFrame, UpdatePayload};
@@ -165,7 +165,7 @@ pub async fn run(ctx: Arc<ActiveContext>, listener: TcpListener) {
     let (events_tx, mut events) = mpsc::unbounded_channel();
     tokio::spawn(accept_links(ctx.clone(), listener, events_tx.clone()));
     let mut replica = Replica {
-        order: ReplicaOrder::new(OrderingSettings::default(), 0),
+        order: ReplicaOrder::new(ctx.ordering, 0),
         executor: ReplicaExecutor::new(0, RespLimits::default()),
         origin: Instant::now(),
         events: events_tx,
@@ -752,7 +752,7 @@ impl Replica {
     /// a copy taken at update `at`.
     fn start_over_at(&mut self, at: OrderNumber) {
         self.whole = false;
-        self.order = ReplicaOrder::new(OrderingSettings::default(), at);
+        self.order = ReplicaOrder::new(self.ctx.ordering, at);
         self.executor = ReplicaExecutor::new(at, RespLimits::default());
         self.servers.clear();
         self.update_index.clear();
