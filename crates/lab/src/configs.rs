@@ -159,12 +159,13 @@ pub(crate) fn voter_config(plan: &GroupPlan<'_>, voter: Host) -> String {
         let _ = writeln!(text, "gratuitous_count = {count}");
         let _ = writeln!(text, "gratuitous_spacing_ms = {spacing_ms}");
     }
-    // Every role change is appended to hooks.log in the state directory, as a notify hook
-    // (the demo and the tests read it; users see what keepalived's notify scripts give them).
+    // Every role change (and alarm, the event in brackets) is appended to hooks.log in the
+    // state directory, as a notify hook (the tests read it; users see what keepalived's notify
+    // scripts give them).
     let _ = writeln!(text, "\n[notify]");
     let _ = writeln!(
         text,
-        "command = [\"/bin/sh\", \"-c\", \"echo \\\"$STEADFAST_NODE_ID $STEADFAST_ROLE $STEADFAST_EPOCH $STEADFAST_REASON\\\" >> {}/{}/hooks.log\"]",
+        "command = [\"/bin/sh\", \"-c\", \"echo \\\"$STEADFAST_NODE_ID $STEADFAST_ROLE $STEADFAST_EPOCH $STEADFAST_REASON [$STEADFAST_EVENT]\\\" >> {}/{}/hooks.log\"]",
         crate::state::STATE_ROOT,
         plan.lab
     );

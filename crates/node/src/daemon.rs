@@ -259,8 +259,11 @@ impl Daemon {
             .find(|s| s.proxied)
             .map(|s| s.mode.clone())
             .unwrap_or_default();
+        // The data plane runs the notify hook on its alarms too, counted with the role changes.
+        let hook_counters = Arc::new(HookCounters::default());
         let plane = match settings.plane_settings() {
-            Some(plane_settings) => {
+            Some(mut plane_settings) => {
+                plane_settings.hook_counters = hook_counters.clone();
                 Some(crate::plane::start(plane_settings).context("starting the data plane")?)
             }
             None => None,
@@ -307,7 +310,7 @@ impl Daemon {
             replay: ReplayGuard::new(random_incarnation()?),
             counter: now_wall_micros(),
             counters: Counters::default(),
-            hook_counters: Arc::new(HookCounters::default()),
+            hook_counters,
             netlink,
             sites,
             vip_held: true,
@@ -1107,6 +1110,7 @@ impl Daemon {
             let handle = hooks::spawn(
                 hook,
                 RoleChange {
+                    event: "role-change",
                     node_id: self.settings.node_id,
                     group: &self.settings.group_name,
                     role: role.as_str(),

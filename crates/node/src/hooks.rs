@@ -1,4 +1,6 @@
-//! Notify hooks: a configured program run on every role change, as keepalived users expect.
+//! Notify hooks: a configured program run on every role change, as keepalived users expect,
+//! and on an alarm of the data plane (an active replica found diverged). `STEADFAST_EVENT`
+//! says which: `role-change` or `replica-diverged`.
 //!
 //! A hook never blocks failover: it is spawned and forgotten by the election loop; a separate
 //! task waits for it, kills it after its timeout and counts failures.
@@ -23,6 +25,8 @@ pub struct Hook {
 
 /// What the hook learns through its environment.
 pub struct RoleChange<'a> {
+    /// `role-change`, or the alarm that ran the hook (`replica-diverged`).
+    pub event: &'a str,
     pub node_id: u16,
     pub group: &'a str,
     pub role: &'a str,
@@ -41,6 +45,7 @@ pub fn spawn(
     counters.run.fetch_add(1, Ordering::Relaxed);
     let mut cmd = Command::new(program);
     cmd.args(args)
+        .env("STEADFAST_EVENT", change.event)
         .env("STEADFAST_ROLE", change.role)
         .env("STEADFAST_EPOCH", change.epoch.to_string())
         .env("STEADFAST_REASON", &change.reason)

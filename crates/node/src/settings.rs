@@ -254,6 +254,8 @@ impl Settings {
             .filter_map(|id| self.voters.get(id).map(|addr| (*id, *addr)))
             .collect();
         Some(crate::plane::PlaneSettings {
+            hook: self.hook.clone(),
+            hook_counters: Default::default(),
             group_name: self.group_name.clone(),
             node_id: self.node_id,
             key: self.key.clone(),

@@ -198,6 +198,18 @@ fn three_replicas_run_the_verifying_client_clean_and_hold_the_same_data() {
         "replica {other} is reported diverged: {}",
         active(&primary)
     );
+    let hooks =
+        || std::fs::read_to_string(lab.info.state_dir.join("hooks.log")).unwrap_or_default();
+    let alarmed = common::wait_until(Duration::from_secs(2), || {
+        hooks().lines().any(|line| {
+            line.ends_with("[replica-diverged]") && line.contains(&format!("replica {other_id}:"))
+        })
+    });
+    assert!(
+        alarmed,
+        "the notify hook ran for the divergence of {other}:\n{}",
+        hooks()
+    );
     assert!(
         !lab.daemon_log_lines(&primary, "diverged").is_empty(),
         "the primary's log names the divergence"

@@ -97,6 +97,10 @@ impl PlaneService {
 
 #[derive(Debug, Clone)]
 pub struct PlaneSettings {
+    /// The notify hook, run on the plane's alarms (an active replica diverged), and the
+    /// counters it shares with the daemon's role changes.
+    pub hook: Option<crate::hooks::Hook>,
+    pub hook_counters: std::sync::Arc<crate::hooks::HookCounters>,
     /// Names the group's nf_tables tables (the ingress guard's) on this host.
     pub group_name: String,
     pub node_id: NodeId,

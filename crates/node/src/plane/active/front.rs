@@ -754,6 +754,7 @@ impl Front {
                          this primary's, which its client got: this node's data is the suspect"
                     );
                     tracing::error!("active mode: {why}");
+                    self.ctx.alarm("replica-diverged", self.epoch, why.clone());
                     active
                         .divergences
                         .lock()
@@ -914,6 +915,11 @@ impl Front {
 
     fn take_out(&mut self, replica: NodeId, why: String) {
         self.taken_out.insert(replica);
+        self.ctx.alarm(
+            "replica-diverged",
+            self.epoch,
+            format!("replica {replica}: {why}"),
+        );
         self.ctx
             .shared()
             .active

@@ -71,12 +71,32 @@ pub struct ActiveContext {
     pub ordering: OrderingSettings,
     /// Which replicas the primary's `ReadScheduler` sends reads to (`read_policy`).
     pub read_policy: ReadPolicy,
+    /// The notify hook and its counters, for alarms.
+    pub hook: Option<(crate::hooks::Hook, Arc<crate::hooks::HookCounters>)>,
+    pub group_name: String,
     shared: Arc<PlaneShared>,
 }
 
 impl ActiveContext {
     pub fn shared(&self) -> &PlaneShared {
         &self.shared
+    }
+
+    /// Runs the notify hook for an alarm of the primary in `epoch` (`STEADFAST_EVENT` =
+    /// `event`, `STEADFAST_REASON` = `reason`), without waiting for it.
+    pub fn alarm(&self, event: &str, epoch: u64, reason: String) {
+        if let Some((hook, counters)) = &self.hook {
+            let change = crate::hooks::RoleChange {
+                event,
+                node_id: self.node_id,
+                group: &self.group_name,
+                role: "primary",
+                epoch,
+                reason,
+            };
+            // The hook's own task waits for it and kills it at its timeout.
+            drop(crate::hooks::spawn(hook, change, counters.clone()));
+        }
     }
 
     /// A link from `node` at `from` is one of the group's: the node is a member and the
@@ -222,6 +242,11 @@ pub(super) async fn run(
             ..OrderingSettings::default()
         },
         read_policy: settings.service.read_policy,
+        hook: settings
+            .hook
+            .clone()
+            .map(|hook| (hook, settings.hook_counters.clone())),
+        group_name: settings.group_name.clone(),
         shared,
     });
     let address = replica::listen_address(settings.local_address, link_port);
