@@ -34,6 +34,21 @@ fn string_text(reply: &[u8]) -> Option<String> {
     rest.get(..len).map(str::to_string)
 }
 
+/// A lab of three active replicas on redis-server (no witness), set up further by
+/// `configure`.
+fn active_lab(tag: &str, configure: impl FnOnce(&mut steadfast_lab::UpOptions)) -> Lab {
+    assert!(
+        steadfast_lab::system::find_program("redis-server").is_some(),
+        "redis-server is not installed (looked in PATH, /usr/sbin, /sbin, /usr/bin, /bin): \
+         this interop test needs Debian's redis-server package"
+    );
+    Lab::up_named(common::lab_name(tag), 3, BackendKind::Redis, |opts| {
+        opts.mode = Mode::Active;
+        opts.witness = false;
+        configure(opts);
+    })
+}
+
 /// `DEBUG DIGEST` of each host's redis-server, asked on the host itself.
 fn replica_digests(lab: &Lab, hosts: &[String]) -> Vec<String> {
     let local: SocketAddr = "127.0.0.1:6379".parse().unwrap();
@@ -77,15 +92,7 @@ fn every_replica_delivers_what_was_ordered(
 #[test]
 #[ignore = "needs redis-server (the interop tier)"]
 fn three_replicas_run_the_verifying_client_clean_and_hold_the_same_data() {
-    assert!(
-        steadfast_lab::system::find_program("redis-server").is_some(),
-        "redis-server is not installed (looked in PATH, /usr/sbin, /sbin, /usr/bin, /bin): \
-         this interop test needs Debian's redis-server package"
-    );
-    let lab = Lab::up_named(common::lab_name("ac"), 3, BackendKind::Redis, |opts| {
-        opts.mode = Mode::Active;
-        opts.witness = false;
-    });
+    let lab = active_lab("ac", |_| {});
     let target = lab.target();
     let client = lab.info.client_ns.clone();
     let primary = lab.info.primary.clone().expect("lab up names the primary");
@@ -275,9 +282,7 @@ fn replica_crashes_cost_clients_nothing_under_safe_delivery() {
 }
 
 fn replica_crashes_cost_clients_nothing(delivery: DeliveryStrategy) {
-    let lab = Lab::up_named(common::lab_name("ac"), 3, BackendKind::Redis, |opts| {
-        opts.mode = Mode::Active;
-        opts.witness = false;
+    let lab = active_lab("ac", |opts| {
         opts.delivery = Some(delivery);
     });
     let target = lab.target();
@@ -440,9 +445,7 @@ const PRIMARY_CRASHES: usize = 3;
 #[test]
 #[ignore = "needs redis-server (the interop tier)"]
 fn primary_crashes_lose_no_acknowledged_write() {
-    let lab = Lab::up_named(common::lab_name("af"), 3, BackendKind::Redis, |opts| {
-        opts.mode = Mode::Active;
-        opts.witness = false;
+    let lab = active_lab("af", |opts| {
         opts.heartbeat_ms = Some(10);
     });
     let target = lab.target();
@@ -573,10 +576,7 @@ fn primary_crashes_lose_no_acknowledged_write() {
 #[test]
 #[ignore = "needs redis-server (the interop tier)"]
 fn random_and_timed_commands_leave_the_same_data_on_every_replica() {
-    let lab = Lab::up_named(common::lab_name("an"), 3, BackendKind::Redis, |opts| {
-        opts.mode = Mode::Active;
-        opts.witness = false;
-    });
+    let lab = active_lab("an", |_| {});
     let target = lab.target();
     let client = lab.info.client_ns.clone();
     let hosts: Vec<String> = (1..=3).map(|i| format!("n{i}")).collect();
@@ -681,10 +681,7 @@ fn random_and_timed_commands_leave_the_same_data_on_every_replica() {
 #[ignore = "needs redis-server (the interop tier)"]
 fn a_rebuilt_replica_sets_up_each_session_as_the_others_had() {
     use std::io::{Read, Write};
-    let lab = Lab::up_named(common::lab_name("as"), 3, BackendKind::Redis, |opts| {
-        opts.mode = Mode::Active;
-        opts.witness = false;
-    });
+    let lab = active_lab("as", |_| {});
     let target = lab.target();
     let hosts: Vec<String> = (1..=3).map(|i| format!("n{i}")).collect();
     let active = |host: &str| lab.daemon_status(host)["data_plane"]["active"].clone();
@@ -786,14 +783,7 @@ fn a_rebuilt_replica_sets_up_each_session_as_the_others_had() {
 #[test]
 #[ignore = "needs redis-server (the interop tier)"]
 fn safe_delivery_without_the_primary_reading_runs_clean() {
-    assert!(
-        steadfast_lab::system::find_program("redis-server").is_some(),
-        "redis-server is not installed (looked in PATH, /usr/sbin, /sbin, /usr/bin, /bin): \
-         this interop test needs Debian's redis-server package"
-    );
-    let lab = Lab::up_named(common::lab_name("as"), 3, BackendKind::Redis, |opts| {
-        opts.mode = Mode::Active;
-        opts.witness = false;
+    let lab = active_lab("as", |opts| {
         opts.delivery = Some(DeliveryStrategy::Safe);
         opts.read_policy = Some(ReadPolicy::WithoutPrimary);
     });
