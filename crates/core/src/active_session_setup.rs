@@ -56,9 +56,42 @@ fn effect(words: &[Vec<u8>]) -> Option<Effect> {
 }
 
 /// Whether `request` may change a session's setup: worth keeping until its reply says whether
-/// it succeeded. Setup requests are short; a long request is never one.
+/// it succeeded. Setup requests are short; a long request is never one. Every update on every
+/// replica comes through here, so only a request whose command is one of the setup commands
+/// is decoded whole.
 pub fn sets_up_a_session(request: &[u8]) -> bool {
-    request.len() <= 4096 && request_words(request).is_some_and(|words| effect(&words).is_some())
+    const SETUP_COMMANDS: [&[u8]; 7] = [
+        b"AUTH",
+        b"HELLO",
+        b"SELECT",
+        b"READONLY",
+        b"READWRITE",
+        b"RESET",
+        b"CLIENT",
+    ];
+    let named = command_name(request)
+        .is_some_and(|name| SETUP_COMMANDS.iter().any(|c| name.eq_ignore_ascii_case(c)));
+    named
+        && request.len() <= 4096
+        && request_words(request).is_some_and(|words| effect(&words).is_some())
+}
+
+/// The first word of a request, without decoding the rest: the first bulk string of an array,
+/// or the first word of an inline line.
+fn command_name(request: &[u8]) -> Option<&[u8]> {
+    if let Some(rest) = request.strip_prefix(b"*") {
+        let after_count = &rest[rest.iter().position(|&b| b == b'\n')? + 1..];
+        let header = after_count.strip_prefix(b"$")?;
+        let header_end = header.iter().position(|&b| b == b'\r')?;
+        let len: usize = std::str::from_utf8(&header[..header_end])
+            .ok()?
+            .parse()
+            .ok()?;
+        return header.get(header_end + 2..header_end + 2 + len);
+    }
+    request
+        .split(|&b| matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
+        .find(|word| !word.is_empty())
 }
 
 /// A session's setup, as the requests that make it.
@@ -176,6 +209,14 @@ mod tests {
         }
         assert!(setup.is_empty());
         assert_eq!(setup.prelude(), (0, Vec::new()));
+    }
+
+    #[test]
+    fn the_command_name_is_read_without_decoding_the_request() {
+        assert_eq!(command_name(&request("select 3")), Some(&b"select"[..]));
+        assert_eq!(command_name(b"  AUTH pw\r\n"), Some(&b"AUTH"[..]));
+        assert_eq!(command_name(b"*1\r\n$3\r\nGE"), None, "cut short");
+        assert_eq!(command_name(b""), None);
     }
 
     #[test]

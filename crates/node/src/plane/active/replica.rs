@@ -738,11 +738,9 @@ impl Replica {
     ) -> Result<(), String> {
         self.begin_load(rebuild, at).await?;
         let setup = SessionSetup::from_prelude(requests)?;
-        if setup.prelude().0 != commands {
-            return Err(format!(
-                "a prelude of {commands} requests holding {}",
-                setup.prelude().0
-            ));
+        let held = setup.prelude().0;
+        if held != commands {
+            return Err(format!("a prelude of {commands} requests holding {held}"));
         }
         self.setups.insert(session, setup);
         Ok(())
